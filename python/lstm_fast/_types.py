@@ -1,0 +1,48 @@
+"""Result types of the functional API (SPEC.md section 2)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+
+class Forward(NamedTuple):
+    """Result of :func:`lstm_fast.forward`."""
+
+    y: np.ndarray
+    h_n: np.ndarray
+    c_n: np.ndarray
+    cache: Optional[Any]
+
+
+class Gradients(NamedTuple):
+    """Result of :func:`lstm_fast.backward`; a missing bias has gradient ``None``."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
+
+
+class Cell(NamedTuple):
+    """Result of :func:`lstm_fast.cell_forward`."""
+
+    h_new: np.ndarray
+    c_new: np.ndarray
+    cache: Any
+
+
+class CellGradients(NamedTuple):
+    """Result of :func:`lstm_fast.cell_backward`."""
+
+    dx: np.ndarray
+    dh: np.ndarray
+    dc: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: Optional[np.ndarray]
+    db_hh: Optional[np.ndarray]
