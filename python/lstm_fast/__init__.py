@@ -1,0 +1,63 @@
+"""lstm_fast: a fast, checkable LSTM for the CPU with a NumPy API.
+
+Functional API (SPEC.md section 2): :func:`forward`, :func:`backward`,
+:func:`cell_forward`, :func:`cell_backward`; threads with
+:func:`set_num_threads`. The NumPy reference with the same API lives in
+:mod:`lstm_fast.reference`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import _core
+from ._types import Cell, CellGradients, Forward, Gradients
+from .functional import (
+    Cache,
+    CellCache,
+    backward,
+    cell_backward,
+    cell_forward,
+    forward,
+    get_num_threads,
+    set_num_threads,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cache",
+    "Cell",
+    "CellCache",
+    "CellGradients",
+    "Forward",
+    "Gradients",
+    "available_isas",
+    "backward",
+    "cell_backward",
+    "cell_forward",
+    "forward",
+    "get_isa",
+    "get_num_threads",
+    "set_num_threads",
+]
+
+
+def available_isas() -> list[str]:
+    """SIMD paths this CPU can run, slowest first (``LSTM_FAST_ISA`` picks one)."""
+    return list(_core.available_isas())
+
+
+def get_isa() -> str:
+    """The SIMD path in use: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
+    return str(_core.get_isa())
+
+
+def _set_isa(name: str) -> None:
+    """Force a SIMD path (for tests); ValueError if unknown or unsupported."""
+    _core.set_isa(name)
+
+
+# The worker threads do not survive fork(): a child starts a fresh pool.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_core._after_fork_in_child)

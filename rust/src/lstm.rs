@@ -1,0 +1,333 @@
+//! One layer, one direction, a whole sequence: argument checks, weight packing,
+//! the large products before and after the time loop, and the split of the
+//! batch across threads (each chunk of rows runs the whole loop alone, so
+//! threads never meet between steps).
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::gemm::{gemm, Mat};
+use crate::pack;
+use crate::simd::{self, Isa, Kernel, Simd};
+use crate::step::{BackwardChunk, ForwardChunk, ForwardOut, Geometry, SharedMut, Slots};
+use crate::threads;
+
+/// T, B, I, H.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub steps: usize,
+    pub batch: usize,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+/// Everything that defines one sequence pass. Arrays are dense row-major:
+/// `x` (T, B, I), or (B, T, I) when `batch_first`; `w_ih` (4H, I); `w_hh`
+/// (4H, H); `bias` (4H,) = b_ih + b_hh; `h0`, `c0` (B, H); `lengths` (B,).
+#[derive(Clone, Copy)]
+pub struct Sequence<'a, E> {
+    pub dims: Dims,
+    pub batch_first: bool,
+    pub reverse: bool,
+    pub lengths: Option<&'a [usize]>,
+    pub x: &'a [E],
+    pub w_ih: &'a [E],
+    pub w_hh: &'a [E],
+    pub bias: Option<&'a [E]>,
+    pub h0: Option<&'a [E]>,
+    pub c0: Option<&'a [E]>,
+}
+
+/// What backward needs from forward, in the sequence's layout (rows ordered
+/// like x): activated gates (T·B, 4·Hp) in blocks i, f, g, o; cell states and
+/// the h each step started from, (T·B, Hp). Hp = [`hidden_pad`].
+pub struct Cache<'a, E> {
+    pub gates: &'a mut [E],
+    pub cells: &'a mut [E],
+    pub h_prev: &'a mut [E],
+}
+
+/// Read-only view of a [`Cache`].
+#[derive(Clone, Copy)]
+pub struct CacheRef<'a, E> {
+    pub gates: &'a [E],
+    pub cells: &'a [E],
+    pub h_prev: &'a [E],
+}
+
+/// Outputs of forward: `y` like x with last dimension H; `h_n`, `c_n` (B, H).
+pub struct Outputs<'a, E> {
+    pub y: &'a mut [E],
+    pub h_n: &'a mut [E],
+    pub c_n: &'a mut [E],
+}
+
+/// Gradients of the outputs (None = zeros): `dy` like y, `dh_n`, `dc_n` (B, H).
+#[derive(Clone, Copy, Default)]
+pub struct Seeds<'a, E> {
+    pub dy: Option<&'a [E]>,
+    pub dh_n: Option<&'a [E]>,
+    pub dc_n: Option<&'a [E]>,
+}
+
+/// Gradients, each shaped like its variable; `db` (4H,) is the gradient of
+/// both b_ih and b_hh (None: not wanted).
+pub struct Grads<'a, E> {
+    pub dx: &'a mut [E],
+    pub dh0: &'a mut [E],
+    pub dc0: &'a mut [E],
+    pub dw_ih: &'a mut [E],
+    pub dw_hh: &'a mut [E],
+    pub db: Option<&'a mut [E]>,
+}
+
+/// The padded hidden size Hp of the cache layout for element type `E`.
+pub fn hidden_pad<E: Float>(hidden: usize) -> usize {
+    hidden.next_multiple_of(E::PAD)
+}
+
+/// Rows per thread below which splitting the batch costs more than it gains.
+const MIN_ROWS_PER_CHUNK: usize = 8;
+
+fn product(name: &str, factors: &[usize]) -> Result<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .filter(|&n| n <= isize::MAX as usize / 8)
+        .ok_or_else(|| Error::TooLarge(format!("{name}: size {factors:?} overflows the address space")))
+}
+
+fn expect_len(name: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Value(format!("{name}: expected {want} elements, got {got}")));
+    }
+    Ok(())
+}
+
+fn expect_opt(name: &str, got: Option<usize>, want: usize) -> Result<()> {
+    got.map_or(Ok(()), |got| expect_len(name, got, want))
+}
+
+impl<E: Float> Sequence<'_, E> {
+    fn rows(&self) -> Result<usize> {
+        product("x", &[self.dims.steps, self.dims.batch])
+    }
+
+    fn check(&self) -> Result<()> {
+        let Dims { steps, batch, input, hidden } = self.dims;
+        if hidden == 0 {
+            return Err(Error::Value("hidden_size must be at least 1".into()));
+        }
+        let rows = self.rows()?;
+        product("cache", &[rows, 4, hidden_pad::<E>(hidden)])?;
+        expect_len("x", self.x.len(), product("x", &[rows, input])?)?;
+        expect_len("w_ih", self.w_ih.len(), product("w_ih", &[4, hidden, input])?)?;
+        expect_len("w_hh", self.w_hh.len(), product("w_hh", &[4, hidden, hidden])?)?;
+        expect_opt("bias", self.bias.map(<[E]>::len), 4 * hidden)?;
+        let state = product("h0", &[batch, hidden])?;
+        expect_opt("h0", self.h0.map(<[E]>::len), state)?;
+        expect_opt("c0", self.c0.map(<[E]>::len), state)?;
+        if let Some(lengths) = self.lengths {
+            expect_len("lengths", lengths.len(), batch)?;
+            if let Some((b, &len)) = lengths.iter().enumerate().find(|&(_, &len)| len > steps) {
+                return Err(Error::Value(format!(
+                    "lengths[{b}] = {len} is out of range: lengths must lie in [0, T] = [0, {steps}]"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            steps: self.dims.steps,
+            batch: self.dims.batch,
+            hidden: self.dims.hidden,
+            hidden_pad: hidden_pad::<E>(self.dims.hidden),
+            batch_major: self.batch_first,
+            reverse: self.reverse,
+        }
+    }
+
+    fn length(&self, b: usize) -> usize {
+        self.lengths.map_or(self.dims.steps, |l| l[b])
+    }
+
+    /// Contiguous ranges of batch rows, one per task, each ordered longest first.
+    fn chunks(&self, threads: usize) -> Vec<(Vec<usize>, Vec<usize>)> {
+        let batch = self.dims.batch;
+        let tasks = threads.min(batch.div_ceil(MIN_ROWS_PER_CHUNK)).max(1);
+        let per = batch.div_ceil(tasks).max(1);
+        (0..batch)
+            .step_by(per)
+            .map(|b0| {
+                let mut rows: Vec<usize> = (b0..(b0 + per).min(batch)).collect();
+                rows.sort_by_key(|&b| std::cmp::Reverse(self.length(b)));
+                let lens = rows.iter().map(|&b| self.length(b)).collect();
+                (rows, lens)
+            })
+            .collect()
+    }
+
+    /// Rows (in the layout) of padded steps, which the kernels never visit.
+    fn padded_rows(&self) -> impl Iterator<Item = usize> + '_ {
+        let geo = self.geometry();
+        (0..self.dims.batch).flat_map(move |b| (self.length(b)..self.dims.steps).map(move |pos| geo.row(pos, b)))
+    }
+}
+
+/// How many elements one vector of `E` holds on `isa`.
+fn lanes<E: Float>(isa: Isa) -> usize {
+    struct Lanes;
+    impl<E: Float> Kernel<E> for Lanes {
+        type Output = usize;
+        #[inline(always)]
+        fn run<S: Simd<E = E>>(self) -> usize {
+            S::LANES
+        }
+    }
+    simd::dispatch::<E, _>(isa, Lanes)
+}
+
+/// Forward pass over the whole sequence. With `cache`, also records what
+/// [`backward`] needs (sizes: see [`Cache`]).
+pub fn forward<E: Float>(seq: &Sequence<'_, E>, out: Outputs<'_, E>, cache: Option<Cache<'_, E>>) -> Result<()> {
+    seq.check()?;
+    let Dims { batch, input, hidden, .. } = seq.dims;
+    let rows = seq.rows()?;
+    let hp = hidden_pad::<E>(hidden);
+    expect_len("y", out.y.len(), rows * hidden)?;
+    expect_len("h_n", out.h_n.len(), batch * hidden)?;
+    expect_len("c_n", out.c_n.len(), batch * hidden)?;
+    if let Some(c) = &cache {
+        expect_len("cache gates", c.gates.len(), rows * 4 * hp)?;
+        expect_len("cache cells", c.cells.len(), rows * hp)?;
+        expect_len("cache h_prev", c.h_prev.len(), rows * hp)?;
+    }
+    let isa = simd::active();
+    let pool = threads::pool()?;
+    let geo = seq.geometry();
+
+    pool.install(|| {
+        let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);
+        let bias = pack::pad_bias(seq.bias, hidden, hp);
+        let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes::<E>(isa));
+        let mut xw = vec![E::ZERO; rows * 4 * hp];
+        gemm(Mat::rows(seq.x, rows, input, input), Mat::rows(&w_ih, 4 * hp, input, input).t(), &mut xw, 4 * hp, false);
+
+        let mut cache = cache;
+        for row in seq.padded_rows() {
+            out.y[row * hidden..][..hidden].fill(E::ZERO);
+            if let Some(c) = cache.as_mut() {
+                c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
+                c.cells[row * hp..][..hp].fill(E::ZERO);
+                c.h_prev[row * hp..][..hp].fill(E::ZERO);
+            }
+        }
+        let (gates, cells, h_prev) = match cache {
+            Some(c) => (SharedMut(c.gates.as_mut_ptr()), SharedMut(c.cells.as_mut_ptr()), SharedMut(c.h_prev.as_mut_ptr())),
+            None => (SharedMut::null(), SharedMut::null(), SharedMut::null()),
+        };
+        let shared = ForwardOut {
+            y: SharedMut(out.y.as_mut_ptr()),
+            h_n: SharedMut(out.h_n.as_mut_ptr()),
+            c_n: SharedMut(out.c_n.as_mut_ptr()),
+            gates,
+            cells,
+            h_prev,
+        };
+        // Each chunk owns a disjoint set of batch rows, and writes only those
+        // rows of the shared outputs (checked to have the sizes above).
+        seq.chunks(rayon::current_num_threads()).par_iter().for_each(|(slot_rows, slot_lens)| {
+            let chunk = ForwardChunk {
+                geo,
+                slots: Slots { rows: slot_rows, lens: slot_lens },
+                xw: &xw,
+                bias: &bias,
+                panels: &panels,
+                h0: seq.h0,
+                c0: seq.c0,
+                out: shared,
+            };
+            simd::dispatch(isa, chunk);
+        });
+    });
+    Ok(())
+}
+
+/// Backpropagation through time over the whole sequence, from the cache that
+/// [`forward`] filled for the same `seq`.
+pub fn backward<E: Float>(seq: &Sequence<'_, E>, cache: CacheRef<'_, E>, seeds: Seeds<'_, E>, grads: Grads<'_, E>) -> Result<()> {
+    seq.check()?;
+    let Dims { batch, input, hidden, .. } = seq.dims;
+    let rows = seq.rows()?;
+    let hp = hidden_pad::<E>(hidden);
+    expect_len("cache gates", cache.gates.len(), rows * 4 * hp)?;
+    expect_len("cache cells", cache.cells.len(), rows * hp)?;
+    expect_len("cache h_prev", cache.h_prev.len(), rows * hp)?;
+    expect_opt("dy", seeds.dy.map(<[E]>::len), rows * hidden)?;
+    expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * hidden)?;
+    expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
+    expect_len("dx", grads.dx.len(), rows * input)?;
+    expect_len("dh0", grads.dh0.len(), batch * hidden)?;
+    expect_len("dc0", grads.dc0.len(), batch * hidden)?;
+    expect_len("dw_ih", grads.dw_ih.len(), 4 * hidden * input)?;
+    expect_len("dw_hh", grads.dw_hh.len(), 4 * hidden * hidden)?;
+    expect_opt("db", grads.db.as_ref().map(|d| d.len()), 4 * hidden)?;
+    let isa = simd::active();
+    let pool = threads::pool()?;
+    let geo = seq.geometry();
+    let depth = 4 * hp;
+
+    pool.install(|| {
+        let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes::<E>(isa));
+        // Zeros stay at padded steps, so the products below ignore them.
+        let mut da = vec![E::ZERO; rows * depth];
+        let (da_ptr, dh0, dc0) =
+            (SharedMut(da.as_mut_ptr()), SharedMut(grads.dh0.as_mut_ptr()), SharedMut(grads.dc0.as_mut_ptr()));
+        // Each chunk owns a disjoint set of batch rows and writes only their rows
+        // of da, dh0 and dc0 (sizes checked above).
+        seq.chunks(rayon::current_num_threads()).par_iter().for_each(|(slot_rows, slot_lens)| {
+            let chunk = BackwardChunk {
+                geo,
+                slots: Slots { rows: slot_rows, lens: slot_lens },
+                gates: cache.gates,
+                cells: cache.cells,
+                panels: &panels,
+                c0: seq.c0,
+                dy: seeds.dy,
+                dh_n: seeds.dh_n,
+                dc_n: seeds.dc_n,
+                da: da_ptr,
+                dh0,
+                dc0,
+            };
+            simd::dispatch(isa, chunk);
+        });
+
+        // The non-recurrent gradients: one product each over all T·B rows.
+        let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);
+        gemm(Mat::rows(&da, rows, depth, depth), Mat::rows(&w_ih, depth, input, input), grads.dx, input, false);
+        for gate in 0..4 {
+            // da's columns of this gate, transposed: (H, T·B).
+            let da_gate = Mat { data: &da[gate * hp..], rows: hidden, cols: rows, row_stride: 1, col_stride: depth };
+            let dw_ih = &mut grads.dw_ih[gate * hidden * input..][..hidden * input];
+            gemm(da_gate, Mat::rows(seq.x, rows, input, input), dw_ih, input, false);
+            let dw_hh = &mut grads.dw_hh[gate * hidden * hidden..][..hidden * hidden];
+            gemm(da_gate, Mat::rows(cache.h_prev, rows, hidden, hp), dw_hh, hidden, false);
+        }
+        if let Some(db) = grads.db {
+            let mut sum = vec![E::ZERO; depth];
+            for da_row in da.chunks_exact(depth) {
+                for (s, &d) in sum.iter_mut().zip(da_row) {
+                    *s = *s + d;
+                }
+            }
+            for gate in 0..4 {
+                db[gate * hidden..][..hidden].copy_from_slice(&sum[gate * hp..][..hidden]);
+            }
+        }
+    });
+    Ok(())
+}

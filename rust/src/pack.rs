@@ -1,0 +1,78 @@
+//! Weights repacked once per call into the layouts the kernels stream.
+//!
+//! Hidden units are padded from H to `Hp` (a multiple of `Float::PAD`) with
+//! zero weights, so every tile is whole; padded units stay exactly zero.
+
+use crate::float::Float;
+
+/// `w_ih` (4H × I) with each gate block padded to Hp rows: (4Hp × I).
+pub fn pad_gate_rows<E: Float>(w: &[E], hidden: usize, hidden_pad: usize, cols: usize) -> Vec<E> {
+    let mut out = vec![E::ZERO; 4 * hidden_pad * cols];
+    for gate in 0..4 {
+        let src = &w[gate * hidden * cols..(gate + 1) * hidden * cols];
+        out[gate * hidden_pad * cols..][..hidden * cols].copy_from_slice(src);
+    }
+    out
+}
+
+/// A bias (4H), or zeros, laid out as 4 gate blocks of Hp.
+pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) -> Vec<E> {
+    let mut out = vec![E::ZERO; 4 * hidden_pad];
+    if let Some(b) = bias {
+        for gate in 0..4 {
+            out[gate * hidden_pad..][..hidden].copy_from_slice(&b[gate * hidden..][..hidden]);
+        }
+    }
+    out
+}
+
+/// Forward panels of `w_hh` (4H × H): panel p holds, for k = 0..H, the
+/// 4·`lanes` weights that feed hidden units p·lanes.. of gates i, f, g, o:
+/// `panel[p][k][gate·lanes + u] = w_hh[gate·H + p·lanes + u][k]`.
+/// One micro-kernel tile then yields all four gates of the same units.
+pub fn forward_panels<E: Float>(w_hh: &[E], hidden: usize, hidden_pad: usize, lanes: usize) -> Vec<E> {
+    let tiles = hidden_pad / lanes;
+    let width = 4 * lanes;
+    let mut out = vec![E::ZERO; tiles * hidden * width];
+    for p in 0..tiles {
+        let panel = &mut out[p * hidden * width..][..hidden * width];
+        for gate in 0..4 {
+            for u in 0..lanes {
+                let unit = p * lanes + u;
+                if unit >= hidden {
+                    break;
+                }
+                let row = &w_hh[(gate * hidden + unit) * hidden..][..hidden];
+                for (k, &w) in row.iter().enumerate() {
+                    panel[k * width + gate * lanes + u] = w;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Backward panels of `w_hh` for `dh_prev = da · w_hh`: panel q holds, for each
+/// padded gate row j = gate·Hp + unit, the 4·`lanes` weights of hidden units
+/// q·4·lanes..: `panel[q][j][v] = w_hh[gate·H + unit][q·4·lanes + v]`.
+pub fn backward_panels<E: Float>(w_hh: &[E], hidden: usize, hidden_pad: usize, lanes: usize) -> Vec<E> {
+    let width = 4 * lanes;
+    let tiles = hidden_pad.div_ceil(width);
+    let depth = 4 * hidden_pad;
+    let mut out = vec![E::ZERO; tiles * depth * width];
+    for q in 0..tiles {
+        let panel = &mut out[q * depth * width..][..depth * width];
+        let k0 = q * width;
+        let cols = hidden.saturating_sub(k0).min(width);
+        if cols == 0 {
+            continue;
+        }
+        for gate in 0..4 {
+            for unit in 0..hidden {
+                let src = &w_hh[(gate * hidden + unit) * hidden + k0..][..cols];
+                panel[(gate * hidden_pad + unit) * width..][..cols].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
