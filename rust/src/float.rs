@@ -43,7 +43,7 @@ pub trait Float:
     /// Below this |x|, tanh uses its odd Taylor series; above, (1−e)/(1+e) with
     /// e = exp(−2|x|), whose cancellation is harmless there (e ≤ 0.55).
     const TANH_SMALL: Self;
-    /// Taylor coefficients of tanh for x³, x⁵, ... (tanh x = x + x·x²·P(x²)).
+    /// Taylor coefficients of tanh for x³, x⁵, ... (tanh x = x·(1 + x²·P(x²))).
     const TANH_POLY: &'static [Self];
 
     type Scalar: simd::Simd<E = Self>;
@@ -161,8 +161,8 @@ impl Float for f64 {
     const ONE: Self = 1.0;
     const PAD: usize = 8;
     const LOG2E: Self = std::f64::consts::LOG2_E;
-    const LN2_HI: Self = 6.931_471_803_691_238_2e-1;
-    const LN2_LO: Self = 1.908_214_929_270_587_7e-10;
+    const LN2_HI: Self = f64::from_bits(0x3FE6_2E42_FEE0_0000); // fdlibm's ln2_hi
+    const LN2_LO: Self = f64::from_bits(0x3DEA_39EF_3579_3C76); // fdlibm's ln2_lo
     const EXP_LO: Self = -746.0;
     const EXP_HI: Self = 710.0;
     const EXP_POLY: &'static [Self] = &[

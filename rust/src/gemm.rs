@@ -23,7 +23,13 @@ pub struct Mat<'a, E> {
 impl<'a, E> Mat<'a, E> {
     /// A row-major matrix whose rows are `row_stride` apart.
     pub fn rows(data: &'a [E], rows: usize, cols: usize, row_stride: usize) -> Self {
-        Mat { data, rows, cols, row_stride, col_stride: 1 }
+        Mat {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        }
     }
 
     /// The transpose, as a view (no copy).
@@ -40,7 +46,8 @@ impl<'a, E> Mat<'a, E> {
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
-            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
     }
 }
 
@@ -55,7 +62,10 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert!(a.fits() && b.fits(), "gemm: operand view exceeds its slice");
-    assert!(m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(), "gemm: C too small");
+    assert!(
+        m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(),
+        "gemm: C too small"
+    );
     assert!(n <= ldc || m <= 1, "gemm: C rows overlap");
     if m == 0 || n == 0 {
         return;
@@ -73,30 +83,32 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
     let tasks = threads.min(m.div_ceil(MIN_ROWS_PER_TASK)).max(1);
     let rows_per_task = m.div_ceil(tasks).next_multiple_of(8);
     let c = &mut c[..(m - 1) * ldc + n];
-    c.par_chunks_mut(rows_per_task * ldc).enumerate().for_each(|(task, c_rows)| {
-        let r0 = task * rows_per_task;
-        let rows = rows_per_task.min(m - r0);
-        // SAFETY: `fits` checked that rows r0..r0+rows of A (k columns) lie inside
-        // `a.data`, and all of B inside `b.data`; `c_rows` holds rows r0.. of C
-        // with stride ldc ≥ n (the last chunk may end right after its last
-        // element, which is all `(rows - 1) * ldc + n` needs); C is a `&mut`
-        // slice, so it overlaps neither A nor B.
-        unsafe {
-            E::gemm_raw(
-                rows,
-                k,
-                n,
-                a.data.as_ptr().add(r0 * a.row_stride),
-                a.row_stride as isize,
-                a.col_stride as isize,
-                b.data.as_ptr(),
-                b.row_stride as isize,
-                b.col_stride as isize,
-                beta,
-                c_rows.as_mut_ptr(),
-                ldc as isize,
-                1,
-            );
-        }
-    });
+    c.par_chunks_mut(rows_per_task * ldc)
+        .enumerate()
+        .for_each(|(task, c_rows)| {
+            let r0 = task * rows_per_task;
+            let rows = rows_per_task.min(m - r0);
+            // SAFETY: `fits` checked that rows r0..r0+rows of A (k columns) lie inside
+            // `a.data`, and all of B inside `b.data`; `c_rows` holds rows r0.. of C
+            // with stride ldc ≥ n (the last chunk may end right after its last
+            // element, which is all `(rows - 1) * ldc + n` needs); C is a `&mut`
+            // slice, so it overlaps neither A nor B.
+            unsafe {
+                E::gemm_raw(
+                    rows,
+                    k,
+                    n,
+                    a.data.as_ptr().add(r0 * a.row_stride),
+                    a.row_stride as isize,
+                    a.col_stride as isize,
+                    b.data.as_ptr(),
+                    b.row_stride as isize,
+                    b.col_stride as isize,
+                    beta,
+                    c_rows.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                );
+            }
+        });
 }

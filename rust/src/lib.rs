@@ -26,5 +26,7 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use float::Float;
-pub use lstm::{backward, forward, hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
+pub use lstm::{
+    backward, forward, hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence,
+};
 pub use simd::Isa;

@@ -95,12 +95,18 @@ fn product(name: &str, factors: &[usize]) -> Result<usize> {
         .iter()
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
         .filter(|&n| n <= isize::MAX as usize / 8)
-        .ok_or_else(|| Error::TooLarge(format!("{name}: size {factors:?} overflows the address space")))
+        .ok_or_else(|| {
+            Error::TooLarge(format!(
+                "{name}: size {factors:?} overflows the address space"
+            ))
+        })
 }
 
 fn expect_len(name: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(Error::Value(format!("{name}: expected {want} elements, got {got}")));
+        return Err(Error::Value(format!(
+            "{name}: expected {want} elements, got {got}"
+        )));
     }
     Ok(())
 }
@@ -115,15 +121,28 @@ impl<E: Float> Sequence<'_, E> {
     }
 
     fn check(&self) -> Result<()> {
-        let Dims { steps, batch, input, hidden } = self.dims;
+        let Dims {
+            steps,
+            batch,
+            input,
+            hidden,
+        } = self.dims;
         if hidden == 0 {
             return Err(Error::Value("hidden_size must be at least 1".into()));
         }
         let rows = self.rows()?;
         product("cache", &[rows, 4, hidden_pad::<E>(hidden)])?;
         expect_len("x", self.x.len(), product("x", &[rows, input])?)?;
-        expect_len("w_ih", self.w_ih.len(), product("w_ih", &[4, hidden, input])?)?;
-        expect_len("w_hh", self.w_hh.len(), product("w_hh", &[4, hidden, hidden])?)?;
+        expect_len(
+            "w_ih",
+            self.w_ih.len(),
+            product("w_ih", &[4, hidden, input])?,
+        )?;
+        expect_len(
+            "w_hh",
+            self.w_hh.len(),
+            product("w_hh", &[4, hidden, hidden])?,
+        )?;
         expect_opt("bias", self.bias.map(<[E]>::len), 4 * hidden)?;
         let state = product("h0", &[batch, hidden])?;
         expect_opt("h0", self.h0.map(<[E]>::len), state)?;
@@ -173,7 +192,8 @@ impl<E: Float> Sequence<'_, E> {
     /// Rows (in the layout) of padded steps, which the kernels never visit.
     fn padded_rows(&self) -> impl Iterator<Item = usize> + '_ {
         let geo = self.geometry();
-        (0..self.dims.batch).flat_map(move |b| (self.length(b)..self.dims.steps).map(move |pos| geo.row(pos, b)))
+        (0..self.dims.batch)
+            .flat_map(move |b| (self.length(b)..self.dims.steps).map(move |pos| geo.row(pos, b)))
     }
 }
 
@@ -192,9 +212,18 @@ fn lanes<E: Float>(isa: Isa) -> usize {
 
 /// Forward pass over the whole sequence. With `cache`, also records what
 /// [`backward`] needs (sizes: see [`Cache`]).
-pub fn forward<E: Float>(seq: &Sequence<'_, E>, out: Outputs<'_, E>, cache: Option<Cache<'_, E>>) -> Result<()> {
+pub fn forward<E: Float>(
+    seq: &Sequence<'_, E>,
+    out: Outputs<'_, E>,
+    cache: Option<Cache<'_, E>>,
+) -> Result<()> {
     seq.check()?;
-    let Dims { batch, input, hidden, .. } = seq.dims;
+    let Dims {
+        batch,
+        input,
+        hidden,
+        ..
+    } = seq.dims;
     let rows = seq.rows()?;
     let hp = hidden_pad::<E>(hidden);
     expect_len("y", out.y.len(), rows * hidden)?;
@@ -214,7 +243,13 @@ pub fn forward<E: Float>(seq: &Sequence<'_, E>, out: Outputs<'_, E>, cache: Opti
         let bias = pack::pad_bias(seq.bias, hidden, hp);
         let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes::<E>(isa));
         let mut xw = vec![E::ZERO; rows * 4 * hp];
-        gemm(Mat::rows(seq.x, rows, input, input), Mat::rows(&w_ih, 4 * hp, input, input).t(), &mut xw, 4 * hp, false);
+        gemm(
+            Mat::rows(seq.x, rows, input, input),
+            Mat::rows(&w_ih, 4 * hp, input, input).t(),
+            &mut xw,
+            4 * hp,
+            false,
+        );
 
         let mut cache = cache;
         for row in seq.padded_rows() {
@@ -226,7 +261,11 @@ pub fn forward<E: Float>(seq: &Sequence<'_, E>, out: Outputs<'_, E>, cache: Opti
             }
         }
         let (gates, cells, h_prev) = match cache {
-            Some(c) => (SharedMut(c.gates.as_mut_ptr()), SharedMut(c.cells.as_mut_ptr()), SharedMut(c.h_prev.as_mut_ptr())),
+            Some(c) => (
+                SharedMut(c.gates.as_mut_ptr()),
+                SharedMut(c.cells.as_mut_ptr()),
+                SharedMut(c.h_prev.as_mut_ptr()),
+            ),
             None => (SharedMut::null(), SharedMut::null(), SharedMut::null()),
         };
         let shared = ForwardOut {
@@ -239,28 +278,43 @@ pub fn forward<E: Float>(seq: &Sequence<'_, E>, out: Outputs<'_, E>, cache: Opti
         };
         // Each chunk owns a disjoint set of batch rows, and writes only those
         // rows of the shared outputs (checked to have the sizes above).
-        seq.chunks(rayon::current_num_threads()).par_iter().for_each(|(slot_rows, slot_lens)| {
-            let chunk = ForwardChunk {
-                geo,
-                slots: Slots { rows: slot_rows, lens: slot_lens },
-                xw: &xw,
-                bias: &bias,
-                panels: &panels,
-                h0: seq.h0,
-                c0: seq.c0,
-                out: shared,
-            };
-            simd::dispatch(isa, chunk);
-        });
+        seq.chunks(rayon::current_num_threads())
+            .par_iter()
+            .for_each(|(slot_rows, slot_lens)| {
+                let chunk = ForwardChunk {
+                    geo,
+                    slots: Slots {
+                        rows: slot_rows,
+                        lens: slot_lens,
+                    },
+                    xw: &xw,
+                    bias: &bias,
+                    panels: &panels,
+                    h0: seq.h0,
+                    c0: seq.c0,
+                    out: shared,
+                };
+                simd::dispatch(isa, chunk);
+            });
     });
     Ok(())
 }
 
 /// Backpropagation through time over the whole sequence, from the cache that
 /// [`forward`] filled for the same `seq`.
-pub fn backward<E: Float>(seq: &Sequence<'_, E>, cache: CacheRef<'_, E>, seeds: Seeds<'_, E>, grads: Grads<'_, E>) -> Result<()> {
+pub fn backward<E: Float>(
+    seq: &Sequence<'_, E>,
+    cache: CacheRef<'_, E>,
+    seeds: Seeds<'_, E>,
+    grads: Grads<'_, E>,
+) -> Result<()> {
     seq.check()?;
-    let Dims { batch, input, hidden, .. } = seq.dims;
+    let Dims {
+        batch,
+        input,
+        hidden,
+        ..
+    } = seq.dims;
     let rows = seq.rows()?;
     let hp = hidden_pad::<E>(hidden);
     expect_len("cache gates", cache.gates.len(), rows * 4 * hp)?;
@@ -284,38 +338,70 @@ pub fn backward<E: Float>(seq: &Sequence<'_, E>, cache: CacheRef<'_, E>, seeds: 
         let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes::<E>(isa));
         // Zeros stay at padded steps, so the products below ignore them.
         let mut da = vec![E::ZERO; rows * depth];
-        let (da_ptr, dh0, dc0) =
-            (SharedMut(da.as_mut_ptr()), SharedMut(grads.dh0.as_mut_ptr()), SharedMut(grads.dc0.as_mut_ptr()));
+        let (da_ptr, dh0, dc0) = (
+            SharedMut(da.as_mut_ptr()),
+            SharedMut(grads.dh0.as_mut_ptr()),
+            SharedMut(grads.dc0.as_mut_ptr()),
+        );
         // Each chunk owns a disjoint set of batch rows and writes only their rows
         // of da, dh0 and dc0 (sizes checked above).
-        seq.chunks(rayon::current_num_threads()).par_iter().for_each(|(slot_rows, slot_lens)| {
-            let chunk = BackwardChunk {
-                geo,
-                slots: Slots { rows: slot_rows, lens: slot_lens },
-                gates: cache.gates,
-                cells: cache.cells,
-                panels: &panels,
-                c0: seq.c0,
-                dy: seeds.dy,
-                dh_n: seeds.dh_n,
-                dc_n: seeds.dc_n,
-                da: da_ptr,
-                dh0,
-                dc0,
-            };
-            simd::dispatch(isa, chunk);
-        });
+        seq.chunks(rayon::current_num_threads())
+            .par_iter()
+            .for_each(|(slot_rows, slot_lens)| {
+                let chunk = BackwardChunk {
+                    geo,
+                    slots: Slots {
+                        rows: slot_rows,
+                        lens: slot_lens,
+                    },
+                    gates: cache.gates,
+                    cells: cache.cells,
+                    panels: &panels,
+                    c0: seq.c0,
+                    dy: seeds.dy,
+                    dh_n: seeds.dh_n,
+                    dc_n: seeds.dc_n,
+                    da: da_ptr,
+                    dh0,
+                    dc0,
+                };
+                simd::dispatch(isa, chunk);
+            });
 
         // The non-recurrent gradients: one product each over all T·B rows.
         let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);
-        gemm(Mat::rows(&da, rows, depth, depth), Mat::rows(&w_ih, depth, input, input), grads.dx, input, false);
+        gemm(
+            Mat::rows(&da, rows, depth, depth),
+            Mat::rows(&w_ih, depth, input, input),
+            grads.dx,
+            input,
+            false,
+        );
         for gate in 0..4 {
             // da's columns of this gate, transposed: (H, T·B).
-            let da_gate = Mat { data: &da[gate * hp..], rows: hidden, cols: rows, row_stride: 1, col_stride: depth };
+            let da_gate = Mat {
+                data: &da[(gate * hp).min(da.len())..],
+                rows: hidden,
+                cols: rows,
+                row_stride: 1,
+                col_stride: depth,
+            };
             let dw_ih = &mut grads.dw_ih[gate * hidden * input..][..hidden * input];
-            gemm(da_gate, Mat::rows(seq.x, rows, input, input), dw_ih, input, false);
+            gemm(
+                da_gate,
+                Mat::rows(seq.x, rows, input, input),
+                dw_ih,
+                input,
+                false,
+            );
             let dw_hh = &mut grads.dw_hh[gate * hidden * hidden..][..hidden * hidden];
-            gemm(da_gate, Mat::rows(cache.h_prev, rows, hidden, hp), dw_hh, hidden, false);
+            gemm(
+                da_gate,
+                Mat::rows(cache.h_prev, rows, hidden, hp),
+                dw_hh,
+                hidden,
+                false,
+            );
         }
         if let Some(db) = grads.db {
             let mut sum = vec![E::ZERO; depth];

@@ -30,7 +30,12 @@ pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) 
 /// 4·`lanes` weights that feed hidden units p·lanes.. of gates i, f, g, o:
 /// `panel[p][k][gate·lanes + u] = w_hh[gate·H + p·lanes + u][k]`.
 /// One micro-kernel tile then yields all four gates of the same units.
-pub fn forward_panels<E: Float>(w_hh: &[E], hidden: usize, hidden_pad: usize, lanes: usize) -> Vec<E> {
+pub fn forward_panels<E: Float>(
+    w_hh: &[E],
+    hidden: usize,
+    hidden_pad: usize,
+    lanes: usize,
+) -> Vec<E> {
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
     let mut out = vec![E::ZERO; tiles * hidden * width];
@@ -55,7 +60,12 @@ pub fn forward_panels<E: Float>(w_hh: &[E], hidden: usize, hidden_pad: usize, la
 /// Backward panels of `w_hh` for `dh_prev = da · w_hh`: panel q holds, for each
 /// padded gate row j = gate·Hp + unit, the 4·`lanes` weights of hidden units
 /// q·4·lanes..: `panel[q][j][v] = w_hh[gate·H + unit][q·4·lanes + v]`.
-pub fn backward_panels<E: Float>(w_hh: &[E], hidden: usize, hidden_pad: usize, lanes: usize) -> Vec<E> {
+pub fn backward_panels<E: Float>(
+    w_hh: &[E],
+    hidden: usize,
+    hidden_pad: usize,
+    lanes: usize,
+) -> Vec<E> {
     let width = 4 * lanes;
     let tiles = hidden_pad.div_ceil(width);
     let depth = 4 * hidden_pad;

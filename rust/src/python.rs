@@ -5,7 +5,9 @@
 //! The Python layer (`lstm_fast/functional.py`) has already checked shapes,
 //! resolved the dtype and made every array C-contiguous; here we only borrow.
 
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -24,16 +26,30 @@ fn to_py(e: Error) -> PyErr {
 
 type In<'py, E> = PyReadonlyArrayDyn<'py, E>;
 type Out<'py, E> = PyReadwriteArrayDyn<'py, E>;
+/// Three optional arguments passed together (dy, dh_n, dc_n).
+type Opt3<'a, 'py> = (
+    Option<&'a Bound<'py, PyAny>>,
+    Option<&'a Bound<'py, PyAny>>,
+    Option<&'a Bound<'py, PyAny>>,
+);
 
 fn slice<'a, E: Float + numpy::Element>(name: &str, a: &'a In<'_, E>) -> PyResult<&'a [E]> {
-    a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
+    a.as_slice()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
 }
 
-fn slice_mut<'a, E: Float + numpy::Element>(name: &str, a: &'a mut Out<'_, E>) -> PyResult<&'a mut [E]> {
-    a.as_slice_mut().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
+fn slice_mut<'a, E: Float + numpy::Element>(
+    name: &str,
+    a: &'a mut Out<'_, E>,
+) -> PyResult<&'a mut [E]> {
+    a.as_slice_mut()
+        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
 }
 
-fn opt_slice<'a, E: Float + numpy::Element>(name: &str, a: &'a Option<In<'_, E>>) -> PyResult<Option<&'a [E]>> {
+fn opt_slice<'a, E: Float + numpy::Element>(
+    name: &str,
+    a: &'a Option<In<'_, E>>,
+) -> PyResult<Option<&'a [E]>> {
     a.as_ref().map(|a| slice(name, a)).transpose()
 }
 
@@ -42,7 +58,11 @@ fn lengths_vec(lengths: Option<PyReadonlyArrayDyn<'_, i64>>) -> PyResult<Option<
         .map(|l| {
             l.as_array()
                 .iter()
-                .map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("lengths must be >= 0, got {v}"))))
+                .map(|&v| {
+                    usize::try_from(v).map_err(|_| {
+                        PyValueError::new_err(format!("lengths must be >= 0, got {v}"))
+                    })
+                })
                 .collect()
         })
         .transpose()
@@ -67,8 +87,17 @@ impl<'py, E: Float + numpy::Element> SeqArrays<'py, E> {
         if xs.len() != 3 || ws.len() != 2 {
             return Err(PyValueError::new_err("x must be 3-D and w_hh 2-D"));
         }
-        let (steps, batch) = if self.batch_first { (xs[1], xs[0]) } else { (xs[0], xs[1]) };
-        Ok(Dims { steps, batch, input: xs[2], hidden: ws[1] })
+        let (steps, batch) = if self.batch_first {
+            (xs[1], xs[0])
+        } else {
+            (xs[0], xs[1])
+        };
+        Ok(Dims {
+            steps,
+            batch,
+            input: xs[2],
+            hidden: ws[1],
+        })
     }
 
     fn sequence(&self) -> PyResult<Sequence<'_, E>> {
@@ -88,19 +117,28 @@ impl<'py, E: Float + numpy::Element> SeqArrays<'py, E> {
 }
 
 fn extract<'py, E: numpy::Element>(name: &str, a: &Bound<'py, PyAny>) -> PyResult<In<'py, E>> {
-    a.extract::<In<'py, E>>()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be a C-contiguous array of the compute dtype")))
+    a.extract::<In<'py, E>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name} must be a C-contiguous array of the compute dtype"
+        ))
+    })
 }
 
-fn extract_opt<'py, E: numpy::Element>(name: &str, a: Option<&Bound<'py, PyAny>>) -> PyResult<Option<In<'py, E>>> {
+fn extract_opt<'py, E: numpy::Element>(
+    name: &str,
+    a: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<In<'py, E>>> {
     a.map(|a| extract(name, a)).transpose()
 }
 
 fn extract_out<'py, E: numpy::Element>(name: &str, a: &Bound<'py, PyAny>) -> PyResult<Out<'py, E>> {
-    let arr = a
-        .cast::<PyArrayDyn<E>>()
-        .map_err(|_| PyTypeError::new_err(format!("{name} must be a writable array of the compute dtype")))?;
-    arr.try_readwrite().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
+    let arr = a.cast::<PyArrayDyn<E>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name} must be a writable array of the compute dtype"
+        ))
+    })?;
+    arr.try_readwrite()
+        .map_err(|e| PyValueError::new_err(format!("{name}: {e}")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -138,15 +176,31 @@ fn forward_typed<'py, E: Float + numpy::Element>(
     cache: Option<(&Bound<'py, PyAny>, &Bound<'py, PyAny>, &Bound<'py, PyAny>)>,
 ) -> PyResult<()> {
     let seq = arrays.sequence()?;
-    let (mut y, mut h_n, mut c_n) = (extract_out::<E>("y", y)?, extract_out::<E>("h_n", h_n)?, extract_out::<E>("c_n", c_n)?);
+    let (mut y, mut h_n, mut c_n) = (
+        extract_out::<E>("y", y)?,
+        extract_out::<E>("h_n", h_n)?,
+        extract_out::<E>("c_n", c_n)?,
+    );
     let mut cache = cache
-        .map(|(g, c, h)| Ok::<_, PyErr>((extract_out::<E>("gates", g)?, extract_out::<E>("cells", c)?, extract_out::<E>("h_prev", h)?)))
+        .map(|(g, c, h)| {
+            Ok::<_, PyErr>((
+                extract_out::<E>("gates", g)?,
+                extract_out::<E>("cells", c)?,
+                extract_out::<E>("h_prev", h)?,
+            ))
+        })
         .transpose()?;
-    let out = Outputs { y: slice_mut("y", &mut y)?, h_n: slice_mut("h_n", &mut h_n)?, c_n: slice_mut("c_n", &mut c_n)? };
+    let out = Outputs {
+        y: slice_mut("y", &mut y)?,
+        h_n: slice_mut("h_n", &mut h_n)?,
+        c_n: slice_mut("c_n", &mut c_n)?,
+    };
     let cache = match cache.as_mut() {
-        Some((g, c, h)) => {
-            Some(Cache { gates: slice_mut("gates", g)?, cells: slice_mut("cells", c)?, h_prev: slice_mut("h_prev", h)? })
-        }
+        Some((g, c, h)) => Some(Cache {
+            gates: slice_mut("gates", g)?,
+            cells: slice_mut("cells", c)?,
+            h_prev: slice_mut("h_prev", h)?,
+        }),
         None => None,
     };
     py.detach(|| lstm::forward(&seq, out, cache)).map_err(to_py)
@@ -157,20 +211,30 @@ fn backward_typed<'py, E: Float + numpy::Element>(
     py: Python<'py>,
     arrays: SeqArrays<'py, E>,
     cache: (&Bound<'py, PyAny>, &Bound<'py, PyAny>, &Bound<'py, PyAny>),
-    seeds: (Option<&Bound<'py, PyAny>>, Option<&Bound<'py, PyAny>>, Option<&Bound<'py, PyAny>>),
+    seeds: Opt3<'_, 'py>,
     grads: [&Bound<'py, PyAny>; 5],
     db: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<()> {
     let seq = arrays.sequence()?;
-    let (gates, cells, h_prev) = (extract::<E>("gates", cache.0)?, extract::<E>("cells", cache.1)?, extract::<E>("h_prev", cache.2)?);
-    let (dy, dh_n, dc_n) = (extract_opt::<E>("dy", seeds.0)?, extract_opt::<E>("dh_n", seeds.1)?, extract_opt::<E>("dc_n", seeds.2)?);
+    let (gates, cells, h_prev) = (
+        extract::<E>("gates", cache.0)?,
+        extract::<E>("cells", cache.1)?,
+        extract::<E>("h_prev", cache.2)?,
+    );
+    let (dy, dh_n, dc_n) = (
+        extract_opt::<E>("dy", seeds.0)?,
+        extract_opt::<E>("dh_n", seeds.1)?,
+        extract_opt::<E>("dc_n", seeds.2)?,
+    );
     let names = ["dx", "dh0", "dc0", "dw_ih", "dw_hh"];
     let mut outs = Vec::with_capacity(5);
     for (name, g) in names.iter().zip(grads) {
         outs.push(extract_out::<E>(name, g)?);
     }
     let mut db = db.map(|d| extract_out::<E>("db", d)).transpose()?;
-    let [dx, dh0, dc0, dw_ih, dw_hh] = outs.as_mut_slice() else { unreachable!("five gradient arrays") };
+    let [dx, dh0, dc0, dw_ih, dw_hh] = outs.as_mut_slice() else {
+        unreachable!("five gradient arrays")
+    };
     let grads = Grads {
         dx: slice_mut("dx", dx)?,
         dh0: slice_mut("dh0", dh0)?,
@@ -179,9 +243,18 @@ fn backward_typed<'py, E: Float + numpy::Element>(
         dw_hh: slice_mut("dw_hh", dw_hh)?,
         db: db.as_mut().map(|d| slice_mut("db", d)).transpose()?,
     };
-    let cache = CacheRef { gates: slice("gates", &gates)?, cells: slice("cells", &cells)?, h_prev: slice("h_prev", &h_prev)? };
-    let seeds = Seeds { dy: opt_slice("dy", &dy)?, dh_n: opt_slice("dh_n", &dh_n)?, dc_n: opt_slice("dc_n", &dc_n)? };
-    py.detach(|| lstm::backward(&seq, cache, seeds, grads)).map_err(to_py)
+    let cache = CacheRef {
+        gates: slice("gates", &gates)?,
+        cells: slice("cells", &cells)?,
+        h_prev: slice("h_prev", &h_prev)?,
+    };
+    let seeds = Seeds {
+        dy: opt_slice("dy", &dy)?,
+        dh_n: opt_slice("dh_n", &dh_n)?,
+        dc_n: opt_slice("dc_n", &dc_n)?,
+    };
+    py.detach(|| lstm::backward(&seq, cache, seeds, grads))
+        .map_err(to_py)
 }
 
 fn is_f64(x: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -262,10 +335,12 @@ mod _core {
     ) -> PyResult<()> {
         let grads = [dx, dh0, dc0, dw_ih, dw_hh];
         if is_f64(x)? {
-            let a = seq_arrays::<f64>(x, w_ih, w_hh, None, None, c0, lengths, batch_first, reverse)?;
+            let a =
+                seq_arrays::<f64>(x, w_ih, w_hh, None, None, c0, lengths, batch_first, reverse)?;
             backward_typed(py, a, (gates, cells, h_prev), (dy, dh_n, dc_n), grads, db)
         } else {
-            let a = seq_arrays::<f32>(x, w_ih, w_hh, None, None, c0, lengths, batch_first, reverse)?;
+            let a =
+                seq_arrays::<f32>(x, w_ih, w_hh, None, None, c0, lengths, batch_first, reverse)?;
             backward_typed(py, a, (gates, cells, h_prev), (dy, dh_n, dc_n), grads, db)
         }
     }
@@ -276,7 +351,9 @@ mod _core {
         match itemsize {
             4 => Ok(lstm::hidden_pad::<f32>(hidden)),
             8 => Ok(lstm::hidden_pad::<f64>(hidden)),
-            _ => Err(PyValueError::new_err(format!("itemsize must be 4 or 8, got {itemsize}"))),
+            _ => Err(PyValueError::new_err(format!(
+                "itemsize must be 4 or 8, got {itemsize}"
+            ))),
         }
     }
 

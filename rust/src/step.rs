@@ -85,7 +85,11 @@ impl Slots<'_> {
 /// # Safety
 /// `a[r]` readable for `depth` elements; `panel` for `depth · 4 · LANES`.
 #[inline(always)]
-unsafe fn tile<S: Simd, const MR: usize>(a: [*const S::E; MR], depth: usize, panel: *const S::E) -> [[S; 4]; MR] {
+unsafe fn tile<S: Simd, const MR: usize>(
+    a: [*const S::E; MR],
+    depth: usize,
+    panel: *const S::E,
+) -> [[S; 4]; MR] {
     let w = S::LANES;
     let mut acc = [[S::splat(S::E::ZERO); 4]; MR];
     for k in 0..depth {
@@ -93,7 +97,12 @@ unsafe fn tile<S: Simd, const MR: usize>(a: [*const S::E; MR], depth: usize, pan
         // inside the regions the caller vouched for.
         unsafe {
             let p = panel.add(k * 4 * w);
-            let b = [S::load(p), S::load(p.add(w)), S::load(p.add(2 * w)), S::load(p.add(3 * w))];
+            let b = [
+                S::load(p),
+                S::load(p.add(w)),
+                S::load(p.add(2 * w)),
+                S::load(p.add(3 * w)),
+            ];
             for r in 0..MR {
                 let x = S::splat(*a[r].add(k));
                 for v in 0..4 {
@@ -213,7 +222,11 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
         let w = S::LANES;
         let n_slots = self.slots.rows.len();
         let tiles = hp / w;
-        assert_eq!(self.panels.len(), tiles * h * 4 * w, "forward panels packed for another ISA");
+        assert_eq!(
+            self.panels.len(),
+            tiles * h * 4 * w,
+            "forward panels packed for another ISA"
+        );
         assert!(self.xw.len() >= geo.steps * geo.batch * 4 * hp && self.bias.len() == 4 * hp);
 
         // Two h buffers (all tiles read the old h while writing the new), one c.
@@ -265,7 +278,11 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                         unsafe {
                             let xw = self.xw.as_ptr().add(row * 4 * hp + u0);
                             let bias = self.bias.as_ptr().add(u0);
-                            let pre = |g: usize| acc[g].add(S::load(xw.add(g * hp))).add(S::load(bias.add(g * hp)));
+                            let pre = |g: usize| {
+                                acc[g]
+                                    .add(S::load(xw.add(g * hp)))
+                                    .add(S::load(bias.add(g * hp)))
+                            };
                             let ig = simd::sigmoid(pre(0));
                             let fg = simd::sigmoid(pre(1));
                             let gg = simd::tanh(pre(2));
@@ -284,7 +301,8 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                                 gg.store(gp.add(2 * hp));
                                 og.store(gp.add(3 * hp));
                                 c_new.store(out.cells.0.add(row * hp + u0));
-                                S::load(cur.as_ptr().add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
+                                S::load(cur.as_ptr().add(slot * hp + u0))
+                                    .store(out.h_prev.0.add(row * hp + u0));
                             }
                         }
                     }
@@ -343,7 +361,11 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
         let n_slots = self.slots.rows.len();
         let tiles = hp.div_ceil(width);
         let depth = 4 * hp;
-        assert_eq!(self.panels.len(), tiles * depth * width, "backward panels packed for another ISA");
+        assert_eq!(
+            self.panels.len(),
+            tiles * depth * width,
+            "backward panels packed for another ISA"
+        );
         let rows_total = geo.steps * geo.batch;
         assert!(self.gates.len() >= rows_total * 4 * hp && self.cells.len() >= rows_total * hp);
 
@@ -353,7 +375,11 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
         let mut dc_state = vec![E::ZERO; n_slots * hp];
         let mut c_first = vec![E::ZERO; n_slots * hp];
         for (r, &b) in self.slots.rows.iter().enumerate() {
-            for (src, dst) in [(self.dh_n, &mut dh_seed), (self.dc_n, &mut dc_state), (self.c0, &mut c_first)] {
+            for (src, dst) in [
+                (self.dh_n, &mut dh_seed),
+                (self.dc_n, &mut dc_state),
+                (self.c0, &mut c_first),
+            ] {
                 if let Some(src) = src {
                     dst[r * hp..][..h].copy_from_slice(&src[b * h..][..h]);
                 }
@@ -376,7 +402,9 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                             let slot = r + i;
                             let pos = geo.pos(s + 1, self.slots.lens[slot]);
                             // SAFETY: row < T·B; da has (T·B) × 4Hp elements.
-                            unsafe { da.0.add(geo.row(pos, self.slots.rows[slot]) * depth) as *const E }
+                            unsafe {
+                                da.0.add(geo.row(pos, self.slots.rows[slot]) * depth) as *const E
+                            }
                         });
                         // SAFETY: each a[i] is a whole da row (depth elements),
                         // written at iteration s + 1 by this chunk; the panel holds
@@ -389,7 +417,10 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                                 let pos = geo.pos(s + 1, self.slots.lens[slot]);
                                 let row = geo.row(pos, self.slots.rows[slot]);
                                 // SAFETY: as in the grouped case, for one row.
-                                unsafe { tile::<S, 1>([da.0.add(row * depth) as *const E], depth, panel)[0] }
+                                unsafe {
+                                    tile::<S, 1>([da.0.add(row * depth) as *const E], depth, panel)
+                                        [0]
+                                }
                             } else {
                                 std::array::from_fn(|v| {
                                     // Lanes past hp are never used (the epilogue stops there).
@@ -422,8 +453,12 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                                     dh = dh.add(load_n(dy.as_ptr().add(row * h + u), real));
                                 }
                                 let gp = self.gates.as_ptr().add(row * depth + u);
-                                let (ig, fg, gg, og) =
-                                    (S::load(gp), S::load(gp.add(hp)), S::load(gp.add(2 * hp)), S::load(gp.add(3 * hp)));
+                                let (ig, fg, gg, og) = (
+                                    S::load(gp),
+                                    S::load(gp.add(hp)),
+                                    S::load(gp.add(2 * hp)),
+                                    S::load(gp.add(3 * hp)),
+                                );
                                 let c = S::load(self.cells.as_ptr().add(row * hp + u));
                                 let c_prev = match prev_row {
                                     Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
@@ -458,20 +493,33 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
             // the tile are stored only up to h.
             unsafe {
                 if len == 0 {
-                    std::ptr::copy_nonoverlapping(dh_seed.as_ptr().add(slot * hp), self.dh0.0.add(b * h), h);
+                    std::ptr::copy_nonoverlapping(
+                        dh_seed.as_ptr().add(slot * hp),
+                        self.dh0.0.add(b * h),
+                        h,
+                    );
                 } else {
                     let row = geo.row(geo.pos(0, len), b);
                     for q in 0..tiles {
                         let u0 = q * width;
                         let panel = self.panels[q * depth * width..].as_ptr();
-                        let acc = tile::<S, 1>([da.0.add(row * depth) as *const E], depth, panel)[0];
+                        let acc =
+                            tile::<S, 1>([da.0.add(row * depth) as *const E], depth, panel)[0];
                         for (v, acc_v) in acc.into_iter().enumerate() {
                             let u = u0 + v * w;
-                            store_n(acc_v, self.dh0.0.add(b * h + u.min(h)), h.saturating_sub(u).min(w));
+                            store_n(
+                                acc_v,
+                                self.dh0.0.add(b * h + u.min(h)),
+                                h.saturating_sub(u).min(w),
+                            );
                         }
                     }
                 }
-                std::ptr::copy_nonoverlapping(dc_state.as_ptr().add(slot * hp), self.dc0.0.add(b * h), h);
+                std::ptr::copy_nonoverlapping(
+                    dc_state.as_ptr().add(slot * hp),
+                    self.dc0.0.add(b * h),
+                    h,
+                );
             }
         }
     }

@@ -12,7 +12,10 @@ struct Pool {
     pool: Option<Arc<ThreadPool>>,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool { threads: 0, pool: None });
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    threads: 0,
+    pool: None,
+});
 
 fn default_threads() -> usize {
     std::env::var("LSTM_FAST_NUM_THREADS")
@@ -39,7 +42,9 @@ pub fn num_threads() -> usize {
 /// Sets the thread count for later calls (calls already running keep theirs).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n < 1 {
-        return Err(Error::Value(format!("set_num_threads: n must be >= 1, got {n}")));
+        return Err(Error::Value(format!(
+            "set_num_threads: n must be >= 1, got {n}"
+        )));
     }
     let mut p = lock();
     if p.threads != n {

@@ -83,7 +83,9 @@ impl Simd for F32x8 {
         // SAFETY: see `splat`.
         unsafe {
             let biased = _mm256_add_ps(self.0, _mm256_set1_ps(8_388_608.0 + 127.0));
-            F32x8(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_castps_si256(biased))))
+            F32x8(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(
+                _mm256_castps_si256(biased),
+            )))
         }
     }
 }
@@ -156,7 +158,9 @@ impl Simd for F64x4 {
         // SAFETY: see `splat`.
         unsafe {
             let biased = _mm256_add_pd(self.0, _mm256_set1_pd(4_503_599_627_370_496.0 + 1023.0));
-            F64x4(_mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_castpd_si256(biased))))
+            F64x4(_mm256_castsi256_pd(_mm256_slli_epi64::<52>(
+                _mm256_castpd_si256(biased),
+            )))
         }
     }
 }

@@ -83,7 +83,9 @@ impl Simd for F32x16 {
         // SAFETY: see `splat`.
         unsafe {
             let biased = _mm512_add_ps(self.0, _mm512_set1_ps(8_388_608.0 + 127.0));
-            F32x16(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_castps_si512(biased))))
+            F32x16(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(
+                _mm512_castps_si512(biased),
+            )))
         }
     }
 }
@@ -156,7 +158,9 @@ impl Simd for F64x8 {
         // SAFETY: see `splat`.
         unsafe {
             let biased = _mm512_add_pd(self.0, _mm512_set1_pd(4_503_599_627_370_496.0 + 1023.0));
-            F64x8(_mm512_castsi512_pd(_mm512_slli_epi64::<52>(_mm512_castpd_si512(biased))))
+            F64x8(_mm512_castsi512_pd(_mm512_slli_epi64::<52>(
+                _mm512_castpd_si512(biased),
+            )))
         }
     }
 }

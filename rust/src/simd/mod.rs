@@ -97,7 +97,10 @@ impl Isa {
 
     /// The supported ISAs, slowest first.
     pub fn available() -> Vec<Isa> {
-        Isa::ALL.into_iter().filter(|isa| isa.is_supported()).collect()
+        Isa::ALL
+            .into_iter()
+            .filter(|isa| isa.is_supported())
+            .collect()
     }
 
     fn best() -> Isa {
@@ -134,7 +137,10 @@ pub fn set_active(isa: Isa) -> Result<(), Error> {
         return Err(Error::Value(format!(
             "ISA {:?} is not supported by this CPU; available: {:?}",
             isa.name(),
-            Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>()
+            Isa::available()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
         )));
     }
     ACTIVE.store(isa as u8, Ordering::Relaxed);
@@ -214,12 +220,16 @@ pub fn exp<S: Simd>(x: S) -> S {
     p.mul(half.pow2i()).mul(n.sub(half).pow2i())
 }
 
-/// σ(x) = 1 / (1 + e^(−x)): relative error stays that of exp for every x (unlike
-/// 0.5 + 0.5·tanh(x/2), which cancels for negative x); saturates to exactly 0/1.
+/// σ(x) with e = exp(−|x|): 1/(1 + e) for x ≥ 0, e/(1 + e) for x < 0. One exp
+/// that never overflows, relative error that of exp for every x (unlike
+/// 0.5 + 0.5·tanh(x/2), which cancels for negative x), exact 0 and 1 at the
+/// ends and the subnormal tail below x ≈ −87 kept.
 #[inline(always)]
 pub fn sigmoid<S: Simd>(x: S) -> S {
     let one = S::splat(S::E::ONE);
-    one.div(one.add(exp(S::splat(S::E::ZERO).sub(x))))
+    let zero = S::splat(S::E::ZERO);
+    let e = exp(zero.sub(x.abs()));
+    x.select_lt(zero, e, one).div(one.add(e))
 }
 
 /// tanh(x): odd Taylor series near 0, (1 − e)/(1 + e) with e = exp(−2|x|) beyond.
@@ -229,7 +239,8 @@ pub fn tanh<S: Simd>(x: S) -> S {
     let zero = S::splat(S::E::ZERO);
     let t = x.abs();
     let x2 = x.mul(x);
-    let small = horner(x2, S::E::TANH_POLY).mul(x2).mul_add(x, x);
+    // x·(1 + x²·P(x²)) rather than x + x·x²·P: keeps the sign of −0.
+    let small = x.mul(horner(x2, S::E::TANH_POLY).mul_add(x2, one));
     let em = exp(t.mul(S::splat(S::E::from_f64(-2.0))));
     let big = one.sub(em).div(one.add(em));
     let big = x.select_lt(zero, zero.sub(big), big);
