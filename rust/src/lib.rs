@@ -12,6 +12,7 @@
 pub mod error;
 pub mod float;
 pub mod gemm;
+pub mod kernel;
 pub mod lstm;
 pub mod pack;
 pub mod simd;

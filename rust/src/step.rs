@@ -7,6 +7,7 @@
 //! still running at step s are always a prefix and padded steps cost nothing.
 
 use crate::float::Float;
+use crate::kernel::{for_row_groups, load_n, store_n, tile};
 use crate::simd::{self, Kernel, Simd};
 
 /// Where row (pos, b) lives in every per-(step, row) buffer: the caller's layout.
@@ -71,111 +72,6 @@ impl Slots<'_> {
     fn active(&self, s: usize) -> usize {
         self.lens.partition_point(|&len| len > s)
     }
-}
-
-// ---------------------------------------------------------------------------
-// Micro-kernel and partial loads/stores
-// ---------------------------------------------------------------------------
-
-/// `acc[r][v] = Σ_k a[r][k] · panel[k][v·LANES..]` for MR rows and 4 vectors.
-///
-/// Each output is one FMA chain in k order, whatever MR is: grouping rows
-/// differently (other chunks, other thread counts) gives the same bits.
-///
-/// # Safety
-/// `a[r]` readable for `depth` elements; `panel` for `depth · 4 · LANES`.
-#[inline(always)]
-unsafe fn tile<S: Simd, const MR: usize>(
-    a: [*const S::E; MR],
-    depth: usize,
-    panel: *const S::E,
-) -> [[S; 4]; MR] {
-    let w = S::LANES;
-    let mut acc = [[S::splat(S::E::ZERO); 4]; MR];
-    for k in 0..depth {
-        // SAFETY: k < depth, so all four vectors of panel row k and a[r][k] are
-        // inside the regions the caller vouched for.
-        unsafe {
-            let p = panel.add(k * 4 * w);
-            let b = [
-                S::load(p),
-                S::load(p.add(w)),
-                S::load(p.add(2 * w)),
-                S::load(p.add(3 * w)),
-            ];
-            for r in 0..MR {
-                let x = S::splat(*a[r].add(k));
-                for v in 0..4 {
-                    acc[r][v] = x.mul_add(b[v], acc[r][v]);
-                }
-            }
-        }
-    }
-    acc
-}
-
-/// Loads `n` (≤ LANES) elements, zero-filling the rest.
-///
-/// # Safety
-/// `p` readable for `min(n, LANES)` elements.
-#[inline(always)]
-unsafe fn load_n<S: Simd>(p: *const S::E, n: usize) -> S {
-    if n >= S::LANES {
-        // SAFETY: n ≥ LANES elements are readable.
-        unsafe { S::load(p) }
-    } else {
-        let mut tmp = [S::E::ZERO; 16];
-        // SAFETY: n < LANES ≤ 16 elements are readable at p and fit in tmp.
-        unsafe {
-            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), n);
-            S::load(tmp.as_ptr())
-        }
-    }
-}
-
-/// Stores the first `n` (≤ LANES) lanes.
-///
-/// # Safety
-/// `p` writable for `min(n, LANES)` elements.
-#[inline(always)]
-unsafe fn store_n<S: Simd>(v: S, p: *mut S::E, n: usize) {
-    if n >= S::LANES {
-        // SAFETY: n ≥ LANES elements are writable.
-        unsafe { v.store(p) }
-    } else if n > 0 {
-        let mut tmp = [S::E::ZERO; 16];
-        // SAFETY: LANES ≤ 16 fit in tmp; n < LANES elements are writable at p.
-        unsafe {
-            v.store(tmp.as_mut_ptr());
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, n);
-        }
-    }
-}
-
-/// Runs `body::<MR>(first_slot)` over `count` slots in groups of the largest MR
-/// the ISA's register file holds (4 with 32 vector registers, else 2), then 1.
-macro_rules! for_row_groups {
-    ($S:ty, $count:expr, |$r:ident, $mr:ident| $body:expr) => {{
-        let count = $count;
-        let mut $r = 0;
-        if std::mem::size_of::<$S>() >= 64 {
-            while $r + 4 <= count {
-                const $mr: usize = 4;
-                $body;
-                $r += 4;
-            }
-        }
-        while $r + 2 <= count {
-            const $mr: usize = 2;
-            $body;
-            $r += 2;
-        }
-        while $r < count {
-            const $mr: usize = 1;
-            $body;
-            $r += 1;
-        }
-    }};
 }
 
 // ---------------------------------------------------------------------------
@@ -263,7 +159,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                     let a: [*const E; MR] = std::array::from_fn(|i| cur[(r + i) * hp..].as_ptr());
                     // SAFETY: each a[i] has hp ≥ h readable elements; the panel
                     // slice holds h rows of 4·w (length asserted above).
-                    let acc = unsafe { tile::<S, MR>(a, h, panel) };
+                    let acc = unsafe { tile::<S, MR>(a, 1, h, panel) };
                     for (i, acc) in acc.iter().enumerate() {
                         let slot = r + i;
                         let b = self.slots.rows[slot];
@@ -409,7 +305,7 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                         // SAFETY: each a[i] is a whole da row (depth elements),
                         // written at iteration s + 1 by this chunk; the panel holds
                         // depth × width (asserted).
-                        unsafe { tile::<S, MR>(a, depth, panel) }
+                        unsafe { tile::<S, MR>(a, 1, depth, panel) }
                     } else {
                         std::array::from_fn(|i| {
                             let slot = r + i;
@@ -418,7 +314,7 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                                 let row = geo.row(pos, self.slots.rows[slot]);
                                 // SAFETY: as in the grouped case, for one row.
                                 unsafe {
-                                    tile::<S, 1>([da.0.add(row * depth) as *const E], depth, panel)
+                                    tile::<S, 1>([da.0.add(row * depth) as *const E], 1, depth, panel)
                                         [0]
                                 }
                             } else {
@@ -504,7 +400,7 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                         let u0 = q * width;
                         let panel = self.panels[q * depth * width..].as_ptr();
                         let acc =
-                            tile::<S, 1>([da.0.add(row * depth) as *const E], depth, panel)[0];
+                            tile::<S, 1>([da.0.add(row * depth) as *const E], 1, depth, panel)[0];
                         for (v, acc_v) in acc.into_iter().enumerate() {
                             let u = u0 + v * w;
                             store_n(
