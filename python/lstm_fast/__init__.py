@@ -2,15 +2,17 @@
 
 Functional API (SPEC.md section 2): :func:`forward`, :func:`backward`,
 :func:`cell_forward`, :func:`cell_backward`; threads with
-:func:`set_num_threads`. The NumPy reference with the same API lives in
-:mod:`lstm_fast.reference`.
+:func:`set_num_threads`. The layer (SPEC.md section 3): :class:`LSTM`, with
+weight conversion in :mod:`lstm_fast.convert` and optimizers in
+:mod:`lstm_fast.optim`. The NumPy reference with the same functional API lives
+in :mod:`lstm_fast.reference`.
 """
 
 from __future__ import annotations
 
 import os
 
-from . import _core
+from . import _core, convert, optim
 from ._types import Cell, CellGradients, Forward, Gradients
 from .functional import (
     Cache,
@@ -22,6 +24,7 @@ from .functional import (
     get_num_threads,
     set_num_threads,
 )
+from .layer import LSTM
 
 __version__ = "0.1.0"
 
@@ -32,13 +35,16 @@ __all__ = [
     "CellGradients",
     "Forward",
     "Gradients",
+    "LSTM",
     "available_isas",
     "backward",
     "cell_backward",
     "cell_forward",
+    "convert",
     "forward",
     "get_isa",
     "get_num_threads",
+    "optim",
     "set_num_threads",
 ]
 

@@ -53,8 +53,13 @@ def _compute_dtype(arrays: dict[str, np.ndarray]) -> np.dtype:
                 f"{name} must have a real numeric dtype (float32, float64, float16, integer or bool), "
                 f"got {a.dtype}"
             )
-    dtype = np.result_type(*arrays.values())
-    if dtype.kind in "biu" or dtype.itemsize > 8:
+    # SPEC §4: the result type of the floating inputs; integers and bools only
+    # decide (float64) when nothing else is floating.
+    floating = [a.dtype for a in arrays.values() if a.dtype.kind == "f"]
+    if not floating:
+        return np.dtype(np.float64)
+    dtype = np.result_type(*floating)
+    if dtype.itemsize > 8:
         return np.dtype(np.float64)
     if dtype.itemsize < 4:
         return np.dtype(np.float32)
@@ -72,7 +77,7 @@ def _check_shape(name: str, a: np.ndarray, symbols: str, want: tuple[int, ...]) 
 
 def _contiguous(a: np.ndarray, dtype: np.dtype, *, own: bool) -> np.ndarray:
     """C-contiguous, aligned, of `dtype`; a private copy when `own` (caches)."""
-    out = np.ascontiguousarray(a, dtype=dtype)
+    out = np.require(a, dtype=dtype, requirements=["C", "A"])
     if own and np.may_share_memory(out, a):
         out = out.copy()
     return out
@@ -121,6 +126,9 @@ class _Args:
         names: dict[str, str],
     ) -> None:
         raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
+        for k in ("x", "w_ih", "w_hh"):
+            if raw[k] is None:
+                raise TypeError(f"{names.get(k, k)} is required: expected an array, got None")
         arrays = {k: _as_array(names.get(k, k), v) for k, v in raw.items() if v is not None}
         self.dtype = _compute_dtype({names.get(k, k): v for k, v in arrays.items()})
         xa, wih, whh = arrays["x"], arrays["w_ih"], arrays["w_hh"]
@@ -157,7 +165,7 @@ class _Args:
         self.w_hh = _contiguous(whh, dt, own=own)
         self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
         biases = [arrays[k].astype(dt) for k in ("b_ih", "b_hh") if k in arrays]
-        self.bias = np.ascontiguousarray(sum(biases[1:], biases[0])) if biases else None
+        self.bias = np.require(sum(biases[1:], biases[0]), requirements=["C", "A"]) if biases else None
         self.h0 = _contiguous(arrays["h0"], dt, own=False) if "h0" in arrays else None
         self.c0 = _contiguous(arrays["c0"], dt, own=own) if "c0" in arrays else None
 
@@ -325,7 +333,7 @@ def _seed(name: str, value: Any, symbols: str, shape: tuple[int, ...], dtype: np
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name} must have a real numeric dtype, got {a.dtype}")
     _check_shape(name, a, symbols, shape)
-    return np.ascontiguousarray(a, dtype=dtype)
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
 
 
 def _run_backward(

@@ -110,3 +110,34 @@ macro_rules! for_row_groups {
     }};
 }
 pub(crate) use for_row_groups;
+
+/// [`tile`] for one row against two panels at once: eight independent FMA
+/// chains instead of four, enough to hide FMA latency when a step has a single
+/// row (batch 1). Each output is the same chain as in `tile`, so results are
+/// bitwise those of two `tile::<S, 1>` calls.
+///
+/// # Safety
+/// As for [`tile`], for both panels.
+#[inline(always)]
+pub unsafe fn tile_pair<S: Simd>(
+    a: *const S::E,
+    a_cs: usize,
+    depth: usize,
+    panels: [*const S::E; 2],
+) -> [[S; 4]; 2] {
+    let w = S::LANES;
+    let mut acc = [[S::splat(S::E::ZERO); 4]; 2];
+    for k in 0..depth {
+        // SAFETY: k < depth: inside both panels and the row (caller's contract).
+        unsafe {
+            let x = S::splat(*a.add(k * a_cs));
+            for (acc, panel) in acc.iter_mut().zip(panels) {
+                let p = panel.add(k * 4 * w);
+                for (v, acc_v) in acc.iter_mut().enumerate() {
+                    *acc_v = x.mul_add(S::load(p.add(v * w)), *acc_v);
+                }
+            }
+        }
+    }
+    acc
+}

@@ -1,7 +1,8 @@
 //! One layer, one direction, a whole sequence: argument checks, weight packing,
-//! the large products before and after the time loop, and the split of the
-//! batch across threads (each chunk of rows runs the whole loop alone, so
-//! threads never meet between steps).
+//! the large products before and after the time loop, and how the time loop is
+//! split across threads: by batch rows (each chunk runs the whole loop alone,
+//! threads never meet) or, when rows are few, by hidden units (each thread
+//! keeps its slice of `w_hh` hot and the team meets at a barrier every step).
 
 use rayon::prelude::*;
 
@@ -10,8 +11,11 @@ use crate::float::Float;
 use crate::gemm::{gemm, Mat};
 use crate::pack;
 use crate::simd::{self, Isa, Kernel, Simd};
-use crate::step::{BackwardChunk, ForwardChunk, ForwardOut, Geometry, SharedMut, Slots};
-use crate::threads;
+use crate::step::{
+    BackwardChunk, BackwardState, ForwardChunk, ForwardOut, ForwardState, Geometry, SharedMut,
+    Slots,
+};
+use crate::threads::{self, SpinBarrier, TEAM};
 
 /// T, B, I, H.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,8 +91,92 @@ pub fn hidden_pad<E: Float>(hidden: usize) -> usize {
     hidden.next_multiple_of(E::PAD)
 }
 
-/// Rows per thread below which splitting the batch costs more than it gains.
+/// Rows per chunk below which a batch chunk is not worth a thread of its own.
 const MIN_ROWS_PER_CHUNK: usize = 8;
+/// Rows per thread from which the batch split wins over the hidden split.
+const BATCH_SPLIT_ROWS: usize = 32;
+
+/// How the time loop is shared among threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Split {
+    /// Chunks of batch rows, one thread each.
+    Batch,
+    /// All rows on a team of this many threads, each with a range of tiles.
+    Hidden(usize),
+}
+
+/// The split for `batch` rows and `tiles` tiles of hidden units on `threads`
+/// threads. `LSTM_FAST_SPLIT=batch|hidden` overrides it (for measurements).
+fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
+    let team = threads.min(tiles);
+    let forced = std::env::var("LSTM_FAST_SPLIT").ok();
+    match forced.as_deref() {
+        Some("batch") => return Split::Batch,
+        Some("hidden") if team > 1 => return Split::Hidden(team),
+        _ => {}
+    }
+    if team <= 1 || batch >= threads * BATCH_SPLIT_ROWS || tiles < 2 * threads {
+        Split::Batch
+    } else {
+        Split::Hidden(team)
+    }
+}
+
+/// Tiles `0..tiles` dealt into `members` contiguous ranges.
+fn tile_range(member: usize, members: usize, tiles: usize) -> std::ops::Range<usize> {
+    (member * tiles / members)..((member + 1) * tiles / members)
+}
+
+/// Holds [`TEAM`] for the length of a call.
+enum Claim {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// Takes the pool for a call: exclusively for a hidden split (its members wait
+/// for each other, so all must run at once), shared otherwise. When another
+/// call is running, a hidden split becomes a batch split, which yields the same
+/// bits, instead of waiting.
+fn claim(split: Split) -> (Split, Claim) {
+    if let Split::Hidden(_) = split {
+        if let Ok(guard) = TEAM.try_write() {
+            return (split, Claim::Exclusive(guard));
+        }
+    }
+    (
+        Split::Batch,
+        Claim::Shared(TEAM.read().unwrap_or_else(|e| e.into_inner())),
+    )
+}
+
+/// Runs `member(chunk, tiles, barrier)`: for `Split::Hidden(n)`, n members of
+/// the one chunk at once, each with its range of `0..tiles`, meeting at a
+/// barrier; for `Split::Batch`, every chunk with all tiles, in parallel.
+fn run_split(
+    split: Split,
+    chunks: usize,
+    tiles: usize,
+    member: &(dyn Fn(usize, std::ops::Range<usize>, Option<&SpinBarrier>) + Sync),
+) {
+    if chunks == 0 {
+        return;
+    }
+    match split {
+        Split::Hidden(n) => {
+            let barrier = SpinBarrier::new(n);
+            // Every worker is idle (the claim is exclusive) and the pool has at
+            // least n threads, so all n members run at once.
+            rayon::broadcast(|ctx| {
+                if ctx.index() < n {
+                    member(0, tile_range(ctx.index(), n, tiles), Some(&barrier));
+                }
+            });
+        }
+        Split::Batch => (0..chunks)
+            .into_par_iter()
+            .for_each(|chunk| member(chunk, 0..tiles, None)),
+    }
+}
 
 fn product(name: &str, factors: &[usize]) -> Result<usize> {
     factors
@@ -237,11 +325,14 @@ pub fn forward<E: Float>(
     let isa = simd::active();
     let pool = threads::pool()?;
     let geo = seq.geometry();
+    let lanes = lanes::<E>(isa);
+    let tiles = hp / lanes;
+    let (split, _claim) = claim(choose_split(batch, tiles, pool.current_num_threads()));
 
     pool.install(|| {
         let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);
         let bias = pack::pad_bias(seq.bias, hidden, hp);
-        let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes::<E>(isa));
+        let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes);
         let mut xw = vec![E::ZERO; rows * 4 * hp];
         gemm(
             Mat::rows(seq.x, rows, input, input),
@@ -270,32 +361,68 @@ pub fn forward<E: Float>(
         };
         let shared = ForwardOut {
             y: SharedMut(out.y.as_mut_ptr()),
-            h_n: SharedMut(out.h_n.as_mut_ptr()),
-            c_n: SharedMut(out.c_n.as_mut_ptr()),
             gates,
             cells,
             h_prev,
         };
-        // Each chunk owns a disjoint set of batch rows, and writes only those
-        // rows of the shared outputs (checked to have the sizes above).
-        seq.chunks(rayon::current_num_threads())
-            .par_iter()
-            .for_each(|(slot_rows, slot_lens)| {
-                let chunk = ForwardChunk {
-                    geo,
-                    slots: Slots {
-                        rows: slot_rows,
-                        lens: slot_lens,
-                    },
-                    xw: &xw,
-                    bias: &bias,
-                    panels: &panels,
-                    h0: seq.h0,
-                    c0: seq.c0,
-                    out: shared,
-                };
-                simd::dispatch(isa, chunk);
-            });
+
+        // Per chunk: its slots and its state (h twice, c), h0/c0 copied in.
+        let chunks = seq.chunks(if split == Split::Batch {
+            rayon::current_num_threads()
+        } else {
+            1
+        });
+        let mut states: Vec<[Vec<E>; 3]> = chunks
+            .iter()
+            .map(|(slot_rows, _)| {
+                let mut st = [(); 3].map(|_| vec![E::ZERO; slot_rows.len() * hp]);
+                for (r, &b) in slot_rows.iter().enumerate() {
+                    for (src, dst) in [(seq.h0, 0), (seq.c0, 2)] {
+                        if let Some(src) = src {
+                            st[dst][r * hp..][..hidden]
+                                .copy_from_slice(&src[b * hidden..][..hidden]);
+                        }
+                    }
+                }
+                st
+            })
+            .collect();
+        let state_ptrs: Vec<ForwardState<E>> = states
+            .iter_mut()
+            .map(|[h0, h1, c]| ForwardState {
+                h: [SharedMut(h0.as_mut_ptr()), SharedMut(h1.as_mut_ptr())],
+                c: SharedMut(c.as_mut_ptr()),
+            })
+            .collect();
+        // Chunks own disjoint batch rows and write only those rows of the shared
+        // outputs (sizes checked above); members of a chunk write disjoint units.
+        run_split(split, chunks.len(), tiles, &|chunk, tile_range, barrier| {
+            let (slot_rows, slot_lens) = &chunks[chunk];
+            let kernel = ForwardChunk {
+                geo,
+                slots: Slots {
+                    rows: slot_rows,
+                    lens: slot_lens,
+                },
+                xw: &xw,
+                bias: &bias,
+                panels: &panels,
+                state: state_ptrs[chunk],
+                out: shared,
+                tiles: tile_range,
+                barrier,
+            };
+            simd::dispatch(isa, kernel);
+        });
+
+        // A row of length L last wrote h into buffer L % 2 (h0 sits in 0).
+        for ((slot_rows, slot_lens), st) in chunks.iter().zip(&states) {
+            for (slot, (&b, &len)) in slot_rows.iter().zip(slot_lens).enumerate() {
+                out.h_n[b * hidden..][..hidden]
+                    .copy_from_slice(&st[len % 2][slot * hp..][..hidden]);
+                out.c_n[b * hidden..][..hidden].copy_from_slice(&st[2][slot * hp..][..hidden]);
+            }
+        }
     });
     Ok(())
 }
@@ -333,40 +460,75 @@ pub fn backward<E: Float>(
     let pool = threads::pool()?;
     let geo = seq.geometry();
     let depth = 4 * hp;
+    let lanes = lanes::<E>(isa);
+    let tiles = hp.div_ceil(4 * lanes);
+    let (split, _claim) = claim(choose_split(batch, tiles, pool.current_num_threads()));
 
     pool.install(|| {
-        let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes::<E>(isa));
+        let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes);
         // Zeros stay at padded steps, so the products below ignore them.
         let mut da = vec![E::ZERO; rows * depth];
-        let (da_ptr, dh0, dc0) = (
+        let (da_ptr, dh0) = (
             SharedMut(da.as_mut_ptr()),
             SharedMut(grads.dh0.as_mut_ptr()),
-            SharedMut(grads.dc0.as_mut_ptr()),
         );
-        // Each chunk owns a disjoint set of batch rows and writes only their rows
-        // of da, dh0 and dc0 (sizes checked above).
-        seq.chunks(rayon::current_num_threads())
-            .par_iter()
-            .for_each(|(slot_rows, slot_lens)| {
-                let chunk = BackwardChunk {
-                    geo,
-                    slots: Slots {
-                        rows: slot_rows,
-                        lens: slot_lens,
-                    },
-                    gates: cache.gates,
-                    cells: cache.cells,
-                    panels: &panels,
-                    c0: seq.c0,
-                    dy: seeds.dy,
-                    dh_n: seeds.dh_n,
-                    dc_n: seeds.dc_n,
-                    da: da_ptr,
-                    dh0,
-                    dc0,
-                };
-                simd::dispatch(isa, chunk);
-            });
+
+        // Per chunk: its slots and its state (dh_n seed, dc, c0), copied in.
+        let chunks = seq.chunks(if split == Split::Batch {
+            rayon::current_num_threads()
+        } else {
+            1
+        });
+        let mut states: Vec<[Vec<E>; 3]> = chunks
+            .iter()
+            .map(|(slot_rows, _)| {
+                let mut st = [(); 3].map(|_| vec![E::ZERO; slot_rows.len() * hp]);
+                for (r, &b) in slot_rows.iter().enumerate() {
+                    for (src, dst) in [(seeds.dh_n, 0), (seeds.dc_n, 1), (seq.c0, 2)] {
+                        if let Some(src) = src {
+                            st[dst][r * hp..][..hidden]
+                                .copy_from_slice(&src[b * hidden..][..hidden]);
+                        }
+                    }
+                }
+                st
+            })
+            .collect();
+        let state_ptrs: Vec<BackwardState<E>> = states
+            .iter_mut()
+            .map(|[dh, dc, c0]| BackwardState {
+                dh_seed: SharedMut(dh.as_mut_ptr()),
+                dc: SharedMut(dc.as_mut_ptr()),
+                c_first: SharedMut(c0.as_mut_ptr()),
+            })
+            .collect();
+        // Chunks own disjoint batch rows and write only their rows of da and dh0
+        // (sizes checked above); members of a chunk write disjoint units.
+        run_split(split, chunks.len(), tiles, &|chunk, tile_range, barrier| {
+            let (slot_rows, slot_lens) = &chunks[chunk];
+            let kernel = BackwardChunk {
+                geo,
+                slots: Slots {
+                    rows: slot_rows,
+                    lens: slot_lens,
+                },
+                gates: cache.gates,
+                cells: cache.cells,
+                panels: &panels,
+                dy: seeds.dy,
+                state: state_ptrs[chunk],
+                da: da_ptr,
+                dh0,
+                tiles: tile_range,
+                barrier,
+            };
+            simd::dispatch(isa, kernel);
+        });
+        for ((slot_rows, _), st) in chunks.iter().zip(&states) {
+            for (slot, &b) in slot_rows.iter().enumerate() {
+                grads.dc0[b * hidden..][..hidden].copy_from_slice(&st[1][slot * hp..][..hidden]);
+            }
+        }
 
         // The non-recurrent gradients: one product each over all T·B rows.
         let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);

@@ -5,10 +5,18 @@
 //!
 //! Rows of a chunk are ordered by length, longest first ("slots"), so the rows
 //! still running at step s are always a prefix and padded steps cost nothing.
+//!
+//! A chunk is run by a team: one member (the batch is split across threads,
+//! nobody waits) or several that split the hidden units and meet at a
+//! [`SpinBarrier`] after every step. Every output element is computed by the
+//! same instructions either way, so the split never changes a bit.
 
 use crate::float::Float;
-use crate::kernel::{for_row_groups, load_n, store_n, tile};
+use std::ops::Range;
+
+use crate::kernel::{for_row_groups, load_n, store_n, tile, tile_pair};
 use crate::simd::{self, Kernel, Simd};
+use crate::threads::SpinBarrier;
 
 /// Where row (pos, b) lives in every per-(step, row) buffer: the caller's layout.
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +77,7 @@ pub struct Slots<'a> {
 impl Slots<'_> {
     /// How many slots are still running at iteration `s` (a prefix).
     #[inline(always)]
-    fn active(&self, s: usize) -> usize {
+    pub fn active(&self, s: usize) -> usize {
         self.lens.partition_point(|&len| len > s)
     }
 }
@@ -83,16 +91,23 @@ impl Slots<'_> {
 pub struct ForwardOut<E> {
     /// (T·B) × H in the caller's layout.
     pub y: SharedMut<E>,
-    /// B × H.
-    pub h_n: SharedMut<E>,
-    pub c_n: SharedMut<E>,
     /// Null without a cache; else (T·B) × 4Hp, × Hp, × Hp in the caller's layout.
     pub gates: SharedMut<E>,
     pub cells: SharedMut<E>,
     pub h_prev: SharedMut<E>,
 }
 
-/// One chunk's whole forward recurrence.
+/// A chunk's running state, slots × Hp each, shared by the chunk's team: two h
+/// buffers (every tile reads the old h while the new one is written) and c.
+/// Slot r's h after iteration s is in `h[(s + 1) % 2]`; h0 goes in `h[0]`.
+#[derive(Clone, Copy)]
+pub struct ForwardState<E> {
+    pub h: [SharedMut<E>; 2],
+    pub c: SharedMut<E>,
+}
+
+/// One member's share of a chunk's forward recurrence: its tiles of hidden
+/// units, for every slot and step.
 pub struct ForwardChunk<'a, E> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
@@ -102,10 +117,67 @@ pub struct ForwardChunk<'a, E> {
     pub bias: &'a [E],
     /// `pack::forward_panels` for this ISA's lane count.
     pub panels: &'a [E],
-    /// B × H each, or None for zeros.
-    pub h0: Option<&'a [E]>,
-    pub c0: Option<&'a [E]>,
+    pub state: ForwardState<E>,
     pub out: ForwardOut<E>,
+    /// Tiles (of LANES hidden units) this member computes.
+    pub tiles: Range<usize>,
+    /// Met after every step when the team has more than one member.
+    pub barrier: Option<&'a SpinBarrier>,
+}
+
+impl<E: Float> ForwardChunk<'_, E> {
+    /// Gate math, c/h update and stores for one slot and one tile, given the
+    /// tile's recurrent products `acc` (gates i, f, g, o).
+    ///
+    /// # Safety
+    /// `slot` < slots, `tile` < Hp / LANES, the state and output pointers as
+    /// documented on their types, and no other thread touching this slot's
+    /// units of this tile.
+    #[inline(always)]
+    unsafe fn finish<S: Simd<E = E>>(&self, s: usize, slot: usize, tile: usize, acc: [S; 4]) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let u0 = tile * w;
+        let b = self.slots.rows[slot];
+        let row = geo.row(geo.pos(s, self.slots.lens[slot]), b);
+        let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
+        let out = self.out;
+        // SAFETY: row < T·B and u0 + w ≤ hp: every padded access is inside xw,
+        // bias, the state (slots × Hp) and the caches; y gets only its real
+        // lanes. This slot's units of this tile are written by this member only.
+        unsafe {
+            let xw = self.xw.as_ptr().add(row * 4 * hp + u0);
+            let bias = self.bias.as_ptr().add(u0);
+            let pre = |g: usize| {
+                acc[g]
+                    .add(S::load(xw.add(g * hp)))
+                    .add(S::load(bias.add(g * hp)))
+            };
+            let ig = simd::sigmoid(pre(0));
+            let fg = simd::sigmoid(pre(1));
+            let gg = simd::tanh(pre(2));
+            let og = simd::sigmoid(pre(3));
+            let c_ptr = self.state.c.0.add(slot * hp + u0);
+            let c_new = fg.mul_add(S::load(c_ptr), ig.mul(gg));
+            let h_new = og.mul(simd::tanh(c_new));
+            c_new.store(c_ptr);
+            h_new.store(next.add(slot * hp + u0));
+            store_n(
+                h_new,
+                out.y.0.add(row * h + u0),
+                h.saturating_sub(u0).min(w),
+            );
+            if !out.gates.0.is_null() {
+                let gp = out.gates.0.add(row * 4 * hp + u0);
+                ig.store(gp);
+                fg.store(gp.add(hp));
+                gg.store(gp.add(2 * hp));
+                og.store(gp.add(3 * hp));
+                c_new.store(out.cells.0.add(row * hp + u0));
+                S::load(cur.add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
+            }
+        }
+    }
 }
 
 impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
@@ -114,106 +186,50 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) {
         let geo = self.geo;
-        let (h, hp) = (geo.hidden, geo.hidden_pad);
-        let w = S::LANES;
-        let n_slots = self.slots.rows.len();
-        let tiles = hp / w;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let stride = h * 4 * w; // one panel
         assert_eq!(
             self.panels.len(),
-            tiles * h * 4 * w,
+            hp / w * stride,
             "forward panels packed for another ISA"
         );
+        assert!(self.tiles.end <= hp / w);
         assert!(self.xw.len() >= geo.steps * geo.batch * 4 * hp && self.bias.len() == 4 * hp);
-
-        // Two h buffers (all tiles read the old h while writing the new), one c.
-        let mut h_bufs = [vec![E::ZERO; n_slots * hp], vec![E::ZERO; n_slots * hp]];
-        let mut c_state = vec![E::ZERO; n_slots * hp];
-        for (r, &b) in self.slots.rows.iter().enumerate() {
-            if let Some(h0) = self.h0 {
-                h_bufs[0][r * hp..][..h].copy_from_slice(&h0[b * h..][..h]);
-            }
-            if let Some(c0) = self.c0 {
-                c_state[r * hp..][..h].copy_from_slice(&c0[b * h..][..h]);
-            }
-        }
-        let out = self.out;
-        let cache = !out.gates.0.is_null();
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
             if active == 0 {
                 break;
             }
-            let (cur, next) = {
-                let (a, b) = h_bufs.split_at_mut(1);
-                if s % 2 == 0 {
-                    (&a[0], &mut b[0])
-                } else {
-                    (&b[0], &mut a[0])
-                }
-            };
-            for p in 0..tiles {
-                let u0 = p * w;
-                let panel = self.panels[p * h * 4 * w..].as_ptr();
+            let cur = self.state.h[s % 2].0 as *const E;
+            let mut p = self.tiles.start;
+            while p < self.tiles.end {
+                let pair = p + 1 < self.tiles.end;
+                let panel = |q: usize| self.panels[q * stride..].as_ptr();
                 for_row_groups!(S, active, |r, MR| {
-                    let a: [*const E; MR] = std::array::from_fn(|i| cur[(r + i) * hp..].as_ptr());
-                    // SAFETY: each a[i] has hp ≥ h readable elements; the panel
-                    // slice holds h rows of 4·w (length asserted above).
-                    let acc = unsafe { tile::<S, MR>(a, 1, h, panel) };
-                    for (i, acc) in acc.iter().enumerate() {
-                        let slot = r + i;
-                        let b = self.slots.rows[slot];
-                        let pos = geo.pos(s, self.slots.lens[slot]);
-                        let row = geo.row(pos, b);
-                        // SAFETY: row < T·B and u0 + w ≤ hp, so every padded
-                        // access is inside xw (asserted), bias, the state
-                        // buffers and the caches (sized (T·B) × 4Hp / Hp by the
-                        // caller); y gets only its min(w, h − u0) real lanes.
-                        // Row b belongs to this chunk alone, so its rows of the
-                        // shared outputs are written by no other task.
-                        unsafe {
-                            let xw = self.xw.as_ptr().add(row * 4 * hp + u0);
-                            let bias = self.bias.as_ptr().add(u0);
-                            let pre = |g: usize| {
-                                acc[g]
-                                    .add(S::load(xw.add(g * hp)))
-                                    .add(S::load(bias.add(g * hp)))
-                            };
-                            let ig = simd::sigmoid(pre(0));
-                            let fg = simd::sigmoid(pre(1));
-                            let gg = simd::tanh(pre(2));
-                            let og = simd::sigmoid(pre(3));
-                            let c_ptr = c_state.as_mut_ptr().add(slot * hp + u0);
-                            let c_new = fg.mul_add(S::load(c_ptr), ig.mul(gg));
-                            let h_new = og.mul(simd::tanh(c_new));
-                            c_new.store(c_ptr);
-                            h_new.store(next.as_mut_ptr().add(slot * hp + u0));
-                            let real = h.saturating_sub(u0).min(w);
-                            store_n(h_new, out.y.0.add(row * h + u0), real);
-                            if cache {
-                                let gp = out.gates.0.add(row * 4 * hp + u0);
-                                ig.store(gp);
-                                fg.store(gp.add(hp));
-                                gg.store(gp.add(2 * hp));
-                                og.store(gp.add(3 * hp));
-                                c_new.store(out.cells.0.add(row * hp + u0));
-                                S::load(cur.as_ptr().add(slot * hp + u0))
-                                    .store(out.h_prev.0.add(row * hp + u0));
+                    // SAFETY: slot rows of the state hold hp ≥ h elements; panels
+                    // p (and p + 1 when paired) hold h rows of 4·w (asserted);
+                    // `finish` gets in-range slots and tiles of this member.
+                    unsafe {
+                        let a: [*const E; MR] = std::array::from_fn(|i| cur.add((r + i) * hp));
+                        if MR == 1 && pair {
+                            let [acc0, acc1] = tile_pair::<S>(a[0], 1, h, [panel(p), panel(p + 1)]);
+                            self.finish::<S>(s, r, p, acc0);
+                            self.finish::<S>(s, r, p + 1, acc1);
+                        } else {
+                            for q in p..p + 1 + pair as usize {
+                                let acc = tile::<S, MR>(a, 1, h, panel(q));
+                                for (i, acc) in acc.into_iter().enumerate() {
+                                    self.finish::<S>(s, r + i, q, acc);
+                                }
                             }
                         }
                     }
                 });
+                p += 1 + pair as usize;
             }
-        }
-
-        // A row of length L last wrote h into h_bufs[L % 2] (h0 sits in [0]).
-        for (slot, (&b, &len)) in self.slots.rows.iter().zip(self.slots.lens).enumerate() {
-            let h_fin = &h_bufs[len % 2][slot * hp..][..h];
-            let c_fin = &c_state[slot * hp..][..h];
-            // SAFETY: h_n and c_n are B × H; row b belongs to this chunk alone.
-            unsafe {
-                std::ptr::copy_nonoverlapping(h_fin.as_ptr(), out.h_n.0.add(b * h), h);
-                std::ptr::copy_nonoverlapping(c_fin.as_ptr(), out.c_n.0.add(b * h), h);
+            if let Some(barrier) = self.barrier {
+                barrier.wait();
             }
         }
     }
@@ -223,7 +239,16 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
 // Backward
 // ---------------------------------------------------------------------------
 
-/// Inputs of one chunk's backward recurrence.
+/// A chunk's backward state, slots × Hp each, shared by its team: the dh_n seed
+/// of each row's last step, the running dc, and c0 (c_prev of a first step).
+#[derive(Clone, Copy)]
+pub struct BackwardState<E> {
+    pub dh_seed: SharedMut<E>,
+    pub dc: SharedMut<E>,
+    pub c_first: SharedMut<E>,
+}
+
+/// One member's share of a chunk's backward recurrence.
 pub struct BackwardChunk<'a, E> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
@@ -232,17 +257,97 @@ pub struct BackwardChunk<'a, E> {
     pub cells: &'a [E],
     /// `pack::backward_panels` for this ISA's lane count.
     pub panels: &'a [E],
-    /// B × H, or None for zeros.
-    pub c0: Option<&'a [E]>,
-    /// (T·B) × H, caller's layout; B × H; B × H. None means zeros.
+    /// (T·B) × H, caller's layout, or None for zeros.
     pub dy: Option<&'a [E]>,
-    pub dh_n: Option<&'a [E]>,
-    pub dc_n: Option<&'a [E]>,
-    /// (T·B) × 4Hp gate gradients (written; rows of this chunk only).
+    pub state: BackwardState<E>,
+    /// (T·B) × 4Hp gate gradients (written; this chunk's rows, member's units).
     pub da: SharedMut<E>,
-    /// B × H each (written; rows of this chunk only).
+    /// B × H (written; this chunk's rows, member's units).
     pub dh0: SharedMut<E>,
-    pub dc0: SharedMut<E>,
+    /// Tiles (of 4·LANES hidden units) this member computes.
+    pub tiles: Range<usize>,
+    pub barrier: Option<&'a SpinBarrier>,
+}
+
+impl<E: Float> BackwardChunk<'_, E> {
+    /// dh flowing into iteration `s` for one slot and tile: da_{s+1}·w_hh for
+    /// rows that ran at s + 1, else the slot's dh_n seed.
+    ///
+    /// # Safety
+    /// As for `finish`; `panel` is tile `tile`'s panel.
+    #[inline(always)]
+    unsafe fn seed<S: Simd<E = E>>(&self, slot: usize, tile: usize) -> [S; 4] {
+        let hp = self.geo.hidden_pad;
+        let u0 = tile * 4 * S::LANES;
+        std::array::from_fn(|v| {
+            // Lanes past hp are never used (the epilogue stops there).
+            let u = (u0 + v * S::LANES).min(hp - S::LANES);
+            // SAFETY: u + LANES ≤ hp inside this slot's seed.
+            unsafe { S::load(self.state.dh_seed.0.add(slot * hp + u)) }
+        })
+    }
+
+    /// Gate derivatives for one slot and tile from the incoming `dh`, writing
+    /// da for iteration `s` and updating dc.
+    ///
+    /// # Safety
+    /// `slot` < slots; `tile` < tiles; no other thread touches this slot's units
+    /// of this tile.
+    #[inline(always)]
+    unsafe fn finish<S: Simd<E = E>>(&self, s: usize, slot: usize, tile: usize, acc: [S; 4]) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let depth = 4 * hp;
+        let one = S::splat(E::ONE);
+        let b = self.slots.rows[slot];
+        let len = self.slots.lens[slot];
+        let row = geo.row(geo.pos(s, len), b);
+        let prev_row = (s > 0).then(|| geo.row(geo.pos(s - 1, len), b));
+        for (v, &acc_v) in acc.iter().enumerate() {
+            let u = tile * 4 * w + v * w;
+            if u >= hp {
+                break;
+            }
+            // SAFETY: row, prev_row < T·B and u + w ≤ hp: all cache, da and state
+            // accesses are in bounds; dy gets only its real lanes. These units
+            // of this slot belong to this member alone.
+            unsafe {
+                let mut dh = acc_v;
+                if let Some(dy) = self.dy {
+                    dh = dh.add(load_n(
+                        dy.as_ptr().add(row * h + u),
+                        h.saturating_sub(u).min(w),
+                    ));
+                }
+                let gp = self.gates.as_ptr().add(row * depth + u);
+                let (ig, fg, gg, og) = (
+                    S::load(gp),
+                    S::load(gp.add(hp)),
+                    S::load(gp.add(2 * hp)),
+                    S::load(gp.add(3 * hp)),
+                );
+                let c = S::load(self.cells.as_ptr().add(row * hp + u));
+                let c_prev = match prev_row {
+                    Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
+                    None => S::load(self.state.c_first.0.add(slot * hp + u)),
+                };
+                let tc = simd::tanh(c);
+                let dc_ptr = self.state.dc.0.add(slot * hp + u);
+                // dc = dc_next + dh·o·(1 − tanh²c)
+                let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(S::load(dc_ptr));
+                let da_o = dh.mul(tc).mul(og).mul(one.sub(og));
+                let da_i = dc.mul(gg).mul(ig).mul(one.sub(ig));
+                let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
+                let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
+                dc.mul(fg).store(dc_ptr);
+                let dp = self.da.0.add(row * depth + u);
+                da_i.store(dp);
+                da_f.store(dp.add(hp));
+                da_g.store(dp.add(2 * hp));
+                da_o.store(dp.add(3 * hp));
+            }
+        }
+    }
 }
 
 impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
@@ -251,171 +356,100 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) {
         let geo = self.geo;
-        let (h, hp) = (geo.hidden, geo.hidden_pad);
-        let w = S::LANES;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
         let width = 4 * w;
-        let n_slots = self.slots.rows.len();
-        let tiles = hp.div_ceil(width);
         let depth = 4 * hp;
+        let stride = depth * width; // one panel
+        let n_tiles = hp.div_ceil(width);
         assert_eq!(
             self.panels.len(),
-            tiles * depth * width,
+            n_tiles * stride,
             "backward panels packed for another ISA"
         );
+        assert!(self.tiles.end <= n_tiles);
         let rows_total = geo.steps * geo.batch;
-        assert!(self.gates.len() >= rows_total * 4 * hp && self.cells.len() >= rows_total * hp);
-
-        // Per slot, padded to Hp: dh_n (the seed of a row's last step), the
-        // running dc, and c0 (the c_prev of a row's first step).
-        let mut dh_seed = vec![E::ZERO; n_slots * hp];
-        let mut dc_state = vec![E::ZERO; n_slots * hp];
-        let mut c_first = vec![E::ZERO; n_slots * hp];
-        for (r, &b) in self.slots.rows.iter().enumerate() {
-            for (src, dst) in [
-                (self.dh_n, &mut dh_seed),
-                (self.dc_n, &mut dc_state),
-                (self.c0, &mut c_first),
-            ] {
-                if let Some(src) = src {
-                    dst[r * hp..][..h].copy_from_slice(&src[b * h..][..h]);
-                }
-            }
-        }
-        let one = S::splat(E::ONE);
-        let da = self.da;
+        assert!(self.gates.len() >= rows_total * depth && self.cells.len() >= rows_total * hp);
+        let da_row = |slot: usize, s: usize| -> *const E {
+            let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+            // SAFETY: row < T·B; da holds (T·B) × depth elements.
+            unsafe { self.da.0.add(row * depth) }
+        };
+        let panel = |q: usize| self.panels[q * stride..].as_ptr();
 
         let mut prev_active = 0; // slots that ran at iteration s + 1
         for s in (0..geo.steps).rev() {
             let active = self.slots.active(s);
-            for q in 0..tiles {
-                let u0 = q * width;
-                let panel = self.panels[q * depth * width..].as_ptr();
+            let mut q = self.tiles.start;
+            while q < self.tiles.end {
+                let pair = q + 1 < self.tiles.end;
                 for_row_groups!(S, active, |r, MR| {
-                    // dh flowing back from step s + 1: da_{s+1} · w_hh, or the
-                    // dh_n seed for rows whose last step is s.
-                    let acc: [[S; 4]; MR] = if r + MR <= prev_active {
-                        let a: [*const E; MR] = std::array::from_fn(|i| {
-                            let slot = r + i;
-                            let pos = geo.pos(s + 1, self.slots.lens[slot]);
-                            // SAFETY: row < T·B; da has (T·B) × 4Hp elements.
-                            unsafe {
-                                da.0.add(geo.row(pos, self.slots.rows[slot]) * depth) as *const E
-                            }
-                        });
-                        // SAFETY: each a[i] is a whole da row (depth elements),
-                        // written at iteration s + 1 by this chunk; the panel holds
-                        // depth × width (asserted).
-                        unsafe { tile::<S, MR>(a, 1, depth, panel) }
-                    } else {
-                        std::array::from_fn(|i| {
-                            let slot = r + i;
-                            if slot < prev_active {
-                                let pos = geo.pos(s + 1, self.slots.lens[slot]);
-                                let row = geo.row(pos, self.slots.rows[slot]);
-                                // SAFETY: as in the grouped case, for one row.
-                                unsafe {
-                                    tile::<S, 1>([da.0.add(row * depth) as *const E], 1, depth, panel)
-                                        [0]
+                    // SAFETY: da rows of iteration s + 1 are whole (depth) and
+                    // were finished by the team before the barrier; panels hold
+                    // depth × width (asserted); `finish`/`seed` get in-range
+                    // slots and this member's tiles.
+                    unsafe {
+                        if r + MR <= prev_active && MR == 1 && pair {
+                            let [acc0, acc1] = tile_pair::<S>(
+                                da_row(r, s + 1),
+                                1,
+                                depth,
+                                [panel(q), panel(q + 1)],
+                            );
+                            self.finish::<S>(s, r, q, acc0);
+                            self.finish::<S>(s, r, q + 1, acc1);
+                        } else {
+                            for t in q..q + 1 + pair as usize {
+                                if r + MR <= prev_active {
+                                    let a: [*const E; MR] =
+                                        std::array::from_fn(|i| da_row(r + i, s + 1));
+                                    let acc = tile::<S, MR>(a, 1, depth, panel(t));
+                                    for (i, acc) in acc.into_iter().enumerate() {
+                                        self.finish::<S>(s, r + i, t, acc);
+                                    }
+                                } else {
+                                    for slot in r..r + MR {
+                                        let acc = if slot < prev_active {
+                                            tile::<S, 1>([da_row(slot, s + 1)], 1, depth, panel(t))
+                                                [0]
+                                        } else {
+                                            self.seed::<S>(slot, t)
+                                        };
+                                        self.finish::<S>(s, slot, t, acc);
+                                    }
                                 }
-                            } else {
-                                std::array::from_fn(|v| {
-                                    // Lanes past hp are never used (the epilogue stops there).
-                                    let u = (u0 + v * w).min(hp - w);
-                                    // SAFETY: u + w ≤ hp inside this slot's seed.
-                                    unsafe { S::load(dh_seed.as_ptr().add(slot * hp + u)) }
-                                })
-                            }
-                        })
-                    };
-                    for (i, acc) in acc.iter().enumerate() {
-                        let slot = r + i;
-                        let b = self.slots.rows[slot];
-                        let len = self.slots.lens[slot];
-                        let row = geo.row(geo.pos(s, len), b);
-                        let prev_row = (s > 0).then(|| geo.row(geo.pos(s - 1, len), b));
-                        for (v, &acc_v) in acc.iter().enumerate() {
-                            let u = u0 + v * w;
-                            if u >= hp {
-                                break;
-                            }
-                            // SAFETY: row, prev_row < T·B and u + w ≤ hp, so all
-                            // cache, da and state accesses are in bounds; dy gets
-                            // only its real lanes. Rows of batch row b belong to
-                            // this chunk alone.
-                            unsafe {
-                                let mut dh = acc_v;
-                                if let Some(dy) = self.dy {
-                                    let real = h.saturating_sub(u).min(w);
-                                    dh = dh.add(load_n(dy.as_ptr().add(row * h + u), real));
-                                }
-                                let gp = self.gates.as_ptr().add(row * depth + u);
-                                let (ig, fg, gg, og) = (
-                                    S::load(gp),
-                                    S::load(gp.add(hp)),
-                                    S::load(gp.add(2 * hp)),
-                                    S::load(gp.add(3 * hp)),
-                                );
-                                let c = S::load(self.cells.as_ptr().add(row * hp + u));
-                                let c_prev = match prev_row {
-                                    Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
-                                    None => S::load(c_first.as_ptr().add(slot * hp + u)),
-                                };
-                                let tc = simd::tanh(c);
-                                let dc_ptr = dc_state.as_mut_ptr().add(slot * hp + u);
-                                // dc = dc_next + dh·o·(1 − tanh²c)
-                                let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(S::load(dc_ptr));
-                                let da_o = dh.mul(tc).mul(og).mul(one.sub(og));
-                                let da_i = dc.mul(gg).mul(ig).mul(one.sub(ig));
-                                let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
-                                let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
-                                dc.mul(fg).store(dc_ptr);
-                                let dp = da.0.add(row * depth + u);
-                                da_i.store(dp);
-                                da_f.store(dp.add(hp));
-                                da_g.store(dp.add(2 * hp));
-                                da_o.store(dp.add(3 * hp));
                             }
                         }
                     }
                 });
+                q += 1 + pair as usize;
+            }
+            if let Some(barrier) = self.barrier {
+                barrier.wait();
             }
             prev_active = active;
         }
 
-        // dh0 = da_first · w_hh for rows that ran; the dh_n seed for empty rows.
+        // dh0 = da of each row's first step · w_hh; the dh_n seed for empty rows.
         for (slot, (&b, &len)) in self.slots.rows.iter().zip(self.slots.lens).enumerate() {
-            // SAFETY: dh0/dc0 are B × H and row b belongs to this chunk alone;
-            // the da row and the panels are whole (see above); u0 + 4w lanes of
-            // the tile are stored only up to h.
-            unsafe {
-                if len == 0 {
-                    std::ptr::copy_nonoverlapping(
-                        dh_seed.as_ptr().add(slot * hp),
-                        self.dh0.0.add(b * h),
-                        h,
-                    );
-                } else {
-                    let row = geo.row(geo.pos(0, len), b);
-                    for q in 0..tiles {
-                        let u0 = q * width;
-                        let panel = self.panels[q * depth * width..].as_ptr();
-                        let acc =
-                            tile::<S, 1>([da.0.add(row * depth) as *const E], 1, depth, panel)[0];
-                        for (v, acc_v) in acc.into_iter().enumerate() {
-                            let u = u0 + v * w;
-                            store_n(
-                                acc_v,
-                                self.dh0.0.add(b * h + u.min(h)),
-                                h.saturating_sub(u).min(w),
-                            );
-                        }
+            for t in self.tiles.clone() {
+                let u0 = t * width;
+                // SAFETY: dh0 is B × H; this member writes only its units of row
+                // b, whose chunk is this one; the da row and panel are whole.
+                unsafe {
+                    let acc = if len == 0 {
+                        self.seed::<S>(slot, t)
+                    } else {
+                        tile::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0]
+                    };
+                    for (v, acc_v) in acc.into_iter().enumerate() {
+                        let u = u0 + v * w;
+                        store_n(
+                            acc_v,
+                            self.dh0.0.add(b * h + u.min(h)),
+                            h.saturating_sub(u).min(w),
+                        );
                     }
                 }
-                std::ptr::copy_nonoverlapping(
-                    dc_state.as_ptr().add(slot * hp),
-                    self.dc0.0.add(b * h),
-                    h,
-                );
             }
         }
     }

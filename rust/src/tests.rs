@@ -387,35 +387,42 @@ fn engine_matches_oracle_on_every_isa() {
 }
 
 #[test]
-fn results_do_not_depend_on_thread_count() {
+fn results_do_not_depend_on_thread_count_or_split() {
     let _g = lock();
-    let p = Problem::new(
-        7,
-        Dims {
-            steps: 6,
-            batch: 37,
-            input: 12,
-            hidden: 40,
-        },
-        false,
-        true,
-        true,
-        true,
-    );
     let bits = |r: &Results| {
         [
             &r.y, &r.h_n, &r.c_n, &r.dx, &r.dh0, &r.dc0, &r.dw_ih, &r.dw_hh, &r.db,
         ]
         .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
     };
-    crate::threads::set_num_threads(1).unwrap();
-    let one = bits(&p.engine::<f32>());
-    for n in [2, 3, 5] {
-        crate::threads::set_num_threads(n).unwrap();
-        assert!(
-            bits(&p.engine::<f32>()) == one,
-            "{n} threads differ from 1 thread"
+    for (batch, hidden) in [(37, 40), (3, 70), (1, 130)] {
+        let p = Problem::new(
+            7,
+            Dims {
+                steps: 6,
+                batch,
+                input: 12,
+                hidden,
+            },
+            false,
+            true,
+            true,
+            true,
         );
+        crate::threads::set_num_threads(1).unwrap();
+        let one = bits(&p.engine::<f32>());
+        for split in ["batch", "hidden", "auto"] {
+            // SAFETY: tests that read the environment hold the GLOBAL lock.
+            std::env::set_var("LSTM_FAST_SPLIT", split);
+            for n in [2, 3, 5] {
+                crate::threads::set_num_threads(n).unwrap();
+                assert!(
+                    bits(&p.engine::<f32>()) == one,
+                    "B={batch} H={hidden}: {split} split on {n} threads differs from 1 thread"
+                );
+            }
+        }
+        std::env::remove_var("LSTM_FAST_SPLIT");
     }
     crate::threads::set_num_threads(2).unwrap();
 }

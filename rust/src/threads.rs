@@ -79,3 +79,48 @@ pub fn pool() -> Result<Arc<ThreadPool>> {
     }
     Ok(p.pool.clone().expect("pool was just built"))
 }
+
+/// Threads that meet once per time step: a counter and a generation number,
+/// spinning briefly (a step is microseconds) and then yielding, so a busy or
+/// oversubscribed machine does not burn a core for nothing.
+pub struct SpinBarrier {
+    members: usize,
+    arrived: std::sync::atomic::AtomicUsize,
+    generation: std::sync::atomic::AtomicUsize,
+}
+
+impl SpinBarrier {
+    pub fn new(members: usize) -> Self {
+        SpinBarrier {
+            members,
+            arrived: 0.into(),
+            generation: 0.into(),
+        }
+    }
+
+    /// Returns once all members have called `wait` for this generation; writes
+    /// made before `wait` by any member are visible to all after it.
+    pub fn wait(&self) {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+        let generation = self.generation.load(Acquire);
+        if self.arrived.fetch_add(1, AcqRel) + 1 == self.members {
+            self.arrived.store(0, Relaxed);
+            self.generation.fetch_add(1, Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Acquire) == generation {
+            if spins < 20_000 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Held shared by every call that uses the pool, and exclusively by a call
+/// whose threads wait for each other at a [`SpinBarrier`]: such a call needs
+/// every worker at once, which is only guaranteed while no other call holds one.
+pub static TEAM: std::sync::RwLock<()> = std::sync::RwLock::new(());

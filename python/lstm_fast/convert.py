@@ -1,0 +1,381 @@
+"""Weight layouts of other LSTM implementations, to and from lstm_fast's.
+
+lstm_fast stores one direction of one layer the way PyTorch does: ``w_ih`` (4H, I),
+``w_hh`` (4H, H), ``b_ih`` and ``b_hh`` (4H,), gate blocks in the order i, f, g, o.
+The functions here rearrange (never recompute) weights so that a model trained in one
+framework runs unchanged in another:
+
+* Keras / TensorFlow ``LSTM``: ``kernel`` (I, 4H), ``recurrent_kernel`` (H, 4H) and one
+  ``bias`` (4H,), gate order i, f, c, o (the same order, transposed matrices, the two
+  biases summed). Keras's defaults ``activation="tanh"``, ``recurrent_activation="sigmoid"``
+  are the activations lstm_fast computes.
+* ONNX ``LSTM``: ``W`` (D, 4H, I), ``R`` (D, 4H, H), ``B`` (D, 8H), gate order i, o, f, c,
+  one slice of the leading axis per direction (forward first).
+* The textbook form ``f_t = sigmoid(W_f @ [x_t, h_{t-1}] + b_f)`` with one (H, I+H) matrix
+  per gate.
+
+Every function accepts NumPy arrays, anything :func:`numpy.asarray` understands, and
+torch tensors (without importing torch), and returns new C-contiguous arrays in the
+floating dtype of its inputs (float64 for integer inputs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "from_gate_matrices",
+    "from_keras",
+    "from_onnx",
+    "to_gate_matrices",
+    "to_keras",
+    "to_onnx",
+]
+
+# Block k of the ONNX layout (i, o, f, c) is block _ONNX_FROM_TORCH[k] of ours (i, f, g, o).
+_ONNX_FROM_TORCH = (0, 3, 1, 2)
+# ...and the inverse permutation: block k of ours is block _TORCH_FROM_ONNX[k] of ONNX's.
+_TORCH_FROM_ONNX = (0, 2, 3, 1)
+
+
+def _as_numpy(value: Any, name: str) -> np.ndarray:
+    """``value`` as an ndarray; torch tensors go through ``.detach().cpu().numpy()``.
+
+    A tensor is recognised by its type's module, so torch is never imported here: a
+    caller that passes a tensor has already imported it.
+    """
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.split(".")[0] == "torch":
+        tensor = value.detach().cpu()
+        if not tensor.dtype.is_floating_point and not tensor.dtype.is_complex:
+            return np.asarray(tensor.numpy())
+        if str(tensor.dtype) not in ("torch.float32", "torch.float64"):
+            # bfloat16 and float16 tensors have no (or no exact) NumPy twin.
+            tensor = tensor.float()
+        return np.asarray(tensor.numpy())
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # ragged lists and other junk
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
+    return array
+
+
+def _float_dtype(arrays: list[np.ndarray], names: list[str]) -> np.dtype:
+    """The floating dtype the arrays share (float64 when none of them is floating)."""
+    for array, name in zip(arrays, names):
+        if array.dtype.kind not in "fiub":
+            raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")
+    dtype = np.result_type(*arrays) if arrays else np.dtype(np.float64)
+    if dtype.kind != "f":
+        dtype = np.dtype(np.float64)
+    return dtype
+
+
+def _shape_error(name: str, symbols: str, expected: tuple[int, ...], got: tuple[int, ...]):
+    return ValueError(f"{name} must have shape {symbols} = {expected}, got {got}")
+
+
+def _hidden_from_gate_rows(name: str, rows: int, symbols: str, shape: tuple[int, ...]) -> int:
+    if rows % 4 != 0 or rows == 0:
+        raise ValueError(
+            f"{name} must have shape {symbols} with a positive multiple of 4 gate rows, got {shape}"
+        )
+    return rows // 4
+
+
+def _check_bias(name: str, bias: np.ndarray | None, hidden_size: int) -> None:
+    if bias is not None and bias.shape != (4 * hidden_size,):
+        raise _shape_error(name, "(4*hidden_size,)", (4 * hidden_size,), bias.shape)
+
+
+def _check_pytorch(
+    w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int, np.dtype]:
+    w_ih_a = _as_numpy(w_ih, "w_ih")
+    w_hh_a = _as_numpy(w_hh, "w_hh")
+    b_ih_a = None if b_ih is None else _as_numpy(b_ih, "b_ih")
+    b_hh_a = None if b_hh is None else _as_numpy(b_hh, "b_hh")
+    given = [
+        (a, n)
+        for a, n in ((w_ih_a, "w_ih"), (w_hh_a, "w_hh"), (b_ih_a, "b_ih"), (b_hh_a, "b_hh"))
+        if a is not None
+    ]
+    dtype = _float_dtype([a for a, _ in given], [n for _, n in given])
+    if w_ih_a.ndim != 2:
+        raise ValueError(f"w_ih must have shape (4*hidden_size, input_size), got {w_ih_a.shape}")
+    hidden = _hidden_from_gate_rows(
+        "w_ih", w_ih_a.shape[0], "(4*hidden_size, input_size)", w_ih_a.shape
+    )
+    if w_hh_a.shape != (4 * hidden, hidden):
+        raise _shape_error(
+            "w_hh", "(4*hidden_size, hidden_size)", (4 * hidden, hidden), w_hh_a.shape
+        )
+    _check_bias("b_ih", b_ih_a, hidden)
+    _check_bias("b_hh", b_hh_a, hidden)
+    return w_ih_a, w_hh_a, b_ih_a, b_hh_a, hidden, dtype
+
+
+def _permute_gates(array: np.ndarray, order: tuple[int, ...], axis: int) -> np.ndarray:
+    """Reorder the four gate blocks of ``array`` along ``axis`` (a new contiguous array)."""
+    blocks = np.split(array, 4, axis=axis)
+    return np.ascontiguousarray(np.concatenate([blocks[k] for k in order], axis=axis))
+
+
+# ---------------------------------------------------------------------------- Keras
+
+
+def to_keras(w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None) -> list[np.ndarray]:
+    """PyTorch-layout weights as ``[kernel, recurrent_kernel, bias]`` for Keras.
+
+    The list is what ``keras.layers.LSTM(hidden_size).set_weights`` takes: ``kernel``
+    (I, 4H), ``recurrent_kernel`` (H, 4H), ``bias`` (4H,) = ``b_ih + b_hh`` (zeros when
+    both are ``None``; drop it for a layer built with ``use_bias=False``).
+    """
+    w_ih_a, w_hh_a, b_ih_a, b_hh_a, hidden, dtype = _check_pytorch(w_ih, w_hh, b_ih, b_hh)
+    bias = np.zeros(4 * hidden, dtype=dtype)
+    for b in (b_ih_a, b_hh_a):
+        if b is not None:
+            bias += b
+    return [
+        np.ascontiguousarray(w_ih_a.T, dtype=dtype),
+        np.ascontiguousarray(w_hh_a.T, dtype=dtype),
+        bias,
+    ]
+
+
+def from_keras(
+    kernel: Any, recurrent_kernel: Any, bias: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Keras ``LSTM`` weights (``layer.get_weights()``) as ``(w_ih, w_hh, b_ih, b_hh)``.
+
+    Keras has one bias; it becomes ``b_ih`` and ``b_hh`` is zeros (both are ``None``
+    when ``bias`` is ``None``). A bias of shape (8H,), as CuDNN-style layers store it,
+    is split into ``b_ih`` (first half) and ``b_hh``.
+    """
+    kernel_a = _as_numpy(kernel, "kernel")
+    recurrent_a = _as_numpy(recurrent_kernel, "recurrent_kernel")
+    bias_a = None if bias is None else _as_numpy(bias, "bias")
+    given = [kernel_a, recurrent_a] + ([] if bias_a is None else [bias_a])
+    dtype = _float_dtype(given, ["kernel", "recurrent_kernel", "bias"][: len(given)])
+    if recurrent_a.ndim != 2:
+        raise ValueError(
+            f"recurrent_kernel must have shape (hidden_size, 4*hidden_size), "
+            f"got {recurrent_a.shape}"
+        )
+    hidden = recurrent_a.shape[0]
+    if recurrent_a.shape != (hidden, 4 * hidden) or hidden == 0:
+        raise ValueError(
+            f"recurrent_kernel must have shape (hidden_size, 4*hidden_size), "
+            f"got {recurrent_a.shape}"
+        )
+    if kernel_a.ndim != 2 or kernel_a.shape[1] != 4 * hidden:
+        raise ValueError(
+            f"kernel must have shape (input_size, 4*hidden_size) = (input_size, {4 * hidden}), "
+            f"got {kernel_a.shape}"
+        )
+    w_ih_out = np.ascontiguousarray(kernel_a.T, dtype=dtype)
+    w_hh_out = np.ascontiguousarray(recurrent_a.T, dtype=dtype)
+    if bias_a is None:
+        return w_ih_out, w_hh_out, None, None
+    if bias_a.shape == (4 * hidden,):
+        return w_ih_out, w_hh_out, bias_a.astype(dtype, copy=True), np.zeros(4 * hidden, dtype)
+    if bias_a.shape == (8 * hidden,):
+        return (
+            w_ih_out,
+            w_hh_out,
+            bias_a[: 4 * hidden].astype(dtype, copy=True),
+            bias_a[4 * hidden :].astype(dtype, copy=True),
+        )
+    raise ValueError(
+        f"bias must have shape (4*hidden_size,) = ({4 * hidden},) or "
+        f"(8*hidden_size,) = ({8 * hidden},), got {bias_a.shape}"
+    )
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+def to_onnx(
+    w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One direction's weights as ONNX ``LSTM`` inputs ``(W, R, B)``.
+
+    ``W`` (1, 4H, I), ``R`` (1, 4H, H), ``B`` (1, 8H) = ``[Wb, Rb]``, gate order i, o, f, c.
+    A missing bias is zeros. For a bidirectional ONNX LSTM concatenate the forward and
+    the reverse direction's arrays along axis 0.
+    """
+    w_ih_a, w_hh_a, b_ih_a, b_hh_a, hidden, dtype = _check_pytorch(w_ih, w_hh, b_ih, b_hh)
+    w = _permute_gates(w_ih_a.astype(dtype, copy=False), _ONNX_FROM_TORCH, axis=0)[None]
+    r = _permute_gates(w_hh_a.astype(dtype, copy=False), _ONNX_FROM_TORCH, axis=0)[None]
+    zeros = np.zeros(4 * hidden, dtype=dtype)
+    b = np.concatenate(
+        [
+            _permute_gates(
+                (zeros if b_ih_a is None else b_ih_a).astype(dtype, copy=False),
+                _ONNX_FROM_TORCH,
+                axis=0,
+            ),
+            _permute_gates(
+                (zeros if b_hh_a is None else b_hh_a).astype(dtype, copy=False),
+                _ONNX_FROM_TORCH,
+                axis=0,
+            ),
+        ]
+    )[None]
+    return w, r, b
+
+
+def from_onnx(
+    W: Any,
+    R: Any,
+    B: Any = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """ONNX ``LSTM`` inputs as one ``(w_ih, w_hh, b_ih, b_hh)`` per direction.
+
+    ``W`` (D, 4H, I), ``R`` (D, 4H, H), ``B`` (D, 8H) or ``None`` (then both biases are
+    ``None``); the list has the forward direction first. A 2-D ``W``/``R`` (and 1-D
+    ``B``) is read as a single direction. Peepholes (``P``) and the attributes that
+    change the cell (``input_forget``, other activations) have no lstm_fast equivalent.
+    """
+    w_a = _as_numpy(W, "W")
+    r_a = _as_numpy(R, "R")
+    b_a = None if B is None else _as_numpy(B, "B")
+    given = [w_a, r_a] + ([] if b_a is None else [b_a])
+    dtype = _float_dtype(given, ["W", "R", "B"][: len(given)])
+    if w_a.ndim == 2:
+        w_a = w_a[None]
+    if r_a.ndim == 2:
+        r_a = r_a[None]
+    if b_a is not None and b_a.ndim == 1:
+        b_a = b_a[None]
+    if w_a.ndim != 3:
+        raise ValueError(
+            f"W must have shape (num_directions, 4*hidden_size, input_size), got {w_a.shape}"
+        )
+    directions = w_a.shape[0]
+    hidden = _hidden_from_gate_rows(
+        "W", w_a.shape[1], "(num_directions, 4*hidden_size, input_size)", w_a.shape
+    )
+    if r_a.shape != (directions, 4 * hidden, hidden):
+        raise _shape_error(
+            "R",
+            "(num_directions, 4*hidden_size, hidden_size)",
+            (directions, 4 * hidden, hidden),
+            r_a.shape,
+        )
+    if b_a is not None and b_a.shape != (directions, 8 * hidden):
+        raise _shape_error(
+            "B", "(num_directions, 8*hidden_size)", (directions, 8 * hidden), b_a.shape
+        )
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    for d in range(directions):
+        w_ih_out = _permute_gates(w_a[d].astype(dtype, copy=False), _TORCH_FROM_ONNX, axis=0)
+        w_hh_out = _permute_gates(r_a[d].astype(dtype, copy=False), _TORCH_FROM_ONNX, axis=0)
+        if b_a is None:
+            out.append((w_ih_out, w_hh_out, None, None))
+            continue
+        bias = b_a[d].astype(dtype, copy=False)
+        out.append(
+            (
+                w_ih_out,
+                w_hh_out,
+                _permute_gates(bias[: 4 * hidden], _TORCH_FROM_ONNX, axis=0),
+                _permute_gates(bias[4 * hidden :], _TORCH_FROM_ONNX, axis=0),
+            )
+        )
+    return out
+
+
+# ------------------------------------------------------------------- textbook gates
+
+
+def from_gate_matrices(
+    W_i: Any,
+    W_f: Any,
+    W_c: Any,
+    W_o: Any,
+    b_i: Any = None,
+    b_f: Any = None,
+    b_c: Any = None,
+    b_o: Any = None,
+    *,
+    input_size: int,
+    order: str = "xh",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Textbook per-gate weights as ``(w_ih, w_hh, b_ih, b_hh)``.
+
+    Each ``W_*`` is (H, I+H) and multiplies the concatenation ``[x_t, h_{t-1}]``
+    (``order="xh"``) or ``[h_{t-1}, x_t]`` (``order="hx"``); ``W_c``/``b_c`` are the
+    cell candidate's (PyTorch's ``g``). The biases go to ``b_ih`` and ``b_hh`` is zeros;
+    a ``None`` bias is zeros, and when all four are ``None`` both results are ``None``.
+    """
+    if order not in ("xh", "hx"):
+        raise ValueError(f'order must be "xh" or "hx", got {order!r}')
+    try:
+        inputs = int(input_size)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_size must be an integer, got {input_size!r}") from None
+    if inputs != input_size or inputs < 1:
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    names = ("W_i", "W_f", "W_c", "W_o")
+    mats = [_as_numpy(m, n) for m, n in zip((W_i, W_f, W_c, W_o), names)]
+    bias_names = ("b_i", "b_f", "b_c", "b_o")
+    biases = [
+        None if b is None else _as_numpy(b, n) for b, n in zip((b_i, b_f, b_c, b_o), bias_names)
+    ]
+    given = [(a, n) for a, n in zip(mats + biases, names + bias_names) if a is not None]
+    dtype = _float_dtype([a for a, _ in given], [n for _, n in given])
+    if mats[0].ndim != 2 or mats[0].shape[0] == 0:
+        raise ValueError(
+            f"W_i must have shape (hidden_size, input_size+hidden_size), got {mats[0].shape}"
+        )
+    hidden = mats[0].shape[0]
+    expected = (hidden, inputs + hidden)
+    for m, n in zip(mats, names):
+        if m.shape != expected:
+            raise _shape_error(n, "(hidden_size, input_size+hidden_size)", expected, m.shape)
+    for b, n in zip(biases, bias_names):
+        if b is not None and b.shape != (hidden,):
+            raise _shape_error(n, "(hidden_size,)", (hidden,), b.shape)
+    if order == "xh":
+        x_part = [m[:, :inputs] for m in mats]
+        h_part = [m[:, inputs:] for m in mats]
+    else:
+        h_part = [m[:, :hidden] for m in mats]
+        x_part = [m[:, hidden:] for m in mats]
+    w_ih_out = np.concatenate(x_part, axis=0).astype(dtype, copy=False)
+    w_hh_out = np.concatenate(h_part, axis=0).astype(dtype, copy=False)
+    if all(b is None for b in biases):
+        return w_ih_out, w_hh_out, None, None
+    b_ih_out = np.concatenate(
+        [np.zeros(hidden, dtype) if b is None else b.astype(dtype, copy=False) for b in biases]
+    )
+    return w_ih_out, w_hh_out, b_ih_out, np.zeros(4 * hidden, dtype=dtype)
+
+
+def to_gate_matrices(
+    w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, order: str = "xh"
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The inverse of :func:`from_gate_matrices`: ``([W_i, W_f, W_c, W_o], [b_i, b_f, b_c, b_o])``.
+
+    Each ``W_*`` is (H, I+H) acting on ``[x_t, h_{t-1}]`` (``order="xh"``) or
+    ``[h_{t-1}, x_t]`` (``order="hx"``); each ``b_*`` is the gate's ``b_ih + b_hh``.
+    """
+    if order not in ("xh", "hx"):
+        raise ValueError(f'order must be "xh" or "hx", got {order!r}')
+    w_ih_a, w_hh_a, b_ih_a, b_hh_a, hidden, dtype = _check_pytorch(w_ih, w_hh, b_ih, b_hh)
+    bias = np.zeros(4 * hidden, dtype=dtype)
+    for b in (b_ih_a, b_hh_a):
+        if b is not None:
+            bias += b
+    parts = (w_ih_a, w_hh_a) if order == "xh" else (w_hh_a, w_ih_a)
+    mats = [
+        np.concatenate([p[k * hidden : (k + 1) * hidden] for p in parts], axis=1).astype(
+            dtype, copy=False
+        )
+        for k in range(4)
+    ]
+    return mats, [bias[k * hidden : (k + 1) * hidden].copy() for k in range(4)]

@@ -1,0 +1,541 @@
+"""``LSTM``: the complete layer (SPEC.md section 3) on top of the functional API.
+
+Stacked layers, both directions, ``batch_first``, variable lengths with PyTorch's
+PackedSequence semantics, backward through everything, PyTorch's parameter names,
+streaming one step at a time and ONNX export.
+
+The engine is reached only through the module object ``_F`` so that the same layer
+can run on the NumPy oracle (``monkeypatch.setattr(lstm_fast.layer, "_F",
+lstm_fast.reference)``), which is how the tests compare whole training runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from operator import index
+from typing import Any, Callable, NamedTuple, TypeVar
+
+import numpy as np
+
+from . import functional as _F
+from .convert import _as_numpy
+
+__all__ = ["LSTM"]
+
+_T = TypeVar("_T")
+
+# Running the two directions of a layer in two threads overlaps them (the engine
+# releases the GIL). That only pays when one direction leaves engine threads idle:
+# the engine's time loop gives each thread a chunk of at least
+# _ENGINE_ROWS_PER_TASK batch rows (MIN_ROWS_PER_CHUNK in rust/src/lstm.rs), so a
+# batch of B rows keeps ceil(B / 8) threads busy. With fewer busy threads than the
+# engine has, the reverse direction runs on the idle ones; with all of them busy, a
+# second direction only competes for the same cores. With little work per step
+# (B*4H*(I+H) multiply-adds below _CONCURRENT_MIN_STEP_WORK) or in all (times T, below
+# _CONCURRENT_MIN_WORK) the Python work around the engine call, done under the GIL,
+# and the hand-off to the worker thread cost what the overlap saves.
+# Measured on 2 cores / 2 engine threads, forward + backward of one bidirectional
+# layer, I = H, best of 90 s of alternating runs, sequential / concurrent:
+#   T=100 B=1  H=32   0.25 / 0.27 ms   (8K MACs a step: no gain; T=50 B=2 H=32 neither)
+#   T=20  B=1  H=64   0.40 / 0.33 ms   T=100 B=1 H=64   0.53 / 0.43 ms
+#   T=100 B=1  H=256  5.7  / 3.7 ms    T=100 B=4 H=128  3.1  / 2.2 ms
+#   T=100 B=8  H=256 20.1  / 15.2 ms   (one busy engine thread: the other was idle)
+#   T=100 B=16 H=128  8.3  / 8.1 ms    T=100 B=64 H=128 34.3 / 35.7 ms (both busy)
+_ENGINE_ROWS_PER_TASK = 8
+_CONCURRENT_MIN_STEP_WORK = 1 << 15
+_CONCURRENT_MIN_WORK = 1 << 19
+#: Force (True/False) or leave to the rule above (None); for tests and benchmarks.
+CONCURRENT_DIRECTIONS: bool | None = None
+
+
+class _Pool:
+    """One lazily started worker thread for the reverse direction (fork-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pid = -1
+
+    def submit(self, fn: Callable[[], _T]) -> Future[_T]:
+        with self._lock:
+            # After fork() the parent's worker thread does not exist in the child, and a
+            # ThreadPoolExecutor copied across the fork would wait for it forever.
+            if self._executor is None or self._pid != os.getpid():
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="lstm_fast-reverse"
+                )
+                self._pid = os.getpid()
+            return self._executor.submit(fn)
+
+
+_POOL = _Pool()
+
+
+def _engine_threads() -> int:
+    get = getattr(_F, "get_num_threads", None)
+    return int(get()) if get is not None else 1
+
+
+def _both_directions(run: Callable[[int], _T], concurrent: bool) -> list[_T]:
+    """``[run(0), run(1)]``, the reverse direction in the worker thread if ``concurrent``."""
+    if not concurrent:
+        return [run(0), run(1)]
+    future = _POOL.submit(lambda: run(1))
+    try:
+        first = run(0)
+    finally:
+        # Wait even when run(0) failed, so that no work outlives the call.
+        wait([future])
+    return [first, future.result()]
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        result = index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if result < 1:
+        raise ValueError(f"{name} must be at least 1, got {result}")
+    return result
+
+
+def _real_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """``value`` as an array of ``dtype``; only real numbers (and bools) are accepted."""
+    array = _as_numpy(value, name)
+    if array.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")
+    return array.astype(dtype, copy=False)
+
+
+class _Tape(NamedTuple):
+    """What :meth:`LSTM.backward` needs from the last forward."""
+
+    caches: list[list[Any]]  # [layer][direction] -> the functional cache
+    y_shape: tuple[int, ...]  # the shape the caller saw (unbatched included)
+    batch_first: bool  # layout of the arrays given to the engine
+    unbatched: bool
+    steps: int
+    batch: int
+
+
+class LSTM:
+    """A multi-layer, optionally bidirectional LSTM with PyTorch's semantics and names.
+
+    ``forward(x, hx=None, *, lengths=None) -> (y, (h_n, c_n))`` with ``x`` (T, B, I), or
+    (B, T, I) with ``batch_first=True``, or (T, I) unbatched; ``y`` (T, B, D*H) in x's
+    layout, ``h_n``/``c_n`` (L*D, B, H). ``backward(dy, dh_n, dc_n) -> dx`` after a
+    forward fills :attr:`grads`. ``x`` and the states are computed in the layer's dtype.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        bias: bool = True,
+        batch_first: bool = False,
+        bidirectional: bool = False,
+        dtype: Any = np.float32,
+        seed: int | None = None,
+    ) -> None:
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+
+        directions = 2 if self.bidirectional else 1
+        self.num_directions = directions
+        hidden = self.hidden_size
+        # _names[layer][direction] = (w_ih, w_hh, b_ih, b_hh) keys, biases None if off.
+        self._names: list[list[tuple[str, str, str | None, str | None]]] = []
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else directions * hidden
+            row = []
+            for direction in range(directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                names = (
+                    "weight_ih" + suffix,
+                    "weight_hh" + suffix,
+                    "bias_ih" + suffix if self.bias else None,
+                    "bias_hh" + suffix if self.bias else None,
+                )
+                shapes[names[0]] = (4 * hidden, layer_input)
+                shapes[names[1]] = (4 * hidden, hidden)
+                if self.bias:
+                    shapes[names[2]] = (4 * hidden,)  # type: ignore[index]
+                    shapes[names[3]] = (4 * hidden,)  # type: ignore[index]
+                row.append(names)
+            self._names.append(row)
+
+        # PyTorch's initialisation: every parameter uniform in +-1/sqrt(H), in this order.
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(hidden)
+        #: name -> the live parameter array (an optimizer updates these in place).
+        self.parameters: dict[str, np.ndarray] = {
+            name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+            for name, shape in shapes.items()
+        }
+        #: name -> gradient of the last :meth:`backward` (zeros before the first).
+        self.grads: dict[str, np.ndarray] = {
+            name: np.zeros_like(p) for name, p in self.parameters.items()
+        }
+        #: ``(dh0, dc0)`` of the last :meth:`backward`, each (L*D, B, H); None before.
+        self.hx_grad: tuple[np.ndarray, np.ndarray] | None = None
+        self._tape: _Tape | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def __repr__(self) -> str:
+        extra = "" if self.num_layers == 1 else f", num_layers={self.num_layers}"
+        for flag, default in (("bias", True), ("batch_first", False), ("bidirectional", False)):
+            if getattr(self, flag) != default:
+                extra += f", {flag}={getattr(self, flag)}"
+        if self.dtype != np.float32:
+            extra += f", dtype={self.dtype.name}"
+        return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+
+    def _weights(self, layer: int, direction: int) -> tuple[Any, Any, Any, Any]:
+        p = self.parameters
+        w_ih, w_hh, b_ih, b_hh = self._names[layer][direction]
+        return (
+            p[w_ih],
+            p[w_hh],
+            None if b_ih is None else p[b_ih],
+            None if b_hh is None else p[b_hh],
+        )
+
+    def _concurrent(self, steps: int, batch: int) -> bool:
+        """Whether to run the two directions of each layer at the same time."""
+        if not self.bidirectional:
+            return False
+        if CONCURRENT_DIRECTIONS is not None:
+            return CONCURRENT_DIRECTIONS
+        threads = _engine_threads()
+        busy = -(-batch // _ENGINE_ROWS_PER_TASK)
+        if threads < 2 or busy >= threads:
+            return False
+        step_work = batch * 4 * self.hidden_size * (self.input_size + self.hidden_size)
+        return step_work >= _CONCURRENT_MIN_STEP_WORK and steps * step_work >= _CONCURRENT_MIN_WORK
+
+    def _state(
+        self, name: str, value: Any, rows: int, batch: int, unbatched: bool
+    ) -> np.ndarray | None:
+        """Check an initial or final-state argument: (rows, B, H), or (rows, H) unbatched."""
+        if value is None:
+            return None
+        array = _real_array(name, value, self.dtype)
+        if unbatched:
+            if array.shape != (rows, self.hidden_size):
+                raise ValueError(
+                    f"{name} must have shape (num_layers*num_directions, hidden_size) = "
+                    f"{(rows, self.hidden_size)} for an unbatched input, got {array.shape}"
+                )
+            return array[:, None, :]
+        if array.shape != (rows, batch, self.hidden_size):
+            raise ValueError(
+                f"{name} must have shape (num_layers*num_directions, batch, hidden_size) = "
+                f"{(rows, batch, self.hidden_size)}, got {array.shape}"
+            )
+        return array
+
+    def _input(self, x: Any) -> tuple[np.ndarray, bool, bool, int, int]:
+        """x as (array in the engine's layout, batch_first, unbatched, steps, batch)."""
+        array = _real_array("x", x, self.dtype)
+        layout = (
+            "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
+        )
+        if array.ndim == 2:
+            # Unbatched (T, I), PyTorch's convention: batch_first does not apply.
+            array = array[:, None, :]
+            unbatched, batch_first = True, False
+        elif array.ndim == 3:
+            unbatched, batch_first = False, self.batch_first
+        else:
+            raise ValueError(
+                f"x must have shape {layout} or (seq_len, input_size), got {array.shape}"
+            )
+        if array.shape[2] != self.input_size:
+            raise ValueError(
+                f"x must have shape {layout} with input_size = {self.input_size}, "
+                f"got {array.shape if not unbatched else array.shape[::2]}"
+            )
+        steps, batch = (array.shape[1], array.shape[0]) if batch_first else array.shape[:2]
+        return array, batch_first, unbatched, steps, batch
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self, x: Any, hx: Any = None, *, lengths: Any = None, need_cache: bool = True
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
+
+        ``hx = (h0, c0)``, each (L*D, B, H), zeros when missing. ``lengths`` (B,) gives
+        each row's valid steps (PackedSequence semantics: padded outputs are 0, ``h_n``
+        is the state after the row's last valid step, h0 for length 0).
+        ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
+        """
+        self._tape = None  # a failed call must not leave an older tape for backward
+        array, batch_first, unbatched, steps, batch = self._input(x)
+        rows = self.num_layers * self.num_directions
+        h0 = c0 = None
+        if hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx must be a tuple (h0, c0)")
+            h0 = self._state("h0", hx[0], rows, batch, unbatched)
+            c0 = self._state("c0", hx[1], rows, batch, unbatched)
+        if lengths is not None:
+            if unbatched:
+                raise ValueError("lengths needs a batched x (seq_len, batch, input_size)")
+            lengths = self._lengths(lengths, steps, batch)
+
+        concurrent = self._concurrent(steps, batch)
+        caches: list[list[Any]] = []
+        h_n: list[np.ndarray] = []
+        c_n: list[np.ndarray] = []
+        layer_input = array
+        for layer in range(self.num_layers):
+
+            def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
+                k = layer * self.num_directions + direction
+                return _F.forward(
+                    inp,
+                    *self._weights(layer, direction),
+                    None if h0 is None else h0[k],
+                    None if c0 is None else c0[k],
+                    batch_first=batch_first,
+                    lengths=lengths,
+                    reverse=direction == 1,
+                    need_cache=need_cache,
+                )
+
+            if self.bidirectional:
+                results = _both_directions(run, concurrent)
+                layer_input = np.concatenate([r.y for r in results], axis=-1)
+            else:
+                results = [run(0)]
+                layer_input = results[0].y
+            caches.append([r.cache for r in results])
+            h_n.extend(r.h_n for r in results)
+            c_n.extend(r.c_n for r in results)
+
+        y = layer_input
+        h_out = np.stack(h_n)
+        c_out = np.stack(c_n)
+        if unbatched:
+            y = y[:, 0, :]
+            h_out = h_out[:, 0, :]
+            c_out = c_out[:, 0, :]
+        self._tape = (
+            _Tape(caches, y.shape, batch_first, unbatched, steps, batch) if need_cache else None
+        )
+        return y, (h_out, c_out)
+
+    __call__ = forward
+
+    @staticmethod
+    def _lengths(lengths: Any, steps: int, batch: int) -> np.ndarray:
+        array = _as_numpy(lengths, "lengths")
+        if array.dtype.kind not in "iu":
+            if array.dtype.kind == "f" and array.size and np.all(array == np.round(array)):
+                array = array.astype(np.int64)
+            elif array.size or array.dtype.kind not in "f":
+                raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
+        if array.shape != (batch,):
+            raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {array.shape}")
+        if array.size and (array.min() < 0 or array.max() > steps):
+            raise ValueError(
+                f"lengths must lie in 0..seq_len = 0..{steps}, got values "
+                f"{int(array.min())}..{int(array.max())}"
+            )
+        return array.astype(np.int64, copy=False)
+
+    # ----------------------------------------------------------------- backward
+
+    def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None) -> np.ndarray:
+        """Backpropagate through the last forward; returns ``dx`` and fills :attr:`grads`.
+
+        ``dy`` has ``y``'s shape, ``dh_n``/``dc_n`` ``h_n``'s; ``None`` means zeros.
+        Gradients replace (do not add to) the previous ones; ``hx_grad`` receives
+        ``(dh0, dc0)``. May be called more than once after one forward.
+        """
+        tape = self._tape
+        if tape is None:
+            raise RuntimeError("backward() needs a preceding forward() with need_cache=True")
+        hidden = self.hidden_size
+        directions = self.num_directions
+        rows = self.num_layers * directions
+        if dy is not None:
+            dy = _real_array("dy", dy, self.dtype)
+            if dy.shape != tape.y_shape:
+                raise ValueError(f"dy must have the shape of y = {tape.y_shape}, got {dy.shape}")
+            if tape.unbatched:
+                dy = dy[:, None, :]
+        dh = self._state("dh_n", dh_n, rows, tape.batch, tape.unbatched)
+        dc = self._state("dc_n", dc_n, rows, tape.batch, tape.unbatched)
+
+        grads: dict[str, np.ndarray] = {}
+        dh0: list[np.ndarray] = [np.empty(0)] * rows
+        dc0: list[np.ndarray] = [np.empty(0)] * rows
+        d_out = dy
+        concurrent = self._concurrent(tape.steps, tape.batch)
+        for layer in reversed(range(self.num_layers)):
+
+            def run(direction: int, layer: int = layer, d_out: Any = d_out) -> Any:
+                k = layer * directions + direction
+                d_y = d_out
+                if d_out is not None and directions == 2:
+                    d_y = d_out[..., direction * hidden : (direction + 1) * hidden]
+                return _F.backward(
+                    tape.caches[layer][direction],
+                    d_y,
+                    None if dh is None else dh[k],
+                    None if dc is None else dc[k],
+                )
+
+            if directions == 2:
+                results = _both_directions(run, concurrent)
+            else:
+                results = [run(0)]
+            for direction, g in enumerate(results):
+                k = layer * directions + direction
+                names = self._names[layer][direction]
+                grads[names[0]] = g.dw_ih
+                grads[names[1]] = g.dw_hh
+                if names[2] is not None:
+                    grads[names[2]] = g.db_ih
+                    grads[names[3]] = g.db_hh  # type: ignore[index]
+                dh0[k], dc0[k] = g.dh0, g.dc0
+            d_out = results[0].dx
+            if directions == 2:
+                if d_out.flags.writeable:
+                    d_out += results[1].dx
+                else:
+                    d_out = d_out + results[1].dx
+
+        self.grads.update(grads)
+        dh0_all = np.stack(dh0)
+        dc0_all = np.stack(dc0)
+        dx = d_out
+        if tape.unbatched:
+            dx = dx[:, 0, :]
+            dh0_all = dh0_all[:, 0, :]
+            dc0_all = dc0_all[:, 0, :]
+        self.hx_grad = (dh0_all, dc0_all)
+        return dx
+
+    # ---------------------------------------------------------------- streaming
+
+    def step(
+        self, x_t: Any, state: tuple[Any, Any] | None = None
+    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        """One time step of a unidirectional stack: ``(y_t, (h, c))``.
+
+        ``x_t`` (B, I) or (I,); ``state`` is ``(h, c)``, each (L, B, H) (or (L, H)),
+        zeros when ``None`` - e.g. the ``(h_n, c_n)`` of a forward over a prefix.
+        Feeding a sequence step by step gives the same ``y`` as one forward over it.
+        """
+        if self.bidirectional:
+            raise ValueError(
+                "step() needs a unidirectional LSTM (the reverse direction would need the future)"
+            )
+        array = _real_array("x_t", x_t, self.dtype)
+        if array.ndim == 1:
+            unbatched = True
+            array = array[None, :]
+        elif array.ndim == 2:
+            unbatched = False
+        else:
+            raise ValueError(
+                f"x_t must have shape (batch, input_size) or (input_size,), got {array.shape}"
+            )
+        if array.shape[1] != self.input_size:
+            raise ValueError(
+                f"x_t must have shape (batch, input_size) with input_size = {self.input_size}, "
+                f"got {array.shape[1:] if unbatched else array.shape}"
+            )
+        batch = array.shape[0]
+        h = c = None
+        if state is not None:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError("state must be a tuple (h, c)")
+            h = self._state("state[0]", state[0], self.num_layers, batch, unbatched)
+            c = self._state("state[1]", state[1], self.num_layers, batch, unbatched)
+        layer_input = array[None]
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            out = _F.forward(
+                layer_input,
+                *self._weights(layer, 0),
+                None if h is None else h[layer],
+                None if c is None else c[layer],
+                need_cache=False,
+            )
+            layer_input = out.y
+            hs.append(out.h_n)
+            cs.append(out.c_n)
+        y_t = layer_input[0]
+        h_new, c_new = np.stack(hs), np.stack(cs)
+        if unbatched:
+            return y_t[0], (h_new[:, 0, :], c_new[:, 0, :])
+        return y_t, (h_new, c_new)
+
+    # --------------------------------------------------------------- state dict
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter under PyTorch's names (safe to keep as a checkpoint)."""
+        return {name: p.copy() for name, p in self.parameters.items()}
+
+    def load_state_dict(self, state: Any, strict: bool = True) -> None:
+        """Copy parameters into the live arrays; values may be NumPy arrays or torch tensors.
+
+        ``torch.nn.LSTM(...).state_dict()`` loads as is. With ``strict`` every key must
+        match; otherwise missing keys are left alone and unknown keys are ignored.
+        Nothing changes unless the whole dict is valid.
+        """
+        if not hasattr(state, "keys"):
+            raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
+        expected = set(self.parameters)
+        given = set(state.keys())
+        if strict and given != expected:
+            missing = sorted(expected - given)
+            unexpected = sorted(given - expected)
+            raise ValueError(
+                f"state dict does not match the layer: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
+        staged = {}
+        for name in sorted(expected & given):
+            value = _real_array(name, state[name], self.dtype)
+            if value.shape != self.parameters[name].shape:
+                raise ValueError(
+                    f"{name} must have shape {self.parameters[name].shape}, got {value.shape}"
+                )
+            staged[name] = value
+        for name, value in staged.items():
+            self.parameters[name][...] = value
+
+    # ------------------------------------------------------------------ export
+
+    def export_onnx(self, path: Any, opset: int = 14, *, lstm_dtype: Any = np.float32) -> Any:
+        """Write this layer as an ONNX model (needs ``onnx``); returns the ModelProto.
+
+        The only input is ``x`` in the layer's layout; the outputs ``y``, ``h_n``,
+        ``c_n`` equal :meth:`forward`'s. See :func:`lstm_fast.export.export_onnx`.
+        """
+        from .export import export_onnx
+
+        return export_onnx(self, path, opset=opset, lstm_dtype=lstm_dtype)

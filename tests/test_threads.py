@@ -1,0 +1,202 @@
+"""Threads: the same bits for any thread count, concurrent callers, env switches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import lstm_fast as lf
+import numpy as np
+import pytest
+from conftest import Case, assert_matches_reference, assert_same_bits, make_arrays, run_both
+
+# B >= 8 and H >= 64 so that an engine that splits the batch or the hidden
+# units across threads really does split them.
+THREAD_CASES = [
+    Case(5, 16, 40, 64, dtype=np.float32, seed=1),
+    Case(4, 9, 17, 130, dtype=np.float64, lengths="mixed", reverse=True, seed=2),
+    Case(3, 33, 64, 96, dtype=np.float32, lengths="random", batch_first=True, seed=3),
+    Case(6, 8, 8, 64, dtype=np.float64, bias="none", state="none", seed=4),
+    Case(2, 64, 16, 80, dtype=np.float32, lengths="random", reverse=True, seed=5),
+]
+
+
+def _all_results(case, arrays):
+    out, grads = run_both(lf, case, arrays)
+    cache = {name: getattr(out.cache, name) for name in "ifgoc"}
+    a = arrays
+    cell = lf.cell_forward(
+        a["x"][:, 0] if case.batch_first else a["x"][0],
+        np.zeros((case.B, case.H), case.dtype),
+        np.ones((case.B, case.H), case.dtype),
+        a["w_ih"],
+        a["w_hh"],
+        a["b_ih"],
+    )
+    cell_grads = lf.cell_backward(cell.cache, a["dh_n"], a["dc_n"])
+    return {
+        "y": out.y,
+        "h_n": out.h_n,
+        "c_n": out.c_n,
+        **{f"cache.{k}": v for k, v in cache.items()},
+        **{k: getattr(grads, k) for k in grads._fields},
+        "cell.h_new": cell.h_new,
+        "cell.c_new": cell.c_new,
+        **{f"cell.{k}": getattr(cell_grads, k) for k in cell_grads._fields},
+    }
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: c.id)
+def test_same_bits_for_any_thread_count(isa, threads, case):
+    arrays = make_arrays(case)
+    lf.set_num_threads(1)
+    assert lf.get_num_threads() == 1
+    one = _all_results(case, arrays)
+    for n in (2, 3, 4):
+        lf.set_num_threads(n)
+        assert lf.get_num_threads() == n
+        many = _all_results(case, arrays)
+        for name, value in one.items():
+            assert_same_bits(many[name], value, f"{name} with {n} threads")
+
+
+def test_threaded_results_are_right(threads):
+    """Not only the same bits: right, with more threads than cores."""
+    case = THREAD_CASES[1]
+    arrays = make_arrays(case)
+    lf.set_num_threads(3)
+    out, grads = run_both(lf, case, arrays)
+    assert_matches_reference(case, arrays, out, grads)
+
+
+def test_get_num_threads_default():
+    n = lf.get_num_threads()
+    assert isinstance(n, int) and n >= 1
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_callers(threads):
+    """Several Python threads call forward/backward at once: no deadlock, same bits.
+
+    Each thread works on its own case and checks every result against the one
+    computed alone beforehand; a hang fails through the timeout.
+    """
+    lf.set_num_threads(2)
+    cases = [THREAD_CASES[i % len(THREAD_CASES)].with_(seed=10 + i) for i in range(6)]
+    inputs = [make_arrays(c) for c in cases]
+    expected = [_all_results(c, a) for c, a in zip(cases, inputs)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(cases))
+
+    def worker(k):
+        try:
+            start.wait()
+            for _ in range(8):
+                got = _all_results(cases[k], inputs[k])
+                for name, value in expected[k].items():
+                    assert_same_bits(got[name], value, f"thread {k}: {name}")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(cases))]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join(timeout=100)
+    assert not any(t.is_alive() for t in pool), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.timeout(120)
+def test_set_num_threads_while_others_compute(threads):
+    """Changing the thread count during other threads' calls is safe and keeps the bits."""
+    case = THREAD_CASES[0]
+    arrays = make_arrays(case)
+    lf.set_num_threads(1)
+    expected = _all_results(case, arrays)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def compute():
+        try:
+            while not stop.is_set():
+                got = _all_results(case, arrays)
+                for name, value in expected.items():
+                    assert_same_bits(got[name], value, name)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    workers = [threading.Thread(target=compute, daemon=True) for _ in range(2)]
+    for t in workers:
+        t.start()
+    try:
+        for k in range(40):
+            lf.set_num_threads(1 + k % 3)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(timeout=100)
+    assert not any(t.is_alive() for t in workers), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
+# --------------------------------------------------------------------------
+# Environment switches, read at import
+
+
+def _run_python(code: str, **env):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
+    environment.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_env_num_threads(n):
+    assert _run_python("import lstm_fast; print(lstm_fast.get_num_threads())",
+                       LSTM_FAST_NUM_THREADS=str(n)) == str(n)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", lf.available_isas())
+def test_env_isa(name):
+    code = "import lstm_fast; print(lstm_fast.get_isa())"
+    assert _run_python(code, LSTM_FAST_ISA=name) == name
+
+
+def test_env_isa_gives_the_same_numbers_as_set_isa():
+    """A subprocess forced to the scalar ISA computes what _set_isa("scalar") computes here."""
+    case_source = "Case(4, 9, 13, 70, dtype=np.float32, lengths='mixed', seed=21)"
+    code = (
+        "import sys, numpy as np, lstm_fast as lf\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+        "from conftest import Case, make_arrays, run_both\n"
+        f"case = {case_source}\n"
+        "out, grads = run_both(lf, case, make_arrays(case))\n"
+        "print(out.y.tobytes().hex(), grads.dw_hh.tobytes().hex())\n"
+    )
+    case = eval(case_source, {"Case": Case, "np": np})
+    previous = lf.get_isa()
+    try:
+        lf._set_isa("scalar")
+        out, grads = run_both(lf, case, make_arrays(case))
+    finally:
+        lf._set_isa(previous)
+    got = _run_python(code, LSTM_FAST_ISA="scalar", LSTM_FAST_NUM_THREADS="2")
+    assert got == out.y.tobytes().hex() + " " + grads.dw_hh.tobytes().hex()
+
+
+def test_default_isa():
+    """Without LSTM_FAST_ISA a SIMD path is chosen whenever the machine has one."""
+    isas = lf.available_isas()
+    assert "scalar" in isas
+    default = _run_python("import lstm_fast; print(lstm_fast.get_isa())")
+    assert default in isas
+    if len(isas) > 1:
+        assert default != "scalar"
