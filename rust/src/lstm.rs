@@ -404,7 +404,9 @@ pub fn forward<E: Float>(
                     rows: slot_rows,
                     lens: slot_lens,
                 },
-                xw: &xw,
+                x: seq.x,
+                input,
+                w_ih: seq.w_ih,
                 bias: &bias,
                 panels: &panels,
                 state: state_ptrs[chunk],
@@ -530,8 +532,14 @@ pub fn backward<E: Float>(
             }
         }
 
-        // The non-recurrent gradients: one product each over all T·B rows.
-        let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);
+        // The non-recurrent gradients: one product each over all T·B rows. When
+        // H is already a multiple of the padding, da's gate blocks are exactly
+        // w_ih's and one product serves all four gates.
+        let w_ih = if hidden == hp {
+            std::borrow::Cow::Borrowed(seq.w_ih)
+        } else {
+            pack::pad_gate_rows(seq.w_ih, hidden, hp, input).into()
+        };
         gemm(
             Mat::rows(&da, rows, depth, depth),
             Mat::rows(&w_ih, depth, input, input),
@@ -539,39 +547,48 @@ pub fn backward<E: Float>(
             input,
             false,
         );
-        for gate in 0..4 {
-            // da's columns of this gate, transposed: (H, T·B).
-            let da_gate = Mat {
-                data: &da[(gate * hp).min(da.len())..],
-                rows: hidden,
+        // (first da column, first output row, rows) per product.
+        let blocks: Vec<(usize, usize, usize)> = if hidden == hp {
+            vec![(0, 0, 4 * hidden)]
+        } else {
+            (0..4).map(|g| (g * hp, g * hidden, hidden)).collect()
+        };
+        for (col, out_row, n) in blocks {
+            // da's columns of these gate rows, transposed: (n, T·B).
+            let da_t = Mat {
+                data: &da[col.min(da.len())..],
+                rows: n,
                 cols: rows,
                 row_stride: 1,
                 col_stride: depth,
             };
-            let dw_ih = &mut grads.dw_ih[gate * hidden * input..][..hidden * input];
             gemm(
-                da_gate,
+                da_t,
                 Mat::rows(seq.x, rows, input, input),
-                dw_ih,
+                &mut grads.dw_ih[out_row * input..][..n * input],
                 input,
                 false,
             );
-            let dw_hh = &mut grads.dw_hh[gate * hidden * hidden..][..hidden * hidden];
+            let h_prev = Mat::rows(cache.h_prev, rows, hidden, hp);
             gemm(
-                da_gate,
-                Mat::rows(cache.h_prev, rows, hidden, hp),
-                dw_hh,
+                da_t,
+                h_prev,
+                &mut grads.dw_hh[out_row * hidden..][..n * hidden],
                 hidden,
                 false,
             );
         }
         if let Some(db) = grads.db {
+            // Column blocks in parallel, each summed over rows in order: the
+            // same bits for any thread count.
             let mut sum = vec![E::ZERO; depth];
-            for da_row in da.chunks_exact(depth) {
-                for (s, &d) in sum.iter_mut().zip(da_row) {
-                    *s = *s + d;
+            sum.par_chunks_mut(64).enumerate().for_each(|(blk, sum)| {
+                for da_row in da.chunks_exact(depth) {
+                    for (s, &d) in sum.iter_mut().zip(&da_row[blk * 64..]) {
+                        *s = *s + d;
+                    }
                 }
-            }
+            });
             for gate in 0..4 {
                 db[gate * hidden..][..hidden].copy_from_slice(&sum[gate * hp..][..hidden]);
             }

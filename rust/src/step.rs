@@ -111,8 +111,11 @@ pub struct ForwardState<E> {
 pub struct ForwardChunk<'a, E> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
-    /// (T·B) × 4Hp: x·w_ihᵀ for every row, caller's layout.
-    pub xw: &'a [E],
+    /// (T·B) × I in the caller's layout, and `w_ih` (4H × I): each member
+    /// projects its own units, a block of steps at a time (see `run`).
+    pub x: &'a [E],
+    pub input: usize,
+    pub w_ih: &'a [E],
     /// 4Hp.
     pub bias: &'a [E],
     /// `pack::forward_panels` for this ISA's lane count.
@@ -134,7 +137,14 @@ impl<E: Float> ForwardChunk<'_, E> {
     /// documented on their types, and no other thread touching this slot's
     /// units of this tile.
     #[inline(always)]
-    unsafe fn finish<S: Simd<E = E>>(&self, s: usize, slot: usize, tile: usize, acc: [S; 4]) {
+    unsafe fn finish<S: Simd<E = E>>(
+        &self,
+        s: usize,
+        slot: usize,
+        tile: usize,
+        acc: [S; 4],
+        xw: &Projection<E>,
+    ) {
         let geo = self.geo;
         let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
         let u0 = tile * w;
@@ -142,15 +152,16 @@ impl<E: Float> ForwardChunk<'_, E> {
         let row = geo.row(geo.pos(s, self.slots.lens[slot]), b);
         let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
         let out = self.out;
-        // SAFETY: row < T·B and u0 + w ≤ hp: every padded access is inside xw,
-        // bias, the state (slots × Hp) and the caches; y gets only its real
-        // lanes. This slot's units of this tile are written by this member only.
+        // SAFETY: row < T·B and u0 + w ≤ hp: every padded access is inside the
+        // projection block, bias, the state (slots × Hp) and the caches; y gets
+        // only its real lanes. This slot's units of this tile are written by
+        // this member only.
         unsafe {
-            let xw = self.xw.as_ptr().add(row * 4 * hp + u0);
+            let (xw, xw_stride) = (xw.at(s, slot, u0), xw.units);
             let bias = self.bias.as_ptr().add(u0);
             let pre = |g: usize| {
                 acc[g]
-                    .add(S::load(xw.add(g * hp)))
+                    .add(S::load(xw.add(g * xw_stride)))
                     .add(S::load(bias.add(g * hp)))
             };
             let ig = simd::sigmoid(pre(0));
@@ -180,6 +191,96 @@ impl<E: Float> ForwardChunk<'_, E> {
     }
 }
 
+/// A member's input projection for a block of steps: `x·w_ihᵀ` for its own
+/// hidden units only, rows (step in block, slot), columns (gate, unit).
+struct Projection<E> {
+    data: Vec<E>,
+    /// Gathered input rows, (steps in block · slots) × I.
+    rows: Vec<E>,
+    /// First step of the block, steps per block, slots, units of the member.
+    s0: usize,
+    steps: usize,
+    slots: usize,
+    first_unit: usize,
+    units: usize,
+}
+
+impl<E: Float> Projection<E> {
+    fn new(steps: usize, slots: usize, input: usize, units: std::ops::Range<usize>) -> Self {
+        let n = units.len();
+        Projection {
+            data: vec![E::ZERO; steps * slots * 4 * n],
+            rows: vec![E::ZERO; steps * slots * input],
+            s0: 0,
+            steps,
+            slots,
+            first_unit: units.start,
+            units: n,
+        }
+    }
+
+    /// Where gate i of hidden unit `unit` starts for (s, slot); gates are
+    /// `units` apart.
+    #[inline(always)]
+    fn at(&self, s: usize, slot: usize, unit: usize) -> *const E {
+        let row = (s - self.s0) * self.slots + slot;
+        self.data[row * 4 * self.units + unit - self.first_unit..].as_ptr()
+    }
+}
+
+impl<E: Float> ForwardChunk<'_, E> {
+    /// Fills `p` with the projection of steps s0.. for this member's units: the
+    /// input rows the running slots visit are gathered, then one product per
+    /// gate. Units past H stay zero.
+    fn project(&self, p: &mut Projection<E>, s0: usize) {
+        let (geo, input, h) = (self.geo, self.input, self.geo.hidden);
+        p.s0 = s0;
+        let s1 = (s0 + p.steps).min(geo.steps);
+        for s in s0..s1 {
+            for slot in 0..self.slots.active(s) {
+                let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+                let j = (s - s0) * p.slots + slot;
+                p.rows[j * input..][..input].copy_from_slice(&self.x[row * input..][..input]);
+            }
+        }
+        let real = p.first_unit..(p.first_unit + p.units).min(h);
+        if real.is_empty() {
+            return;
+        }
+        let m = (s1 - s0) * p.slots;
+        for gate in 0..4 {
+            let w = &self.w_ih[(gate * h + real.start) * input..][..real.len() * input];
+            let c = &mut p.data[gate * p.units + real.start - p.first_unit..];
+            assert!(m == 0 || (m - 1) * 4 * p.units + real.len() <= c.len());
+            // SAFETY: A is m rows of `input` in `rows` (m · input ≤ its length);
+            // B = the gate's w_ih rows of the real units, transposed (I × n),
+            // inside `w`; C rows are 4·units apart with n ≤ units columns, inside
+            // `c` (asserted); C is a separate allocation from A and B.
+            unsafe {
+                E::gemm_raw(
+                    m,
+                    input,
+                    real.len(),
+                    p.rows.as_ptr(),
+                    input as isize,
+                    1,
+                    w.as_ptr(),
+                    1,
+                    input as isize,
+                    E::ZERO,
+                    c.as_mut_ptr(),
+                    (4 * p.units) as isize,
+                    1,
+                );
+            }
+        }
+    }
+}
+
+/// Rows per projection block: enough for an efficient product, few enough
+/// that the block stays in cache (scratch is O(B·H), independent of T).
+const PROJECTION_ROWS: usize = 256;
+
 impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
     type Output = ();
 
@@ -193,13 +294,27 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
             hp / w * stride,
             "forward panels packed for another ISA"
         );
-        assert!(self.tiles.end <= hp / w);
-        assert!(self.xw.len() >= geo.steps * geo.batch * 4 * hp && self.bias.len() == 4 * hp);
+        assert!(self.tiles.end <= hp / w && self.bias.len() == 4 * hp);
+        assert!(
+            self.x.len() == geo.steps * geo.batch * self.input
+                && self.w_ih.len() == 4 * h * self.input
+        );
+        let n_slots = self.slots.rows.len();
+        let block = (PROJECTION_ROWS / n_slots.max(1)).clamp(1, geo.steps.max(1));
+        let mut xw = Projection::new(
+            block,
+            n_slots,
+            self.input,
+            self.tiles.start * w..self.tiles.end * w,
+        );
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
             if active == 0 {
                 break;
+            }
+            if s % block == 0 {
+                self.project(&mut xw, s);
             }
             let cur = self.state.h[s % 2].0 as *const E;
             let mut p = self.tiles.start;
@@ -214,13 +329,13 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                         let a: [*const E; MR] = std::array::from_fn(|i| cur.add((r + i) * hp));
                         if MR == 1 && pair {
                             let [acc0, acc1] = tile_pair::<S>(a[0], 1, h, [panel(p), panel(p + 1)]);
-                            self.finish::<S>(s, r, p, acc0);
-                            self.finish::<S>(s, r, p + 1, acc1);
+                            self.finish::<S>(s, r, p, acc0, &xw);
+                            self.finish::<S>(s, r, p + 1, acc1, &xw);
                         } else {
                             for q in p..p + 1 + pair as usize {
                                 let acc = tile::<S, MR>(a, 1, h, panel(q));
                                 for (i, acc) in acc.into_iter().enumerate() {
-                                    self.finish::<S>(s, r + i, q, acc);
+                                    self.finish::<S>(s, r + i, q, acc, &xw);
                                 }
                             }
                         }

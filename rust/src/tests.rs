@@ -336,12 +336,14 @@ fn worst(a: &Results, b: &Results) -> (f64, &'static str) {
     out
 }
 
-const SHAPES: [(usize, usize, usize, usize); 7] = [
+const SHAPES: [(usize, usize, usize, usize); 9] = [
     (1, 1, 1, 1),
     (5, 3, 4, 7),
     (6, 9, 3, 17),
     (4, 17, 8, 33),
     (3, 2, 5, 70),
+    (4, 6, 5, 32),
+    (3, 11, 7, 16),
     (0, 3, 2, 5),
     (3, 0, 2, 5),
 ];

@@ -81,8 +81,8 @@ pub fn pool() -> Result<Arc<ThreadPool>> {
 }
 
 /// Threads that meet once per time step: a counter and a generation number,
-/// spinning briefly (a step is microseconds) and then yielding, so a busy or
-/// oversubscribed machine does not burn a core for nothing.
+/// spinning briefly (about the length of a small step, a few microseconds) and
+/// then yielding, so a partner that lost its core gets it back soon.
 pub struct SpinBarrier {
     members: usize,
     arrived: std::sync::atomic::AtomicUsize,
@@ -110,7 +110,7 @@ impl SpinBarrier {
         }
         let mut spins = 0u32;
         while self.generation.load(Acquire) == generation {
-            if spins < 20_000 {
+            if spins < 200 {
                 std::hint::spin_loop();
                 spins += 1;
             } else {
