@@ -149,6 +149,9 @@ fn claim(split: Split) -> (Split, Claim) {
     )
 }
 
+/// One team member's work: (chunk, its tiles, the team's barrier if any).
+type Member<'a> = dyn Fn(usize, std::ops::Range<usize>, Option<&SpinBarrier>) + Sync + 'a;
+
 /// Runs `member(chunk, tiles, barrier)`: for `Split::Hidden(n)`, n members of
 /// the one chunk at once, each with its range of `0..tiles`, meeting at a
 /// barrier; for `Split::Batch`, every chunk with all tiles, in parallel.
@@ -156,7 +159,7 @@ fn run_split(
     split: Split,
     chunks: usize,
     tiles: usize,
-    member: &(dyn Fn(usize, std::ops::Range<usize>, Option<&SpinBarrier>) + Sync),
+    member: &Member<'_>,
 ) {
     if chunks == 0 {
         return;
