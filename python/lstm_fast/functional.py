@@ -77,6 +77,8 @@ def _check_shape(name: str, a: np.ndarray, symbols: str, want: tuple[int, ...]) 
 
 def _contiguous(a: np.ndarray, dtype: np.dtype, *, own: bool) -> np.ndarray:
     """C-contiguous, aligned, of `dtype`; a private copy when `own` (caches)."""
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+        return a.copy() if own else a  # the common case, without np.require's cost
     out = np.require(a, dtype=dtype, requirements=["C", "A"])
     if own and np.may_share_memory(out, a):
         out = out.copy()

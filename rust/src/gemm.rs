@@ -55,7 +55,8 @@ impl<'a, E> Mat<'a, E> {
 const MIN_ROWS_PER_TASK: usize = 32;
 
 /// `C = A·B`, or `C += A·B` with `accumulate`; C is row-major with rows `ldc`
-/// apart. Runs on the current rayon pool (call inside `ThreadPool::install`).
+/// apart. Inside a rayon pool (`ThreadPool::install`) the rows are shared among
+/// its threads; outside one it runs on the calling thread alone.
 ///
 /// Panics if a view does not fit its slice (an engine bug, not a user error).
 pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, accumulate: bool) {
@@ -79,7 +80,11 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
         return;
     }
     let beta = if accumulate { E::ONE } else { E::ZERO };
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if crate::threads::in_pool() {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let tasks = threads.min(m.div_ceil(MIN_ROWS_PER_TASK)).max(1);
     let rows_per_task = m.div_ceil(tasks).next_multiple_of(8);
     let c = &mut c[..(m - 1) * ldc + n];

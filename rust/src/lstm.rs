@@ -155,12 +155,7 @@ type Member<'a> = dyn Fn(usize, std::ops::Range<usize>, Option<&SpinBarrier>) + 
 /// Runs `member(chunk, tiles, barrier)`: for `Split::Hidden(n)`, n members of
 /// the one chunk at once, each with its range of `0..tiles`, meeting at a
 /// barrier; for `Split::Batch`, every chunk with all tiles, in parallel.
-fn run_split(
-    split: Split,
-    chunks: usize,
-    tiles: usize,
-    member: &Member<'_>,
-) {
+fn run_split(split: Split, chunks: usize, tiles: usize, member: &Member<'_>) {
     if chunks == 0 {
         return;
     }
@@ -175,6 +170,7 @@ fn run_split(
                 }
             });
         }
+        Split::Batch if chunks == 1 => member(0, 0..tiles, None),
         Split::Batch => (0..chunks)
             .into_par_iter()
             .for_each(|chunk| member(chunk, 0..tiles, None)),
@@ -330,20 +326,16 @@ pub fn forward<E: Float>(
     let geo = seq.geometry();
     let lanes = lanes::<E>(isa);
     let tiles = hp / lanes;
-    let (split, _claim) = claim(choose_split(batch, tiles, pool.current_num_threads()));
+    let threads = pool.current_num_threads();
+    let (split, _claim) = claim(choose_split(batch, tiles, threads));
+    let chunks = seq.chunks(if split == Split::Batch { threads } else { 1 });
+    // One batch chunk has nothing to share: run it on the calling thread and
+    // skip the hand-off to the pool (microseconds, which small calls notice).
+    let inline = split == Split::Batch && chunks.len() <= 1;
 
-    pool.install(|| {
-        let w_ih = pack::pad_gate_rows(seq.w_ih, hidden, hp, input);
+    let body = || {
         let bias = pack::pad_bias(seq.bias, hidden, hp);
         let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes);
-        let mut xw = vec![E::ZERO; rows * 4 * hp];
-        gemm(
-            Mat::rows(seq.x, rows, input, input),
-            Mat::rows(&w_ih, 4 * hp, input, input).t(),
-            &mut xw,
-            4 * hp,
-            false,
-        );
 
         let mut cache = cache;
         for row in seq.padded_rows() {
@@ -370,11 +362,6 @@ pub fn forward<E: Float>(
         };
 
         // Per chunk: its slots and its state (h twice, c), h0/c0 copied in.
-        let chunks = seq.chunks(if split == Split::Batch {
-            rayon::current_num_threads()
-        } else {
-            1
-        });
         let mut states: Vec<[Vec<E>; 3]> = chunks
             .iter()
             .map(|(slot_rows, _)| {
@@ -428,7 +415,12 @@ pub fn forward<E: Float>(
                 out.c_n[b * hidden..][..hidden].copy_from_slice(&st[2][slot * hp..][..hidden]);
             }
         }
-    });
+    };
+    if inline {
+        body();
+    } else {
+        pool.install(body);
+    }
     Ok(())
 }
 
@@ -467,9 +459,11 @@ pub fn backward<E: Float>(
     let depth = 4 * hp;
     let lanes = lanes::<E>(isa);
     let tiles = hp.div_ceil(4 * lanes);
-    let (split, _claim) = claim(choose_split(batch, tiles, pool.current_num_threads()));
+    let threads = pool.current_num_threads();
+    let (split, _claim) = claim(choose_split(batch, tiles, threads));
+    let chunks = seq.chunks(if split == Split::Batch { threads } else { 1 });
 
-    pool.install(|| {
+    let body = || {
         let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes);
         // Zeros stay at padded steps, so the products below ignore them.
         let mut da = vec![E::ZERO; rows * depth];
@@ -479,11 +473,6 @@ pub fn backward<E: Float>(
         );
 
         // Per chunk: its slots and its state (dh_n seed, dc, c0), copied in.
-        let chunks = seq.chunks(if split == Split::Batch {
-            rayon::current_num_threads()
-        } else {
-            1
-        });
         let mut states: Vec<[Vec<E>; 3]> = chunks
             .iter()
             .map(|(slot_rows, _)| {
@@ -585,17 +574,27 @@ pub fn backward<E: Float>(
             // Column blocks in parallel, each summed over rows in order: the
             // same bits for any thread count.
             let mut sum = vec![E::ZERO; depth];
-            sum.par_chunks_mut(64).enumerate().for_each(|(blk, sum)| {
+            let column_block = |(blk, sum): (usize, &mut [E])| {
                 for da_row in da.chunks_exact(depth) {
                     for (s, &d) in sum.iter_mut().zip(&da_row[blk * 64..]) {
                         *s = *s + d;
                     }
                 }
-            });
+            };
+            if threads::in_pool() {
+                sum.par_chunks_mut(64).enumerate().for_each(column_block);
+            } else {
+                sum.chunks_mut(64).enumerate().for_each(column_block);
+            }
             for gate in 0..4 {
                 db[gate * hidden..][..hidden].copy_from_slice(&sum[gate * hp..][..hidden]);
             }
         }
-    });
+    };
+    if threads == 1 {
+        body();
+    } else {
+        pool.install(body);
+    }
     Ok(())
 }

@@ -30,6 +30,12 @@ fn lock() -> std::sync::MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether the current thread is a worker of a rayon pool (so parallel
+/// iterators run on that pool rather than spawning the global one).
+pub fn in_pool() -> bool {
+    rayon::current_thread_index().is_some()
+}
+
 /// The number of threads calls will use.
 pub fn num_threads() -> usize {
     let mut p = lock();
