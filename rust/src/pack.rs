@@ -39,17 +39,17 @@ pub fn forward_panels<E: Float>(
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
     let mut out = vec![E::ZERO; tiles * hidden * width];
-    for p in 0..tiles {
-        let panel = &mut out[p * hidden * width..][..hidden * width];
-        for gate in 0..4 {
-            for u in 0..lanes {
-                let unit = p * lanes + u;
-                if unit >= hidden {
-                    break;
-                }
-                let row = &w_hh[(gate * hidden + unit) * hidden..][..hidden];
-                for (k, &w) in row.iter().enumerate() {
-                    panel[k * width + gate * lanes + u] = w;
+    // Writes in order; the reads, 4·lanes rows at a time, stay in L1.
+    for (p, panel) in out
+        .chunks_exact_mut((hidden * width).max(1))
+        .enumerate()
+        .take(tiles)
+    {
+        let units = hidden.saturating_sub(p * lanes).min(lanes);
+        for (k, dst) in panel.chunks_exact_mut(width).enumerate() {
+            for gate in 0..4 {
+                for u in 0..units {
+                    dst[gate * lanes + u] = w_hh[(gate * hidden + p * lanes + u) * hidden + k];
                 }
             }
         }
