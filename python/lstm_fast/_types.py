@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -13,7 +13,7 @@ class Forward(NamedTuple):
     y: np.ndarray
     h_n: np.ndarray
     c_n: np.ndarray
-    cache: Optional[Any]
+    cache: Any | None
 
 
 class Gradients(NamedTuple):
@@ -24,8 +24,8 @@ class Gradients(NamedTuple):
     dc0: np.ndarray
     dw_ih: np.ndarray
     dw_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
 
 
 class Cell(NamedTuple):
@@ -44,5 +44,5 @@ class CellGradients(NamedTuple):
     dc: np.ndarray
     dw_ih: np.ndarray
     dw_hh: np.ndarray
-    db_ih: Optional[np.ndarray]
-    db_hh: Optional[np.ndarray]
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,9 @@ def _as_array(name: str, value: Any) -> np.ndarray:
         try:
             return np.asarray(value)
         except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}: {e}") from None
+            raise TypeError(
+                f"{name} must be an array of numbers, got {type(value).__name__}: {e}"
+            ) from None
     raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
 
 
@@ -50,8 +52,8 @@ def _compute_dtype(arrays: dict[str, np.ndarray]) -> np.dtype:
     for name, a in arrays.items():
         if a.dtype.kind not in "biuf":
             raise TypeError(
-                f"{name} must have a real numeric dtype (float32, float64, float16, integer or bool), "
-                f"got {a.dtype}"
+                f"{name} must have a real numeric dtype "
+                f"(float32, float64, float16, integer or bool), got {a.dtype}"
             )
     # SPEC §4: the result type of the floating inputs; integers and bools only
     # decide (float64) when nothing else is floating.
@@ -66,7 +68,9 @@ def _compute_dtype(arrays: dict[str, np.ndarray]) -> np.dtype:
     return dtype
 
 
-def _shape_error(name: str, symbols: str, want: tuple[int, ...], got: tuple[int, ...]) -> ValueError:
+def _shape_error(
+    name: str, symbols: str, want: tuple[int, ...], got: tuple[int, ...]
+) -> ValueError:
     return ValueError(f"{name} must have shape {symbols} = {want}, got {got}")
 
 
@@ -94,7 +98,7 @@ def _check_size(*shapes: tuple[int, ...]) -> None:
             raise ValueError(f"a buffer of shape {shape} would overflow the address space")
 
 
-def _lengths(value: Any, batch: int, steps: int, *, own: bool) -> Optional[np.ndarray]:
+def _lengths(value: Any, batch: int, steps: int, *, own: bool) -> np.ndarray | None:
     if value is None:
         return None
     a = _as_array("lengths", value)
@@ -135,7 +139,10 @@ class _Args:
         self.dtype = _compute_dtype({names.get(k, k): v for k, v in arrays.items()})
         xa, wih, whh = arrays["x"], arrays["w_ih"], arrays["w_hh"]
         xname = names.get("x", "x")
-        x_symbols = names.get("x_symbols", "(batch, seq_len, input_size)" if batch_first else "(seq_len, batch, input_size)")
+        x_symbols = names.get(
+            "x_symbols",
+            "(batch, seq_len, input_size)" if batch_first else "(seq_len, batch, input_size)",
+        )
         if xa.ndim != 3:
             raise ValueError(f"{xname} must have shape {x_symbols} (3 dimensions), got {xa.shape}")
         if batch_first:
@@ -144,7 +151,8 @@ class _Args:
             steps, batch, inp = xa.shape
         if whh.ndim != 2 or whh.shape[0] % 4 or whh.shape[0] == 0:
             raise ValueError(
-                f"w_hh must have shape (4*hidden_size, hidden_size) with hidden_size >= 1, got {whh.shape}"
+                "w_hh must have shape (4*hidden_size, hidden_size) with hidden_size >= 1, "
+                f"got {whh.shape}"
             )
         hidden = whh.shape[0] // 4
         _check_shape("w_hh", whh, "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
@@ -167,7 +175,9 @@ class _Args:
         self.w_hh = _contiguous(whh, dt, own=own)
         self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
         biases = [arrays[k].astype(dt) for k in ("b_ih", "b_hh") if k in arrays]
-        self.bias = np.require(sum(biases[1:], biases[0]), requirements=["C", "A"]) if biases else None
+        self.bias = (
+            np.require(sum(biases[1:], biases[0]), requirements=["C", "A"]) if biases else None
+        )
         self.h0 = _contiguous(arrays["h0"], dt, own=False) if "h0" in arrays else None
         self.c0 = _contiguous(arrays["c0"], dt, own=own) if "c0" in arrays else None
 
@@ -204,7 +214,9 @@ class Cache:
 
     __slots__ = ("_args", "_cells", "_gates", "_h_prev")
 
-    def __init__(self, args: _Args, gates: np.ndarray, cells: np.ndarray, h_prev: np.ndarray) -> None:
+    def __init__(
+        self, args: _Args, gates: np.ndarray, cells: np.ndarray, h_prev: np.ndarray
+    ) -> None:
         for a in (gates, cells, h_prev):
             a.flags.writeable = False
         self._args, self._gates, self._cells, self._h_prev = args, gates, cells, h_prev
@@ -281,7 +293,9 @@ class CellCache:
 # ---------------------------------------------------------------------------
 
 
-def _run_forward(args: _Args, need_cache: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, Optional[Cache]]:
+def _run_forward(
+    args: _Args, need_cache: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
     dt, rows = args.dtype, (args.steps * args.batch)
     y = np.empty(args.y_shape, dt)
     h_n = np.empty((args.batch, args.hidden), dt)
@@ -289,7 +303,11 @@ def _run_forward(args: _Args, need_cache: bool) -> tuple[np.ndarray, np.ndarray,
     cache_arrays: tuple[np.ndarray, ...] = ()
     if need_cache:
         hp = args.hidden_pad
-        cache_arrays = (np.empty((rows, 4 * hp), dt), np.empty((rows, hp), dt), np.empty((rows, hp), dt))
+        cache_arrays = (
+            np.empty((rows, 4 * hp), dt),
+            np.empty((rows, hp), dt),
+            np.empty((rows, hp), dt),
+        )
     _core.forward(
         args.x, args.w_ih, args.w_hh, args.bias, args.h0, args.c0, args.lengths,
         args.batch_first, args.reverse, y, h_n, c_n, *cache_arrays,
@@ -328,7 +346,9 @@ def forward(
     return Forward(*_run_forward(args, need_cache))
 
 
-def _seed(name: str, value: Any, symbols: str, shape: tuple[int, ...], dtype: np.dtype) -> Optional[np.ndarray]:
+def _seed(
+    name: str, value: Any, symbols: str, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray | None:
     if value is None:
         return None
     a = _as_array(name, value)
@@ -340,10 +360,14 @@ def _seed(name: str, value: Any, symbols: str, shape: tuple[int, ...], dtype: np
 
 def _run_backward(
     cache: Cache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str]
-) -> tuple[np.ndarray, ...]:
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None
+]:
     a = cache._args
     dt = a.dtype
-    y_symbols = "(batch, seq_len, hidden_size)" if a.batch_first else "(seq_len, batch, hidden_size)"
+    y_symbols = (
+        "(batch, seq_len, hidden_size)" if a.batch_first else "(seq_len, batch, hidden_size)"
+    )
     state = (a.batch, a.hidden)
     dy = _seed(names[0], dy, y_symbols, a.y_shape, dt)
     dh_n = _seed(names[1], dh_n, "(batch, hidden_size)", state, dt)
@@ -359,7 +383,8 @@ def _run_backward(
         dx, dh0, dc0, dw_ih, dw_hh, db,
     )  # fmt: skip
     db_ih = db if a.has_b_ih else None
-    db_hh = (db.copy() if a.has_b_ih else db) if a.has_b_hh else None
+    # Two arrays when both biases exist, so updating one leaves the other alone.
+    db_hh = None if db is None or not a.has_b_hh else (db.copy() if a.has_b_ih else db)
     return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
