@@ -115,7 +115,11 @@ fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
         Some("hidden") if team > 1 => return Split::Hidden(team),
         _ => {}
     }
-    if team <= 1 || batch >= threads * BATCH_SPLIT_ROWS || tiles < 2 * threads {
+    if team <= 1
+        || batch >= threads * BATCH_SPLIT_ROWS
+        || tiles < 2 * threads
+        || !threads::team_allowed()
+    {
         Split::Batch
     } else {
         Split::Hidden(team)
@@ -169,6 +173,7 @@ fn run_split(split: Split, chunks: usize, tiles: usize, member: &Member<'_>) {
                     member(0, tile_range(ctx.index(), n, tiles), Some(&barrier));
                 }
             });
+            threads::team_finished(&barrier);
         }
         Split::Batch if chunks == 1 => member(0, 0..tiles, None),
         Split::Batch => (0..chunks)

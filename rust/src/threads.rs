@@ -1,7 +1,9 @@
 //! The engine's own rayon pool: sized by `set_num_threads`, by
 //! `LSTM_FAST_NUM_THREADS`, or by the number of cores, and entered once per call.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -86,43 +88,95 @@ pub fn pool() -> Result<Arc<ThreadPool>> {
     Ok(p.pool.clone().expect("pool was just built"))
 }
 
-/// Threads that meet once per time step: a counter and a generation number,
-/// spinning briefly (about the length of a small step, a few microseconds) and
-/// then yielding, so a partner that lost its core gets it back soon.
+/// Threads that meet once per time step. Each waiter spins for a few tens of
+/// microseconds (a step is microseconds, and a spinning partner answers in tens
+/// of nanoseconds), then sleeps on a condition variable so that a partner who
+/// lost its core gets it back instead of waiting out a time slice. How often
+/// members had to sleep is counted: see [`team_finished`].
 pub struct SpinBarrier {
     members: usize,
-    arrived: std::sync::atomic::AtomicUsize,
-    generation: std::sync::atomic::AtomicUsize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    sleepers: AtomicUsize,
+    waits: AtomicUsize,
+    slept: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
 }
+
+/// Spins before a waiter sleeps (each a `pause`, tens of cycles).
+const SPINS: u32 = 2_000;
 
 impl SpinBarrier {
     pub fn new(members: usize) -> Self {
         SpinBarrier {
             members,
-            arrived: 0.into(),
-            generation: 0.into(),
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            waits: AtomicUsize::new(0),
+            slept: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
         }
     }
 
     /// Returns once all members have called `wait` for this generation; writes
     /// made before `wait` by any member are visible to all after it.
     pub fn wait(&self) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-        let generation = self.generation.load(Acquire);
-        if self.arrived.fetch_add(1, AcqRel) + 1 == self.members {
-            self.arrived.store(0, Relaxed);
-            self.generation.fetch_add(1, Release);
+        let generation = self.generation.load(SeqCst);
+        if self.arrived.fetch_add(1, SeqCst) + 1 == self.members {
+            self.arrived.store(0, SeqCst);
+            self.generation.fetch_add(1, SeqCst);
+            // SeqCst on both sides: either a sleeper sees the new generation
+            // before sleeping, or we see it registered and wake it.
+            if self.sleepers.load(SeqCst) > 0 {
+                let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+                self.wake.notify_all();
+            }
             return;
         }
-        let mut spins = 0u32;
-        while self.generation.load(Acquire) == generation {
-            if spins < 200 {
-                std::hint::spin_loop();
-                spins += 1;
-            } else {
-                std::thread::yield_now();
+        self.waits.fetch_add(1, Relaxed);
+        for _ in 0..SPINS {
+            if self.generation.load(Acquire) != generation {
+                return;
             }
+            std::hint::spin_loop();
         }
+        self.slept.fetch_add(1, Relaxed);
+        self.sleepers.fetch_add(1, SeqCst);
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.generation.load(SeqCst) == generation {
+            guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(guard);
+        self.sleepers.fetch_sub(1, SeqCst);
+    }
+
+    /// (waits, of which slept).
+    pub fn stats(&self) -> (usize, usize) {
+        (self.waits.load(Relaxed), self.slept.load(Relaxed))
+    }
+}
+
+/// Calls left during which teams are not used, after one whose members often
+/// had to sleep (the cores are busy elsewhere: a team then costs more than it
+/// gives). Counts down once per call, so teams are tried again later.
+static TEAM_PENALTY: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a team may be used for this call.
+pub fn team_allowed() -> bool {
+    TEAM_PENALTY
+        .fetch_update(Relaxed, Relaxed, |p| p.checked_sub(1))
+        .map_or(true, |_| false)
+}
+
+/// Records how a team call went: more than 1 wait in 16 ending asleep
+/// disables teams for the next 64 calls.
+pub fn team_finished(barrier: &SpinBarrier) {
+    let (waits, slept) = barrier.stats();
+    if slept * 16 > waits.max(1) {
+        TEAM_PENALTY.store(64, Relaxed);
     }
 }
 
