@@ -377,10 +377,13 @@ def _run_backward(
     dw_ih = np.empty((4 * a.hidden, a.input), dt)
     dw_hh = np.empty((4 * a.hidden, a.hidden), dt)
     db = np.empty(4 * a.hidden, dt) if (a.has_b_ih or a.has_b_hh) else None
+    # The gate gradients: NumPy backs large arrays with huge pages, which saves
+    # the engine tens of thousands of page faults per call at the large shapes.
+    scratch = np.empty((a.steps * a.batch, 4 * a.hidden_pad), dt)
     _core.backward(
         a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.batch_first, a.reverse,
         cache._gates, cache._cells, cache._h_prev, dy, dh_n, dc_n,
-        dx, dh0, dc0, dw_ih, dw_hh, db,
+        dx, dh0, dc0, dw_ih, dw_hh, db, scratch,
     )  # fmt: skip
     db_ih = db if a.has_b_ih else None
     # Two arrays when both biases exist, so updating one leaves the other alone.

@@ -76,7 +76,9 @@ pub struct Seeds<'a, E> {
 }
 
 /// Gradients, each shaped like its variable; `db` (4H,) is the gradient of
-/// both b_ih and b_hh (None: not wanted).
+/// both b_ih and b_hh (None: not wanted). `scratch`, when given, holds the gate
+/// gradients (T·B × 4Hp, any contents): callers that allocate large arrays
+/// better (NumPy asks for huge pages) pass it; otherwise it is allocated here.
 pub struct Grads<'a, E> {
     pub dx: &'a mut [E],
     pub dh0: &'a mut [E],
@@ -84,6 +86,7 @@ pub struct Grads<'a, E> {
     pub dw_ih: &'a mut [E],
     pub dw_hh: &'a mut [E],
     pub db: Option<&'a mut [E]>,
+    pub scratch: Option<&'a mut [E]>,
 }
 
 /// The padded hidden size Hp of the cache layout for element type `E`.
@@ -468,10 +471,24 @@ pub fn backward<E: Float>(
     let (split, _claim) = claim(choose_split(batch, tiles, threads));
     let chunks = seq.chunks(if split == Split::Batch { threads } else { 1 });
 
+    let mut owned = Vec::new();
+    let da: &mut [E] = match grads.scratch {
+        Some(scratch) => {
+            expect_len("scratch", scratch.len(), rows * depth)?;
+            scratch
+        }
+        None => {
+            owned.resize(rows * depth, E::ZERO);
+            &mut owned
+        }
+    };
     let body = || {
         let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes);
-        // Zeros stay at padded steps, so the products below ignore them.
-        let mut da = vec![E::ZERO; rows * depth];
+        // The kernels write every visited (step, row) in full; padded steps
+        // must hold zeros so the products below ignore them.
+        for row in seq.padded_rows() {
+            da[row * depth..][..depth].fill(E::ZERO);
+        }
         let (da_ptr, dh0) = (
             SharedMut(da.as_mut_ptr()),
             SharedMut(grads.dh0.as_mut_ptr()),

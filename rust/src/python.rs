@@ -214,6 +214,7 @@ fn backward_typed<'py, E: Float + numpy::Element>(
     seeds: Opt3<'_, 'py>,
     grads: [&Bound<'py, PyAny>; 5],
     db: Option<&Bound<'py, PyAny>>,
+    scratch: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<()> {
     let seq = arrays.sequence()?;
     let (gates, cells, h_prev) = (
@@ -232,6 +233,9 @@ fn backward_typed<'py, E: Float + numpy::Element>(
         outs.push(extract_out::<E>(name, g)?);
     }
     let mut db = db.map(|d| extract_out::<E>("db", d)).transpose()?;
+    let mut scratch = scratch
+        .map(|d| extract_out::<E>("scratch", d))
+        .transpose()?;
     let [dx, dh0, dc0, dw_ih, dw_hh] = outs.as_mut_slice() else {
         unreachable!("five gradient arrays")
     };
@@ -242,6 +246,10 @@ fn backward_typed<'py, E: Float + numpy::Element>(
         dw_ih: slice_mut("dw_ih", dw_ih)?,
         dw_hh: slice_mut("dw_hh", dw_hh)?,
         db: db.as_mut().map(|d| slice_mut("db", d)).transpose()?,
+        scratch: scratch
+            .as_mut()
+            .map(|d| slice_mut("scratch", d))
+            .transpose()?,
     };
     let cache = CacheRef {
         gates: slice("gates", &gates)?,
@@ -309,7 +317,7 @@ mod _core {
 
     /// Backward pass (BPTT) of one layer and direction into preallocated gradients.
     #[pyfunction]
-    #[pyo3(signature = (x, w_ih, w_hh, c0, lengths, batch_first, reverse, gates, cells, h_prev, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db=None))]
+    #[pyo3(signature = (x, w_ih, w_hh, c0, lengths, batch_first, reverse, gates, cells, h_prev, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db=None, scratch=None))]
     #[allow(clippy::too_many_arguments)]
     fn backward<'py>(
         py: Python<'py>,
@@ -332,16 +340,33 @@ mod _core {
         dw_ih: &Bound<'py, PyAny>,
         dw_hh: &Bound<'py, PyAny>,
         db: Option<&Bound<'py, PyAny>>,
+        scratch: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         let grads = [dx, dh0, dc0, dw_ih, dw_hh];
         if is_f64(x)? {
             let a =
                 seq_arrays::<f64>(x, w_ih, w_hh, None, None, c0, lengths, batch_first, reverse)?;
-            backward_typed(py, a, (gates, cells, h_prev), (dy, dh_n, dc_n), grads, db)
+            backward_typed(
+                py,
+                a,
+                (gates, cells, h_prev),
+                (dy, dh_n, dc_n),
+                grads,
+                db,
+                scratch,
+            )
         } else {
             let a =
                 seq_arrays::<f32>(x, w_ih, w_hh, None, None, c0, lengths, batch_first, reverse)?;
-            backward_typed(py, a, (gates, cells, h_prev), (dy, dh_n, dc_n), grads, db)
+            backward_typed(
+                py,
+                a,
+                (gates, cells, h_prev),
+                (dy, dh_n, dc_n),
+                grads,
+                db,
+                scratch,
+            )
         }
     }
 

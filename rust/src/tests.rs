@@ -271,6 +271,7 @@ impl Problem {
         ]
         .map(|n| vec![E::ZERO; n]);
         let [dx, dh0, dc0, dw_ih, dw_hh, db] = &mut g;
+        let mut scratch = vec![E::from_f64(f64::NAN); rows * 4 * hp];
         backward(
             &seq,
             CacheRef {
@@ -290,6 +291,8 @@ impl Problem {
                 dw_ih,
                 dw_hh,
                 db: Some(db),
+                // NaN everywhere: backward must not depend on the contents.
+                scratch: Some(&mut scratch),
             },
         )
         .unwrap();
