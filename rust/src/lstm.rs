@@ -555,7 +555,7 @@ pub fn backward<E: Float>(
             pack::pad_gate_rows(seq.w_ih, hidden, hp, input).into()
         };
         gemm(
-            Mat::rows(&da, rows, depth, depth),
+            Mat::rows(da, rows, depth, depth),
             Mat::rows(&w_ih, depth, input, input),
             grads.dx,
             input,
