@@ -14,7 +14,7 @@
 use crate::float::Float;
 use std::ops::Range;
 
-use crate::kernel::{for_row_groups, load_n, store_n, tile, tile_pair};
+use crate::kernel::{load_n, panel_product, store_n, tile, tile_pair};
 use crate::simd::{self, Kernel, Simd};
 use crate::threads::SpinBarrier;
 
@@ -307,6 +307,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
             self.input,
             self.tiles.start * w..self.tiles.end * w,
         );
+        let mut products = vec![[S::splat(E::ZERO); 4]; n_slots];
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
@@ -317,31 +318,36 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                 self.project(&mut xw, s);
             }
             let cur = self.state.h[s % 2].0 as *const E;
-            let mut p = self.tiles.start;
-            while p < self.tiles.end {
-                let pair = p + 1 < self.tiles.end;
-                let panel = |q: usize| self.panels[q * stride..].as_ptr();
-                for_row_groups!(S, active, |r, MR| {
-                    // SAFETY: slot rows of the state hold hp ≥ h elements; panels
-                    // p (and p + 1 when paired) hold h rows of 4·w (asserted);
-                    // `finish` gets in-range slots and tiles of this member.
+            let panel = |q: usize| self.panels[q * stride..].as_ptr();
+            if active == 1 {
+                // One row: latency-bound, so two panels at a time (8 chains).
+                let mut p = self.tiles.start;
+                while p < self.tiles.end {
+                    // SAFETY: slot 0's state row holds hp ≥ h elements; panels
+                    // hold h rows of 4·w (asserted); `finish` gets slot 0 and
+                    // tiles of this member.
                     unsafe {
-                        let a: [*const E; MR] = std::array::from_fn(|i| cur.add((r + i) * hp));
-                        if MR == 1 && pair {
-                            let [acc0, acc1] = tile_pair::<S>(a[0], 1, h, [panel(p), panel(p + 1)]);
-                            self.finish::<S>(s, r, p, acc0, &xw);
-                            self.finish::<S>(s, r, p + 1, acc1, &xw);
+                        if p + 1 < self.tiles.end {
+                            let [acc0, acc1] = tile_pair::<S>(cur, 1, h, [panel(p), panel(p + 1)]);
+                            self.finish::<S>(s, 0, p, acc0, &xw);
+                            self.finish::<S>(s, 0, p + 1, acc1, &xw);
+                            p += 2;
                         } else {
-                            for q in p..p + 1 + pair as usize {
-                                let acc = tile::<S, MR>(a, 1, h, panel(q));
-                                for (i, acc) in acc.into_iter().enumerate() {
-                                    self.finish::<S>(s, r + i, q, acc, &xw);
-                                }
-                            }
+                            self.finish::<S>(s, 0, p, tile::<S, 1>([cur], 1, h, panel(p))[0], &xw);
+                            p += 1;
                         }
                     }
-                });
-                p += 1 + pair as usize;
+                }
+            } else {
+                for p in self.tiles.clone() {
+                    // SAFETY: as above, for every running slot.
+                    unsafe {
+                        panel_product::<S>(active, |r| cur.add(r * hp), h, panel(p), &mut products);
+                        for (slot, &acc) in products[..active].iter().enumerate() {
+                            self.finish::<S>(s, slot, p, acc, &xw);
+                        }
+                    }
+                }
             }
             if let Some(barrier) = self.barrier {
                 barrier.wait();
@@ -490,53 +496,63 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
             unsafe { self.da.0.add(row * depth) }
         };
         let panel = |q: usize| self.panels[q * stride..].as_ptr();
+        let mut products = vec![[S::splat(E::ZERO); 4]; self.slots.rows.len()];
 
         let mut prev_active = 0; // slots that ran at iteration s + 1
         for s in (0..geo.steps).rev() {
             let active = self.slots.active(s);
-            let mut q = self.tiles.start;
-            while q < self.tiles.end {
-                let pair = q + 1 < self.tiles.end;
-                for_row_groups!(S, active, |r, MR| {
-                    // SAFETY: da rows of iteration s + 1 are whole (depth) and
-                    // were finished by the team before the barrier; panels hold
-                    // depth × width (asserted); `finish`/`seed` get in-range
-                    // slots and this member's tiles.
+            if active == 1 && prev_active == 1 {
+                // One row: latency-bound, so two panels at a time (8 chains).
+                let mut q = self.tiles.start;
+                while q < self.tiles.end {
+                    // SAFETY: slot 0's da row of iteration s + 1 is whole and
+                    // was finished before the barrier; panels hold depth ×
+                    // width (asserted); `finish` gets slot 0 and our tiles.
                     unsafe {
-                        if r + MR <= prev_active && MR == 1 && pair {
+                        if q + 1 < self.tiles.end {
                             let [acc0, acc1] = tile_pair::<S>(
-                                da_row(r, s + 1),
+                                da_row(0, s + 1),
                                 1,
                                 depth,
                                 [panel(q), panel(q + 1)],
                             );
-                            self.finish::<S>(s, r, q, acc0);
-                            self.finish::<S>(s, r, q + 1, acc1);
+                            self.finish::<S>(s, 0, q, acc0);
+                            self.finish::<S>(s, 0, q + 1, acc1);
+                            q += 2;
                         } else {
-                            for t in q..q + 1 + pair as usize {
-                                if r + MR <= prev_active {
-                                    let a: [*const E; MR] =
-                                        std::array::from_fn(|i| da_row(r + i, s + 1));
-                                    let acc = tile::<S, MR>(a, 1, depth, panel(t));
-                                    for (i, acc) in acc.into_iter().enumerate() {
-                                        self.finish::<S>(s, r + i, t, acc);
-                                    }
-                                } else {
-                                    for slot in r..r + MR {
-                                        let acc = if slot < prev_active {
-                                            tile::<S, 1>([da_row(slot, s + 1)], 1, depth, panel(t))
-                                                [0]
-                                        } else {
-                                            self.seed::<S>(slot, t)
-                                        };
-                                        self.finish::<S>(s, slot, t, acc);
-                                    }
-                                }
-                            }
+                            self.finish::<S>(
+                                s,
+                                0,
+                                q,
+                                tile::<S, 1>([da_row(0, s + 1)], 1, depth, panel(q))[0],
+                            );
+                            q += 1;
                         }
                     }
-                });
-                q += 1 + pair as usize;
+                }
+            } else {
+                for q in self.tiles.clone() {
+                    // SAFETY: rows that ran at s + 1 have whole da rows,
+                    // finished before the barrier; the others start from their
+                    // dh_n seed; `finish` gets running slots and our tiles.
+                    unsafe {
+                        panel_product::<S>(
+                            prev_active,
+                            |r| da_row(r, s + 1),
+                            depth,
+                            panel(q),
+                            &mut products,
+                        );
+                        for slot in 0..active {
+                            let acc = if slot < prev_active {
+                                products[slot]
+                            } else {
+                                self.seed::<S>(slot, q)
+                            };
+                            self.finish::<S>(s, slot, q, acc);
+                        }
+                    }
+                }
             }
             if let Some(barrier) = self.barrier {
                 barrier.wait();

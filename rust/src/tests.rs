@@ -339,7 +339,7 @@ fn worst(a: &Results, b: &Results) -> (f64, &'static str) {
     out
 }
 
-const SHAPES: [(usize, usize, usize, usize); 9] = [
+const SHAPES: [(usize, usize, usize, usize); 10] = [
     (1, 1, 1, 1),
     (5, 3, 4, 7),
     (6, 9, 3, 17),
@@ -347,6 +347,8 @@ const SHAPES: [(usize, usize, usize, usize); 9] = [
     (3, 2, 5, 70),
     (4, 6, 5, 32),
     (3, 11, 7, 16),
+    // Deeper than one L1 panel slice on every ISA: depth blocking.
+    (2, 5, 3, 200),
     (0, 3, 2, 5),
     (3, 0, 2, 5),
 ];
