@@ -543,9 +543,9 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                             panel(q),
                             &mut products,
                         );
-                        for slot in 0..active {
+                        for (slot, &product) in products[..active].iter().enumerate() {
                             let acc = if slot < prev_active {
-                                products[slot]
+                                product
                             } else {
                                 self.seed::<S>(slot, q)
                             };
