@@ -360,6 +360,7 @@ def time_interleaved(
     budget_s: float = 1.0,
     rounds: int = 2,
     first_results: dict[str, Any] | None = None,
+    settle_s: float = 0.25,
 ) -> dict[str, Timing]:
     """Time several callables fairly on a machine whose load drifts.
 
@@ -369,7 +370,12 @@ def time_interleaved(
     ``ceil(repeats / rounds)`` or until ``budget_s / rounds`` seconds of them have
     passed (at least one). Back-to-back calls are what a training loop makes;
     taking turns by block spreads any change in the machine's load over all of
-    them. The result of each callable's first call is stored in ``first_results``
+    them. Before each block the machine gets ``settle_s`` seconds of quiet: the
+    thread pools of PyTorch (OpenMP) and ONNX Runtime keep spinning for a while
+    after a call, and a library whose threads meet every time step (lstm_fast at
+    small batch) would otherwise be timed against cores still busy with the
+    previous library, which is not how anyone runs one library after another.
+    The result of each callable's first call is stored in ``first_results``
     when given (to compare outputs without another call).
     """
     rounds = max(1, rounds)
@@ -380,6 +386,7 @@ def time_interleaved(
     try:
         for round_ in range(rounds):
             for name, fn in fns.items():
+                time.sleep(settle_s)
                 result = fn()
                 if round_ == 0 and first_results is not None:
                     first_results[name] = result

@@ -91,7 +91,8 @@ pub fn pool() -> Result<Arc<ThreadPool>> {
 /// Threads that meet once per time step. Each waiter spins for a few tens of
 /// microseconds (a step is microseconds, and a spinning partner answers in tens
 /// of nanoseconds), then sleeps on a condition variable so that a partner who
-/// lost its core gets it back instead of waiting out a time slice. How often
+/// lost its core gets it back instead of waiting out a time slice. After the
+/// first sleep of a call waiters spin much longer (see `spins`). How often
 /// members had to sleep is counted: see [`team_finished`].
 pub struct SpinBarrier {
     members: usize,
@@ -100,12 +101,22 @@ pub struct SpinBarrier {
     sleepers: AtomicUsize,
     waits: AtomicUsize,
     slept: AtomicUsize,
+    /// Spins before sleeping: grows after a sleep, so that a member just woken
+    /// (which can take tens of microseconds on a virtual machine) is waited for
+    /// by spinning instead of both members taking turns to sleep every step.
+    spins: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
 }
 
-/// Spins before a waiter sleeps (each a `pause`, tens of cycles).
-const SPINS: u32 = 2_000;
+/// Polls before a waiter sleeps, at first and after a sleep (each an atomic
+/// load, about a nanosecond: 20 000 is some tens of microseconds). No `pause`
+/// instruction in the loop: under KVM a run of them makes the hypervisor take
+/// the virtual CPU away (pause-loop exiting), which costs far more than it saves.
+const SPINS: usize = 20_000;
+const MAX_SPINS: usize = 100_000;
+/// Waits at the start of a call whose sleeps do not count against the team.
+const WARMUP_WAITS: usize = 8;
 
 impl SpinBarrier {
     pub fn new(members: usize) -> Self {
@@ -116,6 +127,7 @@ impl SpinBarrier {
             sleepers: AtomicUsize::new(0),
             waits: AtomicUsize::new(0),
             slept: AtomicUsize::new(0),
+            spins: AtomicUsize::new(SPINS),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
@@ -136,14 +148,18 @@ impl SpinBarrier {
             }
             return;
         }
-        self.waits.fetch_add(1, Relaxed);
-        for _ in 0..SPINS {
+        let nth = self.waits.fetch_add(1, Relaxed);
+        for _ in 0..self.spins.load(Relaxed) {
             if self.generation.load(Acquire) != generation {
                 return;
             }
-            std::hint::spin_loop();
         }
-        self.slept.fetch_add(1, Relaxed);
+        // The first waits of a call also wait for members being woken: that
+        // cost is the call's start, not a sign of busy cores.
+        if nth >= WARMUP_WAITS {
+            self.slept.fetch_add(1, Relaxed);
+        }
+        self.spins.store(MAX_SPINS, Relaxed);
         self.sleepers.fetch_add(1, SeqCst);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while self.generation.load(SeqCst) == generation {
@@ -163,6 +179,11 @@ impl SpinBarrier {
 /// had to sleep (the cores are busy elsewhere: a team then costs more than it
 /// gives). Counts down once per call, so teams are tried again later.
 static TEAM_PENALTY: AtomicUsize = AtomicUsize::new(0);
+/// The next penalty: 8 calls, doubling while team calls keep going badly (up
+/// to 256), back to 8 after one goes well. A passing disturbance (a cold start
+/// on a virtual machine) costs a few calls; lasting contention settles on the
+/// path without a barrier.
+static TEAM_BACKOFF: AtomicUsize = AtomicUsize::new(8);
 
 /// Whether a team may be used for this call.
 pub fn team_allowed() -> bool {
@@ -171,12 +192,16 @@ pub fn team_allowed() -> bool {
         .map_or(true, |_| false)
 }
 
-/// Records how a team call went: more than 1 wait in 16 ending asleep
-/// disables teams for the next 64 calls.
+/// Records how a team call went: more than 1 wait in 16 ending asleep (not
+/// counting the first waits of the call) disables teams for a while.
 pub fn team_finished(barrier: &SpinBarrier) {
     let (waits, slept) = barrier.stats();
     if slept * 16 > waits.max(1) {
-        TEAM_PENALTY.store(64, Relaxed);
+        let backoff = TEAM_BACKOFF.load(Relaxed);
+        TEAM_PENALTY.store(backoff, Relaxed);
+        TEAM_BACKOFF.store((backoff * 2).min(256), Relaxed);
+    } else {
+        TEAM_BACKOFF.store(8, Relaxed);
     }
 }
 
