@@ -283,3 +283,34 @@ def test_infinite_cell_state(isa, dtype):
     np.testing.assert_array_equal(cell.c_new, c)
     np.testing.assert_array_equal(cell.h_new[0], np.full(H, 0.5, dtype))
     np.testing.assert_array_equal(cell.h_new[1], np.full(H, -0.5, dtype))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hidden", [5, 16, 21])
+def test_infinite_initial_state_matches_the_reference(isa, dtype, hidden):
+    """An infinity in h0 saturates gates like the reference does, and padded
+    hidden units (H not a multiple of the SIMD padding) leak no NaN into the
+    gradients: every output and gradient equals the reference, NaN for NaN."""
+    rng = np.random.default_rng(hidden)
+    T, B, I, H = 3, 2, 3, hidden
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih = (rng.standard_normal((4 * H, I)) * 0.5).astype(dtype)
+    w_hh = (rng.standard_normal((4 * H, H)) * 0.5).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    h0[0, 0] = np.inf
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    dy = np.ones((T, B, H), dtype)
+    got = lf.forward(x, w_ih, w_hh, None, None, h0, c0)
+    want = ref.forward(x, w_ih, w_hh, None, None, h0, c0)
+    g_got = lf.backward(got.cache, dy)
+    g_want = ref.backward(want.cache, dy)
+    pairs = [("y", got.y, want.y), ("h_n", got.h_n, want.h_n), ("c_n", got.c_n, want.c_n)]
+    pairs += [(k, a, b) for k, a, b in zip(g_got._fields, g_got, g_want) if a is not None]
+    for name, a, b in pairs:
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=f"NaN pattern of {name}")
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(b), err_msg=f"inf pattern of {name}")
+        finite = np.isfinite(b)
+        tol = 2e-4 if dtype == np.float32 else 1e-10
+        scale = 1 + np.abs(b[finite]).max(initial=0)
+        assert np.abs(a[finite] - b[finite]).max(initial=0) <= tol * scale, name

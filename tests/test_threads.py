@@ -200,3 +200,53 @@ def test_default_isa():
     assert default in isas
     if len(isas) > 1:
         assert default != "scalar"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.timeout(120)
+def test_fork_while_another_thread_computes():
+    """A child forked while another thread is inside a call (the small-batch
+    team holds the pool's lock then) starts its own pool and finishes its call."""
+    import threading
+    import time
+
+    rng = np.random.default_rng(0)
+    T, B, I, H = 200, 2, 8, 256
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    w_ih = (rng.standard_normal((4 * H, I)) * 0.1).astype(np.float32)
+    w_hh = (rng.standard_normal((4 * H, H)) * 0.1).astype(np.float32)
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            lf.forward(x, w_ih, w_hh, need_cache=False)
+
+    worker = threading.Thread(target=busy)
+    worker.start()
+    hung = 0
+    try:
+        for _ in range(5):
+            time.sleep(0.01)
+            pid = os.fork()
+            if pid == 0:  # the child: one call, then leave at once
+                try:
+                    lf.forward(x[:5], w_ih, w_hh, need_cache=False)
+                    os._exit(0)
+                except BaseException:
+                    os._exit(1)
+            deadline = time.monotonic() + 20
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        worker.join()
+    assert hung == 0, f"{hung} of 5 forked children hung"

@@ -15,7 +15,7 @@ use crate::step::{
     BackwardChunk, BackwardState, ForwardChunk, ForwardOut, ForwardState, Geometry, SharedMut,
     Slots,
 };
-use crate::threads::{self, SpinBarrier, TEAM};
+use crate::threads::{self, Engine, SpinBarrier};
 
 /// T, B, I, H.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,14 +108,45 @@ enum Split {
     Hidden(usize),
 }
 
+/// A forced split: 0 none, 1 batch, 2 hidden. Set from `LSTM_FAST_SPLIT` once
+/// (for measurements), or by [`force_split`] (tests).
+static FORCED_SPLIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+
+/// Forces the batch (`Some(false)`) or hidden (`Some(true)`) split for later
+/// calls, or goes back to choosing (`None`). Results are the same either way;
+/// this exists to measure and to test both.
+pub fn force_split(hidden: Option<bool>) {
+    FORCED_SPLIT.store(
+        hidden.map_or(0, |h| 1 + h as u8),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn forced_split() -> u8 {
+    use std::sync::atomic::Ordering::Relaxed;
+    match FORCED_SPLIT.load(Relaxed) {
+        u8::MAX => {
+            // Read once: reading the environment on every call could race
+            // with Python's os.environ writes, which bypass Rust's lock.
+            let forced = match std::env::var("LSTM_FAST_SPLIT").ok().as_deref() {
+                Some("batch") => 1,
+                Some("hidden") => 2,
+                _ => 0,
+            };
+            let _ = FORCED_SPLIT.compare_exchange(u8::MAX, forced, Relaxed, Relaxed);
+            FORCED_SPLIT.load(Relaxed)
+        }
+        forced => forced,
+    }
+}
+
 /// The split for `batch` rows and `tiles` tiles of hidden units on `threads`
 /// threads. `LSTM_FAST_SPLIT=batch|hidden` overrides it (for measurements).
 fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
     let team = threads.min(tiles);
-    let forced = std::env::var("LSTM_FAST_SPLIT").ok();
-    match forced.as_deref() {
-        Some("batch") => return Split::Batch,
-        Some("hidden") if team > 1 => return Split::Hidden(team),
+    match forced_split() {
+        1 => return Split::Batch,
+        2 if team > 1 => return Split::Hidden(team),
         _ => {}
     }
     if team <= 1
@@ -134,25 +165,28 @@ fn tile_range(member: usize, members: usize, tiles: usize) -> std::ops::Range<us
     (member * tiles / members)..((member + 1) * tiles / members)
 }
 
-/// Holds [`TEAM`] for the length of a call.
-enum Claim {
-    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
-    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+/// Holds the pool's team lock for the length of a call.
+enum Claim<'a> {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'a, ()>),
 }
 
 /// Takes the pool for a call: exclusively for a hidden split (its members wait
 /// for each other, so all must run at once), shared otherwise. When another
 /// call is running, a hidden split becomes a batch split, which yields the same
-/// bits, instead of waiting.
-fn claim(split: Split) -> (Split, Claim) {
+/// bits, instead of waiting. A lock poisoned by a panic elsewhere still works.
+fn claim(engine: &Engine, split: Split) -> (Split, Claim<'_>) {
+    use std::sync::TryLockError;
     if let Split::Hidden(_) = split {
-        if let Ok(guard) = TEAM.try_write() {
-            return (split, Claim::Exclusive(guard));
+        match engine.team.try_write() {
+            Ok(guard) => return (split, Claim::Exclusive(guard)),
+            Err(TryLockError::Poisoned(p)) => return (split, Claim::Exclusive(p.into_inner())),
+            Err(TryLockError::WouldBlock) => {}
         }
     }
     (
         Split::Batch,
-        Claim::Shared(TEAM.read().unwrap_or_else(|e| e.into_inner())),
+        Claim::Shared(engine.team.read().unwrap_or_else(|e| e.into_inner())),
     )
 }
 
@@ -173,6 +207,17 @@ fn run_split(split: Split, chunks: usize, tiles: usize, member: &Member<'_>) {
             // least n threads, so all n members run at once.
             rayon::broadcast(|ctx| {
                 if ctx.index() < n {
+                    /// Poisons the barrier if the member unwinds, so the others
+                    /// do not wait for it forever.
+                    struct Guard<'a>(&'a SpinBarrier);
+                    impl Drop for Guard<'_> {
+                        fn drop(&mut self) {
+                            if std::thread::panicking() {
+                                self.0.poison();
+                            }
+                        }
+                    }
+                    let _guard = Guard(&barrier);
                     member(0, tile_range(ctx.index(), n, tiles), Some(&barrier));
                 }
             });
@@ -330,12 +375,13 @@ pub fn forward<E: Float>(
         expect_len("cache h_prev", c.h_prev.len(), rows * hp)?;
     }
     let isa = simd::active();
-    let pool = threads::pool()?;
+    let engine = threads::pool()?;
+    let pool = &engine.pool;
     let geo = seq.geometry();
     let lanes = lanes::<E>(isa);
     let tiles = hp / lanes;
     let threads = pool.current_num_threads();
-    let (split, _claim) = claim(choose_split(batch, tiles, threads));
+    let (split, _claim) = claim(&engine, choose_split(batch, tiles, threads));
     let chunks = seq.chunks(if split == Split::Batch { threads } else { 1 });
     // One batch chunk has nothing to share: run it on the calling thread and
     // skip the hand-off to the pool (microseconds, which small calls notice).
@@ -462,13 +508,14 @@ pub fn backward<E: Float>(
     expect_len("dw_hh", grads.dw_hh.len(), 4 * hidden * hidden)?;
     expect_opt("db", grads.db.as_ref().map(|d| d.len()), 4 * hidden)?;
     let isa = simd::active();
-    let pool = threads::pool()?;
+    let engine = threads::pool()?;
+    let pool = &engine.pool;
     let geo = seq.geometry();
     let depth = 4 * hp;
     let lanes = lanes::<E>(isa);
     let tiles = hp.div_ceil(4 * lanes);
     let threads = pool.current_num_threads();
-    let (split, _claim) = claim(choose_split(batch, tiles, threads));
+    let (split, _claim) = claim(&engine, choose_split(batch, tiles, threads));
     let chunks = seq.chunks(if split == Split::Batch { threads } else { 1 });
 
     let mut owned = Vec::new();

@@ -175,7 +175,7 @@ impl<E: Float> ForwardChunk<'_, E> {
             h_new.store(next.add(slot * hp + u0));
             store_n(
                 h_new,
-                out.y.0.add(row * h + u0),
+                out.y.0.add(row * h + u0.min(h)),
                 h.saturating_sub(u0).min(w),
             );
             if !out.gates.0.is_null() {
@@ -436,7 +436,7 @@ impl<E: Float> BackwardChunk<'_, E> {
                 let mut dh = acc_v;
                 if let Some(dy) = self.dy {
                     dh = dh.add(load_n(
-                        dy.as_ptr().add(row * h + u),
+                        dy.as_ptr().add(row * h + u.min(h)),
                         h.saturating_sub(u).min(w),
                     ));
                 }
@@ -461,6 +461,17 @@ impl<E: Float> BackwardChunk<'_, E> {
                 let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
                 let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
                 dc.mul(fg).store(dc_ptr);
+                // Padded units carry no weight, but their gates see 0·inf = NaN
+                // when h holds an infinity; their da must be exactly zero so
+                // that nothing reaches the real units through the products.
+                let [da_i, da_f, da_g, da_o] = if u + w > h {
+                    let real = S::splat(E::from_f64(h.saturating_sub(u) as f64));
+                    let index: [E; 16] = std::array::from_fn(|i| E::from_f64(i as f64));
+                    let lane = S::load(index.as_ptr());
+                    [da_i, da_f, da_g, da_o].map(|d| lane.select_lt(real, d, S::splat(E::ZERO)))
+                } else {
+                    [da_i, da_f, da_g, da_o]
+                };
                 let dp = self.da.0.add(row * depth + u);
                 da_i.store(dp);
                 da_f.store(dp.add(hp));

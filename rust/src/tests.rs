@@ -357,8 +357,13 @@ const SHAPES: [(usize, usize, usize, usize); 10] = [
 fn engine_matches_oracle_on_every_isa() {
     let _g = lock();
     let mut seed = 0;
-    for isa in Isa::available() {
+    crate::threads::set_num_threads(2).unwrap();
+    for (isa, split) in Isa::available()
+        .into_iter()
+        .flat_map(|isa| [(isa, None), (isa, Some(true))])
+    {
         simd::set_active(isa).unwrap();
+        crate::lstm::force_split(split);
         for &(steps, batch, input, hidden) in &SHAPES {
             for variant in 0..16u32 {
                 seed += 1;
@@ -391,6 +396,7 @@ fn engine_matches_oracle_on_every_isa() {
         }
     }
     simd::set_active(*Isa::available().last().unwrap()).unwrap();
+    crate::lstm::force_split(None);
 }
 
 #[test]
@@ -418,18 +424,16 @@ fn results_do_not_depend_on_thread_count_or_split() {
         );
         crate::threads::set_num_threads(1).unwrap();
         let one = bits(&p.engine::<f32>());
-        for split in ["batch", "hidden", "auto"] {
-            // SAFETY: tests that read the environment hold the GLOBAL lock.
-            std::env::set_var("LSTM_FAST_SPLIT", split);
+        for split in [Some(false), Some(true), None] {
+            crate::lstm::force_split(split);
             for n in [2, 3, 5] {
                 crate::threads::set_num_threads(n).unwrap();
                 assert!(
                     bits(&p.engine::<f32>()) == one,
-                    "B={batch} H={hidden}: {split} split on {n} threads differs from 1 thread"
+                    "B={batch} H={hidden}: split {split:?} on {n} threads differs from 1 thread"
                 );
             }
         }
-        std::env::remove_var("LSTM_FAST_SPLIT");
     }
     crate::threads::set_num_threads(2).unwrap();
 }

@@ -3,20 +3,35 @@
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::error::{Error, Result};
 
-struct Pool {
-    threads: usize,
-    pool: Option<Arc<ThreadPool>>,
+/// The worker threads, and the lock that says who may use all of them at once.
+///
+/// The lock lives with the pool (not in a static) so that forgetting the pool
+/// after `fork()` also forgets a lock some thread of the parent held.
+pub struct Engine {
+    pub pool: ThreadPool,
+    /// Taken shared by every call that uses the pool, and exclusively by a call
+    /// whose threads wait for each other at a [`SpinBarrier`]: such a call needs
+    /// every worker at once, which is only guaranteed while no other call holds
+    /// one.
+    pub team: RwLock<()>,
 }
 
+struct Pool {
+    threads: usize,
+    engine: Option<Arc<Engine>>,
+}
+
+/// Held only for moments (never while threads start), so that a `fork()` from
+/// another thread is unlikely to find it locked.
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     threads: 0,
-    pool: None,
+    engine: None,
 });
 
 fn default_threads() -> usize {
@@ -57,35 +72,57 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     let mut p = lock();
     if p.threads != n {
         p.threads = n;
-        p.pool = None;
+        p.engine = None;
     }
     Ok(())
 }
 
 /// Forgets the pool without joining it: after `fork()` the child has no worker
-/// threads, so the parent's pool must not be used there.
+/// threads, so the parent's pool (and its team lock, which a parent thread may
+/// have held) must not be used there.
 pub fn forget_pool_after_fork() {
-    let mut p = lock();
-    if let Some(pool) = p.pool.take() {
-        std::mem::forget(pool);
+    // The child is single-threaded: if the lock is taken, its holder is gone,
+    // and waiting would hang; leave the state as it is in that (rare) case.
+    if let Ok(mut p) = POOL.try_lock() {
+        if let Some(engine) = p.engine.take() {
+            std::mem::forget(engine);
+        }
     }
 }
 
-/// The pool for the current thread count, built on first use.
-pub fn pool() -> Result<Arc<ThreadPool>> {
+/// The pool for the current thread count, built on first use (outside the
+/// lock: starting threads takes a while).
+pub fn pool() -> Result<Arc<Engine>> {
+    let threads = {
+        let mut p = lock();
+        if p.threads == 0 {
+            p.threads = default_threads();
+        }
+        if let Some(engine) = &p.engine {
+            return Ok(engine.clone());
+        }
+        p.threads
+    };
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("lstm_fast-{i}"))
+        .build()
+        .map_err(|e| Error::Value(format!("could not start {threads} threads: {e}")))?;
+    let built = Arc::new(Engine {
+        pool,
+        team: RwLock::new(()),
+    });
     let mut p = lock();
-    if p.threads == 0 {
-        p.threads = default_threads();
+    match &p.engine {
+        // Another call built one meanwhile: use it, drop ours.
+        Some(engine) if p.threads == threads => Ok(engine.clone()),
+        _ => {
+            if p.threads == threads {
+                p.engine = Some(built.clone());
+            }
+            Ok(built)
+        }
     }
-    if p.pool.is_none() {
-        let pool = ThreadPoolBuilder::new()
-            .num_threads(p.threads)
-            .thread_name(|i| format!("lstm_fast-{i}"))
-            .build()
-            .map_err(|e| Error::Value(format!("could not start {} threads: {e}", p.threads)))?;
-        p.pool = Some(Arc::new(pool));
-    }
-    Ok(p.pool.clone().expect("pool was just built"))
 }
 
 /// Threads that meet once per time step. Each waiter spins for a few tens of
@@ -105,6 +142,9 @@ pub struct SpinBarrier {
     /// (which can take tens of microseconds on a virtual machine) is waited for
     /// by spinning instead of both members taking turns to sleep every step.
     spins: AtomicUsize,
+    /// Set when a member panicked: the others stop waiting and panic too,
+    /// instead of waiting forever for it.
+    poisoned: std::sync::atomic::AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
 }
@@ -128,6 +168,7 @@ impl SpinBarrier {
             waits: AtomicUsize::new(0),
             slept: AtomicUsize::new(0),
             spins: AtomicUsize::new(SPINS),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
@@ -154,6 +195,7 @@ impl SpinBarrier {
                 return;
             }
         }
+        self.check_poison();
         // The first waits of a call also wait for members being woken: that
         // cost is the call's start, not a sign of busy cores.
         if nth >= WARMUP_WAITS {
@@ -163,10 +205,24 @@ impl SpinBarrier {
         self.sleepers.fetch_add(1, SeqCst);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while self.generation.load(SeqCst) == generation {
+            self.check_poison();
             guard = self.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
         }
         drop(guard);
         self.sleepers.fetch_sub(1, SeqCst);
+    }
+
+    fn check_poison(&self) {
+        if self.poisoned.load(SeqCst) {
+            panic!("a thread of this team panicked");
+        }
+    }
+
+    /// Marks the team broken and wakes every waiter (called as a member unwinds).
+    pub fn poison(&self) {
+        self.poisoned.store(true, SeqCst);
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_all();
     }
 
     /// (waits, of which slept).
@@ -204,8 +260,3 @@ pub fn team_finished(barrier: &SpinBarrier) {
         TEAM_BACKOFF.store(8, Relaxed);
     }
 }
-
-/// Held shared by every call that uses the pool, and exclusively by a call
-/// whose threads wait for each other at a [`SpinBarrier`]: such a call needs
-/// every worker at once, which is only guaranteed while no other call holds one.
-pub static TEAM: std::sync::RwLock<()> = std::sync::RwLock::new(());
