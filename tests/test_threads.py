@@ -250,3 +250,20 @@ def test_fork_while_another_thread_computes():
         stop.set()
         worker.join()
     assert hung == 0, f"{hung} of 5 forked children hung"
+
+
+def test_unusable_env_isa_warns_and_falls_back():
+    """An LSTM_FAST_ISA the CPU cannot run (or that does not exist) gives a
+    RuntimeWarning at import and the best available path, not a failure."""
+    code = (
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import lstm_fast\n"
+        "print(lstm_fast.get_isa(), lstm_fast.available_isas()[-1],"
+        " sum('LSTM_FAST_ISA' in str(x.message) for x in w))\n"
+    )
+    isa, best, warned = _run_python(code, LSTM_FAST_ISA="avx1024").split()
+    assert isa == best and warned == "1"
+    isa, best, warned = _run_python(code, LSTM_FAST_ISA="scalar").split()
+    assert isa == "scalar" and warned == "0"

@@ -64,6 +64,23 @@ def _set_isa(name: str) -> None:
     _core.set_isa(name)
 
 
+def _check_isa_request() -> None:
+    """Warn when LSTM_FAST_ISA names a path this CPU cannot run (the engine then
+    uses the best one it can, rather than failing at import)."""
+    wanted = os.environ.get("LSTM_FAST_ISA", "").strip().lower()
+    if wanted and wanted != get_isa():
+        import warnings
+
+        warnings.warn(
+            f"LSTM_FAST_ISA={wanted!r} is not one of the SIMD paths this CPU can run "
+            f"(available: {', '.join(available_isas())}); using {get_isa()!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+_check_isa_request()
+
 # The worker threads do not survive fork(): a child starts a fresh pool.
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_core._after_fork_in_child)
