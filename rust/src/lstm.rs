@@ -1,5 +1,6 @@
 //! One layer, one direction, a whole sequence: argument checks, weight packing,
-//! the large products before and after the time loop, and how the time loop is
+//! the large products after the time loop (the input projection runs inside
+//! it, a block of steps at a time, in `step.rs`), and how the time loop is
 //! split across threads: by batch rows (each chunk runs the whole loop alone,
 //! threads never meet) or, when rows are few, by hidden units (each thread
 //! keeps its slice of `w_hh` hot and the team meets at a barrier every step).

@@ -1,5 +1,8 @@
 //! The engine's own rayon pool: sized by `set_num_threads`, by
-//! `LSTM_FAST_NUM_THREADS`, or by the number of cores, and entered once per call.
+//! `LSTM_FAST_NUM_THREADS`, or by the number of cores, and entered at most once
+//! per call. Also the barrier that threads splitting the hidden units meet at
+//! every step, and the record of how well such teams have been doing (a team
+//! is only worth it while its threads have cores to themselves).
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
