@@ -5,6 +5,25 @@ use std::ops::{Add, Mul, Sub};
 
 use crate::simd;
 
+/// The signature of matrixmultiply's `sgemm`/`dgemm`:
+/// (m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc).
+pub type Gemm<E> = unsafe fn(
+    usize,
+    usize,
+    usize,
+    E,
+    *const E,
+    isize,
+    isize,
+    *const E,
+    isize,
+    isize,
+    E,
+    *mut E,
+    isize,
+    isize,
+);
+
 /// `f32` or `f64`: everything the engine needs to know about an element type.
 ///
 /// The associated SIMD types tie each element type to its vector of each ISA, so
@@ -55,27 +74,12 @@ pub trait Float:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
 
-    /// C = A·B (beta = 0) or C += A·B (beta = 1) through `matrixmultiply`.
+    /// matrixmultiply's `sgemm`/`dgemm`: C = alpha·A·B + beta·C over raw
+    /// strided pointers. The engine passes alpha = 1 and beta ∈ {0, 1}.
     ///
-    /// # Safety
-    /// The pointers with their strides must address valid m×k, k×n and m×n
-    /// matrices, and C must not overlap A or B.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    );
+    /// Calling it is unsafe: the pointers with their strides must address valid
+    /// m×k, k×n and m×n matrices, and C must not overlap A or B.
+    const GEMM: Gemm<Self>;
 }
 
 const TANH_POLY_F64: [f64; 13] = [
@@ -121,6 +125,8 @@ impl Float for f32 {
         -0.008_863_236,
     ];
 
+    const GEMM: Gemm<Self> = matrixmultiply::sgemm;
+
     type Scalar = simd::scalar::Scalar<f32>;
     #[cfg(target_arch = "x86_64")]
     type Avx2 = simd::avx2::F32x8;
@@ -134,25 +140,6 @@ impl Float for f32 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
-    }
-
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }
 
@@ -183,6 +170,8 @@ impl Float for f64 {
     const TANH_SMALL: Self = 0.3;
     const TANH_POLY: &'static [Self] = &TANH_POLY_F64;
 
+    const GEMM: Gemm<Self> = matrixmultiply::dgemm;
+
     type Scalar = simd::scalar::Scalar<f64>;
     #[cfg(target_arch = "x86_64")]
     type Avx2 = simd::avx2::F64x4;
@@ -196,24 +185,5 @@ impl Float for f64 {
     #[inline(always)]
     fn to_f64(self) -> f64 {
         self
-    }
-
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
-        beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
-    ) {
-        // SAFETY: forwarded from the caller's contract.
-        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
     }
 }

@@ -32,17 +32,6 @@ impl<'a, E> Mat<'a, E> {
         }
     }
 
-    /// The transpose, as a view (no copy).
-    pub fn t(self) -> Self {
-        Mat {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -99,10 +88,11 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
             // element, which is all `(rows - 1) * ldc + n` needs); C is a `&mut`
             // slice, so it overlaps neither A nor B.
             unsafe {
-                E::gemm_raw(
+                (E::GEMM)(
                     rows,
                     k,
                     n,
+                    E::ONE,
                     a.data.as_ptr().add(r0 * a.row_stride),
                     a.row_stride as isize,
                     a.col_stride as isize,

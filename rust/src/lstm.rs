@@ -661,6 +661,8 @@ pub fn backward<E: Float>(
             }
         }
     };
+    // Unlike forward, even one batch chunk shares work: the products after the
+    // loop split their rows over the pool. Only a one-thread pool stays here.
     if threads == 1 {
         body();
     } else {

@@ -1,7 +1,10 @@
 //! Weights repacked once per call into the layouts the kernels stream.
 //!
 //! Hidden units are padded from H to `Hp` (a multiple of `Float::PAD`) with
-//! zero weights, so every tile is whole; padded units stay exactly zero.
+//! zero weights, so every tile is whole. Padded units never reach real ones:
+//! forward products run over the H real units only, and backward zeroes the
+//! padded units' gate gradients (they can be NaN, 0·inf, when h holds an
+//! infinity) before the products that sum over all Hp.
 
 use crate::float::Float;
 

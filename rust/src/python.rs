@@ -6,7 +6,8 @@
 //! resolved the dtype and made every array C-contiguous; here we only borrow.
 
 use numpy::{
-    PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods,
+    PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn,
+    PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -265,13 +266,22 @@ fn backward_typed<'py, E: Float + numpy::Element>(
         .map_err(to_py)
 }
 
+/// Whether `x` holds float64 (else float32): a look at its dtype, so the
+/// arrays are borrowed only once, by `seq_arrays`.
 fn is_f64(x: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if x.extract::<In<'_, f64>>().is_ok() {
+    let py = x.py();
+    let dtype = x
+        .cast::<PyUntypedArray>()
+        .map_err(|_| PyTypeError::new_err("x must be a float32 or float64 array"))?
+        .dtype();
+    if dtype.is_equiv_to(&numpy::dtype::<f64>(py)) {
         Ok(true)
-    } else if x.extract::<In<'_, f32>>().is_ok() {
+    } else if dtype.is_equiv_to(&numpy::dtype::<f32>(py)) {
         Ok(false)
     } else {
-        Err(PyTypeError::new_err("x must be a float32 or float64 array"))
+        Err(PyTypeError::new_err(format!(
+            "x must be a float32 or float64 array, got {dtype}"
+        )))
     }
 }
 

@@ -77,7 +77,7 @@ pub struct Slots<'a> {
 impl Slots<'_> {
     /// How many slots are still running at iteration `s` (a prefix).
     #[inline(always)]
-    pub fn active(&self, s: usize) -> usize {
+    fn active(&self, s: usize) -> usize {
         self.lens.partition_point(|&len| len > s)
     }
 }
@@ -257,10 +257,11 @@ impl<E: Float> ForwardChunk<'_, E> {
             // inside `w`; C rows are 4·units apart with n ≤ units columns, inside
             // `c` (asserted); C is a separate allocation from A and B.
             unsafe {
-                E::gemm_raw(
+                (E::GEMM)(
                     m,
                     input,
                     real.len(),
+                    E::ONE,
                     p.rows.as_ptr(),
                     input as isize,
                     1,

@@ -597,8 +597,16 @@ fn wrong_sizes_are_errors_not_panics() {
         true,
     );
     let short = &p.w_hh[1..];
-    let mut y = vec![0.0; 16];
-    let (mut h_n, mut c_n) = (vec![0.0; 8], vec![0.0; 8]);
+    // Forward into correctly sized outputs: only `seq` is wrong.
+    let run = |seq: &Sequence<'_, f64>| {
+        let (mut y, mut h_n, mut c_n) = (vec![0.0; 16], vec![0.0; 8], vec![0.0; 8]);
+        let out = Outputs {
+            y: &mut y,
+            h_n: &mut h_n,
+            c_n: &mut c_n,
+        };
+        forward(seq, out, None).unwrap_err()
+    };
     let mut seq = Sequence {
         dims: p.dims,
         batch_first: false,
@@ -611,43 +619,14 @@ fn wrong_sizes_are_errors_not_panics() {
         h0: None,
         c0: None,
     };
-    let err = forward(
-        &seq,
-        Outputs {
-            y: &mut y,
-            h_n: &mut h_n,
-            c_n: &mut c_n,
-        },
-        None,
-    )
-    .unwrap_err();
+    let err = run(&seq);
     assert!(err.to_string().contains("w_hh"), "{err}");
     seq.w_hh = &p.w_hh;
     let lengths = [1, 3];
     seq.lengths = Some(&lengths);
-    let err = forward(
-        &seq,
-        Outputs {
-            y: &mut y,
-            h_n: &mut h_n,
-            c_n: &mut c_n,
-        },
-        None,
-    )
-    .unwrap_err();
+    let err = run(&seq);
     assert!(err.to_string().contains("lengths[1] = 3"), "{err}");
     seq.lengths = None;
     seq.dims.steps = usize::MAX / 2;
-    assert!(matches!(
-        forward(
-            &seq,
-            Outputs {
-                y: &mut y,
-                h_n: &mut h_n,
-                c_n: &mut c_n
-            },
-            None
-        ),
-        Err(crate::Error::TooLarge(_))
-    ));
+    assert!(matches!(run(&seq), crate::Error::TooLarge(_)));
 }
