@@ -30,4 +30,6 @@ pub use float::Float;
 pub use lstm::{
     backward, forward, hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence,
 };
+pub use lstm::{force_split, ForcedSplit};
 pub use simd::Isa;
+pub use threads::{forget_pool_after_fork, num_threads, set_num_threads};

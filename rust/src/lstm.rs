@@ -113,14 +113,26 @@ enum Split {
 /// (for measurements), or by [`force_split`] (tests).
 static FORCED_SPLIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
-/// Forces the batch (`Some(false)`) or hidden (`Some(true)`) split for later
-/// calls, or goes back to choosing (`None`). Results are the same either way;
-/// this exists to measure and to test both.
-pub fn force_split(hidden: Option<bool>) {
-    FORCED_SPLIT.store(
-        hidden.map_or(0, |h| 1 + h as u8),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+/// How the time loop is shared among threads, when forced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForcedSplit {
+    /// The engine chooses per call.
+    Choose,
+    /// Chunks of batch rows, one thread each.
+    Batch,
+    /// One team of threads over the hidden units.
+    Hidden,
+}
+
+/// Forces a split for later calls, or goes back to choosing. Results are the
+/// same either way; this exists to measure and to test both.
+pub fn force_split(split: ForcedSplit) {
+    let code = match split {
+        ForcedSplit::Choose => 0,
+        ForcedSplit::Batch => 1,
+        ForcedSplit::Hidden => 2,
+    };
+    FORCED_SPLIT.store(code, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn forced_split() -> u8 {

@@ -6,6 +6,7 @@ use crate::simd::{self, Isa, Kernel, Simd};
 use crate::{
     backward, forward, hidden_pad, Cache, CacheRef, Dims, Float, Grads, Outputs, Seeds, Sequence,
 };
+use crate::ForcedSplit;
 use std::sync::Mutex;
 
 /// Tests that switch the global ISA or thread count must not interleave.
@@ -360,7 +361,7 @@ fn engine_matches_oracle_on_every_isa() {
     crate::threads::set_num_threads(2).unwrap();
     for (isa, split) in Isa::available()
         .into_iter()
-        .flat_map(|isa| [(isa, None), (isa, Some(true))])
+        .flat_map(|isa| [(isa, ForcedSplit::Choose), (isa, ForcedSplit::Hidden)])
     {
         simd::set_active(isa).unwrap();
         crate::lstm::force_split(split);
@@ -396,7 +397,7 @@ fn engine_matches_oracle_on_every_isa() {
         }
     }
     simd::set_active(*Isa::available().last().unwrap()).unwrap();
-    crate::lstm::force_split(None);
+    crate::lstm::force_split(ForcedSplit::Choose);
 }
 
 #[test]
@@ -424,7 +425,7 @@ fn results_do_not_depend_on_thread_count_or_split() {
         );
         crate::threads::set_num_threads(1).unwrap();
         let one = bits(&p.engine::<f32>());
-        for split in [Some(false), Some(true), None] {
+        for split in [ForcedSplit::Batch, ForcedSplit::Hidden, ForcedSplit::Choose] {
             crate::lstm::force_split(split);
             for n in [2, 3, 5] {
                 crate::threads::set_num_threads(n).unwrap();

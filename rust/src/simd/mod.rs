@@ -103,6 +103,16 @@ impl Isa {
             .collect()
     }
 
+    /// The ISA the kernels use (see [`active`]).
+    pub fn active() -> Isa {
+        active()
+    }
+
+    /// Forces one ISA for later calls (see [`set_active`]).
+    pub fn set_active(self) -> Result<(), Error> {
+        set_active(self)
+    }
+
     fn best() -> Isa {
         *Isa::available().last().expect("scalar is always available")
     }
