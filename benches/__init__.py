@@ -1,4 +1,5 @@
 """pytest-benchmark suites.
 
-A package, so that its conftest is not the module ``conftest`` that tests/ imports from.
+A package, like tests/, so that pytest imports its conftest as ``benches.conftest``,
+apart from ``tests.conftest``.
 """

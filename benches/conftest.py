@@ -6,8 +6,8 @@ Real measurements (a few minutes on 2 cores)::
     python scripts/plot_benchmarks.py bench.json        # -> benchmarks.png
 
 Every benchmark is one (shape, implementation, pass) on the float32, time-major,
-one-layer problems of PERFORMANCE.md, all implementations with the same weights,
-input and thread count (``lstm_fast.get_num_threads()``, set by
+one-layer standard shapes of ``lstm_fast.benchmark``, all implementations with
+the same weights, input and thread count (``lstm_fast.get_num_threads()``, set by
 ``LSTM_FAST_NUM_THREADS``). The rate is stored as ``extra_info["gflops"]`` (from the
 fastest round) next to ``extra_info["gflop"]``, the work of one call; a GFLOP/s
 table is printed at the end of the run.
@@ -18,7 +18,8 @@ then each benchmark calls its function once, with the shape's B, I and H but onl
 still exercising every code path and every peer.
 
 A peer that is not importable (PyTorch, ONNX Runtime) is skipped; the NumPy
-reference is not run at XL (too slow to be worth waiting for).
+reference is not run at the shapes of ``lstm_fast.benchmark.REFERENCE_SKIP`` (XL: too slow
+to be worth waiting for).
 """
 
 from __future__ import annotations
@@ -31,31 +32,30 @@ from typing import Any, Callable
 import lstm_fast
 import numpy as np
 import pytest
-from lstm_fast import _bench
+from lstm_fast import benchmark as harness  # `benchmark` is pytest-benchmark's fixture
 
 SMOKE_STEPS = 2
 # Seconds of timed rounds per benchmark when enabled (after one warm-up call).
 ROUND_SECONDS = float(os.environ.get("LSTM_FAST_BENCH_SECONDS", "2"))
 MIN_ROUNDS, MAX_ROUNDS = 3, 200
 
-SHAPE_NAMES = list(_bench.SHAPES)
-REFERENCE_SKIP = {"XL"}
+SHAPE_NAMES = list(harness.SHAPES)
 
 # (shape, pass, impl) -> GFLOP/s of the fastest round, for the closing table.
 _RATES: dict[tuple[str, str, str], float] = {}
 
 
-_PROBLEMS: dict[tuple[str, int], _bench.Problem] = {}
+_PROBLEMS: dict[tuple[str, int], harness.Problem] = {}
 
 
-def _problem(shape_name: str, smoke: bool) -> _bench.Problem:
-    shape = _bench.SHAPES[shape_name]
+def _problem(shape_name: str, smoke: bool) -> harness.Problem:
+    shape = harness.SHAPES[shape_name]
     if smoke:
         shape = shape._replace(steps=SMOKE_STEPS)
     key = (shape.name, shape.steps)
     if key not in _PROBLEMS:
         _PROBLEMS.clear()  # cases are ordered by shape: keep one at a time
-        _PROBLEMS[key] = _bench.make_problem(shape)
+        _PROBLEMS[key] = harness.make_problem(shape)
     return _PROBLEMS[key]
 
 
@@ -84,13 +84,13 @@ def measure(benchmark: Any) -> Callable[[str, str, str], None]:
     """``measure(shape_name, impl, pass_)`` benchmarks one case (or skips it)."""
 
     def run(shape_name: str, impl: str, pass_: str) -> None:
-        if impl == "reference" and shape_name in REFERENCE_SKIP:
-            pytest.skip("the NumPy reference is not run at XL (too slow)")
+        if impl == "reference" and shape_name in harness.REFERENCE_SKIP:
+            pytest.skip(f"the NumPy reference is not run at {shape_name} (too slow)")
         problem = _problem(shape_name, smoke=benchmark.disabled)
         threads = lstm_fast.get_num_threads()
         try:
-            runner = _bench.make_runner(impl, problem, threads)
-        except _bench.PeerUnavailable as exc:
+            runner = harness.make_runner(impl, problem, threads)
+        except harness.PeerUnavailable as exc:
             pytest.skip(str(exc))
         fn = runner.for_pass(pass_)
         if fn is None:
@@ -109,7 +109,7 @@ def measure(benchmark: Any) -> Callable[[str, str, str], None]:
             isa=lstm_fast.get_isa(),
         )
         run_pedantic(benchmark, fn)
-        record_rate(benchmark, (shape_name, pass_, impl), _bench.flop(shape, pass_))
+        record_rate(benchmark, (shape_name, pass_, impl), harness.flop(shape, pass_))
 
     return run
 
@@ -139,9 +139,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not rates and not sgemm:
         return
     write = terminalreporter.write_line
-    impls = [i for i in _bench.IMPLS if any(k[2] == i for k in rates)]
+    impls = [i for i in harness.IMPLS if any(k[2] == i for k in rates)]
     terminalreporter.section("GFLOP/s (fastest round; higher is better)")
-    write(f"{'shape':<7}{'pass':<9}" + "".join(f"{_bench.IMPL_LABELS[i]:>12}" for i in impls))
+    write(f"{'shape':<7}{'pass':<9}" + "".join(f"{harness.IMPL_LABELS[i]:>12}" for i in impls))
     rows = sorted({k[:2] for k in rates}, key=lambda r: (_order(r[0]), r[1]))
     for shape_name, pass_ in rows:
         cells = "".join(

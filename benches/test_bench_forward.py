@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
-from lstm_fast._bench import SHAPES
+from lstm_fast.benchmark import IMPLS, SHAPES
 
-FORWARD_IMPLS = ("lstm_fast", "reference", "torch", "onnxruntime")
-CASES = [pytest.param(s, i, id=f"{s}-{i}") for s in SHAPES for i in FORWARD_IMPLS]
+CASES = [pytest.param(s, i, id=f"{s}-{i}") for s in SHAPES for i in IMPLS]
 
 
 @pytest.mark.parametrize(("shape_name", "impl"), CASES)

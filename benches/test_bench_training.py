@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import pytest
-from lstm_fast._bench import SHAPES
+from lstm_fast.benchmark import SHAPES
 
 TRAINING_IMPLS = ("lstm_fast", "reference", "torch")
 CASES = [pytest.param(s, i, id=f"{s}-{i}") for s in SHAPES for i in TRAINING_IMPLS]

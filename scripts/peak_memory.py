@@ -9,8 +9,9 @@ second, after memory the allocator kept from the first) and reads
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
 The figure shown is that high-water mark minus the resident set just before the
 call: the memory the step itself needed (cache, gradients, workspace). The
-``cache 6H`` column is the PERFORMANCE.md bound for lstm_fast's training cache,
-6·H floats per (row, step).
+``cache 6H`` column is the size of lstm_fast's training cache: 6·H floats per
+(row, step), the four activated gates, the cell and the hidden state each step
+started from (docs/design.md, 'Data flow').
 
     python scripts/peak_memory.py [--shapes S,M,L,XL] [--impls lstm_fast,torch]
 """
@@ -22,11 +23,11 @@ import json
 import subprocess
 import sys
 
-from lstm_fast import _bench
+from lstm_fast import benchmark
 
 _CHILD = r"""
 import json, resource, sys
-from lstm_fast import _bench
+from lstm_fast import benchmark
 
 impl, shape_name, threads, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 KIB = 1024 if sys.platform != "darwin" else 1  # ru_maxrss: KiB on Linux, bytes on macOS
@@ -42,10 +43,10 @@ def current_rss():
     except OSError:
         return None
 
-problem = _bench.make_problem(_bench.SHAPES[shape_name])
+problem = benchmark.make_problem(benchmark.SHAPES[shape_name])
 try:
-    runner = _bench.make_runner(impl, problem, threads)
-except _bench.PeerUnavailable as exc:
+    runner = benchmark.make_runner(impl, problem, threads)
+except benchmark.PeerUnavailable as exc:
     print(json.dumps({"skipped": str(exc)}))
     sys.exit(0)
 if warmup == "1":
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default="S,M,L,XL")
     parser.add_argument("--impls", default="lstm_fast,torch")
-    parser.add_argument("--threads", type=int, default=None, help="default: lstm_fast's")
+    parser.add_argument(
+        "--threads", type=benchmark.positive_int, default=None, help="default: lstm_fast's"
+    )
     parser.add_argument(
         "--warmup",
         action="store_true",
@@ -91,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        shapes = _bench.parse_shapes(args.shapes)
+        shapes = benchmark.parse_shapes(args.shapes)
     except ValueError as exc:
         parser.error(str(exc))
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     for impl in impls:
-        if impl not in _bench.IMPLS or impl == "onnxruntime":
+        if impl not in benchmark.IMPLS or impl == "onnxruntime":
             parser.error(f"--impls: {impl!r} has no forward+backward here")
     if args.threads is None:
         import lstm_fast
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mb = 1e6
     header = f"{'shape':<6}{'B x T x H':<18}{'cache 6H':>10}" + "".join(
-        f"{_bench.IMPL_LABELS[i] + ' MB':>14}" for i in impls
+        f"{benchmark.IMPL_LABELS[i] + ' MB':>14}" for i in impls
     )
     if len(impls) > 1:
         header += f"{'ratio':>8}"
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(impls) > 1 and used[0] and used[1]:
             print(f"{used[1] / used[0]:>7.2f}x", end="")
         print(flush=True)
-    print("cache 6H: 6*H float32 per (row, step), PERFORMANCE.md's bound for the training cache;")
+    print("cache 6H: 6*H float32 per (row, step), the size of lstm_fast's training cache;")
     print("ratio: second implementation over the first (higher: the first needs less memory).")
     for note in sorted(notes):
         print(f"note: {note}")

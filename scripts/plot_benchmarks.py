@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from lstm_fast import _bench
+from lstm_fast import benchmark
 
 # (shape, pass, impl) -> GFLOP/s
 Rates = dict[tuple[str, str, str], float]
@@ -58,7 +58,7 @@ def rates_from_json(path: Path) -> tuple[Rates, float | None, str]:
 
 
 def rates_measured(
-    shapes: list[_bench.Shape], threads: int | None, repeats: int
+    shapes: list[benchmark.Shape], threads: int | None, repeats: int
 ) -> tuple[Rates, float, str]:
     import lstm_fast
 
@@ -66,32 +66,27 @@ def rates_measured(
         lstm_fast.set_num_threads(threads)
     threads = lstm_fast.get_num_threads()
     print("sgemm 2048^3 ...", end=" ", flush=True)
-    sgemm = _bench.sgemm_gflops(2048)
+    sgemm = benchmark.sgemm_gflops(2048)
     print(f"{sgemm:.0f} GFLOP/s", flush=True)
     rates: Rates = {}
     for shape in shapes:
-        problem = _bench.make_problem(shape)
-        runners = {}
-        for impl in _bench.IMPLS:
-            if impl == "reference" and shape.name == "XL":
-                continue
-            try:
-                runners[impl] = _bench.make_runner(impl, problem, threads)
-            except _bench.PeerUnavailable as exc:
-                print(f"  skipping {impl}: {exc}", flush=True)
-        for pass_ in _bench.PASSES:
+        problem = benchmark.make_problem(shape)
+        runners, unavailable = benchmark.make_runners(problem, benchmark.IMPLS, threads)
+        for impl, why in unavailable.items():
+            print(f"  skipping {impl}: {why}", flush=True)
+        for pass_ in benchmark.PASSES:
             fns = {i: r.for_pass(pass_) for i, r in runners.items()}
-            timings = _bench.time_interleaved(
+            timings = benchmark.time_interleaved(
                 {i: fn for i, fn in fns.items() if fn is not None}, repeats=repeats, rounds=2
             )
             for impl, timing in timings.items():
-                rate = _bench.flop(shape, pass_) / timing.best / 1e9
+                rate = benchmark.flop(shape, pass_) / timing.best / 1e9
                 rates[(shape.name, pass_, impl)] = rate
                 print(f"  {shape.name:<3} {pass_:<8} {impl:<12} {rate:8.1f} GFLOP/s", flush=True)
     return rates, sgemm, f"lstm_fast {lstm_fast.get_isa()}, {threads} threads"
 
 
-def _tick(shape: _bench.Shape) -> str:
+def _tick(shape: benchmark.Shape) -> str:
     return (
         f"{shape.name}\nB={shape.batch} T={shape.steps}\nI={shape.input_size} H={shape.hidden_size}"
     )
@@ -106,24 +101,24 @@ def plot(rates: Rates, sgemm: float | None, title: str, out: Path) -> None:
     except ImportError:
         sys.exit('matplotlib is needed for the plot: pip install ".[plot]"')
 
-    shapes = [s for s in _bench.SHAPES if any(k[0] == s for k in rates)]
-    impls = [i for i in _bench.IMPLS if any(k[2] == i for k in rates)]
+    shapes = [s for s in benchmark.SHAPES if any(k[0] == s for k in rates)]
+    impls = [i for i in benchmark.IMPLS if any(k[2] == i for k in rates)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     width = 0.8 / max(1, len(impls))
-    for ax, pass_ in zip(axes, _bench.PASSES):
+    for ax, pass_ in zip(axes, benchmark.PASSES):
         for j, impl in enumerate(impls):
             xs, ys = [], []
             for k, shape in enumerate(shapes):
                 if (shape, pass_, impl) in rates:
                     xs.append(k + (j - (len(impls) - 1) / 2) * width)
                     ys.append(rates[(shape, pass_, impl)])
-            bars = ax.bar(xs, ys, width, label=_bench.IMPL_LABELS[impl])
+            bars = ax.bar(xs, ys, width, label=benchmark.IMPL_LABELS[impl])
             ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=1)
         if sgemm:
             ax.axhline(sgemm, color="gray", linestyle="--", linewidth=1)
             ax.text(-0.45, sgemm, f" NumPy sgemm {sgemm:.0f}", va="bottom", fontsize=8)
         ax.set_xticks(range(len(shapes)))
-        ax.set_xticklabels([_tick(_bench.SHAPES[s]) for s in shapes], fontsize=8)
+        ax.set_xticklabels([_tick(benchmark.SHAPES[s]) for s in shapes], fontsize=8)
         ax.set_title("forward" if pass_ == "fwd" else "forward + backward")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("GFLOP/s (higher is better)")
@@ -139,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", nargs="?", type=Path, help="pytest-benchmark JSON file")
     parser.add_argument("-o", "--out", type=Path, default=Path("benchmarks.png"))
     parser.add_argument("--shapes", default="S,M,L,XL", help="when measuring: which shapes")
-    parser.add_argument("--threads", type=int, default=None, help="when measuring")
-    parser.add_argument("--repeats", type=int, default=5, help="when measuring")
+    parser.add_argument(
+        "--threads", type=benchmark.positive_int, default=None, help="when measuring"
+    )
+    parser.add_argument("--repeats", type=benchmark.positive_int, default=5, help="when measuring")
     args = parser.parse_args(argv)
     if args.json is not None:
         rates, sgemm, title = rates_from_json(args.json)
@@ -151,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     else:
         try:
-            shapes = _bench.parse_shapes(args.shapes)
+            shapes = benchmark.parse_shapes(args.shapes)
         except ValueError as exc:
             parser.error(str(exc))
         rates, measured, title = rates_measured(shapes, args.threads, args.repeats)

@@ -6,9 +6,11 @@ which should not move a bit (a reorganisation, a renaming) moved none.
     diff before.txt after.txt                        # must be empty
 
 Each line is one case (every option of the functional API, the cell API and the
-layer, both dtypes, every SIMD path this CPU runs) and the SHA-256 of every array it returns (outputs, cache views and
-gradients), as raw bytes. The last line hashes all the lines. ``--module NAME``
-imports the package under another name (a copy of an old build, for example).
+layer, both dtypes, every SIMD path this CPU runs) and the SHA-256 of every
+array it returns (outputs, cache views and gradients), as raw bytes. The last
+line hashes all the lines.
+``--module NAME`` imports the package under another name (a copy of an old
+build, for example).
 Run it under ``LSTM_FAST_SPLIT=batch`` and ``=hidden`` and with
 ``LSTM_FAST_NUM_THREADS=1`` too, to cover how threads share a call.
 """

@@ -1,4 +1,4 @@
-"""SPEC.md section 5: every wrong call raises the named Python exception.
+"""docs/api.md, 'Bad input': every wrong call raises the named Python exception.
 
 ValueError for shapes, sizes, lengths and mismatched batch/hidden sizes;
 TypeError for dtypes and non-array junk; the message names the argument and
@@ -17,7 +17,8 @@ import textwrap
 import lstm_fast as lf
 import numpy as np
 import pytest
-from conftest import ref
+
+from tests.helpers import each_dtype, ref
 
 T, B, I, H = 4, 3, 5, 6
 
@@ -66,7 +67,7 @@ def _shape(*dims):
 
 
 def test_spec_example_message():
-    """The message of SPEC.md section 5, word for word in its essentials."""
+    """The message of docs/api.md, 'Bad input', word for word in its essentials."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 1, 3))
     w_ih = rng.standard_normal((512, 3))
@@ -389,7 +390,7 @@ def test_set_isa_unknown():
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_zero_steps(batch_first, dtype):
     a = _arrays(dtype)
     x = np.zeros((B, 0, I) if batch_first else (0, B, I), dtype)

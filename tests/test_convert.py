@@ -1,4 +1,4 @@
-"""Weight conversion: Keras, ONNX and textbook layouts, round trips and the SPEC example."""
+"""Weight conversion: Keras, ONNX and textbook layouts, round trips and the worked example."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ def _sigmoid(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
-# ---------------------------------------------------------------- the SPEC example
+# ------------------------------------------ the worked example (docs/api.md, 'The math')
 
 
 def test_worked_forget_gate_example_through_from_gate_matrices():
-    """SPEC.md section 1: the textbook forget gate, I = H = 3."""
+    """The textbook forget gate of docs/api.md, 'The math', I = H = 3."""
     W_f = np.array([[1, 2, 3, 4, 5, 6], [5, 6, 7, 8, 9, 10], [3, 4, 5, 6, 7, 8]], float)
     b_f = np.array([1.0, 2.0, 3.0])
     W_i = np.repeat(np.array([[1.0], [2.0], [3.0]]), 6, axis=1)  # rows of 1s, 2s, 3s
@@ -43,12 +43,12 @@ def test_worked_forget_gate_example_through_from_gate_matrices():
     np.testing.assert_array_equal(w_ih[3:6], W_f[:, :3])
     np.testing.assert_array_equal(w_hh[3:6], W_f[:, 3:])
 
-    pre = w_ih @ x + b_ih + w_hh @ h_prev + b_hh  # SPEC's a_t for one row
+    pre = w_ih @ x + b_ih + w_hh @ h_prev + b_hh  # a_t for one row
     np.testing.assert_array_equal(pre[3:6], [92, 177, 136])
-    # The SPEC lists [22, 42, 62] for the input gate, which its own inputs contradict:
-    # rows of 1s, 2s, 3s times [1..6] are 21, 42, 63, plus b_i = 1 each.
+    # The input gate: rows of 1s, 2s, 3s times [1..6] are 21, 42, 63, plus b_i = 1 each
+    # (not [22, 42, 62], a value quoted with this example).
     np.testing.assert_array_equal(pre[0:3], [22, 43, 64])
-    # (b_i = [1, 0, -1] would give the printed numbers.)
+    # (b_i = [1, 0, -1] gives those numbers.)
     w_ih_b, w_hh_b, b_ih_b, b_hh_b = convert.from_gate_matrices(
         W_i, W_f, zeros_w, zeros_w, np.array([1.0, 0.0, -1.0]), b_f, zeros_b, zeros_b, input_size=3
     )

@@ -1,11 +1,12 @@
-"""SPEC.md section 4: dtype promotion, saturation, NaN and infinity."""
+"""docs/api.md, 'Dtypes': dtype promotion, saturation, NaN and infinity."""
 
 from __future__ import annotations
 
 import lstm_fast as lf
 import numpy as np
 import pytest
-from conftest import Case, assert_close, forward_kwargs, make_arrays, ref
+
+from tests.helpers import Case, assert_close, each_dtype, forward_kwargs, make_arrays, ref
 
 NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0")
 
@@ -94,7 +95,7 @@ def test_promotion(dtypes, expected):
 
 @pytest.mark.parametrize("int_dtype", [np.int8, np.int32, np.bool_])
 def test_integers_mixed_with_float32(int_dtype):
-    """The compute dtype is np.result_type of the *floating* inputs (SPEC.md section 4).
+    """The compute dtype is np.result_type of the *floating* inputs (docs/api.md, 'Dtypes').
 
     Integer inputs next to float32 ones do not force float64.
     """
@@ -121,7 +122,7 @@ def test_cell_promotion():
     assert grads.dw_ih.dtype == np.float32  # gradients have the compute dtype of forward
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_gradient_inputs_of_another_dtype(dtype):
     """dy/dh_n/dc_n in another dtype are converted to the cache's dtype."""
     case = Case(3, 2, 4, 5, dtype=dtype)
@@ -141,7 +142,7 @@ def test_gradient_inputs_of_another_dtype(dtype):
 # Saturation: sigmoid and tanh of huge finite numbers are exactly 0, 1, -1
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 @pytest.mark.parametrize("magnitude", [1e30, 3e38, 1e4, 1000.0])
 def test_saturation(isa, dtype, magnitude):
     """Pre-activations of +-magnitude give gates of exactly 0/1 (g: -1/1), no NaN."""
@@ -181,7 +182,7 @@ def test_saturation(isa, dtype, magnitude):
             assert not np.any(np.isnan(g)), name
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_saturation_of_cell_state(isa, dtype):
     """tanh(c) for a huge cell state is exactly +-1, so h = o."""
     B, I, H = 2, 3, 17
@@ -201,7 +202,7 @@ def test_saturation_of_cell_state(isa, dtype):
 # NaN and infinity
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 @pytest.mark.parametrize("reverse", [False, True])
 def test_nan_in_x_poisons_only_its_row(isa, dtype, reverse):
     case = Case(6, 4, 5, 19, dtype=dtype, reverse=reverse, seed=4)
@@ -232,7 +233,7 @@ def test_nan_in_x_poisons_only_its_row(isa, dtype, reverse):
     assert np.all(np.isfinite(grads.dh0[others])) and np.all(np.isfinite(grads.dc0[others]))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 @pytest.mark.parametrize("where", ["b_ih", "w_hh", "h0", "c0"])
 def test_nan_elsewhere_propagates(isa, dtype, where):
     case = Case(3, 2, 3, 9, dtype=dtype, seed=5)
@@ -247,7 +248,7 @@ def test_nan_elsewhere_propagates(isa, dtype, where):
     assert_close(out.y, want.y, dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_infinite_pre_activations(isa, dtype, sign):
     """a = +-inf: sigmoid gives exactly 1/0, tanh +-1 (IEEE limits, not NaN)."""
@@ -268,7 +269,7 @@ def test_infinite_pre_activations(isa, dtype, sign):
     assert_close(out.c_n, want.c_n, dtype)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_infinite_cell_state(isa, dtype):
     """c = +inf with f = 1, i*g finite stays inf and h = o * tanh(inf) = o."""
     B, I, H = 2, 1, 9
@@ -286,7 +287,7 @@ def test_infinite_cell_state(isa, dtype):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 @pytest.mark.parametrize("hidden", [5, 16, 21])
 def test_infinite_initial_state_matches_the_reference(isa, dtype, hidden):
     """An infinity in h0 saturates gates like the reference does, and padded

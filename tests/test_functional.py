@@ -9,21 +9,21 @@ from __future__ import annotations
 import lstm_fast as lf
 import numpy as np
 import pytest
-from conftest import (
+
+from tests.helpers import (
     LAYOUTS,
     Case,
     as_float64,
     assert_close,
     assert_matches_reference,
     assert_same_bits,
+    each_dtype,
     forward_kwargs,
     make_arrays,
     ref,
     relayout,
     run_both,
 )
-
-DTYPES = [np.float32, np.float64]
 
 # T and B include 0 and 1; I and H include 1 and sizes that are not multiples
 # of a SIMD width (8 floats for AVX2, 16 for AVX-512) next to ones that are.
@@ -78,7 +78,7 @@ def _cases() -> list[Case]:
 CASES = _cases()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id.replace("-float64", ""))
 def test_matches_reference(isa, case, dtype):
     case = case.with_(dtype=dtype)
@@ -87,7 +87,7 @@ def test_matches_reference(isa, case, dtype):
     assert_matches_reference(case, arrays, out, grads)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tm", "bf"])
 def test_memory_layouts(isa, layout, batch_first, dtype):
@@ -106,7 +106,7 @@ def test_memory_layouts(isa, layout, batch_first, dtype):
         assert_same_bits(getattr(grads, name), getattr(grads_c, name), name)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 def test_mixed_layouts(isa, dtype):
     """Every argument in a different layout at once."""
     case = Case(6, 5, 17, 12, dtype=dtype, lengths="random", reverse=True, seed=8)
@@ -168,7 +168,7 @@ def _case_for_cache(dtype=np.float64):
     return Case(5, 4, 6, 7, dtype=dtype, lengths="mixed", reverse=True, batch_first=True, seed=3)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 def test_backward_twice_gives_same_bits(isa, dtype):
     case = _case_for_cache(dtype)
     a = make_arrays(case)
@@ -255,7 +255,7 @@ def test_results_are_new_writeable_arrays(isa):
             assert not np.shares_memory(r, getattr(out.cache, name))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 @pytest.mark.parametrize(
     "options", [{}, {"lengths": "mixed", "reverse": True}, {"batch_first": True}]
 )
@@ -298,7 +298,7 @@ def _cell_call(module, a):
     return module.cell_forward(a["x_t"], a["h"], a["c"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 @pytest.mark.parametrize("bias", ["both", "none", "ih", "hh"])
 @pytest.mark.parametrize("shape", CELL_SHAPES, ids=lambda s: "B{}I{}H{}".format(*s))
 def test_cell_matches_reference(isa, shape, bias, dtype):
@@ -334,7 +334,7 @@ def test_cell_matches_reference(isa, shape, bias, dtype):
             assert_same_bits(getattr(partial, name), getattr(explicit, name), name)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@each_dtype
 @pytest.mark.parametrize("shape", [(1, 1, 1), (4, 3, 5), (8, 17, 64), (3, 33, 9)], ids=str)
 def test_cell_equals_sequence_of_one_step(isa, shape, dtype):
     B, I, H = shape

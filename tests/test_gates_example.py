@@ -1,4 +1,4 @@
-"""The worked forget-gate example of SPEC.md section 1, through ``cell_forward``.
+"""The worked forget-gate example of docs/api.md, 'The math', through ``cell_forward``.
 
 Textbook form: ``f_t = sigma(W_f . [x_t, h_{t-1}] + b_f)`` with ``W_f`` (H, I+H);
 in our layout ``W_f[:, :I]`` is ``w_ih[H:2H]`` and ``W_f[:, I:]`` is
@@ -10,10 +10,10 @@ With I = H = 3, ``W_f = [[1..6], [5..10], [3..8]]``, ``b_f = [1, 2, 3]``,
 
 ``W_i`` = rows of 1s, 2s and 3s with ``b_i = [1, 1, 1]`` gives
 ``[21 + 1, 42 + 1, 63 + 1] = [22, 43, 64]`` (each row sums x and h_prev, 21,
-times its constant). SPEC.md prints ``[22, 42, 62]``; that is not what its own
-definitions give (it would need ``b_i = [1, 0, -1]``), so the test checks the
-values the definitions imply and, separately, that ``b_i = [1, 0, -1]`` gives
-SPEC's printed numbers.
+times its constant). ``[22, 42, 62]``, a value quoted with this example, is not
+what the definitions give (it would need ``b_i = [1, 0, -1]``), so the test
+checks the values the definitions imply and, separately, that
+``b_i = [1, 0, -1]`` gives ``[22, 42, 62]``.
 
 sigma(92) and sigma(22) are too close to 1 to recover the pre-activation from
 the gate (only sigma(22) = 1 - 2.8e-10 is still distinguishable in float64), so
@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import lstm_fast as lf
 import numpy as np
-import pytest
+
+from tests.helpers import each_dtype
 
 I = H = 3  # noqa: E741
 W_F = np.array([[1, 2, 3, 4, 5, 6], [5, 6, 7, 8, 9, 10], [3, 4, 5, 6, 7, 8]], dtype=float)
@@ -67,7 +68,7 @@ def test_the_example_arithmetic():
     np.testing.assert_array_equal(W_I @ v + np.array([1.0, 0.0, -1.0]), [22.0, 42.0, 62.0])
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_forget_gate_saturates(isa, dtype):
     w_ih, w_hh, b_ih = _layout()
     cell = lf.cell_forward(*(a.astype(dtype) for a in (X, H_PREV, C_PREV, w_ih, w_hh, b_ih)))
@@ -89,7 +90,7 @@ def test_input_gate_pre_activation_22_unscaled(isa):
     assert abs(np.log(i0 / (1.0 - i0)) - 22.0) < 1e-4
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_pre_activations_recovered_when_scaled(isa, dtype):
     scale = 2.0**-7
     w_ih, w_hh, b_ih = _layout(scale=scale)
@@ -104,15 +105,15 @@ def test_pre_activations_recovered_when_scaled(isa, dtype):
     o = cell.cache.o[0].astype(np.float64)
     np.testing.assert_allclose(np.arctanh(g) / scale, B_G, rtol=tol)
     np.testing.assert_allclose(np.log(o / (1 - o)) / scale, B_O, rtol=tol, atol=tol)
-    # the cell and hidden update of SPEC.md section 1
+    # the cell and hidden update of docs/api.md, 'The math'
     c_new = f * C_PREV[0] + i * g
     np.testing.assert_allclose(cell.c_new[0], c_new, rtol=tol)
     np.testing.assert_allclose(cell.h_new[0], o * np.tanh(c_new), rtol=tol)
     np.testing.assert_allclose(cell.cache.c[0], c_new, rtol=tol)
 
 
-def test_spec_printed_input_gate_numbers(isa):
-    """b_i = [1, 0, -1] gives the [22, 42, 62] printed in SPEC.md."""
+def test_input_gate_numbers_quoted_with_the_example(isa):
+    """b_i = [1, 0, -1] gives the input gate pre-activation [22, 42, 62]."""
     scale = 2.0**-7
     w_ih, w_hh, b_ih = _layout(b_i=np.array([1.0, 0.0, -1.0]), scale=scale)
     i = lf.cell_forward(X, H_PREV, C_PREV, w_ih, w_hh, b_ih).cache.i[0]
@@ -139,7 +140,7 @@ def test_textbook_form_equals_our_layout(isa):
     np.testing.assert_allclose(cell.cache.f, textbook, rtol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 def test_same_example_through_forward(isa, dtype):
     """The sequence API with T = 1 gives the same gates as the cell API."""
     scale = 2.0**-7

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import lstm_fast as lf
 import numpy as np
-from conftest import Case, assert_matches_reference, make_arrays, relayout, run_both
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.helpers import (
+    Case,
+    assert_close,
+    assert_matches_reference,
+    make_arrays,
+    ref,
+    relayout,
+    run_both,
+)
 
 SETTINGS = settings(
     max_examples=50,
@@ -64,8 +73,6 @@ def test_engine_matches_reference(case, isa, layout):
 )
 def test_cell_matches_one_step(B, I, H, dtype, bias, isa, seed):  # noqa: E741
     """cell_forward/cell_backward against the reference's one-step sequence."""
-    from conftest import assert_close, ref
-
     case = Case(1, B, I, H, dtype=dtype, bias="both" if bias else "none", seed=seed)
     a = make_arrays(case)
     previous = lf.get_isa()

@@ -1,4 +1,5 @@
-"""The LSTM layer (SPEC.md section 3): PyTorch parity, lengths, streaming, state dicts."""
+"""The LSTM layer (docs/api.md, 'The LSTM layer'): PyTorch parity, lengths, streaming,
+state dicts."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from lstm_fast import reference
 from lstm_fast.layer import LSTM
+
+from tests.helpers import central_difference, each_dtype
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -39,7 +42,7 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@each_dtype
 @pytest.mark.parametrize(
     "config", CONFIGS, ids=lambda c: "L{}-bi{:d}-bf{:d}-b{:d}-len{:d}-hx{:d}".format(*c)
 )
@@ -51,23 +54,13 @@ def test_matches_torch(config, dtype):
     steps, batch, inputs, hidden = 7, 4, 3, 5
     directions = 2 if bidi else 1
     rng = np.random.default_rng(sum(config))
-    m = LSTM(
-        inputs,
-        hidden,
-        layers,
-        bidirectional=bidi,
-        batch_first=batch_first,
-        bias=bias,
-        dtype=dtype,
-        seed=3,
-    )
+    options = dict(bidirectional=bidi, batch_first=batch_first, bias=bias)
+    m = LSTM(inputs, hidden, layers, **options, dtype=dtype, seed=3)
     t = torch.nn.LSTM(
         inputs,
         hidden,
         layers,
-        bidirectional=bidi,
-        batch_first=batch_first,
-        bias=bias,
+        **options,
         dtype=torch.float64 if dtype == np.float64 else torch.float32,
     )
     t.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
@@ -358,25 +351,13 @@ def test_finite_differences_float64():
     y, (h, c) = m(x, lengths=lengths)
     dx = m.backward(w, np.ones_like(h), c)
     grads = dict(m.grads)
-    eps = 1e-6
     for name in ("weight_hh_l0_reverse", "bias_ih_l1", "weight_ih_l1"):
         p = m.parameters[name]
         idx = tuple(rng.integers(0, s) for s in p.shape)
-        old = p[idx]
-        p[idx] = old + eps
-        up = loss()
-        p[idx] = old - eps
-        down = loss()
-        p[idx] = old
-        assert grads[name][idx] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
+        numeric = central_difference(loss, p, idx, 1e-6)
+        assert grads[name][idx] == pytest.approx(numeric, rel=1e-5, abs=1e-8)
     idx = (1, 1, 0)
-    old = x[idx]
-    x[idx] = old + eps
-    up = loss()
-    x[idx] = old - eps
-    down = loss()
-    x[idx] = old
-    assert dx[idx] == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-8)
+    assert dx[idx] == pytest.approx(central_difference(loss, x, idx, 1e-6), rel=1e-5, abs=1e-8)
 
 
 # ----------------------------------------------------------------- streaming

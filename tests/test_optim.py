@@ -9,6 +9,8 @@ from lstm_fast import reference
 from lstm_fast.layer import LSTM
 from lstm_fast.optim import SGD, Adam, clip_grad_norm
 
+from tests.helpers import each_dtype
+
 
 def _params(dtype=np.float64, seed=0):
     rng = np.random.default_rng(seed)
@@ -163,7 +165,7 @@ def _train(steps, dtype):
     return losses, params
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@each_dtype
 def test_training_steps_equal_the_reference(monkeypatch, dtype):
     losses, params = _train(4, dtype)
     monkeypatch.setattr(layer_module, "_F", reference)

@@ -15,14 +15,17 @@ import ast
 
 import numpy as np
 import pytest
-from conftest import (
+
+from tests.helpers import (
+    TORCH_CASES,
     Case,
     assert_close,
+    assert_matches_torch,
+    central_difference,
     forward_kwargs,
     make_arrays,
     ref,
     run_both,
-    torch_lstm,
     valid_mask,
 )
 
@@ -55,13 +58,7 @@ def _fill_missing(case: Case, arrays):
 def _numeric_gradient(f, a):
     grad = np.zeros_like(a)
     for index in np.ndindex(a.shape):
-        saved = a[index]
-        a[index] = saved + FD_STEP
-        up = f()
-        a[index] = saved - FD_STEP
-        down = f()
-        a[index] = saved
-        grad[index] = (up - down) / (2 * FD_STEP)
+        grad[index] = central_difference(f, a, index, FD_STEP)
     return grad
 
 
@@ -229,33 +226,10 @@ def test_cache_is_time_major_and_read_only():
 # --------------------------------------------------------------------------
 # PyTorch
 
-TORCH_CASES = [
-    Case(5, 3, 4, 6),
-    Case(5, 4, 3, 7, lengths="mixed"),
-    Case(5, 4, 3, 7, lengths="mixed", reverse=True),
-    Case(6, 5, 2, 3, lengths="random", reverse=True, batch_first=True, seed=2),
-    Case(4, 3, 5, 2, lengths="random", batch_first=True, seed=4),
-    Case(3, 2, 1, 1, bias="none", state="none"),
-    Case(4, 3, 3, 4, bias="ih", state="h0", grads="dy", lengths="mixed", reverse=True),
-    Case(4, 3, 3, 4, bias="hh", state="c0", grads="final", lengths="full"),
-    Case(7, 2, 9, 17, scale=3.0, seed=9),
-    Case(3, 4, 2, 3, lengths="zeros"),
-    Case(1, 1, 1, 1),
-]
-
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.id)
 def test_reference_matches_torch(case):
     pytest.importorskip("torch")
     arrays = make_arrays(case)
     out, grads = run_both(ref, case, arrays)
-    y, h_n, c_n, torch_grads = torch_lstm(arrays, case)
-    assert_close(out.y, y, np.float64, what="y")
-    assert_close(out.h_n, h_n, np.float64, what="h_n")
-    assert_close(out.c_n, c_n, np.float64, what="c_n")
-    for name, want in torch_grads.items():
-        got = getattr(grads, name)
-        if want is None:
-            assert got is None, name
-        else:
-            assert_close(got, want, np.float64, what=name)
+    assert_matches_torch(case, arrays, out, grads)

@@ -10,7 +10,15 @@ import threading
 import lstm_fast as lf
 import numpy as np
 import pytest
-from conftest import Case, assert_matches_reference, assert_same_bits, make_arrays, run_both
+
+from tests.helpers import (
+    ROOT,
+    Case,
+    assert_matches_reference,
+    assert_same_bits,
+    make_arrays,
+    run_both,
+)
 
 # B >= 8 and H >= 64 so that an engine that splits the batch or the hidden
 # units across threads really does split them.
@@ -48,6 +56,36 @@ def _all_results(case, arrays):
     }
 
 
+def _assert_same_results(got, expected, where):
+    for name, value in expected.items():
+        assert_same_bits(got[name], value, f"{where}: {name}")
+
+
+def _run_threads(bodies, meanwhile=None):
+    """Run each of ``bodies`` in a thread of its own, and ``meanwhile`` in this one;
+    then fail if a thread hung (a deadlock) and raise the first error of any."""
+    errors: list[BaseException] = []
+
+    def guarded(body):
+        try:
+            body()
+        except BaseException as e:  # noqa: BLE001 - raised below
+            errors.append(e)
+
+    pool = [threading.Thread(target=guarded, args=(body,), daemon=True) for body in bodies]
+    for t in pool:
+        t.start()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        for t in pool:
+            t.join(timeout=100)
+    assert not any(t.is_alive() for t in pool), "a worker thread hung"
+    if errors:
+        raise errors[0]
+
+
 @pytest.mark.parametrize("case", THREAD_CASES, ids=lambda c: c.id)
 def test_same_bits_for_any_thread_count(isa, threads, case):
     arrays = make_arrays(case)
@@ -57,9 +95,7 @@ def test_same_bits_for_any_thread_count(isa, threads, case):
     for n in (2, 3, 4):
         lf.set_num_threads(n)
         assert lf.get_num_threads() == n
-        many = _all_results(case, arrays)
-        for name, value in one.items():
-            assert_same_bits(many[name], value, f"{name} with {n} threads")
+        _assert_same_results(_all_results(case, arrays), one, f"{n} threads")
 
 
 def test_threaded_results_are_right(threads):
@@ -87,27 +123,14 @@ def test_concurrent_callers(threads):
     cases = [THREAD_CASES[i % len(THREAD_CASES)].with_(seed=10 + i) for i in range(6)]
     inputs = [make_arrays(c) for c in cases]
     expected = [_all_results(c, a) for c, a in zip(cases, inputs)]
-    errors: list[BaseException] = []
     start = threading.Barrier(len(cases))
 
     def worker(k):
-        try:
-            start.wait()
-            for _ in range(8):
-                got = _all_results(cases[k], inputs[k])
-                for name, value in expected[k].items():
-                    assert_same_bits(got[name], value, f"thread {k}: {name}")
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        start.wait()
+        for _ in range(8):
+            _assert_same_results(_all_results(cases[k], inputs[k]), expected[k], f"thread {k}")
 
-    pool = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(cases))]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join(timeout=100)
-    assert not any(t.is_alive() for t in pool), "a worker thread hung"
-    if errors:
-        raise errors[0]
+    _run_threads([lambda k=k: worker(k) for k in range(len(cases))])
 
 
 @pytest.mark.timeout(120)
@@ -118,30 +141,19 @@ def test_set_num_threads_while_others_compute(threads):
     lf.set_num_threads(1)
     expected = _all_results(case, arrays)
     stop = threading.Event()
-    errors: list[BaseException] = []
 
     def compute():
-        try:
-            while not stop.is_set():
-                got = _all_results(case, arrays)
-                for name, value in expected.items():
-                    assert_same_bits(got[name], value, name)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        while not stop.is_set():
+            _assert_same_results(_all_results(case, arrays), expected, "while switching")
 
-    workers = [threading.Thread(target=compute, daemon=True) for _ in range(2)]
-    for t in workers:
-        t.start()
-    try:
-        for k in range(40):
-            lf.set_num_threads(1 + k % 3)
-    finally:
-        stop.set()
-        for t in workers:
-            t.join(timeout=100)
-    assert not any(t.is_alive() for t in workers), "a worker thread hung"
-    if errors:
-        raise errors[0]
+    def switch():
+        try:
+            for k in range(40):
+                lf.set_num_threads(1 + k % 3)
+        finally:
+            stop.set()
+
+    _run_threads([compute, compute], meanwhile=switch)
 
 
 # --------------------------------------------------------------------------
@@ -175,8 +187,8 @@ def test_env_isa_gives_the_same_numbers_as_set_isa():
     case_source = "Case(4, 9, 13, 70, dtype=np.float32, lengths='mixed', seed=21)"
     code = (
         "import sys, numpy as np, lstm_fast as lf\n"
-        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
-        "from conftest import Case, make_arrays, run_both\n"
+        f"sys.path.insert(0, {str(ROOT)!r})  # the folder that holds tests/\n"
+        "from tests.helpers import Case, make_arrays, run_both\n"
         f"case = {case_source}\n"
         "out, grads = run_both(lf, case, make_arrays(case))\n"
         "print(out.y.tobytes().hex(), grads.dw_hh.tobytes().hex())\n"

@@ -11,43 +11,26 @@ from __future__ import annotations
 import lstm_fast as lf
 import numpy as np
 import pytest
-from conftest import Case, assert_close, make_arrays, run_both, torch_lstm
+
+from tests.helpers import (
+    TORCH_CASES,
+    assert_close,
+    assert_matches_torch,
+    each_dtype,
+    make_arrays,
+    run_both,
+)
 
 pytest.importorskip("torch")
 
-CASES = [
-    Case(5, 3, 4, 6),
-    Case(6, 5, 7, 9, lengths="mixed"),
-    Case(6, 5, 7, 9, lengths="mixed", reverse=True),
-    Case(7, 4, 3, 17, lengths="random", reverse=True, batch_first=True, seed=2),
-    Case(4, 8, 33, 16, lengths="random", batch_first=True, seed=4),
-    Case(3, 2, 1, 1, bias="none", state="none"),
-    Case(4, 3, 3, 4, bias="ih", state="h0", grads="dy", lengths="mixed", reverse=True),
-    Case(4, 3, 3, 4, bias="hh", state="c0", grads="final", lengths="full"),
-    Case(8, 2, 9, 33, scale=3.0, seed=9),
-    Case(3, 4, 2, 3, lengths="zeros"),
-    Case(1, 1, 1, 1),
-    Case(10, 16, 24, 64, lengths="random", seed=12),
-]
 
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id.replace("-float64", ""))
+@each_dtype
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: c.id.replace("-float64", ""))
 def test_engine_matches_torch(isa, case, dtype):
     case = case.with_(dtype=dtype)
     arrays = make_arrays(case)
     out, grads = run_both(lf, case, arrays)
-    y, h_n, c_n, torch_grads = torch_lstm(arrays, case)
-    assert_close(out.y, y, dtype, what="y")
-    assert_close(out.h_n, h_n, dtype, what="h_n")
-    assert_close(out.c_n, c_n, dtype, what="c_n")
-    for name, want in torch_grads.items():
-        got = getattr(grads, name)
-        if want is None:
-            assert got is None, name
-        else:
-            assert got.dtype == dtype, name
-            assert_close(got, want, dtype, what=name)
+    assert_matches_torch(case, arrays, out, grads)
 
 
 def test_engine_matches_torch_module_defaults():

@@ -1,11 +1,11 @@
 """lstm_fast: a fast, checkable LSTM for the CPU with a NumPy API.
 
-Functional API (SPEC.md section 2): :func:`forward`, :func:`backward`,
-:func:`cell_forward`, :func:`cell_backward`; threads with
-:func:`set_num_threads`. The layer (SPEC.md section 3): :class:`LSTM`, with
-weight conversion in :mod:`lstm_fast.convert` and optimizers in
-:mod:`lstm_fast.optim`. The NumPy reference with the same functional API lives
-in :mod:`lstm_fast.reference`.
+Functional API: :func:`forward`, :func:`backward`, :func:`cell_forward`,
+:func:`cell_backward`; threads with :func:`set_num_threads`. The layer:
+:class:`LSTM`, with weight conversion in :mod:`lstm_fast.convert` and optimizers
+in :mod:`lstm_fast.optim`. The NumPy reference with the same functional API lives
+in :mod:`lstm_fast.reference`. Every function, argument, shape, dtype rule and
+error is described in docs/api.md; how the engine is built, in docs/design.md.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from . import _core, convert, optim
-from ._types import Cell, CellGradients, Forward, Gradients
+from ._types import Cell, CellGradients, Forward, Gradients, LayerWeights
 from .functional import (
     Cache,
     CellCache,
@@ -26,7 +26,7 @@ from .functional import (
 )
 from .layer import LSTM
 
-__version__ = "0.1.0"
+__version__ = _core.__version__
 
 __all__ = [
     "Cache",
@@ -36,6 +36,7 @@ __all__ = [
     "Forward",
     "Gradients",
     "LSTM",
+    "LayerWeights",
     "available_isas",
     "backward",
     "cell_backward",

@@ -1,14 +1,23 @@
-"""``python -m lstm_fast``: a short checked demo, then a throughput table.
+"""``python -m lstm_fast``: the command line, one ``argparse`` tree.
 
-The demo runs one tiny forward and backward, shows the shapes and checks every
-output and gradient against the NumPy reference (exit status 1 on a mismatch).
-The table times the standard shapes of PERFORMANCE.md (float32, time-major,
-one layer) for lstm_fast and the peers that are importable (the NumPy
-reference, PyTorch's ``nn.LSTM``, ONNX Runtime's ``LSTM`` op), all in this
-process with the same number of threads, printing each cell as it is measured.
+    python -m lstm_fast [bench's options]   the main job: check, then bench
+    python -m lstm_fast check               lstm_fast against its NumPy reference
+    python -m lstm_fast bench [options]     the throughput table
+    python -m lstm_fast demo [options]      the LSTM layer demo (lstm_fast.demo)
 
-``python -m lstm_fast demo [...]`` runs the layer demo instead
-(:func:`lstm_fast.demo.main`).
+``check`` runs one tiny forward and backward, shows the shapes and compares
+every output and gradient with the NumPy reference (exit status 1 on a
+mismatch). ``bench`` times the standard shapes of :mod:`lstm_fast.benchmark`
+(float32, time-major, one layer) for lstm_fast and the peers that are
+importable (the NumPy reference, PyTorch's ``nn.LSTM``, ONNX Runtime's ``LSTM``
+op), all in this process with the same number of threads, printing each cell
+as it is measured. Without a command the main job runs: the check, then (if it
+passed) the table, with bench's options given before any command.
+
+A command is one entry of :data:`COMMANDS`: its name, its help, a function
+that adds its options to its subparser and a function that runs it. Options
+given before a command are the main job's (bench's); a command that does not
+have them rejects them rather than ignore them.
 """
 
 from __future__ import annotations
@@ -16,14 +25,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 import lstm_fast
-from lstm_fast import _bench
-
-# Past this shape the NumPy reference is too slow to be worth waiting for.
-_REFERENCE_SKIP = {"XL"}
+from lstm_fast import benchmark, demo
 
 
 def _say(text: str = "", end: str = "\n") -> None:
@@ -63,7 +70,7 @@ def _max_rel_diff(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(np.max(np.abs(a - b) / (1.0 + np.abs(b))))
 
 
-def demo_check() -> bool:
+def check_against_reference() -> bool:
     """One small forward + backward, shapes shown, every result compared with
     the NumPy reference. Returns True when they agree."""
     from lstm_fast import reference
@@ -77,7 +84,7 @@ def demo_check() -> bool:
     b_hh = rng.uniform(-0.4, 0.4, 4 * H).astype(np.float32)
     dy = rng.standard_normal((T, B, H), dtype=np.float32)
 
-    _say(f"Demo: one forward + backward, T={T} B={B} I={I} H={H}, float32")
+    _say(f"Check: one forward + backward, T={T} B={B} I={I} H={H}, float32")
     out = lstm_fast.forward(x, w_ih, w_hh, b_ih, b_hh)
     assert out.cache is not None  # need_cache defaults to True
     grads = lstm_fast.backward(out.cache, dy)
@@ -124,17 +131,17 @@ _RATIO = 9
 
 
 def _header(impls: list[str], ratio_impls: list[str], with_sgemm: bool) -> list[str]:
-    top = f"{'':<13}" + "".join(f"  {_bench.IMPL_LABELS[i]:^{_CELL}}" for i in impls)
+    top = f"{'':<13}" + "".join(f"  {benchmark.IMPL_LABELS[i]:^{_CELL}}" for i in impls)
     top += "  | lstm_fast speed-up over"
     sub = f"{'shape':<6}{'pass':<7}" + "".join(f"  {'ms':>9}{'GFLOP/s':>8}" for _ in impls)
-    sub += "  |" + "".join(f"{_bench.IMPL_LABELS[i]:>{_RATIO}}" for i in ratio_impls)
+    sub += "  |" + "".join(f"{benchmark.IMPL_LABELS[i]:>{_RATIO}}" for i in ratio_impls)
     if with_sgemm:
         sub += f"{'%sgemm':>8}"
     return [top, sub, "-" * len(sub)]
 
 
 def run_table(
-    shapes: list[_bench.Shape],
+    shapes: list[benchmark.Shape],
     impls: list[str],
     threads: int,
     repeats: int,
@@ -150,32 +157,22 @@ def run_table(
     agreement: dict[str, float] = {}
     unavailable: dict[str, str] = {}
     for shape in shapes:
-        problem = _bench.make_problem(shape)
-        runners: dict[str, _bench.Runner | None] = {}
-        for impl in impls:
-            if impl == "reference" and shape.name in _REFERENCE_SKIP:
-                runners[impl] = None
-                continue
-            if impl in unavailable:
-                runners[impl] = None
-                continue
-            try:
-                runners[impl] = _bench.make_runner(impl, problem, threads)
-            except _bench.PeerUnavailable as exc:
-                unavailable[impl] = str(exc)
-                runners[impl] = None
+        problem = benchmark.make_problem(shape)
+        runners, failed = benchmark.make_runners(
+            problem, [i for i in impls if i not in unavailable], threads
+        )
+        unavailable.update(failed)
         outputs: dict[str, np.ndarray] = {}
-        for pass_ in _bench.PASSES:
+        for pass_ in benchmark.PASSES:
             _say(f"{shape.name:<6}{pass_:<7}", end="")
-            work = _bench.flop(shape, pass_)
+            work = benchmark.flop(shape, pass_)
             fns = {}
-            for impl in impls:
-                runner = runners[impl]
-                fn = runner.for_pass(pass_) if runner is not None else None
+            for impl, runner in runners.items():
+                fn = runner.for_pass(pass_)
                 if fn is not None:
                     fns[impl] = fn
             first: dict[str, object] = {}
-            timings = _bench.time_interleaved(
+            timings = benchmark.time_interleaved(
                 fns, repeats=repeats, budget_s=budget_s, rounds=rounds, first_results=first
             )
             if pass_ == "fwd":  # forward outputs are compared below
@@ -205,109 +202,116 @@ def run_table(
                     diff = _max_rel_diff(y, outputs["lstm_fast"])
                     agreement[impl] = max(agreement.get(impl, 0.0), diff)
     for impl, why in unavailable.items():
-        _say(f"  ({_bench.IMPL_LABELS[impl]} skipped: {why})")
+        _say(f"  ({benchmark.IMPL_LABELS[impl]} skipped: {why})")
     return agreement
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m lstm_fast",
-        description=(
-            "Check lstm_fast against its NumPy reference on a small problem, then time "
-            "forward and forward+backward on the standard shapes against the peers "
-            "that are installed (NumPy reference, PyTorch, ONNX Runtime)."
-        ),
-        epilog=(
-            "Shapes (float32, time-major, one layer): "
-            + "; ".join(f"{s.name}: {s.describe()}" for s in _bench.SHAPES.values())
-            + ". Subcommand: 'python -m lstm_fast demo [--help]' runs the LSTM layer demo."
-        ),
-    )
-    parser.add_argument(
-        "--shapes",
-        default=None,
+def _shape_list(text: str) -> list[benchmark.Shape]:
+    try:
+        return benchmark.parse_shapes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _impl_list(text: str) -> list[str]:
+    """``"torch,lstm_fast"`` -> the named implementations, in the table's column order."""
+    names = [i.strip() for i in text.split(",") if i.strip()]
+    unknown = [i for i in names if i not in benchmark.IMPLS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown {unknown}; choose from {','.join(benchmark.IMPLS)}"
+        )
+    return [i for i in benchmark.IMPLS if i in names]
+
+
+# bench's options, which the main job takes too: flag -> add_argument's keywords.
+_BENCH_OPTIONS: dict[str, dict[str, Any]] = {
+    "--shapes": dict(
+        type=_shape_list,
+        metavar="S,M,...",
         help="comma-separated shapes to time (default S,M,L,XL; S,M with --quick)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
+    ),
+    "--threads": dict(
+        type=benchmark.positive_int,
+        metavar="N",
         help="threads for lstm_fast, PyTorch and ONNX Runtime "
         "(default: lstm_fast.get_num_threads(), set by LSTM_FAST_NUM_THREADS)",
-    )
-    parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
+    ),
+    "--repeats": dict(
+        type=benchmark.positive_int,
+        metavar="N",
         help="at most this many timed calls per cell, after one warm-up "
         "(default 20; 3 with --quick); the minimum is shown",
-    )
-    parser.add_argument(
-        "--quick",
+    ),
+    "--quick": dict(
         action="store_true",
         help="a fast look: shapes S,M, at most 3 timed calls per cell, no sgemm",
-    )
-    parser.add_argument(
-        "--impls",
-        default=",".join(_bench.IMPLS),
-        help=f"comma-separated implementations to time (default {','.join(_bench.IMPLS)})",
-    )
-    args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    try:
-        args.shape_list = _bench.parse_shapes(
-            args.shapes or ("S,M" if args.quick else ",".join(_bench.SHAPES))
-        )
-    except ValueError as exc:
-        parser.error(f"--shapes: {exc}")
-    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    unknown = [i for i in impls if i not in _bench.IMPLS]
-    if unknown or not impls:
-        parser.error(f"--impls: unknown {unknown}; choose from {','.join(_bench.IMPLS)}")
-    args.impl_list = [i for i in _bench.IMPLS if i in impls]
-    return args
+    ),
+    "--impls": dict(
+        type=_impl_list,
+        metavar="NAME,...",
+        help=f"comma-separated implementations to time (default {','.join(benchmark.IMPLS)})",
+    ),
+}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "demo":
-        from lstm_fast import demo  # written separately; imported only when asked for
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """bench's options. An option not given stays unset (``SUPPRESS``), so that
+    one given before ``bench`` is not reset by it; run_bench picks the defaults."""
+    for flag, options in _BENCH_OPTIONS.items():
+        parser.add_argument(flag, default=argparse.SUPPRESS, **options)
 
-        return int(demo.main(argv[1:]) or 0)
 
-    args = _parse_args(argv)
-    missing = {impl: _bench.missing_modules(impl) for impl in args.impl_list}
-    args.impl_list = [impl for impl in args.impl_list if not missing[impl]]
+def _header_line(threads: int) -> str:
+    return f"lstm_fast {_version()}: {_isa_line()}, {threads} thread(s)"
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> None:
+    """check has no options: the problem is fixed so that its verdict is comparable."""
+
+
+def run_check(args: argparse.Namespace) -> int:
+    _say(_header_line(lstm_fast.get_num_threads()))
+    return 0 if check_against_reference() else 1
+
+
+def run_bench(args: argparse.Namespace, *, check_first: bool = False) -> int:
+    """The throughput table with bench's options; with ``check_first``, the main
+    job: the check first, and no table when it fails."""
+    quick = getattr(args, "quick", False)
+    default_shapes = "S,M" if quick else ",".join(benchmark.SHAPES)
+    shapes = getattr(args, "shapes", None) or _shape_list(default_shapes)
+    impls = getattr(args, "impls", None) or list(benchmark.IMPLS)
+    missing = {impl: benchmark.missing_modules(impl) for impl in impls}
+    impls = [impl for impl in impls if not missing[impl]]
     not_installed = [
-        f"{_bench.IMPL_LABELS[impl]} (no {', '.join(mods)})"
+        f"{benchmark.IMPL_LABELS[impl]} (no {', '.join(mods)})"
         for impl, mods in missing.items()
         if mods
     ]
-    if args.threads is not None:
+    if hasattr(args, "threads"):
         lstm_fast.set_num_threads(args.threads)
     threads = lstm_fast.get_num_threads()
-    repeats = args.repeats or (3 if args.quick else 20)
-    budget_s = 0.25 if args.quick else 1.5
-    rounds = 1 if args.quick else 2
+    repeats = getattr(args, "repeats", None) or (3 if quick else 20)
+    budget_s = 0.25 if quick else 1.5
+    rounds = 1 if quick else 2
 
     started = time.perf_counter()
-    _say(f"lstm_fast {_version()}: {_isa_line()}, {threads} thread(s)")
-    if not demo_check():
-        _say("lstm_fast disagrees with its NumPy reference: not timing it.")
-        return 1
-    _say()
+    _say(_header_line(threads))
+    if check_first:
+        if not check_against_reference():
+            _say("lstm_fast disagrees with its NumPy reference: not timing it.")
+            return 1
+        _say()
 
-    versions = _bench.peer_versions() if len(args.impl_list) > 1 else {"numpy": np.__version__}
+    versions = benchmark.peer_versions() if len(impls) > 1 else {"numpy": np.__version__}
     _say(
         "Throughput: float32, time-major, one layer, "
         f"{threads} thread(s) for every implementation; the best of up to {repeats} "
         f"back-to-back calls, in {rounds} block(s) per implementation, each after a warm-up "
         "call, the implementations taking turns."
     )
-    _say("  " + "; ".join(f"{s.name}: {s.describe()}" for s in args.shape_list))
+    _say("  " + "; ".join(f"{s.name}: {s.describe()}" for s in shapes))
     _say(
         "  fwd: inference forward (lstm_fast/reference need_cache=False, PyTorch "
         "inference_mode, ONNX RT); fwd+bwd: training forward + full backward "
@@ -322,24 +326,115 @@ def main(argv: list[str] | None = None) -> int:
             'pip install ".[peers]" adds them.'
         )
     sgemm: float | None = None
-    if not args.quick:
+    if not quick:
         _say("  %sgemm: lstm_fast's GFLOP/s over NumPy's sgemm 2048^3 rate: ", end="")
-        sgemm = _bench.sgemm_gflops(2048)
+        sgemm = benchmark.sgemm_gflops(2048)
         _say(f"{sgemm:.0f} GFLOP/s")
     _say()
-    agreement = run_table(
-        args.shape_list, args.impl_list, threads, repeats, budget_s, rounds, sgemm
-    )
+    agreement = run_table(shapes, impls, threads, repeats, budget_s, rounds, sgemm)
     if agreement:
         _say(
             "Forward outputs vs lstm_fast, max |a-b|/(1+|b|): "
             + ", ".join(
-                f"{_bench.IMPL_LABELS[k]} {v:.1e}{'' if v < 1e-3 else ' MISMATCH'}"
+                f"{benchmark.IMPL_LABELS[k]} {v:.1e}{'' if v < 1e-3 else ' MISMATCH'}"
                 for k, v in agreement.items()
             )
         )
     _say(f"Done in {time.perf_counter() - started:.0f} s.")
     return 0
+
+
+class Command(NamedTuple):
+    """One subcommand: ``python -m lstm_fast NAME [options]``."""
+
+    name: str
+    help: str  # one line in the list of commands
+    description: str  # the head of the command's own --help
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    epilog: str | None = None  # the tail of its --help
+
+
+_SHAPES_EPILOG = (
+    "Shapes (float32, time-major, one layer): "
+    + "; ".join(f"{s.name}: {s.describe()}" for s in benchmark.SHAPES.values())
+    + "."
+)
+
+COMMANDS = (
+    Command(
+        "check",
+        "one small forward + backward against the NumPy reference (exit 1 on a mismatch)",
+        "Run one small forward and backward, show the shapes and compare every "
+        "output and gradient with lstm_fast.reference; exit status 1 on a mismatch.",
+        add_check_arguments,
+        run_check,
+    ),
+    Command(
+        "bench",
+        "the throughput table: the standard shapes against the installed peers",
+        "Time forward and forward+backward on the standard shapes against the peers "
+        "that are installed (NumPy reference, PyTorch, ONNX Runtime).",
+        add_bench_arguments,
+        run_bench,
+        _SHAPES_EPILOG,
+    ),
+    Command(
+        "demo",
+        "train two small models with the LSTM layer",
+        demo.DESCRIPTION,
+        demo.add_arguments,
+        demo.run,
+    ),
+)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, set[str]]]:
+    """The parser, and for each command the option names (dests) it defines."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lstm_fast",
+        description=(
+            "Without a command, the main job: check lstm_fast against its NumPy "
+            "reference on a small problem, then time forward and forward+backward on "
+            "the standard shapes against the peers that are installed (NumPy "
+            "reference, PyTorch, ONNX Runtime); its options are bench's."
+        ),
+        epilog=_SHAPES_EPILOG + " 'python -m lstm_fast COMMAND --help' shows a command's options.",
+    )
+    add_bench_arguments(parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    dests: dict[str, set[str]] = {}
+    for command in COMMANDS:
+        sub = subparsers.add_parser(
+            command.name,
+            help=command.help,
+            description=command.description,
+            epilog=command.epilog,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        command.add_arguments(sub)
+        dests[command.name] = {action.dest for action in sub._actions}
+    return parser, dests
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, dests = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        return run_bench(args, check_first=True)
+    # Options before a command are the main job's; the command must know them.
+    stray = [
+        flag
+        for flag in _BENCH_OPTIONS
+        if hasattr(args, flag[2:]) and flag[2:] not in dests[args.command]
+    ]
+    if stray:
+        parser.error(
+            f"{', '.join(stray)}: not an option of '{args.command}' "
+            "(options before a command are the main job's)"
+        )
+    command = next(c for c in COMMANDS if c.name == args.command)
+    return int(command.run(args) or 0)
 
 
 if __name__ == "__main__":

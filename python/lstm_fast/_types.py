@@ -1,4 +1,5 @@
-"""Result types of the functional API (SPEC.md section 2)."""
+"""Result types of the functional API (docs/api.md, 'Functional API') and of
+:meth:`lstm_fast.LSTM.weights`."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ class CellGradients(NamedTuple):
     dw_hh: np.ndarray
     db_ih: np.ndarray | None
     db_hh: np.ndarray | None
+
+
+class LayerWeights(NamedTuple):
+    """One layer and direction of an :class:`lstm_fast.LSTM`, from its ``weights``
+    method: gate blocks i, f, g, o; the biases are ``None`` without ``bias``."""
+
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray | None
+    b_hh: np.ndarray | None

@@ -16,7 +16,8 @@ framework runs unchanged in another:
 
 Every function accepts NumPy arrays, anything :func:`numpy.asarray` understands, and
 torch tensors (without importing torch), and returns new C-contiguous arrays in the
-floating dtype of its inputs (float64 for integer inputs).
+dtype the functional API would compute those inputs in (docs/api.md, 'Dtypes'): the
+widest floating input, float16 as float32, float64 when none is floating.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from ._checks import check_shape, compute_dtype, hidden_from_gate_rows, positive_int, real_array
 
 __all__ = [
     "from_gate_matrices",
@@ -40,81 +43,27 @@ _ONNX_FROM_TORCH = (0, 3, 1, 2)
 _TORCH_FROM_ONNX = (0, 2, 3, 1)
 
 
-def _as_numpy(value: Any, name: str) -> np.ndarray:
-    """``value`` as an ndarray; torch tensors go through ``.detach().cpu().numpy()``.
-
-    A tensor is recognised by its type's module, so torch is never imported here: a
-    caller that passes a tensor has already imported it.
-    """
-    if isinstance(value, np.ndarray):
-        return value
-    if type(value).__module__.split(".")[0] == "torch":
-        tensor = value.detach().cpu()
-        if not tensor.dtype.is_floating_point and not tensor.dtype.is_complex:
-            return np.asarray(tensor.numpy())
-        if str(tensor.dtype) not in ("torch.float32", "torch.float64"):
-            # bfloat16 and float16 tensors have no (or no exact) NumPy twin.
-            tensor = tensor.float()
-        return np.asarray(tensor.numpy())
-    try:
-        array = np.asarray(value)
-    except Exception as exc:  # ragged lists and other junk
-        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
-    return array
+def _optional(name: str, value: Any) -> np.ndarray | None:
+    return None if value is None else real_array(name, value)
 
 
-def _float_dtype(arrays: list[np.ndarray], names: list[str]) -> np.dtype:
-    """The floating dtype the arrays share (float64 when none of them is floating)."""
-    for array, name in zip(arrays, names):
-        if array.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")
-    dtype = np.result_type(*arrays) if arrays else np.dtype(np.float64)
-    if dtype.kind != "f":
-        dtype = np.dtype(np.float64)
-    return dtype
-
-
-def _shape_error(name: str, symbols: str, expected: tuple[int, ...], got: tuple[int, ...]):
-    return ValueError(f"{name} must have shape {symbols} = {expected}, got {got}")
-
-
-def _hidden_from_gate_rows(name: str, rows: int, symbols: str, shape: tuple[int, ...]) -> int:
-    if rows % 4 != 0 or rows == 0:
-        raise ValueError(
-            f"{name} must have shape {symbols} with a positive multiple of 4 gate rows, got {shape}"
-        )
-    return rows // 4
-
-
-def _check_bias(name: str, bias: np.ndarray | None, hidden_size: int) -> None:
-    if bias is not None and bias.shape != (4 * hidden_size,):
-        raise _shape_error(name, "(4*hidden_size,)", (4 * hidden_size,), bias.shape)
+def _dtype(*arrays: np.ndarray | None) -> np.dtype:
+    return compute_dtype(a.dtype for a in arrays if a is not None)
 
 
 def _check_pytorch(
     w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int, np.dtype]:
-    w_ih_a = _as_numpy(w_ih, "w_ih")
-    w_hh_a = _as_numpy(w_hh, "w_hh")
-    b_ih_a = None if b_ih is None else _as_numpy(b_ih, "b_ih")
-    b_hh_a = None if b_hh is None else _as_numpy(b_hh, "b_hh")
-    given = [
-        (a, n)
-        for a, n in ((w_ih_a, "w_ih"), (w_hh_a, "w_hh"), (b_ih_a, "b_ih"), (b_hh_a, "b_hh"))
-        if a is not None
-    ]
-    dtype = _float_dtype([a for a, _ in given], [n for _, n in given])
-    if w_ih_a.ndim != 2:
-        raise ValueError(f"w_ih must have shape (4*hidden_size, input_size), got {w_ih_a.shape}")
-    hidden = _hidden_from_gate_rows(
-        "w_ih", w_ih_a.shape[0], "(4*hidden_size, input_size)", w_ih_a.shape
-    )
-    if w_hh_a.shape != (4 * hidden, hidden):
-        raise _shape_error(
-            "w_hh", "(4*hidden_size, hidden_size)", (4 * hidden, hidden), w_hh_a.shape
-        )
-    _check_bias("b_ih", b_ih_a, hidden)
-    _check_bias("b_hh", b_hh_a, hidden)
+    w_ih_a = real_array("w_ih", w_ih)
+    w_hh_a = real_array("w_hh", w_hh)
+    b_ih_a = _optional("b_ih", b_ih)
+    b_hh_a = _optional("b_hh", b_hh)
+    dtype = _dtype(w_ih_a, w_hh_a, b_ih_a, b_hh_a)
+    hidden = hidden_from_gate_rows("w_ih", w_ih_a.shape, "(4*hidden_size, input_size)")
+    check_shape("w_hh", w_hh_a, "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
+    for name, bias in (("b_ih", b_ih_a), ("b_hh", b_hh_a)):
+        if bias is not None:
+            check_shape(name, bias, "(4*hidden_size,)", (4 * hidden,))
     return w_ih_a, w_hh_a, b_ih_a, b_hh_a, hidden, dtype
 
 
@@ -155,22 +104,13 @@ def from_keras(
     when ``bias`` is ``None``). A bias of shape (8H,), as CuDNN-style layers store it,
     is split into ``b_ih`` (first half) and ``b_hh``.
     """
-    kernel_a = _as_numpy(kernel, "kernel")
-    recurrent_a = _as_numpy(recurrent_kernel, "recurrent_kernel")
-    bias_a = None if bias is None else _as_numpy(bias, "bias")
-    given = [kernel_a, recurrent_a] + ([] if bias_a is None else [bias_a])
-    dtype = _float_dtype(given, ["kernel", "recurrent_kernel", "bias"][: len(given)])
-    if recurrent_a.ndim != 2:
-        raise ValueError(
-            f"recurrent_kernel must have shape (hidden_size, 4*hidden_size), "
-            f"got {recurrent_a.shape}"
-        )
-    hidden = recurrent_a.shape[0]
-    if recurrent_a.shape != (hidden, 4 * hidden) or hidden == 0:
-        raise ValueError(
-            f"recurrent_kernel must have shape (hidden_size, 4*hidden_size), "
-            f"got {recurrent_a.shape}"
-        )
+    kernel_a = real_array("kernel", kernel)
+    recurrent_a = real_array("recurrent_kernel", recurrent_kernel)
+    bias_a = _optional("bias", bias)
+    dtype = _dtype(kernel_a, recurrent_a, bias_a)
+    symbols = "(hidden_size, 4*hidden_size)"
+    hidden = hidden_from_gate_rows("recurrent_kernel", recurrent_a.shape, symbols, axis=1)
+    check_shape("recurrent_kernel", recurrent_a, symbols, (hidden, 4 * hidden))
     if kernel_a.ndim != 2 or kernel_a.shape[1] != 4 * hidden:
         raise ValueError(
             f"kernel must have shape (input_size, 4*hidden_size) = (input_size, {4 * hidden}), "
@@ -240,36 +180,23 @@ def from_onnx(
     ``B``) is read as a single direction. Peepholes (``P``) and the attributes that
     change the cell (``input_forget``, other activations) have no lstm_fast equivalent.
     """
-    w_a = _as_numpy(W, "W")
-    r_a = _as_numpy(R, "R")
-    b_a = None if B is None else _as_numpy(B, "B")
-    given = [w_a, r_a] + ([] if b_a is None else [b_a])
-    dtype = _float_dtype(given, ["W", "R", "B"][: len(given)])
+    w_a = real_array("W", W)
+    r_a = real_array("R", R)
+    b_a = _optional("B", B)
+    dtype = _dtype(w_a, r_a, b_a)
     if w_a.ndim == 2:
         w_a = w_a[None]
     if r_a.ndim == 2:
         r_a = r_a[None]
     if b_a is not None and b_a.ndim == 1:
         b_a = b_a[None]
-    if w_a.ndim != 3:
-        raise ValueError(
-            f"W must have shape (num_directions, 4*hidden_size, input_size), got {w_a.shape}"
-        )
+    symbols = "(num_directions, 4*hidden_size, input_size)"
+    hidden = hidden_from_gate_rows("W", w_a.shape, symbols, ndim=3, axis=1)
     directions = w_a.shape[0]
-    hidden = _hidden_from_gate_rows(
-        "W", w_a.shape[1], "(num_directions, 4*hidden_size, input_size)", w_a.shape
-    )
-    if r_a.shape != (directions, 4 * hidden, hidden):
-        raise _shape_error(
-            "R",
-            "(num_directions, 4*hidden_size, hidden_size)",
-            (directions, 4 * hidden, hidden),
-            r_a.shape,
-        )
-    if b_a is not None and b_a.shape != (directions, 8 * hidden):
-        raise _shape_error(
-            "B", "(num_directions, 8*hidden_size)", (directions, 8 * hidden), b_a.shape
-        )
+    symbols = "(num_directions, 4*hidden_size, hidden_size)"
+    check_shape("R", r_a, symbols, (directions, 4 * hidden, hidden))
+    if b_a is not None:
+        check_shape("B", b_a, "(num_directions, 8*hidden_size)", (directions, 8 * hidden))
     out: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
     for d in range(directions):
         w_ih_out = _permute_gates(w_a[d].astype(dtype, copy=False), _TORCH_FROM_ONNX, axis=0)
@@ -314,20 +241,12 @@ def from_gate_matrices(
     """
     if order not in ("xh", "hx"):
         raise ValueError(f'order must be "xh" or "hx", got {order!r}')
-    try:
-        inputs = int(input_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"input_size must be an integer, got {input_size!r}") from None
-    if inputs != input_size or inputs < 1:
-        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    inputs = positive_int("input_size", input_size)
     names = ("W_i", "W_f", "W_c", "W_o")
-    mats = [_as_numpy(m, n) for m, n in zip((W_i, W_f, W_c, W_o), names)]
+    mats = [real_array(n, m) for m, n in zip((W_i, W_f, W_c, W_o), names)]
     bias_names = ("b_i", "b_f", "b_c", "b_o")
-    biases = [
-        None if b is None else _as_numpy(b, n) for b, n in zip((b_i, b_f, b_c, b_o), bias_names)
-    ]
-    given = [(a, n) for a, n in zip(mats + biases, names + bias_names) if a is not None]
-    dtype = _float_dtype([a for a, _ in given], [n for _, n in given])
+    biases = [_optional(n, b) for b, n in zip((b_i, b_f, b_c, b_o), bias_names)]
+    dtype = _dtype(*mats, *biases)
     if mats[0].ndim != 2 or mats[0].shape[0] == 0:
         raise ValueError(
             f"W_i must have shape (hidden_size, input_size+hidden_size), got {mats[0].shape}"
@@ -335,11 +254,10 @@ def from_gate_matrices(
     hidden = mats[0].shape[0]
     expected = (hidden, inputs + hidden)
     for m, n in zip(mats, names):
-        if m.shape != expected:
-            raise _shape_error(n, "(hidden_size, input_size+hidden_size)", expected, m.shape)
+        check_shape(n, m, "(hidden_size, input_size+hidden_size)", expected)
     for b, n in zip(biases, bias_names):
-        if b is not None and b.shape != (hidden,):
-            raise _shape_error(n, "(hidden_size,)", (hidden,), b.shape)
+        if b is not None:
+            check_shape(n, b, "(hidden_size,)", (hidden,))
     if order == "xh":
         x_part = [m[:, :inputs] for m in mats]
         h_part = [m[:, inputs:] for m in mats]

@@ -22,10 +22,11 @@ import contextlib
 import io
 import sys
 import time
-from typing import TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
+from .benchmark import positive_int
 from .layer import LSTM
 from .optim import Adam, clip_grad_norm
 
@@ -253,12 +254,39 @@ def generate(
 # ------------------------------------------------------------------------- main
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m lstm_fast demo",
-        description="Train with lstm_fast: (a) the adding problem, (b) a character model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+DESCRIPTION = "Train with lstm_fast: (a) the adding problem, (b) a character model."
+
+# The sizes --quick shrinks to a smoke test: dest -> (default, default with --quick).
+# Options given explicitly win over both.
+_SIZES = {
+    "seq_len": (100, 12),
+    "adding_hidden": (32, 8),
+    "batch": (64, 8),
+    "steps": (5000, 6),
+    "window": (50, 3),
+    "log_every": (100, 2),
+    "epochs": (40, 2),
+    "char_hidden": (128, 16),
+    "char_seq_len": (64, 16),
+    "char_stride": (4, 64),
+    "char_batch": (32, 4),
+    "sample_len": (300, 40),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options, on ``parser`` (``python -m lstm_fast demo``'s subparser)."""
+
+    def size(group: Any, flag: str, help: str, type: Callable[[str], int] = positive_int) -> None:
+        default, quick = _SIZES[flag[2:].replace("-", "_")]
+        # SUPPRESS: an option not given stays unset, and run() picks its default.
+        group.add_argument(
+            flag,
+            type=type,
+            default=argparse.SUPPRESS,
+            help=f"{help} (default: {default}; {quick} with --quick)",
+        )
+
     parser.add_argument(
         "--task", choices=("adding", "char", "all"), default="all", help="what to train"
     )
@@ -266,13 +294,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
+        default=argparse.SUPPRESS,  # unset: a --quick before 'demo' still counts
         help="tiny sizes for a smoke test (seconds; nothing is learned)",
     )
     a = parser.add_argument_group("adding problem")
-    a.add_argument("--seq-len", type=int, default=100, help="T, the sequence length")
-    a.add_argument("--adding-hidden", type=int, default=32, help="hidden size")
-    a.add_argument("--batch", type=int, default=64, help="sequences per update")
-    a.add_argument("--steps", type=int, default=5000, help="at most this many updates")
+    size(a, "--seq-len", "T, the sequence length")
+    size(a, "--adding-hidden", "hidden size")
+    size(a, "--batch", "sequences per update")
+    size(a, "--steps", "at most this many updates")
     a.add_argument("--adding-lr", type=float, default=0.01, help="Adam learning rate")
     a.add_argument(
         "--target-loss",
@@ -280,62 +309,28 @@ def _parser() -> argparse.ArgumentParser:
         default=0.001,
         help="stop when the mean loss of the last --window steps is below this",
     )
-    a.add_argument("--window", type=int, default=50, help="steps in the running loss")
-    a.add_argument("--log-every", type=int, default=100, help="print every N steps")
+    size(a, "--window", "steps in the running loss")
+    size(a, "--log-every", "print every N steps")
     c = parser.add_argument_group("character model")
     c.add_argument("--text", default=None, help="train on this UTF-8 file instead")
-    c.add_argument("--epochs", type=int, default=40, help="passes over the text")
-    c.add_argument("--char-hidden", type=int, default=128, help="hidden size")
-    c.add_argument("--char-layers", type=int, default=1, help="stacked layers")
-    c.add_argument("--char-seq-len", type=int, default=64, help="window length")
-    c.add_argument("--char-stride", type=int, default=4, help="offset between windows")
-    c.add_argument("--char-batch", type=int, default=32, help="windows per update")
+    size(c, "--epochs", "passes over the text")
+    size(c, "--char-hidden", "hidden size")
+    c.add_argument("--char-layers", type=positive_int, default=1, help="stacked layers")
+    size(c, "--char-seq-len", "window length")
+    size(c, "--char-stride", "offset between windows")
+    size(c, "--char-batch", "windows per update")
     c.add_argument("--char-lr", type=float, default=0.005, help="Adam learning rate")
     c.add_argument("--prompt", default="Beautiful is", help="start of the sample")
-    c.add_argument("--sample-len", type=int, default=300, help="characters to generate")
+    size(c, "--sample-len", "characters to generate", type=int)
     c.add_argument("--temperature", type=float, default=0.5, help="sampling temperature")
-    return parser
 
 
-_QUICK = dict(
-    seq_len=12,
-    adding_hidden=8,
-    batch=8,
-    steps=6,
-    log_every=2,
-    window=3,
-    epochs=2,
-    char_hidden=16,
-    char_seq_len=16,
-    char_stride=64,
-    char_batch=4,
-    sample_len=40,
-)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    if args.quick:  # small defaults; options given explicitly still win
-        parser.set_defaults(**_QUICK)
-        args = parser.parse_args(argv)
-    for name in (
-        "seq_len",
-        "adding_hidden",
-        "batch",
-        "steps",
-        "window",
-        "log_every",
-        "epochs",
-        "char_hidden",
-        "char_layers",
-        "char_seq_len",
-        "char_stride",
-        "char_batch",
-    ):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+def run(args: argparse.Namespace) -> int:
+    """Train what ``args.task`` names, with the options of :func:`add_arguments`."""
+    quick = getattr(args, "quick", False)
+    for name, sizes in _SIZES.items():
+        if not hasattr(args, name):
+            setattr(args, name, sizes[1] if quick else sizes[0])
     from . import functional
 
     threads = getattr(functional, "get_num_threads", lambda: 1)()
@@ -347,6 +342,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.task in ("char", "all"):
         run_char(args)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lstm_fast demo [argv]``, callable from Python."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lstm_fast demo",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,16 +14,34 @@ ONNX inputs ``initial_h``/``initial_c`` are left out), so the model equals
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from ._checks import float_dtype
+from ._types import LayerWeights
 from .convert import to_onnx
 
-if TYPE_CHECKING:
-    from .layer import LSTM
-
 __all__ = ["export_onnx", "to_onnx_model"]
+
+
+class _Layer(Protocol):
+    """What the export reads of a layer: :class:`lstm_fast.LSTM` is one.
+
+    Typed structurally so that this module need not import the layer's (the layer
+    imports this one when asked to export), and the imports go one way.
+    """
+
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    num_directions: int
+    bias: bool
+    batch_first: bool
+    dtype: np.dtype
+
+    def weights(self, layer: int, direction: int = 0) -> LayerWeights: ...
+
 
 # The LSTM operator exists since opset 1 (v1, v7, v14, v22 in onnx's history); v7 is
 # the first whose semantics ONNX Runtime implements and which the other nodes here
@@ -42,7 +60,7 @@ def _import_onnx() -> Any:
     return onnx
 
 
-def to_onnx_model(layer: LSTM, opset: int = 14, *, lstm_dtype: Any = np.float32) -> Any:
+def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float32) -> Any:
     """The ``onnx.ModelProto`` of ``layer`` (checked with ``onnx.checker``); see
     :func:`export_onnx`."""
     onnx = _import_onnx()
@@ -55,9 +73,7 @@ def to_onnx_model(layer: LSTM, opset: int = 14, *, lstm_dtype: Any = np.float32)
 
     elem_types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
     io_dtype = np.dtype(layer.dtype)
-    dtype = np.dtype(lstm_dtype)
-    if dtype not in elem_types:
-        raise TypeError(f"lstm_dtype must be float32 or float64, got {dtype}")
+    dtype = float_dtype("lstm_dtype", lstm_dtype)
     elem_type = elem_types[io_dtype]
     cast = dtype != io_dtype
     hidden = layer.hidden_size
@@ -85,7 +101,7 @@ def to_onnx_model(layer: LSTM, opset: int = 14, *, lstm_dtype: Any = np.float32)
     h_outputs, c_outputs = [], []
     for layer_index in range(layer.num_layers):
         per_direction = [
-            to_onnx(*layer._weights(layer_index, direction)) for direction in range(directions)
+            to_onnx(*layer.weights(layer_index, direction)) for direction in range(directions)
         ]
         w = np.concatenate([wrb[0] for wrb in per_direction]).astype(dtype, copy=False)
         r = np.concatenate([wrb[1] for wrb in per_direction]).astype(dtype, copy=False)
@@ -167,7 +183,7 @@ def to_onnx_model(layer: LSTM, opset: int = 14, *, lstm_dtype: Any = np.float32)
 
 
 def export_onnx(
-    layer: LSTM,
+    layer: _Layer,
     path: str | os.PathLike[str],
     opset: int = 14,
     *,

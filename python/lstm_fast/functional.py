@@ -1,19 +1,28 @@
-"""The functional API of SPEC.md section 2, over the compiled engine.
+"""The functional API (docs/api.md, 'Functional API'), over the compiled engine.
 
-This module checks and normalises arguments (dtype, shape, memory order) and
-allocates the results; `_core` (rust/src/python.rs) borrows the arrays and runs
-the engine with the GIL released.
+This module checks and normalises arguments (dtype, shape, memory order; the rules
+themselves live in ``_checks``) and allocates the results; `_core`
+(rust/src/python.rs) borrows the arrays and runs the engine with the GIL released.
 """
 
 from __future__ import annotations
 
-import operator
-import sys
 from typing import Any
 
 import numpy as np
 
 from . import _core
+from ._bundles import CacheArrays, Grads, Outputs, Seeds
+from ._checks import (
+    check_lengths,
+    check_shape,
+    check_size,
+    compute_dtype,
+    contiguous,
+    hidden_from_gate_rows,
+    positive_int,
+    real_array,
+)
 from ._types import Cell, CellGradients, Forward, Gradients
 
 __all__ = [
@@ -33,83 +42,6 @@ _GATES = ("i", "f", "g", "o")
 # ---------------------------------------------------------------------------
 # Argument normalisation
 # ---------------------------------------------------------------------------
-
-
-def _as_array(name: str, value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "__array__") or isinstance(value, (list, tuple, int, float, np.generic)):
-        try:
-            return np.asarray(value)
-        except (TypeError, ValueError) as e:
-            raise TypeError(
-                f"{name} must be an array of numbers, got {type(value).__name__}: {e}"
-            ) from None
-    raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
-
-
-def _compute_dtype(arrays: dict[str, np.ndarray]) -> np.dtype:
-    for name, a in arrays.items():
-        if a.dtype.kind not in "biuf":
-            raise TypeError(
-                f"{name} must have a real numeric dtype "
-                f"(float32, float64, float16, integer or bool), got {a.dtype}"
-            )
-    # SPEC §4: the result type of the floating inputs; integers and bools only
-    # decide (float64) when nothing else is floating.
-    floating = [a.dtype for a in arrays.values() if a.dtype.kind == "f"]
-    if not floating:
-        return np.dtype(np.float64)
-    dtype = np.result_type(*floating)
-    if dtype.itemsize > 8:
-        return np.dtype(np.float64)
-    if dtype.itemsize < 4:
-        return np.dtype(np.float32)
-    return dtype
-
-
-def _shape_error(
-    name: str, symbols: str, want: tuple[int, ...], got: tuple[int, ...]
-) -> ValueError:
-    return ValueError(f"{name} must have shape {symbols} = {want}, got {got}")
-
-
-def _check_shape(name: str, a: np.ndarray, symbols: str, want: tuple[int, ...]) -> None:
-    if a.shape != want:
-        raise _shape_error(name, symbols, want, a.shape)
-
-
-def _contiguous(a: np.ndarray, dtype: np.dtype, *, own: bool) -> np.ndarray:
-    """C-contiguous, aligned, of `dtype`; a private copy when `own` (caches)."""
-    if a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
-        return a.copy() if own else a  # the common case, without np.require's cost
-    out = np.require(a, dtype=dtype, requirements=["C", "A"])
-    if own and np.may_share_memory(out, a):
-        out = out.copy()
-    return out
-
-
-def _check_size(*shapes: tuple[int, ...]) -> None:
-    for shape in shapes:
-        n = 1
-        for d in shape:
-            n *= d
-        if n * 8 > sys.maxsize:
-            raise ValueError(f"a buffer of shape {shape} would overflow the address space")
-
-
-def _lengths(value: Any, batch: int, steps: int, *, own: bool) -> np.ndarray | None:
-    if value is None:
-        return None
-    a = _as_array("lengths", value)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"lengths must be an integer array, got dtype {a.dtype}")
-    if a.shape != (batch,):
-        raise _shape_error("lengths", "(batch,)", (batch,), a.shape)
-    if a.size and (a.min() < 0 or a.max() > steps):
-        bad = a[(a < 0) | (a > steps)][0]
-        raise ValueError(f"lengths must lie in [0, seq_len] = [0, {steps}], got {int(bad)}")
-    return _contiguous(a, np.dtype(np.int64), own=own)
 
 
 class _Args:
@@ -135,8 +67,8 @@ class _Args:
         for k in ("x", "w_ih", "w_hh"):
             if raw[k] is None:
                 raise TypeError(f"{names.get(k, k)} is required: expected an array, got None")
-        arrays = {k: _as_array(names.get(k, k), v) for k, v in raw.items() if v is not None}
-        self.dtype = _compute_dtype({names.get(k, k): v for k, v in arrays.items()})
+        arrays = {k: real_array(names.get(k, k), v) for k, v in raw.items() if v is not None}
+        self.dtype = compute_dtype(a.dtype for a in arrays.values())
         xa, wih, whh = arrays["x"], arrays["w_ih"], arrays["w_hh"]
         xname = names.get("x", "x")
         x_symbols = names.get(
@@ -149,37 +81,32 @@ class _Args:
             batch, steps, inp = xa.shape
         else:
             steps, batch, inp = xa.shape
-        if whh.ndim != 2 or whh.shape[0] % 4 or whh.shape[0] == 0:
-            raise ValueError(
-                "w_hh must have shape (4*hidden_size, hidden_size) with hidden_size >= 1, "
-                f"got {whh.shape}"
-            )
-        hidden = whh.shape[0] // 4
-        _check_shape("w_hh", whh, "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
-        _check_shape("w_ih", wih, "(4*hidden_size, input_size)", (4 * hidden, inp))
+        hidden = hidden_from_gate_rows("w_hh", whh.shape, "(4*hidden_size, hidden_size)")
+        check_shape("w_hh", whh, "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
+        check_shape("w_ih", wih, "(4*hidden_size, input_size)", (4 * hidden, inp))
         for k in ("b_ih", "b_hh"):
             if k in arrays:
-                _check_shape(k, arrays[k], "(4*hidden_size,)", (4 * hidden,))
+                check_shape(k, arrays[k], "(4*hidden_size,)", (4 * hidden,))
         for k in ("h0", "c0"):
             if k in arrays:
-                _check_shape(names.get(k, k), arrays[k], "(batch, hidden_size)", (batch, hidden))
+                check_shape(names.get(k, k), arrays[k], "(batch, hidden_size)", (batch, hidden))
         self.steps, self.batch, self.input, self.hidden = steps, batch, inp, hidden
         self.batch_first, self.reverse = bool(batch_first), bool(reverse)
         self.hidden_pad = _core.hidden_pad(hidden, self.dtype.itemsize)
-        _check_size((steps, batch, 4 * self.hidden_pad), (steps, batch, inp))
-        self.lengths = _lengths(lengths, batch, steps, own=own)
+        check_size((steps, batch, 4 * self.hidden_pad), (steps, batch, inp))
+        self.lengths = None if lengths is None else check_lengths(lengths, batch, steps, own=own)
 
         dt = self.dtype
-        self.x = _contiguous(xa, dt, own=own)
-        self.w_ih = _contiguous(wih, dt, own=own)
-        self.w_hh = _contiguous(whh, dt, own=own)
+        self.x = contiguous(xa, dt, own=own)
+        self.w_ih = contiguous(wih, dt, own=own)
+        self.w_hh = contiguous(whh, dt, own=own)
         self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
         biases = [arrays[k].astype(dt) for k in ("b_ih", "b_hh") if k in arrays]
         self.bias = (
             np.require(sum(biases[1:], biases[0]), requirements=["C", "A"]) if biases else None
         )
-        self.h0 = _contiguous(arrays["h0"], dt, own=False) if "h0" in arrays else None
-        self.c0 = _contiguous(arrays["c0"], dt, own=own) if "c0" in arrays else None
+        self.h0 = contiguous(arrays["h0"], dt, own=False) if "h0" in arrays else None
+        self.c0 = contiguous(arrays["c0"], dt, own=own) if "c0" in arrays else None
 
     @property
     def y_shape(self) -> tuple[int, int, int]:
@@ -296,24 +223,19 @@ class CellCache:
 def _run_forward(
     args: _Args, need_cache: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
-    dt, rows = args.dtype, (args.steps * args.batch)
-    y = np.empty(args.y_shape, dt)
-    h_n = np.empty((args.batch, args.hidden), dt)
-    c_n = np.empty((args.batch, args.hidden), dt)
-    cache_arrays: tuple[np.ndarray, ...] = ()
+    dt, rows, state = args.dtype, args.steps * args.batch, (args.batch, args.hidden)
+    out = Outputs(y=np.empty(args.y_shape, dt), h_n=np.empty(state, dt), c_n=np.empty(state, dt))
+    arrays = None
     if need_cache:
         hp = args.hidden_pad
-        cache_arrays = (
-            np.empty((rows, 4 * hp), dt),
-            np.empty((rows, hp), dt),
-            np.empty((rows, hp), dt),
+        arrays = CacheArrays(
+            gates=np.empty((rows, 4 * hp), dt),
+            cells=np.empty((rows, hp), dt),
+            h_prev=np.empty((rows, hp), dt),
         )
-    _core.forward(
-        args.x, args.w_ih, args.w_hh, args.bias, args.h0, args.c0, args.lengths,
-        args.batch_first, args.reverse, y, h_n, c_n, *cache_arrays,
-    )  # fmt: skip
-    cache = Cache(args, *cache_arrays) if need_cache else None
-    return y, h_n, c_n, cache
+    _core.forward(args, out, arrays)
+    cache = None if arrays is None else Cache(args, arrays.gates, arrays.cells, arrays.h_prev)
+    return out.y, out.h_n, out.c_n, cache
 
 
 def forward(
@@ -351,11 +273,9 @@ def _seed(
 ) -> np.ndarray | None:
     if value is None:
         return None
-    a = _as_array(name, value)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must have a real numeric dtype, got {a.dtype}")
-    _check_shape(name, a, symbols, shape)
-    return np.require(a, dtype=dtype, requirements=["C", "A"])
+    a = real_array(name, value)
+    check_shape(name, a, symbols, shape)
+    return contiguous(a, dtype, own=False)
 
 
 def _run_backward(
@@ -369,26 +289,29 @@ def _run_backward(
         "(batch, seq_len, hidden_size)" if a.batch_first else "(seq_len, batch, hidden_size)"
     )
     state = (a.batch, a.hidden)
-    dy = _seed(names[0], dy, y_symbols, a.y_shape, dt)
-    dh_n = _seed(names[1], dh_n, "(batch, hidden_size)", state, dt)
-    dc_n = _seed(names[2], dc_n, "(batch, hidden_size)", state, dt)
-    dx = np.empty(a.x.shape, dt)
-    dh0, dc0 = np.empty(state, dt), np.empty(state, dt)
-    dw_ih = np.empty((4 * a.hidden, a.input), dt)
-    dw_hh = np.empty((4 * a.hidden, a.hidden), dt)
-    db = np.empty(4 * a.hidden, dt) if (a.has_b_ih or a.has_b_hh) else None
-    # The gate gradients: NumPy backs large arrays with huge pages, which saves
-    # the engine tens of thousands of page faults per call at the large shapes.
-    scratch = np.empty((a.steps * a.batch, 4 * a.hidden_pad), dt)
-    _core.backward(
-        a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.batch_first, a.reverse,
-        cache._gates, cache._cells, cache._h_prev, dy, dh_n, dc_n,
-        dx, dh0, dc0, dw_ih, dw_hh, db, scratch,
-    )  # fmt: skip
+    seeds = Seeds(
+        dy=_seed(names[0], dy, y_symbols, a.y_shape, dt),
+        dh_n=_seed(names[1], dh_n, "(batch, hidden_size)", state, dt),
+        dc_n=_seed(names[2], dc_n, "(batch, hidden_size)", state, dt),
+    )
+    grads = Grads(
+        dx=np.empty(a.x.shape, dt),
+        dh0=np.empty(state, dt),
+        dc0=np.empty(state, dt),
+        dw_ih=np.empty((4 * a.hidden, a.input), dt),
+        dw_hh=np.empty((4 * a.hidden, a.hidden), dt),
+        db=np.empty(4 * a.hidden, dt) if (a.has_b_ih or a.has_b_hh) else None,
+        # The gate gradients: NumPy backs large arrays with huge pages, which saves
+        # the engine tens of thousands of page faults per call at the large shapes.
+        scratch=np.empty((a.steps * a.batch, 4 * a.hidden_pad), dt),
+    )
+    arrays = CacheArrays(gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev)
+    _core.backward(a, arrays, seeds, grads)
+    db = grads.db
     db_ih = db if a.has_b_ih else None
     # Two arrays when both biases exist, so updating one leaves the other alone.
     db_hh = None if db is None or not a.has_b_hh else (db.copy() if a.has_b_ih else db)
-    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+    return grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh
 
 
 def _check_cache(cache: Any, cls: type, producer: str) -> None:
@@ -422,7 +345,7 @@ def cell_forward(
     """One LSTM step: ``x_t`` (B, I), ``h``, ``c`` (B, H) -> ``Cell(h_new, c_new, cache)``."""
     if h is None or c is None:
         raise TypeError("cell_forward needs the state arrays h and c (use zeros for a fresh state)")
-    xa = _as_array("x_t", x_t)
+    xa = real_array("x_t", x_t)
     if xa.ndim != 2:
         raise ValueError(f"x_t must have shape (batch, input_size) (2 dimensions), got {xa.shape}")
     names = {"x": "x_t", "h0": "h", "c0": "c", "x_symbols": "(batch, input_size)"}
@@ -451,13 +374,7 @@ def cell_backward(cache: CellCache, dh_new: Any = None, dc_new: Any = None) -> C
 
 def set_num_threads(n: int) -> None:
     """Threads for later calls (default: ``LSTM_FAST_NUM_THREADS`` or all cores)."""
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"set_num_threads: n must be an integer, got {type(n).__name__}") from None
-    if n < 1:
-        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(positive_int("set_num_threads: n", n))
 
 
 def get_num_threads() -> int:

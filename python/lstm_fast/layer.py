@@ -1,4 +1,4 @@
-"""``LSTM``: the complete layer (SPEC.md section 3) on top of the functional API.
+"""``LSTM``: the complete layer (docs/api.md, 'The LSTM layer') on top of the functional API.
 
 Stacked layers, both directions, ``batch_first``, variable lengths with PyTorch's
 PackedSequence semantics, backward through everything, PyTorch's parameter names,
@@ -20,7 +20,8 @@ from typing import Any, Callable, NamedTuple, TypeVar
 import numpy as np
 
 from . import functional as _F
-from .convert import _as_numpy
+from ._checks import check_lengths, check_shape, float_dtype, positive_int, real_array
+from ._types import LayerWeights
 
 __all__ = ["LSTM"]
 
@@ -29,7 +30,7 @@ _T = TypeVar("_T")
 # Running the two directions of a layer in two threads overlaps them (the engine
 # releases the GIL). That only pays when one direction leaves engine threads idle:
 # the engine's time loop gives each thread a chunk of at least
-# _ENGINE_ROWS_PER_TASK batch rows (MIN_ROWS_PER_CHUNK in rust/src/lstm.rs), so a
+# _ENGINE_ROWS_PER_TASK batch rows (MIN_ROWS_PER_CHUNK in rust/src/tuning.rs), so a
 # batch of B rows keeps ceil(B / 8) threads busy. With fewer busy threads than the
 # engine has, the reverse direction runs on the idle ones; with all of them busy, a
 # second direction only competes for the same cores. With little work per step
@@ -91,26 +92,6 @@ def _both_directions(run: Callable[[int], _T], concurrent: bool) -> list[_T]:
     return [first, future.result()]
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        result = index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if result < 1:
-        raise ValueError(f"{name} must be at least 1, got {result}")
-    return result
-
-
-def _real_array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
-    """``value`` as an array of ``dtype``; only real numbers (and bools) are accepted."""
-    array = _as_numpy(value, name)
-    if array.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}")
-    return array.astype(dtype, copy=False)
-
-
 class _Tape(NamedTuple):
     """What :meth:`LSTM.backward` needs from the last forward."""
 
@@ -143,18 +124,13 @@ class LSTM:
         dtype: Any = np.float32,
         seed: int | None = None,
     ) -> None:
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
+        self.input_size = positive_int("input_size", input_size)
+        self.hidden_size = positive_int("hidden_size", hidden_size)
+        self.num_layers = positive_int("num_layers", num_layers)
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.dtype = float_dtype("dtype", dtype)
 
         directions = 2 if self.bidirectional else 1
         self.num_directions = directions
@@ -208,15 +184,32 @@ class LSTM:
             extra += f", dtype={self.dtype.name}"
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
 
-    def _weights(self, layer: int, direction: int) -> tuple[Any, Any, Any, Any]:
+    def weights(self, layer: int, direction: int = 0) -> LayerWeights:
+        """The weights of one layer and direction: ``LayerWeights(w_ih, w_hh, b_ih, b_hh)``.
+
+        ``direction`` is 0 (forward) or 1 (reverse, with ``bidirectional``). The arrays
+        are the live ones of :attr:`parameters`, not copies: writing into them changes
+        the layer (as an optimizer does), so ``.copy()`` them to keep a snapshot. The
+        biases are None for a layer built with ``bias=False``. PyTorch hands out the
+        same arrays as ``all_weights[layer * num_directions + direction]``.
+        """
+        layer, direction = index(layer), index(direction)
+        if not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer must lie in 0..{self.num_layers - 1}, got {layer}")
+        if not 0 <= direction < self.num_directions:
+            raise IndexError(f"direction must lie in 0..{self.num_directions - 1}, got {direction}")
         p = self.parameters
         w_ih, w_hh, b_ih, b_hh = self._names[layer][direction]
-        return (
+        return LayerWeights(
             p[w_ih],
             p[w_hh],
             None if b_ih is None else p[b_ih],
             None if b_hh is None else p[b_hh],
         )
+
+    def _cast(self, name: str, value: Any) -> np.ndarray:
+        """``value`` in the layer's dtype; only real numbers (and bools) are accepted."""
+        return real_array(name, value).astype(self.dtype, copy=False)
 
     def _concurrent(self, steps: int, batch: int) -> bool:
         """Whether to run the two directions of each layer at the same time."""
@@ -237,24 +230,18 @@ class LSTM:
         """Check an initial or final-state argument: (rows, B, H), or (rows, H) unbatched."""
         if value is None:
             return None
-        array = _real_array(name, value, self.dtype)
+        array = self._cast(name, value)
         if unbatched:
-            if array.shape != (rows, self.hidden_size):
-                raise ValueError(
-                    f"{name} must have shape (num_layers*num_directions, hidden_size) = "
-                    f"{(rows, self.hidden_size)} for an unbatched input, got {array.shape}"
-                )
+            symbols = "(num_layers*num_directions, hidden_size)"
+            check_shape(name, array, symbols, (rows, self.hidden_size))
             return array[:, None, :]
-        if array.shape != (rows, batch, self.hidden_size):
-            raise ValueError(
-                f"{name} must have shape (num_layers*num_directions, batch, hidden_size) = "
-                f"{(rows, batch, self.hidden_size)}, got {array.shape}"
-            )
+        symbols = "(num_layers*num_directions, batch, hidden_size)"
+        check_shape(name, array, symbols, (rows, batch, self.hidden_size))
         return array
 
     def _input(self, x: Any) -> tuple[np.ndarray, bool, bool, int, int]:
         """x as (array in the engine's layout, batch_first, unbatched, steps, batch)."""
-        array = _real_array("x", x, self.dtype)
+        array = self._cast("x", x)
         layout = (
             "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
         )
@@ -300,7 +287,7 @@ class LSTM:
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths needs a batched x (seq_len, batch, input_size)")
-            lengths = self._lengths(lengths, steps, batch)
+            lengths = check_lengths(lengths, batch, steps)
 
         concurrent = self._concurrent(steps, batch)
         caches: list[list[Any]] = []
@@ -313,7 +300,7 @@ class LSTM:
                 k = layer * self.num_directions + direction
                 return _F.forward(
                     inp,
-                    *self._weights(layer, direction),
+                    *self.weights(layer, direction),
                     None if h0 is None else h0[k],
                     None if c0 is None else c0[k],
                     batch_first=batch_first,
@@ -346,23 +333,6 @@ class LSTM:
 
     __call__ = forward
 
-    @staticmethod
-    def _lengths(lengths: Any, steps: int, batch: int) -> np.ndarray:
-        array = _as_numpy(lengths, "lengths")
-        if array.dtype.kind not in "iu":
-            if array.dtype.kind == "f" and array.size and np.all(array == np.round(array)):
-                array = array.astype(np.int64)
-            elif array.size or array.dtype.kind not in "f":
-                raise TypeError(f"lengths must be integers, got dtype {array.dtype}")
-        if array.shape != (batch,):
-            raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {array.shape}")
-        if array.size and (array.min() < 0 or array.max() > steps):
-            raise ValueError(
-                f"lengths must lie in 0..seq_len = 0..{steps}, got values "
-                f"{int(array.min())}..{int(array.max())}"
-            )
-        return array.astype(np.int64, copy=False)
-
     # ----------------------------------------------------------------- backward
 
     def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None) -> np.ndarray:
@@ -379,7 +349,7 @@ class LSTM:
         directions = self.num_directions
         rows = self.num_layers * directions
         if dy is not None:
-            dy = _real_array("dy", dy, self.dtype)
+            dy = self._cast("dy", dy)
             if dy.shape != tape.y_shape:
                 raise ValueError(f"dy must have the shape of y = {tape.y_shape}, got {dy.shape}")
             if tape.unbatched:
@@ -452,7 +422,7 @@ class LSTM:
             raise ValueError(
                 "step() needs a unidirectional LSTM (the reverse direction would need the future)"
             )
-        array = _real_array("x_t", x_t, self.dtype)
+        array = self._cast("x_t", x_t)
         if array.ndim == 1:
             unbatched = True
             array = array[None, :]
@@ -479,7 +449,7 @@ class LSTM:
         for layer in range(self.num_layers):
             out = _F.forward(
                 layer_input,
-                *self._weights(layer, 0),
+                *self.weights(layer, 0),
                 None if h is None else h[layer],
                 None if c is None else c[layer],
                 need_cache=False,
@@ -519,7 +489,7 @@ class LSTM:
             )
         staged = {}
         for name in sorted(expected & given):
-            value = _real_array(name, state[name], self.dtype)
+            value = self._cast(name, state[name])
             if value.shape != self.parameters[name].shape:
                 raise ValueError(
                     f"{name} must have shape {self.parameters[name].shape}, got {value.shape}"

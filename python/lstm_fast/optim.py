@@ -15,6 +15,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ._checks import real_array
+
 __all__ = ["SGD", "Adam", "clip_grad_norm"]
 
 
@@ -45,7 +47,7 @@ def _check_grads(
         g = grads.get(name)
         if g is None:
             continue
-        g = np.asarray(g)
+        g = real_array(f"gradient {name!r}", g)
         if g.shape != p.shape:
             raise ValueError(f"gradient {name!r} must have shape {p.shape}, got {g.shape}")
         checked[name] = g
@@ -173,7 +175,7 @@ def clip_grad_norm(
     norm_type = float(norm_type)
     if not norm_type > 0:
         raise ValueError(f"norm_type must be > 0, got {norm_type}")
-    arrays = {k: np.asarray(g) for k, g in grads.items() if g is not None}
+    arrays = {k: real_array(f"gradient {k!r}", g) for k, g in grads.items() if g is not None}
     if not arrays:
         return 0.0
     if math.isinf(norm_type):

@@ -1,9 +1,10 @@
-"""The NumPy reference: the math of SPEC.md section 1, written plainly.
+"""The NumPy reference: the math of docs/api.md ('The math'), written plainly.
 
 This module is the oracle of the test suite and the floor of the benchmarks. It
 has the same functional API as :mod:`lstm_fast` (``forward``, ``backward``,
-``cell_forward``, ``cell_backward``) and aims to be read, not to be fast: one
-Python loop over time steps, one NumPy expression per line of the SPEC.
+``cell_forward``, ``cell_backward``), with the same rules for dtypes, ``lengths``
+and array arguments (the shared ``_checks``), and aims to be read, not to be
+fast: one Python loop over time steps, one NumPy expression per line of the math.
 
 Gate blocks are stacked i, f, g, o (PyTorch's order). Every array in a cache is
 time-major, (T, B, H) for a sequence and (B, H) for a single cell step.
@@ -18,9 +19,11 @@ first ``lengths[b]`` steps. The loop below runs over *processing* steps
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from . import _checks
 from ._types import Cell, CellGradients, Forward, Gradients
 
 __all__ = [
@@ -35,25 +38,30 @@ __all__ = [
 
 
 def compute_dtype(*arrays) -> np.dtype:
-    """The dtype the computation runs in (SPEC.md section 4).
+    """The dtype the computation runs in (docs/api.md, 'Dtypes').
 
     ``np.result_type`` of the floating inputs; float16 computes in float32; if
     no input is floating (integers or bools only) the computation is float64.
-    ``None`` entries are ignored.
+    ``None`` entries are ignored; complex, object or string inputs are a
+    ``TypeError``.
     """
-    floating = []
-    for a in arrays:
-        if a is None:
-            continue
-        dt = np.asarray(a).dtype
-        if dt.kind == "f":
-            floating.append(dt)
-    if not floating:
-        return np.dtype(np.float64)
-    dt = np.result_type(*floating)
-    if dt == np.float16:
-        return np.dtype(np.float32)
-    return np.dtype(dt)
+    return _checks.compute_dtype(
+        _checks.real_array(f"argument {k}", a).dtype for k, a in enumerate(arrays) if a is not None
+    )
+
+
+def _arguments(**named: Any) -> tuple[dict[str, Any], np.dtype]:
+    """The given arguments as arrays (``None`` stays ``None``) and their compute dtype."""
+    arrays = {k: None if v is None else _checks.real_array(k, v) for k, v in named.items()}
+    dtype = _checks.compute_dtype(a.dtype for a in arrays.values() if a is not None)
+    return arrays, dtype
+
+
+def _seed(name: str, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A gradient from the caller, in the cache's dtype; None means zeros."""
+    if value is None:
+        return np.zeros(shape, dtype)
+    return _checks.real_array(name, value).astype(dtype)
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -107,7 +115,10 @@ def _to_time(by_step: np.ndarray, valid: np.ndarray, t_of: np.ndarray) -> np.nda
 
 
 def _gate_grads(dh, dc_next, i, f, g, o, c, c_prev):
-    """One step of SPEC.md's BPTT: returns (da (B, 4H), dc_prev)."""
+    """One step of backpropagation through time: returns (da (B, 4H), dc_prev).
+
+    ``dh`` already holds ``dy`` of this step plus what flowed back from the next.
+    """
     tanh_c = np.tanh(c)
     do = dh * tanh_c
     da_o = do * o * (1 - o)
@@ -185,9 +196,10 @@ def forward(
     reverse: bool = False,
     need_cache: bool = True,
 ) -> Forward:
-    """One LSTM layer over a sequence; see SPEC.md section 2."""
-    dtype = compute_dtype(x, w_ih, w_hh, b_ih, b_hh, h0, c0)
-    x = np.asarray(x).astype(dtype)
+    """One LSTM layer over a sequence; see docs/api.md, 'Functional API'."""
+    a, dtype = _arguments(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = a.values()
+    x = x.astype(dtype)
     if batch_first:
         x = x.transpose(1, 0, 2)
     x = np.ascontiguousarray(x)
@@ -205,7 +217,7 @@ def forward(
     if lengths is None:
         lengths = np.full(B, T, dtype=np.int64)
     else:
-        lengths = np.asarray(lengths).astype(np.int64)
+        lengths = _checks.check_lengths(lengths, B, T, own=True)
 
     valid, t_of = _schedule(lengths, T, reverse)
 
@@ -261,14 +273,11 @@ def backward(cache: Cache, dy=None, dh_n=None, dc_n=None) -> Gradients:
     T, B, H = cache.c.shape
     I = cache.x.shape[2]  # noqa: E741
     dtype = cache.c.dtype
-    if dy is None:
-        dy = np.zeros((T, B, H), dtype)
-    else:
-        dy = np.asarray(dy).astype(dtype)
-        if cache.batch_first:
-            dy = dy.transpose(1, 0, 2)
-    dh = np.zeros((B, H), dtype) if dh_n is None else np.array(dh_n, dtype=dtype)
-    dc = np.zeros((B, H), dtype) if dc_n is None else np.array(dc_n, dtype=dtype)
+    dy = _seed("dy", dy, (B, T, H) if cache.batch_first else (T, B, H), dtype)
+    if cache.batch_first:
+        dy = dy.transpose(1, 0, 2)
+    dh = _seed("dh_n", dh_n, (B, H), dtype)
+    dc = _seed("dc_n", dc_n, (B, H), dtype)
 
     # The loop runs the processing steps backwards, on arrays in processing order.
     valid, t_of = _schedule(cache.lengths, T, cache.reverse)
@@ -301,7 +310,8 @@ def backward(cache: Cache, dy=None, dh_n=None, dc_n=None) -> Gradients:
 
 def cell_forward(x_t, h, c, w_ih, w_hh, b_ih=None, b_hh=None) -> Cell:
     """One LSTM step: x_t (B, I), h and c (B, H)."""
-    dtype = compute_dtype(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+    a, dtype = _arguments(x_t=x_t, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    x_t, h, c, w_ih, w_hh, b_ih, b_hh = a.values()
     x_t = np.array(x_t, dtype=dtype)
     h = np.array(h, dtype=dtype)
     c = np.array(c, dtype=dtype)
@@ -341,8 +351,8 @@ def cell_backward(
         raise TypeError(f"cache must be a reference.CellCache, got {type(cache).__name__}")
     B, H = cache.c.shape
     dtype = cache.c.dtype
-    dh = np.zeros((B, H), dtype) if dh_new is None else np.asarray(dh_new).astype(dtype)
-    dc = np.zeros((B, H), dtype) if dc_new is None else np.asarray(dc_new).astype(dtype)
+    dh = _seed("dh_new", dh_new, (B, H), dtype)
+    dc = _seed("dc_new", dc_new, (B, H), dtype)
     da, dc_prev = _gate_grads(dh, dc, cache.i, cache.f, cache.g, cache.o, cache.c, cache.c_prev)
     dx = da @ cache.w_ih
     dh_prev = da @ cache.w_hh

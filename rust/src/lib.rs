@@ -1,23 +1,52 @@
 //! lstm_fast: batched LSTM forward and backward (full BPTT) on the CPU.
 //!
 //! The engine is pure Rust over slices; `python.rs` (feature `python`) is the
-//! only part that knows about Python.
+//! only part that knows about Python. Its layers are folders, and imports
+//! point down this map, never back up (no two files import each other;
+//! docs/design.md, "Layers"):
 //!
-//! - [`lstm`]: a whole sequence, one layer and direction (the public entry points)
-//! - [`step`]: the fused recurrent kernels the time loop runs
-//! - [`simd`]: vectors per ISA, run-time dispatch, activation functions
-//! - [`gemm`], [`pack`]: the large products and the weight layouts
-//! - [`threads`]: the pool, [`error`]: the error type
+//! ```text
+//! the public sequence API
+//!   lstm.rs           forward(), backward(): one layer, one direction, a whole sequence
+//!   check.rs          the checks of their arguments
+//!   sequence.rs       what a pass takes and gives: Dims, Sequence, Cache, Outputs, ...
+//! kernels/          what one thread computes
+//!   forward_step.rs   one chunk's forward time loop, fused with the gate math
+//!   backward_step.rs  one chunk's backward time loop, fused with the derivatives
+//!   microkernel.rs    the register tiles: mrx4v, rows_x4v_kblocked, row_x8v
+//!   gemm.rs           the large products, split by rows
+//!   pack.rs           the weight layouts
+//!   layout.rs         where every (step, row) lives
+//! parallel/         how threads share a call
+//!   split.rs          batch or hidden split, chunks of rows, running the members
+//!   barrier.rs        the barrier a team meets at every step, team health
+//!   pool.rs           the rayon pool and its team lock (Workers), thread count
+//! float.rs          Float: SimdElement + cache padding + the GEMM routine
+//! simd/             which instructions run
+//!   isa.rs            Isa, detection, the active ISA, Kernel + dispatch
+//!   activation.rs     exp, sigmoid, tanh
+//!   element.rs        f32 and f64: activation constants, vector type per ISA
+//!   scalar.rs avx2.rs avx512.rs   the vectors of each ISA
+//!   vector.rs         the Simd and SimdElement traits, partial loads/stores
+//! tuning.rs         every tuning constant, with its reason
+//! setting.rs        a choice among an enum's values read once from the environment
+//! error.rs          Error, Result
+//! ```
+//!
+//! `parallel/` sits below `kernels/` although it decides more: a kernel meets
+//! its team at parallel's barrier and a large product asks whether it runs in
+//! the pool, while `parallel/` runs any closure and knows no kernel.
 
+pub mod check;
 pub mod error;
 pub mod float;
-pub mod gemm;
-pub mod kernel;
+pub mod kernels;
 pub mod lstm;
-pub mod pack;
+pub mod parallel;
+pub mod sequence;
+pub mod setting;
 pub mod simd;
-pub mod step;
-pub mod threads;
+pub mod tuning;
 
 #[cfg(feature = "python")]
 mod python;
@@ -27,9 +56,8 @@ mod tests;
 
 pub use error::{Error, Result};
 pub use float::Float;
-pub use lstm::{
-    backward, forward, hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence,
-};
-pub use lstm::{force_split, ForcedSplit};
+pub use lstm::{backward, forward};
+pub use parallel::pool::{forget_pool_after_fork, num_threads, set_num_threads};
+pub use parallel::split::{force_split, ForcedSplit};
+pub use sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 pub use simd::Isa;
-pub use threads::{forget_pool_after_fork, num_threads, set_num_threads};

@@ -3,10 +3,10 @@
 //! argument checks.
 
 use crate::simd::{self, Isa, Kernel, Simd};
+use crate::ForcedSplit;
 use crate::{
     backward, forward, hidden_pad, Cache, CacheRef, Dims, Float, Grads, Outputs, Seeds, Sequence,
 };
-use crate::ForcedSplit;
 use std::sync::Mutex;
 
 /// Tests that switch the global ISA or thread count must not interleave.
@@ -31,7 +31,7 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------
-// The oracle: SPEC.md §1 written as plain loops in f64.
+// The oracle: the equations of docs/api.md, "The math", as plain loops in f64.
 // ---------------------------------------------------------------------------
 
 struct Problem {
@@ -109,7 +109,7 @@ impl Problem {
         }
     }
 
-    #[allow(clippy::needless_range_loop)] // index form mirrors SPEC.md's formulas
+    #[allow(clippy::needless_range_loop)] // index form mirrors the equations
     fn oracle(&self) -> Results {
         let Dims {
             steps,
@@ -358,13 +358,13 @@ const SHAPES: [(usize, usize, usize, usize); 10] = [
 fn engine_matches_oracle_on_every_isa() {
     let _g = lock();
     let mut seed = 0;
-    crate::threads::set_num_threads(2).unwrap();
+    crate::set_num_threads(2).unwrap();
     for (isa, split) in Isa::available()
         .into_iter()
         .flat_map(|isa| [(isa, ForcedSplit::Choose), (isa, ForcedSplit::Hidden)])
     {
-        simd::set_active(isa).unwrap();
-        crate::lstm::force_split(split);
+        isa.set_active().unwrap();
+        crate::force_split(split);
         for &(steps, batch, input, hidden) in &SHAPES {
             for variant in 0..16u32 {
                 seed += 1;
@@ -396,8 +396,8 @@ fn engine_matches_oracle_on_every_isa() {
             }
         }
     }
-    simd::set_active(*Isa::available().last().unwrap()).unwrap();
-    crate::lstm::force_split(ForcedSplit::Choose);
+    Isa::available().last().unwrap().set_active().unwrap();
+    crate::force_split(ForcedSplit::Choose);
 }
 
 #[test]
@@ -423,12 +423,12 @@ fn results_do_not_depend_on_thread_count_or_split() {
             true,
             true,
         );
-        crate::threads::set_num_threads(1).unwrap();
+        crate::set_num_threads(1).unwrap();
         let one = bits(&p.engine::<f32>());
         for split in [ForcedSplit::Batch, ForcedSplit::Hidden, ForcedSplit::Choose] {
-            crate::lstm::force_split(split);
+            crate::force_split(split);
             for n in [2, 3, 5] {
-                crate::threads::set_num_threads(n).unwrap();
+                crate::set_num_threads(n).unwrap();
                 assert!(
                     bits(&p.engine::<f32>()) == one,
                     "B={batch} H={hidden}: split {split:?} on {n} threads differs from 1 thread"
@@ -436,7 +436,7 @@ fn results_do_not_depend_on_thread_count_or_split() {
             }
         }
     }
-    crate::threads::set_num_threads(2).unwrap();
+    crate::set_num_threads(2).unwrap();
 }
 
 // ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Simd;
+use super::vector::Simd;
 
 #[derive(Clone, Copy, Debug)]
 pub struct F32x8(__m256);

@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use super::Simd;
+use super::vector::Simd;
 
 /// A single `f32` or `f64` posing as a one-lane vector.
 #[derive(Clone, Copy, Debug)]

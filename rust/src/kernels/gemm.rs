@@ -9,6 +9,8 @@
 use rayon::prelude::*;
 
 use crate::float::Float;
+use crate::parallel::pool::in_pool;
+use crate::tuning::{GEMM_MIN_ROWS_PER_TASK, GEMM_ROW_MULTIPLE};
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy)]
@@ -40,9 +42,6 @@ impl<'a, E> Mat<'a, E> {
     }
 }
 
-/// Rows of C handed to one task: enough that packing B is amortised.
-const MIN_ROWS_PER_TASK: usize = 32;
-
 /// `C = A·B`, or `C += A·B` with `accumulate`; C is row-major with rows `ldc`
 /// apart. Inside a rayon pool (`ThreadPool::install`) the rows are shared among
 /// its threads; outside one it runs on the calling thread alone.
@@ -69,13 +68,13 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
         return;
     }
     let beta = if accumulate { E::ONE } else { E::ZERO };
-    let threads = if crate::threads::in_pool() {
+    let threads = if in_pool() {
         rayon::current_num_threads()
     } else {
         1
     };
-    let tasks = threads.min(m.div_ceil(MIN_ROWS_PER_TASK)).max(1);
-    let rows_per_task = m.div_ceil(tasks).next_multiple_of(8);
+    let tasks = threads.min(m.div_ceil(GEMM_MIN_ROWS_PER_TASK)).max(1);
+    let rows_per_task = m.div_ceil(tasks).next_multiple_of(GEMM_ROW_MULTIPLE);
     let c = &mut c[..(m - 1) * ldc + n];
     c.par_chunks_mut(rows_per_task * ldc)
         .enumerate()

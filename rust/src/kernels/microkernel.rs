@@ -1,27 +1,33 @@
-//! The micro-kernel every product runs on: MR rows of A times one packed panel
-//! of B four vectors wide, accumulated in registers; plus the partial loads and
-//! stores for the ragged edges. Written once over `Simd`.
+//! The register tiles every recurrent product runs on, named by shape the way
+//! BLIS names its kernels (`mrx4v`: MR rows of A by 4 vectors of B): rows of A
+//! broadcast one element at a time against one packed panel of B, four vectors
+//! wide, accumulated in registers. Written once over [`Simd`].
+//!
+//! Each output is one FMA chain in k order, whatever the shape, so grouping
+//! rows or blocking depth differently (other chunks, other thread counts) never
+//! changes a result.
 
-use crate::float::Float;
-use crate::simd::Simd;
+use crate::simd::{Simd, SimdElement};
+use crate::tuning::{L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS};
 
 /// Runs `body::<MR>(first_slot)` over `count` slots in groups of the largest MR
-/// the ISA's register file holds (4 with 32 vector registers, else 2), then 1.
+/// the ISA's register file holds (see `tuning.rs`), then 1.
 macro_rules! for_row_groups {
     ($S:ty, $count:expr, |$r:ident, $mr:ident| $body:expr) => {{
         let count = $count;
         let mut $r = 0;
+        // 64-byte vectors: AVX-512, with 32 vector registers.
         if std::mem::size_of::<$S>() >= 64 {
-            while $r + 4 <= count {
-                const $mr: usize = 4;
+            while $r + MR_32_REGISTERS <= count {
+                const $mr: usize = MR_32_REGISTERS;
                 $body;
-                $r += 4;
+                $r += MR_32_REGISTERS;
             }
         }
-        while $r + 2 <= count {
-            const $mr: usize = 2;
+        while $r + MR_16_REGISTERS <= count {
+            const $mr: usize = MR_16_REGISTERS;
             $body;
-            $r += 2;
+            $r += MR_16_REGISTERS;
         }
         while $r < count {
             const $mr: usize = 1;
@@ -31,21 +37,17 @@ macro_rules! for_row_groups {
     }};
 }
 
-// ---------------------------------------------------------------------------
-
-/// `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k][v·LANES..]` for MR rows and 4
-/// vectors, continuing each output's FMA chain in k order.
+/// MR × 4v, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k][v·LANES..]`
+/// for MR rows and 4 vectors, continuing each output's FMA chain in k order.
 ///
-/// Each output is one FMA chain in k order, whatever MR is, and a chain split
-/// over several calls (depth blocks, accumulators stored in between) gives the
-/// same bits as one call: grouping rows or blocking depth differently (other
-/// chunks, other thread counts) never changes a result.
+/// A chain split over several calls (depth blocks, accumulators stored in
+/// between) gives the same bits as one call.
 ///
 /// # Safety
 /// `a[r]` readable at every multiple of `a_cs` below `depth · a_cs`; `panel`
 /// readable for `depth · 4 · LANES` elements.
 #[inline(always)]
-pub unsafe fn tile_into<S: Simd, const MR: usize>(
+pub unsafe fn mrx4v_accumulate<S: Simd, const MR: usize>(
     acc: &mut [[S; 4]; MR],
     a: [*const S::E; MR],
     a_cs: usize,
@@ -76,12 +78,12 @@ pub unsafe fn tile_into<S: Simd, const MR: usize>(
     *acc = local;
 }
 
-/// [`tile_into`] from zero.
+/// MR × 4v from zero: [`mrx4v_accumulate`] into fresh accumulators.
 ///
 /// # Safety
-/// As for [`tile_into`].
+/// As for [`mrx4v_accumulate`].
 #[inline(always)]
-pub unsafe fn tile<S: Simd, const MR: usize>(
+pub unsafe fn mrx4v<S: Simd, const MR: usize>(
     a: [*const S::E; MR],
     a_cs: usize,
     depth: usize,
@@ -89,26 +91,26 @@ pub unsafe fn tile<S: Simd, const MR: usize>(
 ) -> [[S; 4]; MR] {
     let mut acc = [[S::splat(S::E::ZERO); 4]; MR];
     // SAFETY: forwarded from the caller.
-    unsafe { tile_into(&mut acc, a, a_cs, depth, panel) };
+    unsafe { mrx4v_accumulate(&mut acc, a, a_cs, depth, panel) };
     acc
 }
 
-/// Depth of a panel slice that stays in L1 (24 KiB: half of L1d, the rest for
-/// the rows of A and the accumulators) while every row group runs over it.
+/// Depth of a panel slice (4 vectors wide) that fits [`L1_PANEL_BYTES`].
 #[inline(always)]
 pub fn l1_depth<S: Simd>() -> usize {
-    (24 * 1024 / (4 * S::LANES * std::mem::size_of::<S::E>())).max(16)
+    (L1_PANEL_BYTES / (4 * S::LANES * std::mem::size_of::<S::E>())).max(MIN_PANEL_DEPTH)
 }
 
-/// Products of `rows` rows of A with one panel, depth-blocked so the panel slice
-/// is read from L2 once per block rather than once per row group; results go
-/// to `out[row]` (4 vectors each).
+/// `rows` × 4v, depth-blocked: the products of `rows` contiguous rows of A
+/// with one panel, in blocks of [`l1_depth`] so the panel slice is read from L2
+/// once per block rather than once per row group; row r's result goes to
+/// `out[r]` (4 vectors each).
 ///
 /// # Safety
 /// `row_ptr(r)` readable for `depth` elements (column stride 1) for r < rows;
 /// `panel` for `depth · 4 · LANES`; `out` holds at least `rows` entries.
 #[inline(always)]
-pub unsafe fn panel_product<S: Simd>(
+pub unsafe fn rows_x4v_kblocked<S: Simd>(
     rows: usize,
     row_ptr: impl Fn(usize) -> *const S::E,
     depth: usize,
@@ -126,59 +128,21 @@ pub unsafe fn panel_product<S: Simd>(
             let a: [*const S::E; MR] = std::array::from_fn(|i| row_ptr(r + i).wrapping_add(k0));
             // SAFETY: rows r..r+MR < rows and k0 + kd ≤ depth: inside the
             // caller's regions.
-            unsafe { tile_into::<S, MR>(&mut acc, a, 1, kd, panel.add(k0 * 4 * w)) };
+            unsafe { mrx4v_accumulate::<S, MR>(&mut acc, a, 1, kd, panel.add(k0 * 4 * w)) };
             out[r..r + MR].copy_from_slice(&acc);
         });
     }
 }
 
-/// Loads `n` (≤ LANES) elements, zero-filling the rest.
+/// 1 × 8v: one row against two panels at once, eight independent FMA chains
+/// instead of four, enough to hide FMA latency when a step has a single row
+/// (batch 1). Each output is the same chain as in [`mrx4v`], so results are
+/// bitwise those of two `mrx4v::<S, 1>` calls.
 ///
 /// # Safety
-/// `p` readable for `min(n, LANES)` elements.
+/// As for [`mrx4v`], for both panels.
 #[inline(always)]
-pub unsafe fn load_n<S: Simd>(p: *const S::E, n: usize) -> S {
-    if n >= S::LANES {
-        // SAFETY: n ≥ LANES elements are readable.
-        unsafe { S::load(p) }
-    } else {
-        let mut tmp = [S::E::ZERO; 16];
-        // SAFETY: n < LANES ≤ 16 elements are readable at p and fit in tmp.
-        unsafe {
-            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), n);
-            S::load(tmp.as_ptr())
-        }
-    }
-}
-
-/// Stores the first `n` (≤ LANES) lanes.
-///
-/// # Safety
-/// `p` writable for `min(n, LANES)` elements.
-#[inline(always)]
-pub unsafe fn store_n<S: Simd>(v: S, p: *mut S::E, n: usize) {
-    if n >= S::LANES {
-        // SAFETY: n ≥ LANES elements are writable.
-        unsafe { v.store(p) }
-    } else if n > 0 {
-        let mut tmp = [S::E::ZERO; 16];
-        // SAFETY: LANES ≤ 16 fit in tmp; n < LANES elements are writable at p.
-        unsafe {
-            v.store(tmp.as_mut_ptr());
-            std::ptr::copy_nonoverlapping(tmp.as_ptr(), p, n);
-        }
-    }
-}
-
-/// [`tile`] for one row against two panels at once: eight independent FMA
-/// chains instead of four, enough to hide FMA latency when a step has a single
-/// row (batch 1). Each output is the same chain as in `tile`, so results are
-/// bitwise those of two `tile::<S, 1>` calls.
-///
-/// # Safety
-/// As for [`tile`], for both panels.
-#[inline(always)]
-pub unsafe fn tile_pair<S: Simd>(
+pub unsafe fn row_x8v<S: Simd>(
     a: *const S::E,
     a_cs: usize,
     depth: usize,

@@ -1,25 +1,30 @@
-"""Timing helpers and peer runners shared by ``python -m lstm_fast``, ``benches/``
-and ``scripts/``.
+"""The timing harness of ``python -m lstm_fast bench``, ``benches/`` and ``scripts/``.
 
-Nothing here is public API. The peers (PyTorch, ONNX Runtime) are imported only
-inside the function that builds their runner, so they are never a runtime
-dependency of ``lstm_fast``: :func:`make_runner` raises :class:`PeerUnavailable`
-when a peer cannot be imported.
+It defines the standard shapes (:data:`SHAPES`), builds one problem per shape
+(:func:`make_problem`), wraps each implementation in a :class:`Runner` and times
+callables (:func:`time_calls`, :func:`time_interleaved`). It is a tool for
+measuring lstm_fast, not part of the LSTM API (docs/api.md), and may change
+between versions. The peers (PyTorch, ONNX Runtime) are imported only inside the
+function that builds their runner, so they are never a runtime dependency of
+``lstm_fast``: :func:`make_runner` raises :class:`PeerUnavailable` when a peer
+cannot be imported.
 
 Every implementation is given the same float32, time-major, one-layer problem
 (same weights, same input) and the same number of threads, and is timed the
 same way: one untimed warm-up call, then calls until ``repeats`` are done or a
 time budget is spent; the minimum is reported (the least disturbed run on a
-shared machine).
+shared machine). docs/design.md, 'Benchmarks', says how the numbers are read.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib
 import importlib.util
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -29,6 +34,7 @@ __all__ = [
     "IMPLS",
     "IMPL_LABELS",
     "PASSES",
+    "REFERENCE_SKIP",
     "SHAPES",
     "PeerUnavailable",
     "Problem",
@@ -38,9 +44,11 @@ __all__ = [
     "flop",
     "make_problem",
     "make_runner",
+    "make_runners",
     "missing_modules",
     "parse_shapes",
     "peer_versions",
+    "positive_int",
     "sgemm_gflops",
     "time_calls",
     "time_interleaved",
@@ -48,7 +56,7 @@ __all__ = [
 
 
 class Shape(NamedTuple):
-    """One benchmark problem size (PERFORMANCE.md): batch B, steps T, input I, hidden H."""
+    """One benchmark problem size: batch B, steps T, input I, hidden H."""
 
     name: str
     batch: int
@@ -60,6 +68,13 @@ class Shape(NamedTuple):
         return f"B={self.batch} T={self.steps} I={self.input_size} H={self.hidden_size}"
 
 
+# The standard shapes, float32, time-major, one layer. They are a floor, not the
+# whole picture (wide inputs with small hidden sizes, long sequences, stacks,
+# both directions, ragged batches and streaming matter too):
+#   S   B=1   T=100 I=128  H=128   streaming / latency, one sequence
+#   M   B=16  T=100 I=256  H=256   small-batch training
+#   L   B=64  T=100 I=512  H=512   a typical training batch
+#   XL  B=128 T=50  I=1024 H=1024  large, bound by the matrix products
 SHAPES: dict[str, Shape] = {
     s.name: s
     for s in (
@@ -69,6 +84,9 @@ SHAPES: dict[str, Shape] = {
         Shape("XL", 128, 50, 1024, 1024),
     )
 }
+
+# At these shapes the NumPy reference is too slow to be worth waiting for.
+REFERENCE_SKIP = frozenset({"XL"})
 
 PASSES = ("fwd", "fwd+bwd")
 
@@ -94,9 +112,19 @@ def parse_shapes(text: str) -> list[Shape]:
     return [SHAPES[n] for n in names]
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type for counts (threads, repeats, sizes): an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def flop(shape: Shape, pass_: str) -> float:
-    """Floating-point operations of one call: forward ``2·T·B·4H·(I+H)``,
-    forward+backward three times that (PERFORMANCE.md)."""
+    """Floating-point operations of one call: forward ``2·T·B·4H·(I+H)`` (the
+    products with ``w_ih`` and ``w_hh``), forward+backward three times that (the
+    backward repeats that work twice: once for the gradients of x and h, once
+    for those of the weights)."""
     B, T, I, H = shape.batch, shape.steps, shape.input_size, shape.hidden_size
     forward = 2.0 * T * B * 4 * H * (I + H)
     if pass_ == "fwd":
@@ -302,6 +330,23 @@ def make_runner(impl: str, problem: Problem, threads: int) -> Runner:
     except KeyError:
         raise ValueError(f"unknown implementation {impl!r}; choose from {IMPLS}") from None
     return factory(problem, threads)
+
+
+def make_runners(
+    problem: Problem, impls: Iterable[str], threads: int
+) -> tuple[dict[str, Runner], dict[str, str]]:
+    """The runners of ``impls`` on ``problem``, without the reference at the shapes
+    of :data:`REFERENCE_SKIP`; and, for each peer that is not importable, why."""
+    runners: dict[str, Runner] = {}
+    unavailable: dict[str, str] = {}
+    for impl in impls:
+        if impl == "reference" and problem.shape.name in REFERENCE_SKIP:
+            continue
+        try:
+            runners[impl] = make_runner(impl, problem, threads)
+        except PeerUnavailable as exc:
+            unavailable[impl] = str(exc)
+    return runners, unavailable
 
 
 def peer_versions() -> dict[str, str]:

@@ -1,0 +1,75 @@
+"""The argument bundles of the compiled engine's two passes.
+
+``_core.forward(seq, out, cache)`` and ``_core.backward(seq, cache, seeds,
+grads)`` take objects, not positions: rust/src/python.rs reads each field below
+as an attribute of its bundle, by name, into the engine's structs of the same
+names (``Sequence``, ``Outputs``, ``Cache``, ``Seeds``, ``Grads``). Every array
+is C-contiguous, aligned and of one dtype, float32 or float64, which
+``seq.x`` decides; the engine writes the outputs in place.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+
+class Sequence(Protocol):
+    """One checked sequence pass, as ``functional._Args`` holds it: ``x`` (T, B,
+    I), or (B, T, I) with ``batch_first``; ``w_ih`` (4H, I); ``w_hh`` (4H, H);
+    ``bias`` (4H,) = b_ih + b_hh; ``h0``, ``c0`` (B, H); ``lengths`` int64 (B,)."""
+
+    x: np.ndarray
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    bias: np.ndarray | None
+    h0: np.ndarray | None
+    c0: np.ndarray | None
+    lengths: np.ndarray | None
+    batch_first: bool
+    reverse: bool
+    steps: int
+    batch: int
+    input: int
+    hidden: int
+
+
+class Outputs(NamedTuple):
+    """What forward writes: ``y`` like x with last dimension H; ``h_n``, ``c_n`` (B, H)."""
+
+    y: np.ndarray
+    h_n: np.ndarray
+    c_n: np.ndarray
+
+
+class CacheArrays(NamedTuple):
+    """What forward writes for backward, rows ordered like x: the activated
+    gates (T*B, 4*Hp) in blocks i, f, g, o; cells and h_prev (T*B, Hp), with
+    Hp = ``_core.hidden_pad(H, itemsize)``."""
+
+    gates: np.ndarray
+    cells: np.ndarray
+    h_prev: np.ndarray
+
+
+class Seeds(NamedTuple):
+    """Gradients of the loss with respect to the outputs; None means zeros."""
+
+    dy: np.ndarray | None
+    dh_n: np.ndarray | None
+    dc_n: np.ndarray | None
+
+
+class Grads(NamedTuple):
+    """What backward writes, each shaped like its variable; ``db`` (4H,) is the
+    gradient of both biases (None: not wanted); ``scratch`` (T*B, 4*Hp), any
+    contents, holds the gate gradients (None: the engine allocates them)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db: np.ndarray | None
+    scratch: np.ndarray | None

@@ -1,0 +1,137 @@
+//! The checks of every argument of a pass, all made before any work starts:
+//! sizes that overflow the address space are `Error::TooLarge`, every other
+//! mismatch `Error::Value`, each naming the argument (docs/api.md, "Bad input").
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
+
+fn product(name: &str, factors: &[usize]) -> Result<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+        .filter(|&n| n <= isize::MAX as usize / 8)
+        .ok_or_else(|| {
+            Error::TooLarge(format!(
+                "{name}: size {factors:?} overflows the address space"
+            ))
+        })
+}
+
+fn expect_len(name: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Value(format!(
+            "{name}: expected {want} elements, got {got}"
+        )));
+    }
+    Ok(())
+}
+
+fn expect_opt(name: &str, got: Option<usize>, want: usize) -> Result<()> {
+    got.map_or(Ok(()), |got| expect_len(name, got, want))
+}
+
+impl<E: Float> Sequence<'_, E> {
+    fn rows(&self) -> Result<usize> {
+        product("x", &[self.dims.steps, self.dims.batch])
+    }
+
+    fn check(&self) -> Result<()> {
+        let Dims {
+            steps,
+            batch,
+            input,
+            hidden,
+        } = self.dims;
+        if hidden == 0 {
+            return Err(Error::Value("hidden_size must be at least 1".into()));
+        }
+        let rows = self.rows()?;
+        product("cache", &[rows, 4, hidden_pad::<E>(hidden)])?;
+        expect_len("x", self.x.len(), product("x", &[rows, input])?)?;
+        expect_len(
+            "w_ih",
+            self.w_ih.len(),
+            product("w_ih", &[4, hidden, input])?,
+        )?;
+        expect_len(
+            "w_hh",
+            self.w_hh.len(),
+            product("w_hh", &[4, hidden, hidden])?,
+        )?;
+        expect_opt("bias", self.bias.map(<[E]>::len), 4 * hidden)?;
+        let state = product("h0", &[batch, hidden])?;
+        expect_opt("h0", self.h0.map(<[E]>::len), state)?;
+        expect_opt("c0", self.c0.map(<[E]>::len), state)?;
+        if let Some(lengths) = self.lengths {
+            expect_len("lengths", lengths.len(), batch)?;
+            if let Some((b, &len)) = lengths.iter().enumerate().find(|&(_, &len)| len > steps) {
+                return Err(Error::Value(format!(
+                    "lengths[{b}] = {len} is out of range: lengths must lie in [0, T] = [0, {steps}]"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cache of `rows` rows: lengths of (gates, cells, h_prev).
+fn expect_cache(rows: usize, hp: usize, [gates, cells, h_prev]: [usize; 3]) -> Result<()> {
+    expect_len("cache gates", gates, rows * 4 * hp)?;
+    expect_len("cache cells", cells, rows * hp)?;
+    expect_len("cache h_prev", h_prev, rows * hp)
+}
+
+/// Checks the arguments of `forward`; returns the number of rows, T·B.
+pub fn forward_args<E: Float>(
+    seq: &Sequence<'_, E>,
+    out: &Outputs<'_, E>,
+    cache: Option<&Cache<'_, E>>,
+) -> Result<usize> {
+    seq.check()?;
+    let Dims { batch, hidden, .. } = seq.dims;
+    let rows = seq.rows()?;
+    expect_len("y", out.y.len(), rows * hidden)?;
+    expect_len("h_n", out.h_n.len(), batch * hidden)?;
+    expect_len("c_n", out.c_n.len(), batch * hidden)?;
+    if let Some(c) = cache {
+        let lens = [c.gates.len(), c.cells.len(), c.h_prev.len()];
+        expect_cache(rows, hidden_pad::<E>(hidden), lens)?;
+    }
+    Ok(rows)
+}
+
+/// Checks the arguments of `backward`; returns the number of rows, T·B.
+pub fn backward_args<E: Float>(
+    seq: &Sequence<'_, E>,
+    cache: &CacheRef<'_, E>,
+    seeds: &Seeds<'_, E>,
+    grads: &Grads<'_, E>,
+) -> Result<usize> {
+    seq.check()?;
+    let Dims {
+        batch,
+        input,
+        hidden,
+        ..
+    } = seq.dims;
+    let rows = seq.rows()?;
+    let hp = hidden_pad::<E>(hidden);
+    let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
+    expect_cache(rows, hp, lens)?;
+    expect_opt("dy", seeds.dy.map(<[E]>::len), rows * hidden)?;
+    expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * hidden)?;
+    expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
+    expect_len("dx", grads.dx.len(), rows * input)?;
+    expect_len("dh0", grads.dh0.len(), batch * hidden)?;
+    expect_len("dc0", grads.dc0.len(), batch * hidden)?;
+    expect_len("dw_ih", grads.dw_ih.len(), 4 * hidden * input)?;
+    expect_len("dw_hh", grads.dw_hh.len(), 4 * hidden * hidden)?;
+    expect_opt("db", grads.db.as_ref().map(|d| d.len()), 4 * hidden)?;
+    expect_opt(
+        "scratch",
+        grads.scratch.as_ref().map(|s| s.len()),
+        rows * 4 * hp,
+    )?;
+    Ok(rows)
+}

@@ -1,0 +1,249 @@
+//! The backward recurrence of one chunk of batch rows over all time steps,
+//! last step first: per step, the product of the next step's gate gradients
+//! with the packed `w_hh` (dh) fused with the gate derivatives, tile by tile;
+//! then dh0.
+//!
+//! One member of the chunk's team runs it over its range of tiles, meeting the
+//! others at a [`SpinBarrier`] after every step when there are others (see
+//! `mod.rs`).
+
+use std::ops::Range;
+
+use super::layout::{Geometry, SharedMut, Slots};
+use super::microkernel::{mrx4v, row_x8v, rows_x4v_kblocked};
+use crate::float::Float;
+use crate::parallel::barrier::SpinBarrier;
+use crate::simd::{self, load_n, store_n, Kernel, Simd};
+
+/// A chunk's backward state, slots × Hp each, shared by its team: the dh_n seed
+/// of each row's last step, the running dc, and c0 (c_prev of a first step).
+#[derive(Clone, Copy)]
+pub struct BackwardState<E> {
+    pub dh_seed: SharedMut<E>,
+    pub dc: SharedMut<E>,
+    pub c_first: SharedMut<E>,
+}
+
+/// One member's share of a chunk's backward recurrence.
+pub struct BackwardChunk<'a, E> {
+    pub geo: Geometry,
+    pub slots: Slots<'a>,
+    /// The forward cache, (T·B) × 4Hp and (T·B) × Hp, caller's layout.
+    pub gates: &'a [E],
+    pub cells: &'a [E],
+    /// `pack::backward_panels` for this ISA's lane count.
+    pub panels: &'a [E],
+    /// (T·B) × H, caller's layout, or None for zeros.
+    pub dy: Option<&'a [E]>,
+    pub state: BackwardState<E>,
+    /// (T·B) × 4Hp gate gradients (written; this chunk's rows, member's units).
+    pub da: SharedMut<E>,
+    /// B × H (written; this chunk's rows, member's units).
+    pub dh0: SharedMut<E>,
+    /// Tiles (of 4·LANES hidden units) this member computes.
+    pub tiles: Range<usize>,
+    pub barrier: Option<&'a SpinBarrier>,
+}
+
+impl<E: Float> BackwardChunk<'_, E> {
+    /// dh flowing into iteration `s` for one slot and tile: da_{s+1}·w_hh for
+    /// rows that ran at s + 1, else the slot's dh_n seed.
+    ///
+    /// # Safety
+    /// As for `finish`; `panel` is tile `tile`'s panel.
+    #[inline(always)]
+    unsafe fn seed<S: Simd<E = E>>(&self, slot: usize, tile: usize) -> [S; 4] {
+        let hp = self.geo.hidden_pad;
+        let u0 = tile * 4 * S::LANES;
+        std::array::from_fn(|v| {
+            // Lanes past hp are never used (the epilogue stops there).
+            let u = (u0 + v * S::LANES).min(hp - S::LANES);
+            // SAFETY: u + LANES ≤ hp inside this slot's seed.
+            unsafe { S::load(self.state.dh_seed.0.add(slot * hp + u)) }
+        })
+    }
+
+    /// Gate derivatives for one slot and tile from the incoming `dh`, writing
+    /// da for iteration `s` and updating dc.
+    ///
+    /// # Safety
+    /// `slot` < slots; `tile` < tiles; no other thread touches this slot's units
+    /// of this tile.
+    #[inline(always)]
+    unsafe fn finish<S: Simd<E = E>>(&self, s: usize, slot: usize, tile: usize, acc: [S; 4]) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let depth = 4 * hp;
+        let one = S::splat(E::ONE);
+        let b = self.slots.rows[slot];
+        let len = self.slots.lens[slot];
+        let row = geo.row(geo.pos(s, len), b);
+        let prev_row = (s > 0).then(|| geo.row(geo.pos(s - 1, len), b));
+        for (v, &acc_v) in acc.iter().enumerate() {
+            let u = tile * 4 * w + v * w;
+            if u >= hp {
+                break;
+            }
+            // SAFETY: row, prev_row < T·B and u + w ≤ hp: all cache, da and state
+            // accesses are in bounds; dy gets only its real lanes. These units
+            // of this slot belong to this member alone.
+            unsafe {
+                let mut dh = acc_v;
+                if let Some(dy) = self.dy {
+                    dh = dh.add(load_n(
+                        dy.as_ptr().add(row * h + u.min(h)),
+                        h.saturating_sub(u).min(w),
+                    ));
+                }
+                let gp = self.gates.as_ptr().add(row * depth + u);
+                let (ig, fg, gg, og) = (
+                    S::load(gp),
+                    S::load(gp.add(hp)),
+                    S::load(gp.add(2 * hp)),
+                    S::load(gp.add(3 * hp)),
+                );
+                let c = S::load(self.cells.as_ptr().add(row * hp + u));
+                let c_prev = match prev_row {
+                    Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
+                    None => S::load(self.state.c_first.0.add(slot * hp + u)),
+                };
+                let tc = simd::tanh(c);
+                let dc_ptr = self.state.dc.0.add(slot * hp + u);
+                // dc = dc_next + dh·o·(1 − tanh²c)
+                let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(S::load(dc_ptr));
+                let da_o = dh.mul(tc).mul(og).mul(one.sub(og));
+                let da_i = dc.mul(gg).mul(ig).mul(one.sub(ig));
+                let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
+                let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
+                dc.mul(fg).store(dc_ptr);
+                // Padded units carry no weight, but their gates see 0·inf = NaN
+                // when h holds an infinity; their da must be exactly zero so
+                // that nothing reaches the real units through the products.
+                let [da_i, da_f, da_g, da_o] = if u + w > h {
+                    let real = S::splat(E::from_f64(h.saturating_sub(u) as f64));
+                    let index: [E; 16] = std::array::from_fn(|i| E::from_f64(i as f64));
+                    let lane = S::load(index.as_ptr());
+                    [da_i, da_f, da_g, da_o].map(|d| lane.select_lt(real, d, S::splat(E::ZERO)))
+                } else {
+                    [da_i, da_f, da_g, da_o]
+                };
+                let dp = self.da.0.add(row * depth + u);
+                da_i.store(dp);
+                da_f.store(dp.add(hp));
+                da_g.store(dp.add(2 * hp));
+                da_o.store(dp.add(3 * hp));
+            }
+        }
+    }
+}
+
+impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let width = 4 * w;
+        let depth = 4 * hp;
+        let stride = depth * width; // one panel
+        let n_tiles = hp.div_ceil(width);
+        assert_eq!(
+            self.panels.len(),
+            n_tiles * stride,
+            "backward panels packed for another ISA"
+        );
+        assert!(self.tiles.end <= n_tiles);
+        let rows_total = geo.steps * geo.batch;
+        assert!(self.gates.len() >= rows_total * depth && self.cells.len() >= rows_total * hp);
+        let da_row = |slot: usize, s: usize| -> *const E {
+            let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+            // SAFETY: row < T·B; da holds (T·B) × depth elements.
+            unsafe { self.da.0.add(row * depth) }
+        };
+        let panel = |q: usize| self.panels[q * stride..].as_ptr();
+        let mut products = vec![[S::splat(E::ZERO); 4]; self.slots.rows.len()];
+
+        let mut prev_active = 0; // slots that ran at iteration s + 1
+        for s in (0..geo.steps).rev() {
+            let active = self.slots.active(s);
+            if active == 1 && prev_active == 1 {
+                // One row: latency-bound, so two panels at a time (8 chains).
+                let mut q = self.tiles.start;
+                while q < self.tiles.end {
+                    // SAFETY: slot 0's da row of iteration s + 1 is whole and
+                    // was finished before the barrier; panels hold depth ×
+                    // width (asserted); `finish` gets slot 0 and our tiles.
+                    unsafe {
+                        if q + 1 < self.tiles.end {
+                            let [acc0, acc1] =
+                                row_x8v::<S>(da_row(0, s + 1), 1, depth, [panel(q), panel(q + 1)]);
+                            self.finish::<S>(s, 0, q, acc0);
+                            self.finish::<S>(s, 0, q + 1, acc1);
+                            q += 2;
+                        } else {
+                            self.finish::<S>(
+                                s,
+                                0,
+                                q,
+                                mrx4v::<S, 1>([da_row(0, s + 1)], 1, depth, panel(q))[0],
+                            );
+                            q += 1;
+                        }
+                    }
+                }
+            } else {
+                for q in self.tiles.clone() {
+                    // SAFETY: rows that ran at s + 1 have whole da rows,
+                    // finished before the barrier; the others start from their
+                    // dh_n seed; `finish` gets running slots and our tiles.
+                    unsafe {
+                        rows_x4v_kblocked::<S>(
+                            prev_active,
+                            |r| da_row(r, s + 1),
+                            depth,
+                            panel(q),
+                            &mut products,
+                        );
+                        for (slot, &product) in products[..active].iter().enumerate() {
+                            let acc = if slot < prev_active {
+                                product
+                            } else {
+                                self.seed::<S>(slot, q)
+                            };
+                            self.finish::<S>(s, slot, q, acc);
+                        }
+                    }
+                }
+            }
+            if let Some(barrier) = self.barrier {
+                barrier.wait();
+            }
+            prev_active = active;
+        }
+
+        // dh0 = da of each row's first step · w_hh; the dh_n seed for empty rows.
+        for (slot, (&b, &len)) in self.slots.rows.iter().zip(self.slots.lens).enumerate() {
+            for t in self.tiles.clone() {
+                let u0 = t * width;
+                // SAFETY: dh0 is B × H; this member writes only its units of row
+                // b, whose chunk is this one; the da row and panel are whole.
+                unsafe {
+                    let acc = if len == 0 {
+                        self.seed::<S>(slot, t)
+                    } else {
+                        mrx4v::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0]
+                    };
+                    for (v, acc_v) in acc.into_iter().enumerate() {
+                        let u = u0 + v * w;
+                        store_n(
+                            acc_v,
+                            self.dh0.0.add(b * h + u.min(h)),
+                            h.saturating_sub(u).min(w),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The forward recurrence of one chunk of batch rows over all time steps: per
+//! step, the product of h with the packed `w_hh` fused with the gate math and
+//! the c/h update, tile by tile, so each tile of gates is finished while it is
+//! still in registers. The input projection `x·w_ihᵀ` runs inside the loop, a
+//! block of steps at a time.
+//!
+//! One member of the chunk's team runs it over its range of tiles, meeting the
+//! others at a [`SpinBarrier`] after every step when there are others (see
+//! `mod.rs`).
+
+use std::ops::Range;
+
+use super::layout::{Geometry, SharedMut, Slots};
+use super::microkernel::{mrx4v, row_x8v, rows_x4v_kblocked};
+use crate::float::Float;
+use crate::parallel::barrier::SpinBarrier;
+use crate::simd::{self, store_n, Kernel, Simd};
+use crate::tuning::PROJECTION_ROWS;
+
+/// Outputs of the forward pass for the whole batch (chunks write their rows).
+#[derive(Clone, Copy)]
+pub struct ForwardOut<E> {
+    /// (T·B) × H in the caller's layout.
+    pub y: SharedMut<E>,
+    /// Null without a cache; else (T·B) × 4Hp, × Hp, × Hp in the caller's layout.
+    pub gates: SharedMut<E>,
+    pub cells: SharedMut<E>,
+    pub h_prev: SharedMut<E>,
+}
+
+/// A chunk's running state, slots × Hp each, shared by the chunk's team: two h
+/// buffers (every tile reads the old h while the new one is written) and c.
+/// Slot r's h after iteration s is in `h[(s + 1) % 2]`; h0 goes in `h[0]`.
+#[derive(Clone, Copy)]
+pub struct ForwardState<E> {
+    pub h: [SharedMut<E>; 2],
+    pub c: SharedMut<E>,
+}
+
+/// One member's share of a chunk's forward recurrence: its tiles of hidden
+/// units, for every slot and step.
+pub struct ForwardChunk<'a, E> {
+    pub geo: Geometry,
+    pub slots: Slots<'a>,
+    /// (T·B) × I in the caller's layout, and `w_ih` (4H × I): each member
+    /// projects its own units, a block of steps at a time (see `run`).
+    pub x: &'a [E],
+    pub input: usize,
+    pub w_ih: &'a [E],
+    /// 4Hp.
+    pub bias: &'a [E],
+    /// `pack::forward_panels` for this ISA's lane count.
+    pub panels: &'a [E],
+    pub state: ForwardState<E>,
+    pub out: ForwardOut<E>,
+    /// Tiles (of LANES hidden units) this member computes.
+    pub tiles: Range<usize>,
+    /// Met after every step when the team has more than one member.
+    pub barrier: Option<&'a SpinBarrier>,
+}
+
+impl<E: Float> ForwardChunk<'_, E> {
+    /// Gate math, c/h update and stores for one slot and one tile, given the
+    /// tile's recurrent products `acc` (gates i, f, g, o).
+    ///
+    /// # Safety
+    /// `slot` < slots, `tile` < Hp / LANES, the state and output pointers as
+    /// documented on their types, and no other thread touching this slot's
+    /// units of this tile.
+    #[inline(always)]
+    unsafe fn finish<S: Simd<E = E>>(
+        &self,
+        s: usize,
+        slot: usize,
+        tile: usize,
+        acc: [S; 4],
+        xw: &Projection<E>,
+    ) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let u0 = tile * w;
+        let b = self.slots.rows[slot];
+        let row = geo.row(geo.pos(s, self.slots.lens[slot]), b);
+        let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
+        let out = self.out;
+        // SAFETY: row < T·B and u0 + w ≤ hp: every padded access is inside the
+        // projection block, bias, the state (slots × Hp) and the caches; y gets
+        // only its real lanes. This slot's units of this tile are written by
+        // this member only.
+        unsafe {
+            let (xw, xw_stride) = (xw.at(s, slot, u0), xw.units);
+            let bias = self.bias.as_ptr().add(u0);
+            let pre = |g: usize| {
+                acc[g]
+                    .add(S::load(xw.add(g * xw_stride)))
+                    .add(S::load(bias.add(g * hp)))
+            };
+            let ig = simd::sigmoid(pre(0));
+            let fg = simd::sigmoid(pre(1));
+            let gg = simd::tanh(pre(2));
+            let og = simd::sigmoid(pre(3));
+            let c_ptr = self.state.c.0.add(slot * hp + u0);
+            let c_new = fg.mul_add(S::load(c_ptr), ig.mul(gg));
+            let h_new = og.mul(simd::tanh(c_new));
+            c_new.store(c_ptr);
+            h_new.store(next.add(slot * hp + u0));
+            store_n(
+                h_new,
+                out.y.0.add(row * h + u0.min(h)),
+                h.saturating_sub(u0).min(w),
+            );
+            if !out.gates.0.is_null() {
+                let gp = out.gates.0.add(row * 4 * hp + u0);
+                ig.store(gp);
+                fg.store(gp.add(hp));
+                gg.store(gp.add(2 * hp));
+                og.store(gp.add(3 * hp));
+                c_new.store(out.cells.0.add(row * hp + u0));
+                S::load(cur.add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
+            }
+        }
+    }
+}
+
+/// A member's input projection for a block of steps: `x·w_ihᵀ` for its own
+/// hidden units only, rows (step in block, slot), columns (gate, unit).
+struct Projection<E> {
+    data: Vec<E>,
+    /// Gathered input rows, (steps in block · slots) × I.
+    rows: Vec<E>,
+    /// First step of the block, steps per block, slots, units of the member.
+    s0: usize,
+    steps: usize,
+    slots: usize,
+    first_unit: usize,
+    units: usize,
+}
+
+impl<E: Float> Projection<E> {
+    fn new(steps: usize, slots: usize, input: usize, units: std::ops::Range<usize>) -> Self {
+        let n = units.len();
+        Projection {
+            data: vec![E::ZERO; steps * slots * 4 * n],
+            rows: vec![E::ZERO; steps * slots * input],
+            s0: 0,
+            steps,
+            slots,
+            first_unit: units.start,
+            units: n,
+        }
+    }
+
+    /// Where gate i of hidden unit `unit` starts for (s, slot); gates are
+    /// `units` apart.
+    #[inline(always)]
+    fn at(&self, s: usize, slot: usize, unit: usize) -> *const E {
+        let row = (s - self.s0) * self.slots + slot;
+        self.data[row * 4 * self.units + unit - self.first_unit..].as_ptr()
+    }
+}
+
+impl<E: Float> ForwardChunk<'_, E> {
+    /// Fills `p` with the projection of steps s0.. for this member's units: the
+    /// input rows the running slots visit are gathered, then one product per
+    /// gate. Units past H stay zero.
+    fn project(&self, p: &mut Projection<E>, s0: usize) {
+        let (geo, input, h) = (self.geo, self.input, self.geo.hidden);
+        p.s0 = s0;
+        let s1 = (s0 + p.steps).min(geo.steps);
+        for s in s0..s1 {
+            for slot in 0..self.slots.active(s) {
+                let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+                let j = (s - s0) * p.slots + slot;
+                p.rows[j * input..][..input].copy_from_slice(&self.x[row * input..][..input]);
+            }
+        }
+        let real = p.first_unit..(p.first_unit + p.units).min(h);
+        if real.is_empty() {
+            return;
+        }
+        let m = (s1 - s0) * p.slots;
+        for gate in 0..4 {
+            let w = &self.w_ih[(gate * h + real.start) * input..][..real.len() * input];
+            let c = &mut p.data[gate * p.units + real.start - p.first_unit..];
+            assert!(m == 0 || (m - 1) * 4 * p.units + real.len() <= c.len());
+            // SAFETY: A is m rows of `input` in `rows` (m · input ≤ its length);
+            // B = the gate's w_ih rows of the real units, transposed (I × n),
+            // inside `w`; C rows are 4·units apart with n ≤ units columns, inside
+            // `c` (asserted); C is a separate allocation from A and B.
+            unsafe {
+                (E::GEMM)(
+                    m,
+                    input,
+                    real.len(),
+                    E::ONE,
+                    p.rows.as_ptr(),
+                    input as isize,
+                    1,
+                    w.as_ptr(),
+                    1,
+                    input as isize,
+                    E::ZERO,
+                    c.as_mut_ptr(),
+                    (4 * p.units) as isize,
+                    1,
+                );
+            }
+        }
+    }
+}
+
+impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let stride = h * 4 * w; // one panel
+        assert_eq!(
+            self.panels.len(),
+            hp / w * stride,
+            "forward panels packed for another ISA"
+        );
+        assert!(self.tiles.end <= hp / w && self.bias.len() == 4 * hp);
+        assert!(
+            self.x.len() == geo.steps * geo.batch * self.input
+                && self.w_ih.len() == 4 * h * self.input
+        );
+        let n_slots = self.slots.rows.len();
+        let block = (PROJECTION_ROWS / n_slots.max(1)).clamp(1, geo.steps.max(1));
+        let mut xw = Projection::new(
+            block,
+            n_slots,
+            self.input,
+            self.tiles.start * w..self.tiles.end * w,
+        );
+        let mut products = vec![[S::splat(E::ZERO); 4]; n_slots];
+
+        for s in 0..geo.steps {
+            let active = self.slots.active(s);
+            if active == 0 {
+                break;
+            }
+            if s % block == 0 {
+                self.project(&mut xw, s);
+            }
+            let cur = self.state.h[s % 2].0 as *const E;
+            let panel = |q: usize| self.panels[q * stride..].as_ptr();
+            if active == 1 {
+                // One row: latency-bound, so two panels at a time (8 chains).
+                let mut p = self.tiles.start;
+                while p < self.tiles.end {
+                    // SAFETY: slot 0's state row holds hp ≥ h elements; panels
+                    // hold h rows of 4·w (asserted); `finish` gets slot 0 and
+                    // tiles of this member.
+                    unsafe {
+                        if p + 1 < self.tiles.end {
+                            let [acc0, acc1] = row_x8v::<S>(cur, 1, h, [panel(p), panel(p + 1)]);
+                            self.finish::<S>(s, 0, p, acc0, &xw);
+                            self.finish::<S>(s, 0, p + 1, acc1, &xw);
+                            p += 2;
+                        } else {
+                            self.finish::<S>(s, 0, p, mrx4v::<S, 1>([cur], 1, h, panel(p))[0], &xw);
+                            p += 1;
+                        }
+                    }
+                }
+            } else {
+                for p in self.tiles.clone() {
+                    // SAFETY: as above, for every running slot.
+                    unsafe {
+                        rows_x4v_kblocked::<S>(
+                            active,
+                            |r| cur.add(r * hp),
+                            h,
+                            panel(p),
+                            &mut products,
+                        );
+                        for (slot, &acc) in products[..active].iter().enumerate() {
+                            self.finish::<S>(s, slot, p, acc, &xw);
+                        }
+                    }
+                }
+            }
+            if let Some(barrier) = self.barrier {
+                barrier.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! What one thread computes: the register tiles, the weight layouts they
+//! stream, the large products, and one chunk's forward and backward
+//! recurrence, each written once over [`Simd`](crate::simd::Simd).
+//!
+//! A chunk of batch rows is run by a team: one member (the batch is split
+//! across threads, nobody waits) or several that split the hidden units and
+//! meet at a barrier after every step. Every output element is computed by the
+//! same instructions either way, so the split never changes a bit.
+//!
+//! - `microkernel.rs`: the register tiles, named by shape (`mrx4v`, ...)
+//! - `pack.rs`: the weight layouts (padded gate blocks, panels of `w_hh`)
+//! - `gemm.rs`: the large products, split by rows over the pool
+//! - `layout.rs`: where every (step, row) lives
+//! - `forward_step.rs`, `backward_step.rs`: one chunk's time loop
+
+pub mod backward_step;
+pub mod forward_step;
+pub mod gemm;
+pub mod layout;
+pub mod microkernel;
+pub mod pack;

@@ -1,0 +1,11 @@
+//! How threads share a call: the pool and its team lock, the barrier a team
+//! meets at every step, and the policy that splits the time loop.
+//!
+//! - `pool.rs`: [`Workers`](pool::Workers) (the rayon pool and its team lock),
+//!   the thread count, fork safety
+//! - `barrier.rs`: [`SpinBarrier`](barrier::SpinBarrier) and team health
+//! - `split.rs`: batch or hidden split, chunks of rows, running the members
+
+pub mod barrier;
+pub mod pool;
+pub mod split;

@@ -1,0 +1,111 @@
+//! What one sequence pass takes and gives: the sizes ([`Dims`]), the inputs
+//! ([`Sequence`]), the outputs, the cache forward leaves for backward, the
+//! gradients backward is seeded with and returns, and the padded hidden size
+//! of the cache layout ([`hidden_pad`]). The passes themselves are in
+//! `lstm.rs`; the checks of these arguments in `check.rs`.
+
+use crate::float::Float;
+use crate::kernels::layout::Geometry;
+
+/// T, B, I, H.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub steps: usize,
+    pub batch: usize,
+    pub input: usize,
+    pub hidden: usize,
+}
+
+/// Everything that defines one sequence pass. Arrays are dense row-major:
+/// `x` (T, B, I), or (B, T, I) when `batch_first`; `w_ih` (4H, I); `w_hh`
+/// (4H, H); `bias` (4H,) = b_ih + b_hh; `h0`, `c0` (B, H); `lengths` (B,).
+#[derive(Clone, Copy)]
+pub struct Sequence<'a, E> {
+    pub dims: Dims,
+    pub batch_first: bool,
+    pub reverse: bool,
+    pub lengths: Option<&'a [usize]>,
+    pub x: &'a [E],
+    pub w_ih: &'a [E],
+    pub w_hh: &'a [E],
+    pub bias: Option<&'a [E]>,
+    pub h0: Option<&'a [E]>,
+    pub c0: Option<&'a [E]>,
+}
+
+/// What backward needs from forward, in the sequence's layout (rows ordered
+/// like x): activated gates (T·B, 4·Hp) in blocks i, f, g, o; cell states and
+/// the h each step started from, (T·B, Hp). Hp = [`hidden_pad`].
+pub struct Cache<'a, E> {
+    pub gates: &'a mut [E],
+    pub cells: &'a mut [E],
+    pub h_prev: &'a mut [E],
+}
+
+/// Read-only view of a [`Cache`].
+#[derive(Clone, Copy)]
+pub struct CacheRef<'a, E> {
+    pub gates: &'a [E],
+    pub cells: &'a [E],
+    pub h_prev: &'a [E],
+}
+
+/// Outputs of forward: `y` like x with last dimension H; `h_n`, `c_n` (B, H).
+pub struct Outputs<'a, E> {
+    pub y: &'a mut [E],
+    pub h_n: &'a mut [E],
+    pub c_n: &'a mut [E],
+}
+
+/// Gradients of the outputs (None = zeros): `dy` like y, `dh_n`, `dc_n` (B, H).
+#[derive(Clone, Copy, Default)]
+pub struct Seeds<'a, E> {
+    pub dy: Option<&'a [E]>,
+    pub dh_n: Option<&'a [E]>,
+    pub dc_n: Option<&'a [E]>,
+}
+
+/// Gradients, each shaped like its variable; `db` (4H,) is the gradient of
+/// both b_ih and b_hh (None: not wanted). `scratch`, when given, holds the gate
+/// gradients (T·B × 4Hp, any contents): callers that allocate large arrays
+/// better (NumPy asks for huge pages) pass it; otherwise it is allocated here.
+pub struct Grads<'a, E> {
+    pub dx: &'a mut [E],
+    pub dh0: &'a mut [E],
+    pub dc0: &'a mut [E],
+    pub dw_ih: &'a mut [E],
+    pub dw_hh: &'a mut [E],
+    pub db: Option<&'a mut [E]>,
+    pub scratch: Option<&'a mut [E]>,
+}
+
+/// The padded hidden size Hp of the cache layout for element type `E`.
+pub fn hidden_pad<E: Float>(hidden: usize) -> usize {
+    hidden.next_multiple_of(E::PAD)
+}
+
+impl<E: Float> Sequence<'_, E> {
+    /// Where every (step, row) of this sequence lives in the per-row buffers.
+    pub(crate) fn geometry(&self) -> Geometry {
+        Geometry {
+            steps: self.dims.steps,
+            batch: self.dims.batch,
+            hidden: self.dims.hidden,
+            hidden_pad: hidden_pad::<E>(self.dims.hidden),
+            batch_major: self.batch_first,
+            reverse: self.reverse,
+        }
+    }
+
+    /// The length of batch row `b` (T without `lengths`).
+    pub(crate) fn length(&self, b: usize) -> usize {
+        self.lengths.map_or(self.dims.steps, |l| l[b])
+    }
+
+    /// Rows (in the layout) of padded steps, which the kernels never visit.
+    pub(crate) fn padded_rows(&self) -> impl Iterator<Item = usize> + '_ {
+        let geo = self.geometry();
+        (0..self.dims.batch)
+            .flat_map(move |b| (self.length(b)..self.dims.steps).map(move |pos| geo.row(pos, b)))
+    }
+}

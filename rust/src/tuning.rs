@@ -1,0 +1,71 @@
+//! Every tuning constant of the engine in one table, each with the reason for
+//! its value (the way matrixmultiply's `archparam.rs` and BLIS's per-CPU
+//! context tables collect theirs).
+//!
+//! None of them changes a result, only how fast it comes: every output is the
+//! same chain of operations in the same order whatever the blocking, grouping
+//! or split (docs/design.md, "Threads").
+
+// ---------------------------------------------------------------------------
+// One thread's kernels (kernels/)
+// ---------------------------------------------------------------------------
+
+/// Bytes of a panel slice kept in L1 while every row group runs over it: half
+/// of L1d, the rest for the rows of A and the accumulators.
+pub const L1_PANEL_BYTES: usize = 24 * 1024;
+/// A floor for the depth of that slice (`l1_depth` in `kernels/microkernel.rs`);
+/// it does not bind at today's vector widths (the shallowest is 48, f64 on
+/// AVX-512).
+pub const MIN_PANEL_DEPTH: usize = 16;
+
+/// Rows per register tile (BLIS's MR) on an ISA with 32 vector registers
+/// (AVX-512): 4 rows × 4 accumulators + 4 panel vectors + 1 broadcast = 21.
+pub const MR_32_REGISTERS: usize = 4;
+/// Rows per register tile with 16 vector registers (AVX2): 2 × 4 + 4 + 1 = 13;
+/// a third row (17) would spill.
+pub const MR_16_REGISTERS: usize = 2;
+
+/// Rows (step, slot) per block of the input projection inside the time loop:
+/// enough for an efficient product, few enough that the block stays in cache
+/// (scratch is O(B·H), independent of T).
+pub const PROJECTION_ROWS: usize = 256;
+
+/// Rows of C handed to one task of a large product: enough that packing B is
+/// amortised.
+pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
+/// Each task's rows are a multiple of this: matrixmultiply's row panel (MR) on
+/// AVX and FMA, so no task but the last ends in a partial panel.
+pub const GEMM_ROW_MULTIPLE: usize = 8;
+
+/// Columns of the bias gradient summed by one task (each column over all rows
+/// in order, so the split never changes a bit).
+pub const DB_COLUMN_BLOCK: usize = 64;
+
+// ---------------------------------------------------------------------------
+// How threads share a call (parallel/)
+// ---------------------------------------------------------------------------
+
+/// Rows per chunk below which a batch chunk is not worth a thread of its own.
+pub const MIN_ROWS_PER_CHUNK: usize = 8;
+/// Rows per thread from which the batch split wins over the hidden split.
+pub const BATCH_SPLIT_ROWS: usize = 32;
+
+/// Polls before a barrier waiter sleeps, at first and after a sleep (each an
+/// atomic load, about a nanosecond: 20 000 is some tens of microseconds; a step
+/// takes microseconds, and a spinning partner answers in tens of nanoseconds).
+pub const SPINS: usize = 20_000;
+pub const MAX_SPINS: usize = 100_000;
+/// Waits at the start of a call whose sleeps do not count against the team
+/// (they wait for members being woken, not for busy cores).
+pub const WARMUP_WAITS: usize = 8;
+
+/// A team call in which more than 1 wait in this many ended asleep (not
+/// counting the warm-up waits) disables teams for a while.
+pub const TEAM_SLEEP_RATIO: usize = 16;
+/// Calls without teams after a bad team call: this many at first, doubling
+/// while team calls keep going badly (up to the maximum), back to the first
+/// after one goes well. A passing disturbance (a cold start on a virtual
+/// machine) costs a few calls; lasting contention settles on the path without
+/// a barrier.
+pub const TEAM_BACKOFF_MIN: usize = 8;
+pub const TEAM_BACKOFF_MAX: usize = 256;
