@@ -6,22 +6,31 @@ that every entry point applies them alike (docs/api.md, 'Dtypes' and 'Bad input'
 * the compute dtype of the functional API, the reference and the converters;
 * the seeds of ``backward``/``cell_backward`` follow their cache's dtype;
 * the layer computes in its own dtype, whatever real dtype it is given;
-* complex, object, string and non-array junk is a ``TypeError`` naming the argument;
-* ``lengths``: integer dtypes only, shape (batch,), values in [0, seq_len];
-* the layer's sizes are integers >= 1 and its dtype float32 or float64;
-* coercion: lists, views, Fortran order, byte-swapped, read-only arrays and torch
-  tensors give the same bits as a C-contiguous NumPy array.
+* complex (torch tensors too), object, string, masked (with a masked element) and
+  non-array junk is a ``TypeError`` naming the argument;
+* ``lengths``: integer dtypes only (so inf and NaN too are a ``TypeError``), shape
+  (batch,), values in [0, seq_len];
+* the layer's sizes are integers >= 1, its flags bools, its dtype float32 or float64,
+  its seed what ``numpy.random.default_rng`` takes;
+* coercion: lists, views, Fortran order, byte-swapped, read-only arrays, masked
+  arrays without a masked element, matrices and torch tensors (requiring grad or
+  not) give the same bits as a C-contiguous NumPy array; a matrix behaves as its
+  2-D array, shape errors included;
+* a buffer that would overflow the address space is a ``ValueError`` naming the
+  argument, before anything is allocated;
+* the optimizers: dicts of real arrays, real numbers for the hyperparameters.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, NamedTuple
 
 import lstm_fast as lf
 import numpy as np
 import pytest
-from lstm_fast import LSTM, convert
+from lstm_fast import LSTM, convert, optim
 from lstm_fast import reference as ref
 
 T, B, I, H = 3, 2, 4, 5
@@ -70,12 +79,26 @@ def _assert_same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         np.testing.assert_array_equal(a, b, err_msg=f"output {k}")
 
 
+def _masked(shape: tuple[int, ...]) -> np.ndarray:
+    """A masked array with one masked element."""
+    mask = np.zeros(shape, bool)
+    mask.flat[0] = True
+    return np.ma.masked_array(np.zeros(shape), mask=mask)
+
+
+def _torch_complex(shape: tuple[int, ...]) -> Any:
+    torch = pytest.importorskip("torch")
+    return torch.zeros(shape, dtype=torch.complex64)
+
+
 JUNK: dict[str, Callable[[tuple[int, ...]], Any]] = {
     "complex": lambda shape: np.zeros(shape, np.complex128),
     "object": lambda shape: np.zeros(shape, object),
     "str-array": lambda shape: np.full(shape, "a"),
     "string": lambda shape: "abc",
     "dict": lambda shape: {"a": 1},
+    "masked": _masked,
+    "torch-complex": _torch_complex,
 }
 
 
@@ -179,6 +202,16 @@ def test_junk_is_a_type_error_naming_the_argument(entry, name, junk):
     args[name] = JUNK[junk](entry.shapes[name])
     with pytest.raises(TypeError, match=_naming(name)):
         entry.call(args)
+
+
+@pytest.mark.parametrize("entry", DTYPE_ENTRIES[:2], ids=[e.name for e in DTYPE_ENTRIES[:2]])
+def test_masked_message_says_what_to_do(entry):
+    name = next(iter(entry.shapes))
+    args = _args(entry.shapes, f64, f64, f64)
+    args[name] = _masked(entry.shapes[name])
+    with pytest.raises(TypeError, match=re.escape(f"{name}.filled(0)")) as info:
+        entry.call(args)
+    assert "lengths" in str(info.value)
 
 
 # --------------------------------------------------------------------------
@@ -350,6 +383,11 @@ def _size_calls():
 def test_sizes_are_positive_integers(call, size):
     _, name, run = call
     _, value, error = size
+    _accepted_or_raises(run, value, error, name)
+
+
+def _accepted_or_raises(run: Callable[[Any], Any], value: Any, error: Any, name: str) -> None:
+    """``run(value)`` works when ``error`` is None, else raises it naming ``name``."""
     if error is None:
         run(value)
     else:
@@ -460,6 +498,7 @@ LENGTHS_ACCEPTED = {
     "list": [T, 1],
     "tuple": (T, 1),
     "list-of-numpy-ints": [np.int32(T), np.uint8(1)],
+    "masked-nothing": np.ma.masked_array(LENGTHS_WANT, mask=[False, False]),
 }  # fmt: skip
 
 LENGTHS_TYPE_ERRORS = {
@@ -474,6 +513,10 @@ LENGTHS_TYPE_ERRORS = {
     "str-array": np.array([str(T), "1"]),
     "string": "31",
     "dict": {"a": 1},
+    "inf": [math.inf, 1.0],
+    "nan": [math.nan, 1.0],
+    "inf-array": np.array([math.inf, 1.0]),
+    "masked": np.ma.masked_array([T, 1], mask=[False, True]),
 }
 
 LENGTHS_VALUE_ERRORS = {
@@ -536,12 +579,23 @@ def test_lengths_torch_tensors(entry):
     want = _arrays_of(run(LENGTHS_X, LENGTHS_WANT))
     for dtype in (torch.int64, torch.int32, torch.uint8):
         _assert_same(_arrays_of(run(LENGTHS_X, torch.tensor(LENGTHS_WANT, dtype=dtype))), want)
-    with pytest.raises(TypeError, match=_naming("lengths")):
-        run(LENGTHS_X, torch.tensor(LENGTHS_WANT, dtype=torch.float32))
+    for dtype in (torch.float32, torch.complex64, torch.bool):
+        with pytest.raises(TypeError, match=_naming("lengths")):
+            run(LENGTHS_X, torch.tensor(LENGTHS_WANT, dtype=dtype))
 
 
 # --------------------------------------------------------------------------
 # Coercion: any layout or array-like gives the bits of a C-contiguous array
+
+
+class _Subclass(np.ndarray):
+    """An ndarray subclass whose operators would change the results if it got in."""
+
+    def __add__(self, other: Any) -> Any:
+        return np.asarray(self) * 0
+
+    def __matmul__(self, other: Any) -> Any:
+        return np.asarray(self) * 0
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -557,6 +611,10 @@ COERCIONS: dict[str, Callable[[np.ndarray], Any]] = {
     "negative-strides": lambda a: np.flip(np.flip(a).copy()),
     "big-endian": lambda a: a.astype(a.dtype.newbyteorder(">")),
     "read-only": _read_only,
+    "masked-nothing": lambda a: np.ma.masked_array(a, mask=np.zeros(a.shape, bool)),
+    "masked-nomask": lambda a: np.ma.masked_array(a),
+    "matrix": lambda a: np.asmatrix(a) if a.ndim == 2 else a,  # only 2-D arrays have one
+    "memmap-like-subclass": lambda a: a.view(_Subclass),
 }
 
 
@@ -593,6 +651,7 @@ def _float64_args(entry: CoercionEntry) -> dict[str, np.ndarray]:
     return {n: rng.standard_normal(s) * 0.5 for n, s in entry.shapes.items()}
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass")
 @pytest.mark.parametrize("coercion", list(COERCIONS))
 @pytest.mark.parametrize("entry", COERCION_ENTRIES, ids=COERCION_IDS)
 def test_coercion(entry, coercion):
@@ -627,3 +686,307 @@ def test_torch_tensor_dtypes(entry, torch_dtype):
     args = _args(entry.shapes, numpy_dtype, numpy_dtype, numpy_dtype)  # exact in bfloat16 too
     tensors = {n: torch.from_numpy(a).to(getattr(torch, torch_dtype)) for n, a in args.items()}
     _assert_same(_arrays_of(entry.call(tensors)), _arrays_of(entry.call(args)))
+
+
+def _reshaped_2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (shape[0], math.prod(shape[1:])) if len(shape) > 1 else (1, shape[0])
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    """The arrays a call returns, or the type and message of its exception."""
+    try:
+        return _arrays_of(call())
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+MATRIX_CASES = [
+    (e.name, n, e.shapes[n], lambda a, e=e: e.call(a), lambda e=e: _args(e.shapes, f64, f64, f64))
+    for e in DTYPE_ENTRIES
+    for n in e.shapes
+    if len(e.shapes[n]) != 2
+] + [
+    (f"LSTM-{e.name}", e.name, e.shape, lambda a, e=e: e.call(_layer(), a[e.name]), lambda: {})
+    for e in LAYER_ENTRIES
+    if len(e.shape) != 2
+]
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass")
+@pytest.mark.parametrize("case", MATRIX_CASES, ids=[f"{c[0]}-{c[1]}" for c in MATRIX_CASES])
+def test_a_matrix_behaves_as_its_2d_array(case):
+    """Never a message about a matrix's own shape rules or from the engine: the call
+    goes as with the 2-D array (here usually a shape error naming the argument)."""
+    _, name, shape, call, make = case
+    array = _values(_reshaped_2d(shape), f64, seed=5)
+    got = _outcome(lambda: call({**make(), name: np.asmatrix(array)}))
+    want = _outcome(lambda: call({**make(), name: array}))
+    if isinstance(want, tuple):
+        assert got == want
+        assert re.search(_naming(name), want[1]) or want[0] is not ValueError, want
+    else:
+        _assert_same(got, want)
+
+
+# --------------------------------------------------------------------------
+# Sizes whose buffers would overflow the address space: a ValueError naming the
+# argument, before anything is allocated (the views below are int8 zeros whose
+# float copies would need 2**65 bytes or more)
+
+
+def _huge(*shape: int) -> np.ndarray:
+    return np.broadcast_to(np.int8(0), shape)
+
+
+HUGE = [
+    # (id, the argument the message names, call)
+    ("forward-x", "x", lambda: lf.forward(_huge(2**31, 2**31, 1), np.zeros((8, 1)),
+                                          np.zeros((8, 2)))),
+    ("forward-w_hh", "w_hh", lambda: lf.forward(np.zeros((1, 1, 256)), _huge(2**32, 256),
+                                                _huge(2**32, 2**30))),
+    ("cell_forward-x_t", "x_t", lambda: lf.cell_forward(
+        _huge(2**31, 2**31), _huge(2**31, 2), _huge(2**31, 2), _huge(8, 2**31), np.zeros((8, 2)))),
+    ("reference.forward-x", "x", lambda: ref.forward(_huge(2**31, 2**31, 1), np.zeros((8, 1)),
+                                                     np.zeros((8, 2)))),
+    ("LSTM.forward-x", "x", lambda: _layer()(_huge(2**29, 2**29, I))),
+    ("LSTM.load_state_dict", "weight_ih_l0", lambda: _load(_layer(), _huge(2**60, I))),
+    ("clip_grad_norm", "'w'", lambda: optim.clip_grad_norm({"w": _huge(2**31, 2**31)}, 1.0)),
+    ("LSTM-hidden_size", "hidden_size", lambda: LSTM(3, 2**40)),
+    ("LSTM-input_size", "input_size", lambda: LSTM(2**62, 4)),
+    ("LSTM-num_layers", "num_layers", lambda: LSTM(3, 4, 2**40)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", HUGE, ids=[c[0] for c in HUGE])
+def test_huge_buffers_name_the_argument(case):
+    _, name, call = case
+    with pytest.raises((ValueError, MemoryError), match=_naming(name)):
+        call()
+
+
+# --------------------------------------------------------------------------
+# Threads: a count beyond what the engine allows is a ValueError, whatever its size
+
+
+@pytest.mark.parametrize("n", [2**31, 2**63 - 1, 2**63, 2**70])
+def test_set_num_threads_huge(threads, n):
+    before = lf.get_num_threads()
+    with pytest.raises(ValueError, match=_naming("n")):
+        lf.set_num_threads(n)
+    assert lf.get_num_threads() == before
+
+
+# --------------------------------------------------------------------------
+# The layer's flags, seed and indices; the export's arguments
+
+
+FLAGS = [
+    # (id, value, exception or None when accepted)
+    ("True", True, None), ("np.bool", np.False_, None), ("one", 1, None), ("zero", 0, None),
+    ("two", 2, TypeError), ("string", "False", TypeError), ("none", None, TypeError),
+    ("array", np.array([True, False]), TypeError), ("float", 1.0, TypeError),
+]  # fmt: skip
+
+
+def _flag_calls():
+    x = _values((T, B, I), f64)
+    w = _args(PYTORCH, f64, f64, f64)
+    return [
+        *[(f"LSTM-{n}", n, lambda v, n=n: LSTM(I, H, **{n: v}))
+          for n in ("bias", "batch_first", "bidirectional")],
+        *[(f"forward-{n}", n, lambda v, n=n: lf.forward(x, w["w_ih"], w["w_hh"], **{n: v}))
+          for n in ("batch_first", "reverse", "need_cache")],
+        ("reference.forward-reverse", "reverse",
+         lambda v: ref.forward(x, w["w_ih"], w["w_hh"], reverse=v)),
+        ("LSTM.forward-need_cache", "need_cache", lambda v: _layer()(x, need_cache=v)),
+        ("load_state_dict-strict", "strict",
+         lambda v: _layer().load_state_dict(_layer().state_dict(), strict=v)),
+        ("SGD-nesterov", "nesterov",
+         lambda v: optim.SGD({"w": np.zeros(3)}, 0.1, 0.9, nesterov=v)),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("flag", FLAGS, ids=[f[0] for f in FLAGS])
+@pytest.mark.parametrize("call", _flag_calls(), ids=[c[0] for c in _flag_calls()])
+def test_flags_are_bools(call, flag):
+    """``bool("False")`` is True: a flag takes bools (and 0, 1) only."""
+    _, name, run = call
+    _, value, error = flag
+    _accepted_or_raises(run, value, error, name)
+
+
+@pytest.mark.parametrize(
+    "seed, error",
+    [("a", TypeError), (-1, ValueError), (1.5, TypeError), ([1.5], TypeError),
+     (np.zeros(2**17, np.int64), ValueError)],
+    ids=["string", "negative", "float", "float-list", "too-long"],
+)  # fmt: skip
+def test_layer_seed_errors_name_seed(seed, error):
+    with pytest.raises(error, match=_naming("seed")):
+        LSTM(3, 4, seed=seed)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass")
+@pytest.mark.parametrize(
+    "seed",
+    [
+        0,
+        2**70,
+        [1, 2],
+        np.int64(3),
+        np.random.SeedSequence(1),
+        True,
+        np.array([[1, 2]]).view(np.matrix),
+    ],
+    ids=["0", "2**70", "list", "np.int64", "SeedSequence", "True", "matrix"],
+)
+def test_layer_seed_takes_what_numpy_takes(seed):
+    """NumPy's own SeedSequence crashes on an np.matrix: read as its array, as
+    every array argument is."""
+    plain = np.asarray(seed) if isinstance(seed, np.matrix) else seed
+    want = np.random.default_rng(plain).uniform(-0.5, 0.5)  # bound 1/sqrt(hidden_size)
+    got = LSTM(3, 4, seed=seed, dtype=np.float64).parameters["weight_ih_l0"].flat[0]
+    assert got == want
+
+
+@pytest.mark.parametrize("name", ["layer", "direction"])
+@pytest.mark.parametrize("value", [0.0, "0", None, True])
+def test_layer_weights_indices(name, value):
+    with pytest.raises(TypeError, match=_naming(name)):
+        _layer().weights(**{"layer": 0, "direction": 0, name: value})
+
+
+EXPORT_ERRORS = [
+    # (id, arguments, exception, the argument named)
+    ("opset-float", {"opset": 14.0}, TypeError, "opset"),
+    ("opset-string", {"opset": "14"}, TypeError, "opset"),
+    ("opset-bool", {"opset": True}, TypeError, "opset"),
+    ("opset-huge", {"opset": 2**70}, ValueError, "opset"),
+    ("opset-old", {"opset": 1}, ValueError, "opset"),
+    ("path-none", {"path": None}, TypeError, "path"),
+    ("path-int", {"path": 3}, TypeError, "path"),
+    ("layer-none", {"layer": None}, TypeError, "layer"),
+    ("layer-dict", {"layer": {}}, TypeError, "layer"),
+    ("lstm_dtype-dict", {"lstm_dtype": {"names": 1}}, TypeError, "lstm_dtype"),
+]
+
+
+@pytest.mark.parametrize("case", EXPORT_ERRORS, ids=[c[0] for c in EXPORT_ERRORS])
+def test_export_errors_name_the_argument(case, tmp_path):
+    pytest.importorskip("onnx")
+    from lstm_fast.export import export_onnx
+
+    _, changes, error, name = case
+    args = {"layer": _layer(), "path": tmp_path / "m.onnx", "opset": 14, **changes}
+    with pytest.raises(error, match=_naming(name)):
+        export_onnx(**args)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --------------------------------------------------------------------------
+# The optimizers: dicts of real arrays, real numbers for the hyperparameters
+
+
+def _optim_calls():
+    p = {"w": np.zeros((2, 3)), "b": np.zeros(3)}
+    g = {"w": np.ones((2, 3)), "b": np.ones(3)}
+    return {
+        "SGD.lr": ("lr", lambda v: optim.SGD(p, v)),
+        "SGD.momentum": ("momentum", lambda v: optim.SGD(p, 0.1, v)),
+        "SGD.dampening": ("dampening", lambda v: optim.SGD(p, 0.1, dampening=v)),
+        "SGD.weight_decay": ("weight_decay", lambda v: optim.SGD(p, 0.1, weight_decay=v)),
+        "Adam.lr": ("lr", lambda v: optim.Adam(p, v)),
+        "Adam.eps": ("eps", lambda v: optim.Adam(p, eps=v)),
+        "clip.max_norm": ("max_norm", lambda v: optim.clip_grad_norm(dict(g), v)),
+        "clip.norm_type": ("norm_type", lambda v: optim.clip_grad_norm(dict(g), 1.0, v)),
+    }
+
+
+REAL_NUMBERS = [
+    # (id, value, exception or None)
+    ("float", 0.5, None), ("int", 1, None), ("np.float32", np.float32(0.5), None),
+    ("string", "0.1", TypeError), ("none", None, TypeError), ("complex", 1j, TypeError),
+    ("bool", True, TypeError), ("array", np.array([0.1]), TypeError),
+    ("nan", math.nan, ValueError), ("huge-int", 10**400, ValueError),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("number", REAL_NUMBERS, ids=[n[0] for n in REAL_NUMBERS])
+@pytest.mark.parametrize("call", list(_optim_calls()))
+def test_optimizer_numbers(call, number):
+    name, run = _optim_calls()[call]
+    _, value, error = number
+    _accepted_or_raises(run, value, error, name)
+
+
+@pytest.mark.parametrize("value", [-1.0, -(10**6)])
+@pytest.mark.parametrize("call", [c for c in _optim_calls() if "dampening" not in c])
+def test_optimizer_numbers_below_their_bound(call, value):
+    name, run = _optim_calls()[call]
+    with pytest.raises(ValueError, match=_naming(name.split("[")[0])):
+        run(value)
+
+
+@pytest.mark.parametrize(
+    "betas, error, name",
+    [((0.9, "a"), TypeError, "betas[1]"), ((None, 0.9), TypeError, "betas[0]"),
+     (0.9, TypeError, "betas"), ((0.9, 0.9, 0.9), TypeError, "betas"),
+     ((1, 0.9), ValueError, "betas"), ((0.9, math.nan), ValueError, "betas[1]")],
+)  # fmt: skip
+def test_adam_betas(betas, error, name):
+    with pytest.raises(error, match=_naming(name)):
+        optim.Adam({"w": np.zeros(3)}, betas=betas)
+    optim.Adam({"w": np.zeros(3)}, betas=[np.float32(0.5), 0])
+
+
+def _step_calls():
+    p = {"w": np.zeros((2, 3))}
+    return {
+        "SGD(params)": ("params", lambda v: optim.SGD(v, 0.1)),
+        "Adam(params)": ("params", lambda v: optim.Adam(v)),
+        "SGD.step": ("grads", lambda v: optim.SGD(p, 0.1).step(v)),
+        "Adam.step": ("grads", lambda v: optim.Adam(p).step(v)),
+        "clip_grad_norm": ("grads", lambda v: optim.clip_grad_norm(v, 1.0)),
+    }
+
+
+@pytest.mark.parametrize("value", [[np.zeros(3)], "ab", None, np.zeros(3), 3], ids=str)
+@pytest.mark.parametrize("call", list(_step_calls()))
+def test_optimizer_dicts(call, value):
+    name, run = _step_calls()[call]
+    with pytest.raises(TypeError, match=_naming(name)):
+        run(value)
+
+
+@pytest.mark.parametrize("junk", list(JUNK))
+@pytest.mark.parametrize("call", ["SGD.step", "Adam.step", "clip_grad_norm"])
+def test_optimizer_gradient_junk(call, junk):
+    _, run = _step_calls()[call]
+    with pytest.raises(TypeError, match=_naming("'w'")):
+        run({"w": JUNK[junk]((2, 3))})
+
+
+@pytest.mark.parametrize("call", ["SGD.step", "Adam.step", "clip_grad_norm"])
+def test_optimizer_gradients_requiring_grad(call):
+    """A tensor that requires grad is read as its values, as everywhere."""
+    torch = pytest.importorskip("torch")
+    p = {"w": np.zeros((2, 3))}
+    g = np.arange(6.0).reshape(2, 3)
+    runs = {
+        "SGD.step": lambda v: optim.SGD(p, 0.1).step({"w": v}),
+        "Adam.step": lambda v: optim.Adam(p).step({"w": v}),
+        "clip_grad_norm": lambda v: optim.clip_grad_norm({"w": v}, 1.0),
+    }
+    runs[call](torch.from_numpy(g).requires_grad_())
+    got = p["w"].copy()
+    p["w"][...] = 0
+    runs[call](g.copy())
+    np.testing.assert_array_equal(got, p["w"])
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.bool_])
+def test_clip_grad_norm_does_not_truncate_integer_gradients(dtype):
+    grads = {"w": np.ones(4, dtype)}
+    total = optim.clip_grad_norm(grads, 0.5)
+    assert total == 2.0
+    np.testing.assert_allclose(grads["w"], np.full(4, 0.5 / (2.0 + 1e-6)))

@@ -80,7 +80,18 @@ def _check_isa_request() -> None:
         )
 
 
+def _check_threads_request() -> None:
+    """Warn when LSTM_FAST_NUM_THREADS is not a number of threads the engine
+    accepts (the message says which); the engine then uses its default."""
+    problem = _core._env_num_threads_error()
+    if problem is not None:
+        import warnings
+
+        warnings.warn(f"{problem}; using {get_num_threads()} threads", RuntimeWarning, stacklevel=2)
+
+
 _check_isa_request()
+_check_threads_request()
 
 # The worker threads do not survive fork(): a child starts a fresh pool.
 if hasattr(os, "register_at_fork"):

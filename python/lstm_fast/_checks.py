@@ -1,39 +1,59 @@
 """The rules every entry point applies to its arguments, each written once.
 
-Array coercion, the compute dtype, the ``lengths`` check, shape and size errors,
-positive integers, the two dtypes the engine computes in and the memory layout it
-reads. The functional API, the ``LSTM`` layer, the converters, the ONNX export and
-the NumPy reference all call these, so that what one entry point accepts the others
-accept too (docs/api.md, 'Dtypes' and 'Bad input'). This module imports nothing
-else of the package.
+Array coercion (torch tensors, masked arrays, ndarray subclasses), the compute
+dtype, the shapes of a sequence pass, the ``lengths`` check, shape and size errors,
+integers, real numbers, flags, mappings, the two dtypes the engine computes in and
+the memory layout it reads. The functional API, the ``LSTM`` layer, the converters,
+the ONNX export, the optimizers and the NumPy reference all call these, so that what
+one entry point accepts the others accept too (docs/api.md, 'Dtypes' and 'Bad
+input'). Every error names the argument and what it must be. This module imports
+nothing else of the package.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "CELL_NAMES",
     "as_array",
+    "cast",
+    "cell_arguments",
     "check_lengths",
+    "check_memory",
     "check_shape",
     "check_size",
     "compute_dtype",
     "contiguous",
+    "flag",
     "float_dtype",
     "hidden_from_gate_rows",
+    "integer",
+    "mapping",
+    "one_of",
+    "pass_arguments",
     "positive_int",
+    "random_generator",
     "real_array",
+    "real_number",
     "shape_error",
+    "shaped_array",
 ]
 
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 _INT64 = np.dtype(np.int64)
+# The most elements a buffer of 8-byte numbers can have (see check_size).
+_MAX_ELEMENTS = sys.maxsize // 8
+_MAX_INT_BITS = 1024
 # The torch dtypes whose NumPy twin holds them exactly; other floating tensors
 # (bfloat16, the float8 kinds) become float32, which holds every one of their values.
 _TORCH_EXACT_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
@@ -45,16 +65,30 @@ _TORCH_EXACT_FLOATS = ("torch.float16", "torch.float32", "torch.float64")
 
 
 def as_array(name: str, value: Any) -> np.ndarray:
-    """``value`` as an ndarray, without a copy when it already is one.
+    """``value`` as a base-class ndarray, without a copy when it already is one.
 
     Anything :func:`numpy.asarray` understands is accepted (lists, scalars, objects
-    with ``__array__``), and torch tensors go through ``.detach().cpu()``. A tensor is
-    recognised by its type's module, so torch is never imported here: a caller that
-    passes a tensor has already imported it. Whether the dtype is acceptable is
-    :func:`real_array`'s business.
+    with ``__array__``). Torch tensors go through ``.detach().cpu()``, so one that
+    requires grad is read as its values, as everywhere in the package (nothing here
+    takes part in autograd). A tensor is recognised by its type's module, so torch is
+    never imported here: a caller that passes a tensor has already imported it.
+
+    ndarray subclasses become the base class, which they view (an ``np.matrix`` is
+    its 2-D array, whose shape then gets the usual checks): their own operators and
+    indexing would change what the package computes. A masked array with no masked
+    element is its data; one with a masked element is a ``TypeError``, since what a
+    masked step should be is the caller's choice (fill it, and give ``lengths`` for
+    padded steps). Whether the dtype is acceptable is :func:`real_array`'s business.
     """
-    if isinstance(value, np.ndarray):
+    if type(value) is np.ndarray:
         return value
+    if isinstance(value, np.ndarray):
+        if np.ma.is_masked(value):
+            raise TypeError(
+                f"{name} must not have masked elements: fill them first (e.g. "
+                f"{name}.filled(0)), and give lengths for padded time steps"
+            )
+        return np.asarray(np.ma.getdata(value))
     try:
         if type(value).__module__.split(".", 1)[0] == "torch":
             tensor = value.detach().cpu()
@@ -72,9 +106,13 @@ def real_array(name: str, value: Any) -> np.ndarray:
     """:func:`as_array`, refusing every dtype but floats, integers and bools.
 
     Complex, object, string, bytes, datetime and the like are a ``TypeError`` naming
-    the argument.
+    the argument; an array whose float64 copy would overflow the address space (a
+    broadcast view) is a ``ValueError`` (:func:`check_size`), since every entry point
+    copies or converts what it reads.
     """
     array = as_array(name, value)
+    if array.size > _MAX_ELEMENTS:  # only a broadcast view can be this large
+        check_size(name, array.shape)
     if array.dtype.kind not in "biuf":
         got = (
             f"dtype {array.dtype}"
@@ -100,11 +138,24 @@ def compute_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
     return _FLOAT32 if widest <= 4 else _FLOAT64
 
 
+def cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """:func:`real_array` in ``dtype`` (a copy only when the dtype differs); running out
+    of memory for the copy is a ``MemoryError`` naming the argument."""
+    array = real_array(name, value)
+    if array.dtype == dtype:
+        return array
+    check_size(name, array.shape)
+    try:
+        return array.astype(dtype)
+    except MemoryError:
+        raise _memory_error(name, array.shape, dtype) from None
+
+
 def float_dtype(name: str, value: Any) -> np.dtype:
     """``value`` as float32 or float64, the dtypes a layer can hold and compute in."""
     try:
         dtype = np.dtype(value)
-    except TypeError:
+    except Exception:  # TypeError for most junk; ValueError, KeyError for malformed specs
         raise TypeError(f"{name} must be float32 or float64, got {value!r}") from None
     if dtype not in (_FLOAT32, _FLOAT64):
         raise TypeError(f"{name} must be float32 or float64, got {dtype}")
@@ -127,6 +178,13 @@ def check_shape(name: str, array: np.ndarray, symbols: str, want: tuple[int, ...
         raise shape_error(name, symbols, want, array.shape)
 
 
+def shaped_array(name: str, value: Any, symbols: str, want: tuple[int, ...]) -> np.ndarray:
+    """:func:`real_array` of shape ``want`` (a gradient seed, a state)."""
+    array = real_array(name, value)
+    check_shape(name, array, symbols, want)
+    return array
+
+
 def hidden_from_gate_rows(
     name: str, shape: tuple[int, ...], symbols: str, *, ndim: int = 2, axis: int = 0
 ) -> int:
@@ -139,28 +197,201 @@ def hidden_from_gate_rows(
     return shape[axis] // 4
 
 
-def check_size(*shapes: tuple[int, ...]) -> None:
-    """A ``ValueError`` for a buffer whose size in bytes (at 8 per element) would not
-    fit the address space, before anything is allocated or indexed."""
+def check_size(name: str, *shapes: tuple[int, ...]) -> None:
+    """A ``ValueError`` naming ``name`` when a buffer it needs, of one of ``shapes``,
+    would not fit the address space at 8 bytes per element; checked before anything
+    is allocated or indexed."""
     for shape in shapes:
-        n = 1
-        for d in shape:
-            n *= d
-        if n * 8 > sys.maxsize:
-            raise ValueError(f"a buffer of shape {shape} would overflow the address space")
+        if math.prod(shape) > _MAX_ELEMENTS:
+            raise ValueError(
+                f"{name} is too large: a buffer of shape {shape} it needs would overflow "
+                f"the address space"
+            )
 
 
-def positive_int(name: str, value: Any) -> int:
-    """An integer >= 1; bools and floats (even whole ones) are a ``TypeError``."""
+def check_memory(name: str, nbytes: int, what: str) -> None:
+    """A ``MemoryError`` naming ``name`` when ``what`` would take more than this
+    machine's physical memory, checked before the work of building it starts (a
+    layer with 2**31 layers would otherwise loop for hours before running out)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf: the allocation decides
+        return
+    if nbytes > total:
+        raise MemoryError(
+            f"{name}: {what} would take {nbytes} bytes, more than the {total} "
+            f"bytes of memory of this machine"
+        )
+
+
+def _memory_error(name: str, shape: tuple[int, ...], dtype: np.dtype) -> MemoryError:
+    return MemoryError(
+        f"{name}: out of memory for a buffer of shape {shape} in {np.dtype(dtype)} "
+        f"({math.prod(shape) * np.dtype(dtype).itemsize} bytes)"
+    )
+
+
+def integer(name: str, value: Any) -> int:
+    """An integer (Python's or NumPy's); bools and floats, even whole ones, are a
+    ``TypeError``: ``True`` for a count or ``2.0`` for an index is a bug upstream."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     try:
         result = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if result.bit_length() > _MAX_INT_BITS:
+        # Far beyond any count or index, and beyond what messages can print (Python
+        # refuses to turn an int of more than 4300 digits into a string).
+        raise ValueError(f"{name} is out of range: an integer of {result.bit_length()} bits")
+    return result
+
+
+def positive_int(name: str, value: Any) -> int:
+    """An integer >= 1 (:func:`integer`)."""
+    result = integer(name, value)
     if result < 1:
         raise ValueError(f"{name} must be at least 1, got {result}")
     return result
+
+
+def real_number(name: str, value: Any, *, minimum: float | None = None) -> float:
+    """A real number as a float (NaN refused), at least ``minimum`` if given.
+
+    Python and NumPy ints and floats are accepted; bools, strings, complex numbers,
+    arrays and ``None`` are a ``TypeError``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        result = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a number a float holds, got one beyond 1.8e308") from None
+    bound = "" if minimum is None else f" >= {minimum}"
+    if result != result:
+        raise ValueError(f"{name} must be a number{bound}, got nan")
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be{bound}, got {result}")
+    return result
+
+
+def flag(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (NumPy bools and the integers 0 and 1 too); a string
+    such as ``"False"``, which ``bool()`` reads as true, is a ``TypeError``."""
+    if value is True or value is False:  # the common case first: flags sit on hot paths
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r:.80}")
+
+
+def one_of(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """One of the strings ``options``."""
+    if not isinstance(value, str) or value not in options:
+        listed = " or ".join(repr(o) for o in options)
+        raise ValueError(f"{name} must be {listed}, got {value!r:.80}")
+    return value
+
+
+def mapping(name: str, value: Any, what: str) -> Mapping[Any, Any]:
+    """A mapping (a dict, an ``OrderedDict``, a torch state dict) of ``what``."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of {what}, got {type(value).__name__}")
+    return value
+
+
+# NumPy digests a seed array element by element (2**16 integers take 0.3 s, 2**20 take
+# 4 s): a longer one is refused rather than hanging the constructor. SeedSequence keeps
+# 128 bits of it anyway.
+_MAX_SEED_SIZE = 1 << 16
+
+
+def random_generator(name: str, seed: Any) -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``, its errors naming the argument."""
+    if isinstance(seed, np.ndarray):
+        # As every array argument: NumPy's SeedSequence recurses without end (and
+        # crashes the process) on an np.matrix, which stays 2-D however indexed.
+        seed = as_array(name, seed)
+        if seed.size > _MAX_SEED_SIZE:
+            raise ValueError(f"{name} must have at most {_MAX_SEED_SIZE} entries, got {seed.size}")
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(
+            f"{name} must be None, a non-negative integer, a sequence of them, a "
+            f"SeedSequence or a Generator (what numpy.random.default_rng takes), "
+            f"got {seed!r:.80} ({exc})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------
+# The arguments of a sequence pass and of a cell step
+# ---------------------------------------------------------------------------
+
+
+#: How the cell API names the arguments of the one-step pass it runs.
+CELL_NAMES = {"x": "x_t", "h0": "h", "c0": "c", "x_symbols": "(batch, input_size)"}
+
+_REQUIRED = ("x", "w_ih", "w_hh")
+
+
+def pass_arguments(
+    raw: dict[str, Any], *, batch_first: bool, names: dict[str, str]
+) -> tuple[dict[str, np.ndarray], tuple[int, int, int, int]]:
+    """The arrays of one sequence pass and its sizes ``(steps, batch, input_size,
+    hidden_size)``, every shape checked.
+
+    ``raw`` holds ``x``, ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh``, ``h0``, ``c0`` (the
+    last four may be None, and are then left out of the result); ``names`` renames
+    them in messages (and gives ``x_symbols``), for the cell API. Each is a real
+    array (:func:`real_array`, which also bounds each one's size); the shapes must
+    agree, and the gate buffer of the pass must fit the address space.
+    """
+    for k in _REQUIRED:
+        if raw[k] is None:
+            raise TypeError(f"{names.get(k, k)} is required: expected an array, got None")
+    arrays = {k: real_array(names.get(k, k), v) for k, v in raw.items() if v is not None}
+    xa, wih, whh = arrays["x"], arrays["w_ih"], arrays["w_hh"]
+    xname = names.get("x", "x")
+    x_symbols = names.get(
+        "x_symbols",
+        "(batch, seq_len, input_size)" if batch_first else "(seq_len, batch, input_size)",
+    )
+    if xa.ndim != 3:
+        raise ValueError(f"{xname} must have shape {x_symbols} (3 dimensions), got {xa.shape}")
+    if batch_first:
+        batch, steps, inp = xa.shape
+    else:
+        steps, batch, inp = xa.shape
+    hidden = hidden_from_gate_rows("w_hh", whh.shape, "(4*hidden_size, hidden_size)")
+    check_shape("w_hh", whh, "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
+    check_shape("w_ih", wih, "(4*hidden_size, input_size)", (4 * hidden, inp))
+    for k in ("b_ih", "b_hh"):
+        if k in arrays:
+            check_shape(k, arrays[k], "(4*hidden_size,)", (4 * hidden,))
+    for k in ("h0", "c0"):
+        if k in arrays:
+            check_shape(names.get(k, k), arrays[k], "(batch, hidden_size)", (batch, hidden))
+    check_size(xname, (steps, batch, 4 * hidden))
+    return arrays, (steps, batch, inp, hidden)
+
+
+def cell_arguments(
+    x_t: Any, h: Any, c: Any, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any
+) -> dict[str, Any]:
+    """The arguments of one cell step as those of a one-step sequence pass (``x`` of
+    shape (1, batch, input_size)), for :func:`pass_arguments` with :data:`CELL_NAMES`."""
+    for name, value in (("h", h), ("c", c)):
+        if value is None:
+            raise TypeError(
+                f"{name} is required: expected an array, got None (use zeros for a fresh state)"
+            )
+    xa = real_array("x_t", x_t)
+    if xa.ndim != 2:
+        raise ValueError(f"x_t must have shape (batch, input_size) (2 dimensions), got {xa.shape}")
+    return {"x": xa[None], "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h, "c0": c}
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +423,7 @@ def check_lengths(value: Any, batch: int, steps: int, *, own: bool = False) -> n
     if array.size and (array.min() < 0 or array.max() > steps):
         bad = array[(array < 0) | (array > steps)][0]
         raise ValueError(f"lengths must lie in 0..seq_len = 0..{steps}, got {int(bad)}")
-    return contiguous(array, _INT64, own=own)
+    return contiguous("lengths", array, _INT64, own=own)
 
 
 # ---------------------------------------------------------------------------
@@ -200,13 +431,17 @@ def check_lengths(value: Any, batch: int, steps: int, *, own: bool = False) -> n
 # ---------------------------------------------------------------------------
 
 
-def contiguous(array: np.ndarray, dtype: np.dtype, *, own: bool) -> np.ndarray:
+def contiguous(name: str, array: np.ndarray, dtype: np.dtype, *, own: bool) -> np.ndarray:
     """``array`` C-contiguous, aligned and of ``dtype``, the layout the engine reads;
     a private copy when ``own`` (what a cache keeps must not change with the
-    caller's array)."""
-    if array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned:
-        return array.copy() if own else array  # the common case, without np.require's cost
-    out = np.require(array, dtype=dtype, requirements=["C", "A"])
-    if own and np.may_share_memory(out, array):
-        out = out.copy()
-    return out
+    caller's array). Running out of memory for the copy is a ``MemoryError`` naming
+    the argument."""
+    try:
+        if array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned:
+            return array.copy() if own else array  # the common case, without np.require's cost
+        out = np.require(array, dtype=dtype, requirements=["C", "A"])
+        if own and np.may_share_memory(out, array):
+            out = out.copy()
+        return out
+    except MemoryError:
+        raise _memory_error(name, array.shape, dtype) from None

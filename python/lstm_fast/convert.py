@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import check_shape, compute_dtype, hidden_from_gate_rows, positive_int, real_array
+from ._checks import (
+    check_shape,
+    compute_dtype,
+    hidden_from_gate_rows,
+    one_of,
+    positive_int,
+    real_array,
+)
 
 __all__ = [
     "from_gate_matrices",
@@ -239,8 +246,7 @@ def from_gate_matrices(
     cell candidate's (PyTorch's ``g``). The biases go to ``b_ih`` and ``b_hh`` is zeros;
     a ``None`` bias is zeros, and when all four are ``None`` both results are ``None``.
     """
-    if order not in ("xh", "hx"):
-        raise ValueError(f'order must be "xh" or "hx", got {order!r}')
+    one_of("order", order, ("xh", "hx"))
     inputs = positive_int("input_size", input_size)
     names = ("W_i", "W_f", "W_c", "W_o")
     mats = [real_array(n, m) for m, n in zip((W_i, W_f, W_c, W_o), names)]
@@ -282,8 +288,7 @@ def to_gate_matrices(
     Each ``W_*`` is (H, I+H) acting on ``[x_t, h_{t-1}]`` (``order="xh"``) or
     ``[h_{t-1}, x_t]`` (``order="hx"``); each ``b_*`` is the gate's ``b_ih + b_hh``.
     """
-    if order not in ("xh", "hx"):
-        raise ValueError(f'order must be "xh" or "hx", got {order!r}')
+    one_of("order", order, ("xh", "hx"))
     w_ih_a, w_hh_a, b_ih_a, b_hh_a, hidden, dtype = _check_pytorch(w_ih, w_hh, b_ih, b_hh)
     bias = np.zeros(4 * hidden, dtype=dtype)
     for b in (b_ih_a, b_hh_a):

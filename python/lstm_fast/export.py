@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._checks import float_dtype
+from ._checks import float_dtype, integer
 from ._types import LayerWeights
 from .convert import to_onnx
 
@@ -41,6 +41,24 @@ class _Layer(Protocol):
     dtype: np.dtype
 
     def weights(self, layer: int, direction: int = 0) -> LayerWeights: ...
+
+
+def _check_layer(layer: Any) -> None:
+    missing = [a for a in ("weights", *_Layer.__annotations__) if not hasattr(layer, a)]
+    if missing:
+        raise TypeError(
+            f"layer must be an lstm_fast.LSTM (or have its weights() and sizes), got "
+            f"{type(layer).__name__} (without {', '.join(missing)})"
+        )
+
+
+def _check_path(path: Any) -> str | bytes:
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(
+            f"path must be a str, bytes or os.PathLike, got {type(path).__name__}"
+        ) from None
 
 
 # The LSTM operator exists since opset 1 (v1, v7, v14, v22 in onnx's history); v7 is
@@ -66,7 +84,8 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
     onnx = _import_onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    opset = int(opset)
+    _check_layer(layer)
+    opset = integer("opset", opset)
     latest = onnx.defs.onnx_opset_version()
     if not _MIN_OPSET <= opset <= latest:
         raise ValueError(f"opset must lie in {_MIN_OPSET}..{latest}, got {opset}")
@@ -199,6 +218,7 @@ def export_onnx(
     ``lstm_dtype=np.float64`` asks for double nodes, for runtimes that have them.
     """
     onnx = _import_onnx()
+    target = _check_path(path)
     model = to_onnx_model(layer, opset=opset, lstm_dtype=lstm_dtype)
-    onnx.save(model, os.fspath(path))
+    onnx.save(model, target)
     return model

@@ -14,14 +14,16 @@ import numpy as np
 from . import _core
 from ._bundles import CacheArrays, Grads, Outputs, Seeds
 from ._checks import (
+    CELL_NAMES,
+    cell_arguments,
     check_lengths,
-    check_shape,
     check_size,
     compute_dtype,
     contiguous,
-    hidden_from_gate_rows,
+    flag,
+    pass_arguments,
     positive_int,
-    real_array,
+    shaped_array,
 )
 from ._types import Cell, CellGradients, Forward, Gradients
 
@@ -63,50 +65,36 @@ class _Args:
         own: bool,
         names: dict[str, str],
     ) -> None:
+        batch_first = flag("batch_first", batch_first)
+        self.reverse = flag("reverse", reverse)
         raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
-        for k in ("x", "w_ih", "w_hh"):
-            if raw[k] is None:
-                raise TypeError(f"{names.get(k, k)} is required: expected an array, got None")
-        arrays = {k: real_array(names.get(k, k), v) for k, v in raw.items() if v is not None}
+        arrays, sizes = pass_arguments(raw, batch_first=batch_first, names=names)
         self.dtype = compute_dtype(a.dtype for a in arrays.values())
-        xa, wih, whh = arrays["x"], arrays["w_ih"], arrays["w_hh"]
-        xname = names.get("x", "x")
-        x_symbols = names.get(
-            "x_symbols",
-            "(batch, seq_len, input_size)" if batch_first else "(seq_len, batch, input_size)",
-        )
-        if xa.ndim != 3:
-            raise ValueError(f"{xname} must have shape {x_symbols} (3 dimensions), got {xa.shape}")
-        if batch_first:
-            batch, steps, inp = xa.shape
-        else:
-            steps, batch, inp = xa.shape
-        hidden = hidden_from_gate_rows("w_hh", whh.shape, "(4*hidden_size, hidden_size)")
-        check_shape("w_hh", whh, "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
-        check_shape("w_ih", wih, "(4*hidden_size, input_size)", (4 * hidden, inp))
-        for k in ("b_ih", "b_hh"):
-            if k in arrays:
-                check_shape(k, arrays[k], "(4*hidden_size,)", (4 * hidden,))
-        for k in ("h0", "c0"):
-            if k in arrays:
-                check_shape(names.get(k, k), arrays[k], "(batch, hidden_size)", (batch, hidden))
-        self.steps, self.batch, self.input, self.hidden = steps, batch, inp, hidden
-        self.batch_first, self.reverse = bool(batch_first), bool(reverse)
+        steps, batch, inp, hidden = sizes
+        self.steps, self.batch, self.input, self.hidden = sizes
+        self.batch_first = batch_first
         self.hidden_pad = _core.hidden_pad(hidden, self.dtype.itemsize)
-        check_size((steps, batch, 4 * self.hidden_pad), (steps, batch, inp))
+        xname = names.get("x", "x")
+        # The buffers the engine allocates besides the arguments, padded to
+        # hidden_pad: the cache (and backward's scratch), the per-row state, w_hh's
+        # panels and w_ih's padded gate rows (rust/src/check.rs checks their exact
+        # sizes again).
+        hp = self.hidden_pad
+        check_size(xname, (steps, batch, 4 * hp), (batch, 4 * hp), (4 * hp, hp), (4 * hp, inp))
         self.lengths = None if lengths is None else check_lengths(lengths, batch, steps, own=own)
 
         dt = self.dtype
-        self.x = contiguous(xa, dt, own=own)
-        self.w_ih = contiguous(wih, dt, own=own)
-        self.w_hh = contiguous(whh, dt, own=own)
+        self.x = contiguous(xname, arrays["x"], dt, own=own)
+        self.w_ih = contiguous("w_ih", arrays["w_ih"], dt, own=own)
+        self.w_hh = contiguous("w_hh", arrays["w_hh"], dt, own=own)
         self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
         biases = [arrays[k].astype(dt) for k in ("b_ih", "b_hh") if k in arrays]
         self.bias = (
             np.require(sum(biases[1:], biases[0]), requirements=["C", "A"]) if biases else None
         )
-        self.h0 = contiguous(arrays["h0"], dt, own=False) if "h0" in arrays else None
-        self.c0 = contiguous(arrays["c0"], dt, own=own) if "c0" in arrays else None
+        h0n, c0n = names.get("h0", "h0"), names.get("c0", "c0")
+        self.h0 = contiguous(h0n, arrays["h0"], dt, own=False) if "h0" in arrays else None
+        self.c0 = contiguous(c0n, arrays["c0"], dt, own=own) if "c0" in arrays else None
 
     @property
     def y_shape(self) -> tuple[int, int, int]:
@@ -261,6 +249,7 @@ def forward(
     from its last valid step back to step 0. Returns ``Forward(y, h_n, c_n,
     cache)``; ``cache`` is None with ``need_cache=False``.
     """
+    need_cache = flag("need_cache", need_cache)
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
@@ -273,9 +262,7 @@ def _seed(
 ) -> np.ndarray | None:
     if value is None:
         return None
-    a = real_array(name, value)
-    check_shape(name, a, symbols, shape)
-    return contiguous(a, dtype, own=False)
+    return contiguous(name, shaped_array(name, value, symbols, shape), dtype, own=False)
 
 
 def _run_backward(
@@ -343,16 +330,10 @@ def cell_forward(
     x_t: Any, h: Any, c: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None
 ) -> Cell:
     """One LSTM step: ``x_t`` (B, I), ``h``, ``c`` (B, H) -> ``Cell(h_new, c_new, cache)``."""
-    if h is None or c is None:
-        raise TypeError("cell_forward needs the state arrays h and c (use zeros for a fresh state)")
-    xa = real_array("x_t", x_t)
-    if xa.ndim != 2:
-        raise ValueError(f"x_t must have shape (batch, input_size) (2 dimensions), got {xa.shape}")
-    names = {"x": "x_t", "h0": "h", "c0": "c", "x_symbols": "(batch, input_size)"}
+    raw = cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     args = _Args(
-        xa[None], w_ih, w_hh, b_ih, b_hh, h, c,
-        batch_first=False, lengths=None, reverse=False, own=True, names=names,
-    )  # fmt: skip
+        *raw.values(), batch_first=False, lengths=None, reverse=False, own=True, names=CELL_NAMES
+    )
     _, h_new, c_new, cache = _run_forward(args, need_cache=True)
     assert cache is not None
     return Cell(h_new, c_new, CellCache(cache))
@@ -373,7 +354,8 @@ def cell_backward(cache: CellCache, dh_new: Any = None, dc_new: Any = None) -> C
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for later calls (default: ``LSTM_FAST_NUM_THREADS`` or all cores)."""
+    """Threads for later calls (default: ``LSTM_FAST_NUM_THREADS`` or all cores); the
+    engine refuses a count above its maximum (any size of int) with a ``ValueError``."""
     _core.set_num_threads(positive_int("set_num_threads: n", n))
 
 

@@ -14,13 +14,24 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from operator import index
 from typing import Any, Callable, NamedTuple, TypeVar
 
 import numpy as np
 
 from . import functional as _F
-from ._checks import check_lengths, check_shape, float_dtype, positive_int, real_array
+from ._checks import (
+    cast,
+    check_lengths,
+    check_memory,
+    check_shape,
+    flag,
+    float_dtype,
+    integer,
+    mapping,
+    positive_int,
+    random_generator,
+)
+from ._core import Cancel
 from ._types import LayerWeights
 
 __all__ = ["LSTM"]
@@ -83,13 +94,27 @@ def _both_directions(run: Callable[[int], _T], concurrent: bool) -> list[_T]:
     """``[run(0), run(1)]``, the reverse direction in the worker thread if ``concurrent``."""
     if not concurrent:
         return [run(0), run(1)]
-    future = _POOL.submit(lambda: run(1))
+    # Only the main thread sees Ctrl-C. Both engine calls share `stop`: an
+    # interrupted call cancels it (python.rs), which also stops the other one at its
+    # next time step (the interrupted one may be waiting for it to release the
+    # engine's threads); so does a failure here, or an interrupted wait for run(1).
+    # Either way the wait below ends soon, and no work outlives the call.
+    stop = Cancel()
+
+    def reverse() -> _T:
+        with stop:
+            return run(1)
+
+    future = _POOL.submit(reverse)
     try:
-        first = run(0)
-    finally:
-        # Wait even when run(0) failed, so that no work outlives the call.
+        with stop:
+            first = run(0)
+        second = future.result()
+    except BaseException:
+        stop.cancel()
         wait([future])
-    return [first, future.result()]
+        raise
+    return [first, second]
 
 
 class _Tape(NamedTuple):
@@ -127,14 +152,26 @@ class LSTM:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
         self.num_layers = positive_int("num_layers", num_layers)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
-        self.bidirectional = bool(bidirectional)
+        self.bias = flag("bias", bias)
+        self.batch_first = flag("batch_first", batch_first)
+        self.bidirectional = flag("bidirectional", bidirectional)
         self.dtype = float_dtype("dtype", dtype)
+        rng = random_generator("seed", seed)
 
         directions = 2 if self.bidirectional else 1
         self.num_directions = directions
         hidden = self.hidden_size
+        per_direction = 4 * hidden * (hidden + (2 if self.bias else 0))
+        count = directions * (
+            self.num_layers * per_direction
+            + 4 * hidden * (self.input_size + (self.num_layers - 1) * directions * hidden)
+        )
+        check_memory(
+            f"input_size = {self.input_size}, hidden_size = {hidden}, num_layers = "
+            f"{self.num_layers}",
+            2 * count * self.dtype.itemsize,
+            f"the {count} parameters and their gradients",
+        )
         # _names[layer][direction] = (w_ih, w_hh, b_ih, b_hh) keys, biases None if off.
         self._names: list[list[tuple[str, str, str | None, str | None]]] = []
         shapes: dict[str, tuple[int, ...]] = {}
@@ -158,17 +195,23 @@ class LSTM:
             self._names.append(row)
 
         # PyTorch's initialisation: every parameter uniform in +-1/sqrt(H), in this order.
-        rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(hidden)
-        #: name -> the live parameter array (an optimizer updates these in place).
-        self.parameters: dict[str, np.ndarray] = {
-            name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
-            for name, shape in shapes.items()
-        }
-        #: name -> gradient of the last :meth:`backward` (zeros before the first).
-        self.grads: dict[str, np.ndarray] = {
-            name: np.zeros_like(p) for name, p in self.parameters.items()
-        }
+        try:
+            #: name -> the live parameter array (an optimizer updates these in place).
+            self.parameters: dict[str, np.ndarray] = {
+                name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+                for name, shape in shapes.items()
+            }
+            #: name -> gradient of the last :meth:`backward` (zeros before the first).
+            self.grads: dict[str, np.ndarray] = {
+                name: np.zeros_like(p) for name, p in self.parameters.items()
+            }
+        except MemoryError:
+            raise MemoryError(
+                f"input_size = {self.input_size}, hidden_size = {hidden} and num_layers = "
+                f"{self.num_layers}: out of memory for the {count} parameters and their "
+                f"gradients in {self.dtype}"
+            ) from None
         #: ``(dh0, dc0)`` of the last :meth:`backward`, each (L*D, B, H); None before.
         self.hx_grad: tuple[np.ndarray, np.ndarray] | None = None
         self._tape: _Tape | None = None
@@ -177,9 +220,9 @@ class LSTM:
 
     def __repr__(self) -> str:
         extra = "" if self.num_layers == 1 else f", num_layers={self.num_layers}"
-        for flag, default in (("bias", True), ("batch_first", False), ("bidirectional", False)):
-            if getattr(self, flag) != default:
-                extra += f", {flag}={getattr(self, flag)}"
+        for option, default in (("bias", True), ("batch_first", False), ("bidirectional", False)):
+            if getattr(self, option) != default:
+                extra += f", {option}={getattr(self, option)}"
         if self.dtype != np.float32:
             extra += f", dtype={self.dtype.name}"
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
@@ -193,7 +236,7 @@ class LSTM:
         biases are None for a layer built with ``bias=False``. PyTorch hands out the
         same arrays as ``all_weights[layer * num_directions + direction]``.
         """
-        layer, direction = index(layer), index(direction)
+        layer, direction = integer("layer", layer), integer("direction", direction)
         if not 0 <= layer < self.num_layers:
             raise IndexError(f"layer must lie in 0..{self.num_layers - 1}, got {layer}")
         if not 0 <= direction < self.num_directions:
@@ -209,7 +252,7 @@ class LSTM:
 
     def _cast(self, name: str, value: Any) -> np.ndarray:
         """``value`` in the layer's dtype; only real numbers (and bools) are accepted."""
-        return real_array(name, value).astype(self.dtype, copy=False)
+        return cast(name, value, self.dtype)
 
     def _concurrent(self, steps: int, batch: int) -> bool:
         """Whether to run the two directions of each layer at the same time."""
@@ -276,6 +319,7 @@ class LSTM:
         ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
         """
         self._tape = None  # a failed call must not leave an older tape for backward
+        need_cache = flag("need_cache", need_cache)
         array, batch_first, unbatched, steps, batch = self._input(x)
         rows = self.num_layers * self.num_directions
         h0 = c0 = None
@@ -396,7 +440,6 @@ class LSTM:
                 else:
                     d_out = d_out + results[1].dx
 
-        self.grads.update(grads)
         dh0_all = np.stack(dh0)
         dc0_all = np.stack(dc0)
         dx = d_out
@@ -404,6 +447,9 @@ class LSTM:
             dx = dx[:, 0, :]
             dh0_all = dh0_all[:, 0, :]
             dc0_all = dc0_all[:, 0, :]
+        # Last, together: a call that fails or is interrupted before here leaves the
+        # previous gradients whole.
+        self.grads.update(grads)
         self.hx_grad = (dh0_all, dc0_all)
         return dx
 
@@ -476,8 +522,8 @@ class LSTM:
         match; otherwise missing keys are left alone and unknown keys are ignored.
         Nothing changes unless the whole dict is valid.
         """
-        if not hasattr(state, "keys"):
-            raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
+        mapping("state", state, "arrays")
+        strict = flag("strict", strict)
         expected = set(self.parameters)
         given = set(state.keys())
         if strict and given != expected:

@@ -11,18 +11,17 @@ rules are PyTorch's (``torch.optim.SGD``, ``torch.optim.Adam``,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 import numpy as np
 
-from ._checks import real_array
+from ._checks import check_size, flag, mapping, real_array, real_number
 
 __all__ = ["SGD", "Adam", "clip_grad_norm"]
 
 
 def _check_params(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a dict name -> ndarray, got {type(params).__name__}")
+    mapping("params", params, "floating ndarrays")
     checked = {}
     for name, p in params.items():
         if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
@@ -39,7 +38,8 @@ def _check_params(params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _check_grads(
     params: dict[str, np.ndarray], grads: Mapping[str, np.ndarray | None]
 ) -> dict[str, np.ndarray]:
-    unknown = sorted(set(grads) - set(params))
+    mapping("grads", grads, "arrays")
+    unknown = sorted((k for k in grads if k not in params), key=repr)
     if unknown:
         raise ValueError(f"grads has keys that are not parameters: {unknown}")
     checked = {}
@@ -52,13 +52,6 @@ def _check_grads(
             raise ValueError(f"gradient {name!r} must have shape {p.shape}, got {g.shape}")
         checked[name] = g
     return checked
-
-
-def _nonnegative(name: str, value: float) -> float:
-    value = float(value)
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
 
 
 class SGD:
@@ -80,11 +73,11 @@ class SGD:
         weight_decay: float = 0.0,
     ) -> None:
         self.params = _check_params(params)
-        self.lr = _nonnegative("lr", lr)
-        self.momentum = _nonnegative("momentum", momentum)
-        self.dampening = float(dampening)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = _nonnegative("weight_decay", weight_decay)
+        self.lr = real_number("lr", lr, minimum=0.0)
+        self.momentum = real_number("momentum", momentum, minimum=0.0)
+        self.dampening = real_number("dampening", dampening)
+        self.nesterov = flag("nesterov", nesterov)
+        self.weight_decay = real_number("weight_decay", weight_decay, minimum=0.0)
         if self.nesterov and (self.momentum == 0.0 or self.dampening != 0.0):
             raise ValueError("nesterov needs momentum > 0 and dampening = 0")
         self.velocity: dict[str, np.ndarray] = {}
@@ -123,13 +116,15 @@ class Adam:
         weight_decay: float = 0.0,
     ) -> None:
         self.params = _check_params(params)
-        self.lr = _nonnegative("lr", lr)
-        beta1, beta2 = (float(b) for b in betas)
+        self.lr = real_number("lr", lr, minimum=0.0)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r:.80}")
+        beta1, beta2 = (real_number(f"betas[{k}]", b) for k, b in enumerate(betas))
         if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
             raise ValueError(f"betas must lie in [0, 1), got {betas}")
         self.betas = (beta1, beta2)
-        self.eps = _nonnegative("eps", eps)
-        self.weight_decay = _nonnegative("weight_decay", weight_decay)
+        self.eps = real_number("eps", eps, minimum=0.0)
+        self.weight_decay = real_number("weight_decay", weight_decay, minimum=0.0)
         self.steps: dict[str, int] = {}
         self.exp_avg: dict[str, np.ndarray] = {}
         self.exp_avg_sq: dict[str, np.ndarray] = {}
@@ -171,11 +166,16 @@ def clip_grad_norm(
     norm before clipping; when it is not finite the gradients become NaN (as in
     PyTorch), so check it to skip such a step.
     """
-    max_norm = _nonnegative("max_norm", max_norm)
-    norm_type = float(norm_type)
+    max_norm = real_number("max_norm", max_norm, minimum=0.0)
+    if isinstance(norm_type, str) and norm_type.lower() == "inf":  # PyTorch takes "inf" too
+        norm_type = math.inf
+    norm_type = real_number("norm_type", norm_type)
     if not norm_type > 0:
         raise ValueError(f"norm_type must be > 0, got {norm_type}")
+    mapping("grads", grads, "arrays")
     arrays = {k: real_array(f"gradient {k!r}", g) for k, g in grads.items() if g is not None}
+    for k, g in arrays.items():
+        check_size(f"gradient {k!r}", g.shape)  # the norm reads it as float64
     if not arrays:
         return 0.0
     if math.isinf(norm_type):
@@ -190,9 +190,20 @@ def clip_grad_norm(
         )
     coef = max_norm / (total + 1e-6)
     if not coef >= 1.0:  # NaN scales too: a non-finite norm poisons every gradient
+        # In place where the scaled values fit the caller's array; a read-only one, or
+        # an integer or bool one (which would truncate), is replaced by a new array.
+        in_place = {
+            k: g.flags.writeable and g is grads[k] and g.dtype.kind == "f"
+            for k, g in arrays.items()
+        }
+        if not all(in_place.values()) and not isinstance(grads, MutableMapping):
+            raise TypeError(
+                "grads must be a mutable dict when a gradient is read-only or not a float "
+                "ndarray (it is replaced by its scaled copy)"
+            )
         for name, g in arrays.items():
-            if g.flags.writeable and g is grads[name]:
+            if in_place[name]:
                 g *= g.dtype.type(coef)
             else:
-                grads[name] = g * g.dtype.type(coef)  # type: ignore[index]
+                grads[name] = g * (g.dtype.type(coef) if g.dtype.kind == "f" else coef)  # type: ignore[index]
     return total

@@ -50,18 +50,23 @@ def compute_dtype(*arrays) -> np.dtype:
     )
 
 
-def _arguments(**named: Any) -> tuple[dict[str, Any], np.dtype]:
-    """The given arguments as arrays (``None`` stays ``None``) and their compute dtype."""
-    arrays = {k: None if v is None else _checks.real_array(k, v) for k, v in named.items()}
-    dtype = _checks.compute_dtype(a.dtype for a in arrays.values() if a is not None)
-    return arrays, dtype
+def _arguments(
+    raw: dict[str, Any], *, batch_first: bool = False, names: dict[str, str] | None = None
+) -> tuple[list[Any], np.dtype]:
+    """The arguments x, w_ih, w_hh, b_ih, b_hh, h0, c0 as arrays (``None`` stays
+    ``None``), checked as the functional API checks them, and their compute dtype."""
+    arrays, _ = _checks.pass_arguments(raw, batch_first=batch_first, names=names or {})
+    dtype = _checks.compute_dtype(a.dtype for a in arrays.values())
+    return [arrays.get(k) for k in raw], dtype
 
 
-def _seed(name: str, value: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _seed(
+    name: str, value: Any, symbols: str, shape: tuple[int, ...], dtype: np.dtype
+) -> np.ndarray:
     """A gradient from the caller, in the cache's dtype; None means zeros."""
     if value is None:
         return np.zeros(shape, dtype)
-    return _checks.real_array(name, value).astype(dtype)
+    return _checks.shaped_array(name, value, symbols, shape).astype(dtype)
 
 
 def _sigmoid(a: np.ndarray) -> np.ndarray:
@@ -197,8 +202,11 @@ def forward(
     need_cache: bool = True,
 ) -> Forward:
     """One LSTM layer over a sequence; see docs/api.md, 'Functional API'."""
-    a, dtype = _arguments(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0)
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = a.values()
+    raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
+    batch_first = _checks.flag("batch_first", batch_first)
+    reverse = _checks.flag("reverse", reverse)
+    need_cache = _checks.flag("need_cache", need_cache)
+    (x, w_ih, w_hh, b_ih, b_hh, h0, c0), dtype = _arguments(raw, batch_first=batch_first)
     x = x.astype(dtype)
     if batch_first:
         x = x.transpose(1, 0, 2)
@@ -273,11 +281,12 @@ def backward(cache: Cache, dy=None, dh_n=None, dc_n=None) -> Gradients:
     T, B, H = cache.c.shape
     I = cache.x.shape[2]  # noqa: E741
     dtype = cache.c.dtype
-    dy = _seed("dy", dy, (B, T, H) if cache.batch_first else (T, B, H), dtype)
     if cache.batch_first:
-        dy = dy.transpose(1, 0, 2)
-    dh = _seed("dh_n", dh_n, (B, H), dtype)
-    dc = _seed("dc_n", dc_n, (B, H), dtype)
+        dy = _seed("dy", dy, "(batch, seq_len, hidden_size)", (B, T, H), dtype).transpose(1, 0, 2)
+    else:
+        dy = _seed("dy", dy, "(seq_len, batch, hidden_size)", (T, B, H), dtype)
+    dh = _seed("dh_n", dh_n, "(batch, hidden_size)", (B, H), dtype)
+    dc = _seed("dc_n", dc_n, "(batch, hidden_size)", (B, H), dtype)
 
     # The loop runs the processing steps backwards, on arrays in processing order.
     valid, t_of = _schedule(cache.lengths, T, cache.reverse)
@@ -310,9 +319,9 @@ def backward(cache: Cache, dy=None, dh_n=None, dc_n=None) -> Gradients:
 
 def cell_forward(x_t, h, c, w_ih, w_hh, b_ih=None, b_hh=None) -> Cell:
     """One LSTM step: x_t (B, I), h and c (B, H)."""
-    a, dtype = _arguments(x_t=x_t, h=h, c=c, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    x_t, h, c, w_ih, w_hh, b_ih, b_hh = a.values()
-    x_t = np.array(x_t, dtype=dtype)
+    raw = _checks.cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+    (x, w_ih, w_hh, b_ih, b_hh, h, c), dtype = _arguments(raw, names=_checks.CELL_NAMES)
+    x_t = np.array(x[0], dtype=dtype)
     h = np.array(h, dtype=dtype)
     c = np.array(c, dtype=dtype)
     w_ih = np.array(w_ih, dtype=dtype)
@@ -351,8 +360,8 @@ def cell_backward(
         raise TypeError(f"cache must be a reference.CellCache, got {type(cache).__name__}")
     B, H = cache.c.shape
     dtype = cache.c.dtype
-    dh = _seed("dh_new", dh_new, (B, H), dtype)
-    dc = _seed("dc_new", dc_new, (B, H), dtype)
+    dh = _seed("dh_new", dh_new, "(batch, hidden_size)", (B, H), dtype)
+    dc = _seed("dc_new", dc_new, "(batch, hidden_size)", (B, H), dtype)
     da, dc_prev = _gate_grads(dh, dc, cache.i, cache.f, cache.g, cache.o, cache.c, cache.c_prev)
     dx = da @ cache.w_ih
     dh_prev = da @ cache.w_hh

@@ -46,18 +46,28 @@ impl<E: Float> Sequence<'_, E> {
         if hidden == 0 {
             return Err(Error::Value("hidden_size must be at least 1".into()));
         }
+        // w_hh first: it bounds H before H is padded.
+        expect_len(
+            "w_hh",
+            self.w_hh.len(),
+            product("w_hh", &[4, hidden, hidden])?,
+        )?;
+        let hp = hidden_pad::<E>(hidden);
         let rows = self.rows()?;
-        product("cache", &[rows, 4, hidden_pad::<E>(hidden)])?;
+        // The buffers the passes allocate besides their arguments: the cache
+        // and backward's scratch (T·B × 4Hp); per batch row, three states of
+        // Hp and the accumulators of a tile (four vectors, at most 32
+        // elements); w_hh's panels (at most 4Hp × (Hp + 64)); w_ih padded to
+        // 4Hp rows.
+        product("cache", &[rows, 4, hp])?;
+        product("the state of the batch rows", &[batch, 3 * hp + 32])?;
+        product("w_hh packed in panels", &[4 * hp, hp + 64])?;
+        product("w_ih padded to 4·Hp rows", &[4 * hp, input])?;
         expect_len("x", self.x.len(), product("x", &[rows, input])?)?;
         expect_len(
             "w_ih",
             self.w_ih.len(),
             product("w_ih", &[4, hidden, input])?,
-        )?;
-        expect_len(
-            "w_hh",
-            self.w_hh.len(),
-            product("w_hh", &[4, hidden, hidden])?,
         )?;
         expect_opt("bias", self.bias.map(<[E]>::len), 4 * hidden)?;
         let state = product("h0", &[batch, hidden])?;

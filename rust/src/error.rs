@@ -9,12 +9,21 @@ pub enum Error {
     Value(String),
     /// A buffer size overflows the address space (Python: `MemoryError`).
     TooLarge(String),
+    /// The system refused an allocation (an address-space limit, strict
+    /// overcommit, a container's memory limit); the message names the buffer
+    /// and its size in bytes (Python: `MemoryError`).
+    OutOfMemory(String),
+    /// The pass was cancelled (`Cancel`) before it finished; its outputs are
+    /// partly written (Python: the exception of the signal that cancelled it,
+    /// else `KeyboardInterrupt`).
+    Interrupted,
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Value(msg) | Error::TooLarge(msg) => f.write_str(msg),
+            Error::Value(msg) | Error::TooLarge(msg) | Error::OutOfMemory(msg) => f.write_str(msg),
+            Error::Interrupted => f.write_str("the call was interrupted"),
         }
     }
 }

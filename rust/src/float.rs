@@ -2,6 +2,7 @@
 //! ([`SimdElement`]: activation constants, the vector of each ISA) plus what the
 //! rest of the engine needs (the cache padding and the matrix product).
 
+use crate::alloc::Zeroable;
 use crate::simd::SimdElement;
 
 /// The signature of matrixmultiply's `sgemm`/`dgemm`:
@@ -24,7 +25,7 @@ pub type Gemm<E> = unsafe fn(
 );
 
 /// `f32` or `f64`: everything the engine needs to know about an element type.
-pub trait Float: SimdElement {
+pub trait Float: SimdElement + Zeroable {
     /// Hidden sizes are padded to a multiple of this inside the engine, so every
     /// ISA's vector (at most 64 bytes) tiles a row without a remainder and a cache
     /// made under one ISA can be consumed under another.

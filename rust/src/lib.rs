@@ -29,7 +29,9 @@
 //!   scalar.rs avx2.rs avx512.rs   the vectors of each ISA
 //!   vector.rs         the Simd and SimdElement traits, partial loads/stores
 //! tuning.rs         every tuning constant, with its reason
+//! alloc.rs          every buffer the engine allocates, fallibly
 //! setting.rs        a choice among an enum's values read once from the environment
+//! cancel.rs         Cancel: asks a running pass to stop
 //! error.rs          Error, Result
 //! ```
 //!
@@ -37,6 +39,8 @@
 //! its team at parallel's barrier and a large product asks whether it runs in
 //! the pool, while `parallel/` runs any closure and knows no kernel.
 
+pub mod alloc;
+pub mod cancel;
 pub mod check;
 pub mod error;
 pub mod float;
@@ -54,10 +58,15 @@ mod python;
 #[cfg(test)]
 mod tests;
 
+pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use float::Float;
 pub use lstm::{backward, forward};
-pub use parallel::pool::{forget_pool_after_fork, num_threads, set_num_threads};
+#[doc(hidden)]
+pub use parallel::pool::hold_pool_lock;
+pub use parallel::pool::{
+    env_num_threads, forget_pool_after_fork, num_threads, set_num_threads, threads_out_of_range,
+};
 pub use parallel::split::{force_split, ForcedSplit};
 pub use sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 pub use simd::Isa;

@@ -3,15 +3,18 @@
 //! over threads (`parallel/split.rs`), runs one chunk kernel per team member
 //! (`kernels/forward_step.rs`, `kernels/backward_step.rs`; the input projection
 //! runs inside the forward loop, a block of steps at a time) and, for
-//! backward, the large products after the loop.
+//! backward, the large products after the loop. A [`Cancel`] stops either at
+//! its next time step (and backward between its products).
 
 use rayon::prelude::*;
 
+use crate::alloc;
+use crate::cancel::Cancel;
 use crate::check;
 use crate::error::Result;
 use crate::float::Float;
-use crate::kernels::backward_step::{BackwardChunk, BackwardState};
-use crate::kernels::forward_step::{ForwardChunk, ForwardOut, ForwardState};
+use crate::kernels::backward_step::{BackwardChunk, BackwardScratch, BackwardState};
+use crate::kernels::forward_step::{ForwardChunk, ForwardOut, ForwardScratch, ForwardState};
 use crate::kernels::gemm::{gemm, Mat};
 use crate::kernels::layout::{SharedMut, Slots};
 use crate::kernels::pack;
@@ -22,13 +25,19 @@ use crate::simd::{dispatch, Isa};
 use crate::tuning::DB_COLUMN_BLOCK;
 
 /// Forward pass over the whole sequence. With `cache`, also records what
-/// [`backward`] needs (sizes: see [`Cache`]).
+/// [`backward`] needs (sizes: see [`Cache`]). Once `cancel` is set, returns
+/// [`Error::Interrupted`](crate::Error::Interrupted) at the next time step, with
+/// `out` and `cache` partly written.
 pub fn forward<E: Float>(
     seq: &Sequence<'_, E>,
     out: Outputs<'_, E>,
     cache: Option<Cache<'_, E>>,
+    cancel: &Cancel,
 ) -> Result<()> {
     check::forward_args(seq, &out, cache.as_ref())?;
+    if !seq.runs() {
+        return forward_without_steps(seq, out, cache);
+    }
     let Dims {
         batch,
         input,
@@ -43,25 +52,18 @@ pub fn forward<E: Float>(
     let lanes = isa.lanes::<E>();
     let tiles = hp / lanes;
     let threads = pool.current_num_threads();
-    let (split, _claim) = claim(&workers, choose_split(batch, tiles, threads));
-    let chunks = split::chunks(split, threads, batch, |b| seq.length(b));
+    let (split, _claim) = claim(&workers, choose_split(batch, tiles, threads), cancel)?;
+    let chunks = split::chunks(split, threads, batch, |b| seq.length(b))?;
     // One batch chunk has nothing to share: run it on the calling thread and
     // skip the hand-off to the pool (microseconds, which small calls notice).
     let inline = split == Split::Batch && chunks.len() <= 1;
 
-    let body = || {
-        let bias = pack::pad_bias(seq.bias, hidden, hp);
-        let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes);
+    let body = || -> Result<()> {
+        let bias = pack::pad_bias(seq.bias, hidden, hp)?;
+        let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes)?;
 
         let mut cache = cache;
-        for row in seq.padded_rows() {
-            out.y[row * hidden..][..hidden].fill(E::ZERO);
-            if let Some(c) = cache.as_mut() {
-                c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
-                c.cells[row * hp..][..hp].fill(E::ZERO);
-                c.h_prev[row * hp..][..hp].fill(E::ZERO);
-            }
-        }
+        clear_padded_rows(seq, out.y, cache.as_mut());
         let (gates, cells, h_prev) = match cache {
             Some(c) => (
                 SharedMut(c.gates.as_mut_ptr()),
@@ -78,60 +80,90 @@ pub fn forward<E: Float>(
         };
 
         // Per chunk: its state (h twice, c), h0/c0 copied in.
-        let mut states = chunk_states(&chunks, hidden, [seq.h0, None, seq.c0]);
-        let state_ptrs: Vec<ForwardState<E>> = states
-            .iter_mut()
-            .map(|[h0, h1, c]| ForwardState {
+        let mut states = chunk_states(&chunks, hidden, [seq.h0, None, seq.c0])?;
+        let state_ptrs = alloc::collect(
+            states.iter_mut().map(|[h0, h1, c]| ForwardState {
                 h: [SharedMut(h0.as_mut_ptr()), SharedMut(h1.as_mut_ptr())],
                 c: SharedMut(c.as_mut_ptr()),
-            })
-            .collect();
+            }),
+            "the chunk states",
+        )?;
+        // Per member: its scratch, allocated here, before the threads start.
+        let mut scratch = alloc::try_collect(
+            split::members(split, chunks.len(), tiles).map(|(chunk, tile_range)| {
+                let (rows, lens) = &chunks[chunk];
+                let units = tile_range.start * lanes..tile_range.end * lanes;
+                ForwardScratch::new(geo, &Slots { rows, lens }, input, units, lanes)
+            }),
+            "the members' scratch",
+        )?;
         // Chunks own disjoint batch rows and write only those rows of the shared
         // outputs (sizes checked above); members of a chunk write disjoint units.
-        run_split(split, chunks.len(), tiles, &|chunk, tile_range, barrier| {
-            let (rows, lens) = &chunks[chunk];
-            let kernel = ForwardChunk {
-                geo,
-                slots: Slots { rows, lens },
-                x: seq.x,
-                input,
-                w_ih: seq.w_ih,
-                bias: &bias,
-                panels: &panels,
-                state: state_ptrs[chunk],
-                out: shared,
-                tiles: tile_range,
-                barrier,
-            };
-            dispatch(isa, kernel);
-        });
+        run_split(
+            split,
+            chunks.len(),
+            tiles,
+            &mut scratch,
+            &|chunk, tile_range, scratch, barrier| {
+                let (rows, lens) = &chunks[chunk];
+                let kernel = ForwardChunk {
+                    geo,
+                    slots: Slots { rows, lens },
+                    x: seq.x,
+                    input,
+                    w_ih: seq.w_ih,
+                    bias: &bias,
+                    panels: &panels,
+                    state: state_ptrs[chunk],
+                    out: shared,
+                    tiles: tile_range,
+                    scratch: std::mem::take(scratch),
+                    barrier,
+                    cancel,
+                };
+                dispatch(isa, kernel);
+            },
+        );
+        // A cancelled pass stops here (its kernels have stopped at a step).
+        cancel.check()?;
 
-        // A row of length L last wrote h into buffer L % 2 (h0 sits in 0).
-        for ((slot_rows, slot_lens), st) in chunks.iter().zip(&states) {
-            for (slot, (&b, &len)) in slot_rows.iter().zip(slot_lens).enumerate() {
-                out.h_n[b * hidden..][..hidden]
-                    .copy_from_slice(&st[len % 2][slot * hp..][..hidden]);
-                out.c_n[b * hidden..][..hidden].copy_from_slice(&st[2][slot * hp..][..hidden]);
+        // A row of length L last wrote h into buffer L % 2 (h0 sits in 0); a
+        // row of length 0 has no state and keeps h0, c0.
+        for (st, slot, b, len) in chunk_rows(&chunks, &states) {
+            let h_n = &mut out.h_n[b * hidden..][..hidden];
+            let c_n = &mut out.c_n[b * hidden..][..hidden];
+            if len == 0 {
+                copy_row_or_zero(h_n, seq.h0, b);
+                copy_row_or_zero(c_n, seq.c0, b);
+            } else {
+                h_n.copy_from_slice(&st[len % 2][slot * hp..][..hidden]);
+                c_n.copy_from_slice(&st[2][slot * hp..][..hidden]);
             }
         }
+        Ok(())
     };
     if inline {
-        body();
+        body()
     } else {
-        pool.install(body);
+        pool.install(body)
     }
-    Ok(())
 }
 
 /// Backpropagation through time over the whole sequence, from the cache that
-/// [`forward`] filled for the same `seq`.
+/// [`forward`] filled for the same `seq`. Once `cancel` is set, returns
+/// [`Error::Interrupted`](crate::Error::Interrupted) at the next time step or
+/// before the next large product, with `grads` partly written.
 pub fn backward<E: Float>(
     seq: &Sequence<'_, E>,
     cache: CacheRef<'_, E>,
     seeds: Seeds<'_, E>,
     grads: Grads<'_, E>,
+    cancel: &Cancel,
 ) -> Result<()> {
     let rows = check::backward_args(seq, &cache, &seeds, &grads)?;
+    if !seq.runs() {
+        return backward_without_steps(seeds, grads);
+    }
     let Dims {
         batch,
         input,
@@ -147,19 +179,19 @@ pub fn backward<E: Float>(
     let lanes = isa.lanes::<E>();
     let tiles = hp.div_ceil(4 * lanes);
     let threads = pool.current_num_threads();
-    let (split, _claim) = claim(&workers, choose_split(batch, tiles, threads));
-    let chunks = split::chunks(split, threads, batch, |b| seq.length(b));
+    let (split, _claim) = claim(&workers, choose_split(batch, tiles, threads), cancel)?;
+    let chunks = split::chunks(split, threads, batch, |b| seq.length(b))?;
 
-    let mut owned = Vec::new();
+    let mut owned;
     let da: &mut [E] = match grads.scratch {
         Some(scratch) => scratch,
         None => {
-            owned.resize(rows * depth, E::ZERO);
+            owned = alloc::zeroed(&[rows, depth], "the gate gradients (backward's scratch)")?;
             &mut owned
         }
     };
-    let body = || {
-        let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes);
+    let body = || -> Result<()> {
+        let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes)?;
         // The kernels write every visited (step, row) in full; padded steps
         // must hold zeros so the products below ignore them.
         for row in seq.padded_rows() {
@@ -171,40 +203,64 @@ pub fn backward<E: Float>(
         );
 
         // Per chunk: its state (dh_n seed, dc, c0), copied in.
-        let mut states = chunk_states(&chunks, hidden, [seeds.dh_n, seeds.dc_n, seq.c0]);
-        let state_ptrs: Vec<BackwardState<E>> = states
-            .iter_mut()
-            .map(|[dh, dc, c0]| BackwardState {
+        let mut states = chunk_states(&chunks, hidden, [seeds.dh_n, seeds.dc_n, seq.c0])?;
+        let state_ptrs = alloc::collect(
+            states.iter_mut().map(|[dh, dc, c0]| BackwardState {
                 dh_seed: SharedMut(dh.as_mut_ptr()),
                 dc: SharedMut(dc.as_mut_ptr()),
                 c_first: SharedMut(c0.as_mut_ptr()),
-            })
-            .collect();
+            }),
+            "the chunk states",
+        )?;
+        // Per member: its scratch, allocated here, before the threads start.
+        let mut scratch = alloc::try_collect(
+            split::members(split, chunks.len(), tiles).map(|(chunk, _)| {
+                let (rows, lens) = &chunks[chunk];
+                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes)
+            }),
+            "the members' scratch",
+        )?;
         // Chunks own disjoint batch rows and write only their rows of da and dh0
         // (sizes checked above); members of a chunk write disjoint units.
-        run_split(split, chunks.len(), tiles, &|chunk, tile_range, barrier| {
-            let (slot_rows, slot_lens) = &chunks[chunk];
-            let kernel = BackwardChunk {
-                geo,
-                slots: Slots {
-                    rows: slot_rows,
-                    lens: slot_lens,
-                },
-                gates: cache.gates,
-                cells: cache.cells,
-                panels: &panels,
-                dy: seeds.dy,
-                state: state_ptrs[chunk],
-                da: da_ptr,
-                dh0,
-                tiles: tile_range,
-                barrier,
-            };
-            dispatch(isa, kernel);
-        });
-        for ((slot_rows, _), st) in chunks.iter().zip(&states) {
-            for (slot, &b) in slot_rows.iter().enumerate() {
-                grads.dc0[b * hidden..][..hidden].copy_from_slice(&st[1][slot * hp..][..hidden]);
+        run_split(
+            split,
+            chunks.len(),
+            tiles,
+            &mut scratch,
+            &|chunk, tile_range, scratch, barrier| {
+                let (slot_rows, slot_lens) = &chunks[chunk];
+                let kernel = BackwardChunk {
+                    geo,
+                    slots: Slots {
+                        rows: slot_rows,
+                        lens: slot_lens,
+                    },
+                    gates: cache.gates,
+                    cells: cache.cells,
+                    panels: &panels,
+                    dy: seeds.dy,
+                    state: state_ptrs[chunk],
+                    da: da_ptr,
+                    dh0,
+                    tiles: tile_range,
+                    scratch: std::mem::take(scratch),
+                    barrier,
+                    cancel,
+                };
+                dispatch(isa, kernel);
+            },
+        );
+        // A cancelled pass stops here, or between the products below (each
+        // takes a fraction of the call).
+        cancel.check()?;
+        // A row of length 0 has no state: its dh0, dc0 are its seeds.
+        for (st, slot, b, len) in chunk_rows(&chunks, &states) {
+            let dc0 = &mut grads.dc0[b * hidden..][..hidden];
+            if len == 0 {
+                copy_row_or_zero(&mut grads.dh0[b * hidden..][..hidden], seeds.dh_n, b);
+                copy_row_or_zero(dc0, seeds.dc_n, b);
+            } else {
+                dc0.copy_from_slice(&st[1][slot * hp..][..hidden]);
             }
         }
 
@@ -214,7 +270,7 @@ pub fn backward<E: Float>(
         let w_ih = if hidden == hp {
             std::borrow::Cow::Borrowed(seq.w_ih)
         } else {
-            pack::pad_gate_rows(seq.w_ih, hidden, hp, input).into()
+            pack::pad_gate_rows(seq.w_ih, hidden, hp, input)?.into()
         };
         gemm(
             Mat::rows(da, rows, depth, depth),
@@ -224,12 +280,13 @@ pub fn backward<E: Float>(
             false,
         );
         // (first da column, first output row, rows) per product.
-        let blocks: Vec<(usize, usize, usize)> = if hidden == hp {
-            vec![(0, 0, 4 * hidden)]
-        } else {
-            (0..4).map(|g| (g * hp, g * hidden, hidden)).collect()
-        };
-        for (col, out_row, n) in blocks {
+        let (all_gates, per_gate) = (
+            [(0, 0, 4 * hidden)],
+            [0, 1, 2, 3].map(|g| (g * hp, g * hidden, hidden)),
+        );
+        let blocks: &[(usize, usize, usize)] = if hidden == hp { &all_gates } else { &per_gate };
+        for &(col, out_row, n) in blocks {
+            cancel.check()?;
             // da's columns of these gate rows, transposed: (n, T·B).
             let da_t = Mat {
                 data: &da[col.min(da.len())..],
@@ -246,6 +303,7 @@ pub fn backward<E: Float>(
                 false,
             );
             let h_prev = Mat::rows(cache.h_prev, rows, hidden, hp);
+            cancel.check()?;
             gemm(
                 da_t,
                 h_prev,
@@ -255,9 +313,10 @@ pub fn backward<E: Float>(
             );
         }
         if let Some(db) = grads.db {
+            cancel.check()?;
             // Column blocks in parallel, each summed over rows in order: the
             // same bits for any thread count.
-            let mut sum = vec![E::ZERO; depth];
+            let mut sum = alloc::zeroed::<E>(&[depth], "the column sums of the bias gradient")?;
             let column_block = |(blk, sum): (usize, &mut [E])| {
                 for da_row in da.chunks_exact(depth) {
                     for (s, &d) in sum.iter_mut().zip(&da_row[blk * DB_COLUMN_BLOCK..]) {
@@ -278,37 +337,112 @@ pub fn backward<E: Float>(
                 db[gate * hidden..][..hidden].copy_from_slice(&sum[gate * hp..][..hidden]);
             }
         }
+        Ok(())
     };
     // Unlike forward, even one batch chunk shares work: the products after the
     // loop split their rows over the pool. Only a one-thread pool stays here.
     if threads == 1 {
-        body();
+        body()
     } else {
-        pool.install(body);
+        pool.install(body)
     }
-    Ok(())
 }
 
-/// Per chunk, three state buffers of slots × Hp: buffer k holds `sources[k]`
-/// (B × H, zeros when None) for each slot's batch row, zeros in padded units.
+/// Per chunk, three state buffers of Hp per row of length > 0 (a prefix of
+/// its slots): buffer k holds `sources[k]` (B × H, zeros when None) for each
+/// such slot's batch row, zeros in padded units. A row of length 0 needs no
+/// state: its results are its sources.
 fn chunk_states<E: Float>(
     chunks: &[Chunk],
     hidden: usize,
     sources: [Option<&[E]>; 3],
-) -> Vec<[Vec<E>; 3]> {
+) -> Result<Vec<[Vec<E>; 3]>> {
     let hp = hidden_pad::<E>(hidden);
-    chunks
-        .iter()
-        .map(|(slot_rows, _)| {
-            let mut st = [(); 3].map(|_| vec![E::ZERO; slot_rows.len() * hp]);
-            for (r, &b) in slot_rows.iter().enumerate() {
-                for (src, dst) in sources.iter().zip(&mut st) {
-                    if let Some(src) = src {
-                        dst[r * hp..][..hidden].copy_from_slice(&src[b * hidden..][..hidden]);
-                    }
+    let chunk_state = |(rows, lens): &Chunk| -> Result<[Vec<E>; 3]> {
+        let running = Slots { rows, lens }.active(0);
+        let buffer = || alloc::zeroed::<E>(&[running, hp], "the per-row state of a chunk");
+        let mut st = [buffer()?, buffer()?, buffer()?];
+        for (r, &b) in rows[..running].iter().enumerate() {
+            for (src, dst) in sources.iter().zip(&mut st) {
+                if let Some(src) = src {
+                    dst[r * hp..][..hidden].copy_from_slice(&src[b * hidden..][..hidden]);
                 }
             }
-            st
-        })
-        .collect()
+        }
+        Ok(st)
+    };
+    alloc::try_collect(chunks.iter().map(chunk_state), "the chunk states")
+}
+
+/// Every batch row of `chunks`, with its chunk's state: (state, slot, row,
+/// length).
+fn chunk_rows<'a, S>(
+    chunks: &'a [Chunk],
+    states: &'a [S],
+) -> impl Iterator<Item = (&'a S, usize, usize, usize)> + 'a {
+    chunks.iter().zip(states).flat_map(|((rows, lens), st)| {
+        let rows = rows.iter().zip(lens).enumerate();
+        rows.map(move |(slot, (&b, &len))| (st, slot, b, len))
+    })
+}
+
+/// Row `b` of `src` (B × H, zeros when None) into `dst` (H).
+fn copy_row_or_zero<E: Float>(dst: &mut [E], src: Option<&[E]>, b: usize) {
+    copy_or_zero(dst, src.map(|src| &src[b * dst.len()..][..dst.len()]));
+}
+
+/// `src` into `dst` (the same length), or zeros when None.
+fn copy_or_zero<E: Float>(dst: &mut [E], src: Option<&[E]>) {
+    match src {
+        Some(src) => dst.copy_from_slice(src),
+        None => dst.fill(E::ZERO),
+    }
+}
+
+/// Zeros in every row of padded steps of `y` and the cache (the kernels never
+/// visit them).
+fn clear_padded_rows<E: Float>(
+    seq: &Sequence<'_, E>,
+    y: &mut [E],
+    mut cache: Option<&mut Cache<'_, E>>,
+) {
+    let hidden = seq.dims.hidden;
+    let hp = hidden_pad::<E>(hidden);
+    for row in seq.padded_rows() {
+        y[row * hidden..][..hidden].fill(E::ZERO);
+        if let Some(c) = cache.as_mut() {
+            c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
+            c.cells[row * hp..][..hp].fill(E::ZERO);
+            c.h_prev[row * hp..][..hp].fill(E::ZERO);
+        }
+    }
+}
+
+/// [`forward`] of a call in which no row has a step to run (T = 0, B = 0 or
+/// every length 0): every row of `y` and the cache is padding, and the final
+/// states are the initial ones. Allocates nothing.
+fn forward_without_steps<E: Float>(
+    seq: &Sequence<'_, E>,
+    out: Outputs<'_, E>,
+    mut cache: Option<Cache<'_, E>>,
+) -> Result<()> {
+    clear_padded_rows(seq, out.y, cache.as_mut());
+    copy_or_zero(out.h_n, seq.h0);
+    copy_or_zero(out.c_n, seq.c0);
+    Ok(())
+}
+
+/// [`backward`] of a call in which no row has a step to run: the gradients of
+/// the initial states are the seeds, every other gradient is zero (no step
+/// used the weights or the input). Allocates nothing.
+fn backward_without_steps<E: Float>(seeds: Seeds<'_, E>, grads: Grads<'_, E>) -> Result<()> {
+    copy_or_zero(grads.dh0, seeds.dh_n);
+    copy_or_zero(grads.dc0, seeds.dc_n);
+    grads.dx.fill(E::ZERO);
+    grads.dw_ih.fill(E::ZERO);
+    grads.dw_hh.fill(E::ZERO);
+    if let Some(db) = grads.db {
+        db.fill(E::ZERO);
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The only file that knows about Python: borrows NumPy arrays as slices,
-//! releases the GIL around every computation, and turns engine errors into
-//! exceptions (`impl From<Error> for PyErr`, the one place that does).
+//! releases the GIL around every computation, lets Ctrl-C stop the long ones
+//! ([`run_pass`]), and turns engine errors into exceptions (`impl From<Error>
+//! for PyErr`, the one place that does).
 //!
 //! The Python layer (`lstm_fast/functional.py`) has already checked shapes,
 //! resolved the dtype and made every array C-contiguous; here we only borrow.
@@ -15,17 +16,26 @@ use numpy::{
     PyUntypedArrayMethods,
 };
 use pyo3::conversion::FromPyObjectOwned;
-use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use crate::{Cache, CacheRef, Dims, Error, Float, Grads, Isa, Outputs, Seeds, Sequence};
+use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
+use crate::{Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, Seeds, Sequence};
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
         match e {
             Error::Value(msg) => PyValueError::new_err(msg),
-            Error::TooLarge(msg) => PyMemoryError::new_err(msg),
+            Error::TooLarge(msg) | Error::OutOfMemory(msg) => PyMemoryError::new_err(msg),
+            // A call stopped by a signal raises that signal's exception instead
+            // (`run_pass`); this is a call stopped through a `_core.Cancel`.
+            Error::Interrupted => PyKeyboardInterrupt::new_err("the call was cancelled"),
         }
     }
 }
@@ -86,11 +96,16 @@ impl<'a, 'py> FromPyObject<'a, 'py> for Lengths {
 
     fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
         let lengths = obj.extract::<In<'py, i64>>()?;
-        let lengths = lengths.0.as_array().into_iter().map(|&v| {
-            usize::try_from(v)
-                .map_err(|_| PyValueError::new_err(format!("lengths must be >= 0, got {v}")))
-        });
-        Ok(Lengths(lengths.collect::<PyResult<_>>()?))
+        let lengths = lengths.0.as_array();
+        // Allocated like the engine's buffers: a refusal is a MemoryError.
+        let mut out = crate::alloc::with_capacity(lengths.len(), "lengths")?;
+        for &v in lengths {
+            out.push(
+                usize::try_from(v)
+                    .map_err(|_| PyValueError::new_err(format!("lengths must be >= 0, got {v}")))?,
+            );
+        }
+        Ok(Lengths(out))
     }
 }
 
@@ -274,11 +289,155 @@ impl<E: Element> GradArrays<'_, E> {
     }
 }
 
+thread_local! {
+    /// The `_core.Cancel` blocks (`with cancel:`) this thread is in, innermost
+    /// last: its engine calls stop when the innermost is cancelled.
+    static SCOPES: RefCell<Vec<Arc<Cancel>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Multiply-adds of a forward pass over `dims` (saturating).
+fn work(dims: Dims) -> usize {
+    [
+        dims.steps,
+        dims.batch,
+        4 * dims.hidden,
+        dims.input + dims.hidden,
+    ]
+    .into_iter()
+    .fold(1, usize::saturating_mul)
+}
+
+/// Whether this is Python's main thread, the only one that sees signals.
+fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
+    let threading = py.import(intern!(py, "threading"))?;
+    let main = threading
+        .call_method0(intern!(py, "main_thread"))?
+        .getattr(intern!(py, "ident"))?;
+    main.eq(threading.call_method0(intern!(py, "get_ident"))?)
+}
+
+/// A pass handed to the runner thread, its lifetime erased (see `run_pass`).
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The thread that runs the long passes of Python's main thread, kept for the
+/// life of the process: on a new thread each time, a pass would find none of
+/// its allocator's memory mapped and fault every page in again (measured: 400
+/// page faults and +0.3 ms on a 2 ms call).
+struct Runner {
+    /// The process that started it: after `fork()` its thread is not there.
+    pid: u32,
+    jobs: mpsc::Sender<Job>,
+}
+
+thread_local! {
+    /// The main thread's runner: only the main thread hands passes to one.
+    static RUNNER: RefCell<Option<Runner>> = const { RefCell::new(None) };
+}
+
+/// Hands `job` to this thread's runner, starting one if needed; gives the job
+/// back when no thread can be started. The runner runs every job it gets.
+fn hand_to_runner(job: Job) -> std::result::Result<(), Job> {
+    RUNNER.with(|runner| {
+        let mut runner = runner.borrow_mut();
+        let pid = std::process::id();
+        if runner.as_ref().is_none_or(|r| r.pid != pid) {
+            let (jobs, queue) = mpsc::channel::<Job>();
+            let started = std::thread::Builder::new()
+                .name("lstm_fast-call".into())
+                .spawn(move || queue.into_iter().for_each(|job| job()));
+            if started.is_err() {
+                return Err(job);
+            }
+            // One from before a fork is forgotten, not dropped: its channel may
+            // have been locked by a thread that the child does not have.
+            std::mem::forget(runner.replace(Runner { pid, jobs }));
+        }
+        let jobs = &runner.as_ref().expect("started above").jobs;
+        jobs.send(job).map_err(|e| e.0)
+    })
+}
+
+/// Runs one engine pass with the GIL released.
+///
+/// Python's signal handlers only record a signal; the exception (Ctrl-C's
+/// `KeyboardInterrupt`) is raised when the main thread, holding the GIL, checks
+/// for it. So a pass of at least `INTERRUPTIBLE_WORK` called from the main
+/// thread runs on the runner thread while the calling thread checks for
+/// signals every `SIGNAL_POLL`; when a handler raises, the pass is cancelled
+/// (it stops at its next time step), waited for, and the handler's exception
+/// returned. Other calls run here, as they always did: they end quickly, or no
+/// signal can reach them. Either way the engine's threads are idle again when
+/// this returns, and a call inside a `with _core.Cancel():` block stops when
+/// that is cancelled.
+fn run_pass<F>(py: Python<'_>, dims: Dims, pass: F) -> PyResult<()>
+where
+    F: FnOnce(&Cancel) -> crate::Result<()> + Send,
+{
+    let scope = SCOPES.with(|s| s.borrow().last().cloned());
+    let local = Cancel::new();
+    let cancel = scope.as_deref().unwrap_or(&local);
+    if work(dims) < INTERRUPTIBLE_WORK || !on_main_thread(py)? {
+        return Ok(py.detach(|| pass(cancel))?);
+    }
+    let (done, finished) = mpsc::channel();
+    let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| pass(cancel)));
+        // The job's last use of what it borrows: `run_pass` waits for this.
+        let _ = done.send(outcome);
+    });
+    // SAFETY: the job borrows from this frame (`pass`'s captures, `cancel`).
+    // The runner runs every job it receives, and below this thread waits for
+    // the job's result, sent after its last use of them, before it returns or
+    // unwinds (`WaitOnUnwind`); a job given back runs here.
+    let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
+    let mut signal = None;
+    let outcome = py.detach(|| {
+        let finished = finished; // moved in: a receiver is not Sync
+        if let Err(job) = hand_to_runner(job) {
+            // No thread to spare (a limit on threads or memory): run the pass
+            // here, not interruptible, like a short one.
+            job();
+        }
+        /// Waits for the job if this thread unwinds first.
+        struct WaitOnUnwind<'a, T>(&'a mpsc::Receiver<T>);
+        impl<T> Drop for WaitOnUnwind<'_, T> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let _ = self.0.recv();
+                }
+            }
+        }
+        let _wait = WaitOnUnwind(&finished);
+        loop {
+            match finished.recv_timeout(SIGNAL_POLL) {
+                Ok(outcome) => return outcome,
+                Err(RecvTimeoutError::Timeout) => {
+                    if signal.is_none() {
+                        if let Err(e) = Python::attach(|py| py.check_signals()) {
+                            cancel.cancel();
+                            signal = Some(e);
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    unreachable!("every job sends its result")
+                }
+            }
+        }
+    });
+    // A panic of the pass goes on unwinding here, as it would have inline.
+    let result = outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    match signal {
+        Some(e) => Err(e),
+        None => Ok(result?),
+    }
+}
+
 // `FromPyObjectOwned` is what `#[derive(FromPyObject)]` asks of a type
 // parameter; f32 and f64 have it.
 
 /// Extracts the other bundles in the dtype of `seq`, then runs the engine with
-/// the GIL released.
+/// the GIL released ([`run_pass`]).
 fn run_forward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
     py: Python<'py>,
     seq: SequenceArrays<'py, E>,
@@ -290,7 +449,9 @@ fn run_forward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
     let seq = seq.sequence()?;
     let out = out.outputs()?;
     let cache = cache.as_mut().map(CacheArrays::cache).transpose()?;
-    Ok(py.detach(|| crate::forward(&seq, out, cache))?)
+    run_pass(py, seq.dims, |cancel| {
+        crate::forward(&seq, out, cache, cancel)
+    })
 }
 
 /// [`run_forward`] for the backward pass.
@@ -306,7 +467,9 @@ fn run_backward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
     let mut grads: GradArrays<'py, E> = grads.extract()?;
     let seq = seq.sequence()?;
     let (cache, seeds, grads) = (cache.cache_ref()?, seeds.seeds()?, grads.grads()?);
-    Ok(py.detach(|| crate::backward(&seq, cache, seeds, grads))?)
+    run_pass(py, seq.dims, |cancel| {
+        crate::backward(&seq, cache, seeds, grads, cancel)
+    })
 }
 
 #[pymodule]
@@ -365,10 +528,31 @@ mod _core {
         }
     }
 
-    /// Threads for later calls; 0 (or a negative n) is refused by the engine.
+    /// Threads for later calls: any Python int, refused by the engine outside
+    /// [1, MAX_THREADS] (one beyond `usize`, or negative, with the same message).
     #[pyfunction]
-    fn set_num_threads(n: i64) -> PyResult<()> {
-        Ok(crate::set_num_threads(usize::try_from(n).unwrap_or(0))?)
+    fn set_num_threads(n: &Bound<'_, pyo3::types::PyInt>) -> PyResult<()> {
+        match n.extract::<usize>() {
+            Ok(count) => Ok(crate::set_num_threads(count)?),
+            Err(_) => Err(crate::threads_out_of_range(n).into()),
+        }
+    }
+
+    /// Why `LSTM_FAST_NUM_THREADS` is not used (not an integer in range), or
+    /// None when it is unset or used; `import lstm_fast` warns with it.
+    #[pyfunction]
+    fn _env_num_threads_error() -> Option<String> {
+        crate::env_num_threads()?.err().map(|e| e.to_string())
+    }
+
+    /// Holds the engine's pool lock for `seconds` with the GIL released (tests:
+    /// a fork while another thread holds it).
+    #[pyfunction]
+    fn _hold_pool_lock(py: Python<'_>, seconds: f64) -> PyResult<()> {
+        let duration = std::time::Duration::try_from_secs_f64(seconds)
+            .map_err(|e| PyValueError::new_err(format!("seconds: {e}")))?;
+        py.detach(|| crate::hold_pool_lock(duration));
+        Ok(())
     }
 
     /// The number of threads calls use.
@@ -381,6 +565,52 @@ mod _core {
     #[pyfunction]
     fn _after_fork_in_child() {
         crate::forget_pool_after_fork();
+    }
+
+    /// A cancellation shared by engine calls on several threads: the calls made
+    /// inside `with cancel:` (by the thread that entered it) stop at their next
+    /// time step once `cancel.cancel()` is called from any thread, and raise
+    /// `KeyboardInterrupt`. Only the main thread sees Ctrl-C; this is how it
+    /// stops the calls it started on other threads (`LSTM`'s reverse direction).
+    #[pyclass(frozen, name = "Cancel", module = "lstm_fast._core")]
+    struct CancelScope(Arc<Cancel>);
+
+    #[pymethods]
+    impl CancelScope {
+        #[new]
+        fn new() -> Self {
+            CancelScope(Arc::new(Cancel::new()))
+        }
+
+        /// Stops the calls inside `with` blocks of this object, now and later.
+        fn cancel(&self) {
+            self.0.cancel();
+        }
+
+        /// Whether `cancel()` was called.
+        #[getter]
+        fn cancelled(&self) -> bool {
+            self.0.is_cancelled()
+        }
+
+        fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+            SCOPES.with(|s| s.borrow_mut().push(slf.get().0.clone()));
+            slf
+        }
+
+        fn __exit__(
+            &self,
+            _exc_type: &Bound<'_, PyAny>,
+            _exc: &Bound<'_, PyAny>,
+            _traceback: &Bound<'_, PyAny>,
+        ) {
+            SCOPES.with(|s| {
+                let mut scopes = s.borrow_mut();
+                if let Some(i) = scopes.iter().rposition(|c| Arc::ptr_eq(c, &self.0)) {
+                    scopes.remove(i);
+                }
+            });
+        }
     }
 
     /// SIMD paths this CPU can run, slowest first.

@@ -102,6 +102,12 @@ impl<E: Float> Sequence<'_, E> {
         self.lengths.map_or(self.dims.steps, |l| l[b])
     }
 
+    /// Whether any row has a step to run (not so for T = 0, B = 0 or every
+    /// length 0: such a call needs no state, no packed weights, no threads).
+    pub(crate) fn runs(&self) -> bool {
+        self.dims.steps > 0 && (0..self.dims.batch).any(|b| self.length(b) > 0)
+    }
+
     /// Rows (in the layout) of padded steps, which the kernels never visit.
     pub(crate) fn padded_rows(&self) -> impl Iterator<Item = usize> + '_ {
         let geo = self.geometry();

@@ -5,9 +5,11 @@
 use crate::simd::{self, Isa, Kernel, Simd};
 use crate::ForcedSplit;
 use crate::{
-    backward, forward, hidden_pad, Cache, CacheRef, Dims, Float, Grads, Outputs, Seeds, Sequence,
+    backward, forward, hidden_pad, Cache, CacheRef, Cancel, Dims, Float, Grads, Outputs, Seeds,
+    Sequence,
 };
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Tests that switch the global ISA or thread count must not interleave.
 static GLOBAL: Mutex<()> = Mutex::new(());
@@ -211,6 +213,15 @@ impl Problem {
     }
 
     fn engine<E: Float>(&self) -> Results {
+        self.run::<E>(&Cancel::new(), &Cancel::new()).unwrap()
+    }
+
+    /// Forward with `cancel_forward`, then backward with `cancel_backward`.
+    fn run<E: Float>(
+        &self,
+        cancel_forward: &Cancel,
+        cancel_backward: &Cancel,
+    ) -> crate::Result<Results> {
         let conv = |v: &[f64]| v.iter().map(|&a| E::from_f64(a)).collect::<Vec<E>>();
         let back = |v: &[E]| v.iter().map(|a| a.to_f64()).collect::<Vec<f64>>();
         let (x, w_ih, w_hh) = (conv(&self.x), conv(&self.w_ih), conv(&self.w_hh));
@@ -259,8 +270,8 @@ impl Problem {
                 cells: &mut cells,
                 h_prev: &mut h_prev,
             }),
-        )
-        .unwrap();
+            cancel_forward,
+        )?;
         let (dy, dh_n, dc_n) = (conv(&self.dy), conv(&self.dh_n), conv(&self.dc_n));
         let mut g = [
             rows * input,
@@ -295,9 +306,9 @@ impl Problem {
                 // NaN everywhere: backward must not depend on the contents.
                 scratch: Some(&mut scratch),
             },
-        )
-        .unwrap();
-        Results {
+            cancel_backward,
+        )?;
+        Ok(Results {
             y: back(&y),
             h_n: back(&h_n),
             c_n: back(&c_n),
@@ -307,7 +318,7 @@ impl Problem {
             dw_ih: back(&g[3]),
             dw_hh: back(&g[4]),
             db: back(&g[5]),
-        }
+        })
     }
 }
 
@@ -437,6 +448,131 @@ fn results_do_not_depend_on_thread_count_or_split() {
         }
     }
     crate::set_num_threads(2).unwrap();
+}
+
+#[test]
+fn cancelled_passes_stop_and_leave_the_engine_usable() {
+    let _g = lock();
+    // Enough tiles for teams of 3 in both passes on every ISA (forward tiles
+    // are LANES units, backward tiles 4·LANES).
+    let p = Problem::new(
+        11,
+        Dims {
+            steps: 400,
+            batch: 2,
+            input: 4,
+            hidden: 256,
+        },
+        false,
+        false,
+        false,
+        true,
+    );
+    crate::set_num_threads(1).unwrap();
+    let want = p.engine::<f32>();
+    let p = Arc::new(p);
+    let (cancelled, never) = (Cancel::new(), Cancel::new());
+    cancelled.cancel();
+    for split in [ForcedSplit::Batch, ForcedSplit::Hidden] {
+        crate::force_split(split);
+        for n in [1, 2, 3] {
+            crate::set_num_threads(n).unwrap();
+            let case = format!("split {split:?} on {n} threads");
+            // Cancelled before the call: each pass stops after its first step.
+            let err = p.run::<f32>(&cancelled, &never).unwrap_err();
+            assert_eq!(err, crate::Error::Interrupted, "{case}: forward");
+            let err = p.run::<f32>(&never, &cancelled).unwrap_err();
+            assert_eq!(err, crate::Error::Interrupted, "{case}: backward");
+            // Cancelled while running, at different steps: a team must agree on
+            // the step at which it stops (a member going on alone would wait for
+            // the others forever), and the call must return soon after. The call
+            // runs on a thread of its own, so that a hang fails the test.
+            for delay in [100, 1_000, 5_000, 20_000] {
+                let cancel = Arc::new(Cancel::new());
+                let (done, finished) = std::sync::mpsc::channel();
+                let (p, c) = (p.clone(), cancel.clone());
+                std::thread::spawn(move || {
+                    // Fails only when the test has already failed (timed out).
+                    let _ = done.send(p.run::<f32>(&c, &c));
+                });
+                std::thread::sleep(Duration::from_micros(delay));
+                cancel.cancel();
+                let at = Instant::now();
+                let result = finished
+                    .recv_timeout(Duration::from_secs(60))
+                    .unwrap_or_else(|_| panic!("{case}: {delay} µs: the call did not return"));
+                let late = at.elapsed();
+                match result {
+                    Err(e) => assert_eq!(e, crate::Error::Interrupted, "{case}: {delay} µs"),
+                    // Finished before the cancel: complete results.
+                    Ok(got) => assert_eq!(worst(&got, &want).0, 0.0, "{case}: {delay} µs"),
+                }
+                assert!(late.as_secs_f64() < 1.0, "{case}: stopped {late:?} late");
+            }
+            // The next call gives the same bits as one never cancelled.
+            assert_eq!(worst(&p.engine::<f32>(), &want).0, 0.0, "{case}: after");
+        }
+    }
+    crate::force_split(ForcedSplit::Choose);
+    crate::set_num_threads(2).unwrap();
+}
+
+#[test]
+fn a_cancelled_call_stops_waiting_for_another_calls_team() {
+    let _g = lock();
+    crate::set_num_threads(2).unwrap();
+    crate::force_split(ForcedSplit::Hidden);
+    // Long enough to be running still when the test ends it (outputs are
+    // zeroed on demand: only the steps run are touched).
+    let dims = Dims {
+        steps: 1_000_000,
+        batch: 1,
+        input: 1,
+        hidden: 64,
+    };
+    let x = vec![0.5f32; dims.steps];
+    let (w_ih, w_hh) = (vec![0.1f32; 4 * 64], vec![0.01f32; 4 * 64 * 64]);
+    let seq = Sequence {
+        dims,
+        batch_first: false,
+        reverse: false,
+        lengths: None,
+        x: &x,
+        w_ih: &w_ih,
+        w_hh: &w_hh,
+        bias: None,
+        h0: None,
+        c0: None,
+    };
+    let run = |cancel: &Cancel| {
+        let (mut y, mut h_n, mut c_n) =
+            (vec![0f32; dims.steps * 64], vec![0f32; 64], vec![0f32; 64]);
+        let out = Outputs {
+            y: &mut y,
+            h_n: &mut h_n,
+            c_n: &mut c_n,
+        };
+        forward(&seq, out, None, cancel)
+    };
+    let (team, waiting) = (Cancel::new(), Cancel::new());
+    std::thread::scope(|s| {
+        // The first call takes the pool for its team; the second, finding it
+        // taken, waits to take it shared.
+        let first = s.spawn(|| run(&team));
+        std::thread::sleep(Duration::from_millis(50));
+        let second = s.spawn(|| run(&waiting));
+        std::thread::sleep(Duration::from_millis(50));
+        waiting.cancel();
+        let at = Instant::now();
+        assert_eq!(second.join().unwrap(), Err(crate::Error::Interrupted));
+        let late = at.elapsed();
+        let first_running = !first.is_finished();
+        team.cancel();
+        assert_eq!(first.join().unwrap(), Err(crate::Error::Interrupted));
+        assert!(first_running, "the cancelled call waited for the other one");
+        assert!(late.as_secs_f64() < 1.0, "stopped waiting {late:?} late");
+    });
+    crate::force_split(ForcedSplit::Choose);
 }
 
 // ---------------------------------------------------------------------------
@@ -606,7 +742,7 @@ fn wrong_sizes_are_errors_not_panics() {
             h_n: &mut h_n,
             c_n: &mut c_n,
         };
-        forward(seq, out, None).unwrap_err()
+        forward(seq, out, None, &Cancel::new()).unwrap_err()
     };
     let mut seq = Sequence {
         dims: p.dims,
@@ -630,4 +766,54 @@ fn wrong_sizes_are_errors_not_panics() {
     seq.lengths = None;
     seq.dims.steps = usize::MAX / 2;
     assert!(matches!(run(&seq), crate::Error::TooLarge(_)));
+}
+
+// ---------------------------------------------------------------------------
+// Resources: refused allocations, the thread count.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn refused_allocations_are_errors_naming_the_buffer() {
+    use crate::alloc;
+    use crate::Error;
+    // A size that overflows, and one no system grants (2^61 bytes).
+    let overflow = alloc::zeroed::<f64>(&[1 << 40, 1 << 30], "the overflowing buffer");
+    assert!(
+        matches!(&overflow, Err(Error::OutOfMemory(m)) if m.contains("the overflowing buffer")),
+        "{overflow:?}"
+    );
+    let huge = alloc::zeroed::<f64>(&[1 << 58], "the huge buffer");
+    assert!(
+        matches!(&huge, Err(Error::OutOfMemory(m))
+            if m.contains("the huge buffer") && m.contains("2305843009213693952 bytes")),
+        "{huge:?}"
+    );
+    let huge = alloc::with_capacity::<u64>(1 << 58, "the huge list");
+    assert!(
+        matches!(&huge, Err(Error::OutOfMemory(m)) if m.contains("the huge list")),
+        "{huge:?}"
+    );
+    // What is granted holds zeros, whatever the shape.
+    assert!(alloc::zeroed::<f32>(&[3, 0, 5], "empty")
+        .unwrap()
+        .is_empty());
+    assert_eq!(alloc::zeroed::<f64>(&[2, 3], "six").unwrap(), [0.0; 6]);
+    assert_eq!(alloc::collect(0..4usize, "four").unwrap(), [0, 1, 2, 3]);
+}
+
+#[test]
+fn thread_counts_are_bounded() {
+    let _g = lock();
+    let before = crate::num_threads();
+    let max = crate::tuning::MAX_THREADS;
+    for n in [0, max + 1, usize::MAX] {
+        let err = crate::set_num_threads(n).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, crate::Error::Value(_)) && text.contains(&format!("[1, {max}]")),
+            "{text}"
+        );
+        assert!(text.ends_with(&format!("got {n}")), "{text}");
+        assert_eq!(crate::num_threads(), before);
+    }
 }

@@ -45,6 +45,13 @@ pub const DB_COLUMN_BLOCK: usize = 64;
 // How threads share a call (parallel/)
 // ---------------------------------------------------------------------------
 
+/// The most threads `set_num_threads` and `LSTM_FAST_NUM_THREADS` accept (the
+/// default, every core, is capped at it too). A call's work is split at most
+/// this many ways, far more than any machine has cores: more threads only
+/// thrash, and rayon starts them one by one (2^31 asked for once meant tens of
+/// thousands of threads started over minutes).
+pub const MAX_THREADS: usize = 1024;
+
 /// Rows per chunk below which a batch chunk is not worth a thread of its own.
 pub const MIN_ROWS_PER_CHUNK: usize = 8;
 /// Rows per thread from which the batch split wins over the hidden split.
@@ -69,3 +76,20 @@ pub const TEAM_SLEEP_RATIO: usize = 16;
 /// a barrier.
 pub const TEAM_BACKOFF_MIN: usize = 8;
 pub const TEAM_BACKOFF_MAX: usize = 256;
+
+// ---------------------------------------------------------------------------
+// Interrupts (python.rs)
+// ---------------------------------------------------------------------------
+
+/// Multiply-adds of a call (T·B·4H·(I+H), a forward's; a backward does about
+/// twice as many) from which a call from Python's main thread runs the engine on
+/// another thread, so that the calling thread can watch for Ctrl-C: handing the
+/// call over and back costs some tens of microseconds on a virtual machine,
+/// under 1 % of such a call (about 10 ms on one core); smaller calls end soon
+/// enough for Ctrl-C to be answered when they do.
+pub const INTERRUPTIBLE_WORK: usize = 1 << 27;
+/// How often the calling thread checks for signals while the engine runs: the
+/// delay before Ctrl-C stops a call, at the cost of taking the GIL once per
+/// period. Also how often a call waiting for another call's team to end checks
+/// whether it was cancelled.
+pub const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);

@@ -10,13 +10,18 @@
 use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
-use super::microkernel::{mrx4v, row_x8v, rows_x4v_kblocked};
+use super::microkernel::{
+    accumulator_room, accumulators, mrx4v, row_x8v, rows_x4v_kblocked, VectorRoom,
+};
+use crate::cancel::Cancel;
+use crate::error::Result;
 use crate::float::Float;
-use crate::parallel::barrier::SpinBarrier;
+use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, load_n, store_n, Kernel, Simd};
 
-/// A chunk's backward state, slots × Hp each, shared by its team: the dh_n seed
-/// of each row's last step, the running dc, and c0 (c_prev of a first step).
+/// A chunk's backward state, shared by its team: for each slot of length > 0
+/// (a prefix of the slots), Hp each: the dh_n seed of the row's last step, the
+/// running dc, and c0 (c_prev of a first step).
 #[derive(Clone, Copy)]
 pub struct BackwardState<E> {
     pub dh_seed: SharedMut<E>,
@@ -42,7 +47,30 @@ pub struct BackwardChunk<'a, E> {
     pub dh0: SharedMut<E>,
     /// Tiles (of 4·LANES hidden units) this member computes.
     pub tiles: Range<usize>,
+    /// This member's scratch, made by [`BackwardScratch::new`] for its chunk.
+    pub scratch: BackwardScratch,
     pub barrier: Option<&'a SpinBarrier>,
+    /// Read once per step: once set, the member stops (with its team) and
+    /// leaves dh0 unwritten.
+    pub cancel: &'a Cancel,
+}
+
+/// One member's scratch: the accumulators of its tiles. The caller allocates
+/// it before the threads start (a refused allocation is then an error of the
+/// call, not a panic on a pool thread); rows of length 0 get none.
+#[derive(Default)]
+pub struct BackwardScratch {
+    products: Vec<VectorRoom>,
+}
+
+impl BackwardScratch {
+    /// For a member of the chunk `slots`, with vectors of `lanes` elements of `E`.
+    pub fn new<E>(slots: &Slots<'_>, lanes: usize) -> Result<Self> {
+        let what = "the tile accumulators of a chunk";
+        Ok(BackwardScratch {
+            products: accumulator_room::<E>(slots.active(0), lanes, what)?,
+        })
+    }
 }
 
 impl<E: Float> BackwardChunk<'_, E> {
@@ -141,7 +169,7 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
     type Output = ();
 
     #[inline(always)]
-    fn run<S: Simd<E = E>>(self) {
+    fn run<S: Simd<E = E>>(mut self) {
         let geo = self.geo;
         let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
         let width = 4 * w;
@@ -162,7 +190,9 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
             unsafe { self.da.0.add(row * depth) }
         };
         let panel = |q: usize| self.panels[q * stride..].as_ptr();
-        let mut products = vec![[S::splat(E::ZERO); 4]; self.slots.rows.len()];
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let products = accumulators::<S>(&mut scratch.products);
+        assert!(products.len() >= self.slots.active(0));
 
         let mut prev_active = 0; // slots that ran at iteration s + 1
         for s in (0..geo.steps).rev() {
@@ -203,7 +233,7 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                             |r| da_row(r, s + 1),
                             depth,
                             panel(q),
-                            &mut products,
+                            products,
                         );
                         for (slot, &product) in products[..active].iter().enumerate() {
                             let acc = if slot < prev_active {
@@ -216,24 +246,22 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                     }
                 }
             }
-            if let Some(barrier) = self.barrier {
-                barrier.wait();
+            if end_of_step(self.barrier, self.cancel) {
+                return;
             }
             prev_active = active;
         }
 
-        // dh0 = da of each row's first step · w_hh; the dh_n seed for empty rows.
-        for (slot, (&b, &len)) in self.slots.rows.iter().zip(self.slots.lens).enumerate() {
+        // dh0 = da of each row's first step · w_hh. Rows of length 0 are the
+        // caller's (their dh0 is their dh_n seed).
+        let running = self.slots.active(0);
+        for (slot, &b) in self.slots.rows[..running].iter().enumerate() {
             for t in self.tiles.clone() {
                 let u0 = t * width;
                 // SAFETY: dh0 is B × H; this member writes only its units of row
                 // b, whose chunk is this one; the da row and panel are whole.
                 unsafe {
-                    let acc = if len == 0 {
-                        self.seed::<S>(slot, t)
-                    } else {
-                        mrx4v::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0]
-                    };
+                    let acc = mrx4v::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0];
                     for (v, acc_v) in acc.into_iter().enumerate() {
                         let u = u0 + v * w;
                         store_n(

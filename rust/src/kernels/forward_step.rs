@@ -11,9 +11,14 @@
 use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
-use super::microkernel::{mrx4v, row_x8v, rows_x4v_kblocked};
+use super::microkernel::{
+    accumulator_room, accumulators, mrx4v, row_x8v, rows_x4v_kblocked, VectorRoom,
+};
+use crate::alloc;
+use crate::cancel::Cancel;
+use crate::error::Result;
 use crate::float::Float;
-use crate::parallel::barrier::SpinBarrier;
+use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, store_n, Kernel, Simd};
 use crate::tuning::PROJECTION_ROWS;
 
@@ -28,8 +33,9 @@ pub struct ForwardOut<E> {
     pub h_prev: SharedMut<E>,
 }
 
-/// A chunk's running state, slots × Hp each, shared by the chunk's team: two h
-/// buffers (every tile reads the old h while the new one is written) and c.
+/// A chunk's running state, shared by the chunk's team: for each slot of
+/// length > 0 (a prefix of the slots), Hp each: two h buffers (every tile reads
+/// the old h while the new one is written) and c.
 /// Slot r's h after iteration s is in `h[(s + 1) % 2]`; h0 goes in `h[0]`.
 #[derive(Clone, Copy)]
 pub struct ForwardState<E> {
@@ -55,8 +61,12 @@ pub struct ForwardChunk<'a, E> {
     pub out: ForwardOut<E>,
     /// Tiles (of LANES hidden units) this member computes.
     pub tiles: Range<usize>,
+    /// This member's scratch, made by [`ForwardScratch::new`] for its tiles.
+    pub scratch: ForwardScratch<E>,
     /// Met after every step when the team has more than one member.
     pub barrier: Option<&'a SpinBarrier>,
+    /// Read once per step: once set, the member stops (with its team).
+    pub cancel: &'a Cancel,
 }
 
 impl<E: Float> ForwardChunk<'_, E> {
@@ -122,8 +132,39 @@ impl<E: Float> ForwardChunk<'_, E> {
     }
 }
 
+/// One member's scratch: the input projection of a block of steps and the
+/// accumulators of its tiles. The caller allocates it before the threads start
+/// (a refused allocation is then an error of the call, not a panic on a pool
+/// thread); rows of length 0 get none.
+#[derive(Default)]
+pub struct ForwardScratch<E> {
+    projection: Projection<E>,
+    products: Vec<VectorRoom>,
+}
+
+impl<E: Float> ForwardScratch<E> {
+    /// For a member computing hidden units `units` (`lanes` per tile) of the
+    /// chunk `slots`, over the steps of `geo`, with `input` inputs.
+    pub fn new(
+        geo: Geometry,
+        slots: &Slots<'_>,
+        input: usize,
+        units: Range<usize>,
+        lanes: usize,
+    ) -> Result<Self> {
+        // Steps per block: about PROJECTION_ROWS (step, slot) pairs.
+        let block = (PROJECTION_ROWS / slots.rows.len().max(1)).clamp(1, geo.steps.max(1));
+        let running = slots.active(0);
+        Ok(ForwardScratch {
+            projection: Projection::new(block, running, input, units)?,
+            products: accumulator_room::<E>(running, lanes, "the tile accumulators of a chunk")?,
+        })
+    }
+}
+
 /// A member's input projection for a block of steps: `x·w_ihᵀ` for its own
 /// hidden units only, rows (step in block, slot), columns (gate, unit).
+#[derive(Default)]
 struct Projection<E> {
     data: Vec<E>,
     /// Gathered input rows, (steps in block · slots) × I.
@@ -137,17 +178,17 @@ struct Projection<E> {
 }
 
 impl<E: Float> Projection<E> {
-    fn new(steps: usize, slots: usize, input: usize, units: std::ops::Range<usize>) -> Self {
+    fn new(steps: usize, slots: usize, input: usize, units: Range<usize>) -> Result<Self> {
         let n = units.len();
-        Projection {
-            data: vec![E::ZERO; steps * slots * 4 * n],
-            rows: vec![E::ZERO; steps * slots * input],
+        Ok(Projection {
+            data: alloc::zeroed(&[steps, slots, 4, n], "the input projection of a block")?,
+            rows: alloc::zeroed(&[steps, slots, input], "the input rows of a block")?,
             s0: 0,
             steps,
             slots,
             first_unit: units.start,
             units: n,
-        }
+        })
     }
 
     /// Where gate i of hidden unit `unit` starts for (s, slot); gates are
@@ -213,7 +254,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
     type Output = ();
 
     #[inline(always)]
-    fn run<S: Simd<E = E>>(self) {
+    fn run<S: Simd<E = E>>(mut self) {
         let geo = self.geo;
         let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
         let stride = h * 4 * w; // one panel
@@ -227,15 +268,20 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
             self.x.len() == geo.steps * geo.batch * self.input
                 && self.w_ih.len() == 4 * h * self.input
         );
-        let n_slots = self.slots.rows.len();
-        let block = (PROJECTION_ROWS / n_slots.max(1)).clamp(1, geo.steps.max(1));
-        let mut xw = Projection::new(
-            block,
-            n_slots,
-            self.input,
-            self.tiles.start * w..self.tiles.end * w,
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let ForwardScratch {
+            projection: xw,
+            products,
+        } = &mut scratch;
+        assert!(
+            xw.slots >= self.slots.active(0)
+                && xw.first_unit == self.tiles.start * w
+                && xw.units == self.tiles.len() * w,
+            "forward scratch made for another member"
         );
-        let mut products = vec![[S::splat(E::ZERO); 4]; n_slots];
+        let block = xw.steps;
+        let products = accumulators::<S>(products);
+        assert!(products.len() >= self.slots.active(0));
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
@@ -243,7 +289,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                 break;
             }
             if s % block == 0 {
-                self.project(&mut xw, s);
+                self.project(xw, s);
             }
             let cur = self.state.h[s % 2].0 as *const E;
             let panel = |q: usize| self.panels[q * stride..].as_ptr();
@@ -257,11 +303,11 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                     unsafe {
                         if p + 1 < self.tiles.end {
                             let [acc0, acc1] = row_x8v::<S>(cur, 1, h, [panel(p), panel(p + 1)]);
-                            self.finish::<S>(s, 0, p, acc0, &xw);
-                            self.finish::<S>(s, 0, p + 1, acc1, &xw);
+                            self.finish::<S>(s, 0, p, acc0, xw);
+                            self.finish::<S>(s, 0, p + 1, acc1, xw);
                             p += 2;
                         } else {
-                            self.finish::<S>(s, 0, p, mrx4v::<S, 1>([cur], 1, h, panel(p))[0], &xw);
+                            self.finish::<S>(s, 0, p, mrx4v::<S, 1>([cur], 1, h, panel(p))[0], xw);
                             p += 1;
                         }
                     }
@@ -270,21 +316,15 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                 for p in self.tiles.clone() {
                     // SAFETY: as above, for every running slot.
                     unsafe {
-                        rows_x4v_kblocked::<S>(
-                            active,
-                            |r| cur.add(r * hp),
-                            h,
-                            panel(p),
-                            &mut products,
-                        );
+                        rows_x4v_kblocked::<S>(active, |r| cur.add(r * hp), h, panel(p), products);
                         for (slot, &acc) in products[..active].iter().enumerate() {
-                            self.finish::<S>(s, slot, p, acc, &xw);
+                            self.finish::<S>(s, slot, p, acc, xw);
                         }
                     }
                 }
             }
-            if let Some(barrier) = self.barrier {
-                barrier.wait();
+            if end_of_step(self.barrier, self.cancel) {
+                return;
             }
         }
     }

@@ -7,6 +7,8 @@
 //! rows or blocking depth differently (other chunks, other thread counts) never
 //! changes a result.
 
+use crate::alloc::{self, Zeroable};
+use crate::error::Result;
 use crate::simd::{Simd, SimdElement};
 use crate::tuning::{L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS};
 
@@ -132,6 +134,43 @@ pub unsafe fn rows_x4v_kblocked<S: Simd>(
             out[r..r + MR].copy_from_slice(&acc);
         });
     }
+}
+
+/// 64 bytes aligned like the widest vector: the unit in which callers allocate
+/// the results of [`rows_x4v_kblocked`] ([`accumulator_room`]) before the
+/// threads start (a refused allocation is then an error of the call, not a
+/// panic on a pool thread), without naming the vector type; the kernel sees
+/// them as `[S; 4]` through [`accumulators`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct VectorRoom([u8; 64]);
+
+// SAFETY: plain bytes.
+unsafe impl Zeroable for VectorRoom {}
+
+/// Room for the results of `rows` rows (four vectors of `lanes` elements of
+/// `E` each), or the error naming `what`.
+pub fn accumulator_room<E>(rows: usize, lanes: usize, what: &str) -> Result<Vec<VectorRoom>> {
+    let bytes = rows.saturating_mul(4 * lanes * size_of::<E>());
+    alloc::zeroed(&[bytes.div_ceil(size_of::<VectorRoom>())], what)
+}
+
+/// `room` as results of `S`: as many as fit (at least the rows it was made for
+/// by [`accumulator_room`] with `S`'s lanes).
+#[inline(always)]
+pub fn accumulators<S: Simd>(room: &mut [VectorRoom]) -> &mut [[S; 4]] {
+    const {
+        let (room, vectors) = (size_of::<VectorRoom>(), size_of::<[S; 4]>());
+        assert!(align_of::<S>() <= align_of::<VectorRoom>());
+        assert!(room % vectors == 0 || vectors % room == 0);
+    };
+    let len = size_of_val(room) / size_of::<[S; 4]>();
+    // SAFETY: `len` entries of `[S; 4]` fit in the bytes of `room`, whose
+    // alignment (64) is a multiple of S's (asserted above); those bytes are
+    // initialised (zeroed when allocated, then written only as `S`), and every
+    // bit pattern is a valid `S`, a plain vector of floats (simd/vector.rs). The
+    // new slice takes over the exclusive borrow of `room`.
+    unsafe { std::slice::from_raw_parts_mut(room.as_mut_ptr().cast::<[S; 4]>(), len) }
 }
 
 /// 1 × 8v: one row against two panels at once, eight independent FMA chains

@@ -5,28 +5,37 @@
 //! forward products run over the H real units only, and backward zeroes the
 //! padded units' gate gradients (they can be NaN, 0·inf, when h holds an
 //! infinity) before the products that sum over all Hp.
+//!
+//! Each layout is allocated here, fallibly ([`crate::alloc`]).
 
+use crate::alloc;
+use crate::error::Result;
 use crate::float::Float;
 
 /// `w_ih` (4H × I) with each gate block padded to Hp rows: (4Hp × I).
-pub fn pad_gate_rows<E: Float>(w: &[E], hidden: usize, hidden_pad: usize, cols: usize) -> Vec<E> {
-    let mut out = vec![E::ZERO; 4 * hidden_pad * cols];
+pub fn pad_gate_rows<E: Float>(
+    w: &[E],
+    hidden: usize,
+    hidden_pad: usize,
+    cols: usize,
+) -> Result<Vec<E>> {
+    let mut out = alloc::zeroed(&[4, hidden_pad, cols], "w_ih padded to 4·Hp rows")?;
     for gate in 0..4 {
         let src = &w[gate * hidden * cols..(gate + 1) * hidden * cols];
         out[gate * hidden_pad * cols..][..hidden * cols].copy_from_slice(src);
     }
-    out
+    Ok(out)
 }
 
 /// A bias (4H), or zeros, laid out as 4 gate blocks of Hp.
-pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) -> Vec<E> {
-    let mut out = vec![E::ZERO; 4 * hidden_pad];
+pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) -> Result<Vec<E>> {
+    let mut out = alloc::zeroed(&[4, hidden_pad], "the padded bias")?;
     if let Some(b) = bias {
         for gate in 0..4 {
             out[gate * hidden_pad..][..hidden].copy_from_slice(&b[gate * hidden..][..hidden]);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Forward panels of `w_hh` (4H × H): panel p holds, for k = 0..H, the
@@ -38,10 +47,10 @@ pub fn forward_panels<E: Float>(
     hidden: usize,
     hidden_pad: usize,
     lanes: usize,
-) -> Vec<E> {
+) -> Result<Vec<E>> {
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
-    let mut out = vec![E::ZERO; tiles * hidden * width];
+    let mut out = alloc::zeroed(&[tiles, hidden, width], "the forward panels of w_hh")?;
     // Writes in order; the reads, 4·lanes rows at a time, stay in L1.
     for (p, panel) in out
         .chunks_exact_mut((hidden * width).max(1))
@@ -57,7 +66,7 @@ pub fn forward_panels<E: Float>(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Backward panels of `w_hh` for `dh_prev = da · w_hh`: panel q holds, for each
@@ -68,11 +77,11 @@ pub fn backward_panels<E: Float>(
     hidden: usize,
     hidden_pad: usize,
     lanes: usize,
-) -> Vec<E> {
+) -> Result<Vec<E>> {
     let width = 4 * lanes;
     let tiles = hidden_pad.div_ceil(width);
     let depth = 4 * hidden_pad;
-    let mut out = vec![E::ZERO; tiles * depth * width];
+    let mut out = alloc::zeroed(&[tiles, depth, width], "the backward panels of w_hh")?;
     for q in 0..tiles {
         let panel = &mut out[q * depth * width..][..depth * width];
         let k0 = q * width;
@@ -87,5 +96,5 @@ pub fn backward_panels<E: Float>(
             }
         }
     }
-    out
+    Ok(out)
 }

@@ -1,11 +1,13 @@
 //! The barrier that threads splitting the hidden units meet at every step, and
 //! the record of how well such teams have been doing (a team is only worth it
-//! while its threads have cores to themselves).
+//! while its threads have cores to themselves). The barrier also decides when a
+//! cancelled team stops, so that all its members stop at the same step.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Condvar, Mutex};
 
+use crate::cancel::Cancel;
 use crate::tuning::{
     MAX_SPINS, SPINS, TEAM_BACKOFF_MAX, TEAM_BACKOFF_MIN, TEAM_SLEEP_RATIO, WARMUP_WAITS,
 };
@@ -20,6 +22,10 @@ pub struct SpinBarrier {
     members: usize,
     arrived: AtomicUsize,
     generation: AtomicUsize,
+    /// Whether the team stops after the step that the last generation ended:
+    /// written by the last member to arrive before it starts the new
+    /// generation, read by the others after they see it.
+    stop: AtomicBool,
     sleepers: AtomicUsize,
     waits: AtomicUsize,
     slept: AtomicUsize,
@@ -40,6 +46,7 @@ impl SpinBarrier {
             members,
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             waits: AtomicUsize::new(0),
             slept: AtomicUsize::new(0),
@@ -51,10 +58,17 @@ impl SpinBarrier {
     }
 
     /// Returns once all members have called `wait` for this generation; writes
-    /// made before `wait` by any member are visible to all after it.
-    pub fn wait(&self) {
+    /// made before `wait` by any member are visible to all after it. Returns
+    /// whether the team stops here: the last member to arrive reads `cancel` and
+    /// publishes what it saw with the new generation, so every member gets the
+    /// same answer (one that went on alone would wait for the others forever).
+    pub fn wait(&self, cancel: &Cancel) -> bool {
         let generation = self.generation.load(SeqCst);
         if self.arrived.fetch_add(1, SeqCst) + 1 == self.members {
+            let stop = cancel.is_cancelled();
+            // Published by the generation's increment below (SeqCst, so also a
+            // release), which every other member reads before `stop`.
+            self.stop.store(stop, Relaxed);
             self.arrived.store(0, SeqCst);
             self.generation.fetch_add(1, SeqCst);
             // SeqCst on both sides: either a sleeper sees the new generation
@@ -63,7 +77,7 @@ impl SpinBarrier {
                 let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.wake.notify_all();
             }
-            return;
+            return stop;
         }
         let nth = self.waits.fetch_add(1, Relaxed);
         // No `pause` instruction in the loop: under KVM a run of them makes the
@@ -71,7 +85,7 @@ impl SpinBarrier {
         // far more than it saves.
         for _ in 0..self.spins.load(Relaxed) {
             if self.generation.load(Acquire) != generation {
-                return;
+                return self.stop.load(Relaxed);
             }
         }
         self.check_poison();
@@ -89,6 +103,7 @@ impl SpinBarrier {
         }
         drop(guard);
         self.sleepers.fetch_sub(1, SeqCst);
+        self.stop.load(Relaxed)
     }
 
     fn check_poison(&self) {
@@ -107,6 +122,17 @@ impl SpinBarrier {
     /// (waits, of which slept).
     pub fn stats(&self) -> (usize, usize) {
         (self.waits.load(Relaxed), self.slept.load(Relaxed))
+    }
+}
+
+/// Whether a member stops after the step it has just finished: with a team, the
+/// team's decision at the barrier (after waiting for the others); alone, whether
+/// the call was cancelled. One relaxed load per step either way.
+#[inline(always)]
+pub fn end_of_step(barrier: Option<&SpinBarrier>, cancel: &Cancel) -> bool {
+    match barrier {
+        Some(barrier) => barrier.wait(cancel),
+        None => cancel.is_cancelled(),
     }
 }
 

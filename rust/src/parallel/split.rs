@@ -5,14 +5,17 @@
 //! the batch chunks, and running the members.
 
 use std::ops::Range;
-use std::sync::{RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use rayon::prelude::*;
 
 use super::barrier::{team_allowed, team_finished, SpinBarrier};
 use super::pool::Workers;
+use crate::alloc;
+use crate::cancel::Cancel;
+use crate::error::Result;
 use crate::setting::Setting;
-use crate::tuning::{BATCH_SPLIT_ROWS, MIN_ROWS_PER_CHUNK};
+use crate::tuning::{BATCH_SPLIT_ROWS, MIN_ROWS_PER_CHUNK, SIGNAL_POLL};
 
 /// How the time loop is shared among threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,50 +77,95 @@ pub fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
 /// Holds the pool's team lock for the length of a call.
 pub enum Claim<'a> {
     Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
-    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
+    /// Released on drop, then the calls waiting for it told (see [`claim`]).
+    Exclusive(Option<RwLockWriteGuard<'a, ()>>, &'a Workers),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Claim::Exclusive(guard, workers) = self {
+            drop(guard.take());
+            // Under the lock: a waiter either takes the team lock before it
+            // waits, or is waiting when this arrives.
+            let _lock = lock_ignoring_poison(&workers.team_ended_lock);
+            workers.team_ended.notify_all();
+        }
+    }
+}
+
+fn lock_ignoring_poison(lock: &Mutex<()>) -> MutexGuard<'_, ()> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Takes the pool for a call: exclusively for a hidden split (its members wait
 /// for each other, so all must run at once), shared otherwise. When another
 /// call is running, a hidden split becomes a batch split, which yields the same
-/// bits, instead of waiting. A lock poisoned by a panic elsewhere still works.
-pub fn claim(workers: &Workers, split: Split) -> (Split, Claim<'_>) {
+/// bits, instead of waiting. A shared claim does wait while a team runs, in
+/// slices of `SIGNAL_POLL`: once `cancel` is set it stops waiting and returns
+/// [`Error::Interrupted`](crate::Error::Interrupted), instead of waiting for
+/// another call to end. A lock poisoned by a panic elsewhere still works.
+pub fn claim<'a>(
+    workers: &'a Workers,
+    split: Split,
+    cancel: &Cancel,
+) -> Result<(Split, Claim<'a>)> {
     if let Split::Hidden(_) = split {
-        match workers.team.try_write() {
-            Ok(guard) => return (split, Claim::Exclusive(guard)),
-            Err(TryLockError::Poisoned(p)) => return (split, Claim::Exclusive(p.into_inner())),
-            Err(TryLockError::WouldBlock) => {}
+        let guard = match workers.team.try_write() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if let Some(guard) = guard {
+            return Ok((split, Claim::Exclusive(Some(guard), workers)));
         }
     }
-    (
-        Split::Batch,
-        Claim::Shared(workers.team.read().unwrap_or_else(|e| e.into_inner())),
-    )
+    // Held from the second try on, so that a team ending meanwhile is heard.
+    let mut ended: Option<MutexGuard<'_, ()>> = None;
+    loop {
+        match workers.team.try_read() {
+            Ok(guard) => return Ok((Split::Batch, Claim::Shared(guard))),
+            Err(TryLockError::Poisoned(p)) => {
+                return Ok((Split::Batch, Claim::Shared(p.into_inner())))
+            }
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let _ = cancel;
+        ended = Some(match ended.take() {
+            None => lock_ignoring_poison(&workers.team_ended_lock),
+            Some(held) => {
+                let waited = workers.team_ended.wait_timeout(held, SIGNAL_POLL);
+                waited.unwrap_or_else(|e| e.into_inner()).0
+            }
+        });
+    }
 }
 
 /// A chunk of batch rows: their indices and their lengths, longest first.
 pub type Chunk = (Vec<usize>, Vec<usize>);
 
 /// The batch rows `0..batch` in contiguous chunks, one per task of a batch
-/// split (a hidden split has one).
+/// split (a hidden split has one). The lists are allocated fallibly.
 pub fn chunks(
     split: Split,
     threads: usize,
     batch: usize,
     length: impl Fn(usize) -> usize,
-) -> Vec<Chunk> {
+) -> Result<Vec<Chunk>> {
     let threads = if split == Split::Batch { threads } else { 1 };
     let tasks = threads.min(batch.div_ceil(MIN_ROWS_PER_CHUNK)).max(1);
     let per = batch.div_ceil(tasks).max(1);
-    (0..batch)
-        .step_by(per)
-        .map(|b0| {
-            let mut rows: Vec<usize> = (b0..(b0 + per).min(batch)).collect();
-            rows.sort_by_key(|&b| std::cmp::Reverse(length(b)));
-            let lens = rows.iter().map(|&b| length(b)).collect();
-            (rows, lens)
-        })
-        .collect()
+    let chunk = |b0: usize| -> Result<Chunk> {
+        let mut rows = alloc::collect(b0..(b0 + per).min(batch), "the batch rows of a chunk")?;
+        // Longest first; equal lengths in row order (as a stable sort would
+        // leave them), without the buffer a stable sort allocates.
+        rows.sort_unstable_by_key(|&b| (std::cmp::Reverse(length(b)), b));
+        let lens = alloc::collect(rows.iter().map(|&b| length(b)), "the lengths of a chunk")?;
+        Ok((rows, lens))
+    };
+    alloc::try_collect(
+        (0..batch.div_ceil(per)).map(|c| chunk(c * per)),
+        "the batch chunks",
+    )
 }
 
 /// Tiles `0..tiles` dealt into `members` contiguous ranges.
@@ -125,19 +173,72 @@ fn tile_range(member: usize, members: usize, tiles: usize) -> Range<usize> {
     (member * tiles / members)..((member + 1) * tiles / members)
 }
 
-/// One team member's work: (chunk, its tiles, the team's barrier if any).
-pub type Member<'a> = dyn Fn(usize, Range<usize>, Option<&SpinBarrier>) + Sync + 'a;
+/// The members of a call, in the order [`run_split`] gives them their scratch:
+/// (chunk, tiles) of each. A caller allocates each member's scratch from this
+/// before the threads start.
+pub fn members(
+    split: Split,
+    chunks: usize,
+    tiles: usize,
+) -> impl ExactSizeIterator<Item = (usize, Range<usize>)> {
+    let count = match split {
+        _ if chunks == 0 => 0,
+        Split::Hidden(n) => n,
+        Split::Batch => chunks,
+    };
+    (0..count).map(move |m| match split {
+        Split::Hidden(n) => (0, tile_range(m, n, tiles)),
+        Split::Batch => (m, 0..tiles),
+    })
+}
 
-/// Runs `member(chunk, tiles, barrier)`: for `Split::Hidden(n)`, n members of
-/// the one chunk at once, each with its range of `0..tiles`, meeting at a
-/// barrier; for `Split::Batch`, every chunk with all tiles, in parallel.
-pub fn run_split(split: Split, chunks: usize, tiles: usize, member: &Member<'_>) {
+/// One team member's work: (chunk, its tiles, its scratch, the team's barrier
+/// if any).
+pub type Member<'a, T> = dyn Fn(usize, Range<usize>, &mut T, Option<&SpinBarrier>) + Sync + 'a;
+
+/// Hands each member of a team its own element of a slice, from the closure
+/// the members share.
+struct PerMember<T>(*mut T);
+
+// SAFETY: each element is taken by one member only (see `take`), so sharing
+// the pointer shares no element; the elements themselves move between threads.
+unsafe impl<T: Send> Sync for PerMember<T> {}
+
+impl<T> PerMember<T> {
+    /// # Safety
+    /// `m` is inside the slice, which outlives the use, and no other `take`
+    /// of `m` overlaps this one.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn take(&self, m: usize) -> &mut T {
+        // SAFETY: forwarded from the caller.
+        unsafe { &mut *self.0.add(m) }
+    }
+}
+
+/// Runs `member(chunk, tiles, scratch, barrier)` for every member of
+/// [`members`], each with its element of `scratch` (one per member): for
+/// `Split::Hidden(n)`, n members of the one chunk at once, each with its range
+/// of `0..tiles`, meeting at a barrier; for `Split::Batch`, every chunk with
+/// all tiles, in parallel.
+pub fn run_split<T: Send>(
+    split: Split,
+    chunks: usize,
+    tiles: usize,
+    scratch: &mut [T],
+    member: &Member<'_, T>,
+) {
+    assert_eq!(
+        scratch.len(),
+        members(split, chunks, tiles).len(),
+        "one scratch per member"
+    );
     if chunks == 0 {
         return;
     }
     match split {
         Split::Hidden(n) => {
             let barrier = SpinBarrier::new(n);
+            let per_member = PerMember(scratch.as_mut_ptr());
             // Every worker is idle (the claim is exclusive) and the pool has at
             // least n threads, so all n members run at once.
             rayon::broadcast(|ctx| {
@@ -153,14 +254,19 @@ pub fn run_split(split: Split, chunks: usize, tiles: usize, member: &Member<'_>)
                         }
                     }
                     let _guard = Guard(&barrier);
-                    member(0, tile_range(ctx.index(), n, tiles), Some(&barrier));
+                    // SAFETY: index < n = scratch.len() (asserted above), the
+                    // slice is borrowed until the broadcast returns, and the
+                    // broadcast runs this once per thread index.
+                    let own = unsafe { per_member.take(ctx.index()) };
+                    member(0, tile_range(ctx.index(), n, tiles), own, Some(&barrier));
                 }
             });
             team_finished(&barrier);
         }
-        Split::Batch if chunks == 1 => member(0, 0..tiles, None),
-        Split::Batch => (0..chunks)
-            .into_par_iter()
-            .for_each(|chunk| member(chunk, 0..tiles, None)),
+        Split::Batch if chunks == 1 => member(0, 0..tiles, &mut scratch[0], None),
+        Split::Batch => scratch
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(chunk, own)| member(chunk, 0..tiles, own, None)),
     }
 }

@@ -59,6 +59,10 @@ pub trait SimdElement:
 
 /// A vector of `LANES` elements of type `E`.
 ///
+/// Every implementation is a plain vector of `E` and nothing else, so any bit
+/// pattern is a valid value (`kernels/microkernel.rs` relies on it to see
+/// bytes allocated without knowing the ISA as vectors).
+///
 /// All methods are `#[inline(always)]` in every implementation; they are only
 /// sound to call from code compiled with the implementation's target features,
 /// which [`dispatch`](super::isa::dispatch) guarantees.
