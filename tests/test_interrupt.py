@@ -26,10 +26,6 @@ import pytest
 
 from tests.helpers import ref
 
-pytestmark = pytest.mark.skipif(
-    sys.platform != "linux", reason="counts the process's threads in /proc/self/task"
-)
-
 # The latency bound: generous (the engine checks for signals every 20 ms and stops
 # at its next time step, which takes well under a millisecond at these shapes); the
 # property is that the call does not run on to its end, seconds later.
@@ -173,6 +169,9 @@ def _interrupt(case: str, env: dict[str, str]) -> dict:
     return result
 
 
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="counts the process's threads in /proc/self/task"
+)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("case", "env"),

@@ -80,7 +80,9 @@ class _Args:
         # panels and w_ih's padded gate rows (rust/src/check.rs checks their exact
         # sizes again).
         hp = self.hidden_pad
-        check_size(xname, (steps, batch, 4 * hp), (batch, 4 * hp), (4 * hp, hp), (4 * hp, inp))
+        check_size(xname, (steps, batch, 4 * hp), (batch, 4 * hp))
+        check_size("w_hh", (4 * hp, hp))
+        check_size("w_ih", (4 * hp, inp))
         self.lengths = None if lengths is None else check_lengths(lengths, batch, steps, own=own)
 
         dt = self.dtype

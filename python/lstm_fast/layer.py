@@ -96,8 +96,7 @@ def _both_directions(run: Callable[[int], _T], concurrent: bool) -> list[_T]:
         return [run(0), run(1)]
     # Only the main thread sees Ctrl-C. Both engine calls share `stop`: an
     # interrupted call cancels it (python.rs), which also stops the other one at its
-    # next time step (the interrupted one may be waiting for it to release the
-    # engine's threads); so does a failure here, or an interrupted wait for run(1).
+    # next time step; so does a failure here, or an interrupted wait for run(1).
     # Either way the wait below ends soon, and no work outlives the call.
     stop = Cancel()
 

@@ -376,7 +376,8 @@ where
     let scope = SCOPES.with(|s| s.borrow().last().cloned());
     let local = Cancel::new();
     let cancel = scope.as_deref().unwrap_or(&local);
-    if work(dims) < INTERRUPTIBLE_WORK || !on_main_thread(py)? {
+    // Where the main thread cannot be told (at interpreter exit), the pass runs here.
+    if work(dims) < INTERRUPTIBLE_WORK || !on_main_thread(py).unwrap_or(false) {
         return Ok(py.detach(|| pass(cancel))?);
     }
     let (done, finished) = mpsc::channel();

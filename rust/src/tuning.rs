@@ -83,11 +83,12 @@ pub const TEAM_BACKOFF_MAX: usize = 256;
 
 /// Multiply-adds of a call (T·B·4H·(I+H), a forward's; a backward does about
 /// twice as many) from which a call from Python's main thread runs the engine on
-/// another thread, so that the calling thread can watch for Ctrl-C: handing the
-/// call over and back costs some tens of microseconds on a virtual machine,
-/// under 1 % of such a call (about 10 ms on one core); smaller calls end soon
+/// another thread, so that the calling thread can watch for Ctrl-C. Handing the
+/// call over and back costs some tens of microseconds on a virtual machine
+/// (measured at half this size: within 2 % of the same call run inline); such
+/// a call takes about 20 ms on one core with AVX2, and smaller ones end soon
 /// enough for Ctrl-C to be answered when they do.
-pub const INTERRUPTIBLE_WORK: usize = 1 << 27;
+pub const INTERRUPTIBLE_WORK: usize = 1 << 28;
 /// How often the calling thread checks for signals while the engine runs: the
 /// delay before Ctrl-C stops a call, at the cost of taking the GIL once per
 /// period. Also how often a call waiting for another call's team to end checks

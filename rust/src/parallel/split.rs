@@ -129,7 +129,7 @@ pub fn claim<'a>(
             }
             Err(TryLockError::WouldBlock) => {}
         }
-        let _ = cancel;
+        cancel.check()?;
         ended = Some(match ended.take() {
             None => lock_ignoring_poison(&workers.team_ended_lock),
             Some(held) => {
