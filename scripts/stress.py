@@ -842,8 +842,8 @@ def check_bad_calls(p: dict) -> dict:
 def check_wheel_matrix(p: dict) -> dict:
     cmd = [str(ROOT / "scripts" / "wheel_matrix"), *p.get("wheel", [])]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=p["timeout"])
-    out = result.stdout + result.stderr
-    print(out[-6000:], flush=True)
+    out = result.stdout
+    print((out + result.stderr)[-6000:], flush=True)
     table = out[out.find("=== wheel matrix") :].splitlines() if "=== wheel matrix" in out else []
     tags = [line for line in out.splitlines() if line.startswith("tags OK")]
     return {
@@ -1034,7 +1034,7 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, help="write the summary here (long form: target/stress/stress.json)"
     )
     parser.add_argument(
-        "--markdown", type=Path, help="and a markdown summary (long form: target/stress/stress.md)"
+        "--markdown", type=Path, help="and a markdown summary (long form: beside it, .md)"
     )
     parser.add_argument("--wheel", help="wheel_matrix: test this wheel instead of building one")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -1052,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{', '.join(missing)} only in the long form (--long)")
     if args.long:
         args.json = args.json or ROOT / "target" / "stress" / "stress.json"
-        args.markdown = args.markdown or ROOT / "target" / "stress" / "stress.md"
+        args.markdown = args.markdown or args.json.with_suffix(".md")
     summary = {"long": args.long, "machine": machine(), "results": []}
     for name in names:
         extra = {"wheel": [args.wheel]} if name == "wheel_matrix" and args.wheel else {}
