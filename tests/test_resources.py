@@ -101,10 +101,14 @@ _UNDER_LIMIT = """
         out = lf.forward(np.zeros((T, 64, 1), f32), np.zeros((4, 1), f32), np.zeros((4, 1), f32))
         lf.backward(out.cache, np.ones_like(out.y))
 
+    def large_output():  # y alone is 4 GB: NumPy refuses it in the Python layer
+        x = np.zeros((4096, 1024, 1), f32)
+        lf.forward(x, np.zeros((1024, 1), f32), np.zeros((1024, 256), f32), need_cache=False)
+
     limit = address_space() + (3 << 29)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     for case in (steps_zero, lengths_zero, one_step, large_hidden, backward_padding,
-                 backward_scratch):
+                 backward_scratch, large_output):
         try:
             case()
         except MemoryError as e:
@@ -130,6 +134,7 @@ def test_allocations_refused_under_an_address_space_limit_raise_memory_error():
         ("one_step", "per-row state"),
         ("large_hidden", "panels of w_hh"),
         ("backward_padding", "w_ih padded"),
+        ("large_output", "y: out of memory"),
     ]:
         assert lines[name].startswith("MemoryError"), report
         assert buffer in lines[name] and "bytes" in lines[name], report

@@ -33,6 +33,7 @@ __all__ = [
     "check_size",
     "compute_dtype",
     "contiguous",
+    "empty",
     "flag",
     "float_dtype",
     "hidden_from_gate_rows",
@@ -222,6 +223,15 @@ def check_memory(name: str, nbytes: int, what: str) -> None:
             f"{name}: {what} would take {nbytes} bytes, more than the {total} "
             f"bytes of memory of this machine"
         )
+
+
+def empty(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` for the result or buffer called ``name``; when the
+    allocation fails the ``MemoryError`` says which one and how large it is."""
+    try:
+        return np.empty(shape, dtype)
+    except MemoryError:
+        raise _memory_error(name, shape, dtype) from None
 
 
 def _memory_error(name: str, shape: tuple[int, ...], dtype: np.dtype) -> MemoryError:

@@ -20,6 +20,7 @@ from ._checks import (
     check_size,
     compute_dtype,
     contiguous,
+    empty,
     flag,
     pass_arguments,
     positive_int,
@@ -214,14 +215,16 @@ def _run_forward(
     args: _Args, need_cache: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
     dt, rows, state = args.dtype, args.steps * args.batch, (args.batch, args.hidden)
-    out = Outputs(y=np.empty(args.y_shape, dt), h_n=np.empty(state, dt), c_n=np.empty(state, dt))
+    out = Outputs(
+        y=empty("y", args.y_shape, dt), h_n=empty("h_n", state, dt), c_n=empty("c_n", state, dt)
+    )
     arrays = None
     if need_cache:
         hp = args.hidden_pad
         arrays = CacheArrays(
-            gates=np.empty((rows, 4 * hp), dt),
-            cells=np.empty((rows, hp), dt),
-            h_prev=np.empty((rows, hp), dt),
+            gates=empty("cache (gates)", (rows, 4 * hp), dt),
+            cells=empty("cache (cells)", (rows, hp), dt),
+            h_prev=empty("cache (h_prev)", (rows, hp), dt),
         )
     _core.forward(args, out, arrays)
     cache = None if arrays is None else Cache(args, arrays.gates, arrays.cells, arrays.h_prev)
@@ -284,15 +287,15 @@ def _run_backward(
         dc_n=_seed(names[2], dc_n, "(batch, hidden_size)", state, dt),
     )
     grads = Grads(
-        dx=np.empty(a.x.shape, dt),
-        dh0=np.empty(state, dt),
-        dc0=np.empty(state, dt),
-        dw_ih=np.empty((4 * a.hidden, a.input), dt),
-        dw_hh=np.empty((4 * a.hidden, a.hidden), dt),
-        db=np.empty(4 * a.hidden, dt) if (a.has_b_ih or a.has_b_hh) else None,
+        dx=empty("dx", a.x.shape, dt),
+        dh0=empty("dh0", state, dt),
+        dc0=empty("dc0", state, dt),
+        dw_ih=empty("dw_ih", (4 * a.hidden, a.input), dt),
+        dw_hh=empty("dw_hh", (4 * a.hidden, a.hidden), dt),
+        db=empty("db", (4 * a.hidden,), dt) if (a.has_b_ih or a.has_b_hh) else None,
         # The gate gradients: NumPy backs large arrays with huge pages, which saves
         # the engine tens of thousands of page faults per call at the large shapes.
-        scratch=np.empty((a.steps * a.batch, 4 * a.hidden_pad), dt),
+        scratch=empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
     )
     arrays = CacheArrays(gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev)
     _core.backward(a, arrays, seeds, grads)
