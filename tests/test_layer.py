@@ -263,11 +263,13 @@ def test_errors_in_the_reverse_thread_propagate(monkeypatch):
     monkeypatch.setattr(layer_module, "CONCURRENT_DIRECTIONS", True)
 
     class Failing:
-        @staticmethod
-        def forward(*args, reverse=False, **kwargs):
-            if reverse:
-                raise ValueError("reverse direction failed")
-            return lstm_fast.forward(*args, reverse=reverse, **kwargs)
+        class PreparedWeights(lstm_fast.PreparedWeights):
+            def forward(self, *args, reverse=False, **kwargs):
+                if reverse:
+                    raise ValueError("reverse direction failed")
+                return super().forward(*args, reverse=reverse, **kwargs)
+
+        prepare_weights = PreparedWeights
 
     monkeypatch.setattr(layer_module, "_F", Failing)
     m = LSTM(2, 3, bidirectional=True)

@@ -17,11 +17,13 @@ from ._types import Cell, CellGradients, Forward, Gradients, LayerWeights
 from .functional import (
     Cache,
     CellCache,
+    PreparedWeights,
     backward,
     cell_backward,
     cell_forward,
     forward,
     get_num_threads,
+    prepare_weights,
     set_num_threads,
 )
 from .layer import LSTM
@@ -37,6 +39,7 @@ __all__ = [
     "Gradients",
     "LSTM",
     "LayerWeights",
+    "PreparedWeights",
     "available_isas",
     "backward",
     "cell_backward",
@@ -46,6 +49,7 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "optim",
+    "prepare_weights",
     "set_num_threads",
 ]
 

@@ -15,15 +15,20 @@ from . import _core
 from ._bundles import CacheArrays, Grads, Outputs, Seeds
 from ._checks import (
     CELL_NAMES,
+    as_array,
     cell_arguments,
     check_lengths,
+    check_shape,
     check_size,
     compute_dtype,
     contiguous,
     empty,
     flag,
+    float_dtype,
+    hidden_from_gate_rows,
     pass_arguments,
     positive_int,
+    real_array,
     shaped_array,
 )
 from ._types import Cell, CellGradients, Forward, Gradients
@@ -31,11 +36,13 @@ from ._types import Cell, CellGradients, Forward, Gradients
 __all__ = [
     "Cache",
     "CellCache",
+    "PreparedWeights",
     "backward",
     "cell_backward",
     "cell_forward",
     "forward",
     "get_num_threads",
+    "prepare_weights",
     "set_num_threads",
 ]
 
@@ -45,6 +52,14 @@ _GATES = ("i", "f", "g", "o")
 # ---------------------------------------------------------------------------
 # Argument normalisation
 # ---------------------------------------------------------------------------
+
+
+def _bias_sum(biases: list[np.ndarray], dtype: np.dtype) -> np.ndarray | None:
+    """b_ih + b_hh (or the one given) in ``dtype``, the one bias the engine adds."""
+    if not biases:
+        return None
+    cast_biases = [b.astype(dtype) for b in biases]
+    return np.require(sum(cast_biases[1:], cast_biases[0]), requirements=["C", "A"])
 
 
 class _Args:
@@ -65,12 +80,18 @@ class _Args:
         reverse: bool,
         own: bool,
         names: dict[str, str],
+        prepared: PreparedWeights | None = None,
     ) -> None:
         batch_first = flag("batch_first", batch_first)
         self.reverse = flag("reverse", reverse)
         raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
         arrays, sizes = pass_arguments(raw, batch_first=batch_first, names=names)
-        self.dtype = compute_dtype(a.dtype for a in arrays.values())
+        # Prepared weights fix the dtype (their private copies are made in it).
+        self.dtype = (
+            compute_dtype(a.dtype for a in arrays.values()) if prepared is None else prepared.dtype
+        )
+        #: The `_core.Packed` of prepared weights: w_hh's panels, kept across calls.
+        self.packed = None if prepared is None else prepared._packed
         steps, batch, inp, hidden = sizes
         self.steps, self.batch, self.input, self.hidden = sizes
         self.batch_first = batch_first
@@ -88,13 +109,15 @@ class _Args:
 
         dt = self.dtype
         self.x = contiguous(xname, arrays["x"], dt, own=own)
-        self.w_ih = contiguous("w_ih", arrays["w_ih"], dt, own=own)
-        self.w_hh = contiguous("w_hh", arrays["w_hh"], dt, own=own)
-        self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
-        biases = [arrays[k].astype(dt) for k in ("b_ih", "b_hh") if k in arrays]
-        self.bias = (
-            np.require(sum(biases[1:], biases[0]), requirements=["C", "A"]) if biases else None
-        )
+        if prepared is not None:
+            # Private, never written: a cache may share them.
+            self.w_ih, self.w_hh, self.bias = prepared._w_ih, prepared._w_hh, prepared._bias
+            self.has_b_ih, self.has_b_hh = prepared._has_bias
+        else:
+            self.w_ih = contiguous("w_ih", arrays["w_ih"], dt, own=own)
+            self.w_hh = contiguous("w_hh", arrays["w_hh"], dt, own=own)
+            self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
+            self.bias = _bias_sum([arrays[k] for k in ("b_ih", "b_hh") if k in arrays], dt)
         h0n, c0n = names.get("h0", "h0"), names.get("c0", "c0")
         self.h0 = contiguous(h0n, arrays["h0"], dt, own=False) if "h0" in arrays else None
         self.c0 = contiguous(c0n, arrays["c0"], dt, own=own) if "c0" in arrays else None
@@ -351,6 +374,158 @@ def cell_backward(cache: CellCache, dh_new: Any = None, dc_new: Any = None) -> C
         cache._seq, None, dh_new, dc_new, ("dy", "dh_new", "dc_new")
     )
     return CellGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ---------------------------------------------------------------------------
+# Prepared weights (packed once, for many calls)
+# ---------------------------------------------------------------------------
+
+
+def _private(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """A private, read-only, C-contiguous copy of ``value`` in ``dtype``."""
+    out = contiguous(name, value, dtype, own=True)
+    out.flags.writeable = False
+    return out
+
+
+class PreparedWeights:
+    """One layer's weights, copied and packed once for any number of calls.
+
+    Made by :func:`prepare_weights`. Every call of :func:`forward` packs ``w_hh``
+    into the layout its kernels stream, a pass over the weights that costs as much
+    as several time steps; a stream of short calls (one step at a time) or an
+    inference loop over unchanged weights packs once here instead. The object keeps
+    private copies: changing the caller's arrays later changes nothing (prepare
+    again to use new weights). Calls compute in the weights' dtype (``dtype``);
+    inputs of another dtype are cast to it. Caches from :meth:`forward` and
+    :meth:`cell_forward` go to :func:`backward` and :func:`cell_backward` as usual,
+    and share the copies rather than copying the weights again.
+    """
+
+    __slots__ = ("_bias", "_has_bias", "_packed", "_w_hh", "_w_ih", "dtype")
+
+    def __init__(
+        self, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, dtype: Any = None
+    ) -> None:
+        raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+        for k in ("w_ih", "w_hh"):
+            if raw[k] is None:
+                raise TypeError(f"{k} is required: expected an array, got None")
+        arrays = {k: real_array(k, v) for k, v in raw.items() if v is not None}
+        hidden = hidden_from_gate_rows("w_hh", arrays["w_hh"].shape, "(4*hidden_size, hidden_size)")
+        check_shape("w_hh", arrays["w_hh"], "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
+        wih = arrays["w_ih"]
+        if wih.ndim != 2 or wih.shape[0] != 4 * hidden:
+            raise ValueError(
+                f"w_ih must have shape (4*hidden_size, input_size) with 4*hidden_size = "
+                f"{4 * hidden}, got {wih.shape}"
+            )
+        for k in ("b_ih", "b_hh"):
+            if k in arrays:
+                check_shape(k, arrays[k], "(4*hidden_size,)", (4 * hidden,))
+        self.dtype = (
+            compute_dtype(a.dtype for a in arrays.values())
+            if dtype is None
+            else float_dtype("dtype", dtype)
+        )
+        check_size("w_hh", (4 * _core.hidden_pad(hidden, self.dtype.itemsize), hidden))
+        self._w_ih = _private("w_ih", wih, self.dtype)
+        self._w_hh = _private("w_hh", arrays["w_hh"], self.dtype)
+        self._has_bias = ("b_ih" in arrays, "b_hh" in arrays)
+        bias = _bias_sum([arrays[k] for k in ("b_ih", "b_hh") if k in arrays], self.dtype)
+        if bias is not None:
+            bias.flags.writeable = False
+        self._bias = bias
+        self._packed = _core.Packed(self._w_hh)
+
+    @property
+    def input_size(self) -> int:
+        return int(self._w_ih.shape[1])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self._w_hh.shape[1])
+
+    def __repr__(self) -> str:
+        return (
+            f"<lstm_fast.PreparedWeights input_size={self.input_size} "
+            f"hidden_size={self.hidden_size} dtype={self.dtype}>"
+        )
+
+    def matches(self, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None) -> bool:
+        """Whether these arrays, in this object's dtype, are bit for bit the prepared
+        weights (NaNs included): the proof a caller needs to keep using this object
+        for weights that may have been updated in place."""
+        if (b_ih is not None, b_hh is not None) != self._has_bias:
+            return False
+        if b_ih is not None and b_hh is not None:
+            # Only the sum reaches the engine, but each bias has its own gradient: both
+            # must match, so compare the sum of the given pair with the kept sum.
+            bias: Any = _bias_sum([as_array("b_ih", b_ih), as_array("b_hh", b_hh)], self.dtype)
+        else:
+            bias = b_ih if b_ih is not None else b_hh
+        pairs = ((w_ih, self._w_ih), (w_hh, self._w_hh), (bias, self._bias))
+        for given, kept in pairs:
+            if kept is None:
+                continue
+            array = as_array("weights", given)
+            if array.shape != kept.shape:
+                return False
+            if array.dtype != self.dtype or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array, dtype=self.dtype)
+            if not _core.same_bits(array, kept):
+                return False
+        return True
+
+    def _args(self, x: Any, h0: Any, c0: Any, x_name: str, batch_first: bool, **kw: Any) -> _Args:
+        array = real_array(x_name, x)
+        if array.ndim >= 1 and array.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{x_name} must have input_size = {self.input_size} in its last dimension "
+                f"(the prepared w_ih is {self._w_ih.shape}), got shape {array.shape}"
+            )
+        return _Args(
+            array, self._w_ih, self._w_hh, None, None, h0, c0,
+            batch_first=batch_first, prepared=self, **kw,
+        )  # fmt: skip
+
+    def forward(
+        self,
+        x: Any,
+        h0: Any = None,
+        c0: Any = None,
+        *,
+        batch_first: bool = False,
+        lengths: Any = None,
+        reverse: bool = False,
+        need_cache: bool = True,
+    ) -> Forward:
+        """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``."""
+        need_cache = flag("need_cache", need_cache)
+        args = self._args(
+            x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={}
+        )
+        return Forward(*_run_forward(args, need_cache))
+
+    def cell_forward(self, x_t: Any, h: Any, c: Any) -> Cell:
+        """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``."""
+        raw = cell_arguments(x_t, h, c, self._w_ih, self._w_hh, None, None)
+        args = self._args(
+            raw["x"], raw["h0"], raw["c0"], "x_t", False,
+            lengths=None, reverse=False, own=True, names=CELL_NAMES,
+        )  # fmt: skip
+        _, h_new, c_new, cache = _run_forward(args, need_cache=True)
+        assert cache is not None
+        return Cell(h_new, c_new, CellCache(cache))
+
+
+def prepare_weights(
+    w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, dtype: Any = None
+) -> PreparedWeights:
+    """Copy and pack one layer's weights once: a :class:`PreparedWeights` whose
+    ``forward``/``cell_forward`` skip the per-call packing. ``dtype`` (float32 or
+    float64) defaults to the weights' compute dtype."""
+    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -214,8 +214,29 @@ class LSTM:
         #: ``(dh0, dc0)`` of the last :meth:`backward`, each (L*D, B, H); None before.
         self.hx_grad: tuple[np.ndarray, np.ndarray] | None = None
         self._tape: _Tape | None = None
+        #: (layer, direction) -> the weights as last packed (see _prepared_weights).
+        self._prepared: dict[tuple[int, int], Any] = {}
 
     # ------------------------------------------------------------------ helpers
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Weights and configuration only: the tape holds the engine's caches of the
+        # last forward (per-call work, and they do not pickle), and the gradients
+        # belong to that call too. Dask ships layers to its workers this way.
+        state = self.__dict__.copy()
+        for name in ("grads", "hx_grad", "_tape", "_prepared"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # A dict of its own, so that a shallow copy (copy.copy) shares the weight
+        # arrays but gets its own tape and gradients.
+        self.parameters = dict(self.parameters)
+        self.grads = {name: np.zeros_like(p) for name, p in self.parameters.items()}
+        self.hx_grad = None
+        self._tape = None
+        self._prepared = {}
 
     def __repr__(self) -> str:
         extra = "" if self.num_layers == 1 else f", num_layers={self.num_layers}"
@@ -248,6 +269,25 @@ class LSTM:
             None if b_ih is None else p[b_ih],
             None if b_hh is None else p[b_hh],
         )
+
+    def _prepared_weights(self, layer: int, direction: int) -> Any:
+        """The weights of one layer and direction, packed for the engine.
+
+        Packing costs a pass over the weights, as much as several time steps, so the
+        packed copy is kept across calls, but only while it can be proven current:
+        before each use the live arrays are compared, bit for bit, with what was
+        packed (a read of the weights, several times cheaper than packing them).
+        An optimizer's in-place update, ``load_state_dict`` or a replaced array
+        therefore packs again; a stream of ``step`` calls or an inference loop does
+        not.
+        """
+        live = self.weights(layer, direction)
+        kept = self._prepared.get((layer, direction))
+        # The isinstance test: tests swap the engine for the reference (``_F``).
+        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live):
+            kept = _F.prepare_weights(*live, dtype=self.dtype)
+            self._prepared[(layer, direction)] = kept
+        return kept
 
     def _cast(self, name: str, value: Any) -> np.ndarray:
         """``value`` in the layer's dtype; only real numbers (and bools) are accepted."""
@@ -341,9 +381,8 @@ class LSTM:
 
             def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
                 k = layer * self.num_directions + direction
-                return _F.forward(
+                return self._prepared_weights(layer, direction).forward(
                     inp,
-                    *self.weights(layer, direction),
                     None if h0 is None else h0[k],
                     None if c0 is None else c0[k],
                     batch_first=batch_first,
@@ -492,9 +531,8 @@ class LSTM:
         layer_input = array[None]
         hs, cs = [], []
         for layer in range(self.num_layers):
-            out = _F.forward(
+            out = self._prepared_weights(layer, 0).forward(
                 layer_input,
-                *self.weights(layer, 0),
                 None if h is None else h[layer],
                 None if c is None else c[layer],
                 need_cache=False,

@@ -29,11 +29,13 @@ from ._types import Cell, CellGradients, Forward, Gradients
 __all__ = [
     "Cache",
     "CellCache",
+    "PreparedWeights",
     "backward",
     "cell_backward",
     "cell_forward",
     "compute_dtype",
     "forward",
+    "prepare_weights",
 ]
 
 
@@ -371,3 +373,46 @@ def cell_backward(
     db_ih = db.copy() if cache.has_b_ih else None
     db_hh = db.copy() if cache.has_b_hh else None
     return CellGradients(dx, dh_prev, dc_prev, dw_ih, dw_hh, db_ih, db_hh)
+
+
+class PreparedWeights:
+    """Private copies of one layer's weights in ``dtype``, for many calls: the
+    reference's counterpart of ``lstm_fast.prepare_weights``. There is nothing to
+    pack here; calls cast their inputs to ``dtype`` and run :func:`forward`."""
+
+    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, *, dtype=None):
+        raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+        given = {k: np.asarray(v) for k, v in raw.items() if v is not None}
+        self.dtype = compute_dtype(*given.values()) if dtype is None else np.dtype(dtype)
+        self.weights = {k: v.astype(self.dtype, copy=True) for k, v in given.items()}
+
+    def matches(self, w_ih, w_hh, b_ih=None, b_hh=None) -> bool:
+        """Whether the given weights, in ``dtype``, are bit for bit the kept copies."""
+        raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+        given = {k: np.asarray(v, dtype=self.dtype) for k, v in raw.items() if v is not None}
+        return given.keys() == self.weights.keys() and all(
+            v.shape == self.weights[k].shape and v.tobytes() == self.weights[k].tobytes()
+            for k, v in given.items()
+        )
+
+    def _cast(self, a):
+        return None if a is None else np.asarray(a).astype(self.dtype)
+
+    def forward(self, x, h0=None, c0=None, **options) -> Forward:
+        w = self.weights
+        return forward(
+            self._cast(x), w["w_ih"], w["w_hh"], w.get("b_ih"), w.get("b_hh"),
+            self._cast(h0), self._cast(c0), **options,
+        )  # fmt: skip
+
+    def cell_forward(self, x_t, h, c) -> Cell:
+        w = self.weights
+        return cell_forward(
+            self._cast(x_t), self._cast(h), self._cast(c),
+            w["w_ih"], w["w_hh"], w.get("b_ih"), w.get("b_hh"),
+        )  # fmt: skip
+
+
+def prepare_weights(w_ih, w_hh, b_ih=None, b_hh=None, *, dtype=None) -> PreparedWeights:
+    """Keep copies of one layer's weights; see :class:`PreparedWeights`."""
+    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype)

@@ -61,6 +61,7 @@ mod tests;
 pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use float::Float;
+pub use kernels::pack::PanelCache;
 pub use lstm::{backward, forward};
 #[doc(hidden)]
 pub use parallel::pool::hold_pool_lock;

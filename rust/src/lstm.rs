@@ -60,7 +60,10 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let bias = pack::pad_bias(seq.bias, hidden, hp)?;
-        let panels = pack::forward_panels(seq.w_hh, hidden, hp, lanes)?;
+        let panels = match seq.panels {
+            Some(kept) => kept.forward(seq.w_hh, hidden, hp, lanes)?,
+            None => pack::forward_panels(seq.w_hh, hidden, hp, lanes)?.into(),
+        };
 
         let mut cache = cache;
         clear_padded_rows(seq, out.y, cache.as_mut());
@@ -191,7 +194,10 @@ pub fn backward<E: Float>(
         }
     };
     let body = || -> Result<()> {
-        let panels = pack::backward_panels(seq.w_hh, hidden, hp, lanes)?;
+        let panels = match seq.panels {
+            Some(kept) => kept.backward(seq.w_hh, hidden, hp, lanes)?,
+            None => pack::backward_panels(seq.w_hh, hidden, hp, lanes)?.into(),
+        };
         // The kernels write every visited (step, row) in full; padded steps
         // must hold zeros so the products below ignore them.
         for row in seq.padded_rows() {

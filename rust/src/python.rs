@@ -26,7 +26,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
-use crate::{Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, Seeds, Sequence};
+use crate::{
+    Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache, Seeds, Sequence,
+};
 
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
@@ -123,7 +125,38 @@ fn slice_mut<'a, E: Element>(name: &str, a: &'a mut Out<'_, E>) -> PyResult<&'a 
         .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
 }
 
+/// `w_hh`'s panels kept across calls ([`PanelCache`]), in either dtype.
+enum AnyPanels {
+    F32(PanelCache<f32>),
+    F64(PanelCache<f64>),
+}
+
+/// An element type of the engine, as the bindings see it: a NumPy dtype with
+/// its variant of [`AnyPanels`].
+trait Engine: Float + Element {
+    fn panels(p: &AnyPanels) -> Option<&PanelCache<Self>>;
+}
+
+impl Engine for f32 {
+    fn panels(p: &AnyPanels) -> Option<&PanelCache<Self>> {
+        match p {
+            AnyPanels::F32(c) => Some(c),
+            AnyPanels::F64(_) => None,
+        }
+    }
+}
+
+impl Engine for f64 {
+    fn panels(p: &AnyPanels) -> Option<&PanelCache<Self>> {
+        match p {
+            AnyPanels::F64(c) => Some(c),
+            AnyPanels::F32(_) => None,
+        }
+    }
+}
+
 /// The engine's [`Sequence`], read from a `_bundles.Sequence` (`functional._Args`).
+/// `packed`, when not None, is the `_core.Packed` made from this very `w_hh`.
 #[derive(FromPyObject)]
 struct SequenceArrays<'py, E: Element> {
     x: In<'py, E>,
@@ -133,6 +166,7 @@ struct SequenceArrays<'py, E: Element> {
     h0: Option<In<'py, E>>,
     c0: Option<In<'py, E>>,
     lengths: Option<Lengths>,
+    packed: Option<Bound<'py, Packed>>,
     batch_first: bool,
     reverse: bool,
     steps: usize,
@@ -141,8 +175,14 @@ struct SequenceArrays<'py, E: Element> {
     hidden: usize,
 }
 
-impl<E: Element> SequenceArrays<'_, E> {
+impl<E: Engine> SequenceArrays<'_, E> {
     fn sequence(&self) -> PyResult<Sequence<'_, E>> {
+        let panels = match &self.packed {
+            None => None,
+            Some(packed) => Some(E::panels(&packed.get().panels).ok_or_else(|| {
+                PyTypeError::new_err("packed weights of another dtype than the call's")
+            })?),
+        };
         Ok(Sequence {
             dims: Dims {
                 steps: self.steps,
@@ -159,6 +199,7 @@ impl<E: Element> SequenceArrays<'_, E> {
             bias: opt_slice("bias", &self.bias)?,
             h0: opt_slice("h0", &self.h0)?,
             c0: opt_slice("c0", &self.c0)?,
+            panels,
         })
     }
 }
@@ -439,7 +480,7 @@ where
 
 /// Extracts the other bundles in the dtype of `seq`, then runs the engine with
 /// the GIL released ([`run_pass`]).
-fn run_forward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
+fn run_forward<'py, E: Engine + FromPyObjectOwned<'py>>(
     py: Python<'py>,
     seq: SequenceArrays<'py, E>,
     out: &Bound<'py, PyAny>,
@@ -456,7 +497,7 @@ fn run_forward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
 }
 
 /// [`run_forward`] for the backward pass.
-fn run_backward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
+fn run_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     py: Python<'py>,
     seq: SequenceArrays<'py, E>,
     cache: &Bound<'py, PyAny>,
@@ -471,6 +512,46 @@ fn run_backward<'py, E: Float + Element + FromPyObjectOwned<'py>>(
     run_pass(py, seq.dims, |cancel| {
         crate::backward(&seq, cache, seeds, grads, cancel)
     })
+}
+
+/// `w_hh`'s packed panels, kept for the calls that pass this object as
+/// `seq.packed` with the same `w_hh`: the Python layer's prepared weights own
+/// that array privately and never change it. Holding the array keeps its
+/// memory, whose address the panels are checked against, from being reused.
+#[pyclass(frozen, name = "Packed", module = "lstm_fast._core")]
+struct Packed {
+    _w_hh: Py<PyAny>,
+    panels: AnyPanels,
+}
+
+#[pymethods]
+impl Packed {
+    #[new]
+    fn new(w_hh: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let panels = if let Ok(a) = w_hh.extract::<In<'_, f64>>() {
+            AnyPanels::F64(PanelCache::new(slice("w_hh", &a)?))
+        } else {
+            let a = w_hh.extract::<In<'_, f32>>()?;
+            AnyPanels::F32(PanelCache::new(slice("w_hh", &a)?))
+        };
+        Ok(Packed {
+            _w_hh: w_hh.clone().unbind(),
+            panels,
+        })
+    }
+}
+
+/// Whether two arrays of one dtype hold the same bits (NaNs included), read
+/// with the GIL released.
+fn same_bits<E: Element>(py: Python<'_>, a: &In<'_, E>, b: &In<'_, E>) -> PyResult<bool> {
+    let (a, b) = (slice("a", a)?, slice("b", b)?);
+    let bytes = |s: &[E]| {
+        // SAFETY: the engine's elements are plain floats (f32, f64): no padding,
+        // every byte initialised; the view covers exactly the slice's memory.
+        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), size_of_val(s)) }
+    };
+    let (a, b) = (bytes(a), bytes(b));
+    Ok(py.detach(|| a == b))
 }
 
 #[pymodule]
@@ -514,6 +595,20 @@ mod _core {
         match seq {
             AnySequence::F32(seq) => run_backward(py, seq, cache, seeds, grads),
             AnySequence::F64(seq) => run_backward(py, seq, cache, seeds, grads),
+        }
+    }
+
+    /// Whether `a` and `b`, C-contiguous arrays of one float dtype, hold the
+    /// same bits: how a layer proves its parameters unchanged since it packed
+    /// them. Arrays of different dtypes or sizes are never the same.
+    #[pyfunction]
+    fn same_bits(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if let (Ok(a), Ok(b)) = (a.extract::<In<'_, f32>>(), b.extract::<In<'_, f32>>()) {
+            return super::same_bits(py, &a, &b);
+        }
+        match (a.extract::<In<'_, f64>>(), b.extract::<In<'_, f64>>()) {
+            (Ok(a), Ok(b)) => super::same_bits(py, &a, &b),
+            _ => Ok(false),
         }
     }
 
@@ -573,6 +668,9 @@ mod _core {
     /// time step once `cancel.cancel()` is called from any thread, and raise
     /// `KeyboardInterrupt`. Only the main thread sees Ctrl-C; this is how it
     /// stops the calls it started on other threads (`LSTM`'s reverse direction).
+    #[pymodule_export]
+    use super::Packed;
+
     #[pyclass(frozen, name = "Cancel", module = "lstm_fast._core")]
     struct CancelScope(Arc<Cancel>);
 

@@ -6,6 +6,7 @@
 
 use crate::float::Float;
 use crate::kernels::layout::Geometry;
+use crate::kernels::pack::PanelCache;
 
 /// T, B, I, H.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +32,7 @@ pub struct Sequence<'a, E> {
     pub bias: Option<&'a [E]>,
     pub h0: Option<&'a [E]>,
     pub c0: Option<&'a [E]>,
+    pub panels: Option<&'a PanelCache<E>>,
 }
 
 /// What backward needs from forward, in the sequence's layout (rows ordered

@@ -245,6 +245,7 @@ impl Problem {
             bias: bias.as_deref(),
             h0: h0.as_deref(),
             c0: c0.as_deref(),
+            panels: None,
         };
         let rows = steps * batch;
         let hp = hidden_pad::<E>(hidden);
@@ -543,6 +544,7 @@ fn a_cancelled_call_stops_waiting_for_another_calls_team() {
         bias: None,
         h0: None,
         c0: None,
+        panels: None,
     };
     let run = |cancel: &Cancel| {
         let (mut y, mut h_n, mut c_n) =
@@ -755,6 +757,7 @@ fn wrong_sizes_are_errors_not_panics() {
         bias: None,
         h0: None,
         c0: None,
+        panels: None,
     };
     let err = run(&seq);
     assert!(err.to_string().contains("w_hh"), "{err}");
@@ -816,4 +819,60 @@ fn thread_counts_are_bounded() {
         assert!(text.ends_with(&format!("got {n}")), "{text}");
         assert_eq!(crate::num_threads(), before);
     }
+}
+
+/// The forward panels hold `w_hh[gate·H + p·lanes + u][k]` at `[p][k][gate·lanes + u]`
+/// and zeros for padded units; a [`PanelCache`] packs each layout once per lane count,
+/// and refuses a `w_hh` other than its own.
+#[test]
+fn panel_cache_packs_once_and_only_its_own_w_hh() {
+    use crate::kernels::pack;
+    use crate::{Error, PanelCache};
+
+    let hidden = 20;
+    let hp = hidden_pad::<f32>(hidden);
+    let w: Vec<f32> = (0..4 * hidden * hidden).map(|i| i as f32 + 0.5).collect();
+    for lanes in [4, 8, 16] {
+        let panels = pack::forward_panels(&w, hidden, hp, lanes).unwrap();
+        let width = 4 * lanes;
+        for p in 0..hp / lanes {
+            for k in 0..hidden {
+                for gate in 0..4 {
+                    for u in 0..lanes {
+                        let unit = p * lanes + u;
+                        let want = if unit < hidden {
+                            w[(gate * hidden + unit) * hidden + k]
+                        } else {
+                            0.0
+                        };
+                        let got = panels[(p * hidden + k) * width + gate * lanes + u];
+                        assert_eq!(got, want, "lanes {lanes} p {p} k {k} gate {gate} u {u}");
+                    }
+                }
+            }
+        }
+    }
+
+    let cache = PanelCache::new(&w);
+    let a = cache.forward(&w, hidden, hp, 8).unwrap();
+    assert!(Arc::ptr_eq(&a, &cache.forward(&w, hidden, hp, 8).unwrap()));
+    assert_eq!(*a, pack::forward_panels(&w, hidden, hp, 8).unwrap());
+    let wide = cache.forward(&w, hidden, hp, 16).unwrap();
+    assert_eq!(*wide, pack::forward_panels(&w, hidden, hp, 16).unwrap());
+    let back = cache.backward(&w, hidden, hp, 8).unwrap();
+    assert!(Arc::ptr_eq(
+        &back,
+        &cache.backward(&w, hidden, hp, 8).unwrap()
+    ));
+    assert_eq!(*back, pack::backward_panels(&w, hidden, hp, 8).unwrap());
+
+    let copy = w.clone();
+    assert!(matches!(
+        cache.forward(&copy, hidden, hp, 8),
+        Err(Error::Value(_))
+    ));
+    assert!(matches!(
+        cache.backward(&w[..w.len() - 1], hidden, hp, 8),
+        Err(Error::Value(_))
+    ));
 }

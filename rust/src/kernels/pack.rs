@@ -1,4 +1,5 @@
-//! Weights repacked once per call into the layouts the kernels stream.
+//! Weights packed into the layouts the kernels stream: once per call, or once
+//! for many calls through a [`PanelCache`] (prepared weights).
 //!
 //! Hidden units are padded from H to `Hp` (a multiple of `Float::PAD`) with
 //! zero weights, so every tile is whole. Padded units never reach real ones:
@@ -8,9 +9,91 @@
 //!
 //! Each layout is allocated here, fallibly ([`crate::alloc`]).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use crate::alloc;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::float::Float;
+
+/// Panels of a `w_hh` packed by the pass that needed them.
+pub type Panels<E> = Arc<Vec<E>>;
+
+/// `w_hh`'s panels kept across passes: each layout is packed by the first pass
+/// that needs it and reused by the next ones, so passes over the same weights
+/// (a stream of one-step calls, a training loop between updates) pack nothing.
+///
+/// It belongs to one `w_hh` that must not change while the cache lives (the
+/// owner, e.g. the Python binding's prepared weights, keeps a private copy);
+/// each use checks that it is given the same slice. Panels are kept for one
+/// lane count each: an ISA switched between passes (`Isa::set_active`) packs
+/// anew.
+pub struct PanelCache<E> {
+    /// Address and length of the `w_hh` the panels come from.
+    source: (usize, usize),
+    forward: Mutex<Option<(usize, Panels<E>)>>,
+    backward: Mutex<Option<(usize, Panels<E>)>>,
+}
+
+impl<E: Float> PanelCache<E> {
+    /// An empty cache for `w_hh`, which must stay unchanged while it lives.
+    pub fn new(w_hh: &[E]) -> Self {
+        PanelCache {
+            source: (w_hh.as_ptr() as usize, w_hh.len()),
+            forward: Mutex::new(None),
+            backward: Mutex::new(None),
+        }
+    }
+
+    fn check_source(&self, w_hh: &[E]) -> Result<()> {
+        if (w_hh.as_ptr() as usize, w_hh.len()) != self.source {
+            return Err(Error::Value(
+                "w_hh is not the array its packed panels were made from".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`forward_panels`] of `w_hh`, packed on first use.
+    pub fn forward(&self, w_hh: &[E], hidden: usize, hp: usize, lanes: usize) -> Result<Panels<E>> {
+        self.check_source(w_hh)?;
+        kept(&self.forward, lanes, || {
+            forward_panels(w_hh, hidden, hp, lanes)
+        })
+    }
+
+    /// [`backward_panels`] of `w_hh`, packed on first use.
+    pub fn backward(
+        &self,
+        w_hh: &[E],
+        hidden: usize,
+        hp: usize,
+        lanes: usize,
+    ) -> Result<Panels<E>> {
+        self.check_source(w_hh)?;
+        kept(&self.backward, lanes, || {
+            backward_panels(w_hh, hidden, hp, lanes)
+        })
+    }
+}
+
+/// The panels in `slot` for `lanes`, packed by `pack` (under the lock, so two
+/// passes never pack the same layout twice) when missing or for other lanes.
+fn kept<E>(
+    slot: &Mutex<Option<(usize, Panels<E>)>>,
+    lanes: usize,
+    pack: impl FnOnce() -> Result<Vec<E>>,
+) -> Result<Panels<E>> {
+    // A pass that panicked while packing left nothing half-made in the slot.
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((kept_lanes, panels)) = slot.as_ref() {
+        if *kept_lanes == lanes {
+            return Ok(Arc::clone(panels));
+        }
+    }
+    let panels = Arc::new(pack()?);
+    *slot = Some((lanes, Arc::clone(&panels)));
+    Ok(panels)
+}
 
 /// `w_ih` (4H × I) with each gate block padded to Hp rows: (4Hp × I).
 pub fn pad_gate_rows<E: Float>(
@@ -51,17 +134,20 @@ pub fn forward_panels<E: Float>(
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
     let mut out = alloc::zeroed(&[tiles, hidden, width], "the forward panels of w_hh")?;
-    // Writes in order; the reads, 4·lanes rows at a time, stay in L1.
+    // Reads each w_hh row in order; the writes, `width` apart, stay in one
+    // panel (H · 4 · lanes elements), which L1 or L2 holds.
     for (p, panel) in out
         .chunks_exact_mut((hidden * width).max(1))
         .enumerate()
         .take(tiles)
     {
         let units = hidden.saturating_sub(p * lanes).min(lanes);
-        for (k, dst) in panel.chunks_exact_mut(width).enumerate() {
-            for gate in 0..4 {
-                for u in 0..units {
-                    dst[gate * lanes + u] = w_hh[(gate * hidden + p * lanes + u) * hidden + k];
+        for gate in 0..4 {
+            for u in 0..units {
+                let src = &w_hh[(gate * hidden + p * lanes + u) * hidden..][..hidden];
+                let column = gate * lanes + u;
+                for (dst, &w) in panel[column..].iter_mut().step_by(width).zip(src) {
+                    *dst = w;
                 }
             }
         }
