@@ -4,6 +4,7 @@
     python -m lstm_fast check               lstm_fast against its NumPy reference
     python -m lstm_fast bench [options]     the throughput table
     python -m lstm_fast demo [options]      the LSTM layer demo (lstm_fast.demo)
+    python -m lstm_fast suite [options]     the real-world suite (lstm_fast.suite)
 
 ``check`` runs one tiny forward and backward, shows the shapes and compares
 every output and gradient with the NumPy reference (exit status 1 on a
@@ -30,7 +31,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 import lstm_fast
-from lstm_fast import benchmark, demo
+from lstm_fast import benchmark, demo, suite
 
 
 def _say(text: str = "", end: str = "\n") -> None:
@@ -385,6 +386,16 @@ COMMANDS = (
         demo.DESCRIPTION,
         demo.add_arguments,
         demo.run,
+    ),
+    Command(
+        "suite",
+        "the real-world suite: reported shapes, per-call cost, latency, steadiness",
+        "Time the shapes users report in PyTorch's and Keras's issue trackers (wide "
+        "input, long stacks, ragged batches, long batch-1 series, stacked bidirectional "
+        "training, one step per call), the cost of one call, latency percentiles and "
+        "medians, against PyTorch and ONNX Runtime where installed. Prints Markdown.",
+        suite.add_arguments,
+        suite.run,
     ),
 )
 

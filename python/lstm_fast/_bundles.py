@@ -21,8 +21,8 @@ class Sequence(Protocol):
     """One checked sequence pass, as ``functional._Args`` holds it: ``x`` (T, B,
     I), or (B, T, I) with ``batch_first``; ``w_ih`` (4H, I); ``w_hh`` (4H, H);
     ``bias`` (4H,) = b_ih + b_hh; ``h0``, ``c0`` (B, H); ``lengths`` int64 (B,);
-    ``packed``: None, or the ``_core.Packed`` made from this very ``w_hh`` (prepared
-    weights), whose panels the call reuses."""
+    ``packed``: None, or the ``_core.Packed`` made from this very ``w_ih`` and
+    ``w_hh`` (prepared weights), whose panels the call reuses."""
 
     x: np.ndarray
     w_ih: np.ndarray

@@ -54,6 +54,7 @@ class Cancel:
 
 @final
 class Packed:
-    """``w_hh``'s packed panels, kept for the calls whose ``seq.packed`` it is."""
+    """The packed panels of ``w_ih`` and ``w_hh``, kept for the calls whose
+    ``seq.packed`` it is."""
 
-    def __new__(cls, w_hh: object) -> Packed: ...
+    def __new__(cls, w_ih: object, w_hh: object) -> Packed: ...

@@ -22,6 +22,7 @@ import argparse
 import gc
 import importlib
 import importlib.util
+import platform
 import statistics
 import time
 from collections.abc import Iterable
@@ -41,11 +42,13 @@ __all__ = [
     "Runner",
     "Shape",
     "Timing",
+    "cpu_model",
     "flop",
     "make_problem",
     "make_runner",
     "make_runners",
     "missing_modules",
+    "ort_session",
     "parse_shapes",
     "peer_versions",
     "positive_int",
@@ -267,7 +270,7 @@ def _to_onnx_gates(w: np.ndarray, hidden: int) -> np.ndarray:
 
 def _runner_onnxruntime(p: Problem, threads: int) -> Runner:
     onnx = _import_peer("onnx")
-    ort = _import_peer("onnxruntime")
+    _import_peer("onnxruntime")  # unavailable: say so before building the model
     from onnx import TensorProto, helper, numpy_helper
 
     T, B, I, H = p.shape.steps, p.shape.batch, p.shape.input_size, p.shape.hidden_size
@@ -289,20 +292,30 @@ def _runner_onnxruntime(p: Problem, threads: int) -> Runner:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8  # old enough for any onnxruntime that has LSTM-14
     onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = ort_session(model, threads)
     feeds = {"X": p.x}
 
     def forward() -> np.ndarray:
         return session.run(None, feeds)[0][:, 0]
 
     return Runner("onnxruntime", forward, None)
+
+
+def ort_session(model: Any, threads: int) -> Any:
+    """An ONNX Runtime CPU session of ``model`` (an ``onnx.ModelProto``) on ``threads``
+    intra-op threads: one operator at a time (``ORT_SEQUENTIAL``, one inter-op
+    thread), so that the thread count is the same as the other implementations',
+    with every graph optimisation on. Raises :class:`PeerUnavailable` without
+    onnxruntime."""
+    ort = _import_peer("onnxruntime")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 _FACTORIES: dict[str, Callable[[Problem, int], Runner]] = {
@@ -358,6 +371,19 @@ def peer_versions() -> dict[str, str]:
         except PeerUnavailable:
             pass
     return versions
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows),
+    printed with every table: numbers from different CPUs do not compare."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 class Timing(NamedTuple):

@@ -436,7 +436,7 @@ class PreparedWeights:
         if bias is not None:
             bias.flags.writeable = False
         self._bias = bias
-        self._packed = _core.Packed(self._w_hh)
+        self._packed = _core.Packed(self._w_ih, self._w_hh)
 
     @property
     def input_size(self) -> int:

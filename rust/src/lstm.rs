@@ -60,9 +60,15 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let bias = pack::pad_bias(seq.bias, hidden, hp)?;
-        let panels = match seq.panels {
-            Some(kept) => kept.forward(seq.w_hh, hidden, hp, lanes)?,
-            None => pack::forward_panels(seq.w_hh, hidden, hp, lanes)?.into(),
+        let (ih_panels, panels) = match seq.panels {
+            Some(kept) => (
+                kept.input(seq.w_ih, hidden, hp, input, lanes)?,
+                kept.forward(seq.w_hh, hidden, hp, lanes)?,
+            ),
+            None => (
+                pack::forward_panels(seq.w_ih, hidden, hp, input, lanes)?.into(),
+                pack::forward_panels(seq.w_hh, hidden, hp, hidden, lanes)?.into(),
+            ),
         };
 
         let mut cache = cache;
@@ -114,7 +120,7 @@ pub fn forward<E: Float>(
                     slots: Slots { rows, lens },
                     x: seq.x,
                     input,
-                    w_ih: seq.w_ih,
+                    ih_panels: &ih_panels,
                     bias: &bias,
                     panels: &panels,
                     state: state_ptrs[chunk],

@@ -125,7 +125,7 @@ fn slice_mut<'a, E: Element>(name: &str, a: &'a mut Out<'_, E>) -> PyResult<&'a 
         .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
 }
 
-/// `w_hh`'s panels kept across calls ([`PanelCache`]), in either dtype.
+/// A layer's panels kept across calls ([`PanelCache`]), in either dtype.
 enum AnyPanels {
     F32(PanelCache<f32>),
     F64(PanelCache<f64>),
@@ -156,7 +156,8 @@ impl Engine for f64 {
 }
 
 /// The engine's [`Sequence`], read from a `_bundles.Sequence` (`functional._Args`).
-/// `packed`, when not None, is the `_core.Packed` made from this very `w_hh`.
+/// `packed`, when not None, is the `_core.Packed` made from this very `w_ih`
+/// and `w_hh`.
 #[derive(FromPyObject)]
 struct SequenceArrays<'py, E: Element> {
     x: In<'py, E>,
@@ -514,28 +515,31 @@ fn run_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     })
 }
 
-/// `w_hh`'s packed panels, kept for the calls that pass this object as
-/// `seq.packed` with the same `w_hh`: the Python layer's prepared weights own
-/// that array privately and never change it. Holding the array keeps its
-/// memory, whose address the panels are checked against, from being reused.
+/// The packed panels of `w_ih` and `w_hh`, kept for the calls that pass this
+/// object as `seq.packed` with the same arrays: the Python layer's prepared
+/// weights own them privately and never change them. Holding the arrays keeps
+/// their memory, whose addresses the panels are checked against, from being
+/// reused.
 #[pyclass(frozen, name = "Packed", module = "lstm_fast._core")]
 struct Packed {
-    _w_hh: Py<PyAny>,
+    _weights: (Py<PyAny>, Py<PyAny>),
     panels: AnyPanels,
 }
 
 #[pymethods]
 impl Packed {
     #[new]
-    fn new(w_hh: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn new(w_ih: &Bound<'_, PyAny>, w_hh: &Bound<'_, PyAny>) -> PyResult<Self> {
         let panels = if let Ok(a) = w_hh.extract::<In<'_, f64>>() {
-            AnyPanels::F64(PanelCache::new(slice("w_hh", &a)?))
+            let b = w_ih.extract::<In<'_, f64>>()?;
+            AnyPanels::F64(PanelCache::new(slice("w_ih", &b)?, slice("w_hh", &a)?))
         } else {
             let a = w_hh.extract::<In<'_, f32>>()?;
-            AnyPanels::F32(PanelCache::new(slice("w_hh", &a)?))
+            let b = w_ih.extract::<In<'_, f32>>()?;
+            AnyPanels::F32(PanelCache::new(slice("w_ih", &b)?, slice("w_hh", &a)?))
         };
         Ok(Packed {
-            _w_hh: w_hh.clone().unbind(),
+            _weights: (w_ih.clone().unbind(), w_hh.clone().unbind()),
             panels,
         })
     }

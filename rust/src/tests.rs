@@ -833,7 +833,7 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
     let hp = hidden_pad::<f32>(hidden);
     let w: Vec<f32> = (0..4 * hidden * hidden).map(|i| i as f32 + 0.5).collect();
     for lanes in [4, 8, 16] {
-        let panels = pack::forward_panels(&w, hidden, hp, lanes).unwrap();
+        let panels = pack::forward_panels(&w, hidden, hp, hidden, lanes).unwrap();
         let width = 4 * lanes;
         for p in 0..hp / lanes {
             for k in 0..hidden {
@@ -853,12 +853,25 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
         }
     }
 
-    let cache = PanelCache::new(&w);
+    let w_ih: Vec<f32> = (0..4 * hidden * 3).map(|i| i as f32 - 0.5).collect();
+    let cache = PanelCache::new(&w_ih, &w);
+    let input = cache.input(&w_ih, hidden, hp, 3, 8).unwrap();
+    assert_eq!(
+        *input,
+        pack::forward_panels(&w_ih, hidden, hp, 3, 8).unwrap()
+    );
+    assert!(matches!(
+        cache.input(&w, hidden, hp, 3, 8),
+        Err(Error::Value(_))
+    ));
     let a = cache.forward(&w, hidden, hp, 8).unwrap();
     assert!(Arc::ptr_eq(&a, &cache.forward(&w, hidden, hp, 8).unwrap()));
-    assert_eq!(*a, pack::forward_panels(&w, hidden, hp, 8).unwrap());
+    assert_eq!(*a, pack::forward_panels(&w, hidden, hp, hidden, 8).unwrap());
     let wide = cache.forward(&w, hidden, hp, 16).unwrap();
-    assert_eq!(*wide, pack::forward_panels(&w, hidden, hp, 16).unwrap());
+    assert_eq!(
+        *wide,
+        pack::forward_panels(&w, hidden, hp, hidden, 16).unwrap()
+    );
     let back = cache.backward(&w, hidden, hp, 8).unwrap();
     assert!(Arc::ptr_eq(
         &back,

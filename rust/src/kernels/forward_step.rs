@@ -48,11 +48,14 @@ pub struct ForwardState<E> {
 pub struct ForwardChunk<'a, E> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
-    /// (T·B) × I in the caller's layout, and `w_ih` (4H × I): each member
-    /// projects its own units, a block of steps at a time (see `run`).
+    /// (T·B) × I in the caller's layout, and `pack::forward_panels` of `w_ih`
+    /// (4H × I) for this ISA's lane count: each member projects its own units,
+    /// a block of steps at a time (see `run`), with the recurrence's register
+    /// tile, so a row's projection is the same FMA chain however many rows a
+    /// block has.
     pub x: &'a [E],
     pub input: usize,
-    pub w_ih: &'a [E],
+    pub ih_panels: &'a [E],
     /// 4Hp.
     pub bias: &'a [E],
     /// `pack::forward_panels` for this ISA's lane count.
@@ -156,7 +159,7 @@ impl<E: Float> ForwardScratch<E> {
         let block = (PROJECTION_ROWS / slots.rows.len().max(1)).clamp(1, geo.steps.max(1));
         let running = slots.active(0);
         Ok(ForwardScratch {
-            projection: Projection::new(block, running, input, units)?,
+            projection: Projection::new(block, running, input, units, lanes)?,
             products: accumulator_room::<E>(running, lanes, "the tile accumulators of a chunk")?,
         })
     }
@@ -169,6 +172,8 @@ struct Projection<E> {
     data: Vec<E>,
     /// Gathered input rows, (steps in block · slots) × I.
     rows: Vec<E>,
+    /// The register tile's results for every row of a block, one tile at a time.
+    products: Vec<VectorRoom>,
     /// First step of the block, steps per block, slots, units of the member.
     s0: usize,
     steps: usize,
@@ -178,11 +183,22 @@ struct Projection<E> {
 }
 
 impl<E: Float> Projection<E> {
-    fn new(steps: usize, slots: usize, input: usize, units: Range<usize>) -> Result<Self> {
+    fn new(
+        steps: usize,
+        slots: usize,
+        input: usize,
+        units: Range<usize>,
+        lanes: usize,
+    ) -> Result<Self> {
         let n = units.len();
         Ok(Projection {
             data: alloc::zeroed(&[steps, slots, 4, n], "the input projection of a block")?,
             rows: alloc::zeroed(&[steps, slots, input], "the input rows of a block")?,
+            products: accumulator_room::<E>(
+                steps.saturating_mul(slots),
+                lanes,
+                "the projection's tile results",
+            )?,
             s0: 0,
             steps,
             slots,
@@ -202,10 +218,10 @@ impl<E: Float> Projection<E> {
 
 impl<E: Float> ForwardChunk<'_, E> {
     /// Fills `p` with the projection of steps s0.. for this member's units: the
-    /// input rows the running slots visit are gathered, then one product per
-    /// gate. Units past H stay zero.
-    fn project(&self, p: &mut Projection<E>, s0: usize) {
-        let (geo, input, h) = (self.geo, self.input, self.geo.hidden);
+    /// input rows the running slots visit are gathered, then each tile's
+    /// product with its panel of `w_ih`. Units past H get zero weights.
+    fn project<S: Simd<E = E>>(&self, p: &mut Projection<E>, s0: usize) {
+        let (geo, input, w) = (self.geo, self.input, S::LANES);
         p.s0 = s0;
         let s1 = (s0 + p.steps).min(geo.steps);
         for s in s0..s1 {
@@ -215,36 +231,29 @@ impl<E: Float> ForwardChunk<'_, E> {
                 p.rows[j * input..][..input].copy_from_slice(&self.x[row * input..][..input]);
             }
         }
-        let real = p.first_unit..(p.first_unit + p.units).min(h);
-        if real.is_empty() {
-            return;
-        }
         let m = (s1 - s0) * p.slots;
-        for gate in 0..4 {
-            let w = &self.w_ih[(gate * h + real.start) * input..][..real.len() * input];
-            let c = &mut p.data[gate * p.units + real.start - p.first_unit..];
-            assert!(m == 0 || (m - 1) * 4 * p.units + real.len() <= c.len());
-            // SAFETY: A is m rows of `input` in `rows` (m · input ≤ its length);
-            // B = the gate's w_ih rows of the real units, transposed (I × n),
-            // inside `w`; C rows are 4·units apart with n ≤ units columns, inside
-            // `c` (asserted); C is a separate allocation from A and B.
+        let stride = input * 4 * w; // one panel
+        let products = accumulators::<S>(&mut p.products);
+        assert!(products.len() >= m && p.rows.len() >= m * input);
+        assert!(self.ih_panels.len() >= self.tiles.end * stride);
+        assert!(p.data.len() >= m * 4 * p.units && p.units == self.tiles.len() * w);
+        for tile in self.tiles.clone() {
+            let u0 = tile * w - p.first_unit;
+            // SAFETY: rows r < m of `rows` hold `input` elements each, the
+            // tile's panel lies inside `ih_panels`, and `products` holds m
+            // results (asserted above).
             unsafe {
-                (E::GEMM)(
-                    m,
-                    input,
-                    real.len(),
-                    E::ONE,
-                    p.rows.as_ptr(),
-                    input as isize,
-                    1,
-                    w.as_ptr(),
-                    1,
-                    input as isize,
-                    E::ZERO,
-                    c.as_mut_ptr(),
-                    (4 * p.units) as isize,
-                    1,
-                );
+                let rows = p.rows.as_ptr();
+                let panel = self.ih_panels.as_ptr().add(tile * stride);
+                rows_x4v_kblocked::<S>(m, |r| rows.add(r * input), input, panel, products);
+            }
+            for (r, acc) in products[..m].iter().enumerate() {
+                let out = &mut p.data[r * 4 * p.units + u0..];
+                for (g, v) in acc.iter().enumerate() {
+                    assert!(g * p.units + w <= out.len());
+                    // SAFETY: w elements from g·units inside `out` (asserted).
+                    unsafe { v.store(out.as_mut_ptr().add(g * p.units)) };
+                }
             }
         }
     }
@@ -264,10 +273,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
             "forward panels packed for another ISA"
         );
         assert!(self.tiles.end <= hp / w && self.bias.len() == 4 * hp);
-        assert!(
-            self.x.len() == geo.steps * geo.batch * self.input
-                && self.w_ih.len() == 4 * h * self.input
-        );
+        assert!(self.x.len() == geo.steps * geo.batch * self.input);
         let mut scratch = std::mem::take(&mut self.scratch);
         let ForwardScratch {
             projection: xw,
@@ -289,7 +295,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                 break;
             }
             if s % block == 0 {
-                self.project(xw, s);
+                self.project::<S>(xw, s);
             }
             let cur = self.state.h[s % 2].0 as *const E;
             let panel = |q: usize| self.panels[q * stride..].as_ptr();

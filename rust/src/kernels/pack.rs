@@ -18,46 +18,70 @@ use crate::float::Float;
 /// Panels of a `w_hh` packed by the pass that needed them.
 pub type Panels<E> = Arc<Vec<E>>;
 
-/// `w_hh`'s panels kept across passes: each layout is packed by the first pass
-/// that needs it and reused by the next ones, so passes over the same weights
-/// (a stream of one-step calls, a training loop between updates) pack nothing.
+/// The panels of one layer's weights kept across passes: each layout is packed
+/// by the first pass that needs it and reused by the next ones, so passes over
+/// the same weights (a stream of one-step calls, a training loop between
+/// updates) pack nothing.
 ///
-/// It belongs to one `w_hh` that must not change while the cache lives (the
-/// owner, e.g. the Python binding's prepared weights, keeps a private copy);
-/// each use checks that it is given the same slice. Panels are kept for one
-/// lane count each: an ISA switched between passes (`Isa::set_active`) packs
-/// anew.
+/// It belongs to one `w_ih` and one `w_hh`, which must not change while the
+/// cache lives (the owner, e.g. the Python binding's prepared weights, keeps
+/// private copies); each use checks that it is given the same slices. Panels
+/// are kept for one lane count each: an ISA switched between passes
+/// (`Isa::set_active`) packs anew.
 pub struct PanelCache<E> {
-    /// Address and length of the `w_hh` the panels come from.
-    source: (usize, usize),
+    /// Address and length of the `w_ih` and the `w_hh` the panels come from.
+    sources: [(usize, usize); 2],
+    input: Mutex<Option<(usize, Panels<E>)>>,
     forward: Mutex<Option<(usize, Panels<E>)>>,
     backward: Mutex<Option<(usize, Panels<E>)>>,
 }
 
+fn source<E>(w: &[E]) -> (usize, usize) {
+    (w.as_ptr() as usize, w.len())
+}
+
 impl<E: Float> PanelCache<E> {
-    /// An empty cache for `w_hh`, which must stay unchanged while it lives.
-    pub fn new(w_hh: &[E]) -> Self {
+    /// An empty cache for `w_ih` and `w_hh`, which must stay unchanged while it
+    /// lives.
+    pub fn new(w_ih: &[E], w_hh: &[E]) -> Self {
         PanelCache {
-            source: (w_hh.as_ptr() as usize, w_hh.len()),
+            sources: [source(w_ih), source(w_hh)],
+            input: Mutex::new(None),
             forward: Mutex::new(None),
             backward: Mutex::new(None),
         }
     }
 
-    fn check_source(&self, w_hh: &[E]) -> Result<()> {
-        if (w_hh.as_ptr() as usize, w_hh.len()) != self.source {
-            return Err(Error::Value(
-                "w_hh is not the array its packed panels were made from".into(),
-            ));
+    fn check_source(&self, which: usize, w: &[E]) -> Result<()> {
+        if source(w) != self.sources[which] {
+            let name = ["w_ih", "w_hh"][which];
+            return Err(Error::Value(format!(
+                "{name} is not the array its packed panels were made from"
+            )));
         }
         Ok(())
     }
 
+    /// [`forward_panels`] of `w_ih` (4H × `input`), packed on first use.
+    pub fn input(
+        &self,
+        w_ih: &[E],
+        hidden: usize,
+        hp: usize,
+        input: usize,
+        lanes: usize,
+    ) -> Result<Panels<E>> {
+        self.check_source(0, w_ih)?;
+        kept(&self.input, lanes, || {
+            forward_panels(w_ih, hidden, hp, input, lanes)
+        })
+    }
+
     /// [`forward_panels`] of `w_hh`, packed on first use.
     pub fn forward(&self, w_hh: &[E], hidden: usize, hp: usize, lanes: usize) -> Result<Panels<E>> {
-        self.check_source(w_hh)?;
+        self.check_source(1, w_hh)?;
         kept(&self.forward, lanes, || {
-            forward_panels(w_hh, hidden, hp, lanes)
+            forward_panels(w_hh, hidden, hp, hidden, lanes)
         })
     }
 
@@ -69,7 +93,7 @@ impl<E: Float> PanelCache<E> {
         hp: usize,
         lanes: usize,
     ) -> Result<Panels<E>> {
-        self.check_source(w_hh)?;
+        self.check_source(1, w_hh)?;
         kept(&self.backward, lanes, || {
             backward_panels(w_hh, hidden, hp, lanes)
         })
@@ -121,33 +145,35 @@ pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) 
     Ok(out)
 }
 
-/// Forward panels of `w_hh` (4H × H): panel p holds, for k = 0..H, the
-/// 4·`lanes` weights that feed hidden units p·lanes.. of gates i, f, g, o:
-/// `panel[p][k][gate·lanes + u] = w_hh[gate·H + p·lanes + u][k]`.
+/// Forward panels of `w` (4H × `cols`: `w_hh`, or `w_ih` with `cols` = I):
+/// panel p holds, for k = 0..cols, the 4·`lanes` weights that feed hidden
+/// units p·lanes.. of gates i, f, g, o:
+/// `panel[p][k][gate·lanes + u] = w[gate·H + p·lanes + u][k]`.
 /// One micro-kernel tile then yields all four gates of the same units.
 pub fn forward_panels<E: Float>(
-    w_hh: &[E],
+    w: &[E],
     hidden: usize,
     hidden_pad: usize,
+    cols: usize,
     lanes: usize,
 ) -> Result<Vec<E>> {
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
-    let mut out = alloc::zeroed(&[tiles, hidden, width], "the forward panels of w_hh")?;
-    // Reads each w_hh row in order; the writes, `width` apart, stay in one
-    // panel (H · 4 · lanes elements), which L1 or L2 holds.
+    let mut out = alloc::zeroed(&[tiles, cols, width], "the forward panels of the weights")?;
+    // Reads each row of w in order; the writes, `width` apart, stay in one
+    // panel (cols · 4 · lanes elements), which L1 or L2 holds.
     for (p, panel) in out
-        .chunks_exact_mut((hidden * width).max(1))
+        .chunks_exact_mut((cols * width).max(1))
         .enumerate()
         .take(tiles)
     {
         let units = hidden.saturating_sub(p * lanes).min(lanes);
         for gate in 0..4 {
             for u in 0..units {
-                let src = &w_hh[(gate * hidden + p * lanes + u) * hidden..][..hidden];
+                let src = &w[(gate * hidden + p * lanes + u) * cols..][..cols];
                 let column = gate * lanes + u;
-                for (dst, &w) in panel[column..].iter_mut().step_by(width).zip(src) {
-                    *dst = w;
+                for (dst, &v) in panel[column..].iter_mut().step_by(width).zip(src) {
+                    *dst = v;
                 }
             }
         }

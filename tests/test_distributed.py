@@ -1,0 +1,545 @@
+"""lstm_fast.distributed on a LocalCluster the tests start: 2 worker processes x 1
+thread on 127.0.0.1, no dashboard (and a 1-worker cluster for the comparisons).
+
+Scoring must equal the layer's forward bit for bit; a step's gradient must equal
+the single-process one written out here with the layer's forward and backward;
+training must be independent of the number of workers, survive a killed worker,
+fail cleanly without workers, and resume from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import pickle
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+
+import lstm_fast  # noqa: E402
+from lstm_fast import LSTM  # noqa: E402
+from lstm_fast.distributed import (  # noqa: E402
+    CrossEntropyLoss,
+    DataParallelTrainer,
+    Linear,
+    MSELoss,
+    NoWorkersError,
+    predict,
+)
+from lstm_fast.optim import SGD, Adam, clip_grad_norm  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+# The parent's engine setting, which a worker inherits through its environment
+# and must not use: every worker has 1 thread.
+PARENT_THREADS = "2"
+
+
+@contextlib.contextmanager
+def _cluster(n_workers: int):
+    """A LocalCluster and its client, started (and, for a worker the nanny restarts,
+    restarted) with the parent's LSTM_FAST_NUM_THREADS = PARENT_THREADS."""
+    previous = os.environ.get("LSTM_FAST_NUM_THREADS")
+    os.environ["LSTM_FAST_NUM_THREADS"] = PARENT_THREADS
+    try:
+        cluster = distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            # The scheduler serves its health and metrics routes over HTTP even
+            # without a dashboard, by default on port 8787 of every interface.
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        )
+        with cluster, distributed.Client(cluster) as client:
+            yield cluster, client
+    finally:
+        if previous is None:
+            del os.environ["LSTM_FAST_NUM_THREADS"]
+        else:
+            os.environ["LSTM_FAST_NUM_THREADS"] = previous
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _cluster(2) as (_, client):
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client1():
+    with _cluster(1) as (_, client):
+        yield client
+
+
+def _chunked(array, chunks, axis):
+    spec = [-1] * array.ndim
+    spec[axis] = chunks
+    return da.from_array(array, chunks=tuple(spec))
+
+
+def _rows(array, rows, axis):
+    return np.take(array, rows, axis=axis)
+
+
+# ---------------------------------------------------------------------------
+# Scoring
+
+
+@pytest.mark.parametrize(
+    "dtype, batch_first, num_layers, bidirectional, with_lengths",
+    [
+        (np.float32, False, 1, False, False),
+        (np.float32, True, 1, False, True),
+        (np.float32, False, 2, True, True),
+        (np.float64, True, 2, True, True),
+        (np.float64, False, 3, False, True),
+    ],
+)
+def test_predict_equals_forward_bit_for_bit(
+    client, dtype, batch_first, num_layers, bidirectional, with_lengths
+):
+    rng = np.random.default_rng(num_layers)
+    batch, steps = 29, 11
+    layer = LSTM(
+        5, 12, num_layers, bidirectional=bidirectional, batch_first=batch_first, dtype=dtype, seed=1
+    )
+    shape = (batch, steps, 5) if batch_first else (steps, batch, 5)
+    x = rng.standard_normal(shape).astype(dtype)
+    lengths = rng.integers(0, steps + 1, batch) if with_lengths else None
+    axis = 0 if batch_first else 1
+    chunks = (4, 13, 1, 11)  # uneven, and one chunk of a single row
+
+    y, (h_n, c_n) = predict(
+        layer,
+        _chunked(x, chunks, axis),
+        None if lengths is None else _chunked(lengths, chunks, 0),
+        return_state=True,
+    )
+    assert y.chunks[axis] == chunks and h_n.chunks[1] == chunks
+    y, h_n, c_n = client.compute([y, h_n, c_n], sync=True)
+    y_ref, (h_ref, c_ref) = layer(x, lengths=lengths, need_cache=False)
+    assert y.dtype == y_ref.dtype
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(h_n, h_ref)
+    np.testing.assert_array_equal(c_n, c_ref)
+    # Without the states; NumPy lengths are aligned to x's chunks.
+    alone = predict(layer, _chunked(x, chunks, axis), lengths).compute()
+    np.testing.assert_array_equal(alone, y_ref)
+
+
+def test_predict_ships_the_weights_once_per_worker(client):
+    layer = LSTM(4, 32, seed=0)
+    x = np.random.default_rng(0).standard_normal((6, 40, 4)).astype(np.float32)
+    y = predict(layer, da.from_array(x, chunks=(6, 5, 4)))  # 8 chunks on 2 workers
+    weight_keys = [k for k in dict(y.__dask_graph__()) if "lstm-fast-weights" in str(k)]
+    assert len(weight_keys) == 1
+    client.run(lambda dask_worker: dask_worker.transfer_incoming_log.clear())
+    expected = layer(x, need_cache=False)[0]
+    # The weights are copied when predict is called: later changes do not count.
+    layer.parameters["weight_hh_l0"][...] = 0
+    np.testing.assert_array_equal(client.compute(y, sync=True), expected)
+    logs = client.run(
+        lambda dask_worker: [list(entry["keys"]) for entry in dask_worker.transfer_incoming_log]
+    )
+    for keys in logs.values():
+        fetched = [k for batch in keys for k in batch if k == weight_keys[0]]
+        assert len(fetched) <= 1
+
+
+def test_predict_bad_input(client):
+    layer = LSTM(3, 4, seed=0)
+    x = da.zeros((5, 6, 3), chunks=(5, 3, 3), dtype=np.float32)
+    with pytest.raises(TypeError, match="layer must be an lstm_fast.LSTM"):
+        predict("lstm", x)
+    with pytest.raises(TypeError, match="x must be a Dask array"):
+        predict(layer, np.zeros((5, 6, 3)))
+    with pytest.raises(ValueError, match=r"x must have shape .* \(3 dimensions\)"):
+        predict(layer, da.zeros((5, 3)))
+    with pytest.raises(ValueError, match="input_size = 3"):
+        predict(layer, da.zeros((5, 6, 4)))
+    with pytest.raises(TypeError, match="x must be a real numeric array"):
+        predict(layer, da.zeros((5, 6, 3), dtype=complex))
+    with pytest.raises(TypeError, match="lengths must be integers"):
+        predict(layer, x, np.full(6, 2.0))
+    with pytest.raises(ValueError, match=r"lengths must have shape \(batch,\)"):
+        predict(layer, x, np.full(5, 2))
+    with pytest.raises(TypeError, match="return_state must be True or False"):
+        predict(layer, x, return_state="yes")
+    with pytest.raises(ValueError, match="known chunk sizes"):
+        predict(layer, x[x[:, 0, 0] > 0])
+    # Values are checked per chunk, when computed, with the engine's message.
+    with pytest.raises(ValueError, match="lengths must lie in 0..seq_len = 0..5"):
+        client.compute(predict(layer, x, np.array([1, 2, 3, 9, 1, 1])), sync=True)
+
+
+# ---------------------------------------------------------------------------
+# Gradients against one process
+
+
+def _mask(layer, lengths, batch, steps):
+    if lengths is None:
+        valid = np.ones((batch, steps), bool)
+    else:
+        valid = np.arange(steps)[None, :] < lengths[:, None]
+    return valid if layer.batch_first else valid.T
+
+
+def _reference(layer, loss, x, target, lengths):
+    """The mean loss and its gradients on one process, from the layer's forward and
+    backward on the whole batch, written out as in the README's training example."""
+    layer = copy.deepcopy(layer)
+    y, (h_n, _) = layer(x, lengths=lengths)
+    directions, hidden = layer.num_directions, layer.hidden_size
+    batch = h_n.shape[1]
+    steps = y.shape[1] if layer.batch_first else y.shape[0]
+    p = loss.parameters
+    w = p.get("readout.weight")
+    b = p.get("readout.bias")
+    grads = {}
+    dy = dh = None
+    if loss.on == "last":
+        features = np.concatenate([h_n[-directions + d] for d in range(directions)], axis=-1)
+    else:
+        features = y
+    pred = features if w is None else features @ w.T + b
+    if isinstance(loss, MSELoss):
+        mask = _mask(layer, lengths, batch, steps)[..., None] if loss.on == "all" else 1
+        err = (pred - target) * mask
+        n = np.sum(np.broadcast_to(mask, err.shape))
+        value = np.sum(err**2) / n
+        dpred = 2 * err / n
+    else:
+        mask = _mask(layer, lengths, batch, steps) if loss.on == "all" else np.ones(batch, bool)
+        shifted = pred - pred.max(axis=-1, keepdims=True)
+        prob = np.exp(shifted) / np.exp(shifted).sum(axis=-1, keepdims=True)
+        safe = np.where(mask, target, 0)
+        picked = np.take_along_axis(prob, safe[..., None], -1)[..., 0]
+        n = mask.sum()
+        value = -np.sum(np.log(picked) * mask) / n
+        onehot = np.eye(pred.shape[-1])[safe]
+        dpred = (prob - onehot) * mask[..., None] / n
+    if w is not None:
+        flat_f = features.reshape(-1, features.shape[-1])
+        flat_d = dpred.reshape(-1, dpred.shape[-1])
+        grads["readout.weight"] = flat_d.T @ flat_f
+        grads["readout.bias"] = flat_d.sum(axis=0)
+        dfeatures = dpred @ w
+    else:
+        dfeatures = dpred
+    if loss.on == "last":
+        dh = np.zeros_like(h_n)
+        for d in range(directions):
+            dh[-directions + d] = dfeatures[:, d * hidden : (d + 1) * hidden]
+    else:
+        dy = dfeatures
+    layer.backward(dy, dh)
+    grads.update(layer.grads)
+    return float(value), grads
+
+
+def _problem(kind, dtype, batch_first=True, batch=24, steps=7, seed=0, init_seed=None):
+    """A layer, a loss, inputs, targets and lengths; ``init_seed`` draws other initial
+    parameters for the same data."""
+    rng = np.random.default_rng(seed)
+    init = seed if init_seed is None else init_seed
+    bidirectional = kind == "mse-last"
+    layer = LSTM(
+        3,
+        6,
+        2 if kind != "mse-all" else 1,
+        bidirectional=bidirectional,
+        batch_first=batch_first,
+        dtype=dtype,
+        seed=init,
+    )
+    features = layer.num_directions * layer.hidden_size
+    lead = (batch, steps) if batch_first else (steps, batch)
+    x = rng.standard_normal((batch, steps, 3) if batch_first else (steps, batch, 3)).astype(dtype)
+    lengths = rng.integers(1, steps + 1, batch)
+    if kind == "mse-last":
+        loss = MSELoss("last", Linear(features, 2, dtype=dtype, seed=init + 1))
+        target = rng.standard_normal((batch, 2)).astype(dtype)
+    elif kind == "mse-all":
+        loss = MSELoss("all")
+        target = rng.standard_normal((*lead, features)).astype(dtype)
+    else:
+        loss = CrossEntropyLoss(Linear(features, 5, dtype=dtype, seed=init + 1))
+        target = rng.integers(0, 5, lead)
+    return layer, loss, x, target, lengths
+
+
+def _trainer(client, layer, loss, lr=0.01, **kwargs):
+    optimizer = Adam({**layer.parameters, **loss.parameters}, lr=lr)
+    return DataParallelTrainer(layer, loss, optimizer, client, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["mse-last", "mse-all", "ce-all"])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_one_step_gradient_equals_single_process(client, kind, dtype, rtol):
+    batch_first = kind != "mse-all"
+    layer, loss, x, target, lengths = _problem(kind, dtype, batch_first)
+    axis = 0 if batch_first else 1
+    trainer = _trainer(client, layer, loss)
+    value, grads = trainer.gradient(
+        _chunked(x, (5, 11, 8), axis), target, _chunked(lengths, (5, 11, 8), 0)
+    )
+    expected_value, expected = _reference(layer, loss, x, target, lengths)
+    assert set(grads) == set(expected) == set(layer.parameters) | set(loss.parameters)
+    assert value == pytest.approx(expected_value, rel=rtol)
+    for name, g in expected.items():
+        assert grads[name].dtype == np.dtype(dtype)
+        scale = np.max(np.abs(g))
+        assert scale > 0
+        np.testing.assert_allclose(grads[name], g, rtol=0, atol=rtol * scale, err_msg=name)
+
+
+def _reference_fit(layer, loss, optimizer_cls, x, target, lengths, epochs, batch_size, seed, clip):
+    """fit's schedule on one process: each epoch's order from (seed, epoch), sorted rows."""
+    params = {**layer.parameters, **loss.parameters}
+    optimizer = optimizer_cls(params)
+    batch = len(lengths)
+    for epoch in range(epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(batch)
+        for start in range(0, batch, batch_size):
+            rows = np.sort(order[start : start + batch_size])
+            xb = _rows(x, rows, 0 if layer.batch_first else 1)
+            tb = _rows(target, rows, loss.target_axis(layer))
+            _, grads = _reference(layer, loss, xb, tb, lengths[rows])
+            clip_grad_norm(grads, clip)
+            optimizer.step(grads)
+
+
+def test_twenty_adam_steps_equal_single_process(client):
+    layer, loss, x, target, lengths = _problem("mse-last", np.float64)
+    ref_layer, ref_loss = copy.deepcopy(layer), copy.deepcopy(loss)
+    start = {k: p.copy() for k, p in {**layer.parameters, **loss.parameters}.items()}
+    trainer = _trainer(client, layer, loss, clip_grad_norm=1.0)
+    history = trainer.fit(
+        _chunked(x, (9, 7, 8), 0),
+        _chunked(target, (9, 7, 8), 0),
+        lengths,
+        epochs=5,
+        batch_size=6,
+        seed=3,
+        progress=False,
+    )
+    assert len(history) == 20 and len(trainer.epoch_losses) == 5
+    _reference_fit(
+        ref_layer, ref_loss, lambda p: Adam(p, lr=0.01), x, target, lengths, 5, 6, 3, 1.0
+    )
+    trained = {**layer.parameters, **loss.parameters}
+    for name, p in {**ref_layer.parameters, **ref_loss.parameters}.items():
+        assert not np.array_equal(p, start[name]), name  # 20 steps moved every parameter
+        np.testing.assert_allclose(trained[name], p, rtol=0, atol=1e-10 * np.max(np.abs(p)))
+
+
+def _inputs(x, target, lengths):
+    """The training problem's arrays in uneven chunks of rows (batch-first)."""
+    chunks = (7, 9, 8)
+    return _chunked(x, chunks, 0), _chunked(target, chunks, 0), _chunked(lengths, chunks, 0)
+
+
+def _fit(client, callback=None, init_seed=None, trainer_options=None, **kwargs):
+    """A short character-model run (cross-entropy at every step): trainer, parameters."""
+    layer, loss, x, target, lengths = _problem("ce-all", np.float32, init_seed=init_seed)
+    trainer = _trainer(client, layer, loss, **(trainer_options or {}))
+    options = {"epochs": 2, "batch_size": 10, "seed": 1, "progress": False, **kwargs}
+    trainer.fit(*_inputs(x, target, lengths), callback=callback, **options)
+    return trainer, {**layer.parameters, **loss.parameters}
+
+
+def _assert_same_parameters(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_one_and_two_workers_give_the_same_bits(client, client1):
+    trainer, two = _fit(client)
+    _, one = _fit(client1)
+    _assert_same_parameters(one, two)
+    # Training moved the parameters (the comparison is not between two copies of
+    # the initial values).
+    start = _problem("ce-all", np.float32)[0].parameters
+    assert not np.array_equal(two["weight_hh_l0"], start["weight_hh_l0"])
+    assert len(trainer.history) == 6
+
+
+def test_two_levels_of_the_reduction_tree(client, client1):
+    # 11 shards: a first level of two additions (8 and 3 shards), then their sum.
+    layer, loss, x, target, lengths = _problem("mse-last", np.float64, batch=30)
+    chunks = (1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 7)
+    data = (_chunked(x, chunks, 0), target, _chunked(lengths, chunks, 0))
+    two = _trainer(client, layer, loss).gradient(*data)
+    one = _trainer(client1, layer, loss).gradient(*data)
+    assert two[0] == one[0]
+    _assert_same_parameters(two[1], one[1])
+    _, expected = _reference(layer, loss, x, target, lengths)
+    for name, g in expected.items():
+        np.testing.assert_allclose(two[1][name], g, rtol=0, atol=1e-12 * np.max(np.abs(g)))
+
+
+def test_a_killed_worker_costs_a_recomputation_not_the_run(client):
+    _, undisturbed = _fit(client, epochs=3)
+    pids = client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    killed = []
+
+    def kill(trainer, epoch, step):
+        if not killed:  # during the next step, while its shards are in flight
+            threading.Timer(0.01, os.kill, (victim, signal.SIGKILL)).start()
+            killed.append((epoch, step))
+
+    trainer, after_kill = _fit(client, epochs=3, callback=kill)
+    assert killed == [(0, 0)]
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+    assert victim not in client.run(os.getpid).values()
+    assert len(trainer.history) == 9
+    _assert_same_parameters(after_kill, undisturbed)
+
+
+def test_no_worker_left_raises_and_keeps_the_last_good_parameters():
+    with _cluster(1) as (cluster, client):
+        layer, loss, x, target, lengths = _problem("ce-all", np.float32)
+        trainer = _trainer(client, layer, loss, worker_timeout=1.0)
+        kept = {}
+
+        def lose_every_worker(trainer, epoch, step):
+            if step == 1:
+                kept.update({k: p.copy() for k, p in trainer.optimizer.params.items()})
+                cluster.scale(0)
+                while client.nthreads():
+                    time.sleep(0.05)
+
+        with pytest.raises(NoWorkersError, match="no Dask worker left"):
+            trainer.fit(
+                *_inputs(x, target, lengths),
+                batch_size=10,
+                progress=False,
+                callback=lose_every_worker,
+            )
+        # The failed step was not applied: the parameters are those after step 1.
+        assert len(trainer.history) == 2
+        _assert_same_parameters({**layer.parameters, **loss.parameters}, kept)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints, progress, pickling, threads
+
+
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
+    path = tmp_path / "run.npz"
+    full, uninterrupted = _fit(client, epochs=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop(trainer, epoch, step):
+        if (epoch, step) == (1, 0):
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(client, epochs=2, checkpoint=path, checkpoint_every=1, callback=stop)
+    # A new process would start from fresh objects: other initial values and a new
+    # optimizer; the checkpoint brings back everything.
+    trainer, resumed = _fit(client, init_seed=5, epochs=2, checkpoint=path, resume=True)
+    _assert_same_parameters(resumed, uninterrupted)
+    assert trainer.history == full.history
+    assert trainer.epoch_losses == full.epoch_losses
+    with pytest.raises(ValueError, match="batch_size = 10 there, 8 now"):
+        _fit(client, epochs=2, batch_size=8, checkpoint=path, resume=True)
+
+
+def test_progress_bar_on_stderr(client, capsys):
+    _fit(client, epochs=2, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch   1/2 [" in err and "epoch   2/2 [########################] loss " in err
+    _fit(client, epochs=1, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_sgd_state_and_bad_arguments(client, tmp_path):
+    layer, loss, x, target, lengths = _problem("mse-all", np.float32, batch_first=False)
+    xs = _chunked(x, (12, 12), 1)
+    with pytest.raises(ValueError, match="optimizer must be built over"):
+        DataParallelTrainer(layer, loss, Adam({**layer.parameters, "w": np.ones(2)}), client)
+    with pytest.raises(ValueError, match="optimizer must be built over"):
+        DataParallelTrainer(layer, loss, Adam(copy.deepcopy(layer).parameters), client)
+    with pytest.raises(TypeError, match="client must be a distributed.Client"):
+        DataParallelTrainer(layer, loss, Adam(layer.parameters), "tcp://127.0.0.1:8786")
+    with pytest.raises(TypeError, match="loss must be"):
+        DataParallelTrainer(layer, "mse", Adam(layer.parameters), client)
+    with pytest.raises(ValueError, match="in_features = num_directions\\*hidden_size = 6"):
+        MSELoss("last", Linear(7, 1)).check(layer)
+    with pytest.raises(ValueError, match="on must be 'last' or 'all'"):
+        MSELoss("first")
+    with pytest.raises(TypeError, match="readout is required"):
+        CrossEntropyLoss(None)  # type: ignore[arg-type]
+    trainer = DataParallelTrainer(layer, loss, SGD(layer.parameters, lr=0.1, momentum=0.9), client)
+    with pytest.raises(ValueError, match=r"target must have shape \(7, 24, 6\)"):
+        trainer.fit(xs, target[:, :3], lengths, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        trainer.fit(xs, target, lengths, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint"):
+        trainer.fit(xs, target, lengths, resume=True, progress=False)
+    with pytest.raises(TypeError, match="target must hold class indices"):
+        _trainer(client, *_problem("ce-all", np.float32)[:2]).fit(
+            da.zeros((24, 7, 3), chunks=(12, 7, 3)), np.zeros((24, 7)), progress=False
+        )
+    # A bad value found by a shard fails the step and changes nothing.
+    ce_layer, ce_loss, cx, ctarget, _ = _problem("ce-all", np.float32)
+    before = {k: p.copy() for k, p in {**ce_layer.parameters, **ce_loss.parameters}.items()}
+    ctarget[3, 2] = 5
+    with pytest.raises(ValueError, match="target must hold class indices in 0..4, got 5"):
+        _trainer(client, ce_layer, ce_loss).fit(_chunked(cx, (12, 12), 0), ctarget, progress=False)
+    _assert_same_parameters({**ce_layer.parameters, **ce_loss.parameters}, before)
+    # SGD's momentum travels through a checkpoint too.
+    path = tmp_path / "sgd.npz"
+    trainer.fit(xs, target, lengths, epochs=1, batch_size=12, progress=False, checkpoint=path)
+    with np.load(path) as saved:
+        velocity = {k.split(":", 1)[1]: saved[k] for k in saved.files if k.startswith("sgd.")}
+    assert velocity.keys() == layer.parameters.keys()
+    for name, v in velocity.items():
+        np.testing.assert_array_equal(v, trainer.optimizer.velocity[name])
+
+
+def test_layer_pickles_weights_and_configuration_only():
+    layer = LSTM(3, 5, 2, bidirectional=True, batch_first=True, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 9, 3))
+    fresh = len(pickle.dumps(layer))
+    y, _ = layer(x)
+    layer.backward(np.ones_like(y))
+    data = pickle.dumps(layer)
+    assert len(data) == fresh  # neither the tape nor the gradients travel
+    copy_ = pickle.loads(data)
+    assert repr(copy_) == repr(layer)
+    for name, p in layer.parameters.items():
+        np.testing.assert_array_equal(copy_.parameters[name], p)
+        assert copy_.parameters[name] is not p
+        assert not copy_.grads[name].any()
+    assert copy_.hx_grad is None
+    with pytest.raises(RuntimeError, match="needs a preceding forward"):
+        copy_.backward(np.ones_like(y))
+    np.testing.assert_array_equal(copy_(x)[0], y)
+
+
+def test_engine_uses_the_worker_thread_count(client):
+    # The precondition that makes this test mean something: the workers inherited
+    # the parent's LSTM_FAST_NUM_THREADS.
+    env = client.run(lambda: os.environ.get("LSTM_FAST_NUM_THREADS"))
+    assert set(env.values()) == {PARENT_THREADS}
+    layer = LSTM(3, 4, seed=0)
+    x = da.zeros((5, 4, 3), chunks=(5, 2, 3), dtype=np.float32)
+    for address in client.nthreads():
+        client.compute(predict(layer, x), workers=[address], sync=True)
+    assert client.run(lstm_fast.get_num_threads) == client.nthreads()
+    assert set(client.nthreads().values()) == {1}
