@@ -402,7 +402,7 @@ class PreparedWeights:
     and share the copies rather than copying the weights again.
     """
 
-    __slots__ = ("_bias", "_has_bias", "_packed", "_w_hh", "_w_ih", "dtype")
+    __slots__ = ("_bias", "_has_bias", "_kept", "_packed", "_w_hh", "_w_ih", "dtype")
 
     def __init__(
         self, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, dtype: Any = None
@@ -436,6 +436,10 @@ class PreparedWeights:
         if bias is not None:
             bias.flags.writeable = False
         self._bias = bias
+        #: The four weights as given (in dtype), what :meth:`matches` compares with.
+        self._kept = (self._w_ih, self._w_hh) + tuple(
+            _private(k, arrays[k], self.dtype) if k in arrays else None for k in ("b_ih", "b_hh")
+        )
         self._packed = _core.Packed(self._w_ih, self._w_hh)
 
     @property
@@ -456,26 +460,20 @@ class PreparedWeights:
         """Whether these arrays, in this object's dtype, are bit for bit the prepared
         weights (NaNs included): the proof a caller needs to keep using this object
         for weights that may have been updated in place."""
-        if (b_ih is not None, b_hh is not None) != self._has_bias:
-            return False
-        if b_ih is not None and b_hh is not None:
-            # Only the sum reaches the engine, but each bias has its own gradient: both
-            # must match, so compare the sum of the given pair with the kept sum.
-            bias: Any = _bias_sum([as_array("b_ih", b_ih), as_array("b_hh", b_hh)], self.dtype)
-        else:
-            bias = b_ih if b_ih is not None else b_hh
-        pairs = ((w_ih, self._w_ih), (w_hh, self._w_hh), (bias, self._bias))
-        for given, kept in pairs:
-            if kept is None:
+        given, kept = [], []
+        for value, mine in zip((w_ih, w_hh, b_ih, b_hh), self._kept):
+            if (value is None) != (mine is None):
+                return False
+            if mine is None:
                 continue
-            array = as_array("weights", given)
-            if array.shape != kept.shape:
+            array = value if isinstance(value, np.ndarray) else as_array("weights", value)
+            if array.shape != mine.shape:
                 return False
-            if array.dtype != self.dtype or not array.flags.c_contiguous:
-                array = np.ascontiguousarray(array, dtype=self.dtype)
-            if not _core.same_bits(array, kept):
-                return False
-        return True
+            if array.dtype != mine.dtype or not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array, dtype=mine.dtype)
+            given.append(array)
+            kept.append(mine)
+        return bool(_core.same_bits(given, kept))
 
     def _args(self, x: Any, h0: Any, c0: Any, x_name: str, batch_first: bool, **kw: Any) -> _Args:
         array = real_array(x_name, x)

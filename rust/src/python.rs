@@ -545,17 +545,40 @@ impl Packed {
     }
 }
 
-/// Whether two arrays of one dtype hold the same bits (NaNs included), read
-/// with the GIL released.
-fn same_bits<E: Element>(py: Python<'_>, a: &In<'_, E>, b: &In<'_, E>) -> PyResult<bool> {
-    let (a, b) = (slice("a", a)?, slice("b", b)?);
-    let bytes = |s: &[E]| {
-        // SAFETY: the engine's elements are plain floats (f32, f64): no padding,
-        // every byte initialised; the view covers exactly the slice's memory.
-        unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), size_of_val(s)) }
-    };
-    let (a, b) = (bytes(a), bytes(b));
-    Ok(py.detach(|| a == b))
+/// The bytes of a C-contiguous array of one of the engine's dtypes.
+fn bytes_of<'a, E: Element>(a: &'a In<'_, E>) -> PyResult<&'a [u8]> {
+    let s = slice("weights", a)?;
+    // SAFETY: the engine's elements are plain floats (f32, f64): no padding,
+    // every byte initialised; the view covers exactly the slice's memory and
+    // lives as long as the borrow of the array.
+    Ok(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), size_of_val(s)) })
+}
+
+/// A float32 or float64 array, borrowed for reading its bytes.
+enum AnyIn<'py> {
+    F32(In<'py, f32>),
+    F64(In<'py, f64>),
+}
+
+impl AnyIn<'_> {
+    fn bytes(&self) -> PyResult<(&[u8], usize)> {
+        match self {
+            AnyIn::F32(a) => Ok((bytes_of(a)?, 4)),
+            AnyIn::F64(a) => Ok((bytes_of(a)?, 8)),
+        }
+    }
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for AnyIn<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.cast::<PyArrayDyn<f64>>().is_ok() {
+            Ok(AnyIn::F64(obj.extract()?))
+        } else {
+            Ok(AnyIn::F32(obj.extract()?))
+        }
+    }
 }
 
 #[pymodule]
@@ -602,18 +625,24 @@ mod _core {
         }
     }
 
-    /// Whether `a` and `b`, C-contiguous arrays of one float dtype, hold the
-    /// same bits: how a layer proves its parameters unchanged since it packed
-    /// them. Arrays of different dtypes or sizes are never the same.
+    /// Whether the arrays of `given` and `kept` (sequences of C-contiguous
+    /// float32 or float64 arrays, paired in order) hold the same bits, dtype
+    /// included: how a layer proves its parameters unchanged since it packed
+    /// them. Compared with the GIL released, over the engine's threads.
     #[pyfunction]
-    fn same_bits(py: Python<'_>, a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if let (Ok(a), Ok(b)) = (a.extract::<In<'_, f32>>(), b.extract::<In<'_, f32>>()) {
-            return super::same_bits(py, &a, &b);
+    fn same_bits(py: Python<'_>, given: Vec<AnyIn<'_>>, kept: Vec<AnyIn<'_>>) -> PyResult<bool> {
+        if given.len() != kept.len() {
+            return Ok(false);
         }
-        match (a.extract::<In<'_, f64>>(), b.extract::<In<'_, f64>>()) {
-            (Ok(a), Ok(b)) => super::same_bits(py, &a, &b),
-            _ => Ok(false),
+        let mut pairs = Vec::with_capacity(given.len());
+        for (a, b) in given.iter().zip(&kept) {
+            let ((a, size_a), (b, size_b)) = (a.bytes()?, b.bytes()?);
+            if size_a != size_b {
+                return Ok(false);
+            }
+            pairs.push((a, b));
         }
+        Ok(py.detach(|| crate::kernels::pack::same_bytes(&pairs))?)
     }
 
     /// The padded hidden size of the cache layout for an element size in bytes.

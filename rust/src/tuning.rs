@@ -30,6 +30,17 @@ pub const MR_16_REGISTERS: usize = 2;
 /// (scratch is O(B·H), independent of T).
 pub const PROJECTION_ROWS: usize = 256;
 
+/// Rows of a forward panel written at a time while packing: they gather from
+/// 4·lanes rows of the weights, 64 elements each: at most 64 rows × 64 floats
+/// = 16 KiB, half of the smallest L1 seen (Zen 3's 32 KiB), so those pieces
+/// stay there while the block is written.
+pub const PACK_DEPTH: usize = 64;
+
+/// Bytes compared per task when proving weights unchanged (`pack::same_bytes`):
+/// large enough that a task costs more than handing it to another thread
+/// (~1 µs), small enough that two threads split a 1 MiB matrix evenly.
+pub const SAME_BYTES_BLOCK: usize = 64 * 1024;
+
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised.
 pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;

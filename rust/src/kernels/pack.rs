@@ -13,7 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::alloc;
 use crate::error::{Error, Result};
+use rayon::prelude::*;
+
 use crate::float::Float;
+use crate::parallel::pool;
+use crate::tuning::{PACK_DEPTH, SAME_BYTES_BLOCK};
 
 /// Panels of a `w_hh` packed by the pass that needed them.
 pub type Panels<E> = Arc<Vec<E>>;
@@ -100,6 +104,30 @@ impl<E: Float> PanelCache<E> {
     }
 }
 
+/// Whether each pair of byte slices holds the same bytes: how the owner of a
+/// [`PanelCache`] proves the weights it was given unchanged since it packed
+/// them (a read of the weights, several times cheaper than packing them).
+/// Compared in blocks over the engine's threads, which share the bandwidth.
+pub fn same_bytes(pairs: &[(&[u8], &[u8])]) -> Result<bool> {
+    if pairs.iter().any(|(a, b)| a.len() != b.len()) {
+        return Ok(false);
+    }
+    let blocks = || {
+        pairs
+            .iter()
+            .flat_map(|(a, b)| a.chunks(SAME_BYTES_BLOCK).zip(b.chunks(SAME_BYTES_BLOCK)))
+    };
+    let total: usize = pairs.iter().map(|(a, _)| a.len()).sum();
+    if total < 2 * SAME_BYTES_BLOCK {
+        return Ok(blocks().all(|(a, b)| a == b));
+    }
+    let workers = pool::workers()?;
+    let blocks: Vec<_> = blocks().collect();
+    Ok(workers
+        .pool
+        .install(|| blocks.par_iter().all(|(a, b)| a == b)))
+}
+
 /// The panels in `slot` for `lanes`, packed by `pack` (under the lock, so two
 /// passes never pack the same layout twice) when missing or for other lanes.
 fn kept<E>(
@@ -160,20 +188,31 @@ pub fn forward_panels<E: Float>(
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
     let mut out = alloc::zeroed(&[tiles, cols, width], "the forward panels of the weights")?;
-    // Reads each row of w in order; the writes, `width` apart, stay in one
-    // panel (cols · 4 · lanes elements), which L1 or L2 holds.
+    // Writes each panel in order, PACK_DEPTH rows at a time: the pieces of
+    // the 4·lanes rows of w they gather from (4·lanes · PACK_DEPTH elements)
+    // stay in L1 while the block is written.
     for (p, panel) in out
         .chunks_exact_mut((cols * width).max(1))
         .enumerate()
         .take(tiles)
     {
         let units = hidden.saturating_sub(p * lanes).min(lanes);
-        for gate in 0..4 {
-            for u in 0..units {
-                let src = &w[(gate * hidden + p * lanes + u) * cols..][..cols];
-                let column = gate * lanes + u;
-                for (dst, &v) in panel[column..].iter_mut().step_by(width).zip(src) {
-                    *dst = v;
+        let rows = p * lanes..p * lanes + units;
+        if units > 0 {
+            // Rows of w read below: those of this panel's units, in all 4 gates.
+            assert!(((3 * hidden + rows.end - 1) * cols).saturating_add(cols) <= w.len());
+        }
+        for k0 in (0..cols).step_by(PACK_DEPTH) {
+            let depth = PACK_DEPTH.min(cols - k0);
+            let block = &mut panel[k0 * width..][..depth * width];
+            for (k, dst) in block.chunks_exact_mut(width).enumerate() {
+                for gate in 0..4 {
+                    let dst = &mut dst[gate * lanes..][..units];
+                    for (d, row) in dst.iter_mut().zip(rows.clone()) {
+                        // SAFETY: gate < 4, row < rows.end and k0 + k < cols, so
+                        // the index is inside w (asserted above).
+                        *d = unsafe { *w.get_unchecked((gate * hidden + row) * cols + k0 + k) };
+                    }
                 }
             }
         }
