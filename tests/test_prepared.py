@@ -242,3 +242,21 @@ def test_layer_copies_do_not_share_packing():
         twin.parameters["weight_ih_l0"] = twin.parameters["weight_ih_l0"] + 1
         assert _same(twin(x)[0], _fresh_forward(twin, x)[0])
     assert _same(m(x)[0], _fresh_forward(m, x)[0])
+
+
+@each_dtype
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_streaming_gives_the_bits_of_one_forward(isa, dtype, batch):
+    # The input projection and the recurrence are each one FMA chain per output in
+    # the same order whatever the number of rows or steps in a call, so one step at
+    # a time, a prefix then steps, and a single row of the batch all give the bits
+    # of one forward over the whole batch.
+    m = lstm_fast.LSTM(10, 20, num_layers=2, seed=0, dtype=dtype)
+    seq = np.random.default_rng(1).standard_normal((30, batch, 10)).astype(dtype)
+    y_full, (h_n, c_n) = m(seq)
+    _, state = m(seq[:10])
+    for t in range(10, 30):
+        y_t, state = m.step(seq[t], state)
+        assert _same(y_t, y_full[t])
+    assert _same(state[0], h_n) and _same(state[1], c_n)
+    assert _same(m(seq[:, -1:])[0][:, 0], y_full[:, -1])

@@ -281,7 +281,8 @@ class LSTM:
         therefore packs again; a stream of ``step`` calls or an inference loop does
         not.
         """
-        live = self.weights(layer, direction)
+        p = self.parameters
+        live = [None if name is None else p[name] for name in self._names[layer][direction]]
         kept = self._prepared.get((layer, direction))
         # The isinstance test: tests swap the engine for the reference (``_F``).
         if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live):
@@ -529,7 +530,9 @@ class LSTM:
             h = self._state("state[0]", state[0], self.num_layers, batch, unbatched)
             c = self._state("state[1]", state[1], self.num_layers, batch, unbatched)
         layer_input = array[None]
-        hs, cs = [], []
+        # Filled layer by layer (np.stack costs more than a small step itself).
+        h_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
+        c_new = np.empty_like(h_new)
         for layer in range(self.num_layers):
             out = self._prepared_weights(layer, 0).forward(
                 layer_input,
@@ -538,10 +541,9 @@ class LSTM:
                 need_cache=False,
             )
             layer_input = out.y
-            hs.append(out.h_n)
-            cs.append(out.c_n)
+            h_new[layer] = out.h_n
+            c_new[layer] = out.c_n
         y_t = layer_input[0]
-        h_new, c_new = np.stack(hs), np.stack(cs)
         if unbatched:
             return y_t[0], (h_new[:, 0, :], c_new[:, 0, :])
         return y_t, (h_new, c_new)
