@@ -133,7 +133,8 @@ def test_allocations_refused_under_an_address_space_limit_raise_memory_error():
     for name, buffer in [
         ("one_step", "per-row state"),
         ("large_hidden", "panels of w_hh"),
-        ("backward_padding", "w_ih padded"),
+        # w_ih's panels (4*Hp x I) are the first buffer of this size: forward needs them.
+        ("backward_padding", "panels of w_ih"),
         ("large_output", "y: out of memory"),
     ]:
         assert lines[name].startswith("MemoryError"), report

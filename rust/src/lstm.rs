@@ -66,8 +66,8 @@ pub fn forward<E: Float>(
                 kept.forward(seq.w_hh, hidden, hp, lanes)?,
             ),
             None => (
-                pack::forward_panels(seq.w_ih, hidden, hp, input, lanes)?.into(),
-                pack::forward_panels(seq.w_hh, hidden, hp, hidden, lanes)?.into(),
+                pack::forward_panels(seq.w_ih, "w_ih", hidden, hp, input, lanes)?.into(),
+                pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, hidden, lanes)?.into(),
             ),
         };
 

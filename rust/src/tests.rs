@@ -833,7 +833,7 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
     let hp = hidden_pad::<f32>(hidden);
     let w: Vec<f32> = (0..4 * hidden * hidden).map(|i| i as f32 + 0.5).collect();
     for lanes in [4, 8, 16] {
-        let panels = pack::forward_panels(&w, hidden, hp, hidden, lanes).unwrap();
+        let panels = pack::forward_panels(&w, "w_hh", hidden, hp, hidden, lanes).unwrap();
         let width = 4 * lanes;
         for p in 0..hp / lanes {
             for k in 0..hidden {
@@ -858,7 +858,7 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
     let input = cache.input(&w_ih, hidden, hp, 3, 8).unwrap();
     assert_eq!(
         *input,
-        pack::forward_panels(&w_ih, hidden, hp, 3, 8).unwrap()
+        pack::forward_panels(&w_ih, "w_ih", hidden, hp, 3, 8).unwrap()
     );
     assert!(matches!(
         cache.input(&w, hidden, hp, 3, 8),
@@ -866,11 +866,14 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
     ));
     let a = cache.forward(&w, hidden, hp, 8).unwrap();
     assert!(Arc::ptr_eq(&a, &cache.forward(&w, hidden, hp, 8).unwrap()));
-    assert_eq!(*a, pack::forward_panels(&w, hidden, hp, hidden, 8).unwrap());
+    assert_eq!(
+        *a,
+        pack::forward_panels(&w, "w_hh", hidden, hp, hidden, 8).unwrap()
+    );
     let wide = cache.forward(&w, hidden, hp, 16).unwrap();
     assert_eq!(
         *wide,
-        pack::forward_panels(&w, hidden, hp, hidden, 16).unwrap()
+        pack::forward_panels(&w, "w_hh", hidden, hp, hidden, 16).unwrap()
     );
     let back = cache.backward(&w, hidden, hp, 8).unwrap();
     assert!(Arc::ptr_eq(

@@ -77,7 +77,7 @@ impl<E: Float> PanelCache<E> {
     ) -> Result<Panels<E>> {
         self.check_source(0, w_ih)?;
         kept(&self.input, lanes, || {
-            forward_panels(w_ih, hidden, hp, input, lanes)
+            forward_panels(w_ih, "w_ih", hidden, hp, input, lanes)
         })
     }
 
@@ -85,7 +85,7 @@ impl<E: Float> PanelCache<E> {
     pub fn forward(&self, w_hh: &[E], hidden: usize, hp: usize, lanes: usize) -> Result<Panels<E>> {
         self.check_source(1, w_hh)?;
         kept(&self.forward, lanes, || {
-            forward_panels(w_hh, hidden, hp, hidden, lanes)
+            forward_panels(w_hh, "w_hh", hidden, hp, hidden, lanes)
         })
     }
 
@@ -173,13 +173,15 @@ pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) 
     Ok(out)
 }
 
-/// Forward panels of `w` (4H × `cols`: `w_hh`, or `w_ih` with `cols` = I):
+/// Forward panels of `w` (4H × `cols`: `w_hh`, or `w_ih` with `cols` = I),
+/// named `name` in an allocation error:
 /// panel p holds, for k = 0..cols, the 4·`lanes` weights that feed hidden
 /// units p·lanes.. of gates i, f, g, o:
 /// `panel[p][k][gate·lanes + u] = w[gate·H + p·lanes + u][k]`.
 /// One micro-kernel tile then yields all four gates of the same units.
 pub fn forward_panels<E: Float>(
     w: &[E],
+    name: &str,
     hidden: usize,
     hidden_pad: usize,
     cols: usize,
@@ -187,7 +189,8 @@ pub fn forward_panels<E: Float>(
 ) -> Result<Vec<E>> {
     let tiles = hidden_pad / lanes;
     let width = 4 * lanes;
-    let mut out = alloc::zeroed(&[tiles, cols, width], "the forward panels of the weights")?;
+    let what = format!("the forward panels of {name}");
+    let mut out = alloc::zeroed(&[tiles, cols, width], &what)?;
     // Writes each panel in order, PACK_DEPTH rows at a time: the pieces of
     // the 4·lanes rows of w they gather from (4·lanes · PACK_DEPTH elements)
     // stay in L1 while the block is written.
