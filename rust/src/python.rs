@@ -757,6 +757,16 @@ mod _core {
         Isa::active().name()
     }
 
+    /// Bytes per second one core reads from a buffer of `nbytes` with the SIMD
+    /// path in use (the best pass of `seconds`), with the GIL released so that
+    /// threads calling it at once measure every core.
+    #[pyfunction]
+    #[pyo3(signature = (nbytes, seconds = 0.2))]
+    fn read_bandwidth(py: Python<'_>, nbytes: usize, seconds: f64) -> f64 {
+        let isa = Isa::active();
+        py.detach(|| crate::simd::bandwidth::read_bandwidth(isa, nbytes, seconds))
+    }
+
     /// Forces a SIMD path; ValueError if unknown or unsupported here.
     #[pyfunction]
     fn set_isa(name: &str) -> PyResult<()> {

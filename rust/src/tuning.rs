@@ -36,6 +36,10 @@ pub const PROJECTION_ROWS: usize = 256;
 /// stay there while the block is written.
 pub const PACK_DEPTH: usize = 64;
 
+/// Panel rows ahead that the batch-1 product prefetches: far enough ahead to
+/// cover L2's latency at the rate the row is consumed.
+pub const ROW_PREFETCH_DISTANCE: usize = 8;
+
 /// Bytes compared per task when proving weights unchanged (`pack::same_bytes`):
 /// large enough that a task costs more than handing it to another thread
 /// (~1 µs), small enough that two threads split a 1 MiB matrix evenly.

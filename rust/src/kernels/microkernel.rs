@@ -10,7 +10,9 @@
 use crate::alloc::{self, Zeroable};
 use crate::error::Result;
 use crate::simd::{Simd, SimdElement};
-use crate::tuning::{L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS};
+use crate::tuning::{
+    L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, ROW_PREFETCH_DISTANCE,
+};
 
 /// Runs `body::<MR>(first_slot)` over `count` slots in groups of the largest MR
 /// the ISA's register file holds (see `tuning.rs`), then 1.
@@ -189,12 +191,15 @@ pub unsafe fn row_x8v<S: Simd>(
 ) -> [[S; 4]; 2] {
     let w = S::LANES;
     let mut acc = [[S::splat(S::E::ZERO); 4]; 2];
+    // Bytes of one panel row (4 vectors), and how far ahead to prefetch.
+    let row_bytes = 4 * w * size_of::<S::E>();
     for k in 0..depth {
         // SAFETY: k < depth: inside both panels and the row (caller's contract).
         unsafe {
             let x = S::splat(*a.add(k * a_cs));
             for (acc, panel) in acc.iter_mut().zip(panels) {
                 let p = panel.add(k * 4 * w);
+                prefetch_ahead(p.cast::<u8>(), row_bytes);
                 for (v, acc_v) in acc.iter_mut().enumerate() {
                     *acc_v = x.mul_add(S::load(p.add(v * w)), *acc_v);
                 }
@@ -202,4 +207,24 @@ pub unsafe fn row_x8v<S: Simd>(
         }
     }
     acc
+}
+
+/// Asks for the cache lines `ROW_PREFETCH_DISTANCE` panel rows past `row` (of
+/// `row_bytes`) to come into L1: at batch 1 the panels stream from L2 with no
+/// reuse, and the hardware prefetcher alone leaves the loads waiting.
+/// A prefetch never faults, so addresses past the panel are harmless.
+#[inline(always)]
+fn prefetch_ahead(row: *const u8, row_bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let ahead = row.wrapping_add(ROW_PREFETCH_DISTANCE * row_bytes);
+        for line in (0..row_bytes).step_by(64) {
+            // SAFETY: prefetching is a hint: it reads nothing the program sees
+            // and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast::<i8>()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (row, row_bytes);
 }

@@ -8,12 +8,14 @@
 //! - `scalar.rs`, `avx2.rs`, `avx512.rs`: the vectors of each ISA
 //! - `isa.rs`: [`Isa`], detection, the active ISA, [`Kernel`] and [`dispatch`]
 //! - `activation.rs`: [`exp`], [`sigmoid`], [`tanh`]
+//! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod bandwidth;
 pub mod element;
 pub mod isa;
 pub mod scalar;
