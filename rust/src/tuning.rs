@@ -41,6 +41,12 @@ pub const GEMM_ROW_MULTIPLE: usize = 8;
 /// in order, so the split never changes a bit).
 pub const DB_COLUMN_BLOCK: usize = 64;
 
+/// Independent FMA chains in the peak measurement (`simd/peak.rs`): FMA
+/// latency × FMA ports is 8 on Zen 3/4/5 and Skylake-X (4 cycles, 2 ports);
+/// 12 covers a latency of up to 6 and still fits 16 registers with the two
+/// operands.
+pub const FMA_PEAK_CHAINS: usize = 12;
+
 // ---------------------------------------------------------------------------
 // How threads share a call (parallel/)
 // ---------------------------------------------------------------------------

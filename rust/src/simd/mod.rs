@@ -8,6 +8,7 @@
 //! - `scalar.rs`, `avx2.rs`, `avx512.rs`: the vectors of each ISA
 //! - `isa.rs`: [`Isa`], detection, the active ISA, [`Kernel`] and [`dispatch`]
 //! - `activation.rs`: [`exp`], [`sigmoid`], [`tanh`]
+//! - `peak.rs`: the measured single-core FMA peak of an ISA
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
@@ -16,6 +17,7 @@ pub mod avx2;
 pub mod avx512;
 pub mod element;
 pub mod isa;
+pub mod peak;
 pub mod scalar;
 pub mod vector;
 
