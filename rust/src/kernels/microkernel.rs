@@ -10,40 +10,52 @@
 use crate::alloc::{self, Zeroable};
 use crate::error::Result;
 use crate::simd::{Simd, SimdElement};
-use crate::tuning::{L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS};
+use crate::tuning::{
+    L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, NV_16_REGISTERS,
+    NV_32_REGISTERS, REMAINDER_FULL_WIDTH_ROWS,
+};
 
-/// Runs `body::<MR>(first_slot)` over `count` slots in groups of the largest MR
-/// the ISA's register file holds (see `tuning.rs`), then 1.
-macro_rules! for_row_groups {
-    ($S:ty, $count:expr, |$r:ident, $mr:ident| $body:expr) => {{
-        let count = $count;
-        let mut $r = 0;
-        // 64-byte vectors: AVX-512, with 32 vector registers.
-        if std::mem::size_of::<$S>() >= 64 {
-            while $r + MR_32_REGISTERS <= count {
-                const $mr: usize = MR_32_REGISTERS;
-                $body;
-                $r += MR_32_REGISTERS;
-            }
-        }
-        while $r + MR_16_REGISTERS <= count {
-            const $mr: usize = MR_16_REGISTERS;
-            $body;
-            $r += MR_16_REGISTERS;
-        }
-        while $r < count {
-            const $mr: usize = 1;
-            $body;
-            $r += 1;
-        }
-    }};
-}
-
-/// MR × 4v, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k][v·LANES..]`
-/// for MR rows and 4 vectors, continuing each output's FMA chain in k order.
+/// MR × NV, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k·ps + v·LANES..]`
+/// for MR rows and NV vectors of a panel whose rows are `ps` elements apart,
+/// continuing each output's FMA chain in k order.
 ///
 /// A chain split over several calls (depth blocks, accumulators stored in
-/// between) gives the same bits as one call.
+/// between) gives the same bits as one call, and so does any MR or NV: each
+/// output sees the same FMAs in the same order.
+///
+/// # Safety
+/// `a[r]` readable at every multiple of `a_cs` below `depth · a_cs`; `panel`
+/// readable for NV vectors at every multiple of `ps` below `depth · ps`.
+#[inline(always)]
+pub unsafe fn mrxnv_accumulate<S: Simd, const MR: usize, const NV: usize>(
+    acc: &mut [[S; NV]; MR],
+    a: [*const S::E; MR],
+    a_cs: usize,
+    depth: usize,
+    panel: *const S::E,
+    ps: usize,
+) {
+    let w = S::LANES;
+    let mut local = *acc;
+    for k in 0..depth {
+        // SAFETY: k < depth, so the NV vectors of panel row k and a[r][k] are
+        // inside the regions the caller vouched for.
+        unsafe {
+            let p = panel.add(k * ps);
+            let b: [S; NV] = std::array::from_fn(|v| S::load(p.add(v * w)));
+            for r in 0..MR {
+                let x = S::splat(*a[r].add(k * a_cs));
+                for v in 0..NV {
+                    local[r][v] = x.mul_add(b[v], local[r][v]);
+                }
+            }
+        }
+    }
+    *acc = local;
+}
+
+/// MR × 4v, accumulating: [`mrxnv_accumulate`] over a whole panel (4 vectors
+/// per row of k).
 ///
 /// # Safety
 /// `a[r]` readable at every multiple of `a_cs` below `depth · a_cs`; `panel`
@@ -56,28 +68,8 @@ pub unsafe fn mrx4v_accumulate<S: Simd, const MR: usize>(
     depth: usize,
     panel: *const S::E,
 ) {
-    let w = S::LANES;
-    let mut local = *acc;
-    for k in 0..depth {
-        // SAFETY: k < depth, so all four vectors of panel row k and a[r][k] are
-        // inside the regions the caller vouched for.
-        unsafe {
-            let p = panel.add(k * 4 * w);
-            let b = [
-                S::load(p),
-                S::load(p.add(w)),
-                S::load(p.add(2 * w)),
-                S::load(p.add(3 * w)),
-            ];
-            for r in 0..MR {
-                let x = S::splat(*a[r].add(k * a_cs));
-                for v in 0..4 {
-                    local[r][v] = x.mul_add(b[v], local[r][v]);
-                }
-            }
-        }
-    }
-    *acc = local;
+    // SAFETY: forwarded from the caller; 4 vectors per panel row.
+    unsafe { mrxnv_accumulate::<S, MR, 4>(acc, a, a_cs, depth, panel, 4 * S::LANES) }
 }
 
 /// MR × 4v from zero: [`mrx4v_accumulate`] into fresh accumulators.
@@ -103,10 +95,116 @@ pub fn l1_depth<S: Simd>() -> usize {
     (L1_PANEL_BYTES / (4 * S::LANES * std::mem::size_of::<S::E>())).max(MIN_PANEL_DEPTH)
 }
 
+/// One MR × NV tile of [`rows_x4v_kblocked`]: rows `r..r + MR`, vectors
+/// `v0..v0 + NV` of the panel, depth `k0..k0 + kd`, continuing the chains kept
+/// in `out`.
+///
+/// # Safety
+/// As for [`rows_x4v_kblocked`], with r + MR ≤ rows, v0 + NV ≤ 4 and
+/// k0 + kd ≤ depth.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    r: usize,
+    v0: usize,
+    row_ptr: &impl Fn(usize) -> *const S::E,
+    k0: usize,
+    kd: usize,
+    panel: *const S::E,
+    out: &mut [[S; 4]],
+) {
+    let w = S::LANES;
+    let mut acc: [[S; NV]; MR] =
+        std::array::from_fn(|i| std::array::from_fn(|v| out[r + i][v0 + v]));
+    let a: [*const S::E; MR] = std::array::from_fn(|i| row_ptr(r + i).wrapping_add(k0));
+    // SAFETY: rows r..r+MR < rows, vectors v0..v0+NV ≤ 4 and k0 + kd ≤ depth:
+    // inside the caller's regions.
+    unsafe {
+        mrxnv_accumulate::<S, MR, NV>(&mut acc, a, 1, kd, panel.add(k0 * 4 * w + v0 * w), 4 * w)
+    };
+    for (i, acc) in acc.iter().enumerate() {
+        out[r + i][v0..v0 + NV].copy_from_slice(acc);
+    }
+}
+
+/// [`tile`] for a row count known only at run time (a remainder, below MR):
+/// one instantiation per count.
+///
+/// # Safety
+/// As for [`tile`], with `n` ≤ 6 rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_n<S: Simd, const NV: usize>(
+    n: usize,
+    r: usize,
+    v0: usize,
+    row_ptr: &impl Fn(usize) -> *const S::E,
+    k0: usize,
+    kd: usize,
+    panel: *const S::E,
+    out: &mut [[S; 4]],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match n {
+            0 => {}
+            1 => tile::<S, 1, NV>(r, v0, row_ptr, k0, kd, panel, out),
+            2 => tile::<S, 2, NV>(r, v0, row_ptr, k0, kd, panel, out),
+            3 => tile::<S, 3, NV>(r, v0, row_ptr, k0, kd, panel, out),
+            4 => tile::<S, 4, NV>(r, v0, row_ptr, k0, kd, panel, out),
+            5 => tile::<S, 5, NV>(r, v0, row_ptr, k0, kd, panel, out),
+            6 => tile::<S, 6, NV>(r, v0, row_ptr, k0, kd, panel, out),
+            _ => unreachable!("tile_n: at most 6 rows"),
+        }
+    }
+}
+
+/// [`rows_x4v_kblocked`] with an MR × NV register tile: for each depth block,
+/// the panel in 4 / NV passes of NV vectors, each pass over all rows in groups
+/// of MR; the remainder rows (fewer than MR) over the whole width at once when
+/// they are few enough ([`REMAINDER_FULL_WIDTH_ROWS`]), else in the passes.
+///
+/// # Safety
+/// As for [`rows_x4v_kblocked`].
+#[inline(always)]
+unsafe fn rows_tiled<S: Simd, const MR: usize, const NV: usize>(
+    rows: usize,
+    row_ptr: impl Fn(usize) -> *const S::E,
+    depth: usize,
+    panel: *const S::E,
+    out: &mut [[S; 4]],
+) {
+    const { assert!(MR <= 6 && 4 % NV == 0) };
+    let kc = l1_depth::<S>();
+    let full = rows - rows % MR;
+    let rest = rows - full;
+    let rest_full_width = rest <= REMAINDER_FULL_WIDTH_ROWS;
+    for k0 in (0..depth).step_by(kc) {
+        let kd = kc.min(depth - k0);
+        // SAFETY (all tiles): rows below `rows`, vectors below 4, depth below
+        // k0 + kd ≤ depth: inside the caller's regions.
+        unsafe {
+            for v0 in (0..4).step_by(NV) {
+                for r in (0..full).step_by(MR) {
+                    tile::<S, MR, NV>(r, v0, &row_ptr, k0, kd, panel, out);
+                }
+                if !rest_full_width {
+                    tile_n::<S, NV>(rest, full, v0, &row_ptr, k0, kd, panel, out);
+                }
+            }
+            if rest_full_width {
+                tile_n::<S, 4>(rest, full, 0, &row_ptr, k0, kd, panel, out);
+            }
+        }
+    }
+}
+
 /// `rows` × 4v, depth-blocked: the products of `rows` contiguous rows of A
 /// with one panel, in blocks of [`l1_depth`] so the panel slice is read from L2
 /// once per block rather than once per row group; row r's result goes to
-/// `out[r]` (4 vectors each).
+/// `out[r]` (4 vectors each). The register tile is the ISA's (`tuning.rs`);
+/// every output is one FMA chain in k order whatever the tile, so the rows
+/// grouped with a row never change its result.
 ///
 /// # Safety
 /// `row_ptr(r)` readable for `depth` elements (column stride 1) for r < rows;
@@ -119,20 +217,15 @@ pub unsafe fn rows_x4v_kblocked<S: Simd>(
     panel: *const S::E,
     out: &mut [[S; 4]],
 ) {
-    let w = S::LANES;
-    let kc = l1_depth::<S>();
-    let zero = [S::splat(S::E::ZERO); 4];
-    out[..rows].fill(zero);
-    for k0 in (0..depth).step_by(kc) {
-        let kd = kc.min(depth - k0);
-        for_row_groups!(S, rows, |r, MR| {
-            let mut acc: [[S; 4]; MR] = std::array::from_fn(|i| out[r + i]);
-            let a: [*const S::E; MR] = std::array::from_fn(|i| row_ptr(r + i).wrapping_add(k0));
-            // SAFETY: rows r..r+MR < rows and k0 + kd ≤ depth: inside the
-            // caller's regions.
-            unsafe { mrx4v_accumulate::<S, MR>(&mut acc, a, 1, kd, panel.add(k0 * 4 * w)) };
-            out[r..r + MR].copy_from_slice(&acc);
-        });
+    out[..rows].fill([S::splat(S::E::ZERO); 4]);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        // 64-byte vectors: AVX-512, with 32 vector registers.
+        if size_of::<S>() >= 64 {
+            rows_tiled::<S, MR_32_REGISTERS, NV_32_REGISTERS>(rows, row_ptr, depth, panel, out);
+        } else {
+            rows_tiled::<S, MR_16_REGISTERS, NV_16_REGISTERS>(rows, row_ptr, depth, panel, out);
+        }
     }
 }
 
