@@ -42,15 +42,13 @@ fn best(seconds: f64, mut f: impl FnMut()) -> f64 {
 /// # Safety
 /// As for `rows_x4v_kblocked`.
 #[inline(always)]
-unsafe fn old_rows_x4v_kblocked<S: Simd>(
+unsafe fn old_rows_x4v_kblocked<S: Simd<E = f32>>(
     rows: usize,
     row_ptr: impl Fn(usize) -> *const f32,
     depth: usize,
     panel: *const f32,
     out: &mut [[S; 4]],
-) where
-    S: Simd<E = f32>,
-{
+) {
     #[inline(always)]
     unsafe fn group<S: Simd<E = f32>, const MR: usize>(
         r: usize,
