@@ -15,26 +15,12 @@ use std::time::Instant;
 
 use lstm_fast::kernels::gemm::{gemm, Mat};
 use lstm_fast::kernels::microkernel::{
-    accumulator_room, accumulators, l1_depth, mrx4v_accumulate, rows_x4v_kblocked,
+    accumulator_room, accumulators, l1_depth, mrx4v_accumulate, pack_rows, rows_x4v_kblocked,
+    PackedRows, Rows,
 };
 use lstm_fast::simd::peak::fma_peak;
 use lstm_fast::simd::{dispatch, Isa, Kernel, Simd};
 use lstm_fast::tuning::PROJECTION_ROWS;
-
-/// The fastest of as many calls of `f` as fit in `seconds` (at least 3).
-fn best(seconds: f64, mut f: impl FnMut()) -> f64 {
-    f();
-    let until = Instant::now() + std::time::Duration::from_secs_f64(seconds);
-    let mut best = f64::INFINITY;
-    let mut n = 0;
-    while n < 3 || Instant::now() < until {
-        let t = Instant::now();
-        f();
-        best = best.min(t.elapsed().as_secs_f64());
-        n += 1;
-    }
-    best
-}
 
 /// The step kernel before issue 8 (2 × 4v tiles on AVX2, 4 × 4v on AVX-512),
 /// kept here for an A/B in one process; same results bit for bit.
@@ -101,10 +87,11 @@ struct Step<'a> {
 }
 
 impl Kernel<f32> for Step<'_> {
-    /// Seconds of the old kernel and of the new.
-    type Output = [f64; 2];
+    /// Seconds of the old kernel, the new on the rows in place, and the new
+    /// on rows packed once per step (the packing included).
+    type Output = [f64; 3];
     #[inline(always)]
-    fn run<S: Simd<E = f32>>(self) -> [f64; 2] {
+    fn run<S: Simd<E = f32>>(self) -> [f64; 3] {
         let stride = self.depth * 4 * S::LANES;
         assert!(self.panels.len() >= self.tiles * stride);
         assert!(self.a.len() >= self.rows * self.depth);
@@ -118,9 +105,24 @@ impl Kernel<f32> for Step<'_> {
         // timing loop is written out here, not in a closure: a closure is
         // compiled outside the dispatch trampoline's target features.
         let until = Instant::now() + std::time::Duration::from_secs_f64(self.seconds);
-        let mut best = vec![[f64::INFINITY; 2]; self.tiles];
+        let mut best = vec![[f64::INFINITY; 3]; self.tiles];
+        let mut packed = vec![0.0f32; self.rows * self.depth];
+        let mut pack_best = f64::INFINITY;
         let mut n = 0;
         while n < 4 || Instant::now() < until {
+            let t = Instant::now();
+            // SAFETY: rows of `depth` inside `a`.
+            unsafe {
+                pack_rows::<S>(
+                    self.rows,
+                    |r| self.a.as_ptr().add(r * row_stride),
+                    self.depth,
+                    &mut packed,
+                )
+            };
+            if n > 0 {
+                pack_best = pack_best.min(t.elapsed().as_secs_f64());
+            }
             for (p, best) in best.iter_mut().enumerate() {
                 for (which, best) in best.iter_mut().enumerate() {
                     let t = Instant::now();
@@ -129,10 +131,21 @@ impl Kernel<f32> for Step<'_> {
                     unsafe {
                         let row = |r: usize| self.a.as_ptr().add(r * row_stride);
                         let panel = self.panels.as_ptr().add(p * stride);
-                        if which == 0 {
-                            old_rows_x4v_kblocked::<S>(self.rows, row, self.depth, panel, out);
-                        } else {
-                            rows_x4v_kblocked::<S>(self.rows, row, self.depth, panel, out);
+                        match which {
+                            0 => old_rows_x4v_kblocked::<S>(self.rows, row, self.depth, panel, out),
+                            1 => {
+                                rows_x4v_kblocked::<S>(self.rows, Rows(row), self.depth, panel, out)
+                            }
+                            _ => rows_x4v_kblocked::<S>(
+                                self.rows,
+                                PackedRows {
+                                    data: packed.as_ptr(),
+                                    depth: self.depth,
+                                },
+                                self.depth,
+                                panel,
+                                out,
+                            ),
                         }
                     }
                     sink = sink.add(out[0][0]);
@@ -144,7 +157,8 @@ impl Kernel<f32> for Step<'_> {
             std::hint::black_box(&sink);
             n += 1;
         }
-        [0, 1].map(|i| best.iter().map(|b| b[i]).sum())
+        [0, 1, 2]
+            .map(|i| best.iter().map(|b| b[i]).sum::<f64>() + if i == 2 { pack_best } else { 0.0 })
     }
 }
 
@@ -155,7 +169,7 @@ fn step_rate(
     depth: usize,
     out_units: usize,
     s: f64,
-) -> [f64; 2] {
+) -> [f64; 3] {
     let lanes = match isa {
         Isa::Avx512 => 16,
         Isa::Avx2 => 8,
@@ -189,15 +203,51 @@ fn step_rate(
             .collect();
         hs.into_iter()
             .map(|h| h.join().unwrap())
-            .fold([0.0f64, 0.0f64], |m, t| [m[0].max(t[0]), m[1].max(t[1])])
+            .fold([0.0f64; 3], |m, t| std::array::from_fn(|i| m[i].max(t[i])))
     });
     let flops = 2.0 * (rows * threads) as f64 * depth as f64 * (tiles * 4 * lanes) as f64;
     seconds.map(|t| flops / t / 1e9)
 }
 
-/// GFLOP/s of `gemm` with A m×k (row-major, or transposed: columns `depth`
-/// apart), B k×n row-major, in a pool of `threads`.
-fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s: f64) -> f64 {
+/// The large products before issue 8: matrixmultiply's sgemm on each task's
+/// rows (as `gemm` split them then), for an A/B in one process.
+fn old_gemm(a: Mat<'_, f32>, b: Mat<'_, f32>, c: &mut [f32], ldc: usize) {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let tasks = rayon::current_num_threads().min(m.div_ceil(32)).max(1);
+    let rows_per_task = m.div_ceil(tasks).next_multiple_of(8);
+    c[..(m - 1) * ldc + n]
+        .par_chunks_mut(rows_per_task * ldc)
+        .enumerate()
+        .for_each(|(task, c_rows)| {
+            let r0 = task * rows_per_task;
+            let rows = rows_per_task.min(m - r0);
+            // SAFETY: the views were made for these slices (see gemm_rate).
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    a.data.as_ptr().add(r0 * a.row_stride),
+                    a.row_stride as isize,
+                    a.col_stride as isize,
+                    b.data.as_ptr(),
+                    b.row_stride as isize,
+                    b.col_stride as isize,
+                    0.0,
+                    c_rows.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                )
+            }
+        });
+}
+
+/// GFLOP/s of the old and the new large product with A m×k (row-major, or
+/// transposed: columns `m` apart), B k×n row-major, in a pool of `threads`,
+/// called in turns.
+fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s: f64) -> [f64; 2] {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.01).collect();
     let mut c = vec![0.0f32; m * n];
@@ -216,12 +266,25 @@ fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s
     } else {
         Mat::rows(&a, m, k, k)
     };
-    let t = pool.install(|| {
-        best(s, || {
-            gemm(a_mat, Mat::rows(&b, k, n, n), &mut c, n, false);
-        })
+    let b_mat = Mat::rows(&b, k, n, n);
+    let mut best = [f64::INFINITY; 2];
+    pool.install(|| {
+        let until = Instant::now() + std::time::Duration::from_secs_f64(s);
+        let mut i = 0;
+        while i < 6 || Instant::now() < until {
+            let t = Instant::now();
+            if i % 2 == 0 {
+                old_gemm(a_mat, b_mat, &mut c, n);
+            } else {
+                gemm(a_mat, b_mat, &mut c, n, false);
+            }
+            if i >= 2 {
+                best[i % 2] = best[i % 2].min(t.elapsed().as_secs_f64());
+            }
+            i += 1;
+        }
     });
-    2.0 * (m * k * n) as f64 / t / 1e9
+    best.map(|t| 2.0 * (m * k * n) as f64 / t / 1e9)
 }
 
 fn main() {
@@ -261,37 +324,30 @@ fn main() {
     );
     for (name, [b, h, i, t]) in shapes {
         let mut rows: Vec<(String, [f64; 2])> = Vec::new();
-        let both = |f: &dyn Fn(usize) -> f64| [f(1), f(2)];
         if i <= 1 {
             for (what, depth) in [("fwd step h·w_hh", h), ("bwd step da·w_hh", 4 * h)] {
-                let [[old1, new1], [old2, new2]] =
+                let [[old1, new1, pk1], [old2, new2, pk2]] =
                     [1, 2].map(|th| step_rate(isa, th, b, depth, h, seconds));
                 rows.push((format!("{what} old"), [old1, old2]));
                 rows.push((format!("{what} new"), [new1, new2]));
+                rows.push((format!("{what} packed"), [pk1, pk2]));
             }
         }
+        let mut gemm_rows = |what: String, m, k, n, tr| {
+            let [[o1, n1], [o2, n2]] = [1, 2].map(|th| gemm_rate(th, m, k, n, tr, seconds));
+            rows.push((format!("{what} mm"), [o1, o2]));
+            rows.push((format!("{what} new"), [n1, n2]));
+        };
         let tb = t * b;
         if i > 1 {
             // The projection: a block of about PROJECTION_ROWS (step, row)
             // pairs against one gate's w_ih (transposed) at a time.
             let m = (PROJECTION_ROWS / b).max(1) * b;
-            rows.push((
-                format!("projection {m}x{i}x{h}"),
-                both(&|th| gemm_rate(th, m, i, h, false, seconds)),
-            ));
-            rows.push((
-                format!("dx {tb}x{}x{i}", 4 * h),
-                both(&|th| gemm_rate(th, tb, 4 * h, i, false, seconds)),
-            ));
-            rows.push((
-                format!("dw_ih {}x{tb}x{i}", 4 * h),
-                both(&|th| gemm_rate(th, 4 * h, tb, i, true, seconds)),
-            ));
+            gemm_rows(format!("projection {m}x{i}x{h}"), m, i, h, false);
+            gemm_rows(format!("dx {tb}x{}x{i}", 4 * h), tb, 4 * h, i, false);
+            gemm_rows(format!("dw_ih {}x{tb}x{i}", 4 * h), 4 * h, tb, i, true);
         }
-        rows.push((
-            format!("dw_hh {}x{tb}x{h}", 4 * h),
-            both(&|th| gemm_rate(th, 4 * h, tb, h, true, seconds)),
-        ));
+        gemm_rows(format!("dw_hh {}x{tb}x{h}", 4 * h), 4 * h, tb, h, true);
         for (what, [one, two]) in rows {
             println!(
                 "{name:12} {what:22} {one:9.1} {:6.1}% {two:9.1} {:6.1}%",

@@ -12,7 +12,8 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, mrx4v, row_x8v, rows_x4v_kblocked, VectorRoom,
+    accumulator_room, accumulators, mrx4v, pack_rows, row_x8v, rows_x4v_kblocked, PackedRows,
+    VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -140,6 +141,8 @@ impl<E: Float> ForwardChunk<'_, E> {
 pub struct ForwardScratch<E> {
     projection: Projection<E>,
     products: Vec<VectorRoom>,
+    /// The running slots' h, packed once per step for the tiles (`pack_rows`).
+    packed: Vec<E>,
 }
 
 impl<E: Float> ForwardScratch<E> {
@@ -158,6 +161,7 @@ impl<E: Float> ForwardScratch<E> {
         Ok(ForwardScratch {
             projection: Projection::new(block, running, input, units)?,
             products: accumulator_room::<E>(running, lanes, "the tile accumulators of a chunk")?,
+            packed: alloc::zeroed(&[running, geo.hidden], "the packed h of a chunk")?,
         })
     }
 }
@@ -272,6 +276,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
         let ForwardScratch {
             projection: xw,
             products,
+            packed,
         } = &mut scratch;
         assert!(
             xw.slots >= self.slots.active(0)
@@ -282,6 +287,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
         let block = xw.steps;
         let products = accumulators::<S>(products);
         assert!(products.len() >= self.slots.active(0));
+        assert!(packed.len() >= self.slots.active(0) * h);
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
@@ -313,10 +319,19 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                     }
                 }
             } else {
+                // SAFETY: the running slots' state rows hold hp ≥ h elements;
+                // `packed` holds active · h (asserted).
+                unsafe { pack_rows::<S>(active, |r| cur.add(r * hp), h, packed) };
+                let a = PackedRows {
+                    data: packed.as_ptr(),
+                    depth: h,
+                };
                 for p in self.tiles.clone() {
-                    // SAFETY: as above, for every running slot.
+                    // SAFETY: `a` holds the running slots' rows as `pack_rows`
+                    // wrote them; panels hold h rows of 4·w (asserted);
+                    // `finish` gets running slots and tiles of this member.
                     unsafe {
-                        rows_x4v_kblocked::<S>(active, |r| cur.add(r * hp), h, panel(p), products);
+                        rows_x4v_kblocked::<S>(active, a, h, panel(p), products);
                         for (slot, &acc) in products[..active].iter().enumerate() {
                             self.finish::<S>(s, slot, p, acc, xw);
                         }
