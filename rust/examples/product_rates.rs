@@ -10,6 +10,16 @@
 //! (the step products as the batch split runs them: half the rows each, at
 //! once; `gemm` split by rows in a pool of 2). The fastest of the repeats run
 //! during `seconds` is reported.
+//!
+//! Each step product is given three ways, timed in turns in the same process:
+//! `old`, the 2 × 4-vector tile of before issue 8 (4 × 4 on AVX-512), on the
+//! rows in place; `new`, the ISA's tile (`tuning.rs`) on the rows in place;
+//! `packed`, the ISA's tile on rows packed once per step, packing included
+//! (what the time loops run). All three give the same bits. By default each
+//! panel's call is timed alone and the fastest of each is summed; with
+//! `WHOLE_PASS=1` set, the fastest pass over all panels is reported instead
+//! (panels streaming from L3 as in a time step). `SAME_ROW=1` makes every row
+//! of A the same row (A then stays in L1), to tell A's traffic from the tile's.
 
 use std::time::Instant;
 
@@ -108,6 +118,7 @@ impl Kernel<f32> for Step<'_> {
         let mut best = vec![[f64::INFINITY; 3]; self.tiles];
         let mut packed = vec![0.0f32; self.rows * self.depth];
         let mut pack_best = f64::INFINITY;
+        let mut pass_best = [f64::INFINITY; 3];
         let mut n = 0;
         while n < 4 || Instant::now() < until {
             let t = Instant::now();
@@ -122,6 +133,39 @@ impl Kernel<f32> for Step<'_> {
             };
             if n > 0 {
                 pack_best = pack_best.min(t.elapsed().as_secs_f64());
+            }
+            for (which, pass) in pass_best.iter_mut().enumerate() {
+                let t = Instant::now();
+                for p in 0..self.tiles {
+                    // SAFETY: as below.
+                    unsafe {
+                        let row = |r: usize| self.a.as_ptr().add(r * row_stride);
+                        let panel = self.panels.as_ptr().add(p * stride);
+                        match which {
+                            0 => old_rows_x4v_kblocked::<S>(self.rows, row, self.depth, panel, out),
+                            1 => {
+                                rows_x4v_kblocked::<S>(self.rows, Rows(row), self.depth, panel, out)
+                            }
+                            _ => {
+                                if p == 0 {
+                                    pack_rows::<S>(self.rows, row, self.depth, &mut packed);
+                                }
+                                rows_x4v_kblocked::<S>(
+                                    self.rows,
+                                    PackedRows {
+                                        data: packed.as_ptr(),
+                                        depth: self.depth,
+                                    },
+                                    self.depth,
+                                    panel,
+                                    out,
+                                )
+                            }
+                        }
+                    }
+                    sink = sink.add(out[0][0]);
+                }
+                *pass = pass.min(t.elapsed().as_secs_f64());
             }
             for (p, best) in best.iter_mut().enumerate() {
                 for (which, best) in best.iter_mut().enumerate() {
@@ -209,45 +253,9 @@ fn step_rate(
     seconds.map(|t| flops / t / 1e9)
 }
 
-/// The large products before issue 8: matrixmultiply's sgemm on each task's
-/// rows (as `gemm` split them then), for an A/B in one process.
-fn old_gemm(a: Mat<'_, f32>, b: Mat<'_, f32>, c: &mut [f32], ldc: usize) {
-    use rayon::prelude::*;
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    let tasks = rayon::current_num_threads().min(m.div_ceil(32)).max(1);
-    let rows_per_task = m.div_ceil(tasks).next_multiple_of(8);
-    c[..(m - 1) * ldc + n]
-        .par_chunks_mut(rows_per_task * ldc)
-        .enumerate()
-        .for_each(|(task, c_rows)| {
-            let r0 = task * rows_per_task;
-            let rows = rows_per_task.min(m - r0);
-            // SAFETY: the views were made for these slices (see gemm_rate).
-            unsafe {
-                matrixmultiply::sgemm(
-                    rows,
-                    k,
-                    n,
-                    1.0,
-                    a.data.as_ptr().add(r0 * a.row_stride),
-                    a.row_stride as isize,
-                    a.col_stride as isize,
-                    b.data.as_ptr(),
-                    b.row_stride as isize,
-                    b.col_stride as isize,
-                    0.0,
-                    c_rows.as_mut_ptr(),
-                    ldc as isize,
-                    1,
-                )
-            }
-        });
-}
-
-/// GFLOP/s of the old and the new large product with A m×k (row-major, or
-/// transposed: columns `m` apart), B k×n row-major, in a pool of `threads`,
-/// called in turns.
-fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s: f64) -> [f64; 2] {
+/// GFLOP/s of `gemm` (matrixmultiply, split by rows) with A m×k (row-major,
+/// or transposed: columns `m` apart), B k×n row-major, in a pool of `threads`.
+fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s: f64) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
     let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.01).collect();
     let mut c = vec![0.0f32; m * n];
@@ -267,24 +275,20 @@ fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s
         Mat::rows(&a, m, k, k)
     };
     let b_mat = Mat::rows(&b, k, n, n);
-    let mut best = [f64::INFINITY; 2];
+    let mut best = f64::INFINITY;
     pool.install(|| {
         let until = Instant::now() + std::time::Duration::from_secs_f64(s);
         let mut i = 0;
-        while i < 6 || Instant::now() < until {
+        while i < 4 || Instant::now() < until {
             let t = Instant::now();
-            if i % 2 == 0 {
-                old_gemm(a_mat, b_mat, &mut c, n);
-            } else {
-                gemm(a_mat, b_mat, &mut c, n, false);
-            }
-            if i >= 2 {
-                best[i % 2] = best[i % 2].min(t.elapsed().as_secs_f64());
+            gemm(a_mat, b_mat, &mut c, n, false);
+            if i > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
             }
             i += 1;
         }
     });
-    best.map(|t| 2.0 * (m * k * n) as f64 / t / 1e9)
+    2.0 * (m * k * n) as f64 / best / 1e9
 }
 
 fn main() {
@@ -334,9 +338,7 @@ fn main() {
             }
         }
         let mut gemm_rows = |what: String, m, k, n, tr| {
-            let [[o1, n1], [o2, n2]] = [1, 2].map(|th| gemm_rate(th, m, k, n, tr, seconds));
-            rows.push((format!("{what} mm"), [o1, o2]));
-            rows.push((format!("{what} new"), [n1, n2]));
+            rows.push((what, [1, 2].map(|th| gemm_rate(th, m, k, n, tr, seconds))));
         };
         let tb = t * b;
         if i > 1 {
