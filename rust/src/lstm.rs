@@ -228,7 +228,7 @@ pub fn backward<E: Float>(
         let mut scratch = alloc::try_collect(
             split::members(split, chunks.len(), tiles).map(|(chunk, _)| {
                 let (rows, lens) = &chunks[chunk];
-                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes)
+                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes, 4 * geo.hidden_pad)
             }),
             "the members' scratch",
         )?;

@@ -767,6 +767,16 @@ mod _core {
         py.detach(|| crate::simd::bandwidth::read_bandwidth(isa, nbytes, seconds))
     }
 
+    /// The single-core f32 FMA peak of the SIMD path in use, in GFLOP/s,
+    /// measured for `seconds` with the GIL released (so that threads calling it
+    /// at once measure every core).
+    #[pyfunction]
+    #[pyo3(signature = (seconds = 0.2))]
+    fn fma_peak(py: Python<'_>, seconds: f64) -> f64 {
+        let isa = Isa::active();
+        py.detach(|| crate::simd::peak::fma_peak(isa, seconds))
+    }
+
     /// Forces a SIMD path; ValueError if unknown or unsupported here.
     #[pyfunction]
     fn set_isa(name: &str) -> PyResult<()> {

@@ -18,12 +18,26 @@ pub const L1_PANEL_BYTES: usize = 24 * 1024;
 /// AVX-512).
 pub const MIN_PANEL_DEPTH: usize = 16;
 
-/// Rows per register tile (BLIS's MR) on an ISA with 32 vector registers
-/// (AVX-512): 4 rows × 4 accumulators + 4 panel vectors + 1 broadcast = 21.
-pub const MR_32_REGISTERS: usize = 4;
-/// Rows per register tile with 16 vector registers (AVX2): 2 × 4 + 4 + 1 = 13;
-/// a third row (17) would spill.
-pub const MR_16_REGISTERS: usize = 2;
+/// The register tile of the step products (`rows_x4v_kblocked` in
+/// `kernels/microkernel.rs`), BLIS's MR × NR in rows and vectors, per register
+/// file. A tile needs MR·NV accumulators, NV panel vectors and one broadcast;
+/// its MR·NV independent FMA chains must cover FMA latency × FMA ports (8 on
+/// Zen 3/4/5 and Skylake-X: 4 cycles, 2 ports) with room to spare, since any
+/// stall on a bare 8 leaves a port idle.
+///
+/// 16 registers (AVX2): 6 rows × 2 vectors = 12 chains, 12 + 2 + 1 = 15
+/// registers (BLIS's haswell sgemm 6x16). A 4-vector panel is then run as two
+/// passes of 2 vectors. The old 2 × 4 tile had 8 chains, exactly the minimum.
+pub const MR_16_REGISTERS: usize = 6;
+pub const NV_16_REGISTERS: usize = 2;
+/// 32 registers (AVX-512): 6 rows × 4 vectors = 24 chains, 24 + 4 + 1 = 29
+/// registers (BLIS's zen4/skx sgemm 6x64 shape), one pass over the panel.
+pub const MR_32_REGISTERS: usize = 6;
+pub const NV_32_REGISTERS: usize = 4;
+/// Remainder rows (fewer than MR) up to this many run over the whole panel
+/// width (4 vectors) in one pass: 2 rows × 4 = 8 chains in 13 registers even
+/// on AVX2; more rows run in the passes of the full tiles.
+pub const REMAINDER_FULL_WIDTH_ROWS: usize = 2;
 
 /// Rows (step, slot) per block of the input projection inside the time loop:
 /// enough for an efficient product, few enough that the block stays in cache
@@ -55,6 +69,12 @@ pub const GEMM_ROW_MULTIPLE: usize = 8;
 /// Columns of the bias gradient summed by one task (each column over all rows
 /// in order, so the split never changes a bit).
 pub const DB_COLUMN_BLOCK: usize = 64;
+
+/// Independent FMA chains in the peak measurement (`simd/peak.rs`): FMA
+/// latency × FMA ports is 8 on Zen 3/4/5 and Skylake-X (4 cycles, 2 ports);
+/// 12 covers a latency of up to 6 and still fits 16 registers with the two
+/// operands.
+pub const FMA_PEAK_CHAINS: usize = 12;
 
 // ---------------------------------------------------------------------------
 // How threads share a call (parallel/)

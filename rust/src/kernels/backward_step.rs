@@ -11,7 +11,8 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, mrx4v, row_x8v, rows_x4v_kblocked, VectorRoom,
+    accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, row_x8v,
+    rows_x4v_kblocked, PackedRows, VectorRoom,
 };
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -61,14 +62,20 @@ pub struct BackwardChunk<'a, E> {
 #[derive(Default)]
 pub struct BackwardScratch {
     products: Vec<VectorRoom>,
+    /// The da rows of the step after, packed once per step for the tiles
+    /// (`pack_rows`).
+    packed: Vec<VectorRoom>,
 }
 
 impl BackwardScratch {
-    /// For a member of the chunk `slots`, with vectors of `lanes` elements of `E`.
-    pub fn new<E>(slots: &Slots<'_>, lanes: usize) -> Result<Self> {
+    /// For a member of the chunk `slots`, with vectors of `lanes` elements of
+    /// `E`, for products `depth` (4·Hp) deep.
+    pub fn new<E>(slots: &Slots<'_>, lanes: usize, depth: usize) -> Result<Self> {
         let what = "the tile accumulators of a chunk";
+        let running = slots.active(0);
         Ok(BackwardScratch {
-            products: accumulator_room::<E>(slots.active(0), lanes, what)?,
+            products: accumulator_room::<E>(running, lanes, what)?,
+            packed: packed_room::<E>(running * depth, "the packed da rows of a chunk")?,
         })
     }
 }
@@ -193,6 +200,8 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let products = accumulators::<S>(&mut scratch.products);
         assert!(products.len() >= self.slots.active(0));
+        let packed = elements::<S::E>(&mut scratch.packed);
+        assert!(packed.len() >= self.slots.active(0) * depth);
 
         let mut prev_active = 0; // slots that ran at iteration s + 1
         for s in (0..geo.steps).rev() {
@@ -223,18 +232,20 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
                     }
                 }
             } else {
+                // SAFETY: rows that ran at s + 1 have whole da rows (depth
+                // each), finished before the barrier; `packed` holds
+                // prev_active · depth (asserted).
+                unsafe { pack_rows::<S>(prev_active, |r| da_row(r, s + 1), depth, packed) };
+                let a = PackedRows {
+                    data: packed.as_ptr(),
+                    depth,
+                };
                 for q in self.tiles.clone() {
-                    // SAFETY: rows that ran at s + 1 have whole da rows,
-                    // finished before the barrier; the others start from their
-                    // dh_n seed; `finish` gets running slots and our tiles.
+                    // SAFETY: `a` holds the da rows of the slots that ran at
+                    // s + 1 as `pack_rows` wrote them; the others start from
+                    // their dh_n seed; `finish` gets running slots and our tiles.
                     unsafe {
-                        rows_x4v_kblocked::<S>(
-                            prev_active,
-                            |r| da_row(r, s + 1),
-                            depth,
-                            panel(q),
-                            products,
-                        );
+                        rows_x4v_kblocked::<S>(prev_active, a, depth, panel(q), products);
                         for (slot, &product) in products[..active].iter().enumerate() {
                             let acc = if slot < prev_active {
                                 product

@@ -12,7 +12,8 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, mrx4v, row_x8v, rows_x4v_kblocked, VectorRoom,
+    accumulator_room, accumulators, mrx4v, pack_rows, row_x8v, rows_x4v_kblocked, PackedRows, Rows,
+    VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -143,6 +144,8 @@ impl<E: Float> ForwardChunk<'_, E> {
 pub struct ForwardScratch<E> {
     projection: Projection<E>,
     products: Vec<VectorRoom>,
+    /// The running slots' h, packed once per step for the tiles (`pack_rows`).
+    packed: Vec<E>,
 }
 
 impl<E: Float> ForwardScratch<E> {
@@ -161,6 +164,7 @@ impl<E: Float> ForwardScratch<E> {
         Ok(ForwardScratch {
             projection: Projection::new(block, running, input, units, lanes)?,
             products: accumulator_room::<E>(running, lanes, "the tile accumulators of a chunk")?,
+            packed: alloc::zeroed(&[running, geo.hidden], "the packed h of a chunk")?,
         })
     }
 }
@@ -245,7 +249,7 @@ impl<E: Float> ForwardChunk<'_, E> {
             unsafe {
                 let rows = p.rows.as_ptr();
                 let panel = self.ih_panels.as_ptr().add(tile * stride);
-                rows_x4v_kblocked::<S>(m, |r| rows.add(r * input), input, panel, products);
+                rows_x4v_kblocked::<S>(m, Rows(|r| rows.add(r * input)), input, panel, products);
             }
             for (r, acc) in products[..m].iter().enumerate() {
                 let out = &mut p.data[r * 4 * p.units + u0..];
@@ -278,6 +282,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
         let ForwardScratch {
             projection: xw,
             products,
+            packed,
         } = &mut scratch;
         assert!(
             xw.slots >= self.slots.active(0)
@@ -288,6 +293,7 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
         let block = xw.steps;
         let products = accumulators::<S>(products);
         assert!(products.len() >= self.slots.active(0));
+        assert!(packed.len() >= self.slots.active(0) * h);
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
@@ -319,10 +325,19 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
                     }
                 }
             } else {
+                // SAFETY: the running slots' state rows hold hp ≥ h elements;
+                // `packed` holds active · h (asserted).
+                unsafe { pack_rows::<S>(active, |r| cur.add(r * hp), h, packed) };
+                let a = PackedRows {
+                    data: packed.as_ptr(),
+                    depth: h,
+                };
                 for p in self.tiles.clone() {
-                    // SAFETY: as above, for every running slot.
+                    // SAFETY: `a` holds the running slots' rows as `pack_rows`
+                    // wrote them; panels hold h rows of 4·w (asserted);
+                    // `finish` gets running slots and tiles of this member.
                     unsafe {
-                        rows_x4v_kblocked::<S>(active, |r| cur.add(r * hp), h, panel(p), products);
+                        rows_x4v_kblocked::<S>(active, a, h, panel(p), products);
                         for (slot, &acc) in products[..active].iter().enumerate() {
                             self.finish::<S>(s, slot, p, acc, xw);
                         }

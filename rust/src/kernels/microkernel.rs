@@ -11,41 +11,51 @@ use crate::alloc::{self, Zeroable};
 use crate::error::Result;
 use crate::simd::{Simd, SimdElement};
 use crate::tuning::{
-    L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, ROW_PREFETCH_DISTANCE,
+    L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, NV_16_REGISTERS,
+    NV_32_REGISTERS, REMAINDER_FULL_WIDTH_ROWS, ROW_PREFETCH_DISTANCE,
 };
 
-/// Runs `body::<MR>(first_slot)` over `count` slots in groups of the largest MR
-/// the ISA's register file holds (see `tuning.rs`), then 1.
-macro_rules! for_row_groups {
-    ($S:ty, $count:expr, |$r:ident, $mr:ident| $body:expr) => {{
-        let count = $count;
-        let mut $r = 0;
-        // 64-byte vectors: AVX-512, with 32 vector registers.
-        if std::mem::size_of::<$S>() >= 64 {
-            while $r + MR_32_REGISTERS <= count {
-                const $mr: usize = MR_32_REGISTERS;
-                $body;
-                $r += MR_32_REGISTERS;
-            }
-        }
-        while $r + MR_16_REGISTERS <= count {
-            const $mr: usize = MR_16_REGISTERS;
-            $body;
-            $r += MR_16_REGISTERS;
-        }
-        while $r < count {
-            const $mr: usize = 1;
-            $body;
-            $r += 1;
-        }
-    }};
-}
-
-/// MR × 4v, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k][v·LANES..]`
-/// for MR rows and 4 vectors, continuing each output's FMA chain in k order.
+/// MR × NV, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k·ps + v·LANES..]`
+/// for MR rows and NV vectors of a panel whose rows are `ps` elements apart,
+/// continuing each output's FMA chain in k order.
 ///
 /// A chain split over several calls (depth blocks, accumulators stored in
-/// between) gives the same bits as one call.
+/// between) gives the same bits as one call, and so does any MR or NV: each
+/// output sees the same FMAs in the same order.
+///
+/// # Safety
+/// `a[r]` readable at every multiple of `a_cs` below `depth · a_cs`; `panel`
+/// readable for NV vectors at every multiple of `ps` below `depth · ps`.
+#[inline(always)]
+pub unsafe fn mrxnv_accumulate<S: Simd, const MR: usize, const NV: usize>(
+    acc: &mut [[S; NV]; MR],
+    a: [*const S::E; MR],
+    a_cs: usize,
+    depth: usize,
+    panel: *const S::E,
+    ps: usize,
+) {
+    let w = S::LANES;
+    let mut local = *acc;
+    for k in 0..depth {
+        // SAFETY: k < depth, so the NV vectors of panel row k and a[r][k] are
+        // inside the regions the caller vouched for.
+        unsafe {
+            let p = panel.add(k * ps);
+            let b: [S; NV] = std::array::from_fn(|v| S::load(p.add(v * w)));
+            for r in 0..MR {
+                let x = S::splat(*a[r].add(k * a_cs));
+                for v in 0..NV {
+                    local[r][v] = x.mul_add(b[v], local[r][v]);
+                }
+            }
+        }
+    }
+    *acc = local;
+}
+
+/// MR × 4v, accumulating: [`mrxnv_accumulate`] over a whole panel (4 vectors
+/// per row of k).
 ///
 /// # Safety
 /// `a[r]` readable at every multiple of `a_cs` below `depth · a_cs`; `panel`
@@ -58,28 +68,8 @@ pub unsafe fn mrx4v_accumulate<S: Simd, const MR: usize>(
     depth: usize,
     panel: *const S::E,
 ) {
-    let w = S::LANES;
-    let mut local = *acc;
-    for k in 0..depth {
-        // SAFETY: k < depth, so all four vectors of panel row k and a[r][k] are
-        // inside the regions the caller vouched for.
-        unsafe {
-            let p = panel.add(k * 4 * w);
-            let b = [
-                S::load(p),
-                S::load(p.add(w)),
-                S::load(p.add(2 * w)),
-                S::load(p.add(3 * w)),
-            ];
-            for r in 0..MR {
-                let x = S::splat(*a[r].add(k * a_cs));
-                for v in 0..4 {
-                    local[r][v] = x.mul_add(b[v], local[r][v]);
-                }
-            }
-        }
-    }
-    *acc = local;
+    // SAFETY: forwarded from the caller; 4 vectors per panel row.
+    unsafe { mrxnv_accumulate::<S, MR, 4>(acc, a, a_cs, depth, panel, 4 * S::LANES) }
 }
 
 /// MR × 4v from zero: [`mrx4v_accumulate`] into fresh accumulators.
@@ -105,36 +95,221 @@ pub fn l1_depth<S: Simd>() -> usize {
     (L1_PANEL_BYTES / (4 * S::LANES * std::mem::size_of::<S::E>())).max(MIN_PANEL_DEPTH)
 }
 
-/// `rows` × 4v, depth-blocked: the products of `rows` contiguous rows of A
-/// with one panel, in blocks of [`l1_depth`] so the panel slice is read from L2
-/// once per block rather than once per row group; row r's result goes to
-/// `out[r]` (4 vectors each).
+/// Where the step kernels read the rows of A: each row where the caller keeps
+/// it ([`Rows`]), or all of them packed once per step ([`PackedRows`]).
+pub trait RowSource<E>: Copy {
+    /// Element k0 of row r0 + i, in the group of `group` rows starting at r0,
+    /// and the distance between consecutive k of that row.
+    fn at(&self, r0: usize, group: usize, i: usize, k0: usize) -> (*const E, usize);
+}
+
+/// Rows where the caller keeps them: row r at `row_ptr(r)`, column stride 1.
+#[derive(Clone, Copy)]
+pub struct Rows<F>(pub F);
+
+impl<E, F: Fn(usize) -> *const E + Copy> RowSource<E> for Rows<F> {
+    #[inline(always)]
+    fn at(&self, r0: usize, _group: usize, i: usize, k0: usize) -> (*const E, usize) {
+        ((self.0)(r0 + i).wrapping_add(k0), 1)
+    }
+}
+
+/// Rows packed by [`pack_rows`] for the ISA's MR: each group of rows k-major,
+/// so a tile's broadcasts read one sequential stream instead of MR.
+#[derive(Clone, Copy)]
+pub struct PackedRows<E> {
+    pub data: *const E,
+    pub depth: usize,
+}
+
+impl<E: Copy> RowSource<E> for PackedRows<E> {
+    #[inline(always)]
+    fn at(&self, r0: usize, group: usize, i: usize, k0: usize) -> (*const E, usize) {
+        (
+            self.data.wrapping_add(r0 * self.depth + k0 * group + i),
+            group,
+        )
+    }
+}
+
+/// Rows per group of the step kernels' tiles for `S` (the tile's MR).
+#[inline(always)]
+pub fn rows_per_group<S: Simd>() -> usize {
+    if size_of::<S>() >= 64 {
+        MR_32_REGISTERS
+    } else {
+        MR_16_REGISTERS
+    }
+}
+
+/// Packs `rows` rows of `depth` elements (row r at `row_ptr(r)`, unit column
+/// stride) into `out` for [`PackedRows`]: rows in groups of [`rows_per_group`]
+/// (the last group holding the remainder), each group k-major.
 ///
 /// # Safety
-/// `row_ptr(r)` readable for `depth` elements (column stride 1) for r < rows;
-/// `panel` for `depth · 4 · LANES`; `out` holds at least `rows` entries.
+/// `row_ptr(r)` readable for `depth` elements for r < rows.
 #[inline(always)]
-pub unsafe fn rows_x4v_kblocked<S: Simd>(
+pub unsafe fn pack_rows<S: Simd>(
     rows: usize,
     row_ptr: impl Fn(usize) -> *const S::E,
     depth: usize,
+    out: &mut [S::E],
+) {
+    let mr = rows_per_group::<S>();
+    let out = &mut out[..rows * depth];
+    for r0 in (0..rows).step_by(mr) {
+        let group = mr.min(rows - r0);
+        let dst = &mut out[r0 * depth..][..group * depth];
+        for i in 0..group {
+            // SAFETY: row r0 + i < rows holds `depth` readable elements.
+            let src = unsafe { std::slice::from_raw_parts(row_ptr(r0 + i), depth) };
+            for (k, &x) in src.iter().enumerate() {
+                dst[k * group + i] = x;
+            }
+        }
+    }
+}
+
+/// One MR × NV tile of [`rows_x4v_kblocked`]: rows `r..r + MR` (of a group of
+/// `group` rows starting at `g0`), vectors `v0..v0 + NV` of the panel, depth
+/// `k0..k0 + kd`, continuing the chains kept in `out`.
+///
+/// # Safety
+/// As for [`rows_x4v_kblocked`], with r + MR ≤ rows, v0 + NV ≤ 4 and
+/// k0 + kd ≤ depth.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    r: usize,
+    v0: usize,
+    a: impl RowSource<S::E>,
+    k0: usize,
+    kd: usize,
     panel: *const S::E,
     out: &mut [[S; 4]],
 ) {
     let w = S::LANES;
+    let mut acc: [[S; NV]; MR] =
+        std::array::from_fn(|i| std::array::from_fn(|v| out[r + i][v0 + v]));
+    let a_cs = a.at(r, MR, 0, k0).1;
+    let rows: [*const S::E; MR] = std::array::from_fn(|i| a.at(r, MR, i, k0).0);
+    // SAFETY: rows r..r+MR < rows, vectors v0..v0+NV ≤ 4 and k0 + kd ≤ depth:
+    // inside the caller's regions.
+    unsafe {
+        mrxnv_accumulate::<S, MR, NV>(
+            &mut acc,
+            rows,
+            a_cs,
+            kd,
+            panel.add(k0 * 4 * w + v0 * w),
+            4 * w,
+        )
+    };
+    for (i, acc) in acc.iter().enumerate() {
+        out[r + i][v0..v0 + NV].copy_from_slice(acc);
+    }
+}
+
+/// [`tile`] for a row count known only at run time (a remainder, below MR):
+/// one instantiation per count.
+///
+/// # Safety
+/// As for [`tile`], with `n` ≤ 6 rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_n<S: Simd, const NV: usize>(
+    n: usize,
+    r: usize,
+    v0: usize,
+    a: impl RowSource<S::E>,
+    k0: usize,
+    kd: usize,
+    panel: *const S::E,
+    out: &mut [[S; 4]],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match n {
+            0 => {}
+            1 => tile::<S, 1, NV>(r, v0, a, k0, kd, panel, out),
+            2 => tile::<S, 2, NV>(r, v0, a, k0, kd, panel, out),
+            3 => tile::<S, 3, NV>(r, v0, a, k0, kd, panel, out),
+            4 => tile::<S, 4, NV>(r, v0, a, k0, kd, panel, out),
+            5 => tile::<S, 5, NV>(r, v0, a, k0, kd, panel, out),
+            6 => tile::<S, 6, NV>(r, v0, a, k0, kd, panel, out),
+            _ => unreachable!("tile_n: at most 6 rows"),
+        }
+    }
+}
+
+/// [`rows_x4v_kblocked`] with an MR × NV register tile: for each depth block,
+/// the panel in 4 / NV passes of NV vectors, each pass over all rows in groups
+/// of MR; the remainder rows (fewer than MR) over the whole width at once when
+/// they are few enough ([`REMAINDER_FULL_WIDTH_ROWS`]), else in the passes.
+///
+/// # Safety
+/// As for [`rows_x4v_kblocked`].
+#[inline(always)]
+unsafe fn rows_tiled<S: Simd, const MR: usize, const NV: usize>(
+    rows: usize,
+    a: impl RowSource<S::E>,
+    depth: usize,
+    panel: *const S::E,
+    out: &mut [[S; 4]],
+) {
+    const { assert!(MR <= 6 && 4 % NV == 0) };
     let kc = l1_depth::<S>();
-    let zero = [S::splat(S::E::ZERO); 4];
-    out[..rows].fill(zero);
+    let full = rows - rows % MR;
+    let rest = rows - full;
+    let rest_full_width = rest <= REMAINDER_FULL_WIDTH_ROWS;
     for k0 in (0..depth).step_by(kc) {
         let kd = kc.min(depth - k0);
-        for_row_groups!(S, rows, |r, MR| {
-            let mut acc: [[S; 4]; MR] = std::array::from_fn(|i| out[r + i]);
-            let a: [*const S::E; MR] = std::array::from_fn(|i| row_ptr(r + i).wrapping_add(k0));
-            // SAFETY: rows r..r+MR < rows and k0 + kd ≤ depth: inside the
-            // caller's regions.
-            unsafe { mrx4v_accumulate::<S, MR>(&mut acc, a, 1, kd, panel.add(k0 * 4 * w)) };
-            out[r..r + MR].copy_from_slice(&acc);
-        });
+        // SAFETY (all tiles): rows below `rows`, vectors below 4, depth below
+        // k0 + kd ≤ depth: inside the caller's regions.
+        unsafe {
+            for v0 in (0..4).step_by(NV) {
+                for r in (0..full).step_by(MR) {
+                    tile::<S, MR, NV>(r, v0, a, k0, kd, panel, out);
+                }
+                if !rest_full_width {
+                    tile_n::<S, NV>(rest, full, v0, a, k0, kd, panel, out);
+                }
+            }
+            if rest_full_width {
+                tile_n::<S, 4>(rest, full, 0, a, k0, kd, panel, out);
+            }
+        }
+    }
+}
+
+/// `rows` × 4v, depth-blocked: the products of `rows` rows of A with one
+/// panel, in blocks of [`l1_depth`] so the panel slice is read from L2 once per
+/// block rather than once per row group; row r's result goes to `out[r]` (4
+/// vectors each). The register tile is the ISA's (`tuning.rs`); every output
+/// is one FMA chain in k order whatever the tile or the row source, so the
+/// rows grouped with a row never change its result.
+///
+/// # Safety
+/// `a` addresses `rows` rows of `depth` readable elements (for [`PackedRows`],
+/// as [`pack_rows`] wrote them for this `S`); `panel` readable for
+/// `depth · 4 · LANES`; `out` holds at least `rows` entries.
+#[inline(always)]
+pub unsafe fn rows_x4v_kblocked<S: Simd>(
+    rows: usize,
+    a: impl RowSource<S::E>,
+    depth: usize,
+    panel: *const S::E,
+    out: &mut [[S; 4]],
+) {
+    out[..rows].fill([S::splat(S::E::ZERO); 4]);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        // 64-byte vectors: AVX-512, with 32 vector registers.
+        if size_of::<S>() >= 64 {
+            rows_tiled::<S, MR_32_REGISTERS, NV_32_REGISTERS>(rows, a, depth, panel, out);
+        } else {
+            rows_tiled::<S, MR_16_REGISTERS, NV_16_REGISTERS>(rows, a, depth, panel, out);
+        }
     }
 }
 
@@ -173,6 +348,26 @@ pub fn accumulators<S: Simd>(room: &mut [VectorRoom]) -> &mut [[S; 4]] {
     // bit pattern is a valid `S`, a plain vector of floats (simd/vector.rs). The
     // new slice takes over the exclusive borrow of `room`.
     unsafe { std::slice::from_raw_parts_mut(room.as_mut_ptr().cast::<[S; 4]>(), len) }
+}
+
+/// Room for `len` elements of `E` (the rows [`pack_rows`] writes), or the
+/// error naming `what`, without naming `E`'s vector type (as
+/// [`accumulator_room`]); seen as elements through [`elements`].
+pub fn packed_room<E>(len: usize, what: &str) -> Result<Vec<VectorRoom>> {
+    let bytes = len.saturating_mul(size_of::<E>());
+    alloc::zeroed(&[bytes.div_ceil(size_of::<VectorRoom>())], what)
+}
+
+/// `room` as elements of `E`: as many as fit.
+#[inline(always)]
+pub fn elements<E: SimdElement>(room: &mut [VectorRoom]) -> &mut [E] {
+    const { assert!(align_of::<E>() <= align_of::<VectorRoom>()) };
+    let len = size_of_val(room) / size_of::<E>();
+    // SAFETY: `len` elements of E fit in the bytes of `room`, aligned for E
+    // (asserted); the bytes are initialised (zeroed when allocated, then
+    // written only as E), and every bit pattern is a valid f32 or f64 (the
+    // only `SimdElement`s). The new slice takes over the exclusive borrow.
+    unsafe { std::slice::from_raw_parts_mut(room.as_mut_ptr().cast::<E>(), len) }
 }
 
 /// 1 × 8v: one row against two panels at once, eight independent FMA chains

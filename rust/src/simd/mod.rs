@@ -9,6 +9,7 @@
 //! - `isa.rs`: [`Isa`], detection, the active ISA, [`Kernel`] and [`dispatch`]
 //! - `activation.rs`: [`exp`], [`sigmoid`], [`tanh`]
 //! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
+//! - `peak.rs`: the measured single-core FMA peak of an ISA
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
@@ -18,6 +19,7 @@ pub mod avx512;
 pub mod bandwidth;
 pub mod element;
 pub mod isa;
+pub mod peak;
 pub mod scalar;
 pub mod vector;
 

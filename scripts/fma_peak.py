@@ -1,0 +1,75 @@
+"""The single-core f32 FMA peak of every SIMD path this CPU runs, and of all cores.
+
+    python scripts/fma_peak.py [--seconds 0.5] [--threads N]
+
+Prints the CPU model (from /proc/cpuinfo), then for each ISA the GFLOP/s of one
+core and of N cores at once (N threads, default: every CPU; the GIL is released
+while each measures). The figure is the fastest round of a loop of independent
+FMAs on registers (`rust/src/simd/peak.rs`): the yardstick for the products'
+GFLOP/s in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+
+import lstm_fast
+from lstm_fast import _core
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = fields.get("model name", "unknown")
+    family, number = fields.get("cpu family"), fields.get("model")
+    return f"{model} (family {family}, model {number})" if family else model
+
+
+def peak_on_threads(threads: int, seconds: float) -> float:
+    """Sum of the per-thread peaks of `threads` threads measuring at once."""
+    rates = [0.0] * threads
+    start = threading.Barrier(threads)
+
+    def measure(i: int) -> None:
+        start.wait()
+        rates[i] = _core.fma_peak(seconds)
+
+    workers = [threading.Thread(target=measure, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5, help="per measurement")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    print(f"CPU: {cpu_model()}")
+    print(f"CPUs: {os.cpu_count()}")
+    previous = lstm_fast.get_isa()
+    try:
+        print(f"{'ISA':8} {'1 core GFLOP/s':>15} {f'{args.threads} cores GFLOP/s':>18}")
+        for isa in lstm_fast.available_isas():
+            _core.set_isa(isa)
+            one = _core.fma_peak(args.seconds)
+            many = peak_on_threads(args.threads, args.seconds)
+            print(f"{isa:8} {one:15.1f} {many:18.1f}")
+    finally:
+        _core.set_isa(previous)
+
+
+if __name__ == "__main__":
+    main()
