@@ -131,13 +131,15 @@ _CELL = 17  # width of one "ms GFLOP/s" cell
 _RATIO = 9
 
 
-def _header(impls: list[str], ratio_impls: list[str], with_sgemm: bool) -> list[str]:
+def _header(impls: list[str], ratio_impls: list[str], with_peak: bool) -> list[str]:
     top = f"{'':<13}" + "".join(f"  {benchmark.IMPL_LABELS[i]:^{_CELL}}" for i in impls)
     top += "  | lstm_fast speed-up over"
+    if with_peak:
+        top += " " * max(1, _RATIO * len(ratio_impls) - 23) + " | % of the FMA peak"
     sub = f"{'shape':<6}{'pass':<7}" + "".join(f"  {'ms':>9}{'GFLOP/s':>8}" for _ in impls)
     sub += "  |" + "".join(f"{benchmark.IMPL_LABELS[i]:>{_RATIO}}" for i in ratio_impls)
-    if with_sgemm:
-        sub += f"{'%sgemm':>8}"
+    if with_peak:
+        sub += " |" + "".join(f"{benchmark.IMPL_LABELS[i]:>{_RATIO + 1}}" for i in impls)
     return [top, sub, "-" * len(sub)]
 
 
@@ -148,12 +150,13 @@ def run_table(
     repeats: int,
     budget_s: float,
     rounds: int,
-    sgemm: float | None,
+    peak: float | None,
 ) -> dict[str, float]:
     """Measure and print the table row by row; returns, per peer, the largest
-    relative difference of its forward output from lstm_fast's."""
+    relative difference of its forward output from lstm_fast's. ``peak`` (GFLOP/s
+    of the cores used) adds each implementation's share of it."""
     ratio_impls = [i for i in impls if i != "lstm_fast"]
-    for line in _header(impls, ratio_impls, bool(sgemm)):
+    for line in _header(impls, ratio_impls, bool(peak)):
         _say(line)
     agreement: dict[str, float] = {}
     unavailable: dict[str, str] = {}
@@ -193,8 +196,13 @@ def run_table(
                     ratios += f"{best[impl] / ours:>{_RATIO - 1}.2f}x"
                 else:
                     ratios += f"{'-':>{_RATIO}}"
-            if ours is not None and sgemm:
-                ratios += f"{100 * work / ours / 1e9 / sgemm:>7.0f}%"
+            if peak:
+                ratios += " |"
+                for impl in impls:
+                    if impl in best:
+                        ratios += f"{100 * work / best[impl] / 1e9 / peak:>{_RATIO}.0f}%"
+                    else:
+                        ratios += f"{'-':>{_RATIO + 1}}"
             _say(f"  |{ratios}")
         # Same weights and input everywhere: the outputs must agree.
         if "lstm_fast" in outputs:
@@ -326,13 +334,15 @@ def run_bench(args: argparse.Namespace, *, check_first: bool = False) -> int:
             f"  Not installed, not timed: {'; '.join(not_installed)}. "
             'pip install ".[peers]" adds them.'
         )
-    sgemm: float | None = None
-    if not quick:
-        _say("  %sgemm: lstm_fast's GFLOP/s over NumPy's sgemm 2048^3 rate: ", end="")
-        sgemm = benchmark.sgemm_gflops(2048)
-        _say(f"{sgemm:.0f} GFLOP/s")
+    _say(f"  CPU: {benchmark.cpu_model()}")
+    per_core = benchmark.fma_peak()
+    peak = per_core * threads
+    _say(
+        f"  % of the FMA peak: GFLOP/s over {threads} x {per_core:.0f} GFLOP/s, the measured "
+        f"single-core f32 FMA peak of the {lstm_fast.get_isa()} path (scripts/fma_peak.py)."
+    )
     _say()
-    agreement = run_table(shapes, impls, threads, repeats, budget_s, rounds, sgemm)
+    agreement = run_table(shapes, impls, threads, repeats, budget_s, rounds, peak)
     if agreement:
         _say(
             "Forward outputs vs lstm_fast, max |a-b|/(1+|b|): "

@@ -44,6 +44,7 @@ __all__ = [
     "Timing",
     "cpu_model",
     "flop",
+    "fma_peak",
     "make_problem",
     "make_runner",
     "make_runners",
@@ -488,6 +489,15 @@ def time_interleaved(
         if gc_was_enabled:
             gc.enable()
     return {name: Timing(min(ts), statistics.median(ts), len(ts)) for name, ts in times.items()}
+
+
+def fma_peak(seconds: float = 0.2) -> float:
+    """The measured single-core f32 FMA peak of the SIMD path in use, GFLOP/s: a
+    loop of independent FMAs on registers (rust/src/simd/peak.rs), the fastest
+    round of ``seconds``."""
+    from lstm_fast import _core
+
+    return float(_core.fma_peak(seconds))
 
 
 def sgemm_gflops(n: int = 2048, *, repeats: int = 3, budget_s: float = 1.0) -> float:
