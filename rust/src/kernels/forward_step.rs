@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, mrx4v, pack_rows, row_x8v, rows_x4v_kblocked, PackedRows, Rows,
+    accumulator_room, accumulators, mrx4v, pack_rows, row_x8v, rows_x4v_kblocked, PackedRows,
     VectorRoom,
 };
 use crate::alloc;
@@ -174,8 +174,10 @@ impl<E: Float> ForwardScratch<E> {
 #[derive(Default)]
 struct Projection<E> {
     data: Vec<E>,
-    /// Gathered input rows, (steps in block · slots) × I.
+    /// The input rows of the block, (steps in block · slots) × I, packed for
+    /// the register tile (`pack_rows`), and where each comes from in x.
     rows: Vec<E>,
+    sources: Vec<usize>,
     /// The register tile's results for every row of a block, one tile at a time.
     products: Vec<VectorRoom>,
     /// First step of the block, steps per block, slots, units of the member.
@@ -198,6 +200,7 @@ impl<E: Float> Projection<E> {
         Ok(Projection {
             data: alloc::zeroed(&[steps, slots, 4, n], "the input projection of a block")?,
             rows: alloc::zeroed(&[steps, slots, input], "the input rows of a block")?,
+            sources: alloc::zeroed(&[steps, slots], "the input rows of a block")?,
             products: accumulator_room::<E>(
                 steps.saturating_mul(slots),
                 lanes,
@@ -228,14 +231,19 @@ impl<E: Float> ForwardChunk<'_, E> {
         let (geo, input, w) = (self.geo, self.input, S::LANES);
         p.s0 = s0;
         let s1 = (s0 + p.steps).min(geo.steps);
+        let m = (s1 - s0) * p.slots;
+        // Slots that have stopped read x's first row: computed, never used.
+        p.sources[..m].fill(0);
         for s in s0..s1 {
             for slot in 0..self.slots.active(s) {
                 let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
-                let j = (s - s0) * p.slots + slot;
-                p.rows[j * input..][..input].copy_from_slice(&self.x[row * input..][..input]);
+                p.sources[(s - s0) * p.slots + slot] = row * input;
             }
         }
-        let m = (s1 - s0) * p.slots;
+        assert!(p.sources[..m].iter().all(|&at| at + input <= self.x.len()));
+        let (x, sources) = (self.x.as_ptr(), &p.sources);
+        // SAFETY: every source row lies inside x (asserted).
+        unsafe { pack_rows::<S>(m, |j| x.add(sources[j]), input, &mut p.rows) };
         let stride = input * 4 * w; // one panel
         let products = accumulators::<S>(&mut p.products);
         assert!(products.len() >= m && p.rows.len() >= m * input);
@@ -243,13 +251,16 @@ impl<E: Float> ForwardChunk<'_, E> {
         assert!(p.data.len() >= m * 4 * p.units && p.units == self.tiles.len() * w);
         for tile in self.tiles.clone() {
             let u0 = tile * w - p.first_unit;
-            // SAFETY: rows r < m of `rows` hold `input` elements each, the
-            // tile's panel lies inside `ih_panels`, and `products` holds m
+            // SAFETY: `rows` holds m rows of `input` as `pack_rows` wrote them,
+            // the tile's panel lies inside `ih_panels`, and `products` holds m
             // results (asserted above).
             unsafe {
-                let rows = p.rows.as_ptr();
+                let rows = PackedRows {
+                    data: p.rows.as_ptr(),
+                    depth: input,
+                };
                 let panel = self.ih_panels.as_ptr().add(tile * stride);
-                rows_x4v_kblocked::<S>(m, Rows(|r| rows.add(r * input)), input, panel, products);
+                rows_x4v_kblocked::<S>(m, rows, input, panel, products);
             }
             for (r, acc) in products[..m].iter().enumerate() {
                 let out = &mut p.data[r * 4 * p.units + u0..];
