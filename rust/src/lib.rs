@@ -13,9 +13,9 @@
 //! kernels/          what one thread computes
 //!   forward_step.rs   one chunk's forward time loop, fused with the gate math
 //!   backward_step.rs  one chunk's backward time loop, fused with the derivatives
-//!   microkernel.rs    the register tiles: mrx4v, rows_x4v_kblocked, row_x8v
+//!   microkernel.rs    the register tiles: mrxnv_accumulate, rows_x4v_kblocked, row_x8v
 //!   gemm.rs           the large products, split by rows
-//!   pack.rs           the weight layouts
+//!   pack.rs           the weight layouts, PanelCache (packed once for many calls)
 //!   layout.rs         where every (step, row) lives
 //! parallel/         how threads share a call
 //!   split.rs          batch or hidden split, chunks of rows, running the members
@@ -25,6 +25,8 @@
 //! simd/             which instructions run
 //!   isa.rs            Isa, detection, the active ISA, Kernel + dispatch
 //!   activation.rs     exp, sigmoid, tanh
+//!   peak.rs           the measured FMA peak of one core
+//!   bandwidth.rs      the measured read bandwidth of one core from a buffer
 //!   element.rs        f32 and f64: activation constants, vector type per ISA
 //!   scalar.rs avx2.rs avx512.rs   the vectors of each ISA
 //!   vector.rs         the Simd and SimdElement traits, partial loads/stores
