@@ -67,6 +67,12 @@ def main() -> None:
             one = _core.fma_peak(args.seconds)
             many = peak_on_threads(args.threads, args.seconds)
             print(f"{isa:8} {one:15.1f} {many:18.1f}")
+        print("Read bandwidth of one core from a buffer (the batch-1 limit; see")
+        print("scripts/batch1_bandwidth.py), with the active ISA's vectors:")
+        _core.set_isa(previous)
+        for kib in (32, 128, 256, 512, 1024, 4096):
+            rate = _core.read_bandwidth(kib * 1024, args.seconds)
+            print(f"  {kib:5} KiB: {rate / 1e9:6.1f} GB/s")
     finally:
         _core.set_isa(previous)
 

@@ -13,7 +13,7 @@
 //! kernels/          what one thread computes
 //!   forward_step.rs   one chunk's forward time loop, fused with the gate math
 //!   backward_step.rs  one chunk's backward time loop, fused with the derivatives
-//!   microkernel.rs    the register tiles: mrxnv_accumulate, rows_x4v_kblocked, row_x8v
+//!   microkernel.rs    the register tiles: mrxnv_accumulate, rows_x4v_kblocked, row_x4pv
 //!   gemm.rs           the large products, split by rows
 //!   pack.rs           the weight layouts, PanelCache (packed once for many calls)
 //!   layout.rs         where every (step, row) lives

@@ -50,6 +50,11 @@ pub const PROJECTION_ROWS: usize = 256;
 /// stay there while the block is written.
 pub const PACK_DEPTH: usize = 64;
 
+/// Panels the batch-1 product (`row_x4pv`) runs at once: 4 FMA chains each,
+/// so 3 panels give 12 chains, slack over the 8 that FMA latency × ports
+/// needs, in 13 of AVX2's 16 registers.
+pub const BATCH1_PANELS: usize = 3;
+
 /// Panel rows ahead that the batch-1 product prefetches: far enough ahead to
 /// cover L2's latency at the rate the row is consumed.
 pub const ROW_PREFETCH_DISTANCE: usize = 8;

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, row_x8v,
+    accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, row_x4pv,
     rows_x4v_kblocked, PackedRows, VectorRoom,
 };
 use crate::cancel::Cancel;
@@ -19,6 +19,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, load_n, store_n, Kernel, Simd};
+use crate::tuning::BATCH1_PANELS;
 
 /// A chunk's backward state, shared by its team: for each slot of length > 0
 /// (a prefix of the slots), Hp each: the dh_n seed of the row's last step, the
@@ -207,16 +208,25 @@ impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
         for s in (0..geo.steps).rev() {
             let active = self.slots.active(s);
             if active == 1 && prev_active == 1 {
-                // One row: latency-bound, so two panels at a time (8 chains).
+                // One row: latency-bound, so several panels at a time
+                // (BATCH1_PANELS, 4 chains each).
                 let mut q = self.tiles.start;
                 while q < self.tiles.end {
                     // SAFETY: slot 0's da row of iteration s + 1 is whole and
                     // was finished before the barrier; panels hold depth ×
                     // width (asserted); `finish` gets slot 0 and our tiles.
                     unsafe {
-                        if q + 1 < self.tiles.end {
+                        let da = da_row(0, s + 1);
+                        if q + BATCH1_PANELS <= self.tiles.end {
+                            let panels = std::array::from_fn(|i| panel(q + i));
+                            let acc = row_x4pv::<S, BATCH1_PANELS>(da, 1, depth, panels);
+                            for (i, acc) in acc.into_iter().enumerate() {
+                                self.finish::<S>(s, 0, q + i, acc);
+                            }
+                            q += BATCH1_PANELS;
+                        } else if q + 1 < self.tiles.end {
                             let [acc0, acc1] =
-                                row_x8v::<S>(da_row(0, s + 1), 1, depth, [panel(q), panel(q + 1)]);
+                                row_x4pv::<S, 2>(da, 1, depth, [panel(q), panel(q + 1)]);
                             self.finish::<S>(s, 0, q, acc0);
                             self.finish::<S>(s, 0, q + 1, acc1);
                             q += 2;

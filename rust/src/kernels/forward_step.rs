@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, mrx4v, pack_rows, row_x8v, rows_x4v_kblocked, PackedRows,
+    accumulator_room, accumulators, mrx4v, pack_rows, row_x4pv, rows_x4v_kblocked, PackedRows,
     VectorRoom,
 };
 use crate::alloc;
@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, store_n, Kernel, Simd};
-use crate::tuning::PROJECTION_ROWS;
+use crate::tuning::{BATCH1_PANELS, PROJECTION_ROWS};
 
 /// Outputs of the forward pass for the whole batch (chunks write their rows).
 #[derive(Clone, Copy)]
@@ -317,15 +317,24 @@ impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
             let cur = self.state.h[s % 2].0 as *const E;
             let panel = |q: usize| self.panels[q * stride..].as_ptr();
             if active == 1 {
-                // One row: latency-bound, so two panels at a time (8 chains).
+                // One row: latency-bound, so several panels at a time
+                // (BATCH1_PANELS, 4 chains each).
                 let mut p = self.tiles.start;
                 while p < self.tiles.end {
                     // SAFETY: slot 0's state row holds hp ≥ h elements; panels
                     // hold h rows of 4·w (asserted); `finish` gets slot 0 and
                     // tiles of this member.
                     unsafe {
-                        if p + 1 < self.tiles.end {
-                            let [acc0, acc1] = row_x8v::<S>(cur, 1, h, [panel(p), panel(p + 1)]);
+                        if p + BATCH1_PANELS <= self.tiles.end {
+                            let panels = std::array::from_fn(|i| panel(p + i));
+                            let acc = row_x4pv::<S, BATCH1_PANELS>(cur, 1, h, panels);
+                            for (i, acc) in acc.into_iter().enumerate() {
+                                self.finish::<S>(s, 0, p + i, acc, xw);
+                            }
+                            p += BATCH1_PANELS;
+                        } else if p + 1 < self.tiles.end {
+                            let [acc0, acc1] =
+                                row_x4pv::<S, 2>(cur, 1, h, [panel(p), panel(p + 1)]);
                             self.finish::<S>(s, 0, p, acc0, xw);
                             self.finish::<S>(s, 0, p + 1, acc1, xw);
                             p += 2;

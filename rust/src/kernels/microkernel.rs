@@ -370,26 +370,27 @@ pub fn elements<E: SimdElement>(room: &mut [VectorRoom]) -> &mut [E] {
     unsafe { std::slice::from_raw_parts_mut(room.as_mut_ptr().cast::<E>(), len) }
 }
 
-/// 1 × 8v: one row against two panels at once, eight independent FMA chains
+/// 1 × 4Pv: one row against P panels at once, 4·P independent FMA chains
 /// instead of four, enough to hide FMA latency when a step has a single row
-/// (batch 1). Each output is the same chain as in [`mrx4v`], so results are
-/// bitwise those of two `mrx4v::<S, 1>` calls.
+/// (batch 1), and P sequential streams of panel rows, each prefetched a few
+/// rows ahead. Each output is the same chain as in [`mrx4v`], so results are
+/// bitwise those of P `mrx4v::<S, 1>` calls.
 ///
 /// # Safety
-/// As for [`mrx4v`], for both panels.
+/// As for [`mrx4v`], for every panel.
 #[inline(always)]
-pub unsafe fn row_x8v<S: Simd>(
+pub unsafe fn row_x4pv<S: Simd, const P: usize>(
     a: *const S::E,
     a_cs: usize,
     depth: usize,
-    panels: [*const S::E; 2],
-) -> [[S; 4]; 2] {
+    panels: [*const S::E; P],
+) -> [[S; 4]; P] {
     let w = S::LANES;
-    let mut acc = [[S::splat(S::E::ZERO); 4]; 2];
+    let mut acc = [[S::splat(S::E::ZERO); 4]; P];
     // Bytes of one panel row (4 vectors), and how far ahead to prefetch.
     let row_bytes = 4 * w * size_of::<S::E>();
     for k in 0..depth {
-        // SAFETY: k < depth: inside both panels and the row (caller's contract).
+        // SAFETY: k < depth: inside every panel and the row (caller's contract).
         unsafe {
             let x = S::splat(*a.add(k * a_cs));
             for (acc, panel) in acc.iter_mut().zip(panels) {
