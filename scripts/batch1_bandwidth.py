@@ -22,9 +22,8 @@ import argparse
 import threading
 import time
 
-import numpy as np
-
 import lstm_fast
+import numpy as np
 from lstm_fast import _core
 from lstm_fast.benchmark import cpu_model
 
