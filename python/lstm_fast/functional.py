@@ -640,10 +640,9 @@ class PreparedWeights:
         need_cache: bool = True,
         **variant: Any,
     ) -> Forward:
-        """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``; the
-        peepholes are the prepared ones, ``variant`` the other options of
-        :func:`forward` (``clip``, ``input_forget``, ``forget_gate``,
-        ``activations``)."""
+        """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
+        ``variant`` takes the variant options of :func:`forward` (``peepholes``
+        defaults to the prepared ones)."""
         need_cache = flag("need_cache", need_cache)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
@@ -664,14 +663,12 @@ class PreparedWeights:
 
 
 def _variant_keywords(given: dict[str, Any]) -> dict[str, Any]:
-    """The variant options a prepared call may take (its peepholes are prepared)."""
-    allowed = ("clip", "input_forget", "forget_gate", "activations")
+    """The variant options a prepared call may take: :func:`forward`'s (peepholes
+    given here replace the prepared ones for this call)."""
+    allowed = ("peepholes", "clip", "input_forget", "forget_gate", "activations")
     for k in given:
         if k not in allowed:
-            raise TypeError(
-                f"unexpected keyword argument {k!r}"
-                + (" (prepare the weights with peepholes=)" if k == "peepholes" else "")
-            )
+            raise TypeError(f"unexpected keyword argument {k!r}")
     return given
 
 
