@@ -106,7 +106,9 @@ class _Args:
             clip=clip, input_forget=input_forget, forget_gate=forget_gate, activations=activations
         )
         #: None for the plain activations, else three (ONNX name, alpha, beta).
-        self.activations = None if acts == PLAIN_ACTIVATIONS else acts
+        self.activations: tuple[tuple[str, float | None, float | None], ...] | None = (
+            None if acts == PLAIN_ACTIVATIONS else acts
+        )
         raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
         arrays, sizes = pass_arguments(raw, batch_first=batch_first, names=names)
         if peepholes is None and prepared is not None:
@@ -372,7 +374,7 @@ def _seed(
 
 def _run_backward(
     cache: Cache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str], flow: bool = False
-) -> tuple[tuple[Any, ...], np.ndarray | None, GradientFlow | None]:
+) -> tuple[tuple[Any, Any, Any, Any, Any, Any, Any], np.ndarray | None, GradientFlow | None]:
     """The seven classic gradients, dpeepholes (None without peepholes) and the
     gradient flow (None unless ``flow``)."""
     a = cache._args
