@@ -38,6 +38,14 @@ class Sequence(Protocol):
     batch: int
     input: int
     hidden: int
+    # The variant (docs/variants.md): peepholes (3H,) [p_i, p_o, p_f] or None;
+    # clip > 0 or None; the two flags; activations None (the plain ones) or
+    # three (ONNX name, alpha or None, beta or None).
+    peepholes: np.ndarray | None
+    clip: float | None
+    input_forget: bool
+    forget_gate: bool
+    activations: tuple[tuple[str, float | None, float | None], ...] | None
 
 
 class Outputs(NamedTuple):
@@ -51,11 +59,13 @@ class Outputs(NamedTuple):
 class CacheArrays(NamedTuple):
     """What forward writes for backward, rows ordered like x: the activated
     gates (T*B, 4*Hp) in blocks i, f, g, o; cells and h_prev (T*B, Hp), with
-    Hp = ``_core.hidden_pad(H, itemsize)``."""
+    Hp = ``_core.hidden_pad(H, itemsize)``; ``pre`` (T*B, 4*Hp), the
+    pre-activations, for the variants whose backward needs them (else None)."""
 
     gates: np.ndarray
     cells: np.ndarray
     h_prev: np.ndarray
+    pre: np.ndarray | None
 
 
 class Seeds(NamedTuple):
@@ -69,7 +79,9 @@ class Seeds(NamedTuple):
 class Grads(NamedTuple):
     """What backward writes, each shaped like its variable; ``db`` (4H,) is the
     gradient of both biases (None: not wanted); ``scratch`` (T*B, 4*Hp), any
-    contents, holds the gate gradients (None: the engine allocates them)."""
+    contents, holds the gate gradients (None: the engine allocates them);
+    ``dpeepholes`` (3H,) with peepholes, else None; ``flow_h``, ``flow_c``
+    (T, B) the gradient-flow norms, or both None."""
 
     dx: np.ndarray
     dh0: np.ndarray
@@ -78,3 +90,6 @@ class Grads(NamedTuple):
     dw_hh: np.ndarray
     db: np.ndarray | None
     scratch: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    flow_h: np.ndarray | None
+    flow_c: np.ndarray | None

@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "ACTIVATION_PARAMETERS",
     "CELL_NAMES",
+    "NEEDS_INPUT",
+    "PLAIN_ACTIVATIONS",
+    "activation_entry",
+    "activation_spec",
     "as_array",
     "cast",
     "cell_arguments",
@@ -47,6 +52,7 @@ __all__ = [
     "real_number",
     "shape_error",
     "shaped_array",
+    "variant_options",
 ]
 
 _FLOAT32 = np.dtype(np.float32)
@@ -402,6 +408,116 @@ def cell_arguments(
     if xa.ndim != 2:
         raise ValueError(f"x_t must have shape (batch, input_size) (2 dimensions), got {xa.shape}")
     return {"x": xa[None], "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h, "c0": c}
+
+
+# ---------------------------------------------------------------------------
+# The options of the LSTM variants (docs/variants.md)
+# ---------------------------------------------------------------------------
+
+#: ONNX's activations, in ONNX's spelling, with the parameters each takes
+#: (alpha, then beta) and ONNX's defaults for them (None: ONNX has none, the
+#: caller must give it).
+ACTIVATION_PARAMETERS: dict[str, tuple[float | None, ...]] = {
+    "Sigmoid": (),
+    "Tanh": (),
+    "Relu": (),
+    "HardSigmoid": (0.2, 0.5),
+    "Affine": (None, None),
+    "LeakyRelu": (0.01,),
+    "ThresholdedRelu": (1.0,),
+    "ScaledTanh": (None, None),
+    "Elu": (1.0,),
+    "Softsign": (),
+    "Softplus": (),
+}
+_ACTIVATION_BY_LOWER_NAME = {name.lower(): name for name in ACTIVATION_PARAMETERS}
+
+#: The activations whose derivative needs the pre-activation, not only the
+#: activation's output (rust/src/variant.rs, ``Activation::needs_input``).
+NEEDS_INPUT = frozenset(ACTIVATION_PARAMETERS) - {"Sigmoid", "Tanh", "HardSigmoid", "Affine"}
+
+Spec = tuple[str, "float | None", "float | None"]
+
+
+def activation_spec(name: Any, alpha: Any = None, beta: Any = None) -> Spec:
+    """One activation as ``(ONNX name, alpha, beta)``: the name matched without
+    regard to case, each parameter it takes a real number (ONNX's default where
+    not given), those it does not take None. An unknown name, a missing required
+    parameter or an extra one is a ``ValueError``."""
+    if not isinstance(name, str) or name.lower() not in _ACTIVATION_BY_LOWER_NAME:
+        known = ", ".join(ACTIVATION_PARAMETERS)
+        raise ValueError(f"activations: unknown activation {name!r:.80}; known: {known}")
+    name = _ACTIVATION_BY_LOWER_NAME[name.lower()]
+    defaults = ACTIVATION_PARAMETERS[name]
+    params: dict[str, Any] = {"alpha": alpha, "beta": beta}
+    for k, (param, value) in enumerate(list(params.items())):
+        if k >= len(defaults):
+            if value is not None:
+                raise ValueError(f"activations: {name} takes no {param}, got {value!r:.80}")
+            continue
+        if value is None and defaults[k] is None:
+            raise ValueError(f"activations: {name} needs its {param} (ONNX has no default)")
+        number = defaults[k] if value is None else value
+        params[param] = real_number(f"activations: {name}'s {param}", number)
+    return name, params["alpha"], params["beta"]
+
+
+def activation_entry(value: Any) -> Spec:
+    """An entry of ``activations``: a name, ``(name, alpha)``, ``(name, alpha,
+    beta)`` or an object with ``name``, ``alpha`` and ``beta`` (the reference's
+    ``Activation``), as :func:`activation_spec` gives it."""
+    if isinstance(value, str):
+        return activation_spec(value)
+    if isinstance(value, (tuple, list)) and 1 <= len(value) <= 3:
+        return activation_spec(*value)
+    if all(hasattr(value, k) for k in ("name", "alpha", "beta")):
+        return activation_spec(value.name, value.alpha, value.beta)
+    raise TypeError(
+        f"activations: each entry must be a name, (name, alpha), (name, alpha, beta) "
+        f"or an Activation, got {value!r:.80}"
+    )
+
+
+#: The plain LSTM's activations (f, g, h).
+PLAIN_ACTIVATIONS: tuple[Spec, Spec, Spec] = (
+    ("Sigmoid", None, None),
+    ("Tanh", None, None),
+    ("Tanh", None, None),
+)
+
+
+def variant_options(
+    *, clip: Any, input_forget: Any, forget_gate: Any, activations: Any
+) -> tuple[float | None, bool, bool, tuple[Spec, Spec, Spec]]:
+    """The options of a variant that are not arrays, checked: ``clip`` a number
+    > 0 or None, the two flags (not both coupling and removing the forget gate)
+    and the three activations (f for the gates, g for the cell candidate, h for
+    the output; None: the plain ones)."""
+    if clip is not None:
+        clip = real_number("clip", clip)
+        if not clip > 0:
+            raise ValueError(f"clip must be > 0 (or None for no clip), got {clip}")
+    input_forget = flag("input_forget", input_forget)
+    forget_gate = flag("forget_gate", forget_gate)
+    if input_forget and not forget_gate:
+        raise ValueError(
+            "input_forget=True couples the forget gate to the input gate (f = 1 - i), "
+            "forget_gate=False removes it (f = 1): give one or the other"
+        )
+    if activations is None:
+        return clip, input_forget, forget_gate, PLAIN_ACTIVATIONS
+    if isinstance(activations, str) or not isinstance(activations, (tuple, list)):
+        raise TypeError(
+            f"activations must be a sequence of 3 activations (f, g, h), "
+            f"got {type(activations).__name__}"
+        )
+    if len(activations) != 3:
+        raise ValueError(
+            f"activations must have 3 entries (f for the gates, g for the cell "
+            f"candidate, h for the output), got {len(activations)}"
+        )
+    f, g, h = (activation_entry(a) for a in activations)
+    return clip, input_forget, forget_gate, (f, g, h)
 
 
 # ---------------------------------------------------------------------------

@@ -29,6 +29,59 @@ class Gradients(NamedTuple):
     db_hh: np.ndarray | None
 
 
+class GradientFlow(NamedTuple):
+    """How the gradient travels back through time (``backward(..., flow=True)``).
+
+    ``dh[t, b]`` is the L2 norm over the units of dL/dh_t of row b: the whole
+    gradient that reaches the state h_t (dy_t plus what comes back from step t+1;
+    P units with a projection); ``dc[t, b]`` that of dL/dc_t, everything that
+    reaches c_t (through h_t, the output peephole and step t+1). Both are (T, B),
+    time-major and indexed by real time whatever ``batch_first`` and ``reverse``;
+    steps past a row's length are 0. ``dh_sum`` and ``dc_sum`` (T,) are their sums
+    over the batch.
+    """
+
+    dh: np.ndarray
+    dc: np.ndarray
+    dh_sum: np.ndarray
+    dc_sum: np.ndarray
+
+
+class VariantGradients(NamedTuple):
+    """Result of :func:`lstm_fast.backward` (and the reference's) when the forward
+    had a projection or peepholes, or ``flow=True``: the seven fields of
+    ``Gradients``, in its order (``g[:7]`` is the classic tuple), then the
+    gradients of the new parameters (``None`` where the forward had none) and the
+    gradient flow (``None`` unless asked for)."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    flow: GradientFlow | None
+
+
+class CellVariantGradients(NamedTuple):
+    """Result of :func:`lstm_fast.cell_backward` (and the reference's) when the
+    step had a projection or peepholes: the seven fields of ``CellGradients``,
+    then ``dw_hr`` and ``dpeepholes``."""
+
+    dx: np.ndarray
+    dh: np.ndarray
+    dc: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray | None
+    dpeepholes: np.ndarray | None
+
+
 class Cell(NamedTuple):
     """Result of :func:`lstm_fast.cell_forward`."""
 

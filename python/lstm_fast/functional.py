@@ -15,6 +15,8 @@ from . import _core
 from ._bundles import CacheArrays, Grads, Outputs, Seeds
 from ._checks import (
     CELL_NAMES,
+    NEEDS_INPUT,
+    PLAIN_ACTIVATIONS,
     as_array,
     cell_arguments,
     check_lengths,
@@ -30,8 +32,17 @@ from ._checks import (
     positive_int,
     real_array,
     shaped_array,
+    variant_options,
 )
-from ._types import Cell, CellGradients, Forward, Gradients
+from ._types import (
+    Cell,
+    CellGradients,
+    CellVariantGradients,
+    Forward,
+    GradientFlow,
+    Gradients,
+    VariantGradients,
+)
 
 __all__ = [
     "Cache",
@@ -81,11 +92,31 @@ class _Args:
         own: bool,
         names: dict[str, str],
         prepared: PreparedWeights | None = None,
+        peepholes: Any = None,
+        clip: Any = None,
+        input_forget: Any = False,
+        forget_gate: Any = True,
+        activations: Any = None,
     ) -> None:
         batch_first = flag("batch_first", batch_first)
         self.reverse = flag("reverse", reverse)
+        # The variant (docs/variants.md): what _core's Sequence bundle reads as
+        # peepholes, clip, input_forget, forget_gate, activations.
+        self.clip, self.input_forget, self.forget_gate, acts = variant_options(
+            clip=clip, input_forget=input_forget, forget_gate=forget_gate, activations=activations
+        )
+        #: None for the plain activations, else three (ONNX name, alpha, beta).
+        self.activations: tuple[tuple[str, float | None, float | None], ...] | None = (
+            None if acts == PLAIN_ACTIVATIONS else acts
+        )
         raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
         arrays, sizes = pass_arguments(raw, batch_first=batch_first, names=names)
+        if peepholes is None and prepared is not None:
+            peepholes = prepared._peepholes
+        if peepholes is not None:
+            arrays["peepholes"] = shaped_array(
+                "peepholes", peepholes, "(3*hidden_size,)", (3 * sizes[3],)
+            )
         # Prepared weights fix the dtype (their private copies are made in it).
         self.dtype = (
             compute_dtype(a.dtype for a in arrays.values()) if prepared is None else prepared.dtype
@@ -121,6 +152,18 @@ class _Args:
         h0n, c0n = names.get("h0", "h0"), names.get("c0", "c0")
         self.h0 = contiguous(h0n, arrays["h0"], dt, own=False) if "h0" in arrays else None
         self.c0 = contiguous(c0n, arrays["c0"], dt, own=own) if "c0" in arrays else None
+        self.peepholes = (
+            contiguous("peepholes", arrays["peepholes"], dt, own=own)
+            if "peepholes" in arrays
+            else None
+        )
+
+    @property
+    def caches_pre(self) -> bool:
+        """Whether backward needs the pre-activations cached (rust/src/variant.rs,
+        ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT)."""
+        acts = self.activations or PLAIN_ACTIVATIONS
+        return self.clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
 
     @property
     def y_shape(self) -> tuple[int, int, int]:
@@ -150,17 +193,26 @@ class Cache:
 
     ``i``, ``f``, ``g``, ``o`` (activated gates) and ``c`` (cell states) are
     read-only (T, B, H) arrays, time-major whatever the input layout; padded
-    steps hold zeros.
+    steps hold zeros. The variants whose backward needs the pre-activations
+    (``clip``, or an activation whose derivative needs its input) keep them
+    too: ``z``, (T, B, 4H), else None.
     """
 
-    __slots__ = ("_args", "_cells", "_gates", "_h_prev")
+    __slots__ = ("_args", "_cells", "_gates", "_h_prev", "_pre")
 
     def __init__(
-        self, args: _Args, gates: np.ndarray, cells: np.ndarray, h_prev: np.ndarray
+        self,
+        args: _Args,
+        gates: np.ndarray,
+        cells: np.ndarray,
+        h_prev: np.ndarray,
+        pre: np.ndarray | None = None,
     ) -> None:
-        for a in (gates, cells, h_prev):
-            a.flags.writeable = False
+        for a in (gates, cells, h_prev, pre):
+            if a is not None:
+                a.flags.writeable = False
         self._args, self._gates, self._cells, self._h_prev = args, gates, cells, h_prev
+        self._pre = pre
 
     def _time_major(self, a: np.ndarray) -> np.ndarray:
         return _readonly(a.swapaxes(0, 1) if self._args.batch_first else a)
@@ -192,6 +244,17 @@ class Cache:
         return self._time_major(self._cells.reshape(a.layout_shape(a.hidden_pad))[..., : a.hidden])
 
     @property
+    def z(self) -> np.ndarray | None:
+        """The pre-activations (T, B, 4H), blocks i, f, g, o, peepholes added,
+        before clip; None when the variant's backward does not need them."""
+        a = self._args
+        if self._pre is None:
+            return None
+        z = self._pre.reshape(a.layout_shape(4 * a.hidden_pad))
+        blocks = [z[..., k * a.hidden_pad : k * a.hidden_pad + a.hidden] for k in range(4)]
+        return self._time_major(np.concatenate(blocks, axis=-1))
+
+    @property
     def dtype(self) -> np.dtype:
         return self._args.dtype
 
@@ -199,7 +262,8 @@ class Cache:
     def nbytes(self) -> int:
         """Memory held by the cache, inputs copies included."""
         a = self._args
-        arrays = [self._gates, self._cells, self._h_prev, a.x, a.w_ih, a.w_hh, a.c0, a.lengths]
+        arrays = [self._gates, self._cells, self._h_prev, self._pre]
+        arrays += [a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes]
         return sum(x.nbytes for x in arrays if x is not None)
 
     def __repr__(self) -> str:
@@ -248,9 +312,10 @@ def _run_forward(
             gates=empty("cache (gates)", (rows, 4 * hp), dt),
             cells=empty("cache (cells)", (rows, hp), dt),
             h_prev=empty("cache (h_prev)", (rows, hp), dt),
+            pre=empty("cache (pre-activations)", (rows, 4 * hp), dt) if args.caches_pre else None,
         )
     _core.forward(args, out, arrays)
-    cache = None if arrays is None else Cache(args, arrays.gates, arrays.cells, arrays.h_prev)
+    cache = None if arrays is None else Cache(args, *arrays)
     return out.y, out.h_n, out.c_n, cache
 
 
@@ -267,6 +332,11 @@ def forward(
     lengths: Any = None,
     reverse: bool = False,
     need_cache: bool = True,
+    peepholes: Any = None,
+    clip: Any = None,
+    input_forget: bool = False,
+    forget_gate: bool = True,
+    activations: Any = None,
 ) -> Forward:
     """Runs one LSTM layer (one direction) over a whole sequence.
 
@@ -276,11 +346,20 @@ def forward(
     valid steps (PyTorch PackedSequence semantics); ``reverse`` runs each row
     from its last valid step back to step 0. Returns ``Forward(y, h_n, c_n,
     cache)``; ``cache`` is None with ``need_cache=False``.
+
+    The variants (docs/variants.md): ``peepholes`` (3H,) in ONNX's order
+    ``[p_i, p_o, p_f]``; ``clip`` > 0 clamps the pre-activations; ``input_forget``
+    couples the gates (f = 1 - i); ``forget_gate=False`` removes the forget gate
+    (f = 1); ``activations`` ONNX's three (f for the gates, g for the cell
+    candidate, h for the output), each a name, (name, alpha) or (name, alpha,
+    beta).
     """
     need_cache = flag("need_cache", need_cache)
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
+        peepholes=peepholes, clip=clip, input_forget=input_forget, forget_gate=forget_gate,
+        activations=activations,
     )  # fmt: skip
     return Forward(*_run_forward(args, need_cache))
 
@@ -294,10 +373,10 @@ def _seed(
 
 
 def _run_backward(
-    cache: Cache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str]
-) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None
-]:
+    cache: Cache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str], flow: bool = False
+) -> tuple[tuple[Any, Any, Any, Any, Any, Any, Any], np.ndarray | None, GradientFlow | None]:
+    """The seven classic gradients, dpeepholes (None without peepholes) and the
+    gradient flow (None unless ``flow``)."""
     a = cache._args
     dt = a.dtype
     y_symbols = (
@@ -319,14 +398,25 @@ def _run_backward(
         # The gate gradients: NumPy backs large arrays with huge pages, which saves
         # the engine tens of thousands of page faults per call at the large shapes.
         scratch=empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
+        dpeepholes=None if a.peepholes is None else empty("dpeepholes", (3 * a.hidden,), dt),
+        flow_h=empty("the gradient flow (dh)", (a.steps, a.batch), dt) if flow else None,
+        flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
-    arrays = CacheArrays(gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev)
+    arrays = CacheArrays(
+        gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre
+    )
     _core.backward(a, arrays, seeds, grads)
     db = grads.db
     db_ih = db if a.has_b_ih else None
     # Two arrays when both biases exist, so updating one leaves the other alone.
     db_hh = None if db is None or not a.has_b_hh else (db.copy() if a.has_b_ih else db)
-    return grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh
+    flows = None
+    if flow:
+        norm_h, norm_c = grads.flow_h, grads.flow_c
+        assert norm_h is not None and norm_c is not None
+        flows = GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
+    classic = (grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh)
+    return classic, grads.dpeepholes, flows
 
 
 def _check_cache(cache: Any, cls: type, producer: str) -> None:
@@ -337,16 +427,31 @@ def _check_cache(cache: Any, cls: type, producer: str) -> None:
         )
 
 
-def backward(cache: Cache, dy: Any = None, dh_n: Any = None, dc_n: Any = None) -> Gradients:
+def backward(
+    cache: Cache, dy: Any = None, dh_n: Any = None, dc_n: Any = None, *, flow: bool = False
+) -> Gradients | VariantGradients:
     """Backpropagation through time for a :func:`forward` call.
 
     ``dy`` (like ``y``), ``dh_n`` and ``dc_n`` (B, H) are the gradients of the
     loss with respect to the outputs (None means zeros). Returns
     ``Gradients(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``; a bias that was
     None has gradient None. The cache can be used any number of times.
+
+    After a forward with ``peepholes``, or with ``flow=True``, returns
+    ``VariantGradients``: the same seven, then ``dw_hr`` (None: no projection
+    here), ``dpeepholes`` and ``flow`` (``GradientFlow(dh, dc, dh_sum, dc_sum)``,
+    the norms of dL/dh_t and dL/dc_t per step and row, docs/variants.md,
+    'Gradient flow'; None unless asked for). Asking for the flow changes no
+    bit of the gradients.
     """
     _check_cache(cache, Cache, "forward")
-    return Gradients(*_run_backward(cache, dy, dh_n, dc_n, ("dy", "dh_n", "dc_n")))
+    flow = flag("flow", flow)
+    classic, dpeepholes, flows = _run_backward(
+        cache, dy, dh_n, dc_n, ("dy", "dh_n", "dc_n"), flow=flow
+    )
+    if dpeepholes is None and not flow:
+        return Gradients(*classic)
+    return VariantGradients(*classic, None, dpeepholes, flows)
 
 
 # ---------------------------------------------------------------------------
@@ -355,25 +460,47 @@ def backward(cache: Cache, dy: Any = None, dh_n: Any = None, dc_n: Any = None) -
 
 
 def cell_forward(
-    x_t: Any, h: Any, c: Any, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None
+    x_t: Any,
+    h: Any,
+    c: Any,
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any = None,
+    b_hh: Any = None,
+    *,
+    peepholes: Any = None,
+    clip: Any = None,
+    input_forget: bool = False,
+    forget_gate: bool = True,
+    activations: Any = None,
 ) -> Cell:
-    """One LSTM step: ``x_t`` (B, I), ``h``, ``c`` (B, H) -> ``Cell(h_new, c_new, cache)``."""
+    """One LSTM step: ``x_t`` (B, I), ``h``, ``c`` (B, H) -> ``Cell(h_new, c_new, cache)``;
+    the variant options are :func:`forward`'s."""
     raw = cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     args = _Args(
-        *raw.values(), batch_first=False, lengths=None, reverse=False, own=True, names=CELL_NAMES
-    )
+        *raw.values(), batch_first=False, lengths=None, reverse=False, own=True, names=CELL_NAMES,
+        peepholes=peepholes, clip=clip, input_forget=input_forget, forget_gate=forget_gate,
+        activations=activations,
+    )  # fmt: skip
     _, h_new, c_new, cache = _run_forward(args, need_cache=True)
     assert cache is not None
     return Cell(h_new, c_new, CellCache(cache))
 
 
-def cell_backward(cache: CellCache, dh_new: Any = None, dc_new: Any = None) -> CellGradients:
-    """Gradients of one :func:`cell_forward` step from ``dh_new``, ``dc_new`` (B, H)."""
+def cell_backward(
+    cache: CellCache, dh_new: Any = None, dc_new: Any = None
+) -> CellGradients | CellVariantGradients:
+    """Gradients of one :func:`cell_forward` step from ``dh_new``, ``dc_new`` (B, H):
+    ``CellGradients``, or ``CellVariantGradients`` (the seven, then ``dw_hr`` (None)
+    and ``dpeepholes``) after a step with peepholes."""
     _check_cache(cache, CellCache, "cell_forward")
-    dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = _run_backward(
+    classic, dpeepholes, _ = _run_backward(
         cache._seq, None, dh_new, dc_new, ("dy", "dh_new", "dc_new")
     )
-    return CellGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh)
+    dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = classic
+    if dpeepholes is None:
+        return CellGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh)
+    return CellVariantGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh, None, dpeepholes)
 
 
 # ---------------------------------------------------------------------------
@@ -402,10 +529,19 @@ class PreparedWeights:
     and share the copies rather than copying the weights again.
     """
 
-    __slots__ = ("_bias", "_has_bias", "_kept", "_packed", "_w_hh", "_w_ih", "dtype")
+    __slots__ = (
+        "_bias", "_has_bias", "_kept", "_packed", "_peepholes", "_w_hh", "_w_ih", "dtype",
+    )  # fmt: skip
 
     def __init__(
-        self, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, dtype: Any = None
+        self,
+        w_ih: Any,
+        w_hh: Any,
+        b_ih: Any = None,
+        b_hh: Any = None,
+        *,
+        dtype: Any = None,
+        peepholes: Any = None,
     ) -> None:
         raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
         for k in ("w_ih", "w_hh"):
@@ -423,6 +559,10 @@ class PreparedWeights:
         for k in ("b_ih", "b_hh"):
             if k in arrays:
                 check_shape(k, arrays[k], "(4*hidden_size,)", (4 * hidden,))
+        if peepholes is not None:
+            arrays["peepholes"] = shaped_array(
+                "peepholes", peepholes, "(3*hidden_size,)", (3 * hidden,)
+            )
         self.dtype = (
             compute_dtype(a.dtype for a in arrays.values())
             if dtype is None
@@ -441,6 +581,9 @@ class PreparedWeights:
             _private(k, arrays[k], self.dtype) if k in arrays else None for k in ("b_ih", "b_hh")
         )
         self._packed = _core.Packed(self._w_ih, self._w_hh)
+        #: The peepholes every call uses (docs/variants.md), or None.
+        given = arrays.get("peepholes")
+        self._peepholes = None if given is None else _private("peepholes", given, self.dtype)
 
     @property
     def input_size(self) -> int:
@@ -497,33 +640,54 @@ class PreparedWeights:
         lengths: Any = None,
         reverse: bool = False,
         need_cache: bool = True,
+        **variant: Any,
     ) -> Forward:
-        """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``."""
+        """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
+        ``variant`` takes the variant options of :func:`forward` (``peepholes``
+        defaults to the prepared ones)."""
         need_cache = flag("need_cache", need_cache)
         args = self._args(
-            x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={}
-        )
+            x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
+            names={}, **_variant_keywords(variant),
+        )  # fmt: skip
         return Forward(*_run_forward(args, need_cache))
 
-    def cell_forward(self, x_t: Any, h: Any, c: Any) -> Cell:
+    def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
         """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``."""
         raw = cell_arguments(x_t, h, c, self._w_ih, self._w_hh, None, None)
         args = self._args(
             raw["x"], raw["h0"], raw["c0"], "x_t", False,
-            lengths=None, reverse=False, own=True, names=CELL_NAMES,
+            lengths=None, reverse=False, own=True, names=CELL_NAMES, **_variant_keywords(variant),
         )  # fmt: skip
         _, h_new, c_new, cache = _run_forward(args, need_cache=True)
         assert cache is not None
         return Cell(h_new, c_new, CellCache(cache))
 
 
+def _variant_keywords(given: dict[str, Any]) -> dict[str, Any]:
+    """The variant options a prepared call may take: :func:`forward`'s (peepholes
+    given here replace the prepared ones for this call)."""
+    allowed = ("peepholes", "clip", "input_forget", "forget_gate", "activations")
+    for k in given:
+        if k not in allowed:
+            raise TypeError(f"unexpected keyword argument {k!r}")
+    return given
+
+
 def prepare_weights(
-    w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, dtype: Any = None
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any = None,
+    b_hh: Any = None,
+    *,
+    dtype: Any = None,
+    peepholes: Any = None,
 ) -> PreparedWeights:
     """Copy and pack one layer's weights once: a :class:`PreparedWeights` whose
     ``forward``/``cell_forward`` skip the per-call packing. ``dtype`` (float32 or
-    float64) defaults to the weights' compute dtype."""
-    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype)
+    float64) defaults to the weights' compute dtype; ``peepholes`` (3H,) are kept
+    with the weights for every call."""
+    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype, peepholes=peepholes)
 
 
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import functional as _F
 from ._checks import (
+    PLAIN_ACTIVATIONS,
     cast,
     check_lengths,
     check_memory,
@@ -30,6 +31,8 @@ from ._checks import (
     mapping,
     positive_int,
     random_generator,
+    real_number,
+    variant_options,
 )
 from ._core import Cancel
 from ._types import LayerWeights
@@ -147,6 +150,12 @@ class LSTM:
         bidirectional: bool = False,
         dtype: Any = np.float32,
         seed: int | None = None,
+        peepholes: bool = False,
+        clip: float | None = None,
+        input_forget: bool = False,
+        forget_gate: bool = True,
+        activations: Any = None,
+        forget_bias: float | None = None,
     ) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -156,6 +165,19 @@ class LSTM:
         self.bidirectional = flag("bidirectional", bidirectional)
         self.dtype = float_dtype("dtype", dtype)
         rng = random_generator("seed", seed)
+        self.peepholes = flag("peepholes", peepholes)
+        self.clip, self.input_forget, self.forget_gate, acts = variant_options(
+            clip=clip, input_forget=input_forget, forget_gate=forget_gate, activations=activations
+        )
+        #: The three activations as (ONNX name, alpha, beta); None: the plain ones.
+        self.activations = None if acts == PLAIN_ACTIVATIONS else acts
+        if forget_bias is not None:
+            forget_bias = real_number("forget_bias", forget_bias)
+            if not self.bias:
+                raise ValueError(
+                    "forget_bias needs bias=True (it initialises the forget-gate bias)"
+                )
+        self.forget_bias = forget_bias
 
         directions = 2 if self.bidirectional else 1
         self.num_directions = directions
@@ -205,6 +227,20 @@ class LSTM:
             self.grads: dict[str, np.ndarray] = {
                 name: np.zeros_like(p) for name, p in self.parameters.items()
             }
+            # Drawn after the plain parameters: without peepholes a seed gives the
+            # same numbers as before they existed.
+            for layer in range(self.num_layers):
+                for direction in range(directions):
+                    if self.peepholes:
+                        name = self._peephole_name(layer, direction)
+                        self.parameters[name] = rng.uniform(-bound, bound, size=3 * hidden).astype(
+                            self.dtype
+                        )
+                        self.grads[name] = np.zeros_like(self.parameters[name])
+                    names = self._names[layer][direction]
+                    if forget_bias is not None and names[2] is not None:
+                        self.parameters[names[2]][hidden : 2 * hidden] = forget_bias
+                        self.parameters[names[3]][hidden : 2 * hidden] = 0  # type: ignore[index]
         except MemoryError:
             raise MemoryError(
                 f"input_size = {self.input_size}, hidden_size = {hidden} and num_layers = "
@@ -216,6 +252,42 @@ class LSTM:
         self._tape: _Tape | None = None
         #: (layer, direction) -> the weights as last packed (see _prepared_weights).
         self._prepared: dict[tuple[int, int], Any] = {}
+        #: (layer, direction) -> the ``GradientFlow`` of the last ``backward(flow=True)``.
+        self.flow: dict[tuple[int, int], Any] = {}
+
+    # The variant options of a layer made before they existed (an old pickle).
+    _VARIANT_DEFAULTS: dict[str, Any] = {
+        "peepholes": False,
+        "clip": None,
+        "input_forget": False,
+        "forget_gate": True,
+        "activations": None,
+        "forget_bias": None,
+    }
+
+    @staticmethod
+    def _peephole_name(layer: int, direction: int) -> str:
+        return f"weight_p_l{layer}" + ("_reverse" if direction else "")
+
+    def _variant(self, layer: int, direction: int) -> dict[str, Any]:
+        """The variant keywords of the functional API for one layer and direction."""
+        options: dict[str, Any] = {}
+        if self.peepholes:
+            options["peepholes"] = self.parameters[self._peephole_name(layer, direction)]
+        if self.clip is not None:
+            options["clip"] = self.clip
+        if self.input_forget:
+            options["input_forget"] = True
+        if not self.forget_gate:
+            options["forget_gate"] = False
+        if self.activations is not None:
+            options["activations"] = self.activations
+        return options
+
+    @property
+    def is_plain(self) -> bool:
+        """Whether this is the plain LSTM (no variant option)."""
+        return not self._variant(0, 0)
 
     # ------------------------------------------------------------------ helpers
 
@@ -224,12 +296,13 @@ class LSTM:
         # last forward (per-call work, and they do not pickle), and the gradients
         # belong to that call too. Dask ships layers to its workers this way.
         state = self.__dict__.copy()
-        for name in ("grads", "hx_grad", "_tape", "_prepared"):
+        for name in ("grads", "hx_grad", "_tape", "_prepared", "flow"):
             state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({**self._VARIANT_DEFAULTS, **state})
+        self.flow = {}
         # A dict of its own, so that a shallow copy (copy.copy) shares the weight
         # arrays but gets its own tape and gradients.
         self.parameters = dict(self.parameters)
@@ -245,6 +318,10 @@ class LSTM:
                 extra += f", {option}={getattr(self, option)}"
         if self.dtype != np.float32:
             extra += f", dtype={self.dtype.name}"
+        for option, default in self._VARIANT_DEFAULTS.items():
+            value = getattr(self, option)
+            if value != default:
+                extra += f", {option}={value!r}"
         return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
 
     def weights(self, layer: int, direction: int = 0) -> LayerWeights:
@@ -390,6 +467,7 @@ class LSTM:
                     lengths=lengths,
                     reverse=direction == 1,
                     need_cache=need_cache,
+                    **self._variant(layer, direction),
                 )
 
             if self.bidirectional:
@@ -418,13 +496,19 @@ class LSTM:
 
     # ----------------------------------------------------------------- backward
 
-    def backward(self, dy: Any, dh_n: Any = None, dc_n: Any = None) -> np.ndarray:
+    def backward(
+        self, dy: Any, dh_n: Any = None, dc_n: Any = None, *, flow: bool = False
+    ) -> np.ndarray:
         """Backpropagate through the last forward; returns ``dx`` and fills :attr:`grads`.
 
         ``dy`` has ``y``'s shape, ``dh_n``/``dc_n`` ``h_n``'s; ``None`` means zeros.
         Gradients replace (do not add to) the previous ones; ``hx_grad`` receives
-        ``(dh0, dc0)``. May be called more than once after one forward.
+        ``(dh0, dc0)``. May be called more than once after one forward. With
+        ``flow=True``, :attr:`flow` gets, per ``(layer, direction)``, the
+        ``GradientFlow`` of that direction's backward (docs/variants.md, 'Gradient
+        flow'; steps in real time); it changes no gradient.
         """
+        flow = flag("flow", flow)
         tape = self._tape
         if tape is None:
             raise RuntimeError("backward() needs a preceding forward() with need_cache=True")
@@ -441,6 +525,7 @@ class LSTM:
         dc = self._state("dc_n", dc_n, rows, tape.batch, tape.unbatched)
 
         grads: dict[str, np.ndarray] = {}
+        flows: dict[tuple[int, int], Any] = {}
         dh0: list[np.ndarray] = [np.empty(0)] * rows
         dc0: list[np.ndarray] = [np.empty(0)] * rows
         d_out = dy
@@ -457,6 +542,7 @@ class LSTM:
                     d_y,
                     None if dh is None else dh[k],
                     None if dc is None else dc[k],
+                    **({"flow": True} if flow else {}),
                 )
 
             if directions == 2:
@@ -471,6 +557,10 @@ class LSTM:
                 if names[2] is not None:
                     grads[names[2]] = g.db_ih
                     grads[names[3]] = g.db_hh  # type: ignore[index]
+                if self.peepholes:
+                    grads[self._peephole_name(layer, direction)] = g.dpeepholes
+                if flow:
+                    flows[(layer, direction)] = g.flow
                 dh0[k], dc0[k] = g.dh0, g.dc0
             d_out = results[0].dx
             if directions == 2:
@@ -490,6 +580,8 @@ class LSTM:
         # previous gradients whole.
         self.grads.update(grads)
         self.hx_grad = (dh0_all, dc0_all)
+        if flow:
+            self.flow = flows
         return dx
 
     # ---------------------------------------------------------------- streaming
@@ -539,6 +631,7 @@ class LSTM:
                 None if h is None else h[layer],
                 None if c is None else c[layer],
                 need_cache=False,
+                **self._variant(layer, 0),
             )
             layer_input = out.y
             h_new[layer] = out.h_n
@@ -593,4 +686,9 @@ class LSTM:
         """
         from .export import export_onnx
 
+        if not self.is_plain:
+            raise NotImplementedError(
+                "export_onnx writes the plain LSTM only for now; this layer has variant "
+                "options (peepholes, clip, input_forget, forget_gate or activations)"
+            )
         return export_onnx(self, path, opset=opset, lstm_dtype=lstm_dtype)

@@ -42,7 +42,15 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from . import _checks
-from ._types import Cell, CellGradients, Forward, Gradients
+from ._types import (
+    Cell,
+    CellGradients,
+    CellVariantGradients,
+    Forward,
+    GradientFlow,
+    Gradients,
+    VariantGradients,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -212,7 +220,6 @@ ACTIVATIONS: dict[str, _Kind] = {
     "Softplus": _Kind(_softplus, lambda d, a, y, al, be: d * _sigmoid(a), ()),
 }
 # fmt: on
-_BY_LOWER_NAME = {name.lower(): name for name in ACTIVATIONS}
 
 
 @dataclass(frozen=True)
@@ -233,24 +240,11 @@ class Activation:
     beta: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.name, str) or self.name.lower() not in _BY_LOWER_NAME:
-            known = ", ".join(ACTIVATIONS)
-            raise ValueError(f"activations: unknown activation {self.name!r:.80}; known: {known}")
-        name = _BY_LOWER_NAME[self.name.lower()]
-        defaults = ACTIVATIONS[name].defaults
-        params = {"alpha": self.alpha, "beta": self.beta}
-        for k, (param, value) in enumerate(params.items()):
-            if k >= len(defaults):
-                if value is not None:
-                    raise ValueError(f"activations: {name} takes no {param}, got {value!r:.80}")
-                continue
-            if value is None and defaults[k] is None:
-                raise ValueError(f"activations: {name} needs its {param} (ONNX has no default)")
-            number = defaults[k] if value is None else value
-            params[param] = _checks.real_number(f"activations: {name}'s {param}", number)
+        # The rules are the functional API's (_checks.activation_spec).
+        name, alpha, beta = _checks.activation_spec(self.name, self.alpha, self.beta)
         object.__setattr__(self, "name", name)
-        object.__setattr__(self, "alpha", params["alpha"])
-        object.__setattr__(self, "beta", params["beta"])
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "beta", beta)
 
     def __call__(self, a: np.ndarray) -> np.ndarray:
         return ACTIVATIONS[self.name].function(a, self.alpha, self.beta)
@@ -268,14 +262,7 @@ def _activation(value: Any) -> Activation:
     """An entry of ``activations``: an Activation, a name, or (name, alpha[, beta])."""
     if isinstance(value, Activation):
         return value
-    if isinstance(value, str):
-        return Activation(value)
-    if isinstance(value, (tuple, list)) and 1 <= len(value) <= 3:
-        return Activation(*value)
-    raise TypeError(
-        f"activations: each entry must be a name, (name, alpha), (name, alpha, beta) "
-        f"or an Activation, got {value!r:.80}"
-    )
+    return Activation(*_checks.activation_entry(value))
 
 
 @dataclass(frozen=True)
@@ -292,31 +279,13 @@ class Variant:
 
     @classmethod
     def of(cls, *, clip=None, input_forget=False, forget_gate=True, activations=None) -> Variant:
-        """The options as ``forward`` takes them, checked."""
-        if clip is not None:
-            clip = _checks.real_number("clip", clip)
-            if not clip > 0:
-                raise ValueError(f"clip must be > 0 (or None for no clip), got {clip}")
-        input_forget = _checks.flag("input_forget", input_forget)
-        forget_gate = _checks.flag("forget_gate", forget_gate)
-        if input_forget and not forget_gate:
-            raise ValueError(
-                "input_forget=True couples the forget gate to the input gate (f = 1 - i), "
-                "forget_gate=False removes it (f = 1): give one or the other"
-            )
+        """The options as ``forward`` takes them, checked (``_checks.variant_options``)."""
+        clip, input_forget, forget_gate, specs = _checks.variant_options(
+            clip=clip, input_forget=input_forget, forget_gate=forget_gate, activations=activations
+        )
         if activations is None:
             return cls(clip, input_forget, forget_gate)
-        if isinstance(activations, str) or not isinstance(activations, (tuple, list)):
-            raise TypeError(
-                f"activations must be a sequence of 3 activations (f, g, h), "
-                f"got {type(activations).__name__}"
-            )
-        if len(activations) != 3:
-            raise ValueError(
-                f"activations must have 3 entries (f for the gates, g for the cell "
-                f"candidate, h for the output), got {len(activations)}"
-            )
-        f, g, h = (_activation(a) for a in activations)
+        f, g, h = (Activation(*spec) for spec in specs)
         return cls(clip, input_forget, forget_gate, f, g, h)
 
     def clamp(self, z: np.ndarray) -> np.ndarray:
@@ -441,57 +410,6 @@ def _to_time(by_step: np.ndarray, valid: np.ndarray, t_of: np.ndarray) -> np.nda
 
 # --------------------------------------------------------------------------
 # Results and caches
-
-
-class GradientFlow(NamedTuple):
-    """How the gradient travels back through time (``backward(..., flow=True)``).
-
-    ``dh[t, b]`` is the L2 norm over the units of dL/dh_t of row b: the whole
-    gradient that reaches the state h_t (dy_t plus what comes back from step t+1;
-    P units with a projection); ``dc[t, b]`` that of dL/dc_t, everything that
-    reaches c_t (through h_t, the output peephole and step t+1). Both are (T, B),
-    time-major and indexed by real time whatever ``batch_first`` and ``reverse``;
-    steps past a row's length are 0. ``dh_sum`` and ``dc_sum`` (T,) are their sums
-    over the batch.
-    """
-
-    dh: np.ndarray
-    dc: np.ndarray
-    dh_sum: np.ndarray
-    dc_sum: np.ndarray
-
-
-class VariantGradients(NamedTuple):
-    """Result of :func:`backward` when the forward had a projection or peepholes, or
-    ``flow=True``: the seven fields of ``Gradients``, in its order (``g[:7]`` is the
-    classic tuple), then the gradients of the new parameters (``None`` where the
-    forward had none) and the gradient flow (``None`` unless asked for)."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dc0: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
-    dw_hr: np.ndarray | None
-    dpeepholes: np.ndarray | None
-    flow: GradientFlow | None
-
-
-class CellVariantGradients(NamedTuple):
-    """Result of :func:`cell_backward` when the step had a projection or peepholes:
-    the seven fields of ``CellGradients``, then ``dw_hr`` and ``dpeepholes``."""
-
-    dx: np.ndarray
-    dh: np.ndarray
-    dc: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
-    dw_hr: np.ndarray | None
-    dpeepholes: np.ndarray | None
 
 
 @dataclass(eq=False)

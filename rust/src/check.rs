@@ -73,6 +73,12 @@ impl<E: Float> Sequence<'_, E> {
         let state = product("h0", &[batch, hidden])?;
         expect_opt("h0", self.h0.map(<[E]>::len), state)?;
         expect_opt("c0", self.c0.map(<[E]>::len), state)?;
+        self.variant.check()?;
+        expect_opt(
+            "peepholes",
+            self.variant.peepholes.map(<[E]>::len),
+            3 * hidden,
+        )?;
         if let Some(lengths) = self.lengths {
             expect_len("lengths", lengths.len(), batch)?;
             if let Some((b, &len)) = lengths.iter().enumerate().find(|&(_, &len)| len > steps) {
@@ -85,11 +91,25 @@ impl<E: Float> Sequence<'_, E> {
     }
 }
 
-/// The cache of `rows` rows: lengths of (gates, cells, h_prev).
-fn expect_cache(rows: usize, hp: usize, [gates, cells, h_prev]: [usize; 3]) -> Result<()> {
+/// The cache of `rows` rows: lengths of (gates, cells, h_prev) and of the
+/// pre-activations, which the variants that need them must have.
+fn expect_cache<E: Float>(
+    seq: &Sequence<'_, E>,
+    rows: usize,
+    hp: usize,
+    [gates, cells, h_prev]: [usize; 3],
+    pre: Option<usize>,
+) -> Result<()> {
     expect_len("cache gates", gates, rows * 4 * hp)?;
     expect_len("cache cells", cells, rows * hp)?;
-    expect_len("cache h_prev", h_prev, rows * hp)
+    expect_len("cache h_prev", h_prev, rows * hp)?;
+    if seq.variant.caches_pre() {
+        let pre = pre.ok_or_else(|| {
+            Error::Value("cache pre: this variant needs its pre-activations cached".into())
+        })?;
+        expect_len("cache pre", pre, rows * 4 * hp)?;
+    }
+    Ok(())
 }
 
 /// Checks the arguments of `forward`; returns the number of rows, T·B.
@@ -106,7 +126,8 @@ pub fn forward_args<E: Float>(
     expect_len("c_n", out.c_n.len(), batch * hidden)?;
     if let Some(c) = cache {
         let lens = [c.gates.len(), c.cells.len(), c.h_prev.len()];
-        expect_cache(rows, hidden_pad::<E>(hidden), lens)?;
+        let pre = c.pre.as_ref().map(|p| p.len());
+        expect_cache(seq, rows, hidden_pad::<E>(hidden), lens, pre)?;
     }
     Ok(rows)
 }
@@ -128,7 +149,7 @@ pub fn backward_args<E: Float>(
     let rows = seq.rows()?;
     let hp = hidden_pad::<E>(hidden);
     let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
-    expect_cache(rows, hp, lens)?;
+    expect_cache(seq, rows, hp, lens, cache.pre.map(<[E]>::len))?;
     expect_opt("dy", seeds.dy.map(<[E]>::len), rows * hidden)?;
     expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * hidden)?;
     expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
@@ -143,5 +164,17 @@ pub fn backward_args<E: Float>(
         grads.scratch.as_ref().map(|s| s.len()),
         rows * 4 * hp,
     )?;
+    let peepholes = seq.variant.peepholes.map(<[E]>::len);
+    let dpeepholes = grads.dpeepholes.as_ref().map(|d| d.len());
+    if peepholes.is_none() && dpeepholes.is_some() {
+        return Err(Error::Value(
+            "dpeepholes: given for a layer without peepholes".into(),
+        ));
+    }
+    expect_opt("dpeepholes", dpeepholes, 3 * hidden)?;
+    if let Some([dh, dc]) = &grads.flow {
+        expect_len("flow dh", dh.len(), rows)?;
+        expect_len("flow dc", dc.len(), rows)?;
+    }
     Ok(rows)
 }

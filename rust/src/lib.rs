@@ -10,6 +10,7 @@
 //!   lstm.rs           forward(), backward(): one layer, one direction, a whole sequence
 //!   check.rs          the checks of their arguments
 //!   sequence.rs       what a pass takes and gives: Dims, Sequence, Cache, Outputs, ...
+//!   variant.rs        Variant, Activation: the gate math of the LSTM variants
 //! kernels/          what one thread computes
 //!   forward_step.rs   one chunk's forward time loop, fused with the gate math
 //!   backward_step.rs  one chunk's backward time loop, fused with the derivatives
@@ -53,6 +54,7 @@ pub mod sequence;
 pub mod setting;
 pub mod simd;
 pub mod tuning;
+pub mod variant;
 
 #[cfg(feature = "python")]
 mod python;
@@ -73,3 +75,4 @@ pub use parallel::pool::{
 pub use parallel::split::{force_split, ForcedSplit};
 pub use sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 pub use simd::Isa;
+pub use variant::{Activation, Variant};

@@ -23,6 +23,7 @@ use crate::parallel::split::{self, choose_split, claim, run_split, Chunk, Split}
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 use crate::simd::{dispatch, Isa};
 use crate::tuning::DB_COLUMN_BLOCK;
+use crate::variant::Variant;
 
 /// Forward pass over the whole sequence. With `cache`, also records what
 /// [`backward`] needs (sizes: see [`Cache`]). Once `cancel` is set, returns
@@ -71,22 +72,40 @@ pub fn forward<E: Float>(
             ),
         };
 
+        let peepholes = pad_peepholes(&seq.variant, hidden, hp)?;
+        let variant = Variant {
+            peepholes: peepholes.as_deref(),
+            ..seq.variant
+        };
         let mut cache = cache;
         clear_padded_rows(seq, out.y, cache.as_mut());
-        let (gates, cells, h_prev) = match cache {
+        let (gates, cells, h_prev, pre) = match cache {
             Some(c) => (
                 SharedMut(c.gates.as_mut_ptr()),
                 SharedMut(c.cells.as_mut_ptr()),
                 SharedMut(c.h_prev.as_mut_ptr()),
+                match c.pre {
+                    Some(p) if variant.caches_pre() => SharedMut(p.as_mut_ptr()),
+                    _ => SharedMut::null(),
+                },
             ),
-            None => (SharedMut::null(), SharedMut::null(), SharedMut::null()),
+            None => (
+                SharedMut::null(),
+                SharedMut::null(),
+                SharedMut::null(),
+                SharedMut::null(),
+            ),
         };
         let shared = ForwardOut {
             y: SharedMut(out.y.as_mut_ptr()),
             gates,
             cells,
             h_prev,
+            pre,
         };
+        // The gate math, chosen once per call: the plain LSTM's own kernel or
+        // the general one (`variant.rs`).
+        let plain = variant.is_plain();
 
         // Per chunk: its state (h twice, c), h0/c0 copied in.
         let mut states = chunk_states(&chunks, hidden, [seq.h0, None, seq.c0])?;
@@ -115,22 +134,34 @@ pub fn forward<E: Float>(
             &mut scratch,
             &|chunk, tile_range, scratch, barrier| {
                 let (rows, lens) = &chunks[chunk];
-                let kernel = ForwardChunk {
-                    geo,
-                    slots: Slots { rows, lens },
-                    x: seq.x,
-                    input,
-                    ih_panels: &ih_panels,
-                    bias: &bias,
-                    panels: &panels,
-                    state: state_ptrs[chunk],
-                    out: shared,
-                    tiles: tile_range,
-                    scratch: std::mem::take(scratch),
-                    barrier,
-                    cancel,
-                };
-                dispatch(isa, kernel);
+                macro_rules! run {
+                    ($variant:literal) => {
+                        dispatch(
+                            isa,
+                            ForwardChunk::<E, $variant> {
+                                geo,
+                                slots: Slots { rows, lens },
+                                x: seq.x,
+                                input,
+                                ih_panels: &ih_panels,
+                                bias: &bias,
+                                panels: &panels,
+                                state: state_ptrs[chunk],
+                                out: shared,
+                                tiles: tile_range,
+                                scratch: std::mem::take(scratch),
+                                barrier,
+                                cancel,
+                                variant,
+                            },
+                        )
+                    };
+                }
+                if plain {
+                    run!(false)
+                } else {
+                    run!(true)
+                }
             },
         );
         // A cancelled pass stops here (its kernels have stopped at a step).
@@ -213,6 +244,25 @@ pub fn backward<E: Float>(
             SharedMut(da.as_mut_ptr()),
             SharedMut(grads.dh0.as_mut_ptr()),
         );
+        let peepholes = pad_peepholes(&seq.variant, hidden, hp)?;
+        let variant = Variant {
+            peepholes: peepholes.as_deref(),
+            ..seq.variant
+        };
+        let plain = variant.is_plain();
+        let pre = match cache.pre {
+            Some(p) if variant.caches_pre() => p,
+            _ => &[],
+        };
+        // Per (row, tile): the sums of squares of dh and dc (gradient flow).
+        let mut flow_sums = match grads.flow {
+            Some(_) => alloc::zeroed::<E>(&[rows, tiles, 2], "the gradient-flow sums")?,
+            None => Vec::new(),
+        };
+        let flow_ptr = match grads.flow {
+            Some(_) => SharedMut(flow_sums.as_mut_ptr()),
+            None => SharedMut::null(),
+        };
 
         // Per chunk: its state (dh_n seed, dc, c0), copied in.
         let mut states = chunk_states(&chunks, hidden, [seeds.dh_n, seeds.dc_n, seq.c0])?;
@@ -241,25 +291,41 @@ pub fn backward<E: Float>(
             &mut scratch,
             &|chunk, tile_range, scratch, barrier| {
                 let (slot_rows, slot_lens) = &chunks[chunk];
-                let kernel = BackwardChunk {
-                    geo,
-                    slots: Slots {
-                        rows: slot_rows,
-                        lens: slot_lens,
-                    },
-                    gates: cache.gates,
-                    cells: cache.cells,
-                    panels: &panels,
-                    dy: seeds.dy,
-                    state: state_ptrs[chunk],
-                    da: da_ptr,
-                    dh0,
-                    tiles: tile_range,
-                    scratch: std::mem::take(scratch),
-                    barrier,
-                    cancel,
-                };
-                dispatch(isa, kernel);
+                macro_rules! run {
+                    ($variant:literal, $flow:literal) => {
+                        dispatch(
+                            isa,
+                            BackwardChunk::<E, $variant, $flow> {
+                                geo,
+                                slots: Slots {
+                                    rows: slot_rows,
+                                    lens: slot_lens,
+                                },
+                                gates: cache.gates,
+                                cells: cache.cells,
+                                panels: &panels,
+                                dy: seeds.dy,
+                                state: state_ptrs[chunk],
+                                da: da_ptr,
+                                dh0,
+                                tiles: tile_range,
+                                scratch: std::mem::take(scratch),
+                                barrier,
+                                cancel,
+                                variant,
+                                pre,
+                                flow: flow_ptr,
+                            },
+                        )
+                    };
+                }
+                // The gate math and the flow, chosen once per call.
+                match (plain, flow_ptr.0.is_null()) {
+                    (true, true) => run!(false, false),
+                    (true, false) => run!(false, true),
+                    (false, true) => run!(true, false),
+                    (false, false) => run!(true, true),
+                }
             },
         );
         // A cancelled pass stops here, or between the products below (each
@@ -274,6 +340,12 @@ pub fn backward<E: Float>(
             } else {
                 dc0.copy_from_slice(&st[1][slot * hp..][..hidden]);
             }
+        }
+        if let Some([norm_h, norm_c]) = grads.flow {
+            flow_norms(seq, &flow_sums, tiles, norm_h, norm_c);
+        }
+        if let Some(dp) = grads.dpeepholes {
+            peephole_grads(seq, da, cache.cells, dp);
         }
 
         // The non-recurrent gradients: one product each over all T·B rows. When
@@ -360,6 +432,82 @@ pub fn backward<E: Float>(
     }
 }
 
+/// The peepholes [p_i, p_o, p_f] with each block padded to Hp (zeros in
+/// padded units), or None without peepholes.
+fn pad_peepholes<E: Float>(v: &Variant<'_, E>, hidden: usize, hp: usize) -> Result<Option<Vec<E>>> {
+    let Some(p) = v.peepholes else {
+        return Ok(None);
+    };
+    let mut out = alloc::zeroed::<E>(&[3, hp], "the padded peepholes")?;
+    for k in 0..3 {
+        out[k * hp..][..hidden].copy_from_slice(&p[k * hidden..][..hidden]);
+    }
+    Ok(Some(out))
+}
+
+/// The gradient-flow norms from the kernels' per-tile sums of squares: each
+/// (t, b) adds its tiles in order and takes the root (the same bits for any
+/// thread count and split). `norm_h`, `norm_c` are (T, B), by real time;
+/// steps past a row's length get 0.
+fn flow_norms<E: Float>(
+    seq: &Sequence<'_, E>,
+    sums: &[E],
+    tiles: usize,
+    norm_h: &mut [E],
+    norm_c: &mut [E],
+) {
+    let geo = seq.geometry();
+    let batch = seq.dims.batch;
+    norm_h.fill(E::ZERO);
+    norm_c.fill(E::ZERO);
+    for b in 0..batch {
+        for t in 0..seq.length(b) {
+            let row = geo.row(t, b);
+            for (k, out) in [&mut *norm_h, &mut *norm_c].into_iter().enumerate() {
+                let sum = (0..tiles).fold(E::ZERO, |a, q| a + sums[(row * tiles + q) * 2 + k]);
+                // Rounded once from f64: the correctly rounded root for f32 too.
+                out[t * batch + b] = E::from_f64(sum.to_f64().sqrt());
+            }
+        }
+    }
+}
+
+/// The peephole gradients [dp_i, dp_o, dp_f] (3H) from the gate gradients
+/// `da` (T·B × 4Hp) and the cells: dp_i = Σ da_i·c_{t−1}, dp_o = Σ da_o·c_t,
+/// dp_f = Σ da_f·c_{t−1} over every valid (row, step), summed in one fixed
+/// order (row by row, steps in processing order): the same bits for any
+/// thread count.
+fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, da: &[E], cells: &[E], dp: &mut [E]) {
+    let hidden = seq.dims.hidden;
+    let hp = hidden_pad::<E>(hidden);
+    let geo = seq.geometry();
+    dp.fill(E::ZERO);
+    let (dp_i, rest) = dp.split_at_mut(hidden);
+    let (dp_o, dp_f) = rest.split_at_mut(hidden);
+    for b in 0..seq.dims.batch {
+        let len = seq.length(b);
+        for s in 0..len {
+            let row = geo.row(geo.pos(s, len), b);
+            let c_prev: &[E] = if s > 0 {
+                &cells[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
+            } else {
+                match seq.c0 {
+                    Some(c0) => &c0[b * hidden..][..hidden],
+                    None => &[],
+                }
+            };
+            let c = &cells[row * hp..][..hidden];
+            let d = &da[row * 4 * hp..][..4 * hp];
+            for u in 0..hidden {
+                let cp = c_prev.get(u).copied().unwrap_or(E::ZERO);
+                dp_i[u] = dp_i[u] + d[u] * cp;
+                dp_f[u] = dp_f[u] + d[hp + u] * cp;
+                dp_o[u] = dp_o[u] + d[3 * hp + u] * c[u];
+            }
+        }
+    }
+}
+
 /// Per chunk, three state buffers of Hp per row of length > 0 (a prefix of
 /// its slots): buffer k holds `sources[k]` (B × H, zeros when None) for each
 /// such slot's batch row, zeros in padded units. A row of length 0 needs no
@@ -423,6 +571,9 @@ fn clear_padded_rows<E: Float>(
     for row in seq.padded_rows() {
         y[row * hidden..][..hidden].fill(E::ZERO);
         if let Some(c) = cache.as_mut() {
+            if let Some(pre) = c.pre.as_deref_mut() {
+                pre[row * 4 * hp..][..4 * hp].fill(E::ZERO);
+            }
             c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
             c.cells[row * hp..][..hp].fill(E::ZERO);
             c.h_prev[row * hp..][..hp].fill(E::ZERO);
@@ -455,6 +606,13 @@ fn backward_without_steps<E: Float>(seeds: Seeds<'_, E>, grads: Grads<'_, E>) ->
     grads.dw_hh.fill(E::ZERO);
     if let Some(db) = grads.db {
         db.fill(E::ZERO);
+    }
+    if let Some(dp) = grads.dpeepholes {
+        dp.fill(E::ZERO);
+    }
+    if let Some([norm_h, norm_c]) = grads.flow {
+        norm_h.fill(E::ZERO);
+        norm_c.fill(E::ZERO);
     }
     Ok(())
 }

@@ -27,7 +27,8 @@ use pyo3::prelude::*;
 
 use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
 use crate::{
-    Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache, Seeds, Sequence,
+    Activation, Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache,
+    Seeds, Sequence, Variant,
 };
 
 impl From<Error> for PyErr {
@@ -155,6 +156,10 @@ impl Engine for f64 {
     }
 }
 
+/// One activation as `_checks.activation_spec` gives it: (ONNX name, alpha,
+/// beta), None for a parameter it does not take.
+type ActivationSpec = (String, Option<f64>, Option<f64>);
+
 /// The engine's [`Sequence`], read from a `_bundles.Sequence` (`functional._Args`).
 /// `packed`, when not None, is the `_core.Packed` made from this very `w_ih`
 /// and `w_hh`.
@@ -174,6 +179,15 @@ struct SequenceArrays<'py, E: Element> {
     batch: usize,
     input: usize,
     hidden: usize,
+    /// The variant (docs/variants.md): peepholes (3H,) or None, clip (a
+    /// number > 0) or None, the two flags, and the activations σ_f, σ_g, σ_h
+    /// as (ONNX name, alpha or None, beta or None), or None for the plain
+    /// ones (`_checks` has filled ONNX's defaults in).
+    peepholes: Option<In<'py, E>>,
+    clip: Option<f64>,
+    input_forget: bool,
+    forget_gate: bool,
+    activations: Option<Vec<ActivationSpec>>,
 }
 
 impl<E: Engine> SequenceArrays<'_, E> {
@@ -201,7 +215,30 @@ impl<E: Engine> SequenceArrays<'_, E> {
             h0: opt_slice("h0", &self.h0)?,
             c0: opt_slice("c0", &self.c0)?,
             panels,
+            variant: self.variant()?,
         })
+    }
+
+    fn variant(&self) -> PyResult<Variant<'_, E>> {
+        let mut variant = Variant {
+            peepholes: opt_slice("peepholes", &self.peepholes)?,
+            clip: self.clip.map(E::from_f64),
+            input_forget: self.input_forget,
+            forget_gate: self.forget_gate,
+            ..Variant::default()
+        };
+        if let Some(acts) = &self.activations {
+            let [f, g, h] = acts.as_slice() else {
+                return Err(PyValueError::new_err(format!(
+                    "activations must have 3 entries (f, g, h), got {}",
+                    acts.len()
+                )));
+            };
+            let parse =
+                |(name, alpha, beta): &ActivationSpec| Activation::parse(name, *alpha, *beta);
+            (variant.f, variant.g, variant.h) = (parse(f)?, parse(g)?, parse(h)?);
+        }
+        Ok(variant)
     }
 }
 
@@ -253,6 +290,7 @@ struct CacheArrays<'py, E: Element> {
     gates: Out<'py, E>,
     cells: Out<'py, E>,
     h_prev: Out<'py, E>,
+    pre: Option<Out<'py, E>>,
 }
 
 impl<E: Element> CacheArrays<'_, E> {
@@ -261,6 +299,7 @@ impl<E: Element> CacheArrays<'_, E> {
             gates: slice_mut("gates", &mut self.gates)?,
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
+            pre: self.pre.as_mut().map(|p| slice_mut("pre", p)).transpose()?,
         })
     }
 }
@@ -271,6 +310,7 @@ struct CacheRefArrays<'py, E: Element> {
     gates: In<'py, E>,
     cells: In<'py, E>,
     h_prev: In<'py, E>,
+    pre: Option<In<'py, E>>,
 }
 
 impl<E: Element> CacheRefArrays<'_, E> {
@@ -279,6 +319,7 @@ impl<E: Element> CacheRefArrays<'_, E> {
             gates: slice("gates", &self.gates)?,
             cells: slice("cells", &self.cells)?,
             h_prev: slice("h_prev", &self.h_prev)?,
+            pre: opt_slice("pre", &self.pre)?,
         })
     }
 }
@@ -311,6 +352,9 @@ struct GradArrays<'py, E: Element> {
     dw_hh: Out<'py, E>,
     db: Option<Out<'py, E>>,
     scratch: Option<Out<'py, E>>,
+    dpeepholes: Option<Out<'py, E>>,
+    flow_h: Option<Out<'py, E>>,
+    flow_c: Option<Out<'py, E>>,
 }
 
 impl<E: Element> GradArrays<'_, E> {
@@ -327,6 +371,20 @@ impl<E: Element> GradArrays<'_, E> {
                 .as_mut()
                 .map(|d| slice_mut("scratch", d))
                 .transpose()?,
+            dpeepholes: self
+                .dpeepholes
+                .as_mut()
+                .map(|d| slice_mut("dpeepholes", d))
+                .transpose()?,
+            flow: match (&mut self.flow_h, &mut self.flow_c) {
+                (Some(h), Some(c)) => Some([slice_mut("flow_h", h)?, slice_mut("flow_c", c)?]),
+                (None, None) => None,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "flow_h and flow_c: give both or neither",
+                    ))
+                }
+            },
         })
     }
 }

@@ -7,6 +7,7 @@
 use crate::float::Float;
 use crate::kernels::layout::Geometry;
 use crate::kernels::pack::PanelCache;
+use crate::variant::Variant;
 
 /// T, B, I, H.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +20,8 @@ pub struct Dims {
 
 /// Everything that defines one sequence pass. Arrays are dense row-major:
 /// `x` (T, B, I), or (B, T, I) when `batch_first`; `w_ih` (4H, I); `w_hh`
-/// (4H, H); `bias` (4H,) = b_ih + b_hh; `h0`, `c0` (B, H); `lengths` (B,).
+/// (4H, H); `bias` (4H,) = b_ih + b_hh; `h0`, `c0` (B, H); `lengths` (B,);
+/// `variant` the gate math (the default: the plain LSTM).
 #[derive(Clone, Copy)]
 pub struct Sequence<'a, E> {
     pub dims: Dims,
@@ -33,15 +35,20 @@ pub struct Sequence<'a, E> {
     pub h0: Option<&'a [E]>,
     pub c0: Option<&'a [E]>,
     pub panels: Option<&'a PanelCache<E>>,
+    pub variant: Variant<'a, E>,
 }
 
 /// What backward needs from forward, in the sequence's layout (rows ordered
 /// like x): activated gates (T·B, 4·Hp) in blocks i, f, g, o; cell states and
-/// the h each step started from, (T·B, Hp). Hp = [`hidden_pad`].
+/// the h each step started from, (T·B, Hp). Hp = [`hidden_pad`]. That is 6·Hp
+/// per (row, step); `pre`, the pre-activations (T·B, 4·Hp), only for the
+/// variants whose derivatives need them ([`Variant::caches_pre`]: 10·Hp),
+/// else None.
 pub struct Cache<'a, E> {
     pub gates: &'a mut [E],
     pub cells: &'a mut [E],
     pub h_prev: &'a mut [E],
+    pub pre: Option<&'a mut [E]>,
 }
 
 /// Read-only view of a [`Cache`].
@@ -50,6 +57,7 @@ pub struct CacheRef<'a, E> {
     pub gates: &'a [E],
     pub cells: &'a [E],
     pub h_prev: &'a [E],
+    pub pre: Option<&'a [E]>,
 }
 
 /// Outputs of forward: `y` like x with last dimension H; `h_n`, `c_n` (B, H).
@@ -71,6 +79,9 @@ pub struct Seeds<'a, E> {
 /// both b_ih and b_hh (None: not wanted). `scratch`, when given, holds the gate
 /// gradients (T·B × 4Hp, any contents): callers that allocate large arrays
 /// better (NumPy asks for huge pages) pass it; otherwise it is allocated here.
+/// `dpeepholes` (3H,), [p_i, p_o, p_f], is wanted with peepholes. `flow`,
+/// when given, gets the gradient-flow norms ‖dL/dh_t‖ and ‖dL/dc_t‖ of every
+/// (t, b), each (T, B) time-major by real time, 0 past a row's length.
 pub struct Grads<'a, E> {
     pub dx: &'a mut [E],
     pub dh0: &'a mut [E],
@@ -79,6 +90,8 @@ pub struct Grads<'a, E> {
     pub dw_hh: &'a mut [E],
     pub db: Option<&'a mut [E]>,
     pub scratch: Option<&'a mut [E]>,
+    pub dpeepholes: Option<&'a mut [E]>,
+    pub flow: Option<[&'a mut [E]; 2]>,
 }
 
 /// The padded hidden size Hp of the cache layout for element type `E`.

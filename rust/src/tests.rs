@@ -246,6 +246,7 @@ impl Problem {
             h0: h0.as_deref(),
             c0: c0.as_deref(),
             panels: None,
+            variant: Default::default(),
         };
         let rows = steps * batch;
         let hp = hidden_pad::<E>(hidden);
@@ -270,6 +271,7 @@ impl Problem {
                 gates: &mut gates,
                 cells: &mut cells,
                 h_prev: &mut h_prev,
+                pre: None,
             }),
             cancel_forward,
         )?;
@@ -291,6 +293,7 @@ impl Problem {
                 gates: &gates,
                 cells: &cells,
                 h_prev: &h_prev,
+                pre: None,
             },
             Seeds {
                 dy: Some(&dy),
@@ -306,6 +309,8 @@ impl Problem {
                 db: Some(db),
                 // NaN everywhere: backward must not depend on the contents.
                 scratch: Some(&mut scratch),
+                dpeepholes: None,
+                flow: None,
             },
             cancel_backward,
         )?;
@@ -545,6 +550,7 @@ fn a_cancelled_call_stops_waiting_for_another_calls_team() {
         h0: None,
         c0: None,
         panels: None,
+        variant: Default::default(),
     };
     let run = |cancel: &Cancel| {
         let (mut y, mut h_n, mut c_n) =
@@ -758,6 +764,7 @@ fn wrong_sizes_are_errors_not_panics() {
         h0: None,
         c0: None,
         panels: None,
+        variant: Default::default(),
     };
     let err = run(&seq);
     assert!(err.to_string().contains("w_hh"), "{err}");

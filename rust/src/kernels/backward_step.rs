@@ -20,6 +20,7 @@ use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, load_n, store_n, Kernel, Simd};
 use crate::tuning::BATCH1_PANELS;
+use crate::variant::Variant;
 
 /// A chunk's backward state, shared by its team: for each slot of length > 0
 /// (a prefix of the slots), Hp each: the dh_n seed of the row's last step, the
@@ -32,7 +33,13 @@ pub struct BackwardState<E> {
 }
 
 /// One member's share of a chunk's backward recurrence.
-pub struct BackwardChunk<'a, E> {
+///
+/// Two compile-time choices, made once per call: `VARIANT`, the plain LSTM's
+/// derivatives (false) or the general ones that read `variant`; `FLOW`,
+/// whether each tile also writes the sums of squares of dL/dh_t and dL/dc_t
+/// over its units into `flow` (the gradient-flow norms; without it the loop
+/// has no trace of them).
+pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
     /// The forward cache, (T·B) × 4Hp and (T·B) × Hp, caller's layout.
@@ -55,6 +62,16 @@ pub struct BackwardChunk<'a, E> {
     /// Read once per step: once set, the member stops (with its team) and
     /// leaves dh0 unwritten.
     pub cancel: &'a Cancel,
+    /// The variant, peepholes padded to 3·Hp (blocks p_i, p_o, p_f).
+    pub variant: Variant<'a, E>,
+    /// The cached pre-activations, (T·B) × 4Hp, or empty when the variant
+    /// needs none (`Variant::caches_pre`).
+    pub pre: &'a [E],
+    /// With `FLOW`: (T·B) × tiles × 2 (tiles of 4·LANES units), per row and
+    /// tile the sums of squares of dh and dc over the tile's real units
+    /// (written; this chunk's rows, member's tiles). `lstm.rs` adds the tiles
+    /// in order, so the norms do not depend on how members share the tiles.
+    pub flow: SharedMut<E>,
 }
 
 /// One member's scratch: the accumulators of its tiles. The caller allocates
@@ -81,7 +98,7 @@ impl BackwardScratch {
     }
 }
 
-impl<E: Float> BackwardChunk<'_, E> {
+impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIANT, FLOW> {
     /// dh flowing into iteration `s` for one slot and tile: da_{s+1}·w_hh for
     /// rows that ran at s + 1, else the slot's dh_n seed.
     ///
@@ -115,6 +132,7 @@ impl<E: Float> BackwardChunk<'_, E> {
         let len = self.slots.lens[slot];
         let row = geo.row(geo.pos(s, len), b);
         let prev_row = (s > 0).then(|| geo.row(geo.pos(s - 1, len), b));
+        let mut squares = [S::splat(E::ZERO); 2];
         for (v, &acc_v) in acc.iter().enumerate() {
             let u = tile * 4 * w + v * w;
             if u >= hp {
@@ -143,37 +161,139 @@ impl<E: Float> BackwardChunk<'_, E> {
                     Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
                     None => S::load(self.state.c_first.0.add(slot * hp + u)),
                 };
-                let tc = simd::tanh(c);
                 let dc_ptr = self.state.dc.0.add(slot * hp + u);
-                // dc = dc_next + dh·o·(1 − tanh²c)
-                let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(S::load(dc_ptr));
-                let da_o = dh.mul(tc).mul(og).mul(one.sub(og));
-                let da_i = dc.mul(gg).mul(ig).mul(one.sub(ig));
-                let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
-                let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
-                dc.mul(fg).store(dc_ptr);
+                let (da_i, da_f, da_g, da_o, dc) = if VARIANT {
+                    let gates = [ig, fg, gg, og];
+                    self.variant_derivatives(dh, gates, c, c_prev, dc_ptr, row, u)
+                } else {
+                    let tc = simd::tanh(c);
+                    // dc = dc_next + dh·o·(1 − tanh²c)
+                    let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(S::load(dc_ptr));
+                    let da_o = dh.mul(tc).mul(og).mul(one.sub(og));
+                    let da_i = dc.mul(gg).mul(ig).mul(one.sub(ig));
+                    let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
+                    let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
+                    dc.mul(fg).store(dc_ptr);
+                    (da_i, da_f, da_g, da_o, dc)
+                };
                 // Padded units carry no weight, but their gates see 0·inf = NaN
                 // when h holds an infinity; their da must be exactly zero so
                 // that nothing reaches the real units through the products.
-                let [da_i, da_f, da_g, da_o] = if u + w > h {
+                let real = (u + w > h).then(|| {
                     let real = S::splat(E::from_f64(h.saturating_sub(u) as f64));
                     let index: [E; 16] = std::array::from_fn(|i| E::from_f64(i as f64));
-                    let lane = S::load(index.as_ptr());
-                    [da_i, da_f, da_g, da_o].map(|d| lane.select_lt(real, d, S::splat(E::ZERO)))
-                } else {
-                    [da_i, da_f, da_g, da_o]
+                    (S::load(index.as_ptr()), real)
+                });
+                let only_real = |d: S| match real {
+                    Some((lane, real)) => lane.select_lt(real, d, S::splat(E::ZERO)),
+                    None => d,
                 };
+                let [da_i, da_f, da_g, da_o] = [da_i, da_f, da_g, da_o].map(only_real);
                 let dp = self.da.0.add(row * depth + u);
                 da_i.store(dp);
                 da_f.store(dp.add(hp));
                 da_g.store(dp.add(2 * hp));
                 da_o.store(dp.add(3 * hp));
+                if FLOW {
+                    let (dh, dc) = (only_real(dh), only_real(dc));
+                    squares[0] = dh.mul_add(dh, squares[0]);
+                    squares[1] = dc.mul_add(dc, squares[1]);
+                }
             }
+        }
+        if FLOW {
+            // Lanes added in order: the tile's sums are the same whichever
+            // member computes it.
+            let tiles = hp.div_ceil(4 * w);
+            for (k, sq) in squares.into_iter().enumerate() {
+                let mut lanes = [E::ZERO; 16];
+                // SAFETY: LANES ≤ 16; the flow buffer holds (T·B) × tiles × 2
+                // and this member alone writes this row's entry of this tile.
+                unsafe {
+                    sq.store(lanes.as_mut_ptr());
+                    let sum = lanes[..w].iter().fold(E::ZERO, |a, &b| a + b);
+                    *self.flow.0.add((row * tiles + tile) * 2 + k) = sum;
+                }
+            }
+        }
+    }
+
+    /// The general derivatives (docs/variants.md, 'Backward through time')
+    /// for one vector of units: returns da_i, da_f, da_g, da_o and dc (the
+    /// whole dL/dc_t) and stores what goes back to c_{t−1} at `dc_ptr`.
+    ///
+    /// # Safety
+    /// As for `finish`; `dc_ptr` is this slot's dc at unit `u`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    unsafe fn variant_derivatives<S: Simd<E = E>>(
+        &self,
+        dh: S,
+        [ig, fg, gg, og]: [S; 4],
+        c: S,
+        c_prev: S,
+        dc_ptr: *mut E,
+        row: usize,
+        u: usize,
+    ) -> (S, S, S, S, S) {
+        let v = &self.variant;
+        let hp = self.geo.hidden_pad;
+        let zero = S::splat(E::ZERO);
+        let clamp = |z: S| match v.clip {
+            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
+            None => z,
+        };
+        // The gradient through the clamp: zero where |z| > clip.
+        let through = |d: S, z: S| match v.clip {
+            Some(c) => S::splat(c).select_lt(z.abs(), zero, d),
+            None => d,
+        };
+        // SAFETY: row < T·B and u + LANES ≤ hp: inside the pre-activation
+        // cache (when kept), the padded peepholes and this slot's dc.
+        unsafe {
+            let z = |k: usize| {
+                if self.pre.is_empty() {
+                    zero // never read: the activations need no input (caches_pre)
+                } else {
+                    S::load(self.pre.as_ptr().add(row * 4 * hp + k * hp + u))
+                }
+            };
+            let pp = v.peepholes.unwrap_or(&[]).as_ptr();
+            let peep = |k: usize| S::load(pp.add(k * hp + u));
+            let hc = v.h.apply(c);
+            let z_o = z(3);
+            let da_o = through(v.f.backprop(dh.mul(hc), clamp(z_o), og), z_o);
+            let mut dc = v.h.backprop(dh.mul(og), c, hc).add(S::load(dc_ptr));
+            if v.peepholes.is_some() {
+                dc = dc.add(da_o.mul(peep(1)));
+            }
+            let mut di = dc.mul(gg);
+            if v.input_forget {
+                di = di.sub(dc.mul(c_prev));
+            }
+            let z_i = z(0);
+            let da_i = through(v.f.backprop(di, clamp(z_i), ig), z_i);
+            let z_g = z(2);
+            let da_g = through(v.g.backprop(dc.mul(ig), clamp(z_g), gg), z_g);
+            let da_f = if v.forget_gate && !v.input_forget {
+                let z_f = z(1);
+                through(v.f.backprop(dc.mul(c_prev), clamp(z_f), fg), z_f)
+            } else {
+                zero // f does not depend on its rows of the weights
+            };
+            let mut dc_prev = dc.mul(fg);
+            if v.peepholes.is_some() {
+                dc_prev = dc_prev.add(da_i.mul(peep(0))).add(da_f.mul(peep(2)));
+            }
+            dc_prev.store(dc_ptr);
+            (da_i, da_f, da_g, da_o, dc)
         }
     }
 }
 
-impl<E: Float> Kernel<E> for BackwardChunk<'_, E> {
+impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
+    for BackwardChunk<'_, E, VARIANT, FLOW>
+{
     type Output = ();
 
     #[inline(always)]

@@ -22,6 +22,7 @@ use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, store_n, Kernel, Simd};
 use crate::tuning::{BATCH1_PANELS, PROJECTION_ROWS};
+use crate::variant::Variant;
 
 /// Outputs of the forward pass for the whole batch (chunks write their rows).
 #[derive(Clone, Copy)]
@@ -32,6 +33,10 @@ pub struct ForwardOut<E> {
     pub gates: SharedMut<E>,
     pub cells: SharedMut<E>,
     pub h_prev: SharedMut<E>,
+    /// Null unless the cache holds pre-activations (`Variant::caches_pre`);
+    /// else (T·B) × 4Hp, z of the gates i, f, g, o (peepholes added, before
+    /// clip).
+    pub pre: SharedMut<E>,
 }
 
 /// A chunk's running state, shared by the chunk's team: for each slot of
@@ -46,7 +51,11 @@ pub struct ForwardState<E> {
 
 /// One member's share of a chunk's forward recurrence: its tiles of hidden
 /// units, for every slot and step.
-pub struct ForwardChunk<'a, E> {
+///
+/// `VARIANT` chooses the gate math at compile time: false, the plain LSTM's
+/// (`variant` is then the default and never read); true, the general body
+/// that reads `variant` (see `variant.rs`).
+pub struct ForwardChunk<'a, E, const VARIANT: bool> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
     /// (T·B) × I in the caller's layout, and `pack::forward_panels` of `w_ih`
@@ -71,9 +80,11 @@ pub struct ForwardChunk<'a, E> {
     pub barrier: Option<&'a SpinBarrier>,
     /// Read once per step: once set, the member stops (with its team).
     pub cancel: &'a Cancel,
+    /// The variant, peepholes padded to 3·Hp (blocks p_i, p_o, p_f).
+    pub variant: Variant<'a, E>,
 }
 
-impl<E: Float> ForwardChunk<'_, E> {
+impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
     /// Gate math, c/h update and stores for one slot and one tile, given the
     /// tile's recurrent products `acc` (gates i, f, g, o).
     ///
@@ -109,13 +120,18 @@ impl<E: Float> ForwardChunk<'_, E> {
                     .add(S::load(xw.add(g * xw_stride)))
                     .add(S::load(bias.add(g * hp)))
             };
-            let ig = simd::sigmoid(pre(0));
-            let fg = simd::sigmoid(pre(1));
-            let gg = simd::tanh(pre(2));
-            let og = simd::sigmoid(pre(3));
             let c_ptr = self.state.c.0.add(slot * hp + u0);
-            let c_new = fg.mul_add(S::load(c_ptr), ig.mul(gg));
-            let h_new = og.mul(simd::tanh(c_new));
+            let (ig, fg, gg, og, c_new, h_new) = if VARIANT {
+                self.variant_gates(pre, c_ptr, row, u0)
+            } else {
+                let ig = simd::sigmoid(pre(0));
+                let fg = simd::sigmoid(pre(1));
+                let gg = simd::tanh(pre(2));
+                let og = simd::sigmoid(pre(3));
+                let c_new = fg.mul_add(S::load(c_ptr), ig.mul(gg));
+                let h_new = og.mul(simd::tanh(c_new));
+                (ig, fg, gg, og, c_new, h_new)
+            };
             c_new.store(c_ptr);
             h_new.store(next.add(slot * hp + u0));
             store_n(
@@ -132,6 +148,67 @@ impl<E: Float> ForwardChunk<'_, E> {
                 c_new.store(out.cells.0.add(row * hp + u0));
                 S::load(cur.add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
             }
+        }
+    }
+
+    /// The general gate math (docs/variants.md, 'The cell') for one tile:
+    /// peepholes, clip, coupled or absent forget gate, any activations.
+    /// Returns i, f, g, o, c_t, h_t; writes z to the cache when it keeps it.
+    ///
+    /// # Safety
+    /// As for `finish`; `c_ptr` is this slot's c of this tile.
+    #[inline(always)]
+    unsafe fn variant_gates<S: Simd<E = E>>(
+        &self,
+        pre: impl Fn(usize) -> S,
+        c_ptr: *mut E,
+        row: usize,
+        u0: usize,
+    ) -> (S, S, S, S, S, S) {
+        let v = &self.variant;
+        let hp = self.geo.hidden_pad;
+        let one = S::splat(E::ONE);
+        let clamp = |z: S| match v.clip {
+            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
+            None => z,
+        };
+        // SAFETY: c_ptr and u0 + LANES ≤ hp inside this slot's state, the
+        // padded peepholes (3·Hp) and the pre-activation cache row.
+        unsafe {
+            let c_prev = S::load(c_ptr);
+            // Read only when there are peepholes.
+            let pp = v.peepholes.unwrap_or(&[]).as_ptr();
+            let peep = |k: usize| S::load(pp.add(k * hp + u0));
+            let (mut z_i, mut z_f, z_g) = (pre(0), pre(1), pre(2));
+            if v.peepholes.is_some() {
+                z_i = z_i.add(peep(0).mul(c_prev));
+                z_f = z_f.add(peep(2).mul(c_prev));
+            }
+            let ig = v.f.apply(clamp(z_i));
+            let fg = if !v.forget_gate {
+                one
+            } else if v.input_forget {
+                one.sub(ig)
+            } else {
+                v.f.apply(clamp(z_f))
+            };
+            let gg = v.g.apply(clamp(z_g));
+            let c_new = fg.mul_add(c_prev, ig.mul(gg));
+            let mut z_o = pre(3);
+            if v.peepholes.is_some() {
+                z_o = z_o.add(peep(1).mul(c_new));
+            }
+            let og = v.f.apply(clamp(z_o));
+            let h_new = og.mul(v.h.apply(c_new));
+            let zp = self.out.pre.0;
+            if !zp.is_null() {
+                let zp = zp.add(row * 4 * hp + u0);
+                z_i.store(zp);
+                z_f.store(zp.add(hp));
+                z_g.store(zp.add(2 * hp));
+                z_o.store(zp.add(3 * hp));
+            }
+            (ig, fg, gg, og, c_new, h_new)
         }
     }
 }
@@ -223,7 +300,7 @@ impl<E: Float> Projection<E> {
     }
 }
 
-impl<E: Float> ForwardChunk<'_, E> {
+impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
     /// Fills `p` with the projection of steps s0.. for this member's units: the
     /// input rows the running slots visit are gathered, then each tile's
     /// product with its panel of `w_ih`. Units past H get zero weights.
@@ -274,7 +351,7 @@ impl<E: Float> ForwardChunk<'_, E> {
     }
 }
 
-impl<E: Float> Kernel<E> for ForwardChunk<'_, E> {
+impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
     type Output = ();
 
     #[inline(always)]
