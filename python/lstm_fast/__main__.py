@@ -5,6 +5,7 @@
     python -m lstm_fast bench [options]     the throughput table
     python -m lstm_fast demo [options]      the LSTM layer demo (lstm_fast.demo)
     python -m lstm_fast suite [options]     the real-world suite (lstm_fast.suite)
+    python -m lstm_fast explain [options]   the gates and the gradient flow (lstm_fast.explain)
 
 ``check`` runs one tiny forward and backward, shows the shapes and compares
 every output and gradient with the NumPy reference (exit status 1 on a
@@ -31,7 +32,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 import lstm_fast
-from lstm_fast import benchmark, demo, suite
+from lstm_fast import benchmark, demo, explain, suite
 
 
 def _say(text: str = "", end: str = "\n") -> None:
@@ -396,6 +397,13 @@ COMMANDS = (
         demo.DESCRIPTION,
         demo.add_arguments,
         demo.run,
+    ),
+    Command(
+        "explain",
+        "why LSTMs remember: the forget-gate example and the gradient flow through time",
+        explain.DESCRIPTION,
+        explain.add_arguments,
+        explain.run,
     ),
     Command(
         "suite",
