@@ -19,13 +19,12 @@ and prints µs and bytes per step per core and their ratio.
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 
 import lstm_fast
 import numpy as np
 from lstm_fast import _core
-from lstm_fast.benchmark import cpu_model
+from lstm_fast.benchmark import cpu_model, on_threads
 
 
 def per_step_seconds(hidden: int, repeats: int) -> float:
@@ -52,19 +51,7 @@ def per_step_seconds(hidden: int, repeats: int) -> float:
 
 def bandwidth_on_threads(threads: int, nbytes: int, seconds: float) -> float:
     """Per-core read bandwidth (bytes/s, the slowest core) with every core reading."""
-    rates = [0.0] * threads
-    start = threading.Barrier(threads)
-
-    def measure(i: int) -> None:
-        start.wait()
-        rates[i] = _core.read_bandwidth(nbytes, seconds)
-
-    workers = [threading.Thread(target=measure, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return min(rates)
+    return min(on_threads(threads, lambda: _core.read_bandwidth(nbytes, seconds)))
 
 
 def main() -> None:

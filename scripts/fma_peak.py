@@ -13,42 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 
 import lstm_fast
 from lstm_fast import _core
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    fields: dict[str, str] = {}
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    model = fields.get("model name", "unknown")
-    family, number = fields.get("cpu family"), fields.get("model")
-    return f"{model} (family {family}, model {number})" if family else model
+from lstm_fast.benchmark import cpu_model, on_threads
 
 
 def peak_on_threads(threads: int, seconds: float) -> float:
     """Sum of the per-thread peaks of `threads` threads measuring at once."""
-    rates = [0.0] * threads
-    start = threading.Barrier(threads)
-
-    def measure(i: int) -> None:
-        start.wait()
-        rates[i] = _core.fma_peak(seconds)
-
-    workers = [threading.Thread(target=measure, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return sum(rates)
+    return sum(on_threads(threads, lambda: _core.fma_peak(seconds)))
 
 
 def main() -> None:

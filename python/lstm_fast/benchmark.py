@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "cpu_model",
     "flop",
     "fma_peak",
+    "on_threads",
     "make_problem",
     "make_runner",
     "make_runners",
@@ -391,14 +393,24 @@ def peer_versions() -> dict[str, str]:
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows),
     printed with every table: numbers from different CPUs do not compare."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():  # the first CPU is enough
+                    break
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    model = fields.get("model name")
+    if not model:
+        return platform.processor() or platform.machine() or "unknown CPU"
+    # Virtual machines often show only the brand ("AMD EPYC"): the family and
+    # model numbers tell the generation (AMD family 25 is Zen 3/4, 26 is Zen 5).
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return model
 
 
 class Timing(NamedTuple):
@@ -489,6 +501,26 @@ def time_interleaved(
         if gc_was_enabled:
             gc.enable()
     return {name: Timing(min(ts), statistics.median(ts), len(ts)) for name, ts in times.items()}
+
+
+def on_threads(threads: int, measure: Callable[[], float]) -> list[float]:
+    """``measure()`` on ``threads`` threads started together, its results in
+    thread order: how the per-core limits (`_core.fma_peak`,
+    `_core.read_bandwidth`, which release the GIL) are measured with every core
+    busy at once."""
+    results = [0.0] * threads
+    start = threading.Barrier(threads)
+
+    def run(i: int) -> None:
+        start.wait()
+        results[i] = measure()
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return results
 
 
 def fma_peak(seconds: float = 0.2) -> float:
