@@ -323,9 +323,9 @@ def run_bench(args: argparse.Namespace, *, check_first: bool = False) -> int:
     )
     _say("  " + "; ".join(f"{s.name}: {s.describe()}" for s in shapes))
     _say(
-        "  fwd: inference forward (lstm_fast/reference need_cache=False, PyTorch "
-        "inference_mode, ONNX RT); fwd+bwd: training forward + full backward "
-        "(PyTorch autograd over x and all weights)."
+        "  fwd: inference forward (lstm_fast's LSTM layer and the reference with "
+        "need_cache=False, PyTorch's nn.LSTM under inference_mode, ONNX RT); fwd+bwd: "
+        "training forward + full backward (PyTorch autograd over x and all weights)."
     )
     _say("  GFLOP/s counts 2*T*B*4H*(I+H) per forward and 3x that per forward+backward.")
     _say("  speed-up = the peer's time / lstm_fast's time (above 1: lstm_fast is faster).")
