@@ -467,10 +467,12 @@ def test_layer_flow_only_when_asked_and_step():
         assert_same_bits(y_t, y[t])
 
 
-def test_layer_pickles_and_refuses_onnx_export(tmp_path):
+def test_layer_pickles_and_exports_what_onnx_can_express(tmp_path):
+    pytest.importorskip("onnx")
     m = lstm_fast.LSTM(3, 5, seed=0, **LAYER_OPTIONS)
     x = np.random.default_rng(0).standard_normal((4, 2, 3))
     m2 = pickle.loads(pickle.dumps(m))
     assert_same_bits(m(x)[0], m2(x)[0])
-    with pytest.raises(NotImplementedError, match="plain LSTM only"):
-        m.export_onnx(tmp_path / "m.onnx")
+    m.export_onnx(tmp_path / "m.onnx")  # the variants export (tests/test_model_io.py)
+    with pytest.raises(NotImplementedError, match="forget_gate=False"):
+        lstm_fast.LSTM(3, 5, forget_gate=False).export_onnx(tmp_path / "f.onnx")

@@ -22,6 +22,7 @@ widest floating input, float16 as float32, float64 when none is floating.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,9 @@ import numpy as np
 from ._checks import (
     check_shape,
     compute_dtype,
+    flag,
     hidden_from_gate_rows,
+    mapping,
     one_of,
     positive_int,
     real_array,
@@ -39,6 +42,8 @@ __all__ = [
     "from_gate_matrices",
     "from_keras",
     "from_onnx",
+    "keras_activation",
+    "keras_lstm",
     "to_gate_matrices",
     "to_keras",
     "to_onnx",
@@ -140,6 +145,135 @@ def from_keras(
         f"bias must have shape (4*hidden_size,) = ({4 * hidden},) or "
         f"(8*hidden_size,) = ({8 * hidden},), got {bias_a.shape}"
     )
+
+
+# Keras 3's activations that are ONNX activations, as (ONNX name, alpha, beta).
+# hard_sigmoid is relu6(x + 3) / 6 in Keras 3 (Keras 2 had ONNX's 0.2 x + 0.5);
+# leaky_relu's default negative_slope is 0.2.
+_KERAS_ACTIVATIONS: dict[str, tuple[str, float | None, float | None]] = {
+    "sigmoid": ("Sigmoid", None, None),
+    "tanh": ("Tanh", None, None),
+    "relu": ("Relu", None, None),
+    "hard_sigmoid": ("HardSigmoid", 1 / 6, 0.5),
+    "linear": ("Affine", 1.0, 0.0),
+    "softsign": ("Softsign", None, None),
+    "softplus": ("Softplus", None, None),
+    "elu": ("Elu", 1.0, None),
+    "leaky_relu": ("LeakyRelu", 0.2, None),
+}
+
+
+def keras_activation(name: str, activation: Any) -> tuple[str, float | None, float | None]:
+    """A Keras activation (its name, serialized form or function) as ``(ONNX name, alpha,
+    beta)``; one that ONNX cannot name is a ``ValueError`` naming ``name``."""
+    if activation is None:
+        key: Any = "linear"
+    elif isinstance(activation, str):
+        key = activation
+    elif isinstance(activation, Mapping):  # Keras's serialized form of a function
+        key = activation.get("config")
+    else:
+        key = getattr(activation, "__name__", None)
+    if not isinstance(key, str) or key not in _KERAS_ACTIVATIONS:
+        raise ValueError(
+            f"{name} {activation!r:.80} has no ONNX LSTM equivalent; lstm_fast runs the "
+            f"Keras activations {', '.join(_KERAS_ACTIVATIONS)}"
+        )
+    return _KERAS_ACTIVATIONS[key]
+
+
+def _keras_parts(layer_or_config: Any) -> tuple[Mapping[str, Any], list[Any], bool]:
+    """``(LSTM config, weights, bidirectional)`` of a Keras layer or ``(config, weights)``."""
+    if isinstance(layer_or_config, (tuple, list)):
+        if len(layer_or_config) != 2:
+            raise ValueError(
+                f"layer_or_config must be a Keras layer or (config, weights), got a "
+                f"{type(layer_or_config).__name__} of {len(layer_or_config)}"
+            )
+        config, weights = layer_or_config
+        mapping("layer_or_config[0]", config, "values (a Keras layer's get_config())")
+        weights = list(weights)
+    elif hasattr(layer_or_config, "get_config") and hasattr(layer_or_config, "get_weights"):
+        config = layer_or_config.get_config()
+        weights = list(layer_or_config.get_weights())
+        if not weights:
+            raise ValueError("layer_or_config: the Keras layer has no weights yet: build it first")
+    else:
+        raise TypeError(
+            f"layer_or_config must be a keras.layers.LSTM, Bidirectional(LSTM) or "
+            f"(config, weights), got {type(layer_or_config).__name__}"
+        )
+    inner = config.get("layer")
+    if inner is None:
+        return config, weights, False
+    # Bidirectional: the wrapped LSTM's config (serialized as {"class_name", "config"}).
+    merge = config.get("merge_mode", "concat")
+    if merge != "concat":
+        raise ValueError(
+            f"Bidirectional merge_mode {merge!r}: lstm_fast concatenates the directions "
+            f"(merge_mode='concat')"
+        )
+    if isinstance(inner, Mapping) and "config" in inner:
+        if inner.get("class_name", "LSTM") != "LSTM":
+            raise ValueError(f"Bidirectional wraps a {inner.get('class_name')}, not an LSTM")
+        inner = inner["config"]
+    backward = config.get("backward_layer")
+    if isinstance(backward, Mapping):
+        back = backward.get("config", backward)
+        for key in ("units", "activation", "recurrent_activation", "use_bias"):
+            if back.get(key) != inner.get(key):
+                raise ValueError(
+                    f"Bidirectional: the backward layer's {key} differs from the forward "
+                    f"layer's; an lstm_fast LSTM has one"
+                )
+    return inner, weights, True
+
+
+def keras_lstm(layer_or_config: Any) -> dict[str, Any]:
+    """What a Keras 3 ``LSTM`` or ``Bidirectional(LSTM)`` is, in lstm_fast's terms.
+
+    ``layer_or_config`` is the layer or ``(config, weights)`` (its ``get_config()`` and
+    ``get_weights()``). Returns a dict: ``input_size``, ``hidden_size``, ``bias``,
+    ``dtype``, ``activations`` (σ_f = ``recurrent_activation``, σ_g = σ_h =
+    ``activation``), ``go_backwards`` and ``weights``, one ``(w_ih, w_hh, b_ih, b_hh)``
+    per direction. ``unit_forget_bias``, dropout and ``return_sequences`` do not change
+    loaded weights' outputs and are ignored.
+    """
+    config, weights, bidirectional = _keras_parts(layer_or_config)
+    hidden = positive_int("units", config.get("units"))
+    use_bias = flag("use_bias", config.get("use_bias", True))
+    activations = (
+        keras_activation("recurrent_activation", config.get("recurrent_activation", "sigmoid")),
+        keras_activation("activation", config.get("activation", "tanh")),
+        keras_activation("activation", config.get("activation", "tanh")),
+    )
+    go_backwards = flag("go_backwards", config.get("go_backwards", False))
+    per = 3 if use_bias else 2
+    directions = 2 if bidirectional else 1
+    if len(weights) != per * directions:
+        raise ValueError(
+            f"weights must hold {per * directions} arrays (kernel, recurrent_kernel"
+            f"{', bias' if use_bias else ''}{' per direction' if bidirectional else ''}), "
+            f"got {len(weights)}"
+        )
+    converted = []
+    for d in range(directions):
+        part = weights[d * per : (d + 1) * per]
+        w_ih, w_hh, b_ih, b_hh = from_keras(*part)
+        if w_hh.shape[1] != hidden:
+            raise ValueError(
+                f"recurrent_kernel must be ({hidden}, {4 * hidden}), got {w_hh.T.shape}"
+            )
+        converted.append((w_ih, w_hh, b_ih, b_hh))
+    return {
+        "input_size": converted[0][0].shape[1],
+        "hidden_size": hidden,
+        "bias": use_bias,
+        "dtype": _dtype(*converted[0]),
+        "activations": activations,
+        "go_backwards": go_backwards and not bidirectional,
+        "weights": converted,
+    }
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -9,16 +9,23 @@ ONNX's ``Y`` is (T, D, B, H); a Transpose and a Reshape turn it into PyTorch's
 (T, B, D*H), which is also the next layer's input. Initial states are zeros (the
 ONNX inputs ``initial_h``/``initial_c`` are left out), so the model equals
 ``LSTM.forward(x)`` with ``hx=None`` and no ``lengths``.
+
+The variant options ONNX's operator has are written as its own: peepholes as the
+``P`` input, ``clip``, ``input_forget`` and the activations (with every alpha and
+beta written out) as attributes, and a layer of one reverse direction (from ONNX's
+``direction="reverse"`` or Keras's ``go_backwards``) as ``direction="reverse"``.
+``forget_gate=False`` and a projection have no form there: ``NotImplementedError``.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from ._checks import float_dtype, integer
+from ._checks import activation_entry, float_dtype, integer
 from ._types import LayerWeights
 from .convert import to_onnx
 
@@ -67,12 +74,38 @@ def _check_path(path: Any) -> str | bytes:
 _MIN_OPSET = 7
 
 
-def _import_onnx() -> Any:
+def _attributes(options: dict[str, Any], directions: int) -> dict[str, Any]:
+    """The LSTM node's attributes for a layer's variant options (the functional API's
+    keywords, as ``LSTM._variant`` gives them)."""
+    if options.get("forget_gate", True) is False:
+        raise NotImplementedError(
+            "export_onnx: forget_gate=False (f = 1) has no form in ONNX's LSTM operator"
+        )
+    attributes: dict[str, Any] = {}
+    if options.get("clip") is not None:
+        attributes["clip"] = float(options["clip"])
+    if options.get("input_forget"):
+        attributes["input_forget"] = 1
+    acts = options.get("activations")
+    if acts is not None:
+        specs = [activation_entry(a) for a in acts]
+        attributes["activations"] = [name for name, _, _ in specs] * directions
+        # ONNX Runtime gives each activation that takes an alpha (beta) the next value.
+        alphas = [a for _, a, _ in specs if a is not None]
+        betas = [b for _, _, b in specs if b is not None]
+        if alphas:
+            attributes["activation_alpha"] = [float(a) for a in alphas] * directions
+        if betas:
+            attributes["activation_beta"] = [float(b) for b in betas] * directions
+    return attributes
+
+
+def _import_onnx(what: str = "export_onnx") -> Any:
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "export_onnx needs the optional 'onnx' package: pip install onnx "
+            f"{what} needs the optional 'onnx' package: pip install onnx "
             "(or pip install 'lstm_fast[peers]')"
         ) from exc
     return onnx
@@ -98,6 +131,20 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
     hidden = layer.hidden_size
     directions = layer.num_directions
     rows = layer.num_layers * directions
+
+    if getattr(layer, "proj_size", 0):
+        raise NotImplementedError(
+            "export_onnx: a layer with a projection (proj_size) is not exported yet (ONNX's "
+            "LSTM operator has no projection)"
+        )
+    variant: Callable[[int, int], dict[str, Any]] = getattr(
+        layer, "_variant", lambda layer, direction: {}
+    )
+    attributes = _attributes(variant(0, 0), directions)
+    if directions == 2:
+        direction = "bidirectional"
+    else:
+        direction = "reverse" if getattr(layer, "_reverse", False) else "forward"
 
     nodes = []
     initializers = []
@@ -129,6 +176,10 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
         if layer.bias:
             b = np.concatenate([wrb[2] for wrb in per_direction]).astype(dtype, copy=False)
             inputs.append(const(f"{prefix}_B", b))
+        options = [variant(layer_index, d) for d in range(directions)]
+        if "peepholes" in options[0]:
+            p = np.stack([o["peepholes"] for o in options]).astype(dtype, copy=False)
+            inputs += [""] * (7 - len(inputs)) + [const(f"{prefix}_P", p)]
         y_name, h_name, c_name = f"{prefix}_Y", f"{prefix}_Y_h", f"{prefix}_Y_c"
         nodes.append(
             helper.make_node(
@@ -137,7 +188,8 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
                 [y_name, h_name, c_name],
                 name=f"lstm_{prefix}",
                 hidden_size=hidden,
-                direction="bidirectional" if directions == 2 else "forward",
+                direction=direction,
+                **attributes,
             )
         )
         # Y is (T, D, B, H); PyTorch's layout puts the directions next to the features.

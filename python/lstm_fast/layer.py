@@ -265,6 +265,10 @@ class LSTM:
         "forget_bias": None,
     }
 
+    #: Set by from_onnx / from_keras for a model of one reverse direction (ONNX's
+    #: direction="reverse", Keras's go_backwards): the one direction runs backwards.
+    _reverse = False
+
     @staticmethod
     def _peephole_name(layer: int, direction: int) -> str:
         return f"weight_p_l{layer}" + ("_reverse" if direction else "")
@@ -322,7 +326,8 @@ class LSTM:
             value = getattr(self, option)
             if value != default:
                 extra += f", {option}={value!r}"
-        return f"LSTM({self.input_size}, {self.hidden_size}{extra})"
+        reverse = "  # one reverse direction" if self._reverse else ""
+        return f"LSTM({self.input_size}, {self.hidden_size}{extra}){reverse}"
 
     def weights(self, layer: int, direction: int = 0) -> LayerWeights:
         """The weights of one layer and direction: ``LayerWeights(w_ih, w_hh, b_ih, b_hh)``.
@@ -465,7 +470,7 @@ class LSTM:
                     None if c0 is None else c0[k],
                     batch_first=batch_first,
                     lengths=lengths,
-                    reverse=direction == 1,
+                    reverse=direction == 1 or self._reverse,
                     need_cache=need_cache,
                     **self._variant(layer, direction),
                 )
@@ -595,7 +600,7 @@ class LSTM:
         zeros when ``None`` - e.g. the ``(h_n, c_n)`` of a forward over a prefix.
         Feeding a sequence step by step gives the same ``y`` as one forward over it.
         """
-        if self.bidirectional:
+        if self.bidirectional or self._reverse:
             raise ValueError(
                 "step() needs a unidirectional LSTM (the reverse direction would need the future)"
             )
@@ -682,13 +687,92 @@ class LSTM:
         """Write this layer as an ONNX model (needs ``onnx``); returns the ModelProto.
 
         The only input is ``x`` in the layer's layout; the outputs ``y``, ``h_n``,
-        ``c_n`` equal :meth:`forward`'s. See :func:`lstm_fast.export.export_onnx`.
+        ``c_n`` equal :meth:`forward`'s. Peepholes, ``clip``, ``input_forget`` and the
+        activations become the LSTM nodes' ``P`` and attributes; ``forget_gate=False``
+        has no ONNX form (``NotImplementedError``). See
+        :func:`lstm_fast.export.export_onnx`.
         """
         from .export import export_onnx
 
-        if not self.is_plain:
-            raise NotImplementedError(
-                "export_onnx writes the plain LSTM only for now; this layer has variant "
-                "options (peepholes, clip, input_forget, forget_gate or activations)"
-            )
         return export_onnx(self, path, opset=opset, lstm_dtype=lstm_dtype)
+
+    # ------------------------------------------------------------------ import
+
+    @classmethod
+    def from_onnx(cls, model_or_path: Any) -> LSTM:
+        """The layer of an ONNX model made of ``LSTM`` nodes (needs ``onnx``).
+
+        ``model_or_path``: an ``onnx.ModelProto``, a path or the model's bytes. The
+        graph must be a chain of ONNX ``LSTM`` nodes with only reshaping glue around
+        them (as PyTorch's and tf2onnx's exporters write); its options (directions,
+        layout, peepholes, clip, input_forget, activations) become the layer's. The
+        layer's ``forward(x, (h0, c0), lengths=...)`` equals the model's last node's
+        ``Y`` (directions merged into the features) and the stacked ``Y_h``, ``Y_c``.
+        Anything else in the graph is a ``ValueError`` naming the node.
+        """
+        from .onnx_import import read_onnx
+
+        spec = read_onnx(model_or_path)
+        layer = cls(
+            spec.input_size,
+            spec.hidden_size,
+            spec.num_layers,
+            bias=spec.bias,
+            batch_first=spec.batch_first,
+            bidirectional=spec.direction == "bidirectional",
+            dtype=spec.dtype,
+            peepholes=spec.peepholes,
+            clip=spec.clip,
+            input_forget=spec.input_forget,
+            activations=spec.activations,
+            seed=0,
+        )
+        layer._reverse = spec.direction == "reverse"
+        for k, row in enumerate(spec.weights):
+            for d, (w_ih, w_hh, b_ih, b_hh, peep) in enumerate(row):
+                layer._load_direction(k, d, w_ih, w_hh, b_ih, b_hh, peep)
+        return layer
+
+    @classmethod
+    def from_keras(cls, layer_or_config: Any) -> LSTM:
+        """The layer of a Keras 3 ``LSTM`` or ``Bidirectional(LSTM)``.
+
+        ``layer_or_config``: the Keras layer object, or ``(config, weights)`` with its
+        ``get_config()`` and ``get_weights()``. The result is ``batch_first=True``
+        (Keras's layout) and its ``forward`` returns every step (Keras's
+        ``return_sequences=True``), in real time order; with ``go_backwards`` Keras
+        returns them reversed. ``activation`` is σ_g and σ_h, ``recurrent_activation``
+        σ_f; one that ONNX cannot name either is a ``ValueError``.
+        """
+        from .convert import keras_lstm
+
+        spec = keras_lstm(layer_or_config)
+        layer = cls(
+            spec["input_size"],
+            spec["hidden_size"],
+            bias=spec["bias"],
+            batch_first=True,
+            bidirectional=len(spec["weights"]) == 2,
+            dtype=spec["dtype"],
+            activations=spec["activations"],
+            seed=0,
+        )
+        layer._reverse = spec["go_backwards"]
+        for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(spec["weights"]):
+            layer._load_direction(0, d, w_ih, w_hh, b_ih, b_hh, None)
+        return layer
+
+    def _load_direction(
+        self, layer: int, direction: int, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, peep: Any
+    ) -> None:
+        """Copy one direction's weights in (a missing bias or peephole vector: zeros)."""
+        names = [*self._names[layer][direction], None]
+        if self.peepholes:
+            names[4] = self._peephole_name(layer, direction)
+        for name, value in zip(names, (w_ih, w_hh, b_ih, b_hh, peep)):
+            if name is None:
+                continue
+            target = self.parameters[name]
+            array = np.zeros_like(target) if value is None else self._cast(name, value)
+            check_shape(name, array, str(target.shape), target.shape)
+            target[...] = array
