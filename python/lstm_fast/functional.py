@@ -17,7 +17,6 @@ from ._checks import (
     CELL_NAMES,
     NEEDS_INPUT,
     PLAIN_ACTIVATIONS,
-    as_array,
     cell_arguments,
     check_lengths,
     check_shape,
@@ -604,12 +603,15 @@ class PreparedWeights:
         weights (NaNs included): the proof a caller needs to keep using this object
         for weights that may have been updated in place."""
         given, kept = [], []
-        for value, mine in zip((w_ih, w_hh, b_ih, b_hh), self._kept):
+        names = ("w_ih", "w_hh", "b_ih", "b_hh")
+        for name, value, mine in zip(names, (w_ih, w_hh, b_ih, b_hh), self._kept):
             if (value is None) != (mine is None):
                 return False
             if mine is None:
                 continue
-            array = value if isinstance(value, np.ndarray) else as_array("weights", value)
+            # A layer's own arrays (the common case) skip the general coercion.
+            exact = type(value) is np.ndarray and value.dtype == mine.dtype
+            array = value if exact else real_array(name, value)
             if array.shape != mine.shape:
                 return False
             if array.dtype != mine.dtype or not array.flags.c_contiguous:
