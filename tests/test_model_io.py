@@ -564,3 +564,14 @@ def test_from_keras_errors(keras):
     good(x)
     with pytest.raises(ValueError, match="weights must hold 3"):
         LSTM.from_keras((good.get_config(), good.get_weights()[:2]))
+
+
+def test_from_onnx_refuses_what_is_not_a_model(tmp_path):
+    pytest.importorskip("onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a model")
+    for source in (b"junk", junk):
+        with pytest.raises(ValueError, match="model_or_path: .* not hold an ONNX model"):
+            LSTM.from_onnx(source)
+    with pytest.raises(FileNotFoundError):
+        LSTM.from_onnx(tmp_path / "missing.onnx")

@@ -84,15 +84,24 @@ def _load(model_or_path: Any) -> Any:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path
     if isinstance(model_or_path, (bytes, bytearray, memoryview)):
-        return onnx.load_from_string(bytes(model_or_path))
+        what, load = "these bytes do", lambda: onnx.load_from_string(bytes(model_or_path))
+    else:
+        try:
+            path = os.fspath(model_or_path)
+        except TypeError:
+            raise TypeError(
+                f"model_or_path must be an onnx.ModelProto, a path (str or os.PathLike) or "
+                f"the model's bytes, got {type(model_or_path).__name__}"
+            ) from None
+        what, load = f"the file {path!r} does", lambda: onnx.load(path)
     try:
-        path = os.fspath(model_or_path)
-    except TypeError:
-        raise TypeError(
-            f"model_or_path must be an onnx.ModelProto, a path (str or os.PathLike) or "
-            f"the model's bytes, got {type(model_or_path).__name__}"
+        return load()
+    except OSError:
+        raise  # a missing or unreadable file says so itself, with its path
+    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX model
+        raise ValueError(
+            f"model_or_path: {what} not hold an ONNX model ({type(e).__name__}: {e})"
         ) from None
-    return onnx.load(path)
 
 
 def _node_name(node: Any, index: int) -> str:
