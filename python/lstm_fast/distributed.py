@@ -29,6 +29,7 @@ own thread count (``Worker.state.nthreads``) before it computes.
 
 from __future__ import annotations
 
+import abc
 import copy
 import json
 import math
@@ -335,7 +336,7 @@ def _add(*parts: _Sums) -> _Sums:
     return total
 
 
-class _Loss:
+class _Loss(abc.ABC):
     """What the two losses share: where the predictions come from (``on``), the
     optional read-out, and the backward from the prediction to the layer."""
 
@@ -382,10 +383,11 @@ class _Loss:
                 f"{features}, got {self.readout.in_features}"
             )
 
+    @abc.abstractmethod
     def _criterion(
         self, pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None
     ) -> tuple[float, int, np.ndarray]:
-        raise NotImplementedError
+        """(summed loss, count, gradient of the summed loss by ``pred``) of one shard."""
 
     def sums(
         self, layer: LSTM, y: np.ndarray, h_n: np.ndarray, target: np.ndarray, lengths: Any

@@ -351,12 +351,8 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                             self.finish::<S>(s, 0, q + 1, acc1);
                             q += 2;
                         } else {
-                            self.finish::<S>(
-                                s,
-                                0,
-                                q,
-                                mrx4v::<S, 1>([da_row(0, s + 1)], 1, depth, panel(q))[0],
-                            );
+                            let [acc] = row_x4pv::<S, 1>(da, 1, depth, [panel(q)]);
+                            self.finish::<S>(s, 0, q, acc);
                             q += 1;
                         }
                     }

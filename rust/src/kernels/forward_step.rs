@@ -12,8 +12,7 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, mrx4v, pack_rows, row_x4pv, rows_x4v_kblocked, PackedRows,
-    VectorRoom,
+    accumulator_room, accumulators, pack_rows, row_x4pv, rows_x4v_kblocked, PackedRows, VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -416,7 +415,8 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
                             self.finish::<S>(s, 0, p + 1, acc1, xw);
                             p += 2;
                         } else {
-                            self.finish::<S>(s, 0, p, mrx4v::<S, 1>([cur], 1, h, panel(p))[0], xw);
+                            let [acc] = row_x4pv::<S, 1>(cur, 1, h, [panel(p)]);
+                            self.finish::<S>(s, 0, p, acc, xw);
                             p += 1;
                         }
                     }
