@@ -14,7 +14,22 @@ The variant options ONNX's operator has are written as its own: peepholes as the
 ``P`` input, ``clip``, ``input_forget`` and the activations (with every alpha and
 beta written out) as attributes, and a layer of one reverse direction (from ONNX's
 ``direction="reverse"`` or Keras's ``go_backwards``) as ``direction="reverse"``.
-``forget_gate=False`` and a projection have no form there: ``NotImplementedError``.
+``forget_gate=False`` has no form there: ``NotImplementedError``.
+
+A layer with a projection (``proj_size``, PyTorch's LSTMP) has no form in ONNX's
+``LSTM`` operator either, and PyTorch's exporter refuses it. Here each of its
+layers and directions is written out as the cell itself: the input product of
+every step at once (``MatMul`` with ``W_ih^T`` plus the summed biases, (T, B, 4H)),
+then a ``Scan`` over time whose body runs one step, ``a = xp_t + h_{t-1} R``,
+``Split`` into the gates i, f, g, o (the layer's order), the activations, ``c_t``,
+``m_t = o ⊙ σ_h(c_t)`` and ``h_t = m_t W_hr^T`` (P wide). The reverse direction
+is the same Scan with ``scan_input_directions``/``scan_output_directions`` = 1.
+Every variant option works in that body: peepholes, ``clip`` (as ``Max``/``Min``),
+``input_forget``, ``forget_gate=False`` and the activations (those that are not
+Sigmoid, Tanh or Relu as the elementwise operators that define them, so that they
+run in both dtypes). The graph's input and outputs are those above, with ``y``
+(T, B, D*P) and ``h_n`` (L*D, B, P); ``c_n`` stays H wide. It needs opset 9
+(``Scan`` with directions, ``ConstantOfShape``) or later.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ._checks import activation_entry, float_dtype, integer
+from ._checks import PLAIN_ACTIVATIONS, activation_entry, float_dtype, integer
 from ._types import LayerWeights
 from .convert import to_onnx
 
@@ -131,23 +146,20 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
     hidden = layer.hidden_size
     directions = layer.num_directions
     rows = layer.num_layers * directions
+    proj = int(getattr(layer, "proj_size", 0) or 0)
+    state = proj or hidden  # the width of h: y, h_n
 
-    if getattr(layer, "proj_size", 0):
-        raise NotImplementedError(
-            "export_onnx: a layer with a projection (proj_size) is not exported yet (ONNX's "
-            "LSTM operator has no projection)"
-        )
     variant: Callable[[int, int], dict[str, Any]] = getattr(
         layer, "_variant", lambda layer, direction: {}
     )
-    attributes = _attributes(variant(0, 0), directions)
-    if directions == 2:
-        direction = "bidirectional"
-    else:
-        direction = "reverse" if getattr(layer, "_reverse", False) else "forward"
+    if proj and opset < _MIN_SCAN_OPSET:
+        raise ValueError(
+            f"opset must be >= {_MIN_SCAN_OPSET} for a layer with a projection (proj_size: "
+            f"written as a Scan over time, as ONNX's LSTM operator has no projection), got {opset}"
+        )
 
-    nodes = []
-    initializers = []
+    nodes: list[Any] = []
+    initializers: list[Any] = []
 
     def const(name: str, value: np.ndarray) -> str:
         initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
@@ -161,47 +173,13 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
     if cast:
         nodes.append(helper.make_node("Cast", [current], ["x_cast"], to=elem_types[dtype]))
         current = "x_cast"
-    # Reshape (T, B, D, H) -> (T, B, D*H): 0 copies that dimension from the input.
-    merge_shape = const("merge_directions_shape", np.array([0, 0, -1], dtype=np.int64))
 
-    h_outputs, c_outputs = [], []
-    for layer_index in range(layer.num_layers):
-        per_direction = [
-            to_onnx(*layer.weights(layer_index, direction)) for direction in range(directions)
-        ]
-        w = np.concatenate([wrb[0] for wrb in per_direction]).astype(dtype, copy=False)
-        r = np.concatenate([wrb[1] for wrb in per_direction]).astype(dtype, copy=False)
-        prefix = f"l{layer_index}"
-        inputs = [current, const(f"{prefix}_W", w), const(f"{prefix}_R", r)]
-        if layer.bias:
-            b = np.concatenate([wrb[2] for wrb in per_direction]).astype(dtype, copy=False)
-            inputs.append(const(f"{prefix}_B", b))
-        options = [variant(layer_index, d) for d in range(directions)]
-        if "peepholes" in options[0]:
-            p = np.stack([o["peepholes"] for o in options]).astype(dtype, copy=False)
-            inputs += [""] * (7 - len(inputs)) + [const(f"{prefix}_P", p)]
-        y_name, h_name, c_name = f"{prefix}_Y", f"{prefix}_Y_h", f"{prefix}_Y_c"
-        nodes.append(
-            helper.make_node(
-                "LSTM",
-                inputs,
-                [y_name, h_name, c_name],
-                name=f"lstm_{prefix}",
-                hidden_size=hidden,
-                direction=direction,
-                **attributes,
-            )
+    if proj:
+        current, h_outputs, c_outputs = _scan_layers(
+            layer, variant, current, dtype, elem_types[dtype], opset, nodes, const
         )
-        # Y is (T, D, B, H); PyTorch's layout puts the directions next to the features.
-        nodes.append(
-            helper.make_node("Transpose", [y_name], [f"{prefix}_Y_tbdh"], perm=[0, 2, 1, 3])
-        )
-        nodes.append(
-            helper.make_node("Reshape", [f"{prefix}_Y_tbdh", merge_shape], [f"{prefix}_out"])
-        )
-        current = f"{prefix}_out"
-        h_outputs.append(h_name)
-        c_outputs.append(c_name)
+    else:
+        current, h_outputs, c_outputs = _lstm_layers(layer, variant, current, dtype, nodes, const)
 
     def finish(source: str, name: str) -> None:
         if cast:
@@ -227,9 +205,9 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
         [batch, steps, layer.input_size] if layer.batch_first else [steps, batch, layer.input_size]
     )
     y_shape: list[str | int] = (
-        [batch, steps, directions * hidden]
+        [batch, steps, directions * state]
         if layer.batch_first
-        else [steps, batch, directions * hidden]
+        else [steps, batch, directions * state]
     )
     graph = helper.make_graph(
         nodes,
@@ -237,7 +215,7 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
         [helper.make_tensor_value_info("x", elem_type, x_shape)],
         [
             helper.make_tensor_value_info("y", elem_type, y_shape),
-            helper.make_tensor_value_info("h_n", elem_type, [rows, batch, hidden]),
+            helper.make_tensor_value_info("h_n", elem_type, [rows, batch, state]),
             helper.make_tensor_value_info("c_n", elem_type, [rows, batch, hidden]),
         ],
         initializer=initializers,
@@ -251,6 +229,348 @@ def to_onnx_model(layer: _Layer, opset: int = 14, *, lstm_dtype: Any = np.float3
     model.doc_string = repr(layer)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+_Const = Callable[[str, np.ndarray], str]
+
+
+def _lstm_layers(
+    layer: _Layer,
+    variant: Callable[[int, int], dict[str, Any]],
+    current: str,
+    dtype: np.dtype,
+    nodes: list[Any],
+    const: _Const,
+) -> tuple[str, list[str], list[str]]:
+    """One ONNX ``LSTM`` node per layer; returns (y, [Y_h per layer], [Y_c per layer])."""
+    from onnx import helper
+
+    directions = layer.num_directions
+    attributes = _attributes(variant(0, 0), directions)
+    if directions == 2:
+        direction = "bidirectional"
+    else:
+        direction = "reverse" if getattr(layer, "_reverse", False) else "forward"
+    # Reshape (T, B, D, H) -> (T, B, D*H): 0 copies that dimension from the input.
+    merge_shape = const("merge_directions_shape", np.array([0, 0, -1], dtype=np.int64))
+    h_outputs: list[str] = []
+    c_outputs: list[str] = []
+    for layer_index in range(layer.num_layers):
+        per_direction = [
+            to_onnx(*layer.weights(layer_index, direction)) for direction in range(directions)
+        ]
+        w = np.concatenate([wrb[0] for wrb in per_direction]).astype(dtype, copy=False)
+        r = np.concatenate([wrb[1] for wrb in per_direction]).astype(dtype, copy=False)
+        prefix = f"l{layer_index}"
+        inputs = [current, const(f"{prefix}_W", w), const(f"{prefix}_R", r)]
+        if layer.bias:
+            b = np.concatenate([wrb[2] for wrb in per_direction]).astype(dtype, copy=False)
+            inputs.append(const(f"{prefix}_B", b))
+        options = [variant(layer_index, d) for d in range(directions)]
+        if "peepholes" in options[0]:
+            p = np.stack([o["peepholes"] for o in options]).astype(dtype, copy=False)
+            inputs += [""] * (7 - len(inputs)) + [const(f"{prefix}_P", p)]
+        y_name, h_name, c_name = f"{prefix}_Y", f"{prefix}_Y_h", f"{prefix}_Y_c"
+        nodes.append(
+            helper.make_node(
+                "LSTM",
+                inputs,
+                [y_name, h_name, c_name],
+                name=f"lstm_{prefix}",
+                hidden_size=layer.hidden_size,
+                direction=direction,
+                **attributes,
+            )
+        )
+        # Y is (T, D, B, H); PyTorch's layout puts the directions next to the features.
+        nodes.append(
+            helper.make_node("Transpose", [y_name], [f"{prefix}_Y_tbdh"], perm=[0, 2, 1, 3])
+        )
+        nodes.append(
+            helper.make_node("Reshape", [f"{prefix}_Y_tbdh", merge_shape], [f"{prefix}_out"])
+        )
+        current = f"{prefix}_out"
+        h_outputs.append(h_name)
+        c_outputs.append(c_name)
+    return current, h_outputs, c_outputs
+
+
+# Scan with scan_input_directions / scan_output_directions (v9) and ConstantOfShape (9).
+_MIN_SCAN_OPSET = 9
+
+
+def _scan_layers(
+    layer: _Layer,
+    variant: Callable[[int, int], dict[str, Any]],
+    current: str,
+    dtype: np.dtype,
+    elem: int,
+    opset: int,
+    nodes: list[Any],
+    const: _Const,
+) -> tuple[str, list[str], list[str]]:
+    """The layers of a layer with a projection, each direction a ``Scan`` over time
+    whose body is one step of the cell (module docstring); returns
+    (y, [h_n (1, B, P) per layer and direction], [c_n (1, B, H) ...])."""
+    from onnx import helper
+
+    hidden = layer.hidden_size
+    proj = int(layer.proj_size)  # type: ignore[attr-defined]
+    directions = layer.num_directions
+    # Zero initial states (B, P) and (B, H), B read from x at run time.
+    nodes.append(helper.make_node("Shape", [current], ["x_shape"]))
+    nodes.append(
+        helper.make_node("Gather", ["x_shape", const("batch_axis", np.array([1]))], ["batch_dim"])
+    )
+    zero_states = []
+    for width, name in ((proj, "h"), (hidden, "c")):
+        nodes.append(
+            helper.make_node(
+                "Concat",
+                ["batch_dim", const(f"{name}_width", np.array([width], np.int64))],
+                [f"{name}0_shape"],
+                axis=0,
+            )
+        )
+        nodes.append(
+            helper.make_node(
+                "ConstantOfShape",
+                [f"{name}0_shape"],
+                [f"{name}0_zeros"],
+                value=helper.make_tensor("value", elem, [1], [0.0]),
+            )
+        )
+        zero_states.append(f"{name}0_zeros")
+    # (B, W) -> (1, B, W), for stacking the final states; -1: B.
+    row_shapes = {
+        width: const(f"state_row_shape_{width}", np.array([1, -1, width], np.int64))
+        for width in {proj, hidden}
+    }
+
+    h_outputs: list[str] = []
+    c_outputs: list[str] = []
+    for layer_index in range(layer.num_layers):
+        ys = []
+        for d in range(directions):
+            prefix = f"l{layer_index}" + ("_reverse" if d else "")
+            w_ih, w_hh, b_ih, b_hh = layer.weights(layer_index, d)
+            options = variant(layer_index, d)
+            w_hr = options.get("w_hr")
+            if w_hr is None or np.shape(w_hr) != (proj, hidden):
+                raise ValueError(
+                    f"export_onnx: layer {layer_index} direction {d} has proj_size = {proj} "
+                    f"but no projection weights w_hr of shape ({proj}, {hidden})"
+                )
+            # The input product of every step at once, outside the loop.
+            xp = f"{prefix}_xp"
+            w_t = np.asarray(w_ih, dtype).T
+            nodes.append(
+                helper.make_node("MatMul", [current, const(f"{prefix}_W_ih_T", w_t)], [xp])
+            )
+            if b_ih is not None or b_hh is not None:
+                bias = np.zeros(4 * hidden, dtype)
+                for b in (b_ih, b_hh):
+                    if b is not None:
+                        bias = bias + np.asarray(b, dtype)
+                nodes.append(
+                    helper.make_node("Add", [xp, const(f"{prefix}_bias", bias)], [f"{xp}_b"])
+                )
+                xp = f"{xp}_b"
+            body = _step_body(
+                prefix,
+                hidden,
+                np.asarray(w_hh, dtype),
+                np.asarray(w_hr, dtype),
+                options,
+                dtype,
+                elem,
+                opset,
+                const,
+            )
+            reverse = int(d == 1 or bool(getattr(layer, "_reverse", False)))
+            h_last, c_last, y = f"{prefix}_h_n", f"{prefix}_c_n", f"{prefix}_y"
+            nodes.append(
+                helper.make_node(
+                    "Scan",
+                    [*zero_states, xp],
+                    [h_last, c_last, y],
+                    name=f"scan_{prefix}",
+                    body=body,
+                    num_scan_inputs=1,
+                    scan_input_directions=[reverse],
+                    scan_output_directions=[reverse],
+                )
+            )
+            for last, width, outputs in ((h_last, proj, h_outputs), (c_last, hidden, c_outputs)):
+                nodes.append(
+                    helper.make_node("Reshape", [last, row_shapes[width]], [f"{last}_row"])
+                )
+                outputs.append(f"{last}_row")
+            ys.append(y)
+        if len(ys) == 1:
+            current = ys[0]
+        else:
+            current = f"l{layer_index}_out"
+            nodes.append(helper.make_node("Concat", ys, [current], axis=2))
+    return current, h_outputs, c_outputs
+
+
+def _step_body(
+    prefix: str,
+    hidden: int,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray,
+    options: dict[str, Any],
+    dtype: np.dtype,
+    elem: int,
+    opset: int,
+    const: _Const,
+) -> Any:
+    """The Scan body of one direction: (h_{t-1}, c_{t-1}, xp_t) -> (h_t, c_t, y_t).
+
+    The weights are initializers of the main graph, which the body reads from the
+    outer scope. Every name carries ``prefix``: the bodies of a model share one
+    name space with the main graph.
+    """
+    from onnx import helper
+
+    body_nodes: list[Any] = []
+    count = [0]
+
+    def node(op: str, inputs: list[str], **attributes: Any) -> str:
+        count[0] += 1
+        out = f"{prefix}_s{count[0]}_{op.lower()}"
+        body_nodes.append(helper.make_node(op, inputs, [out], **attributes))
+        return out
+
+    scalars: dict[str, str] = {}
+
+    def scalar(name: str, value: float) -> str:
+        if name not in scalars:
+            scalars[name] = const(f"{prefix}_{name}", np.array(value, dtype))
+        return scalars[name]
+
+    clip = options.get("clip")
+    lower = upper = ""
+    if clip is not None:
+        lower, upper = scalar("clip_low", -float(clip)), scalar("clip_high", float(clip))
+
+    def clamp(z: str) -> str:
+        return z if clip is None else node("Min", [node("Max", [z, lower]), upper])
+
+    specs = [activation_entry(a) for a in (options.get("activations") or PLAIN_ACTIVATIONS)]
+
+    def activate(which: int, z: str) -> str:
+        return _activation(specs[which], z, f"act{which}", node, scalar)
+
+    h_prev, c_prev, xp_t = f"{prefix}_h_prev", f"{prefix}_c_prev", f"{prefix}_xp_t"
+    recurrent = node("MatMul", [h_prev, const(f"{prefix}_W_hh_T", w_hh.T)])
+    a = node("Add", [xp_t, recurrent])
+    gates = [f"{prefix}_z_{g}" for g in "ifgo"]
+    split = [hidden] * 4
+    if opset >= 13:  # the sizes became an input in opset 13
+        body_nodes.append(
+            helper.make_node(
+                "Split", [a, const(f"{prefix}_split", np.array(split, np.int64))], gates, axis=1
+            )
+        )
+    else:
+        body_nodes.append(helper.make_node("Split", [a], gates, axis=1, split=split))
+    z_i, z_f, z_g, z_o = gates
+    peepholes = options.get("peepholes")
+    if peepholes is not None:
+        p = np.asarray(peepholes, dtype)
+        # ONNX's order [p_i, p_o, p_f].
+        p_i, p_o, p_f = (
+            const(f"{prefix}_p_{g}", p[k * hidden : (k + 1) * hidden]) for k, g in enumerate("iof")
+        )
+        z_i = node("Add", [z_i, node("Mul", [c_prev, p_i])])
+        z_f = node("Add", [z_f, node("Mul", [c_prev, p_f])])
+    i = activate(0, clamp(z_i))
+    g = activate(1, clamp(z_g))
+    i_g = node("Mul", [i, g])
+    if options.get("forget_gate", True) is False:
+        c = node("Add", [c_prev, i_g])  # f = 1
+    else:
+        if options.get("input_forget"):
+            f = node("Sub", [scalar("one", 1.0), i])
+        else:
+            f = activate(0, clamp(z_f))
+        c = node("Add", [node("Mul", [f, c_prev]), i_g])
+    if peepholes is not None:
+        z_o = node("Add", [z_o, node("Mul", [c, p_o])])
+    o = activate(0, clamp(z_o))
+    m = node("Mul", [o, activate(2, c)])
+    h = node("MatMul", [m, const(f"{prefix}_W_hr_T", w_hr.T)])
+    outputs = [f"{prefix}_h", f"{prefix}_c", f"{prefix}_y_t"]
+    body_nodes.append(helper.make_node("Identity", [h], [outputs[0]]))
+    body_nodes.append(helper.make_node("Identity", [c], [outputs[1]]))
+    body_nodes.append(helper.make_node("Identity", [h], [outputs[2]]))
+    proj = w_hr.shape[0]
+    return helper.make_graph(
+        body_nodes,
+        f"{prefix}_step",
+        [
+            helper.make_tensor_value_info(h_prev, elem, ["batch", proj]),
+            helper.make_tensor_value_info(c_prev, elem, ["batch", hidden]),
+            helper.make_tensor_value_info(xp_t, elem, ["batch", 4 * hidden]),
+        ],
+        [
+            helper.make_tensor_value_info(outputs[0], elem, ["batch", proj]),
+            helper.make_tensor_value_info(outputs[1], elem, ["batch", hidden]),
+            helper.make_tensor_value_info(outputs[2], elem, ["batch", proj]),
+        ],
+    )
+
+
+def _activation(
+    spec: tuple[str, float | None, float | None],
+    z: str,
+    tag: str,
+    node: Callable[..., str],
+    scalar: Callable[[str, float], str],
+) -> str:
+    """The nodes of one activation applied to ``z`` (docs/variants.md, 'Activations').
+
+    Sigmoid, Tanh and Relu are ONNX operators in both dtypes; the others are built
+    from the elementwise operators that define them (ONNX Runtime implements
+    HardSigmoid, Elu, Softplus, ... for float32 only), with the reference's
+    branches: ``a >= 0`` as ``not (a < 0)``, Elu's exponential of ``min(a, 0)`` and
+    Softplus as ``max(a, 0) + log(1 + exp(-|a|))``, which cannot overflow.
+    """
+    name, alpha, beta = spec
+    if name in ("Sigmoid", "Tanh", "Relu"):
+        return node(name, [z])
+    if name == "Softsign":
+        return node("Div", [z, node("Add", [scalar("one", 1.0), node("Abs", [z])])])
+    if name == "Softplus":
+        tail = node(
+            "Log",
+            [node("Add", [scalar("one", 1.0), node("Exp", [node("Neg", [node("Abs", [z])])])])],
+        )
+        return node("Add", [node("Max", [z, scalar("zero", 0.0)]), tail])
+    assert alpha is not None
+    a = scalar(f"{tag}_alpha", alpha)
+    if name == "LeakyRelu":
+        return node("Where", [node("Less", [z, scalar("zero", 0.0)]), node("Mul", [z, a]), z])
+    if name == "ThresholdedRelu":
+        return node("Where", [node("Greater", [z, a]), z, scalar("zero", 0.0)])
+    if name == "Elu":
+        negative = node("Min", [z, scalar("zero", 0.0)])
+        expm1 = node("Sub", [node("Exp", [negative]), scalar("one", 1.0)])
+        return node("Where", [node("Less", [z, scalar("zero", 0.0)]), node("Mul", [expm1, a]), z])
+    assert beta is not None
+    b = scalar(f"{tag}_beta", beta)
+    if name == "Affine":
+        return node("Add", [node("Mul", [z, a]), b])
+    if name == "ScaledTanh":
+        return node("Mul", [node("Tanh", [node("Mul", [z, b])]), a])
+    if name == "HardSigmoid":
+        linear = node("Add", [node("Mul", [z, a]), b])
+        return node("Min", [node("Max", [linear, scalar("zero", 0.0)]), scalar("one", 1.0)])
+    raise NotImplementedError(
+        f"export_onnx: activation {name} has no Scan form"
+    )  # pragma: no cover
 
 
 def export_onnx(
@@ -268,6 +588,8 @@ def export_onnx(
     compute in: ONNX Runtime implements that operator for float32 only, so a float64
     layer is exported with Casts around float32 nodes (float32 accuracy) unless
     ``lstm_dtype=np.float64`` asks for double nodes, for runtimes that have them.
+    A layer with a projection is written as Scans over the cell (module docstring);
+    their bodies compute in ``lstm_dtype`` too, and ONNX Runtime runs them in both.
     """
     onnx = _import_onnx()
     target = _check_path(path)

@@ -137,6 +137,11 @@ class LSTM:
     (B, T, I) with ``batch_first=True``, or (T, I) unbatched; ``y`` (T, B, D*H) in x's
     layout, ``h_n``/``c_n`` (L*D, B, H). ``backward(dy, dh_n, dc_n) -> dx`` after a
     forward fills :attr:`grads`. ``x`` and the states are computed in the layer's dtype.
+
+    ``proj_size=P`` (0 < P < H; PyTorch's LSTMP) adds a projection ``weight_hr_l{k}``
+    (P, H) per layer and direction: ``h_t = weight_hr (o_t * tanh(c_t))``, so ``y`` is
+    (T, B, D*P), ``h0``/``h_n`` are (L*D, B, P), ``weight_hh_l{k}`` is (4H, P) and
+    layer k > 0 takes D*P inputs; ``c0``/``c_n`` stay H wide.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class LSTM:
         forget_gate: bool = True,
         activations: Any = None,
         forget_bias: float | None = None,
+        proj_size: int = 0,
     ) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -178,18 +184,33 @@ class LSTM:
                     "forget_bias needs bias=True (it initialises the forget-gate bias)"
                 )
         self.forget_bias = forget_bias
+        # PyTorch's rule and its two messages, with the value.
+        proj_size = integer("proj_size", proj_size)
+        if proj_size < 0:
+            raise ValueError(
+                f"proj_size should be a positive integer or zero to disable projections, "
+                f"got {proj_size}"
+            )
+        if proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size has to be smaller than hidden_size = {self.hidden_size}, "
+                f"got proj_size = {proj_size}"
+            )
+        #: P, the width of the state h (0: no projection, h is H wide).
+        self.proj_size = proj_size
 
         directions = 2 if self.bidirectional else 1
         self.num_directions = directions
         hidden = self.hidden_size
-        per_direction = 4 * hidden * (hidden + (2 if self.bias else 0))
+        state = self.state_size
+        per_direction = 4 * hidden * (state + (2 if self.bias else 0)) + proj_size * hidden
         count = directions * (
             self.num_layers * per_direction
-            + 4 * hidden * (self.input_size + (self.num_layers - 1) * directions * hidden)
+            + 4 * hidden * (self.input_size + (self.num_layers - 1) * directions * state)
         )
         check_memory(
             f"input_size = {self.input_size}, hidden_size = {hidden}, num_layers = "
-            f"{self.num_layers}",
+            f"{self.num_layers}" + (f", proj_size = {proj_size}" if proj_size else ""),
             2 * count * self.dtype.itemsize,
             f"the {count} parameters and their gradients",
         )
@@ -197,7 +218,7 @@ class LSTM:
         self._names: list[list[tuple[str, str, str | None, str | None]]] = []
         shapes: dict[str, tuple[int, ...]] = {}
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else directions * hidden
+            layer_input = self.input_size if layer == 0 else directions * state
             row = []
             for direction in range(directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction else "")
@@ -208,10 +229,12 @@ class LSTM:
                     "bias_hh" + suffix if self.bias else None,
                 )
                 shapes[names[0]] = (4 * hidden, layer_input)
-                shapes[names[1]] = (4 * hidden, hidden)
+                shapes[names[1]] = (4 * hidden, state)
                 if self.bias:
                     shapes[names[2]] = (4 * hidden,)  # type: ignore[index]
                     shapes[names[3]] = (4 * hidden,)  # type: ignore[index]
+                if proj_size:  # after the biases, as PyTorch registers (and draws) it
+                    shapes[self._projection_name(layer, direction)] = (proj_size, hidden)
                 row.append(names)
             self._names.append(row)
 
@@ -247,7 +270,8 @@ class LSTM:
                 f"{self.num_layers}: out of memory for the {count} parameters and their "
                 f"gradients in {self.dtype}"
             ) from None
-        #: ``(dh0, dc0)`` of the last :meth:`backward`, each (L*D, B, H); None before.
+        #: ``(dh0, dc0)`` of the last :meth:`backward`, (L*D, B, P) and (L*D, B, H) (P = H
+        #: without a projection); None before.
         self.hx_grad: tuple[np.ndarray, np.ndarray] | None = None
         self._tape: _Tape | None = None
         #: (layer, direction) -> the weights as last packed (see _prepared_weights).
@@ -257,6 +281,7 @@ class LSTM:
 
     # The variant options of a layer made before they existed (an old pickle).
     _VARIANT_DEFAULTS: dict[str, Any] = {
+        "proj_size": 0,
         "peepholes": False,
         "clip": None,
         "input_forget": False,
@@ -273,9 +298,21 @@ class LSTM:
     def _peephole_name(layer: int, direction: int) -> str:
         return f"weight_p_l{layer}" + ("_reverse" if direction else "")
 
+    @staticmethod
+    def _projection_name(layer: int, direction: int) -> str:
+        return f"weight_hr_l{layer}" + ("_reverse" if direction else "")
+
+    @property
+    def state_size(self) -> int:
+        """The width of the state h, of ``h0``/``h_n`` and of each direction's part of
+        ``y``: ``proj_size`` with a projection, else ``hidden_size``."""
+        return self.proj_size or self.hidden_size
+
     def _variant(self, layer: int, direction: int) -> dict[str, Any]:
         """The variant keywords of the functional API for one layer and direction."""
         options: dict[str, Any] = {}
+        if self.proj_size:
+            options["w_hr"] = self.parameters[self._projection_name(layer, direction)]
         if self.peepholes:
             options["peepholes"] = self.parameters[self._peephole_name(layer, direction)]
         if self.clip is not None:
@@ -336,7 +373,8 @@ class LSTM:
         are the live ones of :attr:`parameters`, not copies: writing into them changes
         the layer (as an optimizer does), so ``.copy()`` them to keep a snapshot. The
         biases are None for a layer built with ``bias=False``. PyTorch hands out the
-        same arrays as ``all_weights[layer * num_directions + direction]``.
+        same arrays as ``all_weights[layer * num_directions + direction]`` (where a
+        fifth, the projection, follows; here it is ``parameters["weight_hr_l{k}"]``).
         """
         layer, direction = integer("layer", layer), integer("direction", direction)
         if not 0 <= layer < self.num_layers:
@@ -365,12 +403,22 @@ class LSTM:
         """
         p = self.parameters
         live = [None if name is None else p[name] for name in self._names[layer][direction]]
+        # The projection is packed with the weights (and compared with them).
+        projection = {}
+        if self.proj_size:
+            projection["w_hr"] = p[self._projection_name(layer, direction)]
         kept = self._prepared.get((layer, direction))
         # The isinstance test: tests swap the engine for the reference (``_F``).
-        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live):
-            kept = _F.prepare_weights(*live, dtype=self.dtype)
+        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live, **projection):
+            kept = _F.prepare_weights(*live, dtype=self.dtype, **projection)
             self._prepared[(layer, direction)] = kept
         return kept
+
+    def _prepared_variant(self, layer: int, direction: int) -> dict[str, Any]:
+        """:meth:`_variant` for a call of the prepared weights, which hold ``w_hr``."""
+        options = self._variant(layer, direction)
+        options.pop("w_hr", None)
+        return options
 
     def _cast(self, name: str, value: Any) -> np.ndarray:
         """``value`` in the layer's dtype; only real numbers (and bools) are accepted."""
@@ -386,22 +434,25 @@ class LSTM:
         busy = -(-batch // _ENGINE_ROWS_PER_TASK)
         if threads < 2 or busy >= threads:
             return False
-        step_work = batch * 4 * self.hidden_size * (self.input_size + self.hidden_size)
+        step_work = batch * 4 * self.hidden_size * (self.input_size + self.state_size)
         return step_work >= _CONCURRENT_MIN_STEP_WORK and steps * step_work >= _CONCURRENT_MIN_WORK
 
     def _state(
-        self, name: str, value: Any, rows: int, batch: int, unbatched: bool
+        self, name: str, value: Any, rows: int, batch: int, unbatched: bool, cell: bool = False
     ) -> np.ndarray | None:
-        """Check an initial or final-state argument: (rows, B, H), or (rows, H) unbatched."""
+        """Check an initial or final-state argument: (rows, B, W), or (rows, W) unbatched,
+        W the width of h (``state_size``: P with a projection) or of c (``cell``: H)."""
         if value is None:
             return None
         array = self._cast(name, value)
+        width = self.hidden_size if cell else self.state_size
+        size = "hidden_size" if cell or not self.proj_size else "proj_size"
         if unbatched:
-            symbols = "(num_layers*num_directions, hidden_size)"
-            check_shape(name, array, symbols, (rows, self.hidden_size))
+            symbols = f"(num_layers*num_directions, {size})"
+            check_shape(name, array, symbols, (rows, width))
             return array[:, None, :]
-        symbols = "(num_layers*num_directions, batch, hidden_size)"
-        check_shape(name, array, symbols, (rows, batch, self.hidden_size))
+        symbols = f"(num_layers*num_directions, batch, {size})"
+        check_shape(name, array, symbols, (rows, batch, width))
         return array
 
     def _input(self, x: Any) -> tuple[np.ndarray, bool, bool, int, int]:
@@ -435,7 +486,8 @@ class LSTM:
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
 
-        ``hx = (h0, c0)``, each (L*D, B, H), zeros when missing. ``lengths`` (B,) gives
+        ``hx = (h0, c0)``, (L*D, B, P) and (L*D, B, H) (P = ``proj_size``, or H without a
+        projection), zeros when missing. ``lengths`` (B,) gives
         each row's valid steps (PackedSequence semantics: padded outputs are 0, ``h_n``
         is the state after the row's last valid step, h0 for length 0).
         ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
@@ -449,7 +501,7 @@ class LSTM:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError("hx must be a tuple (h0, c0)")
             h0 = self._state("h0", hx[0], rows, batch, unbatched)
-            c0 = self._state("c0", hx[1], rows, batch, unbatched)
+            c0 = self._state("c0", hx[1], rows, batch, unbatched, cell=True)
         if lengths is not None:
             if unbatched:
                 raise ValueError("lengths needs a batched x (seq_len, batch, input_size)")
@@ -472,7 +524,7 @@ class LSTM:
                     lengths=lengths,
                     reverse=direction == 1 or self._reverse,
                     need_cache=need_cache,
-                    **self._variant(layer, direction),
+                    **self._prepared_variant(layer, direction),
                 )
 
             if self.bidirectional:
@@ -517,7 +569,7 @@ class LSTM:
         tape = self._tape
         if tape is None:
             raise RuntimeError("backward() needs a preceding forward() with need_cache=True")
-        hidden = self.hidden_size
+        state = self.state_size
         directions = self.num_directions
         rows = self.num_layers * directions
         if dy is not None:
@@ -527,7 +579,7 @@ class LSTM:
             if tape.unbatched:
                 dy = dy[:, None, :]
         dh = self._state("dh_n", dh_n, rows, tape.batch, tape.unbatched)
-        dc = self._state("dc_n", dc_n, rows, tape.batch, tape.unbatched)
+        dc = self._state("dc_n", dc_n, rows, tape.batch, tape.unbatched, cell=True)
 
         grads: dict[str, np.ndarray] = {}
         flows: dict[tuple[int, int], Any] = {}
@@ -541,7 +593,7 @@ class LSTM:
                 k = layer * directions + direction
                 d_y = d_out
                 if d_out is not None and directions == 2:
-                    d_y = d_out[..., direction * hidden : (direction + 1) * hidden]
+                    d_y = d_out[..., direction * state : (direction + 1) * state]
                 return _F.backward(
                     tape.caches[layer][direction],
                     d_y,
@@ -562,6 +614,8 @@ class LSTM:
                 if names[2] is not None:
                     grads[names[2]] = g.db_ih
                     grads[names[3]] = g.db_hh  # type: ignore[index]
+                if self.proj_size:
+                    grads[self._projection_name(layer, direction)] = g.dw_hr
                 if self.peepholes:
                     grads[self._peephole_name(layer, direction)] = g.dpeepholes
                 if flow:
@@ -596,9 +650,10 @@ class LSTM:
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """One time step of a unidirectional stack: ``(y_t, (h, c))``.
 
-        ``x_t`` (B, I) or (I,); ``state`` is ``(h, c)``, each (L, B, H) (or (L, H)),
-        zeros when ``None`` - e.g. the ``(h_n, c_n)`` of a forward over a prefix.
-        Feeding a sequence step by step gives the same ``y`` as one forward over it.
+        ``x_t`` (B, I) or (I,); ``state`` is ``(h, c)``, (L, B, P) and (L, B, H) (or
+        (L, P) and (L, H); P = H without a projection), zeros when ``None`` - e.g. the
+        ``(h_n, c_n)`` of a forward over a prefix. Feeding a sequence step by step gives
+        the same ``y`` as one forward over it.
         """
         if self.bidirectional or self._reverse:
             raise ValueError(
@@ -625,18 +680,18 @@ class LSTM:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError("state must be a tuple (h, c)")
             h = self._state("state[0]", state[0], self.num_layers, batch, unbatched)
-            c = self._state("state[1]", state[1], self.num_layers, batch, unbatched)
+            c = self._state("state[1]", state[1], self.num_layers, batch, unbatched, cell=True)
         layer_input = array[None]
         # Filled layer by layer (np.stack costs more than a small step itself).
-        h_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
-        c_new = np.empty_like(h_new)
+        h_new = np.empty((self.num_layers, batch, self.state_size), self.dtype)
+        c_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
         for layer in range(self.num_layers):
             out = self._prepared_weights(layer, 0).forward(
                 layer_input,
                 None if h is None else h[layer],
                 None if c is None else c[layer],
                 need_cache=False,
-                **self._variant(layer, 0),
+                **self._prepared_variant(layer, 0),
             )
             layer_input = out.y
             h_new[layer] = out.h_n
@@ -689,7 +744,9 @@ class LSTM:
         The only input is ``x`` in the layer's layout; the outputs ``y``, ``h_n``,
         ``c_n`` equal :meth:`forward`'s. Peepholes, ``clip``, ``input_forget`` and the
         activations become the LSTM nodes' ``P`` and attributes; ``forget_gate=False``
-        has no ONNX form (``NotImplementedError``). See
+        has no ONNX form (``NotImplementedError``). A layer with a projection
+        (``proj_size``) becomes a ``Scan`` over time per layer and direction whose body
+        is one step of the cell, with every option (opset >= 9). See
         :func:`lstm_fast.export.export_onnx`.
         """
         from .export import export_onnx
