@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import os
 import pickle
 import signal
@@ -136,6 +137,50 @@ def test_predict_equals_forward_bit_for_bit(
     np.testing.assert_array_equal(alone, y_ref)
 
 
+needs_projection = pytest.mark.skipif(
+    "w_hr" not in inspect.signature(lstm_fast.forward).parameters,
+    reason="this build's engine has no projection (w_hr)",
+)
+
+
+@needs_projection
+@pytest.mark.parametrize("batch_first, bidirectional", [(False, True), (True, False)])
+def test_projection_layer_predicts_and_trains(client, batch_first, bidirectional):
+    # y and h are proj_size wide, c hidden_size: the shapes predict declares and
+    # the read-out's features follow the layer's state_size.
+    rng = np.random.default_rng(3)
+    batch, steps = 17, 7
+    layer = LSTM(
+        4, 9, 2, proj_size=3, bidirectional=bidirectional, batch_first=batch_first,
+        dtype=np.float64, seed=5,
+    )  # fmt: skip
+    axis = 0 if batch_first else 1
+    x = rng.standard_normal((batch, steps, 4) if batch_first else (steps, batch, 4))
+    lengths = rng.integers(1, steps + 1, batch)
+    chunks = (6, 11)
+    y, (h_n, c_n) = predict(
+        layer, _chunked(x, chunks, axis), _chunked(lengths, chunks, 0), return_state=True
+    )
+    width = layer.num_directions * 3
+    assert y.shape[-1] == width and h_n.shape[-1] == 3 and c_n.shape[-1] == 9
+    y, h_n, c_n = client.compute([y, h_n, c_n], sync=True)
+    y_ref, (h_ref, c_ref) = layer(x, lengths=lengths, need_cache=False)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(h_n, h_ref)
+    np.testing.assert_array_equal(c_n, c_ref)
+
+    loss = MSELoss("last", Linear(width, 2, dtype=np.float64, seed=6))
+    target = rng.standard_normal((batch, 2))
+    value, grads = _trainer(client, layer, loss).gradient(
+        _chunked(x, chunks, axis), target, _chunked(lengths, chunks, 0)
+    )
+    expected_value, expected = _reference(layer, loss, x, target, lengths)
+    assert any(name.startswith("weight_hr") for name in grads)
+    assert value == pytest.approx(expected_value, rel=1e-12)
+    for name, g in expected.items():
+        np.testing.assert_allclose(grads[name], g, rtol=0, atol=1e-12 * np.max(np.abs(g)))
+
+
 def test_predict_ships_the_weights_once_per_worker(client):
     layer = LSTM(4, 32, seed=0)
     x = np.random.default_rng(0).standard_normal((6, 40, 4)).astype(np.float32)
@@ -198,7 +243,7 @@ def _reference(layer, loss, x, target, lengths):
     backward on the whole batch, written out as in the README's training example."""
     layer = copy.deepcopy(layer)
     y, (h_n, _) = layer(x, lengths=lengths)
-    directions, hidden = layer.num_directions, layer.hidden_size
+    directions, hidden = layer.num_directions, layer.state_size
     batch = h_n.shape[1]
     steps = y.shape[1] if layer.batch_first else y.shape[0]
     p = loss.parameters

@@ -231,19 +231,21 @@ def predict(layer: LSTM, x: Any, lengths: Any = None, *, return_state: bool = Fa
     x_blocks = x.to_delayed().ravel()
     l_blocks = [None] * len(x_blocks) if lengths is None else lengths.to_delayed().ravel()
 
-    steps, hidden = x.shape[1 - axis], layer.num_directions * layer.hidden_size
+    # y and h are state_size wide (proj_size with a projection), c hidden_size.
+    steps, width = x.shape[1 - axis], layer.num_directions * layer.state_size
     rows = layer.num_layers * layer.num_directions
     ys, hs, cs = [], [], []
     for block, block_lengths, size in zip(x_blocks, l_blocks, x.chunks[axis]):
-        y_shape = (size, steps, hidden) if layer.batch_first else (steps, size, hidden)
-        state_shape = (rows, size, layer.hidden_size)
+        y_shape = (size, steps, width) if layer.batch_first else (steps, size, width)
+        h_shape = (rows, size, layer.state_size)
+        c_shape = (rows, size, layer.hidden_size)
         out = dask.delayed(_predict_block, pure=True, nout=3 if return_state else None)(
             weights, block, block_lengths, return_state
         )
         if return_state:
             ys.append(da.from_delayed(out[0], y_shape, dtype=layer.dtype))
-            hs.append(da.from_delayed(out[1], state_shape, dtype=layer.dtype))
-            cs.append(da.from_delayed(out[2], state_shape, dtype=layer.dtype))
+            hs.append(da.from_delayed(out[1], h_shape, dtype=layer.dtype))
+            cs.append(da.from_delayed(out[2], c_shape, dtype=layer.dtype))
         else:
             ys.append(da.from_delayed(out, y_shape, dtype=layer.dtype))
     y = da.concatenate(ys, axis=axis)
@@ -364,7 +366,7 @@ class _Loss(abc.ABC):
         return 0 if self.on == "last" or layer.batch_first else 1
 
     def _features(self, layer: LSTM) -> int:
-        return layer.num_directions * layer.hidden_size
+        return layer.num_directions * layer.state_size
 
     def _target_shape(
         self, layer: LSTM, batch: int, steps: int, width: int | None
@@ -379,7 +381,7 @@ class _Loss(abc.ABC):
         features = self._features(layer)
         if self.readout is not None and self.readout.in_features != features:
             raise ValueError(
-                f"loss.readout must have in_features = num_directions*hidden_size = "
+                f"loss.readout must have in_features = num_directions*state_size = "
                 f"{features}, got {self.readout.in_features}"
             )
 
@@ -396,7 +398,8 @@ class _Loss(abc.ABC):
 
         Sums, not means: the shards are added and divided by the total count once.
         """
-        directions, hidden = layer.num_directions, layer.hidden_size
+        # h is state_size wide (proj_size with a projection).
+        directions, hidden = layer.num_directions, layer.state_size
         batch = h_n.shape[1]
         mask = None
         if self.on == "last":
