@@ -310,6 +310,7 @@ impl Problem {
                 // NaN everywhere: backward must not depend on the contents.
                 scratch: Some(&mut scratch),
                 dpeepholes: None,
+                dw_hr: None,
                 flow: None,
             },
             cancel_backward,
@@ -861,7 +862,7 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
     }
 
     let w_ih: Vec<f32> = (0..4 * hidden * 3).map(|i| i as f32 - 0.5).collect();
-    let cache = PanelCache::new(&w_ih, &w);
+    let cache = PanelCache::new(&w_ih, &w, None);
     let input = cache.input(&w_ih, hidden, hp, 3, 8).unwrap();
     assert_eq!(
         *input,
@@ -871,31 +872,37 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
         cache.input(&w, hidden, hp, 3, 8),
         Err(Error::Value(_))
     ));
-    let a = cache.forward(&w, hidden, hp, 8).unwrap();
-    assert!(Arc::ptr_eq(&a, &cache.forward(&w, hidden, hp, 8).unwrap()));
+    let a = cache.forward(&w, hidden, hp, hidden, 8).unwrap();
+    assert!(Arc::ptr_eq(
+        &a,
+        &cache.forward(&w, hidden, hp, hidden, 8).unwrap()
+    ));
     assert_eq!(
         *a,
         pack::forward_panels(&w, "w_hh", hidden, hp, hidden, 8).unwrap()
     );
-    let wide = cache.forward(&w, hidden, hp, 16).unwrap();
+    let wide = cache.forward(&w, hidden, hp, hidden, 16).unwrap();
     assert_eq!(
         *wide,
         pack::forward_panels(&w, "w_hh", hidden, hp, hidden, 16).unwrap()
     );
-    let back = cache.backward(&w, hidden, hp, 8).unwrap();
+    let back = cache.backward(&w, hidden, hp, hidden, 8).unwrap();
     assert!(Arc::ptr_eq(
         &back,
-        &cache.backward(&w, hidden, hp, 8).unwrap()
+        &cache.backward(&w, hidden, hp, hidden, 8).unwrap()
     ));
-    assert_eq!(*back, pack::backward_panels(&w, hidden, hp, 8).unwrap());
+    assert_eq!(
+        *back,
+        pack::backward_panels(&w, hidden, hp, hidden, 8).unwrap()
+    );
 
     let copy = w.clone();
     assert!(matches!(
-        cache.forward(&copy, hidden, hp, 8),
+        cache.forward(&copy, hidden, hp, hidden, 8),
         Err(Error::Value(_))
     ));
     assert!(matches!(
-        cache.backward(&w[..w.len() - 1], hidden, hp, 8),
+        cache.backward(&w[..w.len() - 1], hidden, hp, hidden, 8),
         Err(Error::Value(_))
     ));
 }
