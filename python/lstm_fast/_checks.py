@@ -425,7 +425,9 @@ def projected_arguments(
         raise TypeError("w_hh is required: expected an array, got None")
     w_hh = real_array("w_hh", raw["w_hh"])
     w_hr, hidden, proj = projection(w_hh, w_hr)
-    stand_in = dict(raw, w_hh=np.broadcast_to(np.zeros((), w_hh.dtype), (4 * hidden, hidden)), h0=None)
+    stand_in = dict(
+        raw, w_hh=np.broadcast_to(np.zeros((), w_hh.dtype), (4 * hidden, hidden)), h0=None
+    )
     arrays, sizes = pass_arguments(stand_in, batch_first=batch_first, names=names)
     arrays["w_hh"] = w_hh
     arrays["w_hr"] = w_hr
