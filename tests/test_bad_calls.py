@@ -55,6 +55,13 @@ def _arrays(shapes: dict[str, tuple[int, ...]], seed: int = 0) -> dict[str, np.n
 
 OPTIM = {"w": (3, 4), "b": (4,)}
 
+# The projection's entries (w_hr, PyTorch's proj_size): P < H, so that a state of
+# H where P belongs is a fault.
+P = 3
+PROJ_SEQ = {**SEQ, "w_hh": (G, P), "h0": (B, P), "w_hr": (P, H)}
+PROJ_CELL = {**CELL, "h": (B, P), "w_hh": (G, P), "w_hr": (P, H)}
+PROJ_WEIGHTS = {**PYTORCH, "w_hh": (G, P), "w_hr": (P, H)}
+
 
 def _seq() -> dict[str, Any]:
     return {**_arrays(SEQ), "batch_first": False, "lengths": np.array([T, 1]),
@@ -260,6 +267,32 @@ def _entries() -> list[Entry]:
               lambda: {"cache": lf.forward(**_arrays({**SEQ, "peepholes": (3 * H,)})).cache,
                        **_arrays({"dy": (T, B, H)}), "flow": True},
               lambda a: lf.backward(a["cache"], a["dy"], flow=a["flow"])),
+        Entry("forward(w_hr)",
+              lambda: {**_arrays(PROJ_SEQ), "lengths": np.array([T, 1]), "reverse": True,
+                       "peepholes": _arrays({"p": (3 * H,)})["p"]},
+              lambda a: lf.forward(**a)),
+        Entry("backward(w_hr)",
+              lambda: {"cache": lf.forward(**_arrays(PROJ_SEQ)).cache,
+                       **_arrays({"dy": (T, B, P), "dh_n": (B, P), "dc_n": (B, H)}),
+                       "flow": True},
+              lambda a: lf.backward(**a)),
+        Entry("cell_forward(w_hr)", lambda: _arrays(PROJ_CELL), lambda a: lf.cell_forward(**a)),
+        Entry("cell_backward(w_hr)",
+              lambda: {"cache": lf.cell_forward(**_arrays(PROJ_CELL)).cache,
+                       **_arrays({"dh_new": (B, P), "dc_new": (B, H)})},
+              lambda a: lf.cell_backward(**a)),
+        Entry("prepare_weights(w_hr)", lambda: {**_arrays(PROJ_WEIGHTS), "dtype": np.float32},
+              lambda a: lf.prepare_weights(**a)),
+        Entry("PreparedWeights.forward(w_hr)",
+              lambda: {"_p": lf.prepare_weights(**_arrays(PROJ_WEIGHTS)),
+                       **_arrays({"x": (T, B, I), "h0": (B, P), "c0": (B, H)}),
+                       "lengths": np.array([T, 0])},
+              lambda a: a["_p"].forward(**{k: v for k, v in a.items() if k != "_p"})),
+        Entry("PreparedWeights.matches(w_hr)",
+              lambda: {"_p": lf.prepare_weights(**_arrays(PROJ_WEIGHTS)),
+                       **_arrays(PROJ_WEIGHTS)},
+              lambda a: a["_p"].matches(a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
+                                        w_hr=a["w_hr"])),
         Entry("LSTM(variants)",
               lambda: {"input_size": I, "hidden_size": H, "num_layers": L, "peepholes": True,
                        "clip": 2.0, "input_forget": False, "forget_gate": True,

@@ -19,10 +19,11 @@ from ._core import Packed
 
 class Sequence(Protocol):
     """One checked sequence pass, as ``functional._Args`` holds it: ``x`` (T, B,
-    I), or (B, T, I) with ``batch_first``; ``w_ih`` (4H, I); ``w_hh`` (4H, H);
-    ``bias`` (4H,) = b_ih + b_hh; ``h0``, ``c0`` (B, H); ``lengths`` int64 (B,);
-    ``packed``: None, or the ``_core.Packed`` made from this very ``w_ih`` and
-    ``w_hh`` (prepared weights), whose panels the call reuses."""
+    I), or (B, T, I) with ``batch_first``; ``w_ih`` (4H, I); ``w_hh`` (4H, P);
+    ``bias`` (4H,) = b_ih + b_hh; ``h0`` (B, P), ``c0`` (B, H); ``lengths`` int64
+    (B,); ``packed``: None, or the ``_core.Packed`` made from this very ``w_ih``,
+    ``w_hh`` and ``w_hr`` (prepared weights), whose panels the call reuses. P is
+    ``w_hr``'s rows with a projection, else H."""
 
     x: np.ndarray
     w_ih: np.ndarray
@@ -42,6 +43,7 @@ class Sequence(Protocol):
     # clip > 0 or None; the two flags; activations None (the plain ones) or
     # three (ONNX name, alpha or None, beta or None).
     peepholes: np.ndarray | None
+    w_hr: np.ndarray | None  # the projection (P, H), or None
     clip: float | None
     input_forget: bool
     forget_gate: bool
@@ -49,7 +51,8 @@ class Sequence(Protocol):
 
 
 class Outputs(NamedTuple):
-    """What forward writes: ``y`` like x with last dimension H; ``h_n``, ``c_n`` (B, H)."""
+    """What forward writes: ``y`` like x with last dimension P; ``h_n`` (B, P),
+    ``c_n`` (B, H)."""
 
     y: np.ndarray
     h_n: np.ndarray
@@ -58,8 +61,8 @@ class Outputs(NamedTuple):
 
 class CacheArrays(NamedTuple):
     """What forward writes for backward, rows ordered like x: the activated
-    gates (T*B, 4*Hp) in blocks i, f, g, o; cells and h_prev (T*B, Hp), with
-    Hp = ``_core.hidden_pad(H, itemsize)``; ``pre`` (T*B, 4*Hp), the
+    gates (T*B, 4*Hp) in blocks i, f, g, o; cells (T*B, Hp) and h_prev (T*B, Pp),
+    with Hp = ``_core.hidden_pad(H, itemsize)``, Pp likewise of P; ``pre`` (T*B, 4*Hp), the
     pre-activations, for the variants whose backward needs them (else None)."""
 
     gates: np.ndarray
@@ -80,8 +83,9 @@ class Grads(NamedTuple):
     """What backward writes, each shaped like its variable; ``db`` (4H,) is the
     gradient of both biases (None: not wanted); ``scratch`` (T*B, 4*Hp), any
     contents, holds the gate gradients (None: the engine allocates them);
-    ``dpeepholes`` (3H,) with peepholes, else None; ``flow_h``, ``flow_c``
-    (T, B) the gradient-flow norms, or both None."""
+    ``dpeepholes`` (3H,) with peepholes, else None; ``dw_hr`` (P, H) with a
+    projection, else None; ``flow_h``, ``flow_c`` (T, B) the gradient-flow norms,
+    or both None. ``dh0`` is (B, P), ``dw_hh`` (4H, P)."""
 
     dx: np.ndarray
     dh0: np.ndarray
@@ -91,5 +95,6 @@ class Grads(NamedTuple):
     db: np.ndarray | None
     scratch: np.ndarray | None
     dpeepholes: np.ndarray | None
+    dw_hr: np.ndarray | None
     flow_h: np.ndarray | None
     flow_c: np.ndarray | None

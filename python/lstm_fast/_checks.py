@@ -47,6 +47,8 @@ __all__ = [
     "one_of",
     "pass_arguments",
     "positive_int",
+    "projected_arguments",
+    "projection",
     "random_generator",
     "real_array",
     "real_number",
@@ -392,6 +394,47 @@ def pass_arguments(
             check_shape(names.get(k, k), arrays[k], "(batch, hidden_size)", (batch, hidden))
     check_size(xname, (steps, batch, 4 * hidden))
     return arrays, (steps, batch, inp, hidden)
+
+
+def projection(w_hh: np.ndarray, w_hr: Any) -> tuple[np.ndarray, int, int]:
+    """``w_hr`` as a real array, with hidden_size H and proj_size P, checked
+    against ``w_hh`` (a real array): ``w_hr`` must be (P, H) with P >= 1 and H
+    from w_hh's 4H rows, and ``w_hh`` then (4H, P)."""
+    hidden = hidden_from_gate_rows("w_hh", w_hh.shape, "(4*hidden_size, proj_size)")
+    w_hr = real_array("w_hr", w_hr)
+    if w_hr.ndim != 2 or w_hr.shape[0] < 1 or w_hr.shape[1] != hidden:
+        raise ValueError(
+            f"w_hr must have shape (proj_size, hidden_size) with proj_size >= 1 and "
+            f"hidden_size = {hidden} (from w_hh's 4*hidden_size rows), got {w_hr.shape}"
+        )
+    proj = w_hr.shape[0]
+    check_shape("w_hh", w_hh, "(4*hidden_size, proj_size)", (4 * hidden, proj))
+    return w_hr, hidden, proj
+
+
+def projected_arguments(
+    raw: dict[str, Any], w_hr: Any, *, batch_first: bool, names: dict[str, str]
+) -> tuple[dict[str, np.ndarray], tuple[int, int, int, int]]:
+    """:func:`pass_arguments` for a layer with a projection ``w_hr`` (P, H): there
+    ``w_hh`` is (4H, P) and ``h0`` (B, P); every other shape is a plain layer's of
+    hidden_size H, so they are checked by ``pass_arguments`` with a stand-in w_hh of
+    shape (4H, H) (a broadcast view: nothing is allocated) and without h0. The
+    result holds ``w_hr`` too; the sizes are ``(steps, batch, input_size,
+    hidden_size)`` (P is ``w_hr.shape[0]``)."""
+    if raw["w_hh"] is None:
+        raise TypeError("w_hh is required: expected an array, got None")
+    w_hh = real_array("w_hh", raw["w_hh"])
+    w_hr, hidden, proj = projection(w_hh, w_hr)
+    stand_in = dict(
+        raw, w_hh=np.broadcast_to(np.zeros((), w_hh.dtype), (4 * hidden, hidden)), h0=None
+    )
+    arrays, sizes = pass_arguments(stand_in, batch_first=batch_first, names=names)
+    arrays["w_hh"] = w_hh
+    arrays["w_hr"] = w_hr
+    if raw["h0"] is not None:
+        h0_name = names.get("h0", "h0")
+        arrays["h0"] = shaped_array(h0_name, raw["h0"], "(batch, proj_size)", (sizes[1], proj))
+    return arrays, sizes
 
 
 def cell_arguments(

@@ -59,7 +59,7 @@ class Cancel:
 
 @final
 class Packed:
-    """The packed panels of ``w_ih`` and ``w_hh``, kept for the calls whose
-    ``seq.packed`` it is."""
+    """The packed panels of ``w_ih``, ``w_hh`` and the projection ``w_hr`` (None
+    for none), kept for the calls whose ``seq.packed`` it is."""
 
-    def __new__(cls, w_ih: object, w_hh: object) -> Packed: ...
+    def __new__(cls, w_ih: object, w_hh: object, w_hr: object | None = None) -> Packed: ...

@@ -29,6 +29,8 @@ from ._checks import (
     hidden_from_gate_rows,
     pass_arguments,
     positive_int,
+    projected_arguments,
+    projection,
     real_array,
     shaped_array,
     variant_options,
@@ -92,6 +94,7 @@ class _Args:
         names: dict[str, str],
         prepared: PreparedWeights | None = None,
         peepholes: Any = None,
+        w_hr: Any = None,
         clip: Any = None,
         input_forget: Any = False,
         forget_gate: Any = True,
@@ -109,7 +112,13 @@ class _Args:
             None if acts == PLAIN_ACTIVATIONS else acts
         )
         raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
-        arrays, sizes = pass_arguments(raw, batch_first=batch_first, names=names)
+        if prepared is not None:
+            w_hr = prepared._w_hr
+        if w_hr is None:
+            arrays, sizes = pass_arguments(raw, batch_first=batch_first, names=names)
+        else:
+            # w_hh (4H, P) and h0 (B, P): the reference's rules (_checks).
+            arrays, sizes = projected_arguments(raw, w_hr, batch_first=batch_first, names=names)
         if peepholes is None and prepared is not None:
             peepholes = prepared._peepholes
         if peepholes is not None:
@@ -124,16 +133,19 @@ class _Args:
         self.packed = None if prepared is None else prepared._packed
         steps, batch, inp, hidden = sizes
         self.steps, self.batch, self.input, self.hidden = sizes
+        #: P, the width of the state h: proj_size with a projection, else H.
+        self.proj = hidden if "w_hr" not in arrays else int(arrays["w_hr"].shape[0])
         self.batch_first = batch_first
         self.hidden_pad = _core.hidden_pad(hidden, self.dtype.itemsize)
+        self.proj_pad = _core.hidden_pad(self.proj, self.dtype.itemsize)
         xname = names.get("x", "x")
         # The buffers the engine allocates besides the arguments, padded to
         # hidden_pad: the cache (and backward's scratch), the per-row state, w_hh's
         # panels and w_ih's padded gate rows (rust/src/check.rs checks their exact
         # sizes again).
-        hp = self.hidden_pad
-        check_size(xname, (steps, batch, 4 * hp), (batch, 4 * hp))
-        check_size("w_hh", (4 * hp, hp))
+        hp, pp = self.hidden_pad, self.proj_pad
+        check_size(xname, (steps, batch, 4 * hp), (batch, 4 * hp), (steps, batch, pp + hp))
+        check_size("w_hh", (4 * hp, max(hp, pp)))
         check_size("w_ih", (4 * hp, inp))
         self.lengths = None if lengths is None else check_lengths(lengths, batch, steps, own=own)
 
@@ -142,10 +154,14 @@ class _Args:
         if prepared is not None:
             # Private, never written: a cache may share them.
             self.w_ih, self.w_hh, self.bias = prepared._w_ih, prepared._w_hh, prepared._bias
+            self.w_hr = prepared._w_hr
             self.has_b_ih, self.has_b_hh = prepared._has_bias
         else:
             self.w_ih = contiguous("w_ih", arrays["w_ih"], dt, own=own)
             self.w_hh = contiguous("w_hh", arrays["w_hh"], dt, own=own)
+            self.w_hr = (
+                contiguous("w_hr", arrays["w_hr"], dt, own=own) if "w_hr" in arrays else None
+            )
             self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
             self.bias = _bias_sum([arrays[k] for k in ("b_ih", "b_hh") if k in arrays], dt)
         h0n, c0n = names.get("h0", "h0"), names.get("c0", "c0")
@@ -167,8 +183,8 @@ class _Args:
     @property
     def y_shape(self) -> tuple[int, int, int]:
         if self.batch_first:
-            return (self.batch, self.steps, self.hidden)
-        return (self.steps, self.batch, self.hidden)
+            return (self.batch, self.steps, self.proj)
+        return (self.steps, self.batch, self.proj)
 
     def layout_shape(self, last: int) -> tuple[int, int, int]:
         if self.batch_first:
@@ -262,7 +278,7 @@ class Cache:
         """Memory held by the cache, inputs copies included."""
         a = self._args
         arrays = [self._gates, self._cells, self._h_prev, self._pre]
-        arrays += [a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes]
+        arrays += [a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
         return sum(x.nbytes for x in arrays if x is not None)
 
     def __repr__(self) -> str:
@@ -300,9 +316,11 @@ class CellCache:
 def _run_forward(
     args: _Args, need_cache: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
-    dt, rows, state = args.dtype, args.steps * args.batch, (args.batch, args.hidden)
+    dt, rows = args.dtype, args.steps * args.batch
     out = Outputs(
-        y=empty("y", args.y_shape, dt), h_n=empty("h_n", state, dt), c_n=empty("c_n", state, dt)
+        y=empty("y", args.y_shape, dt),
+        h_n=empty("h_n", (args.batch, args.proj), dt),
+        c_n=empty("c_n", (args.batch, args.hidden), dt),
     )
     arrays = None
     if need_cache:
@@ -310,7 +328,7 @@ def _run_forward(
         arrays = CacheArrays(
             gates=empty("cache (gates)", (rows, 4 * hp), dt),
             cells=empty("cache (cells)", (rows, hp), dt),
-            h_prev=empty("cache (h_prev)", (rows, hp), dt),
+            h_prev=empty("cache (h_prev)", (rows, args.proj_pad), dt),
             pre=empty("cache (pre-activations)", (rows, 4 * hp), dt) if args.caches_pre else None,
         )
     _core.forward(args, out, arrays)
@@ -331,6 +349,7 @@ def forward(
     lengths: Any = None,
     reverse: bool = False,
     need_cache: bool = True,
+    w_hr: Any = None,
     peepholes: Any = None,
     clip: Any = None,
     input_forget: bool = False,
@@ -346,7 +365,9 @@ def forward(
     from its last valid step back to step 0. Returns ``Forward(y, h_n, c_n,
     cache)``; ``cache`` is None with ``need_cache=False``.
 
-    The variants (docs/variants.md): ``peepholes`` (3H,) in ONNX's order
+    The variants (docs/variants.md): ``w_hr`` (P, H) a projection (PyTorch's
+    ``proj_size``: h_t = w_hr @ (o_t * tanh(c_t)), so ``w_hh`` is (4H, P), ``h0``,
+    ``h_n`` (B, P) and ``y``'s last dimension P); ``peepholes`` (3H,) in ONNX's order
     ``[p_i, p_o, p_f]``; ``clip`` > 0 clamps the pre-activations; ``input_forget``
     couples the gates (f = 1 - i); ``forget_gate=False`` removes the forget gate
     (f = 1); ``activations`` ONNX's three (f for the gates, g for the cell
@@ -357,8 +378,8 @@ def forward(
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
-        peepholes=peepholes, clip=clip, input_forget=input_forget, forget_gate=forget_gate,
-        activations=activations,
+        peepholes=peepholes, w_hr=w_hr, clip=clip, input_forget=input_forget,
+        forget_gate=forget_gate, activations=activations,
     )  # fmt: skip
     return Forward(*_run_forward(args, need_cache))
 
@@ -373,31 +394,36 @@ def _seed(
 
 def _run_backward(
     cache: Cache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str], flow: bool = False
-) -> tuple[tuple[Any, Any, Any, Any, Any, Any, Any], np.ndarray | None, GradientFlow | None]:
-    """The seven classic gradients, dpeepholes (None without peepholes) and the
-    gradient flow (None unless ``flow``)."""
+) -> tuple[
+    tuple[Any, Any, Any, Any, Any, Any, Any],
+    np.ndarray | None,
+    np.ndarray | None,
+    GradientFlow | None,
+]:
+    """The seven classic gradients, dw_hr (None without a projection), dpeepholes
+    (None without peepholes) and the gradient flow (None unless ``flow``)."""
     a = cache._args
     dt = a.dtype
-    y_symbols = (
-        "(batch, seq_len, hidden_size)" if a.batch_first else "(seq_len, batch, hidden_size)"
-    )
-    state = (a.batch, a.hidden)
+    p = "hidden_size" if a.w_hr is None else "proj_size"
+    y_symbols = f"(batch, seq_len, {p})" if a.batch_first else f"(seq_len, batch, {p})"
+    state, cells = (a.batch, a.proj), (a.batch, a.hidden)
     seeds = Seeds(
         dy=_seed(names[0], dy, y_symbols, a.y_shape, dt),
-        dh_n=_seed(names[1], dh_n, "(batch, hidden_size)", state, dt),
-        dc_n=_seed(names[2], dc_n, "(batch, hidden_size)", state, dt),
+        dh_n=_seed(names[1], dh_n, f"(batch, {p})", state, dt),
+        dc_n=_seed(names[2], dc_n, "(batch, hidden_size)", cells, dt),
     )
     grads = Grads(
         dx=empty("dx", a.x.shape, dt),
         dh0=empty("dh0", state, dt),
-        dc0=empty("dc0", state, dt),
+        dc0=empty("dc0", cells, dt),
         dw_ih=empty("dw_ih", (4 * a.hidden, a.input), dt),
-        dw_hh=empty("dw_hh", (4 * a.hidden, a.hidden), dt),
+        dw_hh=empty("dw_hh", (4 * a.hidden, a.proj), dt),
         db=empty("db", (4 * a.hidden,), dt) if (a.has_b_ih or a.has_b_hh) else None,
         # The gate gradients: NumPy backs large arrays with huge pages, which saves
         # the engine tens of thousands of page faults per call at the large shapes.
         scratch=empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
         dpeepholes=None if a.peepholes is None else empty("dpeepholes", (3 * a.hidden,), dt),
+        dw_hr=None if a.w_hr is None else empty("dw_hr", (a.proj, a.hidden), dt),
         flow_h=empty("the gradient flow (dh)", (a.steps, a.batch), dt) if flow else None,
         flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
@@ -415,7 +441,7 @@ def _run_backward(
         assert norm_h is not None and norm_c is not None
         flows = GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
     classic = (grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh)
-    return classic, grads.dpeepholes, flows
+    return classic, grads.dw_hr, grads.dpeepholes, flows
 
 
 def _check_cache(cache: Any, cls: type, producer: str) -> None:
@@ -431,26 +457,27 @@ def backward(
 ) -> Gradients | VariantGradients:
     """Backpropagation through time for a :func:`forward` call.
 
-    ``dy`` (like ``y``), ``dh_n`` and ``dc_n`` (B, H) are the gradients of the
-    loss with respect to the outputs (None means zeros). Returns
-    ``Gradients(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``; a bias that was
-    None has gradient None. The cache can be used any number of times.
+    ``dy`` (like ``y``), ``dh_n`` (B, P) and ``dc_n`` (B, H) are the gradients of
+    the loss with respect to the outputs (None means zeros; P = H without a
+    projection). Returns ``Gradients(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)``;
+    a bias that was None has gradient None. The cache can be used any number of
+    times.
 
-    After a forward with ``peepholes``, or with ``flow=True``, returns
-    ``VariantGradients``: the same seven, then ``dw_hr`` (None: no projection
-    here), ``dpeepholes`` and ``flow`` (``GradientFlow(dh, dc, dh_sum, dc_sum)``,
+    After a forward with ``w_hr`` or ``peepholes``, or with ``flow=True``, returns
+    ``VariantGradients``: the same seven, then ``dw_hr`` (P, H) (None without a
+    projection), ``dpeepholes`` and ``flow`` (``GradientFlow(dh, dc, dh_sum, dc_sum)``,
     the norms of dL/dh_t and dL/dc_t per step and row, docs/variants.md,
     'Gradient flow'; None unless asked for). Asking for the flow changes no
     bit of the gradients.
     """
     _check_cache(cache, Cache, "forward")
     flow = flag("flow", flow)
-    classic, dpeepholes, flows = _run_backward(
+    classic, dw_hr, dpeepholes, flows = _run_backward(
         cache, dy, dh_n, dc_n, ("dy", "dh_n", "dc_n"), flow=flow
     )
-    if dpeepholes is None and not flow:
+    if dw_hr is None and dpeepholes is None and not flow:
         return Gradients(*classic)
-    return VariantGradients(*classic, None, dpeepholes, flows)
+    return VariantGradients(*classic, dw_hr, dpeepholes, flows)
 
 
 # ---------------------------------------------------------------------------
@@ -467,19 +494,20 @@ def cell_forward(
     b_ih: Any = None,
     b_hh: Any = None,
     *,
+    w_hr: Any = None,
     peepholes: Any = None,
     clip: Any = None,
     input_forget: bool = False,
     forget_gate: bool = True,
     activations: Any = None,
 ) -> Cell:
-    """One LSTM step: ``x_t`` (B, I), ``h``, ``c`` (B, H) -> ``Cell(h_new, c_new, cache)``;
-    the variant options are :func:`forward`'s."""
+    """One LSTM step: ``x_t`` (B, I), ``h`` (B, H), or (B, P) with ``w_hr``, ``c``
+    (B, H) -> ``Cell(h_new, c_new, cache)``; the variant options are :func:`forward`'s."""
     raw = cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     args = _Args(
         *raw.values(), batch_first=False, lengths=None, reverse=False, own=True, names=CELL_NAMES,
-        peepholes=peepholes, clip=clip, input_forget=input_forget, forget_gate=forget_gate,
-        activations=activations,
+        peepholes=peepholes, w_hr=w_hr, clip=clip, input_forget=input_forget,
+        forget_gate=forget_gate, activations=activations,
     )  # fmt: skip
     _, h_new, c_new, cache = _run_forward(args, need_cache=True)
     assert cache is not None
@@ -489,17 +517,18 @@ def cell_forward(
 def cell_backward(
     cache: CellCache, dh_new: Any = None, dc_new: Any = None
 ) -> CellGradients | CellVariantGradients:
-    """Gradients of one :func:`cell_forward` step from ``dh_new``, ``dc_new`` (B, H):
-    ``CellGradients``, or ``CellVariantGradients`` (the seven, then ``dw_hr`` (None)
-    and ``dpeepholes``) after a step with peepholes."""
+    """Gradients of one :func:`cell_forward` step from ``dh_new`` (B, H), or (B, P)
+    with a projection, and ``dc_new`` (B, H): ``CellGradients``, or
+    ``CellVariantGradients`` (the seven, then ``dw_hr`` and ``dpeepholes``, None
+    where the step had none) after a step with ``w_hr`` or peepholes."""
     _check_cache(cache, CellCache, "cell_forward")
-    classic, dpeepholes, _ = _run_backward(
+    classic, dw_hr, dpeepholes, _ = _run_backward(
         cache._seq, None, dh_new, dc_new, ("dy", "dh_new", "dc_new")
     )
     dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh = classic
-    if dpeepholes is None:
+    if dw_hr is None and dpeepholes is None:
         return CellGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh)
-    return CellVariantGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh, None, dpeepholes)
+    return CellVariantGradients(dx[0], dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeepholes)
 
 
 # ---------------------------------------------------------------------------
@@ -529,7 +558,8 @@ class PreparedWeights:
     """
 
     __slots__ = (
-        "_bias", "_has_bias", "_kept", "_packed", "_peepholes", "_w_hh", "_w_ih", "dtype",
+        "_bias", "_has_bias", "_kept", "_packed", "_peepholes", "_w_hh", "_w_hr", "_w_ih",
+        "dtype",
     )  # fmt: skip
 
     def __init__(
@@ -541,14 +571,23 @@ class PreparedWeights:
         *,
         dtype: Any = None,
         peepholes: Any = None,
+        w_hr: Any = None,
     ) -> None:
         raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
         for k in ("w_ih", "w_hh"):
             if raw[k] is None:
                 raise TypeError(f"{k} is required: expected an array, got None")
         arrays = {k: real_array(k, v) for k, v in raw.items() if v is not None}
-        hidden = hidden_from_gate_rows("w_hh", arrays["w_hh"].shape, "(4*hidden_size, hidden_size)")
-        check_shape("w_hh", arrays["w_hh"], "(4*hidden_size, hidden_size)", (4 * hidden, hidden))
+        if w_hr is None:
+            hidden = hidden_from_gate_rows(
+                "w_hh", arrays["w_hh"].shape, "(4*hidden_size, hidden_size)"
+            )
+            check_shape(
+                "w_hh", arrays["w_hh"], "(4*hidden_size, hidden_size)", (4 * hidden, hidden)
+            )
+            proj = hidden
+        else:
+            arrays["w_hr"], hidden, proj = projection(arrays["w_hh"], w_hr)
         wih = arrays["w_ih"]
         if wih.ndim != 2 or wih.shape[0] != 4 * hidden:
             raise ValueError(
@@ -567,19 +606,28 @@ class PreparedWeights:
             if dtype is None
             else float_dtype("dtype", dtype)
         )
-        check_size("w_hh", (4 * _core.hidden_pad(hidden, self.dtype.itemsize), hidden))
+        pad = _core.hidden_pad(max(hidden, proj), self.dtype.itemsize)
+        check_size("w_hh", (4 * pad, max(hidden, proj)))
         self._w_ih = _private("w_ih", wih, self.dtype)
         self._w_hh = _private("w_hh", arrays["w_hh"], self.dtype)
+        #: The projection (P, H) every call uses, or None.
+        self._w_hr = None if w_hr is None else _private("w_hr", arrays["w_hr"], self.dtype)
         self._has_bias = ("b_ih" in arrays, "b_hh" in arrays)
         bias = _bias_sum([arrays[k] for k in ("b_ih", "b_hh") if k in arrays], self.dtype)
         if bias is not None:
             bias.flags.writeable = False
         self._bias = bias
-        #: The four weights as given (in dtype), what :meth:`matches` compares with.
-        self._kept = (self._w_ih, self._w_hh) + tuple(
-            _private(k, arrays[k], self.dtype) if k in arrays else None for k in ("b_ih", "b_hh")
+        #: The weights as given (in dtype), what :meth:`matches` compares with:
+        #: w_ih, w_hh, b_ih, b_hh, w_hr.
+        self._kept = (
+            (self._w_ih, self._w_hh)
+            + tuple(
+                _private(k, arrays[k], self.dtype) if k in arrays else None
+                for k in ("b_ih", "b_hh")
+            )
+            + (self._w_hr,)
         )
-        self._packed = _core.Packed(self._w_ih, self._w_hh)
+        self._packed = _core.Packed(self._w_ih, self._w_hh, self._w_hr)
         #: The peepholes every call uses (docs/variants.md), or None.
         given = arrays.get("peepholes")
         self._peepholes = None if given is None else _private("peepholes", given, self.dtype)
@@ -590,21 +638,32 @@ class PreparedWeights:
 
     @property
     def hidden_size(self) -> int:
-        return int(self._w_hh.shape[1])
+        return int(self._w_hh.shape[0]) // 4
+
+    @property
+    def proj_size(self) -> int:
+        """P, the rows of the projection ``w_hr``; 0 without one (PyTorch's
+        convention)."""
+        return 0 if self._w_hr is None else int(self._w_hr.shape[0])
 
     def __repr__(self) -> str:
+        proj = f" proj_size={self.proj_size}" if self._w_hr is not None else ""
         return (
             f"<lstm_fast.PreparedWeights input_size={self.input_size} "
-            f"hidden_size={self.hidden_size} dtype={self.dtype}>"
+            f"hidden_size={self.hidden_size}{proj} dtype={self.dtype}>"
         )
 
-    def matches(self, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None) -> bool:
+    def matches(
+        self, w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, *, w_hr: Any = None
+    ) -> bool:
         """Whether these arrays, in this object's dtype, are bit for bit the prepared
-        weights (NaNs included): the proof a caller needs to keep using this object
-        for weights that may have been updated in place."""
+        weights (NaNs included; ``w_hr`` the projection, None for none): the proof a
+        caller needs to keep using this object for weights that may have been
+        updated in place."""
         given, kept = [], []
-        names = ("w_ih", "w_hh", "b_ih", "b_hh")
-        for name, value, mine in zip(names, (w_ih, w_hh, b_ih, b_hh), self._kept):
+        names = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+        values = (w_ih, w_hh, b_ih, b_hh, w_hr)
+        for name, value, mine in zip(names, values, self._kept):
             if (value is None) != (mine is None):
                 return False
             if mine is None:
@@ -684,12 +743,14 @@ def prepare_weights(
     *,
     dtype: Any = None,
     peepholes: Any = None,
+    w_hr: Any = None,
 ) -> PreparedWeights:
     """Copy and pack one layer's weights once: a :class:`PreparedWeights` whose
     ``forward``/``cell_forward`` skip the per-call packing. ``dtype`` (float32 or
     float64) defaults to the weights' compute dtype; ``peepholes`` (3H,) are kept
-    with the weights for every call."""
-    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype, peepholes=peepholes)
+    with the weights for every call; ``w_hr`` (P, H), a projection, is copied and
+    packed with them (``w_hh`` is then (4H, P))."""
+    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype, peepholes=peepholes, w_hr=w_hr)
 
 
 # ---------------------------------------------------------------------------

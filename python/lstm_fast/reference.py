@@ -111,31 +111,11 @@ def _arguments(
 def _projected_arguments(
     raw: dict[str, Any], w_hr: Any, *, batch_first: bool, names: dict[str, str]
 ) -> tuple[dict[str, np.ndarray], int]:
-    """``_checks.pass_arguments`` for a layer with a projection w_hr (P, H): there
-    ``w_hh`` is (4H, P) and ``h0`` (B, P); every other shape is a plain layer's of
-    hidden_size H, so they are checked by ``pass_arguments`` with a stand-in w_hh of
-    shape (4H, H) (a broadcast view: nothing is allocated) and without h0."""
-    if raw["w_hh"] is None:
-        raise TypeError("w_hh is required: expected an array, got None")
-    w_hh = _checks.real_array("w_hh", raw["w_hh"])
-    H = _checks.hidden_from_gate_rows("w_hh", w_hh.shape, "(4*hidden_size, proj_size)")
-    w_hr = _checks.real_array("w_hr", w_hr)
-    if w_hr.ndim != 2 or w_hr.shape[0] < 1 or w_hr.shape[1] != H:
-        raise ValueError(
-            f"w_hr must have shape (proj_size, hidden_size) with proj_size >= 1 and "
-            f"hidden_size = {H} (from w_hh's 4*hidden_size rows), got {w_hr.shape}"
-        )
-    P = w_hr.shape[0]
-    _checks.check_shape("w_hh", w_hh, "(4*hidden_size, proj_size)", (4 * H, P))
-    stand_in = dict(raw, w_hh=np.broadcast_to(np.zeros((), w_hh.dtype), (4 * H, H)), h0=None)
-    arrays, (_, batch, _, _) = _checks.pass_arguments(
-        stand_in, batch_first=batch_first, names=names
+    """``_checks.projected_arguments`` (the rules the engine's functional API
+    applies too), with hidden_size."""
+    arrays, (_, _, _, H) = _checks.projected_arguments(
+        raw, w_hr, batch_first=batch_first, names=names
     )
-    arrays["w_hh"] = w_hh
-    arrays["w_hr"] = w_hr
-    if raw["h0"] is not None:
-        h0_name = names.get("h0", "h0")
-        arrays["h0"] = _checks.shaped_array(h0_name, raw["h0"], "(batch, proj_size)", (batch, P))
     return arrays, H
 
 

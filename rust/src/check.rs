@@ -46,22 +46,38 @@ impl<E: Float> Sequence<'_, E> {
         if hidden == 0 {
             return Err(Error::Value("hidden_size must be at least 1".into()));
         }
-        // w_hh first: it bounds H before H is padded.
+        // The projection first: it gives P, the width of h.
+        if let Some(w_hr) = self.variant.w_hr {
+            if w_hr.is_empty() || w_hr.len() % hidden != 0 {
+                return Err(Error::Value(format!(
+                    "w_hr: expected proj_size × hidden_size elements with proj_size ≥ 1 and \
+                     hidden_size = {hidden}, got {}",
+                    w_hr.len()
+                )));
+            }
+        }
+        let state = self.state();
+        // w_hh next: it bounds H and P before they are padded.
         expect_len(
             "w_hh",
             self.w_hh.len(),
-            product("w_hh", &[4, hidden, hidden])?,
+            product("w_hh", &[4, hidden, state])?,
         )?;
         let hp = hidden_pad::<E>(hidden);
+        let pp = hidden_pad::<E>(state);
         let rows = self.rows()?;
         // The buffers the passes allocate besides their arguments: the cache
-        // and backward's scratch (T·B × 4Hp); per batch row, three states of
-        // Hp and the accumulators of a tile (four vectors, at most 32
-        // elements); w_hh's panels (at most 4Hp × (Hp + 64)); w_ih padded to
+        // and backward's scratch (T·B × 4Hp, and with a projection the dh and m
+        // of every step, T·B × (Pp + Hp)); per batch row, four states of at
+        // most Hp + Pp and the accumulators of a tile (four vectors, at most
+        // 32 elements); w_hh's panels (at most 4Hp × (max(Hp, Pp) + 64)), the
+        // projection's (at most (Hp + 64) × (Pp + 64) twice); w_ih padded to
         // 4Hp rows.
         product("cache", &[rows, 4, hp])?;
-        product("the state of the batch rows", &[batch, 3 * hp + 32])?;
-        product("w_hh packed in panels", &[4 * hp, hp + 64])?;
+        product("cache", &[rows, pp + hp])?;
+        product("the state of the batch rows", &[batch, 4 * (hp + pp) + 32])?;
+        product("w_hh packed in panels", &[4 * hp, hp.max(pp) + 64])?;
+        product("w_hr packed in panels", &[2 * (hp + 64), pp + 64])?;
         product("w_ih padded to 4·Hp rows", &[4 * hp, input])?;
         expect_len("x", self.x.len(), product("x", &[rows, input])?)?;
         expect_len(
@@ -70,9 +86,16 @@ impl<E: Float> Sequence<'_, E> {
             product("w_ih", &[4, hidden, input])?,
         )?;
         expect_opt("bias", self.bias.map(<[E]>::len), 4 * hidden)?;
-        let state = product("h0", &[batch, hidden])?;
-        expect_opt("h0", self.h0.map(<[E]>::len), state)?;
-        expect_opt("c0", self.c0.map(<[E]>::len), state)?;
+        expect_opt(
+            "h0",
+            self.h0.map(<[E]>::len),
+            product("h0", &[batch, state])?,
+        )?;
+        expect_opt(
+            "c0",
+            self.c0.map(<[E]>::len),
+            product("c0", &[batch, hidden])?,
+        )?;
         self.variant.check()?;
         expect_opt(
             "peepholes",
@@ -96,13 +119,13 @@ impl<E: Float> Sequence<'_, E> {
 fn expect_cache<E: Float>(
     seq: &Sequence<'_, E>,
     rows: usize,
-    hp: usize,
     [gates, cells, h_prev]: [usize; 3],
     pre: Option<usize>,
 ) -> Result<()> {
+    let hp = hidden_pad::<E>(seq.dims.hidden);
     expect_len("cache gates", gates, rows * 4 * hp)?;
     expect_len("cache cells", cells, rows * hp)?;
-    expect_len("cache h_prev", h_prev, rows * hp)?;
+    expect_len("cache h_prev", h_prev, rows * hidden_pad::<E>(seq.state()))?;
     if seq.variant.caches_pre() {
         let pre = pre.ok_or_else(|| {
             Error::Value("cache pre: this variant needs its pre-activations cached".into())
@@ -120,14 +143,15 @@ pub fn forward_args<E: Float>(
 ) -> Result<usize> {
     seq.check()?;
     let Dims { batch, hidden, .. } = seq.dims;
+    let state = seq.state();
     let rows = seq.rows()?;
-    expect_len("y", out.y.len(), rows * hidden)?;
-    expect_len("h_n", out.h_n.len(), batch * hidden)?;
+    expect_len("y", out.y.len(), rows * state)?;
+    expect_len("h_n", out.h_n.len(), batch * state)?;
     expect_len("c_n", out.c_n.len(), batch * hidden)?;
     if let Some(c) = cache {
         let lens = [c.gates.len(), c.cells.len(), c.h_prev.len()];
         let pre = c.pre.as_ref().map(|p| p.len());
-        expect_cache(seq, rows, hidden_pad::<E>(hidden), lens, pre)?;
+        expect_cache(seq, rows, lens, pre)?;
     }
     Ok(rows)
 }
@@ -148,16 +172,24 @@ pub fn backward_args<E: Float>(
     } = seq.dims;
     let rows = seq.rows()?;
     let hp = hidden_pad::<E>(hidden);
+    let state = seq.state();
     let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
-    expect_cache(seq, rows, hp, lens, cache.pre.map(<[E]>::len))?;
-    expect_opt("dy", seeds.dy.map(<[E]>::len), rows * hidden)?;
-    expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * hidden)?;
+    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len))?;
+    expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
+    expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * state)?;
     expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
     expect_len("dx", grads.dx.len(), rows * input)?;
-    expect_len("dh0", grads.dh0.len(), batch * hidden)?;
+    expect_len("dh0", grads.dh0.len(), batch * state)?;
     expect_len("dc0", grads.dc0.len(), batch * hidden)?;
     expect_len("dw_ih", grads.dw_ih.len(), 4 * hidden * input)?;
-    expect_len("dw_hh", grads.dw_hh.len(), 4 * hidden * hidden)?;
+    expect_len("dw_hh", grads.dw_hh.len(), 4 * hidden * state)?;
+    let dw_hr = grads.dw_hr.as_ref().map(|d| d.len());
+    if !seq.projects() && dw_hr.is_some() {
+        return Err(Error::Value(
+            "dw_hr: given for a layer without a projection".into(),
+        ));
+    }
+    expect_opt("dw_hr", dw_hr, state * hidden)?;
     expect_opt("db", grads.db.as_ref().map(|d| d.len()), 4 * hidden)?;
     expect_opt(
         "scratch",

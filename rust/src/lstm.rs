@@ -5,6 +5,12 @@
 //! runs inside the forward loop, a block of steps at a time) and, for
 //! backward, the large products after the loop. A [`Cancel`] stops either at
 //! its next time step (and backward between its products).
+//!
+//! A pass with a projection (`variant.w_hr`) always splits the batch: each
+//! step's projection needs every tile of the step's m (forward) or every
+//! unit of dh_t (backward), so a hidden split would need a second barrier per
+//! step; teams of one need none, and give the same bits (each output is one
+//! FMA chain whatever the rows grouped with it).
 
 use rayon::prelude::*;
 
@@ -46,6 +52,7 @@ pub fn forward<E: Float>(
         ..
     } = seq.dims;
     let hp = hidden_pad::<E>(hidden);
+    let state = seq.state();
     let isa = Isa::active();
     let workers = pool::workers()?;
     let pool = &workers.pool;
@@ -53,7 +60,12 @@ pub fn forward<E: Float>(
     let lanes = isa.lanes::<E>();
     let tiles = hp / lanes;
     let threads = pool.current_num_threads();
-    let (split, _claim) = claim(&workers, choose_split(batch, tiles, threads), cancel)?;
+    let wanted = if seq.projects() {
+        Split::Batch
+    } else {
+        choose_split(batch, tiles, threads)
+    };
+    let (split, _claim) = claim(&workers, wanted, cancel)?;
     let chunks = split::chunks(split, threads, batch, |b| seq.length(b))?;
     // One batch chunk has nothing to share: run it on the calling thread and
     // skip the hand-off to the pool (microseconds, which small calls notice).
@@ -64,12 +76,17 @@ pub fn forward<E: Float>(
         let (ih_panels, panels) = match seq.panels {
             Some(kept) => (
                 kept.input(seq.w_ih, hidden, hp, input, lanes)?,
-                kept.forward(seq.w_hh, hidden, hp, lanes)?,
+                kept.forward(seq.w_hh, hidden, hp, state, lanes)?,
             ),
             None => (
                 pack::forward_panels(seq.w_ih, "w_ih", hidden, hp, input, lanes)?.into(),
-                pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, hidden, lanes)?.into(),
+                pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
             ),
+        };
+        let proj_panels: pack::Panels<E> = match (seq.variant.w_hr, seq.panels) {
+            (None, _) => Default::default(),
+            (Some(w_hr), Some(kept)) => kept.projection(w_hr, state, hidden, lanes)?,
+            (Some(w_hr), None) => pack::projection_panels(w_hr, state, hidden, lanes)?.into(),
         };
 
         let peepholes = pad_peepholes(&seq.variant, hidden, hp)?;
@@ -107,12 +124,23 @@ pub fn forward<E: Float>(
         // the general one (`variant.rs`).
         let plain = variant.is_plain();
 
-        // Per chunk: its state (h twice, c), h0/c0 copied in.
-        let mut states = chunk_states(&chunks, hidden, [seq.h0, None, seq.c0])?;
+        // Per chunk: its state (h twice, c, m with a projection), h0/c0
+        // copied in.
+        let m_width = if seq.projects() { hidden } else { 0 };
+        let mut states = chunk_states(
+            &chunks,
+            [
+                (seq.h0, state),
+                (None, state),
+                (seq.c0, hidden),
+                (None, m_width),
+            ],
+        )?;
         let state_ptrs = alloc::collect(
-            states.iter_mut().map(|[h0, h1, c]| ForwardState {
+            states.iter_mut().map(|[h0, h1, c, m]| ForwardState {
                 h: [SharedMut(h0.as_mut_ptr()), SharedMut(h1.as_mut_ptr())],
                 c: SharedMut(c.as_mut_ptr()),
+                m: SharedMut(m.as_mut_ptr()),
             }),
             "the chunk states",
         )?;
@@ -146,6 +174,7 @@ pub fn forward<E: Float>(
                                 ih_panels: &ih_panels,
                                 bias: &bias,
                                 panels: &panels,
+                                proj_panels: &proj_panels,
                                 state: state_ptrs[chunk],
                                 out: shared,
                                 tiles: tile_range,
@@ -169,14 +198,15 @@ pub fn forward<E: Float>(
 
         // A row of length L last wrote h into buffer L % 2 (h0 sits in 0); a
         // row of length 0 has no state and keeps h0, c0.
+        let pp = hidden_pad::<E>(state);
         for (st, slot, b, len) in chunk_rows(&chunks, &states) {
-            let h_n = &mut out.h_n[b * hidden..][..hidden];
+            let h_n = &mut out.h_n[b * state..][..state];
             let c_n = &mut out.c_n[b * hidden..][..hidden];
             if len == 0 {
                 copy_row_or_zero(h_n, seq.h0, b);
                 copy_row_or_zero(c_n, seq.c0, b);
             } else {
-                h_n.copy_from_slice(&st[len % 2][slot * hp..][..hidden]);
+                h_n.copy_from_slice(&st[len % 2][slot * pp..][..state]);
                 c_n.copy_from_slice(&st[2][slot * hp..][..hidden]);
             }
         }
@@ -211,6 +241,8 @@ pub fn backward<E: Float>(
         ..
     } = seq.dims;
     let hp = hidden_pad::<E>(hidden);
+    let state = seq.state();
+    let pp = hidden_pad::<E>(state);
     let isa = Isa::active();
     let workers = pool::workers()?;
     let pool = &workers.pool;
@@ -218,8 +250,15 @@ pub fn backward<E: Float>(
     let depth = 4 * hp;
     let lanes = isa.lanes::<E>();
     let tiles = hp.div_ceil(4 * lanes);
+    // The flow sums' tiles: those of the wider of H and P (BackwardChunk).
+    let flow_tiles = hp.max(pp).div_ceil(4 * lanes);
     let threads = pool.current_num_threads();
-    let (split, _claim) = claim(&workers, choose_split(batch, tiles, threads), cancel)?;
+    let wanted = if seq.projects() {
+        Split::Batch
+    } else {
+        choose_split(batch, tiles, threads)
+    };
+    let (split, _claim) = claim(&workers, wanted, cancel)?;
     let chunks = split::chunks(split, threads, batch, |b| seq.length(b))?;
 
     let mut owned;
@@ -232,8 +271,33 @@ pub fn backward<E: Float>(
     };
     let body = || -> Result<()> {
         let panels = match seq.panels {
-            Some(kept) => kept.backward(seq.w_hh, hidden, hp, lanes)?,
-            None => pack::backward_panels(seq.w_hh, hidden, hp, lanes)?.into(),
+            Some(kept) => kept.backward(seq.w_hh, hidden, hp, state, lanes)?,
+            None => pack::backward_panels(seq.w_hh, hidden, hp, state, lanes)?.into(),
+        };
+        let proj_panels: pack::Panels<E> = match (seq.variant.w_hr, seq.panels) {
+            (None, _) => Default::default(),
+            (Some(w_hr), Some(kept)) => kept.projection_backward(w_hr, state, hidden, lanes)?,
+            (Some(w_hr), None) => {
+                pack::projection_backward_panels(w_hr, state, hidden, lanes)?.into()
+            }
+        };
+        // With a projection: dh_t (P wide) and m_t (H wide) of every (step,
+        // row), for dW_hr after the loop. Rows of padded steps stay zero.
+        let (mut dh_steps, mut m_steps) = if seq.projects() {
+            (
+                alloc::zeroed::<E>(&[rows, pp], "the dh of every step (projection)")?,
+                alloc::zeroed::<E>(&[rows, hp], "the m of every step (projection)")?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let (dh_ptr, m_ptr) = if seq.projects() {
+            (
+                SharedMut(dh_steps.as_mut_ptr()),
+                SharedMut(m_steps.as_mut_ptr()),
+            )
+        } else {
+            (SharedMut::null(), SharedMut::null())
         };
         // The kernels write every visited (step, row) in full; padded steps
         // must hold zeros so the products below ignore them.
@@ -256,7 +320,7 @@ pub fn backward<E: Float>(
         };
         // Per (row, tile): the sums of squares of dh and dc (gradient flow).
         let mut flow_sums = match grads.flow {
-            Some(_) => alloc::zeroed::<E>(&[rows, tiles, 2], "the gradient-flow sums")?,
+            Some(_) => alloc::zeroed::<E>(&[rows, flow_tiles, 2], "the gradient-flow sums")?,
             None => Vec::new(),
         };
         let flow_ptr = match grads.flow {
@@ -265,7 +329,10 @@ pub fn backward<E: Float>(
         };
 
         // Per chunk: its state (dh_n seed, dc, c0), copied in.
-        let mut states = chunk_states(&chunks, hidden, [seeds.dh_n, seeds.dc_n, seq.c0])?;
+        let mut states = chunk_states(
+            &chunks,
+            [(seeds.dh_n, state), (seeds.dc_n, hidden), (seq.c0, hidden)],
+        )?;
         let state_ptrs = alloc::collect(
             states.iter_mut().map(|[dh, dc, c0]| BackwardState {
                 dh_seed: SharedMut(dh.as_mut_ptr()),
@@ -278,7 +345,12 @@ pub fn backward<E: Float>(
         let mut scratch = alloc::try_collect(
             split::members(split, chunks.len(), tiles).map(|(chunk, _)| {
                 let (rows, lens) = &chunks[chunk];
-                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes, 4 * geo.hidden_pad)
+                let deepest = if seq.projects() {
+                    depth.max(state)
+                } else {
+                    depth
+                };
+                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes, deepest)
             }),
             "the members' scratch",
         )?;
@@ -304,6 +376,9 @@ pub fn backward<E: Float>(
                                 gates: cache.gates,
                                 cells: cache.cells,
                                 panels: &panels,
+                                proj_panels: &proj_panels,
+                                dh: dh_ptr,
+                                m: m_ptr,
                                 dy: seeds.dy,
                                 state: state_ptrs[chunk],
                                 da: da_ptr,
@@ -335,14 +410,14 @@ pub fn backward<E: Float>(
         for (st, slot, b, len) in chunk_rows(&chunks, &states) {
             let dc0 = &mut grads.dc0[b * hidden..][..hidden];
             if len == 0 {
-                copy_row_or_zero(&mut grads.dh0[b * hidden..][..hidden], seeds.dh_n, b);
+                copy_row_or_zero(&mut grads.dh0[b * state..][..state], seeds.dh_n, b);
                 copy_row_or_zero(dc0, seeds.dc_n, b);
             } else {
                 dc0.copy_from_slice(&st[1][slot * hp..][..hidden]);
             }
         }
         if let Some([norm_h, norm_c]) = grads.flow {
-            flow_norms(seq, &flow_sums, tiles, norm_h, norm_c);
+            flow_norms(seq, &flow_sums, flow_tiles, norm_h, norm_c);
         }
         if let Some(dp) = grads.dpeepholes {
             peephole_grads(seq, da, cache.cells, dp);
@@ -386,12 +461,30 @@ pub fn backward<E: Float>(
                 input,
                 false,
             );
-            let h_prev = Mat::rows(cache.h_prev, rows, hidden, hp);
+            let h_prev = Mat::rows(cache.h_prev, rows, state, pp);
             cancel.check()?;
             gemm(
                 da_t,
                 h_prev,
-                &mut grads.dw_hh[out_row * hidden..][..n * hidden],
+                &mut grads.dw_hh[out_row * state..][..n * state],
+                state,
+                false,
+            );
+        }
+        if let Some(dw_hr) = grads.dw_hr {
+            cancel.check()?;
+            // dW_hr = Σ dh_tᵀ m_t over every (step, row): (P, T·B)·(T·B, H).
+            let dh_t = Mat {
+                data: &dh_steps,
+                rows: state,
+                cols: rows,
+                row_stride: 1,
+                col_stride: pp,
+            };
+            gemm(
+                dh_t,
+                Mat::rows(&m_steps, rows, hidden, hp),
+                dw_hr,
                 hidden,
                 false,
             );
@@ -508,28 +601,35 @@ fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, da: &[E], cells: &[E], dp: &m
     }
 }
 
-/// Per chunk, three state buffers of Hp per row of length > 0 (a prefix of
-/// its slots): buffer k holds `sources[k]` (B × H, zeros when None) for each
-/// such slot's batch row, zeros in padded units. A row of length 0 needs no
-/// state: its results are its sources.
-fn chunk_states<E: Float>(
+/// Per chunk, N state buffers per row of length > 0 (a prefix of its slots):
+/// for `sources[k]` = (source, width), buffer k holds, per such slot, `width`
+/// padded like H (Hp, or Pp for a state of P) elements: the source's row (B ×
+/// width, zeros when None) of the slot's batch row, zeros in padded units. A
+/// row of length 0 needs no state: its results are its sources.
+fn chunk_states<E: Float, const N: usize>(
     chunks: &[Chunk],
-    hidden: usize,
-    sources: [Option<&[E]>; 3],
-) -> Result<Vec<[Vec<E>; 3]>> {
-    let hp = hidden_pad::<E>(hidden);
-    let chunk_state = |(rows, lens): &Chunk| -> Result<[Vec<E>; 3]> {
+    sources: [(Option<&[E]>, usize); N],
+) -> Result<Vec<[Vec<E>; N]>> {
+    let chunk_state = |(rows, lens): &Chunk| -> Result<[Vec<E>; N]> {
         let running = Slots { rows, lens }.active(0);
-        let buffer = || alloc::zeroed::<E>(&[running, hp], "the per-row state of a chunk");
-        let mut st = [buffer()?, buffer()?, buffer()?];
+        let mut st = alloc::try_collect(
+            sources.iter().map(|&(_, width)| {
+                alloc::zeroed::<E>(
+                    &[running, hidden_pad::<E>(width)],
+                    "the per-row state of a chunk",
+                )
+            }),
+            "the per-row state of a chunk",
+        )?;
         for (r, &b) in rows[..running].iter().enumerate() {
-            for (src, dst) in sources.iter().zip(&mut st) {
+            for (&(src, width), dst) in sources.iter().zip(&mut st) {
                 if let Some(src) = src {
-                    dst[r * hp..][..hidden].copy_from_slice(&src[b * hidden..][..hidden]);
+                    let padded = hidden_pad::<E>(width);
+                    dst[r * padded..][..width].copy_from_slice(&src[b * width..][..width]);
                 }
             }
         }
-        Ok(st)
+        Ok(st.try_into().unwrap_or_else(|_| unreachable!("N buffers")))
     };
     alloc::try_collect(chunks.iter().map(chunk_state), "the chunk states")
 }
@@ -568,15 +668,16 @@ fn clear_padded_rows<E: Float>(
 ) {
     let hidden = seq.dims.hidden;
     let hp = hidden_pad::<E>(hidden);
+    let (state, pp) = (seq.state(), hidden_pad::<E>(seq.state()));
     for row in seq.padded_rows() {
-        y[row * hidden..][..hidden].fill(E::ZERO);
+        y[row * state..][..state].fill(E::ZERO);
         if let Some(c) = cache.as_mut() {
             if let Some(pre) = c.pre.as_deref_mut() {
                 pre[row * 4 * hp..][..4 * hp].fill(E::ZERO);
             }
             c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
             c.cells[row * hp..][..hp].fill(E::ZERO);
-            c.h_prev[row * hp..][..hp].fill(E::ZERO);
+            c.h_prev[row * pp..][..pp].fill(E::ZERO);
         }
     }
 }
@@ -609,6 +710,9 @@ fn backward_without_steps<E: Float>(seeds: Seeds<'_, E>, grads: Grads<'_, E>) ->
     }
     if let Some(dp) = grads.dpeepholes {
         dp.fill(E::ZERO);
+    }
+    if let Some(dw_hr) = grads.dw_hr {
+        dw_hr.fill(E::ZERO);
     }
     if let Some([norm_h, norm_c]) = grads.flow {
         norm_h.fill(E::ZERO);

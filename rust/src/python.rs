@@ -161,8 +161,8 @@ impl Engine for f64 {
 type ActivationSpec = (String, Option<f64>, Option<f64>);
 
 /// The engine's [`Sequence`], read from a `_bundles.Sequence` (`functional._Args`).
-/// `packed`, when not None, is the `_core.Packed` made from this very `w_ih`
-/// and `w_hh`.
+/// `packed`, when not None, is the `_core.Packed` made from this very `w_ih`,
+/// `w_hh` and `w_hr`.
 #[derive(FromPyObject)]
 struct SequenceArrays<'py, E: Element> {
     x: In<'py, E>,
@@ -184,6 +184,8 @@ struct SequenceArrays<'py, E: Element> {
     /// as (ONNX name, alpha or None, beta or None), or None for the plain
     /// ones (`_checks` has filled ONNX's defaults in).
     peepholes: Option<In<'py, E>>,
+    /// The projection (P, H), or None.
+    w_hr: Option<In<'py, E>>,
     clip: Option<f64>,
     input_forget: bool,
     forget_gate: bool,
@@ -222,6 +224,7 @@ impl<E: Engine> SequenceArrays<'_, E> {
     fn variant(&self) -> PyResult<Variant<'_, E>> {
         let mut variant = Variant {
             peepholes: opt_slice("peepholes", &self.peepholes)?,
+            w_hr: opt_slice("w_hr", &self.w_hr)?,
             clip: self.clip.map(E::from_f64),
             input_forget: self.input_forget,
             forget_gate: self.forget_gate,
@@ -353,6 +356,7 @@ struct GradArrays<'py, E: Element> {
     db: Option<Out<'py, E>>,
     scratch: Option<Out<'py, E>>,
     dpeepholes: Option<Out<'py, E>>,
+    dw_hr: Option<Out<'py, E>>,
     flow_h: Option<Out<'py, E>>,
     flow_c: Option<Out<'py, E>>,
 }
@@ -375,6 +379,11 @@ impl<E: Element> GradArrays<'_, E> {
                 .dpeepholes
                 .as_mut()
                 .map(|d| slice_mut("dpeepholes", d))
+                .transpose()?,
+            dw_hr: self
+                .dw_hr
+                .as_mut()
+                .map(|d| slice_mut("dw_hr", d))
                 .transpose()?,
             flow: match (&mut self.flow_h, &mut self.flow_c) {
                 (Some(h), Some(c)) => Some([slice_mut("flow_h", h)?, slice_mut("flow_c", c)?]),
@@ -573,31 +582,53 @@ fn run_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     })
 }
 
-/// The packed panels of `w_ih` and `w_hh`, kept for the calls that pass this
-/// object as `seq.packed` with the same arrays: the Python layer's prepared
-/// weights own them privately and never change them. Holding the arrays keeps
-/// their memory, whose addresses the panels are checked against, from being
-/// reused.
+/// The packed panels of `w_ih`, `w_hh` and the projection `w_hr` (if any),
+/// kept for the calls that pass this object as `seq.packed` with the same
+/// arrays: the Python layer's prepared weights own them privately and never
+/// change them. Holding the arrays keeps their memory, whose addresses the
+/// panels are checked against, from being reused.
 #[pyclass(frozen, name = "Packed", module = "lstm_fast._core")]
 struct Packed {
-    _weights: (Py<PyAny>, Py<PyAny>),
+    _weights: (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>),
     panels: AnyPanels,
+}
+
+/// A [`PanelCache`] of `w_ih`, `w_hh`, `w_hr` borrowed as arrays of `E`.
+fn panel_cache<E: Engine>(
+    w_ih: &Bound<'_, PyAny>,
+    w_hh: &Bound<'_, PyAny>,
+    w_hr: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PanelCache<E>> {
+    let w_ih = w_ih.extract::<In<'_, E>>()?;
+    let w_hh = w_hh.extract::<In<'_, E>>()?;
+    let w_hr = w_hr.map(|w| w.extract::<In<'_, E>>()).transpose()?;
+    Ok(PanelCache::new(
+        slice("w_ih", &w_ih)?,
+        slice("w_hh", &w_hh)?,
+        opt_slice("w_hr", &w_hr)?,
+    ))
 }
 
 #[pymethods]
 impl Packed {
     #[new]
-    fn new(w_ih: &Bound<'_, PyAny>, w_hh: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let panels = if let Ok(a) = w_hh.extract::<In<'_, f64>>() {
-            let b = w_ih.extract::<In<'_, f64>>()?;
-            AnyPanels::F64(PanelCache::new(slice("w_ih", &b)?, slice("w_hh", &a)?))
+    #[pyo3(signature = (w_ih, w_hh, w_hr = None))]
+    fn new(
+        w_ih: &Bound<'_, PyAny>,
+        w_hh: &Bound<'_, PyAny>,
+        w_hr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let panels = if w_hh.cast::<PyArrayDyn<f64>>().is_ok() {
+            AnyPanels::F64(panel_cache(w_ih, w_hh, w_hr)?)
         } else {
-            let a = w_hh.extract::<In<'_, f32>>()?;
-            let b = w_ih.extract::<In<'_, f32>>()?;
-            AnyPanels::F32(PanelCache::new(slice("w_ih", &b)?, slice("w_hh", &a)?))
+            AnyPanels::F32(panel_cache(w_ih, w_hh, w_hr)?)
         };
         Ok(Packed {
-            _weights: (w_ih.clone().unbind(), w_hh.clone().unbind()),
+            _weights: (
+                w_ih.clone().unbind(),
+                w_hh.clone().unbind(),
+                w_hr.map(|w| w.clone().unbind()),
+            ),
             panels,
         })
     }

@@ -20,8 +20,10 @@ pub struct Dims {
 
 /// Everything that defines one sequence pass. Arrays are dense row-major:
 /// `x` (T, B, I), or (B, T, I) when `batch_first`; `w_ih` (4H, I); `w_hh`
-/// (4H, H); `bias` (4H,) = b_ih + b_hh; `h0`, `c0` (B, H); `lengths` (B,);
-/// `variant` the gate math (the default: the plain LSTM).
+/// (4H, P); `bias` (4H,) = b_ih + b_hh; `h0` (B, P), `c0` (B, H); `lengths`
+/// (B,); `variant` the gate math and the projection (the default: the plain
+/// LSTM). P, the width of the state h, is the projection's `proj_size` (the
+/// rows of `variant.w_hr`), H without one ([`Sequence::state`]).
 #[derive(Clone, Copy)]
 pub struct Sequence<'a, E> {
     pub dims: Dims,
@@ -39,11 +41,12 @@ pub struct Sequence<'a, E> {
 }
 
 /// What backward needs from forward, in the sequence's layout (rows ordered
-/// like x): activated gates (T·B, 4·Hp) in blocks i, f, g, o; cell states and
-/// the h each step started from, (T·B, Hp). Hp = [`hidden_pad`]. That is 6·Hp
-/// per (row, step); `pre`, the pre-activations (T·B, 4·Hp), only for the
-/// variants whose derivatives need them ([`Variant::caches_pre`]: 10·Hp),
-/// else None.
+/// like x): activated gates (T·B, 4·Hp) in blocks i, f, g, o; cell states
+/// (T·B, Hp) and the h each step started from, (T·B, Pp). Hp and Pp are H and
+/// P padded ([`hidden_pad`]). That is 5·Hp + Pp per (row, step) (6·Hp without
+/// a projection); `pre`, the pre-activations (T·B, 4·Hp), only for the
+/// variants whose derivatives need them ([`Variant::caches_pre`]: 4·Hp
+/// more), else None.
 pub struct Cache<'a, E> {
     pub gates: &'a mut [E],
     pub cells: &'a mut [E],
@@ -60,14 +63,16 @@ pub struct CacheRef<'a, E> {
     pub pre: Option<&'a [E]>,
 }
 
-/// Outputs of forward: `y` like x with last dimension H; `h_n`, `c_n` (B, H).
+/// Outputs of forward: `y` like x with last dimension P; `h_n` (B, P), `c_n`
+/// (B, H).
 pub struct Outputs<'a, E> {
     pub y: &'a mut [E],
     pub h_n: &'a mut [E],
     pub c_n: &'a mut [E],
 }
 
-/// Gradients of the outputs (None = zeros): `dy` like y, `dh_n`, `dc_n` (B, H).
+/// Gradients of the outputs (None = zeros): `dy` like y, `dh_n` (B, P), `dc_n`
+/// (B, H).
 #[derive(Clone, Copy, Default)]
 pub struct Seeds<'a, E> {
     pub dy: Option<&'a [E]>,
@@ -82,6 +87,8 @@ pub struct Seeds<'a, E> {
 /// `dpeepholes` (3H,), [p_i, p_o, p_f], is wanted with peepholes. `flow`,
 /// when given, gets the gradient-flow norms ‖dL/dh_t‖ and ‖dL/dc_t‖ of every
 /// (t, b), each (T, B) time-major by real time, 0 past a row's length.
+/// `dh0` is (B, P), `dw_hh` (4H, P); `dw_hr` (P, H) is wanted with a
+/// projection (None: not computed).
 pub struct Grads<'a, E> {
     pub dx: &'a mut [E],
     pub dh0: &'a mut [E],
@@ -91,6 +98,7 @@ pub struct Grads<'a, E> {
     pub db: Option<&'a mut [E]>,
     pub scratch: Option<&'a mut [E]>,
     pub dpeepholes: Option<&'a mut [E]>,
+    pub dw_hr: Option<&'a mut [E]>,
     pub flow: Option<[&'a mut [E]; 2]>,
 }
 
@@ -107,9 +115,26 @@ impl<E: Float> Sequence<'_, E> {
             batch: self.dims.batch,
             hidden: self.dims.hidden,
             hidden_pad: hidden_pad::<E>(self.dims.hidden),
+            state: self.state(),
+            state_pad: hidden_pad::<E>(self.state()),
             batch_major: self.batch_first,
             reverse: self.reverse,
         }
+    }
+
+    /// P, the width of the state h: the rows of the projection `w_hr` (P × H),
+    /// H without one. (`check` has made sure that `w_hr` is a whole number of
+    /// rows.)
+    pub fn state(&self) -> usize {
+        match self.variant.w_hr {
+            Some(w) => w.len() / self.dims.hidden.max(1),
+            None => self.dims.hidden,
+        }
+    }
+
+    /// Whether the pass has a projection.
+    pub(crate) fn projects(&self) -> bool {
+        self.variant.w_hr.is_some()
     }
 
     /// The length of batch row `b` (T without `lengths`).

@@ -310,6 +310,7 @@ impl Problem {
                 // NaN everywhere: backward must not depend on the contents.
                 scratch: Some(&mut scratch),
                 dpeepholes: None,
+                dw_hr: None,
                 flow: None,
             },
             cancel_backward,
@@ -861,7 +862,7 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
     }
 
     let w_ih: Vec<f32> = (0..4 * hidden * 3).map(|i| i as f32 - 0.5).collect();
-    let cache = PanelCache::new(&w_ih, &w);
+    let cache = PanelCache::new(&w_ih, &w, None);
     let input = cache.input(&w_ih, hidden, hp, 3, 8).unwrap();
     assert_eq!(
         *input,
@@ -871,31 +872,268 @@ fn panel_cache_packs_once_and_only_its_own_w_hh() {
         cache.input(&w, hidden, hp, 3, 8),
         Err(Error::Value(_))
     ));
-    let a = cache.forward(&w, hidden, hp, 8).unwrap();
-    assert!(Arc::ptr_eq(&a, &cache.forward(&w, hidden, hp, 8).unwrap()));
+    let a = cache.forward(&w, hidden, hp, hidden, 8).unwrap();
+    assert!(Arc::ptr_eq(
+        &a,
+        &cache.forward(&w, hidden, hp, hidden, 8).unwrap()
+    ));
     assert_eq!(
         *a,
         pack::forward_panels(&w, "w_hh", hidden, hp, hidden, 8).unwrap()
     );
-    let wide = cache.forward(&w, hidden, hp, 16).unwrap();
+    let wide = cache.forward(&w, hidden, hp, hidden, 16).unwrap();
     assert_eq!(
         *wide,
         pack::forward_panels(&w, "w_hh", hidden, hp, hidden, 16).unwrap()
     );
-    let back = cache.backward(&w, hidden, hp, 8).unwrap();
+    let back = cache.backward(&w, hidden, hp, hidden, 8).unwrap();
     assert!(Arc::ptr_eq(
         &back,
-        &cache.backward(&w, hidden, hp, 8).unwrap()
+        &cache.backward(&w, hidden, hp, hidden, 8).unwrap()
     ));
-    assert_eq!(*back, pack::backward_panels(&w, hidden, hp, 8).unwrap());
+    assert_eq!(
+        *back,
+        pack::backward_panels(&w, hidden, hp, hidden, 8).unwrap()
+    );
 
     let copy = w.clone();
     assert!(matches!(
-        cache.forward(&copy, hidden, hp, 8),
+        cache.forward(&copy, hidden, hp, hidden, 8),
         Err(Error::Value(_))
     ));
     assert!(matches!(
-        cache.backward(&w[..w.len() - 1], hidden, hp, 8),
+        cache.backward(&w[..w.len() - 1], hidden, hp, hidden, 8),
         Err(Error::Value(_))
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Projection (w_hr, P × H): forward and backward against plain loops in f64.
+// ---------------------------------------------------------------------------
+
+/// One projected LSTM pass and its gradients, written as the equations of
+/// docs/variants.md ('Projection', 'Backward through time') in plain loops:
+/// (y, h_n, c_n, dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr), time-major x,
+/// `lengths`, forward direction, zero h0 and c0.
+#[allow(clippy::needless_range_loop, clippy::type_complexity)]
+fn projection_oracle(
+    [steps, batch, ni, nh, np]: [usize; 5],
+    lengths: &[usize],
+    [x, w_ih, w_hh, w_hr, dy]: [&[f64]; 5],
+) -> [Vec<f64>; 10] {
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let mut y = vec![0.0; steps * batch * np];
+    let (mut h_n, mut c_n) = (vec![0.0; batch * np], vec![0.0; batch * nh]);
+    let mut dx = vec![0.0; steps * batch * ni];
+    let (mut dh0, mut dc0) = (vec![0.0; batch * np], vec![0.0; batch * nh]);
+    let (mut dw_ih, mut dw_hh) = (vec![0.0; 4 * nh * ni], vec![0.0; 4 * nh * np]);
+    let (mut db, mut dw_hr) = (vec![0.0; 4 * nh], vec![0.0; np * nh]);
+    for b in 0..batch {
+        let (mut h, mut c) = (vec![0.0; np], vec![0.0; nh]);
+        let mut tape = Vec::new();
+        for t in 0..lengths[b] {
+            let row = t * batch + b;
+            let xr = &x[row * ni..][..ni];
+            let a: Vec<f64> = (0..4 * nh)
+                .map(|j| {
+                    (0..ni).map(|k| w_ih[j * ni + k] * xr[k]).sum::<f64>()
+                        + (0..np).map(|k| w_hh[j * np + k] * h[k]).sum::<f64>()
+                })
+                .collect();
+            let g: Vec<[f64; 4]> = (0..nh)
+                .map(|u| {
+                    [
+                        sig(a[u]),
+                        sig(a[nh + u]),
+                        a[2 * nh + u].tanh(),
+                        sig(a[3 * nh + u]),
+                    ]
+                })
+                .collect();
+            let c_new: Vec<f64> = (0..nh)
+                .map(|u| g[u][1] * c[u] + g[u][0] * g[u][2])
+                .collect();
+            let m: Vec<f64> = (0..nh).map(|u| g[u][3] * c_new[u].tanh()).collect();
+            let h_new: Vec<f64> = (0..np)
+                .map(|p| (0..nh).map(|u| w_hr[p * nh + u] * m[u]).sum())
+                .collect();
+            y[row * np..][..np].copy_from_slice(&h_new);
+            tape.push((h.clone(), c.clone(), g, c_new.clone(), m));
+            (h, c) = (h_new, c_new);
+        }
+        h_n[b * np..][..np].copy_from_slice(&h);
+        c_n[b * nh..][..nh].copy_from_slice(&c);
+        let (mut dh_next, mut dc_next) = (vec![0.0; np], vec![0.0; nh]);
+        for (t, (h_prev, c_prev, g, c_new, m)) in tape.iter().enumerate().rev() {
+            let row = t * batch + b;
+            let dh: Vec<f64> = (0..np).map(|p| dy[row * np + p] + dh_next[p]).collect();
+            for p in 0..np {
+                for u in 0..nh {
+                    dw_hr[p * nh + u] += dh[p] * m[u];
+                }
+            }
+            let mut da = vec![0.0; 4 * nh];
+            for u in 0..nh {
+                let [i, f, gg, o] = g[u];
+                let dm: f64 = (0..np).map(|p| dh[p] * w_hr[p * nh + u]).sum();
+                let tc = c_new[u].tanh();
+                let dc = dc_next[u] + dm * o * (1.0 - tc * tc);
+                da[u] = dc * gg * i * (1.0 - i);
+                da[nh + u] = dc * c_prev[u] * f * (1.0 - f);
+                da[2 * nh + u] = dc * i * (1.0 - gg * gg);
+                da[3 * nh + u] = dm * tc * o * (1.0 - o);
+                dc_next[u] = dc * f;
+            }
+            let xr = &x[row * ni..][..ni];
+            for (j, &d) in da.iter().enumerate() {
+                db[j] += d;
+                for k in 0..ni {
+                    dw_ih[j * ni + k] += d * xr[k];
+                    dx[row * ni + k] += d * w_ih[j * ni + k];
+                }
+                for k in 0..np {
+                    dw_hh[j * np + k] += d * h_prev[k];
+                }
+            }
+            dh_next = (0..np)
+                .map(|k| (0..4 * nh).map(|j| da[j] * w_hh[j * np + k]).sum())
+                .collect();
+        }
+        dh0[b * np..][..np].copy_from_slice(&dh_next);
+        dc0[b * nh..][..nh].copy_from_slice(&dc_next);
+    }
+    [y, h_n, c_n, dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr]
+}
+
+/// The engine's projected pass in `E` (same arguments as the oracle).
+fn projection_engine<E: Float>(
+    [steps, batch, ni, nh, np]: [usize; 5],
+    lengths: &[usize],
+    arrays: [&[f64]; 5],
+) -> [Vec<f64>; 10] {
+    let [x, w_ih, w_hh, w_hr, dy] =
+        arrays.map(|v| v.iter().map(|&a| E::from_f64(a)).collect::<Vec<E>>());
+    let seq = Sequence {
+        dims: Dims {
+            steps,
+            batch,
+            input: ni,
+            hidden: nh,
+        },
+        batch_first: false,
+        reverse: false,
+        lengths: Some(lengths),
+        x: &x,
+        w_ih: &w_ih,
+        w_hh: &w_hh,
+        bias: None,
+        h0: None,
+        c0: None,
+        panels: None,
+        variant: crate::Variant {
+            w_hr: Some(&w_hr),
+            ..Default::default()
+        },
+    };
+    let (hp, pp, rows) = (hidden_pad::<E>(nh), hidden_pad::<E>(np), steps * batch);
+    let z = |n: usize| vec![E::ZERO; n];
+    let (mut y, mut h_n, mut c_n) = (z(rows * np), z(batch * np), z(batch * nh));
+    let (mut gates, mut cells, mut h_prev) = (z(rows * 4 * hp), z(rows * hp), z(rows * pp));
+    forward(
+        &seq,
+        Outputs {
+            y: &mut y,
+            h_n: &mut h_n,
+            c_n: &mut c_n,
+        },
+        Some(Cache {
+            gates: &mut gates,
+            cells: &mut cells,
+            h_prev: &mut h_prev,
+            pre: None,
+        }),
+        &Cancel::new(),
+    )
+    .unwrap();
+    let (mut dx, mut dh0, mut dc0) = (z(rows * ni), z(batch * np), z(batch * nh));
+    let (mut dw_ih, mut dw_hh) = (z(4 * nh * ni), z(4 * nh * np));
+    let (mut db, mut dw_hr) = (z(4 * nh), z(np * nh));
+    backward(
+        &seq,
+        CacheRef {
+            gates: &gates,
+            cells: &cells,
+            h_prev: &h_prev,
+            pre: None,
+        },
+        Seeds {
+            dy: Some(&dy),
+            ..Default::default()
+        },
+        Grads {
+            dx: &mut dx,
+            dh0: &mut dh0,
+            dc0: &mut dc0,
+            dw_ih: &mut dw_ih,
+            dw_hh: &mut dw_hh,
+            db: Some(&mut db),
+            scratch: None,
+            dpeepholes: None,
+            dw_hr: Some(&mut dw_hr),
+            flow: None,
+        },
+        &Cancel::new(),
+    )
+    .unwrap();
+    [y, h_n, c_n, dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr]
+        .map(|v| v.iter().map(|a| a.to_f64()).collect())
+}
+
+#[test]
+fn projection_matches_oracle_on_every_isa() {
+    let _g = lock();
+    crate::set_num_threads(2).unwrap();
+    let names = [
+        "y", "h_n", "c_n", "dx", "dh0", "dc0", "dw_ih", "dw_hh", "db", "dw_hr",
+    ];
+    // (T, B, I, H, P): P < H, P = 1, P > H, and enough rows for two chunks.
+    for (seed, dims) in [
+        [4, 3, 3, 7, 3],
+        [3, 1, 2, 17, 1],
+        [3, 2, 2, 5, 40],
+        [3, 20, 2, 9, 4],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let [steps, batch, ni, nh, np] = dims;
+        let mut r = Rng(seed as u64 * 7919 + 3);
+        let lengths: Vec<usize> = (0..batch).map(|b| (steps + b) % (steps + 1)).collect();
+        let owned = [
+            r.vec(steps * batch * ni, 1.0),
+            r.vec(4 * nh * ni, 0.6),
+            r.vec(4 * nh * np, 0.6),
+            r.vec(np * nh, 0.6),
+            r.vec(steps * batch * np, 1.0),
+        ];
+        let arrays = owned.each_ref().map(Vec::as_slice);
+        let want = projection_oracle(dims, &lengths, arrays);
+        for isa in Isa::available() {
+            isa.set_active().unwrap();
+            for (tol, got) in [
+                (1e-12, projection_engine::<f64>(dims, &lengths, arrays)),
+                (2e-5, projection_engine::<f32>(dims, &lengths, arrays)),
+            ] {
+                for ((name, got), want) in names.iter().zip(&got).zip(&want) {
+                    let scale = 1.0 + want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    let err = got
+                        .iter()
+                        .zip(want)
+                        .fold(0.0f64, |m, (p, q)| m.max((p - q).abs() / scale));
+                    assert!(err < tol, "{isa:?} {dims:?} {name}: error {err:e}");
+                }
+            }
+        }
+    }
+    Isa::available().last().unwrap().set_active().unwrap();
 }

@@ -9,6 +9,12 @@
 //! on each activation per vector, which costs little next to the products).
 //! `lstm.rs` picks one of the two once per call.
 //!
+//! A projection (`w_hr`, PyTorch's `proj_size`) runs in the general body
+//! too: it changes what a step does after the gate math (h_t = m_t·W_hrᵀ,
+//! a product per step) rather than the gate math itself, so the kernels test
+//! it once per step, never per vector (`kernels/forward_step.rs`,
+//! `backward_step.rs`).
+//!
 //! Backward needs, besides the plain cache (activated gates, cells, h_prev:
 //! 6·Hp per (row, step)), the pre-activations z (4·Hp more, 10·Hp in all)
 //! when it cannot get a derivative from the activation's output alone: with
@@ -185,6 +191,9 @@ impl Activation {
 #[derive(Clone, Copy, Debug)]
 pub struct Variant<'a, E> {
     pub peepholes: Option<&'a [E]>,
+    /// The projection W_hr, (P, H) row-major as the caller gives it: the state
+    /// h is then P wide (h_t = m_t·W_hrᵀ, m_t = o_t ⊙ σ_h(c_t)). None: h = m.
+    pub w_hr: Option<&'a [E]>,
     /// Pre-activations clamped to [−clip, clip]; > 0.
     pub clip: Option<E>,
     /// f = 1 − i.
@@ -201,6 +210,7 @@ impl<E> Default for Variant<'_, E> {
     fn default() -> Self {
         Variant {
             peepholes: None,
+            w_hr: None,
             clip: None,
             input_forget: false,
             forget_gate: true,
@@ -215,6 +225,7 @@ impl<E: SimdElement> Variant<'_, E> {
     /// Whether this is the plain LSTM (the kernels' fast path).
     pub fn is_plain(&self) -> bool {
         self.peepholes.is_none()
+            && self.w_hr.is_none()
             && self.clip.is_none()
             && !self.input_forget
             && self.forget_gate

@@ -6,6 +6,12 @@
 //! One member of the chunk's team runs it over its range of tiles, meeting the
 //! others at a [`SpinBarrier`] after every step when there are others (see
 //! `mod.rs`).
+//!
+//! With a projection (`w_hr`, P × H) a step has two products: dh_t =
+//! dy_t + da_{t+1}·w_hh (P wide, depth 4Hp), kept for dW_hr, then dm =
+//! dh_t·w_hr (H wide, depth P), which the gate derivatives take as their dh.
+//! The second needs all of the first, so a chunk with a projection runs alone
+//! (a batch split, `lstm.rs`); see `run_projected`.
 
 use std::ops::Range;
 
@@ -23,8 +29,8 @@ use crate::tuning::BATCH1_PANELS;
 use crate::variant::Variant;
 
 /// A chunk's backward state, shared by its team: for each slot of length > 0
-/// (a prefix of the slots), Hp each: the dh_n seed of the row's last step, the
-/// running dc, and c0 (c_prev of a first step).
+/// (a prefix of the slots): the dh_n seed of the row's last step (Pp), the
+/// running dc and c0 (c_prev of a first step), Hp each.
 #[derive(Clone, Copy)]
 pub struct BackwardState<E> {
     pub dh_seed: SharedMut<E>,
@@ -45,14 +51,22 @@ pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
     /// The forward cache, (T·B) × 4Hp and (T·B) × Hp, caller's layout.
     pub gates: &'a [E],
     pub cells: &'a [E],
-    /// `pack::backward_panels` for this ISA's lane count.
+    /// `pack::backward_panels` for this ISA's lane count (P outputs).
     pub panels: &'a [E],
-    /// (T·B) × H, caller's layout, or None for zeros.
+    /// `pack::projection_backward_panels` of `w_hr` for this ISA's lane
+    /// count, or empty without a projection. Only with `VARIANT`.
+    pub proj_panels: &'a [E],
+    /// With a projection (else null): dh_t of every (step, row), (T·B) × Pp,
+    /// and m_t = o_t ⊙ σ_h(c_t), (T·B) × Hp, for dW_hr after the loop
+    /// (written; this chunk's rows).
+    pub dh: SharedMut<E>,
+    pub m: SharedMut<E>,
+    /// (T·B) × P, caller's layout, or None for zeros.
     pub dy: Option<&'a [E]>,
     pub state: BackwardState<E>,
     /// (T·B) × 4Hp gate gradients (written; this chunk's rows, member's units).
     pub da: SharedMut<E>,
-    /// B × H (written; this chunk's rows, member's units).
+    /// B × P (written; this chunk's rows, member's units).
     pub dh0: SharedMut<E>,
     /// Tiles (of 4·LANES hidden units) this member computes.
     pub tiles: Range<usize>,
@@ -67,10 +81,12 @@ pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
     /// The cached pre-activations, (T·B) × 4Hp, or empty when the variant
     /// needs none (`Variant::caches_pre`).
     pub pre: &'a [E],
-    /// With `FLOW`: (T·B) × tiles × 2 (tiles of 4·LANES units), per row and
-    /// tile the sums of squares of dh and dc over the tile's real units
-    /// (written; this chunk's rows, member's tiles). `lstm.rs` adds the tiles
-    /// in order, so the norms do not depend on how members share the tiles.
+    /// With `FLOW`: (T·B) × tiles × 2 (tiles of 4·LANES units; as many as
+    /// the wider of Hp and Pp has), per row and tile the sums of squares of
+    /// dh (over P) and dc (over H) over the tile's real units (written; this
+    /// chunk's rows, member's tiles; tiles past a width stay 0). `lstm.rs`
+    /// adds the tiles in order, so the norms do not depend on how members
+    /// share the tiles.
     pub flow: SharedMut<E>,
 }
 
@@ -87,7 +103,7 @@ pub struct BackwardScratch {
 
 impl BackwardScratch {
     /// For a member of the chunk `slots`, with vectors of `lanes` elements of
-    /// `E`, for products `depth` (4·Hp) deep.
+    /// `E`, for products at most `depth` deep (4·Hp; with a projection also P).
     pub fn new<E>(slots: &Slots<'_>, lanes: usize, depth: usize) -> Result<Self> {
         let what = "the tile accumulators of a chunk";
         let running = slots.active(0);
@@ -99,6 +115,19 @@ impl BackwardScratch {
 }
 
 impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIANT, FLOW> {
+    /// Whether h is projected (known at compile time to be false for the
+    /// plain LSTM).
+    #[inline(always)]
+    fn projects(&self) -> bool {
+        VARIANT && !self.proj_panels.is_empty()
+    }
+
+    /// Tiles per row of the flow sums: those of the wider of Hp and Pp.
+    #[inline(always)]
+    fn flow_tiles(&self, w: usize) -> usize {
+        self.geo.hidden_pad.max(self.geo.state_pad).div_ceil(4 * w)
+    }
+
     /// dh flowing into iteration `s` for one slot and tile: da_{s+1}·w_hh for
     /// rows that ran at s + 1, else the slot's dh_n seed.
     ///
@@ -117,7 +146,8 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
     }
 
     /// Gate derivatives for one slot and tile from the incoming `dh`, writing
-    /// da for iteration `s` and updating dc.
+    /// da for iteration `s` and updating dc. With a projection `acc` is dm,
+    /// dy already in it (`run_projected`), and m is written for dW_hr.
     ///
     /// # Safety
     /// `slot` < slots; `tile` < tiles; no other thread touches this slot's units
@@ -143,7 +173,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             // of this slot belong to this member alone.
             unsafe {
                 let mut dh = acc_v;
-                if let Some(dy) = self.dy {
+                if let (false, Some(dy)) = (self.projects(), self.dy) {
                     dh = dh.add(load_n(
                         dy.as_ptr().add(row * h + u.min(h)),
                         h.saturating_sub(u).min(w),
@@ -203,9 +233,11 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
         }
         if FLOW {
             // Lanes added in order: the tile's sums are the same whichever
-            // member computes it.
-            let tiles = hp.div_ceil(4 * w);
-            for (k, sq) in squares.into_iter().enumerate() {
+            // member computes it. With a projection dh's sums are over P
+            // (`run_projected`), not over this tile's H units.
+            let tiles = self.flow_tiles(w);
+            let first = usize::from(self.projects());
+            for (k, sq) in squares.into_iter().enumerate().skip(first) {
                 let mut lanes = [E::ZERO; 16];
                 // SAFETY: LANES ≤ 16; the flow buffer holds (T·B) × tiles × 2
                 // and this member alone writes this row's entry of this tile.
@@ -261,6 +293,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             let pp = v.peepholes.unwrap_or(&[]).as_ptr();
             let peep = |k: usize| S::load(pp.add(k * hp + u));
             let hc = v.h.apply(c);
+            if !self.m.0.is_null() {
+                // m_t = o_t ⊙ σ_h(c_t), as forward computed it, for dW_hr.
+                og.mul(hc).store(self.m.0.add(row * hp + u));
+            }
             let z_o = z(3);
             let da_o = through(v.f.backprop(dh.mul(hc), clamp(z_o), og), z_o);
             let mut dc = v.h.backprop(dh.mul(og), c, hc).add(S::load(dc_ptr));
@@ -298,6 +334,9 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
 
     #[inline(always)]
     fn run<S: Simd<E = E>>(mut self) {
+        if self.projects() {
+            return self.run_projected::<S>();
+        }
         let geo = self.geo;
         let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
         let width = 4 * w;
@@ -405,6 +444,178 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                             acc_v,
                             self.dh0.0.add(b * h + u.min(h)),
                             h.saturating_sub(u).min(w),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIANT, FLOW> {
+    /// The chunk's time loop with a projection (one member, all tiles): per
+    /// step, dh_t = da_{t+1}·w_hh (or the dh_n seed) + dy_t over the P state
+    /// units, stored for dW_hr with its flow sums; then dm = dh_t·w_hr over
+    /// the H units, which `finish` takes as its dh. Then dh0 = da_0·w_hh.
+    fn run_projected<S: Simd<E = E>>(mut self) {
+        let geo = self.geo;
+        let (hp, p, pp, w) = (geo.hidden_pad, geo.state, geo.state_pad, S::LANES);
+        let width = 4 * w;
+        let depth = 4 * hp;
+        let stride = depth * width; // one panel of w_hh
+        let p_tiles = pp.div_ceil(width);
+        let h_tiles = hp.div_ceil(width);
+        let proj_stride = p * width; // one panel of w_hr
+        assert_eq!(
+            self.panels.len(),
+            p_tiles * stride,
+            "backward panels packed for another ISA"
+        );
+        assert_eq!(
+            self.proj_panels.len(),
+            h_tiles * proj_stride,
+            "projection panels packed for another ISA"
+        );
+        assert!(
+            self.tiles == (0..h_tiles) && self.barrier.is_none(),
+            "a chunk with a projection runs alone"
+        );
+        assert!(!self.dh.0.is_null() && !self.m.0.is_null());
+        let rows_total = geo.steps * geo.batch;
+        assert!(self.gates.len() >= rows_total * depth && self.cells.len() >= rows_total * hp);
+        assert!(self.dy.is_none_or(|dy| dy.len() == rows_total * p));
+        let flow_tiles = self.flow_tiles(w);
+        let row_of = |slot: usize, s: usize| {
+            geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot])
+        };
+        let panel = |q: usize| self.panels[q * stride..].as_ptr();
+        let proj_panel = |q: usize| self.proj_panels[q * proj_stride..].as_ptr();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let products = accumulators::<S>(&mut scratch.products);
+        let running = self.slots.active(0);
+        assert!(products.len() >= running);
+        let packed = elements::<S::E>(&mut scratch.packed);
+        assert!(packed.len() >= running * depth.max(p));
+        // Lanes of a vector at unit u that are real state units (< P).
+        let index: [E; 16] = std::array::from_fn(|i| E::from_f64(i as f64));
+        let only_real = |d: S, u: usize| {
+            if u + w > p {
+                let real = S::splat(E::from_f64(p.saturating_sub(u) as f64));
+                // SAFETY: LANES ≤ 16 elements of `index`.
+                let lane = unsafe { S::load(index.as_ptr()) };
+                lane.select_lt(real, d, S::splat(E::ZERO))
+            } else {
+                d
+            }
+        };
+
+        let mut prev_active = 0; // slots that ran at iteration s + 1
+        for s in (0..geo.steps).rev() {
+            let active = self.slots.active(s);
+            // SAFETY: rows that ran at s + 1 have whole da rows (depth each),
+            // written by this member at the previous iteration; `packed` holds
+            // running · depth (asserted).
+            unsafe {
+                pack_rows::<S>(
+                    prev_active,
+                    |r| self.da.0.add(row_of(r, s + 1) * depth),
+                    depth,
+                    packed,
+                )
+            };
+            let a = PackedRows {
+                data: packed.as_ptr(),
+                depth,
+            };
+            for q in 0..p_tiles {
+                // SAFETY: `a` holds prev_active rows of depth as `pack_rows`
+                // wrote them; panel q holds depth rows of 4·w (asserted).
+                unsafe { rows_x4v_kblocked::<S>(prev_active, a, depth, panel(q), products) };
+                for (slot, product) in products[..active].iter().enumerate() {
+                    let row = row_of(slot, s);
+                    let mut squares = S::splat(E::ZERO);
+                    for (v, &product_v) in product.iter().enumerate() {
+                        let u = q * width + v * w;
+                        if u >= pp {
+                            break;
+                        }
+                        // SAFETY: u + w ≤ pp inside the slot's seed and the dh
+                        // row (row < T·B, this chunk's); dy gets only its real
+                        // lanes of its row.
+                        unsafe {
+                            let mut dh = if slot < prev_active {
+                                product_v
+                            } else {
+                                S::load(self.state.dh_seed.0.add(slot * pp + u))
+                            };
+                            if let Some(dy) = self.dy {
+                                dh = dh.add(load_n(
+                                    dy.as_ptr().add(row * p + u.min(p)),
+                                    p.saturating_sub(u).min(w),
+                                ));
+                            }
+                            dh.store(self.dh.0.add(row * pp + u));
+                            if FLOW {
+                                let d = only_real(dh, u);
+                                squares = d.mul_add(d, squares);
+                            }
+                        }
+                    }
+                    if FLOW {
+                        let mut lanes = [E::ZERO; 16];
+                        // SAFETY: LANES ≤ 16; the flow buffer holds (T·B) ×
+                        // flow_tiles × 2, q < flow_tiles, and this chunk alone
+                        // writes this row.
+                        unsafe {
+                            squares.store(lanes.as_mut_ptr());
+                            let sum = lanes[..w].iter().fold(E::ZERO, |a, &b| a + b);
+                            *self.flow.0.add((row * flow_tiles + q) * 2) = sum;
+                        }
+                    }
+                }
+            }
+            // dm = dh_t·w_hr, into the gate derivatives.
+            let dh = self.dh.0 as *const E;
+            // SAFETY: the running slots' dh rows (pp ≥ p each) were written
+            // just above; `packed` holds running · p (asserted).
+            unsafe { pack_rows::<S>(active, |r| dh.add(row_of(r, s) * pp), p, packed) };
+            let a = PackedRows {
+                data: packed.as_ptr(),
+                depth: p,
+            };
+            for q in 0..h_tiles {
+                // SAFETY: `a` holds the running slots' dh rows as `pack_rows`
+                // wrote them; panel q holds p rows of 4·w (asserted); `finish`
+                // gets running slots and this member's (all) tiles.
+                unsafe {
+                    rows_x4v_kblocked::<S>(active, a, p, proj_panel(q), products);
+                    for (slot, &acc) in products[..active].iter().enumerate() {
+                        self.finish::<S>(s, slot, q, acc);
+                    }
+                }
+            }
+            if end_of_step(None, self.cancel) {
+                return;
+            }
+            prev_active = active;
+        }
+
+        // dh0 = da of each row's first step · w_hh, P wide. Rows of length 0
+        // are the caller's (their dh0 is their dh_n seed).
+        for (slot, &b) in self.slots.rows[..running].iter().enumerate() {
+            for q in 0..p_tiles {
+                let u0 = q * width;
+                // SAFETY: dh0 is B × P; this chunk alone writes row b; the da
+                // row and panel are whole.
+                unsafe {
+                    let da = self.da.0.add(row_of(slot, 0) * depth) as *const E;
+                    let acc = mrx4v::<S, 1>([da], 1, depth, panel(q))[0];
+                    for (v, acc_v) in acc.into_iter().enumerate() {
+                        let u = u0 + v * w;
+                        store_n(
+                            acc_v,
+                            self.dh0.0.add(b * p + u.min(p)),
+                            p.saturating_sub(u).min(w),
                         );
                     }
                 }

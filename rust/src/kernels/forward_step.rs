@@ -7,6 +7,13 @@
 //! One member of the chunk's team runs it over its range of tiles, meeting the
 //! others at a [`SpinBarrier`] after every step when there are others (see
 //! `mod.rs`).
+//!
+//! With a projection (`w_hr`, P × H), the tiles write m = o ⊙ σ_h(c) (H wide)
+//! instead of h, and after the tiles of a step h_t = m_t·W_hrᵀ (P wide, depth
+//! H) runs on the same register tile over panels of `w_hr`, one FMA chain per
+//! output in k order: the same bits for any grouping of rows. That product
+//! needs every tile's m, so a chunk with a projection runs alone (`lstm.rs`
+//! gives such a pass a batch split: teams of one, no barrier).
 
 use std::ops::Range;
 
@@ -26,9 +33,9 @@ use crate::variant::Variant;
 /// Outputs of the forward pass for the whole batch (chunks write their rows).
 #[derive(Clone, Copy)]
 pub struct ForwardOut<E> {
-    /// (T·B) × H in the caller's layout.
+    /// (T·B) × P in the caller's layout.
     pub y: SharedMut<E>,
-    /// Null without a cache; else (T·B) × 4Hp, × Hp, × Hp in the caller's layout.
+    /// Null without a cache; else (T·B) × 4Hp, × Hp, × Pp in the caller's layout.
     pub gates: SharedMut<E>,
     pub cells: SharedMut<E>,
     pub h_prev: SharedMut<E>,
@@ -39,13 +46,15 @@ pub struct ForwardOut<E> {
 }
 
 /// A chunk's running state, shared by the chunk's team: for each slot of
-/// length > 0 (a prefix of the slots), Hp each: two h buffers (every tile reads
-/// the old h while the new one is written) and c.
+/// length > 0 (a prefix of the slots): two h buffers of Pp (every tile reads
+/// the old h while the new one is written), c of Hp, and with a projection m
+/// of Hp (this step's o ⊙ σ_h(c), the input of the projection; null without).
 /// Slot r's h after iteration s is in `h[(s + 1) % 2]`; h0 goes in `h[0]`.
 #[derive(Clone, Copy)]
 pub struct ForwardState<E> {
     pub h: [SharedMut<E>; 2],
     pub c: SharedMut<E>,
+    pub m: SharedMut<E>,
 }
 
 /// One member's share of a chunk's forward recurrence: its tiles of hidden
@@ -67,8 +76,11 @@ pub struct ForwardChunk<'a, E, const VARIANT: bool> {
     pub ih_panels: &'a [E],
     /// 4Hp.
     pub bias: &'a [E],
-    /// `pack::forward_panels` for this ISA's lane count.
+    /// `pack::forward_panels` of `w_hh` (depth P) for this ISA's lane count.
     pub panels: &'a [E],
+    /// `pack::projection_panels` of `w_hr` for this ISA's lane count, or
+    /// empty without a projection. Only with `VARIANT`.
+    pub proj_panels: &'a [E],
     pub state: ForwardState<E>,
     pub out: ForwardOut<E>,
     /// Tiles (of LANES hidden units) this member computes.
@@ -84,8 +96,16 @@ pub struct ForwardChunk<'a, E, const VARIANT: bool> {
 }
 
 impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
+    /// Whether h is projected (known at compile time to be false for the
+    /// plain LSTM).
+    #[inline(always)]
+    fn projects(&self) -> bool {
+        VARIANT && !self.proj_panels.is_empty()
+    }
+
     /// Gate math, c/h update and stores for one slot and one tile, given the
-    /// tile's recurrent products `acc` (gates i, f, g, o).
+    /// tile's recurrent products `acc` (gates i, f, g, o). With a projection
+    /// the tile's m goes to the state's m, and h is made by `project_state`.
     ///
     /// # Safety
     /// `slot` < slots, `tile` < Hp / LANES, the state and output pointers as
@@ -132,12 +152,18 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
                 (ig, fg, gg, og, c_new, h_new)
             };
             c_new.store(c_ptr);
-            h_new.store(next.add(slot * hp + u0));
-            store_n(
-                h_new,
-                out.y.0.add(row * h + u0.min(h)),
-                h.saturating_sub(u0).min(w),
-            );
+            let projects = self.projects();
+            if projects {
+                // m, the projection's input (`h_new` is o ⊙ σ_h(c) here).
+                h_new.store(self.state.m.0.add(slot * hp + u0));
+            } else {
+                h_new.store(next.add(slot * hp + u0));
+                store_n(
+                    h_new,
+                    out.y.0.add(row * h + u0.min(h)),
+                    h.saturating_sub(u0).min(w),
+                );
+            }
             if !out.gates.0.is_null() {
                 let gp = out.gates.0.add(row * 4 * hp + u0);
                 ig.store(gp);
@@ -145,7 +171,9 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
                 gg.store(gp.add(2 * hp));
                 og.store(gp.add(3 * hp));
                 c_new.store(out.cells.0.add(row * hp + u0));
-                S::load(cur.add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
+                if !projects {
+                    S::load(cur.add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
+                }
             }
         }
     }
@@ -220,7 +248,8 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
 pub struct ForwardScratch<E> {
     projection: Projection<E>,
     products: Vec<VectorRoom>,
-    /// The running slots' h, packed once per step for the tiles (`pack_rows`).
+    /// The running slots' h (P wide), packed once per step for the tiles
+    /// (`pack_rows`); with a projection also their m (H wide) for its product.
     packed: Vec<E>,
 }
 
@@ -240,7 +269,10 @@ impl<E: Float> ForwardScratch<E> {
         Ok(ForwardScratch {
             projection: Projection::new(block, running, input, units, lanes)?,
             products: accumulator_room::<E>(running, lanes, "the tile accumulators of a chunk")?,
-            packed: alloc::zeroed(&[running, geo.hidden], "the packed h of a chunk")?,
+            packed: alloc::zeroed(
+                &[running, geo.state.max(geo.hidden)],
+                "the packed h of a chunk",
+            )?,
         })
     }
 }
@@ -356,14 +388,17 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
     #[inline(always)]
     fn run<S: Simd<E = E>>(mut self) {
         let geo = self.geo;
-        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        // The recurrent product runs over the P real units of h (P = H
+        // without a projection), whose rows in the state are Pp apart.
+        let (h, hp, w) = (geo.state, geo.state_pad, S::LANES);
+        let tiles = geo.hidden_pad / w;
         let stride = h * 4 * w; // one panel
         assert_eq!(
             self.panels.len(),
-            hp / w * stride,
+            tiles * stride,
             "forward panels packed for another ISA"
         );
-        assert!(self.tiles.end <= hp / w && self.bias.len() == 4 * hp);
+        assert!(self.tiles.end <= tiles && self.bias.len() == 4 * geo.hidden_pad);
         assert!(self.x.len() == geo.steps * geo.batch * self.input);
         let mut scratch = std::mem::take(&mut self.scratch);
         let ForwardScratch {
@@ -380,7 +415,13 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
         let block = xw.steps;
         let products = accumulators::<S>(products);
         assert!(products.len() >= self.slots.active(0));
-        assert!(packed.len() >= self.slots.active(0) * h);
+        assert!(packed.len() >= self.slots.active(0) * h.max(geo.hidden));
+        if self.projects() {
+            assert!(
+                self.tiles == (0..tiles) && self.barrier.is_none(),
+                "a chunk with a projection runs alone"
+            );
+        }
 
         for s in 0..geo.steps {
             let active = self.slots.active(s);
@@ -441,8 +482,94 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
                     }
                 }
             }
+            if self.projects() {
+                self.project_state::<S>(s, active, packed, products);
+            }
             if end_of_step(self.barrier, self.cancel) {
                 return;
+            }
+        }
+    }
+}
+
+impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
+    /// The projection of step `s` for the `active` running slots, after every
+    /// tile has written its m: h_t = m_t·W_hrᵀ (P outputs, depth H) into the
+    /// next h state and y; the h the step started from into the h_prev cache.
+    fn project_state<S: Simd<E = E>>(
+        &self,
+        s: usize,
+        active: usize,
+        packed: &mut [E],
+        products: &mut [[S; 4]],
+    ) {
+        let geo = self.geo;
+        let (h, hp, p, pp, w) = (
+            geo.hidden,
+            geo.hidden_pad,
+            geo.state,
+            geo.state_pad,
+            S::LANES,
+        );
+        let width = 4 * w;
+        let stride = h * width; // one panel
+        let tiles = pp.div_ceil(width);
+        assert_eq!(
+            self.proj_panels.len(),
+            tiles * stride,
+            "projection panels packed for another ISA"
+        );
+        assert!(packed.len() >= active * h && products.len() >= active);
+        let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
+        let m = self.state.m.0 as *const E;
+        // SAFETY: the running slots' m rows hold hp ≥ h elements, written by
+        // this step's tiles (this member computes all of them).
+        unsafe { pack_rows::<S>(active, |r| m.add(r * hp), h, packed) };
+        let a = PackedRows {
+            data: packed.as_ptr(),
+            depth: h,
+        };
+        let out = self.out;
+        for q in 0..tiles {
+            // SAFETY: `a` holds `active` rows of depth h as `pack_rows` wrote
+            // them; panel q holds h rows of 4·w (asserted).
+            unsafe {
+                let panel = self.proj_panels.as_ptr().add(q * stride);
+                rows_x4v_kblocked::<S>(active, a, h, panel, products);
+            }
+            for (slot, acc) in products[..active].iter().enumerate() {
+                let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+                for (v, acc_v) in acc.iter().enumerate() {
+                    let u = q * width + v * w;
+                    if u >= pp {
+                        break;
+                    }
+                    // SAFETY: u + w ≤ pp inside this slot's state row; y
+                    // (T·B × P) gets only its real lanes of row < T·B. This
+                    // chunk alone owns these rows.
+                    unsafe {
+                        acc_v.store(next.add(slot * pp + u));
+                        store_n(
+                            *acc_v,
+                            out.y.0.add(row * p + u.min(p)),
+                            p.saturating_sub(u).min(w),
+                        );
+                    }
+                }
+            }
+        }
+        if !out.h_prev.0.is_null() {
+            for slot in 0..active {
+                let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+                // SAFETY: the slot's state row and the cache row (row < T·B)
+                // both hold pp elements; the cache row is this chunk's.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        cur.add(slot * pp),
+                        out.h_prev.0.add(row * pp),
+                        pp,
+                    )
+                };
             }
         }
     }

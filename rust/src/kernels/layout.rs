@@ -13,6 +13,10 @@ pub struct Geometry {
     pub batch: usize,
     pub hidden: usize,
     pub hidden_pad: usize,
+    /// P, the width of the state h (the projection's rows; H without one),
+    /// and P padded like H (Pp: rows of h in the state, the h_prev cache).
+    pub state: usize,
+    pub state_pad: usize,
     pub batch_major: bool,
     pub reverse: bool,
 }

@@ -27,17 +27,21 @@ pub type Panels<E> = Arc<Vec<E>>;
 /// the same weights (a stream of one-step calls, a training loop between
 /// updates) pack nothing.
 ///
-/// It belongs to one `w_ih` and one `w_hh`, which must not change while the
-/// cache lives (the owner, e.g. the Python binding's prepared weights, keeps
-/// private copies); each use checks that it is given the same slices. Panels
+/// It belongs to one `w_ih`, one `w_hh` and, for a layer with a projection,
+/// one `w_hr`, which must not change while the cache lives (the owner, e.g.
+/// the Python binding's prepared weights, keeps private copies); each use
+/// checks that it is given the same slices. Panels
 /// are kept for one lane count each: an ISA switched between passes
 /// (`Isa::set_active`) packs anew.
 pub struct PanelCache<E> {
-    /// Address and length of the `w_ih` and the `w_hh` the panels come from.
-    sources: [(usize, usize); 2],
+    /// Address and length of the `w_ih`, the `w_hh` and the `w_hr` (0, 0
+    /// without one) the panels come from.
+    sources: [(usize, usize); 3],
     input: Mutex<Option<(usize, Panels<E>)>>,
     forward: Mutex<Option<(usize, Panels<E>)>>,
     backward: Mutex<Option<(usize, Panels<E>)>>,
+    projection: Mutex<Option<(usize, Panels<E>)>>,
+    projection_backward: Mutex<Option<(usize, Panels<E>)>>,
 }
 
 fn source<E>(w: &[E]) -> (usize, usize) {
@@ -45,20 +49,22 @@ fn source<E>(w: &[E]) -> (usize, usize) {
 }
 
 impl<E: Float> PanelCache<E> {
-    /// An empty cache for `w_ih` and `w_hh`, which must stay unchanged while it
-    /// lives.
-    pub fn new(w_ih: &[E], w_hh: &[E]) -> Self {
+    /// An empty cache for `w_ih`, `w_hh` and the projection `w_hr` (None for
+    /// a layer without one), which must stay unchanged while it lives.
+    pub fn new(w_ih: &[E], w_hh: &[E], w_hr: Option<&[E]>) -> Self {
         PanelCache {
-            sources: [source(w_ih), source(w_hh)],
+            sources: [source(w_ih), source(w_hh), w_hr.map_or((0, 0), source)],
             input: Mutex::new(None),
             forward: Mutex::new(None),
             backward: Mutex::new(None),
+            projection: Mutex::new(None),
+            projection_backward: Mutex::new(None),
         }
     }
 
     fn check_source(&self, which: usize, w: &[E]) -> Result<()> {
         if source(w) != self.sources[which] {
-            let name = ["w_ih", "w_hh"][which];
+            let name = ["w_ih", "w_hh", "w_hr"][which];
             return Err(Error::Value(format!(
                 "{name} is not the array its packed panels were made from"
             )));
@@ -81,25 +87,61 @@ impl<E: Float> PanelCache<E> {
         })
     }
 
-    /// [`forward_panels`] of `w_hh`, packed on first use.
-    pub fn forward(&self, w_hh: &[E], hidden: usize, hp: usize, lanes: usize) -> Result<Panels<E>> {
+    /// [`forward_panels`] of `w_hh` (4H × `state`), packed on first use.
+    pub fn forward(
+        &self,
+        w_hh: &[E],
+        hidden: usize,
+        hp: usize,
+        state: usize,
+        lanes: usize,
+    ) -> Result<Panels<E>> {
         self.check_source(1, w_hh)?;
         kept(&self.forward, lanes, || {
-            forward_panels(w_hh, "w_hh", hidden, hp, hidden, lanes)
+            forward_panels(w_hh, "w_hh", hidden, hp, state, lanes)
         })
     }
 
-    /// [`backward_panels`] of `w_hh`, packed on first use.
+    /// [`backward_panels`] of `w_hh` (4H × `state`), packed on first use.
     pub fn backward(
         &self,
         w_hh: &[E],
         hidden: usize,
         hp: usize,
+        state: usize,
         lanes: usize,
     ) -> Result<Panels<E>> {
         self.check_source(1, w_hh)?;
         kept(&self.backward, lanes, || {
-            backward_panels(w_hh, hidden, hp, lanes)
+            backward_panels(w_hh, hidden, hp, state, lanes)
+        })
+    }
+
+    /// [`projection_panels`] of `w_hr` (`state` × `hidden`), packed on first use.
+    pub fn projection(
+        &self,
+        w_hr: &[E],
+        state: usize,
+        hidden: usize,
+        lanes: usize,
+    ) -> Result<Panels<E>> {
+        self.check_source(2, w_hr)?;
+        kept(&self.projection, lanes, || {
+            projection_panels(w_hr, state, hidden, lanes)
+        })
+    }
+
+    /// [`projection_backward_panels`] of `w_hr`, packed on first use.
+    pub fn projection_backward(
+        &self,
+        w_hr: &[E],
+        state: usize,
+        hidden: usize,
+        lanes: usize,
+    ) -> Result<Panels<E>> {
+        self.check_source(2, w_hr)?;
+        kept(&self.projection_backward, lanes, || {
+            projection_backward_panels(w_hr, state, hidden, lanes)
         })
     }
 }
@@ -223,32 +265,98 @@ pub fn forward_panels<E: Float>(
     Ok(out)
 }
 
-/// Backward panels of `w_hh` for `dh_prev = da · w_hh`: panel q holds, for each
-/// padded gate row j = gate·Hp + unit, the 4·`lanes` weights of hidden units
-/// q·4·lanes..: `panel[q][j][v] = w_hh[gate·H + unit][q·4·lanes + v]`.
+/// Backward panels of `w_hh` (4H × `state`: P with a projection, else H) for
+/// `dh_prev = da · w_hh`: panel q holds, for each padded gate row
+/// j = gate·Hp + unit, the 4·`lanes` weights of state units q·4·lanes..:
+/// `panel[q][j][v] = w_hh[gate·H + unit][q·4·lanes + v]`. There are
+/// Pp / (4·lanes) panels, rounded up (Pp: `state` padded like H).
 pub fn backward_panels<E: Float>(
     w_hh: &[E],
     hidden: usize,
     hidden_pad: usize,
+    state: usize,
     lanes: usize,
 ) -> Result<Vec<E>> {
     let width = 4 * lanes;
-    let tiles = hidden_pad.div_ceil(width);
+    let tiles = state.next_multiple_of(E::PAD).div_ceil(width);
     let depth = 4 * hidden_pad;
     let mut out = alloc::zeroed(&[tiles, depth, width], "the backward panels of w_hh")?;
     for q in 0..tiles {
         let panel = &mut out[q * depth * width..][..depth * width];
         let k0 = q * width;
-        let cols = hidden.saturating_sub(k0).min(width);
+        let cols = state.saturating_sub(k0).min(width);
         if cols == 0 {
             continue;
         }
         for gate in 0..4 {
             for unit in 0..hidden {
-                let src = &w_hh[(gate * hidden + unit) * hidden + k0..][..cols];
+                let src = &w_hh[(gate * hidden + unit) * state + k0..][..cols];
                 panel[(gate * hidden_pad + unit) * width..][..cols].copy_from_slice(src);
             }
         }
     }
     Ok(out)
+}
+
+/// Panels of a matrix whose products yield `outputs` values from `depth`
+/// inputs, the output `o` from input `k` weighted by `weight(o, k)`: panel q
+/// holds, for k = 0..depth, the 4·`lanes` weights of outputs q·4·lanes..,
+/// `panel[q][k][v] = weight(q·4·lanes + v, k)`, zeros past `outputs`; there
+/// are `outputs` padded like H, / (4·lanes), rounded up. One register tile
+/// ([`rows_x4v_kblocked`](super::microkernel::rows_x4v_kblocked)) then
+/// yields 4·lanes consecutive outputs.
+fn output_panels<E: Float>(
+    outputs: usize,
+    depth: usize,
+    lanes: usize,
+    what: &str,
+    weight: impl Fn(usize, usize) -> E,
+) -> Result<Vec<E>> {
+    let width = 4 * lanes;
+    let tiles = outputs.next_multiple_of(E::PAD).div_ceil(width);
+    let mut out = alloc::zeroed(&[tiles, depth, width], what)?;
+    for q in 0..tiles {
+        let panel = &mut out[q * depth * width..][..depth * width];
+        let o0 = q * width;
+        let cols = outputs.saturating_sub(o0).min(width);
+        for (k, dst) in panel.chunks_exact_mut(width).enumerate() {
+            for (v, d) in dst[..cols].iter_mut().enumerate() {
+                *d = weight(o0 + v, k);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Forward panels of the projection `w_hr` (`state` × `hidden`, P × H) for
+/// `h = m · w_hrᵀ` (P outputs, depth H):
+/// `panel[q][k][v] = w_hr[q·4·lanes + v][k]`.
+pub fn projection_panels<E: Float>(
+    w_hr: &[E],
+    state: usize,
+    hidden: usize,
+    lanes: usize,
+) -> Result<Vec<E>> {
+    assert_eq!(w_hr.len(), state * hidden, "w_hr is P × H");
+    output_panels(state, hidden, lanes, "the panels of w_hr", |o, k| {
+        w_hr[o * hidden + k]
+    })
+}
+
+/// Backward panels of the projection `w_hr` (P × H) for `dm = dh · w_hr` (H
+/// outputs, depth P): `panel[q][k][v] = w_hr[k][q·4·lanes + v]`.
+pub fn projection_backward_panels<E: Float>(
+    w_hr: &[E],
+    state: usize,
+    hidden: usize,
+    lanes: usize,
+) -> Result<Vec<E>> {
+    assert_eq!(w_hr.len(), state * hidden, "w_hr is P × H");
+    output_panels(
+        hidden,
+        state,
+        lanes,
+        "the backward panels of w_hr",
+        |o, k| w_hr[k * hidden + o],
+    )
 }
