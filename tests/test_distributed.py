@@ -523,7 +523,7 @@ def test_sgd_state_and_bad_arguments(client, tmp_path):
         DataParallelTrainer(layer, loss, Adam(layer.parameters), "tcp://127.0.0.1:8786")
     with pytest.raises(TypeError, match="loss must be"):
         DataParallelTrainer(layer, "mse", Adam(layer.parameters), client)
-    with pytest.raises(ValueError, match="in_features = num_directions\\*hidden_size = 6"):
+    with pytest.raises(ValueError, match="in_features = num_directions\\*state_size = 6"):
         MSELoss("last", Linear(7, 1)).check(layer)
     with pytest.raises(ValueError, match="on must be 'last' or 'all'"):
         MSELoss("first")
