@@ -30,6 +30,18 @@ order, so bit for bit as before):
 - ``activations``: ONNX's three activations (f for the gates i, f, o; g for the
   cell candidate; h for the cell state in the output), see :class:`Activation`.
 
+- ``layer_norm=True``: the LayerNorm LSTM (haste's LayerNormLSTM, Ba et al.
+  2016): layer normalisation of x W_ih^T and of h W_hh^T over their 4H entries and
+  of c_t (over H) before the output activation, with gains ``w_ln_ih``,
+  ``w_ln_hh`` (4H,), ``w_ln_c`` (H,) and biases ``b_ln_ih``, ``b_ln_hh``,
+  ``b_ln_c`` (absent: a gain of 1, a bias of 0, gradient ``None``) and
+  ``layer_norm_eps`` (1e-5, haste's and torch's); see :class:`LayerNormGradients`.
+- Regularisation, training only, masks from ``seed`` (:mod:`.masks`): ``zoneout``
+  on h and c (Krueger et al. 2016), ``recurrent_dropout`` (one mask per sequence
+  on h_{t-1} in the recurrent product: Gal & Ghahramani's, Keras's), and
+  ``weight_drop`` (DropConnect on w_hh, AWD-LSTM); ``training=False`` computes
+  the expectation. :func:`dropout` is PyTorch's dropout between stacked layers.
+
 ``backward(..., flow=True)`` also returns the norms of dL/dh_t and dL/dc_t of
 each step (:class:`GradientFlow`).
 """
@@ -41,7 +53,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from . import _checks
+from . import _checks, masks
 from ._types import (
     Cell,
     CellGradients,
@@ -57,15 +69,20 @@ __all__ = [
     "Activation",
     "Cache",
     "CellCache",
+    "CellLayerNormGradients",
     "CellVariantGradients",
     "GradientFlow",
+    "LAYER_NORM_EPS",
+    "LayerNormGradients",
     "PreparedWeights",
+    "Regularisation",
     "Variant",
     "VariantGradients",
     "backward",
     "cell_backward",
     "cell_forward",
     "compute_dtype",
+    "dropout",
     "forward",
     "prepare_weights",
 ]
@@ -91,10 +108,12 @@ def _arguments(
     names: dict[str, str] | None = None,
     w_hr: Any = None,
     peepholes: Any = None,
+    norms: dict[str, Any] | None = None,
 ) -> tuple[list[Any], np.dtype]:
     """The arguments x, w_ih, w_hh, b_ih, b_hh, h0, c0 as arrays (``None`` stays
-    ``None``), checked as the functional API checks them, then ``w_hr`` and
-    ``peepholes``, and the compute dtype of them all."""
+    ``None``), checked as the functional API checks them, then ``w_hr``,
+    ``peepholes`` and the layer-norm gains and biases of ``norms`` (in its order),
+    and the compute dtype of them all."""
     names = names or {}
     if w_hr is None:
         arrays, (_, _, _, H) = _checks.pass_arguments(raw, batch_first=batch_first, names=names)
@@ -104,8 +123,14 @@ def _arguments(
         arrays["peepholes"] = _checks.shaped_array(
             "peepholes", peepholes, "(3*hidden_size,)", (3 * H,)
         )
+    for name, value in (norms or {}).items():
+        if value is not None:
+            width, symbols = (
+                (H, "(hidden_size,)") if name.endswith("_c") else (4 * H, "(4*hidden_size,)")
+            )
+            arrays[name] = _checks.shaped_array(name, value, symbols, (width,))
     dtype = _checks.compute_dtype(a.dtype for a in arrays.values())
-    return [arrays.get(k) for k in (*raw, "w_hr", "peepholes")], dtype
+    return [arrays.get(k) for k in (*raw, "w_hr", "peepholes", *(norms or {}))], dtype
 
 
 def _projected_arguments(
@@ -279,6 +304,317 @@ class Variant:
 
 
 # --------------------------------------------------------------------------
+# LayerNorm LSTM (docs/variants.md, 'LayerNorm LSTM')
+
+#: haste's epsilon (and torch.nn.LayerNorm's default), added to the variance.
+LAYER_NORM_EPS = 1e-5
+#: The gains and biases of the three normalisations, in their argument order.
+LAYER_NORM_NAMES = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
+
+
+@dataclass(frozen=True, eq=False)
+class _LayerNorm:
+    """The three normalisations' gains ``w_*`` and biases ``b_*`` (``None``: a gain
+    of 1, a bias of 0) and ``eps``."""
+
+    w_ih: np.ndarray | None
+    b_ih: np.ndarray | None
+    w_hh: np.ndarray | None
+    b_hh: np.ndarray | None
+    w_c: np.ndarray | None
+    b_c: np.ndarray | None
+    eps: float
+
+
+class _Normalised(NamedTuple):
+    """What backward needs of the normalisations of a pass: the parameters, the
+    normalised x W_ih^T and h W_hh^T (before gain and bias) and c, and their
+    1 / sqrt(var + eps) (width 1 in the last axis)."""
+
+    norm: _LayerNorm
+    sx_hat: np.ndarray
+    sx_rstd: np.ndarray
+    sh_hat: np.ndarray
+    sh_rstd: np.ndarray
+    c_hat: np.ndarray
+    c_rstd: np.ndarray
+
+
+def _layer_norm_arrays(layer_norm: Any, arrays: dict[str, Any]) -> bool:
+    """``layer_norm`` checked; a gain or bias without it is a ``ValueError``."""
+    layer_norm = _checks.flag("layer_norm", layer_norm)
+    if not layer_norm:
+        for name, value in arrays.items():
+            if value is not None:
+                raise ValueError(
+                    f"{name} is a parameter of the LayerNorm LSTM: pass layer_norm=True"
+                )
+    return layer_norm
+
+
+def _layer_norm(arrays: list[Any], eps: Any, dtype: np.dtype) -> _LayerNorm:
+    """The normalisations from the six checked arrays (``LAYER_NORM_NAMES``) and
+    ``layer_norm_eps`` (a number > 0, finite)."""
+    eps = _checks.real_number("layer_norm_eps", eps)
+    if not 0 < eps < np.inf:
+        raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps}")
+    w_ih, b_ih, w_hh, b_hh, w_c, b_c = (_copy(a, dtype) for a in arrays)
+    return _LayerNorm(w_ih, b_ih, w_hh, b_hh, w_c, b_c, eps)
+
+
+def _normalise(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Layer normalisation over the last axis without gain and bias: returns
+    x_hat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps), var the biased
+    variance (divided by the width, as haste and torch compute it)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    d = x - mean
+    rstd = 1 / np.sqrt((d * d).mean(axis=-1, keepdims=True) + eps)
+    return d * rstd, rstd
+
+
+def _normalise_grad(dx_hat: np.ndarray, x_hat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
+    """The gradient through :func:`_normalise`: dL/dx from dL/dx_hat."""
+    mean_d = dx_hat.mean(axis=-1, keepdims=True)
+    mean_dx = (dx_hat * x_hat).mean(axis=-1, keepdims=True)
+    return rstd * (dx_hat - mean_d - x_hat * mean_dx)
+
+
+def _scale_shift(x_hat: np.ndarray, w: np.ndarray | None, b: np.ndarray | None) -> np.ndarray:
+    """x_hat * w + b, either left out when absent."""
+    out = x_hat if w is None else x_hat * w
+    return out if b is None else out + b
+
+
+def _gain(grad: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """The gradient through the gain: dL/dx_hat from dL/d(x_hat * w + b)."""
+    return grad if w is None else grad * w
+
+
+class LayerNormGradients(NamedTuple):
+    """Result of :func:`backward` after a forward with ``layer_norm=True``: the ten
+    fields of ``VariantGradients`` in its order (``g[:7]`` is the classic tuple),
+    then the gradients of the normalisations' gains and biases, ``None`` for those
+    the forward did not get."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    flow: GradientFlow | None
+    dw_ln_ih: np.ndarray | None
+    db_ln_ih: np.ndarray | None
+    dw_ln_hh: np.ndarray | None
+    db_ln_hh: np.ndarray | None
+    dw_ln_c: np.ndarray | None
+    db_ln_c: np.ndarray | None
+
+
+class CellLayerNormGradients(NamedTuple):
+    """Result of :func:`cell_backward` after a step with ``layer_norm=True``: the
+    nine fields of ``CellVariantGradients``, then the six of the normalisations."""
+
+    dx: np.ndarray
+    dh: np.ndarray
+    dc: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    dw_ln_ih: np.ndarray | None
+    db_ln_ih: np.ndarray | None
+    dw_ln_hh: np.ndarray | None
+    db_ln_hh: np.ndarray | None
+    dw_ln_c: np.ndarray | None
+    db_ln_c: np.ndarray | None
+
+
+def _norm_grads(norm: _LayerNorm, dz, sx_hat, sh_hat, dn, c_hat, db) -> tuple:
+    """The six gain and bias gradients from rows of dz (N, 4H), the normalised
+    projections (N, 4H), dn (N, H), the gradient reaching the normalised cell's
+    output, and c_hat (N, H); ``db`` is Σ dz."""
+    return (
+        None if norm.w_ih is None else (dz * sx_hat).sum(axis=0),
+        None if norm.b_ih is None else db.copy(),
+        None if norm.w_hh is None else (dz * sh_hat).sum(axis=0),
+        None if norm.b_hh is None else db.copy(),
+        None if norm.w_c is None else (dn * c_hat).sum(axis=0),
+        None if norm.b_c is None else dn.sum(axis=0),
+    )
+
+
+# --------------------------------------------------------------------------
+# Regularisation: zoneout, recurrent dropout, weight drop (docs/variants.md)
+
+
+def _probability(name: str, value: Any) -> float:
+    """A probability of the regularisation, in [0, 1)."""
+    p = _checks.real_number(name, value)
+    if not 0 <= p < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {p}")
+    return p
+
+
+@dataclass(frozen=True)
+class Regularisation:
+    """The training-only options of :func:`forward` (the defaults do nothing).
+
+    ``zoneout_h``, ``zoneout_c``: the probability that a unit of h (of c) keeps its
+    previous value at a step; ``recurrent_dropout``: the probability that a unit
+    of h_{t-1} is dropped from the recurrent product (one mask per sequence);
+    ``weight_drop``: that an entry of w_hh is dropped (one mask per call).
+    ``seed`` (an integer in [0, 2**64)) and ``layer`` key the masks
+    (:mod:`lstm_fast.masks`); ``training=False`` computes the expectation.
+    """
+
+    zoneout_h: float = 0.0
+    zoneout_c: float = 0.0
+    recurrent_dropout: float = 0.0
+    weight_drop: float = 0.0
+    seed: int | None = None
+    layer: int = 0
+    training: bool = True
+
+    @classmethod
+    def of(
+        cls, *, zoneout=0.0, recurrent_dropout=0.0, weight_drop=0.0, seed=None, layer=0,
+        training=True,
+    ) -> Regularisation:  # fmt: skip
+        """The options as :func:`forward` takes them, checked. ``zoneout`` is one
+        probability for both states or a pair ``(zoneout_h, zoneout_c)``."""
+        if isinstance(zoneout, (tuple, list)):
+            if len(zoneout) != 2:
+                raise ValueError(
+                    "zoneout must be a probability or a pair (for h, for c), "
+                    f"got {len(zoneout)} values"
+                )
+            z_h, z_c = (_probability(f"zoneout[{k}]", z) for k, z in enumerate(zoneout))
+        else:
+            z_h = z_c = _probability("zoneout", zoneout)
+        rates = (z_h, z_c, _probability("recurrent_dropout", recurrent_dropout),
+                 _probability("weight_drop", weight_drop))  # fmt: skip
+        layer = _checks.integer("layer", layer)
+        if layer < 0:
+            raise ValueError(f"layer must be >= 0, got {layer}")
+        training = _checks.flag("training", training)
+        if seed is not None:
+            seed = _checks.integer("seed", seed)
+            if not 0 <= seed < 1 << 64:
+                raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+        elif training and any(rates):
+            raise ValueError(
+                "seed must be given (an integer in [0, 2**64)) for zoneout, recurrent_dropout "
+                "or weight_drop in training"
+            )
+        return cls(*rates, seed, layer, training)
+
+    @property
+    def masked(self) -> bool:
+        """Whether the pass draws masks (training with some probability > 0)."""
+        rates = (self.zoneout_h, self.zoneout_c, self.recurrent_dropout, self.weight_drop)
+        return self.training and any(rates)
+
+
+class _Zoneout:
+    """Zoneout of one state (B, W) at each processing step: in training, ``keep``
+    (T, B, W) bool, in processing order, says where the state keeps its previous
+    value; at inference the state is the expectation with weight ``rate``."""
+
+    def __init__(self, keep: np.ndarray | None, rate: Any):
+        self.keep = keep
+        self.rate = rate
+
+    @classmethod
+    def of(cls, keep_by_time, rate: float, reg: Regularisation, t_of, dtype) -> _Zoneout | None:
+        """None without zoneout; ``keep_by_time`` is the mask indexed by real time."""
+        if rate == 0:
+            return None
+        if reg.training:
+            return cls(_to_steps(keep_by_time, t_of), None)
+        return cls(None, dtype.type(rate))
+
+    def mix(self, s: int, prev: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """The state after step s from the previous one and the step's candidate."""
+        if self.keep is not None:
+            return np.where(self.keep[s], prev, new)
+        return self.rate * prev + (1 - self.rate) * new
+
+    def split(self, s: int, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The gradient of the state after step s, split into (to the previous
+        state, to the candidate)."""
+        if self.keep is not None:
+            return np.where(self.keep[s], grad, 0), np.where(self.keep[s], 0, grad)
+        return self.rate * grad, (1 - self.rate) * grad
+
+
+class _Masks(NamedTuple):
+    """The masks of one pass: zoneout of h (T, B, P) and of c (T, B, H), bool,
+    indexed by real time; the scaled keep masks of recurrent dropout (B, P) and of
+    weight drop (4H, P). ``None`` where not drawn."""
+
+    zoneout_h: np.ndarray | None
+    zoneout_c: np.ndarray | None
+    h_keep: np.ndarray | None
+    w_hh_keep: np.ndarray | None
+
+
+def _draw_masks(reg: Regularisation, direction: int, T, B, H, P, dtype) -> _Masks:
+    """The masks of one training pass (all ``None`` at inference)."""
+    if not reg.masked:
+        return _Masks(None, None, None, None)
+    seed, layer = reg.seed, reg.layer
+    assert seed is not None  # Regularisation.of requires one for a masked pass
+    zh = zc = h_keep = w_keep = None
+    if reg.zoneout_h:
+        zh = masks.events(seed, masks.ZONEOUT_H, layer, direction, (T, B, P), reg.zoneout_h)
+    if reg.zoneout_c:
+        zc = masks.events(seed, masks.ZONEOUT_C, layer, direction, (T, B, H), reg.zoneout_c)
+    if reg.recurrent_dropout:
+        h_keep = masks.scaled_keep(
+            seed, masks.RECURRENT_DROPOUT, layer, direction, (B, P), reg.recurrent_dropout, dtype
+        )
+    if reg.weight_drop:
+        w_keep = masks.scaled_keep(
+            seed, masks.WEIGHT_DROP, layer, direction, (4 * H, P), reg.weight_drop, dtype
+        )
+    return _Masks(zh, zc, h_keep, w_keep)
+
+
+def dropout(y, p, *, seed=None, layer: int = 0, batch_first: bool = False, training: bool = True):
+    """PyTorch's ``dropout`` between stacked layers: layer ``layer``'s output ``y``
+    (T, B, D*P), or (B, T, D*P) with ``batch_first``, times a scaled keep mask
+    (1/(1-p) or 0) of stream ``masks.DROPOUT``, coordinates (t, b, u) whatever the
+    layout. Identity at inference or with p = 0. It is linear, so the gradient of
+    the input is ``dropout(dy, p, ...)`` with the same arguments."""
+    p = _probability("p", p)
+    batch_first = _checks.flag("batch_first", batch_first)
+    training = _checks.flag("training", training)
+    layer = _checks.integer("layer", layer)
+    if layer < 0:
+        raise ValueError(f"layer must be >= 0, got {layer}")
+    y = _checks.real_array("y", y)
+    if y.ndim != 3:
+        raise ValueError(f"y must be 3-D (seq_len, batch, features), got shape {y.shape}")
+    y = y.astype(_checks.compute_dtype([y.dtype]))
+    if not training or p == 0:
+        return y
+    if seed is None:
+        raise ValueError("seed must be given (an integer in [0, 2**64)) for dropout in training")
+    seed = _checks.integer("seed", seed)
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+    T, B, F = (y.shape[1], y.shape[0], y.shape[2]) if batch_first else y.shape
+    keep = masks.scaled_keep(seed, masks.DROPOUT, layer, 0, (T, B, F), p, y.dtype)
+    return y * (keep.transpose(1, 0, 2) if batch_first else keep)
+
+
+# --------------------------------------------------------------------------
 # One step, forward and backward
 
 
@@ -290,10 +626,13 @@ class _Step(NamedTuple):
     o: np.ndarray
     c: np.ndarray  # c_t
     h: np.ndarray  # h_t, (B, P) with a projection
+    c_hat: np.ndarray | None = None  # with layer norm: c_t normalised, before gain and bias
+    c_rstd: np.ndarray | None = None  # (B, 1): its 1 / sqrt(var + eps)
 
 
-def _cell(a, c_prev, w_hr, peepholes, v: Variant) -> _Step:
-    """One step from the pre-activations ``a`` = x W_ih^T + h W_hh^T + b, (B, 4H)."""
+def _cell(a, c_prev, w_hr, peepholes, v: Variant, norm: _LayerNorm | None = None) -> _Step:
+    """One step from the pre-activations ``a`` = x W_ih^T + h W_hh^T + b, (B, 4H)
+    (their normalisations with ``norm``, which also normalises c_t for σ_h)."""
     H = c_prev.shape[1]
     z_i, z_f, z_g, z_o = a[:, 0:H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H : 4 * H]
     if peepholes is not None:
@@ -312,25 +651,43 @@ def _cell(a, c_prev, w_hr, peepholes, v: Variant) -> _Step:
     if peepholes is not None:
         z_o = z_o + p_o * c
     o = v.f(v.clamp(z_o))
-    m = o * v.h(c)
+    c_hat = c_rstd = None
+    if norm is None:
+        n = c  # what σ_h sees
+    else:
+        c_hat, c_rstd = _normalise(c, norm.eps)
+        n = _scale_shift(c_hat, norm.w_c, norm.b_c)
+    m = o * v.h(n)
     h = m if w_hr is None else m @ w_hr.T
-    return _Step(np.concatenate([z_i, z_f, z_g, z_o], axis=1), i, f, g, o, c, h)
+    z = np.concatenate([z_i, z_f, z_g, z_o], axis=1)
+    return _Step(z, i, f, g, o, c, h, c_hat, c_rstd)
 
 
-def _cell_grads(dh, dc_next, z, i, f, g, o, c, c_prev, w_hr, peepholes, v: Variant):
-    """One step of backpropagation through time: returns (dz (B, 4H), dc, dc_prev).
+def _cell_grads(
+    dh, dc_next, z, i, f, g, o, c, c_prev, w_hr, peepholes, v: Variant,
+    norm: _LayerNorm | None = None, c_hat=None, c_rstd=None,
+):  # fmt: skip
+    """One step of backpropagation through time: returns (dz (B, 4H), dc, dc_prev,
+    dn).
 
     ``dh`` already holds ``dy`` of this step plus what flowed back from the next,
     ``dc_next`` what flowed back to c_t from the next step; ``dc`` is the whole
-    dL/dc_t, ``dz`` the gradient of the pre-activations (that of ``a`` too).
+    dL/dc_t, ``dz`` the gradient of the pre-activations (that of ``a`` too), ``dn``
+    that of n, what σ_h sees (c_t, or its normalisation with ``norm``: then
+    ``c_hat`` and ``c_rstd`` are the step's).
     """
     H = c.shape[1]
     z_i, z_f, z_g, z_o = (z[:, k * H : (k + 1) * H] for k in range(4))
-    dm = dh if w_hr is None else dh @ w_hr  # gradient of m = o * h(c)
-    h_c = v.h(c)
-    do = dm * h_c
+    dm = dh if w_hr is None else dh @ w_hr  # gradient of m = o * h(n)
+    n = c if norm is None else _scale_shift(c_hat, norm.w_c, norm.b_c)
+    h_n = v.h(n)
+    do = dm * h_n
     dz_o = v.clamp_grad(v.f.backprop(do, v.clamp(z_o), o), z_o)
-    dc = dc_next + v.h.backprop(dm * o, c, h_c)
+    dn = v.h.backprop(dm * o, n, h_n)
+    if norm is None:
+        dc = dc_next + dn
+    else:
+        dc = dc_next + _normalise_grad(_gain(dn, norm.w_c), c_hat, c_rstd)
     if peepholes is not None:
         dc = dc + dz_o * peepholes[H : 2 * H]  # o saw c_t through p_o
     di = dc * g
@@ -345,7 +702,7 @@ def _cell_grads(dh, dc_next, z, i, f, g, o, c, c_prev, w_hr, peepholes, v: Varia
     dc_prev = dc * f
     if peepholes is not None:  # i and f saw c_{t-1} through p_i and p_f
         dc_prev = dc_prev + dz_i * peepholes[0:H] + dz_f * peepholes[2 * H : 3 * H]
-    return np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1), dc, dc_prev
+    return np.concatenate([dz_i, dz_f, dz_g, dz_o], axis=1), dc, dc_prev, dn
 
 
 def _peephole_grads(dz, c_prev, c) -> np.ndarray:
@@ -399,7 +756,16 @@ class Cache:
     ``i, f, g, o, c`` are the post-activation gates and cell states, (T, B, H),
     time-major, indexed by real time (also for ``reverse=True``); entries of
     padded steps are zero. ``z`` (T, B, 4H) holds the pre-activations (peepholes
-    added, before ``clip``).
+    added, before ``clip``). With zoneout ``c`` is the cell the step computed,
+    before zoneout mixed it with c_{t-1}; ``h_prev`` and ``c_prev`` are always
+    the states themselves.
+
+    With ``layer_norm``, ``ln`` holds the gains, biases and eps, ``sx_hat``,
+    ``sh_hat`` (T, B, 4H), the normalised x W_ih^T and h W_hh^T (before gain and
+    bias), and ``sx_rstd``, ``sh_rstd`` (T, B, 1), their 1 / sqrt(var + eps);
+    ``c_hat``, ``c_rstd`` likewise for c. With regularisation: ``regularisation``
+    the options and ``masks`` those drawn (training); ``w_hh`` is then the
+    weight-dropped matrix the pass used.
     """
 
     i: np.ndarray
@@ -421,6 +787,9 @@ class Cache:
     w_hr: np.ndarray | None = None
     peepholes: np.ndarray | None = None
     variant: Variant = Variant()
+    ln: _Normalised | None = None
+    regularisation: Regularisation = Regularisation()
+    masks: _Masks = _Masks(None, None, None, None)
 
     def __repr__(self) -> str:
         T, B, H = self.c.shape
@@ -429,7 +798,8 @@ class Cache:
 
 @dataclass(eq=False)
 class CellCache:
-    """What :func:`cell_backward` needs: gates ``i, f, g, o`` and ``c``, (B, H)."""
+    """What :func:`cell_backward` needs: gates ``i, f, g, o`` and ``c``, (B, H);
+    with ``layer_norm`` the normalised projections and cell as in :class:`Cache`."""
 
     i: np.ndarray
     f: np.ndarray
@@ -447,6 +817,7 @@ class CellCache:
     w_hr: np.ndarray | None = None
     peepholes: np.ndarray | None = None
     variant: Variant = Variant()
+    ln: _Normalised | None = None
 
     def __repr__(self) -> str:
         B, H = self.c.shape
@@ -476,20 +847,44 @@ def forward(
     input_forget=False,
     forget_gate=True,
     activations=None,
+    layer_norm=False,
+    w_ln_ih=None,
+    b_ln_ih=None,
+    w_ln_hh=None,
+    b_ln_hh=None,
+    w_ln_c=None,
+    b_ln_c=None,
+    layer_norm_eps=LAYER_NORM_EPS,
+    zoneout=0.0,
+    recurrent_dropout=0.0,
+    weight_drop=0.0,
+    seed=None,
+    layer=0,
+    training=True,
 ) -> Forward:
     """One LSTM layer over a sequence; see docs/api.md, 'Functional API', and
     docs/variants.md for ``w_hr``, ``peepholes``, ``clip``, ``input_forget``,
-    ``forget_gate`` and ``activations``."""
+    ``forget_gate``, ``activations``, the LayerNorm LSTM (``layer_norm`` and the
+    ``*_ln_*`` gains and biases, ``layer_norm_eps``) and the regularisation
+    (``zoneout``, ``recurrent_dropout``, ``weight_drop``, ``seed``, ``layer``,
+    ``training``)."""
     raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
+    norms = dict(zip(LAYER_NORM_NAMES, (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)))
     batch_first = _checks.flag("batch_first", batch_first)
     reverse = _checks.flag("reverse", reverse)
     need_cache = _checks.flag("need_cache", need_cache)
     variant = Variant.of(
         clip=clip, input_forget=input_forget, forget_gate=forget_gate, activations=activations
     )
-    (x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, peepholes), dtype = _arguments(
-        raw, batch_first=batch_first, w_hr=w_hr, peepholes=peepholes
+    layer_norm = _layer_norm_arrays(layer_norm, norms)
+    reg = Regularisation.of(
+        zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+        seed=seed, layer=layer, training=training,
+    )  # fmt: skip
+    (x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, peepholes, *norm_arrays), dtype = _arguments(
+        raw, batch_first=batch_first, w_hr=w_hr, peepholes=peepholes, norms=norms
     )
+    norm = _layer_norm(norm_arrays, layer_norm_eps, dtype) if layer_norm else None
     x = x.astype(dtype)
     if batch_first:
         x = x.transpose(1, 0, 2)
@@ -515,10 +910,22 @@ def forward(
 
     valid, t_of = _schedule(lengths, T, reverse)
 
+    # The masks (training), keyed by real time, row and unit: the same whatever
+    # the layout, the lengths or the order of evaluation.
+    drawn = _draw_masks(reg, int(reverse), T, B, H, P, dtype)
+    zone_h = _Zoneout.of(drawn.zoneout_h, reg.zoneout_h, reg, t_of, dtype)
+    zone_c = _Zoneout.of(drawn.zoneout_c, reg.zoneout_c, reg, t_of, dtype)
+    if drawn.w_hh_keep is not None:
+        w_hh = w_hh * drawn.w_hh_keep  # DropConnect: the pass uses the dropped matrix
+
     # The input projection of every step at once, one big matrix product (as a
     # 2-D product: NumPy's stacked 3-D matmul is several times slower), put in
     # processing order so that the loop reads step s as a plain slice.
-    x_proj = (x.reshape(T * B, I) @ w_ih.T + bias).reshape(T, B, 4 * H)
+    if norm is None:
+        x_proj = (x.reshape(T * B, I) @ w_ih.T + bias).reshape(T, B, 4 * H)
+    else:
+        sx_hat, sx_rstd = _normalise((x.reshape(T * B, I) @ w_ih.T).reshape(T, B, 4 * H), norm.eps)
+        x_proj = _scale_shift(sx_hat, norm.w_ih, norm.b_ih) + bias
     x_proj = _to_steps(x_proj, t_of)
 
     # Everything the loop produces, in processing order; rows past their length
@@ -526,15 +933,27 @@ def forward(
     i_s, f_s, g_s, o_s, c_s, c_prev = (np.zeros((T, B, H), dtype) for _ in range(6))
     y, h_prev = np.zeros((T, B, P), dtype), np.zeros((T, B, P), dtype)
     z_s = np.zeros((T, B, 4 * H), dtype)
+    if norm is not None:
+        sh_hat, c_hat = np.zeros((T, B, 4 * H), dtype), np.zeros((T, B, H), dtype)
+        sh_rstd, c_rstd = np.zeros((T, B, 1), dtype), np.zeros((T, B, 1), dtype)
     for s in range(T):
-        a = x_proj[s] + h @ w_hh.T
-        step = _cell(a, c, w_hr, peepholes, variant)
+        h_in = h if drawn.h_keep is None else h * drawn.h_keep  # recurrent dropout
+        if norm is None:
+            a = x_proj[s] + h_in @ w_hh.T
+        else:
+            sh_hat[s], sh_rstd[s] = _normalise(h_in @ w_hh.T, norm.eps)
+            a = x_proj[s] + _scale_shift(sh_hat[s], norm.w_hh, norm.b_hh)
+        step = _cell(a, c, w_hr, peepholes, variant, norm)
         h_prev[s], c_prev[s] = h, c
-        y[s], z_s[s], c_s[s] = step.h, step.z, step.c
+        h_new = step.h if zone_h is None else zone_h.mix(s, h, step.h)
+        c_new = step.c if zone_c is None else zone_c.mix(s, c, step.c)
+        y[s], z_s[s], c_s[s] = h_new, step.z, step.c
         i_s[s], f_s[s], g_s[s], o_s[s] = step.i, step.f, step.g, step.o
+        if norm is not None:
+            c_hat[s], c_rstd[s] = step.c_hat, step.c_rstd
         ok = valid[s][:, None]  # finished rows keep their last state
-        h = np.where(ok, step.h, h)
-        c = np.where(ok, step.c, c)
+        h = np.where(ok, h_new, h)
+        c = np.where(ok, c_new, c)
 
     cache = None
     if need_cache:
@@ -558,7 +977,16 @@ def forward(
             w_hr=w_hr,
             peepholes=peepholes,
             variant=variant,
+            regularisation=reg,
+            masks=drawn,
         )
+        if norm is not None:
+            cache.ln = _Normalised(
+                norm,
+                _readonly(sx_hat),  # already by real time
+                _readonly(sx_rstd),
+                *(_readonly(_to_time(a, valid, t_of)) for a in (sh_hat, sh_rstd, c_hat, c_rstd)),
+            )
     y = _to_time(y, valid, t_of)
     if batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
@@ -567,11 +995,13 @@ def forward(
 
 def backward(
     cache: Cache, dy=None, dh_n=None, dc_n=None, *, flow: bool = False
-) -> Gradients | VariantGradients:
-    """Backpropagation through time for one :func:`forward` call.
+) -> Gradients | VariantGradients | LayerNormGradients:
+    """Backpropagation through time for one :func:`forward` call, with the masks
+    that forward drew.
 
-    Returns ``Gradients`` for a forward without ``w_hr`` and ``peepholes`` and
-    ``flow=False`` (other options change values, not fields); else
+    Returns ``Gradients`` for a forward without ``w_hr``, ``peepholes`` and
+    ``layer_norm`` and ``flow=False`` (other options change values, not fields);
+    :class:`LayerNormGradients` after a forward with ``layer_norm=True``; else
     :class:`VariantGradients`, whose first seven fields are those of ``Gradients``.
     """
     if not isinstance(cache, Cache):
@@ -582,6 +1012,8 @@ def backward(
     P = cache.h_prev.shape[2]
     p = "hidden_size" if cache.w_hr is None else "proj_size"
     dtype = cache.c.dtype
+    ln, reg, drawn = cache.ln, cache.regularisation, cache.masks
+    norm = None if ln is None else ln.norm
     if cache.batch_first:
         dy = _seed("dy", dy, f"(batch, seq_len, {p})", (B, T, P), dtype).transpose(1, 0, 2)
     else:
@@ -595,6 +1027,14 @@ def backward(
         _to_steps(a, t_of)
         for a in (dy, cache.z, cache.i, cache.f, cache.g, cache.o, cache.c, cache.c_prev)
     )
+    zone_h = _Zoneout.of(drawn.zoneout_h, reg.zoneout_h, reg, t_of, dtype)
+    zone_c = _Zoneout.of(drawn.zoneout_c, reg.zoneout_c, reg, t_of, dtype)
+    if ln is not None:
+        sh_hat, sh_rstd, c_hat, c_rstd = (
+            _to_steps(a, t_of) for a in (ln.sh_hat, ln.sh_rstd, ln.c_hat, ln.c_rstd)
+        )
+        dsh = np.zeros((T, B, 4 * H), dtype)  # gradient of h W_hh^T, before its normalisation
+        dn = np.zeros((T, B, H), dtype)  # gradient of the normalised cell (gain and bias in)
     # Only dh and dc are sequential; dz of every step (and dh_t with a projection)
     # are kept for the big products after the loop.
     dz = np.zeros((T, B, 4 * H), dtype)
@@ -603,35 +1043,71 @@ def backward(
     for s in reversed(range(T)):
         ok = valid[s][:, None]
         dh_t = dh + np.where(ok, dy[s], 0)
-        dz_s, dc_t, dc_prev = _cell_grads(
-            dh_t, dc, z[s], i[s], f[s], g[s], o[s], c[s], c_prev[s],
-            cache.w_hr, cache.peepholes, cache.variant,
-        )  # fmt: skip
+        dh_new, dc_new = dh_t, dc  # what reaches the step's own h and c
+        if zone_h is not None:
+            dh_kept, dh_new = zone_h.split(s, dh_t)
+        if zone_c is not None:
+            dc_kept, dc_new = zone_c.split(s, dc)
+        if norm is None:
+            dz_s, dc_t, dc_prev, _ = _cell_grads(
+                dh_new, dc_new, z[s], i[s], f[s], g[s], o[s], c[s], c_prev[s],
+                cache.w_hr, cache.peepholes, cache.variant,
+            )  # fmt: skip
+        else:
+            dz_s, dc_t, dc_prev, dn_s = _cell_grads(
+                dh_new, dc_new, z[s], i[s], f[s], g[s], o[s], c[s], c_prev[s],
+                cache.w_hr, cache.peepholes, cache.variant, norm, c_hat[s], c_rstd[s],
+            )  # fmt: skip
+            dn[s] = np.where(ok, dn_s, 0)
         dz[s] = np.where(ok, dz_s, 0)  # padded steps contribute nothing
         if cache.w_hr is not None:
-            dh_steps[s] = np.where(ok, dh_t, 0)
+            dh_steps[s] = np.where(ok, dh_new, 0)
         if flow:
             norm_h[s] = np.where(valid[s], np.linalg.norm(dh_t, axis=1), 0)
             norm_c[s] = np.where(valid[s], np.linalg.norm(dc_t, axis=1), 0)
-        dh = np.where(ok, dz[s] @ cache.w_hh, dh)
+        if norm is None:
+            dh_back = dz[s] @ cache.w_hh
+        else:
+            dsh[s] = _normalise_grad(_gain(dz[s], norm.w_hh), sh_hat[s], sh_rstd[s])
+            dh_back = dsh[s] @ cache.w_hh
+        if drawn.h_keep is not None:
+            dh_back = dh_back * drawn.h_keep
+        if zone_h is not None:
+            dh_back = dh_back + dh_kept
+        if zone_c is not None:
+            dc_prev = dc_prev + dc_kept
+        dh = np.where(ok, dh_back, dh)
         dc = np.where(ok, dc_prev, dc)
 
     dz_rows = _to_time(dz, valid, t_of).reshape(T * B, 4 * H)
-    dx = (dz_rows @ cache.w_ih).reshape(T, B, I)
-    dw_ih = dz_rows.T @ cache.x.reshape(T * B, I)
-    dw_hh = dz_rows.T @ cache.h_prev.reshape(T * B, P)
+    if ln is None:
+        dsx_rows = dsh_rows = dz_rows  # no normalisation: the products' gradients are dz
+    else:
+        dsx_rows = _normalise_grad(
+            _gain(dz_rows, ln.norm.w_ih),
+            ln.sx_hat.reshape(T * B, 4 * H),
+            ln.sx_rstd.reshape(T * B, 1),
+        )
+        dsh_rows = _to_time(dsh, valid, t_of).reshape(T * B, 4 * H)
+    h_in = cache.h_prev if drawn.h_keep is None else cache.h_prev * drawn.h_keep
+    dx = (dsx_rows @ cache.w_ih).reshape(T, B, I)
+    dw_ih = dsx_rows.T @ cache.x.reshape(T * B, I)
+    dw_hh = dsh_rows.T @ h_in.reshape(T * B, P)
+    if drawn.w_hh_keep is not None:
+        dw_hh = dw_hh * drawn.w_hh_keep  # w_hh entered as w_hh * keep
     db = dz_rows.sum(axis=0)
 
     if cache.batch_first:
         dx = np.ascontiguousarray(dx.transpose(1, 0, 2))
     db_ih = db.copy() if cache.has_b_ih else None
     db_hh = db.copy() if cache.has_b_hh else None
-    if cache.w_hr is None and cache.peepholes is None and not flow:
+    if cache.w_hr is None and cache.peepholes is None and not flow and norm is None:
         return Gradients(dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh)
 
     dw_hr = dpeepholes = flows = None
     if cache.w_hr is not None:
-        m = cache.o * cache.variant.h(cache.c)  # (T, B, H), zero at padded steps
+        n = cache.c if ln is None else _scale_shift(ln.c_hat, ln.norm.w_c, ln.norm.b_c)
+        m = cache.o * cache.variant.h(n)  # (T, B, H), zero at padded steps
         dh_rows = _to_time(dh_steps, valid, t_of).reshape(T * B, P)
         dw_hr = dh_rows.T @ m.reshape(T * B, H)
     if cache.peepholes is not None:
@@ -641,7 +1117,19 @@ def backward(
     if flow:
         norm_h, norm_c = _to_time(norm_h, valid, t_of), _to_time(norm_c, valid, t_of)
         flows = GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
-    return VariantGradients(dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeepholes, flows)
+    grads = (dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeepholes, flows)
+    if ln is None:
+        return VariantGradients(*grads)
+    norm_grads = _norm_grads(
+        ln.norm,
+        dz_rows,
+        ln.sx_hat.reshape(T * B, 4 * H),
+        ln.sh_hat.reshape(T * B, 4 * H),
+        _to_time(dn, valid, t_of).reshape(T * B, H),
+        ln.c_hat.reshape(T * B, H),
+        db,
+    )
+    return LayerNormGradients(*grads, *norm_grads)
 
 
 def cell_forward(
@@ -659,16 +1147,27 @@ def cell_forward(
     input_forget=False,
     forget_gate=True,
     activations=None,
+    layer_norm=False,
+    w_ln_ih=None,
+    b_ln_ih=None,
+    w_ln_hh=None,
+    b_ln_hh=None,
+    w_ln_c=None,
+    b_ln_c=None,
+    layer_norm_eps=LAYER_NORM_EPS,
 ) -> Cell:
     """One LSTM step: x_t (B, I), h (B, H) (or (B, P) with ``w_hr``), c (B, H);
-    the options are :func:`forward`'s."""
+    the options are :func:`forward`'s (the regularisation aside)."""
     variant = Variant.of(
         clip=clip, input_forget=input_forget, forget_gate=forget_gate, activations=activations
     )
+    norms = dict(zip(LAYER_NORM_NAMES, (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)))
+    layer_norm = _layer_norm_arrays(layer_norm, norms)
     raw = _checks.cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
-    (x, w_ih, w_hh, b_ih, b_hh, h, c, w_hr, peepholes), dtype = _arguments(
-        raw, names=_checks.CELL_NAMES, w_hr=w_hr, peepholes=peepholes
+    (x, w_ih, w_hh, b_ih, b_hh, h, c, w_hr, peepholes, *norm_arrays), dtype = _arguments(
+        raw, names=_checks.CELL_NAMES, w_hr=w_hr, peepholes=peepholes, norms=norms
     )
+    norm = _layer_norm(norm_arrays, layer_norm_eps, dtype) if layer_norm else None
     x_t = np.array(x[0], dtype=dtype)
     h = np.array(h, dtype=dtype)
     c = np.array(c, dtype=dtype)
@@ -676,12 +1175,17 @@ def cell_forward(
     w_hh = np.array(w_hh, dtype=dtype)
     w_hr = _copy(w_hr, dtype)
     peepholes = _copy(peepholes, dtype)
-    a = x_t @ w_ih.T + h @ w_hh.T
+    if norm is None:
+        a = x_t @ w_ih.T + h @ w_hh.T
+    else:
+        sx_hat, sx_rstd = _normalise(x_t @ w_ih.T, norm.eps)
+        sh_hat, sh_rstd = _normalise(h @ w_hh.T, norm.eps)
+        a = _scale_shift(sx_hat, norm.w_ih, norm.b_ih) + _scale_shift(sh_hat, norm.w_hh, norm.b_hh)
     if b_ih is not None:
         a = a + np.asarray(b_ih, dtype)
     if b_hh is not None:
         a = a + np.asarray(b_hh, dtype)
-    step = _cell(a, c, w_hr, peepholes, variant)
+    step = _cell(a, c, w_hr, peepholes, variant, norm)
     cache = CellCache(
         i=_readonly(step.i),
         f=_readonly(step.f),
@@ -700,40 +1204,59 @@ def cell_forward(
         peepholes=peepholes,
         variant=variant,
     )
+    if norm is not None:
+        assert step.c_hat is not None and step.c_rstd is not None  # _cell with norm sets them
+        cache.ln = _Normalised(norm, sx_hat, sx_rstd, sh_hat, sh_rstd, step.c_hat, step.c_rstd)
     return Cell(step.h, step.c, cache)
 
 
 def cell_backward(
     cache: CellCache, dh_new: np.ndarray | None = None, dc_new: np.ndarray | None = None
-) -> CellGradients | CellVariantGradients:
+) -> CellGradients | CellVariantGradients | CellLayerNormGradients:
     """Gradients of one :func:`cell_forward` step: ``CellGradients``, or
-    :class:`CellVariantGradients` after a step with ``w_hr`` or ``peepholes``."""
+    :class:`CellVariantGradients` after a step with ``w_hr`` or ``peepholes``, or
+    :class:`CellLayerNormGradients` after one with ``layer_norm=True``."""
     if not isinstance(cache, CellCache):
         raise TypeError(f"cache must be a reference.CellCache, got {type(cache).__name__}")
     B, H = cache.c.shape
     P = cache.h_prev.shape[1]
     p = "hidden_size" if cache.w_hr is None else "proj_size"
     dtype = cache.c.dtype
+    ln = cache.ln
+    norm = None if ln is None else ln.norm
+    c_hat, c_rstd = (None, None) if ln is None else (ln.c_hat, ln.c_rstd)
     dh = _seed("dh_new", dh_new, f"(batch, {p})", (B, P), dtype)
     dc = _seed("dc_new", dc_new, "(batch, hidden_size)", (B, H), dtype)
-    da, _, dc_prev = _cell_grads(
+    da, _, dc_prev, dn = _cell_grads(
         dh, dc, cache.z, cache.i, cache.f, cache.g, cache.o, cache.c, cache.c_prev,
-        cache.w_hr, cache.peepholes, cache.variant,
+        cache.w_hr, cache.peepholes, cache.variant, norm, c_hat, c_rstd,
     )  # fmt: skip
-    dx = da @ cache.w_ih
-    dh_prev = da @ cache.w_hh
-    dw_ih = da.T @ cache.x
-    dw_hh = da.T @ cache.h_prev
+    if ln is None:
+        dsx = dsh = da
+    else:
+        dsx = _normalise_grad(_gain(da, ln.norm.w_ih), ln.sx_hat, ln.sx_rstd)
+        dsh = _normalise_grad(_gain(da, ln.norm.w_hh), ln.sh_hat, ln.sh_rstd)
+    dx = dsx @ cache.w_ih
+    dh_prev = dsh @ cache.w_hh
+    dw_ih = dsx.T @ cache.x
+    dw_hh = dsh.T @ cache.h_prev
     db = da.sum(axis=0)
     db_ih = db.copy() if cache.has_b_ih else None
     db_hh = db.copy() if cache.has_b_hh else None
-    if cache.w_hr is None and cache.peepholes is None:
+    if cache.w_hr is None and cache.peepholes is None and norm is None:
         return CellGradients(dx, dh_prev, dc_prev, dw_ih, dw_hh, db_ih, db_hh)
-    dw_hr = None if cache.w_hr is None else dh.T @ (cache.o * cache.variant.h(cache.c))
+    dw_hr = None
+    if cache.w_hr is not None:
+        n = cache.c if ln is None else _scale_shift(ln.c_hat, ln.norm.w_c, ln.norm.b_c)
+        dw_hr = dh.T @ (cache.o * cache.variant.h(n))
     dpeepholes = None
     if cache.peepholes is not None:
         dpeepholes = _peephole_grads(da, cache.c_prev, cache.c)
-    return CellVariantGradients(dx, dh_prev, dc_prev, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeepholes)
+    grads = (dx, dh_prev, dc_prev, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dpeepholes)
+    if ln is None:
+        return CellVariantGradients(*grads)
+    norm_grads = _norm_grads(ln.norm, da, ln.sx_hat, ln.sh_hat, dn, ln.c_hat, db)
+    return CellLayerNormGradients(*grads, *norm_grads)
 
 
 class PreparedWeights:
