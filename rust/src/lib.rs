@@ -62,6 +62,10 @@ mod python;
 #[cfg(test)]
 mod tests;
 
+/// Large blocks start on a cache line: see [`alloc::LineAligned`].
+#[global_allocator]
+static ALLOCATOR: alloc::LineAligned = alloc::LineAligned;
+
 pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use float::Float;

@@ -134,3 +134,12 @@ pub const INTERRUPTIBLE_WORK: usize = 1 << 28;
 /// period. Also how often a call waiting for another call's team to end checks
 /// whether it was cancelled.
 pub const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Bytes of a cache line on every x86-64 the engine targets: the alignment the
+/// global allocator gives large blocks (`alloc.rs`, `LineAligned`).
+pub const CACHE_LINE: usize = 64;
+
+/// Blocks of at least this many bytes start on a cache line: every buffer a
+/// kernel streams (panels, packed rows: kilobytes and more); smaller ones
+/// (names, lists of rows) keep the system's cheaper 16-byte blocks.
+pub const LINE_ALIGNED_FROM: usize = 1024;

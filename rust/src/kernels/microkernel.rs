@@ -35,9 +35,57 @@ pub unsafe fn mrxnv_accumulate<S: Simd, const MR: usize, const NV: usize>(
     panel: *const S::E,
     ps: usize,
 ) {
+    // SAFETY: forwarded.
+    unsafe { mrxnv_chain::<S, MR, NV, false>(acc, a, a_cs, depth, panel, ps, std::ptr::null(), 0) }
+}
+
+/// [`mrxnv_accumulate`], prefetching into L1, at each k below `pf_rows`, the
+/// panel row (ps elements) at `pf` + k·ps: the next depth block's rows come in
+/// while the last row group of this block runs, rather than on demand when
+/// the next block's first group asks for them (a line from L3 costs more than
+/// the FMAs of a row). `pf` may point anywhere: a prefetch never faults.
+///
+/// # Safety
+/// As for [`mrxnv_accumulate`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn mrxnv_accumulate_prefetching<S: Simd, const MR: usize, const NV: usize>(
+    acc: &mut [[S; NV]; MR],
+    a: [*const S::E; MR],
+    a_cs: usize,
+    depth: usize,
+    panel: *const S::E,
+    ps: usize,
+    pf: *const S::E,
+    pf_rows: usize,
+) {
+    // SAFETY: forwarded.
+    unsafe { mrxnv_chain::<S, MR, NV, true>(acc, a, a_cs, depth, panel, ps, pf, pf_rows) }
+}
+
+/// The body of [`mrxnv_accumulate`] and [`mrxnv_accumulate_prefetching`]:
+/// `PF` chooses at compile time whether the loop prefetches.
+///
+/// # Safety
+/// As for [`mrxnv_accumulate`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn mrxnv_chain<S: Simd, const MR: usize, const NV: usize, const PF: bool>(
+    acc: &mut [[S; NV]; MR],
+    a: [*const S::E; MR],
+    a_cs: usize,
+    depth: usize,
+    panel: *const S::E,
+    ps: usize,
+    pf: *const S::E,
+    pf_rows: usize,
+) {
     let w = S::LANES;
     let mut local = *acc;
     for k in 0..depth {
+        if PF && k < pf_rows {
+            prefetch_l1(pf.wrapping_add(k * ps).cast::<u8>(), ps * size_of::<S::E>());
+        }
         // SAFETY: k < depth, so the NV vectors of panel row k and a[r][k] are
         // inside the regions the caller vouched for.
         unsafe {
@@ -172,7 +220,9 @@ pub unsafe fn pack_rows<S: Simd>(
 
 /// One MR × NV tile of [`rows_x4v_kblocked`]: rows `r..r + MR` (of a group of
 /// `group` rows starting at `g0`), vectors `v0..v0 + NV` of the panel, depth
-/// `k0..k0 + kd`, continuing the chains kept in `out`.
+/// `k0..k0 + kd`, continuing the chains kept in `out`. A non-zero
+/// `prefetch_rows` also brings that many panel rows from depth k0 + kd on
+/// into L1 (addresses past the panel are harmless: a prefetch never faults).
 ///
 /// # Safety
 /// As for [`rows_x4v_kblocked`], with r + MR ≤ rows, v0 + NV ≤ 4 and
@@ -187,6 +237,7 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     kd: usize,
     panel: *const S::E,
     out: &mut [[S; 4]],
+    prefetch_rows: usize,
 ) {
     let w = S::LANES;
     let mut acc: [[S; NV]; MR] =
@@ -196,14 +247,27 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     // SAFETY: rows r..r+MR < rows, vectors v0..v0+NV ≤ 4 and k0 + kd ≤ depth:
     // inside the caller's regions.
     unsafe {
-        mrxnv_accumulate::<S, MR, NV>(
-            &mut acc,
-            rows,
-            a_cs,
-            kd,
-            panel.add(k0 * 4 * w + v0 * w),
-            4 * w,
-        )
+        if prefetch_rows > 0 {
+            mrxnv_accumulate_prefetching::<S, MR, NV>(
+                &mut acc,
+                rows,
+                a_cs,
+                kd,
+                panel.add(k0 * 4 * w + v0 * w),
+                4 * w,
+                panel.wrapping_add((k0 + kd) * 4 * w),
+                prefetch_rows,
+            )
+        } else {
+            mrxnv_accumulate::<S, MR, NV>(
+                &mut acc,
+                rows,
+                a_cs,
+                kd,
+                panel.add(k0 * 4 * w + v0 * w),
+                4 * w,
+            )
+        }
     };
     for (i, acc) in acc.iter().enumerate() {
         out[r + i][v0..v0 + NV].copy_from_slice(acc);
@@ -231,12 +295,12 @@ unsafe fn tile_n<S: Simd, const NV: usize>(
     unsafe {
         match n {
             0 => {}
-            1 => tile::<S, 1, NV>(r, v0, a, k0, kd, panel, out),
-            2 => tile::<S, 2, NV>(r, v0, a, k0, kd, panel, out),
-            3 => tile::<S, 3, NV>(r, v0, a, k0, kd, panel, out),
-            4 => tile::<S, 4, NV>(r, v0, a, k0, kd, panel, out),
-            5 => tile::<S, 5, NV>(r, v0, a, k0, kd, panel, out),
-            6 => tile::<S, 6, NV>(r, v0, a, k0, kd, panel, out),
+            1 => tile::<S, 1, NV>(r, v0, a, k0, kd, panel, out, 0),
+            2 => tile::<S, 2, NV>(r, v0, a, k0, kd, panel, out, 0),
+            3 => tile::<S, 3, NV>(r, v0, a, k0, kd, panel, out, 0),
+            4 => tile::<S, 4, NV>(r, v0, a, k0, kd, panel, out, 0),
+            5 => tile::<S, 5, NV>(r, v0, a, k0, kd, panel, out, 0),
+            6 => tile::<S, 6, NV>(r, v0, a, k0, kd, panel, out, 0),
             _ => unreachable!("tile_n: at most 6 rows"),
         }
     }
@@ -269,7 +333,12 @@ unsafe fn rows_tiled<S: Simd, const MR: usize, const NV: usize>(
         unsafe {
             for v0 in (0..4).step_by(NV) {
                 for r in (0..full).step_by(MR) {
-                    tile::<S, MR, NV>(r, v0, a, k0, kd, panel, out);
+                    // The last full group of the last pass brings in the
+                    // next depth block (after the last, the next panel's
+                    // first: panels lie one after another).
+                    let last = v0 + NV == 4 && r + MR == full;
+                    let pf = if last { kc } else { 0 };
+                    tile::<S, MR, NV>(r, v0, a, k0, kd, panel, out, pf);
                 }
                 if !rest_full_width {
                     tile_n::<S, NV>(rest, full, v0, a, k0, kd, panel, out);
@@ -403,6 +472,22 @@ pub unsafe fn row_x4pv<S: Simd, const P: usize>(
         }
     }
     acc
+}
+
+/// Asks for the `bytes` from `start` to come into L1.
+#[inline(always)]
+fn prefetch_l1(start: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint: it reads nothing the program sees
+            // and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line).cast::<i8>()) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (start, bytes);
 }
 
 /// Asks for the cache lines `ROW_PREFETCH_DISTANCE` panel rows past `row` (of
