@@ -457,6 +457,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
     /// step, dh_t = da_{t+1}·w_hh (or the dh_n seed) + dy_t over the P state
     /// units, stored for dW_hr with its flow sums; then dm = dh_t·w_hr over
     /// the H units, which `finish` takes as its dh. Then dh0 = da_0·w_hh.
+    ///
+    /// Inlined into `run`: only there is the code compiled with the ISA's
+    /// target features (otherwise every intrinsic becomes a call).
+    #[inline(always)]
     fn run_projected<S: Simd<E = E>>(mut self) {
         let geo = self.geo;
         let (hp, p, pp, w) = (geo.hidden_pad, geo.state, geo.state_pad, S::LANES);

@@ -335,6 +335,7 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
     /// Fills `p` with the projection of steps s0.. for this member's units: the
     /// input rows the running slots visit are gathered, then each tile's
     /// product with its panel of `w_ih`. Units past H get zero weights.
+    #[inline(always)]
     fn project<S: Simd<E = E>>(&self, p: &mut Projection<E>, s0: usize) {
         let (geo, input, w) = (self.geo, self.input, S::LANES);
         p.s0 = s0;
@@ -496,6 +497,10 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
     /// The projection of step `s` for the `active` running slots, after every
     /// tile has written its m: h_t = m_t·W_hrᵀ (P outputs, depth H) into the
     /// next h state and y; the h the step started from into the h_prev cache.
+    ///
+    /// Inlined into `run`: only there is the code compiled with the ISA's
+    /// target features (otherwise every intrinsic becomes a call).
+    #[inline(always)]
     fn project_state<S: Simd<E = E>>(
         &self,
         s: usize,
