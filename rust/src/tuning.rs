@@ -134,3 +134,65 @@ pub const INTERRUPTIBLE_WORK: usize = 1 << 28;
 /// period. Also how often a call waiting for another call's team to end checks
 /// whether it was cancelled.
 pub const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+// ---------------------------------------------------------------------------
+// The large products (kernels/gemm.rs, kernels/gemm_kernel.rs)
+// ---------------------------------------------------------------------------
+
+/// The register tile and block sizes of the large products on one ISA: BLIS's
+/// MR × NR (NR = `nv` vectors) and its KC, MC, NC (the last two as bytes of
+/// the packed blocks, so f64 gets half the elements of f32).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmShape {
+    /// Rows of A broadcast per k (MR).
+    pub mr: usize,
+    /// Vectors of B per k (NR = nv · lanes): MR·NV accumulators, NV panel
+    /// vectors and one broadcast must fit the register file.
+    pub nv: usize,
+    /// Depth of a block (KC): the B micro-panel (KC × NR) stays in L1 (AVX2)
+    /// or L1 and L2 (AVX-512) while every sliver of A's block runs over it, and
+    /// the tile's C is loaded and stored once per KC FMAs per accumulator.
+    pub kc: usize,
+    /// Bytes of A's packed block (MC × KC), kept in L2 while every B
+    /// micro-panel runs over it; sets MC.
+    pub a_block_bytes: usize,
+    /// Bytes of B's packed block (KC × NC), read from L3 once per A block;
+    /// sets NC.
+    pub b_block_bytes: usize,
+}
+
+/// One row per ISA, indexed by register file: the portable path, AVX2 (16
+/// vector registers), AVX-512 (32).
+///
+/// - Portable: 4 × 2 scalars, 8 chains in SSE's 16 registers.
+/// - AVX2: 6 × 2 vectors (6 × 16 f32, 6 × 8 f64) = 12 FMA chains, 12 + 2 + 1 =
+///   15 of 16 registers (BLIS's haswell 6x16); KC 256 makes the micro-panel
+///   16 KiB, half of Zen 3's L1d; A's block 168 KiB of a 512 KiB L2 (BLIS's
+///   MC 168 f32 / 72 f64 at KC 256); B's block in L3.
+/// - AVX-512: 6 × 4 vectors (6 × 64 f32) = 24 chains, 24 + 4 + 1 = 29 of 32
+///   registers (BLIS's zen4 6x64), broadcasts embedded in the FMAs; the
+///   micro-panel (64 KiB at KC 256) streams from L2 (1–2 MiB on Zen 4/5 and
+///   Sapphire Rapids) at 256 bytes per 24 FMAs.
+pub const GEMM_SHAPES: [GemmShape; 3] = [
+    GemmShape {
+        mr: 4,
+        nv: 2,
+        kc: 256,
+        a_block_bytes: 128 * 1024,
+        b_block_bytes: 2 * 1024 * 1024,
+    },
+    GemmShape {
+        mr: 6,
+        nv: 2,
+        kc: 256,
+        a_block_bytes: 168 * 1024,
+        b_block_bytes: 2 * 1024 * 1024,
+    },
+    GemmShape {
+        mr: 6,
+        nv: 4,
+        kc: 256,
+        a_block_bytes: 288 * 1024,
+        b_block_bytes: 4 * 1024 * 1024,
+    },
+];
