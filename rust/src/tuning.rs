@@ -149,9 +149,9 @@ pub struct GemmShape {
     /// Vectors of B per k (NR = nv · lanes): MR·NV accumulators, NV panel
     /// vectors and one broadcast must fit the register file.
     pub nv: usize,
-    /// Depth of a block (KC): the B micro-panel (KC × NR) stays in L1 (AVX2)
-    /// or L1 and L2 (AVX-512) while every sliver of A's block runs over it, and
-    /// the tile's C is loaded and stored once per KC FMAs per accumulator.
+    /// Depth of a block (KC), in elements: each tile of C is loaded and stored
+    /// once per KC FMAs of each of its chains, and its B micro-panel (KC × NR)
+    /// is read from L2 while every sliver of A's block runs over it.
     pub kc: usize,
     /// Bytes of A's packed block (MC × KC), kept in L2 while every B
     /// micro-panel runs over it; sets MC.
@@ -166,13 +166,18 @@ pub struct GemmShape {
 ///
 /// - Portable: 4 × 2 scalars, 8 chains in SSE's 16 registers.
 /// - AVX2: 6 × 2 vectors (6 × 16 f32, 6 × 8 f64) = 12 FMA chains, 12 + 2 + 1 =
-///   15 of 16 registers (BLIS's haswell 6x16); KC 256 makes the micro-panel
-///   16 KiB, half of Zen 3's L1d; A's block 168 KiB of a 512 KiB L2 (BLIS's
-///   MC 168 f32 / 72 f64 at KC 256); B's block in L3.
+///   15 of 16 registers (BLIS's haswell 6x16). KC 1024, not BLIS's 256 (a
+///   micro-panel in L1): measured on Zen 3 (the backward products at L and
+///   XL, 1 thread), streaming the 64 KiB micro-panel from L2 costs less than
+///   the 4× more round trips of C through L3 that KC 256 makes (KC 256: 80 %
+///   of the peak, 512: 84 %, 1024: 86–88 %, 2048: 85 %). A's block 256 KiB
+///   (64 rows f32) in the 512 KiB L2 beside the micro-panel (96 to 384 KiB
+///   within noise); B's block 2 MiB in L3 (4 and 8 MiB measured slower).
 /// - AVX-512: 6 × 4 vectors (6 × 64 f32) = 24 chains, 24 + 4 + 1 = 29 of 32
-///   registers (BLIS's zen4 6x64), broadcasts embedded in the FMAs; the
-///   micro-panel (64 KiB at KC 256) streams from L2 (1–2 MiB on Zen 4/5 and
-///   Sapphire Rapids) at 256 bytes per 24 FMAs.
+///   registers (BLIS's zen4 6x64), broadcasts embedded in the FMAs; KC 512 (a
+///   128 KiB micro-panel, 256 bytes per k from L2 against 24 FMAs), A's block
+///   512 KiB, B's 4 MiB for the 1–2 MiB L2 of Zen 4/5 and Sapphire Rapids.
+///   Not yet measured (no AVX-512 machine here).
 pub const GEMM_SHAPES: [GemmShape; 3] = [
     GemmShape {
         mr: 4,
@@ -184,15 +189,15 @@ pub const GEMM_SHAPES: [GemmShape; 3] = [
     GemmShape {
         mr: 6,
         nv: 2,
-        kc: 256,
-        a_block_bytes: 168 * 1024,
+        kc: 1024,
+        a_block_bytes: 256 * 1024,
         b_block_bytes: 2 * 1024 * 1024,
     },
     GemmShape {
         mr: 6,
         nv: 4,
-        kc: 256,
-        a_block_bytes: 288 * 1024,
+        kc: 512,
+        a_block_bytes: 512 * 1024,
         b_block_bytes: 4 * 1024 * 1024,
     },
 ];

@@ -6,8 +6,9 @@
 //!
 //! The loops are BLIS's five: columns of C in blocks of NC (B's packed block,
 //! KC × NC, read from L3), depth in blocks of KC, rows in blocks of MC (A's
-//! packed block, MC × KC, kept in L2), then every B micro-panel (KC × NR, kept
-//! in L1) against every sliver of A's block.
+//! packed block, MC × KC, kept in L2), then every B micro-panel (KC × NR)
+//! against every sliver of A's block (the tuning table says where each lives
+//! per ISA, and why).
 //!
 //! Every element of C is one FMA chain in k order: it starts from zero (or
 //! from C's value with `accumulate`), and between depth blocks the tile is
@@ -29,6 +30,10 @@ pub const STACK_KC: usize = 64;
 const STACK_B: usize = STACK_KC * 64;
 /// Elements of A's stack buffer: STACK_KC columns of the tallest sliver.
 const STACK_A: usize = STACK_KC * 8;
+
+/// Columns of A (transposed) that packing prefetches ahead of the one it
+/// copies.
+const PACK_AHEAD: usize = 8;
 
 /// The shape of the register file `S` belongs to: AVX-512 (64-byte vectors,
 /// 32 registers), AVX2 (32-byte vectors, 16 registers), or the portable path.
@@ -217,17 +222,17 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
             let load = accumulate || pc > 0;
             for ic in (0..m).step_by(mc) {
                 let mb = mc.min(m - ic);
+                let slivers = mb.div_ceil(MR);
                 // SAFETY: rows ic..ic+mb < m and columns pc..pc+kd ≤ k of A.
                 unsafe { pack_a::<S::E, MR>(mb, kd, a.at(ic, pc), a.rs, a.cs, a_buf) };
-                let slivers = mb.div_ceil(MR);
                 for jr in 0..panels {
                     let nn = nr.min(nb - jr * nr);
                     let bp = b_buf[jr * kd * nr..].as_ptr();
                     for s in 0..slivers {
                         let ir = s * MR;
                         let mm = MR.min(mb - ir);
-                        let ap = a_buf[ir * kd..].as_ptr();
                         let col = jc + jr * nr;
+                        let ap = a_buf[ir * kd..].as_ptr();
                         // SAFETY: rows ic+ir..ic+ir+mm < m and columns
                         // col..col+nn ≤ n of C; the packed operands hold
                         // kd × MR and kd × NR elements there.
@@ -385,7 +390,8 @@ unsafe fn pack_b<E: SimdElement>(
 
 /// Packs `mb` rows and `kd` columns of A (rows `rs` apart, columns `cs`) into
 /// slivers of MR rows, each k-major (`MR` elements per k), the last padded
-/// with zero rows.
+/// with zero rows. A usually comes from L3 or memory and is read once per
+/// block, so the reads are prefetched a little ahead.
 ///
 /// # Safety
 /// The mb × kd elements readable.
@@ -400,36 +406,52 @@ unsafe fn pack_a<E: SimdElement, const MR: usize>(
 ) {
     let slivers = mb.div_ceil(MR);
     let dst = &mut dst[..slivers * MR * kd];
+    let full = mb / MR;
+    if rs == 1 {
+        // A transposed (columns contiguous, as daᵀ): one contiguous run of mb
+        // elements per k, MR of them to each sliver.
+        for k in 0..kd {
+            prefetch(src.wrapping_add((k + PACK_AHEAD) * cs), mb * size_of::<E>());
+            // SAFETY: column k < kd, rows 0..mb.
+            let col = unsafe { std::slice::from_raw_parts(src.add(k * cs), mb) };
+            for (s, x) in col.chunks_exact(MR).enumerate() {
+                dst[(s * kd + k) * MR..][..MR].copy_from_slice(x);
+            }
+            if full < slivers {
+                let rest = &col[full * MR..];
+                let out = &mut dst[(full * kd + k) * MR..][..MR];
+                out[..rest.len()].copy_from_slice(rest);
+                out[rest.len()..].fill(E::ZERO);
+            }
+        }
+        return;
+    }
     for s in 0..slivers {
         let rows = MR.min(mb - s * MR);
         let out = &mut dst[s * MR * kd..][..MR * kd];
-        if rs == 1 && rows == MR {
-            // A transposed (columns contiguous): MR elements per k at once.
-            for (k, out) in out.chunks_exact_mut(MR).enumerate() {
-                // SAFETY: rows s·MR.. + MR ≤ mb of column k < kd.
-                let col = unsafe { std::slice::from_raw_parts(src.add(s * MR + k * cs), MR) };
-                out.copy_from_slice(col);
+        if s + 1 < slivers {
+            for r in (s + 1) * MR..mb.min((s + 2) * MR) {
+                prefetch(src.wrapping_add(r * rs), kd * cs * size_of::<E>());
             }
-        } else if cs == 1 {
-            // A row-major: each row's run of k, spread MR apart.
-            for r in 0..rows {
-                // SAFETY: row s·MR + r < mb, columns 0..kd.
-                let row = unsafe { std::slice::from_raw_parts(src.add((s * MR + r) * rs), kd) };
-                for (k, &x) in row.iter().enumerate() {
-                    out[k * MR + r] = x;
+        }
+        if rows == MR {
+            let row: [*const E; MR] = std::array::from_fn(|r| src.wrapping_add((s * MR + r) * rs));
+            for (k, out) in out.chunks_exact_mut(MR).enumerate() {
+                for (o, row) in out.iter_mut().zip(row) {
+                    // SAFETY: row s·MR + r < mb, column k < kd.
+                    *o = unsafe { *row.add(k * cs) };
                 }
             }
         } else {
-            for k in 0..kd {
-                for r in 0..rows {
-                    // SAFETY: row s·MR + r < mb, column k < kd.
-                    out[k * MR + r] = unsafe { *src.add((s * MR + r) * rs + k * cs) };
+            for (k, out) in out.chunks_exact_mut(MR).enumerate() {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = if r < rows {
+                        // SAFETY: row s·MR + r < mb, column k < kd.
+                        unsafe { *src.add((s * MR + r) * rs + k * cs) }
+                    } else {
+                        E::ZERO
+                    };
                 }
-            }
-        }
-        if rows < MR {
-            for k in 0..kd {
-                out[k * MR + rows..(k + 1) * MR].fill(E::ZERO);
             }
         }
     }
