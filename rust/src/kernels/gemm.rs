@@ -412,10 +412,12 @@ mod tests {
         check_sizes::<f64>(1e-14, &SIZES);
     }
 
-    /// Several depth blocks, several row blocks and column blocks per task.
+    /// Several depth blocks, row blocks and column blocks per task (KC, MC
+    /// and NC of every ISA in `tuning::GEMM_SHAPES` are exceeded).
     #[test]
     fn gemm_matches_the_triple_loop_over_many_blocks() {
-        check_sizes::<f32>(1e-6, &[(400, 700, 300)]);
+        check_sizes::<f32>(1e-6, &[(70, 2100, 530)]);
+        check_sizes::<f64>(1e-14, &[(40, 1100, 300)]);
     }
 
     /// Without `accumulate`, C's old contents never reach the result (NaN and
