@@ -73,7 +73,9 @@ impl Blocks {
         let s = shape::<S>();
         let size = size_of::<S::E>();
         let (mr, nr) = (s.mr, s.nv * S::LANES);
-        let kc = s.kc.min(k).max(1);
+        // Depth blocks of equal size (at most KC): a short last block would
+        // cost a round trip of C for little work.
+        let kc = k.div_ceil(k.div_ceil(s.kc).max(1)).max(1);
         let mc = (s.a_block_bytes / (kc * size) / mr).max(1) * mr;
         let nc = (s.b_block_bytes / (kc * size) / nr).max(1) * nr;
         Blocks {
@@ -369,12 +371,14 @@ unsafe fn pack_b<E: SimdElement>(
 ) {
     let panels = nb.div_ceil(nr);
     let dst = &mut dst[..panels * kd * nr];
-    for k in 0..kd {
-        for j in 0..panels {
-            let cols = nr.min(nb - j * nr);
-            let out = &mut dst[(j * kd + k) * nr..][..nr];
+    // Panel by panel, each written in order: panels are KC·NR elements
+    // apart, often a multiple of 4 KiB, so writing one row of every panel
+    // in turn would pile all the lines written onto one set of L1.
+    for (j, panel) in dst.chunks_exact_mut(kd * nr).enumerate() {
+        let cols = nr.min(nb - j * nr);
+        for (k, out) in panel.chunks_exact_mut(nr).enumerate() {
             if cs == 1 {
-                // SAFETY: row k, columns j·nr.. + cols ≤ nb.
+                // SAFETY: row k < kd, columns j·nr.. + cols ≤ nb.
                 let row = unsafe { std::slice::from_raw_parts(src.add(k * rs + j * nr), cols) };
                 out[..cols].copy_from_slice(row);
             } else {
