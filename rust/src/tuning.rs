@@ -65,11 +65,9 @@ pub const ROW_PREFETCH_DISTANCE: usize = 8;
 pub const SAME_BYTES_BLOCK: usize = 64 * 1024;
 
 /// Rows of C handed to one task of a large product: enough that packing B is
-/// amortised.
+/// amortised (each task's rows are also a multiple of the ISA's MR,
+/// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
 pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
-/// Each task's rows are a multiple of this: matrixmultiply's row panel (MR) on
-/// AVX and FMA, so no task but the last ends in a partial panel.
-pub const GEMM_ROW_MULTIPLE: usize = 8;
 
 /// Columns of the bias gradient summed by one task (each column over all rows
 /// in order, so the split never changes a bit).
