@@ -234,7 +234,7 @@ impl<E: Float> Kernel<E> for Task<'_, E> {
                     b_buf,
                 ),
                 None => {
-                    let mut stack = StackBuffers::<E>::new();
+                    let mut stack = StackBuffers::<E>::default();
                     gemm_task::<S>(
                         self.rows,
                         self.k,

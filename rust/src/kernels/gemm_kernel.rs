@@ -125,8 +125,8 @@ pub struct StackBuffers<E> {
     pub b: [E; STACK_B],
 }
 
-impl<E: SimdElement> StackBuffers<E> {
-    pub fn new() -> Self {
+impl<E: SimdElement> Default for StackBuffers<E> {
+    fn default() -> Self {
         StackBuffers {
             a: [E::ZERO; STACK_A],
             b: [E::ZERO; STACK_B],
