@@ -161,6 +161,13 @@ pub fn gemm_on<E: Float>(
         );
     };
     match room {
+        // One task: on the calling thread (outside a pool, rayon would hand
+        // it to its global pool's thread and wait).
+        Some(mut room) if tasks == 1 => {
+            let (a_buf, b_buf) = elements::<E>(&mut room).split_at_mut(a_len);
+            task(0, c, Some((a_buf, b_buf)));
+        }
+        None if tasks == 1 => task(0, c, None),
         Some(mut room) => c
             .par_chunks_mut(rows_per_task * ldc)
             .zip(room.par_chunks_mut(per_task))
