@@ -11,6 +11,13 @@
 //! once; `gemm` split by rows in a pool of 2). The fastest of the repeats run
 //! during `seconds` is reported.
 //!
+//! `cargo run --release --example product_rates -- gemm [seconds] [T scale]`
+//! times only the three large products after backward's loop (dx = da·w_ih,
+//! dw_ih = daᵀ·x, dw_hh = daᵀ·h_prev) at the standard shapes M, L and XL (T
+//! scaled by the given factor, default 1), f32, on 1 and 2 threads: the
+//! engine's `gemm` against matrixmultiply's `sgemm` split the same way (as
+//! `gemm` ran before), timed in turns in one process, fastest of the repeats.
+//!
 //! Each step product is given three ways, timed in turns in the same process:
 //! `old`, the 2 × 4-vector tile of before issue 8 (4 × 4 on AVX-512), on the
 //! rows in place; `new`, the ISA's tile (`tuning.rs`) on the rows in place;
@@ -291,7 +298,206 @@ fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s
     2.0 * (m * k * n) as f64 / best / 1e9
 }
 
+/// Seconds of CPU time the calling thread has used (Linux), so that time
+/// spent preempted on a shared machine does not count; wall-clock time
+/// elsewhere.
+fn thread_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+        }
+        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+        let mut t = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `t` is a valid timespec to write.
+        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return t.sec as f64 + t.nsec as f64 * 1e-9;
+        }
+    }
+    use std::sync::OnceLock;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// matrixmultiply's `sgemm` split by rows over the current pool as `gemm` did
+/// before issue 8 (tasks of at least 32 rows, a multiple of its MR, 8).
+fn mm_gemm(a: Mat<'_, f32>, b: Mat<'_, f32>, c: &mut [f32], ldc: usize) {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let tasks = rayon::current_num_threads().min(m.div_ceil(32)).max(1);
+    let rows_per_task = m.div_ceil(tasks).next_multiple_of(8);
+    c[..(m - 1) * ldc + n]
+        .par_chunks_mut(rows_per_task * ldc)
+        .enumerate()
+        .for_each(|(task, c_rows)| {
+            let r0 = task * rows_per_task;
+            let rows = rows_per_task.min(m - r0);
+            // SAFETY: the views fit their slices (built below), C's rows of
+            // this task are `c_rows`.
+            unsafe {
+                matrixmultiply::sgemm(
+                    rows,
+                    k,
+                    n,
+                    1.0,
+                    a.data.as_ptr().add(r0 * a.row_stride),
+                    a.row_stride as isize,
+                    a.col_stride as isize,
+                    b.data.as_ptr(),
+                    b.row_stride as isize,
+                    b.col_stride as isize,
+                    0.0,
+                    c_rows.as_mut_ptr(),
+                    ldc as isize,
+                    1,
+                )
+            }
+        });
+}
+
+/// The three large products of a backward pass at T, B, I, H (H a multiple of
+/// 16, so Hp = H and one product serves all four gates), ours against
+/// matrixmultiply, on 1 and 2 threads.
+fn backward_products(name: &str, [t, b, i, h]: [usize; 4], peak: f64, seconds: f64) {
+    let rows = t * b;
+    let depth = 4 * h;
+    let da: Vec<f32> = (0..rows * depth)
+        .map(|j| ((j % 13) as f32 - 6.0) * 0.01)
+        .collect();
+    let w_ih: Vec<f32> = (0..depth * i)
+        .map(|j| ((j % 7) as f32 - 3.0) * 0.1)
+        .collect();
+    let x: Vec<f32> = (0..rows * i)
+        .map(|j| ((j % 5) as f32 - 2.0) * 0.1)
+        .collect();
+    let h_prev: Vec<f32> = (0..rows * h)
+        .map(|j| ((j % 11) as f32 - 5.0) * 0.1)
+        .collect();
+    let da_t = Mat {
+        data: &da,
+        rows: depth,
+        cols: rows,
+        row_stride: 1,
+        col_stride: depth,
+    };
+    let products: [(String, Mat<f32>, Mat<f32>); 3] = [
+        (
+            format!("dx {rows}x{depth}x{i}"),
+            Mat::rows(&da, rows, depth, depth),
+            Mat::rows(&w_ih, depth, i, i),
+        ),
+        (
+            format!("dw_ih {depth}x{rows}x{i}"),
+            da_t,
+            Mat::rows(&x, rows, i, i),
+        ),
+        (
+            format!("dw_hh {depth}x{rows}x{h}"),
+            da_t,
+            Mat::rows(&h_prev, rows, h, h),
+        ),
+    ];
+    for (what, a, b) in products {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let flops = 2.0 * (m * k * n) as f64;
+        let mut c = vec![0.0f32; m * n];
+        let mut c_mm = vec![0.0f32; m * n];
+        let mut rates = [[0.0; 2]; 2];
+        for (th, threads) in [1, 2].into_iter().enumerate() {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut best = [f64::INFINITY; 2];
+            let epoch = Instant::now();
+            pool.install(|| {
+                let until = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+                let mut rep = 0;
+                // One thread: its CPU time (the pool's one worker runs
+                // everything); two: wall-clock time.
+                let clock = || {
+                    if threads == 1 {
+                        thread_seconds()
+                    } else {
+                        epoch.elapsed().as_secs_f64()
+                    }
+                };
+                while rep < 3 || Instant::now() < until {
+                    let t0 = clock();
+                    gemm(a, b, &mut c, n, false);
+                    let t1 = clock();
+                    mm_gemm(a, b, &mut c_mm, n);
+                    let t2 = clock();
+                    best[0] = best[0].min(t1 - t0);
+                    best[1] = best[1].min(t2 - t1);
+                    rep += 1;
+                }
+            });
+            rates[th] = best.map(|s| flops / s / 1e9);
+        }
+        let worst = c
+            .iter()
+            .zip(&c_mm)
+            .map(|(x, y)| ((x - y).abs() / (1.0 + y.abs())) as f64)
+            .fold(0.0, f64::max);
+        assert!(
+            worst < 1e-3,
+            "{what}: ours and matrixmultiply differ by {worst}"
+        );
+        let [[o1, m1], [o2, m2]] = rates;
+        println!(
+            "{name:3} {what:22} {o1:7.1} {:5.1}% {m1:7.1} {:5.1}% | {o2:7.1} {:5.1}% {m2:7.1} {:5.1}%",
+            100.0 * o1 / peak,
+            100.0 * m1 / peak,
+            50.0 * o2 / peak,
+            50.0 * m2 / peak,
+        );
+    }
+}
+
+fn gemm_main(args: &[String]) {
+    let seconds: f64 = args.first().map_or(2.0, |a| a.parse().unwrap());
+    let scale: f64 = args.get(1).map_or(1.0, |a| a.parse().unwrap());
+    let isa = Isa::active();
+    let peak = fma_peak(isa, 0.5);
+    println!(
+        "ISA {}  FMA peak {peak:.1} GFLOP/s per core (f32)",
+        isa.name()
+    );
+    println!(
+        "{:3} {:22} {:>7} {:>6} {:>7} {:>6} | {:>7} {:>6} {:>7} {:>6}",
+        "",
+        "product (MxKxN)",
+        "ours 1T",
+        "%peak",
+        "mm 1T",
+        "%peak",
+        "ours 2T",
+        "%2pk",
+        "mm 2T",
+        "%2pk"
+    );
+    for (name, [t, b, i, h]) in [
+        ("M", [100, 16, 256, 256]),
+        ("L", [100, 64, 512, 512]),
+        ("XL", [50, 128, 1024, 1024]),
+    ] {
+        let t = ((t as f64 * scale).round() as usize).max(1);
+        backward_products(name, [t, b, i, h], peak, seconds);
+    }
+}
+
 fn main() {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("gemm") {
+        gemm_main(&raw[1..]);
+        return;
+    }
     let args: Vec<f64> = std::env::args()
         .skip(1)
         .map(|a| a.parse().unwrap())

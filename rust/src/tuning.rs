@@ -65,11 +65,9 @@ pub const ROW_PREFETCH_DISTANCE: usize = 8;
 pub const SAME_BYTES_BLOCK: usize = 64 * 1024;
 
 /// Rows of C handed to one task of a large product: enough that packing B is
-/// amortised.
+/// amortised (each task's rows are also a multiple of the ISA's MR,
+/// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
 pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
-/// Each task's rows are a multiple of this: matrixmultiply's row panel (MR) on
-/// AVX and FMA, so no task but the last ends in a partial panel.
-pub const GEMM_ROW_MULTIPLE: usize = 8;
 
 /// Columns of the bias gradient summed by one task (each column over all rows
 /// in order, so the split never changes a bit).
@@ -143,3 +141,70 @@ pub const CACHE_LINE: usize = 64;
 /// kernel streams (panels, packed rows: kilobytes and more); smaller ones
 /// (names, lists of rows) keep the system's cheaper 16-byte blocks.
 pub const LINE_ALIGNED_FROM: usize = 1024;
+
+// ---------------------------------------------------------------------------
+// The large products (kernels/gemm.rs, kernels/gemm_kernel.rs)
+// ---------------------------------------------------------------------------
+
+/// The register tile and block sizes of the large products on one ISA: BLIS's
+/// MR × NR (NR = `nv` vectors) and its KC, MC, NC (the last two as bytes of
+/// the packed blocks, so f64 gets half the elements of f32).
+#[derive(Clone, Copy, Debug)]
+pub struct GemmShape {
+    /// Rows of A broadcast per k (MR).
+    pub mr: usize,
+    /// Vectors of B per k (NR = nv · lanes): MR·NV accumulators, NV panel
+    /// vectors and one broadcast must fit the register file.
+    pub nv: usize,
+    /// Depth of a block (KC), in elements: each tile of C is loaded and stored
+    /// once per KC FMAs of each of its chains, and its B micro-panel (KC × NR)
+    /// is read from L2 while every sliver of A's block runs over it.
+    pub kc: usize,
+    /// Bytes of A's packed block (MC × KC), kept in L2 while every B
+    /// micro-panel runs over it; sets MC.
+    pub a_block_bytes: usize,
+    /// Bytes of B's packed block (KC × NC), read from L3 once per A block;
+    /// sets NC.
+    pub b_block_bytes: usize,
+}
+
+/// One row per ISA, indexed by register file: the portable path, AVX2 (16
+/// vector registers), AVX-512 (32).
+///
+/// - Portable: 4 × 2 scalars, 8 chains in SSE's 16 registers.
+/// - AVX2: 6 × 2 vectors (6 × 16 f32, 6 × 8 f64) = 12 FMA chains, 12 + 2 + 1 =
+///   15 of 16 registers (BLIS's haswell 6x16). KC 1024, not BLIS's 256 (a
+///   micro-panel in L1): measured on Zen 3 (the backward products at L and
+///   XL, 1 thread), streaming the 64 KiB micro-panel from L2 costs less than
+///   the 4× more round trips of C through L3 that KC 256 makes (KC 256: 80 %
+///   of the peak, 512: 84 %, 1024: 86–88 %, 2048: 85 %). A's block 256 KiB
+///   (64 rows f32) in the 512 KiB L2 beside the micro-panel (96 to 384 KiB
+///   within noise); B's block 2 MiB in L3 (4 and 8 MiB measured slower).
+/// - AVX-512: 6 × 4 vectors (6 × 64 f32) = 24 chains, 24 + 4 + 1 = 29 of 32
+///   registers (BLIS's zen4 6x64), broadcasts embedded in the FMAs; KC 512 (a
+///   128 KiB micro-panel, 256 bytes per k from L2 against 24 FMAs), A's block
+///   512 KiB, B's 4 MiB for the 1–2 MiB L2 of Zen 4/5 and Sapphire Rapids.
+///   Not yet measured (no AVX-512 machine here).
+pub const GEMM_SHAPES: [GemmShape; 3] = [
+    GemmShape {
+        mr: 4,
+        nv: 2,
+        kc: 256,
+        a_block_bytes: 128 * 1024,
+        b_block_bytes: 2 * 1024 * 1024,
+    },
+    GemmShape {
+        mr: 6,
+        nv: 2,
+        kc: 1024,
+        a_block_bytes: 256 * 1024,
+        b_block_bytes: 2 * 1024 * 1024,
+    },
+    GemmShape {
+        mr: 6,
+        nv: 4,
+        kc: 512,
+        a_block_bytes: 512 * 1024,
+        b_block_bytes: 4 * 1024 * 1024,
+    },
+];

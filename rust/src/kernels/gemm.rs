@@ -1,16 +1,21 @@
 //! Matrix products over strided slices, split across the current rayon pool by
-//! rows of the output only.
+//! rows of the output only, on the engine's own BLIS-style kernel
+//! (`gemm_kernel.rs`: packed panels of B, packed slivers of A, a register
+//! tile per ISA from `tuning::GEMM_SHAPES`).
 //!
 //! Splitting only the rows of C keeps every output element's sum in the same
-//! order whatever the thread count (matrixmultiply's depth blocking does not
-//! depend on how many rows it is given), which is what makes results bitwise
-//! independent of threads.
+//! order whatever the thread count: each element is one FMA chain in k order,
+//! whatever rows a task gets, whatever the blocking (`gemm_kernel.rs`), which
+//! is what makes results bitwise independent of threads.
 
 use rayon::prelude::*;
 
 use crate::float::Float;
+use crate::kernels::gemm_kernel::{gemm_task, Blocks, StackBuffers, View};
+use crate::kernels::microkernel::{elements, packed_room};
 use crate::parallel::pool::in_pool;
-use crate::tuning::{GEMM_MIN_ROWS_PER_TASK, GEMM_ROW_MULTIPLE};
+use crate::simd::{dispatch, Isa, Kernel, Simd};
+use crate::tuning::GEMM_MIN_ROWS_PER_TASK;
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy)]
@@ -44,10 +49,36 @@ impl<'a, E> Mat<'a, E> {
 
 /// `C = A·B`, or `C += A·B` with `accumulate`; C is row-major with rows `ldc`
 /// apart. Inside a rayon pool (`ThreadPool::install`) the rows are shared among
-/// its threads; outside one it runs on the calling thread alone.
+/// its threads; outside one it runs on the calling thread alone. Runs on the
+/// active ISA ([`Isa::active`]).
+///
+/// Without `accumulate`, C's old contents are never read (a NaN there does not
+/// leak). Each element of C is one FMA chain over k in order (starting from
+/// zero, or from C's value with `accumulate`), so results are bitwise the same
+/// for any thread count.
+///
+/// It allocates its packing buffers fallibly and never fails: when they are
+/// refused, each task runs on small buffers on its own stack instead (a few
+/// times slower; the same bits), so the callers need no error path for a
+/// buffer that is a fraction of the operands they already hold.
 ///
 /// Panics if a view does not fit its slice (an engine bug, not a user error).
 pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, accumulate: bool) {
+    gemm_on(Isa::active(), a, b, c, ldc, accumulate, false);
+}
+
+/// [`gemm`] on `isa` (which must be supported), on the stack buffers when
+/// `stack_buffers` (as after a refused allocation; for tests).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_on<E: Float>(
+    isa: Isa,
+    a: Mat<'_, E>,
+    b: Mat<'_, E>,
+    c: &mut [E],
+    ldc: usize,
+    accumulate: bool,
+    stack_buffers: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert!(a.fits() && b.fits(), "gemm: operand view exceeds its slice");
@@ -56,6 +87,7 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
         "gemm: C too small"
     );
     assert!(n <= ldc || m <= 1, "gemm: C rows overlap");
+    assert!(isa.is_supported(), "gemm: ISA {isa:?} not supported");
     if m == 0 || n == 0 {
         return;
     }
@@ -67,42 +99,416 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
         }
         return;
     }
-    let beta = if accumulate { E::ONE } else { E::ZERO };
     let threads = if in_pool() {
         rayon::current_num_threads()
     } else {
         1
     };
     let tasks = threads.min(m.div_ceil(GEMM_MIN_ROWS_PER_TASK)).max(1);
-    let rows_per_task = m.div_ceil(tasks).next_multiple_of(GEMM_ROW_MULTIPLE);
+    // Each task's rows a multiple of MR, so no task but the last ends in a
+    // partial sliver.
+    let mr = dispatch::<E, _>(isa, Plan { rows: 1, k, n }).mr;
+    let rows_per_task = m.div_ceil(tasks).next_multiple_of(mr);
+    let tasks = m.div_ceil(rows_per_task);
+    let blocks = dispatch::<E, _>(
+        isa,
+        Plan {
+            rows: rows_per_task,
+            k,
+            n,
+        },
+    );
+    // Each task's A and B blocks, each starting on a 64-byte boundary.
+    let unit = 64 / size_of::<E>();
+    let (a_len, b_len) = (
+        blocks.a_len().next_multiple_of(unit),
+        blocks.b_len().next_multiple_of(unit),
+    );
+    let per_task = (a_len + b_len) / unit;
+    let room = if stack_buffers {
+        None
+    } else {
+        packed_room::<E>(tasks * per_task * unit, "the packing buffers of a product").ok()
+    };
     let c = &mut c[..(m - 1) * ldc + n];
-    c.par_chunks_mut(rows_per_task * ldc)
-        .enumerate()
-        .for_each(|(task, c_rows)| {
-            let r0 = task * rows_per_task;
-            let rows = rows_per_task.min(m - r0);
-            // SAFETY: `fits` checked that rows r0..r0+rows of A (k columns) lie inside
-            // `a.data`, and all of B inside `b.data`; `c_rows` holds rows r0.. of C
-            // with stride ldc ≥ n (the last chunk may end right after its last
-            // element, which is all `(rows - 1) * ldc + n` needs); C is a `&mut`
-            // slice, so it overlaps neither A nor B.
-            unsafe {
-                (E::GEMM)(
-                    rows,
-                    k,
-                    n,
-                    E::ONE,
-                    a.data.as_ptr().add(r0 * a.row_stride),
-                    a.row_stride as isize,
-                    a.col_stride as isize,
-                    b.data.as_ptr(),
-                    b.row_stride as isize,
-                    b.col_stride as isize,
-                    beta,
-                    c_rows.as_mut_ptr(),
-                    ldc as isize,
-                    1,
-                );
+    let task = |task: usize, c_rows: &mut [E], buffers: Option<(&mut [E], &mut [E])>| {
+        let r0 = task * rows_per_task;
+        let rows = rows_per_task.min(m - r0);
+        dispatch::<E, _>(
+            isa,
+            Task {
+                rows,
+                k,
+                n,
+                // Row r0 of A: `fits` checked that rows r0..r0+rows (k
+                // columns) lie inside `a.data`.
+                a: View {
+                    ptr: a.data[r0 * a.row_stride..].as_ptr(),
+                    rs: a.row_stride,
+                    cs: a.col_stride,
+                },
+                b: View {
+                    ptr: b.data.as_ptr(),
+                    rs: b.row_stride,
+                    cs: b.col_stride,
+                },
+                c: c_rows,
+                ldc,
+                accumulate,
+                blocks,
+                buffers,
+            },
+        );
+    };
+    match room {
+        // One task: on the calling thread (outside a pool, rayon would hand
+        // it to its global pool's thread and wait).
+        Some(mut room) if tasks == 1 => {
+            let (a_buf, b_buf) = elements::<E>(&mut room).split_at_mut(a_len);
+            task(0, c, Some((a_buf, b_buf)));
+        }
+        None if tasks == 1 => task(0, c, None),
+        Some(mut room) => c
+            .par_chunks_mut(rows_per_task * ldc)
+            .zip(room.par_chunks_mut(per_task))
+            .enumerate()
+            .for_each(|(t, (c_rows, room))| {
+                let (a_buf, b_buf) = elements::<E>(room).split_at_mut(a_len);
+                task(t, c_rows, Some((a_buf, b_buf)));
+            }),
+        None => c
+            .par_chunks_mut(rows_per_task * ldc)
+            .enumerate()
+            .for_each(|(t, c_rows)| task(t, c_rows, None)),
+    }
+}
+
+/// The blocks of a product whose tasks get `rows` rows, on the dispatched ISA.
+struct Plan {
+    rows: usize,
+    k: usize,
+    n: usize,
+}
+
+impl<E: Float> Kernel<E> for Plan {
+    type Output = Blocks;
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) -> Blocks {
+        Blocks::for_product::<S>(self.rows, self.k, self.n)
+    }
+}
+
+/// One task's rows of C: the product on the dispatched ISA, on the given
+/// packing buffers or, without them, on buffers on the stack.
+struct Task<'a, E> {
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: View<E>,
+    b: View<E>,
+    c: &'a mut [E],
+    ldc: usize,
+    accumulate: bool,
+    blocks: Blocks,
+    buffers: Option<(&'a mut [E], &'a mut [E])>,
+}
+
+impl<E: Float> Kernel<E> for Task<'_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        let c = self.c.as_mut_ptr();
+        // SAFETY: `gemm_on` checked that A's rows r0.. of this task and all of
+        // B lie inside their slices (`a` and `b` start there), and that C's
+        // rows are `ldc ≥ n` apart; `c` holds this task's rows of C, the
+        // last of which may end right after its n-th element, and, being a
+        // `&mut` slice, overlaps neither A nor B. `blocks` and the buffers
+        // (a_len(), b_len() elements, or the stack's) come from `Blocks` for
+        // this ISA.
+        unsafe {
+            match self.buffers {
+                Some((a_buf, b_buf)) => gemm_task::<S>(
+                    self.rows,
+                    self.k,
+                    self.n,
+                    self.a,
+                    self.b,
+                    c,
+                    self.ldc,
+                    self.accumulate,
+                    self.blocks,
+                    a_buf,
+                    b_buf,
+                ),
+                None => {
+                    let mut stack = StackBuffers::<E>::default();
+                    gemm_task::<S>(
+                        self.rows,
+                        self.k,
+                        self.n,
+                        self.a,
+                        self.b,
+                        c,
+                        self.ldc,
+                        self.accumulate,
+                        Blocks::on_stack::<S>(),
+                        &mut stack.a,
+                        &mut stack.b,
+                    )
+                }
             }
-        });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{gemm_on, Mat};
+    use crate::float::Float;
+    use crate::simd::Isa;
+
+    /// Values in [-1, 1) from a small deterministic generator (xorshift).
+    fn values<E: Float>(seed: u64, len: usize) -> Vec<E> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                E::from_f64((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+            })
+            .collect()
+    }
+
+    /// An m × k view of `data` laid out row-major or transposed (columns
+    /// contiguous), with `pad` unused elements after each row (or column).
+    fn view<E>(data: &[E], rows: usize, cols: usize, transposed: bool, pad: usize) -> Mat<'_, E> {
+        if transposed {
+            Mat {
+                data,
+                rows,
+                cols,
+                row_stride: 1,
+                col_stride: rows + pad,
+            }
+        } else {
+            Mat {
+                data,
+                rows,
+                cols,
+                row_stride: cols + pad,
+                col_stride: 1,
+            }
+        }
+    }
+
+    fn storage(rows: usize, cols: usize, transposed: bool, pad: usize) -> usize {
+        let (outer, inner) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        outer * (inner + pad)
+    }
+
+    /// C (+)= A·B in f64 by the triple loop.
+    fn naive<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &[E], ldc: usize, acc: bool) -> Vec<f64> {
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = if acc { c[i * ldc + j].to_f64() } else { 0.0 };
+                for p in 0..k {
+                    s += a.data[i * a.row_stride + p * a.col_stride].to_f64()
+                        * b.data[p * b.row_stride + j * b.col_stride].to_f64();
+                }
+                out[i * n + j] = s;
+            }
+        }
+        out
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// Every ISA, both layouts of A and B, accumulate or not, heap or stack
+    /// buffers, 1 to 3 threads: within rounding of the f64 triple loop, and
+    /// bitwise the same for every thread count and buffer choice; elements of
+    /// C outside the product untouched.
+    fn check_sizes<E: Float>(eps: f64, sizes: &[(usize, usize, usize)]) {
+        let pools = [pool(1), pool(2), pool(3)];
+        for isa in Isa::available() {
+            for &(m, k, n) in sizes {
+                for (ta, tb, acc) in (0..8).map(|i| (i & 1 != 0, i & 2 != 0, i & 4 != 0)) {
+                    let a_data = values::<E>(1 + m as u64, storage(m, k, ta, 3));
+                    let b_data = values::<E>(2 + n as u64, storage(k, n, tb, 1));
+                    let (a, b) = (view(&a_data, m, k, ta, 3), view(&b_data, k, n, tb, 1));
+                    let ldc = n + 2;
+                    let c0 = values::<E>(3, m * ldc);
+                    let want = naive(a, b, &c0, ldc, acc);
+                    let mut first: Option<Vec<E>> = None;
+                    for (p, stack) in [(0, false), (1, false), (2, false), (1, true)] {
+                        let mut c = c0.clone();
+                        pools[p].install(|| gemm_on(isa, a, b, &mut c, ldc, acc, stack));
+                        let what = format!(
+                            "{isa:?} m={m} k={k} n={n} ta={ta} tb={tb} acc={acc} threads={} stack={stack}",
+                            p + 1
+                        );
+                        for i in 0..m {
+                            for j in 0..ldc {
+                                let (got, old) =
+                                    (c[i * ldc + j].to_f64(), c0[i * ldc + j].to_f64());
+                                if j >= n {
+                                    assert_eq!(
+                                        got.to_bits(),
+                                        old.to_bits(),
+                                        "{what}: padding written"
+                                    );
+                                    continue;
+                                }
+                                let w = want[i * n + j];
+                                assert!(
+                                    (got - w).abs() <= eps * (k as f64 + 1.0),
+                                    "{what}: C[{i}][{j}] = {got}, want {w}"
+                                );
+                            }
+                        }
+                        match &first {
+                            None => first = Some(c),
+                            Some(f) => assert!(
+                                f.iter()
+                                    .zip(&c)
+                                    .all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()),
+                                "{what}: bits differ from 1 thread"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    const SIZES: [(usize, usize, usize); 14] = [
+        (0, 5, 3),
+        (4, 0, 3),
+        (5, 3, 0),
+        (1, 1, 1),
+        (5, 17, 31),
+        (17, 31, 5),
+        (31, 5, 17),
+        (64, 64, 64),
+        (7, 300, 65),
+        (200, 17, 33),
+        (37, 513, 19),
+        (200, 31, 200),
+        (13, 1, 130),
+        (97, 260, 129),
+    ];
+
+    #[test]
+    fn gemm_matches_the_triple_loop_f32() {
+        check_sizes::<f32>(1e-6, &SIZES);
+    }
+
+    #[test]
+    fn gemm_matches_the_triple_loop_f64() {
+        check_sizes::<f64>(1e-14, &SIZES);
+    }
+
+    /// Several depth blocks, row blocks and column blocks per task (KC, MC
+    /// and NC of every ISA in `tuning::GEMM_SHAPES` are exceeded).
+    #[test]
+    fn gemm_matches_the_triple_loop_over_many_blocks() {
+        check_sizes::<f32>(1e-6, &[(70, 2100, 530)]);
+        check_sizes::<f64>(1e-14, &[(40, 1100, 300)]);
+    }
+
+    /// Without `accumulate`, C's old contents never reach the result (NaN and
+    /// inf there leave no trace); NaN and inf in A or B reach exactly the
+    /// elements whose sums contain them.
+    #[test]
+    fn gemm_propagates_nan_and_inf_and_never_reads_c_unless_accumulating() {
+        let (m, k, n) = (13, 300, 37);
+        for isa in Isa::available() {
+            for stack in [false, true] {
+                let mut a = values::<f32>(5, m * k);
+                let mut b = values::<f32>(6, k * n);
+                let (av, bv) = (Mat::rows(&a, m, k, k), Mat::rows(&b, k, n, n));
+                let mut c = vec![f32::NAN; m * n];
+                c[3] = f32::INFINITY;
+                gemm_on(isa, av, bv, &mut c, n, false, stack);
+                assert!(c.iter().all(|x| x.is_finite()), "{isa:?}: old C leaked");
+
+                a[2 * k + 290] = f32::NAN; // row 2 of C
+                b[7 * n + 11] = f32::INFINITY; // column 11 of C
+                let (av, bv) = (Mat::rows(&a, m, k, k), Mat::rows(&b, k, n, n));
+                let mut c = vec![f32::NAN; m * n];
+                gemm_on(isa, av, bv, &mut c, n, false, stack);
+                for i in 0..m {
+                    for j in 0..n {
+                        let x = c[i * n + j];
+                        if i == 2 {
+                            assert!(x.is_nan(), "{isa:?}: NaN lost at ({i}, {j})");
+                        } else if j == 11 {
+                            assert!(x.is_infinite(), "{isa:?}: inf lost at ({i}, {j}): {x}");
+                        } else {
+                            assert!(x.is_finite(), "{isa:?}: ({i}, {j}) = {x}");
+                        }
+                    }
+                }
+
+                // With accumulate, C's own NaN stays where it was.
+                let (a, b) = (values::<f32>(7, m * k), values::<f32>(8, k * n));
+                let mut c = vec![0.5f32; m * n];
+                c[5 * n + 6] = f32::NAN;
+                gemm_on(
+                    isa,
+                    Mat::rows(&a, m, k, k),
+                    Mat::rows(&b, k, n, n),
+                    &mut c,
+                    n,
+                    true,
+                    stack,
+                );
+                for (i, x) in c.iter().enumerate() {
+                    assert_eq!(x.is_nan(), i == 5 * n + 6, "{isa:?}: element {i} = {x}");
+                }
+            }
+        }
+    }
+
+    /// k = 0: C = 0 (without accumulate) or unchanged.
+    #[test]
+    fn gemm_with_empty_depth_zeroes_or_keeps_c() {
+        let (a, b) = (vec![0.0f64; 0], vec![0.0f64; 0]);
+        for isa in Isa::available() {
+            let mut c = vec![f64::NAN; 3 * 5];
+            gemm_on(
+                isa,
+                Mat::rows(&a, 3, 0, 0),
+                Mat::rows(&b, 0, 4, 4),
+                &mut c,
+                5,
+                true,
+                false,
+            );
+            assert!(c.iter().all(|x| x.is_nan()));
+            gemm_on(
+                isa,
+                Mat::rows(&a, 3, 0, 0),
+                Mat::rows(&b, 0, 4, 4),
+                &mut c,
+                5,
+                false,
+                false,
+            );
+            for (i, x) in c.iter().enumerate() {
+                assert_eq!(x.is_nan(), i % 5 == 4 || i >= 14, "element {i} = {x}");
+            }
+        }
+    }
 }

@@ -16,6 +16,7 @@
 pub mod backward_step;
 pub mod forward_step;
 pub mod gemm;
+pub mod gemm_kernel;
 pub mod layout;
 pub mod microkernel;
 pub mod pack;

@@ -1,0 +1,480 @@
+//! One thread's share of a large product, BLIS-style: B packed into panels of
+//! NR columns in read order, A packed into slivers of MR rows, and an MR × NR
+//! register tile (MR rows by NV vectors) over them, written once over
+//! [`Simd`]. The tile and block sizes of each ISA are one table,
+//! [`GEMM_SHAPES`](crate::tuning::GEMM_SHAPES).
+//!
+//! The loops are BLIS's five: columns of C in blocks of NC (B's packed block,
+//! KC × NC, read from L3), depth in blocks of KC, rows in blocks of MC (A's
+//! packed block, MC × KC, kept in L2), then every B micro-panel (KC × NR)
+//! against every sliver of A's block (the tuning table says where each lives
+//! per ISA, and why).
+//!
+//! Every element of C is one FMA chain in k order: it starts from zero (or
+//! from C's value with `accumulate`), and between depth blocks the tile is
+//! stored to C and loaded back, which rounds nothing. So neither the blocking,
+//! nor the rows a task gets, nor which rows share a tile changes a bit; only
+//! the ISA does (the portable path does not fuse).
+
+use crate::simd::{Simd, SimdElement};
+use crate::tuning::{GemmShape, GEMM_SHAPES};
+
+/// Elements of the largest register tile (MR · NR) of any ISA and type, the
+/// size of the scratch tile that ragged edges go through.
+const MAX_TILE: usize = 8 * 64;
+
+/// Depth of a block when packing buffers could not be allocated and the
+/// product runs on buffers on the stack (see [`StackBuffers`]).
+pub const STACK_KC: usize = 64;
+/// Elements of B's stack buffer: STACK_KC rows of the widest micro-panel.
+const STACK_B: usize = STACK_KC * 64;
+/// Elements of A's stack buffer: STACK_KC columns of the tallest sliver.
+const STACK_A: usize = STACK_KC * 8;
+
+/// Columns of A (transposed) that packing prefetches ahead of the one it
+/// copies.
+const PACK_AHEAD: usize = 8;
+
+/// The shape of the register file `S` belongs to: AVX-512 (64-byte vectors,
+/// 32 registers), AVX2 (32-byte vectors, 16 registers), or the portable path.
+#[inline(always)]
+pub const fn shape_index<S: Simd>() -> usize {
+    if size_of::<S>() >= 64 {
+        2
+    } else if size_of::<S>() >= 32 {
+        1
+    } else {
+        0
+    }
+}
+
+/// The table row of `S`'s ISA.
+#[inline(always)]
+pub const fn shape<S: Simd>() -> GemmShape {
+    GEMM_SHAPES[shape_index::<S>()]
+}
+
+/// Block sizes of one product on one ISA, in elements: depth `kc`, rows `mc`
+/// (a multiple of MR), columns `nc` (a multiple of NR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocks {
+    pub mr: usize,
+    pub nr: usize,
+    pub kc: usize,
+    pub mc: usize,
+    pub nc: usize,
+}
+
+impl Blocks {
+    /// The table's blocks for `S`, shrunk to a product of `rows` (per task)
+    /// × `k` × `n`, so that small products allocate small buffers.
+    #[inline(always)]
+    pub fn for_product<S: Simd>(rows: usize, k: usize, n: usize) -> Blocks {
+        let s = shape::<S>();
+        let size = size_of::<S::E>();
+        let (mr, nr) = (s.mr, s.nv * S::LANES);
+        // Depth blocks of equal size (at most KC): a short last block would
+        // cost a round trip of C for little work.
+        let kc = k.div_ceil(k.div_ceil(s.kc).max(1)).max(1);
+        let mc = (s.a_block_bytes / (kc * size) / mr).max(1) * mr;
+        let nc = (s.b_block_bytes / (kc * size) / nr).max(1) * nr;
+        Blocks {
+            mr,
+            nr,
+            kc,
+            mc: mc.min(rows.next_multiple_of(mr)).max(mr),
+            nc: nc.min(n.next_multiple_of(nr)).max(nr),
+        }
+    }
+
+    /// The blocks of the stack buffers, for `S`.
+    #[inline(always)]
+    pub fn on_stack<S: Simd>() -> Blocks {
+        let s = shape::<S>();
+        let (mr, nr) = (s.mr, s.nv * S::LANES);
+        const { assert!(shape::<S>().mr <= STACK_A / STACK_KC) };
+        assert!(
+            nr <= STACK_B / STACK_KC,
+            "the stack buffer holds the widest micro-panel"
+        );
+        Blocks {
+            mr,
+            nr,
+            kc: STACK_KC,
+            mc: mr,
+            nc: nr,
+        }
+    }
+
+    /// Elements of A's packed block (MC × KC).
+    pub fn a_len(&self) -> usize {
+        self.mc * self.kc
+    }
+
+    /// Elements of B's packed block (KC × NC).
+    pub fn b_len(&self) -> usize {
+        self.kc * self.nc
+    }
+}
+
+/// Packing buffers small enough for a thread's stack: the product runs on
+/// them, slower (B is packed once per sliver of A), when the heap refused
+/// the full-size ones. Same blocks of depth or not, same bits.
+pub struct StackBuffers<E> {
+    pub a: [E; STACK_A],
+    pub b: [E; STACK_B],
+}
+
+impl<E: SimdElement> Default for StackBuffers<E> {
+    fn default() -> Self {
+        StackBuffers {
+            a: [E::ZERO; STACK_A],
+            b: [E::ZERO; STACK_B],
+        }
+    }
+}
+
+/// A strided read-only operand: element (i, j) at `ptr + i·rs + j·cs`.
+#[derive(Clone, Copy)]
+pub struct View<E> {
+    pub ptr: *const E,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<E> View<E> {
+    #[inline(always)]
+    fn at(&self, i: usize, j: usize) -> *const E {
+        self.ptr.wrapping_add(i * self.rs + j * self.cs)
+    }
+}
+
+/// One thread's product: `C = A·B` (or `C += A·B` with `accumulate`) for A
+/// `m × k`, B `k × n`, C row-major with rows `ldc` apart, `k ≥ 1`, with the
+/// register tile of `S`'s table row and the given blocks, packing into `a_buf`
+/// (at least `blocks.a_len()` elements) and `b_buf` (`blocks.b_len()`).
+///
+/// # Safety
+/// `a` addresses an m × k matrix and `b` a k × n matrix of readable elements;
+/// `c` addresses m rows of n writable elements, rows `ldc ≥ n` apart, and
+/// overlaps neither A nor B; `blocks` comes from [`Blocks`] for this `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_task<S: Simd>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View<S::E>,
+    b: View<S::E>,
+    c: *mut S::E,
+    ldc: usize,
+    accumulate: bool,
+    blocks: Blocks,
+    a_buf: &mut [S::E],
+    b_buf: &mut [S::E],
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match shape_index::<S>() {
+            2 => blocked::<S, { GEMM_SHAPES[2].mr }, { GEMM_SHAPES[2].nv }>(
+                m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf,
+            ),
+            1 => blocked::<S, { GEMM_SHAPES[1].mr }, { GEMM_SHAPES[1].nv }>(
+                m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf,
+            ),
+            _ => blocked::<S, { GEMM_SHAPES[0].mr }, { GEMM_SHAPES[0].nv }>(
+                m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf,
+            ),
+        }
+    }
+}
+
+/// [`gemm_task`] with an MR × NV tile.
+///
+/// # Safety
+/// As for [`gemm_task`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: View<S::E>,
+    b: View<S::E>,
+    c: *mut S::E,
+    ldc: usize,
+    accumulate: bool,
+    blocks: Blocks,
+    a_buf: &mut [S::E],
+    b_buf: &mut [S::E],
+) {
+    let nr = NV * S::LANES;
+    debug_assert!(blocks.mr == MR && blocks.nr == nr);
+    let Blocks { kc, mc, nc, .. } = blocks;
+    assert!(a_buf.len() >= mc * kc && b_buf.len() >= kc * nc && mc % MR == 0 && nc % nr == 0);
+    for jc in (0..n).step_by(nc) {
+        let nb = nc.min(n - jc);
+        let panels = nb.div_ceil(nr);
+        for pc in (0..k).step_by(kc) {
+            let kd = kc.min(k - pc);
+            // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B.
+            unsafe { pack_b(kd, nb, nr, b.at(pc, jc), b.rs, b.cs, b_buf) };
+            // The chain continues from C after the first depth block (and from
+            // the first with `accumulate`); C is never read otherwise.
+            let load = accumulate || pc > 0;
+            for ic in (0..m).step_by(mc) {
+                let mb = mc.min(m - ic);
+                let slivers = mb.div_ceil(MR);
+                // SAFETY: rows ic..ic+mb < m and columns pc..pc+kd ≤ k of A.
+                unsafe { pack_a::<S::E, MR>(mb, kd, a.at(ic, pc), a.rs, a.cs, a_buf) };
+                for jr in 0..panels {
+                    let nn = nr.min(nb - jr * nr);
+                    let bp = b_buf[jr * kd * nr..].as_ptr();
+                    for s in 0..slivers {
+                        let ir = s * MR;
+                        let mm = MR.min(mb - ir);
+                        let col = jc + jr * nr;
+                        let ap = a_buf[ir * kd..].as_ptr();
+                        // SAFETY: rows ic+ir..ic+ir+mm < m and columns
+                        // col..col+nn ≤ n of C; the packed operands hold
+                        // kd × MR and kd × NR elements there.
+                        unsafe {
+                            let cp = c.add((ic + ir) * ldc + col);
+                            // The next tile's C: the next sliver's rows, or
+                            // the first rows of this block in the next panel.
+                            let next = if s + 1 < slivers {
+                                cp.wrapping_add(MR * ldc)
+                            } else {
+                                c.wrapping_add(ic * ldc + col + nr)
+                            };
+                            if mm == MR && nn == nr {
+                                tile::<S, MR, NV>(kd, ap, bp, cp, ldc, load, next);
+                            } else {
+                                edge_tile::<S, MR, NV>(kd, ap, bp, cp, ldc, load, mm, nn);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The register tile: `C[r][0..NR] (+)= Σ_k a[k·MR + r] · b[k·NR..]` for
+/// the MR rows, each output one FMA chain in k order, starting from C's value
+/// when `load`, else from zero. Asks for the next tile's rows of C
+/// (`next`) to come into cache meanwhile.
+///
+/// # Safety
+/// `a` readable for kc · MR elements, `b` for kc · NR; `c` readable (when
+/// `load`) and writable for NR elements at each of MR rows `ldc` apart.
+#[inline(always)]
+unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const S::E,
+    b: *const S::E,
+    c: *mut S::E,
+    ldc: usize,
+    load: bool,
+    next: *const S::E,
+) {
+    let w = S::LANES;
+    let nr = NV * w;
+    let mut acc = [[S::splat(S::E::ZERO); NV]; MR];
+    for r in 0..MR {
+        prefetch(next.wrapping_add(r * ldc), nr * size_of::<S::E>());
+    }
+    if load {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: row r < MR, vector v < NV of C (caller's contract).
+                *acc = unsafe { S::load(c.add(r * ldc + v * w)) };
+            }
+        }
+    }
+    let (mut a, mut b) = (a, b);
+    for _ in 0..kc {
+        // SAFETY: kc rows of MR (A) and NR (B) elements (caller's contract).
+        unsafe {
+            let bv: [S; NV] = std::array::from_fn(|v| S::load(b.add(v * w)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = S::splat(*a.add(r));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = x.mul_add(bv, *acc);
+                }
+            }
+            a = a.add(MR);
+            b = b.add(nr);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, acc) in acc.iter().enumerate() {
+            // SAFETY: as for the loads.
+            unsafe { acc.store(c.add(r * ldc + v * w)) };
+        }
+    }
+}
+
+/// [`tile`] for the `mm ≤ MR` rows and `nn ≤ NR` columns at a ragged edge:
+/// through a scratch tile, so nothing outside them is read or written.
+///
+/// # Safety
+/// As for [`tile`], for the mm × nn elements of C.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn edge_tile<S: Simd, const MR: usize, const NV: usize>(
+    kc: usize,
+    a: *const S::E,
+    b: *const S::E,
+    c: *mut S::E,
+    ldc: usize,
+    load: bool,
+    mm: usize,
+    nn: usize,
+) {
+    let nr = NV * S::LANES;
+    const { assert!(MR * NV <= 64) };
+    assert!(MR * nr <= MAX_TILE);
+    let mut scratch = [S::E::ZERO; MAX_TILE];
+    if load {
+        for r in 0..mm {
+            // SAFETY: nn elements of row r < mm of C (caller's contract).
+            let row = unsafe { std::slice::from_raw_parts(c.add(r * ldc), nn) };
+            scratch[r * nr..][..nn].copy_from_slice(row);
+        }
+    }
+    let t = scratch.as_mut_ptr();
+    // SAFETY: the scratch tile holds MR rows of NR; the operands are the
+    // caller's.
+    unsafe { tile::<S, MR, NV>(kc, a, b, t, nr, load, t) };
+    for r in 0..mm {
+        // SAFETY: as above.
+        let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), nn) };
+        row.copy_from_slice(&scratch[r * nr..][..nn]);
+    }
+}
+
+/// Packs `kd` rows and `nb` columns of B (rows `rs` apart, columns `cs`) into
+/// panels of `nr` columns, each `kd × nr` row-major, the last padded with zeros.
+///
+/// # Safety
+/// The kd × nb elements readable.
+#[inline(always)]
+unsafe fn pack_b<E: SimdElement>(
+    kd: usize,
+    nb: usize,
+    nr: usize,
+    src: *const E,
+    rs: usize,
+    cs: usize,
+    dst: &mut [E],
+) {
+    let panels = nb.div_ceil(nr);
+    let dst = &mut dst[..panels * kd * nr];
+    // Panel by panel, each written in order: panels are KC·NR elements
+    // apart, often a multiple of 4 KiB, so writing one row of every panel
+    // in turn would pile all the lines written onto one set of L1.
+    for (j, panel) in dst.chunks_exact_mut(kd * nr).enumerate() {
+        let cols = nr.min(nb - j * nr);
+        for (k, out) in panel.chunks_exact_mut(nr).enumerate() {
+            if cs == 1 {
+                // SAFETY: row k < kd, columns j·nr.. + cols ≤ nb.
+                let row = unsafe { std::slice::from_raw_parts(src.add(k * rs + j * nr), cols) };
+                out[..cols].copy_from_slice(row);
+            } else {
+                for (i, o) in out[..cols].iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *o = unsafe { *src.add(k * rs + (j * nr + i) * cs) };
+                }
+            }
+            out[cols..].fill(E::ZERO);
+        }
+    }
+}
+
+/// Packs `mb` rows and `kd` columns of A (rows `rs` apart, columns `cs`) into
+/// slivers of MR rows, each k-major (`MR` elements per k), the last padded
+/// with zero rows. A usually comes from L3 or memory and is read once per
+/// block, so the reads are prefetched a little ahead.
+///
+/// # Safety
+/// The mb × kd elements readable.
+#[inline(always)]
+unsafe fn pack_a<E: SimdElement, const MR: usize>(
+    mb: usize,
+    kd: usize,
+    src: *const E,
+    rs: usize,
+    cs: usize,
+    dst: &mut [E],
+) {
+    let slivers = mb.div_ceil(MR);
+    let dst = &mut dst[..slivers * MR * kd];
+    let full = mb / MR;
+    if rs == 1 {
+        // A transposed (columns contiguous, as daᵀ): one contiguous run of mb
+        // elements per k, MR of them to each sliver.
+        for k in 0..kd {
+            prefetch(src.wrapping_add((k + PACK_AHEAD) * cs), mb * size_of::<E>());
+            // SAFETY: column k < kd, rows 0..mb.
+            let col = unsafe { std::slice::from_raw_parts(src.add(k * cs), mb) };
+            for (s, x) in col.chunks_exact(MR).enumerate() {
+                dst[(s * kd + k) * MR..][..MR].copy_from_slice(x);
+            }
+            if full < slivers {
+                let rest = &col[full * MR..];
+                let out = &mut dst[(full * kd + k) * MR..][..MR];
+                out[..rest.len()].copy_from_slice(rest);
+                out[rest.len()..].fill(E::ZERO);
+            }
+        }
+        return;
+    }
+    for s in 0..slivers {
+        let rows = MR.min(mb - s * MR);
+        let out = &mut dst[s * MR * kd..][..MR * kd];
+        if s + 1 < slivers {
+            for r in (s + 1) * MR..mb.min((s + 2) * MR) {
+                prefetch(src.wrapping_add(r * rs), kd * cs * size_of::<E>());
+            }
+        }
+        if rows == MR {
+            let row: [*const E; MR] = std::array::from_fn(|r| src.wrapping_add((s * MR + r) * rs));
+            for (k, out) in out.chunks_exact_mut(MR).enumerate() {
+                for (o, row) in out.iter_mut().zip(row) {
+                    // SAFETY: row s·MR + r < mb, column k < kd.
+                    *o = unsafe { *row.add(k * cs) };
+                }
+            }
+        } else {
+            for (k, out) in out.chunks_exact_mut(MR).enumerate() {
+                for (r, o) in out.iter_mut().enumerate() {
+                    *o = if r < rows {
+                        // SAFETY: row s·MR + r < mb, column k < kd.
+                        unsafe { *src.add((s * MR + r) * rs + k * cs) }
+                    } else {
+                        E::ZERO
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Asks for the cache lines of `bytes` from `p` to come into L1. A prefetch
+/// never faults, so any address is harmless.
+#[inline(always)]
+fn prefetch<E>(p: *const E, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = p.cast::<i8>();
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint: it reads nothing the program sees
+            // and cannot fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, bytes);
+}
