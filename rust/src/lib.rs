@@ -22,7 +22,7 @@
 //!   split.rs          batch or hidden split, chunks of rows, running the members
 //!   barrier.rs        the barrier a team meets at every step, team health
 //!   pool.rs           the rayon pool and its team lock (Workers), thread count
-//! float.rs          Float: SimdElement + cache padding + the GEMM routine
+//! float.rs          Float: SimdElement + cache padding
 //! simd/             which instructions run
 //!   isa.rs            Isa, detection, the active ISA, Kernel + dispatch
 //!   activation.rs     exp, sigmoid, tanh
