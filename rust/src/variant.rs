@@ -204,6 +204,13 @@ pub struct Variant<'a, E> {
     pub f: Activation,
     pub g: Activation,
     pub h: Activation,
+    /// Recurrent dropout's keep mask r (docs/variants.md, 'Recurrent dropout'),
+    /// entries 1/(1−p) or 0: the recurrent product's operand is h_{t−1} ⊙ r.
+    /// (B, P) as the caller gives it; the kernels see it padded to B × Pp
+    /// (`lstm.rs`). None: no recurrent dropout. The forward kernels cache
+    /// h_{t−1} ⊙ r as h_prev (the operand of dW_hh, so the cache stays 6·Hp
+    /// per (row, step)); backward multiplies da_{t+1}·W_hh by r.
+    pub recurrent_keep: Option<&'a [E]>,
 }
 
 impl<E> Default for Variant<'_, E> {
@@ -217,6 +224,7 @@ impl<E> Default for Variant<'_, E> {
             f: Activation::Sigmoid,
             g: Activation::Tanh,
             h: Activation::Tanh,
+            recurrent_keep: None,
         }
     }
 }
@@ -232,6 +240,7 @@ impl<E: SimdElement> Variant<'_, E> {
             && self.f == Activation::Sigmoid
             && self.g == Activation::Tanh
             && self.h == Activation::Tanh
+            && self.recurrent_keep.is_none()
     }
 
     /// Whether backward needs the pre-activations z in the cache (see the
