@@ -638,8 +638,7 @@ def regularisation(
     if isinstance(zoneout, (tuple, list)):
         if len(zoneout) != 2:
             raise ValueError(
-                "zoneout must be a probability or a pair (for h, for c), "
-                f"got {len(zoneout)} values"
+                f"zoneout must be a probability or a pair (for h, for c), got {len(zoneout)} values"
             )
         z_h, z_c = (probability(f"zoneout[{k}]", z) for k, z in enumerate(zoneout))
     else:
