@@ -186,6 +186,20 @@ for isa in lstm_fast.available_isas():
                     if a is not None:
                         h.update(np.ascontiguousarray(a).tobytes())
                 out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}"] = h.hexdigest()
+    # Without a projection (P = H): the hidden split and the plain gate math.
+    lengths = [5, 0, 3, 5, 1, 4, 5, 2] * 3
+    for name in ("plain-gates", "peepholes"):
+        for dtype in (np.float32, np.float64):
+            setting = (5, len(lengths), 6, 70, 70, lengths, True, False, True)
+            arrays, options, seeds = _problem(VARIANTS[name], setting, dtype, seed=5)
+            options.pop("w_hr")
+            options.update(weight_drop=0.2, recurrent_dropout=0.4, seed=9)
+            fwd, g = _run(lstm_fast, arrays, options, seeds)
+            h = hashlib.sha256()
+            for a in (*fwd[:3], *g[:7]):
+                if a is not None:
+                    h.update(np.ascontiguousarray(a).tobytes())
+            out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/no-projection"] = h.hexdigest()
 print(json.dumps(out))
 """
 

@@ -209,7 +209,8 @@ pub struct Variant<'a, E> {
     /// (B, P) as the caller gives it; the kernels see it padded to B × Pp
     /// (`lstm.rs`). None: no recurrent dropout. The forward kernels cache
     /// h_{t−1} ⊙ r as h_prev (the operand of dW_hh, so the cache stays 6·Hp
-    /// per (row, step)); backward multiplies da_{t+1}·W_hh by r.
+    /// per (row, step)); backward multiplies da_{t+1}·W_hh by r. Not part of
+    /// the gate math: both kernel bodies read it, once per tile.
     pub recurrent_keep: Option<&'a [E]>,
 }
 
@@ -240,7 +241,6 @@ impl<E: SimdElement> Variant<'_, E> {
             && self.f == Activation::Sigmoid
             && self.g == Activation::Tanh
             && self.h == Activation::Tanh
-            && self.recurrent_keep.is_none()
     }
 
     /// Whether backward needs the pre-activations z in the cache (see the

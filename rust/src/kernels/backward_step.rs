@@ -124,13 +124,9 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
 
     /// Recurrent dropout: `acc` (da_{t+1}·W_hh over the state units u0 +
     /// v·LANES) times the keep mask r of batch row `b`, for units below Pp
-    /// (docs/variants.md: dh_{t−1} = (dz W_hh) ⊙ r). Unchanged without it
-    /// (always for the plain LSTM).
+    /// (docs/variants.md: dh_{t−1} = (dz W_hh) ⊙ r). Unchanged without it.
     #[inline(always)]
     fn drop_recurrent<S: Simd<E = E>>(&self, b: usize, u0: usize, mut acc: [S; 4]) -> [S; 4] {
-        if !VARIANT {
-            return acc;
-        }
         let Some(r) = self.variant.recurrent_keep else {
             return acc;
         };

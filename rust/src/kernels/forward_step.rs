@@ -62,7 +62,8 @@ pub struct ForwardState<E> {
 /// units, for every slot and step.
 ///
 /// `VARIANT` chooses the gate math at compile time: false, the plain LSTM's
-/// (`variant` is then the default and never read); true, the general body
+/// (`variant` is then the default but for `recurrent_keep`, which both bodies
+/// read once per tile); true, the general body
 /// that reads `variant` (see `variant.rs`).
 pub struct ForwardChunk<'a, E, const VARIANT: bool> {
     pub geo: Geometry,
@@ -104,13 +105,9 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
         VARIANT && !self.proj_panels.is_empty()
     }
 
-    /// Recurrent dropout's keep mask of batch row `b` (Pp wide), or None
-    /// (always for the plain LSTM).
+    /// Recurrent dropout's keep mask of batch row `b` (Pp wide), or None.
     #[inline(always)]
     fn recurrent_keep(&self, b: usize) -> Option<*const E> {
-        if !VARIANT {
-            return None;
-        }
         let pp = self.geo.state_pad;
         self.variant
             .recurrent_keep
@@ -495,7 +492,7 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
                 // SAFETY: the running slots' state rows hold hp ≥ h elements;
                 // `packed` holds active · h (asserted).
                 unsafe { pack_rows::<S>(active, |r| cur.add(r * hp), h, packed) };
-                if VARIANT && self.variant.recurrent_keep.is_some() {
+                if self.variant.recurrent_keep.is_some() {
                     // Recurrent dropout: each packed row times its mask row.
                     let rows = &self.slots.rows;
                     scale_packed::<S>(active, h, packed, |r| {
