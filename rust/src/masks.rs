@@ -94,11 +94,20 @@ mod tests {
     fn known_answers() {
         assert_eq!(mix(GAMMA), 0xE220_A839_7B1D_CDAF);
         assert_eq!(mix(0), 0);
-        let cases: [(u64, u64, u64, u64, &[u64], u64); 4] = [
+        // (seed, stream, layer, direction, coordinates, hash)
+        type Case = (u64, u64, u64, u64, &'static [u64], u64);
+        let cases: [Case; 4] = [
             (0, ZONEOUT_H, 0, 0, &[0, 0, 0], 0xFC1F_9D47_C1A5_266C),
             (42, ZONEOUT_C, 1, 1, &[5, 2, 7], 0xDD02_D702_0C2A_6D6E),
             (u64::MAX, WEIGHT_DROP, 3, 0, &[11, 4], 0x804D_B5A9_33C9_37BA),
-            (12345, RECURRENT_DROPOUT, 0, 1, &[3, 9], 0x6513_794D_EA3C_0E8B),
+            (
+                12345,
+                RECURRENT_DROPOUT,
+                0,
+                1,
+                &[3, 9],
+                0x6513_794D_EA3C_0E8B,
+            ),
         ];
         for (seed, stream, layer, dir, coords, want) in cases {
             assert_eq!(hash(key(seed, stream, layer, dir), coords), want);
@@ -109,7 +118,13 @@ mod tests {
     fn threshold_is_u_less_than_p() {
         for p in [0.0, 1e-300, 0.1, 0.25, 0.5, 0.999_999] {
             let t = threshold(p);
-            for h in [0u64, 1 << 11, (t.saturating_sub(1)) << 11, t << 11, u64::MAX] {
+            for h in [
+                0u64,
+                1 << 11,
+                (t.saturating_sub(1)) << 11,
+                t << 11,
+                u64::MAX,
+            ] {
                 let u = (h >> 11) as f64 * 2f64.powi(-53);
                 assert_eq!(event(h, t), u < p, "p={p} h={h:#x}");
             }
@@ -123,7 +138,10 @@ mod tests {
         for a in 0..5 {
             for b in 0..3 {
                 let e = event(hash(k, &[a, b]), threshold(0.4));
-                assert_eq!(m[a as usize * 3 + b as usize], if e { 0.0 } else { 1.0 / 0.6 });
+                assert_eq!(
+                    m[a as usize * 3 + b as usize],
+                    if e { 0.0 } else { 1.0 / 0.6 }
+                );
             }
         }
     }

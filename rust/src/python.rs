@@ -753,10 +753,17 @@ mod _core {
         p: f64,
     ) -> PyResult<()> {
         if !(0.0..1.0).contains(&p) {
-            return Err(PyValueError::new_err(format!("p must be in [0, 1), got {p}")));
+            return Err(PyValueError::new_err(format!(
+                "p must be in [0, 1), got {p}"
+            )));
         }
         let key = crate::masks::key(seed, stream, layer, direction);
-        fn fill<E: Engine>(py: Python<'_>, out: &Bound<'_, PyAny>, key: u64, p: f64) -> PyResult<()> {
+        fn fill<E: Engine>(
+            py: Python<'_>,
+            out: &Bound<'_, PyAny>,
+            key: u64,
+            p: f64,
+        ) -> PyResult<()> {
             let mut a = out.extract::<Out<'_, E>>()?;
             let shape = a.0.shape().to_vec();
             let [rows, cols] = shape[..] else {

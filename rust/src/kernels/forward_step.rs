@@ -606,7 +606,8 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
                         // h_{t−1} ⊙ r, the operand of the recurrent product.
                         Some(r) => {
                             for k in 0..pp {
-                                *out.h_prev.0.add(row * pp + k) = *cur.add(slot * pp + k) * *r.add(k);
+                                *out.h_prev.0.add(row * pp + k) =
+                                    *cur.add(slot * pp + k) * *r.add(k);
                             }
                         }
                     }
