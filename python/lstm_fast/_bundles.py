@@ -48,6 +48,9 @@ class Sequence(Protocol):
     input_forget: bool
     forget_gate: bool
     activations: tuple[tuple[str, float | None, float | None], ...] | None
+    # Recurrent dropout's scaled keep mask (B, P) of a training pass, or None
+    # (docs/variants.md, 'Recurrent dropout'); weight drop is already in w_hh.
+    recurrent_keep: np.ndarray | None
 
 
 class Outputs(NamedTuple):

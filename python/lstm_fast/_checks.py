@@ -614,3 +614,48 @@ def contiguous(name: str, array: np.ndarray, dtype: np.dtype, *, own: bool) -> n
         return out
     except MemoryError:
         raise _memory_error(name, array.shape, dtype) from None
+
+
+def probability(name: str, value: Any) -> float:
+    """A probability of the regularisation, in [0, 1) (docs/variants.md,
+    'Regularisation'): NaN, 1 and negative values are a ValueError naming it,
+    a non-number a TypeError."""
+    p = real_number(name, value)
+    if not 0 <= p < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {p}")
+    return p
+
+
+def regularisation(
+    *, zoneout: Any = 0.0, recurrent_dropout: Any = 0.0, weight_drop: Any = 0.0,
+    seed: Any = None, layer: Any = 0, training: Any = True,
+) -> tuple[float, float, float, float, int | None, int, bool]:  # fmt: skip
+    """The training-only options of ``forward`` checked: (zoneout_h, zoneout_c,
+    recurrent_dropout, weight_drop, seed, layer, training). ``zoneout`` is one
+    probability for both states or a pair ``(zoneout_h, zoneout_c)``; a seed is
+    required in training with any rate > 0. The reference and the engine share
+    these rules."""
+    if isinstance(zoneout, (tuple, list)):
+        if len(zoneout) != 2:
+            raise ValueError(
+                f"zoneout must be a probability or a pair (for h, for c), got {len(zoneout)} values"
+            )
+        z_h, z_c = (probability(f"zoneout[{k}]", z) for k, z in enumerate(zoneout))
+    else:
+        z_h = z_c = probability("zoneout", zoneout)
+    rates = (z_h, z_c, probability("recurrent_dropout", recurrent_dropout),
+             probability("weight_drop", weight_drop))  # fmt: skip
+    layer = integer("layer", layer)
+    if layer < 0:
+        raise ValueError(f"layer must be >= 0, got {layer}")
+    training = flag("training", training)
+    if seed is not None:
+        seed = integer("seed", seed)
+        if not 0 <= seed < 1 << 64:
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
+    elif training and any(rates):
+        raise ValueError(
+            "seed must be given (an integer in [0, 2**64)) for zoneout, recurrent_dropout "
+            "or weight_drop in training"
+        )
+    return (*rates, seed, layer, training)

@@ -7,6 +7,8 @@ reads by name; every array of one call has the dtype of ``seq.x``."""
 from collections.abc import Sequence as _Seq
 from typing import final
 
+import numpy as np
+
 from ._bundles import CacheArrays, Grads, Outputs, Seeds, Sequence
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "hidden_pad",
     "read_bandwidth",
     "same_bits",
+    "scaled_keep",
     "set_isa",
     "set_num_threads",
 ]
@@ -35,6 +38,9 @@ def forward(seq: Sequence, out: Outputs, cache: CacheArrays | None) -> None: ...
 def backward(seq: Sequence, cache: CacheArrays, seeds: Seeds, grads: Grads) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
+def scaled_keep(
+    out: np.ndarray, seed: int, stream: int, layer: int, direction: int, p: float
+) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def _after_fork_in_child() -> None: ...

@@ -32,6 +32,7 @@ from ._checks import (
     projected_arguments,
     projection,
     real_array,
+    regularisation,
     shaped_array,
     variant_options,
 )
@@ -131,6 +132,12 @@ class _Args:
         )
         #: The `_core.Packed` of prepared weights: w_hh's panels, kept across calls.
         self.packed = None if prepared is None else prepared._packed
+        #: Weight drop's scaled keep mask M (4H, P) of a training pass, else None:
+        #: then ``w_hh`` is the dropped matrix W_hh ⊙ M (set by ``_regularise``).
+        self.w_hh_keep: np.ndarray | None = None
+        #: Recurrent dropout's scaled keep mask r (B, P) of a training pass, else
+        #: None: the engine multiplies the recurrent product's operand h_{t-1} by it.
+        self.recurrent_keep: np.ndarray | None = None
         steps, batch, inp, hidden = sizes
         self.steps, self.batch, self.input, self.hidden = sizes
         #: P, the width of the state h: proj_size with a projection, else H.
@@ -355,6 +362,12 @@ def forward(
     input_forget: bool = False,
     forget_gate: bool = True,
     activations: Any = None,
+    zoneout: Any = 0.0,
+    recurrent_dropout: Any = 0.0,
+    weight_drop: Any = 0.0,
+    seed: Any = None,
+    layer: Any = 0,
+    training: bool = True,
 ) -> Forward:
     """Runs one LSTM layer (one direction) over a whole sequence.
 
@@ -373,15 +386,56 @@ def forward(
     (f = 1); ``activations`` ONNX's three (f for the gates, g for the cell
     candidate, h for the output), each a name, (name, alpha) or (name, alpha,
     beta).
+
+    The regularisation (docs/variants.md, 'Regularisation'; training only, masks
+    from ``seed`` keyed by ``layer`` and the direction): ``weight_drop`` (DropConnect
+    on ``w_hh``), ``recurrent_dropout``, ``zoneout``; ``training=False`` uses the
+    expectation. The defaults change no bit.
     """
     need_cache = flag("need_cache", need_cache)
+    reg = regularisation(
+        zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+        seed=seed, layer=layer, training=training,
+    )  # fmt: skip
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
         peepholes=peepholes, w_hr=w_hr, clip=clip, input_forget=input_forget,
         forget_gate=forget_gate, activations=activations,
     )  # fmt: skip
+    _regularise(args, *reg)
     return Forward(*_run_forward(args, need_cache))
+
+
+# Stream ids in the mask generator (masks.py, rust/src/masks.rs).
+_RECURRENT_DROPOUT = 3
+_WEIGHT_DROP = 4
+
+
+def _regularise(
+    args: _Args, z_h: float, z_c: float, p_rec: float, p_weight: float,
+    seed: int | None, layer: int, training: bool,
+) -> None:  # fmt: skip
+    """Applies the checked regularisation options to ``args``: weight drop packs
+    W_hh ⊙ M (one mask per call) and backward multiplies dw_hh by M; at
+    inference every option is the identity except zoneout's expectation."""
+    if z_h or z_c:
+        raise NotImplementedError(
+            "zoneout is not in the engine yet: use lstm_fast.reference.forward"
+        )
+    direction = int(args.reverse)
+    if p_rec and training:
+        assert seed is not None  # regularisation() requires one
+        keep = empty("the recurrent dropout mask", (args.batch, args.proj), args.dtype)
+        _core.scaled_keep(keep, seed, _RECURRENT_DROPOUT, layer, direction, p_rec)
+        args.recurrent_keep = keep
+    if p_weight and training:
+        assert seed is not None  # regularisation() requires one
+        keep = empty("the weight drop mask", args.w_hh.shape, args.dtype)
+        _core.scaled_keep(keep, seed, _WEIGHT_DROP, layer, direction, p_weight)
+        args.w_hh = np.multiply(args.w_hh, keep)  # DropConnect: the pass packs W_hh ⊙ M
+        args.packed = None
+        args.w_hh_keep = keep
 
 
 def _seed(
@@ -431,6 +485,8 @@ def _run_backward(
         gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre
     )
     _core.backward(a, arrays, seeds, grads)
+    if a.w_hh_keep is not None:
+        np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     db = grads.db
     db_ih = db if a.has_b_ih else None
     # Two arrays when both biases exist, so updating one leaves the other alone.

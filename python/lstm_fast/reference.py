@@ -455,10 +455,7 @@ def _norm_grads(norm: _LayerNorm, dz, sx_hat, sh_hat, dn, c_hat, db) -> tuple:
 
 def _probability(name: str, value: Any) -> float:
     """A probability of the regularisation, in [0, 1)."""
-    p = _checks.real_number(name, value)
-    if not 0 <= p < 1:
-        raise ValueError(f"{name} must be in [0, 1), got {p}")
-    return p
+    return _checks.probability(name, value)
 
 
 @dataclass(frozen=True)
@@ -488,31 +485,10 @@ class Regularisation:
     ) -> Regularisation:  # fmt: skip
         """The options as :func:`forward` takes them, checked. ``zoneout`` is one
         probability for both states or a pair ``(zoneout_h, zoneout_c)``."""
-        if isinstance(zoneout, (tuple, list)):
-            if len(zoneout) != 2:
-                raise ValueError(
-                    "zoneout must be a probability or a pair (for h, for c), "
-                    f"got {len(zoneout)} values"
-                )
-            z_h, z_c = (_probability(f"zoneout[{k}]", z) for k, z in enumerate(zoneout))
-        else:
-            z_h = z_c = _probability("zoneout", zoneout)
-        rates = (z_h, z_c, _probability("recurrent_dropout", recurrent_dropout),
-                 _probability("weight_drop", weight_drop))  # fmt: skip
-        layer = _checks.integer("layer", layer)
-        if layer < 0:
-            raise ValueError(f"layer must be >= 0, got {layer}")
-        training = _checks.flag("training", training)
-        if seed is not None:
-            seed = _checks.integer("seed", seed)
-            if not 0 <= seed < 1 << 64:
-                raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
-        elif training and any(rates):
-            raise ValueError(
-                "seed must be given (an integer in [0, 2**64)) for zoneout, recurrent_dropout "
-                "or weight_drop in training"
-            )
-        return cls(*rates, seed, layer, training)
+        return cls(*_checks.regularisation(
+            zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+            seed=seed, layer=layer, training=training,
+        ))  # fmt: skip
 
     @property
     def masked(self) -> bool:

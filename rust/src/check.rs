@@ -102,6 +102,11 @@ impl<E: Float> Sequence<'_, E> {
             self.variant.peepholes.map(<[E]>::len),
             3 * hidden,
         )?;
+        expect_opt(
+            "recurrent dropout mask",
+            self.variant.recurrent_keep.map(<[E]>::len),
+            product("recurrent dropout mask", &[batch, state])?,
+        )?;
         if let Some(lengths) = self.lengths {
             expect_len("lengths", lengths.len(), batch)?;
             if let Some((b, &len)) = lengths.iter().enumerate().find(|&(_, &len)| len > steps) {

@@ -49,6 +49,7 @@ pub mod error;
 pub mod float;
 pub mod kernels;
 pub mod lstm;
+pub mod masks;
 pub mod parallel;
 pub mod sequence;
 pub mod setting;

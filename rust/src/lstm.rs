@@ -90,8 +90,10 @@ pub fn forward<E: Float>(
         };
 
         let peepholes = pad_peepholes(&seq.variant, hidden, hp)?;
+        let recurrent_keep = pad_recurrent_keep(&seq.variant, batch, state)?;
         let variant = Variant {
             peepholes: peepholes.as_deref(),
+            recurrent_keep: recurrent_keep.as_deref(),
             ..seq.variant
         };
         let mut cache = cache;
@@ -309,8 +311,10 @@ pub fn backward<E: Float>(
             SharedMut(grads.dh0.as_mut_ptr()),
         );
         let peepholes = pad_peepholes(&seq.variant, hidden, hp)?;
+        let recurrent_keep = pad_recurrent_keep(&seq.variant, batch, state)?;
         let variant = Variant {
             peepholes: peepholes.as_deref(),
+            recurrent_keep: recurrent_keep.as_deref(),
             ..seq.variant
         };
         let plain = variant.is_plain();
@@ -534,6 +538,24 @@ fn pad_peepholes<E: Float>(v: &Variant<'_, E>, hidden: usize, hp: usize) -> Resu
     let mut out = alloc::zeroed::<E>(&[3, hp], "the padded peepholes")?;
     for k in 0..3 {
         out[k * hp..][..hidden].copy_from_slice(&p[k * hidden..][..hidden]);
+    }
+    Ok(Some(out))
+}
+
+/// Recurrent dropout's keep mask (B, P) with each row padded to Pp (zeros in
+/// padded units), or None without recurrent dropout.
+fn pad_recurrent_keep<E: Float>(
+    v: &Variant<'_, E>,
+    batch: usize,
+    state: usize,
+) -> Result<Option<Vec<E>>> {
+    let Some(r) = v.recurrent_keep else {
+        return Ok(None);
+    };
+    let pp = hidden_pad::<E>(state);
+    let mut out = alloc::zeroed::<E>(&[batch, pp], "the padded recurrent dropout mask")?;
+    for b in 0..batch {
+        out[b * pp..][..state].copy_from_slice(&r[b * state..][..state]);
     }
     Ok(Some(out))
 }

@@ -190,6 +190,8 @@ struct SequenceArrays<'py, E: Element> {
     input_forget: bool,
     forget_gate: bool,
     activations: Option<Vec<ActivationSpec>>,
+    /// Recurrent dropout's keep mask (B, P) of a training pass, or None.
+    recurrent_keep: Option<In<'py, E>>,
 }
 
 impl<E: Engine> SequenceArrays<'_, E> {
@@ -228,6 +230,7 @@ impl<E: Engine> SequenceArrays<'_, E> {
             clip: self.clip.map(E::from_f64),
             input_forget: self.input_forget,
             forget_gate: self.forget_gate,
+            recurrent_keep: opt_slice("recurrent_keep", &self.recurrent_keep)?,
             ..Variant::default()
         };
         if let Some(acts) = &self.activations {
@@ -732,6 +735,50 @@ mod _core {
             pairs.push((a, b));
         }
         Ok(py.detach(|| crate::kernels::pack::same_bytes(&pairs))?)
+    }
+
+    /// Fills `out` (a C-contiguous 2-D float32 or float64 array, rows × cols)
+    /// with an inverted-dropout mask of the generator (`crate::masks`,
+    /// docs/variants.md 'Masks'): 0 where entry (row, col) of stream `stream`
+    /// drops, 1/(1-p) rounded once to the dtype elsewhere. Bit-identical to
+    /// `masks.scaled_keep`.
+    #[pyfunction]
+    fn scaled_keep(
+        py: Python<'_>,
+        out: &Bound<'_, PyAny>,
+        seed: u64,
+        stream: u64,
+        layer: u64,
+        direction: u64,
+        p: f64,
+    ) -> PyResult<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(PyValueError::new_err(format!(
+                "p must be in [0, 1), got {p}"
+            )));
+        }
+        let key = crate::masks::key(seed, stream, layer, direction);
+        fn fill<E: Engine>(
+            py: Python<'_>,
+            out: &Bound<'_, PyAny>,
+            key: u64,
+            p: f64,
+        ) -> PyResult<()> {
+            let mut a = out.extract::<Out<'_, E>>()?;
+            let shape = a.0.shape().to_vec();
+            let [rows, cols] = shape[..] else {
+                return Err(PyValueError::new_err("scaled_keep: out must be 2-D"));
+            };
+            let dst = slice_mut("out", &mut a)?;
+            let mask = py.detach(|| crate::masks::scaled_keep::<E>(key, rows, cols, p));
+            dst.copy_from_slice(&mask);
+            Ok(())
+        }
+        if out.cast::<PyArrayDyn<f64>>().is_ok() {
+            fill::<f64>(py, out, key, p)
+        } else {
+            fill::<f32>(py, out, key, p)
+        }
     }
 
     /// The padded hidden size of the cache layout for an element size in bytes.

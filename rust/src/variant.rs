@@ -204,6 +204,14 @@ pub struct Variant<'a, E> {
     pub f: Activation,
     pub g: Activation,
     pub h: Activation,
+    /// Recurrent dropout's keep mask r (docs/variants.md, 'Recurrent dropout'),
+    /// entries 1/(1−p) or 0: the recurrent product's operand is h_{t−1} ⊙ r.
+    /// (B, P) as the caller gives it; the kernels see it padded to B × Pp
+    /// (`lstm.rs`). None: no recurrent dropout. The forward kernels cache
+    /// h_{t−1} ⊙ r as h_prev (the operand of dW_hh, so the cache stays 6·Hp
+    /// per (row, step)); backward multiplies da_{t+1}·W_hh by r. Not part of
+    /// the gate math: both kernel bodies read it, once per tile.
+    pub recurrent_keep: Option<&'a [E]>,
 }
 
 impl<E> Default for Variant<'_, E> {
@@ -217,6 +225,7 @@ impl<E> Default for Variant<'_, E> {
             f: Activation::Sigmoid,
             g: Activation::Tanh,
             h: Activation::Tanh,
+            recurrent_keep: None,
         }
     }
 }

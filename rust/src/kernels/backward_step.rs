@@ -122,6 +122,27 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
         VARIANT && !self.proj_panels.is_empty()
     }
 
+    /// Recurrent dropout: `acc` (da_{t+1}·W_hh over the state units u0 +
+    /// v·LANES) times the keep mask r of batch row `b`, for units below Pp
+    /// (docs/variants.md: dh_{t−1} = (dz W_hh) ⊙ r). Unchanged without it.
+    #[inline(always)]
+    fn drop_recurrent<S: Simd<E = E>>(&self, b: usize, u0: usize, mut acc: [S; 4]) -> [S; 4] {
+        let Some(r) = self.variant.recurrent_keep else {
+            return acc;
+        };
+        let pp = self.geo.state_pad;
+        let r = &r[b * pp..][..pp];
+        for (v, a) in acc.iter_mut().enumerate() {
+            let u = u0 + v * S::LANES;
+            if u >= pp {
+                break;
+            }
+            // SAFETY: u + LANES ≤ pp inside the mask row.
+            *a = a.mul(unsafe { S::load(r.as_ptr().add(u)) });
+        }
+        acc
+    }
+
     /// Tiles per row of the flow sums: those of the wider of Hp and Pp.
     #[inline(always)]
     fn flow_tiles(&self, w: usize) -> usize {
@@ -369,6 +390,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
             if active == 1 && prev_active == 1 {
                 // One row: latency-bound, so several panels at a time
                 // (BATCH1_PANELS, 4 chains each).
+                let b0 = self.slots.rows[0];
                 let mut q = self.tiles.start;
                 while q < self.tiles.end {
                     // SAFETY: slot 0's da row of iteration s + 1 is whole and
@@ -380,17 +402,21 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                             let panels = std::array::from_fn(|i| panel(q + i));
                             let acc = row_x4pv::<S, BATCH1_PANELS>(da, 1, depth, panels);
                             for (i, acc) in acc.into_iter().enumerate() {
+                                let acc = self.drop_recurrent(b0, (q + i) * width, acc);
                                 self.finish::<S>(s, 0, q + i, acc);
                             }
                             q += BATCH1_PANELS;
                         } else if q + 1 < self.tiles.end {
                             let [acc0, acc1] =
                                 row_x4pv::<S, 2>(da, 1, depth, [panel(q), panel(q + 1)]);
+                            let acc0 = self.drop_recurrent(b0, q * width, acc0);
+                            let acc1 = self.drop_recurrent(b0, (q + 1) * width, acc1);
                             self.finish::<S>(s, 0, q, acc0);
                             self.finish::<S>(s, 0, q + 1, acc1);
                             q += 2;
                         } else {
                             let [acc] = row_x4pv::<S, 1>(da, 1, depth, [panel(q)]);
+                            let acc = self.drop_recurrent(b0, q * width, acc);
                             self.finish::<S>(s, 0, q, acc);
                             q += 1;
                         }
@@ -413,7 +439,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                         rows_x4v_kblocked::<S>(prev_active, a, depth, panel(q), products);
                         for (slot, &product) in products[..active].iter().enumerate() {
                             let acc = if slot < prev_active {
-                                product
+                                self.drop_recurrent(self.slots.rows[slot], q * width, product)
                             } else {
                                 self.seed::<S>(slot, q)
                             };
@@ -438,6 +464,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                 // b, whose chunk is this one; the da row and panel are whole.
                 unsafe {
                     let acc = mrx4v::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0];
+                    let acc = self.drop_recurrent(b, u0, acc);
                     for (v, acc_v) in acc.into_iter().enumerate() {
                         let u = u0 + v * w;
                         store_n(
@@ -537,6 +564,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                 unsafe { rows_x4v_kblocked::<S>(prev_active, a, depth, panel(q), products) };
                 for (slot, product) in products[..active].iter().enumerate() {
                     let row = row_of(slot, s);
+                    let product = &self.drop_recurrent(self.slots.rows[slot], q * width, *product);
                     let mut squares = S::splat(E::ZERO);
                     for (v, &product_v) in product.iter().enumerate() {
                         let u = q * width + v * w;
@@ -614,6 +642,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                 unsafe {
                     let da = self.da.0.add(row_of(slot, 0) * depth) as *const E;
                     let acc = mrx4v::<S, 1>([da], 1, depth, panel(q))[0];
+                    let acc = self.drop_recurrent(b, u0, acc);
                     for (v, acc_v) in acc.into_iter().enumerate() {
                         let u = u0 + v * w;
                         store_n(

@@ -19,7 +19,8 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, pack_rows, row_x4pv, rows_x4v_kblocked, PackedRows, VectorRoom,
+    accumulator_room, accumulators, pack_rows, row_x4pv, rows_per_group, rows_x4v_kblocked,
+    PackedRows, VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -61,7 +62,8 @@ pub struct ForwardState<E> {
 /// units, for every slot and step.
 ///
 /// `VARIANT` chooses the gate math at compile time: false, the plain LSTM's
-/// (`variant` is then the default and never read); true, the general body
+/// (`variant` is then the default but for `recurrent_keep`, which both bodies
+/// read once per tile); true, the general body
 /// that reads `variant` (see `variant.rs`).
 pub struct ForwardChunk<'a, E, const VARIANT: bool> {
     pub geo: Geometry,
@@ -101,6 +103,15 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
     #[inline(always)]
     fn projects(&self) -> bool {
         VARIANT && !self.proj_panels.is_empty()
+    }
+
+    /// Recurrent dropout's keep mask of batch row `b` (Pp wide), or None.
+    #[inline(always)]
+    fn recurrent_keep(&self, b: usize) -> Option<*const E> {
+        let pp = self.geo.state_pad;
+        self.variant
+            .recurrent_keep
+            .map(|r| r[b * pp..][..pp].as_ptr())
     }
 
     /// Gate math, c/h update and stores for one slot and one tile, given the
@@ -172,7 +183,13 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
                 og.store(gp.add(3 * hp));
                 c_new.store(out.cells.0.add(row * hp + u0));
                 if !projects {
-                    S::load(cur.add(slot * hp + u0)).store(out.h_prev.0.add(row * hp + u0));
+                    // With recurrent dropout the cache keeps h_{t−1} ⊙ r, the
+                    // recurrent product's operand (and dW_hh's).
+                    let mut h_prev = S::load(cur.add(slot * hp + u0));
+                    if let Some(r) = self.recurrent_keep(b) {
+                        h_prev = h_prev.mul(S::load(r.add(u0)));
+                    }
+                    h_prev.store(out.h_prev.0.add(row * hp + u0));
                 }
             }
         }
@@ -432,9 +449,18 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
             if s % block == 0 {
                 self.project::<S>(xw, s);
             }
-            let cur = self.state.h[s % 2].0 as *const E;
+            let mut cur = self.state.h[s % 2].0 as *const E;
             let panel = |q: usize| self.panels[q * stride..].as_ptr();
             if active == 1 {
+                if let Some(r) = self.recurrent_keep(self.slots.rows[0]) {
+                    // Recurrent dropout: the product's operand is h ⊙ r.
+                    for (k, dst) in packed[..h].iter_mut().enumerate() {
+                        // SAFETY: slot 0's state row and its mask row hold
+                        // Pp ≥ h elements.
+                        *dst = unsafe { *cur.add(k) * *r.add(k) };
+                    }
+                    cur = packed.as_ptr();
+                }
                 // One row: latency-bound, so several panels at a time
                 // (BATCH1_PANELS, 4 chains each).
                 let mut p = self.tiles.start;
@@ -467,6 +493,13 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
                 // SAFETY: the running slots' state rows hold hp ≥ h elements;
                 // `packed` holds active · h (asserted).
                 unsafe { pack_rows::<S>(active, |r| cur.add(r * hp), h, packed) };
+                if self.variant.recurrent_keep.is_some() {
+                    // Recurrent dropout: each packed row times its mask row.
+                    let rows = &self.slots.rows;
+                    scale_packed::<S>(active, h, packed, |r| {
+                        self.recurrent_keep(rows[r]).unwrap_or(std::ptr::null())
+                    });
+                }
                 let a = PackedRows {
                     data: packed.as_ptr(),
                     depth: h,
@@ -569,12 +602,48 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
                 // SAFETY: the slot's state row and the cache row (row < T·B)
                 // both hold pp elements; the cache row is this chunk's.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        cur.add(slot * pp),
-                        out.h_prev.0.add(row * pp),
-                        pp,
-                    )
+                    match self.recurrent_keep(self.slots.rows[slot]) {
+                        None => std::ptr::copy_nonoverlapping(
+                            cur.add(slot * pp),
+                            out.h_prev.0.add(row * pp),
+                            pp,
+                        ),
+                        // h_{t−1} ⊙ r, the operand of the recurrent product.
+                        Some(r) => {
+                            for k in 0..pp {
+                                *out.h_prev.0.add(row * pp + k) =
+                                    *cur.add(slot * pp + k) * *r.add(k);
+                            }
+                        }
+                    }
                 };
+            }
+        }
+    }
+}
+
+/// Multiplies each of the `rows` rows that `pack_rows` packed into `out`
+/// (depth `depth`, groups of `rows_per_group` rows interleaved) by its own
+/// vector `scale(r)` (depth elements, non-null), element by element: recurrent
+/// dropout's h ⊙ r, the same product per element as the reference's.
+fn scale_packed<S: Simd>(
+    rows: usize,
+    depth: usize,
+    out: &mut [S::E],
+    scale: impl Fn(usize) -> *const S::E,
+) {
+    let mr = rows_per_group::<S>();
+    let out = &mut out[..rows * depth];
+    for r0 in (0..rows).step_by(mr) {
+        let group = mr.min(rows - r0);
+        let dst = &mut out[r0 * depth..][..group * depth];
+        for i in 0..group {
+            let sc = scale(r0 + i);
+            assert!(!sc.is_null());
+            // SAFETY: the caller's scale rows hold `depth` readable elements.
+            let sc = unsafe { std::slice::from_raw_parts(sc, depth) };
+            for (k, &m) in sc.iter().enumerate() {
+                dst[k * group + i] = dst[k * group + i] * m;
             }
         }
     }

@@ -1,0 +1,148 @@
+//! The masks of the regularised LSTM (docs/variants.md, 'Masks'): a
+//! counter-based hash of each entry's coordinates, bit-identical to
+//! `python/lstm_fast/masks.py`. An entry is a pure function of (seed, stream,
+//! layer, direction, coordinates): never of a thread, a layout or the order of
+//! evaluation, so a run is the same for any thread count and ISA.
+//!
+//! ```text
+//! mix(z)       = SplitMix64's finaliser
+//! absorb(h, w) = mix((h ^ w) + 0x9E3779B97F4A7C15)
+//! key          = absorb(absorb(absorb(seed, stream), layer), direction)
+//! hash         = absorb(... absorb(key, c_0) ..., c_{n-1})
+//! event        = hash >> 11 < ceil(p · 2^53)        (the same as u < p)
+//! ```
+
+use crate::float::Float;
+
+/// Stream ids (the first word after the seed).
+pub const ZONEOUT_H: u64 = 1;
+pub const ZONEOUT_C: u64 = 2;
+pub const RECURRENT_DROPOUT: u64 = 3;
+pub const WEIGHT_DROP: u64 = 4;
+pub const DROPOUT: u64 = 5;
+
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's finaliser (a bijection of u64).
+#[inline(always)]
+pub fn mix(mut z: u64) -> u64 {
+    z ^= z >> 30;
+    z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^= z >> 27;
+    z = z.wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One word absorbed into the running hash.
+#[inline(always)]
+pub fn absorb(h: u64, w: u64) -> u64 {
+    mix((h ^ w).wrapping_add(GAMMA))
+}
+
+/// The key of one mask.
+pub fn key(seed: u64, stream: u64, layer: u64, direction: u64) -> u64 {
+    absorb(absorb(absorb(seed, stream), layer), direction)
+}
+
+/// The hash of one entry: the key with its coordinates absorbed in order.
+pub fn hash(key: u64, coordinates: &[u64]) -> u64 {
+    coordinates.iter().fold(key, |h, &c| absorb(h, c))
+}
+
+/// The integer threshold of probability `p` in [0, 1): the event is
+/// `hash >> 11 < threshold(p)`, exactly `u < p` with u = (hash >> 11)·2^-53.
+pub fn threshold(p: f64) -> u64 {
+    assert!((0.0..1.0).contains(&p), "a probability in [0, 1)");
+    // p·2^53 is exact (a power-of-two scaling of a finite double below 1).
+    (p * (1u64 << 53) as f64).ceil() as u64
+}
+
+/// Whether the event happens for an entry's hash.
+#[inline(always)]
+pub fn event(hash: u64, threshold: u64) -> bool {
+    (hash >> 11) < threshold
+}
+
+/// The scale 1/(1 − p) of an inverted dropout, computed in f64 and rounded once.
+pub fn scale<E: Float>(p: f64) -> E {
+    E::from_f64(1.0 / (1.0 - p))
+}
+
+/// A two-coordinate dropout mask (rows × cols, row-major): 0 where the event
+/// happens, `scale(p)` elsewhere; entry (a, b) hashes (a, b) after `key`.
+pub fn scaled_keep<E: Float>(key: u64, rows: usize, cols: usize, p: f64) -> Vec<E> {
+    let (thr, keep) = (threshold(p), scale::<E>(p));
+    let mut out = Vec::with_capacity(rows * cols);
+    for a in 0..rows {
+        let ha = absorb(key, a as u64);
+        out.extend((0..cols).map(|b| {
+            if event(absorb(ha, b as u64), thr) {
+                E::ZERO
+            } else {
+                keep
+            }
+        }));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answers() {
+        assert_eq!(mix(GAMMA), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(mix(0), 0);
+        // (seed, stream, layer, direction, coordinates, hash)
+        type Case = (u64, u64, u64, u64, &'static [u64], u64);
+        let cases: [Case; 4] = [
+            (0, ZONEOUT_H, 0, 0, &[0, 0, 0], 0xFC1F_9D47_C1A5_266C),
+            (42, ZONEOUT_C, 1, 1, &[5, 2, 7], 0xDD02_D702_0C2A_6D6E),
+            (u64::MAX, WEIGHT_DROP, 3, 0, &[11, 4], 0x804D_B5A9_33C9_37BA),
+            (
+                12345,
+                RECURRENT_DROPOUT,
+                0,
+                1,
+                &[3, 9],
+                0x6513_794D_EA3C_0E8B,
+            ),
+        ];
+        for (seed, stream, layer, dir, coords, want) in cases {
+            assert_eq!(hash(key(seed, stream, layer, dir), coords), want);
+        }
+    }
+
+    #[test]
+    fn threshold_is_u_less_than_p() {
+        for p in [0.0, 1e-300, 0.1, 0.25, 0.5, 0.999_999] {
+            let t = threshold(p);
+            for h in [
+                0u64,
+                1 << 11,
+                (t.saturating_sub(1)) << 11,
+                t << 11,
+                u64::MAX,
+            ] {
+                let u = (h >> 11) as f64 * 2f64.powi(-53);
+                assert_eq!(event(h, t), u < p, "p={p} h={h:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn scaled_keep_matches_hash() {
+        let k = key(7, WEIGHT_DROP, 0, 0);
+        let m = scaled_keep::<f64>(k, 5, 3, 0.4);
+        for a in 0..5 {
+            for b in 0..3 {
+                let e = event(hash(k, &[a, b]), threshold(0.4));
+                assert_eq!(
+                    m[a as usize * 3 + b as usize],
+                    if e { 0.0 } else { 1.0 / 0.6 }
+                );
+            }
+        }
+    }
+}
