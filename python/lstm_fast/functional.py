@@ -362,7 +362,6 @@ def forward(
     input_forget: bool = False,
     forget_gate: bool = True,
     activations: Any = None,
-    zoneout: Any = 0.0,
     recurrent_dropout: Any = 0.0,
     weight_drop: Any = 0.0,
     seed: Any = None,
@@ -389,12 +388,13 @@ def forward(
 
     The regularisation (docs/variants.md, 'Regularisation'; training only, masks
     from ``seed`` keyed by ``layer`` and the direction): ``weight_drop`` (DropConnect
-    on ``w_hh``), ``recurrent_dropout``, ``zoneout``; ``training=False`` uses the
-    expectation. The defaults change no bit.
+    on ``w_hh``) and ``recurrent_dropout``; ``training=False`` uses the
+    expectation. The defaults change no bit. (Zoneout is stated in
+    ``lstm_fast.reference.forward``; the engine does not run it yet.)
     """
     need_cache = flag("need_cache", need_cache)
     reg = regularisation(
-        zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+        recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
     args = _Args(
@@ -418,11 +418,8 @@ def _regularise(
 ) -> None:  # fmt: skip
     """Applies the checked regularisation options to ``args``: weight drop packs
     W_hh ⊙ M (one mask per call) and backward multiplies dw_hh by M; at
-    inference every option is the identity except zoneout's expectation."""
-    if z_h or z_c:
-        raise NotImplementedError(
-            "zoneout is not in the engine yet: use lstm_fast.reference.forward"
-        )
+    inference both options are the identity. (``forward`` takes no zoneout:
+    z_h = z_c = 0.)"""
     direction = int(args.reverse)
     if p_rec and training:
         assert seed is not None  # regularisation() requires one
