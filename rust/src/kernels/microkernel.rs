@@ -11,7 +11,7 @@ use crate::alloc::{self, Zeroable};
 use crate::error::Result;
 use crate::simd::{Simd, SimdElement};
 use crate::tuning::{
-    L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, NV_16_REGISTERS,
+    CACHE_LINE, L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, NV_16_REGISTERS,
     NV_32_REGISTERS, REMAINDER_FULL_WIDTH_ROWS, ROW_PREFETCH_DISTANCE,
 };
 
@@ -480,7 +480,7 @@ fn prefetch_l1(start: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        for line in (0..bytes).step_by(64) {
+        for line in (0..bytes).step_by(CACHE_LINE) {
             // SAFETY: prefetching is a hint: it reads nothing the program sees
             // and cannot fault, whatever the address.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line).cast::<i8>()) };
@@ -496,16 +496,8 @@ fn prefetch_l1(start: *const u8, bytes: usize) {
 /// A prefetch never faults, so addresses past the panel are harmless.
 #[inline(always)]
 fn prefetch_ahead(row: *const u8, row_bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let ahead = row.wrapping_add(ROW_PREFETCH_DISTANCE * row_bytes);
-        for line in (0..row_bytes).step_by(64) {
-            // SAFETY: prefetching is a hint: it reads nothing the program sees
-            // and cannot fault, whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast::<i8>()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (row, row_bytes);
+    prefetch_l1(
+        row.wrapping_add(ROW_PREFETCH_DISTANCE * row_bytes),
+        row_bytes,
+    );
 }
