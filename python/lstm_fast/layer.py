@@ -11,14 +11,17 @@ lstm_fast.reference)``), which is how the tests compare whole training runs.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, NamedTuple, TypeVar
 
 import numpy as np
 
 from . import functional as _F
+from . import masks as _masks
 from ._checks import (
     PLAIN_ACTIVATIONS,
     cast,
@@ -30,14 +33,28 @@ from ._checks import (
     integer,
     mapping,
     positive_int,
+    probability,
     random_generator,
     real_number,
+    regularisation,
     variant_options,
 )
 from ._core import Cancel
 from ._types import LayerWeights
 
 __all__ = ["LSTM"]
+
+#: The functional API's names of the LayerNorm parameters (docs/variants.md).
+_LAYER_NORM_KEYS = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
+#: Options that an engine may not take yet: checked before use, for a clear error.
+_ENGINE_OPTIONS = ("zoneout", "layer_norm")
+
+
+def _takes(keyword: str) -> bool:
+    """Whether the engine's ``forward`` (``_F``, the reference in some tests) takes
+    ``keyword``."""
+    return keyword in inspect.signature(_F.forward).parameters
+
 
 _T = TypeVar("_T")
 
@@ -128,6 +145,11 @@ class _Tape(NamedTuple):
     unbatched: bool
     steps: int
     batch: int
+    #: [layer] -> the scaled keep mask (engine layout) that dropout multiplied that
+    #: layer's output by, None where none was applied (the last layer, inference).
+    dropout_keep: list[np.ndarray | None] | None = None
+    #: The seed of the pass's masks, None when it drew none.
+    seed: int | None = None
 
 
 class LSTM:
@@ -142,6 +164,18 @@ class LSTM:
     (P, H) per layer and direction: ``h_t = weight_hr (o_t * tanh(c_t))``, so ``y`` is
     (T, B, D*P), ``h0``/``h_n`` are (L*D, B, P), ``weight_hh_l{k}`` is (4H, P) and
     layer k > 0 takes D*P inputs; ``c0``/``c_n`` stay H wide.
+
+    Regularisation (docs/variants.md, 'Regularisation'), in training mode only
+    (:attr:`training`, :meth:`train`, :meth:`eval`, as in PyTorch): ``dropout=p``
+    (PyTorch's, on the output of every layer but the last), ``recurrent_dropout=p``
+    (one mask per sequence on h_{t-1} in the recurrent product), ``weight_drop=p``
+    (DropConnect on ``weight_hh``) and ``zoneout=z`` or ``(z_h, z_c)``. Each training
+    forward draws its masks from a fresh seed of the layer's generator (seeded by
+    ``seed``) unless ``forward(..., seed=s)`` gives one; :meth:`backward` uses the
+    same masks. In eval mode each computes its expectation: the plain layer, bit
+    for bit, for the three dropouts; a mix of each state with the previous one for
+    zoneout. ``layer_norm=True`` is the LayerNorm LSTM, with the parameters
+    ``weight_ln_{ih,hh,c}_l{k}`` and ``bias_ln_{ih,hh,c}_l{k}``.
     """
 
     def __init__(
@@ -162,6 +196,11 @@ class LSTM:
         activations: Any = None,
         forget_bias: float | None = None,
         proj_size: int = 0,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        zoneout: Any = 0.0,
+        layer_norm: bool = False,
     ) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -198,12 +237,42 @@ class LSTM:
             )
         #: P, the width of the state h (0: no projection, h is H wide).
         self.proj_size = proj_size
+        #: PyTorch's dropout between layers: on the output of every layer but the last.
+        self.dropout = probability("dropout", dropout)
+        #: Recurrent dropout (one mask per sequence on h_{t-1}, every layer).
+        self.recurrent_dropout = probability("recurrent_dropout", recurrent_dropout)
+        #: Weight drop: DropConnect on every ``weight_hh`` (one mask per forward).
+        self.weight_drop = probability("weight_drop", weight_drop)
+        # The functional API's rule and messages (zoneout[0], zoneout[1] for a pair).
+        zoneout_h, zoneout_c = regularisation(zoneout=zoneout, training=False)[:2]
+        #: Zoneout of h and c: one probability, or a pair (for h, for c).
+        self.zoneout: float | tuple[float, float] = (
+            (zoneout_h, zoneout_c)
+            if isinstance(zoneout, (tuple, list)) and (zoneout_h or zoneout_c)
+            else zoneout_h
+        )
+        #: The LayerNorm LSTM (docs/variants.md): parameters ``weight_ln_*``, ``bias_ln_*``.
+        self.layer_norm = flag("layer_norm", layer_norm)
+        if self.dropout and self.num_layers == 1:
+            # PyTorch's warning, word for word: the option then does nothing.
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={self.dropout} "
+                f"and num_layers={self.num_layers}",
+                UserWarning,
+                stacklevel=2,
+            )
+        #: Training mode (PyTorch's ``Module.training``): the regularisation draws
+        #: masks only while it is True. :meth:`train` and :meth:`eval` set it.
+        self.training = True
 
         directions = 2 if self.bidirectional else 1
         self.num_directions = directions
         hidden = self.hidden_size
         state = self.state_size
         per_direction = 4 * hidden * (state + (2 if self.bias else 0)) + proj_size * hidden
+        if self.layer_norm:
+            per_direction += 2 * (4 * hidden + 4 * hidden + hidden)
         count = directions * (
             self.num_layers * per_direction
             + 4 * hidden * (self.input_size + (self.num_layers - 1) * directions * state)
@@ -216,7 +285,8 @@ class LSTM:
         )
         # _names[layer][direction] = (w_ih, w_hh, b_ih, b_hh) keys, biases None if off.
         self._names: list[list[tuple[str, str, str | None, str | None]]] = []
-        shapes: dict[str, tuple[int, ...]] = {}
+        shapes: dict[str, tuple[int, ...]] = {}  # the parameters drawn, in drawing order
+        order: list[str] = []  # every parameter but the peepholes, in registration order
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else directions * state
             row = []
@@ -235,6 +305,11 @@ class LSTM:
                     shapes[names[3]] = (4 * hidden,)  # type: ignore[index]
                 if proj_size:  # after the biases, as PyTorch registers (and draws) it
                     shapes[self._projection_name(layer, direction)] = (proj_size, hidden)
+                order += [name for name in names if name is not None]
+                if proj_size:
+                    order.append(self._projection_name(layer, direction))
+                if self.layer_norm:  # after the direction's others; not drawn
+                    order += self._layer_norm_names(layer, direction)
                 row.append(names)
             self._names.append(row)
 
@@ -242,9 +317,15 @@ class LSTM:
         bound = 1.0 / np.sqrt(hidden)
         try:
             #: name -> the live parameter array (an optimizer updates these in place).
-            self.parameters: dict[str, np.ndarray] = {
+            drawn = {
                 name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
                 for name, shape in shapes.items()
+            }
+            # The LayerNorm gains start at 1 and its biases at 0 (torch.nn.LayerNorm),
+            # so a seed gives the same other weights with and without it.
+            self.parameters: dict[str, np.ndarray] = {
+                name: drawn[name] if name in drawn else self._layer_norm_start(name)
+                for name in order
             }
             #: name -> gradient of the last :meth:`backward` (zeros before the first).
             self.grads: dict[str, np.ndarray] = {
@@ -278,6 +359,9 @@ class LSTM:
         self._prepared: dict[tuple[int, int], Any] = {}
         #: (layer, direction) -> the ``GradientFlow`` of the last ``backward(flow=True)``.
         self.flow: dict[tuple[int, int], Any] = {}
+        # The generator that drew the parameters draws each training forward's mask
+        # seed next: a seeded layer trains reproducibly.
+        self._generator = rng
 
     # The variant options of a layer made before they existed (an old pickle).
     _VARIANT_DEFAULTS: dict[str, Any] = {
@@ -288,6 +372,11 @@ class LSTM:
         "forget_gate": True,
         "activations": None,
         "forget_bias": None,
+        "dropout": 0.0,
+        "recurrent_dropout": 0.0,
+        "weight_drop": 0.0,
+        "zoneout": 0.0,
+        "layer_norm": False,
     }
 
     #: Set by from_onnx / from_keras for a model of one reverse direction (ONNX's
@@ -301,6 +390,21 @@ class LSTM:
     @staticmethod
     def _projection_name(layer: int, direction: int) -> str:
         return f"weight_hr_l{layer}" + ("_reverse" if direction else "")
+
+    @staticmethod
+    def _layer_norm_names(layer: int, direction: int) -> list[str]:
+        """The six LayerNorm parameters of one layer and direction, in the functional
+        API's order (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)."""
+        suffix = f"_l{layer}" + ("_reverse" if direction else "")
+        return [
+            f"{kind}_ln_{part}{suffix}" for part in ("ih", "hh", "c") for kind in ("weight", "bias")
+        ]
+
+    def _layer_norm_start(self, name: str) -> np.ndarray:
+        """A LayerNorm parameter's initial value: gains 1, biases 0."""
+        width = self.hidden_size if "_ln_c_" in name else 4 * self.hidden_size
+        start = np.ones if name.startswith("weight_") else np.zeros
+        return start(width, dtype=self.dtype)
 
     @property
     def state_size(self) -> int:
@@ -327,8 +431,83 @@ class LSTM:
 
     @property
     def is_plain(self) -> bool:
-        """Whether this is the plain LSTM (no variant option)."""
-        return not self._variant(0, 0)
+        """Whether this is the plain LSTM (no variant option, no layer norm; the
+        regularisation, which changes only training, does not count)."""
+        return not self._variant(0, 0) and not self.layer_norm
+
+    # ----------------------------------------------------------- training mode
+
+    def train(self, mode: bool = True) -> LSTM:
+        """Training mode (``mode=True``) or inference mode; returns the layer (as
+        PyTorch's ``Module.train``). Only the regularisation depends on it."""
+        self.training = flag("mode", mode)
+        return self
+
+    def eval(self) -> LSTM:
+        """Inference mode, ``train(False)``: the regularisation computes its
+        expectation (no masks): the dropouts are off, zoneout mixes each state with
+        the previous one."""
+        return self.train(False)
+
+    @property
+    def _zoneout_rates(self) -> tuple[float, float]:
+        z = self.zoneout
+        return z if isinstance(z, tuple) else (z, z)
+
+    def _masked(self) -> bool:
+        """Whether a forward now draws masks: training with a rate > 0 (dropout
+        only acts between layers)."""
+        between = self.dropout and self.num_layers > 1
+        rates = (self.recurrent_dropout, self.weight_drop, *self._zoneout_rates)
+        return self.training and bool(any(rates) or between)
+
+    def _pass_options(
+        self, layer: int, direction: int, seed: int | None, training: bool
+    ) -> dict[str, Any]:
+        """The functional API's keywords beyond the prepared weights' for one layer
+        and direction: the LayerNorm parameters and the regularisation of a pass
+        with mask seed ``seed`` (None: no masks) in mode ``training``. Empty for a
+        pass the prepared weights run."""
+        options: dict[str, Any] = {}
+        if self.layer_norm:
+            options["layer_norm"] = True
+            for key, name in zip(_LAYER_NORM_KEYS, self._layer_norm_names(layer, direction)):
+                options[key] = self.parameters[name]
+        zoneout = any(self._zoneout_rates)
+        if training and seed is not None:
+            # Only the rates that are on: without them the call is the plain one.
+            rates = {
+                "zoneout": self.zoneout if zoneout else 0.0,
+                "recurrent_dropout": self.recurrent_dropout,
+                "weight_drop": self.weight_drop,
+            }
+            on = {key: rate for key, rate in rates.items() if rate}
+            if on:
+                options.update(on, seed=seed, layer=layer)
+        elif zoneout:
+            # Inference: zoneout's expectation, z * previous + (1 - z) * new (the
+            # dropouts' is the identity: nothing to pass).
+            options.update(zoneout=self.zoneout, training=False)
+        for key in options:
+            if key in _ENGINE_OPTIONS and not _takes(key):
+                raise NotImplementedError(
+                    f"{key}: the engine (lstm_fast.forward) does not run it yet; "
+                    f"lstm_fast.reference states it"
+                )
+        return options
+
+    def _dropout_keep(self, layer: int, seed: int, y: np.ndarray, batch_first: bool) -> np.ndarray:
+        """The scaled keep mask of the dropout on layer ``layer``'s output ``y`` (in
+        the engine's layout): ``reference.dropout``'s, stream 5, coordinates (t, b, u)
+        whatever the layout."""
+        if batch_first:
+            batch, steps, features = y.shape
+        else:
+            steps, batch, features = y.shape
+        keep = _masks.scaled_keep(
+            seed, _masks.DROPOUT, layer, 0, (steps, batch, features), self.dropout, self.dtype
+        )
+        return keep.transpose(1, 0, 2) if batch_first else keep
 
     # ------------------------------------------------------------------ helpers
 
@@ -343,6 +522,12 @@ class LSTM:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update({**self._VARIANT_DEFAULTS, **state})
+        # A pickle from before the regularisation: training mode (PyTorch's default)
+        # and a generator of its own (its seed did not survive the pickle).
+        if "training" not in state:
+            self.training = True
+        if "_generator" not in state:
+            self._generator = np.random.default_rng()
         self.flow = {}
         # A dict of its own, so that a shallow copy (copy.copy) shares the weight
         # arrays but gets its own tape and gradients.
@@ -482,7 +667,13 @@ class LSTM:
     # ------------------------------------------------------------------ forward
 
     def forward(
-        self, x: Any, hx: Any = None, *, lengths: Any = None, need_cache: bool = True
+        self,
+        x: Any,
+        hx: Any = None,
+        *,
+        lengths: Any = None,
+        need_cache: bool = True,
+        seed: Any = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
 
@@ -491,9 +682,17 @@ class LSTM:
         each row's valid steps (PackedSequence semantics: padded outputs are 0, ``h_n``
         is the state after the row's last valid step, h0 for length 0).
         ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
+
+        In training mode with a regularisation rate > 0 the pass draws masks from
+        ``seed`` (an integer in [0, 2**64)), or, when it is None, from a fresh seed of
+        the layer's generator; one seed serves every layer and direction (the masks
+        are keyed by the layer's index and the direction). Otherwise ``seed`` is
+        checked and unused.
         """
         self._tape = None  # a failed call must not leave an older tape for backward
         need_cache = flag("need_cache", need_cache)
+        if seed is not None:  # the functional API's rule for a mask seed
+            seed = regularisation(seed=seed, training=False)[4]
         array, batch_first, unbatched, steps, batch = self._input(x)
         rows = self.num_layers * self.num_directions
         h0 = c0 = None
@@ -506,16 +705,43 @@ class LSTM:
             if unbatched:
                 raise ValueError("lengths needs a batched x (seq_len, batch, input_size)")
             lengths = check_lengths(lengths, batch, steps)
+        # Drawn once the arguments are known to be good: a failed call leaves the
+        # layer's generator where it was.
+        pass_seed: int | None = None
+        if self._masked():
+            pass_seed = self._draw_seed() if seed is None else seed
 
         concurrent = self._concurrent(steps, batch)
         caches: list[list[Any]] = []
         h_n: list[np.ndarray] = []
         c_n: list[np.ndarray] = []
+        keeps: list[np.ndarray | None] = []
         layer_input = array
         for layer in range(self.num_layers):
 
             def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
                 k = layer * self.num_directions + direction
+                options = self._pass_options(layer, direction, pass_seed, self.training)
+                if options:
+                    # The functional call (prepared weights take neither the
+                    # regularisation nor layer norm; weight drop packs W_hh * M anew
+                    # each pass anyway).
+                    w = self.weights(layer, direction)
+                    return _F.forward(
+                        inp,
+                        w.w_ih,
+                        w.w_hh,
+                        w.b_ih,
+                        w.b_hh,
+                        None if h0 is None else h0[k],
+                        None if c0 is None else c0[k],
+                        batch_first=batch_first,
+                        lengths=lengths,
+                        reverse=direction == 1 or self._reverse,
+                        need_cache=need_cache,
+                        **self._variant(layer, direction),
+                        **options,
+                    )
                 return self._prepared_weights(layer, direction).forward(
                     inp,
                     None if h0 is None else h0[k],
@@ -536,6 +762,11 @@ class LSTM:
             caches.append([r.cache for r in results])
             h_n.extend(r.h_n for r in results)
             c_n.extend(r.c_n for r in results)
+            keep = None
+            if pass_seed is not None and self.dropout and layer < self.num_layers - 1:
+                keep = self._dropout_keep(layer, pass_seed, layer_input, batch_first)
+                layer_input = layer_input * keep
+            keeps.append(keep)
 
         y = layer_input
         h_out = np.stack(h_n)
@@ -545,9 +776,15 @@ class LSTM:
             h_out = h_out[:, 0, :]
             c_out = c_out[:, 0, :]
         self._tape = (
-            _Tape(caches, y.shape, batch_first, unbatched, steps, batch) if need_cache else None
+            _Tape(caches, y.shape, batch_first, unbatched, steps, batch, keeps, pass_seed)
+            if need_cache
+            else None
         )
         return y, (h_out, c_out)
+
+    def _draw_seed(self) -> int:
+        """A fresh mask seed from the layer's generator, uniform in [0, 2**64)."""
+        return int(self._generator.integers(0, 1 << 64, dtype=np.uint64))
 
     __call__ = forward
 
@@ -587,7 +824,13 @@ class LSTM:
         dc0: list[np.ndarray] = [np.empty(0)] * rows
         d_out = dy
         concurrent = self._concurrent(tape.steps, tape.batch)
+        keeps = tape.dropout_keep or [None] * self.num_layers
         for layer in reversed(range(self.num_layers)):
+            keep = keeps[layer]
+            if keep is not None and d_out is not None:
+                # The dropout on this layer's output is linear: its gradient is the
+                # same mask applied to the gradient of what it gave the next layer.
+                d_out = d_out * keep
 
             def run(direction: int, layer: int = layer, d_out: Any = d_out) -> Any:
                 k = layer * directions + direction
@@ -618,6 +861,10 @@ class LSTM:
                     grads[self._projection_name(layer, direction)] = g.dw_hr
                 if self.peepholes:
                     grads[self._peephole_name(layer, direction)] = g.dpeepholes
+                if self.layer_norm:
+                    fields = ("dw_ln_ih", "db_ln_ih", "dw_ln_hh", "db_ln_hh", "dw_ln_c", "db_ln_c")
+                    for field, name in zip(fields, self._layer_norm_names(layer, direction)):
+                        grads[name] = getattr(g, field)
                 if flow:
                     flows[(layer, direction)] = g.flow
                 dh0[k], dc0[k] = g.dh0, g.dc0
@@ -654,6 +901,11 @@ class LSTM:
         (L, P) and (L, H); P = H without a projection), zeros when ``None`` - e.g. the
         ``(h_n, c_n)`` of a forward over a prefix. Feeding a sequence step by step gives
         the same ``y`` as one forward over it.
+
+        Streaming is inference: ``step`` computes as in eval mode whatever
+        :attr:`training` says (no masks; the dropouts' expectation is the plain cell,
+        zoneout's the mix of each state with the previous one), so it matches an
+        eval-mode forward.
         """
         if self.bidirectional or self._reverse:
             raise ValueError(
@@ -686,13 +938,19 @@ class LSTM:
         h_new = np.empty((self.num_layers, batch, self.state_size), self.dtype)
         c_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
         for layer in range(self.num_layers):
-            out = self._prepared_weights(layer, 0).forward(
-                layer_input,
-                None if h is None else h[layer],
-                None if c is None else c[layer],
-                need_cache=False,
-                **self._prepared_variant(layer, 0),
-            )
+            h_l = None if h is None else h[layer]
+            c_l = None if c is None else c[layer]
+            options = self._pass_options(layer, 0, None, training=False)
+            if options:
+                w = self.weights(layer, 0)
+                out = _F.forward(
+                    layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,
+                    need_cache=False, **self._variant(layer, 0), **options,
+                )  # fmt: skip
+            else:
+                out = self._prepared_weights(layer, 0).forward(
+                    layer_input, h_l, c_l, need_cache=False, **self._prepared_variant(layer, 0)
+                )
             layer_input = out.y
             h_new[layer] = out.h_n
             c_new[layer] = out.c_n
@@ -747,10 +1005,24 @@ class LSTM:
         has no ONNX form (``NotImplementedError``). A layer with a projection
         (``proj_size``) becomes a ``Scan`` over time per layer and direction whose body
         is one step of the cell, with every option (opset >= 9). See
-        :func:`lstm_fast.export.export_onnx`.
+        :func:`lstm_fast.export.export_onnx`. The model is the layer at inference:
+        ``dropout``, ``recurrent_dropout`` and ``weight_drop`` are the identity there
+        and leave no trace in it. ``layer_norm=True`` and zoneout (whose expectation
+        is not the identity) have no form in the export yet: ``NotImplementedError``.
         """
         from .export import export_onnx
 
+        # Neither has an ONNX form in the export yet; writing the model without them
+        # would compute something else.
+        if self.layer_norm:
+            raise NotImplementedError(
+                "export_onnx: layer_norm=True (the LayerNorm LSTM) cannot be exported yet"
+            )
+        if any(self._zoneout_rates):
+            raise NotImplementedError(
+                f"export_onnx: zoneout={self.zoneout!r} cannot be exported yet (at "
+                f"inference it mixes each state with the previous one)"
+            )
         return export_onnx(self, path, opset=opset, lstm_dtype=lstm_dtype)
 
     # ------------------------------------------------------------------ import
@@ -800,10 +1072,24 @@ class LSTM:
         ``return_sequences=True``), in real time order; with ``go_backwards`` Keras
         returns them reversed. ``activation`` is σ_g and σ_h, ``recurrent_activation``
         σ_f; one that ONNX cannot name either is a ``ValueError``.
+
+        Keras's ``recurrent_dropout`` is the layer's (the same variational dropout of
+        h_{t-1}, docs/variants.md). Keras's ``dropout``, on the inputs x_t, has no
+        counterpart here: the layer is made without it, with a ``UserWarning`` when it
+        is not 0 (inference is the same either way; training drops no input).
         """
-        from .convert import keras_lstm
+        from .convert import _keras_parts, keras_lstm
 
         spec = keras_lstm(layer_or_config)
+        config = _keras_parts(layer_or_config)[0]  # a Bidirectional's: the wrapped LSTM's
+        input_dropout = probability("dropout", config.get("dropout", 0.0))
+        if input_dropout:
+            warnings.warn(
+                f"from_keras: Keras's dropout={input_dropout} (on the inputs x_t) has no "
+                f"lstm_fast equivalent and is left out; recurrent_dropout is kept",
+                UserWarning,
+                stacklevel=2,
+            )
         layer = cls(
             spec["input_size"],
             spec["hidden_size"],
@@ -812,6 +1098,9 @@ class LSTM:
             bidirectional=len(spec["weights"]) == 2,
             dtype=spec["dtype"],
             activations=spec["activations"],
+            recurrent_dropout=probability(
+                "recurrent_dropout", config.get("recurrent_dropout", 0.0)
+            ),
             seed=0,
         )
         layer._reverse = spec["go_backwards"]
