@@ -649,7 +649,7 @@ def _run_backward(
     (None without peepholes) and the gradient flow (None unless ``flow``)."""
     a = cache._args
     dt = a.dtype
-    state = (a.batch, a.proj)
+    state, cells = (a.batch, a.proj), (a.batch, a.hidden)
     seeds = _seeds(a, dy, dh_n, dc_n, names)
     grads = Grads(
         dx=empty("dx", a.x.shape, dt),
