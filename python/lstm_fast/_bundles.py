@@ -135,9 +135,11 @@ class LayerNormCacheArrays(NamedTuple):
 
 
 class LayerNormGrads(NamedTuple):
-    """What ``_core.layer_norm_backward`` writes: those of :class:`Grads` but the
-    scratch (``db`` is the gradient of every bias of the gate pre-activations),
-    then the gains' gradients and that of ``b_ln_c``, each None when not wanted."""
+    """What ``_core.layer_norm_backward`` writes: those of :class:`Grads` (``db``
+    is the gradient of every bias of the gate pre-activations), its scratch as
+    two arrays, dz and ds_h, (T*B, 4H) each, any contents (both None: the engine
+    allocates them), then the gains' gradients and that of ``b_ln_c``, each None
+    when not wanted."""
 
     dx: np.ndarray
     dh0: np.ndarray
@@ -149,6 +151,8 @@ class LayerNormGrads(NamedTuple):
     dw_hr: np.ndarray | None
     flow_h: np.ndarray | None
     flow_c: np.ndarray | None
+    scratch_dz: np.ndarray | None
+    scratch_dsh: np.ndarray | None
     dw_ln_ih: np.ndarray | None
     dw_ln_hh: np.ndarray | None
     dw_ln_c: np.ndarray | None

@@ -38,7 +38,6 @@ from ._checks import (
     float_dtype,
     hidden_from_gate_rows,
     layer_norm_arrays,
-    layer_norm_eps as checked_eps,
     layer_norm_flag,
     pass_arguments,
     positive_int,
@@ -48,6 +47,9 @@ from ._checks import (
     regularisation,
     shaped_array,
     variant_options,
+)
+from ._checks import (
+    layer_norm_eps as checked_eps,
 )
 from ._types import (
     Cell,
@@ -206,11 +208,11 @@ class _Args:
         self.ln: LayerNormParams | None = None
         if ln_arrays is not None:
             eps = checked_eps(layer_norm_eps)
-            ln = [
+            w_ih_, b_ih_, w_hh_, b_hh_, w_c, b_c = (
                 contiguous(k, ln_arrays[k], dt, own=own) if k in ln_arrays else None
                 for k in LAYER_NORM_NAMES
-            ]
-            self.ln = LayerNormParams(*ln, eps)
+            )
+            self.ln = LayerNormParams(w_ih_, b_ih_, w_hh_, b_hh_, w_c, b_c, eps)
 
     @property
     def caches_pre(self) -> bool:
@@ -514,9 +516,8 @@ def forward(
     other option.
     """
     need_cache = flag("need_cache", need_cache)
-    norms = _layer_norm_options(
-        layer_norm, dict(zip(LAYER_NORM_NAMES, (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)))
-    )
+    given = (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)
+    norms = _layer_norm_options(layer_norm, dict(zip(LAYER_NORM_NAMES, given)))
     reg = regularisation(
         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
@@ -606,6 +607,10 @@ def _run_layer_norm_backward(
         dw_hr=wanted("dw_hr", (a.proj, H), a.w_hr is not None),
         flow_h=wanted("the gradient flow (dh)", (a.steps, a.batch), flow),
         flow_c=wanted("the gradient flow (dc)", (a.steps, a.batch), flow),
+        # NumPy backs large arrays with huge pages: fewer page faults than the
+        # engine's own allocation (as for the plain pass's scratch).
+        scratch_dz=empty("the gate gradients", (a.steps * a.batch, 4 * H), dt),
+        scratch_dsh=empty("the recurrent products' gradients", (a.steps * a.batch, 4 * H), dt),
         dw_ln_ih=wanted("dw_ln_ih", (4 * H,), ln.w_ih is not None),
         dw_ln_hh=wanted("dw_ln_hh", (4 * H,), ln.w_hh is not None),
         dw_ln_c=wanted("dw_ln_c", (H,), ln.w_c is not None),
@@ -616,14 +621,13 @@ def _run_layer_norm_backward(
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     # Σ dz is the gradient of every bias that adds to the pre-activations; each
     # gets its own array, so updating one leaves the others alone.
-    db: np.ndarray | None = grads.db
-    biases = []
+    db = grads.db
+    assert db is not None
+    biases: list[np.ndarray | None] = []
+    first = True
     for given in (a.has_b_ih, a.has_b_hh, ln.b_ih is not None, ln.b_hh is not None):
-        if given and db is not None:
-            biases.append(db)
-            db = None
-        else:
-            biases.append(grads.db.copy() if given else None)
+        biases.append((db if first else db.copy()) if given else None)
+        first = first and not given
     flows = None
     if flow:
         norm_h, norm_c = grads.flow_h, grads.flow_c
@@ -762,9 +766,8 @@ def cell_forward(
     """One LSTM step: ``x_t`` (B, I), ``h`` (B, H), or (B, P) with ``w_hr``, ``c``
     (B, H) -> ``Cell(h_new, c_new, cache)``; the variant options, the LayerNorm
     LSTM's among them, are :func:`forward`'s."""
-    norms = _layer_norm_options(
-        layer_norm, dict(zip(LAYER_NORM_NAMES, (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)))
-    )
+    given = (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)
+    norms = _layer_norm_options(layer_norm, dict(zip(LAYER_NORM_NAMES, given)))
     raw = cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     args = _Args(
         *raw.values(), batch_first=False, lengths=None, reverse=False, own=True, names=CELL_NAMES,

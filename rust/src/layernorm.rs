@@ -92,7 +92,10 @@ pub struct LnCacheRef<'a, E> {
 /// Gradients of a LayerNorm pass, each shaped like its variable; `db` (4H,)
 /// is that of b_ih, b_hh, b_ln_ih and b_ln_hh alike (Σ dz); the gains' and
 /// `db_ln_c`'s are wanted where given (None: not computed). `dpeepholes`,
-/// `dw_hr` and `flow` as in [`crate::Grads`].
+/// `dw_hr` and `flow` as in [`crate::Grads`]. `scratch`, when given, holds dz
+/// and ds_h, each (R, 4H), any contents: callers that allocate large arrays
+/// better (NumPy asks for huge pages) pass them; otherwise they are allocated
+/// here.
 pub struct LnGrads<'a, E> {
     pub dx: &'a mut [E],
     pub dh0: &'a mut [E],
@@ -103,6 +106,7 @@ pub struct LnGrads<'a, E> {
     pub dpeepholes: Option<&'a mut [E]>,
     pub dw_hr: Option<&'a mut [E]>,
     pub flow: Option<[&'a mut [E]; 2]>,
+    pub scratch: Option<[&'a mut [E]; 2]>,
     pub dw_ln_ih: Option<&'a mut [E]>,
     pub dw_ln_hh: Option<&'a mut [E]>,
     pub dw_ln_c: Option<&'a mut [E]>,
@@ -225,7 +229,7 @@ fn time_of<E: Float>(seq: &Sequence<'_, E>, s: usize, b: usize) -> usize {
 /// Sums in f64 over 8 interleaved partial sums added in a fixed order: the
 /// same bits on every thread and ISA, and vectorisable.
 #[inline]
-fn sum_f64<E: Float>(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     let mut acc = [0.0f64; 8];
     let whole = n / 8 * 8;
     let mut i = 0;
@@ -246,8 +250,8 @@ fn sum_f64<E: Float>(n: usize, f: impl Fn(usize) -> f64) -> f64 {
 /// rounded once; returns r.
 fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
     let n = v.len();
-    let mean = sum_f64::<E>(n, |i| v[i].to_f64()) / n as f64;
-    let var = sum_f64::<E>(n, |i| {
+    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
+    let var = sum_f64(n, |i| {
         let d = v[i].to_f64() - mean;
         d * d
     }) / n as f64;
@@ -261,8 +265,8 @@ fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
 /// [`normalise`] of `v` in place.
 fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
     let n = v.len();
-    let mean = sum_f64::<E>(n, |i| v[i].to_f64()) / n as f64;
-    let var = sum_f64::<E>(n, |i| {
+    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
+    let var = sum_f64(n, |i| {
         let d = v[i].to_f64() - mean;
         d * d
     }) / n as f64;
@@ -278,8 +282,8 @@ fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
 /// r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)).
 fn normalise_grad<E: Float>(dxh: &mut [E], x_hat: &[E], rstd: E) {
     let n = dxh.len();
-    let mean_d = sum_f64::<E>(n, |i| dxh[i].to_f64()) / n as f64;
-    let mean_dx = sum_f64::<E>(n, |i| dxh[i].to_f64() * x_hat[i].to_f64()) / n as f64;
+    let mean_d = sum_f64(n, |i| dxh[i].to_f64()) / n as f64;
+    let mean_dx = sum_f64(n, |i| dxh[i].to_f64() * x_hat[i].to_f64()) / n as f64;
     let r = rstd.to_f64();
     for (d, x) in dxh.iter_mut().zip(x_hat) {
         *d = E::from_f64(r * (d.to_f64() - mean_d - x.to_f64() * mean_dx));
@@ -983,6 +987,10 @@ pub fn backward<E: Float>(
         expect("flow (dh)", fh.len(), rows)?;
         expect("flow (dc)", fc.len(), rows)?;
     }
+    if let Some([dz, dsh]) = &grads.scratch {
+        expect("scratch (dz)", dz.len(), rows * g4)?;
+        expect("scratch (ds_h)", dsh.len(), rows * g4)?;
+    }
     expect_opt("dw_ln_ih", grads.dw_ln_ih.as_ref().map(|d| d.len()), g4)?;
     expect_opt("dw_ln_hh", grads.dw_ln_hh.as_ref().map(|d| d.len()), g4)?;
     expect_opt("dw_ln_c", grads.dw_ln_c.as_ref().map(|d| d.len()), hidden)?;
@@ -998,6 +1006,7 @@ pub fn backward<E: Float>(
         dpeepholes,
         dw_hr,
         mut flow,
+        scratch,
         dw_ln_ih,
         dw_ln_hh,
         dw_ln_c,
@@ -1029,8 +1038,25 @@ pub fn backward<E: Float>(
     let body = || -> Result<()> {
         // By row: dz (then ds_x in place), ds_h, dn; with a projection dh_t
         // and m_t. Rows of padded steps stay zero.
-        let mut dz = alloc::zeroed::<E>(&[rows, g4], "the gate gradients")?;
-        let mut dsh_all = alloc::zeroed::<E>(&[rows, g4], "the recurrent products' gradients")?;
+        let (mut own_dz, mut own_dsh);
+        let (dz, dsh_all): (&mut [E], &mut [E]) = match scratch {
+            Some([dz, dsh]) => {
+                // Only the padded steps' rows keep what they held: zero them.
+                for b in 0..batch {
+                    for t in seq.length(b)..steps {
+                        let row = row_of(seq, t, b);
+                        dz[row * g4..][..g4].fill(E::ZERO);
+                        dsh[row * g4..][..g4].fill(E::ZERO);
+                    }
+                }
+                (dz, dsh)
+            }
+            None => {
+                own_dz = alloc::zeroed::<E>(&[rows, g4], "the gate gradients")?;
+                own_dsh = alloc::zeroed::<E>(&[rows, g4], "the recurrent products' gradients")?;
+                (&mut own_dz, &mut own_dsh)
+            }
+        };
         let mut dn = alloc::zeroed::<E>(&[rows, hidden], "the normalised cells' gradients")?;
         let pr = if projects { rows } else { 0 };
         let mut dh_steps = alloc::zeroed::<E>(&[pr, state], "the dh of every step")?;
@@ -1069,7 +1095,7 @@ pub fn backward<E: Float>(
                 }
                 if let Some([fh, _]) = flow.as_mut() {
                     let t = time_of(seq, s, b);
-                    let sq = sum_f64::<E>(state, |i| d[i].to_f64() * d[i].to_f64());
+                    let sq = sum_f64(state, |i| d[i].to_f64() * d[i].to_f64());
                     fh[t * batch + b] = E::from_f64(sq.sqrt());
                 }
                 let cp = &mut c_prev[j * hidden..][..hidden];
@@ -1159,26 +1185,24 @@ pub fn backward<E: Float>(
 
         // The sums over rows, in row order.
         let mut db_sum = alloc::zeroed::<E>(&[g4], "the bias gradient")?;
-        column_sums(&mut db_sum, rows, |r, k| dz[r * g4 + k]);
+        column_sums(&mut db_sum, dz, None);
         if let Some(d) = dw_ln_ih {
-            column_sums(d, rows, |r, k| dz[r * g4 + k] * cache.sx_hat[r * g4 + k]);
+            column_sums(d, dz, Some(cache.sx_hat));
         }
         if let Some(d) = dw_ln_hh {
-            column_sums(d, rows, |r, k| dz[r * g4 + k] * cache.sh_hat[r * g4 + k]);
+            column_sums(d, dz, Some(cache.sh_hat));
         }
         if let Some(d) = dw_ln_c {
-            column_sums(d, rows, |r, k| {
-                dn[r * hidden + k] * cache.c_hat[r * hidden + k]
-            });
+            column_sums(d, &dn, Some(cache.c_hat));
         }
         if let Some(d) = db_ln_c {
-            column_sums(d, rows, |r, k| dn[r * hidden + k]);
+            column_sums(d, &dn, None);
         }
         if let Some(db) = db {
             db.copy_from_slice(&db_sum);
         }
         if let Some(dp) = dpeepholes {
-            peephole_grads(seq, &dz, cache.cells, dp);
+            peephole_grads(seq, dz, cache.cells, dp);
         }
         // ds_x in place of dz.
         {
@@ -1197,7 +1221,7 @@ pub fn backward<E: Float>(
                 normalise_grad(d, &cache.sx_hat[r * g4..][..g4], rstd);
             });
         }
-        let dsx = &dz;
+        let dsx = &*dz;
         cancel.check()?;
         gemm(
             Mat::rows(dsx, rows, g4, g4),
@@ -1216,7 +1240,7 @@ pub fn backward<E: Float>(
         );
         cancel.check()?;
         gemm(
-            transposed(&dsh_all, rows, g4),
+            transposed(dsh_all, rows, g4),
             Mat::rows(cache.h_prev, rows, state, state),
             dw_hh,
             state,
@@ -1248,15 +1272,30 @@ fn transposed<E>(a: &[E], rows: usize, width: usize) -> Mat<'_, E> {
     }
 }
 
-/// `out[k] = Σ_r term(r, k)` over rows in order; the columns in blocks over
-/// the pool's threads (each column's sum on one thread, in row order).
-fn column_sums<E: Float>(out: &mut [E], rows: usize, term: impl Fn(usize, usize) -> E + Sync) {
+/// `out[k] = Σ_r a[r][k] · b[r][k]` (`b` None: Σ_r a[r][k]) over the rows of
+/// the (rows, width) matrices in order; the columns in blocks over the pool's
+/// threads (each column's sum on one thread, in row order).
+fn column_sums<E: Float>(out: &mut [E], a: &[E], b: Option<&[E]>) {
     const BLOCK: usize = 64;
+    let width = out.len();
     let block = |(i, out): (usize, &mut [E])| {
         out.fill(E::ZERO);
-        for r in 0..rows {
-            for (k, o) in out.iter_mut().enumerate() {
-                *o = *o + term(r, i * BLOCK + k);
+        let k0 = i * BLOCK;
+        let n = out.len();
+        for (r, a_row) in a.chunks_exact(width).enumerate() {
+            let a_row = &a_row[k0..][..n];
+            match b {
+                Some(b) => {
+                    let b_row = &b[r * width + k0..][..n];
+                    for ((o, &x), &y) in out.iter_mut().zip(a_row).zip(b_row) {
+                        *o = *o + x * y;
+                    }
+                }
+                None => {
+                    for (o, &x) in out.iter_mut().zip(a_row) {
+                        *o = *o + x;
+                    }
+                }
             }
         }
     };

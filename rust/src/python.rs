@@ -486,6 +486,8 @@ struct LnGradArrays<'py, E: Element> {
     dw_hr: Option<Out<'py, E>>,
     flow_h: Option<Out<'py, E>>,
     flow_c: Option<Out<'py, E>>,
+    scratch_dz: Option<Out<'py, E>>,
+    scratch_dsh: Option<Out<'py, E>>,
     dw_ln_ih: Option<Out<'py, E>>,
     dw_ln_hh: Option<Out<'py, E>>,
     dw_ln_c: Option<Out<'py, E>>,
@@ -515,6 +517,17 @@ impl<E: Element> LnGradArrays<'_, E> {
                 _ => {
                     return Err(PyValueError::new_err(
                         "flow_h and flow_c: give both or neither",
+                    ))
+                }
+            },
+            scratch: match (&mut self.scratch_dz, &mut self.scratch_dsh) {
+                (Some(dz), Some(dsh)) => {
+                    Some([slice_mut("scratch_dz", dz)?, slice_mut("scratch_dsh", dsh)?])
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "scratch_dz and scratch_dsh: give both or neither",
                     ))
                 }
             },
