@@ -13,7 +13,15 @@ from __future__ import annotations
 import os
 
 from . import _core, convert, optim
-from ._types import Cell, CellGradients, Forward, Gradients, LayerWeights
+from ._types import (
+    Cell,
+    CellGradients,
+    CellLayerNormGradients,
+    Forward,
+    Gradients,
+    LayerNormGradients,
+    LayerWeights,
+)
 from .functional import (
     Cache,
     CellCache,
@@ -35,9 +43,11 @@ __all__ = [
     "Cell",
     "CellCache",
     "CellGradients",
+    "CellLayerNormGradients",
     "Forward",
     "Gradients",
     "LSTM",
+    "LayerNormGradients",
     "LayerWeights",
     "PreparedWeights",
     "available_isas",

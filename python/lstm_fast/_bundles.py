@@ -101,3 +101,59 @@ class Grads(NamedTuple):
     dw_hr: np.ndarray | None
     flow_h: np.ndarray | None
     flow_c: np.ndarray | None
+
+
+class LayerNormParams(NamedTuple):
+    """The LayerNorm LSTM's gains ``w_*`` and biases ``b_*`` (None: a gain of 1,
+    a bias of 0): ``w_ih``, ``b_ih``, ``w_hh``, ``b_hh`` (4H,), ``w_c``, ``b_c``
+    (H,), and ``eps``, added to the variance."""
+
+    w_ih: np.ndarray | None
+    b_ih: np.ndarray | None
+    w_hh: np.ndarray | None
+    b_hh: np.ndarray | None
+    w_c: np.ndarray | None
+    b_c: np.ndarray | None
+    eps: float
+
+
+class LayerNormCacheArrays(NamedTuple):
+    """What ``_core.layer_norm_forward`` writes for backward, dense, rows R = T*B
+    ordered like x: ``gates`` (R, 4H) activated, ``pre`` (R, 4H) for the variants
+    that need the pre-activations (else None), ``cells`` (R, H), ``h_prev`` (R,
+    P), ``sx_hat`` and ``sh_hat`` (R, 4H), ``c_hat`` (R, H) the normalised values,
+    ``rstd`` (R, 3) their 1/sigma."""
+
+    gates: np.ndarray
+    pre: np.ndarray | None
+    cells: np.ndarray
+    h_prev: np.ndarray
+    sx_hat: np.ndarray
+    sh_hat: np.ndarray
+    c_hat: np.ndarray
+    rstd: np.ndarray
+
+
+class LayerNormGrads(NamedTuple):
+    """What ``_core.layer_norm_backward`` writes: those of :class:`Grads` (``db``
+    is the gradient of every bias of the gate pre-activations), its scratch as
+    two arrays, dz and ds_h, (T*B, 4H) each, any contents (both None: the engine
+    allocates them), then the gains' gradients and that of ``b_ln_c``, each None
+    when not wanted."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    dw_hr: np.ndarray | None
+    flow_h: np.ndarray | None
+    flow_c: np.ndarray | None
+    scratch_dz: np.ndarray | None
+    scratch_dsh: np.ndarray | None
+    dw_ln_ih: np.ndarray | None
+    dw_ln_hh: np.ndarray | None
+    dw_ln_c: np.ndarray | None
+    db_ln_c: np.ndarray | None

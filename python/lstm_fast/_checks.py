@@ -24,6 +24,8 @@ import numpy as np
 
 __all__ = [
     "ACTIVATION_PARAMETERS",
+    "LAYER_NORM_EPS",
+    "LAYER_NORM_NAMES",
     "CELL_NAMES",
     "NEEDS_INPUT",
     "PLAIN_ACTIVATIONS",
@@ -43,6 +45,9 @@ __all__ = [
     "float_dtype",
     "hidden_from_gate_rows",
     "integer",
+    "layer_norm_arrays",
+    "layer_norm_eps",
+    "layer_norm_flag",
     "mapping",
     "one_of",
     "pass_arguments",
@@ -659,3 +664,47 @@ def regularisation(
             "or weight_drop in training"
         )
     return (*rates, seed, layer, training)
+
+
+# ---------------------------------------------------------------------------
+# LayerNorm LSTM (docs/variants.md, 'LayerNorm LSTM')
+
+#: haste's epsilon (and torch.nn.LayerNorm's default), added to the variance.
+LAYER_NORM_EPS = 1e-5
+#: The gains and biases of the three normalisations, in their argument order.
+LAYER_NORM_NAMES = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
+
+
+def layer_norm_flag(layer_norm: Any, arrays: Mapping[str, Any]) -> bool:
+    """``layer_norm`` checked; a gain or bias of ``arrays`` (name -> value) given
+    without it is a ``ValueError`` naming it."""
+    layer_norm = flag("layer_norm", layer_norm)
+    if not layer_norm:
+        for name, value in arrays.items():
+            if value is not None:
+                raise ValueError(
+                    f"{name} is a parameter of the LayerNorm LSTM: pass layer_norm=True"
+                )
+    return layer_norm
+
+
+def layer_norm_arrays(norms: Mapping[str, Any], hidden: int) -> dict[str, np.ndarray]:
+    """The given gains and biases as arrays of their shapes: (4H,) for those of
+    the products, (H,) for ``w_ln_c`` and ``b_ln_c``."""
+    arrays = {}
+    for name, value in norms.items():
+        if value is not None:
+            width, symbols = (
+                (hidden, "(hidden_size,)") if name.endswith("_c") else
+                (4 * hidden, "(4*hidden_size,)")
+            )  # fmt: skip
+            arrays[name] = shaped_array(name, value, symbols, (width,))
+    return arrays
+
+
+def layer_norm_eps(eps: Any) -> float:
+    """``layer_norm_eps``: a finite number > 0."""
+    eps = real_number("layer_norm_eps", eps)
+    if not 0 < eps < math.inf:
+        raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps}")
+    return eps

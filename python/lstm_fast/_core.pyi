@@ -9,7 +9,16 @@ from typing import final
 
 import numpy as np
 
-from ._bundles import CacheArrays, Grads, Outputs, Seeds, Sequence
+from ._bundles import (
+    CacheArrays,
+    Grads,
+    LayerNormCacheArrays,
+    LayerNormGrads,
+    LayerNormParams,
+    Outputs,
+    Seeds,
+    Sequence,
+)
 
 __all__ = [
     "Cancel",
@@ -25,6 +34,8 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "hidden_pad",
+    "layer_norm_backward",
+    "layer_norm_forward",
     "read_bandwidth",
     "same_bits",
     "scaled_keep",
@@ -36,6 +47,16 @@ __version__: str
 
 def forward(seq: Sequence, out: Outputs, cache: CacheArrays | None) -> None: ...
 def backward(seq: Sequence, cache: CacheArrays, seeds: Seeds, grads: Grads) -> None: ...
+def layer_norm_forward(
+    seq: Sequence, ln: LayerNormParams, out: Outputs, cache: LayerNormCacheArrays | None
+) -> None: ...
+def layer_norm_backward(
+    seq: Sequence,
+    ln: LayerNormParams,
+    cache: LayerNormCacheArrays,
+    seeds: Seeds,
+    grads: LayerNormGrads,
+) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
 def scaled_keep(

@@ -82,6 +82,52 @@ class CellVariantGradients(NamedTuple):
     dpeepholes: np.ndarray | None
 
 
+class LayerNormGradients(NamedTuple):
+    """Result of :func:`lstm_fast.backward` (and the reference's) after a forward
+    with ``layer_norm=True``: the ten fields of ``VariantGradients`` in its order
+    (``g[:7]`` is the classic tuple), then the gradients of the normalisations'
+    gains and biases, ``None`` for those the forward did not get."""
+
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    flow: GradientFlow | None
+    dw_ln_ih: np.ndarray | None
+    db_ln_ih: np.ndarray | None
+    dw_ln_hh: np.ndarray | None
+    db_ln_hh: np.ndarray | None
+    dw_ln_c: np.ndarray | None
+    db_ln_c: np.ndarray | None
+
+
+class CellLayerNormGradients(NamedTuple):
+    """Result of :func:`lstm_fast.cell_backward` (and the reference's) after a
+    step with ``layer_norm=True``: the nine fields of ``CellVariantGradients``,
+    then the six of the normalisations."""
+
+    dx: np.ndarray
+    dh: np.ndarray
+    dc: np.ndarray
+    dw_ih: np.ndarray
+    dw_hh: np.ndarray
+    db_ih: np.ndarray | None
+    db_hh: np.ndarray | None
+    dw_hr: np.ndarray | None
+    dpeepholes: np.ndarray | None
+    dw_ln_ih: np.ndarray | None
+    db_ln_ih: np.ndarray | None
+    dw_ln_hh: np.ndarray | None
+    db_ln_hh: np.ndarray | None
+    dw_ln_c: np.ndarray | None
+    db_ln_c: np.ndarray | None
+
+
 class Cell(NamedTuple):
     """Result of :func:`lstm_fast.cell_forward`."""
 

@@ -12,9 +12,19 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._bundles import CacheArrays, Grads, Outputs, Seeds
+from ._bundles import (
+    CacheArrays,
+    Grads,
+    LayerNormCacheArrays,
+    LayerNormGrads,
+    LayerNormParams,
+    Outputs,
+    Seeds,
+)
 from ._checks import (
     CELL_NAMES,
+    LAYER_NORM_EPS,
+    LAYER_NORM_NAMES,
     NEEDS_INPUT,
     PLAIN_ACTIVATIONS,
     cell_arguments,
@@ -27,6 +37,8 @@ from ._checks import (
     flag,
     float_dtype,
     hidden_from_gate_rows,
+    layer_norm_arrays,
+    layer_norm_flag,
     pass_arguments,
     positive_int,
     projected_arguments,
@@ -36,19 +48,25 @@ from ._checks import (
     shaped_array,
     variant_options,
 )
+from ._checks import (
+    layer_norm_eps as checked_eps,
+)
 from ._types import (
     Cell,
     CellGradients,
+    CellLayerNormGradients,
     CellVariantGradients,
     Forward,
     GradientFlow,
     Gradients,
+    LayerNormGradients,
     VariantGradients,
 )
 
 __all__ = [
     "Cache",
     "CellCache",
+    "LayerNormCache",
     "PreparedWeights",
     "backward",
     "cell_backward",
@@ -100,6 +118,8 @@ class _Args:
         input_forget: Any = False,
         forget_gate: Any = True,
         activations: Any = None,
+        norms: dict[str, Any] | None = None,
+        layer_norm_eps: Any = LAYER_NORM_EPS,
     ) -> None:
         batch_first = flag("batch_first", batch_first)
         self.reverse = flag("reverse", reverse)
@@ -126,6 +146,11 @@ class _Args:
             arrays["peepholes"] = shaped_array(
                 "peepholes", peepholes, "(3*hidden_size,)", (3 * sizes[3],)
             )
+        # The LayerNorm LSTM's gains and biases (None: no layer norm); they count
+        # for the dtype like the weights.
+        ln_arrays = None if norms is None else layer_norm_arrays(norms, sizes[3])
+        if ln_arrays:
+            arrays.update(ln_arrays)
         # Prepared weights fix the dtype (their private copies are made in it).
         self.dtype = (
             compute_dtype(a.dtype for a in arrays.values()) if prepared is None else prepared.dtype
@@ -179,6 +204,15 @@ class _Args:
             if "peepholes" in arrays
             else None
         )
+        #: The LayerNorm LSTM's parameters (docs/variants.md), or None.
+        self.ln: LayerNormParams | None = None
+        if ln_arrays is not None:
+            eps = checked_eps(layer_norm_eps)
+            w_ih_, b_ih_, w_hh_, b_hh_, w_c, b_c = (
+                contiguous(k, ln_arrays[k], dt, own=own) if k in ln_arrays else None
+                for k in LAYER_NORM_NAMES
+            )
+            self.ln = LayerNormParams(w_ih_, b_ih_, w_hh_, b_hh_, w_c, b_c, eps)
 
     @property
     def caches_pre(self) -> bool:
@@ -315,6 +349,47 @@ class CellCache:
         return f"<lstm_fast.CellCache B={a.batch} I={a.input} H={a.hidden} dtype={a.dtype}>"
 
 
+class LayerNormCache(Cache):
+    """:class:`Cache` of a forward with ``layer_norm=True`` (the same ``i``,
+    ``f``, ``g``, ``o``, ``c``, ``z``), which also holds the normalised products
+    and cell and their 1/sigma for backward (docs/variants.md, 'In the
+    engine')."""
+
+    __slots__ = ("_ln",)
+
+    def __init__(self, args: _Args, arrays: LayerNormCacheArrays) -> None:
+        super().__init__(args, arrays.gates, arrays.cells, arrays.h_prev, arrays.pre)
+        for a in arrays:
+            if a is not None:
+                a.flags.writeable = False
+        self._ln = arrays
+
+    def _gate(self, k: int) -> np.ndarray:
+        a = self._args
+        g = self._gates.reshape(a.layout_shape(4 * a.hidden))
+        return self._time_major(g[..., k * a.hidden : (k + 1) * a.hidden])
+
+    @property
+    def c(self) -> np.ndarray:
+        a = self._args
+        return self._time_major(self._cells.reshape(a.layout_shape(a.hidden)))
+
+    @property
+    def z(self) -> np.ndarray | None:
+        """The pre-activations (T, B, 4H), as :attr:`Cache.z`."""
+        a = self._args
+        if self._pre is None:
+            return None
+        return self._time_major(self._pre.reshape(a.layout_shape(4 * a.hidden)))
+
+    @property
+    def nbytes(self) -> int:
+        ln = self._args.ln
+        extra = [self._ln.sx_hat, self._ln.sh_hat, self._ln.c_hat, self._ln.rstd]
+        extra += [] if ln is None else [p for p in ln[:-1] if p is not None]
+        return super().nbytes + sum(x.nbytes for x in extra)
+
+
 # ---------------------------------------------------------------------------
 # Sequence API
 # ---------------------------------------------------------------------------
@@ -329,6 +404,8 @@ def _run_forward(
         h_n=empty("h_n", (args.batch, args.proj), dt),
         c_n=empty("c_n", (args.batch, args.hidden), dt),
     )
+    if args.ln is not None:
+        return _run_layer_norm_forward(args, out, need_cache)
     arrays = None
     if need_cache:
         hp = args.hidden_pad
@@ -341,6 +418,36 @@ def _run_forward(
     _core.forward(args, out, arrays)
     cache = None if arrays is None else Cache(args, *arrays)
     return out.y, out.h_n, out.c_n, cache
+
+
+def _run_layer_norm_forward(
+    args: _Args, out: Outputs, need_cache: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
+    """:func:`_run_forward` of the LayerNorm LSTM: its own pass and dense cache."""
+    assert args.ln is not None
+    dt, rows, H, P = args.dtype, args.steps * args.batch, args.hidden, args.proj
+    arrays = None
+    if need_cache:
+        arrays = LayerNormCacheArrays(
+            gates=empty("cache (gates)", (rows, 4 * H), dt),
+            pre=empty("cache (pre-activations)", (rows, 4 * H), dt) if args.caches_pre else None,
+            cells=empty("cache (cells)", (rows, H), dt),
+            h_prev=empty("cache (h_prev)", (rows, P), dt),
+            sx_hat=empty("cache (normalised x w_ih^T)", (rows, 4 * H), dt),
+            sh_hat=empty("cache (normalised h w_hh^T)", (rows, 4 * H), dt),
+            c_hat=empty("cache (normalised cells)", (rows, H), dt),
+            rstd=empty("cache (1/sigma)", (rows, 3), dt),
+        )
+    _core.layer_norm_forward(args, args.ln, out, arrays)
+    cache = None if arrays is None else LayerNormCache(args, arrays)
+    return out.y, out.h_n, out.c_n, cache
+
+
+def _layer_norm_options(layer_norm: Any, norms: dict[str, Any]) -> dict[str, Any] | None:
+    """The LayerNorm LSTM's gains and biases by name when ``layer_norm`` (each
+    may be None), else None; one given without ``layer_norm=True`` is a
+    ``ValueError`` naming it (docs/variants.md, 'LayerNorm LSTM')."""
+    return norms if layer_norm_flag(layer_norm, norms) else None
 
 
 def forward(
@@ -362,6 +469,14 @@ def forward(
     input_forget: bool = False,
     forget_gate: bool = True,
     activations: Any = None,
+    layer_norm: bool = False,
+    w_ln_ih: Any = None,
+    b_ln_ih: Any = None,
+    w_ln_hh: Any = None,
+    b_ln_hh: Any = None,
+    w_ln_c: Any = None,
+    b_ln_c: Any = None,
+    layer_norm_eps: Any = LAYER_NORM_EPS,
     recurrent_dropout: Any = 0.0,
     weight_drop: Any = 0.0,
     seed: Any = None,
@@ -391,8 +506,18 @@ def forward(
     on ``w_hh``) and ``recurrent_dropout``; ``training=False`` uses the
     expectation. The defaults change no bit. (Zoneout is stated in
     ``lstm_fast.reference.forward``; the engine does not run it yet.)
+
+    ``layer_norm=True`` runs the LayerNorm LSTM (docs/variants.md, 'LayerNorm
+    LSTM'): x W_ih^T and h W_hh^T are each normalised over their 4H values, c_t
+    over its H before sigma_h; ``w_ln_ih``, ``b_ln_ih``, ``w_ln_hh``, ``b_ln_hh``
+    (4H,) and ``w_ln_c``, ``b_ln_c`` (H,) are the optional gains (absent: 1) and
+    biases (absent: 0), ``layer_norm_eps`` (1e-5) is added to the variance.
+    ``backward`` then returns ``LayerNormGradients``. It combines with every
+    other option.
     """
     need_cache = flag("need_cache", need_cache)
+    given = (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)
+    norms = _layer_norm_options(layer_norm, dict(zip(LAYER_NORM_NAMES, given)))
     reg = regularisation(
         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
@@ -401,7 +526,8 @@ def forward(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
         peepholes=peepholes, w_hr=w_hr, clip=clip, input_forget=input_forget,
-        forget_gate=forget_gate, activations=activations,
+        forget_gate=forget_gate, activations=activations, norms=norms,
+        layer_norm_eps=layer_norm_eps,
     )  # fmt: skip
     _regularise(args, *reg)
     return Forward(*_run_forward(args, need_cache))
@@ -443,6 +569,78 @@ def _seed(
     return contiguous(name, shaped_array(name, value, symbols, shape), dtype, own=False)
 
 
+def _seeds(a: _Args, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str]) -> Seeds:
+    """The gradients of the outputs checked against the pass (None: zeros)."""
+    dt = a.dtype
+    p = "hidden_size" if a.w_hr is None else "proj_size"
+    y_symbols = f"(batch, seq_len, {p})" if a.batch_first else f"(seq_len, batch, {p})"
+    return Seeds(
+        dy=_seed(names[0], dy, y_symbols, a.y_shape, dt),
+        dh_n=_seed(names[1], dh_n, f"(batch, {p})", (a.batch, a.proj), dt),
+        dc_n=_seed(names[2], dc_n, "(batch, hidden_size)", (a.batch, a.hidden), dt),
+    )
+
+
+def _run_layer_norm_backward(
+    cache: LayerNormCache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str],
+    flow: bool = False,
+) -> tuple[Any, ...]:  # fmt: skip
+    """:func:`_run_backward` of the LayerNorm LSTM: the sixteen fields of
+    ``LayerNormGradients``."""
+    a = cache._args
+    ln = a.ln
+    assert ln is not None
+    dt, H = a.dtype, a.hidden
+    seeds = _seeds(a, dy, dh_n, dc_n, names)
+
+    def wanted(name: str, shape: tuple[int, ...], given: bool) -> np.ndarray | None:
+        return empty(name, shape, dt) if given else None
+
+    grads = LayerNormGrads(
+        dx=empty("dx", a.x.shape, dt),
+        dh0=empty("dh0", (a.batch, a.proj), dt),
+        dc0=empty("dc0", (a.batch, H), dt),
+        dw_ih=empty("dw_ih", (4 * H, a.input), dt),
+        dw_hh=empty("dw_hh", (4 * H, a.proj), dt),
+        db=empty("db", (4 * H,), dt),
+        dpeepholes=wanted("dpeepholes", (3 * H,), a.peepholes is not None),
+        dw_hr=wanted("dw_hr", (a.proj, H), a.w_hr is not None),
+        flow_h=wanted("the gradient flow (dh)", (a.steps, a.batch), flow),
+        flow_c=wanted("the gradient flow (dc)", (a.steps, a.batch), flow),
+        # NumPy backs large arrays with huge pages: fewer page faults than the
+        # engine's own allocation (as for the plain pass's scratch).
+        scratch_dz=empty("the gate gradients", (a.steps * a.batch, 4 * H), dt),
+        scratch_dsh=empty("the recurrent products' gradients", (a.steps * a.batch, 4 * H), dt),
+        dw_ln_ih=wanted("dw_ln_ih", (4 * H,), ln.w_ih is not None),
+        dw_ln_hh=wanted("dw_ln_hh", (4 * H,), ln.w_hh is not None),
+        dw_ln_c=wanted("dw_ln_c", (H,), ln.w_c is not None),
+        db_ln_c=wanted("db_ln_c", (H,), ln.b_c is not None),
+    )
+    _core.layer_norm_backward(a, ln, cache._ln, seeds, grads)
+    if a.w_hh_keep is not None:
+        np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
+    # Σ dz is the gradient of every bias that adds to the pre-activations; each
+    # gets its own array, so updating one leaves the others alone.
+    db = grads.db
+    assert db is not None
+    biases: list[np.ndarray | None] = []
+    first = True
+    for given in (a.has_b_ih, a.has_b_hh, ln.b_ih is not None, ln.b_hh is not None):
+        biases.append((db if first else db.copy()) if given else None)
+        first = first and not given
+    flows = None
+    if flow:
+        norm_h, norm_c = grads.flow_h, grads.flow_c
+        assert norm_h is not None and norm_c is not None
+        flows = GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
+    db_ih, db_hh, db_ln_ih, db_ln_hh = biases
+    return (
+        grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh,
+        grads.dw_hr, grads.dpeepholes, flows,
+        grads.dw_ln_ih, db_ln_ih, grads.dw_ln_hh, db_ln_hh, grads.dw_ln_c, grads.db_ln_c,
+    )  # fmt: skip
+
+
 def _run_backward(
     cache: Cache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str], flow: bool = False
 ) -> tuple[
@@ -455,14 +653,8 @@ def _run_backward(
     (None without peepholes) and the gradient flow (None unless ``flow``)."""
     a = cache._args
     dt = a.dtype
-    p = "hidden_size" if a.w_hr is None else "proj_size"
-    y_symbols = f"(batch, seq_len, {p})" if a.batch_first else f"(seq_len, batch, {p})"
     state, cells = (a.batch, a.proj), (a.batch, a.hidden)
-    seeds = Seeds(
-        dy=_seed(names[0], dy, y_symbols, a.y_shape, dt),
-        dh_n=_seed(names[1], dh_n, f"(batch, {p})", state, dt),
-        dc_n=_seed(names[2], dc_n, "(batch, hidden_size)", cells, dt),
-    )
+    seeds = _seeds(a, dy, dh_n, dc_n, names)
     grads = Grads(
         dx=empty("dx", a.x.shape, dt),
         dh0=empty("dh0", state, dt),
@@ -507,7 +699,7 @@ def _check_cache(cache: Any, cls: type, producer: str) -> None:
 
 def backward(
     cache: Cache, dy: Any = None, dh_n: Any = None, dc_n: Any = None, *, flow: bool = False
-) -> Gradients | VariantGradients:
+) -> Gradients | VariantGradients | LayerNormGradients:
     """Backpropagation through time for a :func:`forward` call.
 
     ``dy`` (like ``y``), ``dh_n`` (B, P) and ``dc_n`` (B, H) are the gradients of
@@ -522,9 +714,18 @@ def backward(
     the norms of dL/dh_t and dL/dc_t per step and row, docs/variants.md,
     'Gradient flow'; None unless asked for). Asking for the flow changes no
     bit of the gradients.
+
+    After a forward with ``layer_norm=True``, returns ``LayerNormGradients``: the
+    ten fields of ``VariantGradients``, then ``dw_ln_ih``, ``db_ln_ih``,
+    ``dw_ln_hh``, ``db_ln_hh``, ``dw_ln_c``, ``db_ln_c`` (None for those the
+    forward did not get).
     """
     _check_cache(cache, Cache, "forward")
     flow = flag("flow", flow)
+    if isinstance(cache, LayerNormCache):
+        return LayerNormGradients(
+            *_run_layer_norm_backward(cache, dy, dh_n, dc_n, ("dy", "dh_n", "dc_n"), flow=flow)
+        )
     classic, dw_hr, dpeepholes, flows = _run_backward(
         cache, dy, dh_n, dc_n, ("dy", "dh_n", "dc_n"), flow=flow
     )
@@ -553,14 +754,26 @@ def cell_forward(
     input_forget: bool = False,
     forget_gate: bool = True,
     activations: Any = None,
+    layer_norm: bool = False,
+    w_ln_ih: Any = None,
+    b_ln_ih: Any = None,
+    w_ln_hh: Any = None,
+    b_ln_hh: Any = None,
+    w_ln_c: Any = None,
+    b_ln_c: Any = None,
+    layer_norm_eps: Any = LAYER_NORM_EPS,
 ) -> Cell:
     """One LSTM step: ``x_t`` (B, I), ``h`` (B, H), or (B, P) with ``w_hr``, ``c``
-    (B, H) -> ``Cell(h_new, c_new, cache)``; the variant options are :func:`forward`'s."""
+    (B, H) -> ``Cell(h_new, c_new, cache)``; the variant options, the LayerNorm
+    LSTM's among them, are :func:`forward`'s."""
+    given = (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)
+    norms = _layer_norm_options(layer_norm, dict(zip(LAYER_NORM_NAMES, given)))
     raw = cell_arguments(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
     args = _Args(
         *raw.values(), batch_first=False, lengths=None, reverse=False, own=True, names=CELL_NAMES,
         peepholes=peepholes, w_hr=w_hr, clip=clip, input_forget=input_forget,
-        forget_gate=forget_gate, activations=activations,
+        forget_gate=forget_gate, activations=activations, norms=norms,
+        layer_norm_eps=layer_norm_eps,
     )  # fmt: skip
     _, h_new, c_new, cache = _run_forward(args, need_cache=True)
     assert cache is not None
@@ -569,12 +782,17 @@ def cell_forward(
 
 def cell_backward(
     cache: CellCache, dh_new: Any = None, dc_new: Any = None
-) -> CellGradients | CellVariantGradients:
+) -> CellGradients | CellVariantGradients | CellLayerNormGradients:
     """Gradients of one :func:`cell_forward` step from ``dh_new`` (B, H), or (B, P)
     with a projection, and ``dc_new`` (B, H): ``CellGradients``, or
     ``CellVariantGradients`` (the seven, then ``dw_hr`` and ``dpeepholes``, None
-    where the step had none) after a step with ``w_hr`` or peepholes."""
+    where the step had none) after a step with ``w_hr`` or peepholes, or
+    ``CellLayerNormGradients`` (those nine, then the six gradients of the
+    normalisations' gains and biases) after one with ``layer_norm=True``."""
     _check_cache(cache, CellCache, "cell_forward")
+    if isinstance(cache._seq, LayerNormCache):
+        g = _run_layer_norm_backward(cache._seq, None, dh_new, dc_new, ("dy", "dh_new", "dc_new"))
+        return CellLayerNormGradients(g[0][0], *g[1:9], *g[10:])
     classic, dw_hr, dpeepholes, _ = _run_backward(
         cache._seq, None, dh_new, dc_new, ("dy", "dh_new", "dc_new")
     )
@@ -780,12 +998,18 @@ class PreparedWeights:
 
 def _variant_keywords(given: dict[str, Any]) -> dict[str, Any]:
     """The variant options a prepared call may take: :func:`forward`'s (peepholes
-    given here replace the prepared ones for this call)."""
+    given here replace the prepared ones for this call), the LayerNorm LSTM's
+    among them (its gains and biases are given per call)."""
     allowed = ("peepholes", "clip", "input_forget", "forget_gate", "activations")
+    ln_keys = ("layer_norm", "layer_norm_eps", *LAYER_NORM_NAMES)
     for k in given:
-        if k not in allowed:
+        if k not in allowed and k not in ln_keys:
             raise TypeError(f"unexpected keyword argument {k!r}")
-    return given
+    kw = {k: v for k, v in given.items() if k in allowed}
+    norms = _layer_norm_options(
+        given.get("layer_norm", False), {k: given.get(k) for k in LAYER_NORM_NAMES}
+    )
+    return {**kw, "norms": norms, "layer_norm_eps": given.get("layer_norm_eps", LAYER_NORM_EPS)}
 
 
 def prepare_weights(

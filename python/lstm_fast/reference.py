@@ -57,10 +57,12 @@ from . import _checks, masks
 from ._types import (
     Cell,
     CellGradients,
+    CellLayerNormGradients,
     CellVariantGradients,
     Forward,
     GradientFlow,
     Gradients,
+    LayerNormGradients,
     VariantGradients,
 )
 
@@ -123,12 +125,7 @@ def _arguments(
         arrays["peepholes"] = _checks.shaped_array(
             "peepholes", peepholes, "(3*hidden_size,)", (3 * H,)
         )
-    for name, value in (norms or {}).items():
-        if value is not None:
-            width, symbols = (
-                (H, "(hidden_size,)") if name.endswith("_c") else (4 * H, "(4*hidden_size,)")
-            )
-            arrays[name] = _checks.shaped_array(name, value, symbols, (width,))
+    arrays.update(_checks.layer_norm_arrays(norms or {}, H))
     dtype = _checks.compute_dtype(a.dtype for a in arrays.values())
     return [arrays.get(k) for k in (*raw, "w_hr", "peepholes", *(norms or {}))], dtype
 
@@ -307,9 +304,9 @@ class Variant:
 # LayerNorm LSTM (docs/variants.md, 'LayerNorm LSTM')
 
 #: haste's epsilon (and torch.nn.LayerNorm's default), added to the variance.
-LAYER_NORM_EPS = 1e-5
+LAYER_NORM_EPS = _checks.LAYER_NORM_EPS
 #: The gains and biases of the three normalisations, in their argument order.
-LAYER_NORM_NAMES = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
+LAYER_NORM_NAMES = _checks.LAYER_NORM_NAMES
 
 
 @dataclass(frozen=True, eq=False)
@@ -341,23 +338,15 @@ class _Normalised(NamedTuple):
 
 
 def _layer_norm_arrays(layer_norm: Any, arrays: dict[str, Any]) -> bool:
-    """``layer_norm`` checked; a gain or bias without it is a ``ValueError``."""
-    layer_norm = _checks.flag("layer_norm", layer_norm)
-    if not layer_norm:
-        for name, value in arrays.items():
-            if value is not None:
-                raise ValueError(
-                    f"{name} is a parameter of the LayerNorm LSTM: pass layer_norm=True"
-                )
-    return layer_norm
+    """``layer_norm`` checked; a gain or bias without it is a ``ValueError``
+    (``_checks.layer_norm_flag``, the rule the engine's API shares)."""
+    return _checks.layer_norm_flag(layer_norm, arrays)
 
 
 def _layer_norm(arrays: list[Any], eps: Any, dtype: np.dtype) -> _LayerNorm:
     """The normalisations from the six checked arrays (``LAYER_NORM_NAMES``) and
     ``layer_norm_eps`` (a number > 0, finite)."""
-    eps = _checks.real_number("layer_norm_eps", eps)
-    if not 0 < eps < np.inf:
-        raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps}")
+    eps = _checks.layer_norm_eps(eps)
     w_ih, b_ih, w_hh, b_hh, w_c, b_c = (_copy(a, dtype) for a in arrays)
     return _LayerNorm(w_ih, b_ih, w_hh, b_hh, w_c, b_c, eps)
 
@@ -388,51 +377,6 @@ def _scale_shift(x_hat: np.ndarray, w: np.ndarray | None, b: np.ndarray | None) 
 def _gain(grad: np.ndarray, w: np.ndarray | None) -> np.ndarray:
     """The gradient through the gain: dL/dx_hat from dL/d(x_hat * w + b)."""
     return grad if w is None else grad * w
-
-
-class LayerNormGradients(NamedTuple):
-    """Result of :func:`backward` after a forward with ``layer_norm=True``: the ten
-    fields of ``VariantGradients`` in its order (``g[:7]`` is the classic tuple),
-    then the gradients of the normalisations' gains and biases, ``None`` for those
-    the forward did not get."""
-
-    dx: np.ndarray
-    dh0: np.ndarray
-    dc0: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
-    dw_hr: np.ndarray | None
-    dpeepholes: np.ndarray | None
-    flow: GradientFlow | None
-    dw_ln_ih: np.ndarray | None
-    db_ln_ih: np.ndarray | None
-    dw_ln_hh: np.ndarray | None
-    db_ln_hh: np.ndarray | None
-    dw_ln_c: np.ndarray | None
-    db_ln_c: np.ndarray | None
-
-
-class CellLayerNormGradients(NamedTuple):
-    """Result of :func:`cell_backward` after a step with ``layer_norm=True``: the
-    nine fields of ``CellVariantGradients``, then the six of the normalisations."""
-
-    dx: np.ndarray
-    dh: np.ndarray
-    dc: np.ndarray
-    dw_ih: np.ndarray
-    dw_hh: np.ndarray
-    db_ih: np.ndarray | None
-    db_hh: np.ndarray | None
-    dw_hr: np.ndarray | None
-    dpeepholes: np.ndarray | None
-    dw_ln_ih: np.ndarray | None
-    db_ln_ih: np.ndarray | None
-    dw_ln_hh: np.ndarray | None
-    db_ln_hh: np.ndarray | None
-    dw_ln_c: np.ndarray | None
-    db_ln_c: np.ndarray | None
 
 
 def _norm_grads(norm: _LayerNorm, dz, sx_hat, sh_hat, dn, c_hat, db) -> tuple:

@@ -32,11 +32,11 @@ fn expect_opt(name: &str, got: Option<usize>, want: usize) -> Result<()> {
 }
 
 impl<E: Float> Sequence<'_, E> {
-    fn rows(&self) -> Result<usize> {
+    pub(crate) fn rows(&self) -> Result<usize> {
         product("x", &[self.dims.steps, self.dims.batch])
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let Dims {
             steps,
             batch,

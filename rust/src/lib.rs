@@ -11,6 +11,7 @@
 //!   check.rs          the checks of their arguments
 //!   sequence.rs       what a pass takes and gives: Dims, Sequence, Cache, Outputs, ...
 //!   variant.rs        Variant, Activation: the gate math of the LSTM variants
+//!   layernorm.rs      the LayerNorm LSTM's forward and backward (its own path)
 //! kernels/          what one thread computes
 //!   forward_step.rs   one chunk's forward time loop, fused with the gate math
 //!   backward_step.rs  one chunk's backward time loop, fused with the derivatives
@@ -48,6 +49,7 @@ pub mod check;
 pub mod error;
 pub mod float;
 pub mod kernels;
+pub mod layernorm;
 pub mod lstm;
 pub mod masks;
 pub mod parallel;

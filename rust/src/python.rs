@@ -25,6 +25,7 @@ use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyTypeError, PyValueE
 use pyo3::intern;
 use pyo3::prelude::*;
 
+use crate::layernorm::{LayerNorm, LnCache, LnCacheRef, LnGrads};
 use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
 use crate::{
     Activation, Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache,
@@ -401,6 +402,143 @@ impl<E: Element> GradArrays<'_, E> {
     }
 }
 
+/// The LayerNorm LSTM's gains and biases and eps ([`LayerNorm`]), read from
+/// `_bundles.LayerNormParams`.
+#[derive(FromPyObject)]
+struct LayerNormArrays<'py, E: Element> {
+    w_ih: Option<In<'py, E>>,
+    b_ih: Option<In<'py, E>>,
+    w_hh: Option<In<'py, E>>,
+    b_hh: Option<In<'py, E>>,
+    w_c: Option<In<'py, E>>,
+    b_c: Option<In<'py, E>>,
+    eps: f64,
+}
+
+impl<E: Element> LayerNormArrays<'_, E> {
+    fn layer_norm(&self) -> PyResult<LayerNorm<'_, E>> {
+        Ok(LayerNorm {
+            w_ih: opt_slice("w_ln_ih", &self.w_ih)?,
+            b_ih: opt_slice("b_ln_ih", &self.b_ih)?,
+            w_hh: opt_slice("w_ln_hh", &self.w_hh)?,
+            b_hh: opt_slice("b_ln_hh", &self.b_hh)?,
+            w_c: opt_slice("w_ln_c", &self.w_c)?,
+            b_c: opt_slice("b_ln_c", &self.b_c)?,
+            eps: self.eps,
+        })
+    }
+}
+
+/// The LayerNorm cache ([`LnCache`], [`LnCacheRef`]), read from
+/// `_bundles.LayerNormCacheArrays`, as `A` (`Out` for forward, `In` for backward).
+#[derive(FromPyObject)]
+struct LnCacheArrays<A> {
+    gates: A,
+    pre: Option<A>,
+    cells: A,
+    h_prev: A,
+    sx_hat: A,
+    sh_hat: A,
+    c_hat: A,
+    rstd: A,
+}
+
+impl<E: Element> LnCacheArrays<Out<'_, E>> {
+    fn cache(&mut self) -> PyResult<LnCache<'_, E>> {
+        Ok(LnCache {
+            gates: slice_mut("gates", &mut self.gates)?,
+            pre: self.pre.as_mut().map(|p| slice_mut("pre", p)).transpose()?,
+            cells: slice_mut("cells", &mut self.cells)?,
+            h_prev: slice_mut("h_prev", &mut self.h_prev)?,
+            sx_hat: slice_mut("sx_hat", &mut self.sx_hat)?,
+            sh_hat: slice_mut("sh_hat", &mut self.sh_hat)?,
+            c_hat: slice_mut("c_hat", &mut self.c_hat)?,
+            rstd: slice_mut("rstd", &mut self.rstd)?,
+        })
+    }
+}
+
+impl<E: Element> LnCacheArrays<In<'_, E>> {
+    fn cache_ref(&self) -> PyResult<LnCacheRef<'_, E>> {
+        Ok(LnCacheRef {
+            gates: slice("gates", &self.gates)?,
+            pre: opt_slice("pre", &self.pre)?,
+            cells: slice("cells", &self.cells)?,
+            h_prev: slice("h_prev", &self.h_prev)?,
+            sx_hat: slice("sx_hat", &self.sx_hat)?,
+            sh_hat: slice("sh_hat", &self.sh_hat)?,
+            c_hat: slice("c_hat", &self.c_hat)?,
+            rstd: slice("rstd", &self.rstd)?,
+        })
+    }
+}
+
+/// The LayerNorm gradients ([`LnGrads`]), read from `_bundles.LayerNormGrads`.
+#[derive(FromPyObject)]
+struct LnGradArrays<'py, E: Element> {
+    dx: Out<'py, E>,
+    dh0: Out<'py, E>,
+    dc0: Out<'py, E>,
+    dw_ih: Out<'py, E>,
+    dw_hh: Out<'py, E>,
+    db: Option<Out<'py, E>>,
+    dpeepholes: Option<Out<'py, E>>,
+    dw_hr: Option<Out<'py, E>>,
+    flow_h: Option<Out<'py, E>>,
+    flow_c: Option<Out<'py, E>>,
+    scratch_dz: Option<Out<'py, E>>,
+    scratch_dsh: Option<Out<'py, E>>,
+    dw_ln_ih: Option<Out<'py, E>>,
+    dw_ln_hh: Option<Out<'py, E>>,
+    dw_ln_c: Option<Out<'py, E>>,
+    db_ln_c: Option<Out<'py, E>>,
+}
+
+impl<E: Element> LnGradArrays<'_, E> {
+    fn grads(&mut self) -> PyResult<LnGrads<'_, E>> {
+        fn opt_mut<'a, E: Element>(
+            name: &str,
+            a: &'a mut Option<Out<'_, E>>,
+        ) -> PyResult<Option<&'a mut [E]>> {
+            a.as_mut().map(|a| slice_mut(name, a)).transpose()
+        }
+        Ok(LnGrads {
+            dx: slice_mut("dx", &mut self.dx)?,
+            dh0: slice_mut("dh0", &mut self.dh0)?,
+            dc0: slice_mut("dc0", &mut self.dc0)?,
+            dw_ih: slice_mut("dw_ih", &mut self.dw_ih)?,
+            dw_hh: slice_mut("dw_hh", &mut self.dw_hh)?,
+            db: opt_mut("db", &mut self.db)?,
+            dpeepholes: opt_mut("dpeepholes", &mut self.dpeepholes)?,
+            dw_hr: opt_mut("dw_hr", &mut self.dw_hr)?,
+            flow: match (&mut self.flow_h, &mut self.flow_c) {
+                (Some(h), Some(c)) => Some([slice_mut("flow_h", h)?, slice_mut("flow_c", c)?]),
+                (None, None) => None,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "flow_h and flow_c: give both or neither",
+                    ))
+                }
+            },
+            scratch: match (&mut self.scratch_dz, &mut self.scratch_dsh) {
+                (Some(dz), Some(dsh)) => {
+                    Some([slice_mut("scratch_dz", dz)?, slice_mut("scratch_dsh", dsh)?])
+                }
+                (None, None) => None,
+                _ => {
+                    return Err(PyValueError::new_err(
+                        "scratch_dz and scratch_dsh: give both or neither",
+                    ))
+                }
+            },
+            dw_ln_ih: opt_mut("dw_ln_ih", &mut self.dw_ln_ih)?,
+            dw_ln_hh: opt_mut("dw_ln_hh", &mut self.dw_ln_hh)?,
+            dw_ln_c: opt_mut("dw_ln_c", &mut self.dw_ln_c)?,
+            db_ln_c: opt_mut("db_ln_c", &mut self.db_ln_c)?,
+        })
+    }
+}
+
 thread_local! {
     /// The `_core.Cancel` blocks (`with cancel:`) this thread is in, innermost
     /// last: its engine calls stop when the innermost is cancelled.
@@ -585,6 +723,47 @@ fn run_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     })
 }
 
+/// [`run_forward`] for the LayerNorm LSTM ([`crate::layernorm::forward`]).
+fn run_ln_forward<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    ln: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    cache: Option<&Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    let ln: LayerNormArrays<'py, E> = ln.extract()?;
+    let mut out: OutputArrays<'py, E> = out.extract()?;
+    let mut cache: Option<LnCacheArrays<Out<'py, E>>> = cache.map(|c| c.extract()).transpose()?;
+    let seq = seq.sequence()?;
+    let ln = ln.layer_norm()?;
+    let out = out.outputs()?;
+    let cache = cache.as_mut().map(LnCacheArrays::cache).transpose()?;
+    run_pass(py, seq.dims, |cancel| {
+        crate::layernorm::forward(&seq, &ln, out, cache, cancel)
+    })
+}
+
+/// [`run_backward`] for the LayerNorm LSTM ([`crate::layernorm::backward`]).
+fn run_ln_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    ln: &Bound<'py, PyAny>,
+    cache: &Bound<'py, PyAny>,
+    seeds: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let ln: LayerNormArrays<'py, E> = ln.extract()?;
+    let cache: LnCacheArrays<In<'py, E>> = cache.extract()?;
+    let seeds: SeedArrays<'py, E> = seeds.extract()?;
+    let mut grads: LnGradArrays<'py, E> = grads.extract()?;
+    let seq = seq.sequence()?;
+    let ln = ln.layer_norm()?;
+    let (cache, seeds, grads) = (cache.cache_ref()?, seeds.seeds()?, grads.grads()?);
+    run_pass(py, seq.dims, |cancel| {
+        crate::layernorm::backward(&seq, &ln, cache, seeds, grads, cancel)
+    })
+}
+
 /// The packed panels of `w_ih`, `w_hh` and the projection `w_hr` (if any),
 /// kept for the calls that pass this object as `seq.packed` with the same
 /// arrays: the Python layer's prepared weights own them privately and never
@@ -714,6 +893,39 @@ mod _core {
         match seq {
             AnySequence::F32(seq) => run_backward(py, seq, cache, seeds, grads),
             AnySequence::F64(seq) => run_backward(py, seq, cache, seeds, grads),
+        }
+    }
+
+    /// Forward pass of the LayerNorm LSTM (docs/variants.md): as `forward`,
+    /// with `ln` the gains, biases and eps and `cache` its own arrays.
+    #[pyfunction]
+    fn layer_norm_forward<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        ln: &Bound<'py, PyAny>,
+        out: &Bound<'py, PyAny>,
+        cache: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
+        match seq {
+            AnySequence::F32(seq) => run_ln_forward(py, seq, ln, out, cache),
+            AnySequence::F64(seq) => run_ln_forward(py, seq, ln, out, cache),
+        }
+    }
+
+    /// Backward pass of the LayerNorm LSTM: as `backward`, with `ln` and the
+    /// cache `layer_norm_forward` wrote.
+    #[pyfunction]
+    fn layer_norm_backward<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        ln: &Bound<'py, PyAny>,
+        cache: &Bound<'py, PyAny>,
+        seeds: &Bound<'py, PyAny>,
+        grads: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        match seq {
+            AnySequence::F32(seq) => run_ln_backward(py, seq, ln, cache, seeds, grads),
+            AnySequence::F64(seq) => run_ln_backward(py, seq, ln, cache, seeds, grads),
         }
     }
 

@@ -1,0 +1,1334 @@
+//! The LayerNorm LSTM (docs/variants.md, 'LayerNorm LSTM'): forward and
+//! backward of one layer and direction, a whole sequence.
+//!
+//! Its own path, not the fused step kernels of `kernels/`: the normalisation
+//! of the recurrent product s_h = (h_{t−1} ⊙ r)·W_hhᵀ needs the whole 4H row
+//! before any gate math, which the fused kernels' per-tile gate math cannot
+//! wait for. Per call:
+//!
+//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product, normalised row
+//!   by row; per step the recurrent product of the running rows (one product,
+//!   `kernels/gemm.rs`), then per row its normalisation, the gate math of the
+//!   [`Variant`] (peepholes, clip, input_forget, no forget gate, activations),
+//!   c_t, n_t = LN(c_t), m_t = o_t ⊙ σ_h(n_t), and with a projection one more
+//!   product h_t = m_t·W_hrᵀ;
+//! - backward: per step (last first) the gate derivatives of each row, the
+//!   gradient through the normalisations of c_t and s_h, and dh_{t−1} =
+//!   ds_h·W_hh (one product); after the loop dx = ds_x·W_ih, dW_ih = Σ ds_xᵀ x,
+//!   dW_hh = Σ ds_hᵀ (h ⊙ r) and dW_hr as single products, and the sums of the
+//!   bias, gain and peephole gradients.
+//!
+//! Bits independent of the thread count: the rows of a step are independent
+//! and each runs the same code whatever thread takes it; every product gives
+//! each output one FMA chain in k order (`gemm.rs`); the means and variances
+//! of a row and the sums over rows run in a fixed order on one thread.
+//!
+//! The arrays are dense (not padded like the fused path's): rows ordered like
+//! x (time-major, or batch-major with `batch_first`), the gates in blocks
+//! i, f, g, o of H each.
+
+use rayon::prelude::*;
+
+use crate::alloc;
+use crate::cancel::Cancel;
+use crate::check;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::gemm::{gemm, Mat};
+use crate::kernels::layout::SharedMut;
+use crate::parallel::pool::{self, in_pool};
+use crate::parallel::split::{claim, Split};
+use crate::sequence::{Dims, Outputs, Seeds, Sequence};
+use crate::simd::{dispatch, load_n, store_n, Isa, Kernel, Simd};
+use crate::variant::Variant;
+
+/// The gains and biases of the three normalisations (None: a gain of 1, a
+/// bias of 0): `w_ih`, `b_ih` of s_x and `w_hh`, `b_hh` of s_h, (4H,) in the
+/// gate blocks i, f, g, o; `w_c`, `b_c` of c_t, (H,). `eps` is added to the
+/// variance (> 0, finite).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm<'a, E> {
+    pub w_ih: Option<&'a [E]>,
+    pub b_ih: Option<&'a [E]>,
+    pub w_hh: Option<&'a [E]>,
+    pub b_hh: Option<&'a [E]>,
+    pub w_c: Option<&'a [E]>,
+    pub b_c: Option<&'a [E]>,
+    pub eps: f64,
+}
+
+/// What backward needs from forward, rows R = T·B ordered like x: `gates`
+/// (R, 4H) activated, i, f, g, o; `pre` (R, 4H) the pre-activations, only for
+/// the variants that need them ([`Variant::caches_pre`]); `cells` (R, H) c_t;
+/// `h_prev` (R, P) the recurrent product's operand h_{t−1} ⊙ r; `sx_hat`,
+/// `sh_hat` (R, 4H) the normalised products before gain and bias; `c_hat` (R,
+/// H) likewise for c_t; `rstd` (R, 3) the three 1/σ (s_x, s_h, c). That is
+/// 14·H + P + 3 per (row, step), 18·H + P + 3 with `pre`. Rows of padded
+/// steps are zero.
+pub struct LnCache<'a, E> {
+    pub gates: &'a mut [E],
+    pub pre: Option<&'a mut [E]>,
+    pub cells: &'a mut [E],
+    pub h_prev: &'a mut [E],
+    pub sx_hat: &'a mut [E],
+    pub sh_hat: &'a mut [E],
+    pub c_hat: &'a mut [E],
+    pub rstd: &'a mut [E],
+}
+
+/// Read-only view of an [`LnCache`].
+#[derive(Clone, Copy)]
+pub struct LnCacheRef<'a, E> {
+    pub gates: &'a [E],
+    pub pre: Option<&'a [E]>,
+    pub cells: &'a [E],
+    pub h_prev: &'a [E],
+    pub sx_hat: &'a [E],
+    pub sh_hat: &'a [E],
+    pub c_hat: &'a [E],
+    pub rstd: &'a [E],
+}
+
+/// Gradients of a LayerNorm pass, each shaped like its variable; `db` (4H,)
+/// is that of b_ih, b_hh, b_ln_ih and b_ln_hh alike (Σ dz); the gains' and
+/// `db_ln_c`'s are wanted where given (None: not computed). `dpeepholes`,
+/// `dw_hr` and `flow` as in [`crate::Grads`]. `scratch`, when given, holds dz
+/// and ds_h, each (R, 4H), any contents: callers that allocate large arrays
+/// better (NumPy asks for huge pages) pass them; otherwise they are allocated
+/// here.
+pub struct LnGrads<'a, E> {
+    pub dx: &'a mut [E],
+    pub dh0: &'a mut [E],
+    pub dc0: &'a mut [E],
+    pub dw_ih: &'a mut [E],
+    pub dw_hh: &'a mut [E],
+    pub db: Option<&'a mut [E]>,
+    pub dpeepholes: Option<&'a mut [E]>,
+    pub dw_hr: Option<&'a mut [E]>,
+    pub flow: Option<[&'a mut [E]; 2]>,
+    pub scratch: Option<[&'a mut [E]; 2]>,
+    pub dw_ln_ih: Option<&'a mut [E]>,
+    pub dw_ln_hh: Option<&'a mut [E]>,
+    pub dw_ln_c: Option<&'a mut [E]>,
+    pub db_ln_c: Option<&'a mut [E]>,
+}
+
+// ---------------------------------------------------------------------------
+// Checks
+
+fn expect(name: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Value(format!(
+            "{name}: expected {want} elements, got {got}"
+        )));
+    }
+    Ok(())
+}
+
+fn expect_opt(name: &str, got: Option<usize>, want: usize) -> Result<()> {
+    got.map_or(Ok(()), |got| expect(name, got, want))
+}
+
+impl<E: Float> LayerNorm<'_, E> {
+    fn check(&self, hidden: usize) -> Result<()> {
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::Value(format!(
+                "layer_norm_eps must be a finite number > 0, got {}",
+                self.eps
+            )));
+        }
+        let g = 4 * hidden;
+        expect_opt("w_ln_ih", self.w_ih.map(<[E]>::len), g)?;
+        expect_opt("b_ln_ih", self.b_ih.map(<[E]>::len), g)?;
+        expect_opt("w_ln_hh", self.w_hh.map(<[E]>::len), g)?;
+        expect_opt("b_ln_hh", self.b_hh.map(<[E]>::len), g)?;
+        expect_opt("w_ln_c", self.w_c.map(<[E]>::len), hidden)?;
+        expect_opt("b_ln_c", self.b_c.map(<[E]>::len), hidden)
+    }
+
+    /// eps as the compute dtype holds it (the reference adds it in that dtype).
+    fn eps(&self) -> f64 {
+        E::from_f64(self.eps).to_f64()
+    }
+}
+
+/// The cache's lengths: gates, pre, cells, h_prev, sx_hat, sh_hat, c_hat, rstd.
+fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 8] {
+    let (h, p) = (seq.dims.hidden, seq.state());
+    let pre = if seq.variant.caches_pre() {
+        rows * 4 * h
+    } else {
+        0
+    };
+    [
+        rows * 4 * h,
+        pre,
+        rows * h,
+        rows * p,
+        rows * 4 * h,
+        rows * 4 * h,
+        rows * h,
+        rows * 3,
+    ]
+}
+
+const CACHE_NAMES: [&str; 8] = [
+    "cache gates",
+    "cache pre",
+    "cache cells",
+    "cache h_prev",
+    "cache sx_hat",
+    "cache sh_hat",
+    "cache c_hat",
+    "cache rstd",
+];
+
+fn check_cache<E: Float>(
+    seq: &Sequence<'_, E>,
+    rows: usize,
+    got: [Option<usize>; 8],
+) -> Result<()> {
+    for ((name, want), got) in CACHE_NAMES.iter().zip(cache_lens(seq, rows)).zip(got) {
+        match got {
+            Some(got) => expect(name, got, want)?,
+            None if want > 0 => {
+                return Err(Error::Value(format!(
+                    "{name}: this variant needs it cached"
+                )))
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Rows
+
+/// Row of (real time t, batch row b) in x's layout.
+#[inline]
+fn row_of(seq: &Sequence<'_, impl Sized>, t: usize, b: usize) -> usize {
+    let Dims { steps, batch, .. } = seq.dims;
+    if seq.batch_first {
+        b * steps + t
+    } else {
+        t * batch + b
+    }
+}
+
+/// The real time of processing step s of batch row b (which runs at s).
+#[inline]
+fn time_of<E: Float>(seq: &Sequence<'_, E>, s: usize, b: usize) -> usize {
+    if seq.reverse {
+        seq.length(b) - 1 - s
+    } else {
+        s
+    }
+}
+
+/// Sums in f64 over 8 interleaved partial sums added in a fixed order: the
+/// same bits on every thread and ISA, and vectorisable.
+#[inline]
+fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let whole = n / 8 * 8;
+    let mut i = 0;
+    while i < whole {
+        for (k, a) in acc.iter_mut().enumerate() {
+            *a += f(i + k);
+        }
+        i += 8;
+    }
+    for (k, a) in acc.iter_mut().enumerate().take(n - whole) {
+        *a += f(whole + k);
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Layer normalisation of `v` without gain and bias into `out`: (v − μ)·r,
+/// r = 1/sqrt(var + eps) (var divided by the width), computed in f64 and
+/// rounded once; returns r.
+fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
+    let n = v.len();
+    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
+    let var = sum_f64(n, |i| {
+        let d = v[i].to_f64() - mean;
+        d * d
+    }) / n as f64;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = E::from_f64((x.to_f64() - mean) * rstd);
+    }
+    E::from_f64(rstd)
+}
+
+/// [`normalise`] of `v` in place.
+fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
+    let n = v.len();
+    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
+    let var = sum_f64(n, |i| {
+        let d = v[i].to_f64() - mean;
+        d * d
+    }) / n as f64;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for x in v.iter_mut() {
+        *x = E::from_f64((x.to_f64() - mean) * rstd);
+    }
+    E::from_f64(rstd)
+}
+
+/// The gradient through [`normalise`] (docs/variants.md): from `dxh` (the
+/// incoming gradient times the gain), x̂ and r, in place of `dxh`:
+/// r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)).
+fn normalise_grad<E: Float>(dxh: &mut [E], x_hat: &[E], rstd: E) {
+    let n = dxh.len();
+    let mean_d = sum_f64(n, |i| dxh[i].to_f64()) / n as f64;
+    let mean_dx = sum_f64(n, |i| dxh[i].to_f64() * x_hat[i].to_f64()) / n as f64;
+    let r = rstd.to_f64();
+    for (d, x) in dxh.iter_mut().zip(x_hat) {
+        *d = E::from_f64(r * (d.to_f64() - mean_d - x.to_f64() * mean_dx));
+    }
+}
+
+/// Runs `f(j)` for j in 0..n, over the pool's threads when inside it.
+fn each(n: usize, f: impl Fn(usize) + Sync + Send) {
+    if in_pool() && n > 1 {
+        (0..n).into_par_iter().for_each(f);
+    } else {
+        (0..n).for_each(f);
+    }
+}
+
+/// `n` elements from p + u, the rest of the vector zero.
+///
+/// # Safety
+/// `p + u` readable for `min(n − u, LANES)` elements.
+#[inline(always)]
+unsafe fn ld<S: Simd>(p: *const S::E, u: usize, n: usize) -> S {
+    // SAFETY: forwarded from the caller.
+    unsafe { load_n::<S>(p.add(u), n - u) }
+}
+
+/// # Safety
+/// `p + u` writable for `min(n − u, LANES)` elements.
+#[inline(always)]
+unsafe fn st<S: Simd>(v: S, p: *mut S::E, u: usize, n: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { store_n::<S>(v, p.add(u), n - u) }
+}
+
+/// An optional parameter vector at offset `off + u` (of `n`), or `absent`.
+///
+/// # Safety
+/// A given slice holds `off + n` elements.
+#[inline(always)]
+unsafe fn param<S: Simd>(p: Option<&[S::E]>, off: usize, u: usize, n: usize, absent: S) -> S {
+    match p {
+        // SAFETY: forwarded from the caller.
+        Some(p) => unsafe { ld::<S>(p.as_ptr().add(off), u, n) },
+        None => absent,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+
+/// What the rows of one forward step read and write. Pointers address rows
+/// that exactly one active row j writes (its own cache row, its own state
+/// row b, its own slot j of the step buffers).
+struct ForwardStep<'a, E> {
+    v: Variant<'a, E>,
+    ln: LayerNorm<'a, E>,
+    bias: Option<&'a [E]>,
+    hidden: usize,
+    eps: f64,
+    /// s_x normalised (R, 4H) and the three 1/σ (R, 3), by row.
+    sx_hat: *const E,
+    rstd: SharedMut<E>,
+    /// s_h of the step's rows (n, 4H), by slot j.
+    sh: *const E,
+    /// Where row j's cache rows go: by row when caching, else by slot j
+    /// (step buffers of the step's rows).
+    caching: bool,
+    gates: SharedMut<E>,
+    pre: SharedMut<E>,
+    cells: SharedMut<E>,
+    sh_hat: SharedMut<E>,
+    c_hat: SharedMut<E>,
+    /// The state c (B, H), by batch row.
+    c: SharedMut<E>,
+    /// m_t (n, H) by slot j: h_t itself without a projection (written to y and
+    /// the state h by the caller), the projection's operand with one.
+    m: SharedMut<E>,
+}
+
+// SAFETY: the raw pointers are read (sx_hat, sh) or written at rows that one
+// task owns (see `ForwardStep`); the slices are shared reads.
+unsafe impl<E: Send> Send for ForwardStep<'_, E> {}
+// SAFETY: as above.
+unsafe impl<E: Sync> Sync for ForwardStep<'_, E> {}
+
+/// One active row of a forward step on one ISA.
+struct ForwardRow<'a, 'b, E> {
+    step: &'b ForwardStep<'a, E>,
+    j: usize,
+    b: usize,
+    row: usize,
+}
+
+impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        let st_ = self.step;
+        let (h, g4) = (st_.hidden, 4 * st_.hidden);
+        let (j, b, row) = (self.j, self.b, self.row);
+        let at = if st_.caching { row } else { j };
+        let v = &st_.v;
+        let ln = &st_.ln;
+        let zero = S::splat(E::ZERO);
+        let one = S::splat(E::ONE);
+        let clamp = |z: S| match v.clip {
+            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
+            None => z,
+        };
+        // SAFETY: every pointer below addresses row `row` (R rows), slot `j`
+        // (the step's rows) or batch row `b` (B rows) of a buffer of that many
+        // rows of the width used; each is written by this row alone.
+        unsafe {
+            // LN of s_h into the cache (or step) row.
+            let sh = std::slice::from_raw_parts(st_.sh.add(j * g4), g4);
+            let sh_hat = std::slice::from_raw_parts_mut(st_.sh_hat.0.add(at * g4), g4);
+            let r_h = normalise(sh, sh_hat, st_.eps);
+            *st_.rstd.0.add(row * 3 + 1) = r_h;
+            let sx_hat = st_.sx_hat.add(row * g4);
+            let sh_hat = sh_hat.as_ptr();
+            // a = LN(s_x) + LN(s_h) + b_ih + b_hh, written where the gates go.
+            let gates = st_.gates.0.add(at * g4);
+            let mut u = 0;
+            while u < g4 {
+                let x = ld::<S>(sx_hat, u, g4).mul(param(ln.w_ih, 0, u, g4, one));
+                let x = x.add(param(ln.b_ih, 0, u, g4, zero));
+                let y = ld::<S>(sh_hat, u, g4).mul(param(ln.w_hh, 0, u, g4, one));
+                let y = y.add(param(ln.b_hh, 0, u, g4, zero));
+                let a = x.add(param(st_.bias, 0, u, g4, zero)).add(y);
+                st::<S>(a, gates, u, g4);
+                u += S::LANES;
+            }
+            // The gate math of the variant, unit vector by unit vector, the
+            // gates over their own pre-activations.
+            let c_state = st_.c.0.add(b * h);
+            let cells = st_.cells.0.add(at * h);
+            let pp = v.peepholes.unwrap_or(&[]).as_ptr();
+            let mut u = 0;
+            while u < h {
+                let c_prev = ld::<S>(c_state, u, h);
+                let pre = |k: usize| ld::<S>(gates.add(k * h), u, h);
+                let (mut z_i, mut z_f, z_g, mut z_o) = (pre(0), pre(1), pre(2), pre(3));
+                if v.peepholes.is_some() {
+                    z_i = z_i.add(ld::<S>(pp, u, h).mul(c_prev));
+                    z_f = z_f.add(ld::<S>(pp.add(2 * h), u, h).mul(c_prev));
+                }
+                let ig = v.f.apply(clamp(z_i));
+                let fg = if !v.forget_gate {
+                    one
+                } else if v.input_forget {
+                    one.sub(ig)
+                } else {
+                    v.f.apply(clamp(z_f))
+                };
+                let gg = v.g.apply(clamp(z_g));
+                let c_new = fg.mul_add(c_prev, ig.mul(gg));
+                if v.peepholes.is_some() {
+                    z_o = z_o.add(ld::<S>(pp.add(h), u, h).mul(c_new));
+                }
+                let og = v.f.apply(clamp(z_o));
+                if !st_.pre.0.is_null() {
+                    let zp = st_.pre.0.add(at * g4);
+                    st::<S>(z_i, zp, u, h);
+                    st::<S>(z_f, zp.add(h), u, h);
+                    st::<S>(z_g, zp.add(2 * h), u, h);
+                    st::<S>(z_o, zp.add(3 * h), u, h);
+                }
+                st::<S>(ig, gates, u, h);
+                st::<S>(fg, gates.add(h), u, h);
+                st::<S>(gg, gates.add(2 * h), u, h);
+                st::<S>(og, gates.add(3 * h), u, h);
+                st::<S>(c_new, cells, u, h);
+                st::<S>(c_new, c_state, u, h);
+                u += S::LANES;
+            }
+            // n = LN(c_t), m = o ⊙ σ_h(n).
+            let cells = std::slice::from_raw_parts(cells, h);
+            let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(at * h), h);
+            let r_c = normalise(cells, c_hat, st_.eps);
+            *st_.rstd.0.add(row * 3 + 2) = r_c;
+            let c_hat = c_hat.as_ptr();
+            let m = st_.m.0.add(j * h);
+            let mut u = 0;
+            while u < h {
+                let n = ld::<S>(c_hat, u, h).mul(param(ln.w_c, 0, u, h, one));
+                let n = n.add(param(ln.b_c, 0, u, h, zero));
+                let og = ld::<S>(gates.add(3 * h), u, h);
+                st::<S>(og.mul(v.h.apply(n)), m, u, h);
+                u += S::LANES;
+            }
+        }
+    }
+}
+
+/// Forward pass of the LayerNorm LSTM over the whole sequence (see the
+/// module's doc); with `cache`, also what [`backward`] needs. Once `cancel`
+/// is set, returns [`Error::Interrupted`] at the next step.
+pub fn forward<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    out: Outputs<'_, E>,
+    cache: Option<LnCache<'_, E>>,
+    cancel: &Cancel,
+) -> Result<()> {
+    let rows = check::forward_args(seq, &out, None)?;
+    ln.check(seq.dims.hidden)?;
+    if let Some(c) = &cache {
+        let got = [
+            Some(c.gates.len()),
+            c.pre.as_ref().map(|p| p.len()),
+            Some(c.cells.len()),
+            Some(c.h_prev.len()),
+            Some(c.sx_hat.len()),
+            Some(c.sh_hat.len()),
+            Some(c.c_hat.len()),
+            Some(c.rstd.len()),
+        ];
+        check_cache(seq, rows, got)?;
+    }
+    let Dims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = seq.dims;
+    let state = seq.state();
+    let g4 = 4 * hidden;
+    let mut cache = cache;
+    // Padded steps' rows: zero in y and the cache.
+    for b in 0..batch {
+        for t in seq.length(b)..steps {
+            let row = row_of(seq, t, b);
+            out.y[row * state..][..state].fill(E::ZERO);
+            if let Some(c) = cache.as_mut() {
+                zero_cache_row(c, row, hidden, state);
+            }
+        }
+    }
+    copy_or_zero(out.h_n, seq.h0);
+    copy_or_zero(out.c_n, seq.c0);
+    if !seq.runs() {
+        return Ok(());
+    }
+    let isa = Isa::active();
+    let workers = pool::workers()?;
+    let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
+    let eps = ln.eps();
+
+    let body = || -> Result<()> {
+        let caching = cache.is_some();
+        let (c_gates, c_pre, c_cells, mut c_h_prev, c_sx, c_sh, c_chat, c_rstd) = match cache {
+            Some(c) => (
+                Some(c.gates),
+                c.pre,
+                Some(c.cells),
+                Some(c.h_prev),
+                Some(c.sx_hat),
+                Some(c.sh_hat),
+                Some(c.c_hat),
+                Some(c.rstd),
+            ),
+            None => (None, None, None, None, None, None, None, None),
+        };
+        // s_x of every row, normalised in place (its 1/σ kept per row).
+        let mut own_sx;
+        let mut own_rstd;
+        let sx: &mut [E] = match c_sx {
+            Some(a) => a,
+            None => {
+                own_sx = alloc::zeroed::<E>(&[rows, g4], "the normalised input products")?;
+                &mut own_sx
+            }
+        };
+        let rstd: &mut [E] = match c_rstd {
+            Some(a) => a,
+            None => {
+                own_rstd = alloc::zeroed::<E>(&[rows, 3], "the normalisations' 1/sigma")?;
+                &mut own_rstd
+            }
+        };
+        let w_ih_t = Mat {
+            data: seq.w_ih,
+            rows: input,
+            cols: g4,
+            row_stride: 1,
+            col_stride: input,
+        };
+        gemm(Mat::rows(seq.x, rows, input, input), w_ih_t, sx, g4, false);
+        cancel.check()?;
+        {
+            let rstd_ptr = SharedMut(rstd.as_mut_ptr());
+            let sx_ptr = SharedMut(sx.as_mut_ptr());
+            each(rows, |r| {
+                let (sx_ptr, rstd_ptr) = (&sx_ptr, &rstd_ptr); // whole wrappers: Sync
+                                                               // SAFETY: row r of sx (R × 4H) and rstd (R × 3), this task's alone.
+                unsafe {
+                    let v = std::slice::from_raw_parts_mut(sx_ptr.0.add(r * g4), g4);
+                    *rstd_ptr.0.add(r * 3) = normalise_in_place(v, eps);
+                }
+            });
+        }
+
+        // The state, and the step buffers of the running rows.
+        let mut h = alloc::zeroed::<E>(&[batch, state], "the state h")?;
+        h.copy_from_slice(out.h_n);
+        let mut c = alloc::zeroed::<E>(&[batch, hidden], "the state c")?;
+        c.copy_from_slice(out.c_n);
+        let mut h_in = alloc::zeroed::<E>(&[batch, state], "the recurrent operand")?;
+        let mut sh = alloc::zeroed::<E>(&[batch, g4], "the recurrent products")?;
+        let mut m = alloc::zeroed::<E>(&[batch, hidden], "m_t of a step")?;
+        let mut h_new = alloc::zeroed::<E>(&[batch, state], "h_t of a step")?;
+        let step_rows = if caching { 0 } else { batch };
+        let caches_pre = seq.variant.caches_pre();
+        let mut own = [
+            alloc::zeroed::<E>(&[step_rows, g4], "the gates of a step")?,
+            alloc::zeroed::<E>(&[step_rows, hidden], "the cells of a step")?,
+            alloc::zeroed::<E>(&[step_rows, g4], "the normalised products of a step")?,
+            alloc::zeroed::<E>(&[step_rows, hidden], "the normalised cells of a step")?,
+            alloc::zeroed::<E>(
+                &[if caches_pre { step_rows } else { 0 }, g4],
+                "the pre-activations of a step",
+            )?,
+        ];
+        let [o_gates, o_cells, o_sh, o_chat, o_pre] = &mut own;
+        let ptr = |given: Option<&mut [E]>, own: &mut Vec<E>| {
+            SharedMut(given.map_or(own.as_mut_ptr(), |g| g.as_mut_ptr()))
+        };
+        let gates = ptr(c_gates, o_gates);
+        let cells = ptr(c_cells, o_cells);
+        let sh_hat = ptr(c_sh, o_sh);
+        let c_hat = ptr(c_chat, o_chat);
+        let pre = if caches_pre {
+            ptr(c_pre, o_pre)
+        } else {
+            SharedMut::null()
+        };
+        let w_hh_t = Mat {
+            data: seq.w_hh,
+            rows: state,
+            cols: g4,
+            row_stride: 1,
+            col_stride: state,
+        };
+        let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
+        for s in 0..steps {
+            cancel.check()?;
+            active.clear();
+            active.extend(
+                (0..batch)
+                    .filter(|&b| seq.length(b) > s)
+                    .map(|b| (b, row_of(seq, time_of(seq, s, b), b))),
+            );
+            let n = active.len();
+            for (j, &(b, row)) in active.iter().enumerate() {
+                let dst = &mut h_in[j * state..][..state];
+                dst.copy_from_slice(&h[b * state..][..state]);
+                if let Some(keep) = seq.variant.recurrent_keep {
+                    for (d, &k) in dst.iter_mut().zip(&keep[b * state..][..state]) {
+                        *d = *d * k;
+                    }
+                }
+                if let Some(h_prev) = c_h_prev.as_mut() {
+                    h_prev[row * state..][..state].copy_from_slice(dst);
+                }
+            }
+            gemm(
+                Mat::rows(&h_in, n, state, state),
+                w_hh_t,
+                &mut sh,
+                g4,
+                false,
+            );
+            let step = ForwardStep {
+                v: seq.variant,
+                ln: *ln,
+                bias: seq.bias,
+                hidden,
+                eps,
+                sx_hat: sx.as_ptr(),
+                rstd: SharedMut(rstd.as_mut_ptr()),
+                sh: sh.as_ptr(),
+                caching,
+                gates,
+                pre,
+                cells,
+                sh_hat,
+                c_hat,
+                c: SharedMut(c.as_mut_ptr()),
+                m: SharedMut(m.as_mut_ptr()),
+            };
+            let active = &active;
+            each(n, |j| {
+                let (b, row) = active[j];
+                dispatch::<E, _>(
+                    isa,
+                    ForwardRow {
+                        step: &step,
+                        j,
+                        b,
+                        row,
+                    },
+                )
+            });
+            let h_t: &[E] = match seq.variant.w_hr {
+                Some(w_hr) => {
+                    let w_hr_t = Mat {
+                        data: w_hr,
+                        rows: hidden,
+                        cols: state,
+                        row_stride: 1,
+                        col_stride: hidden,
+                    };
+                    gemm(
+                        Mat::rows(&m, n, hidden, hidden),
+                        w_hr_t,
+                        &mut h_new,
+                        state,
+                        false,
+                    );
+                    &h_new
+                }
+                None => &m,
+            };
+            for (j, &(b, row)) in active.iter().enumerate() {
+                let src = &h_t[j * state..][..state];
+                out.y[row * state..][..state].copy_from_slice(src);
+                h[b * state..][..state].copy_from_slice(src);
+            }
+        }
+        out.h_n.copy_from_slice(&h);
+        out.c_n.copy_from_slice(&c);
+        Ok(())
+    };
+    workers.pool.install(body)
+}
+
+fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, state: usize) {
+    let g4 = 4 * hidden;
+    c.gates[row * g4..][..g4].fill(E::ZERO);
+    if let Some(p) = c.pre.as_mut() {
+        if !p.is_empty() {
+            p[row * g4..][..g4].fill(E::ZERO);
+        }
+    }
+    c.cells[row * hidden..][..hidden].fill(E::ZERO);
+    c.h_prev[row * state..][..state].fill(E::ZERO);
+    c.sh_hat[row * g4..][..g4].fill(E::ZERO);
+    c.c_hat[row * hidden..][..hidden].fill(E::ZERO);
+    c.rstd[row * 3..][..3].fill(E::ZERO);
+    // sx_hat of padded rows is the normalised input product like any other
+    // row's (the reference keeps it): written by the forward's first product.
+}
+
+fn copy_or_zero<E: Float>(dst: &mut [E], src: Option<&[E]>) {
+    match src {
+        Some(s) => dst.copy_from_slice(s),
+        None => dst.fill(E::ZERO),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+
+/// What the rows of one backward step read and write (as [`ForwardStep`]).
+struct BackwardStep<'a, E> {
+    v: Variant<'a, E>,
+    ln: LayerNorm<'a, E>,
+    hidden: usize,
+    cache: LnCacheRef<'a, E>,
+    /// c_{t−1} of each slot j (n, H): the previous step's cell or c0.
+    c_prev: *const E,
+    /// dm of each slot j (n, H).
+    dm: *const E,
+    /// The state dc (B, H): dL/dc_t in, dL/dc_{t−1} out.
+    dc: SharedMut<E>,
+    /// dz (R, 4H), dn (R, H) by row; ds_h of each slot j (n, 4H).
+    dz: SharedMut<E>,
+    dn: SharedMut<E>,
+    dsh: SharedMut<E>,
+    /// m_t (R, H) by row, with a projection (else null).
+    m: SharedMut<E>,
+    /// ‖dc_t‖ of each slot j, with the flow (else null).
+    flow_c: SharedMut<E>,
+}
+
+// SAFETY: as for `ForwardStep`.
+unsafe impl<E: Send> Send for BackwardStep<'_, E> {}
+// SAFETY: as above.
+unsafe impl<E: Sync> Sync for BackwardStep<'_, E> {}
+
+struct BackwardRow<'a, 'b, E> {
+    step: &'b BackwardStep<'a, E>,
+    j: usize,
+    b: usize,
+    row: usize,
+}
+
+impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        let sp = self.step;
+        let (h, g4) = (sp.hidden, 4 * sp.hidden);
+        let (j, b, row) = (self.j, self.b, self.row);
+        let v = &sp.v;
+        let ln = &sp.ln;
+        let cache = &sp.cache;
+        let zero = S::splat(E::ZERO);
+        let one = S::splat(E::ONE);
+        let clamp = |z: S| match v.clip {
+            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
+            None => z,
+        };
+        let through = |d: S, z: S| match v.clip {
+            Some(c) => S::splat(c).select_lt(z.abs(), zero, d),
+            None => d,
+        };
+        // SAFETY: as in `ForwardRow`: row `row` of the R-row buffers, slot `j`
+        // of the step's, batch row `b` of the state, each written by this row
+        // alone; the cache's lengths were checked.
+        unsafe {
+            let gates = cache.gates.as_ptr().add(row * g4);
+            let c_hat = cache.c_hat.as_ptr().add(row * h);
+            let r_c = *cache.rstd.get_unchecked(row * 3 + 2);
+            let r_h = *cache.rstd.get_unchecked(row * 3 + 1);
+            let dm = sp.dm.add(j * h);
+            let dn = sp.dn.0.add(row * h);
+            // dn = σ_h'(n)·(dm ⊙ o), its gain's gradient on, for the
+            // normalisation of c_t; m_t for dW_hr.
+            let mut u = 0;
+            while u < h {
+                let n = ld::<S>(c_hat, u, h).mul(param(ln.w_c, 0, u, h, one));
+                let n = n.add(param(ln.b_c, 0, u, h, zero));
+                let hn = v.h.apply(n);
+                let og = ld::<S>(gates.add(3 * h), u, h);
+                let d = ld::<S>(dm, u, h);
+                st::<S>(v.h.backprop(d.mul(og), n, hn), dn, u, h);
+                if !sp.m.0.is_null() {
+                    st::<S>(og.mul(hn), sp.m.0.add(row * h), u, h);
+                }
+                u += S::LANES;
+            }
+            // The gradient reaching c_t through its normalisation, in dsh's
+            // first H as scratch.
+            let scratch = sp.dsh.0.add(j * g4);
+            let mut u = 0;
+            while u < h {
+                let d = ld::<S>(dn, u, h).mul(param(ln.w_c, 0, u, h, one));
+                st::<S>(d, scratch, u, h);
+                u += S::LANES;
+            }
+            let through_c = std::slice::from_raw_parts_mut(scratch, h);
+            normalise_grad(through_c, std::slice::from_raw_parts(c_hat, h), r_c);
+            // The gate derivatives (docs/variants.md, 'Backward').
+            let pp = v.peepholes.unwrap_or(&[]).as_ptr();
+            let pre = cache.pre.unwrap_or(&[]);
+            let dz = sp.dz.0.add(row * g4);
+            let dc = sp.dc.0.add(b * h);
+            let c_prev = sp.c_prev.add(j * h);
+            let mut sq = 0.0f64;
+            let mut u = 0;
+            while u < h {
+                let z = |k: usize| {
+                    if pre.is_empty() {
+                        zero // never read: the activations need no input (caches_pre)
+                    } else {
+                        ld::<S>(pre.as_ptr().add(row * g4 + k * h), u, h)
+                    }
+                };
+                let gate = |k: usize| ld::<S>(gates.add(k * h), u, h);
+                let (ig, fg, gg, og) = (gate(0), gate(1), gate(2), gate(3));
+                let cp = ld::<S>(c_prev, u, h);
+                let d = ld::<S>(dm, u, h);
+                let n = ld::<S>(c_hat, u, h).mul(param(ln.w_c, 0, u, h, one));
+                let n = n.add(param(ln.b_c, 0, u, h, zero));
+                let hn = v.h.apply(n);
+                let z_o = z(3);
+                let dz_o = through(v.f.backprop(d.mul(hn), clamp(z_o), og), z_o);
+                let mut dcv = ld::<S>(dc, u, h).add(ld::<S>(scratch, u, h));
+                if v.peepholes.is_some() {
+                    dcv = dcv.add(dz_o.mul(ld::<S>(pp.add(h), u, h)));
+                }
+                if !sp.flow_c.0.is_null() {
+                    let mut lanes = [E::ZERO; 16];
+                    store_n::<S>(dcv, lanes.as_mut_ptr(), h - u);
+                    for x in &lanes[..S::LANES.min(h - u)] {
+                        sq += x.to_f64() * x.to_f64();
+                    }
+                }
+                let mut di = dcv.mul(gg);
+                if v.input_forget {
+                    di = di.sub(dcv.mul(cp));
+                }
+                let z_i = z(0);
+                let dz_i = through(v.f.backprop(di, clamp(z_i), ig), z_i);
+                let z_g = z(2);
+                let dz_g = through(v.g.backprop(dcv.mul(ig), clamp(z_g), gg), z_g);
+                let dz_f = if v.forget_gate && !v.input_forget {
+                    let z_f = z(1);
+                    through(v.f.backprop(dcv.mul(cp), clamp(z_f), fg), z_f)
+                } else {
+                    zero
+                };
+                let mut dc_prev = dcv.mul(fg);
+                if v.peepholes.is_some() {
+                    dc_prev = dc_prev
+                        .add(dz_i.mul(ld::<S>(pp, u, h)))
+                        .add(dz_f.mul(ld::<S>(pp.add(2 * h), u, h)));
+                }
+                st::<S>(dc_prev, dc, u, h);
+                st::<S>(dz_i, dz, u, h);
+                st::<S>(dz_f, dz.add(h), u, h);
+                st::<S>(dz_g, dz.add(2 * h), u, h);
+                st::<S>(dz_o, dz.add(3 * h), u, h);
+                u += S::LANES;
+            }
+            if !sp.flow_c.0.is_null() {
+                *sp.flow_c.0.add(j) = E::from_f64(sq.sqrt());
+            }
+            // ds_h = the gradient through the normalisation of s_h.
+            let dsh = sp.dsh.0.add(j * g4);
+            let mut u = 0;
+            while u < g4 {
+                let d = ld::<S>(dz, u, g4).mul(param(ln.w_hh, 0, u, g4, one));
+                st::<S>(d, dsh, u, g4);
+                u += S::LANES;
+            }
+            normalise_grad(
+                std::slice::from_raw_parts_mut(dsh, g4),
+                std::slice::from_raw_parts(cache.sh_hat.as_ptr().add(row * g4), g4),
+                r_h,
+            );
+        }
+    }
+}
+
+/// Backward pass (BPTT) of a [`forward`] with `cache`; the seeds None are
+/// zeros. Once `cancel` is set, returns [`Error::Interrupted`] at the next
+/// step.
+pub fn backward<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    cache: LnCacheRef<'_, E>,
+    seeds: Seeds<'_, E>,
+    grads: LnGrads<'_, E>,
+    cancel: &Cancel,
+) -> Result<()> {
+    let Dims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = seq.dims;
+    let state = seq.state();
+    let g4 = 4 * hidden;
+    seq.check()?;
+    let rows = seq.rows()?;
+    ln.check(hidden)?;
+    let got = [
+        Some(cache.gates.len()),
+        cache.pre.map(<[E]>::len),
+        Some(cache.cells.len()),
+        Some(cache.h_prev.len()),
+        Some(cache.sx_hat.len()),
+        Some(cache.sh_hat.len()),
+        Some(cache.c_hat.len()),
+        Some(cache.rstd.len()),
+    ];
+    check_cache(seq, rows, got)?;
+    expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
+    expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * state)?;
+    expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
+    expect("dx", grads.dx.len(), rows * input)?;
+    expect("dh0", grads.dh0.len(), batch * state)?;
+    expect("dc0", grads.dc0.len(), batch * hidden)?;
+    expect("dw_ih", grads.dw_ih.len(), g4 * input)?;
+    expect("dw_hh", grads.dw_hh.len(), g4 * state)?;
+    expect_opt("db", grads.db.as_ref().map(|d| d.len()), g4)?;
+    expect_opt(
+        "dpeepholes",
+        grads.dpeepholes.as_ref().map(|d| d.len()),
+        3 * hidden,
+    )?;
+    if grads.dpeepholes.is_some() != seq.variant.peepholes.is_some() {
+        return Err(Error::Value(
+            "dpeepholes: wanted exactly with peepholes".into(),
+        ));
+    }
+    expect_opt(
+        "dw_hr",
+        grads.dw_hr.as_ref().map(|d| d.len()),
+        state * hidden,
+    )?;
+    if grads.dw_hr.is_some() != seq.variant.w_hr.is_some() {
+        return Err(Error::Value(
+            "dw_hr: wanted exactly with a projection".into(),
+        ));
+    }
+    if let Some([fh, fc]) = &grads.flow {
+        expect("flow (dh)", fh.len(), rows)?;
+        expect("flow (dc)", fc.len(), rows)?;
+    }
+    if let Some([dz, dsh]) = &grads.scratch {
+        expect("scratch (dz)", dz.len(), rows * g4)?;
+        expect("scratch (ds_h)", dsh.len(), rows * g4)?;
+    }
+    expect_opt("dw_ln_ih", grads.dw_ln_ih.as_ref().map(|d| d.len()), g4)?;
+    expect_opt("dw_ln_hh", grads.dw_ln_hh.as_ref().map(|d| d.len()), g4)?;
+    expect_opt("dw_ln_c", grads.dw_ln_c.as_ref().map(|d| d.len()), hidden)?;
+    expect_opt("db_ln_c", grads.db_ln_c.as_ref().map(|d| d.len()), hidden)?;
+
+    let LnGrads {
+        dx,
+        dh0,
+        dc0,
+        dw_ih,
+        dw_hh,
+        db,
+        dpeepholes,
+        dw_hr,
+        mut flow,
+        scratch,
+        dw_ln_ih,
+        dw_ln_hh,
+        dw_ln_c,
+        db_ln_c,
+    } = grads;
+    copy_or_zero(dh0, seeds.dh_n);
+    copy_or_zero(dc0, seeds.dc_n);
+    if let Some([fh, fc]) = flow.as_mut() {
+        fh.fill(E::ZERO);
+        fc.fill(E::ZERO);
+    }
+    if !seq.runs() {
+        dx.fill(E::ZERO);
+        dw_ih.fill(E::ZERO);
+        dw_hh.fill(E::ZERO);
+        for d in [db, dpeepholes, dw_hr, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c]
+            .into_iter()
+            .flatten()
+        {
+            d.fill(E::ZERO);
+        }
+        return Ok(());
+    }
+    let isa = Isa::active();
+    let workers = pool::workers()?;
+    let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
+    let projects = seq.variant.w_hr.is_some();
+
+    let body = || -> Result<()> {
+        // By row: dz (then ds_x in place), ds_h, dn; with a projection dh_t
+        // and m_t. Rows of padded steps stay zero.
+        let (mut own_dz, mut own_dsh);
+        let (dz, dsh_all): (&mut [E], &mut [E]) = match scratch {
+            Some([dz, dsh]) => {
+                // Only the padded steps' rows keep what they held: zero them.
+                for b in 0..batch {
+                    for t in seq.length(b)..steps {
+                        let row = row_of(seq, t, b);
+                        dz[row * g4..][..g4].fill(E::ZERO);
+                        dsh[row * g4..][..g4].fill(E::ZERO);
+                    }
+                }
+                (dz, dsh)
+            }
+            None => {
+                own_dz = alloc::zeroed::<E>(&[rows, g4], "the gate gradients")?;
+                own_dsh = alloc::zeroed::<E>(&[rows, g4], "the recurrent products' gradients")?;
+                (&mut own_dz, &mut own_dsh)
+            }
+        };
+        let mut dn = alloc::zeroed::<E>(&[rows, hidden], "the normalised cells' gradients")?;
+        let pr = if projects { rows } else { 0 };
+        let mut dh_steps = alloc::zeroed::<E>(&[pr, state], "the dh of every step")?;
+        let mut m_all = alloc::zeroed::<E>(&[pr, hidden], "the m of every step")?;
+        // Step buffers of the running rows, and the state.
+        let mut dh_t = alloc::zeroed::<E>(&[batch, state], "dh_t of a step")?;
+        let mut dm = alloc::zeroed::<E>(&[batch, hidden], "dm of a step")?;
+        let mut dsh = alloc::zeroed::<E>(&[batch, g4], "ds_h of a step")?;
+        let mut dh_back = alloc::zeroed::<E>(&[batch, state], "dh_{t-1} of a step")?;
+        let mut c_prev = alloc::zeroed::<E>(&[batch, hidden], "c_{t-1} of a step")?;
+        let mut flow_c = alloc::zeroed::<E>(&[batch], "the flow of a step")?;
+        let mut dh = alloc::zeroed::<E>(&[batch, state], "the state dh")?;
+        dh.copy_from_slice(dh0);
+        let mut dc = alloc::zeroed::<E>(&[batch, hidden], "the state dc")?;
+        dc.copy_from_slice(dc0);
+        let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
+        for s in (0..steps).rev() {
+            cancel.check()?;
+            active.clear();
+            active.extend(
+                (0..batch)
+                    .filter(|&b| seq.length(b) > s)
+                    .map(|b| (b, row_of(seq, time_of(seq, s, b), b))),
+            );
+            let n = active.len();
+            for (j, &(b, row)) in active.iter().enumerate() {
+                let d = &mut dh_t[j * state..][..state];
+                d.copy_from_slice(&dh[b * state..][..state]);
+                if let Some(dy) = seeds.dy {
+                    for (x, &y) in d.iter_mut().zip(&dy[row * state..][..state]) {
+                        *x = *x + y;
+                    }
+                }
+                if projects {
+                    dh_steps[row * state..][..state].copy_from_slice(d);
+                }
+                if let Some([fh, _]) = flow.as_mut() {
+                    let t = time_of(seq, s, b);
+                    let sq = sum_f64(state, |i| d[i].to_f64() * d[i].to_f64());
+                    fh[t * batch + b] = E::from_f64(sq.sqrt());
+                }
+                let cp = &mut c_prev[j * hidden..][..hidden];
+                if s == 0 {
+                    match seq.c0 {
+                        Some(c0) => cp.copy_from_slice(&c0[b * hidden..][..hidden]),
+                        None => cp.fill(E::ZERO),
+                    }
+                } else {
+                    let before = row_of(seq, time_of(seq, s - 1, b), b);
+                    cp.copy_from_slice(&cache.cells[before * hidden..][..hidden]);
+                }
+            }
+            match seq.variant.w_hr {
+                Some(w_hr) => gemm(
+                    Mat::rows(&dh_t, n, state, state),
+                    Mat::rows(w_hr, state, hidden, hidden),
+                    &mut dm,
+                    hidden,
+                    false,
+                ),
+                None => dm[..n * hidden].copy_from_slice(&dh_t[..n * hidden]),
+            }
+            let step = BackwardStep {
+                v: seq.variant,
+                ln: *ln,
+                hidden,
+                cache,
+                c_prev: c_prev.as_ptr(),
+                dm: dm.as_ptr(),
+                dc: SharedMut(dc.as_mut_ptr()),
+                dz: SharedMut(dz.as_mut_ptr()),
+                dn: SharedMut(dn.as_mut_ptr()),
+                dsh: SharedMut(dsh.as_mut_ptr()),
+                m: if projects {
+                    SharedMut(m_all.as_mut_ptr())
+                } else {
+                    SharedMut::null()
+                },
+                flow_c: if flow.is_some() {
+                    SharedMut(flow_c.as_mut_ptr())
+                } else {
+                    SharedMut::null()
+                },
+            };
+            let act = &active;
+            each(n, |j| {
+                let (b, row) = act[j];
+                dispatch::<E, _>(
+                    isa,
+                    BackwardRow {
+                        step: &step,
+                        j,
+                        b,
+                        row,
+                    },
+                )
+            });
+            gemm(
+                Mat::rows(&dsh, n, g4, g4),
+                Mat::rows(seq.w_hh, g4, state, state),
+                &mut dh_back,
+                state,
+                false,
+            );
+            for (j, &(b, row)) in active.iter().enumerate() {
+                dsh_all[row * g4..][..g4].copy_from_slice(&dsh[j * g4..][..g4]);
+                let src = &dh_back[j * state..][..state];
+                let dst = &mut dh[b * state..][..state];
+                match seq.variant.recurrent_keep {
+                    Some(keep) => {
+                        for ((d, &x), &k) in dst.iter_mut().zip(src).zip(&keep[b * state..]) {
+                            *d = x * k;
+                        }
+                    }
+                    None => dst.copy_from_slice(src),
+                }
+                if let Some([_, fc]) = flow.as_mut() {
+                    let t = time_of(seq, s, b);
+                    fc[t * batch + b] = flow_c[j];
+                }
+            }
+        }
+        dh0.copy_from_slice(&dh);
+        dc0.copy_from_slice(&dc);
+        cancel.check()?;
+
+        // The sums over rows, in row order.
+        let mut db_sum = alloc::zeroed::<E>(&[g4], "the bias gradient")?;
+        column_sums(&mut db_sum, dz, None);
+        if let Some(d) = dw_ln_ih {
+            column_sums(d, dz, Some(cache.sx_hat));
+        }
+        if let Some(d) = dw_ln_hh {
+            column_sums(d, dz, Some(cache.sh_hat));
+        }
+        if let Some(d) = dw_ln_c {
+            column_sums(d, &dn, Some(cache.c_hat));
+        }
+        if let Some(d) = db_ln_c {
+            column_sums(d, &dn, None);
+        }
+        if let Some(db) = db {
+            db.copy_from_slice(&db_sum);
+        }
+        if let Some(dp) = dpeepholes {
+            peephole_grads(seq, dz, cache.cells, dp);
+        }
+        // ds_x in place of dz.
+        {
+            let dz_ptr = SharedMut(dz.as_mut_ptr());
+            let w = ln.w_ih;
+            each(rows, |r| {
+                let dz_ptr = &dz_ptr; // the whole wrapper: Sync
+                                      // SAFETY: row r of dz (R × 4H), this task's alone.
+                let d = unsafe { std::slice::from_raw_parts_mut(dz_ptr.0.add(r * g4), g4) };
+                if let Some(w) = w {
+                    for (x, &w) in d.iter_mut().zip(w) {
+                        *x = *x * w;
+                    }
+                }
+                let rstd = cache.rstd[r * 3];
+                normalise_grad(d, &cache.sx_hat[r * g4..][..g4], rstd);
+            });
+        }
+        let dsx = &*dz;
+        cancel.check()?;
+        gemm(
+            Mat::rows(dsx, rows, g4, g4),
+            Mat::rows(seq.w_ih, g4, input, input),
+            dx,
+            input,
+            false,
+        );
+        cancel.check()?;
+        gemm(
+            transposed(dsx, rows, g4),
+            Mat::rows(seq.x, rows, input, input),
+            dw_ih,
+            input,
+            false,
+        );
+        cancel.check()?;
+        gemm(
+            transposed(dsh_all, rows, g4),
+            Mat::rows(cache.h_prev, rows, state, state),
+            dw_hh,
+            state,
+            false,
+        );
+        if let Some(dw_hr) = dw_hr {
+            cancel.check()?;
+            gemm(
+                transposed(&dh_steps, rows, state),
+                Mat::rows(&m_all, rows, hidden, hidden),
+                dw_hr,
+                hidden,
+                false,
+            );
+        }
+        Ok(())
+    };
+    workers.pool.install(body)
+}
+
+/// The transpose of a (rows, width) row-major matrix.
+fn transposed<E>(a: &[E], rows: usize, width: usize) -> Mat<'_, E> {
+    Mat {
+        data: a,
+        rows: width,
+        cols: rows,
+        row_stride: 1,
+        col_stride: width,
+    }
+}
+
+/// `out[k] = Σ_r a[r][k] · b[r][k]` (`b` None: Σ_r a[r][k]) over the rows of
+/// the (rows, width) matrices in order; the columns in blocks over the pool's
+/// threads (each column's sum on one thread, in row order).
+fn column_sums<E: Float>(out: &mut [E], a: &[E], b: Option<&[E]>) {
+    const BLOCK: usize = 64;
+    let width = out.len();
+    let block = |(i, out): (usize, &mut [E])| {
+        out.fill(E::ZERO);
+        let k0 = i * BLOCK;
+        let n = out.len();
+        for (r, a_row) in a.chunks_exact(width).enumerate() {
+            let a_row = &a_row[k0..][..n];
+            match b {
+                Some(b) => {
+                    let b_row = &b[r * width + k0..][..n];
+                    for ((o, &x), &y) in out.iter_mut().zip(a_row).zip(b_row) {
+                        *o = *o + x * y;
+                    }
+                }
+                None => {
+                    for (o, &x) in out.iter_mut().zip(a_row) {
+                        *o = *o + x;
+                    }
+                }
+            }
+        }
+    };
+    if in_pool() {
+        out.par_chunks_mut(BLOCK).enumerate().for_each(block);
+    } else {
+        out.chunks_mut(BLOCK).enumerate().for_each(block);
+    }
+}
+
+/// d peepholes [p_i, p_o, p_f] = Σ dz_i ⊙ c_{t−1}, Σ dz_o ⊙ c_t, Σ dz_f ⊙
+/// c_{t−1} over the valid (t, b).
+fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, dz: &[E], cells: &[E], dp: &mut [E]) {
+    let h = seq.dims.hidden;
+    let g4 = 4 * h;
+    dp.fill(E::ZERO);
+    let zeros = vec![E::ZERO; h];
+    for b in 0..seq.dims.batch {
+        let len = seq.length(b);
+        for s in 0..len {
+            let row = row_of(seq, time_of(seq, s, b), b);
+            let c_prev: &[E] = if s == 0 {
+                seq.c0.map_or(&zeros[..], |c0| &c0[b * h..][..h])
+            } else {
+                &cells[row_of(seq, time_of(seq, s - 1, b), b) * h..][..h]
+            };
+            let c = &cells[row * h..][..h];
+            let d = &dz[row * g4..][..g4];
+            for u in 0..h {
+                dp[u] = dp[u] + d[u] * c_prev[u];
+                dp[h + u] = dp[h + u] + d[3 * h + u] * c[u];
+                dp[2 * h + u] = dp[2 * h + u] + d[h + u] * c_prev[u];
+            }
+        }
+    }
+}

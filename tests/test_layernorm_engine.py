@@ -1,0 +1,441 @@
+"""The engine's LayerNorm LSTM (rust/src/layernorm.rs; docs/variants.md,
+'LayerNorm LSTM') against the NumPy reference.
+
+- y, h_n, c_n, the cache's gates and cells and every gradient (the six of the
+  normalisations included) against the reference: with and without each of
+  the six gains and biases, with every variant of tests/test_projection.py
+  (peepholes, clip, input_forget, no forget gate, activations), with and
+  without a projection, every setting (lengths incl. 0, reverse, batch_first,
+  h0/c0), recurrent dropout and weight drop, both dtypes, every ISA;
+- T = 0, B = 0, every length 0; the cell API; prepared weights;
+- the same bits for 1, 2 and 3 threads and either split;
+- float64 central differences of the engine's own forward for the gradients
+  of the normalisations' parameters;
+- bad arguments raise the reference's errors, naming the argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import lstm_fast
+import numpy as np
+import pytest
+from lstm_fast import _checks
+
+from tests.helpers import assert_close, assert_same_bits, ref
+from tests.test_projection import SETTINGS, VARIANTS, _f64
+
+NAMES = _checks.LAYER_NORM_NAMES
+GRADIENTS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dpeepholes")
+NORM_GRADIENTS = ("dw_ln_ih", "db_ln_ih", "dw_ln_hh", "db_ln_hh", "dw_ln_c", "db_ln_c")
+
+
+def _problem(variant: dict, setting: tuple, dtype, *, projection: bool = True, norms=NAMES,
+             seed: int = 0):  # fmt: skip
+    """Arrays, options (layer norm, the variant, the setting) and seeds; without
+    ``projection`` P = H and no w_hr."""
+    T, B, I, H, P, lengths, reverse, batch_first, h0c0 = setting  # noqa: E741
+    if not projection:
+        P = H
+    rng = np.random.default_rng(seed)
+    k = 1.2 / np.sqrt(H)
+    seq = (B, T) if batch_first else (T, B)
+    arrays = {
+        "x": rng.standard_normal((*seq, I)),
+        "w_ih": rng.uniform(-k, k, (4 * H, I)),
+        "w_hh": rng.uniform(-k, k, (4 * H, P)),
+        "b_ih": rng.uniform(-k, k, 4 * H),
+        "b_hh": rng.uniform(-k, k, 4 * H),
+        "h0": 0.5 * rng.standard_normal((B, P)) if h0c0 else None,
+        "c0": rng.standard_normal((B, H)) if h0c0 else None,
+    }
+    arrays = {n: None if a is None else a.astype(dtype) for n, a in arrays.items()}
+    options = dict(variant)
+    if projection:
+        options["w_hr"] = rng.uniform(-1.5 / np.sqrt(H), 1.5 / np.sqrt(H), (P, H)).astype(dtype)
+    if options.pop("peepholes", False):
+        options["peepholes"] = rng.uniform(-1, 1, 3 * H).astype(dtype)
+    options.update(
+        batch_first=batch_first,
+        reverse=reverse,
+        lengths=None if lengths is None else np.array(lengths),
+        layer_norm=True,
+    )
+    for name in norms:
+        width = H if name.endswith("_c") else 4 * H
+        centre = 1.0 if name.startswith("w_") else 0.0
+        options[name] = (centre + 0.3 * rng.standard_normal(width)).astype(dtype)
+    seeds = {
+        "dy": rng.standard_normal((*seq, P)).astype(dtype),
+        "dh_n": rng.standard_normal((B, P)).astype(dtype),
+        "dc_n": rng.standard_normal((B, H)).astype(dtype),
+    }
+    return arrays, options, seeds
+
+
+def _run(module, arrays, options, seeds, *, flow=True):
+    out = module.forward(*arrays.values(), **options)
+    grads = module.backward(out.cache, *seeds.values(), flow=flow)
+    return out, grads
+
+
+def _assert_matches_reference(arrays, options, seeds, dtype, *, factor=1.0):
+    out, g = _run(lstm_fast, arrays, options, seeds)
+    r_out, r = _run(ref, _f64(arrays), _f64(options), _f64(seeds))
+    for field in ("y", "h_n", "c_n"):
+        assert getattr(out, field).dtype == dtype
+        assert_close(getattr(out, field), getattr(r_out, field), dtype, what=field, factor=factor)
+    for gate in "ifgoc":
+        mine, theirs = getattr(out.cache, gate), getattr(r_out.cache, gate)
+        assert_close(mine, theirs, dtype, what=gate, factor=factor)
+    if out.cache.z is not None:
+        assert_close(out.cache.z, r_out.cache.z, dtype, what="z", factor=factor)
+    assert type(g) is lstm_fast.LayerNormGradients
+    assert type(g) is type(r)
+    for field in GRADIENTS + NORM_GRADIENTS:
+        mine, theirs = getattr(g, field), getattr(r, field)
+        if theirs is None:
+            assert mine is None, field
+            continue
+        assert mine.dtype == dtype and mine.shape == theirs.shape, field
+        assert_close(mine, theirs, dtype, what=field, factor=factor)
+    for field in ("dh", "dc", "dh_sum", "dc_sum"):
+        assert_close(
+            getattr(g.flow, field), getattr(r.flow, field), dtype, what=f"flow.{field}",
+            factor=factor,
+        )  # fmt: skip
+    return out, g
+
+
+# ---------------------------------------------------------------------------
+# Against the reference
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_with_projection_matches_reference(isa, dtype, name, setting):
+    arrays, options, seeds = _problem(VARIANTS[name], SETTINGS[setting], dtype)
+    _assert_matches_reference(arrays, options, seeds, dtype)
+
+
+@pytest.mark.parametrize("setting", ["basic", "lengths-reverse-h0c0", "batch_first-lengths",
+                                     "B1-P1", "many-rows"])  # fmt: skip
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_without_projection_matches_reference(isa, dtype, name, setting):
+    arrays, options, seeds = _problem(VARIANTS[name], SETTINGS[setting], dtype, projection=False)
+    _assert_matches_reference(arrays, options, seeds, dtype)
+
+
+NORM_SETS = {
+    "none": (),
+    **{name: (name,) for name in NAMES},
+    "gains": ("w_ln_ih", "w_ln_hh", "w_ln_c"),
+    "biases": ("b_ln_ih", "b_ln_hh", "b_ln_c"),
+    "all": NAMES,
+}
+
+
+@pytest.mark.parametrize("norms", NORM_SETS)
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_gain_and_bias_alone(isa, dtype, projection, norms):
+    setting = SETTINGS["lengths-reverse-h0c0"]
+    arrays, options, seeds = _problem(
+        {"peepholes": True}, setting, dtype, projection=projection, norms=NORM_SETS[norms]
+    )
+    _, g = _assert_matches_reference(arrays, options, seeds, dtype)
+    for name, field in zip(NAMES, NORM_GRADIENTS):
+        assert (getattr(g, field) is None) == (name not in NORM_SETS[norms]), field
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_without_biases_and_seeds(dtype):
+    arrays, options, seeds = _problem({}, SETTINGS["basic"], dtype, projection=False)
+    arrays.update(b_ih=None, b_hh=None)
+    seeds.update(dh_n=None, dc_n=None)
+    _, g = _assert_matches_reference(arrays, options, seeds, dtype)
+    assert g.db_ih is None and g.db_hh is None
+
+
+def test_bias_gradients_are_separate_arrays():
+    arrays, options, seeds = _problem({}, SETTINGS["basic"], np.float64, projection=False)
+    _, g = _run(lstm_fast, arrays, options, seeds)
+    biases = [g.db_ih, g.db_hh, g.db_ln_ih, g.db_ln_hh]
+    for k, a in enumerate(biases):
+        assert_same_bits(a, biases[0])
+        for b in biases[k + 1 :]:
+            assert not np.shares_memory(a, b)
+
+
+REG = {
+    "wd": {"weight_drop": 0.3, "seed": 11},
+    "rd": {"recurrent_dropout": 0.3, "seed": 11},
+    "rd+wd": {"recurrent_dropout": 0.25, "weight_drop": 0.45, "seed": 6, "layer": 3},
+    "inference": {"recurrent_dropout": 0.4, "weight_drop": 0.3, "training": False},
+}
+
+
+@pytest.mark.parametrize("reg", REG)
+@pytest.mark.parametrize("name", ["plain-gates", "everything", "peep+coupled"])
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_regularisation_matches_reference(isa, dtype, projection, name, reg):
+    arrays, options, seeds = _problem(
+        VARIANTS[name], SETTINGS["lengths-reverse-h0c0"], dtype, projection=projection
+    )
+    options.update(REG[reg])
+    _assert_matches_reference(arrays, options, seeds, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "T, B, lengths", [(0, 3, None), (4, 0, None), (3, 2, [0, 0]), (3, 3, [0, 3, 0])]
+)
+def test_empty_shapes_and_zero_lengths(dtype, T, B, lengths):
+    setting = (T, B, 3, 5, 2, lengths, True, False, True)
+    for projection in (False, True):
+        arrays, options, seeds = _problem({}, setting, dtype, projection=projection)
+        out, g = _assert_matches_reference(arrays, options, seeds, dtype)
+        if lengths is not None and not any(lengths):
+            assert_same_bits(out.h_n, arrays["h0"])
+            assert_same_bits(out.c_n, arrays["c0"])
+            assert not np.any(out.y)
+            for field in ("dw_ih", "dw_hh", "dw_ln_ih", "db_ln_c"):
+                assert not np.any(getattr(g, field)), field
+
+
+# ---------------------------------------------------------------------------
+# The cell API and prepared weights
+
+
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("name", ["plain-gates", "everything", "peep+coupled", "no_forget_gate"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cell_matches_reference(isa, dtype, name, projection):
+    setting = (1, 4, 3, 9, 4, None, False, False, True)
+    arrays, options, seeds = _problem(VARIANTS[name], setting, dtype, projection=projection)
+    for k in ("batch_first", "reverse", "lengths"):
+        options.pop(k)
+    args = (arrays["x"][0], arrays["h0"], arrays["c0"], arrays["w_ih"], arrays["w_hh"],
+            arrays["b_ih"], arrays["b_hh"])  # fmt: skip
+    mine = lstm_fast.cell_forward(*args, **options)
+    theirs = ref.cell_forward(*_f64(dict(enumerate(args))).values(), **_f64(options))
+    for k in (0, 1):
+        assert mine[k].dtype == dtype
+        assert_close(mine[k], theirs[k], dtype)
+    for gate in "ifgoc":
+        assert_close(getattr(mine.cache, gate), getattr(theirs.cache, gate), dtype, what=gate)
+    g = lstm_fast.cell_backward(mine.cache, seeds["dh_n"], seeds["dc_n"])
+    r = ref.cell_backward(theirs.cache, seeds["dh_n"].astype(np.float64),
+                          seeds["dc_n"].astype(np.float64))  # fmt: skip
+    assert type(g) is lstm_fast.CellLayerNormGradients and type(r) is type(g)
+    for field in g._fields:
+        a, b = getattr(g, field), getattr(r, field)
+        if b is None:
+            assert a is None, field
+        else:
+            assert_close(a, b, dtype, what=field)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_prepared_weights_take_layer_norm(dtype):
+    arrays, options, seeds = _problem(
+        {"peepholes": True}, SETTINGS["lengths-reverse-h0c0"], dtype, projection=False
+    )
+    out, g = _run(lstm_fast, arrays, options, seeds)
+    prepared = lstm_fast.prepare_weights(
+        arrays["w_ih"], arrays["w_hh"], arrays["b_ih"], arrays["b_hh"]
+    )
+    p_out = prepared.forward(arrays["x"], arrays["h0"], arrays["c0"], **options)
+    for a, b in zip(p_out[:3], out[:3]):
+        assert_same_bits(a, b)
+    p_g = lstm_fast.backward(p_out.cache, *seeds.values(), flow=True)
+    for field in GRADIENTS + NORM_GRADIENTS:
+        if field not in ("db_ih", "db_hh"):  # the prepared weights keep b_ih + b_hh
+            assert_same_bits(getattr(p_g, field), getattr(g, field), field)
+    cell = prepared.cell_forward(
+        arrays["x"][0], arrays["h0"], arrays["c0"], layer_norm=True, w_ln_c=options["w_ln_c"]
+    )
+    theirs = ref.cell_forward(
+        arrays["x"][0], arrays["h0"], arrays["c0"], arrays["w_ih"], arrays["w_hh"],
+        arrays["b_ih"], arrays["b_hh"], layer_norm=True, w_ln_c=options["w_ln_c"],
+    )  # fmt: skip
+    assert_close(cell.h_new, theirs.h_new, dtype)
+    with pytest.raises(ValueError, match="w_ln_ih.*layer_norm=True"):
+        prepared.forward(arrays["x"], w_ln_ih=options["w_ln_ih"])
+
+
+def test_types_are_shared_with_the_reference():
+    assert lstm_fast.LayerNormGradients is ref.LayerNormGradients
+    assert lstm_fast.CellLayerNormGradients is ref.CellLayerNormGradients
+    assert ref.LayerNormGradients._fields[:10] == lstm_fast.functional.VariantGradients._fields
+
+
+def test_cache_describes_itself():
+    arrays, options, seeds = _problem({"clip": 0.5}, SETTINGS["basic"], np.float32)
+    out = lstm_fast.forward(*arrays.values(), **options)
+    assert isinstance(out.cache, lstm_fast.functional.LayerNormCache)
+    assert out.cache.z is not None and out.cache.z.shape == (5, 3, 28)
+    assert out.cache.nbytes > out.cache.c.nbytes
+    assert "lstm_fast.Cache" in repr(out.cache)
+    assert lstm_fast.forward(*arrays.values(), need_cache=False, **options).cache is None
+
+
+# ---------------------------------------------------------------------------
+# Gradients of the normalisations: central differences of the engine itself
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_gradients_match_central_differences(projection):
+    setting = (4, 3, 3, 5, 2, [4, 2, 3], True, False, True)
+    arrays, options, seeds = _problem(
+        {"peepholes": True}, setting, np.float64, projection=projection
+    )
+    options["layer_norm_eps"] = 1e-3
+
+    def loss(arrays, options):
+        out = lstm_fast.forward(*arrays.values(), need_cache=False, **options)
+        return float(
+            np.sum(out.y * seeds["dy"]) + np.sum(out.h_n * seeds["dh_n"])
+            + np.sum(out.c_n * seeds["dc_n"])
+        )  # fmt: skip
+
+    _, g = _run(lstm_fast, arrays, options, seeds)
+    rng = np.random.default_rng(5)
+    step = 1e-6
+    checks = [(options, name, getattr(g, field)) for name, field in zip(NAMES, NORM_GRADIENTS)]
+    checks += [(arrays, "x", g.dx), (arrays, "w_hh", g.dw_hh), (arrays, "c0", g.dc0)]
+    for container, key, grad in checks:
+        base = container[key]
+        for _ in range(5):
+            index = tuple(int(rng.integers(n)) for n in base.shape)
+            values = []
+            for sign in (1, -1):
+                moved = base.copy()
+                moved[index] += sign * step
+                changed = dict(container, **{key: moved})
+                values.append(
+                    loss(changed, options) if container is arrays else loss(arrays, changed)
+                )
+            numeric = (values[0] - values[1]) / (2 * step)
+            assert abs(numeric - grad[index]) <= 1e-6 * max(1.0, abs(numeric)), (key, index)
+
+
+# ---------------------------------------------------------------------------
+# Threads and splits: the same bits
+
+_THREAD_SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+import lstm_fast
+from tests.test_layernorm_engine import SETTINGS, VARIANTS, _problem, _run
+out = {{}}
+for isa in lstm_fast.available_isas():
+    lstm_fast._set_isa(isa)
+    for name in ("plain-gates", "everything"):
+        for dtype in (np.float32, np.float64):
+            for setting in ("many-rows", "lengths-reverse-h0c0", "P>H"):
+                for projection in (False, True):
+                    arrays, options, seeds = _problem(
+                        VARIANTS[name], SETTINGS[setting], dtype, projection=projection, seed=3
+                    )
+                    options.update(recurrent_dropout=0.2, weight_drop=0.1, seed=8)
+                    fwd, g = _run(lstm_fast, arrays, options, seeds)
+                    h = hashlib.sha256()
+                    for a in (*fwd[:3], *g[:9], *g.flow, *g[10:]):
+                        if a is not None:
+                            h.update(np.ascontiguousarray(a).tobytes())
+                    key = f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}/{{projection}}"
+                    out[key] = h.hexdigest()
+print(json.dumps(out))
+"""
+
+
+def _hashes(**env) -> dict:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
+    environment.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", _THREAD_SCRIPT.format(root=root)],
+        capture_output=True, text=True, env=environment, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_same_bits_for_any_thread_count_and_split():
+    one = _hashes(LSTM_FAST_NUM_THREADS="1")
+    assert one
+    for env in (
+        {"LSTM_FAST_NUM_THREADS": "2"},
+        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
+        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
+    ):
+        assert _hashes(**env) == one, env
+
+
+def test_same_bits_for_any_thread_count_in_process(threads):
+    lengths = [int(n) for n in np.random.default_rng(4).integers(0, 8, 40)]
+    setting = (7, 40, 4, 33, 9, lengths, True, False, True)
+    arrays, options, seeds = _problem(VARIANTS["everything"], setting, np.float32)
+    results = []
+    for n in (1, 2, 3):
+        lstm_fast.set_num_threads(n)
+        out, g = _run(lstm_fast, arrays, options, seeds)
+        results.append([*out[:3], *g[:9], *g.flow, *g[10:]])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert_same_bits(a, b)
+
+
+# ---------------------------------------------------------------------------
+# Bad arguments: the reference's errors
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        (dict(w_ln_ih=np.ones(16)), ValueError, "w_ln_ih.*layer_norm=True"),
+        (dict(b_ln_c=np.ones(4)), ValueError, "b_ln_c.*layer_norm=True"),
+        (dict(layer_norm=True, w_ln_ih=np.ones(15)), ValueError, "w_ln_ih"),
+        (dict(layer_norm=True, b_ln_hh=np.ones((4, 4))), ValueError, "b_ln_hh"),
+        (dict(layer_norm=True, w_ln_c=np.ones(16)), ValueError, "w_ln_c"),
+        (dict(layer_norm=True, b_ln_c=np.ones(3)), ValueError, "b_ln_c"),
+        (dict(layer_norm=True, w_ln_hh=np.ones(16, complex)), TypeError, "w_ln_hh"),
+        (dict(layer_norm=True, w_ln_ih="gain"), TypeError, "w_ln_ih"),
+        (dict(layer_norm=True, layer_norm_eps=0.0), ValueError, "layer_norm_eps"),
+        (dict(layer_norm=True, layer_norm_eps=-1e-5), ValueError, "layer_norm_eps"),
+        (dict(layer_norm=True, layer_norm_eps=float("nan")), ValueError, "layer_norm_eps"),
+        (dict(layer_norm=True, layer_norm_eps=float("inf")), ValueError, "layer_norm_eps"),
+        (dict(layer_norm=True, layer_norm_eps="1e-5"), TypeError, "layer_norm_eps"),
+        (dict(layer_norm="yes"), TypeError, "layer_norm"),
+    ],
+    ids=lambda v: str(v)[:40] if not isinstance(v, dict) else ",".join(v),
+)
+def test_bad_arguments_raise_the_references_errors(options, error, match):
+    rng = np.random.default_rng(2)
+    x, w_ih, w_hh = rng.standard_normal((2, 2, 3)), np.ones((16, 3)), np.ones((16, 4))
+    h, c = np.zeros((2, 4)), np.zeros((2, 4))
+    messages = []
+    for module in (lstm_fast, ref):
+        with pytest.raises(error, match=match) as seq_error:
+            module.forward(x, w_ih, w_hh, **options)
+        with pytest.raises(error, match=match) as cell_error:
+            module.cell_forward(x[0], h, c, w_ih, w_hh, **options)
+        messages.append((str(seq_error.value), str(cell_error.value)))
+    assert messages[0] == messages[1], options  # the reference's very messages
+
+
+def test_float16_and_mixed_dtypes_follow_the_rules():
+    arrays, options, _ = _problem({}, SETTINGS["basic"], np.float32, projection=False, norms=())
+    out = lstm_fast.forward(*arrays.values(), **options, w_ln_c=np.ones(7, np.float16))
+    assert out.y.dtype == np.float32
+    out = lstm_fast.forward(*arrays.values(), **options, w_ln_c=np.ones(7, np.float64))
+    assert out.y.dtype == np.float64
