@@ -19,6 +19,7 @@ __all__ = [
     "_env_num_threads_error",
     "_hold_pool_lock",
     "available_isas",
+    "bfloat16_bits",
     "fma_peak",
     "backward",
     "forward",
@@ -37,6 +38,7 @@ __version__: str
 def forward(seq: Sequence, out: Outputs, cache: CacheArrays | None) -> None: ...
 def backward(seq: Sequence, cache: CacheArrays, seeds: Seeds, grads: Grads) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
+def bfloat16_bits(src: np.ndarray, out: np.ndarray) -> None: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
 def scaled_keep(
     out: np.ndarray, seed: int, stream: int, layer: int, direction: int, p: float
@@ -68,4 +70,6 @@ class Packed:
     """The packed panels of ``w_ih``, ``w_hh`` and the projection ``w_hr`` (None
     for none), kept for the calls whose ``seq.packed`` it is."""
 
-    def __new__(cls, w_ih: object, w_hh: object, w_hr: object | None = None) -> Packed: ...
+    def __new__(
+        cls, w_ih: object, w_hh: object, w_hr: object | None = None, bfloat16: bool = False
+    ) -> Packed: ...

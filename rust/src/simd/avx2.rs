@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::bf16::Bf16;
 use super::vector::Simd;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +28,15 @@ impl Simd for F32x8 {
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller guarantees 8 readable elements at `p`.
         unsafe { F32x8(_mm256_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const Bf16) -> Self {
+        // 8 × 16 bits zero-extended to 32, shifted into the upper half.
+        // SAFETY: the caller guarantees 8 readable values (16 bytes) at `p`.
+        unsafe {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast::<__m128i>()));
+            F32x8(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits)))
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::bf16::Bf16;
 use super::vector::Simd;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +28,15 @@ impl Simd for F32x16 {
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller guarantees 16 readable elements at `p`.
         unsafe { F32x16(_mm512_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const Bf16) -> Self {
+        // 16 × 16 bits zero-extended to 32, shifted into the upper half.
+        // SAFETY: the caller guarantees 16 readable values (32 bytes) at `p`.
+        unsafe {
+            let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast::<__m256i>()));
+            F32x16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits)))
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

@@ -9,6 +9,8 @@
 use std::fmt::Debug;
 use std::ops::{Add, Mul, Sub};
 
+use super::bf16::Bf16;
+
 /// `f32` or `f64` as the vector code sees it: the constants of the activation
 /// functions and the vector type of each ISA.
 ///
@@ -74,6 +76,24 @@ pub trait Simd: Copy {
     /// # Safety
     /// `p` must be valid for reading `LANES` elements (no alignment needed).
     unsafe fn load(p: *const Self::E) -> Self;
+    /// `LANES` bfloat16 values widened to elements (exactly: every bfloat16
+    /// is an f32). The ISAs override it for f32 with a widening in
+    /// registers; this default, one element at a time, serves the others.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `LANES` bfloat16 values (no alignment
+    /// needed).
+    #[inline(always)]
+    unsafe fn load_bf16(p: *const Bf16) -> Self {
+        let mut tmp = [Self::E::ZERO; 16];
+        for (i, t) in tmp.iter_mut().take(Self::LANES).enumerate() {
+            // SAFETY: i < LANES values are readable at p (caller's contract).
+            let v = unsafe { p.add(i).read_unaligned() };
+            *t = Self::E::from_f64(f64::from(v.to_f32()));
+        }
+        // SAFETY: LANES ≤ 16 elements of tmp are initialised.
+        unsafe { Self::load(tmp.as_ptr()) }
+    }
     /// # Safety
     /// `p` must be valid for writing `LANES` elements (no alignment needed).
     unsafe fn store(self, p: *mut Self::E);
