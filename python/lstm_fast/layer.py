@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 import numpy as np
 
 from . import functional as _F
+from .functional import bfloat16_weights
 from ._checks import (
     PLAIN_ACTIVATIONS,
     cast,
@@ -274,8 +275,9 @@ class LSTM:
         #: without a projection); None before.
         self.hx_grad: tuple[np.ndarray, np.ndarray] | None = None
         self._tape: _Tape | None = None
-        #: (layer, direction) -> the weights as last packed (see _prepared_weights).
-        self._prepared: dict[tuple[int, int], Any] = {}
+        #: (layer, direction) -> the weights as last packed (see _prepared_weights);
+        #: (layer, direction, 16) -> their bfloat16 copy.
+        self._prepared: dict[tuple[int, ...], Any] = {}
         #: (layer, direction) -> the ``GradientFlow`` of the last ``backward(flow=True)``.
         self.flow: dict[tuple[int, int], Any] = {}
 
@@ -390,8 +392,9 @@ class LSTM:
             None if b_hh is None else p[b_hh],
         )
 
-    def _prepared_weights(self, layer: int, direction: int) -> Any:
-        """The weights of one layer and direction, packed for the engine.
+    def _prepared_weights(self, layer: int, direction: int, weight_dtype: Any = None) -> Any:
+        """The weights of one layer and direction, packed for the engine (with
+        ``weight_dtype="bfloat16"``, bf16 inference's copy, kept beside the other).
 
         Packing costs a pass over the weights, as much as several time steps, so the
         packed copy is kept across calls, but only while it can be proven current:
@@ -407,11 +410,16 @@ class LSTM:
         projection = {}
         if self.proj_size:
             projection["w_hr"] = p[self._projection_name(layer, direction)]
-        kept = self._prepared.get((layer, direction))
+        key: tuple[int, ...] = (layer, direction)
+        if weight_dtype is not None and bfloat16_weights(weight_dtype):
+            key, projection["weight_dtype"] = (layer, direction, 16), "bfloat16"
+        kept = self._prepared.get(key)
         # The isinstance test: tests swap the engine for the reference (``_F``).
-        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live, **projection):
+        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(
+            *live, w_hr=projection.get("w_hr")
+        ):
             kept = _F.prepare_weights(*live, dtype=self.dtype, **projection)
-            self._prepared[(layer, direction)] = kept
+            self._prepared[key] = kept
         return kept
 
     def _prepared_variant(self, layer: int, direction: int) -> dict[str, Any]:
@@ -482,7 +490,13 @@ class LSTM:
     # ------------------------------------------------------------------ forward
 
     def forward(
-        self, x: Any, hx: Any = None, *, lengths: Any = None, need_cache: bool = True
+        self,
+        x: Any,
+        hx: Any = None,
+        *,
+        lengths: Any = None,
+        need_cache: bool | None = None,
+        weight_dtype: Any = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
 
@@ -491,9 +505,17 @@ class LSTM:
         each row's valid steps (PackedSequence semantics: padded outputs are 0, ``h_n``
         is the state after the row's last valid step, h0 for length 0).
         ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
+        ``weight_dtype="bfloat16"``: bf16 inference (README, 'bf16 inference'; a
+        float32 layer, ``need_cache`` False, its default then), from a bfloat16 copy
+        of the weights kept while the parameters are unchanged.
         """
         self._tape = None  # a failed call must not leave an older tape for backward
-        need_cache = flag("need_cache", need_cache)
+        bf16 = bfloat16_weights(weight_dtype)
+        need_cache = flag("need_cache", not bf16 if need_cache is None else need_cache)
+        if bf16 and need_cache:
+            raise ValueError(
+                "need_cache=True: weight_dtype='bfloat16' is for inference only (no backward)"
+            )
         array, batch_first, unbatched, steps, batch = self._input(x)
         rows = self.num_layers * self.num_directions
         h0 = c0 = None
@@ -516,7 +538,7 @@ class LSTM:
 
             def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
                 k = layer * self.num_directions + direction
-                return self._prepared_weights(layer, direction).forward(
+                return self._prepared_weights(layer, direction, weight_dtype).forward(
                     inp,
                     None if h0 is None else h0[k],
                     None if c0 is None else c0[k],
@@ -568,7 +590,10 @@ class LSTM:
         flow = flag("flow", flow)
         tape = self._tape
         if tape is None:
-            raise RuntimeError("backward() needs a preceding forward() with need_cache=True")
+            raise RuntimeError(
+                "backward() needs a preceding forward() with need_cache=True (a forward "
+                "with weight_dtype='bfloat16' is inference only)"
+            )
         state = self.state_size
         directions = self.num_directions
         rows = self.num_layers * directions
@@ -646,15 +671,17 @@ class LSTM:
     # ---------------------------------------------------------------- streaming
 
     def step(
-        self, x_t: Any, state: tuple[Any, Any] | None = None
+        self, x_t: Any, state: tuple[Any, Any] | None = None, *, weight_dtype: Any = None
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """One time step of a unidirectional stack: ``(y_t, (h, c))``.
 
         ``x_t`` (B, I) or (I,); ``state`` is ``(h, c)``, (L, B, P) and (L, B, H) (or
         (L, P) and (L, H); P = H without a projection), zeros when ``None`` - e.g. the
         ``(h_n, c_n)`` of a forward over a prefix. Feeding a sequence step by step gives
-        the same ``y`` as one forward over it.
+        the same ``y`` as one forward over it. ``weight_dtype="bfloat16"``: as in
+        :meth:`forward`.
         """
+        bfloat16_weights(weight_dtype)  # checked before any work
         if self.bidirectional or self._reverse:
             raise ValueError(
                 "step() needs a unidirectional LSTM (the reverse direction would need the future)"
@@ -686,7 +713,7 @@ class LSTM:
         h_new = np.empty((self.num_layers, batch, self.state_size), self.dtype)
         c_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
         for layer in range(self.num_layers):
-            out = self._prepared_weights(layer, 0).forward(
+            out = self._prepared_weights(layer, 0, weight_dtype).forward(
                 layer_input,
                 None if h is None else h[layer],
                 None if c is None else c[layer],
