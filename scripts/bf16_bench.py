@@ -91,8 +91,8 @@ def speed(names: list[str], threads: list[int], repeats: int) -> None:
             f32 = lstm_fast.prepare_weights(*mats)
             bf16 = lstm_fast.prepare_weights(*mats, weight_dtype="bfloat16")
             calls: dict[str, Callable[[], Any] | str] = {
-                "f32": lambda: f32.forward(p["x"], need_cache=False),
-                "bf16": lambda: bf16.forward(p["x"]),
+                "f32": lambda f32=f32, x=p["x"]: f32.forward(x, need_cache=False),
+                "bf16": lambda bf16=bf16, x=p["x"]: bf16.forward(x),
                 **_torch_calls(p, n),
             }
             runnable = {k: c for k, c in calls.items() if callable(c)}
@@ -106,15 +106,15 @@ def speed(names: list[str], threads: list[int], repeats: int) -> None:
                     c()
                     times[k].append(clock() - t0)
 
-            def cell(k: str) -> str:
-                if k not in times:
-                    return str(calls[k])
-                v = times[k]
-                return f"{min(v) * 1e3:.2f} / {statistics.median(v) * 1e3:.2f}"
-
+            cells = {
+                k: str(c) if k not in times
+                else f"{min(times[k]) * 1e3:.2f} / {statistics.median(times[k]) * 1e3:.2f}"
+                for k, c in calls.items()
+            }  # fmt: skip
             ratio = min(times["f32"]) / min(times["bf16"])
-            print(f"| {name} ({b},{t},{i},{h}) | {n} | {cell('f32')} | {cell('bf16')} | "
-                  f"{ratio:.2f} | {cell('torch f32')} | {cell('torch bf16')} |", flush=True)  # fmt: skip
+            print(f"| {name} ({b},{t},{i},{h}) | {n} | {cells['f32']} | {cells['bf16']} | "
+                  f"{ratio:.2f} | {cells['torch f32']} | {cells['torch bf16']} |",
+                  flush=True)  # fmt: skip
 
 
 def _err(a: np.ndarray, b: np.ndarray) -> str:

@@ -21,8 +21,8 @@ import sys
 import lstm_fast
 import numpy as np
 import pytest
-
 from lstm_fast.functional import bfloat16_round
+
 from tests.helpers import ROOT, assert_same_bits
 
 # ---------------------------------------------------------------------------
@@ -52,9 +52,9 @@ def _numpy_rne(a: np.ndarray) -> np.ndarray:
             continue
         high = low + 1  # away from zero; 0x7f80 | sign is inf
 
-        def value(b: int) -> float:
+        def value(b: int, sign: float = float(x)) -> float:
             if b & 0x7FFF == 0x7F80:  # past the largest finite: 2^128 unbounded
-                return math.copysign(2.0**128, float(x))
+                return math.copysign(2.0**128, sign)
             return float(np.array(b << 16, np.uint32).view(np.float32))
 
         d_low, d_high = abs(float(x) - value(low)), abs(float(x) - value(high))
@@ -216,8 +216,10 @@ def _results(x, w, call):
     h = np.zeros((B, (w_hr.shape[0] if w_hr is not None else w["w_hh"].shape[1])), np.float32)
     c = np.ones((B, w["w_hh"].shape[0] // 4), np.float32)
     cell = pw.cell_forward(x0, h, c, **variant)
-    cell_want = lstm_fast.cell_forward(x0, h, c, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"],
-                                       w_hr=r.get("w_hr"), peepholes=peepholes, **variant)  # fmt: skip
+    cell_want = lstm_fast.cell_forward(
+        x0, h, c, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"],
+        w_hr=r.get("w_hr"), peepholes=peepholes, **variant,
+    )  # fmt: skip
     assert got.cache is None and again.cache is None and cell.cache is None
     return {
         "y": (got.y, want.y), "h_n": (got.h_n, want.h_n), "c_n": (got.c_n, want.c_n),

@@ -628,9 +628,7 @@ def bfloat16_weights(weight_dtype: Any) -> bool:
             ) from None
         if name == "bfloat16":  # ml_dtypes.bfloat16
             return True
-    raise ValueError(
-        f"weight_dtype must be None or 'bfloat16' (also 'bf16'), got {weight_dtype!r}"
-    )
+    raise ValueError(f"weight_dtype must be None or 'bfloat16' (also 'bf16'), got {weight_dtype!r}")
 
 
 def bfloat16_round(a: Any) -> np.ndarray:

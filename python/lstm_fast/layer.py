@@ -19,7 +19,6 @@ from typing import Any, Callable, NamedTuple, TypeVar
 import numpy as np
 
 from . import functional as _F
-from .functional import bfloat16_weights
 from ._checks import (
     PLAIN_ACTIVATIONS,
     cast,
@@ -37,6 +36,7 @@ from ._checks import (
 )
 from ._core import Cancel
 from ._types import LayerWeights
+from .functional import bfloat16_weights
 
 __all__ = ["LSTM"]
 
@@ -411,14 +411,13 @@ class LSTM:
         if self.proj_size:
             projection["w_hr"] = p[self._projection_name(layer, direction)]
         key: tuple[int, ...] = (layer, direction)
+        options: dict[str, Any] = {"dtype": self.dtype, **projection}
         if weight_dtype is not None and bfloat16_weights(weight_dtype):
-            key, projection["weight_dtype"] = (layer, direction, 16), "bfloat16"
+            key, options["weight_dtype"] = (layer, direction, 16), "bfloat16"
         kept = self._prepared.get(key)
         # The isinstance test: tests swap the engine for the reference (``_F``).
-        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(
-            *live, w_hr=projection.get("w_hr")
-        ):
-            kept = _F.prepare_weights(*live, dtype=self.dtype, **projection)
+        if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live, **projection):
+            kept = _F.prepare_weights(*live, **options)
             self._prepared[key] = kept
         return kept
 

@@ -178,9 +178,15 @@ pub unsafe fn mrx4v<S: Simd, const MR: usize>(
     acc
 }
 
-/// Depth of a panel slice (4 vectors of `W` wide) that fits [`L1_PANEL_BYTES`].
+/// Depth of a panel slice (4 vectors wide) that fits [`L1_PANEL_BYTES`].
 #[inline(always)]
-pub fn l1_depth<S: Simd, W>() -> usize {
+pub fn l1_depth<S: Simd>() -> usize {
+    l1_depth_of::<S, S::E>()
+}
+
+/// [`l1_depth`] for a panel of `W` (bf16 panels: twice as deep).
+#[inline(always)]
+pub fn l1_depth_of<S: Simd, W>() -> usize {
     (L1_PANEL_BYTES / (4 * S::LANES * std::mem::size_of::<W>())).max(MIN_PANEL_DEPTH)
 }
 
@@ -365,7 +371,7 @@ unsafe fn rows_tiled<S: Simd, W: PanelWeight<S::E>, const MR: usize, const NV: u
     out: &mut [[S; 4]],
 ) {
     const { assert!(MR <= 6 && 4 % NV == 0) };
-    let kc = l1_depth::<S, W>();
+    let kc = l1_depth_of::<S, W>();
     let full = rows - rows % MR;
     let rest = rows - full;
     let rest_full_width = rest <= REMAINDER_FULL_WIDTH_ROWS;

@@ -158,3 +158,40 @@ unsafe fn run_avx512<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
 unsafe fn run_avx2<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
     kernel.run::<E::Avx2>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::bf16::Bf16;
+
+    /// Widens 16 bfloat16 values with each ISA's `load_bf16`.
+    struct Widen<'a>(&'a [Bf16; 16]);
+
+    impl Kernel<f32> for Widen<'_> {
+        type Output = [f32; 16];
+        #[inline(always)]
+        fn run<S: Simd<E = f32>>(self) -> [f32; 16] {
+            let mut out = [0.0; 16];
+            for i in (0..16).step_by(S::LANES) {
+                // SAFETY: i + LANES ≤ 16 values and elements on both sides.
+                unsafe { S::load_bf16(self.0.as_ptr().add(i)).store(out.as_mut_ptr().add(i)) };
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn every_isa_widens_exactly() {
+        let bits: [u16; 16] = [
+            0x0000, 0x8000, 0x3F80, 0xBF80, 0x7F80, 0xFF80, 0x7FC1, 0x0001, 0x8001, 0x7F7F, 0x4049,
+            0xC049, 0x1234, 0xFEDC, 0x00FF, 0x3F81,
+        ];
+        let values = bits.map(Bf16);
+        for isa in Isa::available() {
+            let got = dispatch(isa, Widen(&values));
+            for (g, v) in got.iter().zip(values) {
+                assert_eq!(g.to_bits(), u32::from(v.0) << 16, "{isa:?}");
+            }
+        }
+    }
+}
