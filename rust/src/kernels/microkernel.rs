@@ -19,28 +19,49 @@ use crate::tuning::{
 /// bf16 inference's recurrent weights, widened to elements as they are
 /// loaded. Either way a product sees the same values in the same FMA chain,
 /// so bf16 panels give the bits of element panels of the rounded weights.
+///
+/// Loads go by pairs of vectors (v, v + 1, v even: every tile is an even
+/// number of vectors wide), which bf16 panels store interleaved
+/// ([`Simd::load_bf16_pair`]; `pack::PanelCache::forward_bf16`).
 pub trait PanelWeight<E>: Copy + Send + Sync + 'static {
-    /// `S::LANES` weights from `p` as one vector.
+    /// Vectors v and v + 1 of a panel row, from `p`, the start of vector v.
     ///
     /// # Safety
-    /// `p` readable for `S::LANES` weights.
-    unsafe fn load<S: Simd<E = E>>(p: *const Self) -> S;
+    /// `p` readable for `2 · S::LANES` weights.
+    unsafe fn load_pair<S: Simd<E = E>>(p: *const Self) -> [S; 2];
 }
 
 impl<E: SimdElement> PanelWeight<E> for E {
     #[inline(always)]
-    unsafe fn load<S: Simd<E = E>>(p: *const E) -> S {
+    unsafe fn load_pair<S: Simd<E = E>>(p: *const E) -> [S; 2] {
         // SAFETY: forwarded from the caller.
-        unsafe { S::load(p) }
+        unsafe { [S::load(p), S::load(p.add(S::LANES))] }
     }
 }
 
 impl<E: SimdElement> PanelWeight<E> for Bf16 {
     #[inline(always)]
-    unsafe fn load<S: Simd<E = E>>(p: *const Bf16) -> S {
+    unsafe fn load_pair<S: Simd<E = E>>(p: *const Bf16) -> [S; 2] {
         // SAFETY: forwarded from the caller.
-        unsafe { S::load_bf16(p) }
+        unsafe { S::load_bf16_pair(p) }
     }
+}
+
+/// The NV (even) vectors of a panel row from `p`, loaded by pairs.
+///
+/// # Safety
+/// `p` readable for `NV · S::LANES` weights.
+#[inline(always)]
+unsafe fn load_row<S: Simd, W: PanelWeight<S::E>, const NV: usize>(p: *const W) -> [S; NV] {
+    const { assert!(NV % 2 == 0, "panel loads go by pairs") };
+    let mut b = [S::splat(S::E::ZERO); NV];
+    for j in 0..NV / 2 {
+        // SAFETY: vectors 2j, 2j + 1 < NV are inside the caller's region.
+        let [lo, hi] = unsafe { W::load_pair::<S>(p.add(2 * j * S::LANES)) };
+        b[2 * j] = lo;
+        b[2 * j + 1] = hi;
+    }
+    b
 }
 
 /// MR × NV, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k·ps + v·LANES..]`
@@ -121,7 +142,6 @@ unsafe fn mrxnv_chain<
     pf: *const W,
     pf_rows: usize,
 ) {
-    let w = S::LANES;
     let mut local = *acc;
     for k in 0..depth {
         if PF && k < pf_rows {
@@ -131,7 +151,7 @@ unsafe fn mrxnv_chain<
         // inside the regions the caller vouched for.
         unsafe {
             let p = panel.add(k * ps);
-            let b: [S; NV] = std::array::from_fn(|v| W::load::<S>(p.add(v * w)));
+            let b: [S; NV] = load_row::<S, W, NV>(p);
             for r in 0..MR {
                 let x = S::splat(*a[r].add(k * a_cs));
                 for v in 0..NV {
@@ -547,8 +567,9 @@ pub unsafe fn row_x4pv_of<S: Simd, W: PanelWeight<S::E>, const P: usize>(
             for (acc, panel) in acc.iter_mut().zip(panels) {
                 let p = panel.add(k * 4 * w);
                 prefetch_ahead(p.cast::<u8>(), row_bytes);
-                for (v, acc_v) in acc.iter_mut().enumerate() {
-                    *acc_v = x.mul_add(W::load::<S>(p.add(v * w)), *acc_v);
+                let b = load_row::<S, W, 4>(p);
+                for (acc_v, b_v) in acc.iter_mut().zip(b) {
+                    *acc_v = x.mul_add(b_v, *acc_v);
                 }
             }
         }

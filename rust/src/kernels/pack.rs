@@ -94,8 +94,10 @@ impl<E: Float> PanelCache<E> {
         self.bf16
     }
 
-    /// bf16 panels: `w_hh`'s [`forward_panels`] rounded to bfloat16, packed on
-    /// first use.
+    /// bf16 panels: `w_hh`'s [`forward_panels`] rounded to bfloat16, each
+    /// pair of vectors of a panel row (2v, 2v + 1) interleaved value by value
+    /// for [`Simd::load_bf16_pair`](crate::simd::Simd::load_bf16_pair), packed
+    /// on first use.
     pub fn forward_bf16(
         &self,
         w_hh: &[E],
@@ -108,8 +110,17 @@ impl<E: Float> PanelCache<E> {
         kept(&self.forward_bf16, lanes, || {
             let panels = forward_panels(w_hh, "w_hh", hidden, hp, state, lanes)?;
             let mut out = alloc::zeroed(&[panels.len()], "the bfloat16 panels of w_hh")?;
-            for (d, &w) in out.iter_mut().zip(&panels) {
-                *d = Bf16::round(w.to_f64() as f32);
+            // Each pair of vectors (2·lanes values): value j of the first at
+            // 2j, of the second at 2j + 1.
+            for (dst, src) in out
+                .chunks_exact_mut(2 * lanes)
+                .zip(panels.chunks_exact(2 * lanes))
+            {
+                let (first, second) = src.split_at(lanes);
+                for (j, (&a, &b)) in first.iter().zip(second).enumerate() {
+                    dst[2 * j] = Bf16::round(a.to_f64() as f32);
+                    dst[2 * j + 1] = Bf16::round(b.to_f64() as f32);
+                }
             }
             Ok(out)
         })

@@ -30,12 +30,17 @@ impl Simd for F32x8 {
         unsafe { F32x8(_mm256_loadu_ps(p)) }
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const Bf16) -> Self {
-        // 8 × 16 bits zero-extended to 32, shifted into the upper half.
-        // SAFETY: the caller guarantees 8 readable values (16 bytes) at `p`.
+    unsafe fn load_bf16_pair(p: *const Bf16) -> [Self; 2] {
+        // Word j holds value 2j (low half) and 2j + 1 (high half): the low
+        // half shifted up, the high half with the low one cleared.
+        // SAFETY: the caller guarantees 16 readable values (32 bytes) at `p`.
         unsafe {
-            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast::<__m128i>()));
-            F32x8(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits)))
+            let words = _mm256_loadu_si256(p.cast::<__m256i>());
+            let high = _mm256_set1_epi32(0xFFFF_0000_u32 as i32);
+            [
+                F32x8(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(words))),
+                F32x8(_mm256_castsi256_ps(_mm256_and_si256(words, high))),
+            ]
         }
     }
     #[inline(always)]

@@ -30,12 +30,16 @@ impl Simd for F32x16 {
         unsafe { F32x16(_mm512_loadu_ps(p)) }
     }
     #[inline(always)]
-    unsafe fn load_bf16(p: *const Bf16) -> Self {
-        // 16 × 16 bits zero-extended to 32, shifted into the upper half.
-        // SAFETY: the caller guarantees 16 readable values (32 bytes) at `p`.
+    unsafe fn load_bf16_pair(p: *const Bf16) -> [Self; 2] {
+        // As `F32x8::load_bf16_pair`: word j holds values 2j and 2j + 1.
+        // SAFETY: the caller guarantees 32 readable values (64 bytes) at `p`.
         unsafe {
-            let bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast::<__m256i>()));
-            F32x16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(bits)))
+            let words = _mm512_loadu_si512(p.cast::<__m512i>());
+            let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+            [
+                F32x16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(words))),
+                F32x16(_mm512_castsi512_ps(_mm512_and_si512(words, high))),
+            ]
         }
     }
     #[inline(always)]

@@ -172,9 +172,20 @@ mod tests {
         #[inline(always)]
         fn run<S: Simd<E = f32>>(self) -> [f32; 16] {
             let mut out = [0.0; 16];
-            for i in (0..16).step_by(S::LANES) {
-                // SAFETY: i + LANES ≤ 16 values and elements on both sides.
-                unsafe { S::load_bf16(self.0.as_ptr().add(i)).store(out.as_mut_ptr().add(i)) };
+            // Value 2j of each pair to the first vector's lane j, 2j + 1 to
+            // the second's: stored back in the values' order.
+            for i in (0..16).step_by(2 * S::LANES) {
+                // SAFETY: i + 2·LANES ≤ 16 values and elements on both sides.
+                let pair = unsafe { S::load_bf16_pair(self.0.as_ptr().add(i)) };
+                let mut lanes = [[0.0f32; 16]; 2];
+                for (v, l) in pair.iter().zip(&mut lanes) {
+                    // SAFETY: LANES ≤ 16 elements.
+                    unsafe { v.store(l.as_mut_ptr()) };
+                }
+                for j in 0..S::LANES {
+                    out[i + 2 * j] = lanes[0][j];
+                    out[i + 2 * j + 1] = lanes[1][j];
+                }
             }
             out
         }
