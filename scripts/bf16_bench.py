@@ -92,7 +92,7 @@ def speed(names: list[str], threads: list[int], repeats: int) -> None:
             bf16 = lstm_fast.prepare_weights(*mats, weight_dtype="bfloat16")
             calls: dict[str, Callable[[], Any] | str] = {
                 "f32": lambda f32=f32, x=p["x"]: f32.forward(x, need_cache=False),
-                "bf16": lambda bf16=bf16, x=p["x"]: bf16.forward(x),
+                "bf16": lambda bf16=bf16, x=p["x"]: bf16.forward(x, need_cache=False),
                 **_torch_calls(p, n),
             }
             runnable = {k: c for k, c in calls.items() if callable(c)}
@@ -130,7 +130,7 @@ def accuracy(names: list[str]) -> None:
         p = _problem(b, t, i, h)
         args = (p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"])
         ref = lstm_fast.forward(*args, need_cache=False)
-        got = lstm_fast.forward(*args, weight_dtype="bfloat16")
+        got = lstm_fast.forward(*args, need_cache=False, weight_dtype="bfloat16")
         print(f"| {name} ({b},{t},{i},{h}) | {_err(got.y, ref.y)} | {_err(got.h_n, ref.h_n)} |",
               flush=True)  # fmt: skip
     for case in suite.CASES:
@@ -138,7 +138,9 @@ def accuracy(names: list[str]) -> None:
         y_ref = y_bf = m.x
         for layer in m.layers:
             y_ref, (h_ref, _) = layer.forward(y_ref, lengths=m.lengths, need_cache=False)
-            y_bf, (h_bf, _) = layer.forward(y_bf, lengths=m.lengths, weight_dtype="bfloat16")
+            y_bf, (h_bf, _) = layer.forward(
+                y_bf, lengths=m.lengths, need_cache=False, weight_dtype="bfloat16"
+            )
         print(f"| suite {case.name} ({case.describe()}) | {_err(y_bf, y_ref)} | "
               f"{_err(h_bf, h_ref)} |", flush=True)  # fmt: skip
 

@@ -202,7 +202,7 @@ def _results(x, w, call):
     peepholes, w_hr = call.pop("peepholes", None), w.get("w_hr")
     mats = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
     r = _rounded(w)
-    got = lstm_fast.forward(x, *mats, h0, c0, weight_dtype="bfloat16", w_hr=w_hr,
+    got = lstm_fast.forward(x, *mats, h0, c0, weight_dtype="bfloat16", need_cache=False, w_hr=w_hr,
                             peepholes=peepholes, **call)  # fmt: skip
     want = lstm_fast.forward(x, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"], h0, c0,
                              need_cache=False, w_hr=r.get("w_hr"), peepholes=peepholes,
@@ -210,7 +210,7 @@ def _results(x, w, call):
     pw = lstm_fast.prepare_weights(*mats, peepholes=peepholes, w_hr=w_hr, weight_dtype="bf16")
     variant = {k: v for k, v in call.items() if k not in ("batch_first", "reverse", "lengths")}
     again = pw.forward(x, h0, c0, batch_first=call["batch_first"], reverse=call["reverse"],
-                       lengths=call.get("lengths"), **variant)  # fmt: skip
+                       lengths=call.get("lengths"), need_cache=False, **variant)  # fmt: skip
     x0 = x[:, 0] if call["batch_first"] else x[0]
     B = x0.shape[0]
     h = np.zeros((B, (w_hr.shape[0] if w_hr is not None else w["w_hh"].shape[1])), np.float32)
@@ -284,7 +284,7 @@ def test_layer_multilayer_bidirectional_same_bits(isa):
     x = rng.standard_normal((7, 4, 6)).astype(np.float32)
     hx = (rng.standard_normal((6, 4, 24)).astype(np.float32),
           rng.standard_normal((6, 4, 24)).astype(np.float32))  # fmt: skip
-    y, (h, c) = layer.forward(x, hx, weight_dtype="bfloat16")
+    y, (h, c) = layer.forward(x, hx, need_cache=False, weight_dtype="bfloat16")
     twin = lstm_fast.LSTM(6, 24, num_layers=3, bidirectional=True)
     twin.load_state_dict({k: bfloat16_round(v) if k.startswith("weight") else v
                           for k, v in layer.state_dict().items()})  # fmt: skip
@@ -302,16 +302,16 @@ def test_layer_step_and_kept_copy():
     rng = np.random.default_rng(6)
     layer = lstm_fast.LSTM(5, 16, num_layers=2)
     x = rng.standard_normal((6, 2, 5)).astype(np.float32)
-    y, (h, c) = layer.forward(x, weight_dtype="bf16")
+    y, (h, c) = layer.forward(x, need_cache=False, weight_dtype="bf16")
     state = None
     for t in range(6):
         y_t, state = layer.step(x[t], state, weight_dtype="bfloat16")
         assert_same_bits(y_t, y[t], f"step {t}")
     kept = layer._prepared[(0, 0, 16)]
-    layer.forward(x, weight_dtype="bf16")
+    layer.forward(x, need_cache=False, weight_dtype="bf16")
     assert layer._prepared[(0, 0, 16)] is kept  # reused while unchanged
     layer.parameters["weight_hh_l0"][0, 0] += 1.0  # an in-place update repacks
-    y2, _ = layer.forward(x, weight_dtype="bf16")
+    y2, _ = layer.forward(x, need_cache=False, weight_dtype="bf16")
     assert layer._prepared[(0, 0, 16)] is not kept
     assert not np.array_equal(y, y2)
 
@@ -322,10 +322,10 @@ def test_prepared_copy_is_private():
     x = rng.standard_normal((3, 2, 4)).astype(np.float32)
     pw = lstm_fast.prepare_weights(w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"],
                                    weight_dtype="bfloat16")  # fmt: skip
-    before = pw.forward(x).y
+    before = pw.forward(x, need_cache=False).y
     w["w_hh"][:] = 0
     w["w_ih"][:] = 0
-    assert_same_bits(pw.forward(x).y, before)
+    assert_same_bits(pw.forward(x, need_cache=False).y, before)
     assert "weight_dtype=bfloat16" in repr(pw)
 
 
@@ -389,40 +389,44 @@ def _small():
 def test_bad_weight_dtype(weight_dtype, error, match):
     x, w = _small()
     with pytest.raises(error, match=match):
-        lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype=weight_dtype)
+        lstm_fast.forward(x, w["w_ih"], w["w_hh"], need_cache=False, weight_dtype=weight_dtype)
     with pytest.raises(error, match=match):
         lstm_fast.prepare_weights(w["w_ih"], w["w_hh"], weight_dtype=weight_dtype)
     with pytest.raises(error, match=match):
-        lstm_fast.LSTM(3, 8).forward(x, weight_dtype=weight_dtype)
+        lstm_fast.LSTM(3, 8).forward(x, need_cache=False, weight_dtype=weight_dtype)
     with pytest.raises(error, match=match):
         lstm_fast.LSTM(3, 8).step(x[0], weight_dtype=weight_dtype)
 
 
 def test_names_accepted():
     x, w = _small()
-    ys = [lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype=name).y
+    ys = [lstm_fast.forward(x, w["w_ih"], w["w_hh"], need_cache=False, weight_dtype=name).y
           for name in ("bfloat16", "bf16", "BFloat16")]  # fmt: skip
     for y in ys[1:]:
         assert_same_bits(y, ys[0])
     ml_dtypes = pytest.importorskip("ml_dtypes")
-    y = lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype=ml_dtypes.bfloat16).y
+    y = lstm_fast.forward(
+        x, w["w_ih"], w["w_hh"], need_cache=False, weight_dtype=ml_dtypes.bfloat16
+    ).y
     assert_same_bits(y, ys[0])
 
 
 def test_float64_refused():
     x, w = _small()
     with pytest.raises(TypeError, match="x is float64"):
-        lstm_fast.forward(x.astype(np.float64), w["w_ih"], w["w_hh"], weight_dtype="bf16")
+        lstm_fast.forward(
+            x.astype(np.float64), w["w_ih"], w["w_hh"], need_cache=False, weight_dtype="bf16"
+        )
     pw = lstm_fast.prepare_weights(w["w_ih"], w["w_hh"], weight_dtype="bf16")
     with pytest.raises(TypeError, match="h0 is float64"):
-        pw.forward(x, np.zeros((2, 8)))
+        pw.forward(x, np.zeros((2, 8)), need_cache=False)
     with pytest.raises(TypeError, match="x_t is float64"):
         pw.cell_forward(x[0].astype(np.float64), np.zeros((2, 8), np.float32),
                         np.zeros((2, 8), np.float32))  # fmt: skip
     with pytest.raises(ValueError, match="float32"):
         lstm_fast.prepare_weights(w["w_ih"], w["w_hh"], dtype=np.float64, weight_dtype="bf16")
     with pytest.raises(ValueError, match="float32"):
-        lstm_fast.LSTM(3, 8, dtype=np.float64).forward(x, weight_dtype="bf16")
+        lstm_fast.LSTM(3, 8, dtype=np.float64).forward(x, need_cache=False, weight_dtype="bf16")
     # The engine refuses a float64 bf16 cache by itself.
     with pytest.raises(ValueError, match="float32"):
         lstm_fast._core.Packed(w["w_ih"].astype(np.float64), w["w_hh"].astype(np.float64),
@@ -435,17 +439,17 @@ def test_inference_only():
         lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16", need_cache=True)
     pw = lstm_fast.prepare_weights(w["w_ih"], w["w_hh"], weight_dtype="bf16")
     with pytest.raises(ValueError, match="need_cache"):
-        pw.forward(x, need_cache=True)
+        pw.forward(x)
     with pytest.raises(ValueError, match="inference"):
-        lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16",
+        lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16", need_cache=False,
                           weight_drop=0.3, seed=1)  # fmt: skip
     # Regularisation at inference is the identity: allowed.
     lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16", weight_drop=0.3,
-                      seed=1, training=False)  # fmt: skip
+                      seed=1, training=False, need_cache=False)  # fmt: skip
     layer = lstm_fast.LSTM(3, 8)
     with pytest.raises(ValueError, match="need_cache"):
         layer.forward(x, need_cache=True, weight_dtype="bf16")
     layer.forward(x)  # a tape ...
-    layer.forward(x, weight_dtype="bf16")  # ... dropped by an inference pass
+    layer.forward(x, need_cache=False, weight_dtype="bf16")  # ... dropped by an inference pass
     with pytest.raises(RuntimeError, match="bfloat16"):
         layer.backward(np.ones((2, 2, 8), np.float32))

@@ -355,7 +355,7 @@ def forward(
     batch_first: bool = False,
     lengths: Any = None,
     reverse: bool = False,
-    need_cache: bool | None = None,
+    need_cache: bool = True,
     w_hr: Any = None,
     peepholes: Any = None,
     clip: Any = None,
@@ -395,8 +395,8 @@ def forward(
 
     ``weight_dtype="bfloat16"`` (or ``"bf16"``): bf16 inference (README, 'bf16
     inference'): the weight matrices rounded to bfloat16 for this call, state and
-    sums in float32; float32 inputs, no cache (``need_cache`` defaults to True, but
-    to False here, and True is refused) and no regularisation in training.
+    sums in float32; float32 inputs, no cache (pass ``need_cache=False``) and no
+    regularisation in training.
     :func:`prepare_weights` rounds and packs once for many calls.
     """
     reg = regularisation(
@@ -417,7 +417,7 @@ def forward(
             need_cache=need_cache, clip=clip, input_forget=input_forget,
             forget_gate=forget_gate, activations=activations,
         )  # fmt: skip
-    need_cache = flag("need_cache", True if need_cache is None else need_cache)
+    need_cache = flag("need_cache", need_cache)
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
@@ -831,13 +831,13 @@ class PreparedWeights:
         batch_first: bool = False,
         lengths: Any = None,
         reverse: bool = False,
-        need_cache: bool | None = None,
+        need_cache: bool = True,
         **variant: Any,
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
-        defaults to the prepared ones). ``need_cache`` defaults to True, and to
-        False (the only choice) for weights prepared in bfloat16."""
+        defaults to the prepared ones). Weights prepared in bfloat16 need
+        ``need_cache=False`` (inference only)."""
         need_cache = self._need_cache(need_cache)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
@@ -859,15 +859,12 @@ class PreparedWeights:
         return Cell(h_new, c_new, None if cache is None else CellCache(cache))
 
     def _need_cache(self, need_cache: Any) -> bool:
-        """``need_cache`` checked: None is True, but False for bfloat16 weights,
-        which refuse True."""
-        if need_cache is None:
-            return self.weight_dtype is None
+        """``need_cache`` checked: bfloat16 weights refuse True."""
         need_cache = flag("need_cache", need_cache)
         if need_cache and self.weight_dtype is not None:
             raise ValueError(
-                "need_cache=True: weights in bfloat16 are for inference only (no cache, no "
-                "backward); use float32 weights to train"
+                "need_cache=True: weights in bfloat16 are for inference only (pass "
+                "need_cache=False; no cache, no backward); use float32 weights to train"
             )
         return need_cache
 

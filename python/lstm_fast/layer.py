@@ -494,7 +494,7 @@ class LSTM:
         hx: Any = None,
         *,
         lengths: Any = None,
-        need_cache: bool | None = None,
+        need_cache: bool = True,
         weight_dtype: Any = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
@@ -505,15 +505,16 @@ class LSTM:
         is the state after the row's last valid step, h0 for length 0).
         ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
         ``weight_dtype="bfloat16"``: bf16 inference (README, 'bf16 inference'; a
-        float32 layer, ``need_cache`` False, its default then), from a bfloat16 copy
-        of the weights kept while the parameters are unchanged.
+        float32 layer, ``need_cache=False``), from a bfloat16 copy of the weights
+        kept while the parameters are unchanged.
         """
         self._tape = None  # a failed call must not leave an older tape for backward
         bf16 = bfloat16_weights(weight_dtype)
-        need_cache = flag("need_cache", not bf16 if need_cache is None else need_cache)
+        need_cache = flag("need_cache", need_cache)
         if bf16 and need_cache:
             raise ValueError(
-                "need_cache=True: weight_dtype='bfloat16' is for inference only (no backward)"
+                "need_cache=True: weight_dtype='bfloat16' is for inference only (pass "
+                "need_cache=False; no backward)"
             )
         array, batch_first, unbatched, steps, batch = self._input(x)
         rows = self.num_layers * self.num_directions
