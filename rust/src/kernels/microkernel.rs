@@ -53,7 +53,7 @@ impl<E: SimdElement> PanelWeight<E> for Bf16 {
 /// `p` readable for `NV · S::LANES` weights.
 #[inline(always)]
 unsafe fn load_row<S: Simd, W: PanelWeight<S::E>, const NV: usize>(p: *const W) -> [S; NV] {
-    const { assert!(NV % 2 == 0, "panel loads go by pairs") };
+    const { assert!(NV.is_multiple_of(2), "panel loads go by pairs") };
     let mut b = [S::splat(S::E::ZERO); NV];
     for j in 0..NV / 2 {
         // SAFETY: vectors 2j, 2j + 1 < NV are inside the caller's region.
