@@ -28,6 +28,7 @@ __all__ = [
     "_env_num_threads_error",
     "_hold_pool_lock",
     "available_isas",
+    "bfloat16_bits",
     "fma_peak",
     "backward",
     "forward",
@@ -58,6 +59,7 @@ def layer_norm_backward(
     grads: LayerNormGrads,
 ) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
+def bfloat16_bits(src: np.ndarray, out: np.ndarray) -> None: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
 def scaled_keep(
     out: np.ndarray, seed: int, stream: int, layer: int, direction: int, p: float
@@ -89,4 +91,6 @@ class Packed:
     """The packed panels of ``w_ih``, ``w_hh`` and the projection ``w_hr`` (None
     for none), kept for the calls whose ``seq.packed`` it is."""
 
-    def __new__(cls, w_ih: object, w_hh: object, w_hr: object | None = None) -> Packed: ...
+    def __new__(
+        cls, w_ih: object, w_hh: object, w_hr: object | None = None, bfloat16: bool = False
+    ) -> Packed: ...

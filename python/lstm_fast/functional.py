@@ -482,6 +482,7 @@ def forward(
     seed: Any = None,
     layer: Any = 0,
     training: bool = True,
+    weight_dtype: Any = None,
 ) -> Forward:
     """Runs one LSTM layer (one direction) over a whole sequence.
 
@@ -514,6 +515,12 @@ def forward(
     biases (absent: 0), ``layer_norm_eps`` (1e-5) is added to the variance.
     ``backward`` then returns ``LayerNormGradients``. It combines with every
     other option.
+
+    ``weight_dtype="bfloat16"`` (or ``"bf16"``): bf16 inference (README, 'bf16
+    inference'): the weight matrices rounded to bfloat16 for this call, state and
+    sums in float32; float32 inputs, no cache (pass ``need_cache=False``) and no
+    regularisation in training.
+    :func:`prepare_weights` rounds and packs once for many calls.
     """
     need_cache = flag("need_cache", need_cache)
     given = (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)
@@ -522,6 +529,21 @@ def forward(
         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
+    if bfloat16_weights(weight_dtype):
+        if reg[6] and (reg[2] or reg[3]):
+            raise ValueError(
+                "weight_dtype='bfloat16' is for inference: recurrent_dropout and "
+                "weight_drop need training=False (or 0)"
+            )
+        prepared = PreparedWeights(
+            w_ih, w_hh, b_ih, b_hh, peepholes=peepholes, w_hr=w_hr, weight_dtype="bfloat16"
+        )
+        return prepared.forward(
+            x, h0, c0, batch_first=batch_first, lengths=lengths, reverse=reverse,
+            need_cache=need_cache, clip=clip, input_forget=input_forget,
+            forget_gate=forget_gate, activations=activations, layer_norm=layer_norm,
+            layer_norm_eps=layer_norm_eps, **dict(zip(LAYER_NORM_NAMES, given)),
+        )  # fmt: skip
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
         batch_first=batch_first, lengths=lengths, reverse=reverse, own=need_cache, names={},
@@ -807,6 +829,36 @@ def cell_backward(
 # ---------------------------------------------------------------------------
 
 
+def bfloat16_weights(weight_dtype: Any) -> bool:
+    """``weight_dtype`` checked: False for None (the weights in the compute
+    dtype), True for bfloat16 (``"bfloat16"``, ``"bf16"`` or ml_dtypes' bfloat16
+    dtype)."""
+    if weight_dtype is None:
+        return False
+    if isinstance(weight_dtype, str):
+        if weight_dtype.lower() in ("bfloat16", "bf16"):
+            return True
+    else:
+        try:
+            name = np.dtype(weight_dtype).name
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"weight_dtype must be None or 'bfloat16', got {type(weight_dtype).__name__}"
+            ) from None
+        if name == "bfloat16":  # ml_dtypes.bfloat16
+            return True
+    raise ValueError(f"weight_dtype must be None or 'bfloat16' (also 'bf16'), got {weight_dtype!r}")
+
+
+def bfloat16_round(a: Any) -> np.ndarray:
+    """``a`` (float32 values) rounded to bfloat16, ties to even, and widened back
+    to float32: the values bf16 inference computes with in place of the weights."""
+    src = np.ascontiguousarray(a, dtype=np.float32)
+    bits = np.empty(src.shape, np.uint16)
+    _core.bfloat16_bits(src, bits)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
 def _private(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """A private, read-only, C-contiguous copy of ``value`` in ``dtype``."""
     out = contiguous(name, value, dtype, own=True)
@@ -826,11 +878,16 @@ class PreparedWeights:
     inputs of another dtype are cast to it. Caches from :meth:`forward` and
     :meth:`cell_forward` go to :func:`backward` and :func:`cell_backward` as usual,
     and share the copies rather than copying the weights again.
+
+    With ``weight_dtype="bfloat16"`` (README, 'bf16 inference') the weight matrices
+    are rounded to bfloat16 (ties to even) when packed and the recurrence streams
+    ``w_hh`` as bfloat16; state, sums, biases and peepholes stay float32. Such
+    weights are for inference: float32 inputs, forward without a cache, no backward.
     """
 
     __slots__ = (
         "_bias", "_has_bias", "_kept", "_packed", "_peepholes", "_w_hh", "_w_hr", "_w_ih",
-        "dtype",
+        "dtype", "weight_dtype",
     )  # fmt: skip
 
     def __init__(
@@ -843,7 +900,11 @@ class PreparedWeights:
         dtype: Any = None,
         peepholes: Any = None,
         w_hr: Any = None,
+        weight_dtype: Any = None,
     ) -> None:
+        bf16 = bfloat16_weights(weight_dtype)
+        #: "bfloat16" for bf16 inference's weights, else None (the compute dtype).
+        self.weight_dtype = "bfloat16" if bf16 else None
         raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
         for k in ("w_ih", "w_hh"):
             if raw[k] is None:
@@ -877,6 +938,13 @@ class PreparedWeights:
             if dtype is None
             else float_dtype("dtype", dtype)
         )
+        if bf16:
+            if dtype is not None and self.dtype != np.float32:
+                raise ValueError(
+                    f"weight_dtype='bfloat16' computes in float32: dtype must be float32 "
+                    f"or None, got {self.dtype}"
+                )
+            self.dtype = np.dtype(np.float32)
         pad = _core.hidden_pad(max(hidden, proj), self.dtype.itemsize)
         check_size("w_hh", (4 * pad, max(hidden, proj)))
         self._w_ih = _private("w_ih", wih, self.dtype)
@@ -898,7 +966,7 @@ class PreparedWeights:
             )
             + (self._w_hr,)
         )
-        self._packed = _core.Packed(self._w_ih, self._w_hh, self._w_hr)
+        self._packed = _core.Packed(self._w_ih, self._w_hh, self._w_hr, bfloat16=bf16)
         #: The peepholes every call uses (docs/variants.md), or None.
         given = arrays.get("peepholes")
         self._peepholes = None if given is None else _private("peepholes", given, self.dtype)
@@ -919,9 +987,10 @@ class PreparedWeights:
 
     def __repr__(self) -> str:
         proj = f" proj_size={self.proj_size}" if self._w_hr is not None else ""
+        weights = "" if self.weight_dtype is None else f" weight_dtype={self.weight_dtype}"
         return (
             f"<lstm_fast.PreparedWeights input_size={self.input_size} "
-            f"hidden_size={self.hidden_size}{proj} dtype={self.dtype}>"
+            f"hidden_size={self.hidden_size}{proj} dtype={self.dtype}{weights}>"
         )
 
     def matches(
@@ -952,6 +1021,21 @@ class PreparedWeights:
 
     def _args(self, x: Any, h0: Any, c0: Any, x_name: str, batch_first: bool, **kw: Any) -> _Args:
         array = real_array(x_name, x)
+        if self.weight_dtype is not None and kw.get("norms") is not None:
+            raise ValueError(
+                "layer_norm: weights prepared in bfloat16 run the plain kernels only; "
+                "the LayerNorm LSTM needs float32 or float64 weights"
+            )
+        if self.weight_dtype is not None:
+            names = kw.get("names", {})
+            for name, value in ((x_name, array), (names.get("h0", "h0"), h0),
+                                (names.get("c0", "c0"), c0)):  # fmt: skip
+                if getattr(value, "dtype", None) is not None:
+                    if real_array(name, value).dtype == np.float64:
+                        raise TypeError(
+                            f"{name} is float64: weights prepared in bfloat16 compute in "
+                            f"float32 (pass float32 arrays)"
+                        )
         if array.ndim >= 1 and array.shape[-1] != self.input_size:
             raise ValueError(
                 f"{x_name} must have input_size = {self.input_size} in its last dimension "
@@ -976,8 +1060,9 @@ class PreparedWeights:
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
-        defaults to the prepared ones)."""
-        need_cache = flag("need_cache", need_cache)
+        defaults to the prepared ones). Weights prepared in bfloat16 need
+        ``need_cache=False`` (inference only)."""
+        need_cache = self._need_cache(need_cache)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
             names={}, **_variant_keywords(variant),
@@ -985,15 +1070,27 @@ class PreparedWeights:
         return Forward(*_run_forward(args, need_cache))
 
     def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
-        """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``."""
+        """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``
+        (``cache`` None for weights prepared in bfloat16: inference only)."""
         raw = cell_arguments(x_t, h, c, self._w_ih, self._w_hh, None, None)
+        need_cache = self.weight_dtype is None
         args = self._args(
             raw["x"], raw["h0"], raw["c0"], "x_t", False,
-            lengths=None, reverse=False, own=True, names=CELL_NAMES, **_variant_keywords(variant),
+            lengths=None, reverse=False, own=need_cache, names=CELL_NAMES,
+            **_variant_keywords(variant),
         )  # fmt: skip
-        _, h_new, c_new, cache = _run_forward(args, need_cache=True)
-        assert cache is not None
-        return Cell(h_new, c_new, CellCache(cache))
+        _, h_new, c_new, cache = _run_forward(args, need_cache=need_cache)
+        return Cell(h_new, c_new, None if cache is None else CellCache(cache))
+
+    def _need_cache(self, need_cache: Any) -> bool:
+        """``need_cache`` checked: bfloat16 weights refuse True."""
+        need_cache = flag("need_cache", need_cache)
+        if need_cache and self.weight_dtype is not None:
+            raise ValueError(
+                "need_cache=True: weights in bfloat16 are for inference only (pass "
+                "need_cache=False; no cache, no backward); use float32 weights to train"
+            )
+        return need_cache
 
 
 def _variant_keywords(given: dict[str, Any]) -> dict[str, Any]:
@@ -1021,13 +1118,19 @@ def prepare_weights(
     dtype: Any = None,
     peepholes: Any = None,
     w_hr: Any = None,
+    weight_dtype: Any = None,
 ) -> PreparedWeights:
     """Copy and pack one layer's weights once: a :class:`PreparedWeights` whose
     ``forward``/``cell_forward`` skip the per-call packing. ``dtype`` (float32 or
     float64) defaults to the weights' compute dtype; ``peepholes`` (3H,) are kept
     with the weights for every call; ``w_hr`` (P, H), a projection, is copied and
-    packed with them (``w_hh`` is then (4H, P))."""
-    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype, peepholes=peepholes, w_hr=w_hr)
+    packed with them (``w_hh`` is then (4H, P)). ``weight_dtype="bfloat16"`` (or
+    ``"bf16"``, or ml_dtypes' bfloat16): bf16 inference, the weight matrices rounded
+    to bfloat16 once here (see :class:`PreparedWeights`)."""
+    return PreparedWeights(
+        w_ih, w_hh, b_ih, b_hh, dtype=dtype, peepholes=peepholes, w_hr=w_hr,
+        weight_dtype=weight_dtype,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------

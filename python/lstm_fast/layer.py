@@ -41,6 +41,7 @@ from ._checks import (
 )
 from ._core import Cancel
 from ._types import LayerWeights
+from .functional import bfloat16_weights
 
 __all__ = ["LSTM"]
 
@@ -355,8 +356,9 @@ class LSTM:
         #: without a projection); None before.
         self.hx_grad: tuple[np.ndarray, np.ndarray] | None = None
         self._tape: _Tape | None = None
-        #: (layer, direction) -> the weights as last packed (see _prepared_weights).
-        self._prepared: dict[tuple[int, int], Any] = {}
+        #: (layer, direction) -> the weights as last packed (see _prepared_weights);
+        #: (layer, direction, 16) -> their bfloat16 copy.
+        self._prepared: dict[tuple[int, ...], Any] = {}
         #: (layer, direction) -> the ``GradientFlow`` of the last ``backward(flow=True)``.
         self.flow: dict[tuple[int, int], Any] = {}
         # The generator that drew the parameters draws each training forward's mask
@@ -575,8 +577,9 @@ class LSTM:
             None if b_hh is None else p[b_hh],
         )
 
-    def _prepared_weights(self, layer: int, direction: int) -> Any:
-        """The weights of one layer and direction, packed for the engine.
+    def _prepared_weights(self, layer: int, direction: int, weight_dtype: Any = None) -> Any:
+        """The weights of one layer and direction, packed for the engine (with
+        ``weight_dtype="bfloat16"``, bf16 inference's copy, kept beside the other).
 
         Packing costs a pass over the weights, as much as several time steps, so the
         packed copy is kept across calls, but only while it can be proven current:
@@ -592,11 +595,15 @@ class LSTM:
         projection = {}
         if self.proj_size:
             projection["w_hr"] = p[self._projection_name(layer, direction)]
-        kept = self._prepared.get((layer, direction))
+        key: tuple[int, ...] = (layer, direction)
+        options: dict[str, Any] = {"dtype": self.dtype, **projection}
+        if weight_dtype is not None and bfloat16_weights(weight_dtype):
+            key, options["weight_dtype"] = (layer, direction, 16), "bfloat16"
+        kept = self._prepared.get(key)
         # The isinstance test: tests swap the engine for the reference (``_F``).
         if not isinstance(kept, _F.PreparedWeights) or not kept.matches(*live, **projection):
-            kept = _F.prepare_weights(*live, dtype=self.dtype, **projection)
-            self._prepared[(layer, direction)] = kept
+            kept = _F.prepare_weights(*live, **options)
+            self._prepared[key] = kept
         return kept
 
     def _prepared_variant(self, layer: int, direction: int) -> dict[str, Any]:
@@ -674,6 +681,7 @@ class LSTM:
         lengths: Any = None,
         need_cache: bool = True,
         seed: Any = None,
+        weight_dtype: Any = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
 
@@ -688,11 +696,21 @@ class LSTM:
         the layer's generator; one seed serves every layer and direction (the masks
         are keyed by the layer's index and the direction). Otherwise ``seed`` is
         checked and unused.
+
+        ``weight_dtype="bfloat16"``: bf16 inference (README, 'bf16 inference'; a
+        float32 layer, ``need_cache=False``), from a bfloat16 copy of the weights
+        kept while the parameters are unchanged.
         """
         self._tape = None  # a failed call must not leave an older tape for backward
+        bf16 = bfloat16_weights(weight_dtype)
         need_cache = flag("need_cache", need_cache)
         if seed is not None:  # the functional API's rule for a mask seed
             seed = regularisation(seed=seed, training=False)[4]
+        if bf16 and need_cache:
+            raise ValueError(
+                "need_cache=True: weight_dtype='bfloat16' is for inference only (pass "
+                "need_cache=False; no backward)"
+            )
         array, batch_first, unbatched, steps, batch = self._input(x)
         rows = self.num_layers * self.num_directions
         h0 = c0 = None
@@ -739,10 +757,11 @@ class LSTM:
                         lengths=lengths,
                         reverse=direction == 1 or self._reverse,
                         need_cache=need_cache,
+                        weight_dtype=weight_dtype,
                         **self._variant(layer, direction),
                         **options,
                     )
-                return self._prepared_weights(layer, direction).forward(
+                return self._prepared_weights(layer, direction, weight_dtype).forward(
                     inp,
                     None if h0 is None else h0[k],
                     None if c0 is None else c0[k],
@@ -805,7 +824,10 @@ class LSTM:
         flow = flag("flow", flow)
         tape = self._tape
         if tape is None:
-            raise RuntimeError("backward() needs a preceding forward() with need_cache=True")
+            raise RuntimeError(
+                "backward() needs a preceding forward() with need_cache=True (a forward "
+                "with weight_dtype='bfloat16' is inference only)"
+            )
         state = self.state_size
         directions = self.num_directions
         rows = self.num_layers * directions
@@ -893,20 +915,22 @@ class LSTM:
     # ---------------------------------------------------------------- streaming
 
     def step(
-        self, x_t: Any, state: tuple[Any, Any] | None = None
+        self, x_t: Any, state: tuple[Any, Any] | None = None, *, weight_dtype: Any = None
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """One time step of a unidirectional stack: ``(y_t, (h, c))``.
 
         ``x_t`` (B, I) or (I,); ``state`` is ``(h, c)``, (L, B, P) and (L, B, H) (or
         (L, P) and (L, H); P = H without a projection), zeros when ``None`` - e.g. the
         ``(h_n, c_n)`` of a forward over a prefix. Feeding a sequence step by step gives
-        the same ``y`` as one forward over it.
+        the same ``y`` as one forward over it. ``weight_dtype="bfloat16"``: as in
+        :meth:`forward`.
 
         Streaming is inference: ``step`` computes as in eval mode whatever
         :attr:`training` says (no masks; the dropouts' expectation is the plain cell,
         zoneout's the mix of each state with the previous one), so it matches an
         eval-mode forward.
         """
+        bfloat16_weights(weight_dtype)  # checked before any work
         if self.bidirectional or self._reverse:
             raise ValueError(
                 "step() needs a unidirectional LSTM (the reverse direction would need the future)"
@@ -945,10 +969,11 @@ class LSTM:
                 w = self.weights(layer, 0)
                 out = _F.forward(
                     layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,
-                    need_cache=False, **self._variant(layer, 0), **options,
+                    need_cache=False, weight_dtype=weight_dtype, **self._variant(layer, 0),
+                    **options,
                 )  # fmt: skip
             else:
-                out = self._prepared_weights(layer, 0).forward(
+                out = self._prepared_weights(layer, 0, weight_dtype).forward(
                     layer_input, h_l, c_l, need_cache=False, **self._prepared_variant(layer, 0)
                 )
             layer_input = out.y

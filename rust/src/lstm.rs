@@ -27,7 +27,7 @@ use crate::kernels::pack;
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{self, choose_split, claim, run_split, Chunk, Split};
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
-use crate::simd::{dispatch, Isa};
+use crate::simd::{dispatch, Bf16, Isa};
 use crate::tuning::DB_COLUMN_BLOCK;
 use crate::variant::Variant;
 
@@ -42,6 +42,9 @@ pub fn forward<E: Float>(
     cancel: &Cancel,
 ) -> Result<()> {
     check::forward_args(seq, &out, cache.as_ref())?;
+    if let (Some(kept), Some(_)) = (seq.panels, &cache) {
+        kept.check_not_bf16()?;
+    }
     if !seq.runs() {
         return forward_without_steps(seq, out, cache);
     }
@@ -73,7 +76,18 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let bias = pack::pad_bias(seq.bias, hidden, hp)?;
+        // bf16 inference streams w_hh's panels as bfloat16 (`simd/bf16.rs`).
+        let bf16_panels = match seq.panels {
+            Some(kept) if kept.bf16() => {
+                Some(kept.forward_bf16(seq.w_hh, hidden, hp, state, lanes)?)
+            }
+            _ => None,
+        };
         let (ih_panels, panels) = match seq.panels {
+            Some(kept) if kept.bf16() => (
+                kept.input(seq.w_ih, hidden, hp, input, lanes)?,
+                Default::default(),
+            ),
             Some(kept) => (
                 kept.input(seq.w_ih, hidden, hp, input, lanes)?,
                 kept.forward(seq.w_hh, hidden, hp, state, lanes)?,
@@ -165,17 +179,17 @@ pub fn forward<E: Float>(
             &|chunk, tile_range, scratch, barrier| {
                 let (rows, lens) = &chunks[chunk];
                 macro_rules! run {
-                    ($variant:literal) => {
+                    ($variant:literal, $weight:ty, $panels:expr) => {
                         dispatch(
                             isa,
-                            ForwardChunk::<E, $variant> {
+                            ForwardChunk::<E, $variant, $weight> {
                                 geo,
                                 slots: Slots { rows, lens },
                                 x: seq.x,
                                 input,
                                 ih_panels: &ih_panels,
                                 bias: &bias,
-                                panels: &panels,
+                                panels: $panels,
                                 proj_panels: &proj_panels,
                                 state: state_ptrs[chunk],
                                 out: shared,
@@ -188,10 +202,11 @@ pub fn forward<E: Float>(
                         )
                     };
                 }
-                if plain {
-                    run!(false)
-                } else {
-                    run!(true)
+                match (plain, &bf16_panels) {
+                    (true, None) => run!(false, E, &panels),
+                    (false, None) => run!(true, E, &panels),
+                    (true, Some(bf16)) => run!(false, Bf16, bf16),
+                    (false, Some(bf16)) => run!(true, Bf16, bf16),
                 }
             },
         );
@@ -233,6 +248,9 @@ pub fn backward<E: Float>(
     cancel: &Cancel,
 ) -> Result<()> {
     let rows = check::backward_args(seq, &cache, &seeds, &grads)?;
+    if let Some(kept) = seq.panels {
+        kept.check_not_bf16()?;
+    }
     if !seq.runs() {
         return backward_without_steps(seeds, grads);
     }

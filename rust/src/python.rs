@@ -775,35 +775,45 @@ struct Packed {
     panels: AnyPanels,
 }
 
-/// A [`PanelCache`] of `w_ih`, `w_hh`, `w_hr` borrowed as arrays of `E`.
+/// A [`PanelCache`] of `w_ih`, `w_hh`, `w_hr` borrowed as arrays of `E`;
+/// with `bfloat16`, bf16 inference's ([`PanelCache::new_bf16`]).
 fn panel_cache<E: Engine>(
     w_ih: &Bound<'_, PyAny>,
     w_hh: &Bound<'_, PyAny>,
     w_hr: Option<&Bound<'_, PyAny>>,
+    bfloat16: bool,
 ) -> PyResult<PanelCache<E>> {
     let w_ih = w_ih.extract::<In<'_, E>>()?;
     let w_hh = w_hh.extract::<In<'_, E>>()?;
     let w_hr = w_hr.map(|w| w.extract::<In<'_, E>>()).transpose()?;
-    Ok(PanelCache::new(
+    let (w_ih, w_hh, w_hr) = (
         slice("w_ih", &w_ih)?,
         slice("w_hh", &w_hh)?,
         opt_slice("w_hr", &w_hr)?,
-    ))
+    );
+    if bfloat16 {
+        Ok(PanelCache::new_bf16(w_ih, w_hh, w_hr)?)
+    } else {
+        Ok(PanelCache::new(w_ih, w_hh, w_hr))
+    }
 }
 
 #[pymethods]
 impl Packed {
+    /// `bfloat16`: the panels of bf16 inference (weights rounded to bfloat16
+    /// when packed; forward without a cache only).
     #[new]
-    #[pyo3(signature = (w_ih, w_hh, w_hr = None))]
+    #[pyo3(signature = (w_ih, w_hh, w_hr = None, bfloat16 = false))]
     fn new(
         w_ih: &Bound<'_, PyAny>,
         w_hh: &Bound<'_, PyAny>,
         w_hr: Option<&Bound<'_, PyAny>>,
+        bfloat16: bool,
     ) -> PyResult<Self> {
         let panels = if w_hh.cast::<PyArrayDyn<f64>>().is_ok() {
-            AnyPanels::F64(panel_cache(w_ih, w_hh, w_hr)?)
+            AnyPanels::F64(panel_cache(w_ih, w_hh, w_hr, bfloat16)?)
         } else {
-            AnyPanels::F32(panel_cache(w_ih, w_hh, w_hr)?)
+            AnyPanels::F32(panel_cache(w_ih, w_hh, w_hr, bfloat16)?)
         };
         Ok(Packed {
             _weights: (
@@ -991,6 +1001,26 @@ mod _core {
         } else {
             fill::<f32>(py, out, key, p)
         }
+    }
+
+    /// Writes into `out` (uint16, the shape of `src`) the bits of each float32
+    /// of `src` rounded to bfloat16, ties to even, as bf16 inference rounds
+    /// its weights (`crate::simd::bf16`).
+    #[pyfunction]
+    fn bfloat16_bits(py: Python<'_>, src: In<'_, f32>, mut out: Out<'_, u16>) -> PyResult<()> {
+        if src.0.shape() != out.0.shape() {
+            return Err(PyValueError::new_err(
+                "bfloat16_bits: out must have the shape of src",
+            ));
+        }
+        let src = slice("src", &src)?;
+        let dst = slice_mut("out", &mut out)?;
+        py.detach(|| {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = crate::simd::Bf16::round(x).0;
+            }
+        });
+        Ok(())
     }
 
     /// The padded hidden size of the cache layout for an element size in bytes.

@@ -19,8 +19,8 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, pack_rows, row_x4pv, rows_per_group, rows_x4v_kblocked,
-    PackedRows, VectorRoom,
+    accumulator_room, accumulators, pack_rows, row_x4pv_of, rows_per_group, rows_x4v_kblocked,
+    rows_x4v_kblocked_of, PackedRows, PanelWeight, VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -64,8 +64,9 @@ pub struct ForwardState<E> {
 /// `VARIANT` chooses the gate math at compile time: false, the plain LSTM's
 /// (`variant` is then the default but for `recurrent_keep`, which both bodies
 /// read once per tile); true, the general body
-/// that reads `variant` (see `variant.rs`).
-pub struct ForwardChunk<'a, E, const VARIANT: bool> {
+/// that reads `variant` (see `variant.rs`). `W` is what the panels of `w_hh`
+/// hold: elements, or bfloat16 for bf16 inference (`simd/bf16.rs`).
+pub struct ForwardChunk<'a, E, const VARIANT: bool, W = E> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
     /// (T·B) × I in the caller's layout, and `pack::forward_panels` of `w_ih`
@@ -78,8 +79,9 @@ pub struct ForwardChunk<'a, E, const VARIANT: bool> {
     pub ih_panels: &'a [E],
     /// 4Hp.
     pub bias: &'a [E],
-    /// `pack::forward_panels` of `w_hh` (depth P) for this ISA's lane count.
-    pub panels: &'a [E],
+    /// `pack::forward_panels` of `w_hh` (depth P) for this ISA's lane count
+    /// (in bfloat16: `PanelCache::forward_bf16`).
+    pub panels: &'a [W],
     /// `pack::projection_panels` of `w_hr` for this ISA's lane count, or
     /// empty without a projection. Only with `VARIANT`.
     pub proj_panels: &'a [E],
@@ -97,7 +99,7 @@ pub struct ForwardChunk<'a, E, const VARIANT: bool> {
     pub variant: Variant<'a, E>,
 }
 
-impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
+impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
     /// Whether h is projected (known at compile time to be false for the
     /// plain LSTM).
     #[inline(always)]
@@ -348,7 +350,7 @@ impl<E: Float> Projection<E> {
     }
 }
 
-impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
+impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
     /// Fills `p` with the projection of steps s0.. for this member's units: the
     /// input rows the running slots visit are gathered, then each tile's
     /// product with its panel of `w_ih`. Units past H get zero weights.
@@ -400,7 +402,9 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
     }
 }
 
-impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
+impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
+    for ForwardChunk<'_, E, VARIANT, W>
+{
     type Output = ();
 
     #[inline(always)]
@@ -471,19 +475,19 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
                     unsafe {
                         if p + BATCH1_PANELS <= self.tiles.end {
                             let panels = std::array::from_fn(|i| panel(p + i));
-                            let acc = row_x4pv::<S, BATCH1_PANELS>(cur, 1, h, panels);
+                            let acc = row_x4pv_of::<S, W, BATCH1_PANELS>(cur, 1, h, panels);
                             for (i, acc) in acc.into_iter().enumerate() {
                                 self.finish::<S>(s, 0, p + i, acc, xw);
                             }
                             p += BATCH1_PANELS;
                         } else if p + 1 < self.tiles.end {
                             let [acc0, acc1] =
-                                row_x4pv::<S, 2>(cur, 1, h, [panel(p), panel(p + 1)]);
+                                row_x4pv_of::<S, W, 2>(cur, 1, h, [panel(p), panel(p + 1)]);
                             self.finish::<S>(s, 0, p, acc0, xw);
                             self.finish::<S>(s, 0, p + 1, acc1, xw);
                             p += 2;
                         } else {
-                            let [acc] = row_x4pv::<S, 1>(cur, 1, h, [panel(p)]);
+                            let [acc] = row_x4pv_of::<S, W, 1>(cur, 1, h, [panel(p)]);
                             self.finish::<S>(s, 0, p, acc, xw);
                             p += 1;
                         }
@@ -509,7 +513,7 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
                     // wrote them; panels hold h rows of 4·w (asserted);
                     // `finish` gets running slots and tiles of this member.
                     unsafe {
-                        rows_x4v_kblocked::<S>(active, a, h, panel(p), products);
+                        rows_x4v_kblocked_of::<S, W>(active, a, h, panel(p), products);
                         for (slot, &acc) in products[..active].iter().enumerate() {
                             self.finish::<S>(s, slot, p, acc, xw);
                         }
@@ -526,7 +530,7 @@ impl<E: Float, const VARIANT: bool> Kernel<E> for ForwardChunk<'_, E, VARIANT> {
     }
 }
 
-impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
+impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
     /// The projection of step `s` for the `active` running slots, after every
     /// tile has written its m: h_t = m_t·W_hrᵀ (P outputs, depth H) into the
     /// next h state and y; the h the step started from into the h_prev cache.

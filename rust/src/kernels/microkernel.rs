@@ -9,11 +9,60 @@
 
 use crate::alloc::{self, Zeroable};
 use crate::error::Result;
-use crate::simd::{Simd, SimdElement};
+use crate::simd::{Bf16, Simd, SimdElement};
 use crate::tuning::{
     CACHE_LINE, L1_PANEL_BYTES, MIN_PANEL_DEPTH, MR_16_REGISTERS, MR_32_REGISTERS, NV_16_REGISTERS,
     NV_32_REGISTERS, REMAINDER_FULL_WIDTH_ROWS, ROW_PREFETCH_DISTANCE,
 };
+
+/// What the panels of B hold: elements (`f32`, `f64`), or [`Bf16`] for
+/// bf16 inference's recurrent weights, widened to elements as they are
+/// loaded. Either way a product sees the same values in the same FMA chain,
+/// so bf16 panels give the bits of element panels of the rounded weights.
+///
+/// Loads go by pairs of vectors (v, v + 1, v even: every tile is an even
+/// number of vectors wide), which bf16 panels store interleaved
+/// ([`Simd::load_bf16_pair`]; `pack::PanelCache::forward_bf16`).
+pub trait PanelWeight<E>: Copy + Send + Sync + 'static {
+    /// Vectors v and v + 1 of a panel row, from `p`, the start of vector v.
+    ///
+    /// # Safety
+    /// `p` readable for `2 · S::LANES` weights.
+    unsafe fn load_pair<S: Simd<E = E>>(p: *const Self) -> [S; 2];
+}
+
+impl<E: SimdElement> PanelWeight<E> for E {
+    #[inline(always)]
+    unsafe fn load_pair<S: Simd<E = E>>(p: *const E) -> [S; 2] {
+        // SAFETY: forwarded from the caller.
+        unsafe { [S::load(p), S::load(p.add(S::LANES))] }
+    }
+}
+
+impl<E: SimdElement> PanelWeight<E> for Bf16 {
+    #[inline(always)]
+    unsafe fn load_pair<S: Simd<E = E>>(p: *const Bf16) -> [S; 2] {
+        // SAFETY: forwarded from the caller.
+        unsafe { S::load_bf16_pair(p) }
+    }
+}
+
+/// The NV (even) vectors of a panel row from `p`, loaded by pairs.
+///
+/// # Safety
+/// `p` readable for `NV · S::LANES` weights.
+#[inline(always)]
+unsafe fn load_row<S: Simd, W: PanelWeight<S::E>, const NV: usize>(p: *const W) -> [S; NV] {
+    const { assert!(NV.is_multiple_of(2), "panel loads go by pairs") };
+    let mut b = [S::splat(S::E::ZERO); NV];
+    for j in 0..NV / 2 {
+        // SAFETY: vectors 2j, 2j + 1 < NV are inside the caller's region.
+        let [lo, hi] = unsafe { W::load_pair::<S>(p.add(2 * j * S::LANES)) };
+        b[2 * j] = lo;
+        b[2 * j + 1] = hi;
+    }
+    b
+}
 
 /// MR × NV, accumulating: `acc[r][v] += Σ_k a[r][k·a_cs] · panel[k·ps + v·LANES..]`
 /// for MR rows and NV vectors of a panel whose rows are `ps` elements apart,
@@ -36,7 +85,9 @@ pub unsafe fn mrxnv_accumulate<S: Simd, const MR: usize, const NV: usize>(
     ps: usize,
 ) {
     // SAFETY: forwarded.
-    unsafe { mrxnv_chain::<S, MR, NV, false>(acc, a, a_cs, depth, panel, ps, std::ptr::null(), 0) }
+    unsafe {
+        mrxnv_chain::<S, S::E, MR, NV, false>(acc, a, a_cs, depth, panel, ps, std::ptr::null(), 0)
+    }
 }
 
 /// [`mrxnv_accumulate`], prefetching into L1, at each k below `pf_rows`, the
@@ -49,18 +100,23 @@ pub unsafe fn mrxnv_accumulate<S: Simd, const MR: usize, const NV: usize>(
 /// As for [`mrxnv_accumulate`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn mrxnv_accumulate_prefetching<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn mrxnv_accumulate_prefetching<
+    S: Simd,
+    W: PanelWeight<S::E>,
+    const MR: usize,
+    const NV: usize,
+>(
     acc: &mut [[S; NV]; MR],
     a: [*const S::E; MR],
     a_cs: usize,
     depth: usize,
-    panel: *const S::E,
+    panel: *const W,
     ps: usize,
-    pf: *const S::E,
+    pf: *const W,
     pf_rows: usize,
 ) {
     // SAFETY: forwarded.
-    unsafe { mrxnv_chain::<S, MR, NV, true>(acc, a, a_cs, depth, panel, ps, pf, pf_rows) }
+    unsafe { mrxnv_chain::<S, W, MR, NV, true>(acc, a, a_cs, depth, panel, ps, pf, pf_rows) }
 }
 
 /// The body of [`mrxnv_accumulate`] and [`mrxnv_accumulate_prefetching`]:
@@ -70,27 +126,32 @@ unsafe fn mrxnv_accumulate_prefetching<S: Simd, const MR: usize, const NV: usize
 /// As for [`mrxnv_accumulate`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn mrxnv_chain<S: Simd, const MR: usize, const NV: usize, const PF: bool>(
+unsafe fn mrxnv_chain<
+    S: Simd,
+    W: PanelWeight<S::E>,
+    const MR: usize,
+    const NV: usize,
+    const PF: bool,
+>(
     acc: &mut [[S; NV]; MR],
     a: [*const S::E; MR],
     a_cs: usize,
     depth: usize,
-    panel: *const S::E,
+    panel: *const W,
     ps: usize,
-    pf: *const S::E,
+    pf: *const W,
     pf_rows: usize,
 ) {
-    let w = S::LANES;
     let mut local = *acc;
     for k in 0..depth {
         if PF && k < pf_rows {
-            prefetch_l1(pf.wrapping_add(k * ps).cast::<u8>(), ps * size_of::<S::E>());
+            prefetch_l1(pf.wrapping_add(k * ps).cast::<u8>(), ps * size_of::<W>());
         }
         // SAFETY: k < depth, so the NV vectors of panel row k and a[r][k] are
         // inside the regions the caller vouched for.
         unsafe {
             let p = panel.add(k * ps);
-            let b: [S; NV] = std::array::from_fn(|v| S::load(p.add(v * w)));
+            let b: [S; NV] = load_row::<S, W, NV>(p);
             for r in 0..MR {
                 let x = S::splat(*a[r].add(k * a_cs));
                 for v in 0..NV {
@@ -140,7 +201,13 @@ pub unsafe fn mrx4v<S: Simd, const MR: usize>(
 /// Depth of a panel slice (4 vectors wide) that fits [`L1_PANEL_BYTES`].
 #[inline(always)]
 pub fn l1_depth<S: Simd>() -> usize {
-    (L1_PANEL_BYTES / (4 * S::LANES * std::mem::size_of::<S::E>())).max(MIN_PANEL_DEPTH)
+    l1_depth_of::<S, S::E>()
+}
+
+/// [`l1_depth`] for a panel of `W` (bf16 panels: twice as deep).
+#[inline(always)]
+pub fn l1_depth_of<S: Simd, W>() -> usize {
+    (L1_PANEL_BYTES / (4 * S::LANES * std::mem::size_of::<W>())).max(MIN_PANEL_DEPTH)
 }
 
 /// Where the step kernels read the rows of A: each row where the caller keeps
@@ -229,13 +296,13 @@ pub unsafe fn pack_rows<S: Simd>(
 /// k0 + kd ≤ depth.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn tile<S: Simd, W: PanelWeight<S::E>, const MR: usize, const NV: usize>(
     r: usize,
     v0: usize,
     a: impl RowSource<S::E>,
     k0: usize,
     kd: usize,
-    panel: *const S::E,
+    panel: *const W,
     out: &mut [[S; 4]],
     prefetch_rows: usize,
 ) {
@@ -248,7 +315,7 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
     // inside the caller's regions.
     unsafe {
         if prefetch_rows > 0 {
-            mrxnv_accumulate_prefetching::<S, MR, NV>(
+            mrxnv_accumulate_prefetching::<S, W, MR, NV>(
                 &mut acc,
                 rows,
                 a_cs,
@@ -259,13 +326,15 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
                 prefetch_rows,
             )
         } else {
-            mrxnv_accumulate::<S, MR, NV>(
+            mrxnv_chain::<S, W, MR, NV, false>(
                 &mut acc,
                 rows,
                 a_cs,
                 kd,
                 panel.add(k0 * 4 * w + v0 * w),
                 4 * w,
+                std::ptr::null(),
+                0,
             )
         }
     };
@@ -281,26 +350,26 @@ unsafe fn tile<S: Simd, const MR: usize, const NV: usize>(
 /// As for [`tile`], with `n` ≤ 6 rows.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_n<S: Simd, const NV: usize>(
+unsafe fn tile_n<S: Simd, W: PanelWeight<S::E>, const NV: usize>(
     n: usize,
     r: usize,
     v0: usize,
     a: impl RowSource<S::E>,
     k0: usize,
     kd: usize,
-    panel: *const S::E,
+    panel: *const W,
     out: &mut [[S; 4]],
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match n {
             0 => {}
-            1 => tile::<S, 1, NV>(r, v0, a, k0, kd, panel, out, 0),
-            2 => tile::<S, 2, NV>(r, v0, a, k0, kd, panel, out, 0),
-            3 => tile::<S, 3, NV>(r, v0, a, k0, kd, panel, out, 0),
-            4 => tile::<S, 4, NV>(r, v0, a, k0, kd, panel, out, 0),
-            5 => tile::<S, 5, NV>(r, v0, a, k0, kd, panel, out, 0),
-            6 => tile::<S, 6, NV>(r, v0, a, k0, kd, panel, out, 0),
+            1 => tile::<S, W, 1, NV>(r, v0, a, k0, kd, panel, out, 0),
+            2 => tile::<S, W, 2, NV>(r, v0, a, k0, kd, panel, out, 0),
+            3 => tile::<S, W, 3, NV>(r, v0, a, k0, kd, panel, out, 0),
+            4 => tile::<S, W, 4, NV>(r, v0, a, k0, kd, panel, out, 0),
+            5 => tile::<S, W, 5, NV>(r, v0, a, k0, kd, panel, out, 0),
+            6 => tile::<S, W, 6, NV>(r, v0, a, k0, kd, panel, out, 0),
             _ => unreachable!("tile_n: at most 6 rows"),
         }
     }
@@ -314,15 +383,15 @@ unsafe fn tile_n<S: Simd, const NV: usize>(
 /// # Safety
 /// As for [`rows_x4v_kblocked`].
 #[inline(always)]
-unsafe fn rows_tiled<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn rows_tiled<S: Simd, W: PanelWeight<S::E>, const MR: usize, const NV: usize>(
     rows: usize,
     a: impl RowSource<S::E>,
     depth: usize,
-    panel: *const S::E,
+    panel: *const W,
     out: &mut [[S; 4]],
 ) {
     const { assert!(MR <= 6 && 4 % NV == 0) };
-    let kc = l1_depth::<S>();
+    let kc = l1_depth_of::<S, W>();
     let full = rows - rows % MR;
     let rest = rows - full;
     let rest_full_width = rest <= REMAINDER_FULL_WIDTH_ROWS;
@@ -338,14 +407,14 @@ unsafe fn rows_tiled<S: Simd, const MR: usize, const NV: usize>(
                     // first: panels lie one after another).
                     let last = v0 + NV == 4 && r + MR == full;
                     let pf = if last { kc } else { 0 };
-                    tile::<S, MR, NV>(r, v0, a, k0, kd, panel, out, pf);
+                    tile::<S, W, MR, NV>(r, v0, a, k0, kd, panel, out, pf);
                 }
                 if !rest_full_width {
-                    tile_n::<S, NV>(rest, full, v0, a, k0, kd, panel, out);
+                    tile_n::<S, W, NV>(rest, full, v0, a, k0, kd, panel, out);
                 }
             }
             if rest_full_width {
-                tile_n::<S, 4>(rest, full, 0, a, k0, kd, panel, out);
+                tile_n::<S, W, 4>(rest, full, 0, a, k0, kd, panel, out);
             }
         }
     }
@@ -370,14 +439,32 @@ pub unsafe fn rows_x4v_kblocked<S: Simd>(
     panel: *const S::E,
     out: &mut [[S; 4]],
 ) {
+    // SAFETY: forwarded from the caller.
+    unsafe { rows_x4v_kblocked_of::<S, S::E>(rows, a, depth, panel, out) }
+}
+
+/// [`rows_x4v_kblocked`] over a panel of any [`PanelWeight`] (bf16 panels
+/// included): the same chains over the weights' values.
+///
+/// # Safety
+/// As for [`rows_x4v_kblocked`], `panel` readable for `depth · 4 · LANES`
+/// weights.
+#[inline(always)]
+pub unsafe fn rows_x4v_kblocked_of<S: Simd, W: PanelWeight<S::E>>(
+    rows: usize,
+    a: impl RowSource<S::E>,
+    depth: usize,
+    panel: *const W,
+    out: &mut [[S; 4]],
+) {
     out[..rows].fill([S::splat(S::E::ZERO); 4]);
     // SAFETY: forwarded from the caller.
     unsafe {
         // 64-byte vectors: AVX-512, with 32 vector registers.
         if size_of::<S>() >= 64 {
-            rows_tiled::<S, MR_32_REGISTERS, NV_32_REGISTERS>(rows, a, depth, panel, out);
+            rows_tiled::<S, W, MR_32_REGISTERS, NV_32_REGISTERS>(rows, a, depth, panel, out);
         } else {
-            rows_tiled::<S, MR_16_REGISTERS, NV_16_REGISTERS>(rows, a, depth, panel, out);
+            rows_tiled::<S, W, MR_16_REGISTERS, NV_16_REGISTERS>(rows, a, depth, panel, out);
         }
     }
 }
@@ -454,10 +541,25 @@ pub unsafe fn row_x4pv<S: Simd, const P: usize>(
     depth: usize,
     panels: [*const S::E; P],
 ) -> [[S; 4]; P] {
+    // SAFETY: forwarded from the caller.
+    unsafe { row_x4pv_of::<S, S::E, P>(a, a_cs, depth, panels) }
+}
+
+/// [`row_x4pv`] over panels of any [`PanelWeight`] (bf16 panels included).
+///
+/// # Safety
+/// As for [`row_x4pv`], each panel readable for `depth · 4 · LANES` weights.
+#[inline(always)]
+pub unsafe fn row_x4pv_of<S: Simd, W: PanelWeight<S::E>, const P: usize>(
+    a: *const S::E,
+    a_cs: usize,
+    depth: usize,
+    panels: [*const W; P],
+) -> [[S; 4]; P] {
     let w = S::LANES;
     let mut acc = [[S::splat(S::E::ZERO); 4]; P];
     // Bytes of one panel row (4 vectors), and how far ahead to prefetch.
-    let row_bytes = 4 * w * size_of::<S::E>();
+    let row_bytes = 4 * w * size_of::<W>();
     for k in 0..depth {
         // SAFETY: k < depth: inside every panel and the row (caller's contract).
         unsafe {
@@ -465,8 +567,9 @@ pub unsafe fn row_x4pv<S: Simd, const P: usize>(
             for (acc, panel) in acc.iter_mut().zip(panels) {
                 let p = panel.add(k * 4 * w);
                 prefetch_ahead(p.cast::<u8>(), row_bytes);
-                for (v, acc_v) in acc.iter_mut().enumerate() {
-                    *acc_v = x.mul_add(S::load(p.add(v * w)), *acc_v);
+                let b = load_row::<S, W, 4>(p);
+                for (acc_v, b_v) in acc.iter_mut().zip(b) {
+                    *acc_v = x.mul_add(b_v, *acc_v);
                 }
             }
         }

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::float::Float;
 use crate::parallel::pool;
+use crate::simd::bf16::{round_f32, Bf16};
 use crate::tuning::{PACK_DEPTH, SAME_BYTES_BLOCK};
 
 /// Panels of a `w_hh` packed by the pass that needed them.
@@ -33,10 +34,18 @@ pub type Panels<E> = Arc<Vec<E>>;
 /// checks that it is given the same slices. Panels
 /// are kept for one lane count each: an ISA switched between passes
 /// (`Isa::set_active`) packs anew.
+///
+/// A cache made by [`PanelCache::new_bf16`] holds bf16 inference's panels:
+/// every weight rounded to bfloat16 once, here; `w_hh`'s panels, which the
+/// recurrence streams every step, stored as bfloat16 ([`PanelCache::forward_bf16`]),
+/// the others as the rounded values in `E`.
 pub struct PanelCache<E> {
     /// Address and length of the `w_ih`, the `w_hh` and the `w_hr` (0, 0
     /// without one) the panels come from.
     sources: [(usize, usize); 3],
+    /// Whether the weights are rounded to bfloat16 (inference only).
+    bf16: bool,
+    forward_bf16: Mutex<Option<(usize, Panels<Bf16>)>>,
     input: Mutex<Option<(usize, Panels<E>)>>,
     forward: Mutex<Option<(usize, Panels<E>)>>,
     backward: Mutex<Option<(usize, Panels<E>)>>,
@@ -54,12 +63,91 @@ impl<E: Float> PanelCache<E> {
     pub fn new(w_ih: &[E], w_hh: &[E], w_hr: Option<&[E]>) -> Self {
         PanelCache {
             sources: [source(w_ih), source(w_hh), w_hr.map_or((0, 0), source)],
+            bf16: false,
+            forward_bf16: Mutex::new(None),
             input: Mutex::new(None),
             forward: Mutex::new(None),
             backward: Mutex::new(None),
             projection: Mutex::new(None),
             projection_backward: Mutex::new(None),
         }
+    }
+
+    /// An empty cache of bf16 inference's panels (see the type) for `w_ih`,
+    /// `w_hh` and `w_hr` (f32 only: a float64 computation with bfloat16
+    /// weights is refused), which must stay unchanged while it lives.
+    pub fn new_bf16(w_ih: &[E], w_hh: &[E], w_hr: Option<&[E]>) -> Result<Self> {
+        if size_of::<E>() != size_of::<f32>() {
+            return Err(Error::Value(
+                "bfloat16 weights compute in float32: the weights and inputs must be float32"
+                    .into(),
+            ));
+        }
+        Ok(PanelCache {
+            bf16: true,
+            ..Self::new(w_ih, w_hh, w_hr)
+        })
+    }
+
+    /// Whether the weights are rounded to bfloat16 ([`PanelCache::new_bf16`]).
+    pub fn bf16(&self) -> bool {
+        self.bf16
+    }
+
+    /// bf16 panels: `w_hh`'s [`forward_panels`] rounded to bfloat16, each
+    /// pair of vectors of a panel row (2v, 2v + 1) interleaved value by value
+    /// for [`Simd::load_bf16_pair`](crate::simd::Simd::load_bf16_pair), packed
+    /// on first use.
+    pub fn forward_bf16(
+        &self,
+        w_hh: &[E],
+        hidden: usize,
+        hp: usize,
+        state: usize,
+        lanes: usize,
+    ) -> Result<Panels<Bf16>> {
+        self.check_source(1, w_hh)?;
+        kept(&self.forward_bf16, lanes, || {
+            let panels = forward_panels(w_hh, "w_hh", hidden, hp, state, lanes)?;
+            let mut out = alloc::zeroed(&[panels.len()], "the bfloat16 panels of w_hh")?;
+            // Each pair of vectors (2·lanes values): value j of the first at
+            // 2j, of the second at 2j + 1.
+            for (dst, src) in out
+                .chunks_exact_mut(2 * lanes)
+                .zip(panels.chunks_exact(2 * lanes))
+            {
+                let (first, second) = src.split_at(lanes);
+                for (j, (&a, &b)) in first.iter().zip(second).enumerate() {
+                    dst[2 * j] = Bf16::round(a.to_f64() as f32);
+                    dst[2 * j + 1] = Bf16::round(b.to_f64() as f32);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// `panels`, rounded to bfloat16 values when this cache is bf16's.
+    fn rounded(&self, mut panels: Vec<E>) -> Vec<E> {
+        if self.bf16 {
+            for w in &mut panels {
+                // E is f32 here (`new_bf16`): the casts are exact.
+                *w = E::from_f64(f64::from(round_f32(w.to_f64() as f32)));
+            }
+        }
+        panels
+    }
+
+    /// The error of a pass bf16 inference does not run (backward, a forward
+    /// with a cache) on this cache, if it is bf16's.
+    pub fn check_not_bf16(&self) -> Result<()> {
+        if self.bf16 {
+            return Err(Error::Value(
+                "bfloat16 weights are for inference only: forward without a cache \
+                 (need_cache=False), no backward"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     fn check_source(&self, which: usize, w: &[E]) -> Result<()> {
@@ -83,7 +171,7 @@ impl<E: Float> PanelCache<E> {
     ) -> Result<Panels<E>> {
         self.check_source(0, w_ih)?;
         kept(&self.input, lanes, || {
-            forward_panels(w_ih, "w_ih", hidden, hp, input, lanes)
+            Ok(self.rounded(forward_panels(w_ih, "w_ih", hidden, hp, input, lanes)?))
         })
     }
 
@@ -98,7 +186,7 @@ impl<E: Float> PanelCache<E> {
     ) -> Result<Panels<E>> {
         self.check_source(1, w_hh)?;
         kept(&self.forward, lanes, || {
-            forward_panels(w_hh, "w_hh", hidden, hp, state, lanes)
+            Ok(self.rounded(forward_panels(w_hh, "w_hh", hidden, hp, state, lanes)?))
         })
     }
 
@@ -112,6 +200,7 @@ impl<E: Float> PanelCache<E> {
         lanes: usize,
     ) -> Result<Panels<E>> {
         self.check_source(1, w_hh)?;
+        self.check_not_bf16()?;
         kept(&self.backward, lanes, || {
             backward_panels(w_hh, hidden, hp, state, lanes)
         })
@@ -127,7 +216,7 @@ impl<E: Float> PanelCache<E> {
     ) -> Result<Panels<E>> {
         self.check_source(2, w_hr)?;
         kept(&self.projection, lanes, || {
-            projection_panels(w_hr, state, hidden, lanes)
+            Ok(self.rounded(projection_panels(w_hr, state, hidden, lanes)?))
         })
     }
 
@@ -140,6 +229,7 @@ impl<E: Float> PanelCache<E> {
         lanes: usize,
     ) -> Result<Panels<E>> {
         self.check_source(2, w_hr)?;
+        self.check_not_bf16()?;
         kept(&self.projection_backward, lanes, || {
             projection_backward_panels(w_hr, state, hidden, lanes)
         })

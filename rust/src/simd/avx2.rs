@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::bf16::Bf16;
 use super::vector::Simd;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +28,20 @@ impl Simd for F32x8 {
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller guarantees 8 readable elements at `p`.
         unsafe { F32x8(_mm256_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const Bf16) -> [Self; 2] {
+        // Word j holds value 2j (low half) and 2j + 1 (high half): the low
+        // half shifted up, the high half with the low one cleared.
+        // SAFETY: the caller guarantees 16 readable values (32 bytes) at `p`.
+        unsafe {
+            let words = _mm256_loadu_si256(p.cast::<__m256i>());
+            let high = _mm256_set1_epi32(0xFFFF_0000_u32 as i32);
+            [
+                F32x8(_mm256_castsi256_ps(_mm256_slli_epi32::<16>(words))),
+                F32x8(_mm256_castsi256_ps(_mm256_and_si256(words, high))),
+            ]
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

@@ -5,6 +5,7 @@
 
 use std::arch::x86_64::*;
 
+use super::bf16::Bf16;
 use super::vector::Simd;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,6 +28,19 @@ impl Simd for F32x16 {
     unsafe fn load(p: *const f32) -> Self {
         // SAFETY: the caller guarantees 16 readable elements at `p`.
         unsafe { F32x16(_mm512_loadu_ps(p)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const Bf16) -> [Self; 2] {
+        // As `F32x8::load_bf16_pair`: word j holds values 2j and 2j + 1.
+        // SAFETY: the caller guarantees 32 readable values (64 bytes) at `p`.
+        unsafe {
+            let words = _mm512_loadu_si512(p.cast::<__m512i>());
+            let high = _mm512_set1_epi32(0xFFFF_0000_u32 as i32);
+            [
+                F32x16(_mm512_castsi512_ps(_mm512_slli_epi32::<16>(words))),
+                F32x16(_mm512_castsi512_ps(_mm512_and_si512(words, high))),
+            ]
+        }
     }
     #[inline(always)]
     unsafe fn store(self, p: *mut f32) {

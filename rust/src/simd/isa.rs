@@ -158,3 +158,51 @@ unsafe fn run_avx512<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
 unsafe fn run_avx2<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
     kernel.run::<E::Avx2>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::bf16::Bf16;
+
+    /// Widens 16 bfloat16 values with each ISA's `load_bf16`.
+    struct Widen<'a>(&'a [Bf16; 16]);
+
+    impl Kernel<f32> for Widen<'_> {
+        type Output = [f32; 16];
+        #[inline(always)]
+        fn run<S: Simd<E = f32>>(self) -> [f32; 16] {
+            let mut out = [0.0; 16];
+            // Value 2j of each pair to the first vector's lane j, 2j + 1 to
+            // the second's: stored back in the values' order.
+            for i in (0..16).step_by(2 * S::LANES) {
+                // SAFETY: i + 2·LANES ≤ 16 values and elements on both sides.
+                let pair = unsafe { S::load_bf16_pair(self.0.as_ptr().add(i)) };
+                let mut lanes = [[0.0f32; 16]; 2];
+                for (v, l) in pair.iter().zip(&mut lanes) {
+                    // SAFETY: LANES ≤ 16 elements.
+                    unsafe { v.store(l.as_mut_ptr()) };
+                }
+                for j in 0..S::LANES {
+                    out[i + 2 * j] = lanes[0][j];
+                    out[i + 2 * j + 1] = lanes[1][j];
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn every_isa_widens_exactly() {
+        let bits: [u16; 16] = [
+            0x0000, 0x8000, 0x3F80, 0xBF80, 0x7F80, 0xFF80, 0x7FC1, 0x0001, 0x8001, 0x7F7F, 0x4049,
+            0xC049, 0x1234, 0xFEDC, 0x00FF, 0x3F81,
+        ];
+        let values = bits.map(Bf16);
+        for isa in Isa::available() {
+            let got = dispatch(isa, Widen(&values));
+            for (g, v) in got.iter().zip(values) {
+                assert_eq!(g.to_bits(), u32::from(v.0) << 16, "{isa:?}");
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@
 //! - `scalar.rs`, `avx2.rs`, `avx512.rs`: the vectors of each ISA
 //! - `isa.rs`: [`Isa`], detection, the active ISA, [`Kernel`] and [`dispatch`]
 //! - `activation.rs`: [`exp`], [`sigmoid`], [`tanh`]
+//! - `bf16.rs`: [`Bf16`], the weight format of bf16 inference, and its rounding
 //! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
 //! - `peak.rs`: the measured single-core FMA peak of an ISA
 
@@ -17,6 +18,7 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod bandwidth;
+pub mod bf16;
 pub mod element;
 pub mod isa;
 pub mod peak;
@@ -24,5 +26,6 @@ pub mod scalar;
 pub mod vector;
 
 pub use activation::{exp, sigmoid, tanh};
+pub use bf16::Bf16;
 pub use isa::{dispatch, Isa, Kernel};
 pub use vector::{load_n, store_n, Simd, SimdElement};

@@ -9,6 +9,8 @@
 use std::fmt::Debug;
 use std::ops::{Add, Mul, Sub};
 
+use super::bf16::Bf16;
+
 /// `f32` or `f64` as the vector code sees it: the constants of the activation
 /// functions and the vector type of each ISA.
 ///
@@ -74,6 +76,30 @@ pub trait Simd: Copy {
     /// # Safety
     /// `p` must be valid for reading `LANES` elements (no alignment needed).
     unsafe fn load(p: *const Self::E) -> Self;
+    /// Two vectors from `2·LANES` bfloat16 values stored interleaved, widened
+    /// to elements (exactly: every bfloat16 is an f32): lane j of the first
+    /// is value 2j, lane j of the second value 2j + 1. Interleaved, the pair
+    /// is one load of whole 32-bit words, each holding a value of each vector:
+    /// a shift widens the low halves and a mask the high ones (no per-value
+    /// widening instruction). The ISAs override it for f32; this default,
+    /// one element at a time, serves the others.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `2·LANES` bfloat16 values (no alignment
+    /// needed).
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const Bf16) -> [Self; 2] {
+        let mut tmp = [[Self::E::ZERO; 16]; 2];
+        for j in 0..Self::LANES {
+            for (half, t) in tmp.iter_mut().enumerate() {
+                // SAFETY: 2j + half < 2·LANES values are readable at p.
+                let v = unsafe { p.add(2 * j + half).read_unaligned() };
+                t[j] = Self::E::from_f64(f64::from(v.to_f32()));
+            }
+        }
+        // SAFETY: LANES ≤ 16 elements of each are initialised.
+        unsafe { [Self::load(tmp[0].as_ptr()), Self::load(tmp[1].as_ptr())] }
+    }
     /// # Safety
     /// `p` must be valid for writing `LANES` elements (no alignment needed).
     unsafe fn store(self, p: *mut Self::E);
