@@ -138,6 +138,13 @@ class _Args:
         #: Recurrent dropout's scaled keep mask r (B, P) of a training pass, else
         #: None: the engine multiplies the recurrent product's operand h_{t-1} by it.
         self.recurrent_keep: np.ndarray | None = None
+        #: Zoneout's masks of a training pass, (T*B, Pp) for h and (T*B, Hp) for
+        #: c in x's layout, 1 where the unit keeps its previous value, else None;
+        #: at inference the rates ``zoneout_h``, ``zoneout_c`` (0.0: none).
+        self.zoneout_h_keep: np.ndarray | None = None
+        self.zoneout_c_keep: np.ndarray | None = None
+        self.zoneout_h = 0.0
+        self.zoneout_c = 0.0
         steps, batch, inp, hidden = sizes
         self.steps, self.batch, self.input, self.hidden = sizes
         #: P, the width of the state h: proj_size with a projection, else H.
@@ -188,6 +195,12 @@ class _Args:
         return self.clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
 
     @property
+    def zones_c(self) -> bool:
+        """Whether c zones out (training or inference): the cache then keeps the
+        states after zoneout besides the candidates (rust/src/sequence.rs, Cache)."""
+        return self.zoneout_c_keep is not None or self.zoneout_c != 0.0
+
+    @property
     def y_shape(self) -> tuple[int, int, int]:
         if self.batch_first:
             return (self.batch, self.steps, self.proj)
@@ -217,10 +230,11 @@ class Cache:
     read-only (T, B, H) arrays, time-major whatever the input layout; padded
     steps hold zeros. The variants whose backward needs the pre-activations
     (``clip``, or an activation whose derivative needs its input) keep them
-    too: ``z``, (T, B, 4H), else None.
+    too: ``z``, (T, B, 4H), else None. With zoneout, ``c`` is the cell each step
+    computed, before zoneout mixed it with c_{t-1} (as the reference's).
     """
 
-    __slots__ = ("_args", "_cells", "_gates", "_h_prev", "_pre")
+    __slots__ = ("_args", "_c_state", "_cells", "_gates", "_h_prev", "_pre")
 
     def __init__(
         self,
@@ -229,12 +243,13 @@ class Cache:
         cells: np.ndarray,
         h_prev: np.ndarray,
         pre: np.ndarray | None = None,
+        c_state: np.ndarray | None = None,
     ) -> None:
-        for a in (gates, cells, h_prev, pre):
+        for a in (gates, cells, h_prev, pre, c_state):
             if a is not None:
                 a.flags.writeable = False
         self._args, self._gates, self._cells, self._h_prev = args, gates, cells, h_prev
-        self._pre = pre
+        self._pre, self._c_state = pre, c_state
 
     def _time_major(self, a: np.ndarray) -> np.ndarray:
         return _readonly(a.swapaxes(0, 1) if self._args.batch_first else a)
@@ -284,8 +299,9 @@ class Cache:
     def nbytes(self) -> int:
         """Memory held by the cache, inputs copies included."""
         a = self._args
-        arrays = [self._gates, self._cells, self._h_prev, self._pre]
+        arrays = [self._gates, self._cells, self._h_prev, self._pre, self._c_state]
         arrays += [a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
+        arrays += [a.zoneout_h_keep, a.zoneout_c_keep]
         return sum(x.nbytes for x in arrays if x is not None)
 
     def __repr__(self) -> str:
@@ -337,6 +353,7 @@ def _run_forward(
             cells=empty("cache (cells)", (rows, hp), dt),
             h_prev=empty("cache (h_prev)", (rows, args.proj_pad), dt),
             pre=empty("cache (pre-activations)", (rows, 4 * hp), dt) if args.caches_pre else None,
+            c_state=empty("cache (c after zoneout)", (rows, hp), dt) if args.zones_c else None,
         )
     _core.forward(args, out, arrays)
     cache = None if arrays is None else Cache(args, *arrays)
@@ -362,6 +379,7 @@ def forward(
     input_forget: bool = False,
     forget_gate: bool = True,
     activations: Any = None,
+    zoneout: Any = 0.0,
     recurrent_dropout: Any = 0.0,
     weight_drop: Any = 0.0,
     seed: Any = None,
@@ -386,15 +404,17 @@ def forward(
     candidate, h for the output), each a name, (name, alpha) or (name, alpha,
     beta).
 
-    The regularisation (docs/variants.md, 'Regularisation'; training only, masks
-    from ``seed`` keyed by ``layer`` and the direction): ``weight_drop`` (DropConnect
+    The regularisation (docs/variants.md, 'Regularisation'; masks from ``seed``
+    keyed by ``layer`` and the direction): ``zoneout`` (a probability for h and c,
+    or a pair ``(z_h, z_c)``: each unit keeps its previous state with that
+    probability; ``y`` is the state after zoneout), ``weight_drop`` (DropConnect
     on ``w_hh``) and ``recurrent_dropout``; ``training=False`` uses the
-    expectation. The defaults change no bit. (Zoneout is stated in
-    ``lstm_fast.reference.forward``; the engine does not run it yet.)
+    expectation (zoneout mixes ``z * prev + (1 - z) * new``; the dropouts are
+    the identity). The defaults change no bit.
     """
     need_cache = flag("need_cache", need_cache)
     reg = regularisation(
-        recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+        zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
     args = _Args(
@@ -408,6 +428,8 @@ def forward(
 
 
 # Stream ids in the mask generator (masks.py, rust/src/masks.rs).
+_ZONEOUT_H = 1
+_ZONEOUT_C = 2
 _RECURRENT_DROPOUT = 3
 _WEIGHT_DROP = 4
 
@@ -418,9 +440,28 @@ def _regularise(
 ) -> None:  # fmt: skip
     """Applies the checked regularisation options to ``args``: weight drop packs
     W_hh ⊙ M (one mask per call) and backward multiplies dw_hh by M; at
-    inference both options are the identity. (``forward`` takes no zoneout:
-    z_h = z_c = 0.)"""
+    inference both dropouts are the identity. Zoneout in training draws its
+    masks once per call in the caches' layout (the cache keeps them for
+    backward); at inference the engine takes the rates."""
     direction = int(args.reverse)
+    rows = args.steps * args.batch
+    for stream, z, width, pad in (
+        (_ZONEOUT_H, z_h, args.proj, args.proj_pad),
+        (_ZONEOUT_C, z_c, args.hidden, args.hidden_pad),
+    ):
+        if not z:
+            continue
+        if training:
+            assert seed is not None  # regularisation() requires one
+            keep = empty("the zoneout mask", (rows, pad), args.dtype)
+            _core.zoneout_keep(
+                keep, seed, stream, layer, direction, z,
+                args.steps, args.batch, width, args.batch_first,
+            )  # fmt: skip
+        if stream == _ZONEOUT_H:
+            args.zoneout_h_keep, args.zoneout_h = (keep, 0.0) if training else (None, z)
+        else:
+            args.zoneout_c_keep, args.zoneout_c = (keep, 0.0) if training else (None, z)
     if p_rec and training:
         assert seed is not None  # regularisation() requires one
         keep = empty("the recurrent dropout mask", (args.batch, args.proj), args.dtype)
@@ -479,8 +520,9 @@ def _run_backward(
         flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
     arrays = CacheArrays(
-        gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre
-    )
+        gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
+        c_state=cache._c_state,
+    )  # fmt: skip
     _core.backward(a, arrays, seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M

@@ -80,4 +80,4 @@ pub use parallel::pool::{
 pub use parallel::split::{force_split, ForcedSplit};
 pub use sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 pub use simd::Isa;
-pub use variant::{Activation, Variant};
+pub use variant::{Activation, Variant, Zone};

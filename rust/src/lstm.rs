@@ -98,6 +98,10 @@ pub fn forward<E: Float>(
         };
         let mut cache = cache;
         clear_padded_rows(seq, out.y, cache.as_mut());
+        let c_state = match cache.as_mut().and_then(|c| c.c_state.as_deref_mut()) {
+            Some(cs) if variant.zoneout_c.is_on() => SharedMut(cs.as_mut_ptr()),
+            _ => SharedMut::null(),
+        };
         let (gates, cells, h_prev, pre) = match cache {
             Some(c) => (
                 SharedMut(c.gates.as_mut_ptr()),
@@ -121,6 +125,7 @@ pub fn forward<E: Float>(
             cells,
             h_prev,
             pre,
+            c_state,
         };
         // The gate math, chosen once per call: the plain LSTM's own kernel or
         // the general one (`variant.rs`).
@@ -322,6 +327,11 @@ pub fn backward<E: Float>(
             Some(p) if variant.caches_pre() => p,
             _ => &[],
         };
+        // The states c_t after zoneout (the cells are the candidates c̃_t).
+        let c_state = match cache.c_state {
+            Some(cs) if variant.zoneout_c.is_on() => cs,
+            _ => &[],
+        };
         // Per (row, tile): the sums of squares of dh and dc (gradient flow).
         let mut flow_sums = match grads.flow {
             Some(_) => alloc::zeroed::<E>(&[rows, flow_tiles, 2], "the gradient-flow sums")?,
@@ -332,16 +342,28 @@ pub fn backward<E: Float>(
             None => SharedMut::null(),
         };
 
-        // Per chunk: its state (dh_n seed, dc, c0), copied in.
+        // Per chunk: its state (dh_n seed, dc, c0), copied in; with zoneout
+        // of h, the share of dh that goes to the previous step (zeros).
+        let carry_width = if variant.zoneout_h.is_on() { state } else { 0 };
         let mut states = chunk_states(
             &chunks,
-            [(seeds.dh_n, state), (seeds.dc_n, hidden), (seq.c0, hidden)],
+            [
+                (seeds.dh_n, state),
+                (seeds.dc_n, hidden),
+                (seq.c0, hidden),
+                (None, carry_width),
+            ],
         )?;
         let state_ptrs = alloc::collect(
-            states.iter_mut().map(|[dh, dc, c0]| BackwardState {
+            states.iter_mut().map(|[dh, dc, c0, carry]| BackwardState {
                 dh_seed: SharedMut(dh.as_mut_ptr()),
                 dc: SharedMut(dc.as_mut_ptr()),
                 c_first: SharedMut(c0.as_mut_ptr()),
+                dh_carry: if carry.is_empty() {
+                    SharedMut::null()
+                } else {
+                    SharedMut(carry.as_mut_ptr())
+                },
             }),
             "the chunk states",
         )?;
@@ -379,6 +401,7 @@ pub fn backward<E: Float>(
                                 },
                                 gates: cache.gates,
                                 cells: cache.cells,
+                                c_state,
                                 panels: &panels,
                                 proj_panels: &proj_panels,
                                 dh: dh_ptr,
@@ -424,7 +447,7 @@ pub fn backward<E: Float>(
             flow_norms(seq, &flow_sums, flow_tiles, norm_h, norm_c);
         }
         if let Some(dp) = grads.dpeepholes {
-            peephole_grads(seq, da, cache.cells, dp);
+            peephole_grads(seq, da, cache.cells, c_state, dp);
         }
 
         // The non-recurrent gradients: one product each over all T·B rows. When
@@ -591,8 +614,16 @@ fn flow_norms<E: Float>(
 /// `da` (T·B × 4Hp) and the cells: dp_i = Σ da_i·c_{t−1}, dp_o = Σ da_o·c_t,
 /// dp_f = Σ da_f·c_{t−1} over every valid (row, step), summed in one fixed
 /// order (row by row, steps in processing order): the same bits for any
-/// thread count.
-fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, da: &[E], cells: &[E], dp: &mut [E]) {
+/// thread count. With zoneout of c, c_t is the step's candidate (`cells`)
+/// and c_{t−1} the state after zoneout (`c_state`, else empty).
+fn peephole_grads<E: Float>(
+    seq: &Sequence<'_, E>,
+    da: &[E],
+    cells: &[E],
+    c_state: &[E],
+    dp: &mut [E],
+) {
+    let states = if c_state.is_empty() { cells } else { c_state };
     let hidden = seq.dims.hidden;
     let hp = hidden_pad::<E>(hidden);
     let geo = seq.geometry();
@@ -604,7 +635,7 @@ fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, da: &[E], cells: &[E], dp: &m
         for s in 0..len {
             let row = geo.row(geo.pos(s, len), b);
             let c_prev: &[E] = if s > 0 {
-                &cells[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
+                &states[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
             } else {
                 match seq.c0 {
                     Some(c0) => &c0[b * hidden..][..hidden],
@@ -699,6 +730,9 @@ fn clear_padded_rows<E: Float>(
             }
             c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
             c.cells[row * hp..][..hp].fill(E::ZERO);
+            if let Some(cs) = c.c_state.as_deref_mut() {
+                cs[row * hp..][..hp].fill(E::ZERO);
+            }
             c.h_prev[row * pp..][..pp].fill(E::ZERO);
         }
     }

@@ -86,6 +86,47 @@ pub fn scaled_keep<E: Float>(key: u64, rows: usize, cols: usize, p: f64) -> Vec<
     out
 }
 
+/// A zoneout mask (docs/variants.md, 'Zoneout') in the layout of the caches:
+/// `out` holds T·B rows of `width_pad` elements, row (t, b) at `t·B + b`, or
+/// `b·T + t` when `batch_major`; entry (t, b, u) for u < `width` is 1 where
+/// the unit keeps its previous value (the event, hashing (t, b, u) after
+/// `key`), else 0; padded units are 0. t is the real time index, so the mask
+/// does not depend on the layout, `reverse` or the lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn zoneout_keep<E: Float>(
+    key: u64,
+    steps: usize,
+    batch: usize,
+    width: usize,
+    width_pad: usize,
+    batch_major: bool,
+    p: f64,
+    out: &mut [E],
+) {
+    assert!(width <= width_pad && out.len() == steps * batch * width_pad);
+    let thr = threshold(p);
+    for t in 0..steps {
+        let ht = absorb(key, t as u64);
+        for b in 0..batch {
+            let hb = absorb(ht, b as u64);
+            let row = if batch_major {
+                b * steps + t
+            } else {
+                t * batch + b
+            };
+            let dst = &mut out[row * width_pad..][..width_pad];
+            for (u, d) in dst[..width].iter_mut().enumerate() {
+                *d = if event(absorb(hb, u as u64), thr) {
+                    E::ONE
+                } else {
+                    E::ZERO
+                };
+            }
+            dst[width..].fill(E::ZERO);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +168,30 @@ mod tests {
             ] {
                 let u = (h >> 11) as f64 * 2f64.powi(-53);
                 assert_eq!(event(h, t), u < p, "p={p} h={h:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn zoneout_keep_matches_hash() {
+        let k = key(5, ZONEOUT_C, 2, 1);
+        let (steps, batch, width, pad) = (3, 4, 5, 8);
+        for batch_major in [false, true] {
+            let mut m = vec![7.0f32; steps * batch * pad];
+            zoneout_keep(k, steps, batch, width, pad, batch_major, 0.3, &mut m);
+            for t in 0..steps {
+                for b in 0..batch {
+                    let row = if batch_major {
+                        b * steps + t
+                    } else {
+                        t * batch + b
+                    };
+                    for u in 0..pad {
+                        let want = u < width
+                            && event(hash(k, &[t as u64, b as u64, u as u64]), threshold(0.3));
+                        assert_eq!(m[row * pad + u], if want { 1.0 } else { 0.0 });
+                    }
+                }
             }
         }
     }

@@ -28,7 +28,7 @@ use pyo3::prelude::*;
 use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
 use crate::{
     Activation, Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache,
-    Seeds, Sequence, Variant,
+    Seeds, Sequence, Variant, Zone,
 };
 
 impl From<Error> for PyErr {
@@ -192,6 +192,13 @@ struct SequenceArrays<'py, E: Element> {
     activations: Option<Vec<ActivationSpec>>,
     /// Recurrent dropout's keep mask (B, P) of a training pass, or None.
     recurrent_keep: Option<In<'py, E>>,
+    /// Zoneout of h and of c in training: the masks (T·B, Pp) and (T·B, Hp)
+    /// in x's layout (`zoneout_keep`), or None; at inference: the rates
+    /// (0.0 for none; ignored where a mask is given).
+    zoneout_h_keep: Option<In<'py, E>>,
+    zoneout_c_keep: Option<In<'py, E>>,
+    zoneout_h: f64,
+    zoneout_c: f64,
 }
 
 impl<E: Engine> SequenceArrays<'_, E> {
@@ -231,6 +238,8 @@ impl<E: Engine> SequenceArrays<'_, E> {
             input_forget: self.input_forget,
             forget_gate: self.forget_gate,
             recurrent_keep: opt_slice("recurrent_keep", &self.recurrent_keep)?,
+            zoneout_h: zone("zoneout_h_keep", &self.zoneout_h_keep, self.zoneout_h)?,
+            zoneout_c: zone("zoneout_c_keep", &self.zoneout_c_keep, self.zoneout_c)?,
             ..Variant::default()
         };
         if let Some(acts) = &self.activations {
@@ -246,6 +255,19 @@ impl<E: Engine> SequenceArrays<'_, E> {
         }
         Ok(variant)
     }
+}
+
+/// Zoneout of one state: its training mask, else its inference rate, else off.
+fn zone<'a, E: Engine>(
+    name: &str,
+    keep: &'a Option<In<'_, E>>,
+    rate: f64,
+) -> PyResult<Zone<'a, E>> {
+    Ok(match opt_slice(name, keep)? {
+        Some(d) => Zone::Keep(d),
+        None if rate != 0.0 => Zone::Rate(E::from_f64(rate)),
+        None => Zone::Off,
+    })
 }
 
 /// A sequence of either dtype: the one dtype dispatch of a call. The variant
@@ -297,6 +319,7 @@ struct CacheArrays<'py, E: Element> {
     cells: Out<'py, E>,
     h_prev: Out<'py, E>,
     pre: Option<Out<'py, E>>,
+    c_state: Option<Out<'py, E>>,
 }
 
 impl<E: Element> CacheArrays<'_, E> {
@@ -306,6 +329,11 @@ impl<E: Element> CacheArrays<'_, E> {
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
             pre: self.pre.as_mut().map(|p| slice_mut("pre", p)).transpose()?,
+            c_state: self
+                .c_state
+                .as_mut()
+                .map(|c| slice_mut("c_state", c))
+                .transpose()?,
         })
     }
 }
@@ -317,6 +345,7 @@ struct CacheRefArrays<'py, E: Element> {
     cells: In<'py, E>,
     h_prev: In<'py, E>,
     pre: Option<In<'py, E>>,
+    c_state: Option<In<'py, E>>,
 }
 
 impl<E: Element> CacheRefArrays<'_, E> {
@@ -326,6 +355,7 @@ impl<E: Element> CacheRefArrays<'_, E> {
             cells: slice("cells", &self.cells)?,
             h_prev: slice("h_prev", &self.h_prev)?,
             pre: opt_slice("pre", &self.pre)?,
+            c_state: opt_slice("c_state", &self.c_state)?,
         })
     }
 }
@@ -778,6 +808,67 @@ mod _core {
             fill::<f64>(py, out, key, p)
         } else {
             fill::<f32>(py, out, key, p)
+        }
+    }
+
+    /// Fills `out` (a C-contiguous 2-D float32 or float64 array, (T·B) × Wp
+    /// with Wp ≥ `width`) with a zoneout mask of the generator
+    /// (`crate::masks::zoneout_keep`, docs/variants.md 'Zoneout'): rows in
+    /// x's layout (time-major, or batch-major with `batch_first`), 1 where
+    /// unit (t, b, u) of stream `stream` keeps its previous value, else 0.
+    #[pyfunction]
+    #[allow(clippy::too_many_arguments)]
+    fn zoneout_keep(
+        py: Python<'_>,
+        out: &Bound<'_, PyAny>,
+        seed: u64,
+        stream: u64,
+        layer: u64,
+        direction: u64,
+        p: f64,
+        steps: usize,
+        batch: usize,
+        width: usize,
+        batch_first: bool,
+    ) -> PyResult<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(PyValueError::new_err(format!(
+                "p must be in [0, 1), got {p}"
+            )));
+        }
+        let key = crate::masks::key(seed, stream, layer, direction);
+        #[allow(clippy::too_many_arguments)]
+        fn fill<E: Engine>(
+            py: Python<'_>,
+            out: &Bound<'_, PyAny>,
+            key: u64,
+            p: f64,
+            steps: usize,
+            batch: usize,
+            width: usize,
+            batch_first: bool,
+        ) -> PyResult<()> {
+            let mut a = out.extract::<Out<'_, E>>()?;
+            let shape = a.0.shape().to_vec();
+            let [rows, pad] = shape[..] else {
+                return Err(PyValueError::new_err("zoneout_keep: out must be 2-D"));
+            };
+            if Some(rows) != steps.checked_mul(batch) || pad < width {
+                return Err(PyValueError::new_err(format!(
+                    "zoneout_keep: out must be (steps·batch, ≥ width) = ({steps}·{batch}, \
+                     ≥ {width}), got ({rows}, {pad})"
+                )));
+            }
+            let dst = slice_mut("out", &mut a)?;
+            py.detach(|| {
+                crate::masks::zoneout_keep(key, steps, batch, width, pad, batch_first, p, dst)
+            });
+            Ok(())
+        }
+        if out.cast::<PyArrayDyn<f64>>().is_ok() {
+            fill::<f64>(py, out, key, p, steps, batch, width, batch_first)
+        } else {
+            fill::<f32>(py, out, key, p, steps, batch, width, batch_first)
         }
     }
 

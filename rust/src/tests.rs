@@ -272,6 +272,7 @@ impl Problem {
                 cells: &mut cells,
                 h_prev: &mut h_prev,
                 pre: None,
+                c_state: None,
             }),
             cancel_forward,
         )?;
@@ -294,6 +295,7 @@ impl Problem {
                 cells: &cells,
                 h_prev: &h_prev,
                 pre: None,
+                c_state: None,
             },
             Seeds {
                 dy: Some(&dy),
@@ -1051,6 +1053,7 @@ fn projection_engine<E: Float>(
             cells: &mut cells,
             h_prev: &mut h_prev,
             pre: None,
+            c_state: None,
         }),
         &Cancel::new(),
     )
@@ -1065,6 +1068,7 @@ fn projection_engine<E: Float>(
             cells: &cells,
             h_prev: &h_prev,
             pre: None,
+            c_state: None,
         },
         Seeds {
             dy: Some(&dy),
