@@ -194,8 +194,8 @@ def test_training_is_an_exact_select(dtype):
     """Where the mask of h zones out, y_t is y_{t-1}'s bits; where that of c
     does, the state c_t (the next step's c_prev) keeps c_{t-1}'s bits."""
     T, B, H = 6, 4, 24
-    arrays, options, _ = _without_projection("plain-gates", (T, B, 3, H, H, None, False,
-                                                             False, True), dtype)  # fmt: skip
+    setting = (T, B, 3, H, H, None, False, False, True)
+    arrays, options, _ = _without_projection("plain-gates", setting, dtype)
     out = lstm_fast.forward(*arrays.values(), **options, zoneout=(0.4, 0.0), seed=9)
     keep = masks.events(9, masks.ZONEOUT_H, 0, 0, (T, B, H), 0.4)
     y = np.concatenate([arrays["h0"][None], out.y])
@@ -213,8 +213,8 @@ def test_training_is_an_exact_select(dtype):
 def test_inference_is_the_expectation_in_the_references_order():
     """z·prev + (1 - z)·new in the compute dtype, not fused: float64 bits of
     the engine equal the reference's for one step of a tiny problem."""
-    arrays, options, seeds = _without_projection("plain-gates", (1, 2, 3, 4, 4, None, False,
-                                                                 False, True), np.float64)  # fmt: skip
+    setting = (1, 2, 3, 4, 4, None, False, False, True)
+    arrays, options, _ = _without_projection("plain-gates", setting, np.float64)
     kw = dict(zoneout=(0.3, 0.6), training=False)
     out = lstm_fast.forward(*arrays.values(), **options, **kw)
     z_h, z_c = np.float64(0.3), np.float64(0.6)
@@ -326,8 +326,8 @@ def test_masks_identical_across_isas():
     """The masks are drawn once per call outside the kernels: on every ISA the
     units of y that keep their previous value are exactly the mask's."""
     T, B, H = 5, 9, 40
-    arrays, options, _ = _without_projection("plain-gates", (T, B, 3, H, H, None, False,
-                                                             True, True), np.float32)  # fmt: skip
+    setting = (T, B, 3, H, H, None, False, True, True)
+    arrays, options, _ = _without_projection("plain-gates", setting, np.float32)
     keep = masks.events(4, masks.ZONEOUT_H, 0, 0, (T, B, H), 0.5).transpose(1, 0, 2)
     previous = lstm_fast.get_isa()
     try:

@@ -30,6 +30,7 @@ __all__ = [
     "scaled_keep",
     "set_isa",
     "set_num_threads",
+    "zoneout_keep",
 ]
 
 __version__: str
@@ -40,6 +41,18 @@ def hidden_pad(hidden: int, itemsize: int) -> int: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
 def scaled_keep(
     out: np.ndarray, seed: int, stream: int, layer: int, direction: int, p: float
+) -> None: ...
+def zoneout_keep(
+    out: np.ndarray,
+    seed: int,
+    stream: int,
+    layer: int,
+    direction: int,
+    p: float,
+    steps: int,
+    batch: int,
+    width: int,
+    batch_first: bool,
 ) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
