@@ -13,6 +13,7 @@
 //! ```
 
 use crate::float::Float;
+use crate::simd::{Kernel, Simd};
 
 /// Stream ids (the first word after the seed).
 pub const ZONEOUT_H: u64 = 1;
@@ -92,7 +93,11 @@ pub fn scaled_keep<E: Float>(key: u64, rows: usize, cols: usize, p: f64) -> Vec<
 /// the unit keeps its previous value (the event, hashing (t, b, u) after
 /// `key`), else 0; padded units are 0. t is the real time index, so the mask
 /// does not depend on the layout, `reverse` or the lengths.
+///
+/// Inlined into [`ZoneoutDraw`], which `simd::dispatch` compiles with the
+/// ISA's target features: there the 64-bit products of the hash vectorise.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub fn zoneout_keep<E: Float>(
     key: u64,
     steps: usize,
@@ -115,15 +120,44 @@ pub fn zoneout_keep<E: Float>(
                 t * batch + b
             };
             let dst = &mut out[row * width_pad..][..width_pad];
+            // Branch-free: the events are random, a branch would mispredict.
             for (u, d) in dst[..width].iter_mut().enumerate() {
-                *d = if event(absorb(hb, u as u64), thr) {
-                    E::ONE
-                } else {
-                    E::ZERO
-                };
+                let keep = event(absorb(hb, u as u64), thr);
+                *d = [E::ZERO, E::ONE][usize::from(keep)];
             }
             dst[width..].fill(E::ZERO);
         }
+    }
+}
+
+/// [`zoneout_keep`] as a kernel for `simd::dispatch` (which compiles it with
+/// the ISA's target features); the same bits on every ISA.
+pub struct ZoneoutDraw<'a, E> {
+    pub key: u64,
+    pub steps: usize,
+    pub batch: usize,
+    pub width: usize,
+    pub width_pad: usize,
+    pub batch_major: bool,
+    pub p: f64,
+    pub out: &'a mut [E],
+}
+
+impl<E: Float> Kernel<E> for ZoneoutDraw<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        zoneout_keep(
+            self.key,
+            self.steps,
+            self.batch,
+            self.width,
+            self.width_pad,
+            self.batch_major,
+            self.p,
+            self.out,
+        );
     }
 }
 

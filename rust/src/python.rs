@@ -860,9 +860,17 @@ mod _core {
                 )));
             }
             let dst = slice_mut("out", &mut a)?;
-            py.detach(|| {
-                crate::masks::zoneout_keep(key, steps, batch, width, pad, batch_first, p, dst)
-            });
+            let draw = crate::masks::ZoneoutDraw {
+                key,
+                steps,
+                batch,
+                width,
+                width_pad: pad,
+                batch_major: batch_first,
+                p,
+                out: dst,
+            };
+            py.detach(|| crate::simd::dispatch(Isa::active(), draw));
             Ok(())
         }
         if out.cast::<PyArrayDyn<f64>>().is_ok() {
