@@ -2,7 +2,7 @@
 reference.
 
 - The generator: ``_core.zoneout_keep`` (rust/src/masks.rs) is
-  ``masks.events`` laid out like the caches, both layouts and dtypes.
+  ``masks.events`` laid out like the caches, both layouts and dtypes, every ISA.
 - Zoneout of h only, of c only and of both, training and inference, alone, with
   recurrent dropout and weight drop, with every variant of
   tests/test_projection.py (projection, peepholes, clip, activations...) and
@@ -48,8 +48,9 @@ from tests.test_projection import (
     ],
 )
 def test_engine_masks_are_the_generators(
-    dtype, batch_first, seed, stream, layer, direction, T, B, W, pad, p
+    isa, dtype, batch_first, seed, stream, layer, direction, T, B, W, pad, p
 ):
+    """On every ISA (the draw runs with the ISA's vector instructions)."""
     mine = np.full((T * B, pad), 7, dtype)
     _core.zoneout_keep(mine, seed, stream, layer, direction, p, T, B, W, batch_first)
     events = masks.events(seed, stream, layer, direction, (T, B, W), p)  # (T, B, W) bool
