@@ -196,9 +196,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             if u >= hp {
                 break;
             }
-            // SAFETY: row, prev_row < T·B and u + w ≤ hp: all cache, da and state
-            // accesses are in bounds; dy gets only its real lanes. These units
-            // of this slot belong to this member alone.
+            // SAFETY: row, prev_row < T·B and u + w ≤ hp: all cache, da, state
+            // (the dh carry too, Pp = Hp here) and zoneout mask accesses are in
+            // bounds; dy gets only its real lanes. These units of this slot
+            // belong to this member alone.
             unsafe {
                 let mut dh = acc_v;
                 // Zoneout of h without a projection (with one, `run_projected`
@@ -329,7 +330,8 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             None => d,
         };
         // SAFETY: row < T·B and u + LANES ≤ hp: inside the pre-activation
-        // cache (when kept), the padded peepholes and this slot's dc.
+        // cache (when kept), the padded peepholes, the zoneout mask of c (when
+        // drawn) and this slot's dc.
         unsafe {
             let z = |k: usize| {
                 if self.pre.is_empty() {
@@ -494,7 +496,8 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
             for t in self.tiles.clone() {
                 let u0 = t * width;
                 // SAFETY: dh0 is B × H; this member writes only its units of row
-                // b, whose chunk is this one; the da row and panel are whole.
+                // b, whose chunk is this one; the da row and panel are whole;
+                // the dh carry is read below hp only.
                 unsafe {
                     let acc = mrx4v::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0];
                     let acc = self.drop_recurrent(b, u0, acc);
@@ -610,9 +613,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                         if u >= pp {
                             break;
                         }
-                        // SAFETY: u + w ≤ pp inside the slot's seed and the dh
-                        // row (row < T·B, this chunk's); dy gets only its real
-                        // lanes of its row.
+                        // SAFETY: u + w ≤ pp inside the slot's seed, its dh
+                        // carry, the zoneout mask's row and the dh row (row <
+                        // T·B, this chunk's); dy gets only its real lanes of
+                        // its row.
                         unsafe {
                             let mut dh = if slot < prev_active {
                                 product_v
@@ -691,7 +695,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             for q in 0..p_tiles {
                 let u0 = q * width;
                 // SAFETY: dh0 is B × P; this chunk alone writes row b; the da
-                // row and panel are whole.
+                // row and panel are whole; the dh carry is read below pp only.
                 unsafe {
                     let da = self.da.0.add(row_of(slot, 0) * depth) as *const E;
                     let acc = mrx4v::<S, 1>([da], 1, depth, panel(q))[0];

@@ -142,7 +142,8 @@ impl<E: Float, const VARIANT: bool> ForwardChunk<'_, E, VARIANT> {
         let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
         let out = self.out;
         // SAFETY: row < T·B and u0 + w ≤ hp: every padded access is inside the
-        // projection block, bias, the state (slots × Hp) and the caches; y gets
+        // projection block, bias, the state (slots × Hp), the caches and the
+        // zoneout masks ((T·B) × Hp, Pp = Hp without a projection); y gets
         // only its real lanes. This slot's units of this tile are written by
         // this member only.
         unsafe {
