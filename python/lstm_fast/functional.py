@@ -296,6 +296,52 @@ class Cache:
         )
 
 
+class CheckpointCache(Cache):
+    """What :func:`backward` needs from ``forward(..., checkpoint=k)``: the state
+    (h, c) of every row at the start of each segment of ``k`` steps (processing
+    order) but the first, and private copies of the inputs. Backward recomputes
+    each segment's forward from its state, so the gates and cells are not kept:
+    ``i``, ``f``, ``g``, ``o``, ``c``, ``z`` raise. ``checkpoint`` is k.
+    """
+
+    __slots__ = ("_every", "_states")
+
+    def __init__(self, args: _Args, states: np.ndarray, every: int) -> None:
+        states.flags.writeable = False
+        self._args, self._states, self._every = args, states, every
+        self._gates = self._cells = self._h_prev = np.empty(0, args.dtype)
+        self._pre = None
+
+    @property
+    def checkpoint(self) -> int:
+        return self._every
+
+    def _gate(self, k: int) -> np.ndarray:
+        raise AttributeError(
+            "a checkpointed cache keeps no gates or cells (backward recomputes them); "
+            "run forward with checkpoint=None to inspect them"
+        )
+
+    @property
+    def c(self) -> np.ndarray:
+        return self._gate(0)
+
+    @property
+    def z(self) -> np.ndarray | None:
+        return self._gate(0)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cache: the kept states, ((T + k - 1) // k - 1) * B *
+        (P + H) elements, and the inputs' copies."""
+        a = self._args
+        arrays = [self._states, a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
+        return sum(x.nbytes for x in arrays if x is not None)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f" checkpoint={self._every}>"
+
+
 class CellCache:
     """What :func:`cell_backward` needs; ``i, f, g, o, c`` are read-only (B, H)."""
 
@@ -320,8 +366,14 @@ class CellCache:
 # ---------------------------------------------------------------------------
 
 
+def checkpoint_states(steps: int, batch: int, hidden: int, proj: int, every: int) -> int:
+    """Elements of the states a ``checkpoint=every`` forward keeps:
+    (ceil(T / k) - 1) * B * (P + H)."""
+    return max(-(-steps // every) - 1, 0) * batch * (proj + hidden)
+
+
 def _run_forward(
-    args: _Args, need_cache: bool
+    args: _Args, need_cache: bool, checkpoint: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
     dt, rows = args.dtype, args.steps * args.batch
     out = Outputs(
@@ -329,6 +381,11 @@ def _run_forward(
         h_n=empty("h_n", (args.batch, args.proj), dt),
         c_n=empty("c_n", (args.batch, args.hidden), dt),
     )
+    if need_cache and checkpoint is not None and checkpoint < args.steps:
+        n = checkpoint_states(args.steps, args.batch, args.hidden, args.proj, checkpoint)
+        states = empty("the checkpoint states", (n,), dt)
+        _core.forward_checkpointed(args, out, states, checkpoint)
+        return out.y, out.h_n, out.c_n, CheckpointCache(args, states, checkpoint)
     arrays = None
     if need_cache:
         hp = args.hidden_pad
@@ -367,6 +424,7 @@ def forward(
     seed: Any = None,
     layer: Any = 0,
     training: bool = True,
+    checkpoint: Any = None,
 ) -> Forward:
     """Runs one LSTM layer (one direction) over a whole sequence.
 
@@ -391,8 +449,14 @@ def forward(
     on ``w_hh``) and ``recurrent_dropout``; ``training=False`` uses the
     expectation. The defaults change no bit. (Zoneout is stated in
     ``lstm_fast.reference.forward``; the engine does not run it yet.)
+
+    ``checkpoint=k`` (an int >= 1; None: the full cache) trades time for memory:
+    the cache keeps only each row's state every k steps, and :func:`backward`
+    recomputes each segment of k steps, giving bitwise the same gradients with
+    O((T/k + k) * H) memory per row instead of O(T * H); k >= T is the full cache.
     """
     need_cache = flag("need_cache", need_cache)
+    every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
     reg = regularisation(
         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
@@ -404,7 +468,7 @@ def forward(
         forget_gate=forget_gate, activations=activations,
     )  # fmt: skip
     _regularise(args, *reg)
-    return Forward(*_run_forward(args, need_cache))
+    return Forward(*_run_forward(args, need_cache, every))
 
 
 # Stream ids in the mask generator (masks.py, rust/src/masks.rs).
@@ -472,16 +536,21 @@ def _run_backward(
         db=empty("db", (4 * a.hidden,), dt) if (a.has_b_ih or a.has_b_hh) else None,
         # The gate gradients: NumPy backs large arrays with huge pages, which saves
         # the engine tens of thousands of page faults per call at the large shapes.
-        scratch=empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
+        scratch=None
+        if isinstance(cache, CheckpointCache)
+        else empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
         dpeepholes=None if a.peepholes is None else empty("dpeepholes", (3 * a.hidden,), dt),
         dw_hr=None if a.w_hr is None else empty("dw_hr", (a.proj, a.hidden), dt),
         flow_h=empty("the gradient flow (dh)", (a.steps, a.batch), dt) if flow else None,
         flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
-    arrays = CacheArrays(
-        gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre
-    )
-    _core.backward(a, arrays, seeds, grads)
+    if isinstance(cache, CheckpointCache):
+        _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads)
+    else:
+        arrays = CacheArrays(
+            gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre
+        )
+        _core.backward(a, arrays, seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     db = grads.db

@@ -45,6 +45,7 @@
 pub mod alloc;
 pub mod cancel;
 pub mod check;
+pub mod checkpoint;
 pub mod error;
 pub mod float;
 pub mod kernels;
@@ -71,6 +72,7 @@ pub use cancel::Cancel;
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::pack::PanelCache;
+pub use checkpoint::{backward_checkpointed, checkpoint_len, forward_checkpointed};
 pub use lstm::{backward, forward};
 #[doc(hidden)]
 pub use parallel::pool::hold_pool_lock;

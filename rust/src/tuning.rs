@@ -73,6 +73,12 @@ pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
 /// in order, so the split never changes a bit).
 pub const DB_COLUMN_BLOCK: usize = 64;
 
+/// Rows of da (and of x, h_prev) gathered per product of the weight
+/// gradients, which sum over (step, row) in backward's order rather than the
+/// layout's (`lstm.rs`, `weight_grads`): deep enough that each product's C
+/// is loaded and stored rarely, small enough to stay in L2.
+pub const ORDERED_BLOCK_ROWS: usize = 256;
+
 /// Independent FMA chains in the peak measurement (`simd/peak.rs`): FMA
 /// latency × FMA ports is 8 on Zen 3/4/5 and Skylake-X (4 cycles, 2 ports);
 /// 12 covers a latency of up to 6 and still fits 16 registers with the two
