@@ -27,6 +27,7 @@ from ._checks import (
     flag,
     float_dtype,
     hidden_from_gate_rows,
+    integer,
     pass_arguments,
     positive_int,
     projected_arguments,
@@ -184,8 +185,7 @@ class _Args:
     def caches_pre(self) -> bool:
         """Whether backward needs the pre-activations cached (rust/src/variant.rs,
         ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT)."""
-        acts = self.activations or PLAIN_ACTIVATIONS
-        return self.clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
+        return caches_pre(self.clip, self.activations)
 
     @property
     def y_shape(self) -> tuple[int, int, int]:
@@ -202,6 +202,14 @@ class _Args:
 # ---------------------------------------------------------------------------
 # Caches
 # ---------------------------------------------------------------------------
+
+
+def caches_pre(clip: float | None, activations: Any) -> bool:
+    """Whether backward needs the pre-activations cached (rust/src/variant.rs,
+    ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT);
+    ``activations`` None means the plain ones."""
+    acts = activations or PLAIN_ACTIVATIONS
+    return clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -370,6 +378,56 @@ def checkpoint_states(steps: int, batch: int, hidden: int, proj: int, every: int
     """Elements of the states a ``checkpoint=every`` forward keeps:
     (ceil(T / k) - 1) * B * (P + H)."""
     return max(-(-steps // every) - 1, 0) * batch * (proj + hidden)
+
+
+def training_memory(
+    checkpoint: int | None,
+    *,
+    steps: int,
+    batch: int,
+    hidden: int,
+    proj: int,
+    itemsize: int,
+    caches_pre: bool = False,
+    passes: int = 1,
+) -> int:
+    """Bytes a training pass of ``passes`` layer-directions holds for backward
+    (inputs and outputs aside), for ``checkpoint`` None (the full cache) or k:
+
+    - full cache (None, or k >= T): ``passes * T * B * C * itemsize``, with C =
+      5*Hp + Pp (+ 4*Hp for the variants that keep the pre-activations) the
+      cache's width per step and row (Hp, Pp: H, P padded, ``_core.hidden_pad``);
+    - k < T: ``passes * (ceil(T/k) - 1) * B * (P + H) * itemsize`` (the kept states)
+      ``+ k * B * (C + 4*Hp) * itemsize`` (one segment's cache and gate gradients,
+      one pass at a time).
+    """
+    hp = _core.hidden_pad(hidden, itemsize)
+    pp = _core.hidden_pad(proj, itemsize)
+    width = 5 * hp + pp + (4 * hp if caches_pre else 0)
+    if checkpoint is None or checkpoint >= steps:
+        return passes * steps * batch * width * itemsize
+    states = checkpoint_states(steps, batch, hidden, proj, checkpoint)
+    return (passes * states + checkpoint * batch * (width + 4 * hp)) * itemsize
+
+
+def checkpoint_for_budget(budget: Any, **shape: Any) -> int | None:
+    """The ``checkpoint`` whose :func:`training_memory` (same keywords) fits
+    ``budget`` bytes with the least recompute: None (the full cache, no
+    recompute) when it fits, else the largest k < T that fits (every k < T
+    recomputes each step once; the largest has the fewest segments). A budget
+    no k meets is a ``ValueError`` naming ``memory_budget``."""
+    budget = integer("memory_budget", budget)
+    steps = shape["steps"]
+    if training_memory(None, **shape) <= budget:
+        return None
+    for k in range(steps - 1, 0, -1):
+        if training_memory(k, **shape) <= budget:
+            return k
+    least = min(training_memory(k, **shape) for k in range(1, max(steps, 2)))
+    raise ValueError(
+        f"memory_budget: {budget} bytes is too small for any checkpoint; "
+        f"this call needs at least {least} bytes"
+    )
 
 
 def _run_forward(
@@ -823,17 +881,19 @@ class PreparedWeights:
         lengths: Any = None,
         reverse: bool = False,
         need_cache: bool = True,
+        checkpoint: Any = None,
         **variant: Any,
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
-        defaults to the prepared ones)."""
+        defaults to the prepared ones); ``checkpoint`` as for :func:`forward`."""
         need_cache = flag("need_cache", need_cache)
+        every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
             names={}, **_variant_keywords(variant),
         )  # fmt: skip
-        return Forward(*_run_forward(args, need_cache))
+        return Forward(*_run_forward(args, need_cache, every))
 
     def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
         """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``."""
