@@ -13,7 +13,6 @@ the engine').
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -132,18 +131,20 @@ for isa in lstm_fast.available_isas():
                     if not project:
                         options.pop("w_hr")
                         H = arrays["w_hh"].shape[0] // 4
-                        arrays["w_hh"] = np.resize(arrays["w_hh"], (4 * H, H)).astype(dtype)
+                        def wide(a):
+                            return np.resize(a, (*a.shape[:-1], H)).astype(dtype)
+                        arrays["w_hh"] = wide(arrays["w_hh"])
                         if arrays["h0"] is not None:
-                            arrays["h0"] = np.resize(arrays["h0"], (arrays["h0"].shape[0], H)).astype(dtype)
-                        seeds["dy"] = np.resize(seeds["dy"], (*seeds["dy"].shape[:2], H)).astype(dtype)
-                        seeds["dh_n"] = np.resize(seeds["dh_n"], (seeds["dh_n"].shape[0], H)).astype(dtype)
+                            arrays["h0"] = wide(arrays["h0"])
+                        seeds["dy"], seeds["dh_n"] = wide(seeds["dy"]), wide(seeds["dh_n"])
                     for k in (None, 1, 2, 3):
                         fwd, g = _run(lstm_fast, arrays, {{**options, "checkpoint": k}}, seeds)
                         h = hashlib.sha256()
                         for a in (*fwd[:3], *g[:9], g.flow.dh, g.flow.dc):
                             if a is not None:
                                 h.update(np.ascontiguousarray(a).tobytes())
-                        out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}/{{project}}/{{k}}"] = h.hexdigest()
+                        key = f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}/{{project}}"
+                        out[f"{{key}}/{{k}}"] = h.hexdigest()
 print(json.dumps(out))
 """
 

@@ -39,9 +39,7 @@ pub fn checkpoint_segments(steps: usize, every: usize) -> usize {
 /// h0, c0): (⌈T/every⌉ − 1) · B · (P + H).
 pub fn checkpoint_len<E: Float>(seq: &Sequence<'_, E>, every: usize) -> usize {
     let Dims { steps, batch, .. } = seq.dims;
-    checkpoint_segments(steps, every).saturating_sub(1)
-        * batch
-        * (seq.state() + seq.dims.hidden)
+    checkpoint_segments(steps, every).saturating_sub(1) * batch * (seq.state() + seq.dims.hidden)
 }
 
 fn check_every(every: usize) -> Result<()> {
@@ -85,11 +83,16 @@ impl Segment {
 
     /// (segment row, whole-sequence row) of every (iteration, batch row) the
     /// segment runs.
-    fn rows<'a>(&'a self, geo: &'a Geometry, whole: &'a [usize]) -> impl Iterator<Item = (usize, usize)> + 'a {
+    fn rows<'a>(
+        &'a self,
+        geo: &'a Geometry,
+        whole: &'a [usize],
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
         let batch = self.lens.len();
         (0..self.steps).flat_map(move |s| {
             (0..batch).filter_map(move |b| {
-                (s < self.lens[b]).then(|| (s * batch + b, geo.row(geo.pos(self.start + s, whole[b]), b)))
+                (s < self.lens[b])
+                    .then(|| (s * batch + b, geo.row(geo.pos(self.start + s, whole[b]), b)))
             })
         })
     }

@@ -69,10 +69,10 @@ mod tests;
 static ALLOCATOR: alloc::LineAligned = alloc::LineAligned;
 
 pub use cancel::Cancel;
+pub use checkpoint::{backward_checkpointed, checkpoint_len, forward_checkpointed};
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::pack::PanelCache;
-pub use checkpoint::{backward_checkpointed, checkpoint_len, forward_checkpointed};
 pub use lstm::{backward, forward};
 #[doc(hidden)]
 pub use parallel::pool::hold_pool_lock;

@@ -252,11 +252,7 @@ pub(crate) fn backward_pass<E: Float>(
     accumulate: bool,
     cancel: &Cancel,
 ) -> Result<()> {
-    let Dims {
-        batch,
-        hidden,
-        ..
-    } = seq.dims;
+    let Dims { batch, hidden, .. } = seq.dims;
     let hp = hidden_pad::<E>(hidden);
     let state = seq.state();
     let pp = hidden_pad::<E>(state);
@@ -581,7 +577,10 @@ fn processing_order<'a, E: Float>(
     seq: &'a Sequence<'a, E>,
 ) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
     let geo = seq.geometry();
-    let longest = (0..seq.dims.batch).map(|b| seq.length(b)).max().unwrap_or(0);
+    let longest = (0..seq.dims.batch)
+        .map(|b| seq.length(b))
+        .max()
+        .unwrap_or(0);
     (0..longest).rev().flat_map(move |s| {
         (0..seq.dims.batch).filter_map(move |b| {
             let len = seq.length(b);
@@ -849,7 +848,10 @@ fn forward_without_steps<E: Float>(
 /// [`backward`] of a call in which no row has a step to run: the gradients of
 /// the initial states are the seeds, every other gradient is zero (no step
 /// used the weights or the input). Allocates nothing.
-pub(crate) fn backward_without_steps<E: Float>(seeds: Seeds<'_, E>, grads: Grads<'_, E>) -> Result<()> {
+pub(crate) fn backward_without_steps<E: Float>(
+    seeds: Seeds<'_, E>,
+    grads: Grads<'_, E>,
+) -> Result<()> {
     copy_or_zero(grads.dh0, seeds.dh_n);
     copy_or_zero(grads.dc0, seeds.dc_n);
     grads.dx.fill(E::ZERO);
