@@ -606,7 +606,8 @@ fn weight_grads<E: Float>(
     let (hp, state) = (hidden_pad::<E>(hidden), seq.state());
     let pp = hidden_pad::<E>(state);
     let depth = 4 * hp;
-    let block = ORDERED_BLOCK_ROWS;
+    let valid: usize = (0..seq.dims.batch).map(|b| seq.length(b)).sum();
+    let block = ORDERED_BLOCK_ROWS.min(valid).max(1);
     let what = "the gathered rows of the weight gradients";
     let mut da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
     let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
