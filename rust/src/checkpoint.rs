@@ -90,10 +90,9 @@ impl Segment {
     ) -> impl Iterator<Item = (usize, usize)> + 'a {
         let batch = self.lens.len();
         (0..self.steps).flat_map(move |s| {
-            (0..batch).filter_map(move |b| {
-                (s < self.lens[b])
-                    .then(|| (s * batch + b, geo.row(geo.pos(self.start + s, whole[b]), b)))
-            })
+            (0..batch)
+                .filter(move |&b| s < self.lens[b])
+                .map(move |b| (s * batch + b, geo.row(geo.pos(self.start + s, whole[b]), b)))
         })
     }
 }

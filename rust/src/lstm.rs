@@ -622,7 +622,7 @@ fn weight_grads<E: Float>(
     let WeightSums {
         dw_ih,
         dw_hh,
-        mut db,
+        db,
         mut dpeepholes,
         mut dw_hr,
     } = sums;
@@ -743,7 +743,7 @@ fn weight_grads<E: Float>(
         }
         first = false;
     }
-    if let Some(db) = db.as_deref_mut() {
+    if let Some(db) = db {
         for gate in 0..4 {
             db[gate * hidden..][..hidden].copy_from_slice(&db_sum[gate * hp..][..hidden]);
         }
