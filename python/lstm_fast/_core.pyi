@@ -21,7 +21,9 @@ __all__ = [
     "available_isas",
     "fma_peak",
     "backward",
+    "backward_checkpointed",
     "forward",
+    "forward_checkpointed",
     "get_isa",
     "get_num_threads",
     "hidden_pad",
@@ -37,6 +39,10 @@ __version__: str
 
 def forward(seq: Sequence, out: Outputs, cache: CacheArrays | None) -> None: ...
 def backward(seq: Sequence, cache: CacheArrays, seeds: Seeds, grads: Grads) -> None: ...
+def forward_checkpointed(seq: Sequence, out: Outputs, states: np.ndarray, every: int) -> None: ...
+def backward_checkpointed(
+    seq: Sequence, states: np.ndarray, every: int, seeds: Seeds, grads: Grads
+) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
 def scaled_keep(

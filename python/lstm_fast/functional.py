@@ -27,6 +27,7 @@ from ._checks import (
     flag,
     float_dtype,
     hidden_from_gate_rows,
+    integer,
     pass_arguments,
     positive_int,
     projected_arguments,
@@ -191,8 +192,7 @@ class _Args:
     def caches_pre(self) -> bool:
         """Whether backward needs the pre-activations cached (rust/src/variant.rs,
         ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT)."""
-        acts = self.activations or PLAIN_ACTIVATIONS
-        return self.clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
+        return caches_pre(self.clip, self.activations)
 
     @property
     def zones_c(self) -> bool:
@@ -215,6 +215,14 @@ class _Args:
 # ---------------------------------------------------------------------------
 # Caches
 # ---------------------------------------------------------------------------
+
+
+def caches_pre(clip: float | None, activations: Any) -> bool:
+    """Whether backward needs the pre-activations cached (rust/src/variant.rs,
+    ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT);
+    ``activations`` None means the plain ones."""
+    acts = activations or PLAIN_ACTIVATIONS
+    return clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -312,6 +320,53 @@ class Cache:
         )
 
 
+class CheckpointCache(Cache):
+    """What :func:`backward` needs from ``forward(..., checkpoint=k)``: the state
+    (h, c) of every row at the start of each segment of ``k`` steps (processing
+    order) but the first, and private copies of the inputs. Backward recomputes
+    each segment's forward from its state, so the gates and cells are not kept:
+    ``i``, ``f``, ``g``, ``o``, ``c``, ``z`` raise. ``checkpoint`` is k.
+    """
+
+    __slots__ = ("_every", "_states")
+
+    def __init__(self, args: _Args, states: np.ndarray, every: int) -> None:
+        states.flags.writeable = False
+        self._args, self._states, self._every = args, states, every
+        self._gates = self._cells = self._h_prev = np.empty(0, args.dtype)
+        self._pre = None
+
+    @property
+    def checkpoint(self) -> int:
+        return self._every
+
+    def _gate(self, k: int) -> np.ndarray:
+        raise AttributeError(
+            "a checkpointed cache keeps no gates or cells (backward recomputes them); "
+            "run forward with checkpoint=None to inspect them"
+        )
+
+    @property
+    def c(self) -> np.ndarray:
+        return self._gate(0)
+
+    @property
+    def z(self) -> np.ndarray | None:
+        return self._gate(0)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cache: the kept states, ((T + k - 1) // k - 1) * B *
+        (P + H) elements, the inputs' copies and zoneout's training masks."""
+        a = self._args
+        arrays = [self._states, a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
+        arrays += [a.zoneout_h_keep, a.zoneout_c_keep]
+        return sum(x.nbytes for x in arrays if x is not None)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f" checkpoint={self._every}>"
+
+
 class CellCache:
     """What :func:`cell_backward` needs; ``i, f, g, o, c`` are read-only (B, H)."""
 
@@ -336,8 +391,64 @@ class CellCache:
 # ---------------------------------------------------------------------------
 
 
+def checkpoint_states(steps: int, batch: int, hidden: int, proj: int, every: int) -> int:
+    """Elements of the states a ``checkpoint=every`` forward keeps:
+    (ceil(T / k) - 1) * B * (P + H)."""
+    return max(-(-steps // every) - 1, 0) * batch * (proj + hidden)
+
+
+def training_memory(
+    checkpoint: int | None,
+    *,
+    steps: int,
+    batch: int,
+    hidden: int,
+    proj: int,
+    itemsize: int,
+    caches_pre: bool = False,
+    passes: int = 1,
+) -> int:
+    """Bytes a training pass of ``passes`` layer-directions holds for backward
+    (inputs and outputs aside), for ``checkpoint`` None (the full cache) or k:
+
+    - full cache (None, or k >= T): ``passes * T * B * C * itemsize``, with C =
+      5*Hp + Pp (+ 4*Hp for the variants that keep the pre-activations) the
+      cache's width per step and row (Hp, Pp: H, P padded, ``_core.hidden_pad``);
+    - k < T: ``passes * (ceil(T/k) - 1) * B * (P + H) * itemsize`` (the kept states)
+      ``+ k * B * (C + 4*Hp) * itemsize`` (one segment's cache and gate gradients,
+      one pass at a time).
+    """
+    hp = _core.hidden_pad(hidden, itemsize)
+    pp = _core.hidden_pad(proj, itemsize)
+    width = 5 * hp + pp + (4 * hp if caches_pre else 0)
+    if checkpoint is None or checkpoint >= steps:
+        return passes * steps * batch * width * itemsize
+    states = checkpoint_states(steps, batch, hidden, proj, checkpoint)
+    return (passes * states + checkpoint * batch * (width + 4 * hp)) * itemsize
+
+
+def checkpoint_for_budget(budget: Any, **shape: Any) -> int | None:
+    """The ``checkpoint`` whose :func:`training_memory` (same keywords) fits
+    ``budget`` bytes with the least recompute: None (the full cache, no
+    recompute) when it fits, else the largest k < T that fits (every k < T
+    recomputes each step once; the largest has the fewest segments). A budget
+    no k meets is a ``ValueError`` naming ``memory_budget``."""
+    budget = integer("memory_budget", budget)
+    steps = shape["steps"]
+    if training_memory(None, **shape) <= budget:
+        return None
+    for k in range(steps - 1, 0, -1):
+        if training_memory(k, **shape) <= budget:
+            return k
+    least = min(training_memory(k, **shape) for k in range(1, max(steps, 2)))
+    raise ValueError(
+        f"memory_budget: {budget} bytes is too small for any checkpoint; "
+        f"this call needs at least {least} bytes"
+    )
+
+
 def _run_forward(
-    args: _Args, need_cache: bool
+    args: _Args, need_cache: bool, checkpoint: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
     dt, rows = args.dtype, args.steps * args.batch
     out = Outputs(
@@ -345,6 +456,11 @@ def _run_forward(
         h_n=empty("h_n", (args.batch, args.proj), dt),
         c_n=empty("c_n", (args.batch, args.hidden), dt),
     )
+    if need_cache and checkpoint is not None and checkpoint < args.steps:
+        n = checkpoint_states(args.steps, args.batch, args.hidden, args.proj, checkpoint)
+        states = empty("the checkpoint states", (n,), dt)
+        _core.forward_checkpointed(args, out, states, checkpoint)
+        return out.y, out.h_n, out.c_n, CheckpointCache(args, states, checkpoint)
     arrays = None
     if need_cache:
         hp = args.hidden_pad
@@ -385,6 +501,7 @@ def forward(
     seed: Any = None,
     layer: Any = 0,
     training: bool = True,
+    checkpoint: Any = None,
 ) -> Forward:
     """Runs one LSTM layer (one direction) over a whole sequence.
 
@@ -411,8 +528,15 @@ def forward(
     on ``w_hh``) and ``recurrent_dropout``; ``training=False`` uses the
     expectation (zoneout mixes ``z * prev + (1 - z) * new``; the dropouts are
     the identity). The defaults change no bit.
+
+    ``checkpoint=k`` (an int >= 1; None: the full cache) trades time for memory:
+    the cache keeps only each row's state every k steps, and :func:`backward`
+    recomputes each segment of k steps, giving bitwise the same gradients with
+    O((T/k + k) * H) memory per row instead of O(T * H); k >= T is the full cache.
+    With zoneout in training the cache also keeps the masks (T * B units each).
     """
     need_cache = flag("need_cache", need_cache)
+    every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
     reg = regularisation(
         zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
@@ -424,7 +548,7 @@ def forward(
         forget_gate=forget_gate, activations=activations,
     )  # fmt: skip
     _regularise(args, *reg)
-    return Forward(*_run_forward(args, need_cache))
+    return Forward(*_run_forward(args, need_cache, every))
 
 
 # Stream ids in the mask generator (masks.py, rust/src/masks.rs).
@@ -513,17 +637,22 @@ def _run_backward(
         db=empty("db", (4 * a.hidden,), dt) if (a.has_b_ih or a.has_b_hh) else None,
         # The gate gradients: NumPy backs large arrays with huge pages, which saves
         # the engine tens of thousands of page faults per call at the large shapes.
-        scratch=empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
+        scratch=None
+        if isinstance(cache, CheckpointCache)
+        else empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
         dpeepholes=None if a.peepholes is None else empty("dpeepholes", (3 * a.hidden,), dt),
         dw_hr=None if a.w_hr is None else empty("dw_hr", (a.proj, a.hidden), dt),
         flow_h=empty("the gradient flow (dh)", (a.steps, a.batch), dt) if flow else None,
         flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
-    arrays = CacheArrays(
-        gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
-        c_state=cache._c_state,
-    )  # fmt: skip
-    _core.backward(a, arrays, seeds, grads)
+    if isinstance(cache, CheckpointCache):
+        _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads)
+    else:
+        arrays = CacheArrays(
+            gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
+            c_state=cache._c_state,
+        )  # fmt: skip
+        _core.backward(a, arrays, seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     db = grads.db
@@ -796,17 +925,19 @@ class PreparedWeights:
         lengths: Any = None,
         reverse: bool = False,
         need_cache: bool = True,
+        checkpoint: Any = None,
         **variant: Any,
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
-        defaults to the prepared ones)."""
+        defaults to the prepared ones); ``checkpoint`` as for :func:`forward`."""
         need_cache = flag("need_cache", need_cache)
+        every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
             names={}, **_variant_keywords(variant),
         )  # fmt: skip
-        return Forward(*_run_forward(args, need_cache))
+        return Forward(*_run_forward(args, need_cache, every))
 
     def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
         """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``."""

@@ -482,7 +482,14 @@ class LSTM:
     # ------------------------------------------------------------------ forward
 
     def forward(
-        self, x: Any, hx: Any = None, *, lengths: Any = None, need_cache: bool = True
+        self,
+        x: Any,
+        hx: Any = None,
+        *,
+        lengths: Any = None,
+        need_cache: bool = True,
+        checkpoint: Any = None,
+        memory_budget: Any = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
 
@@ -491,10 +498,27 @@ class LSTM:
         each row's valid steps (PackedSequence semantics: padded outputs are 0, ``h_n``
         is the state after the row's last valid step, h0 for length 0).
         ``need_cache=False`` keeps nothing for :meth:`backward` (inference).
+
+        ``checkpoint=k`` keeps each layer's state only every k steps and makes
+        :meth:`backward` recompute each segment (bitwise the same gradients,
+        ``lstm_fast.functional.forward``); ``memory_budget=bytes`` chooses k instead
+        (``lstm_fast.functional.checkpoint_for_budget``: the full cache when it
+        fits, else the largest k that fits).
         """
         self._tape = None  # a failed call must not leave an older tape for backward
         need_cache = flag("need_cache", need_cache)
         array, batch_first, unbatched, steps, batch = self._input(x)
+        if checkpoint is not None and memory_budget is not None:
+            raise ValueError("checkpoint and memory_budget: give one or neither")
+        if checkpoint is not None:
+            checkpoint = positive_int("checkpoint", checkpoint)
+        if memory_budget is not None:
+            checkpoint = _F.checkpoint_for_budget(
+                memory_budget, steps=steps, batch=batch, hidden=self.hidden_size,
+                proj=self.state_size, itemsize=self.dtype.itemsize,
+                caches_pre=_F.caches_pre(self.clip, self.activations),
+                passes=self.num_layers * self.num_directions,
+            )  # fmt: skip
         rows = self.num_layers * self.num_directions
         h0 = c0 = None
         if hx is not None:
@@ -524,6 +548,7 @@ class LSTM:
                     lengths=lengths,
                     reverse=direction == 1 or self._reverse,
                     need_cache=need_cache,
+                    checkpoint=checkpoint if need_cache else None,
                     **self._prepared_variant(layer, direction),
                 )
 

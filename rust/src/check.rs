@@ -185,6 +185,22 @@ pub fn backward_args<E: Float>(
     grads: &Grads<'_, E>,
 ) -> Result<usize> {
     seq.check()?;
+    let rows = seq.rows()?;
+    let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
+    let c_state = cache.c_state.map(<[E]>::len);
+    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len), c_state)?;
+    backward_seeds_grads(seq, seeds, grads)
+}
+
+/// The seeds and gradients of a backward pass over `seq` (its cache aside:
+/// [`backward_args`] checks that, a checkpointed pass its kept states).
+/// Returns the number of rows, T·B.
+pub fn backward_seeds_grads<E: Float>(
+    seq: &Sequence<'_, E>,
+    seeds: &Seeds<'_, E>,
+    grads: &Grads<'_, E>,
+) -> Result<usize> {
+    seq.check()?;
     let Dims {
         batch,
         input,
@@ -194,9 +210,6 @@ pub fn backward_args<E: Float>(
     let rows = seq.rows()?;
     let hp = hidden_pad::<E>(hidden);
     let state = seq.state();
-    let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
-    let c_state = cache.c_state.map(<[E]>::len);
-    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len), c_state)?;
     expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
     expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * state)?;
     expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;

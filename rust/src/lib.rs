@@ -45,6 +45,7 @@
 pub mod alloc;
 pub mod cancel;
 pub mod check;
+pub mod checkpoint;
 pub mod error;
 pub mod float;
 pub mod kernels;
@@ -68,6 +69,7 @@ mod tests;
 static ALLOCATOR: alloc::LineAligned = alloc::LineAligned;
 
 pub use cancel::Cancel;
+pub use checkpoint::{backward_checkpointed, checkpoint_len, forward_checkpointed};
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::pack::PanelCache;

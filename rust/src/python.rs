@@ -615,6 +615,45 @@ fn run_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     })
 }
 
+/// [`run_forward`] keeping only the states at every `every`-th iteration
+/// (`states`, see [`crate::checkpoint_len`]) instead of the cache.
+fn run_forward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    out: &Bound<'py, PyAny>,
+    states: &Bound<'py, PyAny>,
+    every: usize,
+) -> PyResult<()> {
+    let mut out: OutputArrays<'py, E> = out.extract()?;
+    let mut states: Out<'py, E> = states.extract()?;
+    let seq = seq.sequence()?;
+    let out = out.outputs()?;
+    let states = slice_mut("states", &mut states)?;
+    run_pass(py, seq.dims, |cancel| {
+        crate::forward_checkpointed(&seq, out, every, states, cancel)
+    })
+}
+
+/// [`run_backward`] from the states of [`run_forward_checkpointed`].
+fn run_backward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    states: &Bound<'py, PyAny>,
+    every: usize,
+    seeds: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let states: In<'py, E> = states.extract()?;
+    let seeds: SeedArrays<'py, E> = seeds.extract()?;
+    let mut grads: GradArrays<'py, E> = grads.extract()?;
+    let seq = seq.sequence()?;
+    let states = slice("states", &states)?;
+    let (seeds, grads) = (seeds.seeds()?, grads.grads()?);
+    run_pass(py, seq.dims, |cancel| {
+        crate::backward_checkpointed(&seq, every, states, seeds, grads, cancel)
+    })
+}
+
 /// The packed panels of `w_ih`, `w_hh` and the projection `w_hr` (if any),
 /// kept for the calls that pass this object as `seq.packed` with the same
 /// arrays: the Python layer's prepared weights own them privately and never
@@ -744,6 +783,45 @@ mod _core {
         match seq {
             AnySequence::F32(seq) => run_backward(py, seq, cache, seeds, grads),
             AnySequence::F64(seq) => run_backward(py, seq, cache, seeds, grads),
+        }
+    }
+
+    /// [`forward`] without the cache: writes `out` and keeps in `states`
+    /// (one flat array) the state (h, c) at the start of every segment of
+    /// `every` iterations but the first, for `backward_checkpointed`.
+    #[pyfunction]
+    fn forward_checkpointed<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        out: &Bound<'py, PyAny>,
+        states: &Bound<'py, PyAny>,
+        every: usize,
+    ) -> PyResult<()> {
+        match seq {
+            AnySequence::F32(seq) => run_forward_checkpointed(py, seq, out, states, every),
+            AnySequence::F64(seq) => run_forward_checkpointed(py, seq, out, states, every),
+        }
+    }
+
+    /// [`backward`] from the `states` that `forward_checkpointed` kept for
+    /// the same `seq` and `every`: each segment's forward recomputed, the
+    /// gradients bitwise those of the full cache.
+    #[pyfunction]
+    fn backward_checkpointed<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        states: &Bound<'py, PyAny>,
+        every: usize,
+        seeds: &Bound<'py, PyAny>,
+        grads: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        match seq {
+            AnySequence::F32(seq) => {
+                run_backward_checkpointed(py, seq, states, every, seeds, grads)
+            }
+            AnySequence::F64(seq) => {
+                run_backward_checkpointed(py, seq, states, every, seeds, grads)
+            }
         }
     }
 
