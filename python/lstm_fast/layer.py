@@ -548,7 +548,8 @@ class LSTM:
                     lengths=lengths,
                     reverse=direction == 1 or self._reverse,
                     need_cache=need_cache,
-                    checkpoint=checkpoint if need_cache else None,
+                    # Only when asked: the reference's prepared weights take no checkpoint.
+                    **({"checkpoint": checkpoint} if need_cache and checkpoint else {}),
                     **self._prepared_variant(layer, direction),
                 )
 
