@@ -10,7 +10,7 @@ against the NumPy reference.
   y, h_n, c_n, the cache and every gradient against the reference.
 - The same bits for 1, 2 and 3 threads and either split; the defaults and
   inference-only options change no bit; bad arguments raise the reference's
-  errors. Zoneout is in the reference only: ``forward`` does not take it.
+  errors. Zoneout: tests/test_zoneout_engine.py.
 """
 
 from __future__ import annotations
@@ -263,9 +263,3 @@ def test_bad_arguments_raise_the_references_errors(kw, error, match):
     with pytest.raises(error, match=match) as theirs:
         ref.forward(*_f64(arrays).values(), **_f64(options), **kw)
     assert str(mine.value) == str(theirs.value)
-
-
-def test_forward_takes_no_zoneout():
-    arrays, options, _ = _problem({}, SETTINGS["basic"], np.float32)
-    with pytest.raises(TypeError, match="zoneout"):
-        lstm_fast.forward(*arrays.values(), **options, zoneout=0.1, seed=0)

@@ -51,6 +51,14 @@ class Sequence(Protocol):
     # Recurrent dropout's scaled keep mask (B, P) of a training pass, or None
     # (docs/variants.md, 'Recurrent dropout'); weight drop is already in w_hh.
     recurrent_keep: np.ndarray | None
+    # Zoneout (docs/variants.md, 'Zoneout'): in training the masks (T*B, Pp) for
+    # h and (T*B, Hp) for c in x's layout (``_core.zoneout_keep``: 1 where the
+    # unit keeps its previous value), else None; at inference the rates
+    # (0.0: none).
+    zoneout_h_keep: np.ndarray | None
+    zoneout_c_keep: np.ndarray | None
+    zoneout_h: float
+    zoneout_c: float
 
 
 class Outputs(NamedTuple):
@@ -66,12 +74,15 @@ class CacheArrays(NamedTuple):
     """What forward writes for backward, rows ordered like x: the activated
     gates (T*B, 4*Hp) in blocks i, f, g, o; cells (T*B, Hp) and h_prev (T*B, Pp),
     with Hp = ``_core.hidden_pad(H, itemsize)``, Pp likewise of P; ``pre`` (T*B, 4*Hp), the
-    pre-activations, for the variants whose backward needs them (else None)."""
+    pre-activations, for the variants whose backward needs them (else None);
+    ``c_state`` (T*B, Hp) with zoneout of c, the states after zoneout (``cells``
+    then holds the candidates), else None."""
 
     gates: np.ndarray
     cells: np.ndarray
     h_prev: np.ndarray
     pre: np.ndarray | None
+    c_state: np.ndarray | None = None
 
 
 class Seeds(NamedTuple):

@@ -31,7 +31,9 @@ __all__ = [
     "bfloat16_bits",
     "fma_peak",
     "backward",
+    "backward_checkpointed",
     "forward",
+    "forward_checkpointed",
     "get_isa",
     "get_num_threads",
     "hidden_pad",
@@ -42,6 +44,7 @@ __all__ = [
     "scaled_keep",
     "set_isa",
     "set_num_threads",
+    "zoneout_keep",
 ]
 
 __version__: str
@@ -58,11 +61,27 @@ def layer_norm_backward(
     seeds: Seeds,
     grads: LayerNormGrads,
 ) -> None: ...
+def forward_checkpointed(seq: Sequence, out: Outputs, states: np.ndarray, every: int) -> None: ...
+def backward_checkpointed(
+    seq: Sequence, states: np.ndarray, every: int, seeds: Seeds, grads: Grads
+) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
 def bfloat16_bits(src: np.ndarray, out: np.ndarray) -> None: ...
 def same_bits(given: _Seq[object], kept: _Seq[object]) -> bool: ...
 def scaled_keep(
     out: np.ndarray, seed: int, stream: int, layer: int, direction: int, p: float
+) -> None: ...
+def zoneout_keep(
+    out: np.ndarray,
+    seed: int,
+    stream: int,
+    layer: int,
+    direction: int,
+    p: float,
+    steps: int,
+    batch: int,
+    width: int,
+    batch_first: bool,
 ) -> None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...

@@ -39,6 +39,7 @@ from ._checks import (
     hidden_from_gate_rows,
     layer_norm_arrays,
     layer_norm_flag,
+    integer,
     pass_arguments,
     positive_int,
     projected_arguments,
@@ -163,6 +164,13 @@ class _Args:
         #: Recurrent dropout's scaled keep mask r (B, P) of a training pass, else
         #: None: the engine multiplies the recurrent product's operand h_{t-1} by it.
         self.recurrent_keep: np.ndarray | None = None
+        #: Zoneout's masks of a training pass, (T*B, Pp) for h and (T*B, Hp) for
+        #: c in x's layout, 1 where the unit keeps its previous value, else None;
+        #: at inference the rates ``zoneout_h``, ``zoneout_c`` (0.0: none).
+        self.zoneout_h_keep: np.ndarray | None = None
+        self.zoneout_c_keep: np.ndarray | None = None
+        self.zoneout_h = 0.0
+        self.zoneout_c = 0.0
         steps, batch, inp, hidden = sizes
         self.steps, self.batch, self.input, self.hidden = sizes
         #: P, the width of the state h: proj_size with a projection, else H.
@@ -218,8 +226,13 @@ class _Args:
     def caches_pre(self) -> bool:
         """Whether backward needs the pre-activations cached (rust/src/variant.rs,
         ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT)."""
-        acts = self.activations or PLAIN_ACTIVATIONS
-        return self.clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
+        return caches_pre(self.clip, self.activations)
+
+    @property
+    def zones_c(self) -> bool:
+        """Whether c zones out (training or inference): the cache then keeps the
+        states after zoneout besides the candidates (rust/src/sequence.rs, Cache)."""
+        return self.zoneout_c_keep is not None or self.zoneout_c != 0.0
 
     @property
     def y_shape(self) -> tuple[int, int, int]:
@@ -238,6 +251,14 @@ class _Args:
 # ---------------------------------------------------------------------------
 
 
+def caches_pre(clip: float | None, activations: Any) -> bool:
+    """Whether backward needs the pre-activations cached (rust/src/variant.rs,
+    ``Variant::caches_pre``: with clip, or σ_f or σ_g among NEEDS_INPUT);
+    ``activations`` None means the plain ones."""
+    acts = activations or PLAIN_ACTIVATIONS
+    return clip is not None or acts[0][0] in NEEDS_INPUT or acts[1][0] in NEEDS_INPUT
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     v = a.view()
     v.flags.writeable = False
@@ -251,10 +272,11 @@ class Cache:
     read-only (T, B, H) arrays, time-major whatever the input layout; padded
     steps hold zeros. The variants whose backward needs the pre-activations
     (``clip``, or an activation whose derivative needs its input) keep them
-    too: ``z``, (T, B, 4H), else None.
+    too: ``z``, (T, B, 4H), else None. With zoneout, ``c`` is the cell each step
+    computed, before zoneout mixed it with c_{t-1} (as the reference's).
     """
 
-    __slots__ = ("_args", "_cells", "_gates", "_h_prev", "_pre")
+    __slots__ = ("_args", "_c_state", "_cells", "_gates", "_h_prev", "_pre")
 
     def __init__(
         self,
@@ -263,12 +285,13 @@ class Cache:
         cells: np.ndarray,
         h_prev: np.ndarray,
         pre: np.ndarray | None = None,
+        c_state: np.ndarray | None = None,
     ) -> None:
-        for a in (gates, cells, h_prev, pre):
+        for a in (gates, cells, h_prev, pre, c_state):
             if a is not None:
                 a.flags.writeable = False
         self._args, self._gates, self._cells, self._h_prev = args, gates, cells, h_prev
-        self._pre = pre
+        self._pre, self._c_state = pre, c_state
 
     def _time_major(self, a: np.ndarray) -> np.ndarray:
         return _readonly(a.swapaxes(0, 1) if self._args.batch_first else a)
@@ -318,8 +341,9 @@ class Cache:
     def nbytes(self) -> int:
         """Memory held by the cache, inputs copies included."""
         a = self._args
-        arrays = [self._gates, self._cells, self._h_prev, self._pre]
+        arrays = [self._gates, self._cells, self._h_prev, self._pre, self._c_state]
         arrays += [a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
+        arrays += [a.zoneout_h_keep, a.zoneout_c_keep]
         return sum(x.nbytes for x in arrays if x is not None)
 
     def __repr__(self) -> str:
@@ -328,6 +352,53 @@ class Cache:
             f"<lstm_fast.Cache T={a.steps} B={a.batch} I={a.input} H={a.hidden} "
             f"dtype={a.dtype} batch_first={a.batch_first} reverse={a.reverse}>"
         )
+
+
+class CheckpointCache(Cache):
+    """What :func:`backward` needs from ``forward(..., checkpoint=k)``: the state
+    (h, c) of every row at the start of each segment of ``k`` steps (processing
+    order) but the first, and private copies of the inputs. Backward recomputes
+    each segment's forward from its state, so the gates and cells are not kept:
+    ``i``, ``f``, ``g``, ``o``, ``c``, ``z`` raise. ``checkpoint`` is k.
+    """
+
+    __slots__ = ("_every", "_states")
+
+    def __init__(self, args: _Args, states: np.ndarray, every: int) -> None:
+        states.flags.writeable = False
+        self._args, self._states, self._every = args, states, every
+        self._gates = self._cells = self._h_prev = np.empty(0, args.dtype)
+        self._pre = None
+
+    @property
+    def checkpoint(self) -> int:
+        return self._every
+
+    def _gate(self, k: int) -> np.ndarray:
+        raise AttributeError(
+            "a checkpointed cache keeps no gates or cells (backward recomputes them); "
+            "run forward with checkpoint=None to inspect them"
+        )
+
+    @property
+    def c(self) -> np.ndarray:
+        return self._gate(0)
+
+    @property
+    def z(self) -> np.ndarray | None:
+        return self._gate(0)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the cache: the kept states, ((T + k - 1) // k - 1) * B *
+        (P + H) elements, the inputs' copies and zoneout's training masks."""
+        a = self._args
+        arrays = [self._states, a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
+        arrays += [a.zoneout_h_keep, a.zoneout_c_keep]
+        return sum(x.nbytes for x in arrays if x is not None)
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f" checkpoint={self._every}>"
 
 
 class CellCache:
@@ -395,8 +466,64 @@ class LayerNormCache(Cache):
 # ---------------------------------------------------------------------------
 
 
+def checkpoint_states(steps: int, batch: int, hidden: int, proj: int, every: int) -> int:
+    """Elements of the states a ``checkpoint=every`` forward keeps:
+    (ceil(T / k) - 1) * B * (P + H)."""
+    return max(-(-steps // every) - 1, 0) * batch * (proj + hidden)
+
+
+def training_memory(
+    checkpoint: int | None,
+    *,
+    steps: int,
+    batch: int,
+    hidden: int,
+    proj: int,
+    itemsize: int,
+    caches_pre: bool = False,
+    passes: int = 1,
+) -> int:
+    """Bytes a training pass of ``passes`` layer-directions holds for backward
+    (inputs and outputs aside), for ``checkpoint`` None (the full cache) or k:
+
+    - full cache (None, or k >= T): ``passes * T * B * C * itemsize``, with C =
+      5*Hp + Pp (+ 4*Hp for the variants that keep the pre-activations) the
+      cache's width per step and row (Hp, Pp: H, P padded, ``_core.hidden_pad``);
+    - k < T: ``passes * (ceil(T/k) - 1) * B * (P + H) * itemsize`` (the kept states)
+      ``+ k * B * (C + 4*Hp) * itemsize`` (one segment's cache and gate gradients,
+      one pass at a time).
+    """
+    hp = _core.hidden_pad(hidden, itemsize)
+    pp = _core.hidden_pad(proj, itemsize)
+    width = 5 * hp + pp + (4 * hp if caches_pre else 0)
+    if checkpoint is None or checkpoint >= steps:
+        return passes * steps * batch * width * itemsize
+    states = checkpoint_states(steps, batch, hidden, proj, checkpoint)
+    return (passes * states + checkpoint * batch * (width + 4 * hp)) * itemsize
+
+
+def checkpoint_for_budget(budget: Any, **shape: Any) -> int | None:
+    """The ``checkpoint`` whose :func:`training_memory` (same keywords) fits
+    ``budget`` bytes with the least recompute: None (the full cache, no
+    recompute) when it fits, else the largest k < T that fits (every k < T
+    recomputes each step once; the largest has the fewest segments). A budget
+    no k meets is a ``ValueError`` naming ``memory_budget``."""
+    budget = integer("memory_budget", budget)
+    steps = shape["steps"]
+    if training_memory(None, **shape) <= budget:
+        return None
+    for k in range(steps - 1, 0, -1):
+        if training_memory(k, **shape) <= budget:
+            return k
+    least = min(training_memory(k, **shape) for k in range(1, max(steps, 2)))
+    raise ValueError(
+        f"memory_budget: {budget} bytes is too small for any checkpoint; "
+        f"this call needs at least {least} bytes"
+    )
+
+
 def _run_forward(
-    args: _Args, need_cache: bool
+    args: _Args, need_cache: bool, checkpoint: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Cache | None]:
     dt, rows = args.dtype, args.steps * args.batch
     out = Outputs(
@@ -405,7 +532,16 @@ def _run_forward(
         c_n=empty("c_n", (args.batch, args.hidden), dt),
     )
     if args.ln is not None:
+        if checkpoint is not None:
+            raise ValueError(
+                "checkpoint: the LayerNorm LSTM keeps its full cache (no recompute yet)"
+            )
         return _run_layer_norm_forward(args, out, need_cache)
+    if need_cache and checkpoint is not None and checkpoint < args.steps:
+        n = checkpoint_states(args.steps, args.batch, args.hidden, args.proj, checkpoint)
+        states = empty("the checkpoint states", (n,), dt)
+        _core.forward_checkpointed(args, out, states, checkpoint)
+        return out.y, out.h_n, out.c_n, CheckpointCache(args, states, checkpoint)
     arrays = None
     if need_cache:
         hp = args.hidden_pad
@@ -414,6 +550,7 @@ def _run_forward(
             cells=empty("cache (cells)", (rows, hp), dt),
             h_prev=empty("cache (h_prev)", (rows, args.proj_pad), dt),
             pre=empty("cache (pre-activations)", (rows, 4 * hp), dt) if args.caches_pre else None,
+            c_state=empty("cache (c after zoneout)", (rows, hp), dt) if args.zones_c else None,
         )
     _core.forward(args, out, arrays)
     cache = None if arrays is None else Cache(args, *arrays)
@@ -477,12 +614,14 @@ def forward(
     w_ln_c: Any = None,
     b_ln_c: Any = None,
     layer_norm_eps: Any = LAYER_NORM_EPS,
+    zoneout: Any = 0.0,
     recurrent_dropout: Any = 0.0,
     weight_drop: Any = 0.0,
     seed: Any = None,
     layer: Any = 0,
     training: bool = True,
     weight_dtype: Any = None,
+    checkpoint: Any = None,
 ) -> Forward:
     """Runs one LSTM layer (one direction) over a whole sequence.
 
@@ -502,11 +641,13 @@ def forward(
     candidate, h for the output), each a name, (name, alpha) or (name, alpha,
     beta).
 
-    The regularisation (docs/variants.md, 'Regularisation'; training only, masks
-    from ``seed`` keyed by ``layer`` and the direction): ``weight_drop`` (DropConnect
+    The regularisation (docs/variants.md, 'Regularisation'; masks from ``seed``
+    keyed by ``layer`` and the direction): ``zoneout`` (a probability for h and c,
+    or a pair ``(z_h, z_c)``: each unit keeps its previous state with that
+    probability; ``y`` is the state after zoneout), ``weight_drop`` (DropConnect
     on ``w_hh``) and ``recurrent_dropout``; ``training=False`` uses the
-    expectation. The defaults change no bit. (Zoneout is stated in
-    ``lstm_fast.reference.forward``; the engine does not run it yet.)
+    expectation (zoneout mixes ``z * prev + (1 - z) * new``; the dropouts are
+    the identity). The defaults change no bit.
 
     ``layer_norm=True`` runs the LayerNorm LSTM (docs/variants.md, 'LayerNorm
     LSTM'): x W_ih^T and h W_hh^T are each normalised over their 4H values, c_t
@@ -521,14 +662,29 @@ def forward(
     sums in float32; float32 inputs, no cache (pass ``need_cache=False``) and no
     regularisation in training.
     :func:`prepare_weights` rounds and packs once for many calls.
+
+    ``checkpoint=k`` (an int >= 1; None: the full cache) trades time for memory:
+    the cache keeps only each row's state every k steps, and :func:`backward`
+    recomputes each segment of k steps, giving bitwise the same gradients with
+    O((T/k + k) * H) memory per row instead of O(T * H); k >= T is the full cache.
+    With zoneout in training the cache also keeps the masks (T * B units each).
     """
     need_cache = flag("need_cache", need_cache)
+    every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
     given = (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)
     norms = _layer_norm_options(layer_norm, dict(zip(LAYER_NORM_NAMES, given)))
     reg = regularisation(
-        recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+        zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
+    if reg[0] or reg[1]:
+        if norms is not None:
+            raise ValueError(
+                "zoneout: the engine's LayerNorm LSTM does not run zoneout yet (the "
+                "reference does: lstm_fast.reference.forward)"
+            )
+        if bfloat16_weights(weight_dtype):
+            raise ValueError("zoneout: bfloat16 weights run the plain kernels only")
     if bfloat16_weights(weight_dtype):
         if reg[6] and (reg[2] or reg[3]):
             raise ValueError(
@@ -552,10 +708,12 @@ def forward(
         layer_norm_eps=layer_norm_eps,
     )  # fmt: skip
     _regularise(args, *reg)
-    return Forward(*_run_forward(args, need_cache))
+    return Forward(*_run_forward(args, need_cache, every))
 
 
 # Stream ids in the mask generator (masks.py, rust/src/masks.rs).
+_ZONEOUT_H = 1
+_ZONEOUT_C = 2
 _RECURRENT_DROPOUT = 3
 _WEIGHT_DROP = 4
 
@@ -566,9 +724,28 @@ def _regularise(
 ) -> None:  # fmt: skip
     """Applies the checked regularisation options to ``args``: weight drop packs
     W_hh ⊙ M (one mask per call) and backward multiplies dw_hh by M; at
-    inference both options are the identity. (``forward`` takes no zoneout:
-    z_h = z_c = 0.)"""
+    inference both dropouts are the identity. Zoneout in training draws its
+    masks once per call in the caches' layout (the cache keeps them for
+    backward); at inference the engine takes the rates."""
     direction = int(args.reverse)
+    rows = args.steps * args.batch
+    for stream, z, width, pad in (
+        (_ZONEOUT_H, z_h, args.proj, args.proj_pad),
+        (_ZONEOUT_C, z_c, args.hidden, args.hidden_pad),
+    ):
+        if not z:
+            continue
+        if training:
+            assert seed is not None  # regularisation() requires one
+            keep = empty("the zoneout mask", (rows, pad), args.dtype)
+            _core.zoneout_keep(
+                keep, seed, stream, layer, direction, z,
+                args.steps, args.batch, width, args.batch_first,
+            )  # fmt: skip
+        if stream == _ZONEOUT_H:
+            args.zoneout_h_keep, args.zoneout_h = (keep, 0.0) if training else (None, z)
+        else:
+            args.zoneout_c_keep, args.zoneout_c = (keep, 0.0) if training else (None, z)
     if p_rec and training:
         assert seed is not None  # regularisation() requires one
         keep = empty("the recurrent dropout mask", (args.batch, args.proj), args.dtype)
@@ -686,16 +863,22 @@ def _run_backward(
         db=empty("db", (4 * a.hidden,), dt) if (a.has_b_ih or a.has_b_hh) else None,
         # The gate gradients: NumPy backs large arrays with huge pages, which saves
         # the engine tens of thousands of page faults per call at the large shapes.
-        scratch=empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
+        scratch=None
+        if isinstance(cache, CheckpointCache)
+        else empty("the gate gradients", (a.steps * a.batch, 4 * a.hidden_pad), dt),
         dpeepholes=None if a.peepholes is None else empty("dpeepholes", (3 * a.hidden,), dt),
         dw_hr=None if a.w_hr is None else empty("dw_hr", (a.proj, a.hidden), dt),
         flow_h=empty("the gradient flow (dh)", (a.steps, a.batch), dt) if flow else None,
         flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
-    arrays = CacheArrays(
-        gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre
-    )
-    _core.backward(a, arrays, seeds, grads)
+    if isinstance(cache, CheckpointCache):
+        _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads)
+    else:
+        arrays = CacheArrays(
+            gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
+            c_state=cache._c_state,
+        )  # fmt: skip
+        _core.backward(a, arrays, seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     db = grads.db
@@ -1056,18 +1239,20 @@ class PreparedWeights:
         lengths: Any = None,
         reverse: bool = False,
         need_cache: bool = True,
+        checkpoint: Any = None,
         **variant: Any,
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
-        defaults to the prepared ones). Weights prepared in bfloat16 need
-        ``need_cache=False`` (inference only)."""
+        defaults to the prepared ones); ``checkpoint`` as for :func:`forward`. Weights
+        prepared in bfloat16 need ``need_cache=False`` (inference only)."""
         need_cache = self._need_cache(need_cache)
+        every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
             names={}, **_variant_keywords(variant),
         )  # fmt: skip
-        return Forward(*_run_forward(args, need_cache))
+        return Forward(*_run_forward(args, need_cache, every))
 
     def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
         """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``

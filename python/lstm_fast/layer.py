@@ -682,6 +682,8 @@ class LSTM:
         need_cache: bool = True,
         seed: Any = None,
         weight_dtype: Any = None,
+        checkpoint: Any = None,
+        memory_budget: Any = None,
     ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
         """Run the whole stack over ``x``: ``(y, (h_n, c_n))``.
 
@@ -700,6 +702,12 @@ class LSTM:
         ``weight_dtype="bfloat16"``: bf16 inference (README, 'bf16 inference'; a
         float32 layer, ``need_cache=False``), from a bfloat16 copy of the weights
         kept while the parameters are unchanged.
+
+        ``checkpoint=k`` keeps each layer's state only every k steps and makes
+        :meth:`backward` recompute each segment (bitwise the same gradients,
+        ``lstm_fast.functional.forward``); ``memory_budget=bytes`` chooses k instead
+        (``lstm_fast.functional.checkpoint_for_budget``: the full cache when it
+        fits, else the largest k that fits).
         """
         self._tape = None  # a failed call must not leave an older tape for backward
         bf16 = bfloat16_weights(weight_dtype)
@@ -712,6 +720,17 @@ class LSTM:
                 "need_cache=False; no backward)"
             )
         array, batch_first, unbatched, steps, batch = self._input(x)
+        if checkpoint is not None and memory_budget is not None:
+            raise ValueError("checkpoint and memory_budget: give one or neither")
+        if checkpoint is not None:
+            checkpoint = positive_int("checkpoint", checkpoint)
+        if memory_budget is not None:
+            checkpoint = _F.checkpoint_for_budget(
+                memory_budget, steps=steps, batch=batch, hidden=self.hidden_size,
+                proj=self.state_size, itemsize=self.dtype.itemsize,
+                caches_pre=_F.caches_pre(self.clip, self.activations),
+                passes=self.num_layers * self.num_directions,
+            )  # fmt: skip
         rows = self.num_layers * self.num_directions
         h0 = c0 = None
         if hx is not None:
@@ -758,6 +777,7 @@ class LSTM:
                         reverse=direction == 1 or self._reverse,
                         need_cache=need_cache,
                         weight_dtype=weight_dtype,
+                        **({"checkpoint": checkpoint} if need_cache and checkpoint else {}),
                         **self._variant(layer, direction),
                         **options,
                     )
@@ -769,6 +789,8 @@ class LSTM:
                     lengths=lengths,
                     reverse=direction == 1 or self._reverse,
                     need_cache=need_cache,
+                    # Only when asked: the reference's prepared weights take no checkpoint.
+                    **({"checkpoint": checkpoint} if need_cache and checkpoint else {}),
                     **self._prepared_variant(layer, direction),
                 )
 

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
+use crate::variant::Zone;
 
 fn product(name: &str, factors: &[usize]) -> Result<usize> {
     factors
@@ -107,6 +108,14 @@ impl<E: Float> Sequence<'_, E> {
             self.variant.recurrent_keep.map(<[E]>::len),
             product("recurrent dropout mask", &[batch, state])?,
         )?;
+        for (name, zone, width_pad) in [
+            ("zoneout mask of h", self.variant.zoneout_h, pp),
+            ("zoneout mask of c", self.variant.zoneout_c, hp),
+        ] {
+            if let Zone::Keep(d) = zone {
+                expect_len(name, d.len(), product(name, &[rows, width_pad])?)?;
+            }
+        }
         if let Some(lengths) = self.lengths {
             expect_len("lengths", lengths.len(), batch)?;
             if let Some((b, &len)) = lengths.iter().enumerate().find(|&(_, &len)| len > steps) {
@@ -126,11 +135,18 @@ fn expect_cache<E: Float>(
     rows: usize,
     [gates, cells, h_prev]: [usize; 3],
     pre: Option<usize>,
+    c_state: Option<usize>,
 ) -> Result<()> {
     let hp = hidden_pad::<E>(seq.dims.hidden);
     expect_len("cache gates", gates, rows * 4 * hp)?;
     expect_len("cache cells", cells, rows * hp)?;
     expect_len("cache h_prev", h_prev, rows * hidden_pad::<E>(seq.state()))?;
+    if seq.variant.zoneout_c.is_on() {
+        let c_state = c_state.ok_or_else(|| {
+            Error::Value("cache c_state: zoneout of c needs the states after zoneout".into())
+        })?;
+        expect_len("cache c_state", c_state, rows * hp)?;
+    }
     if seq.variant.caches_pre() {
         let pre = pre.ok_or_else(|| {
             Error::Value("cache pre: this variant needs its pre-activations cached".into())
@@ -156,7 +172,7 @@ pub fn forward_args<E: Float>(
     if let Some(c) = cache {
         let lens = [c.gates.len(), c.cells.len(), c.h_prev.len()];
         let pre = c.pre.as_ref().map(|p| p.len());
-        expect_cache(seq, rows, lens, pre)?;
+        expect_cache(seq, rows, lens, pre, c.c_state.as_ref().map(|c| c.len()))?;
     }
     Ok(rows)
 }
@@ -165,6 +181,22 @@ pub fn forward_args<E: Float>(
 pub fn backward_args<E: Float>(
     seq: &Sequence<'_, E>,
     cache: &CacheRef<'_, E>,
+    seeds: &Seeds<'_, E>,
+    grads: &Grads<'_, E>,
+) -> Result<usize> {
+    seq.check()?;
+    let rows = seq.rows()?;
+    let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
+    let c_state = cache.c_state.map(<[E]>::len);
+    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len), c_state)?;
+    backward_seeds_grads(seq, seeds, grads)
+}
+
+/// The seeds and gradients of a backward pass over `seq` (its cache aside:
+/// [`backward_args`] checks that, a checkpointed pass its kept states).
+/// Returns the number of rows, T·B.
+pub fn backward_seeds_grads<E: Float>(
+    seq: &Sequence<'_, E>,
     seeds: &Seeds<'_, E>,
     grads: &Grads<'_, E>,
 ) -> Result<usize> {
@@ -178,8 +210,6 @@ pub fn backward_args<E: Float>(
     let rows = seq.rows()?;
     let hp = hidden_pad::<E>(hidden);
     let state = seq.state();
-    let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
-    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len))?;
     expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
     expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * state)?;
     expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;

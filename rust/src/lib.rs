@@ -46,6 +46,7 @@
 pub mod alloc;
 pub mod cancel;
 pub mod check;
+pub mod checkpoint;
 pub mod error;
 pub mod float;
 pub mod kernels;
@@ -70,6 +71,7 @@ mod tests;
 static ALLOCATOR: alloc::LineAligned = alloc::LineAligned;
 
 pub use cancel::Cancel;
+pub use checkpoint::{backward_checkpointed, checkpoint_len, forward_checkpointed};
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::pack::PanelCache;
@@ -82,4 +84,4 @@ pub use parallel::pool::{
 pub use parallel::split::{force_split, ForcedSplit};
 pub use sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 pub use simd::Isa;
-pub use variant::{Activation, Variant};
+pub use variant::{Activation, Variant, Zone};

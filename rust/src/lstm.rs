@@ -28,7 +28,7 @@ use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{self, choose_split, claim, run_split, Chunk, Split};
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 use crate::simd::{dispatch, Bf16, Isa};
-use crate::tuning::DB_COLUMN_BLOCK;
+use crate::tuning::{DB_COLUMN_BLOCK, ORDERED_BLOCK_ROWS};
 use crate::variant::Variant;
 
 /// Forward pass over the whole sequence. With `cache`, also records what
@@ -112,6 +112,10 @@ pub fn forward<E: Float>(
         };
         let mut cache = cache;
         clear_padded_rows(seq, out.y, cache.as_mut());
+        let c_state = match cache.as_mut().and_then(|c| c.c_state.as_deref_mut()) {
+            Some(cs) if variant.zoneout_c.is_on() => SharedMut(cs.as_mut_ptr()),
+            _ => SharedMut::null(),
+        };
         let (gates, cells, h_prev, pre) = match cache {
             Some(c) => (
                 SharedMut(c.gates.as_mut_ptr()),
@@ -135,6 +139,7 @@ pub fn forward<E: Float>(
             cells,
             h_prev,
             pre,
+            c_state,
         };
         // The gate math, chosen once per call: the plain LSTM's own kernel or
         // the general one (`variant.rs`).
@@ -254,12 +259,23 @@ pub fn backward<E: Float>(
     if !seq.runs() {
         return backward_without_steps(seeds, grads);
     }
-    let Dims {
-        batch,
-        input,
-        hidden,
-        ..
-    } = seq.dims;
+    backward_pass(seq, cache, seeds, grads, rows, false, cancel)
+}
+
+/// [`backward`] of a checked call in which some row runs. With `accumulate`
+/// the weight, bias and peephole gradients continue the sums already in
+/// `grads` (a later segment of the same sequence, `checkpoint.rs`) instead of
+/// starting from zero; every other gradient is written afresh.
+pub(crate) fn backward_pass<E: Float>(
+    seq: &Sequence<'_, E>,
+    cache: CacheRef<'_, E>,
+    seeds: Seeds<'_, E>,
+    grads: Grads<'_, E>,
+    rows: usize,
+    accumulate: bool,
+    cancel: &Cancel,
+) -> Result<()> {
+    let Dims { batch, hidden, .. } = seq.dims;
     let hp = hidden_pad::<E>(hidden);
     let state = seq.state();
     let pp = hidden_pad::<E>(state);
@@ -340,6 +356,11 @@ pub fn backward<E: Float>(
             Some(p) if variant.caches_pre() => p,
             _ => &[],
         };
+        // The states c_t after zoneout (the cells are the candidates c̃_t).
+        let c_state = match cache.c_state {
+            Some(cs) if variant.zoneout_c.is_on() => cs,
+            _ => &[],
+        };
         // Per (row, tile): the sums of squares of dh and dc (gradient flow).
         let mut flow_sums = match grads.flow {
             Some(_) => alloc::zeroed::<E>(&[rows, flow_tiles, 2], "the gradient-flow sums")?,
@@ -350,16 +371,28 @@ pub fn backward<E: Float>(
             None => SharedMut::null(),
         };
 
-        // Per chunk: its state (dh_n seed, dc, c0), copied in.
+        // Per chunk: its state (dh_n seed, dc, c0), copied in; with zoneout
+        // of h, the share of dh that goes to the previous step (zeros).
+        let carry_width = if variant.zoneout_h.is_on() { state } else { 0 };
         let mut states = chunk_states(
             &chunks,
-            [(seeds.dh_n, state), (seeds.dc_n, hidden), (seq.c0, hidden)],
+            [
+                (seeds.dh_n, state),
+                (seeds.dc_n, hidden),
+                (seq.c0, hidden),
+                (None, carry_width),
+            ],
         )?;
         let state_ptrs = alloc::collect(
-            states.iter_mut().map(|[dh, dc, c0]| BackwardState {
+            states.iter_mut().map(|[dh, dc, c0, carry]| BackwardState {
                 dh_seed: SharedMut(dh.as_mut_ptr()),
                 dc: SharedMut(dc.as_mut_ptr()),
                 c_first: SharedMut(c0.as_mut_ptr()),
+                dh_carry: if carry.is_empty() {
+                    SharedMut::null()
+                } else {
+                    SharedMut(carry.as_mut_ptr())
+                },
             }),
             "the chunk states",
         )?;
@@ -397,6 +430,7 @@ pub fn backward<E: Float>(
                                 },
                                 gates: cache.gates,
                                 cells: cache.cells,
+                                c_state,
                                 panels: &panels,
                                 proj_panels: &proj_panels,
                                 dh: dh_ptr,
@@ -441,102 +475,24 @@ pub fn backward<E: Float>(
         if let Some([norm_h, norm_c]) = grads.flow {
             flow_norms(seq, &flow_sums, flow_tiles, norm_h, norm_c);
         }
-        if let Some(dp) = grads.dpeepholes {
-            peephole_grads(seq, da, cache.cells, dp);
-        }
-
-        // The non-recurrent gradients: one product each over all T·B rows. When
-        // H is already a multiple of the padding, da's gate blocks are exactly
-        // w_ih's and one product serves all four gates.
-        let w_ih = if hidden == hp {
-            std::borrow::Cow::Borrowed(seq.w_ih)
-        } else {
-            pack::pad_gate_rows(seq.w_ih, hidden, hp, input)?.into()
+        input_grads(seq, da, rows, grads.dx)?;
+        cancel.check()?;
+        let steps = StepRows {
+            da,
+            h_prev: cache.h_prev,
+            cells: cache.cells,
+            c_state,
+            dh: &dh_steps,
+            m: &m_steps,
         };
-        gemm(
-            Mat::rows(da, rows, depth, depth),
-            Mat::rows(&w_ih, depth, input, input),
-            grads.dx,
-            input,
-            false,
-        );
-        // (first da column, first output row, rows) per product.
-        let (all_gates, per_gate) = (
-            [(0, 0, 4 * hidden)],
-            [0, 1, 2, 3].map(|g| (g * hp, g * hidden, hidden)),
-        );
-        let blocks: &[(usize, usize, usize)] = if hidden == hp { &all_gates } else { &per_gate };
-        for &(col, out_row, n) in blocks {
-            cancel.check()?;
-            // da's columns of these gate rows, transposed: (n, T·B).
-            let da_t = Mat {
-                data: &da[col.min(da.len())..],
-                rows: n,
-                cols: rows,
-                row_stride: 1,
-                col_stride: depth,
-            };
-            gemm(
-                da_t,
-                Mat::rows(seq.x, rows, input, input),
-                &mut grads.dw_ih[out_row * input..][..n * input],
-                input,
-                false,
-            );
-            let h_prev = Mat::rows(cache.h_prev, rows, state, pp);
-            cancel.check()?;
-            gemm(
-                da_t,
-                h_prev,
-                &mut grads.dw_hh[out_row * state..][..n * state],
-                state,
-                false,
-            );
-        }
-        if let Some(dw_hr) = grads.dw_hr {
-            cancel.check()?;
-            // dW_hr = Σ dh_tᵀ m_t over every (step, row): (P, T·B)·(T·B, H).
-            let dh_t = Mat {
-                data: &dh_steps,
-                rows: state,
-                cols: rows,
-                row_stride: 1,
-                col_stride: pp,
-            };
-            gemm(
-                dh_t,
-                Mat::rows(&m_steps, rows, hidden, hp),
-                dw_hr,
-                hidden,
-                false,
-            );
-        }
-        if let Some(db) = grads.db {
-            cancel.check()?;
-            // Column blocks in parallel, each summed over rows in order: the
-            // same bits for any thread count.
-            let mut sum = alloc::zeroed::<E>(&[depth], "the column sums of the bias gradient")?;
-            let column_block = |(blk, sum): (usize, &mut [E])| {
-                for da_row in da.chunks_exact(depth) {
-                    for (s, &d) in sum.iter_mut().zip(&da_row[blk * DB_COLUMN_BLOCK..]) {
-                        *s = *s + d;
-                    }
-                }
-            };
-            if in_pool() {
-                sum.par_chunks_mut(DB_COLUMN_BLOCK)
-                    .enumerate()
-                    .for_each(column_block);
-            } else {
-                sum.chunks_mut(DB_COLUMN_BLOCK)
-                    .enumerate()
-                    .for_each(column_block);
-            }
-            for gate in 0..4 {
-                db[gate * hidden..][..hidden].copy_from_slice(&sum[gate * hp..][..hidden]);
-            }
-        }
-        Ok(())
+        let sums = WeightSums {
+            dw_ih: grads.dw_ih,
+            dw_hh: grads.dw_hh,
+            db: grads.db,
+            dpeepholes: grads.dpeepholes,
+            dw_hr: grads.dw_hr,
+        };
+        weight_grads(seq, steps, sums, accumulate, cancel)
     };
     // Unlike forward, even one batch chunk shares work: the products after the
     // loop split their rows over the pool. Only a one-thread pool stays here.
@@ -605,40 +561,246 @@ fn flow_norms<E: Float>(
     }
 }
 
-/// The peephole gradients [dp_i, dp_o, dp_f] (3H) from the gate gradients
-/// `da` (T·B × 4Hp) and the cells: dp_i = Σ da_i·c_{t−1}, dp_o = Σ da_o·c_t,
-/// dp_f = Σ da_f·c_{t−1} over every valid (row, step), summed in one fixed
-/// order (row by row, steps in processing order): the same bits for any
-/// thread count.
-fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, da: &[E], cells: &[E], dp: &mut [E]) {
-    let hidden = seq.dims.hidden;
+/// dx = da · w_ih over all `rows` rows (each row of dx its own FMA chains,
+/// so any split of the rows gives the same bits). When H is already a
+/// multiple of the padding, da's gate blocks are exactly w_ih's.
+pub(crate) fn input_grads<E: Float>(
+    seq: &Sequence<'_, E>,
+    da: &[E],
+    rows: usize,
+    dx: &mut [E],
+) -> Result<()> {
+    let (input, hidden) = (seq.dims.input, seq.dims.hidden);
     let hp = hidden_pad::<E>(hidden);
+    let depth = 4 * hp;
+    let w_ih = if hidden == hp {
+        std::borrow::Cow::Borrowed(seq.w_ih)
+    } else {
+        pack::pad_gate_rows(seq.w_ih, hidden, hp, input)?.into()
+    };
+    gemm(
+        Mat::rows(da, rows, depth, depth),
+        Mat::rows(&w_ih, depth, input, input),
+        dx,
+        input,
+        false,
+    );
+    Ok(())
+}
+
+/// What backward leaves per (step, row) for the weight sums, in the
+/// sequence's layout: the gate gradients da (rows × 4Hp), the cache's h_prev
+/// (rows × Pp) and cells (rows × Hp), with zoneout of c the cache's c_state
+/// (rows × Hp: the states c_t after zoneout, while `cells` holds the
+/// candidates c̃_t), and with a projection dh (rows × Pp) and m (rows × Hp)
+/// (else empty).
+#[derive(Clone, Copy)]
+struct StepRows<'a, E> {
+    da: &'a [E],
+    h_prev: &'a [E],
+    cells: &'a [E],
+    c_state: &'a [E],
+    dh: &'a [E],
+    m: &'a [E],
+}
+
+/// The gradients summed over every (step, row): shaped as in [`Grads`].
+struct WeightSums<'a, E> {
+    dw_ih: &'a mut [E],
+    dw_hh: &'a mut [E],
+    db: Option<&'a mut [E]>,
+    dpeepholes: Option<&'a mut [E]>,
+    dw_hr: Option<&'a mut [E]>,
+}
+
+/// Every (step, row) of `seq` in the order backward produces them, which
+/// is the order of every sum over them: iterations last to first, batch
+/// rows ascending within one; as (iteration, batch row, layout row).
+/// Segments of iterations (`checkpoint.rs`), last to first, visit the same
+/// terms in the same order, so their sums continue these chains exactly.
+fn processing_order<'a, E: Float>(
+    seq: &'a Sequence<'a, E>,
+) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
     let geo = seq.geometry();
-    dp.fill(E::ZERO);
-    let (dp_i, rest) = dp.split_at_mut(hidden);
-    let (dp_o, dp_f) = rest.split_at_mut(hidden);
-    for b in 0..seq.dims.batch {
-        let len = seq.length(b);
-        for s in 0..len {
-            let row = geo.row(geo.pos(s, len), b);
-            let c_prev: &[E] = if s > 0 {
-                &cells[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
-            } else {
-                match seq.c0 {
-                    Some(c0) => &c0[b * hidden..][..hidden],
-                    None => &[],
-                }
-            };
-            let c = &cells[row * hp..][..hidden];
-            let d = &da[row * 4 * hp..][..4 * hp];
-            for u in 0..hidden {
-                let cp = c_prev.get(u).copied().unwrap_or(E::ZERO);
-                dp_i[u] = dp_i[u] + d[u] * cp;
-                dp_f[u] = dp_f[u] + d[hp + u] * cp;
-                dp_o[u] = dp_o[u] + d[3 * hp + u] * c[u];
-            }
+    let longest = (0..seq.dims.batch)
+        .map(|b| seq.length(b))
+        .max()
+        .unwrap_or(0);
+    (0..longest).rev().flat_map(move |s| {
+        (0..seq.dims.batch).filter_map(move |b| {
+            let len = seq.length(b);
+            (s < len).then(|| (s, b, geo.row(geo.pos(s, len), b)))
+        })
+    })
+}
+
+/// dW_ih = Σ daᵀ x, dW_hh = Σ daᵀ h_prev, db = Σ da, the peephole gradients
+/// and dW_hr = Σ dhᵀ m over every (step, row) in [`processing_order`]: a
+/// block of rows at a time gathered in that order, each product continuing
+/// the previous block's FMA chains (`gemm` with `accumulate`), so that the
+/// sums do not depend on how the steps were grouped. With `accumulate` the
+/// chains continue from the gradients' current values.
+fn weight_grads<E: Float>(
+    seq: &Sequence<'_, E>,
+    steps: StepRows<'_, E>,
+    sums: WeightSums<'_, E>,
+    accumulate: bool,
+    cancel: &Cancel,
+) -> Result<()> {
+    let Dims { input, hidden, .. } = seq.dims;
+    let (hp, state) = (hidden_pad::<E>(hidden), seq.state());
+    let pp = hidden_pad::<E>(state);
+    let depth = 4 * hp;
+    let valid: usize = (0..seq.dims.batch).map(|b| seq.length(b)).sum();
+    let block = ORDERED_BLOCK_ROWS.min(valid).max(1);
+    let what = "the gathered rows of the weight gradients";
+    let mut da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
+    let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
+    let mut h_blk = alloc::zeroed::<E>(&[block, pp], what)?;
+    let (mut dh_blk, mut m_blk) = match sums.dw_hr {
+        Some(_) => (
+            alloc::zeroed::<E>(&[block, pp], what)?,
+            alloc::zeroed::<E>(&[block, hp], what)?,
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
+    let WeightSums {
+        dw_ih,
+        dw_hh,
+        db,
+        mut dpeepholes,
+        mut dw_hr,
+    } = sums;
+    // The bias sums, padded like da; continued from db with `accumulate`.
+    let mut db_sum = match db {
+        Some(_) => alloc::zeroed::<E>(&[depth], "the column sums of the bias gradient")?,
+        None => Vec::new(),
+    };
+    if let (Some(db), true) = (db.as_deref(), accumulate) {
+        for gate in 0..4 {
+            db_sum[gate * hp..][..hidden].copy_from_slice(&db[gate * hidden..][..hidden]);
         }
     }
+    if let (Some(dp), false) = (dpeepholes.as_deref_mut(), accumulate) {
+        dp.fill(E::ZERO);
+    }
+    // (first da column, first output row, rows) per product: all four gates
+    // at once when da's gate blocks are exactly w_ih's.
+    let (all_gates, per_gate) = (
+        [(0, 0, 4 * hidden)],
+        [0, 1, 2, 3].map(|g| (g * hp, g * hidden, hidden)),
+    );
+    let gate_blocks: &[(usize, usize, usize)] = if hidden == hp { &all_gates } else { &per_gate };
+    let geo = seq.geometry();
+    let states = if steps.c_state.is_empty() {
+        steps.cells
+    } else {
+        steps.c_state
+    };
+    let mut order = processing_order(seq).peekable();
+    let mut first = !accumulate;
+    while order.peek().is_some() {
+        cancel.check()?;
+        let mut n = 0;
+        for (s, b, row) in order.by_ref().take(block) {
+            da_blk[n * depth..][..depth].copy_from_slice(&steps.da[row * depth..][..depth]);
+            x_blk[n * input..][..input].copy_from_slice(&seq.x[row * input..][..input]);
+            h_blk[n * pp..][..pp].copy_from_slice(&steps.h_prev[row * pp..][..pp]);
+            if dw_hr.is_some() {
+                dh_blk[n * pp..][..pp].copy_from_slice(&steps.dh[row * pp..][..pp]);
+                m_blk[n * hp..][..hp].copy_from_slice(&steps.m[row * hp..][..hp]);
+            }
+            if let Some(dp) = dpeepholes.as_deref_mut() {
+                let len = seq.length(b);
+                // dp_i, dp_f use c_{t−1}, the state after zoneout (when
+                // there is zoneout of c); dp_o uses c_t, the step's own cell.
+                let c_prev: &[E] = if s > 0 {
+                    &states[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
+                } else {
+                    match seq.c0 {
+                        Some(c0) => &c0[b * hidden..][..hidden],
+                        None => &[],
+                    }
+                };
+                let c = &steps.cells[row * hp..][..hidden];
+                let d = &steps.da[row * depth..][..depth];
+                let (dp_i, rest) = dp.split_at_mut(hidden);
+                let (dp_o, dp_f) = rest.split_at_mut(hidden);
+                for u in 0..hidden {
+                    let cp = c_prev.get(u).copied().unwrap_or(E::ZERO);
+                    dp_i[u] = dp_i[u] + d[u] * cp;
+                    dp_f[u] = dp_f[u] + d[hp + u] * cp;
+                    dp_o[u] = dp_o[u] + d[3 * hp + u] * c[u];
+                }
+            }
+            n += 1;
+        }
+        let (da_rows, more) = (&da_blk[..n * depth], !first);
+        for &(col, out_row, gate_rows) in gate_blocks {
+            // da's columns of these gate rows, transposed: (gate_rows, n).
+            let da_t = Mat {
+                data: &da_rows[col.min(da_rows.len())..],
+                rows: gate_rows,
+                cols: n,
+                row_stride: 1,
+                col_stride: depth,
+            };
+            gemm(
+                da_t,
+                Mat::rows(&x_blk, n, input, input),
+                &mut dw_ih[out_row * input..][..gate_rows * input],
+                input,
+                more,
+            );
+            gemm(
+                da_t,
+                Mat::rows(&h_blk, n, state, pp),
+                &mut dw_hh[out_row * state..][..gate_rows * state],
+                state,
+                more,
+            );
+        }
+        if let Some(dw_hr) = dw_hr.as_deref_mut() {
+            // dW_hr = Σ dh_tᵀ m_t: (P, n)·(n, H).
+            let dh_t = Mat {
+                data: &dh_blk,
+                rows: state,
+                cols: n,
+                row_stride: 1,
+                col_stride: pp,
+            };
+            gemm(dh_t, Mat::rows(&m_blk, n, hidden, hp), dw_hr, hidden, more);
+        }
+        if db.is_some() {
+            // Column blocks in parallel, each summed over the rows in order:
+            // the same bits for any thread count.
+            let column_block = |(blk, sum): (usize, &mut [E])| {
+                for da_row in da_rows.chunks_exact(depth) {
+                    for (s, &d) in sum.iter_mut().zip(&da_row[blk * DB_COLUMN_BLOCK..]) {
+                        *s = *s + d;
+                    }
+                }
+            };
+            if in_pool() {
+                db_sum
+                    .par_chunks_mut(DB_COLUMN_BLOCK)
+                    .enumerate()
+                    .for_each(column_block);
+            } else {
+                db_sum
+                    .chunks_mut(DB_COLUMN_BLOCK)
+                    .enumerate()
+                    .for_each(column_block);
+            }
+        }
+        first = false;
+    }
+    if let Some(db) = db {
+        for gate in 0..4 {
+            db[gate * hidden..][..hidden].copy_from_slice(&db_sum[gate * hp..][..hidden]);
+        }
+    }
+    Ok(())
 }
 
 /// Per chunk, N state buffers per row of length > 0 (a prefix of its slots):
@@ -717,6 +879,9 @@ fn clear_padded_rows<E: Float>(
             }
             c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
             c.cells[row * hp..][..hp].fill(E::ZERO);
+            if let Some(cs) = c.c_state.as_deref_mut() {
+                cs[row * hp..][..hp].fill(E::ZERO);
+            }
             c.h_prev[row * pp..][..pp].fill(E::ZERO);
         }
     }
@@ -739,7 +904,10 @@ fn forward_without_steps<E: Float>(
 /// [`backward`] of a call in which no row has a step to run: the gradients of
 /// the initial states are the seeds, every other gradient is zero (no step
 /// used the weights or the input). Allocates nothing.
-fn backward_without_steps<E: Float>(seeds: Seeds<'_, E>, grads: Grads<'_, E>) -> Result<()> {
+pub(crate) fn backward_without_steps<E: Float>(
+    seeds: Seeds<'_, E>,
+    grads: Grads<'_, E>,
+) -> Result<()> {
     copy_or_zero(grads.dh0, seeds.dh_n);
     copy_or_zero(grads.dc0, seeds.dc_n);
     grads.dx.fill(E::ZERO);

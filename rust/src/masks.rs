@@ -13,6 +13,7 @@
 //! ```
 
 use crate::float::Float;
+use crate::simd::{Kernel, Simd};
 
 /// Stream ids (the first word after the seed).
 pub const ZONEOUT_H: u64 = 1;
@@ -86,6 +87,80 @@ pub fn scaled_keep<E: Float>(key: u64, rows: usize, cols: usize, p: f64) -> Vec<
     out
 }
 
+/// A zoneout mask (docs/variants.md, 'Zoneout') in the layout of the caches:
+/// `out` holds T·B rows of `width_pad` elements, row (t, b) at `t·B + b`, or
+/// `b·T + t` when `batch_major`; entry (t, b, u) for u < `width` is 1 where
+/// the unit keeps its previous value (the event, hashing (t, b, u) after
+/// `key`), else 0; padded units are 0. t is the real time index, so the mask
+/// does not depend on the layout, `reverse` or the lengths.
+///
+/// Inlined into [`ZoneoutDraw`], which `simd::dispatch` compiles with the
+/// ISA's target features: there the 64-bit products of the hash vectorise.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn zoneout_keep<E: Float>(
+    key: u64,
+    steps: usize,
+    batch: usize,
+    width: usize,
+    width_pad: usize,
+    batch_major: bool,
+    p: f64,
+    out: &mut [E],
+) {
+    assert!(width <= width_pad && out.len() == steps * batch * width_pad);
+    let thr = threshold(p);
+    for t in 0..steps {
+        let ht = absorb(key, t as u64);
+        for b in 0..batch {
+            let hb = absorb(ht, b as u64);
+            let row = if batch_major {
+                b * steps + t
+            } else {
+                t * batch + b
+            };
+            let dst = &mut out[row * width_pad..][..width_pad];
+            // Branch-free: the events are random, a branch would mispredict.
+            for (u, d) in dst[..width].iter_mut().enumerate() {
+                let keep = event(absorb(hb, u as u64), thr);
+                *d = [E::ZERO, E::ONE][usize::from(keep)];
+            }
+            dst[width..].fill(E::ZERO);
+        }
+    }
+}
+
+/// [`zoneout_keep`] as a kernel for `simd::dispatch` (which compiles it with
+/// the ISA's target features); the same bits on every ISA.
+pub struct ZoneoutDraw<'a, E> {
+    pub key: u64,
+    pub steps: usize,
+    pub batch: usize,
+    pub width: usize,
+    pub width_pad: usize,
+    pub batch_major: bool,
+    pub p: f64,
+    pub out: &'a mut [E],
+}
+
+impl<E: Float> Kernel<E> for ZoneoutDraw<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        zoneout_keep(
+            self.key,
+            self.steps,
+            self.batch,
+            self.width,
+            self.width_pad,
+            self.batch_major,
+            self.p,
+            self.out,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +202,30 @@ mod tests {
             ] {
                 let u = (h >> 11) as f64 * 2f64.powi(-53);
                 assert_eq!(event(h, t), u < p, "p={p} h={h:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn zoneout_keep_matches_hash() {
+        let k = key(5, ZONEOUT_C, 2, 1);
+        let (steps, batch, width, pad) = (3, 4, 5, 8);
+        for batch_major in [false, true] {
+            let mut m = vec![7.0f32; steps * batch * pad];
+            zoneout_keep(k, steps, batch, width, pad, batch_major, 0.3, &mut m);
+            for t in 0..steps {
+                for b in 0..batch {
+                    let row = if batch_major {
+                        b * steps + t
+                    } else {
+                        t * batch + b
+                    };
+                    for u in 0..pad {
+                        let want = u < width
+                            && event(hash(k, &[t as u64, b as u64, u as u64]), threshold(0.3));
+                        assert_eq!(m[row * pad + u], if want { 1.0 } else { 0.0 });
+                    }
+                }
             }
         }
     }

@@ -29,7 +29,7 @@ use crate::layernorm::{LayerNorm, LnCache, LnCacheRef, LnGrads};
 use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
 use crate::{
     Activation, Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache,
-    Seeds, Sequence, Variant,
+    Seeds, Sequence, Variant, Zone,
 };
 
 impl From<Error> for PyErr {
@@ -193,6 +193,13 @@ struct SequenceArrays<'py, E: Element> {
     activations: Option<Vec<ActivationSpec>>,
     /// Recurrent dropout's keep mask (B, P) of a training pass, or None.
     recurrent_keep: Option<In<'py, E>>,
+    /// Zoneout of h and of c in training: the masks (T·B, Pp) and (T·B, Hp)
+    /// in x's layout (`zoneout_keep`), or None; at inference: the rates
+    /// (0.0 for none; ignored where a mask is given).
+    zoneout_h_keep: Option<In<'py, E>>,
+    zoneout_c_keep: Option<In<'py, E>>,
+    zoneout_h: f64,
+    zoneout_c: f64,
 }
 
 impl<E: Engine> SequenceArrays<'_, E> {
@@ -232,6 +239,8 @@ impl<E: Engine> SequenceArrays<'_, E> {
             input_forget: self.input_forget,
             forget_gate: self.forget_gate,
             recurrent_keep: opt_slice("recurrent_keep", &self.recurrent_keep)?,
+            zoneout_h: zone("zoneout_h_keep", &self.zoneout_h_keep, self.zoneout_h)?,
+            zoneout_c: zone("zoneout_c_keep", &self.zoneout_c_keep, self.zoneout_c)?,
             ..Variant::default()
         };
         if let Some(acts) = &self.activations {
@@ -247,6 +256,19 @@ impl<E: Engine> SequenceArrays<'_, E> {
         }
         Ok(variant)
     }
+}
+
+/// Zoneout of one state: its training mask, else its inference rate, else off.
+fn zone<'a, E: Engine>(
+    name: &str,
+    keep: &'a Option<In<'_, E>>,
+    rate: f64,
+) -> PyResult<Zone<'a, E>> {
+    Ok(match opt_slice(name, keep)? {
+        Some(d) => Zone::Keep(d),
+        None if rate != 0.0 => Zone::Rate(E::from_f64(rate)),
+        None => Zone::Off,
+    })
 }
 
 /// A sequence of either dtype: the one dtype dispatch of a call. The variant
@@ -298,6 +320,7 @@ struct CacheArrays<'py, E: Element> {
     cells: Out<'py, E>,
     h_prev: Out<'py, E>,
     pre: Option<Out<'py, E>>,
+    c_state: Option<Out<'py, E>>,
 }
 
 impl<E: Element> CacheArrays<'_, E> {
@@ -307,6 +330,11 @@ impl<E: Element> CacheArrays<'_, E> {
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
             pre: self.pre.as_mut().map(|p| slice_mut("pre", p)).transpose()?,
+            c_state: self
+                .c_state
+                .as_mut()
+                .map(|c| slice_mut("c_state", c))
+                .transpose()?,
         })
     }
 }
@@ -318,6 +346,7 @@ struct CacheRefArrays<'py, E: Element> {
     cells: In<'py, E>,
     h_prev: In<'py, E>,
     pre: Option<In<'py, E>>,
+    c_state: Option<In<'py, E>>,
 }
 
 impl<E: Element> CacheRefArrays<'_, E> {
@@ -327,6 +356,7 @@ impl<E: Element> CacheRefArrays<'_, E> {
             cells: slice("cells", &self.cells)?,
             h_prev: slice("h_prev", &self.h_prev)?,
             pre: opt_slice("pre", &self.pre)?,
+            c_state: opt_slice("c_state", &self.c_state)?,
         })
     }
 }
@@ -764,6 +794,45 @@ fn run_ln_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     })
 }
 
+/// [`run_forward`] keeping only the states at every `every`-th iteration
+/// (`states`, see [`crate::checkpoint_len`]) instead of the cache.
+fn run_forward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    out: &Bound<'py, PyAny>,
+    states: &Bound<'py, PyAny>,
+    every: usize,
+) -> PyResult<()> {
+    let mut out: OutputArrays<'py, E> = out.extract()?;
+    let mut states: Out<'py, E> = states.extract()?;
+    let seq = seq.sequence()?;
+    let out = out.outputs()?;
+    let states = slice_mut("states", &mut states)?;
+    run_pass(py, seq.dims, |cancel| {
+        crate::forward_checkpointed(&seq, out, every, states, cancel)
+    })
+}
+
+/// [`run_backward`] from the states of [`run_forward_checkpointed`].
+fn run_backward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    states: &Bound<'py, PyAny>,
+    every: usize,
+    seeds: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let states: In<'py, E> = states.extract()?;
+    let seeds: SeedArrays<'py, E> = seeds.extract()?;
+    let mut grads: GradArrays<'py, E> = grads.extract()?;
+    let seq = seq.sequence()?;
+    let states = slice("states", &states)?;
+    let (seeds, grads) = (seeds.seeds()?, grads.grads()?);
+    run_pass(py, seq.dims, |cancel| {
+        crate::backward_checkpointed(&seq, every, states, seeds, grads, cancel)
+    })
+}
+
 /// The packed panels of `w_ih`, `w_hh` and the projection `w_hr` (if any),
 /// kept for the calls that pass this object as `seq.packed` with the same
 /// arrays: the Python layer's prepared weights own them privately and never
@@ -939,6 +1008,45 @@ mod _core {
         }
     }
 
+    /// [`forward`] without the cache: writes `out` and keeps in `states`
+    /// (one flat array) the state (h, c) at the start of every segment of
+    /// `every` iterations but the first, for `backward_checkpointed`.
+    #[pyfunction]
+    fn forward_checkpointed<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        out: &Bound<'py, PyAny>,
+        states: &Bound<'py, PyAny>,
+        every: usize,
+    ) -> PyResult<()> {
+        match seq {
+            AnySequence::F32(seq) => run_forward_checkpointed(py, seq, out, states, every),
+            AnySequence::F64(seq) => run_forward_checkpointed(py, seq, out, states, every),
+        }
+    }
+
+    /// [`backward`] from the `states` that `forward_checkpointed` kept for
+    /// the same `seq` and `every`: each segment's forward recomputed, the
+    /// gradients bitwise those of the full cache.
+    #[pyfunction]
+    fn backward_checkpointed<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        states: &Bound<'py, PyAny>,
+        every: usize,
+        seeds: &Bound<'py, PyAny>,
+        grads: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        match seq {
+            AnySequence::F32(seq) => {
+                run_backward_checkpointed(py, seq, states, every, seeds, grads)
+            }
+            AnySequence::F64(seq) => {
+                run_backward_checkpointed(py, seq, states, every, seeds, grads)
+            }
+        }
+    }
+
     /// Whether the arrays of `given` and `kept` (sequences of C-contiguous
     /// float32 or float64 arrays, paired in order) hold the same bits, dtype
     /// included: how a layer proves its parameters unchanged since it packed
@@ -1021,6 +1129,75 @@ mod _core {
             }
         });
         Ok(())
+    }
+
+    /// Fills `out` (a C-contiguous 2-D float32 or float64 array, (T·B) × Wp
+    /// with Wp ≥ `width`) with a zoneout mask of the generator
+    /// (`crate::masks::zoneout_keep`, docs/variants.md 'Zoneout'): rows in
+    /// x's layout (time-major, or batch-major with `batch_first`), 1 where
+    /// unit (t, b, u) of stream `stream` keeps its previous value, else 0.
+    #[pyfunction]
+    #[allow(clippy::too_many_arguments)]
+    fn zoneout_keep(
+        py: Python<'_>,
+        out: &Bound<'_, PyAny>,
+        seed: u64,
+        stream: u64,
+        layer: u64,
+        direction: u64,
+        p: f64,
+        steps: usize,
+        batch: usize,
+        width: usize,
+        batch_first: bool,
+    ) -> PyResult<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(PyValueError::new_err(format!(
+                "p must be in [0, 1), got {p}"
+            )));
+        }
+        let key = crate::masks::key(seed, stream, layer, direction);
+        #[allow(clippy::too_many_arguments)]
+        fn fill<E: Engine>(
+            py: Python<'_>,
+            out: &Bound<'_, PyAny>,
+            key: u64,
+            p: f64,
+            steps: usize,
+            batch: usize,
+            width: usize,
+            batch_first: bool,
+        ) -> PyResult<()> {
+            let mut a = out.extract::<Out<'_, E>>()?;
+            let shape = a.0.shape().to_vec();
+            let [rows, pad] = shape[..] else {
+                return Err(PyValueError::new_err("zoneout_keep: out must be 2-D"));
+            };
+            if Some(rows) != steps.checked_mul(batch) || pad < width {
+                return Err(PyValueError::new_err(format!(
+                    "zoneout_keep: out must be (steps·batch, ≥ width) = ({steps}·{batch}, \
+                     ≥ {width}), got ({rows}, {pad})"
+                )));
+            }
+            let dst = slice_mut("out", &mut a)?;
+            let draw = crate::masks::ZoneoutDraw {
+                key,
+                steps,
+                batch,
+                width,
+                width_pad: pad,
+                batch_major: batch_first,
+                p,
+                out: dst,
+            };
+            py.detach(|| crate::simd::dispatch(Isa::active(), draw));
+            Ok(())
+        }
+        if out.cast::<PyArrayDyn<f64>>().is_ok() {
+            fill::<f64>(py, out, key, p, steps, batch, width, batch_first)
+        } else {
+            fill::<f32>(py, out, key, p, steps, batch, width, batch_first)
+        }
     }
 
     /// The padded hidden size of the cache layout for an element size in bytes.

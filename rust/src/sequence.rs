@@ -46,12 +46,15 @@ pub struct Sequence<'a, E> {
 /// P padded ([`hidden_pad`]). That is 5·Hp + Pp per (row, step) (6·Hp without
 /// a projection); `pre`, the pre-activations (T·B, 4·Hp), only for the
 /// variants whose derivatives need them ([`Variant::caches_pre`]: 4·Hp
-/// more), else None.
+/// more), else None. With zoneout `cells` holds the cell each step computed
+/// (c̃_t) and `c_state` (T·B, Hp), with zoneout of c only, the state c_t
+/// after zoneout (Hp more); else None.
 pub struct Cache<'a, E> {
     pub gates: &'a mut [E],
     pub cells: &'a mut [E],
     pub h_prev: &'a mut [E],
     pub pre: Option<&'a mut [E]>,
+    pub c_state: Option<&'a mut [E]>,
 }
 
 /// Read-only view of a [`Cache`].
@@ -61,6 +64,7 @@ pub struct CacheRef<'a, E> {
     pub cells: &'a [E],
     pub h_prev: &'a [E],
     pub pre: Option<&'a [E]>,
+    pub c_state: Option<&'a [E]>,
 }
 
 /// Outputs of forward: `y` like x with last dimension P; `h_n` (B, P), `c_n`

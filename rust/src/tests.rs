@@ -5,8 +5,8 @@
 use crate::simd::{self, Isa, Kernel, Simd};
 use crate::ForcedSplit;
 use crate::{
-    backward, forward, hidden_pad, Cache, CacheRef, Cancel, Dims, Float, Grads, Outputs, Seeds,
-    Sequence,
+    backward, backward_checkpointed, checkpoint_len, forward, forward_checkpointed, hidden_pad,
+    Cache, CacheRef, Cancel, Dims, Float, Grads, Outputs, Seeds, Sequence,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -222,6 +222,17 @@ impl Problem {
         cancel_forward: &Cancel,
         cancel_backward: &Cancel,
     ) -> crate::Result<Results> {
+        self.run_with::<E>(cancel_forward, cancel_backward, None)
+    }
+
+    /// [`Problem::run`], with `checkpoint` Some(k) through the checkpointed
+    /// passes (the state every k iterations, backward recomputing).
+    fn run_with<E: Float>(
+        &self,
+        cancel_forward: &Cancel,
+        cancel_backward: &Cancel,
+        checkpoint: Option<usize>,
+    ) -> crate::Result<Results> {
         let conv = |v: &[f64]| v.iter().map(|&a| E::from_f64(a)).collect::<Vec<E>>();
         let back = |v: &[E]| v.iter().map(|a| a.to_f64()).collect::<Vec<f64>>();
         let (x, w_ih, w_hh) = (conv(&self.x), conv(&self.w_ih), conv(&self.w_hh));
@@ -260,21 +271,27 @@ impl Problem {
             vec![E::ZERO; rows * hp],
             vec![E::ZERO; rows * hp],
         );
-        forward(
-            &seq,
-            Outputs {
-                y: &mut y,
-                h_n: &mut h_n,
-                c_n: &mut c_n,
-            },
-            Some(Cache {
-                gates: &mut gates,
-                cells: &mut cells,
-                h_prev: &mut h_prev,
-                pre: None,
-            }),
-            cancel_forward,
-        )?;
+        let out = Outputs {
+            y: &mut y,
+            h_n: &mut h_n,
+            c_n: &mut c_n,
+        };
+        let mut states = vec![E::ZERO; checkpoint.map_or(0, |k| checkpoint_len(&seq, k))];
+        match checkpoint {
+            Some(k) => forward_checkpointed(&seq, out, k, &mut states, cancel_forward)?,
+            None => forward(
+                &seq,
+                out,
+                Some(Cache {
+                    gates: &mut gates,
+                    cells: &mut cells,
+                    h_prev: &mut h_prev,
+                    pre: None,
+                    c_state: None,
+                }),
+                cancel_forward,
+            )?,
+        }
         let (dy, dh_n, dc_n) = (conv(&self.dy), conv(&self.dh_n), conv(&self.dc_n));
         let mut g = [
             rows * input,
@@ -287,34 +304,37 @@ impl Problem {
         .map(|n| vec![E::ZERO; n]);
         let [dx, dh0, dc0, dw_ih, dw_hh, db] = &mut g;
         let mut scratch = vec![E::from_f64(f64::NAN); rows * 4 * hp];
-        backward(
-            &seq,
-            CacheRef {
-                gates: &gates,
-                cells: &cells,
-                h_prev: &h_prev,
-                pre: None,
-            },
-            Seeds {
-                dy: Some(&dy),
-                dh_n: Some(&dh_n),
-                dc_n: Some(&dc_n),
-            },
-            Grads {
-                dx,
-                dh0,
-                dc0,
-                dw_ih,
-                dw_hh,
-                db: Some(db),
-                // NaN everywhere: backward must not depend on the contents.
-                scratch: Some(&mut scratch),
-                dpeepholes: None,
-                dw_hr: None,
-                flow: None,
-            },
-            cancel_backward,
-        )?;
+        let seeds = Seeds {
+            dy: Some(&dy),
+            dh_n: Some(&dh_n),
+            dc_n: Some(&dc_n),
+        };
+        let grads = Grads {
+            dx,
+            dh0,
+            dc0,
+            dw_ih,
+            dw_hh,
+            db: Some(db),
+            // NaN everywhere: backward must not depend on the contents.
+            scratch: Some(&mut scratch),
+            dpeepholes: None,
+            dw_hr: None,
+            flow: None,
+        };
+        match checkpoint {
+            Some(k) => backward_checkpointed(&seq, k, &states, seeds, grads, cancel_backward)?,
+            None => {
+                let cache = CacheRef {
+                    gates: &gates,
+                    cells: &cells,
+                    h_prev: &h_prev,
+                    pre: None,
+                    c_state: None,
+                };
+                backward(&seq, cache, seeds, grads, cancel_backward)?
+            }
+        }
         Ok(Results {
             y: back(&y),
             h_n: back(&h_n),
@@ -416,6 +436,61 @@ fn engine_matches_oracle_on_every_isa() {
     }
     Isa::available().last().unwrap().set_active().unwrap();
     crate::force_split(ForcedSplit::Choose);
+}
+
+#[test]
+fn checkpointed_passes_give_the_full_cache_bits() {
+    let _g = lock();
+    let bits = |r: &Results| {
+        [
+            &r.y, &r.h_n, &r.c_n, &r.dx, &r.dh0, &r.dc0, &r.dw_ih, &r.dw_hh, &r.db,
+        ]
+        .map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+    };
+    let (c, n) = (Cancel::new(), Cancel::new());
+    for (seed, &(steps, batch, input, hidden)) in SHAPES.iter().enumerate() {
+        for variant in 0..16u32 {
+            let [batch_first, reverse, with_lengths, with_state] =
+                std::array::from_fn(|i| variant >> i & 1 == 1);
+            let dims = Dims {
+                steps,
+                batch,
+                input,
+                hidden,
+            };
+            let p = Problem::new(
+                seed as u64 + 99,
+                dims,
+                batch_first,
+                reverse,
+                with_lengths,
+                with_state,
+            );
+            let full = bits(&p.run_with::<f32>(&c, &n, None).unwrap());
+            for k in [1, 2, 3, steps.saturating_sub(1).max(1), steps + 1] {
+                let ck = bits(&p.run_with::<f32>(&c, &n, Some(k)).unwrap());
+                assert!(
+                    ck == full,
+                    "T={steps} B={batch} H={hidden} variant={variant:04b} k={k}"
+                );
+            }
+        }
+    }
+    let p = Problem::new(
+        1,
+        Dims {
+            steps: 3,
+            batch: 2,
+            input: 2,
+            hidden: 3,
+        },
+        false,
+        false,
+        false,
+        false,
+    );
+    let err = p.run_with::<f64>(&c, &n, Some(0)).unwrap_err();
+    assert!(err.to_string().contains("checkpoint"), "{err}");
 }
 
 #[test]
@@ -1051,6 +1126,7 @@ fn projection_engine<E: Float>(
             cells: &mut cells,
             h_prev: &mut h_prev,
             pre: None,
+            c_state: None,
         }),
         &Cancel::new(),
     )
@@ -1065,6 +1141,7 @@ fn projection_engine<E: Float>(
             cells: &cells,
             h_prev: &h_prev,
             pre: None,
+            c_state: None,
         },
         Seeds {
             dy: Some(&dy),

@@ -73,6 +73,13 @@ pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
 /// in order, so the split never changes a bit).
 pub const DB_COLUMN_BLOCK: usize = 64;
 
+/// Rows of da (and of x, h_prev) gathered per product of the weight
+/// gradients, which sum over (step, row) in backward's order rather than the
+/// layout's (`lstm.rs`, `weight_grads`): each product passes over its C once
+/// per depth block, so a block as deep as the deepest KC of `GEMM_SHAPES`
+/// (1024, AVX2) costs no more passes over C than one product over all rows.
+pub const ORDERED_BLOCK_ROWS: usize = 1024;
+
 /// Independent FMA chains in the peak measurement (`simd/peak.rs`): FMA
 /// latency × FMA ports is 8 on Zen 3/4/5 and Skylake-X (4 cycles, 2 ports);
 /// 12 covers a latency of up to 6 and still fits 16 registers with the two

@@ -23,6 +23,14 @@
 //! ([`Variant::caches_pre`]). σ_h's derivative is taken at c_t, which the
 //! cache holds anyway. Peepholes, input_forget and no forget gate need
 //! nothing more.
+//!
+//! Zoneout ([`Zone`], docs/variants.md 'Zoneout') runs in the general body
+//! too: it changes what a step keeps of its state, after the gate math. The
+//! cache then holds the cell the step computed (c̃_t, for σ_h's derivative
+//! and the output peephole) in `cells` and, with zoneout of c, the state
+//! c_t after zoneout in `c_state` (the next step's c_{t−1}): Hp more per
+//! (row, step). The training masks are the caller's ((T·B) × Pp and × Hp),
+//! kept for backward.
 
 use crate::error::{Error, Result};
 use crate::simd::{self, Simd, SimdElement};
@@ -212,6 +220,85 @@ pub struct Variant<'a, E> {
     /// per (row, step)); backward multiplies da_{t+1}·W_hh by r. Not part of
     /// the gate math: both kernel bodies read it, once per tile.
     pub recurrent_keep: Option<&'a [E]>,
+    /// Zoneout of h (P wide) and of c (H wide); [`Zone::Off`] without.
+    pub zoneout_h: Zone<'a, E>,
+    pub zoneout_c: Zone<'a, E>,
+}
+
+/// Zoneout of one state (docs/variants.md, 'Zoneout').
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Zone<'a, E> {
+    /// No zoneout: the state is the step's candidate.
+    Off,
+    /// Training: the mask d, (T·B) × Wp (W = P for h, H for c, padded like
+    /// the caches) in the sequence's layout (rows ordered like x), 1 where the
+    /// unit keeps its previous value, else 0 (0 in padded units). The
+    /// state is a select: `d ? prev : new`.
+    Keep(&'a [E]),
+    /// Inference: the expectation `z·prev + (1 − z)·new`, with z (and 1 − z)
+    /// in the compute dtype.
+    Rate(E),
+}
+
+impl<E: SimdElement> Zone<'_, E> {
+    /// Whether this state zones out at all.
+    #[inline(always)]
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Zone::Off)
+    }
+
+    /// The state after a step, at unit `u` of row `row` (rows `width_pad`
+    /// apart in the mask): from the previous state and the step's candidate.
+    ///
+    /// # Safety
+    /// With a mask, `row · width_pad + u + LANES` lies inside it.
+    #[inline(always)]
+    pub unsafe fn mix<S: Simd<E = E>>(
+        self,
+        row: usize,
+        width_pad: usize,
+        u: usize,
+        prev: S,
+        new: S,
+    ) -> S {
+        match self {
+            Zone::Off => new,
+            Zone::Keep(d) => {
+                // SAFETY: the caller's bound.
+                let d = unsafe { S::load(d.as_ptr().add(row * width_pad + u)) };
+                d.select_lt(S::splat(E::from_f64(0.5)), new, prev)
+            }
+            // The reference's order: z·prev + (1 − z)·new, no fused multiply-add.
+            Zone::Rate(z) => S::splat(z).mul(prev).add(S::splat(E::ONE - z).mul(new)),
+        }
+    }
+
+    /// The gradient `g` of the state after a step split into (what goes to
+    /// the previous state, what goes to the candidate): d ⊙ g and (1 − d) ⊙ g
+    /// (selects in training, z·g and (1 − z)·g at inference).
+    ///
+    /// # Safety
+    /// As for [`Zone::mix`].
+    #[inline(always)]
+    pub unsafe fn split<S: Simd<E = E>>(
+        self,
+        row: usize,
+        width_pad: usize,
+        u: usize,
+        g: S,
+    ) -> (S, S) {
+        let zero = S::splat(E::ZERO);
+        match self {
+            Zone::Off => (zero, g),
+            Zone::Keep(d) => {
+                // SAFETY: the caller's bound.
+                let d = unsafe { S::load(d.as_ptr().add(row * width_pad + u)) };
+                let half = S::splat(E::from_f64(0.5));
+                (d.select_lt(half, zero, g), d.select_lt(half, g, zero))
+            }
+            Zone::Rate(z) => (S::splat(z).mul(g), S::splat(E::ONE - z).mul(g)),
+        }
+    }
 }
 
 impl<E> Default for Variant<'_, E> {
@@ -226,6 +313,8 @@ impl<E> Default for Variant<'_, E> {
             g: Activation::Tanh,
             h: Activation::Tanh,
             recurrent_keep: None,
+            zoneout_h: Zone::Off,
+            zoneout_c: Zone::Off,
         }
     }
 }
@@ -241,6 +330,8 @@ impl<E: SimdElement> Variant<'_, E> {
             && self.f == Activation::Sigmoid
             && self.g == Activation::Tanh
             && self.h == Activation::Tanh
+            && !self.zoneout_h.is_on()
+            && !self.zoneout_c.is_on()
     }
 
     /// Whether backward needs the pre-activations z in the cache (see the
@@ -265,6 +356,20 @@ impl<E: SimdElement> Variant<'_, E> {
                  forget_gate=False removes it (f = 1): give one or the other"
                     .into(),
             ));
+        }
+        for (name, zone) in [
+            ("zoneout of h", self.zoneout_h),
+            ("zoneout of c", self.zoneout_c),
+        ] {
+            if let Zone::Rate(z) = zone {
+                // NaN fails this too. (A rate in (0, 1) may round to 0 or 1
+                // in float32: the expectation is still defined.)
+                if !(z >= E::ZERO && z <= E::ONE) {
+                    return Err(Error::Value(format!(
+                        "{name}: the rate must lie in [0, 1), got {z:?}"
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -30,12 +30,16 @@ use crate::variant::Variant;
 
 /// A chunk's backward state, shared by its team: for each slot of length > 0
 /// (a prefix of the slots): the dh_n seed of the row's last step (Pp), the
-/// running dc and c0 (c_prev of a first step), Hp each.
+/// running dc and c0 (c_prev of a first step), Hp each; with zoneout of h,
+/// the share of dL/dh_t that goes to h_{t−1} (d ⊙ dL/dh_t, Pp; written at
+/// step t, added to the incoming dh at step t − 1 and to dh0; zeros until
+/// the row's last step has run), else null.
 #[derive(Clone, Copy)]
 pub struct BackwardState<E> {
     pub dh_seed: SharedMut<E>,
     pub dc: SharedMut<E>,
     pub c_first: SharedMut<E>,
+    pub dh_carry: SharedMut<E>,
 }
 
 /// One member's share of a chunk's backward recurrence.
@@ -51,6 +55,9 @@ pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
     /// The forward cache, (T·B) × 4Hp and (T·B) × Hp, caller's layout.
     pub gates: &'a [E],
     pub cells: &'a [E],
+    /// With zoneout of c: the states c_t after zoneout, (T·B) × Hp (the next
+    /// step's c_{t−1}; `cells` holds the candidates c̃_t); else empty.
+    pub c_state: &'a [E],
     /// `pack::backward_panels` for this ISA's lane count (P outputs).
     pub panels: &'a [E],
     /// `pack::projection_backward_panels` of `w_hr` for this ISA's lane
@@ -189,16 +196,31 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             if u >= hp {
                 break;
             }
-            // SAFETY: row, prev_row < T·B and u + w ≤ hp: all cache, da and state
-            // accesses are in bounds; dy gets only its real lanes. These units
-            // of this slot belong to this member alone.
+            // SAFETY: row, prev_row < T·B and u + w ≤ hp: all cache, da, state
+            // (the dh carry too, Pp = Hp here) and zoneout mask accesses are in
+            // bounds; dy gets only its real lanes. These units of this slot
+            // belong to this member alone.
             unsafe {
                 let mut dh = acc_v;
+                // Zoneout of h without a projection (with one, `run_projected`
+                // splits dh_t): what step t + 1 passed to h_t directly, then
+                // the split of the whole dL/dh_t.
+                let zone_h = VARIANT && !self.projects() && self.variant.zoneout_h.is_on();
+                let carry = self.state.dh_carry.0.wrapping_add(slot * hp + u);
+                if zone_h {
+                    dh = dh.add(S::load(carry));
+                }
                 if let (false, Some(dy)) = (self.projects(), self.dy) {
                     dh = dh.add(load_n(
                         dy.as_ptr().add(row * h + u.min(h)),
                         h.saturating_sub(u).min(w),
                     ));
+                }
+                let dh_whole = dh;
+                if zone_h {
+                    let (kept, new) = self.variant.zoneout_h.split(row, hp, u, dh);
+                    kept.store(carry);
+                    dh = new;
                 }
                 let gp = self.gates.as_ptr().add(row * depth + u);
                 let (ig, fg, gg, og) = (
@@ -208,8 +230,14 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                     S::load(gp.add(3 * hp)),
                 );
                 let c = S::load(self.cells.as_ptr().add(row * hp + u));
+                // The state c_{t−1}: after zoneout when there is zoneout of c.
+                let states = if VARIANT && !self.c_state.is_empty() {
+                    self.c_state
+                } else {
+                    self.cells
+                };
                 let c_prev = match prev_row {
-                    Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
+                    Some(pr) => S::load(states.as_ptr().add(pr * hp + u)),
                     None => S::load(self.state.c_first.0.add(slot * hp + u)),
                 };
                 let dc_ptr = self.state.dc.0.add(slot * hp + u);
@@ -246,7 +274,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                 da_g.store(dp.add(2 * hp));
                 da_o.store(dp.add(3 * hp));
                 if FLOW {
-                    let (dh, dc) = (only_real(dh), only_real(dc));
+                    let (dh, dc) = (only_real(dh_whole), only_real(dc));
                     squares[0] = dh.mul_add(dh, squares[0]);
                     squares[1] = dc.mul_add(dc, squares[1]);
                 }
@@ -302,7 +330,8 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             None => d,
         };
         // SAFETY: row < T·B and u + LANES ≤ hp: inside the pre-activation
-        // cache (when kept), the padded peepholes and this slot's dc.
+        // cache (when kept), the padded peepholes, the zoneout mask of c (when
+        // drawn) and this slot's dc.
         unsafe {
             let z = |k: usize| {
                 if self.pre.is_empty() {
@@ -320,7 +349,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             }
             let z_o = z(3);
             let da_o = through(v.f.backprop(dh.mul(hc), clamp(z_o), og), z_o);
-            let mut dc = v.h.backprop(dh.mul(og), c, hc).add(S::load(dc_ptr));
+            // Zoneout of c: what came back to c_t splits into the share of
+            // c_{t−1} (added below) and that of the candidate c̃_t.
+            let (dc_kept, dc_next) = v.zoneout_c.split(row, hp, u, S::load(dc_ptr));
+            let mut dc = v.h.backprop(dh.mul(og), c, hc).add(dc_next);
             if v.peepholes.is_some() {
                 dc = dc.add(da_o.mul(peep(1)));
             }
@@ -341,6 +373,9 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             let mut dc_prev = dc.mul(fg);
             if v.peepholes.is_some() {
                 dc_prev = dc_prev.add(da_i.mul(peep(0))).add(da_f.mul(peep(2)));
+            }
+            if v.zoneout_c.is_on() {
+                dc_prev = dc_prev.add(dc_kept);
             }
             dc_prev.store(dc_ptr);
             (da_i, da_f, da_g, da_o, dc)
@@ -461,12 +496,19 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
             for t in self.tiles.clone() {
                 let u0 = t * width;
                 // SAFETY: dh0 is B × H; this member writes only its units of row
-                // b, whose chunk is this one; the da row and panel are whole.
+                // b, whose chunk is this one; the da row and panel are whole;
+                // the dh carry is read below hp only.
                 unsafe {
                     let acc = mrx4v::<S, 1>([da_row(slot, 0)], 1, depth, panel(t))[0];
                     let acc = self.drop_recurrent(b, u0, acc);
                     for (v, acc_v) in acc.into_iter().enumerate() {
                         let u = u0 + v * w;
+                        let acc_v = if VARIANT && self.variant.zoneout_h.is_on() && u < hp {
+                            // Zoneout: step 0's share of h0.
+                            acc_v.add(S::load(self.state.dh_carry.0.add(slot * hp + u)))
+                        } else {
+                            acc_v
+                        };
                         store_n(
                             acc_v,
                             self.dh0.0.add(b * h + u.min(h)),
@@ -571,22 +613,37 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                         if u >= pp {
                             break;
                         }
-                        // SAFETY: u + w ≤ pp inside the slot's seed and the dh
-                        // row (row < T·B, this chunk's); dy gets only its real
-                        // lanes of its row.
+                        // SAFETY: u + w ≤ pp inside the slot's seed, its dh
+                        // carry, the zoneout mask's row and the dh row (row <
+                        // T·B, this chunk's); dy gets only its real lanes of
+                        // its row.
                         unsafe {
                             let mut dh = if slot < prev_active {
                                 product_v
                             } else {
                                 S::load(self.state.dh_seed.0.add(slot * pp + u))
                             };
+                            let zone_h = self.variant.zoneout_h;
+                            let carry = self.state.dh_carry.0.wrapping_add(slot * pp + u);
+                            if zone_h.is_on() {
+                                // What step t + 1 passed to h_t directly.
+                                dh = dh.add(S::load(carry));
+                            }
                             if let Some(dy) = self.dy {
                                 dh = dh.add(load_n(
                                     dy.as_ptr().add(row * p + u.min(p)),
                                     p.saturating_sub(u).min(w),
                                 ));
                             }
-                            dh.store(self.dh.0.add(row * pp + u));
+                            // Zoneout of h: the candidate's share goes on to
+                            // dm and dW_hr, the rest to h_{t−1}.
+                            let mut dh_step = dh;
+                            if zone_h.is_on() {
+                                let (kept, new) = zone_h.split(row, pp, u, dh);
+                                kept.store(carry);
+                                dh_step = new;
+                            }
+                            dh_step.store(self.dh.0.add(row * pp + u));
                             if FLOW {
                                 let d = only_real(dh, u);
                                 squares = d.mul_add(d, squares);
@@ -638,13 +695,19 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             for q in 0..p_tiles {
                 let u0 = q * width;
                 // SAFETY: dh0 is B × P; this chunk alone writes row b; the da
-                // row and panel are whole.
+                // row and panel are whole; the dh carry is read below pp only.
                 unsafe {
                     let da = self.da.0.add(row_of(slot, 0) * depth) as *const E;
                     let acc = mrx4v::<S, 1>([da], 1, depth, panel(q))[0];
                     let acc = self.drop_recurrent(b, u0, acc);
                     for (v, acc_v) in acc.into_iter().enumerate() {
                         let u = u0 + v * w;
+                        let acc_v = if self.variant.zoneout_h.is_on() && u < pp {
+                            // Zoneout: step 0's share of h0.
+                            acc_v.add(S::load(self.state.dh_carry.0.add(slot * pp + u)))
+                        } else {
+                            acc_v
+                        };
                         store_n(
                             acc_v,
                             self.dh0.0.add(b * p + u.min(p)),

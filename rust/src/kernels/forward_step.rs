@@ -44,6 +44,9 @@ pub struct ForwardOut<E> {
     /// else (T·B) × 4Hp, z of the gates i, f, g, o (peepholes added, before
     /// clip).
     pub pre: SharedMut<E>,
+    /// Null unless zoneout of c is on; else (T·B) × Hp, the state c_t after
+    /// zoneout (`cells` then holds the step's candidate c̃_t).
+    pub c_state: SharedMut<E>,
 }
 
 /// A chunk's running state, shared by the chunk's team: for each slot of
@@ -141,7 +144,8 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
         let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
         let out = self.out;
         // SAFETY: row < T·B and u0 + w ≤ hp: every padded access is inside the
-        // projection block, bias, the state (slots × Hp) and the caches; y gets
+        // projection block, bias, the state (slots × Hp), the caches and the
+        // zoneout masks ((T·B) × Hp, Pp = Hp without a projection); y gets
         // only its real lanes. This slot's units of this tile are written by
         // this member only.
         unsafe {
@@ -164,12 +168,32 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                 let h_new = og.mul(simd::tanh(c_new));
                 (ig, fg, gg, og, c_new, h_new)
             };
-            c_new.store(c_ptr);
+            // Zoneout (general body only): the state keeps c_{t−1} where the
+            // mask says so; `c_new` stays the candidate c̃_t for the cache.
+            let c_state = if VARIANT && self.variant.zoneout_c.is_on() {
+                let c_state = self
+                    .variant
+                    .zoneout_c
+                    .mix(row, hp, u0, S::load(c_ptr), c_new);
+                if !out.c_state.0.is_null() {
+                    c_state.store(out.c_state.0.add(row * hp + u0));
+                }
+                c_state
+            } else {
+                c_new
+            };
+            c_state.store(c_ptr);
             let projects = self.projects();
             if projects {
                 // m, the projection's input (`h_new` is o ⊙ σ_h(c) here).
                 h_new.store(self.state.m.0.add(slot * hp + u0));
             } else {
+                let h_new = if VARIANT {
+                    let h_prev = S::load(cur.add(slot * hp + u0));
+                    self.variant.zoneout_h.mix(row, hp, u0, h_prev, h_new)
+                } else {
+                    h_new
+                };
                 h_new.store(next.add(slot * hp + u0));
                 store_n(
                     h_new,
@@ -586,10 +610,14 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                     if u >= pp {
                         break;
                     }
-                    // SAFETY: u + w ≤ pp inside this slot's state row; y
-                    // (T·B × P) gets only its real lanes of row < T·B. This
-                    // chunk alone owns these rows.
+                    // SAFETY: u + w ≤ pp inside this slot's state row and the
+                    // zoneout mask's row; y (T·B × P) gets only its real lanes
+                    // of row < T·B. This chunk alone owns these rows.
                     unsafe {
+                        // Zoneout of h: the state keeps h_{t−1} where the mask
+                        // says so (the candidate is h̃_t = m_t·W_hrᵀ).
+                        let h_prev = S::load(cur.add(slot * pp + u));
+                        let acc_v = &self.variant.zoneout_h.mix(row, pp, u, h_prev, *acc_v);
                         acc_v.store(next.add(slot * pp + u));
                         store_n(
                             *acc_v,
