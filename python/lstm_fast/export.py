@@ -72,6 +72,19 @@ def _check_layer(layer: Any) -> None:
             f"layer must be an lstm_fast.LSTM (or have its weights() and sizes), got "
             f"{type(layer).__name__} (without {', '.join(missing)})"
         )
+    # Neither has an ONNX form in the export yet; writing the model without them
+    # would compute something else (zoneout's expectation at inference is not the
+    # identity, as the dropouts' are).
+    if getattr(layer, "layer_norm", False):
+        raise NotImplementedError(
+            "export_onnx: layer_norm=True (the LayerNorm LSTM) cannot be exported yet"
+        )
+    zoneout = getattr(layer, "zoneout", 0.0)
+    if any(np.atleast_1d(np.asarray(zoneout, dtype=float))):
+        raise NotImplementedError(
+            f"export_onnx: zoneout={zoneout!r} cannot be exported yet (at "
+            f"inference it mixes each state with the previous one)"
+        )
 
 
 def _check_path(path: Any) -> str | bytes:

@@ -776,7 +776,8 @@ class LSTM:
                         lengths=lengths,
                         reverse=direction == 1 or self._reverse,
                         need_cache=need_cache,
-                        weight_dtype=weight_dtype,
+                        # Only when asked: the reference backend takes neither.
+                        **({"weight_dtype": weight_dtype} if weight_dtype is not None else {}),
                         **({"checkpoint": checkpoint} if need_cache and checkpoint else {}),
                         **self._variant(layer, direction),
                         **options,
@@ -991,8 +992,8 @@ class LSTM:
                 w = self.weights(layer, 0)
                 out = _F.forward(
                     layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,
-                    need_cache=False, weight_dtype=weight_dtype, **self._variant(layer, 0),
-                    **options,
+                    need_cache=False, **self._variant(layer, 0), **options,
+                    **({"weight_dtype": weight_dtype} if weight_dtype is not None else {}),
                 )  # fmt: skip
             else:
                 out = self._prepared_weights(layer, 0, weight_dtype).forward(
@@ -1059,17 +1060,6 @@ class LSTM:
         """
         from .export import export_onnx
 
-        # Neither has an ONNX form in the export yet; writing the model without them
-        # would compute something else.
-        if self.layer_norm:
-            raise NotImplementedError(
-                "export_onnx: layer_norm=True (the LayerNorm LSTM) cannot be exported yet"
-            )
-        if any(self._zoneout_rates):
-            raise NotImplementedError(
-                f"export_onnx: zoneout={self.zoneout!r} cannot be exported yet (at "
-                f"inference it mixes each state with the previous one)"
-            )
         return export_onnx(self, path, opset=opset, lstm_dtype=lstm_dtype)
 
     # ------------------------------------------------------------------ import
