@@ -18,7 +18,6 @@ parameters, masks, modes, gradients).
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import warnings
@@ -626,29 +625,16 @@ def test_functional_and_layer_agree_for_one_layer():
 
 
 # ---------------------------------------------------------------------------
-# Zoneout and the LayerNorm LSTM (docs/variants.md). They run on the engine once
-# lstm_fast.forward takes them; until then the layer's own part (parameters, masks,
-# modes, gradients' plumbing) runs on the reference swapped in as its engine, the
-# way the layer's docstring describes.
-
-ENGINE_TAKES = {
-    option: option in inspect.signature(lstm_fast.forward).parameters
-    for option in ("zoneout", "layer_norm")
-}
+# Zoneout and the LayerNorm LSTM (docs/variants.md), on the engine and on the
+# reference swapped in as the layer's engine.
 
 
 @pytest.fixture(params=["engine", "reference"])
 def engine(request, monkeypatch):
-    """Which ``_F`` the layer runs on; ``engine`` skips options it does not take."""
+    """Which ``_F`` the layer runs on: the engine or the NumPy reference."""
     if request.param == "reference":
         monkeypatch.setattr(layer_module, "_F", ref)
     return request.param
-
-
-def _needs(engine: str, *options: str) -> None:
-    missing = [o for o in options if engine == "engine" and not ENGINE_TAKES[o]]
-    if missing:
-        pytest.skip(f"the engine does not take {', '.join(missing)} yet")
 
 
 def _engine_refuses_layer_norm_zoneout(engine: str, m: LSTM) -> bool:
@@ -687,7 +673,6 @@ ZONEOUT_CONFIGS = [
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("config", ZONEOUT_CONFIGS, ids=_config_id)
 def test_zoneout_matches_the_reference_loop(engine, config, training, dtype):
-    _needs(engine, "zoneout")
     layers, bidi, batch_first, proj, lengths, options = config
     m = LSTM(
         I, H, layers, bidirectional=bidi, batch_first=batch_first, proj_size=proj,
@@ -711,7 +696,6 @@ LAYER_NORM_CONFIGS = [
 @pytest.mark.parametrize("config", LAYER_NORM_CONFIGS, ids=_config_id)
 def test_layer_norm_matches_the_reference_loop(engine, config, training, dtype):
     layers, bidi, batch_first, proj, lengths, options = config
-    _needs(engine, "layer_norm", *(["zoneout"] if "zoneout" in options else []))
     m = LSTM(
         I, H, layers, bidirectional=bidi, batch_first=batch_first, proj_size=proj,
         dtype=dtype, seed=3, layer_norm=True, **options,
@@ -723,7 +707,6 @@ def test_layer_norm_matches_the_reference_loop(engine, config, training, dtype):
 
 
 def test_layer_norm_with_peepholes(engine):
-    _needs(engine, "layer_norm")
     m = LSTM(I, H, 2, bidirectional=True, peepholes=True, layer_norm=True, dtype=np.float64,
              seed=1, recurrent_dropout=0.3)  # fmt: skip
     _perturb_layer_norm(m)
@@ -763,7 +746,6 @@ def test_layer_norm_parameters(proj):
 
 
 def test_layer_norm_training_loop_fills_every_gradient(engine):
-    _needs(engine, "layer_norm")
     m = LSTM(I, H, 2, layer_norm=True, dtype=np.float64, seed=2)
     _perturb_layer_norm(m)
     x, state, lens, dy, dh, dc = _problem(m, np.float64, True, True)
@@ -781,7 +763,6 @@ def test_layer_norm_training_loop_fills_every_gradient(engine):
     ids=["zoneout", "zoneout-pair+rates", "layer-norm", "layer-norm+zoneout"],
 )  # fmt: skip
 def test_step_is_the_eval_forward(engine, options, dtype):
-    _needs(engine, *[o for o in ("zoneout", "layer_norm") if o in options])
     m = LSTM(I, H, 2, proj_size=2, dtype=dtype, seed=3, **options)
     if _engine_refuses_layer_norm_zoneout(engine, m):
         return
@@ -799,7 +780,6 @@ def test_step_is_the_eval_forward(engine, options, dtype):
 
 
 def test_zoneout_eval_is_the_expectation_not_the_plain_layer(engine):
-    _needs(engine, "zoneout")
     m = LSTM(I, H, 2, zoneout=0.5, dtype=np.float64, seed=1).eval()
     plain = LSTM(I, H, 2, dtype=np.float64, seed=1)
     x = np.random.default_rng(0).standard_normal((T, B, I))
@@ -862,14 +842,3 @@ def test_export_refuses_what_it_cannot_write(tmp_path, options):
     with pytest.raises(NotImplementedError, match="cannot be exported"):
         export.to_onnx_model(m)
     assert not (tmp_path / "m.onnx").exists()
-
-
-@pytest.mark.parametrize("option", ["zoneout", "layer_norm"])
-def test_an_engine_without_the_option_says_so(option):
-    if ENGINE_TAKES[option]:
-        pytest.skip(f"the engine takes {option}")
-    m = LSTM(I, H, **{option: 0.2 if option == "zoneout" else True})
-    with pytest.raises(NotImplementedError, match=f"^{option}: the engine"):
-        m(np.ones((T, B, I)))
-    with pytest.raises(NotImplementedError, match=f"^{option}: the engine"):
-        m.step(np.ones((B, I)))

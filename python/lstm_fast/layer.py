@@ -11,7 +11,6 @@ lstm_fast.reference)``), which is how the tests compare whole training runs.
 
 from __future__ import annotations
 
-import inspect
 import os
 import threading
 import warnings
@@ -47,15 +46,6 @@ __all__ = ["LSTM"]
 
 #: The functional API's names of the LayerNorm parameters (docs/variants.md).
 _LAYER_NORM_KEYS = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
-#: Options that an engine may not take yet: checked before use, for a clear error.
-_ENGINE_OPTIONS = ("zoneout", "layer_norm")
-
-
-def _takes(keyword: str) -> bool:
-    """Whether the engine's ``forward`` (``_F``, the reference in some tests) takes
-    ``keyword``."""
-    return keyword in inspect.signature(_F.forward).parameters
-
 
 _T = TypeVar("_T")
 
@@ -490,12 +480,6 @@ class LSTM:
             # Inference: zoneout's expectation, z * previous + (1 - z) * new (the
             # dropouts' is the identity: nothing to pass).
             options.update(zoneout=self.zoneout, training=False)
-        for key in options:
-            if key in _ENGINE_OPTIONS and not _takes(key):
-                raise NotImplementedError(
-                    f"{key}: the engine (lstm_fast.forward) does not run it yet; "
-                    f"lstm_fast.reference states it"
-                )
         return options
 
     def _dropout_keep(self, layer: int, seed: int, y: np.ndarray, batch_first: bool) -> np.ndarray:
