@@ -1,0 +1,73 @@
+"""Options that the engine does not combine yet: each combination is a clear
+ValueError naming the option, never a result computed without it."""
+
+import lstm_fast
+import numpy as np
+import pytest
+
+T, B, I, H = 5, 3, 4, 6
+
+
+def _arrays(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih = rng.standard_normal((4 * H, I)).astype(dtype)
+    w_hh = rng.standard_normal((4 * H, H)).astype(dtype)
+    return x, w_ih, w_hh
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_norm_with_zoneout(training):
+    x, w_ih, w_hh = _arrays()
+    with pytest.raises(ValueError, match="^zoneout: the engine's LayerNorm LSTM"):
+        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, zoneout=0.1, seed=1,
+                          training=training)  # fmt: skip
+
+
+@pytest.mark.parametrize("checkpoint", [1, 2, 100])
+def test_layer_norm_with_checkpoint(checkpoint):
+    x, w_ih, w_hh = _arrays()
+    with pytest.raises(ValueError, match="^checkpoint: the LayerNorm LSTM"):
+        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, checkpoint=checkpoint)
+    prepared = lstm_fast.prepare_weights(w_ih, w_hh)
+    with pytest.raises(ValueError, match="^checkpoint: the LayerNorm LSTM"):
+        prepared.forward(x, layer_norm=True, checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_bfloat16_with_zoneout(training):
+    x, w_ih, w_hh = _arrays()
+    with pytest.raises(ValueError, match="^zoneout: bfloat16 weights"):
+        lstm_fast.forward(x, w_ih, w_hh, zoneout=(0.0, 0.2), seed=1, training=training,
+                          need_cache=False, weight_dtype="bfloat16")  # fmt: skip
+
+
+def test_bfloat16_with_layer_norm():
+    x, w_ih, w_hh = _arrays()
+    with pytest.raises(ValueError, match="^layer_norm: weights prepared in bfloat16"):
+        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, need_cache=False,
+                          weight_dtype="bfloat16")  # fmt: skip
+    prepared = lstm_fast.prepare_weights(w_ih, w_hh, weight_dtype="bfloat16")
+    with pytest.raises(ValueError, match="^layer_norm: weights prepared in bfloat16"):
+        prepared.forward(x, layer_norm=True, need_cache=False)
+    with pytest.raises(ValueError, match="^layer_norm: weights prepared in bfloat16"):
+        prepared.cell_forward(x[0], np.zeros((B, H), np.float32), np.zeros((B, H), np.float32),
+                              layer_norm=True)  # fmt: skip
+
+
+def test_layer_with_layer_norm_and_checkpoint():
+    m = lstm_fast.LSTM(I, H, 2, layer_norm=True, seed=0)
+    x = _arrays()[0]
+    with pytest.raises(ValueError, match="^checkpoint"):
+        m.forward(x, checkpoint=2)
+    # A budget the full cache fits needs no checkpoint: it runs.
+    y, _ = m.forward(x, memory_budget=1 << 30)
+    np.testing.assert_array_equal(y, m.forward(x)[0])
+
+
+@pytest.mark.parametrize("options", [{"zoneout": 0.2}, {"layer_norm": True}])
+def test_layer_bfloat16_refuses(options):
+    m = lstm_fast.LSTM(I, H, 2, seed=0, **options).eval()
+    x = _arrays()[0]
+    with pytest.raises(ValueError, match="zoneout|layer_norm"):
+        m.forward(x, need_cache=False, weight_dtype="bfloat16")
