@@ -5,6 +5,8 @@ import lstm_fast
 import numpy as np
 import pytest
 
+from tests.helpers import assert_close, ref
+
 T, B, I, H = 5, 3, 4, 6
 
 
@@ -18,10 +20,18 @@ def _arrays(dtype=np.float32):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_layer_norm_with_zoneout(training):
-    x, w_ih, w_hh = _arrays()
-    with pytest.raises(ValueError, match="^zoneout: the engine's LayerNorm LSTM"):
-        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, zoneout=0.1, seed=1,
-                          training=training)  # fmt: skip
+    """Once refused, now combined: the LayerNorm LSTM with zoneout gives the
+    reference's results (tests/test_layernorm_engine.py tests it in depth)."""
+    x, w_ih, w_hh = _arrays(np.float64)
+    options = dict(layer_norm=True, zoneout=(0.3, 0.2), seed=1, training=training)
+    out = lstm_fast.forward(x, w_ih, w_hh, **options)
+    want = ref.forward(x, w_ih, w_hh, **options)
+    for field in ("y", "h_n", "c_n"):
+        assert_close(getattr(out, field), getattr(want, field), np.float64, what=field)
+    dy = np.random.default_rng(1).standard_normal(out.y.shape)
+    g, r = lstm_fast.backward(out.cache, dy), ref.backward(want.cache, dy)
+    for field in ("dx", "dh0", "dc0", "dw_ih", "dw_hh"):
+        assert_close(getattr(g, field), getattr(r, field), np.float64, what=field)
 
 
 @pytest.mark.parametrize("checkpoint", [1, 2, 100])

@@ -637,20 +637,6 @@ def engine(request, monkeypatch):
     return request.param
 
 
-def _engine_refuses_layer_norm_zoneout(engine: str, m: LSTM) -> bool:
-    """The engine's LayerNorm LSTM does not run zoneout yet: such a layer's forward
-    (and step) is a ValueError naming zoneout, never a layer without it."""
-    if not (engine == "engine" and m.layer_norm and any(m._zoneout_rates)):
-        return False
-    x = np.zeros((T, B, I), m.dtype)
-    with pytest.raises(ValueError, match="zoneout: the engine's LayerNorm LSTM"):
-        m.forward(x)
-    if not m.bidirectional:  # step refuses a bidirectional layer before this
-        with pytest.raises(ValueError, match="zoneout: the engine's LayerNorm LSTM"):
-            m.step(x[0])
-    return True
-
-
 def _perturb_layer_norm(m: LSTM, seed: int = 0) -> None:
     """Gains and biases away from 1 and 0, so that their gradients test something."""
     rng = np.random.default_rng(seed)
@@ -700,8 +686,6 @@ def test_layer_norm_matches_the_reference_loop(engine, config, training, dtype):
         I, H, layers, bidirectional=bidi, batch_first=batch_first, proj_size=proj,
         dtype=dtype, seed=3, layer_norm=True, **options,
     ).train(training)  # fmt: skip
-    if _engine_refuses_layer_norm_zoneout(engine, m):
-        return
     _perturb_layer_norm(m)
     _check_against_reference(m, dtype, lengths=lengths, seed=99)
 
@@ -764,8 +748,6 @@ def test_layer_norm_training_loop_fills_every_gradient(engine):
 )  # fmt: skip
 def test_step_is_the_eval_forward(engine, options, dtype):
     m = LSTM(I, H, 2, proj_size=2, dtype=dtype, seed=3, **options)
-    if _engine_refuses_layer_norm_zoneout(engine, m):
-        return
     if m.layer_norm:
         _perturb_layer_norm(m)
     x = np.random.default_rng(0).standard_normal((T, B, I)).astype(dtype)

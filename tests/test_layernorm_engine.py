@@ -6,7 +6,8 @@
   the six gains and biases, with every variant of tests/test_projection.py
   (peepholes, clip, input_forget, no forget gate, activations), with and
   without a projection, every setting (lengths incl. 0, reverse, batch_first,
-  h0/c0), recurrent dropout and weight drop, both dtypes, every ISA;
+  h0/c0), zoneout (training and inference), recurrent dropout and weight
+  drop, both dtypes, every ISA;
 - T = 0, B = 0, every length 0; the cell API; prepared weights;
 - the same bits for 1, 2 and 3 threads and either split;
 - float64 central differences of the engine's own forward for the gradients
@@ -178,6 +179,16 @@ REG = {
     "rd": {"recurrent_dropout": 0.3, "seed": 11},
     "rd+wd": {"recurrent_dropout": 0.25, "weight_drop": 0.45, "seed": 6, "layer": 3},
     "inference": {"recurrent_dropout": 0.4, "weight_drop": 0.3, "training": False},
+    "zoneout": {"zoneout": 0.3, "seed": 11},
+    "zoneout-h": {"zoneout": (0.4, 0.0), "seed": 5, "layer": 2},
+    "zoneout-c": {"zoneout": (0.0, 0.35), "seed": 7},
+    "zoneout+rd+wd": {
+        "zoneout": (0.2, 0.3),
+        "recurrent_dropout": 0.25,
+        "weight_drop": 0.3,
+        "seed": 9,
+    },
+    "zoneout-inference": {"zoneout": (0.3, 0.15), "recurrent_dropout": 0.2, "training": False},
 }
 
 
@@ -191,6 +202,33 @@ def test_regularisation_matches_reference(isa, dtype, projection, name, reg):
     )
     options.update(REG[reg])
     _assert_matches_reference(arrays, options, seeds, dtype)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zoneout_every_setting_matches_reference(isa, dtype, setting):
+    """Zoneout of h and c (h P wide with the projection) with lengths, reverse,
+    batch_first, h0/c0, in training and at inference."""
+    arrays, options, seeds = _problem(VARIANTS["everything"], SETTINGS[setting], dtype)
+    for training in (True, False):
+        options.update(zoneout=(0.35, 0.25), seed=4, training=training)
+        _assert_matches_reference(arrays, options, seeds, dtype)
+
+
+def test_zoneout_state_and_cache():
+    """y_t is the state after zoneout; the cache's c is the candidate c~_t,
+    which zoneout of c keeps apart from the state (as the reference's)."""
+    arrays, options, seeds = _problem({}, SETTINGS["basic"], np.float64, projection=False)
+    options.update(zoneout=(0.5, 0.5), seed=2)
+    out = lstm_fast.forward(*arrays.values(), **options)
+    r_out = ref.forward(*arrays.values(), **options)
+    assert_close(out.y, r_out.y, np.float64, what="y")
+    assert_close(out.cache.c, r_out.cache.c, np.float64, what="c")
+    plain = lstm_fast.forward(*arrays.values(), **{**options, "zoneout": 0.0})
+    assert not np.allclose(out.y, plain.y)
+    # Half the units zone out at some step: some keep their previous value.
+    y = out.y
+    assert np.any(y[1:] == y[:-1])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -347,6 +385,8 @@ for isa in lstm_fast.available_isas():
                         VARIANTS[name], SETTINGS[setting], dtype, projection=projection, seed=3
                     )
                     options.update(recurrent_dropout=0.2, weight_drop=0.1, seed=8)
+                    if projection:
+                        options.update(zoneout=(0.3, 0.2))
                     fwd, g = _run(lstm_fast, arrays, options, seeds)
                     h = hashlib.sha256()
                     for a in (*fwd[:3], *g[:9], *g.flow, *g[10:]):
@@ -381,10 +421,12 @@ def test_same_bits_for_any_thread_count_and_split():
         assert _hashes(**env) == one, env
 
 
-def test_same_bits_for_any_thread_count_in_process(threads):
+@pytest.mark.parametrize("zoneout", [0.0, (0.3, 0.2)])
+def test_same_bits_for_any_thread_count_in_process(threads, zoneout):
     lengths = [int(n) for n in np.random.default_rng(4).integers(0, 8, 40)]
     setting = (7, 40, 4, 33, 9, lengths, True, False, True)
     arrays, options, seeds = _problem(VARIANTS["everything"], setting, np.float32)
+    options.update(zoneout=zoneout, seed=5)
     results = []
     for n in (1, 2, 3):
         lstm_fast.set_num_threads(n)

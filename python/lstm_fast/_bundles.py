@@ -133,7 +133,8 @@ class LayerNormCacheArrays(NamedTuple):
     ordered like x: ``gates`` (R, 4H) activated, ``pre`` (R, 4H) for the variants
     that need the pre-activations (else None), ``cells`` (R, H), ``h_prev`` (R,
     P), ``sx_hat`` and ``sh_hat`` (R, 4H), ``c_hat`` (R, H) the normalised values,
-    ``rstd`` (R, 3) their 1/sigma."""
+    ``rstd`` (R, 3) their 1/sigma; with zoneout of c ``c_state`` (R, H) the
+    states after zoneout (``cells`` then holds the candidates), else None."""
 
     gates: np.ndarray
     pre: np.ndarray | None
@@ -143,6 +144,7 @@ class LayerNormCacheArrays(NamedTuple):
     sh_hat: np.ndarray
     c_hat: np.ndarray
     rstd: np.ndarray
+    c_state: np.ndarray | None
 
 
 class LayerNormGrads(NamedTuple):

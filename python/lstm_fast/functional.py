@@ -429,7 +429,9 @@ class LayerNormCache(Cache):
     __slots__ = ("_ln",)
 
     def __init__(self, args: _Args, arrays: LayerNormCacheArrays) -> None:
-        super().__init__(args, arrays.gates, arrays.cells, arrays.h_prev, arrays.pre)
+        super().__init__(
+            args, arrays.gates, arrays.cells, arrays.h_prev, arrays.pre, arrays.c_state
+        )
         for a in arrays:
             if a is not None:
                 a.flags.writeable = False
@@ -574,6 +576,7 @@ def _run_layer_norm_forward(
             sh_hat=empty("cache (normalised h w_hh^T)", (rows, 4 * H), dt),
             c_hat=empty("cache (normalised cells)", (rows, H), dt),
             rstd=empty("cache (1/sigma)", (rows, 3), dt),
+            c_state=empty("cache (c after zoneout)", (rows, H), dt) if args.zones_c else None,
         )
     _core.layer_norm_forward(args, args.ln, out, arrays)
     cache = None if arrays is None else LayerNormCache(args, arrays)
@@ -677,14 +680,8 @@ def forward(
         zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
-    if reg[0] or reg[1]:
-        if norms is not None:
-            raise ValueError(
-                "zoneout: the engine's LayerNorm LSTM does not run zoneout yet (the "
-                "reference does: lstm_fast.reference.forward)"
-            )
-        if bfloat16_weights(weight_dtype):
-            raise ValueError("zoneout: bfloat16 weights run the plain kernels only")
+    if (reg[0] or reg[1]) and bfloat16_weights(weight_dtype):
+        raise ValueError("zoneout: bfloat16 weights run the plain kernels only")
     if bfloat16_weights(weight_dtype):
         if reg[6] and (reg[2] or reg[3]):
             raise ValueError(

@@ -38,9 +38,9 @@ use crate::kernels::gemm::{gemm, Mat};
 use crate::kernels::layout::SharedMut;
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{claim, Split};
-use crate::sequence::{Dims, Outputs, Seeds, Sequence};
+use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::{dispatch, load_n, store_n, Isa, Kernel, Simd};
-use crate::variant::Variant;
+use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
 /// bias of 0): `w_ih`, `b_ih` of s_x and `w_hh`, `b_hh` of s_h, (4H,) in the
@@ -63,8 +63,11 @@ pub struct LayerNorm<'a, E> {
 /// `h_prev` (R, P) the recurrent product's operand h_{t−1} ⊙ r; `sx_hat`,
 /// `sh_hat` (R, 4H) the normalised products before gain and bias; `c_hat` (R,
 /// H) likewise for c_t; `rstd` (R, 3) the three 1/σ (s_x, s_h, c). That is
-/// 14·H + P + 3 per (row, step), 18·H + P + 3 with `pre`. Rows of padded
-/// steps are zero.
+/// 14·H + P + 3 per (row, step), 18·H + P + 3 with `pre`. With zoneout
+/// (docs/variants.md, 'Zoneout') `cells` holds the cell each step computed
+/// (c̃_t, which c_hat normalises) and `c_state` (R, H), with zoneout of c
+/// only, the state c_t after zoneout (the next step's c_{t−1}): H more. Rows
+/// of padded steps are zero.
 pub struct LnCache<'a, E> {
     pub gates: &'a mut [E],
     pub pre: Option<&'a mut [E]>,
@@ -74,6 +77,7 @@ pub struct LnCache<'a, E> {
     pub sh_hat: &'a mut [E],
     pub c_hat: &'a mut [E],
     pub rstd: &'a mut [E],
+    pub c_state: Option<&'a mut [E]>,
 }
 
 /// Read-only view of an [`LnCache`].
@@ -87,6 +91,7 @@ pub struct LnCacheRef<'a, E> {
     pub sh_hat: &'a [E],
     pub c_hat: &'a [E],
     pub rstd: &'a [E],
+    pub c_state: Option<&'a [E]>,
 }
 
 /// Gradients of a LayerNorm pass, each shaped like its variable; `db` (4H,)
@@ -152,8 +157,9 @@ impl<E: Float> LayerNorm<'_, E> {
     }
 }
 
-/// The cache's lengths: gates, pre, cells, h_prev, sx_hat, sh_hat, c_hat, rstd.
-fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 8] {
+/// The cache's lengths: gates, pre, cells, h_prev, sx_hat, sh_hat, c_hat,
+/// rstd, c_state.
+fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 9] {
     let (h, p) = (seq.dims.hidden, seq.state());
     let pre = if seq.variant.caches_pre() {
         rows * 4 * h
@@ -169,10 +175,15 @@ fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 8] {
         rows * 4 * h,
         rows * h,
         rows * 3,
+        if seq.variant.zoneout_c.is_on() {
+            rows * h
+        } else {
+            0
+        },
     ]
 }
 
-const CACHE_NAMES: [&str; 8] = [
+const CACHE_NAMES: [&str; 9] = [
     "cache gates",
     "cache pre",
     "cache cells",
@@ -181,12 +192,13 @@ const CACHE_NAMES: [&str; 8] = [
     "cache sh_hat",
     "cache c_hat",
     "cache rstd",
+    "cache c_state",
 ];
 
 fn check_cache<E: Float>(
     seq: &Sequence<'_, E>,
     rows: usize,
-    got: [Option<usize>; 8],
+    got: [Option<usize>; 9],
 ) -> Result<()> {
     for ((name, want), got) in CACHE_NAMES.iter().zip(cache_lens(seq, rows)).zip(got) {
         match got {
@@ -355,8 +367,12 @@ struct ForwardStep<'a, E> {
     cells: SharedMut<E>,
     sh_hat: SharedMut<E>,
     c_hat: SharedMut<E>,
-    /// The state c (B, H), by batch row.
+    /// The state c (B, H), by batch row (after zoneout).
     c: SharedMut<E>,
+    /// With zoneout of c while caching: the cache's states after zoneout
+    /// (R, H) by row; else null. `hp`: the mask's row stride (H padded).
+    c_after: SharedMut<E>,
+    hp: usize,
     /// m_t (n, H) by slot j: h_t itself without a projection (written to y and
     /// the state h by the caller), the projection's operand with one.
     m: SharedMut<E>,
@@ -456,7 +472,13 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
                 st::<S>(gg, gates.add(2 * h), u, h);
                 st::<S>(og, gates.add(3 * h), u, h);
                 st::<S>(c_new, cells, u, h);
-                st::<S>(c_new, c_state, u, h);
+                // Zoneout of c: the state the next step starts from (the
+                // mask's row is padded to hp, a multiple of LANES).
+                let c_next = v.zoneout_c.mix(row, st_.hp, u, c_prev, c_new);
+                st::<S>(c_next, c_state, u, h);
+                if !st_.c_after.0.is_null() {
+                    st::<S>(c_next, st_.c_after.0.add(row * h), u, h);
+                }
                 u += S::LANES;
             }
             // n = LN(c_t), m = o ⊙ σ_h(n).
@@ -500,6 +522,7 @@ pub fn forward<E: Float>(
             Some(c.sh_hat.len()),
             Some(c.c_hat.len()),
             Some(c.rstd.len()),
+            c.c_state.as_ref().map(|p| p.len()),
         ];
         check_cache(seq, rows, got)?;
     }
@@ -534,19 +557,26 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
-        let (c_gates, c_pre, c_cells, mut c_h_prev, c_sx, c_sh, c_chat, c_rstd) = match cache {
-            Some(c) => (
-                Some(c.gates),
-                c.pre,
-                Some(c.cells),
-                Some(c.h_prev),
-                Some(c.sx_hat),
-                Some(c.sh_hat),
-                Some(c.c_hat),
-                Some(c.rstd),
-            ),
-            None => (None, None, None, None, None, None, None, None),
+        let (c_gates, c_pre, c_cells, mut c_h_prev, c_sx, c_sh, c_chat, c_rstd, c_after) =
+            match cache {
+                Some(c) => (
+                    Some(c.gates),
+                    c.pre,
+                    Some(c.cells),
+                    Some(c.h_prev),
+                    Some(c.sx_hat),
+                    Some(c.sh_hat),
+                    Some(c.c_hat),
+                    Some(c.rstd),
+                    c.c_state,
+                ),
+                None => (None, None, None, None, None, None, None, None, None),
+            };
+        let c_after = match c_after {
+            Some(a) if seq.variant.zoneout_c.is_on() => SharedMut(a.as_mut_ptr()),
+            _ => SharedMut::null(),
         };
+        let (hp, pp) = (hidden_pad::<E>(hidden), hidden_pad::<E>(state));
         // s_x of every row, normalised in place (its 1/σ kept per row).
         let mut own_sx;
         let mut own_rstd;
@@ -672,6 +702,8 @@ pub fn forward<E: Float>(
                 sh_hat,
                 c_hat,
                 c: SharedMut(c.as_mut_ptr()),
+                c_after,
+                hp,
                 m: SharedMut(m.as_mut_ptr()),
             };
             let active = &active;
@@ -707,10 +739,12 @@ pub fn forward<E: Float>(
                 }
                 None => &m,
             };
+            // y_t = h_t, the state after zoneout.
             for (j, &(b, row)) in active.iter().enumerate() {
                 let src = &h_t[j * state..][..state];
-                out.y[row * state..][..state].copy_from_slice(src);
-                h[b * state..][..state].copy_from_slice(src);
+                let dst = &mut h[b * state..][..state];
+                zone_mix(seq.variant.zoneout_h, row, pp, dst, src);
+                out.y[row * state..][..state].copy_from_slice(dst);
             }
         }
         out.h_n.copy_from_slice(&h);
@@ -733,6 +767,11 @@ fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, s
     c.sh_hat[row * g4..][..g4].fill(E::ZERO);
     c.c_hat[row * hidden..][..hidden].fill(E::ZERO);
     c.rstd[row * 3..][..3].fill(E::ZERO);
+    if let Some(cs) = c.c_state.as_mut() {
+        if !cs.is_empty() {
+            cs[row * hidden..][..hidden].fill(E::ZERO);
+        }
+    }
     // sx_hat of padded rows is the normalised input product like any other
     // row's (the reference keeps it): written by the forward's first product.
 }
@@ -741,6 +780,61 @@ fn copy_or_zero<E: Float>(dst: &mut [E], src: Option<&[E]>) {
     match src {
         Some(s) => dst.copy_from_slice(s),
         None => dst.fill(E::ZERO),
+    }
+}
+
+/// Zoneout of the state h of row `row` (mask rows `width_pad` apart): `state`
+/// (h_{t−1} in) becomes h_t from the candidate `new`, as [`Zone::mix`] does
+/// it (a select in training; z·prev + (1 − z)·new at inference).
+fn zone_mix<E: Float>(zone: Zone<'_, E>, row: usize, width_pad: usize, state: &mut [E], new: &[E]) {
+    match zone {
+        Zone::Off => state.copy_from_slice(new),
+        Zone::Keep(d) => {
+            let half = E::from_f64(0.5);
+            for ((s, &n), &k) in state.iter_mut().zip(new).zip(&d[row * width_pad..]) {
+                if k < half {
+                    *s = n;
+                }
+            }
+        }
+        Zone::Rate(z) => {
+            let keep = E::ONE - z;
+            for (s, &n) in state.iter_mut().zip(new) {
+                *s = z * *s + keep * n;
+            }
+        }
+    }
+}
+
+/// The split of [`Zone::split`] for the gradient `g` of the state h of row
+/// `row`: `kept` gets the share of h_{t−1}, `g` keeps that of the candidate.
+fn zone_split<E: Float>(
+    zone: Zone<'_, E>,
+    row: usize,
+    width_pad: usize,
+    g: &mut [E],
+    kept: &mut [E],
+) {
+    match zone {
+        Zone::Off => kept.fill(E::ZERO),
+        Zone::Keep(d) => {
+            let half = E::from_f64(0.5);
+            for ((x, k), &m) in g.iter_mut().zip(kept.iter_mut()).zip(&d[row * width_pad..]) {
+                if m < half {
+                    *k = E::ZERO;
+                } else {
+                    *k = *x;
+                    *x = E::ZERO;
+                }
+            }
+        }
+        Zone::Rate(z) => {
+            let rest = E::ONE - z;
+            for (x, k) in g.iter_mut().zip(kept.iter_mut()) {
+                *k = z * *x;
+                *x = rest * *x;
+            }
+        }
     }
 }
 
@@ -757,8 +851,10 @@ struct BackwardStep<'a, E> {
     c_prev: *const E,
     /// dm of each slot j (n, H).
     dm: *const E,
-    /// The state dc (B, H): dL/dc_t in, dL/dc_{t−1} out.
+    /// The state dc (B, H): dL/dc_t in, dL/dc_{t−1} out (dL/dc_t of the
+    /// state after zoneout). `hp`: the zoneout mask's row stride.
     dc: SharedMut<E>,
+    hp: usize,
     /// dz (R, 4H), dn (R, H) by row; ds_h of each slot j (n, 4H).
     dz: SharedMut<E>,
     dn: SharedMut<E>,
@@ -863,7 +959,10 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                 let hn = v.h.apply(n);
                 let z_o = z(3);
                 let dz_o = through(v.f.backprop(d.mul(hn), clamp(z_o), og), z_o);
-                let mut dcv = ld::<S>(dc, u, h).add(ld::<S>(scratch, u, h));
+                // Zoneout of c: dL/dc_t splits into the share of c_{t−1}
+                // (added to dc_prev below) and that of the candidate c̃_t.
+                let (dc_kept, dc_next) = v.zoneout_c.split(row, sp.hp, u, ld::<S>(dc, u, h));
+                let mut dcv = dc_next.add(ld::<S>(scratch, u, h));
                 if v.peepholes.is_some() {
                     dcv = dcv.add(dz_o.mul(ld::<S>(pp.add(h), u, h)));
                 }
@@ -893,6 +992,9 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                     dc_prev = dc_prev
                         .add(dz_i.mul(ld::<S>(pp, u, h)))
                         .add(dz_f.mul(ld::<S>(pp.add(2 * h), u, h)));
+                }
+                if v.zoneout_c.is_on() {
+                    dc_prev = dc_prev.add(dc_kept);
                 }
                 st::<S>(dc_prev, dc, u, h);
                 st::<S>(dz_i, dz, u, h);
@@ -952,6 +1054,7 @@ pub fn backward<E: Float>(
         Some(cache.sh_hat.len()),
         Some(cache.c_hat.len()),
         Some(cache.rstd.len()),
+        cache.c_state.map(<[E]>::len),
     ];
     check_cache(seq, rows, got)?;
     expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
@@ -1034,6 +1137,13 @@ pub fn backward<E: Float>(
     let workers = pool::workers()?;
     let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
     let projects = seq.variant.w_hr.is_some();
+    let (hp, pp) = (hidden_pad::<E>(hidden), hidden_pad::<E>(state));
+    // c_{t−1} of a step: the state after zoneout with zoneout of c.
+    let states = if seq.variant.zoneout_c.is_on() {
+        cache.c_state.unwrap_or(&[])
+    } else {
+        cache.cells
+    };
 
     let body = || -> Result<()> {
         // By row: dz (then ds_x in place), ds_h, dn; with a projection dh_t
@@ -1063,6 +1173,11 @@ pub fn backward<E: Float>(
         let mut m_all = alloc::zeroed::<E>(&[pr, hidden], "the m of every step")?;
         // Step buffers of the running rows, and the state.
         let mut dh_t = alloc::zeroed::<E>(&[batch, state], "dh_t of a step")?;
+        let zone_h = seq.variant.zoneout_h.is_on();
+        let mut dh_kept = alloc::zeroed::<E>(
+            &[if zone_h { batch } else { 0 }, state],
+            "the zoneout share of dh_{t-1}",
+        )?;
         let mut dm = alloc::zeroed::<E>(&[batch, hidden], "dm of a step")?;
         let mut dsh = alloc::zeroed::<E>(&[batch, g4], "ds_h of a step")?;
         let mut dh_back = alloc::zeroed::<E>(&[batch, state], "dh_{t-1} of a step")?;
@@ -1090,13 +1205,18 @@ pub fn backward<E: Float>(
                         *x = *x + y;
                     }
                 }
-                if projects {
-                    dh_steps[row * state..][..state].copy_from_slice(d);
-                }
                 if let Some([fh, _]) = flow.as_mut() {
+                    // ‖dL/dh_t‖ of the state, before the zoneout split.
                     let t = time_of(seq, s, b);
                     let sq = sum_f64(state, |i| d[i].to_f64() * d[i].to_f64());
                     fh[t * batch + b] = E::from_f64(sq.sqrt());
+                }
+                if zone_h {
+                    let kept = &mut dh_kept[j * state..][..state];
+                    zone_split(seq.variant.zoneout_h, row, pp, d, kept);
+                }
+                if projects {
+                    dh_steps[row * state..][..state].copy_from_slice(d);
                 }
                 let cp = &mut c_prev[j * hidden..][..hidden];
                 if s == 0 {
@@ -1106,7 +1226,7 @@ pub fn backward<E: Float>(
                     }
                 } else {
                     let before = row_of(seq, time_of(seq, s - 1, b), b);
-                    cp.copy_from_slice(&cache.cells[before * hidden..][..hidden]);
+                    cp.copy_from_slice(&states[before * hidden..][..hidden]);
                 }
             }
             match seq.variant.w_hr {
@@ -1127,6 +1247,7 @@ pub fn backward<E: Float>(
                 c_prev: c_prev.as_ptr(),
                 dm: dm.as_ptr(),
                 dc: SharedMut(dc.as_mut_ptr()),
+                hp,
                 dz: SharedMut(dz.as_mut_ptr()),
                 dn: SharedMut(dn.as_mut_ptr()),
                 dsh: SharedMut(dsh.as_mut_ptr()),
@@ -1173,6 +1294,11 @@ pub fn backward<E: Float>(
                     }
                     None => dst.copy_from_slice(src),
                 }
+                if zone_h {
+                    for (d, &k) in dst.iter_mut().zip(&dh_kept[j * state..][..state]) {
+                        *d = *d + k;
+                    }
+                }
                 if let Some([_, fc]) = flow.as_mut() {
                     let t = time_of(seq, s, b);
                     fc[t * batch + b] = flow_c[j];
@@ -1202,7 +1328,7 @@ pub fn backward<E: Float>(
             db.copy_from_slice(&db_sum);
         }
         if let Some(dp) = dpeepholes {
-            peephole_grads(seq, dz, cache.cells, dp);
+            peephole_grads(seq, dz, cache.cells, states, dp);
         }
         // ds_x in place of dz.
         {
@@ -1307,8 +1433,15 @@ fn column_sums<E: Float>(out: &mut [E], a: &[E], b: Option<&[E]>) {
 }
 
 /// d peepholes [p_i, p_o, p_f] = Σ dz_i ⊙ c_{t−1}, Σ dz_o ⊙ c_t, Σ dz_f ⊙
-/// c_{t−1} over the valid (t, b).
-fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, dz: &[E], cells: &[E], dp: &mut [E]) {
+/// c_{t−1} over the valid (t, b); c_t the step's own cell (`cells`), c_{t−1}
+/// the previous state (`states`: after zoneout with zoneout of c).
+fn peephole_grads<E: Float>(
+    seq: &Sequence<'_, E>,
+    dz: &[E],
+    cells: &[E],
+    states: &[E],
+    dp: &mut [E],
+) {
     let h = seq.dims.hidden;
     let g4 = 4 * h;
     dp.fill(E::ZERO);
@@ -1320,7 +1453,7 @@ fn peephole_grads<E: Float>(seq: &Sequence<'_, E>, dz: &[E], cells: &[E], dp: &m
             let c_prev: &[E] = if s == 0 {
                 seq.c0.map_or(&zeros[..], |c0| &c0[b * h..][..h])
             } else {
-                &cells[row_of(seq, time_of(seq, s - 1, b), b) * h..][..h]
+                &states[row_of(seq, time_of(seq, s - 1, b), b) * h..][..h]
             };
             let c = &cells[row * h..][..h];
             let d = &dz[row * g4..][..g4];

@@ -471,6 +471,7 @@ struct LnCacheArrays<A> {
     sh_hat: A,
     c_hat: A,
     rstd: A,
+    c_state: Option<A>,
 }
 
 impl<E: Element> LnCacheArrays<Out<'_, E>> {
@@ -484,6 +485,11 @@ impl<E: Element> LnCacheArrays<Out<'_, E>> {
             sh_hat: slice_mut("sh_hat", &mut self.sh_hat)?,
             c_hat: slice_mut("c_hat", &mut self.c_hat)?,
             rstd: slice_mut("rstd", &mut self.rstd)?,
+            c_state: self
+                .c_state
+                .as_mut()
+                .map(|c| slice_mut("c_state", c))
+                .transpose()?,
         })
     }
 }
@@ -499,6 +505,7 @@ impl<E: Element> LnCacheArrays<In<'_, E>> {
             sh_hat: slice("sh_hat", &self.sh_hat)?,
             c_hat: slice("c_hat", &self.c_hat)?,
             rstd: slice("rstd", &self.rstd)?,
+            c_state: opt_slice("c_state", &self.c_state)?,
         })
     }
 }
