@@ -33,6 +33,7 @@ from lstm_fast.distributed import (  # noqa: E402
     MSELoss,
     NoWorkersError,
     predict,
+    shard_seed,
 )
 from lstm_fast.optim import SGD, Adam, clip_grad_norm  # noqa: E402
 
@@ -238,11 +239,12 @@ def _mask(layer, lengths, batch, steps):
     return valid if layer.batch_first else valid.T
 
 
-def _reference(layer, loss, x, target, lengths):
+def _reference(layer, loss, x, target, lengths, seed=None):
     """The mean loss and its gradients on one process, from the layer's forward and
-    backward on the whole batch, written out as in the README's training example."""
+    backward on the whole batch, written out as in the README's training example
+    (``seed``: the mask seed of the forward)."""
     layer = copy.deepcopy(layer)
-    y, (h_n, _) = layer(x, lengths=lengths)
+    y, (h_n, _) = layer(x, lengths=lengths, seed=seed)
     directions, hidden = layer.num_directions, layer.state_size
     batch = h_n.shape[1]
     steps = y.shape[1] if layer.batch_first else y.shape[0]
@@ -291,9 +293,11 @@ def _reference(layer, loss, x, target, lengths):
     return float(value), grads
 
 
-def _problem(kind, dtype, batch_first=True, batch=24, steps=7, seed=0, init_seed=None):
+def _problem(
+    kind, dtype, batch_first=True, batch=24, steps=7, seed=0, init_seed=None, **layer_options
+):
     """A layer, a loss, inputs, targets and lengths; ``init_seed`` draws other initial
-    parameters for the same data."""
+    parameters for the same data; ``layer_options`` go to the layer."""
     rng = np.random.default_rng(seed)
     init = seed if init_seed is None else init_seed
     bidirectional = kind == "mse-last"
@@ -305,6 +309,7 @@ def _problem(kind, dtype, batch_first=True, batch=24, steps=7, seed=0, init_seed
         batch_first=batch_first,
         dtype=dtype,
         seed=init,
+        **layer_options,
     )
     features = layer.num_directions * layer.hidden_size
     lead = (batch, steps) if batch_first else (steps, batch)
@@ -393,9 +398,11 @@ def _inputs(x, target, lengths):
     return _chunked(x, chunks, 0), _chunked(target, chunks, 0), _chunked(lengths, chunks, 0)
 
 
-def _fit(client, callback=None, init_seed=None, trainer_options=None, **kwargs):
+def _fit(client, callback=None, init_seed=None, trainer_options=None, layer_options=None, **kwargs):
     """A short character-model run (cross-entropy at every step): trainer, parameters."""
-    layer, loss, x, target, lengths = _problem("ce-all", np.float32, init_seed=init_seed)
+    layer, loss, x, target, lengths = _problem(
+        "ce-all", np.float32, init_seed=init_seed, **(layer_options or {})
+    )
     trainer = _trainer(client, layer, loss, **(trainer_options or {}))
     options = {"epochs": 2, "batch_size": 10, "seed": 1, "progress": False, **kwargs}
     trainer.fit(*_inputs(x, target, lengths), callback=callback, **options)
@@ -417,6 +424,76 @@ def test_one_and_two_workers_give_the_same_bits(client, client1):
     start = _problem("ce-all", np.float32)[0].parameters
     assert not np.array_equal(two["weight_hh_l0"], start["weight_hh_l0"])
     assert len(trainer.history) == 6
+
+
+# Every mask the layer can draw: dropout between its two layers, zoneout of h and
+# c, recurrent dropout and weight drop.
+MASKED = {"dropout": 0.3, "zoneout": (0.2, 0.1), "recurrent_dropout": 0.2, "weight_drop": 0.25}
+
+
+def test_masks_one_and_two_workers_give_the_same_bits(client, client1):
+    # Each shard's masks come from (seed, epoch, step, chunk), not from a generator
+    # its worker's tasks share, so the schedule changes no bit.
+    trainer, two = _fit(client, layer_options=MASKED)
+    _, one = _fit(client1, layer_options=MASKED)
+    _assert_same_parameters(one, two)
+    assert len(trainer.history) == 6 and np.isfinite(trainer.history).all()
+    # The masks act: the run without them differs, and so does one with another
+    # seed where the seed changes only the masks (shuffle=False).
+    _, plain = _fit(client)
+    assert not np.array_equal(plain["weight_hh_l0"], two["weight_hh_l0"])
+    _, first = _fit(client, layer_options=MASKED, shuffle=False, seed=1)
+    _, second = _fit(client, layer_options=MASKED, shuffle=False, seed=2)
+    assert not np.array_equal(first["weight_hh_l0"], second["weight_hh_l0"])
+
+
+def test_masked_gradient_is_the_sum_of_the_shards_passes(client):
+    """gradient(seed=s) is the mean over every row of each chunk's forward and
+    backward with the mask seed shard_seed(s, 0, 0, chunk): its masks are those of
+    the documented seeds, chunk by chunk."""
+    layer, loss, x, target, lengths = _problem("mse-last", np.float64, **MASKED)
+    chunks = (5, 11, 8)
+    bounds = np.cumsum((0, *chunks))
+    value, grads = _trainer(client, layer, loss).gradient(
+        _chunked(x, chunks, 0), target, _chunked(lengths, chunks, 0), seed=7
+    )
+    expected_value, expected = 0.0, {}
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        rows = slice(lo, hi)
+        part_value, part = _reference(
+            layer, loss, x[rows], target[rows], lengths[rows], seed=shard_seed(7, 0, 0, k)
+        )
+        # Means over the chunk's rows (MSE on the last state: F terms a row).
+        weight = (hi - lo) / len(lengths)
+        expected_value += part_value * weight
+        for name, g in part.items():
+            expected[name] = expected.get(name, 0) + g * weight
+    assert value == pytest.approx(expected_value, rel=1e-12)
+    for name, g in expected.items():
+        np.testing.assert_allclose(grads[name], g, rtol=0, atol=1e-12 * np.max(np.abs(g)))
+    # One seed for the whole batch would give other gradients: the chunks' seeds count.
+    _, whole = _reference(layer, loss, x, target, lengths, seed=shard_seed(7, 0, 0, 0))
+    assert not np.allclose(whole["weight_hh_l0"], grads["weight_hh_l0"])
+
+
+def test_shard_seed():
+    seeds = {
+        shard_seed(s, e, t, b)
+        for s in (0, 1, 2**64 - 1, 2**80)
+        for e in range(3)
+        for t in range(3)
+        for b in range(3)
+    }
+    assert len(seeds) == 4 * 27
+    assert all(0 <= s < 2**64 for s in seeds)
+    assert shard_seed(3, 1, 2, 0) == shard_seed(3, 1, 2, 0)
+    # Apart from the epochs' orders, drawn from SeedSequence([seed, epoch]).
+    order = np.random.SeedSequence([3, 0]).generate_state(1, np.uint64)[0]
+    assert shard_seed(3, 0, 0, 0) != int(order)
+    with pytest.raises(ValueError, match="block must be a non-negative integer, got -1"):
+        shard_seed(0, 0, 0, -1)
+    with pytest.raises(TypeError, match="epoch"):
+        shard_seed(0, 1.5, 0, 0)
 
 
 def test_two_levels_of_the_reduction_tree(client, client1):
@@ -502,6 +579,29 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
     assert trainer.epoch_losses == full.epoch_losses
     with pytest.raises(ValueError, match="batch_size = 10 there, 8 now"):
         _fit(client, epochs=2, batch_size=8, checkpoint=path, resume=True)
+
+
+def test_resume_with_masks_equals_an_uninterrupted_run(client, tmp_path):
+    # The masks of the steps after the checkpoint are those of the uninterrupted run:
+    # they depend on (seed, epoch, step, chunk), not on a generator that the new
+    # process's layer (other initial values, another seed) would bring.
+    path = tmp_path / "masked.npz"
+    full, uninterrupted = _fit(client, layer_options=MASKED)
+
+    class Stop(Exception):
+        pass
+
+    def stop(trainer, epoch, step):
+        if (epoch, step) == (1, 0):
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(client, layer_options=MASKED, checkpoint=path, checkpoint_every=1, callback=stop)
+    trainer, resumed = _fit(
+        client, init_seed=5, layer_options=MASKED, epochs=2, checkpoint=path, resume=True
+    )
+    _assert_same_parameters(resumed, uninterrupted)
+    assert trainer.history == full.history
 
 
 def test_progress_bar_on_stderr(client, capsys):

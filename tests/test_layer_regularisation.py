@@ -49,6 +49,7 @@ def _variant(m: LSTM, k: int, d: int) -> dict:
         options["peepholes"] = m.parameters["weight_p" + suffix].astype(np.float64)
     if m.layer_norm:
         options["layer_norm"] = True
+        options["layer_norm_eps"] = m.layer_norm_eps
         for key, name in zip(LN_KEYS, m._layer_norm_names(k, d)):
             options[key] = _f64(m.parameters[name])
     return options
@@ -287,8 +288,11 @@ def test_dropout_between_layers_is_the_generators_mask():
         keep = masks.scaled_keep(21, masks.DROPOUT, 0, 0, (T, B, H), 0.5, dtype)
         if batch_first:
             keep = keep.transpose(1, 0, 2)
-        assert_same_bits(m._tape.dropout_keep[0], keep)
-        assert m._tape.dropout_keep[1] is None
+        # The tape keeps the mask's shape and rate, not the mask (backward draws it
+        # again from the seed).
+        shape = (B, T, H) if batch_first else (T, B, H)
+        assert m._tape.dropout == [(shape, 0.5), None]
+        assert_same_bits(m._dropout_keep(0, 21, shape, 0.5, batch_first), keep)
         second = lstm_fast.prepare_weights(*m.weights(1), dtype=dtype)
         assert_same_bits(y, second.forward(y0 * keep, batch_first=batch_first).y)
 
@@ -824,3 +828,100 @@ def test_export_refuses_what_it_cannot_write(tmp_path, options):
     with pytest.raises(NotImplementedError, match="cannot be exported"):
         export.to_onnx_model(m)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------------------
+# layer_norm_eps: the functional API's option, on the layer
+
+
+@each_dtype
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_layer_norm_eps_matches_the_reference_loop(engine, training, dtype):
+    # The loop passes the layer's eps to every reference.forward; backward takes it
+    # from the caches.
+    m = LSTM(
+        I, H, 2, bidirectional=True, proj_size=2, dtype=dtype, seed=3, layer_norm=True,
+        layer_norm_eps=0.5, zoneout=(0.2, 0.1), **RATES,
+    ).train(training)  # fmt: skip
+    _perturb_layer_norm(m)
+    _check_against_reference(m, dtype, lengths=True, seed=11)
+
+
+def test_layer_norm_eps_changes_forward_backward_and_step(engine):
+    m = LSTM(I, H, 2, proj_size=2, layer_norm=True, layer_norm_eps=0.5, dtype=np.float64, seed=3)
+    _perturb_layer_norm(m)
+    default = LSTM(I, H, 2, proj_size=2, layer_norm=True, dtype=np.float64, seed=3)
+    default.load_state_dict(m.state_dict())  # the same parameters, eps 1e-5
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    y, (h_n, c_n) = m(x)
+    y_default, _ = default(x)
+    assert not np.allclose(y, y_default, rtol=1e-3, atol=1e-3)
+    # As the functional reference says, layer 0 alone: its eps, not the default.
+    out = ref.forward(x, *m.weights(0), **_variant(m, 0, 0))
+    assert_close(h_n[0], out.h_n, np.float64, what="h_n[0]")
+    dy = np.ones_like(y)
+    m.backward(dy)
+    default.backward(dy)
+    assert not np.allclose(m.grads["weight_ln_ih_l0"], default.grads["weight_ln_ih_l0"])
+    # step computes as the eval forward: with the layer's eps too.
+    state, ys = None, []
+    for t in range(T):
+        y_t, state = m.step(x[t], state)
+        ys.append(y_t)
+    assert_close(np.stack(ys), m.eval()(x, need_cache=False)[0], np.float64, what="step")
+
+
+def test_layer_norm_eps_repr_pickle_and_old_pickles():
+    m = LSTM(I, H, 2, layer_norm=True, layer_norm_eps=1e-3, seed=0)
+    assert m.layer_norm_eps == 1e-3 and isinstance(m.layer_norm_eps, float)
+    assert repr(m) == "LSTM(3, 5, num_layers=2, layer_norm=True, layer_norm_eps=0.001)"
+    assert repr(LSTM(I, H, layer_norm=True)) == "LSTM(3, 5, layer_norm=True)"
+    assert LSTM(I, H, layer_norm=True).layer_norm_eps == 1e-5
+    assert LSTM(I, H, layer_norm=True, layer_norm_eps=np.float32(0.25)).layer_norm_eps == 0.25
+    # The default given explicitly asks for nothing: accepted without layer norm.
+    assert repr(LSTM(I, H, layer_norm_eps=1e-5)) == "LSTM(3, 5)"
+    _perturb_layer_norm(m)
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
+    copy = pickle.loads(pickle.dumps(m))
+    assert copy.layer_norm_eps == 1e-3 and repr(copy) == repr(m)
+    assert_same_bits(copy.eval()(x)[0], m.eval()(x)[0])
+    # A pickle from before the option computes with the eps it always had.
+    state = m.__getstate__()
+    del state["layer_norm_eps"]
+    old = LSTM.__new__(LSTM)
+    old.__setstate__(state)
+    assert old.layer_norm_eps == 1e-5
+    assert repr(old) == "LSTM(3, 5, num_layers=2, layer_norm=True)"
+    twin = LSTM(I, H, 2, layer_norm=True, seed=0)
+    twin.load_state_dict(m.state_dict())
+    assert_same_bits(old.eval()(x)[0], twin.eval()(x)[0])
+
+
+@pytest.mark.parametrize(
+    "value, error, message",
+    [
+        (0.0, ValueError, r"^layer_norm_eps must be a finite number > 0, got 0.0"),
+        (-1e-5, ValueError, r"^layer_norm_eps must be a finite number > 0, got -1e-05"),
+        (float("inf"), ValueError, r"^layer_norm_eps must be a finite number > 0, got inf"),
+        (float("nan"), ValueError, r"^layer_norm_eps must be a number, got nan"),
+        ("1e-5", TypeError, r"^layer_norm_eps must be a real number, got str"),
+        (None, TypeError, r"^layer_norm_eps must be a real number, got NoneType"),
+        (True, TypeError, r"^layer_norm_eps must be a real number, got bool"),
+    ],
+    ids=["zero", "negative", "inf", "nan", "string", "none", "bool"],
+)
+def test_bad_layer_norm_eps(value, error, message):
+    with pytest.raises(error, match=message):
+        LSTM(I, H, layer_norm=True, layer_norm_eps=value)
+    with pytest.raises(error, match=message):  # the value first, with layer norm or not
+        LSTM(I, H, layer_norm_eps=value)
+    # The functional API's rule, word for word.
+    x, w_ih, w_hh = np.ones((2, 1, I)), np.ones((4 * H, I)), np.ones((4 * H, H))
+    with pytest.raises(error, match=message):
+        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, layer_norm_eps=value)
+
+
+def test_layer_norm_eps_needs_layer_norm():
+    message = r"^layer_norm_eps=0.001 is an option of the LayerNorm LSTM: pass layer_norm=True"
+    with pytest.raises(ValueError, match=message):
+        LSTM(I, H, layer_norm_eps=1e-3)

@@ -32,6 +32,7 @@ __all__ = [
     "activation_entry",
     "activation_spec",
     "as_array",
+    "bfloat16_weights",
     "cast",
     "cell_arguments",
     "check_lengths",
@@ -708,3 +709,24 @@ def layer_norm_eps(eps: Any) -> float:
     if not 0 < eps < math.inf:
         raise ValueError(f"layer_norm_eps must be a finite number > 0, got {eps}")
     return eps
+
+
+def bfloat16_weights(weight_dtype: Any) -> bool:
+    """``weight_dtype`` checked: False for None (the weights in the compute
+    dtype), True for bfloat16 (``"bfloat16"``, ``"bf16"`` or ml_dtypes' bfloat16
+    dtype); anything else names the argument."""
+    if weight_dtype is None:
+        return False
+    if isinstance(weight_dtype, str):
+        if weight_dtype.lower() in ("bfloat16", "bf16"):
+            return True
+    else:
+        try:
+            name = np.dtype(weight_dtype).name
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"weight_dtype must be None or 'bfloat16', got {type(weight_dtype).__name__}"
+            ) from None
+        if name == "bfloat16":  # ml_dtypes.bfloat16
+            return True
+    raise ValueError(f"weight_dtype must be None or 'bfloat16' (also 'bf16'), got {weight_dtype!r}")

@@ -16,6 +16,12 @@ Install with ``pip install "lstm_fast[dask]"``; docs/distributed.md is the refer
   the number of terms, and the update of :mod:`lstm_fast.optim` is applied here,
   in the client, exactly as in single-process training.
 
+A layer in training mode with a regularisation rate > 0 (``dropout``,
+``recurrent_dropout``, ``weight_drop``, ``zoneout``) draws each shard's masks from
+:func:`shard_seed` of the fit's ``seed``, the epoch, the step and the chunk's index:
+a pure function of what identifies the shard's rows, so the masks, like the sums,
+do not depend on which worker computed what, or when.
+
 The chunks are recomputable Dask blocks (persisted, not scattered), so a worker
 that dies mid-step costs a recomputation of what it held and the run's result is
 unchanged. The update is applied only after every shard's gradient has arrived,
@@ -70,6 +76,7 @@ __all__ = [
     "MSELoss",
     "NoWorkersError",
     "predict",
+    "shard_seed",
 ]
 
 # How often a waiting step asks the scheduler whether any worker is left.
@@ -78,6 +85,8 @@ _CHECKPOINT_FORMAT = 1
 # Shards added by one task of the reduction tree: each level costs a round trip
 # through the scheduler, each input one gradient's bytes into the adding worker.
 _FAN_IN = 8
+# The first spawn key of the shards' mask seeds (b"mask"): see shard_seed.
+_MASK_KEY = 0x6D61736B
 
 
 class NoWorkersError(RuntimeError):
@@ -502,14 +511,40 @@ class CrossEntropyLoss(_Loss):
         return loss, int(valid.sum()), dpred
 
 
+def shard_seed(seed: int, epoch: int, step: int, block: int) -> int:
+    """The mask seed of one shard of :meth:`DataParallelTrainer.fit`: the seed
+    that the task of chunk ``block`` (its index along the batch, from 0) passes to
+    ``layer.forward(..., seed=...)`` at step ``step`` (counted within the epoch) of
+    epoch ``epoch`` of a fit with ``seed``; :meth:`DataParallelTrainer.gradient`
+    uses epoch 0, step 0.
+
+    ``numpy.random.SeedSequence(seed, spawn_key=(0x6D61736B, epoch, step,
+    block))``'s first 64-bit word (the first key, b"mask", keeps these apart from
+    the epochs' orders, drawn from ``SeedSequence([seed, epoch])``): a pure function
+    of what identifies the shard's rows, never of the schedule (which worker ran
+    the task, how many tasks it ran before), so a training run with masks gives the
+    same bits on any number of workers.
+    """
+    words = []
+    for name, value in (("seed", seed), ("epoch", epoch), ("step", step), ("block", block)):
+        value = integer(name, value)
+        if value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value}")
+        words.append(value)
+    keys = np.random.SeedSequence(words[0], spawn_key=(_MASK_KEY, *words[1:]))
+    return int(keys.generate_state(1, np.uint64)[0])
+
+
 def _shard_sums(
     model: tuple[LSTM, _Loss],
     x: np.ndarray,
     target: np.ndarray,
     lengths: np.ndarray | None,
     rows: np.ndarray | None,
+    seed: int,
 ) -> _Sums:
-    """The summed loss and gradients of ``rows`` of one chunk (all of it for None)."""
+    """The summed loss and gradients of ``rows`` of one chunk (all of it for None);
+    ``seed`` is the mask seed of the pass (unused unless the layer draws masks)."""
     _use_worker_threads()
     shared, loss = model
     layer = _private(shared)
@@ -521,10 +556,20 @@ def _shard_sums(
     if lengths is not None:
         steps = x.shape[1 - axis]
         lengths = check_lengths(lengths, x.shape[axis], steps)
-    y, (h_n, _) = layer.forward(x, lengths=lengths)
+    # The seed given, not one of the layer's generator: the tasks of one worker share
+    # that generator, so what it draws would depend on the schedule.
+    y, (h_n, _) = layer.forward(x, lengths=lengths, seed=seed)
     total, count, dy, dh_n, readout_grads = loss.sums(layer, y, h_n, target, lengths)
     layer.backward(dy, dh_n)
     return _Sums(total, count, {**layer.grads, **readout_grads})
+
+
+def _fit_seed(seed: Any) -> int:
+    """The ``seed`` of :meth:`DataParallelTrainer.fit`: an integer >= 0."""
+    seed = integer("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return seed
 
 
 def _hold(value: Any) -> Any:
@@ -664,8 +709,12 @@ class DataParallelTrainer:
                 )
         return future.result()
 
-    def _sums(self, blocks: list[_Block], rows: np.ndarray | None) -> _Sums:
-        """The summed loss and gradients of ``rows`` (sorted; None: every row)."""
+    def _sums(
+        self, blocks: list[_Block], rows: np.ndarray | None, where: tuple[int, int, int]
+    ) -> _Sums:
+        """The summed loss and gradients of ``rows`` (sorted; None: every row);
+        ``where`` is (seed, epoch, step), which with each chunk's index gives its
+        shard's mask seed (:func:`shard_seed`)."""
         client = self.client
         model = (copy.deepcopy(self.layer), copy.deepcopy(self.loss))
         size = sum(p.nbytes for p in self.optimizer.params.values())
@@ -676,7 +725,7 @@ class DataParallelTrainer:
                 _hold, model, pure=False, key=f"lstm-fast-weights-{uuid.uuid4().hex}"
             )
         parts = []
-        for block in blocks:
+        for index, block in enumerate(blocks):
             local = None
             if rows is not None:
                 lo, hi = np.searchsorted(rows, (block.start, block.stop))
@@ -685,7 +734,14 @@ class DataParallelTrainer:
                 local = rows[lo:hi] - block.start
             parts.append(
                 client.submit(
-                    _shard_sums, weights, block.x, block.target, block.lengths, local, pure=False
+                    _shard_sums,
+                    weights,
+                    block.x,
+                    block.target,
+                    block.lengths,
+                    local,
+                    shard_seed(*where, index),
+                    pure=False,
                 )
             )
         # A fixed tree by shard index, _FAN_IN shards per node: the bits do not depend
@@ -706,15 +762,20 @@ class DataParallelTrainer:
         return sums.loss / count, grads
 
     def gradient(
-        self, x: Any, target: Any, lengths: Any = None
+        self, x: Any, target: Any, lengths: Any = None, *, seed: int = 0
     ) -> tuple[float, dict[str, np.ndarray]]:
         """The mean loss over every row and its gradients ``{name: array}``, computed
-        by the shards as in :meth:`fit` (no update, no clipping)."""
+        by the shards as in :meth:`fit` (no update, no clipping). A layer that draws
+        masks draws them as the first step of ``fit(..., seed=seed)`` would
+        (:func:`shard_seed` of epoch 0, step 0)."""
+        seed = _fit_seed(seed)
         blocks = self._blocks(*self._data(x, target, lengths))
-        return self._mean(self._sums(blocks, None))
+        return self._mean(self._sums(blocks, None, (seed, 0, 0)))
 
-    def _update(self, blocks: list[_Block], rows: np.ndarray | None) -> float:
-        sums = self._sums(blocks, rows)
+    def _update(
+        self, blocks: list[_Block], rows: np.ndarray | None, where: tuple[int, int, int]
+    ) -> float:
+        sums = self._sums(blocks, rows, where)
         if sums.terms == 0:  # no valid step in the mini-batch: nothing to learn from
             return float("nan")
         loss, grads = self._mean(sums)
@@ -752,12 +813,16 @@ class DataParallelTrainer:
         exists (the same data, ``batch_size``, ``shuffle`` and ``seed``), and ends
         with the same parameters as a run that was never stopped. ``callback(self,
         epoch, step)`` runs after each update (``step`` counts within the epoch).
+
+        A layer in training mode with ``dropout``, ``recurrent_dropout``,
+        ``weight_drop`` or ``zoneout`` draws each shard's masks from
+        :func:`shard_seed` ``(seed, epoch, step, chunk index)``: two fits with the same
+        ``seed`` and chunks give the same bits on any number of workers, and a
+        resumed run draws the masks the uninterrupted one drew.
         """
         epochs = positive_int("epochs", epochs)
         shuffle = flag("shuffle", shuffle)
-        seed = integer("seed", seed)
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        seed = _fit_seed(seed)
         progress = flag("progress", progress)
         resume = flag("resume", resume)
         if resume and checkpoint is None:
@@ -795,7 +860,9 @@ class DataParallelTrainer:
             first = start - epoch * per_epoch if epoch == start // per_epoch else 0
             for step in range(first, per_epoch):
                 rows = np.sort(order[step * batch_size : (step + 1) * batch_size])
-                self.history.append(self._update(blocks, None if len(rows) == batch else rows))
+                self.history.append(
+                    self._update(blocks, None if len(rows) == batch else rows, (seed, epoch, step))
+                )
                 done = epoch * per_epoch + step + 1
                 if step + 1 == per_epoch:
                     self.epoch_losses.append(float(np.mean(self.history[-per_epoch:])))

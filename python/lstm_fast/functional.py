@@ -27,6 +27,7 @@ from ._checks import (
     LAYER_NORM_NAMES,
     NEEDS_INPUT,
     PLAIN_ACTIVATIONS,
+    bfloat16_weights,
     cell_arguments,
     check_lengths,
     check_shape,
@@ -1007,27 +1008,6 @@ def cell_backward(
 # ---------------------------------------------------------------------------
 # Prepared weights (packed once, for many calls)
 # ---------------------------------------------------------------------------
-
-
-def bfloat16_weights(weight_dtype: Any) -> bool:
-    """``weight_dtype`` checked: False for None (the weights in the compute
-    dtype), True for bfloat16 (``"bfloat16"``, ``"bf16"`` or ml_dtypes' bfloat16
-    dtype)."""
-    if weight_dtype is None:
-        return False
-    if isinstance(weight_dtype, str):
-        if weight_dtype.lower() in ("bfloat16", "bf16"):
-            return True
-    else:
-        try:
-            name = np.dtype(weight_dtype).name
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"weight_dtype must be None or 'bfloat16', got {type(weight_dtype).__name__}"
-            ) from None
-        if name == "bfloat16":  # ml_dtypes.bfloat16
-            return True
-    raise ValueError(f"weight_dtype must be None or 'bfloat16' (also 'bf16'), got {weight_dtype!r}")
 
 
 def bfloat16_round(a: Any) -> np.ndarray:

@@ -22,7 +22,9 @@ import numpy as np
 from . import functional as _F
 from . import masks as _masks
 from ._checks import (
+    LAYER_NORM_EPS,
     PLAIN_ACTIVATIONS,
+    bfloat16_weights,
     cast,
     check_lengths,
     check_memory,
@@ -38,9 +40,9 @@ from ._checks import (
     regularisation,
     variant_options,
 )
+from ._checks import layer_norm_eps as checked_eps
 from ._core import Cancel
 from ._types import LayerWeights
-from .functional import bfloat16_weights
 
 __all__ = ["LSTM"]
 
@@ -136,9 +138,11 @@ class _Tape(NamedTuple):
     unbatched: bool
     steps: int
     batch: int
-    #: [layer] -> the scaled keep mask (engine layout) that dropout multiplied that
-    #: layer's output by, None where none was applied (the last layer, inference).
-    dropout_keep: list[np.ndarray | None] | None = None
+    #: [layer] -> (the shape of that layer's output in the engine's layout, p) of
+    #: the dropout applied to it, None where none was (the last layer, inference).
+    #: Backward draws the mask again from ``seed``, the same bits, rather than keep
+    #: its T*B*D*P numbers per layer.
+    dropout: list[tuple[tuple[int, ...], float] | None] | None = None
     #: The seed of the pass's masks, None when it drew none.
     seed: int | None = None
 
@@ -166,7 +170,8 @@ class LSTM:
     same masks. In eval mode each computes its expectation: the plain layer, bit
     for bit, for the three dropouts; a mix of each state with the previous one for
     zoneout. ``layer_norm=True`` is the LayerNorm LSTM, with the parameters
-    ``weight_ln_{ih,hh,c}_l{k}`` and ``bias_ln_{ih,hh,c}_l{k}``.
+    ``weight_ln_{ih,hh,c}_l{k}`` and ``bias_ln_{ih,hh,c}_l{k}``; ``layer_norm_eps``
+    (1e-5, a finite number > 0) is added to each variance (it needs ``layer_norm=True``).
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class LSTM:
         weight_drop: float = 0.0,
         zoneout: Any = 0.0,
         layer_norm: bool = False,
+        layer_norm_eps: float = LAYER_NORM_EPS,
     ) -> None:
         self.input_size = positive_int("input_size", input_size)
         self.hidden_size = positive_int("hidden_size", hidden_size)
@@ -244,6 +250,16 @@ class LSTM:
         )
         #: The LayerNorm LSTM (docs/variants.md): parameters ``weight_ln_*``, ``bias_ln_*``.
         self.layer_norm = flag("layer_norm", layer_norm)
+        #: The LayerNorm LSTM's epsilon, added to each variance (the functional API's
+        #: ``layer_norm_eps`` and its rule: a finite number > 0).
+        self.layer_norm_eps = checked_eps(layer_norm_eps)
+        if not self.layer_norm and self.layer_norm_eps != LAYER_NORM_EPS:
+            # As the functional API treats the LayerNorm parameters given without it:
+            # an option that would do nothing is refused, not ignored.
+            raise ValueError(
+                f"layer_norm_eps={self.layer_norm_eps!r} is an option of the LayerNorm "
+                f"LSTM: pass layer_norm=True"
+            )
         if self.dropout and self.num_layers == 1:
             # PyTorch's warning, word for word: the option then does nothing.
             warnings.warn(
@@ -369,6 +385,7 @@ class LSTM:
         "weight_drop": 0.0,
         "zoneout": 0.0,
         "layer_norm": False,
+        "layer_norm_eps": LAYER_NORM_EPS,
     }
 
     #: Set by from_onnx / from_keras for a model of one reverse direction (ONNX's
@@ -463,6 +480,7 @@ class LSTM:
         options: dict[str, Any] = {}
         if self.layer_norm:
             options["layer_norm"] = True
+            options["layer_norm_eps"] = self.layer_norm_eps
             for key, name in zip(_LAYER_NORM_KEYS, self._layer_norm_names(layer, direction)):
                 options[key] = self.parameters[name]
         zoneout = any(self._zoneout_rates)
@@ -482,16 +500,18 @@ class LSTM:
             options.update(zoneout=self.zoneout, training=False)
         return options
 
-    def _dropout_keep(self, layer: int, seed: int, y: np.ndarray, batch_first: bool) -> np.ndarray:
-        """The scaled keep mask of the dropout on layer ``layer``'s output ``y`` (in
-        the engine's layout): ``reference.dropout``'s, stream 5, coordinates (t, b, u)
-        whatever the layout."""
+    def _dropout_keep(
+        self, layer: int, seed: int, shape: tuple[int, ...], p: float, batch_first: bool
+    ) -> np.ndarray:
+        """The scaled keep mask of the dropout (rate ``p``) on layer ``layer``'s
+        output, of ``shape`` in the engine's layout: ``reference.dropout``'s, stream 5,
+        coordinates (t, b, u) whatever the layout."""
         if batch_first:
-            batch, steps, features = y.shape
+            batch, steps, features = shape
         else:
-            steps, batch, features = y.shape
+            steps, batch, features = shape
         keep = _masks.scaled_keep(
-            seed, _masks.DROPOUT, layer, 0, (steps, batch, features), self.dropout, self.dtype
+            seed, _masks.DROPOUT, layer, 0, (steps, batch, features), p, self.dtype
         )
         return keep.transpose(1, 0, 2) if batch_first else keep
 
@@ -736,7 +756,7 @@ class LSTM:
         caches: list[list[Any]] = []
         h_n: list[np.ndarray] = []
         c_n: list[np.ndarray] = []
-        keeps: list[np.ndarray | None] = []
+        dropouts: list[tuple[tuple[int, ...], float] | None] = []
         layer_input = array
         for layer in range(self.num_layers):
 
@@ -760,9 +780,8 @@ class LSTM:
                         lengths=lengths,
                         reverse=direction == 1 or self._reverse,
                         need_cache=need_cache,
-                        # Only when asked: the reference backend takes neither.
-                        **({"weight_dtype": weight_dtype} if weight_dtype is not None else {}),
-                        **({"checkpoint": checkpoint} if need_cache and checkpoint else {}),
+                        weight_dtype=weight_dtype,
+                        checkpoint=checkpoint if need_cache else None,
                         **self._variant(layer, direction),
                         **options,
                     )
@@ -774,8 +793,7 @@ class LSTM:
                     lengths=lengths,
                     reverse=direction == 1 or self._reverse,
                     need_cache=need_cache,
-                    # Only when asked: the reference's prepared weights take no checkpoint.
-                    **({"checkpoint": checkpoint} if need_cache and checkpoint else {}),
+                    checkpoint=checkpoint if need_cache else None,
                     **self._prepared_variant(layer, direction),
                 )
 
@@ -788,11 +806,12 @@ class LSTM:
             caches.append([r.cache for r in results])
             h_n.extend(r.h_n for r in results)
             c_n.extend(r.c_n for r in results)
-            keep = None
+            dropped = None
             if pass_seed is not None and self.dropout and layer < self.num_layers - 1:
-                keep = self._dropout_keep(layer, pass_seed, layer_input, batch_first)
+                dropped = (layer_input.shape, self.dropout)
+                keep = self._dropout_keep(layer, pass_seed, *dropped, batch_first)
                 layer_input = layer_input * keep
-            keeps.append(keep)
+            dropouts.append(dropped)
 
         y = layer_input
         h_out = np.stack(h_n)
@@ -802,7 +821,7 @@ class LSTM:
             h_out = h_out[:, 0, :]
             c_out = c_out[:, 0, :]
         self._tape = (
-            _Tape(caches, y.shape, batch_first, unbatched, steps, batch, keeps, pass_seed)
+            _Tape(caches, y.shape, batch_first, unbatched, steps, batch, dropouts, pass_seed)
             if need_cache
             else None
         )
@@ -853,13 +872,14 @@ class LSTM:
         dc0: list[np.ndarray] = [np.empty(0)] * rows
         d_out = dy
         concurrent = self._concurrent(tape.steps, tape.batch)
-        keeps = tape.dropout_keep or [None] * self.num_layers
+        dropouts = tape.dropout or [None] * self.num_layers
         for layer in reversed(range(self.num_layers)):
-            keep = keeps[layer]
-            if keep is not None and d_out is not None:
+            dropped = dropouts[layer]
+            if dropped is not None and d_out is not None and tape.seed is not None:
                 # The dropout on this layer's output is linear: its gradient is the
-                # same mask applied to the gradient of what it gave the next layer.
-                d_out = d_out * keep
+                # same mask (drawn again from the pass's seed: the forward's bits)
+                # applied to the gradient of what it gave the next layer.
+                d_out = d_out * self._dropout_keep(layer, tape.seed, *dropped, tape.batch_first)
 
             def run(direction: int, layer: int = layer, d_out: Any = d_out) -> Any:
                 k = layer * directions + direction
@@ -976,8 +996,8 @@ class LSTM:
                 w = self.weights(layer, 0)
                 out = _F.forward(
                     layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,
-                    need_cache=False, **self._variant(layer, 0), **options,
-                    **({"weight_dtype": weight_dtype} if weight_dtype is not None else {}),
+                    need_cache=False, weight_dtype=weight_dtype, **self._variant(layer, 0),
+                    **options,
                 )  # fmt: skip
             else:
                 out = self._prepared_weights(layer, 0, weight_dtype).forward(

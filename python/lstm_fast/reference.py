@@ -44,6 +44,14 @@ order, so bit for bit as before):
 
 ``backward(..., flow=True)`` also returns the norms of dL/dh_t and dL/dc_t of
 each step (:class:`GradientFlow`).
+
+The engine's other two options of ``forward`` (and of the prepared weights):
+``weight_dtype="bfloat16"`` is bf16 inference (README, 'bf16 inference'): the
+float32 LSTM on the weight matrices ``w_ih``, ``w_hh``, ``w_hr`` rounded to
+bfloat16 (:func:`bfloat16_round`), with the engine's restrictions (float32
+inputs, no cache, no zoneout, no layer norm, no dropout in training);
+``checkpoint=k`` is checked and changes nothing here (recompute gives the same
+numbers as the full cache).
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ __all__ = [
     "Variant",
     "VariantGradients",
     "backward",
+    "bfloat16_round",
     "cell_backward",
     "cell_forward",
     "compute_dtype",
@@ -535,6 +544,68 @@ def dropout(y, p, *, seed=None, layer: int = 0, batch_first: bool = False, train
 
 
 # --------------------------------------------------------------------------
+# bf16 inference (README, 'bf16 inference')
+
+
+def bfloat16_round(a) -> np.ndarray:
+    """``a`` in float32, rounded to bfloat16 (the upper 16 bits of a float32) to
+    nearest, ties to even, and widened back: :func:`lstm_fast.bfloat16_round`
+    written out. A value past bfloat16's largest finite one becomes +-inf; a NaN
+    stays a NaN (quiet, its sign and upper payload kept)."""
+    bits = np.array(a, dtype=np.float32).view(np.uint32)
+    # Adding 0x7FFF plus the lowest kept bit rounds the dropped half to nearest,
+    # ties to even; a carry into the exponent is the next binade (or inf).
+    lowest_kept = (bits >> np.uint32(16)) & np.uint32(1)
+    rounded = (bits + np.uint32(0x7FFF) + lowest_kept) & np.uint32(0xFFFF0000)
+    # Truncating a NaN could leave no payload bit (an inf): set the quiet bit.
+    quiet = (bits & np.uint32(0xFFFF0000)) | np.uint32(0x00400000)
+    return np.where(np.isnan(bits.view(np.float32)), quiet, rounded).view(np.float32)
+
+
+def _bfloat16_arguments(raw: dict[str, Any], w_hr, peepholes, *, need_cache, layer_norm, reg):
+    """The arguments of a bf16 inference pass: refuses what the engine refuses,
+    then returns ``raw``, ``w_hr`` and ``peepholes`` in float32 with the weight
+    matrices (``w_ih``, ``w_hh``, ``w_hr``) rounded to bfloat16."""
+    if reg.zoneout_h or reg.zoneout_c:
+        raise ValueError("zoneout: bfloat16 weights run the plain kernels only")
+    if reg.training and (reg.recurrent_dropout or reg.weight_drop):
+        raise ValueError(
+            "weight_dtype='bfloat16' is for inference: recurrent_dropout and "
+            "weight_drop need training=False (or 0)"
+        )
+    if need_cache:
+        raise ValueError(
+            "need_cache=True: weights in bfloat16 are for inference only (pass "
+            "need_cache=False; no cache, no backward); use float32 weights to train"
+        )
+    if layer_norm:
+        raise ValueError(
+            "layer_norm: weights prepared in bfloat16 run the plain kernels only; "
+            "the LayerNorm LSTM needs float32 or float64 weights"
+        )
+    arrays = {k: None if v is None else _checks.real_array(k, v) for k, v in raw.items()}
+    for name in ("x", "h0", "c0"):  # the state and the sums are float32
+        array = arrays[name]
+        given = getattr(raw[name], "dtype", None) is not None  # a list is cast
+        if given and array is not None and array.dtype == np.float64:
+            raise TypeError(
+                f"{name} is float64: weights prepared in bfloat16 compute in float32 "
+                f"(pass float32 arrays)"
+            )
+    f32 = np.dtype(np.float32)
+    rounded = {"w_ih", "w_hh"}
+    arrays = {
+        k: None if v is None else bfloat16_round(v) if k in rounded else _copy(v, f32)
+        for k, v in arrays.items()
+    }
+    w_hr = None if w_hr is None else bfloat16_round(_checks.real_array("w_hr", w_hr))
+    peepholes = (
+        None if peepholes is None else _copy(_checks.real_array("peepholes", peepholes), f32)
+    )
+    return arrays, w_hr, peepholes
+
+
+# --------------------------------------------------------------------------
 # One step, forward and backward
 
 
@@ -781,13 +852,17 @@ def forward(
     seed=None,
     layer=0,
     training=True,
+    weight_dtype=None,
+    checkpoint=None,
 ) -> Forward:
     """One LSTM layer over a sequence; see docs/api.md, 'Functional API', and
     docs/variants.md for ``w_hr``, ``peepholes``, ``clip``, ``input_forget``,
     ``forget_gate``, ``activations``, the LayerNorm LSTM (``layer_norm`` and the
     ``*_ln_*`` gains and biases, ``layer_norm_eps``) and the regularisation
     (``zoneout``, ``recurrent_dropout``, ``weight_drop``, ``seed``, ``layer``,
-    ``training``)."""
+    ``training``). ``weight_dtype="bfloat16"``: bf16 inference, the weight
+    matrices rounded by :func:`bfloat16_round`; ``checkpoint`` (an int >= 1 or
+    None) is checked and gives the same result as the full cache."""
     raw = {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0}
     norms = dict(zip(LAYER_NORM_NAMES, (w_ln_ih, b_ln_ih, w_ln_hh, b_ln_hh, w_ln_c, b_ln_c)))
     batch_first = _checks.flag("batch_first", batch_first)
@@ -801,6 +876,13 @@ def forward(
         zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
+    if checkpoint is not None:
+        # Recompute (the engine's checkpoint=k) changes no number: nothing to do here.
+        _checks.positive_int("checkpoint", checkpoint)
+    if _checks.bfloat16_weights(weight_dtype):
+        raw, w_hr, peepholes = _bfloat16_arguments(
+            raw, w_hr, peepholes, need_cache=need_cache, layer_norm=layer_norm, reg=reg
+        )
     (x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, peepholes, *norm_arrays), dtype = _arguments(
         raw, batch_first=batch_first, w_hr=w_hr, peepholes=peepholes, norms=norms
     )
@@ -1182,17 +1264,34 @@ def cell_backward(
 class PreparedWeights:
     """Private copies of one layer's weights in ``dtype``, for many calls: the
     reference's counterpart of ``lstm_fast.prepare_weights``. There is nothing to
-    pack here; calls cast their inputs to ``dtype`` and run :func:`forward`."""
+    pack here; calls cast their inputs to ``dtype`` and run :func:`forward`.
 
-    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, *, dtype=None):
+    ``w_hr`` (P, H), a projection, is kept with the weights for every call.
+    ``weight_dtype="bfloat16"``: bf16 inference, as the engine's (float32, the
+    weight matrices rounded to bfloat16 for each call, no cache)."""
+
+    def __init__(self, w_ih, w_hh, b_ih=None, b_hh=None, *, dtype=None, w_hr=None,
+                 weight_dtype=None):  # fmt: skip
+        bf16 = _checks.bfloat16_weights(weight_dtype)
+        #: "bfloat16" for bf16 inference's weights, else None (the compute dtype).
+        self.weight_dtype = "bfloat16" if bf16 else None
         raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+        if w_hr is not None:
+            raw["w_hr"] = w_hr
         given = {k: np.asarray(v) for k, v in raw.items() if v is not None}
         self.dtype = compute_dtype(*given.values()) if dtype is None else np.dtype(dtype)
+        if bf16:
+            if dtype is not None and self.dtype != np.float32:
+                raise ValueError(
+                    f"weight_dtype='bfloat16' computes in float32: dtype must be float32 "
+                    f"or None, got {self.dtype}"
+                )
+            self.dtype = np.dtype(np.float32)
         self.weights = {k: v.astype(self.dtype, copy=True) for k, v in given.items()}
 
-    def matches(self, w_ih, w_hh, b_ih=None, b_hh=None) -> bool:
+    def matches(self, w_ih, w_hh, b_ih=None, b_hh=None, *, w_hr=None) -> bool:
         """Whether the given weights, in ``dtype``, are bit for bit the kept copies."""
-        raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+        raw = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "w_hr": w_hr}
         given = {k: np.asarray(v, dtype=self.dtype) for k, v in raw.items() if v is not None}
         return given.keys() == self.weights.keys() and all(
             v.shape == self.weights[k].shape and v.tobytes() == self.weights[k].tobytes()
@@ -1202,21 +1301,48 @@ class PreparedWeights:
     def _cast(self, a):
         return None if a is None else np.asarray(a).astype(self.dtype)
 
-    def forward(self, x, h0=None, c0=None, **options) -> Forward:
+    def _bf16_cast(self, name, a):
+        """An input of a bf16 call: float64 refused (as the engine does), else
+        left to :func:`forward`'s rules."""
+        if self.weight_dtype is not None and getattr(a, "dtype", None) is not None:
+            if _checks.real_array(name, a).dtype == np.float64:
+                raise TypeError(
+                    f"{name} is float64: weights prepared in bfloat16 compute in float32 "
+                    f"(pass float32 arrays)"
+                )
+        return self._cast(a)
+
+    def forward(self, x, h0=None, c0=None, *, checkpoint=None, **options) -> Forward:
         w = self.weights
+        if "w_hr" in w:
+            options["w_hr"] = w["w_hr"]
+        if self.weight_dtype is not None:
+            options["weight_dtype"] = self.weight_dtype
         return forward(
-            self._cast(x), w["w_ih"], w["w_hh"], w.get("b_ih"), w.get("b_hh"),
-            self._cast(h0), self._cast(c0), **options,
+            self._bf16_cast("x", x), w["w_ih"], w["w_hh"], w.get("b_ih"), w.get("b_hh"),
+            self._bf16_cast("h0", h0), self._bf16_cast("c0", c0), checkpoint=checkpoint,
+            **options,
         )  # fmt: skip
 
     def cell_forward(self, x_t, h, c) -> Cell:
         w = self.weights
-        return cell_forward(
-            self._cast(x_t), self._cast(h), self._cast(c),
-            w["w_ih"], w["w_hh"], w.get("b_ih"), w.get("b_hh"),
+        if self.weight_dtype is None:
+            return cell_forward(
+                self._cast(x_t), self._cast(h), self._cast(c),
+                w["w_ih"], w["w_hh"], w.get("b_ih"), w.get("b_hh"), w_hr=w.get("w_hr"),
+            )  # fmt: skip
+        # bf16 inference: the float32 step on the rounded matrices, no cache.
+        out = cell_forward(
+            self._bf16_cast("x_t", x_t), self._bf16_cast("h", h), self._bf16_cast("c", c),
+            bfloat16_round(w["w_ih"]), bfloat16_round(w["w_hh"]), w.get("b_ih"), w.get("b_hh"),
+            w_hr=None if "w_hr" not in w else bfloat16_round(w["w_hr"]),
         )  # fmt: skip
+        return Cell(out.h_new, out.c_new, None)
 
 
-def prepare_weights(w_ih, w_hh, b_ih=None, b_hh=None, *, dtype=None) -> PreparedWeights:
+def prepare_weights(w_ih, w_hh, b_ih=None, b_hh=None, *, dtype=None, w_hr=None,
+                    weight_dtype=None) -> PreparedWeights:  # fmt: skip
     """Keep copies of one layer's weights; see :class:`PreparedWeights`."""
-    return PreparedWeights(w_ih, w_hh, b_ih, b_hh, dtype=dtype)
+    return PreparedWeights(
+        w_ih, w_hh, b_ih, b_hh, dtype=dtype, w_hr=w_hr, weight_dtype=weight_dtype
+    )
