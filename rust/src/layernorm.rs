@@ -36,6 +36,8 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::gemm::{gemm, Mat};
 use crate::kernels::layout::SharedMut;
+use crate::kernels::pack::{self, Panels};
+use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, ProductScratch};
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
@@ -554,6 +556,7 @@ pub fn forward<E: Float>(
     let workers = pool::workers()?;
     let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
     let eps = ln.eps();
+    let projects = seq.variant.w_hr.is_some();
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
@@ -650,13 +653,26 @@ pub fn forward<E: Float>(
         } else {
             SharedMut::null()
         };
-        let w_hh_t = Mat {
-            data: seq.w_hh,
-            rows: state,
-            cols: g4,
-            row_stride: 1,
-            col_stride: state,
+        // The recurrent weights (and the projection's) packed once for the
+        // whole call, or kept by prepared weights.
+        let lanes = isa.lanes::<E>();
+        let hh_panels: Panels<E> = match seq.panels {
+            Some(kept) if !kept.bf16() => kept.forward(seq.w_hh, hidden, hp, state, lanes)?,
+            _ => pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
         };
+        let proj_panels: Panels<E> = match (seq.variant.w_hr, seq.panels) {
+            (None, _) => Panels::default(),
+            (Some(w_hr), Some(kept)) if !kept.bf16() => {
+                kept.projection(w_hr, state, hidden, lanes)?
+            }
+            (Some(w_hr), _) => pack::projection_panels(w_hr, state, hidden, lanes)?.into(),
+        };
+        let mut scratch = ProductScratch::for_threads::<E>(
+            rayon::current_num_threads(),
+            batch,
+            state.max(hidden),
+            lanes,
+        )?;
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
         for s in 0..steps {
             cancel.check()?;
@@ -679,12 +695,20 @@ pub fn forward<E: Float>(
                     h_prev[row * state..][..state].copy_from_slice(dst);
                 }
             }
-            gemm(
-                Mat::rows(&h_in, n, state, state),
-                w_hh_t,
-                &mut sh,
-                g4,
-                false,
+            panel_product(
+                isa,
+                PanelProduct {
+                    rows: n,
+                    a: &h_in,
+                    lda: state,
+                    depth: state,
+                    panels: &hh_panels[..],
+                    tiles: hp / lanes,
+                    columns: Columns::Gates { hidden },
+                    c: &mut sh,
+                    ldc: g4,
+                },
+                &mut scratch,
             );
             let step = ForwardStep {
                 v: seq.variant,
@@ -719,25 +743,25 @@ pub fn forward<E: Float>(
                     },
                 )
             });
-            let h_t: &[E] = match seq.variant.w_hr {
-                Some(w_hr) => {
-                    let w_hr_t = Mat {
-                        data: w_hr,
-                        rows: hidden,
-                        cols: state,
-                        row_stride: 1,
-                        col_stride: hidden,
-                    };
-                    gemm(
-                        Mat::rows(&m, n, hidden, hidden),
-                        w_hr_t,
-                        &mut h_new,
-                        state,
-                        false,
-                    );
-                    &h_new
-                }
-                None => &m,
+            let h_t: &[E] = if projects {
+                panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &m,
+                        lda: hidden,
+                        depth: hidden,
+                        panels: &proj_panels[..],
+                        tiles: state.next_multiple_of(E::PAD).div_ceil(4 * lanes),
+                        columns: Columns::Outputs { outputs: state },
+                        c: &mut h_new,
+                        ldc: state,
+                    },
+                    &mut scratch,
+                );
+                &h_new
+            } else {
+                &m
             };
             // y_t = h_t, the state after zoneout.
             for (j, &(b, row)) in active.iter().enumerate() {
@@ -1187,6 +1211,31 @@ pub fn backward<E: Float>(
         dh.copy_from_slice(dh0);
         let mut dc = alloc::zeroed::<E>(&[batch, hidden], "the state dc")?;
         dc.copy_from_slice(dc0);
+        // w_hh packed once for dh_{t−1} = ds_h·W_hh over the dense 4H (gate
+        // rows unpadded, like ds_h), and the projection's for dm = dh_t·W_hr;
+        // kept by prepared weights where their layout is the same.
+        let lanes = isa.lanes::<E>();
+        let hh_panels: Panels<E> = match seq.panels {
+            Some(kept) if hidden == hp && !kept.bf16() => {
+                kept.backward(seq.w_hh, hidden, hp, state, lanes)?
+            }
+            _ => pack::backward_panels(seq.w_hh, hidden, hidden, state, lanes)?.into(),
+        };
+        let proj_panels: Panels<E> = match (seq.variant.w_hr, seq.panels) {
+            (None, _) => Panels::default(),
+            (Some(w_hr), Some(kept)) if !kept.bf16() => {
+                kept.projection_backward(w_hr, state, hidden, lanes)?
+            }
+            (Some(w_hr), _) => {
+                pack::projection_backward_panels(w_hr, state, hidden, lanes)?.into()
+            }
+        };
+        let mut scratch = ProductScratch::for_threads::<E>(
+            rayon::current_num_threads(),
+            batch,
+            g4.max(state),
+            lanes,
+        )?;
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
         for s in (0..steps).rev() {
             cancel.check()?;
@@ -1229,15 +1278,24 @@ pub fn backward<E: Float>(
                     cp.copy_from_slice(&states[before * hidden..][..hidden]);
                 }
             }
-            match seq.variant.w_hr {
-                Some(w_hr) => gemm(
-                    Mat::rows(&dh_t, n, state, state),
-                    Mat::rows(w_hr, state, hidden, hidden),
-                    &mut dm,
-                    hidden,
-                    false,
-                ),
-                None => dm[..n * hidden].copy_from_slice(&dh_t[..n * hidden]),
+            if projects {
+                panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &dh_t,
+                        lda: state,
+                        depth: state,
+                        panels: &proj_panels[..],
+                        tiles: hidden.next_multiple_of(E::PAD).div_ceil(4 * lanes),
+                        columns: Columns::Outputs { outputs: hidden },
+                        c: &mut dm,
+                        ldc: hidden,
+                    },
+                    &mut scratch,
+                );
+            } else {
+                dm[..n * hidden].copy_from_slice(&dh_t[..n * hidden]);
             }
             let step = BackwardStep {
                 v: seq.variant,
@@ -1275,12 +1333,20 @@ pub fn backward<E: Float>(
                     },
                 )
             });
-            gemm(
-                Mat::rows(&dsh, n, g4, g4),
-                Mat::rows(seq.w_hh, g4, state, state),
-                &mut dh_back,
-                state,
-                false,
+            panel_product(
+                isa,
+                PanelProduct {
+                    rows: n,
+                    a: &dsh,
+                    lda: g4,
+                    depth: g4,
+                    panels: &hh_panels[..],
+                    tiles: state.next_multiple_of(E::PAD).div_ceil(4 * lanes),
+                    columns: Columns::Outputs { outputs: state },
+                    c: &mut dh_back,
+                    ldc: state,
+                },
+                &mut scratch,
             );
             for (j, &(b, row)) in active.iter().enumerate() {
                 dsh_all[row * g4..][..g4].copy_from_slice(&dsh[j * g4..][..g4]);
