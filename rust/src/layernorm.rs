@@ -256,20 +256,76 @@ fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     for (k, a) in acc.iter_mut().enumerate().take(n - whole) {
         *a += f(whole + k);
     }
+    combine(&acc)
+}
+
+/// The 8 partial sums of [`sum_f64`] added in its fixed order.
+#[inline(always)]
+fn combine(acc: &[f64; 8]) -> f64 {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Σ f(v_i) in f64, element i into partial sum i mod 8 as in [`sum_f64`]
+/// (the same bits), over slices so that no bounds check stops the compiler
+/// from vectorising it: inlined into an ISA's kernel, its f64 partial sums
+/// run 4 to a vector (AVX2), with the same bits as on the scalar path (the
+/// same operations in the same order per partial sum).
+#[inline(always)]
+fn sum_of<E: Float>(v: &[E], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x.to_f64());
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x.to_f64());
+    }
+    combine(&acc)
+}
+
+/// (Σ a_i, Σ a_i·b_i) in one pass, each summed as [`sum_of`] sums.
+#[inline(always)]
+fn sum_and_dot<E: Float>(a: &[E], b: &[E]) -> (f64, f64) {
+    let (mut s, mut d) = ([0.0f64; 8], [0.0f64; 8]);
+    let b = &b[..a.len()];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            let xv = x[k].to_f64();
+            s[k] += xv;
+            d[k] += xv * y[k].to_f64();
+        }
+    }
+    for (k, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        let xv = x.to_f64();
+        s[k] += xv;
+        d[k] += xv * y.to_f64();
+    }
+    (combine(&s), combine(&d))
+}
+
+/// The mean of `v` and r = 1/sqrt(var + eps) (var divided by the width), in
+/// f64.
+#[inline(always)]
+fn moments<E: Float>(v: &[E], eps: f64) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = sum_of(v, |x| x) / n;
+    let var = sum_of(v, |x| {
+        let d = x - mean;
+        d * d
+    }) / n;
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Layer normalisation of `v` without gain and bias into `out`: (v − μ)·r,
 /// r = 1/sqrt(var + eps) (var divided by the width), computed in f64 and
-/// rounded once; returns r.
+/// rounded once; returns r. Inlined into the row kernels, so that it is
+/// compiled (and vectorised) for their ISA.
+#[inline(always)]
 fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
-    let n = v.len();
-    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
-    let var = sum_f64(n, |i| {
-        let d = v[i].to_f64() - mean;
-        d * d
-    }) / n as f64;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let (mean, rstd) = moments(v, eps);
     for (o, x) in out.iter_mut().zip(v) {
         *o = E::from_f64((x.to_f64() - mean) * rstd);
     }
@@ -277,14 +333,9 @@ fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
 }
 
 /// [`normalise`] of `v` in place.
+#[inline(always)]
 fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
-    let n = v.len();
-    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
-    let var = sum_f64(n, |i| {
-        let d = v[i].to_f64() - mean;
-        d * d
-    }) / n as f64;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let (mean, rstd) = moments(v, eps);
     for x in v.iter_mut() {
         *x = E::from_f64((x.to_f64() - mean) * rstd);
     }
@@ -294,13 +345,43 @@ fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
 /// The gradient through [`normalise`] (docs/variants.md): from `dxh` (the
 /// incoming gradient times the gain), x̂ and r, in place of `dxh`:
 /// r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)).
+#[inline(always)]
 fn normalise_grad<E: Float>(dxh: &mut [E], x_hat: &[E], rstd: E) {
-    let n = dxh.len();
-    let mean_d = sum_f64(n, |i| dxh[i].to_f64()) / n as f64;
-    let mean_dx = sum_f64(n, |i| dxh[i].to_f64() * x_hat[i].to_f64()) / n as f64;
+    let n = dxh.len() as f64;
+    let (sum_d, sum_dx) = sum_and_dot(dxh, x_hat);
+    let (mean_d, mean_dx) = (sum_d / n, sum_dx / n);
     let r = rstd.to_f64();
     for (d, x) in dxh.iter_mut().zip(x_hat) {
         *d = E::from_f64(r * (d.to_f64() - mean_d - x.to_f64() * mean_dx));
+    }
+}
+
+/// [`normalise_in_place`] compiled for the dispatched ISA.
+struct NormaliseInPlace<'a, E> {
+    v: &'a mut [E],
+    eps: f64,
+}
+
+impl<E: Float> Kernel<E> for NormaliseInPlace<'_, E> {
+    type Output = E;
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) -> E {
+        normalise_in_place(self.v, self.eps)
+    }
+}
+
+/// [`normalise_grad`] compiled for the dispatched ISA.
+struct NormaliseGrad<'a, E> {
+    dxh: &'a mut [E],
+    x_hat: &'a [E],
+    rstd: E,
+}
+
+impl<E: Float> Kernel<E> for NormaliseGrad<'_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        normalise_grad(self.dxh, self.x_hat, self.rstd)
     }
 }
 
@@ -614,7 +695,7 @@ pub fn forward<E: Float>(
                                                                // SAFETY: row r of sx (R × 4H) and rstd (R × 3), this task's alone.
                 unsafe {
                     let v = std::slice::from_raw_parts_mut(sx_ptr.0.add(r * g4), g4);
-                    *rstd_ptr.0.add(r * 3) = normalise_in_place(v, eps);
+                    *rstd_ptr.0.add(r * 3) = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
                 }
             });
         }
@@ -1410,7 +1491,14 @@ pub fn backward<E: Float>(
                     }
                 }
                 let rstd = cache.rstd[r * 3];
-                normalise_grad(d, &cache.sx_hat[r * g4..][..g4], rstd);
+                dispatch::<E, _>(
+                    isa,
+                    NormaliseGrad {
+                        dxh: d,
+                        x_hat: &cache.sx_hat[r * g4..][..g4],
+                        rstd,
+                    },
+                );
             });
         }
         let dsx = &*dz;

@@ -51,7 +51,10 @@ impl Columns {
         match self {
             Columns::Gates { hidden } => {
                 let u = tile * lanes;
-                (v * hidden + u.min(hidden), hidden.saturating_sub(u).min(lanes))
+                (
+                    v * hidden + u.min(hidden),
+                    hidden.saturating_sub(u).min(lanes),
+                )
             }
             Columns::Outputs { outputs } => {
                 let o = (4 * tile + v) * lanes;
@@ -276,5 +279,229 @@ impl<E: Float, W: PanelWeight<E>> Kernel<E> for Task<'_, E, W> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{panel_product, Columns, PanelProduct, ProductScratch};
+    use crate::float::Float;
+    use crate::kernels::gemm::{gemm_on, Mat};
+    use crate::kernels::pack;
+    use crate::simd::Isa;
+
+    /// Values in [-1, 1) from a small deterministic generator (xorshift).
+    fn values<E: Float>(seed: u64, len: usize) -> Vec<E> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                E::from_f64((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
+            })
+            .collect()
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// `rows` rows of A (`lda` apart) times B, on `threads` threads: C with
+    /// one row of padding after each (which must stay untouched).
+    #[allow(clippy::too_many_arguments)]
+    fn run<E: Float>(
+        isa: Isa,
+        threads: usize,
+        rows: usize,
+        a: &[E],
+        lda: usize,
+        depth: usize,
+        panels: &[E],
+        tiles: usize,
+        columns: Columns,
+        width: usize,
+    ) -> Vec<E> {
+        let ldc = width + 3;
+        let mut c = vec![E::from_f64(7.0); rows.max(1) * ldc];
+        let lanes = isa.lanes::<E>();
+        let mut scratch = ProductScratch::for_threads::<E>(threads, rows, depth, lanes).unwrap();
+        pool(threads).install(|| {
+            panel_product(
+                isa,
+                PanelProduct {
+                    rows,
+                    a,
+                    lda,
+                    depth,
+                    panels,
+                    tiles,
+                    columns,
+                    c: &mut c,
+                    ldc,
+                },
+                &mut scratch,
+            )
+        });
+        for row in c.chunks(ldc) {
+            assert!(
+                row[width..].iter().all(|x| x.to_f64() == 7.0),
+                "padding written"
+            );
+        }
+        c
+    }
+
+    /// The reference: the general product, one FMA chain per output in k
+    /// order from zero, like the panels' tiles: the same bits.
+    fn want<E: Float>(isa: Isa, a: Mat<'_, E>, b: Mat<'_, E>, width: usize) -> Vec<E> {
+        let ldc = width + 3;
+        let mut c = vec![E::from_f64(7.0); a.rows.max(1) * ldc];
+        gemm_on(isa, a, b, &mut c, ldc, false, false);
+        c
+    }
+
+    fn same_bits<E: Float>(got: &[E], want: &[E], what: &str) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(
+                g.to_f64().to_bits(),
+                w.to_f64().to_bits(),
+                "{what}: element {i}: {} != {}",
+                g.to_f64(),
+                w.to_f64()
+            );
+        }
+    }
+
+    /// Every ISA, 1 to 3 threads, row counts around the tile's MR (1: the
+    /// batch-1 path), hidden sizes that are not a multiple of the lanes:
+    /// s = h·W_hhᵀ on forward panels (gate columns), d = ds·W_hh on dense
+    /// backward panels and both projection products (output columns),
+    /// bitwise those of the general product.
+    fn check<E: Float>() {
+        for isa in Isa::available() {
+            let lanes = isa.lanes::<E>();
+            for &(hidden, state) in &[(5usize, 5usize), (19, 19), (33, 12), (40, 40)] {
+                let hp = hidden.next_multiple_of(E::PAD);
+                let g4 = 4 * hidden;
+                let w_hh = values::<E>(1 + hidden as u64, g4 * state);
+                let w_hr = values::<E>(2 + state as u64, state * hidden);
+                let fwd = pack::forward_panels(&w_hh, "w_hh", hidden, hp, state, lanes).unwrap();
+                let bwd = pack::backward_panels(&w_hh, hidden, hidden, state, lanes).unwrap();
+                let proj = pack::projection_panels(&w_hr, state, hidden, lanes).unwrap();
+                let proj_b = pack::projection_backward_panels(&w_hr, state, hidden, lanes).unwrap();
+                let state_tiles = state.next_multiple_of(E::PAD).div_ceil(4 * lanes);
+                let hidden_tiles = hidden.next_multiple_of(E::PAD).div_ceil(4 * lanes);
+                for rows in [1usize, 2, 3, 6, 7, 13] {
+                    let lda = g4 + 2;
+                    let a = values::<E>(3 + rows as u64, rows * lda);
+                    for threads in 1..=3 {
+                        let what =
+                            format!("{isa:?} H={hidden} P={state} rows={rows} threads={threads}");
+                        // s = h·W_hhᵀ: depth P, 4H gate columns.
+                        let got = run(
+                            isa,
+                            threads,
+                            rows,
+                            &a,
+                            lda,
+                            state,
+                            &fwd,
+                            hp / lanes,
+                            Columns::Gates { hidden },
+                            g4,
+                        );
+                        let w_t = Mat {
+                            data: &w_hh,
+                            rows: state,
+                            cols: g4,
+                            row_stride: 1,
+                            col_stride: state,
+                        };
+                        same_bits(
+                            &got,
+                            &want(isa, Mat::rows(&a, rows, state, lda), w_t, g4),
+                            &what,
+                        );
+                        // d = ds·W_hh: depth 4H, P columns.
+                        let got = run(
+                            isa,
+                            threads,
+                            rows,
+                            &a,
+                            lda,
+                            g4,
+                            &bwd,
+                            state_tiles,
+                            Columns::Outputs { outputs: state },
+                            state,
+                        );
+                        let w = Mat::rows(&w_hh, g4, state, state);
+                        same_bits(
+                            &got,
+                            &want(isa, Mat::rows(&a, rows, g4, lda), w, state),
+                            &what,
+                        );
+                        // h = m·W_hrᵀ: depth H, P columns.
+                        let got = run(
+                            isa,
+                            threads,
+                            rows,
+                            &a,
+                            lda,
+                            hidden,
+                            &proj,
+                            state_tiles,
+                            Columns::Outputs { outputs: state },
+                            state,
+                        );
+                        let w_t = Mat {
+                            data: &w_hr,
+                            rows: hidden,
+                            cols: state,
+                            row_stride: 1,
+                            col_stride: hidden,
+                        };
+                        same_bits(
+                            &got,
+                            &want(isa, Mat::rows(&a, rows, hidden, lda), w_t, state),
+                            &what,
+                        );
+                        // dm = dh·W_hr: depth P, H columns.
+                        let got = run(
+                            isa,
+                            threads,
+                            rows,
+                            &a,
+                            lda,
+                            state,
+                            &proj_b,
+                            hidden_tiles,
+                            Columns::Outputs { outputs: hidden },
+                            hidden,
+                        );
+                        let w = Mat::rows(&w_hr, state, hidden, hidden);
+                        same_bits(
+                            &got,
+                            &want(isa, Mat::rows(&a, rows, state, lda), w, hidden),
+                            &what,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn panel_products_match_the_general_product_f32() {
+        check::<f32>();
+    }
+
+    #[test]
+    fn panel_products_match_the_general_product_f64() {
+        check::<f64>();
     }
 }
