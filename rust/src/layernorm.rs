@@ -6,22 +6,27 @@
 //! before any gate math, which the fused kernels' per-tile gate math cannot
 //! wait for. Per call:
 //!
-//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product, normalised row
-//!   by row; per step the recurrent product of the running rows (one product,
-//!   `kernels/gemm.rs`), then per row its normalisation, the gate math of the
+//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product
+//!   (`kernels/gemm.rs`), normalised row by row; per step the recurrent
+//!   product of the running rows on W_hh's panels packed once per call
+//!   (`kernels/panel_product.rs`, the fused kernels' register tiles, into a
+//!   dense 4H row each), then per row its normalisation, the gate math of the
 //!   [`Variant`] (peepholes, clip, input_forget, no forget gate, activations),
 //!   c_t, n_t = LN(c_t), m_t = o_t ⊙ σ_h(n_t), and with a projection one more
-//!   product h_t = m_t·W_hrᵀ;
+//!   product h_t = m_t·W_hrᵀ (on w_hr's panels). bf16 inference (prepared
+//!   weights rounded to bfloat16) streams W_hh's panels as bfloat16 and takes
+//!   w_ih and w_hr rounded: the bits of the float32 pass on rounded weights;
 //! - backward: per step (last first) the gate derivatives of each row, the
 //!   gradient through the normalisations of c_t and s_h, and dh_{t−1} =
-//!   ds_h·W_hh (one product); after the loop dx = ds_x·W_ih, dW_ih = Σ ds_xᵀ x,
-//!   dW_hh = Σ ds_hᵀ (h ⊙ r) and dW_hr as single products, and the sums of the
-//!   bias, gain and peephole gradients.
+//!   ds_h·W_hh (on W_hh's backward panels over the dense 4H); after the loop
+//!   dx = ds_x·W_ih, dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ (h ⊙ r) and dW_hr as
+//!   single products, and the sums of the bias, gain and peephole gradients.
 //!
 //! Bits independent of the thread count: the rows of a step are independent
 //! and each runs the same code whatever thread takes it; every product gives
-//! each output one FMA chain in k order (`gemm.rs`); the means and variances
-//! of a row and the sums over rows run in a fixed order on one thread.
+//! each output one FMA chain in k order (`gemm.rs`, `panel_product.rs`); the
+//! means and variances of a row and the sums over rows run in a fixed order
+//! on one thread.
 //!
 //! The arrays are dense (not padded like the fused path's): rows ordered like
 //! x (time-major, or batch-major with `batch_first`), the gates in blocks
@@ -41,7 +46,8 @@ use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, Produc
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
-use crate::simd::{dispatch, load_n, store_n, Isa, Kernel, Simd};
+use crate::simd::bf16::round_f32;
+use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
 use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
@@ -608,6 +614,10 @@ pub fn forward<E: Float>(
             c.c_state.as_ref().map(|p| p.len()),
         ];
         check_cache(seq, rows, got)?;
+        if let Some(kept) = seq.panels {
+            // bf16 inference: no cache for a backward.
+            kept.check_not_bf16()?;
+        }
     }
     let Dims {
         steps,
@@ -664,6 +674,7 @@ pub fn forward<E: Float>(
         // s_x of every row, normalised in place (its 1/σ kept per row).
         let mut own_sx;
         let mut own_rstd;
+        let own_w_ih;
         let sx: &mut [E] = match c_sx {
             Some(a) => a,
             None => {
@@ -678,8 +689,17 @@ pub fn forward<E: Float>(
                 &mut own_rstd
             }
         };
+        // bf16 inference: s_x on w_ih rounded to bfloat16 (the values the
+        // float32 engine would get from `bfloat16_round`).
+        let w_ih: &[E] = match seq.panels {
+            Some(kept) if kept.bf16() => {
+                own_w_ih = rounded_bf16(seq.w_ih)?;
+                &own_w_ih
+            }
+            _ => seq.w_ih,
+        };
         let w_ih_t = Mat {
-            data: seq.w_ih,
+            data: w_ih,
             rows: input,
             cols: g4,
             row_stride: 1,
@@ -737,16 +757,21 @@ pub fn forward<E: Float>(
         // The recurrent weights (and the projection's) packed once for the
         // whole call, or kept by prepared weights.
         let lanes = isa.lanes::<E>();
-        let hh_panels: Panels<E> = match seq.panels {
-            Some(kept) if !kept.bf16() => kept.forward(seq.w_hh, hidden, hp, state, lanes)?,
-            _ => pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
+        // bf16 inference streams w_hh's panels as bfloat16 and projects with
+        // w_hr rounded (the prepared weights' panels).
+        let hh_panels = match seq.panels {
+            Some(kept) if kept.bf16() => {
+                HhPanels::Bf16(kept.forward_bf16(seq.w_hh, hidden, hp, state, lanes)?)
+            }
+            Some(kept) => HhPanels::Elements(kept.forward(seq.w_hh, hidden, hp, state, lanes)?),
+            None => HhPanels::Elements(
+                pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
+            ),
         };
         let proj_panels: Panels<E> = match (seq.variant.w_hr, seq.panels) {
             (None, _) => Panels::default(),
-            (Some(w_hr), Some(kept)) if !kept.bf16() => {
-                kept.projection(w_hr, state, hidden, lanes)?
-            }
-            (Some(w_hr), _) => pack::projection_panels(w_hr, state, hidden, lanes)?.into(),
+            (Some(w_hr), Some(kept)) => kept.projection(w_hr, state, hidden, lanes)?,
+            (Some(w_hr), None) => pack::projection_panels(w_hr, state, hidden, lanes)?.into(),
         };
         let mut scratch = ProductScratch::for_threads::<E>(
             rayon::current_num_threads(),
@@ -776,21 +801,38 @@ pub fn forward<E: Float>(
                     h_prev[row * state..][..state].copy_from_slice(dst);
                 }
             }
-            panel_product(
-                isa,
-                PanelProduct {
-                    rows: n,
-                    a: &h_in,
-                    lda: state,
-                    depth: state,
-                    panels: &hh_panels[..],
-                    tiles: hp / lanes,
-                    columns: Columns::Gates { hidden },
-                    c: &mut sh,
-                    ldc: g4,
-                },
-                &mut scratch,
-            );
+            match &hh_panels {
+                HhPanels::Elements(panels) => panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &h_in,
+                        lda: state,
+                        depth: state,
+                        panels: &panels[..],
+                        tiles: hp / lanes,
+                        columns: Columns::Gates { hidden },
+                        c: &mut sh,
+                        ldc: g4,
+                    },
+                    &mut scratch,
+                ),
+                HhPanels::Bf16(panels) => panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &h_in,
+                        lda: state,
+                        depth: state,
+                        panels: &panels[..],
+                        tiles: hp / lanes,
+                        columns: Columns::Gates { hidden },
+                        c: &mut sh,
+                        ldc: g4,
+                    },
+                    &mut scratch,
+                ),
+            }
             let step = ForwardStep {
                 v: seq.variant,
                 ln: *ln,
@@ -857,6 +899,25 @@ pub fn forward<E: Float>(
         Ok(())
     };
     workers.pool.install(body)
+}
+
+/// The panels of w_hh for the forward's step product: elements, or bfloat16
+/// for bf16 inference (widened in registers: the same values in the same FMA
+/// chains as the rounded weights' element panels).
+enum HhPanels<E> {
+    Elements(Panels<E>),
+    Bf16(Panels<Bf16>),
+}
+
+/// `w` rounded to bfloat16 values, in `E` (f32: `PanelCache::new_bf16`
+/// refuses f64).
+fn rounded_bf16<E: Float>(w: &[E]) -> Result<Vec<E>> {
+    let mut out = alloc::zeroed::<E>(&[w.len()], "w_ih rounded to bfloat16")?;
+    for (o, &x) in out.iter_mut().zip(w) {
+        // E is f32 here: the casts are exact.
+        *o = E::from_f64(f64::from(round_f32(x.to_f64() as f32)));
+    }
+    Ok(out)
 }
 
 fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, state: usize) {
@@ -1162,6 +1223,9 @@ pub fn backward<E: Float>(
         cache.c_state.map(<[E]>::len),
     ];
     check_cache(seq, rows, got)?;
+    if let Some(kept) = seq.panels {
+        kept.check_not_bf16()?;
+    }
     expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
     expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * state)?;
     expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
@@ -1297,17 +1361,13 @@ pub fn backward<E: Float>(
         // kept by prepared weights where their layout is the same.
         let lanes = isa.lanes::<E>();
         let hh_panels: Panels<E> = match seq.panels {
-            Some(kept) if hidden == hp && !kept.bf16() => {
-                kept.backward(seq.w_hh, hidden, hp, state, lanes)?
-            }
+            Some(kept) if hidden == hp => kept.backward(seq.w_hh, hidden, hp, state, lanes)?,
             _ => pack::backward_panels(seq.w_hh, hidden, hidden, state, lanes)?.into(),
         };
         let proj_panels: Panels<E> = match (seq.variant.w_hr, seq.panels) {
             (None, _) => Panels::default(),
-            (Some(w_hr), Some(kept)) if !kept.bf16() => {
-                kept.projection_backward(w_hr, state, hidden, lanes)?
-            }
-            (Some(w_hr), _) => {
+            (Some(w_hr), Some(kept)) => kept.projection_backward(w_hr, state, hidden, lanes)?,
+            (Some(w_hr), None) => {
                 pack::projection_backward_panels(w_hr, state, hidden, lanes)?.into()
             }
         };
