@@ -1181,11 +1181,6 @@ class PreparedWeights:
 
     def _args(self, x: Any, h0: Any, c0: Any, x_name: str, batch_first: bool, **kw: Any) -> _Args:
         array = real_array(x_name, x)
-        if self.weight_dtype is not None and kw.get("norms") is not None:
-            raise ValueError(
-                "layer_norm: weights prepared in bfloat16 run the plain kernels only; "
-                "the LayerNorm LSTM needs float32 or float64 weights"
-            )
         if self.weight_dtype is not None:
             names = kw.get("names", {})
             for name, value in ((x_name, array), (names.get("h0", "h0"), h0),

@@ -6,22 +6,27 @@
 //! before any gate math, which the fused kernels' per-tile gate math cannot
 //! wait for. Per call:
 //!
-//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product, normalised row
-//!   by row; per step the recurrent product of the running rows (one product,
-//!   `kernels/gemm.rs`), then per row its normalisation, the gate math of the
+//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product
+//!   (`kernels/gemm.rs`), normalised row by row; per step the recurrent
+//!   product of the running rows on W_hh's panels packed once per call
+//!   (`kernels/panel_product.rs`, the fused kernels' register tiles, into a
+//!   dense 4H row each), then per row its normalisation, the gate math of the
 //!   [`Variant`] (peepholes, clip, input_forget, no forget gate, activations),
 //!   c_t, n_t = LN(c_t), m_t = o_t ⊙ σ_h(n_t), and with a projection one more
-//!   product h_t = m_t·W_hrᵀ;
+//!   product h_t = m_t·W_hrᵀ (on w_hr's panels). bf16 inference (prepared
+//!   weights rounded to bfloat16) streams W_hh's panels as bfloat16 and takes
+//!   w_ih and w_hr rounded: the bits of the float32 pass on rounded weights;
 //! - backward: per step (last first) the gate derivatives of each row, the
 //!   gradient through the normalisations of c_t and s_h, and dh_{t−1} =
-//!   ds_h·W_hh (one product); after the loop dx = ds_x·W_ih, dW_ih = Σ ds_xᵀ x,
-//!   dW_hh = Σ ds_hᵀ (h ⊙ r) and dW_hr as single products, and the sums of the
-//!   bias, gain and peephole gradients.
+//!   ds_h·W_hh (on W_hh's backward panels over the dense 4H); after the loop
+//!   dx = ds_x·W_ih, dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ (h ⊙ r) and dW_hr as
+//!   single products, and the sums of the bias, gain and peephole gradients.
 //!
 //! Bits independent of the thread count: the rows of a step are independent
 //! and each runs the same code whatever thread takes it; every product gives
-//! each output one FMA chain in k order (`gemm.rs`); the means and variances
-//! of a row and the sums over rows run in a fixed order on one thread.
+//! each output one FMA chain in k order (`gemm.rs`, `panel_product.rs`); the
+//! means and variances of a row and the sums over rows run in a fixed order
+//! on one thread.
 //!
 //! The arrays are dense (not padded like the fused path's): rows ordered like
 //! x (time-major, or batch-major with `batch_first`), the gates in blocks
@@ -36,10 +41,13 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::gemm::{gemm, Mat};
 use crate::kernels::layout::SharedMut;
+use crate::kernels::pack::{self, Panels};
+use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, ProductScratch};
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
-use crate::simd::{dispatch, load_n, store_n, Isa, Kernel, Simd};
+use crate::simd::bf16::round_f32;
+use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
 use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
@@ -254,20 +262,76 @@ fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     for (k, a) in acc.iter_mut().enumerate().take(n - whole) {
         *a += f(whole + k);
     }
+    combine(&acc)
+}
+
+/// The 8 partial sums of [`sum_f64`] added in its fixed order.
+#[inline(always)]
+fn combine(acc: &[f64; 8]) -> f64 {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+}
+
+/// Σ f(v_i) in f64, element i into partial sum i mod 8 as in [`sum_f64`]
+/// (the same bits), over slices so that no bounds check stops the compiler
+/// from vectorising it: inlined into an ISA's kernel, its f64 partial sums
+/// run 4 to a vector (AVX2), with the same bits as on the scalar path (the
+/// same operations in the same order per partial sum).
+#[inline(always)]
+fn sum_of<E: Float>(v: &[E], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x.to_f64());
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += f(x.to_f64());
+    }
+    combine(&acc)
+}
+
+/// (Σ a_i, Σ a_i·b_i) in one pass, each summed as [`sum_of`] sums.
+#[inline(always)]
+fn sum_and_dot<E: Float>(a: &[E], b: &[E]) -> (f64, f64) {
+    let (mut s, mut d) = ([0.0f64; 8], [0.0f64; 8]);
+    let b = &b[..a.len()];
+    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for k in 0..8 {
+            let xv = x[k].to_f64();
+            s[k] += xv;
+            d[k] += xv * y[k].to_f64();
+        }
+    }
+    for (k, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        let xv = x.to_f64();
+        s[k] += xv;
+        d[k] += xv * y.to_f64();
+    }
+    (combine(&s), combine(&d))
+}
+
+/// The mean of `v` and r = 1/sqrt(var + eps) (var divided by the width), in
+/// f64.
+#[inline(always)]
+fn moments<E: Float>(v: &[E], eps: f64) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = sum_of(v, |x| x) / n;
+    let var = sum_of(v, |x| {
+        let d = x - mean;
+        d * d
+    }) / n;
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Layer normalisation of `v` without gain and bias into `out`: (v − μ)·r,
 /// r = 1/sqrt(var + eps) (var divided by the width), computed in f64 and
-/// rounded once; returns r.
+/// rounded once; returns r. Inlined into the row kernels, so that it is
+/// compiled (and vectorised) for their ISA.
+#[inline(always)]
 fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
-    let n = v.len();
-    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
-    let var = sum_f64(n, |i| {
-        let d = v[i].to_f64() - mean;
-        d * d
-    }) / n as f64;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let (mean, rstd) = moments(v, eps);
     for (o, x) in out.iter_mut().zip(v) {
         *o = E::from_f64((x.to_f64() - mean) * rstd);
     }
@@ -275,14 +339,9 @@ fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
 }
 
 /// [`normalise`] of `v` in place.
+#[inline(always)]
 fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
-    let n = v.len();
-    let mean = sum_f64(n, |i| v[i].to_f64()) / n as f64;
-    let var = sum_f64(n, |i| {
-        let d = v[i].to_f64() - mean;
-        d * d
-    }) / n as f64;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let (mean, rstd) = moments(v, eps);
     for x in v.iter_mut() {
         *x = E::from_f64((x.to_f64() - mean) * rstd);
     }
@@ -292,13 +351,43 @@ fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
 /// The gradient through [`normalise`] (docs/variants.md): from `dxh` (the
 /// incoming gradient times the gain), x̂ and r, in place of `dxh`:
 /// r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)).
+#[inline(always)]
 fn normalise_grad<E: Float>(dxh: &mut [E], x_hat: &[E], rstd: E) {
-    let n = dxh.len();
-    let mean_d = sum_f64(n, |i| dxh[i].to_f64()) / n as f64;
-    let mean_dx = sum_f64(n, |i| dxh[i].to_f64() * x_hat[i].to_f64()) / n as f64;
+    let n = dxh.len() as f64;
+    let (sum_d, sum_dx) = sum_and_dot(dxh, x_hat);
+    let (mean_d, mean_dx) = (sum_d / n, sum_dx / n);
     let r = rstd.to_f64();
     for (d, x) in dxh.iter_mut().zip(x_hat) {
         *d = E::from_f64(r * (d.to_f64() - mean_d - x.to_f64() * mean_dx));
+    }
+}
+
+/// [`normalise_in_place`] compiled for the dispatched ISA.
+struct NormaliseInPlace<'a, E> {
+    v: &'a mut [E],
+    eps: f64,
+}
+
+impl<E: Float> Kernel<E> for NormaliseInPlace<'_, E> {
+    type Output = E;
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) -> E {
+        normalise_in_place(self.v, self.eps)
+    }
+}
+
+/// [`normalise_grad`] compiled for the dispatched ISA.
+struct NormaliseGrad<'a, E> {
+    dxh: &'a mut [E],
+    x_hat: &'a [E],
+    rstd: E,
+}
+
+impl<E: Float> Kernel<E> for NormaliseGrad<'_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        normalise_grad(self.dxh, self.x_hat, self.rstd)
     }
 }
 
@@ -525,6 +614,10 @@ pub fn forward<E: Float>(
             c.c_state.as_ref().map(|p| p.len()),
         ];
         check_cache(seq, rows, got)?;
+        if let Some(kept) = seq.panels {
+            // bf16 inference: no cache for a backward.
+            kept.check_not_bf16()?;
+        }
     }
     let Dims {
         steps,
@@ -554,6 +647,7 @@ pub fn forward<E: Float>(
     let workers = pool::workers()?;
     let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
     let eps = ln.eps();
+    let projects = seq.variant.w_hr.is_some();
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
@@ -580,6 +674,7 @@ pub fn forward<E: Float>(
         // s_x of every row, normalised in place (its 1/σ kept per row).
         let mut own_sx;
         let mut own_rstd;
+        let own_w_ih;
         let sx: &mut [E] = match c_sx {
             Some(a) => a,
             None => {
@@ -594,8 +689,17 @@ pub fn forward<E: Float>(
                 &mut own_rstd
             }
         };
+        // bf16 inference: s_x on w_ih rounded to bfloat16 (the values the
+        // float32 engine would get from `bfloat16_round`).
+        let w_ih: &[E] = match seq.panels {
+            Some(kept) if kept.bf16() => {
+                own_w_ih = rounded_bf16(seq.w_ih)?;
+                &own_w_ih
+            }
+            _ => seq.w_ih,
+        };
         let w_ih_t = Mat {
-            data: seq.w_ih,
+            data: w_ih,
             rows: input,
             cols: g4,
             row_stride: 1,
@@ -611,7 +715,7 @@ pub fn forward<E: Float>(
                                                                // SAFETY: row r of sx (R × 4H) and rstd (R × 3), this task's alone.
                 unsafe {
                     let v = std::slice::from_raw_parts_mut(sx_ptr.0.add(r * g4), g4);
-                    *rstd_ptr.0.add(r * 3) = normalise_in_place(v, eps);
+                    *rstd_ptr.0.add(r * 3) = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
                 }
             });
         }
@@ -650,13 +754,31 @@ pub fn forward<E: Float>(
         } else {
             SharedMut::null()
         };
-        let w_hh_t = Mat {
-            data: seq.w_hh,
-            rows: state,
-            cols: g4,
-            row_stride: 1,
-            col_stride: state,
+        // The recurrent weights (and the projection's) packed once for the
+        // whole call, or kept by prepared weights.
+        let lanes = isa.lanes::<E>();
+        // bf16 inference streams w_hh's panels as bfloat16 and projects with
+        // w_hr rounded (the prepared weights' panels).
+        let hh_panels = match seq.panels {
+            Some(kept) if kept.bf16() => {
+                HhPanels::Bf16(kept.forward_bf16(seq.w_hh, hidden, hp, state, lanes)?)
+            }
+            Some(kept) => HhPanels::Elements(kept.forward(seq.w_hh, hidden, hp, state, lanes)?),
+            None => HhPanels::Elements(
+                pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
+            ),
         };
+        let proj_panels: Panels<E> = match (seq.variant.w_hr, seq.panels) {
+            (None, _) => Panels::default(),
+            (Some(w_hr), Some(kept)) => kept.projection(w_hr, state, hidden, lanes)?,
+            (Some(w_hr), None) => pack::projection_panels(w_hr, state, hidden, lanes)?.into(),
+        };
+        let mut scratch = ProductScratch::for_threads::<E>(
+            rayon::current_num_threads(),
+            batch,
+            state.max(hidden),
+            lanes,
+        )?;
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
         for s in 0..steps {
             cancel.check()?;
@@ -679,13 +801,38 @@ pub fn forward<E: Float>(
                     h_prev[row * state..][..state].copy_from_slice(dst);
                 }
             }
-            gemm(
-                Mat::rows(&h_in, n, state, state),
-                w_hh_t,
-                &mut sh,
-                g4,
-                false,
-            );
+            match &hh_panels {
+                HhPanels::Elements(panels) => panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &h_in,
+                        lda: state,
+                        depth: state,
+                        panels: &panels[..],
+                        tiles: hp / lanes,
+                        columns: Columns::Gates { hidden },
+                        c: &mut sh,
+                        ldc: g4,
+                    },
+                    &mut scratch,
+                ),
+                HhPanels::Bf16(panels) => panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &h_in,
+                        lda: state,
+                        depth: state,
+                        panels: &panels[..],
+                        tiles: hp / lanes,
+                        columns: Columns::Gates { hidden },
+                        c: &mut sh,
+                        ldc: g4,
+                    },
+                    &mut scratch,
+                ),
+            }
             let step = ForwardStep {
                 v: seq.variant,
                 ln: *ln,
@@ -719,25 +866,25 @@ pub fn forward<E: Float>(
                     },
                 )
             });
-            let h_t: &[E] = match seq.variant.w_hr {
-                Some(w_hr) => {
-                    let w_hr_t = Mat {
-                        data: w_hr,
-                        rows: hidden,
-                        cols: state,
-                        row_stride: 1,
-                        col_stride: hidden,
-                    };
-                    gemm(
-                        Mat::rows(&m, n, hidden, hidden),
-                        w_hr_t,
-                        &mut h_new,
-                        state,
-                        false,
-                    );
-                    &h_new
-                }
-                None => &m,
+            let h_t: &[E] = if projects {
+                panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &m,
+                        lda: hidden,
+                        depth: hidden,
+                        panels: &proj_panels[..],
+                        tiles: state.next_multiple_of(E::PAD).div_ceil(4 * lanes),
+                        columns: Columns::Outputs { outputs: state },
+                        c: &mut h_new,
+                        ldc: state,
+                    },
+                    &mut scratch,
+                );
+                &h_new
+            } else {
+                &m
             };
             // y_t = h_t, the state after zoneout.
             for (j, &(b, row)) in active.iter().enumerate() {
@@ -752,6 +899,25 @@ pub fn forward<E: Float>(
         Ok(())
     };
     workers.pool.install(body)
+}
+
+/// The panels of w_hh for the forward's step product: elements, or bfloat16
+/// for bf16 inference (widened in registers: the same values in the same FMA
+/// chains as the rounded weights' element panels).
+enum HhPanels<E> {
+    Elements(Panels<E>),
+    Bf16(Panels<Bf16>),
+}
+
+/// `w` rounded to bfloat16 values, in `E` (f32: `PanelCache::new_bf16`
+/// refuses f64).
+fn rounded_bf16<E: Float>(w: &[E]) -> Result<Vec<E>> {
+    let mut out = alloc::zeroed::<E>(&[w.len()], "w_ih rounded to bfloat16")?;
+    for (o, &x) in out.iter_mut().zip(w) {
+        // E is f32 here: the casts are exact.
+        *o = E::from_f64(f64::from(round_f32(x.to_f64() as f32)));
+    }
+    Ok(out)
 }
 
 fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, state: usize) {
@@ -1057,6 +1223,9 @@ pub fn backward<E: Float>(
         cache.c_state.map(<[E]>::len),
     ];
     check_cache(seq, rows, got)?;
+    if let Some(kept) = seq.panels {
+        kept.check_not_bf16()?;
+    }
     expect_opt("dy", seeds.dy.map(<[E]>::len), rows * state)?;
     expect_opt("dh_n", seeds.dh_n.map(<[E]>::len), batch * state)?;
     expect_opt("dc_n", seeds.dc_n.map(<[E]>::len), batch * hidden)?;
@@ -1187,6 +1356,27 @@ pub fn backward<E: Float>(
         dh.copy_from_slice(dh0);
         let mut dc = alloc::zeroed::<E>(&[batch, hidden], "the state dc")?;
         dc.copy_from_slice(dc0);
+        // w_hh packed once for dh_{t−1} = ds_h·W_hh over the dense 4H (gate
+        // rows unpadded, like ds_h), and the projection's for dm = dh_t·W_hr;
+        // kept by prepared weights where their layout is the same.
+        let lanes = isa.lanes::<E>();
+        let hh_panels: Panels<E> = match seq.panels {
+            Some(kept) if hidden == hp => kept.backward(seq.w_hh, hidden, hp, state, lanes)?,
+            _ => pack::backward_panels(seq.w_hh, hidden, hidden, state, lanes)?.into(),
+        };
+        let proj_panels: Panels<E> = match (seq.variant.w_hr, seq.panels) {
+            (None, _) => Panels::default(),
+            (Some(w_hr), Some(kept)) => kept.projection_backward(w_hr, state, hidden, lanes)?,
+            (Some(w_hr), None) => {
+                pack::projection_backward_panels(w_hr, state, hidden, lanes)?.into()
+            }
+        };
+        let mut scratch = ProductScratch::for_threads::<E>(
+            rayon::current_num_threads(),
+            batch,
+            g4.max(state),
+            lanes,
+        )?;
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
         for s in (0..steps).rev() {
             cancel.check()?;
@@ -1229,15 +1419,24 @@ pub fn backward<E: Float>(
                     cp.copy_from_slice(&states[before * hidden..][..hidden]);
                 }
             }
-            match seq.variant.w_hr {
-                Some(w_hr) => gemm(
-                    Mat::rows(&dh_t, n, state, state),
-                    Mat::rows(w_hr, state, hidden, hidden),
-                    &mut dm,
-                    hidden,
-                    false,
-                ),
-                None => dm[..n * hidden].copy_from_slice(&dh_t[..n * hidden]),
+            if projects {
+                panel_product(
+                    isa,
+                    PanelProduct {
+                        rows: n,
+                        a: &dh_t,
+                        lda: state,
+                        depth: state,
+                        panels: &proj_panels[..],
+                        tiles: hidden.next_multiple_of(E::PAD).div_ceil(4 * lanes),
+                        columns: Columns::Outputs { outputs: hidden },
+                        c: &mut dm,
+                        ldc: hidden,
+                    },
+                    &mut scratch,
+                );
+            } else {
+                dm[..n * hidden].copy_from_slice(&dh_t[..n * hidden]);
             }
             let step = BackwardStep {
                 v: seq.variant,
@@ -1275,12 +1474,20 @@ pub fn backward<E: Float>(
                     },
                 )
             });
-            gemm(
-                Mat::rows(&dsh, n, g4, g4),
-                Mat::rows(seq.w_hh, g4, state, state),
-                &mut dh_back,
-                state,
-                false,
+            panel_product(
+                isa,
+                PanelProduct {
+                    rows: n,
+                    a: &dsh,
+                    lda: g4,
+                    depth: g4,
+                    panels: &hh_panels[..],
+                    tiles: state.next_multiple_of(E::PAD).div_ceil(4 * lanes),
+                    columns: Columns::Outputs { outputs: state },
+                    c: &mut dh_back,
+                    ldc: state,
+                },
+                &mut scratch,
             );
             for (j, &(b, row)) in active.iter().enumerate() {
                 dsh_all[row * g4..][..g4].copy_from_slice(&dsh[j * g4..][..g4]);
@@ -1344,7 +1551,14 @@ pub fn backward<E: Float>(
                     }
                 }
                 let rstd = cache.rstd[r * 3];
-                normalise_grad(d, &cache.sx_hat[r * g4..][..g4], rstd);
+                dispatch::<E, _>(
+                    isa,
+                    NormaliseGrad {
+                        dxh: d,
+                        x_hat: &cache.sx_hat[r * g4..][..g4],
+                        rstd,
+                    },
+                );
             });
         }
         let dsx = &*dz;

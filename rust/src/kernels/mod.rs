@@ -10,6 +10,8 @@
 //! - `microkernel.rs`: the register tiles, named by shape (`mrx4v`, ...)
 //! - `pack.rs`: the weight layouts (padded gate blocks, panels of `w_hh`)
 //! - `gemm.rs`: the large products, split by rows over the pool
+//! - `panel_product.rs`: a step's few rows times prepacked panels, as dense
+//!   rows (the LayerNorm LSTM's per-step products)
 //! - `layout.rs`: where every (step, row) lives
 //! - `forward_step.rs`, `backward_step.rs`: one chunk's time loop
 
@@ -20,3 +22,4 @@ pub mod gemm_kernel;
 pub mod layout;
 pub mod microkernel;
 pub mod pack;
+pub mod panel_product;
