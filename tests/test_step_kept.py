@@ -117,7 +117,9 @@ def test_kept_step_is_taken_and_runs_no_general_call(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "how", ["in_place", "bias", "projection", "load_state_dict", "replaced", "float64", "view"]
+    "how",
+    ["in_place", "bias", "projection", "load_state_dict", "replaced", "float64", "view"]
+    + ["unaligned"],
 )
 def test_kept_step_never_uses_stale_weights(monkeypatch, how):
     rng = np.random.default_rng(5)
@@ -139,6 +141,12 @@ def test_kept_step_never_uses_stale_weights(monkeypatch, how):
             p["weight_ih_l1"] = p["weight_ih_l1"] + 0.125
         elif how == "float64":
             p["weight_hh_l0"] = p["weight_hh_l0"].astype(np.float64) * 0.75
+        elif how == "unaligned":  # as unpickled arrays can be: the general call copies it
+            w = p["weight_hh_l0"]
+            raw = np.zeros(w.nbytes + 1, np.uint8)[1:].view(w.dtype).reshape(w.shape)
+            raw[...] = w * 0.5
+            assert not raw.flags.aligned
+            p["weight_hh_l0"] = raw
         else:  # a strided view: the general call copies it
             w = p["weight_ih_l0"]
             big = np.zeros((w.shape[0], 2 * w.shape[1]), w.dtype)

@@ -1175,8 +1175,10 @@ class PreparedWeights:
             array = value if exact else real_array(name, value)
             if array.shape != mine.shape:
                 return False
-            if array.dtype != mine.dtype or not array.flags.c_contiguous:
-                array = np.ascontiguousarray(array, dtype=mine.dtype)
+            if array.dtype != mine.dtype or not (
+                array.flags.c_contiguous and array.flags.aligned
+            ):  # the layout the engine reads (an unpickled array may be unaligned)
+                array = np.require(array, dtype=mine.dtype, requirements=["C", "A"])
             given.append(array)
             kept.append(mine)
         return bool(_core.same_bits(given, kept))
