@@ -156,6 +156,8 @@ def compute_dtype(dtypes: Iterable[np.dtype]) -> np.dtype:
 def cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """:func:`real_array` in ``dtype`` (a copy only when the dtype differs); running out
     of memory for the copy is a ``MemoryError`` naming the argument."""
+    if type(value) is np.ndarray and value.dtype == dtype and value.size <= _MAX_ELEMENTS:
+        return value  # what the lines below return for it, without their calls
     array = real_array(name, value)
     if array.dtype == dtype:
         return array

@@ -22,6 +22,7 @@ from ._bundles import (
 
 __all__ = [
     "Cancel",
+    "Kept",
     "Packed",
     "__version__",
     "_after_fork_in_child",
@@ -113,3 +114,37 @@ class Packed:
     def __new__(
         cls, w_ih: object, w_hh: object, w_hr: object | None = None, bfloat16: bool = False
     ) -> Packed: ...
+
+@final
+class Kept:
+    """Prepared weights as a kept call runs them (``PreparedWeights._run_kept``):
+    the private arrays, the panels and the variant fixed once; each call proves
+    the caller's live weights bit for bit the kept ones and runs one pass
+    without a cache, in one crossing."""
+
+    def __new__(
+        cls,
+        packed: Packed,
+        w_ih: np.ndarray,
+        w_hh: np.ndarray,
+        w_hr: np.ndarray | None,
+        bias: np.ndarray | None,
+        b_ih: np.ndarray | None,
+        b_hh: np.ndarray | None,
+        clip: float | None,
+        input_forget: bool,
+        forget_gate: bool,
+        activations: _Seq[tuple[str, float | None, float | None]] | None,
+    ) -> Kept: ...
+    def forward(
+        self,
+        x: np.ndarray,
+        h0: np.ndarray | None,
+        c0: np.ndarray | None,
+        live: _Seq[object | None],
+        peepholes: object | None,
+        out: Outputs,
+        *,
+        batch_first: bool = False,
+        reverse: bool = False,
+    ) -> bool: ...

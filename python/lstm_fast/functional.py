@@ -1046,8 +1046,8 @@ class PreparedWeights:
     """
 
     __slots__ = (
-        "_bias", "_has_bias", "_kept", "_packed", "_peepholes", "_w_hh", "_w_hr", "_w_ih",
-        "dtype", "weight_dtype",
+        "_bias", "_has_bias", "_kept", "_packed", "_peepholes", "_plan", "_w_hh", "_w_hr",
+        "_w_ih", "dtype", "weight_dtype",
     )  # fmt: skip
 
     def __init__(
@@ -1127,6 +1127,8 @@ class PreparedWeights:
             + (self._w_hr,)
         )
         self._packed = _core.Packed(self._w_ih, self._w_hh, self._w_hr, bfloat16=bf16)
+        #: (variant, the `_core.Kept` of :meth:`_run_kept` for it), made on first use.
+        self._plan: tuple[tuple[Any, ...], Any] | None = None
         #: The peepholes every call uses (docs/variants.md), or None.
         given = arrays.get("peepholes")
         self._peepholes = None if given is None else _private("peepholes", given, self.dtype)
@@ -1173,11 +1175,53 @@ class PreparedWeights:
             array = value if exact else real_array(name, value)
             if array.shape != mine.shape:
                 return False
-            if array.dtype != mine.dtype or not array.flags.c_contiguous:
-                array = np.ascontiguousarray(array, dtype=mine.dtype)
+            if array.dtype != mine.dtype or not (
+                array.flags.c_contiguous and array.flags.aligned
+            ):  # the layout the engine reads (an unpickled array may be unaligned)
+                array = np.require(array, dtype=mine.dtype, requirements=["C", "A"])
             given.append(array)
             kept.append(mine)
         return bool(_core.same_bits(given, kept))
+
+    def _run_kept(
+        self,
+        x: np.ndarray,
+        h0: np.ndarray | None,
+        c0: np.ndarray | None,
+        out: Outputs,
+        live: tuple[np.ndarray | None, ...],
+        peepholes: np.ndarray | None,
+        variant: tuple[Any, Any, Any, Any],
+        *,
+        batch_first: bool = False,
+        reverse: bool = False,
+    ) -> bool:
+        """One pass without a cache, in one engine call that first proves ``live``
+        (the caller's w_ih, w_hh, b_ih, b_hh, w_hr; None where absent) bit for bit
+        these weights, as :meth:`matches` does: the per-call work of a layer that
+        keeps its prepared weights (``LSTM.step``, an inference ``LSTM.forward``).
+        The arguments are checked: ``x`` (T, B, I), or (B, T, I) with
+        ``batch_first``, ``h0``, ``c0`` (or None) and ``out``'s arrays
+        C-contiguous in this dtype and of the pass's shapes; ``peepholes`` the
+        live (3H,) array or None; ``variant`` (clip, input_forget, forget_gate,
+        activations) as ``_checks.variant_options`` returns them, activations
+        None for the plain ones. False, with nothing computed, when the live
+        arrays are not the prepared weights, or not arrays of this dtype the
+        engine reads in place: the caller then prepares again (or takes the
+        general path)."""
+        plan = self._plan
+        if plan is None or plan[0] != variant:
+            clip, input_forget, forget_gate, acts = variant
+            kept = _core.Kept(
+                self._packed, self._w_ih, self._w_hh, self._w_hr, self._bias, self._kept[2],
+                self._kept[3], clip, input_forget, forget_gate, acts,
+            )  # fmt: skip
+            plan = self._plan = (variant, kept)
+        return bool(
+            plan[1].forward(
+                x, h0, c0, live, peepholes, out, batch_first=batch_first, reverse=reverse
+            )
+        )
 
     def _args(self, x: Any, h0: Any, c0: Any, x_name: str, batch_first: bool, **kw: Any) -> _Args:
         array = real_array(x_name, x)

@@ -20,7 +20,9 @@ from typing import Any, Callable, NamedTuple, TypeVar
 import numpy as np
 
 from . import functional as _F
+from . import functional as _functional
 from . import masks as _masks
+from ._bundles import Outputs as _Outputs
 from ._checks import (
     LAYER_NORM_EPS,
     PLAIN_ACTIVATIONS,
@@ -29,6 +31,8 @@ from ._checks import (
     check_lengths,
     check_memory,
     check_shape,
+    contiguous,
+    empty,
     flag,
     float_dtype,
     integer,
@@ -38,10 +42,12 @@ from ._checks import (
     random_generator,
     real_number,
     regularisation,
+    shape_error,
     variant_options,
 )
 from ._checks import layer_norm_eps as checked_eps
 from ._core import Cancel
+from ._types import Forward as _Forward
 from ._types import LayerWeights
 
 __all__ = ["LSTM"]
@@ -610,6 +616,61 @@ class LSTM:
             self._prepared[key] = kept
         return kept
 
+    def _kept_pass(
+        self,
+        layer: int,
+        direction: int,
+        weight_dtype: Any,
+        x: np.ndarray,
+        h0: np.ndarray | None,
+        c0: np.ndarray | None,
+        out: _Outputs,
+        *,
+        batch_first: bool = False,
+        reverse: bool = False,
+    ) -> bool:
+        """One pass without a cache of one layer and direction (no layer norm or
+        zoneout, no ``lengths``) from its kept weights, into ``out``; ``x``, ``h0``,
+        ``c0`` checked, in the layer's dtype. True when it ran.
+
+        The per-call work of :meth:`step` and of an inference ``forward``: what
+        depends only on the configuration and the weights was done when they were
+        packed (``_prepared_weights``), so a call proves the live parameters
+        current and runs the pass in one engine call
+        (``PreparedWeights._run_kept``), with the bits of the general call. False,
+        with nothing computed, when the parameters are not plain arrays of the
+        layer's dtype (one replaced by a strided view, say): the general call
+        handles those.
+        """
+        dt = self.dtype
+        p = self.parameters
+        w_ih, w_hh, b_ih, b_hh = self._names[layer][direction]
+        live = (
+            p[w_ih],
+            p[w_hh],
+            None if b_ih is None else p[b_ih],
+            None if b_hh is None else p[b_hh],
+            p[self._projection_name(layer, direction)] if self.proj_size else None,
+        )
+        peepholes = p[self._peephole_name(layer, direction)] if self.peepholes else None
+        variant = (self.clip, self.input_forget, self.forget_gate, self.activations)
+        x = contiguous("x", x, dt, own=False)
+        if h0 is not None:
+            h0 = contiguous("h0", h0, dt, own=False)
+        if c0 is not None:
+            c0 = contiguous("c0", c0, dt, own=False)
+        key = (layer, direction) if weight_dtype is None else (layer, direction, 16)
+        prepared = self._prepared.get(key)
+        for attempt in range(2):
+            if attempt:
+                # Not packed yet, or stale: pack again (proven as for the general call).
+                prepared = self._prepared_weights(layer, direction, weight_dtype)
+            if isinstance(prepared, _functional.PreparedWeights) and prepared._run_kept(
+                x, h0, c0, out, live, peepholes, variant, batch_first=batch_first, reverse=reverse
+            ):
+                return True
+        return False
+
     def _prepared_variant(self, layer: int, direction: int) -> dict[str, Any]:
         """:meth:`_variant` for a call of the prepared weights, which hold ``w_hr``."""
         options = self._variant(layer, direction)
@@ -642,14 +703,13 @@ class LSTM:
             return None
         array = self._cast(name, value)
         width = self.hidden_size if cell else self.state_size
-        size = "hidden_size" if cell or not self.proj_size else "proj_size"
-        if unbatched:
-            symbols = f"(num_layers*num_directions, {size})"
-            check_shape(name, array, symbols, (rows, width))
-            return array[:, None, :]
-        symbols = f"(num_layers*num_directions, batch, {size})"
-        check_shape(name, array, symbols, (rows, batch, width))
-        return array
+        want = (rows, width) if unbatched else (rows, batch, width)
+        if array.shape != want:  # the message only when it is needed (step is hot)
+            size = "hidden_size" if cell or not self.proj_size else "proj_size"
+            batch_symbol = "" if unbatched else "batch, "
+            symbols = f"(num_layers*num_directions, {batch_symbol}{size})"
+            raise shape_error(name, symbols, want, array.shape)
+        return array[:, None, :] if unbatched else array
 
     def _input(self, x: Any) -> tuple[np.ndarray, bool, bool, int, int]:
         """x as (array in the engine's layout, batch_first, unbatched, steps, batch)."""
@@ -753,6 +813,9 @@ class LSTM:
             pass_seed = self._draw_seed() if seed is None else seed
 
         concurrent = self._concurrent(steps, batch)
+        # Inference without lengths: each pass from the kept weights in one engine
+        # call (``_kept_pass``; the passes with options below take the general one).
+        kept = _F is _functional and not need_cache and lengths is None
         caches: list[list[Any]] = []
         h_n: list[np.ndarray] = []
         c_n: list[np.ndarray] = []
@@ -785,13 +848,29 @@ class LSTM:
                         **self._variant(layer, direction),
                         **options,
                     )
+                h0_k = None if h0 is None else h0[k]
+                c0_k = None if c0 is None else c0[k]
+                reverse = direction == 1 or self._reverse
+                if kept:
+                    dt, state = self.dtype, self.state_size
+                    y_shape = (batch, steps, state) if batch_first else (steps, batch, state)
+                    out = _Outputs(
+                        empty("y", y_shape, dt),
+                        empty("h_n", (batch, state), dt),
+                        empty("c_n", (batch, self.hidden_size), dt),
+                    )
+                    if self._kept_pass(
+                        layer, direction, weight_dtype, inp, h0_k, c0_k, out,
+                        batch_first=batch_first, reverse=reverse,
+                    ):  # fmt: skip
+                        return _Forward(*out, None)
                 return self._prepared_weights(layer, direction, weight_dtype).forward(
                     inp,
-                    None if h0 is None else h0[k],
-                    None if c0 is None else c0[k],
+                    h0_k,
+                    c0_k,
                     batch_first=batch_first,
                     lengths=lengths,
-                    reverse=direction == 1 or self._reverse,
+                    reverse=reverse,
                     need_cache=need_cache,
                     checkpoint=checkpoint if need_cache else None,
                     **self._prepared_variant(layer, direction),
@@ -988,9 +1067,18 @@ class LSTM:
         # Filled layer by layer (np.stack costs more than a small step itself).
         h_new = np.empty((self.num_layers, batch, self.state_size), self.dtype)
         c_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
+        # The plain cell's inference (zoneout's and layer norm's are other passes):
+        # each layer's kept weights, proven current and run in one engine call.
+        kept = _F is _functional and not self.layer_norm and not any(self._zoneout_rates)
         for layer in range(self.num_layers):
             h_l = None if h is None else h[layer]
             c_l = None if c is None else c[layer]
+            if kept:
+                y = np.empty((1, batch, self.state_size), self.dtype)
+                written = _Outputs(y, h_new[layer], c_new[layer])
+                if self._kept_pass(layer, 0, weight_dtype, layer_input, h_l, c_l, written):
+                    layer_input = y
+                    continue
             options = self._pass_options(layer, 0, None, training=False)
             if options:
                 w = self.weights(layer, 0)

@@ -902,6 +902,264 @@ impl Packed {
     }
 }
 
+/// `obj` as an array of `E` that the engine can read in place (C-contiguous,
+/// aligned) with this `shape`, borrowed for reading; None for anything else.
+fn exact<'py, E: Element>(obj: &Bound<'py, PyAny>, shape: &[usize]) -> Option<In<'py, E>> {
+    let array = obj.cast::<PyArrayDyn<E>>().ok()?;
+    if array.shape() != shape || !array.is_c_contiguous() || !array.is_aligned() {
+        return None;
+    }
+    array.try_readonly().ok().map(In)
+}
+
+/// One layer's prepared weights as a kept call runs them
+/// (`functional.PreparedWeights._run_kept`): the private arrays, the panels
+/// and the variant, fixed once, so that a call (one step of `LSTM.step`)
+/// crosses into the engine once, proving on the way that the caller's live
+/// weights are still bit for bit what was prepared (docs/api.md, SPEC §3).
+#[pyclass(frozen, name = "Kept", module = "lstm_fast._core")]
+struct Kept {
+    packed: Py<Packed>,
+    /// The private copies the panels were packed from; with `b_ih`, `b_hh`
+    /// also what the live w_ih, w_hh, b_ih, b_hh, w_hr are compared with.
+    w_ih: Py<PyAny>,
+    w_hh: Py<PyAny>,
+    w_hr: Option<Py<PyAny>>,
+    /// b_ih + b_hh as the engine adds it, or None.
+    bias: Option<Py<PyAny>>,
+    /// The biases as given (copies), or None where the layer has none.
+    b_ih: Option<Py<PyAny>>,
+    b_hh: Option<Py<PyAny>>,
+    input: usize,
+    hidden: usize,
+    clip: Option<f64>,
+    input_forget: bool,
+    forget_gate: bool,
+    /// σ_f, σ_g, σ_h.
+    activations: [Activation; 3],
+}
+
+/// The arguments of one kept call besides the weights (`Kept.forward`).
+struct KeptCall<'a, 'py> {
+    x: &'a Bound<'py, PyAny>,
+    h0: Option<&'a Bound<'py, PyAny>>,
+    c0: Option<&'a Bound<'py, PyAny>>,
+    live: [Option<Bound<'py, PyAny>>; 5],
+    peepholes: Option<&'a Bound<'py, PyAny>>,
+    batch_first: bool,
+    reverse: bool,
+    out: &'a Bound<'py, PyAny>,
+}
+
+/// A private array of `Kept` (or None), borrowed for reading.
+fn private<'py, E: Element>(
+    py: Python<'py>,
+    a: &Option<Py<PyAny>>,
+) -> PyResult<Option<In<'py, E>>> {
+    a.as_ref().map(|a| a.bind(py).extract()).transpose()
+}
+
+impl Kept {
+    fn run<'py, E: Engine + FromPyObjectOwned<'py>>(
+        &self,
+        py: Python<'py>,
+        panels: &PanelCache<E>,
+        call: KeptCall<'_, 'py>,
+    ) -> PyResult<bool> {
+        let w_ih: In<'_, E> = self.w_ih.bind(py).extract()?;
+        let w_hh: In<'_, E> = self.w_hh.bind(py).extract()?;
+        let w_hr = private::<E>(py, &self.w_hr)?;
+        let bias = private::<E>(py, &self.bias)?;
+        let b_ih = private::<E>(py, &self.b_ih)?;
+        let b_hh = private::<E>(py, &self.b_hh)?;
+        let kept = [
+            Some(&w_ih),
+            Some(&w_hh),
+            b_ih.as_ref(),
+            b_hh.as_ref(),
+            w_hr.as_ref(),
+        ];
+        // The live weights: each a plain array of E shaped like its kept copy,
+        // or there is nothing to prove here (the general path casts and
+        // compares: `PreparedWeights.matches`).
+        let mut live = Vec::with_capacity(5);
+        for (given, mine) in call.live.iter().zip(kept) {
+            match (given, mine) {
+                (None, None) => {}
+                (Some(given), Some(mine)) => match exact::<E>(given, mine.0.shape()) {
+                    Some(given) => live.push((given, mine)),
+                    None => return Ok(false),
+                },
+                _ => return Ok(false),
+            }
+        }
+        let peepholes = match call.peepholes {
+            None => None,
+            Some(p) => match exact::<E>(p, &[3 * self.hidden]) {
+                Some(p) => Some(p),
+                None => return Ok(false),
+            },
+        };
+        let x: In<'_, E> = call.x.extract()?;
+        let (steps, batch) = match (x.0.shape(), call.batch_first) {
+            (&[steps, batch, _], false) | (&[batch, steps, _], true) => (steps, batch),
+            (shape, _) => {
+                return Err(PyValueError::new_err(format!(
+                    "x must have 3 dimensions, got shape {shape:?}"
+                )))
+            }
+        };
+        let h0 = call.h0.map(|h| h.extract::<In<'_, E>>()).transpose()?;
+        let c0 = call.c0.map(|c| c.extract::<In<'_, E>>()).transpose()?;
+        let mut out: OutputArrays<'py, E> = call.out.extract()?;
+        let [f, g, h] = self.activations;
+        let seq = Sequence {
+            dims: Dims {
+                steps,
+                batch,
+                input: self.input,
+                hidden: self.hidden,
+            },
+            batch_first: call.batch_first,
+            reverse: call.reverse,
+            lengths: None,
+            x: slice("x", &x)?,
+            w_ih: slice("w_ih", &w_ih)?,
+            w_hh: slice("w_hh", &w_hh)?,
+            bias: opt_slice("bias", &bias)?,
+            h0: opt_slice("h0", &h0)?,
+            c0: opt_slice("c0", &c0)?,
+            panels: Some(panels),
+            variant: Variant {
+                peepholes: opt_slice("peepholes", &peepholes)?,
+                w_hr: opt_slice("w_hr", &w_hr)?,
+                clip: self.clip.map(E::from_f64),
+                input_forget: self.input_forget,
+                forget_gate: self.forget_gate,
+                f,
+                g,
+                h,
+                ..Variant::default()
+            },
+        };
+        let mut pairs = Vec::with_capacity(live.len());
+        for (given, mine) in &live {
+            pairs.push((bytes_of(given)?, bytes_of(mine)?));
+        }
+        let out = out.outputs()?;
+        let mut current = false;
+        run_pass(py, seq.dims, |cancel| {
+            current = crate::kernels::pack::same_bytes(&pairs)?;
+            if !current {
+                return Ok(());
+            }
+            crate::forward(&seq, out, None, cancel)
+        })?;
+        Ok(current)
+    }
+}
+
+#[pymethods]
+impl Kept {
+    /// `packed` made from `w_ih`, `w_hh` and `w_hr` (None without a
+    /// projection); `bias` b_ih + b_hh or None; `b_ih`, `b_hh` the biases as
+    /// given (None where absent), what the live ones are compared with; the
+    /// variant as `_checks.variant_options` gives it (`activations` None for
+    /// the plain ones). Every array is private to the caller and never
+    /// written.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        packed: Bound<'_, Packed>,
+        w_ih: &Bound<'_, PyAny>,
+        w_hh: &Bound<'_, PyAny>,
+        w_hr: Option<&Bound<'_, PyAny>>,
+        bias: Option<&Bound<'_, PyAny>>,
+        b_ih: Option<&Bound<'_, PyAny>>,
+        b_hh: Option<&Bound<'_, PyAny>>,
+        clip: Option<f64>,
+        input_forget: bool,
+        forget_gate: bool,
+        activations: Option<Vec<ActivationSpec>>,
+    ) -> PyResult<Self> {
+        let w_ih_shape = w_ih
+            .cast::<PyUntypedArray>()
+            .map_err(|_| PyTypeError::new_err("w_ih must be an array"))?
+            .shape()
+            .to_vec();
+        let &[rows, input] = w_ih_shape.as_slice() else {
+            return Err(PyValueError::new_err("w_ih must be 2-D"));
+        };
+        let mut acts = [Activation::Sigmoid, Activation::Tanh, Activation::Tanh];
+        if let Some(given) = activations {
+            let [f, g, h] = given.as_slice() else {
+                return Err(PyValueError::new_err(format!(
+                    "activations must have 3 entries (f, g, h), got {}",
+                    given.len()
+                )));
+            };
+            for (slot, (name, alpha, beta)) in acts.iter_mut().zip([f, g, h]) {
+                *slot = Activation::parse(name, *alpha, *beta)?;
+            }
+        }
+        let own = |a: Option<&Bound<'_, PyAny>>| a.map(|a| a.clone().unbind());
+        Ok(Kept {
+            packed: packed.unbind(),
+            w_ih: w_ih.clone().unbind(),
+            w_hh: w_hh.clone().unbind(),
+            w_hr: own(w_hr),
+            bias: own(bias),
+            b_ih: own(b_ih),
+            b_hh: own(b_hh),
+            input,
+            hidden: rows / 4,
+            clip,
+            input_forget,
+            forget_gate,
+            activations: acts,
+        })
+    }
+
+    /// One pass without a cache (`need_cache=False`): `x` (T, B, I), or
+    /// (B, T, I) with `batch_first`, `h0`, `c0` (or None), `out` the
+    /// `_bundles.Outputs` to write, all checked, C-contiguous and of the
+    /// prepared dtype; `live` the caller's w_ih, w_hh, b_ih, b_hh, w_hr (None
+    /// where absent) and `peepholes` (or None). Returns False, computing
+    /// nothing, unless every live array is an array of the dtype, C-contiguous
+    /// and aligned, of its kept copy's shape and bit for bit that copy: the
+    /// caller then takes the general path. Proof and pass run in one
+    /// release of the GIL.
+    #[pyo3(signature = (x, h0, c0, live, peepholes, out, *, batch_first = false, reverse = false))]
+    #[allow(clippy::too_many_arguments)]
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        h0: Option<&Bound<'py, PyAny>>,
+        c0: Option<&Bound<'py, PyAny>>,
+        live: [Option<Bound<'py, PyAny>>; 5],
+        peepholes: Option<&Bound<'py, PyAny>>,
+        out: &Bound<'py, PyAny>,
+        batch_first: bool,
+        reverse: bool,
+    ) -> PyResult<bool> {
+        let call = KeptCall {
+            x,
+            h0,
+            c0,
+            live,
+            peepholes,
+            batch_first,
+            reverse,
+            out,
+        };
+        match &self.packed.get().panels {
+            AnyPanels::F32(panels) => self.run(py, panels, call),
+            AnyPanels::F64(panels) => self.run(py, panels, call),
+        }
+    }
+}
+
 /// The bytes of a C-contiguous array of one of the engine's dtypes.
 fn bytes_of<'a, E: Element>(a: &'a In<'_, E>) -> PyResult<&'a [u8]> {
     let s = slice("weights", a)?;
@@ -1265,6 +1523,9 @@ mod _core {
     /// stops the calls it started on other threads (`LSTM`'s reverse direction).
     #[pymodule_export]
     use super::Packed;
+
+    #[pymodule_export]
+    use super::Kept;
 
     #[pyclass(frozen, name = "Cancel", module = "lstm_fast._core")]
     struct CancelScope(Arc<Cancel>);

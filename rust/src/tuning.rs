@@ -64,6 +64,14 @@ pub const ROW_PREFETCH_DISTANCE: usize = 8;
 /// (~1 µs), small enough that two threads split a 1 MiB matrix evenly.
 pub const SAME_BYTES_BLOCK: usize = 64 * 1024;
 
+/// Bytes below which that proof compares on the calling thread: handing the
+/// blocks to the pool and waiting for them costs several microseconds (far
+/// more on a busy machine), the time one core compares ~256 KiB in; with one
+/// thread the pool only adds that hand-off. A step at B = 1 compares the
+/// weights twice over (live and kept), so this decides whether one step per
+/// call pays a hand-off at all.
+pub const SAME_BYTES_PARALLEL_MIN: usize = 1024 * 1024;
+
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised (each task's rows are also a multiple of the ISA's MR,
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use crate::float::Float;
 use crate::parallel::pool;
 use crate::simd::bf16::{round_f32, Bf16};
-use crate::tuning::{PACK_DEPTH, SAME_BYTES_BLOCK};
+use crate::tuning::{PACK_DEPTH, SAME_BYTES_BLOCK, SAME_BYTES_PARALLEL_MIN};
 
 /// Panels of a `w_hh` packed by the pass that needed them.
 pub type Panels<E> = Arc<Vec<E>>;
@@ -239,22 +239,23 @@ impl<E: Float> PanelCache<E> {
 /// Whether each pair of byte slices holds the same bytes: how the owner of a
 /// [`PanelCache`] proves the weights it was given unchanged since it packed
 /// them (a read of the weights, several times cheaper than packing them).
-/// Compared in blocks over the engine's threads, which share the bandwidth.
+/// Every byte is compared (memcmp, which stops at the first difference).
+/// Large weights are compared in blocks over the engine's threads, which share
+/// the bandwidth; small ones, or any with one thread, on the calling thread
+/// ([`SAME_BYTES_PARALLEL_MIN`]).
 pub fn same_bytes(pairs: &[(&[u8], &[u8])]) -> Result<bool> {
     if pairs.iter().any(|(a, b)| a.len() != b.len()) {
         return Ok(false);
     }
-    let blocks = || {
-        pairs
-            .iter()
-            .flat_map(|(a, b)| a.chunks(SAME_BYTES_BLOCK).zip(b.chunks(SAME_BYTES_BLOCK)))
-    };
     let total: usize = pairs.iter().map(|(a, _)| a.len()).sum();
-    if total < 2 * SAME_BYTES_BLOCK {
-        return Ok(blocks().all(|(a, b)| a == b));
+    if total < SAME_BYTES_PARALLEL_MIN || pool::num_threads() == 1 || pool::in_pool() {
+        return Ok(pairs.iter().all(|(a, b)| a == b));
     }
     let workers = pool::workers()?;
-    let blocks: Vec<_> = blocks().collect();
+    let blocks: Vec<_> = pairs
+        .iter()
+        .flat_map(|(a, b)| a.chunks(SAME_BYTES_BLOCK).zip(b.chunks(SAME_BYTES_BLOCK)))
+        .collect();
     Ok(workers
         .pool
         .install(|| blocks.par_iter().all(|(a, b)| a == b)))
