@@ -116,13 +116,84 @@ def test_zoneout_without_projection(zoneout, variant, setting, dtype):
         _assert_checkpoint_equal(arrays, {**options, **ZONEOUTS[zoneout]}, seeds, k)
 
 
-def test_zoneout_nbytes_counts_the_masks():
+def test_zoneout_masks_are_drawn_per_segment():
+    """A checkpointed training pass keeps no mask of the whole sequence: each
+    segment draws its rows from the seed (the results are the full cache's
+    bits, tested above); the full cache keeps the masks."""
     arrays, options, seeds = _problem(VARIANTS["peepholes"], SETTINGS["many-rows"], np.float64)
     plain = F.forward(**arrays, **options, checkpoint=2).cache
     zoned = F.forward(**arrays, **options, **ZONEOUTS["h+c"], checkpoint=2).cache
     a = zoned._args
-    masks = a.zoneout_h_keep.nbytes + a.zoneout_c_keep.nbytes
-    assert masks > 0 and zoned.nbytes == plain.nbytes + masks
+    assert a.zoneout_h_keep is None and a.zoneout_c_keep is None
+    assert a.zoneout_draws == (5, 2, 0, 0.3, 0.3)
+    assert zoned.nbytes == plain.nbytes
+    full = F.forward(**arrays, **options, **ZONEOUTS["h+c"]).cache
+    assert full._args.zoneout_h_keep is not None and full._args.zoneout_draws is None
+
+
+_PEAK_SCRIPT = r"""
+import json, resource, sys
+import numpy as np
+import lstm_fast
+
+zoneout, layer_norm = float(sys.argv[1]), sys.argv[2] == "1"
+T, B, I, H, K = 3000, 8, 16, 64, 50
+rng = np.random.default_rng(0)
+x = rng.standard_normal((T, B, I)).astype(np.float32)
+w_ih = rng.uniform(-0.1, 0.1, (4 * H, I)).astype(np.float32)
+w_hh = rng.uniform(-0.1, 0.1, (4 * H, H)).astype(np.float32)
+dy = rng.standard_normal((T, B, H)).astype(np.float32)
+kw = dict(checkpoint=K, layer_norm=layer_norm)
+if zoneout:
+    kw.update(zoneout=zoneout, seed=3)
+
+def step(x, dy):
+    out = lstm_fast.forward(x, w_ih, w_hh, **kw)
+    return lstm_fast.backward(out.cache, dy)
+
+step(x[:2 * K], dy[:2 * K])  # threads and pools started
+try:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step(x, dy)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"grew_kib": peak - before}))
+"""
+
+
+def _peak_kib(zoneout: float, layer_norm: bool) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(zoneout), "1" if layer_norm else "0"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["grew_kib"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB")
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_zoneout_with_checkpoint_holds_no_whole_masks(layer_norm):
+    """The peak memory of a checkpointed training step (T = 3000, k = 50) with
+    zoneout of h and c is the one without, give or take far less than the
+    whole masks (T·B·(Pp + Hp) float32, 12 MB) that a full-mask pass holds."""
+    masks_kib = 3000 * 8 * 128 * 4 // 1024
+    plain, zoned = _peak_kib(0.0, layer_norm), _peak_kib(0.3, layer_norm)
+    assert zoned - plain < masks_kib // 3, (plain, zoned, masks_kib)
+
+
+def test_training_memory_counts_zoneout():
+    shape = dict(steps=1000, batch=8, hidden=32, proj=32, itemsize=4)
+    hp = lstm_fast._core.hidden_pad(32, 4)
+    base = F.training_memory(None, **shape)
+    assert F.training_memory(None, **shape, zoneout_h=True) == base + 1000 * 8 * hp * 4
+    # Zoneout of c: its masks and the states after zoneout.
+    assert F.training_memory(None, **shape, zoneout_c=True) == base + 1000 * 8 * 2 * hp * 4
+    k = 10
+    ck = F.training_memory(k, **shape)
+    assert F.training_memory(k, **shape, zoneout_h=True, zoneout_c=True) == ck + k * 8 * 3 * hp * 4
 
 
 def test_every_isa(isa):

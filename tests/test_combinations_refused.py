@@ -1,11 +1,12 @@
 """Options that the engine does not combine yet: each combination is a clear
-ValueError naming the option, never a result computed without it."""
+ValueError naming the option, never a result computed without it; and the
+combinations once refused here, now combined."""
 
 import lstm_fast
 import numpy as np
 import pytest
 
-from tests.helpers import assert_close, ref
+from tests.helpers import assert_close, assert_same_bits, ref
 
 T, B, I, H = 5, 3, 4, 6
 
@@ -36,12 +37,19 @@ def test_layer_norm_with_zoneout(training):
 
 @pytest.mark.parametrize("checkpoint", [1, 2, 100])
 def test_layer_norm_with_checkpoint(checkpoint):
+    """Once refused, now combined: recompute of the LayerNorm LSTM gives the
+    full cache's bits (tests/test_checkpoint_layernorm.py tests it in depth)."""
     x, w_ih, w_hh = _arrays()
-    with pytest.raises(ValueError, match="^checkpoint: the LayerNorm LSTM"):
-        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, checkpoint=checkpoint)
+    dy = np.random.default_rng(1).standard_normal((T, B, H)).astype(np.float32)
+    full = lstm_fast.forward(x, w_ih, w_hh, layer_norm=True)
     prepared = lstm_fast.prepare_weights(w_ih, w_hh)
-    with pytest.raises(ValueError, match="^checkpoint: the LayerNorm LSTM"):
-        prepared.forward(x, layer_norm=True, checkpoint=checkpoint)
+    for out in (
+        lstm_fast.forward(x, w_ih, w_hh, layer_norm=True, checkpoint=checkpoint),
+        prepared.forward(x, layer_norm=True, checkpoint=checkpoint),
+    ):
+        assert_same_bits(out.y, full.y, "y")
+        for a, b in zip(lstm_fast.backward(out.cache, dy), lstm_fast.backward(full.cache, dy)):
+            assert_same_bits(a, b)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -71,11 +79,9 @@ def test_bfloat16_with_layer_norm():
 def test_layer_with_layer_norm_and_checkpoint():
     m = lstm_fast.LSTM(I, H, 2, layer_norm=True, seed=0)
     x = _arrays()[0]
-    with pytest.raises(ValueError, match="^checkpoint"):
-        m.forward(x, checkpoint=2)
-    # A budget the full cache fits needs no checkpoint: it runs.
-    y, _ = m.forward(x, memory_budget=1 << 30)
-    np.testing.assert_array_equal(y, m.forward(x)[0])
+    y = m.forward(x)[0]
+    for kw in ({"checkpoint": 2}, {"memory_budget": 1 << 30}, {"memory_budget": 4000}):
+        assert_same_bits(m.forward(x, **kw)[0], y, "y")
 
 
 @pytest.mark.parametrize("options", [{"zoneout": 0.2}])

@@ -39,7 +39,9 @@ __all__ = [
     "get_num_threads",
     "hidden_pad",
     "layer_norm_backward",
+    "layer_norm_backward_checkpointed",
     "layer_norm_forward",
+    "layer_norm_forward_checkpointed",
     "read_bandwidth",
     "same_bits",
     "scaled_keep",
@@ -62,9 +64,36 @@ def layer_norm_backward(
     seeds: Seeds,
     grads: LayerNormGrads,
 ) -> None: ...
-def forward_checkpointed(seq: Sequence, out: Outputs, states: np.ndarray, every: int) -> None: ...
+
+_Zoneout = tuple[int, int, int, float, float] | None
+
+def forward_checkpointed(
+    seq: Sequence, out: Outputs, states: np.ndarray, every: int, zoneout: _Zoneout = None
+) -> None: ...
 def backward_checkpointed(
-    seq: Sequence, states: np.ndarray, every: int, seeds: Seeds, grads: Grads
+    seq: Sequence,
+    states: np.ndarray,
+    every: int,
+    seeds: Seeds,
+    grads: Grads,
+    zoneout: _Zoneout = None,
+) -> None: ...
+def layer_norm_forward_checkpointed(
+    seq: Sequence,
+    ln: LayerNormParams,
+    out: Outputs,
+    states: np.ndarray,
+    every: int,
+    zoneout: _Zoneout = None,
+) -> None: ...
+def layer_norm_backward_checkpointed(
+    seq: Sequence,
+    ln: LayerNormParams,
+    states: np.ndarray,
+    every: int,
+    seeds: Seeds,
+    grads: LayerNormGrads,
+    zoneout: _Zoneout = None,
 ) -> None: ...
 def hidden_pad(hidden: int, itemsize: int) -> int: ...
 def bfloat16_bits(src: np.ndarray, out: np.ndarray) -> None: ...

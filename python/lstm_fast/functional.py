@@ -172,6 +172,10 @@ class _Args:
         self.zoneout_c_keep: np.ndarray | None = None
         self.zoneout_h = 0.0
         self.zoneout_c = 0.0
+        #: Instead of those masks, in a checkpointed training pass: (seed, layer,
+        #: direction, z_h, z_c), each segment drawing its own rows of them
+        #: (rust/src/masks.rs, ``ZoneoutDraws``); else None.
+        self.zoneout_draws: tuple[int, int, int, float, float] | None = None
         steps, batch, inp, hidden = sizes
         self.steps, self.batch, self.input, self.hidden = sizes
         #: P, the width of the state h: proj_size with a projection, else H.
@@ -392,7 +396,8 @@ class CheckpointCache(Cache):
     @property
     def nbytes(self) -> int:
         """Memory held by the cache: the kept states, ((T + k - 1) // k - 1) * B *
-        (P + H) elements, the inputs' copies and zoneout's training masks."""
+        (P + H) elements, and the inputs' copies (zoneout's training masks are
+        drawn per segment, not kept)."""
         a = self._args
         arrays = [self._states, a.x, a.w_ih, a.w_hh, a.c0, a.lengths, a.peepholes, a.w_hr]
         arrays += [a.zoneout_h_keep, a.zoneout_c_keep]
@@ -464,6 +469,20 @@ class LayerNormCache(Cache):
         return super().nbytes + sum(x.nbytes for x in extra)
 
 
+class LayerNormCheckpointCache(CheckpointCache):
+    """:class:`CheckpointCache` of a forward with ``layer_norm=True``: the states
+    every k steps; backward recomputes each segment's LayerNorm cache and
+    returns ``LayerNormGradients``."""
+
+    __slots__ = ()
+
+    @property
+    def nbytes(self) -> int:
+        ln = self._args.ln
+        extra = [] if ln is None else [p for p in ln[:-1] if p is not None]
+        return super().nbytes + sum(x.nbytes for x in extra)
+
+
 # ---------------------------------------------------------------------------
 # Sequence API
 # ---------------------------------------------------------------------------
@@ -485,24 +504,41 @@ def training_memory(
     itemsize: int,
     caches_pre: bool = False,
     passes: int = 1,
+    layer_norm: bool = False,
+    zoneout_h: bool = False,
+    zoneout_c: bool = False,
 ) -> int:
     """Bytes a training pass of ``passes`` layer-directions holds for backward
     (inputs and outputs aside), for ``checkpoint`` None (the full cache) or k:
 
-    - full cache (None, or k >= T): ``passes * T * B * C * itemsize``, with C =
-      5*Hp + Pp (+ 4*Hp for the variants that keep the pre-activations) the
-      cache's width per step and row (Hp, Pp: H, P padded, ``_core.hidden_pad``);
+    - full cache (None, or k >= T): ``passes * T * B * (C + Z) * itemsize``;
     - k < T: ``passes * (ceil(T/k) - 1) * B * (P + H) * itemsize`` (the kept states)
-      ``+ k * B * (C + 4*Hp) * itemsize`` (one segment's cache and gate gradients,
-      one pass at a time).
+      ``+ k * B * (C + S + Z) * itemsize`` (one segment's cache, backward's scratch
+      and masks, one pass at a time).
+
+    C is the cache's width per step and row: 5*Hp + Pp (Hp, Pp: H, P padded,
+    ``_core.hidden_pad``), + 4*Hp for the variants that keep the pre-activations,
+    + Hp with zoneout of c (the states after zoneout); for the LayerNorm LSTM
+    (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the pre-activations,
+    + H with zoneout of c. S is backward's scratch: 4*Hp (the gate gradients),
+    for the LayerNorm LSTM 9*H (dz, ds_h, dn) + P + H with a projection (dh and m
+    of every step). Z is zoneout's training masks: Pp with ``zoneout_h``, Hp
+    with ``zoneout_c`` (a training pass with zoneout of h, of c).
     """
     hp = _core.hidden_pad(hidden, itemsize)
     pp = _core.hidden_pad(proj, itemsize)
-    width = 5 * hp + pp + (4 * hp if caches_pre else 0)
+    if layer_norm:
+        width = 14 * hidden + proj + 3 + (4 * hidden if caches_pre else 0)
+        width += hidden if zoneout_c else 0
+        scratch = 9 * hidden + (proj + hidden if proj != hidden else 0)
+    else:
+        width = 5 * hp + pp + (4 * hp if caches_pre else 0) + (hp if zoneout_c else 0)
+        scratch = 4 * hp
+    masks = (pp if zoneout_h else 0) + (hp if zoneout_c else 0)
     if checkpoint is None or checkpoint >= steps:
-        return passes * steps * batch * width * itemsize
+        return passes * steps * batch * (width + masks) * itemsize
     states = checkpoint_states(steps, batch, hidden, proj, checkpoint)
-    return (passes * states + checkpoint * batch * (width + 4 * hp)) * itemsize
+    return (passes * states + checkpoint * batch * (width + scratch + masks)) * itemsize
 
 
 def checkpoint_for_budget(budget: Any, **shape: Any) -> int | None:
@@ -534,17 +570,18 @@ def _run_forward(
         h_n=empty("h_n", (args.batch, args.proj), dt),
         c_n=empty("c_n", (args.batch, args.hidden), dt),
     )
-    if args.ln is not None:
-        if checkpoint is not None:
-            raise ValueError(
-                "checkpoint: the LayerNorm LSTM keeps its full cache (no recompute yet)"
-            )
-        return _run_layer_norm_forward(args, out, need_cache)
     if need_cache and checkpoint is not None and checkpoint < args.steps:
         n = checkpoint_states(args.steps, args.batch, args.hidden, args.proj, checkpoint)
         states = empty("the checkpoint states", (n,), dt)
-        _core.forward_checkpointed(args, out, states, checkpoint)
+        if args.ln is not None:
+            _core.layer_norm_forward_checkpointed(
+                args, args.ln, out, states, checkpoint, args.zoneout_draws
+            )
+            return out.y, out.h_n, out.c_n, LayerNormCheckpointCache(args, states, checkpoint)
+        _core.forward_checkpointed(args, out, states, checkpoint, args.zoneout_draws)
         return out.y, out.h_n, out.c_n, CheckpointCache(args, states, checkpoint)
+    if args.ln is not None:
+        return _run_layer_norm_forward(args, out, need_cache)
     arrays = None
     if need_cache:
         hp = args.hidden_pad
@@ -671,7 +708,11 @@ def forward(
     the cache keeps only each row's state every k steps, and :func:`backward`
     recomputes each segment of k steps, giving bitwise the same gradients with
     O((T/k + k) * H) memory per row instead of O(T * H); k >= T is the full cache.
-    With zoneout in training the cache also keeps the masks (T * B units each).
+    With zoneout in training each segment draws its rows of the masks from
+    ``seed`` (in forward and again in backward), so no mask of the whole
+    sequence is held.
+    It combines with ``layer_norm=True`` (the gradients bitwise those of the
+    LayerNorm LSTM's full cache).
     """
     need_cache = flag("need_cache", need_cache)
     every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
@@ -705,7 +746,8 @@ def forward(
         forget_gate=forget_gate, activations=activations, norms=norms,
         layer_norm_eps=layer_norm_eps,
     )  # fmt: skip
-    _regularise(args, *reg)
+    segments = need_cache and every is not None and every < args.steps
+    _regularise(args, *reg, draw_per_segment=segments)
     return Forward(*_run_forward(args, need_cache, every))
 
 
@@ -718,15 +760,21 @@ _WEIGHT_DROP = 4
 
 def _regularise(
     args: _Args, z_h: float, z_c: float, p_rec: float, p_weight: float,
-    seed: int | None, layer: int, training: bool,
+    seed: int | None, layer: int, training: bool, draw_per_segment: bool = False,
 ) -> None:  # fmt: skip
     """Applies the checked regularisation options to ``args``: weight drop packs
     W_hh ⊙ M (one mask per call) and backward multiplies dw_hh by M; at
     inference both dropouts are the identity. Zoneout in training draws its
     masks once per call in the caches' layout (the cache keeps them for
-    backward); at inference the engine takes the rates."""
+    backward), or with ``draw_per_segment`` (a checkpointed pass) leaves each
+    segment to draw its own rows, in forward and again in backward; at
+    inference the engine takes the rates."""
     direction = int(args.reverse)
     rows = args.steps * args.batch
+    if training and (z_h or z_c) and draw_per_segment:
+        assert seed is not None  # regularisation() requires one
+        args.zoneout_draws = (seed, layer, direction, z_h, z_c)
+        z_h = z_c = 0.0
     for stream, z, width, pad in (
         (_ZONEOUT_H, z_h, args.proj, args.proj_pad),
         (_ZONEOUT_C, z_c, args.hidden, args.hidden_pad),
@@ -779,8 +827,8 @@ def _seeds(a: _Args, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str])
 
 
 def _run_layer_norm_backward(
-    cache: LayerNormCache, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str],
-    flow: bool = False,
+    cache: LayerNormCache | LayerNormCheckpointCache, dy: Any, dh_n: Any, dc_n: Any,
+    names: tuple[str, str, str], flow: bool = False,
 ) -> tuple[Any, ...]:  # fmt: skip
     """:func:`_run_backward` of the LayerNorm LSTM: the sixteen fields of
     ``LayerNormGradients``."""
@@ -789,6 +837,7 @@ def _run_layer_norm_backward(
     assert ln is not None
     dt, H = a.dtype, a.hidden
     seeds = _seeds(a, dy, dh_n, dc_n, names)
+    checkpointed = isinstance(cache, LayerNormCheckpointCache)
 
     def wanted(name: str, shape: tuple[int, ...], given: bool) -> np.ndarray | None:
         return empty(name, shape, dt) if given else None
@@ -805,15 +854,23 @@ def _run_layer_norm_backward(
         flow_h=wanted("the gradient flow (dh)", (a.steps, a.batch), flow),
         flow_c=wanted("the gradient flow (dc)", (a.steps, a.batch), flow),
         # NumPy backs large arrays with huge pages: fewer page faults than the
-        # engine's own allocation (as for the plain pass's scratch).
-        scratch_dz=empty("the gate gradients", (a.steps * a.batch, 4 * H), dt),
-        scratch_dsh=empty("the recurrent products' gradients", (a.steps * a.batch, 4 * H), dt),
+        # engine's own allocation (as for the plain pass's scratch). A
+        # checkpointed pass allocates one segment's.
+        scratch_dz=wanted("the gate gradients", (a.steps * a.batch, 4 * H), not checkpointed),
+        scratch_dsh=wanted(
+            "the recurrent products' gradients", (a.steps * a.batch, 4 * H), not checkpointed
+        ),
         dw_ln_ih=wanted("dw_ln_ih", (4 * H,), ln.w_ih is not None),
         dw_ln_hh=wanted("dw_ln_hh", (4 * H,), ln.w_hh is not None),
         dw_ln_c=wanted("dw_ln_c", (H,), ln.w_c is not None),
         db_ln_c=wanted("db_ln_c", (H,), ln.b_c is not None),
     )
-    _core.layer_norm_backward(a, ln, cache._ln, seeds, grads)
+    if isinstance(cache, LayerNormCheckpointCache):
+        _core.layer_norm_backward_checkpointed(
+            a, ln, cache._states, cache._every, seeds, grads, a.zoneout_draws
+        )
+    else:
+        _core.layer_norm_backward(a, ln, cache._ln, seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     # Σ dz is the gradient of every bias that adds to the pre-activations; each
@@ -870,7 +927,7 @@ def _run_backward(
         flow_c=empty("the gradient flow (dc)", (a.steps, a.batch), dt) if flow else None,
     )
     if isinstance(cache, CheckpointCache):
-        _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads)
+        _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads, a.zoneout_draws)
     else:
         arrays = CacheArrays(
             gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
@@ -925,7 +982,7 @@ def backward(
     """
     _check_cache(cache, Cache, "forward")
     flow = flag("flow", flow)
-    if isinstance(cache, LayerNormCache):
+    if isinstance(cache, (LayerNormCache, LayerNormCheckpointCache)):
         return LayerNormGradients(
             *_run_layer_norm_backward(cache, dy, dh_n, dc_n, ("dy", "dh_n", "dc_n"), flow=flow)
         )

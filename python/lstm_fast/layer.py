@@ -793,7 +793,9 @@ class LSTM:
                 memory_budget, steps=steps, batch=batch, hidden=self.hidden_size,
                 proj=self.state_size, itemsize=self.dtype.itemsize,
                 caches_pre=_F.caches_pre(self.clip, self.activations),
-                passes=self.num_layers * self.num_directions,
+                passes=self.num_layers * self.num_directions, layer_norm=self.layer_norm,
+                zoneout_h=self.training and bool(self._zoneout_rates[0]),
+                zoneout_c=self.training and bool(self._zoneout_rates[1]),
             )  # fmt: skip
         rows = self.num_layers * self.num_directions
         h0 = c0 = None

@@ -19,8 +19,11 @@
 //! - backward: per step (last first) the gate derivatives of each row, the
 //!   gradient through the normalisations of c_t and s_h, and dh_{t−1} =
 //!   ds_h·W_hh (on W_hh's backward panels over the dense 4H); after the loop
-//!   dx = ds_x·W_ih, dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ (h ⊙ r) and dW_hr as
-//!   single products, and the sums of the bias, gain and peephole gradients.
+//!   dx = ds_x·W_ih (one product), and dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ
+//!   (h ⊙ r), dW_hr and the sums of the bias, gain and peephole gradients
+//!   over every (step, row) in backward's processing order (`lstm.rs`,
+//!   `ordered_blocks`), which a checkpointed pass's segments continue
+//!   (`checkpoint.rs`).
 //!
 //! Bits independent of the thread count: the rows of a step are independent
 //! and each runs the same code whatever thread takes it; every product gives
@@ -43,6 +46,10 @@ use crate::kernels::gemm::{gemm, Mat};
 use crate::kernels::layout::SharedMut;
 use crate::kernels::pack::{self, Panels};
 use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, ProductScratch};
+use crate::lstm::{
+    gathered_t, ordered_block_rows, ordered_blocks, ordered_column_sums, peephole_terms,
+    processing_order,
+};
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
@@ -1200,17 +1207,7 @@ pub fn backward<E: Float>(
     grads: LnGrads<'_, E>,
     cancel: &Cancel,
 ) -> Result<()> {
-    let Dims {
-        steps,
-        batch,
-        input,
-        hidden,
-    } = seq.dims;
-    let state = seq.state();
-    let g4 = 4 * hidden;
-    seq.check()?;
-    let rows = seq.rows()?;
-    ln.check(hidden)?;
+    let rows = check_grads(seq, ln, &seeds, &grads)?;
     let got = [
         Some(cache.gates.len()),
         cache.pre.map(<[E]>::len),
@@ -1223,6 +1220,31 @@ pub fn backward<E: Float>(
         cache.c_state.map(<[E]>::len),
     ];
     check_cache(seq, rows, got)?;
+    if !seq.runs() {
+        return backward_without_steps(seeds, grads);
+    }
+    backward_pass(seq, ln, cache, seeds, grads, rows, false, cancel)
+}
+
+/// The checks of [`backward`]'s arguments but the cache: the sequence, the
+/// normalisations, the seeds and the gradients' sizes. Returns the rows, T·B.
+pub(crate) fn check_grads<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    seeds: &Seeds<'_, E>,
+    grads: &LnGrads<'_, E>,
+) -> Result<usize> {
+    let Dims {
+        batch,
+        input,
+        hidden,
+        ..
+    } = seq.dims;
+    let state = seq.state();
+    let g4 = 4 * hidden;
+    seq.check()?;
+    let rows = seq.rows()?;
+    ln.check(hidden)?;
     if let Some(kept) = seq.panels {
         kept.check_not_bf16()?;
     }
@@ -1267,7 +1289,16 @@ pub fn backward<E: Float>(
     expect_opt("dw_ln_hh", grads.dw_ln_hh.as_ref().map(|d| d.len()), g4)?;
     expect_opt("dw_ln_c", grads.dw_ln_c.as_ref().map(|d| d.len()), hidden)?;
     expect_opt("db_ln_c", grads.db_ln_c.as_ref().map(|d| d.len()), hidden)?;
+    Ok(rows)
+}
 
+/// [`backward`] of a checked call in which no row has a step to run: the
+/// gradients of the initial states are the seeds, every other gradient is
+/// zero.
+pub(crate) fn backward_without_steps<E: Float>(
+    seeds: Seeds<'_, E>,
+    grads: LnGrads<'_, E>,
+) -> Result<()> {
     let LnGrads {
         dx,
         dh0,
@@ -1277,6 +1308,61 @@ pub fn backward<E: Float>(
         db,
         dpeepholes,
         dw_hr,
+        flow,
+        dw_ln_ih,
+        dw_ln_hh,
+        dw_ln_c,
+        db_ln_c,
+        ..
+    } = grads;
+    copy_or_zero(dh0, seeds.dh_n);
+    copy_or_zero(dc0, seeds.dc_n);
+    let [fh, fc] = flow.unwrap_or_default();
+    for d in [dx, dw_ih, dw_hh, fh, fc] {
+        d.fill(E::ZERO);
+    }
+    for d in [db, dpeepholes, dw_hr, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c]
+        .into_iter()
+        .flatten()
+    {
+        d.fill(E::ZERO);
+    }
+    Ok(())
+}
+
+/// [`backward`] of a checked call in which some row runs, over `rows`
+/// (T·B) rows. With `accumulate` the weight, bias, gain and peephole
+/// gradients continue the sums already in `grads` (a later segment of the
+/// same sequence, `checkpoint.rs`) instead of starting from zero; every other
+/// gradient is written afresh.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_pass<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    cache: LnCacheRef<'_, E>,
+    seeds: Seeds<'_, E>,
+    grads: LnGrads<'_, E>,
+    rows: usize,
+    accumulate: bool,
+    cancel: &Cancel,
+) -> Result<()> {
+    let Dims {
+        steps,
+        batch,
+        input,
+        hidden,
+    } = seq.dims;
+    let state = seq.state();
+    let g4 = 4 * hidden;
+    let LnGrads {
+        dx,
+        dh0,
+        dc0,
+        dw_ih,
+        dw_hh,
+        db,
+        dpeepholes,
+        mut dw_hr,
         mut flow,
         scratch,
         dw_ln_ih,
@@ -1289,18 +1375,6 @@ pub fn backward<E: Float>(
     if let Some([fh, fc]) = flow.as_mut() {
         fh.fill(E::ZERO);
         fc.fill(E::ZERO);
-    }
-    if !seq.runs() {
-        dx.fill(E::ZERO);
-        dw_ih.fill(E::ZERO);
-        dw_hh.fill(E::ZERO);
-        for d in [db, dpeepholes, dw_hr, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c]
-            .into_iter()
-            .flatten()
-        {
-            d.fill(E::ZERO);
-        }
-        return Ok(());
     }
     let isa = Isa::active();
     let workers = pool::workers()?;
@@ -1516,26 +1590,21 @@ pub fn backward<E: Float>(
         dc0.copy_from_slice(&dc);
         cancel.check()?;
 
-        // The sums over rows, in row order.
-        let mut db_sum = alloc::zeroed::<E>(&[g4], "the bias gradient")?;
-        column_sums(&mut db_sum, dz, None);
-        if let Some(d) = dw_ln_ih {
-            column_sums(d, dz, Some(cache.sx_hat));
-        }
-        if let Some(d) = dw_ln_hh {
-            column_sums(d, dz, Some(cache.sh_hat));
-        }
-        if let Some(d) = dw_ln_c {
-            column_sums(d, &dn, Some(cache.c_hat));
-        }
-        if let Some(d) = db_ln_c {
-            column_sums(d, &dn, None);
-        }
-        if let Some(db) = db {
-            db.copy_from_slice(&db_sum);
+        // The sums over every (step, row) in processing order (`lstm.rs`),
+        // which the segments of a checkpointed pass, last to first, continue.
+        for (out, a, b) in [
+            (db, &dz[..], None),
+            (dw_ln_ih, &dz[..], Some(cache.sx_hat)),
+            (dw_ln_hh, &dz[..], Some(cache.sh_hat)),
+            (dw_ln_c, &dn[..], Some(cache.c_hat)),
+            (db_ln_c, &dn[..], None),
+        ] {
+            if let Some(out) = out {
+                ordered_column_sums(seq, out, a, b, accumulate);
+            }
         }
         if let Some(dp) = dpeepholes {
-            peephole_grads(seq, dz, cache.cells, states, dp);
+            peephole_grads(seq, dz, cache.cells, states, dp, accumulate);
         }
         // ds_x in place of dz.
         {
@@ -1570,112 +1639,92 @@ pub fn backward<E: Float>(
             input,
             false,
         );
-        cancel.check()?;
-        gemm(
-            transposed(dsx, rows, g4),
-            Mat::rows(seq.x, rows, input, input),
-            dw_ih,
-            input,
-            false,
-        );
-        cancel.check()?;
-        gemm(
-            transposed(dsh_all, rows, g4),
-            Mat::rows(cache.h_prev, rows, state, state),
-            dw_hh,
-            state,
-            false,
-        );
-        if let Some(dw_hr) = dw_hr {
-            cancel.check()?;
-            gemm(
-                transposed(&dh_steps, rows, state),
-                Mat::rows(&m_all, rows, hidden, hidden),
-                dw_hr,
-                hidden,
-                false,
-            );
+        // A padded step has no gradient: exactly zero (whatever the signs of
+        // the zeros its normalisation's gradient gave), as in a segment.
+        for b in 0..batch {
+            for t in seq.length(b)..steps {
+                dx[row_of(seq, t, b) * input..][..input].fill(E::ZERO);
+            }
         }
-        Ok(())
+        // dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ (h ⊙ r), dW_hr = Σ dhᵀ m: a
+        // block of rows at a time in processing order, each product
+        // continuing the chains (`lstm.rs`, `ordered_blocks`).
+        let block = ordered_block_rows(seq);
+        let what = "the gathered rows of the weight gradients";
+        let mut dsx_blk = alloc::zeroed::<E>(&[block, g4], what)?;
+        let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
+        let mut dsh_blk = alloc::zeroed::<E>(&[block, g4], what)?;
+        let mut h_blk = alloc::zeroed::<E>(&[block, state], what)?;
+        let pb = if projects { block } else { 0 };
+        let mut dh_blk = alloc::zeroed::<E>(&[pb, state], what)?;
+        let mut m_blk = alloc::zeroed::<E>(&[pb, hidden], what)?;
+        let gather = |dst: &mut [E], n: usize, src: &[E], row: usize, width: usize| {
+            dst[n * width..][..width].copy_from_slice(&src[row * width..][..width]);
+        };
+        ordered_blocks(seq, accumulate, cancel, |order, more| {
+            for (n, &(_, _, row)) in order.iter().enumerate() {
+                gather(&mut dsx_blk, n, dsx, row, g4);
+                gather(&mut x_blk, n, seq.x, row, input);
+                gather(&mut dsh_blk, n, dsh_all, row, g4);
+                gather(&mut h_blk, n, cache.h_prev, row, state);
+                if projects {
+                    gather(&mut dh_blk, n, &dh_steps, row, state);
+                    gather(&mut m_blk, n, &m_all, row, hidden);
+                }
+            }
+            let n = order.len();
+            gemm(
+                gathered_t(&dsx_blk, n, g4, g4),
+                Mat::rows(&x_blk, n, input, input),
+                dw_ih,
+                input,
+                more,
+            );
+            gemm(
+                gathered_t(&dsh_blk, n, g4, g4),
+                Mat::rows(&h_blk, n, state, state),
+                dw_hh,
+                state,
+                more,
+            );
+            if let Some(dw_hr) = dw_hr.as_deref_mut() {
+                gemm(
+                    gathered_t(&dh_blk, n, state, state),
+                    Mat::rows(&m_blk, n, hidden, hidden),
+                    dw_hr,
+                    hidden,
+                    more,
+                );
+            }
+            Ok(())
+        })
     };
     workers.pool.install(body)
 }
 
-/// The transpose of a (rows, width) row-major matrix.
-fn transposed<E>(a: &[E], rows: usize, width: usize) -> Mat<'_, E> {
-    Mat {
-        data: a,
-        rows: width,
-        cols: rows,
-        row_stride: 1,
-        col_stride: width,
-    }
-}
-
-/// `out[k] = Σ_r a[r][k] · b[r][k]` (`b` None: Σ_r a[r][k]) over the rows of
-/// the (rows, width) matrices in order; the columns in blocks over the pool's
-/// threads (each column's sum on one thread, in row order).
-fn column_sums<E: Float>(out: &mut [E], a: &[E], b: Option<&[E]>) {
-    const BLOCK: usize = 64;
-    let width = out.len();
-    let block = |(i, out): (usize, &mut [E])| {
-        out.fill(E::ZERO);
-        let k0 = i * BLOCK;
-        let n = out.len();
-        for (r, a_row) in a.chunks_exact(width).enumerate() {
-            let a_row = &a_row[k0..][..n];
-            match b {
-                Some(b) => {
-                    let b_row = &b[r * width + k0..][..n];
-                    for ((o, &x), &y) in out.iter_mut().zip(a_row).zip(b_row) {
-                        *o = *o + x * y;
-                    }
-                }
-                None => {
-                    for (o, &x) in out.iter_mut().zip(a_row) {
-                        *o = *o + x;
-                    }
-                }
-            }
-        }
-    };
-    if in_pool() {
-        out.par_chunks_mut(BLOCK).enumerate().for_each(block);
-    } else {
-        out.chunks_mut(BLOCK).enumerate().for_each(block);
-    }
-}
-
 /// d peepholes [p_i, p_o, p_f] = Σ dz_i ⊙ c_{t−1}, Σ dz_o ⊙ c_t, Σ dz_f ⊙
-/// c_{t−1} over the valid (t, b); c_t the step's own cell (`cells`), c_{t−1}
-/// the previous state (`states`: after zoneout with zoneout of c).
+/// c_{t−1} over the valid (t, b) in processing order (continuing `dp` with
+/// `accumulate`); c_t the step's own cell (`cells`), c_{t−1} the previous
+/// state (`states`: after zoneout with zoneout of c).
 fn peephole_grads<E: Float>(
     seq: &Sequence<'_, E>,
     dz: &[E],
     cells: &[E],
     states: &[E],
     dp: &mut [E],
+    accumulate: bool,
 ) {
     let h = seq.dims.hidden;
     let g4 = 4 * h;
-    dp.fill(E::ZERO);
-    let zeros = vec![E::ZERO; h];
-    for b in 0..seq.dims.batch {
-        let len = seq.length(b);
-        for s in 0..len {
-            let row = row_of(seq, time_of(seq, s, b), b);
-            let c_prev: &[E] = if s == 0 {
-                seq.c0.map_or(&zeros[..], |c0| &c0[b * h..][..h])
-            } else {
-                &states[row_of(seq, time_of(seq, s - 1, b), b) * h..][..h]
-            };
-            let c = &cells[row * h..][..h];
-            let d = &dz[row * g4..][..g4];
-            for u in 0..h {
-                dp[u] = dp[u] + d[u] * c_prev[u];
-                dp[h + u] = dp[h + u] + d[3 * h + u] * c[u];
-                dp[2 * h + u] = dp[2 * h + u] + d[h + u] * c_prev[u];
-            }
-        }
+    if !accumulate {
+        dp.fill(E::ZERO);
+    }
+    for (s, b, row) in processing_order(seq) {
+        let c_prev: &[E] = if s == 0 {
+            seq.c0.map_or(&[], |c0| &c0[b * h..][..h])
+        } else {
+            &states[row_of(seq, time_of(seq, s - 1, b), b) * h..][..h]
+        };
+        peephole_terms(dp, &dz[row * g4..][..g4], h, c_prev, &cells[row * h..][..h]);
     }
 }

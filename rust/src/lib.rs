@@ -71,11 +71,15 @@ mod tests;
 static ALLOCATOR: alloc::LineAligned = alloc::LineAligned;
 
 pub use cancel::Cancel;
-pub use checkpoint::{backward_checkpointed, checkpoint_len, forward_checkpointed};
+pub use checkpoint::{
+    backward_checkpointed, backward_checkpointed_ln, checkpoint_len, forward_checkpointed,
+    forward_checkpointed_ln,
+};
 pub use error::{Error, Result};
 pub use float::Float;
 pub use kernels::pack::PanelCache;
 pub use lstm::{backward, forward};
+pub use masks::ZoneoutDraws;
 #[doc(hidden)]
 pub use parallel::pool::hold_pool_lock;
 pub use parallel::pool::{

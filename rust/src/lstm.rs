@@ -618,7 +618,8 @@ struct WeightSums<'a, E> {
 /// rows ascending within one; as (iteration, batch row, layout row).
 /// Segments of iterations (`checkpoint.rs`), last to first, visit the same
 /// terms in the same order, so their sums continue these chains exactly.
-fn processing_order<'a, E: Float>(
+/// The LayerNorm LSTM (`layernorm.rs`) sums in this order too.
+pub(crate) fn processing_order<'a, E: Float>(
     seq: &'a Sequence<'a, E>,
 ) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
     let geo = seq.geometry();
@@ -634,12 +635,129 @@ fn processing_order<'a, E: Float>(
     })
 }
 
+/// Rows of one block of [`ordered_blocks`]: at most `ORDERED_BLOCK_ROWS`,
+/// fewer when the sequence has fewer valid (step, row) (at least 1).
+pub(crate) fn ordered_block_rows<E: Float>(seq: &Sequence<'_, E>) -> usize {
+    let valid: usize = (0..seq.dims.batch).map(|b| seq.length(b)).sum();
+    ORDERED_BLOCK_ROWS.min(valid).max(1)
+}
+
+/// Runs `block(rows, more)` on every block of [`processing_order`] in turn:
+/// `rows` its (iteration, batch row, layout row), at most
+/// [`ordered_block_rows`]; `more` whether a product over it continues the
+/// chains already in its output (`gemm`'s `accumulate`): false for the first
+/// block unless `accumulate`. A product per block with `more` then sums over
+/// every (step, row) in processing order, however the steps were grouped
+/// into calls.
+pub(crate) fn ordered_blocks<E: Float>(
+    seq: &Sequence<'_, E>,
+    accumulate: bool,
+    cancel: &Cancel,
+    mut block: impl FnMut(&[(usize, usize, usize)], bool) -> Result<()>,
+) -> Result<()> {
+    let size = ordered_block_rows(seq);
+    let mut rows = alloc::with_capacity(size, "the rows of an ordered block")?;
+    let mut order = processing_order(seq).peekable();
+    let mut more = accumulate;
+    while order.peek().is_some() {
+        cancel.check()?;
+        rows.clear();
+        rows.extend(order.by_ref().take(size));
+        block(&rows, more)?;
+        more = true;
+    }
+    Ok(())
+}
+
+/// The transpose of `n` gathered rows `stride` apart, `width` used: the
+/// (width, n) left operand of Σ aᵀ b.
+pub(crate) fn gathered_t<E>(data: &[E], n: usize, width: usize, stride: usize) -> Mat<'_, E> {
+    Mat {
+        data,
+        rows: width,
+        cols: n,
+        row_stride: 1,
+        col_stride: stride,
+    }
+}
+
+/// `out[k] (+)= Σ a[r][k]` (with `b`: `Σ a[r][k] · b[r][k]`) over the layout
+/// rows r of every (step, row) in [`processing_order`]; `a`, `b` have rows
+/// of `out.len()`. Continues `out`'s values with `accumulate`, else starts
+/// from zero. Columns in blocks over the pool's threads, each column summed
+/// on one thread in order: the same bits for any thread count, and segments
+/// (last to first, with `accumulate`) continue the whole pass's sums.
+pub(crate) fn ordered_column_sums<E: Float>(
+    seq: &Sequence<'_, E>,
+    out: &mut [E],
+    a: &[E],
+    b: Option<&[E]>,
+    accumulate: bool,
+) {
+    let width = out.len();
+    let column_block = |(blk, sum): (usize, &mut [E])| {
+        if !accumulate {
+            sum.fill(E::ZERO);
+        }
+        let k0 = blk * DB_COLUMN_BLOCK;
+        let n = sum.len();
+        for (_, _, r) in processing_order(seq) {
+            let a_row = &a[r * width + k0..][..n];
+            match b {
+                Some(b) => {
+                    let b_row = &b[r * width + k0..][..n];
+                    for ((s, &x), &y) in sum.iter_mut().zip(a_row).zip(b_row) {
+                        *s = *s + x * y;
+                    }
+                }
+                None => {
+                    for (s, &x) in sum.iter_mut().zip(a_row) {
+                        *s = *s + x;
+                    }
+                }
+            }
+        }
+    };
+    if in_pool() {
+        out.par_chunks_mut(DB_COLUMN_BLOCK)
+            .enumerate()
+            .for_each(column_block);
+    } else {
+        out.chunks_mut(DB_COLUMN_BLOCK)
+            .enumerate()
+            .for_each(column_block);
+    }
+}
+
+/// Adds one (step, row)'s terms to the peephole gradients `dp` = [dp_i,
+/// dp_o, dp_f] (3 × `hidden`): dp_i += da_i ⊙ c_{t−1}, dp_f += da_f ⊙
+/// c_{t−1}, dp_o += da_o ⊙ c_t; `da` the row's gate gradients in blocks i, f,
+/// g, o `stride` apart; `c_prev` empty for zeros (no c0).
+pub(crate) fn peephole_terms<E: Float>(
+    dp: &mut [E],
+    da: &[E],
+    stride: usize,
+    c_prev: &[E],
+    c: &[E],
+) {
+    let hidden = dp.len() / 3;
+    let (dp_i, rest) = dp.split_at_mut(hidden);
+    let (dp_o, dp_f) = rest.split_at_mut(hidden);
+    for u in 0..hidden {
+        let cp = c_prev.get(u).copied().unwrap_or(E::ZERO);
+        dp_i[u] = dp_i[u] + da[u] * cp;
+        dp_f[u] = dp_f[u] + da[stride + u] * cp;
+        dp_o[u] = dp_o[u] + da[3 * stride + u] * c[u];
+    }
+}
+
 /// dW_ih = Σ daᵀ x, dW_hh = Σ daᵀ h_prev, db = Σ da, the peephole gradients
-/// and dW_hr = Σ dhᵀ m over every (step, row) in [`processing_order`]: a
-/// block of rows at a time gathered in that order, each product continuing
-/// the previous block's FMA chains (`gemm` with `accumulate`), so that the
-/// sums do not depend on how the steps were grouped. With `accumulate` the
-/// chains continue from the gradients' current values.
+/// and dW_hr = Σ dhᵀ m over every (step, row) in [`processing_order`]: the
+/// products a block of rows at a time ([`ordered_blocks`]) gathered in that
+/// order, each continuing the previous block's FMA chains, the column sums
+/// by [`ordered_column_sums`], so that the sums do not depend on how the
+/// steps were grouped. With `accumulate` the chains continue from the
+/// gradients' current values.
 fn weight_grads<E: Float>(
     seq: &Sequence<'_, E>,
     steps: StepRows<'_, E>,
@@ -651,8 +769,7 @@ fn weight_grads<E: Float>(
     let (hp, state) = (hidden_pad::<E>(hidden), seq.state());
     let pp = hidden_pad::<E>(state);
     let depth = 4 * hp;
-    let valid: usize = (0..seq.dims.batch).map(|b| seq.length(b)).sum();
-    let block = ORDERED_BLOCK_ROWS.min(valid).max(1);
+    let block = ordered_block_rows(seq);
     let what = "the gathered rows of the weight gradients";
     let mut da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
     let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
@@ -671,14 +788,17 @@ fn weight_grads<E: Float>(
         mut dpeepholes,
         mut dw_hr,
     } = sums;
-    // The bias sums, padded like da; continued from db with `accumulate`.
-    let mut db_sum = match db {
-        Some(_) => alloc::zeroed::<E>(&[depth], "the column sums of the bias gradient")?,
-        None => Vec::new(),
-    };
-    if let (Some(db), true) = (db.as_deref(), accumulate) {
+    if let Some(db) = db {
+        // The bias sums, padded like da; continued from db with `accumulate`.
+        let mut db_sum = alloc::zeroed::<E>(&[depth], "the column sums of the bias gradient")?;
+        if accumulate {
+            for gate in 0..4 {
+                db_sum[gate * hp..][..hidden].copy_from_slice(&db[gate * hidden..][..hidden]);
+            }
+        }
+        ordered_column_sums(seq, &mut db_sum, steps.da, None, true);
         for gate in 0..4 {
-            db_sum[gate * hp..][..hidden].copy_from_slice(&db[gate * hidden..][..hidden]);
+            db[gate * hidden..][..hidden].copy_from_slice(&db_sum[gate * hp..][..hidden]);
         }
     }
     if let (Some(dp), false) = (dpeepholes.as_deref_mut(), accumulate) {
@@ -697,12 +817,8 @@ fn weight_grads<E: Float>(
     } else {
         steps.c_state
     };
-    let mut order = processing_order(seq).peekable();
-    let mut first = !accumulate;
-    while order.peek().is_some() {
-        cancel.check()?;
-        let mut n = 0;
-        for (s, b, row) in order.by_ref().take(block) {
+    ordered_blocks(seq, accumulate, cancel, |rows, more| {
+        for (n, &(s, b, row)) in rows.iter().enumerate() {
             da_blk[n * depth..][..depth].copy_from_slice(&steps.da[row * depth..][..depth]);
             x_blk[n * input..][..input].copy_from_slice(&seq.x[row * input..][..input]);
             h_blk[n * pp..][..pp].copy_from_slice(&steps.h_prev[row * pp..][..pp]);
@@ -723,28 +839,14 @@ fn weight_grads<E: Float>(
                     }
                 };
                 let c = &steps.cells[row * hp..][..hidden];
-                let d = &steps.da[row * depth..][..depth];
-                let (dp_i, rest) = dp.split_at_mut(hidden);
-                let (dp_o, dp_f) = rest.split_at_mut(hidden);
-                for u in 0..hidden {
-                    let cp = c_prev.get(u).copied().unwrap_or(E::ZERO);
-                    dp_i[u] = dp_i[u] + d[u] * cp;
-                    dp_f[u] = dp_f[u] + d[hp + u] * cp;
-                    dp_o[u] = dp_o[u] + d[3 * hp + u] * c[u];
-                }
+                peephole_terms(dp, &steps.da[row * depth..][..depth], hp, c_prev, c);
             }
-            n += 1;
         }
-        let (da_rows, more) = (&da_blk[..n * depth], !first);
+        let n = rows.len();
+        let da_rows = &da_blk[..n * depth];
         for &(col, out_row, gate_rows) in gate_blocks {
             // da's columns of these gate rows, transposed: (gate_rows, n).
-            let da_t = Mat {
-                data: &da_rows[col.min(da_rows.len())..],
-                rows: gate_rows,
-                cols: n,
-                row_stride: 1,
-                col_stride: depth,
-            };
+            let da_t = gathered_t(&da_rows[col.min(da_rows.len())..], n, gate_rows, depth);
             gemm(
                 da_t,
                 Mat::rows(&x_blk, n, input, input),
@@ -762,45 +864,11 @@ fn weight_grads<E: Float>(
         }
         if let Some(dw_hr) = dw_hr.as_deref_mut() {
             // dW_hr = Σ dh_tᵀ m_t: (P, n)·(n, H).
-            let dh_t = Mat {
-                data: &dh_blk,
-                rows: state,
-                cols: n,
-                row_stride: 1,
-                col_stride: pp,
-            };
+            let dh_t = gathered_t(&dh_blk, n, state, pp);
             gemm(dh_t, Mat::rows(&m_blk, n, hidden, hp), dw_hr, hidden, more);
         }
-        if db.is_some() {
-            // Column blocks in parallel, each summed over the rows in order:
-            // the same bits for any thread count.
-            let column_block = |(blk, sum): (usize, &mut [E])| {
-                for da_row in da_rows.chunks_exact(depth) {
-                    for (s, &d) in sum.iter_mut().zip(&da_row[blk * DB_COLUMN_BLOCK..]) {
-                        *s = *s + d;
-                    }
-                }
-            };
-            if in_pool() {
-                db_sum
-                    .par_chunks_mut(DB_COLUMN_BLOCK)
-                    .enumerate()
-                    .for_each(column_block);
-            } else {
-                db_sum
-                    .chunks_mut(DB_COLUMN_BLOCK)
-                    .enumerate()
-                    .for_each(column_block);
-            }
-        }
-        first = false;
-    }
-    if let Some(db) = db {
-        for gate in 0..4 {
-            db[gate * hidden..][..hidden].copy_from_slice(&db_sum[gate * hp..][..hidden]);
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Per chunk, N state buffers per row of length > 0 (a prefix of its slots):

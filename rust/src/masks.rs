@@ -111,21 +111,77 @@ pub fn zoneout_keep<E: Float>(
     assert!(width <= width_pad && out.len() == steps * batch * width_pad);
     let thr = threshold(p);
     for t in 0..steps {
-        let ht = absorb(key, t as u64);
         for b in 0..batch {
-            let hb = absorb(ht, b as u64);
             let row = if batch_major {
                 b * steps + t
             } else {
                 t * batch + b
             };
-            let dst = &mut out[row * width_pad..][..width_pad];
-            // Branch-free: the events are random, a branch would mispredict.
-            for (u, d) in dst[..width].iter_mut().enumerate() {
-                let keep = event(absorb(hb, u as u64), thr);
-                *d = [E::ZERO, E::ONE][usize::from(keep)];
-            }
-            dst[width..].fill(E::ZERO);
+            zoneout_row(
+                key,
+                t,
+                b,
+                width,
+                thr,
+                &mut out[row * width_pad..][..width_pad],
+            );
+        }
+    }
+}
+
+/// Row (t, b) of a [`zoneout_keep`] mask into `dst` (its `width_pad`
+/// elements): 1 where unit u < `width` keeps its previous value (the event of
+/// `threshold` for the hash of (t, b, u) after `key`), else 0; padded units
+/// 0. t is the real time index.
+#[inline(always)]
+pub fn zoneout_row<E: Float>(
+    key: u64,
+    t: usize,
+    b: usize,
+    width: usize,
+    threshold: u64,
+    dst: &mut [E],
+) {
+    let hb = absorb(absorb(key, t as u64), b as u64);
+    // Branch-free: the events are random, a branch would mispredict.
+    for (u, d) in dst[..width].iter_mut().enumerate() {
+        let keep = event(absorb(hb, u as u64), threshold);
+        *d = [E::ZERO, E::ONE][usize::from(keep)];
+    }
+    dst[width..].fill(E::ZERO);
+}
+
+/// The training masks of zoneout (h, c), each drawn where it is needed from
+/// its key and probability (a pass that keeps only some rows of them at a
+/// time: `checkpoint.rs`) instead of given whole; None: no mask to draw.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ZoneoutDraws {
+    pub h: Option<Draw>,
+    pub c: Option<Draw>,
+}
+
+/// One zoneout mask to draw: its [`key`] (stream [`ZONEOUT_H`] or
+/// [`ZONEOUT_C`]) and the probability `p` in [0, 1) that a unit keeps its
+/// previous value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    pub key: u64,
+    pub p: f64,
+}
+
+impl ZoneoutDraws {
+    /// The draws of the call (seed, layer, direction) with probabilities
+    /// `z_h`, `z_c` (0: none).
+    pub fn new(seed: u64, layer: u64, direction: u64, z_h: f64, z_c: f64) -> Self {
+        let draw = |stream, p: f64| {
+            (p != 0.0).then(|| Draw {
+                key: key(seed, stream, layer, direction),
+                p,
+            })
+        };
+        ZoneoutDraws {
+            h: draw(ZONEOUT_H, z_h),
+            c: draw(ZONEOUT_C, z_c),
         }
     }
 }

@@ -26,6 +26,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 
 use crate::layernorm::{LayerNorm, LnCache, LnCacheRef, LnGrads};
+use crate::masks::ZoneoutDraws;
 use crate::tuning::{INTERRUPTIBLE_WORK, SIGNAL_POLL};
 use crate::{
     Activation, Cache, CacheRef, Cancel, Dims, Error, Float, Grads, Isa, Outputs, PanelCache,
@@ -801,6 +802,18 @@ fn run_ln_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     })
 }
 
+/// Zoneout's masks to draw per segment: (seed, layer, direction, z_h, z_c).
+type ZoneoutArgs = (u64, u64, u64, f64, f64);
+
+/// The [`ZoneoutDraws`] of [`ZoneoutArgs`] (None: none; the engine checks
+/// the probabilities).
+fn zoneout_draws(args: Option<ZoneoutArgs>) -> ZoneoutDraws {
+    args.map_or_else(
+        ZoneoutDraws::default,
+        |(seed, layer, direction, z_h, z_c)| ZoneoutDraws::new(seed, layer, direction, z_h, z_c),
+    )
+}
+
 /// [`run_forward`] keeping only the states at every `every`-th iteration
 /// (`states`, see [`crate::checkpoint_len`]) instead of the cache.
 fn run_forward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
@@ -809,6 +822,7 @@ fn run_forward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
     out: &Bound<'py, PyAny>,
     states: &Bound<'py, PyAny>,
     every: usize,
+    draws: ZoneoutDraws,
 ) -> PyResult<()> {
     let mut out: OutputArrays<'py, E> = out.extract()?;
     let mut states: Out<'py, E> = states.extract()?;
@@ -816,7 +830,7 @@ fn run_forward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
     let out = out.outputs()?;
     let states = slice_mut("states", &mut states)?;
     run_pass(py, seq.dims, |cancel| {
-        crate::forward_checkpointed(&seq, out, every, states, cancel)
+        crate::forward_checkpointed(&seq, out, every, states, draws, cancel)
     })
 }
 
@@ -826,6 +840,7 @@ fn run_backward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
     seq: SequenceArrays<'py, E>,
     states: &Bound<'py, PyAny>,
     every: usize,
+    draws: ZoneoutDraws,
     seeds: &Bound<'py, PyAny>,
     grads: &Bound<'py, PyAny>,
 ) -> PyResult<()> {
@@ -836,7 +851,56 @@ fn run_backward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
     let states = slice("states", &states)?;
     let (seeds, grads) = (seeds.seeds()?, grads.grads()?);
     run_pass(py, seq.dims, |cancel| {
-        crate::backward_checkpointed(&seq, every, states, seeds, grads, cancel)
+        crate::backward_checkpointed(&seq, every, states, draws, seeds, grads, cancel)
+    })
+}
+
+/// [`run_forward_checkpointed`] for the LayerNorm LSTM
+/// ([`crate::checkpoint::forward_checkpointed_ln`]).
+fn run_ln_forward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    ln: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+    states: &Bound<'py, PyAny>,
+    every: usize,
+    draws: ZoneoutDraws,
+) -> PyResult<()> {
+    let ln: LayerNormArrays<'py, E> = ln.extract()?;
+    let mut out: OutputArrays<'py, E> = out.extract()?;
+    let mut states: Out<'py, E> = states.extract()?;
+    let seq = seq.sequence()?;
+    let ln = ln.layer_norm()?;
+    let out = out.outputs()?;
+    let states = slice_mut("states", &mut states)?;
+    run_pass(py, seq.dims, |cancel| {
+        crate::forward_checkpointed_ln(&seq, &ln, out, every, states, draws, cancel)
+    })
+}
+
+/// [`run_backward_checkpointed`] for the LayerNorm LSTM
+/// ([`crate::checkpoint::backward_checkpointed_ln`]).
+#[allow(clippy::too_many_arguments)]
+fn run_ln_backward_checkpointed<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    ln: &Bound<'py, PyAny>,
+    states: &Bound<'py, PyAny>,
+    every: usize,
+    draws: ZoneoutDraws,
+    seeds: &Bound<'py, PyAny>,
+    grads: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let ln: LayerNormArrays<'py, E> = ln.extract()?;
+    let states: In<'py, E> = states.extract()?;
+    let seeds: SeedArrays<'py, E> = seeds.extract()?;
+    let mut grads: LnGradArrays<'py, E> = grads.extract()?;
+    let seq = seq.sequence()?;
+    let ln = ln.layer_norm()?;
+    let states = slice("states", &states)?;
+    let (seeds, grads) = (seeds.seeds()?, grads.grads()?);
+    run_pass(py, seq.dims, |cancel| {
+        crate::backward_checkpointed_ln(&seq, &ln, every, states, draws, seeds, grads, cancel)
     })
 }
 
@@ -1276,17 +1340,23 @@ mod _core {
     /// [`forward`] without the cache: writes `out` and keeps in `states`
     /// (one flat array) the state (h, c) at the start of every segment of
     /// `every` iterations but the first, for `backward_checkpointed`.
+    /// `zoneout`, (seed, layer, direction, z_h, z_c): zoneout's training
+    /// masks drawn per segment (`crate::ZoneoutDraws`) instead of given in
+    /// `seq`.
     #[pyfunction]
+    #[pyo3(signature = (seq, out, states, every, zoneout = None))]
     fn forward_checkpointed<'py>(
         py: Python<'py>,
         seq: AnySequence<'py>,
         out: &Bound<'py, PyAny>,
         states: &Bound<'py, PyAny>,
         every: usize,
+        zoneout: Option<ZoneoutArgs>,
     ) -> PyResult<()> {
+        let draws = zoneout_draws(zoneout);
         match seq {
-            AnySequence::F32(seq) => run_forward_checkpointed(py, seq, out, states, every),
-            AnySequence::F64(seq) => run_forward_checkpointed(py, seq, out, states, every),
+            AnySequence::F32(seq) => run_forward_checkpointed(py, seq, out, states, every, draws),
+            AnySequence::F64(seq) => run_forward_checkpointed(py, seq, out, states, every, draws),
         }
     }
 
@@ -1294,6 +1364,7 @@ mod _core {
     /// the same `seq` and `every`: each segment's forward recomputed, the
     /// gradients bitwise those of the full cache.
     #[pyfunction]
+    #[pyo3(signature = (seq, states, every, seeds, grads, zoneout = None))]
     fn backward_checkpointed<'py>(
         py: Python<'py>,
         seq: AnySequence<'py>,
@@ -1301,13 +1372,66 @@ mod _core {
         every: usize,
         seeds: &Bound<'py, PyAny>,
         grads: &Bound<'py, PyAny>,
+        zoneout: Option<ZoneoutArgs>,
     ) -> PyResult<()> {
+        let draws = zoneout_draws(zoneout);
         match seq {
             AnySequence::F32(seq) => {
-                run_backward_checkpointed(py, seq, states, every, seeds, grads)
+                run_backward_checkpointed(py, seq, states, every, draws, seeds, grads)
             }
             AnySequence::F64(seq) => {
-                run_backward_checkpointed(py, seq, states, every, seeds, grads)
+                run_backward_checkpointed(py, seq, states, every, draws, seeds, grads)
+            }
+        }
+    }
+
+    /// `forward_checkpointed` of the LayerNorm LSTM: as `layer_norm_forward`
+    /// without the cache, keeping the states as `forward_checkpointed` does.
+    #[pyfunction]
+    #[pyo3(signature = (seq, ln, out, states, every, zoneout = None))]
+    fn layer_norm_forward_checkpointed<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        ln: &Bound<'py, PyAny>,
+        out: &Bound<'py, PyAny>,
+        states: &Bound<'py, PyAny>,
+        every: usize,
+        zoneout: Option<ZoneoutArgs>,
+    ) -> PyResult<()> {
+        let draws = zoneout_draws(zoneout);
+        match seq {
+            AnySequence::F32(seq) => {
+                run_ln_forward_checkpointed(py, seq, ln, out, states, every, draws)
+            }
+            AnySequence::F64(seq) => {
+                run_ln_forward_checkpointed(py, seq, ln, out, states, every, draws)
+            }
+        }
+    }
+
+    /// `backward_checkpointed` of the LayerNorm LSTM: the gradients of
+    /// `layer_norm_backward`, bitwise, from the states that
+    /// `layer_norm_forward_checkpointed` kept for the same `seq` and `every`.
+    #[pyfunction]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (seq, ln, states, every, seeds, grads, zoneout = None))]
+    fn layer_norm_backward_checkpointed<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        ln: &Bound<'py, PyAny>,
+        states: &Bound<'py, PyAny>,
+        every: usize,
+        seeds: &Bound<'py, PyAny>,
+        grads: &Bound<'py, PyAny>,
+        zoneout: Option<ZoneoutArgs>,
+    ) -> PyResult<()> {
+        let draws = zoneout_draws(zoneout);
+        match seq {
+            AnySequence::F32(seq) => {
+                run_ln_backward_checkpointed(py, seq, ln, states, every, draws, seeds, grads)
+            }
+            AnySequence::F64(seq) => {
+                run_ln_backward_checkpointed(py, seq, ln, states, every, draws, seeds, grads)
             }
         }
     }

@@ -278,7 +278,14 @@ impl Problem {
         };
         let mut states = vec![E::ZERO; checkpoint.map_or(0, |k| checkpoint_len(&seq, k))];
         match checkpoint {
-            Some(k) => forward_checkpointed(&seq, out, k, &mut states, cancel_forward)?,
+            Some(k) => forward_checkpointed(
+                &seq,
+                out,
+                k,
+                &mut states,
+                Default::default(),
+                cancel_forward,
+            )?,
             None => forward(
                 &seq,
                 out,
@@ -323,7 +330,15 @@ impl Problem {
             flow: None,
         };
         match checkpoint {
-            Some(k) => backward_checkpointed(&seq, k, &states, seeds, grads, cancel_backward)?,
+            Some(k) => backward_checkpointed(
+                &seq,
+                k,
+                &states,
+                Default::default(),
+                seeds,
+                grads,
+                cancel_backward,
+            )?,
             None => {
                 let cache = CacheRef {
                     gates: &gates,
