@@ -4,6 +4,7 @@ ValueError naming the option, never a result computed without it."""
 import lstm_fast
 import numpy as np
 import pytest
+from lstm_fast.functional import bfloat16_round
 
 from tests.helpers import assert_close, ref
 
@@ -44,12 +45,19 @@ def test_layer_norm_with_checkpoint(checkpoint):
         prepared.forward(x, layer_norm=True, checkpoint=checkpoint)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_bfloat16_with_zoneout(training):
+def test_bfloat16_with_zoneout():
+    """Once refused, now combined at inference: bf16 weights with zoneout give the
+    float32 engine's bits on the rounded weights (tests/test_bf16.py tests it in
+    depth); in training, like the dropouts, a ValueError naming zoneout."""
     x, w_ih, w_hh = _arrays()
-    with pytest.raises(ValueError, match="^zoneout: bfloat16 weights"):
-        lstm_fast.forward(x, w_ih, w_hh, zoneout=(0.0, 0.2), seed=1, training=training,
-                          need_cache=False, weight_dtype="bfloat16")  # fmt: skip
+    options = dict(zoneout=(0.0, 0.2), seed=1, need_cache=False)
+    out = lstm_fast.forward(x, w_ih, w_hh, training=False, weight_dtype="bfloat16", **options)
+    want = lstm_fast.forward(x, bfloat16_round(w_ih), bfloat16_round(w_hh), training=False,
+                             **options)  # fmt: skip
+    for field in ("y", "h_n", "c_n"):
+        np.testing.assert_array_equal(getattr(out, field), getattr(want, field), err_msg=field)
+    with pytest.raises(ValueError, match="^weight_dtype='bfloat16' is for inference: zoneout"):
+        lstm_fast.forward(x, w_ih, w_hh, training=True, weight_dtype="bfloat16", **options)
 
 
 def test_bfloat16_with_layer_norm():
@@ -75,9 +83,20 @@ def test_layer_with_layer_norm_and_checkpoint():
     np.testing.assert_array_equal(y, m.forward(x)[0])
 
 
-@pytest.mark.parametrize("options", [{"zoneout": 0.2}, {"layer_norm": True}])
-def test_layer_bfloat16_refuses(options):
-    m = lstm_fast.LSTM(I, H, 2, seed=0, **options).eval()
+def test_layer_bfloat16_refuses():
+    m = lstm_fast.LSTM(I, H, 2, seed=0, layer_norm=True).eval()
     x = _arrays()[0]
-    with pytest.raises(ValueError, match="zoneout|layer_norm"):
+    with pytest.raises(ValueError, match="layer_norm"):
         m.forward(x, need_cache=False, weight_dtype="bfloat16")
+
+
+def test_layer_bfloat16_with_zoneout():
+    """Once refused, now combined in eval mode (tests/test_bf16.py tests it in
+    depth); in training mode a ValueError naming zoneout."""
+    m = lstm_fast.LSTM(I, H, 2, seed=0, zoneout=0.2)
+    x = _arrays()[0]
+    with pytest.raises(ValueError, match="inference: zoneout"):
+        m.forward(x, need_cache=False, weight_dtype="bfloat16")
+    m.eval()
+    y, _ = m.forward(x, need_cache=False, weight_dtype="bfloat16")
+    assert np.isfinite(y).all()
