@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::backward_step::{BackwardChunk, BackwardScratch, BackwardState};
 use crate::kernels::forward_step::{ForwardChunk, ForwardOut, ForwardScratch, ForwardState};
-use crate::kernels::gemm::{gemm, Mat};
+use crate::kernels::gemm::{gemm, gemm_in_order, KOrder, Mat, Runs};
 use crate::kernels::layout::{SharedMut, Slots};
 use crate::kernels::pack;
 use crate::parallel::pool::{self, in_pool};
@@ -636,7 +636,8 @@ fn processing_order<'a, E: Float>(
 
 /// dW_ih = Σ daᵀ x, dW_hh = Σ daᵀ h_prev, db = Σ da, the peephole gradients
 /// and dW_hr = Σ dhᵀ m over every (step, row) in [`processing_order`]: a
-/// block of rows at a time gathered in that order, each product continuing
+/// block of rows at a time, read in place in that order ([`in_order`]: full
+/// lengths) or else gathered in it, each product continuing
 /// the previous block's FMA chains (`gemm` with `accumulate`), so that the
 /// sums do not depend on how the steps were grouped. With `accumulate` the
 /// chains continue from the gradients' current values.
@@ -654,16 +655,9 @@ fn weight_grads<E: Float>(
     let valid: usize = (0..seq.dims.batch).map(|b| seq.length(b)).sum();
     let block = ORDERED_BLOCK_ROWS.min(valid).max(1);
     let what = "the gathered rows of the weight gradients";
-    let mut da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
-    let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
-    let mut h_blk = alloc::zeroed::<E>(&[block, pp], what)?;
-    let (mut dh_blk, mut m_blk) = match sums.dw_hr {
-        Some(_) => (
-            alloc::zeroed::<E>(&[block, pp], what)?,
-            alloc::zeroed::<E>(&[block, hp], what)?,
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
+    // Allocated for the first block that is not read in place.
+    let (mut da_blk, mut x_blk, mut h_blk) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dh_blk, mut m_blk) = (Vec::new(), Vec::new());
     let WeightSums {
         dw_ih,
         dw_hh,
@@ -699,17 +693,15 @@ fn weight_grads<E: Float>(
     };
     let mut order = processing_order(seq).peekable();
     let mut first = !accumulate;
+    // The layout rows of the block, in order; and where the block starts in
+    // the whole order (its place within a step).
+    let mut rows_blk = alloc::zeroed::<usize>(&[block], what)?;
+    let mut done = 0;
     while order.peek().is_some() {
         cancel.check()?;
         let mut n = 0;
         for (s, b, row) in order.by_ref().take(block) {
-            da_blk[n * depth..][..depth].copy_from_slice(&steps.da[row * depth..][..depth]);
-            x_blk[n * input..][..input].copy_from_slice(&seq.x[row * input..][..input]);
-            h_blk[n * pp..][..pp].copy_from_slice(&steps.h_prev[row * pp..][..pp]);
-            if dw_hr.is_some() {
-                dh_blk[n * pp..][..pp].copy_from_slice(&steps.dh[row * pp..][..pp]);
-                m_blk[n * hp..][..hp].copy_from_slice(&steps.m[row * hp..][..hp]);
-            }
+            rows_blk[n] = row;
             if let Some(dp) = dpeepholes.as_deref_mut() {
                 let len = seq.length(b);
                 // dp_i, dp_f use c_{t−1}, the state after zoneout (when
@@ -735,47 +727,81 @@ fn weight_grads<E: Float>(
             }
             n += 1;
         }
-        let (da_rows, more) = (&da_blk[..n * depth], !first);
+        let rows_in_order = &rows_blk[..n];
+        let in_place = in_order(seq, rows_in_order, done);
+        done += n;
+        // Rows that the order does not visit at constant strides (rows of
+        // different lengths) are gathered; the packed operands, and so the
+        // bits, are the same either way.
+        if in_place.is_none() {
+            if da_blk.is_empty() {
+                da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
+                x_blk = alloc::zeroed::<E>(&[block, input], what)?;
+                h_blk = alloc::zeroed::<E>(&[block, pp], what)?;
+                if dw_hr.is_some() {
+                    dh_blk = alloc::zeroed::<E>(&[block, pp], what)?;
+                    m_blk = alloc::zeroed::<E>(&[block, hp], what)?;
+                }
+            }
+            for (k, &row) in rows_in_order.iter().enumerate() {
+                da_blk[k * depth..][..depth].copy_from_slice(&steps.da[row * depth..][..depth]);
+                x_blk[k * input..][..input].copy_from_slice(&seq.x[row * input..][..input]);
+                h_blk[k * pp..][..pp].copy_from_slice(&steps.h_prev[row * pp..][..pp]);
+                if dw_hr.is_some() {
+                    dh_blk[k * pp..][..pp].copy_from_slice(&steps.dh[row * pp..][..pp]);
+                    m_blk[k * hp..][..hp].copy_from_slice(&steps.m[row * hp..][..hp]);
+                }
+            }
+        }
+        // C (+)= A·B over the block's k = n rows, in place or gathered.
+        let product = |a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize| match in_place {
+            Some(order) => gemm_in_order(a, b, order, c, ldc, !first),
+            None => gemm(a, b, c, ldc, !first),
+        };
+        let (da, x, h_prev, dh, m) = match in_place {
+            Some(_) => (steps.da, seq.x, steps.h_prev, steps.dh, steps.m),
+            None => (&da_blk[..], &x_blk[..], &h_blk[..], &dh_blk[..], &m_blk[..]),
+        };
         for &(col, out_row, gate_rows) in gate_blocks {
             // da's columns of these gate rows, transposed: (gate_rows, n).
             let da_t = Mat {
-                data: &da_rows[col.min(da_rows.len())..],
+                data: &da[col.min(da.len())..],
                 rows: gate_rows,
                 cols: n,
                 row_stride: 1,
                 col_stride: depth,
             };
-            gemm(
+            product(
                 da_t,
-                Mat::rows(&x_blk, n, input, input),
+                Mat::rows(x, n, input, input),
                 &mut dw_ih[out_row * input..][..gate_rows * input],
                 input,
-                more,
             );
-            gemm(
+            product(
                 da_t,
-                Mat::rows(&h_blk, n, state, pp),
+                Mat::rows(h_prev, n, state, pp),
                 &mut dw_hh[out_row * state..][..gate_rows * state],
                 state,
-                more,
             );
         }
         if let Some(dw_hr) = dw_hr.as_deref_mut() {
             // dW_hr = Σ dh_tᵀ m_t: (P, n)·(n, H).
             let dh_t = Mat {
-                data: &dh_blk,
+                data: dh,
                 rows: state,
                 cols: n,
                 row_stride: 1,
                 col_stride: pp,
             };
-            gemm(dh_t, Mat::rows(&m_blk, n, hidden, hp), dw_hr, hidden, more);
+            product(dh_t, Mat::rows(m, n, hidden, hp), dw_hr, hidden);
         }
         if db.is_some() {
             // Column blocks in parallel, each summed over the rows in order:
             // the same bits for any thread count.
+            let da_all = steps.da;
             let column_block = |(blk, sum): (usize, &mut [E])| {
-                for da_row in da_rows.chunks_exact(depth) {
+                for &row in rows_in_order {
+                    let da_row = &da_all[row * depth..][..depth];
                     for (s, &d) in sum.iter_mut().zip(&da_row[blk * DB_COLUMN_BLOCK..]) {
                         *s = *s + d;
                     }
@@ -801,6 +827,45 @@ fn weight_grads<E: Float>(
         }
     }
     Ok(())
+}
+
+/// Where the weight sums can read a block of rows in place: `rows`, the
+/// layout rows of the (step, row) pairs `done`.. of [`processing_order`],
+/// as k = 0.. of a [`KOrder`] when every row has the full length (each step
+/// then visits the batch rows at one stride, and consecutive steps lie one
+/// stride apart, backwards in time-major order); None otherwise (gather).
+fn in_order<E: Float>(seq: &Sequence<'_, E>, rows: &[usize], done: usize) -> Option<KOrder> {
+    let (steps, batch) = (seq.dims.steps, seq.dims.batch);
+    if rows.is_empty() || (0..batch).any(|b| seq.length(b) != steps) {
+        return None;
+    }
+    let geo = seq.geometry();
+    let at = |s: usize, b: usize| geo.row(geo.pos(s, steps), b) as isize;
+    let last = steps - 1;
+    let inner = if batch > 1 {
+        at(last, 1) - at(last, 0)
+    } else {
+        0
+    };
+    let outer = if steps > 1 {
+        at(last - 1, 0) - at(last, 0)
+    } else {
+        0
+    };
+    let order = KOrder {
+        origin: rows[0],
+        runs: Runs {
+            skip: done % batch,
+            len: batch,
+            inner,
+            outer,
+        },
+    };
+    // Checked row by row (a few operations per row of a block whose every
+    // row is then read many times over).
+    let visits =
+        |(k, &row): (usize, &usize)| order.origin as isize + order.runs.offset(k) == row as isize;
+    rows.iter().enumerate().all(visits).then_some(order)
 }
 
 /// Per chunk, N state buffers per row of length > 0 (a prefix of its slots):
