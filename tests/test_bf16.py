@@ -21,6 +21,7 @@ import sys
 import lstm_fast
 import numpy as np
 import pytest
+from lstm_fast._checks import regularisation
 from lstm_fast.functional import bfloat16_round
 
 from tests.helpers import ROOT, assert_same_bits
@@ -161,7 +162,16 @@ VARIANTS = {
     "no_forget_gate": {"forget_gate": False},
     "activations": {"activations": [("HardSigmoid", 0.3, 0.5), "Softsign", "Elu"]},
     "projection": {"proj": 7},
+    # Regularisation at inference (training=False): zoneout mixes each state with
+    # the previous one, z * prev + (1 - z) * new; the dropouts are the identity.
+    "zoneout_h": {"zoneout": (0.3, 0.0)},
+    "zoneout_c": {"zoneout": (0.0, 0.4)},
+    "zoneout": {"zoneout": 0.25},
+    "zoneout_peepholes_clip": {"zoneout": (0.2, 0.6), "peepholes": "make", "clip": 0.8},
+    "zoneout_projection": {"zoneout": (0.35, 0.15), "proj": 7},
+    "zoneout_dropouts": {"zoneout": (0.1, 0.2), "recurrent_dropout": 0.3, "weight_drop": 0.4},
 }
+REGULARISATION = ("zoneout", "recurrent_dropout", "weight_drop")
 
 # (T, B, I, H, options): B = 1 (the batch-1 kernel), larger batches, H not a
 # multiple of the vector width, lengths / reverse / batch_first / h0, c0.
@@ -200,32 +210,52 @@ def _results(x, w, call):
     call = dict(call)
     h0, c0 = call.pop("h0", None), call.pop("c0", None)
     peepholes, w_hr = call.pop("peepholes", None), w.get("w_hr")
+    reg = {k: call.pop(k) for k in REGULARISATION if k in call}
+    if reg:
+        reg["training"] = False
     mats = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
     r = _rounded(w)
     got = lstm_fast.forward(x, *mats, h0, c0, weight_dtype="bfloat16", need_cache=False, w_hr=w_hr,
-                            peepholes=peepholes, **call)  # fmt: skip
+                            peepholes=peepholes, **call, **reg)  # fmt: skip
     want = lstm_fast.forward(x, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"], h0, c0,
                              need_cache=False, w_hr=r.get("w_hr"), peepholes=peepholes,
-                             **call)  # fmt: skip
+                             **call, **reg)  # fmt: skip
     pw = lstm_fast.prepare_weights(*mats, peepholes=peepholes, w_hr=w_hr, weight_dtype="bf16")
     variant = {k: v for k, v in call.items() if k not in ("batch_first", "reverse", "lengths")}
-    again = pw.forward(x, h0, c0, batch_first=call["batch_first"], reverse=call["reverse"],
-                       lengths=call.get("lengths"), need_cache=False, **variant)  # fmt: skip
+    place = dict(batch_first=call["batch_first"], reverse=call["reverse"],
+                 lengths=call.get("lengths"), need_cache=False)  # fmt: skip
+    if "zoneout" in reg:
+        # The prepared weights' path of the layer's eval mode (zoneout's rates).
+        zoneout = regularisation(zoneout=reg["zoneout"], training=False)[:2]
+        again = pw._forward(x, h0, c0, **place, checkpoint=None, variant=variant,
+                            zoneout=zoneout)  # fmt: skip
+        # Zoneout changes the result: the comparison is not of two plain passes.
+        plain = lstm_fast.forward(x, *mats, h0, c0, weight_dtype="bfloat16", need_cache=False,
+                                  w_hr=w_hr, peepholes=peepholes, **call)  # fmt: skip
+        assert not np.array_equal(plain.h_n, got.h_n)
+    else:
+        again = pw.forward(x, h0, c0, **place, **variant)
     x0 = x[:, 0] if call["batch_first"] else x[0]
     B = x0.shape[0]
     h = np.zeros((B, (w_hr.shape[0] if w_hr is not None else w["w_hh"].shape[1])), np.float32)
     c = np.ones((B, w["w_hh"].shape[0] // 4), np.float32)
+    assert got.cache is None and again.cache is None
+    results = {
+        "y": (got.y, want.y), "h_n": (got.h_n, want.h_n), "c_n": (got.c_n, want.c_n),
+        "prepared.y": (again.y, want.y), "prepared.h_n": (again.h_n, want.h_n),
+        "prepared.c_n": (again.c_n, want.c_n),
+    }  # fmt: skip
+    if reg:  # the cell API takes no regularisation
+        return results
     cell = pw.cell_forward(x0, h, c, **variant)
     cell_want = lstm_fast.cell_forward(
         x0, h, c, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"],
         w_hr=r.get("w_hr"), peepholes=peepholes, **variant,
     )  # fmt: skip
-    assert got.cache is None and again.cache is None and cell.cache is None
-    return {
-        "y": (got.y, want.y), "h_n": (got.h_n, want.h_n), "c_n": (got.c_n, want.c_n),
-        "prepared.y": (again.y, want.y), "prepared.h_n": (again.h_n, want.h_n),
-        "cell.h": (cell.h_new, cell_want.h_new), "cell.c": (cell.c_new, cell_want.c_new),
-    }  # fmt: skip
+    assert cell.cache is None
+    results["cell.h"] = (cell.h_new, cell_want.h_new)
+    results["cell.c"] = (cell.c_new, cell_want.c_new)
+    return results
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s[:4]))
@@ -296,6 +326,69 @@ def test_layer_multilayer_bidirectional_same_bits(isa):
     y3, _ = layer.forward(x, hx, need_cache=False)
     y4, _ = twin.forward(x, hx, need_cache=False)
     assert not np.array_equal(y3, y4)
+
+
+LAYER_REGULARISED = [
+    {"zoneout": 0.3},
+    {"zoneout": (0.0, 0.4), "proj_size": 5},
+    {"zoneout": (0.2, 0.0), "recurrent_dropout": 0.3, "weight_drop": 0.2, "dropout": 0.1},
+]
+
+
+def _rounded_twin(layer, **options):
+    """A float32 layer like ``layer`` whose weight matrices are bfloat16_round's."""
+    twin = lstm_fast.LSTM(layer.input_size, layer.hidden_size, **options)
+    twin.load_state_dict({k: bfloat16_round(v) if k.startswith("weight") else v
+                          for k, v in layer.state_dict().items()})  # fmt: skip
+    return twin.eval()
+
+
+@pytest.mark.parametrize("options", LAYER_REGULARISED, ids=["zoneout", "zoneout_c_proj", "all"])
+def test_layer_zoneout_eval_same_bits(isa, options):
+    """The layer in eval mode with zoneout (and the dropouts, the identity there)
+    and bf16 weights: the float32 layer's bits on the rounded weights, forward
+    (stacked, bidirectional) and step by step, from the kept bfloat16 copy."""
+    rng = np.random.default_rng(11)
+    kw = dict(num_layers=2, bidirectional=True, **options)
+    layer = lstm_fast.LSTM(6, 12, seed=3, **kw).eval()
+    P = options.get("proj_size") or 12
+    x = rng.standard_normal((5, 3, 6)).astype(np.float32)
+    hx = (rng.standard_normal((4, 3, P)).astype(np.float32),
+          rng.standard_normal((4, 3, 12)).astype(np.float32))  # fmt: skip
+    y, (h, c) = layer.forward(x, hx, need_cache=False, weight_dtype="bfloat16")
+    y2, (h2, c2) = _rounded_twin(layer, **kw).forward(x, hx, need_cache=False)
+    assert_same_bits(y, y2, "y")
+    assert_same_bits(h, h2, "h_n")
+    assert_same_bits(c, c2, "c_n")
+    kept = layer._prepared[(0, 1, 16)]
+    layer.forward(x, hx, need_cache=False, weight_dtype="bfloat16")
+    assert layer._prepared[(0, 1, 16)] is kept  # reused while unchanged
+    # Zoneout acts: without it the same weights give other results.
+    plain = lstm_fast.LSTM(6, 12, num_layers=2, bidirectional=True,
+                           proj_size=options.get("proj_size", 0))  # fmt: skip
+    plain.load_state_dict(layer.state_dict())
+    y3, _ = plain.forward(x, hx, need_cache=False, weight_dtype="bfloat16")
+    assert not np.array_equal(y, y3)
+
+    # Step by step (a unidirectional stack) gives the forward's y.
+    kw["bidirectional"] = False
+    uni = lstm_fast.LSTM(6, 12, seed=4, **kw).eval()
+    y, _ = uni.forward(x, need_cache=False, weight_dtype="bf16")
+    state = None
+    for t in range(x.shape[0]):
+        y_t, state = uni.step(x[t], state, weight_dtype="bfloat16")
+        assert_same_bits(y_t, y[t], f"step {t}")
+    y4, _ = _rounded_twin(uni, **kw).forward(x, need_cache=False)
+    assert_same_bits(y, y4, "unidirectional y")
+
+
+def test_layer_zoneout_training_refused():
+    layer = lstm_fast.LSTM(3, 8, zoneout=0.2, seed=0)  # training mode
+    x = np.zeros((2, 2, 3), np.float32)
+    with pytest.raises(ValueError, match="inference.*zoneout"):
+        layer.forward(x, need_cache=False, weight_dtype="bf16")
+    # step computes as in eval mode: it runs.
+    layer.step(x[0], weight_dtype="bf16")
 
 
 def test_layer_step_and_kept_copy():
@@ -443,7 +536,11 @@ def test_inference_only():
     with pytest.raises(ValueError, match="inference"):
         lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16", need_cache=False,
                           weight_drop=0.3, seed=1)  # fmt: skip
-    # Regularisation at inference is the identity: allowed.
+    with pytest.raises(ValueError, match="inference.*zoneout"):
+        lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16", need_cache=False,
+                          zoneout=(0.0, 0.2), seed=1)  # fmt: skip
+    # Regularisation at inference is allowed (zoneout mixes, the dropouts are the
+    # identity; tested above against the float32 engine).
     lstm_fast.forward(x, w["w_ih"], w["w_hh"], weight_dtype="bf16", weight_drop=0.3,
                       seed=1, training=False, need_cache=False)  # fmt: skip
     layer = lstm_fast.LSTM(3, 8)

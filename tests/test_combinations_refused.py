@@ -5,6 +5,7 @@ combinations once refused here, now combined."""
 import lstm_fast
 import numpy as np
 import pytest
+from lstm_fast.functional import bfloat16_round
 
 from tests.helpers import assert_close, assert_same_bits, ref
 
@@ -52,12 +53,19 @@ def test_layer_norm_with_checkpoint(checkpoint):
             assert_same_bits(a, b)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_bfloat16_with_zoneout(training):
+def test_bfloat16_with_zoneout():
+    """Once refused, now combined at inference: bf16 weights with zoneout give the
+    float32 engine's bits on the rounded weights (tests/test_bf16.py tests it in
+    depth); in training, like the dropouts, a ValueError naming zoneout."""
     x, w_ih, w_hh = _arrays()
-    with pytest.raises(ValueError, match="^zoneout: bfloat16 weights"):
-        lstm_fast.forward(x, w_ih, w_hh, zoneout=(0.0, 0.2), seed=1, training=training,
-                          need_cache=False, weight_dtype="bfloat16")  # fmt: skip
+    options = dict(zoneout=(0.0, 0.2), seed=1, need_cache=False)
+    out = lstm_fast.forward(x, w_ih, w_hh, training=False, weight_dtype="bfloat16", **options)
+    want = lstm_fast.forward(x, bfloat16_round(w_ih), bfloat16_round(w_hh), training=False,
+                             **options)  # fmt: skip
+    for field in ("y", "h_n", "c_n"):
+        np.testing.assert_array_equal(getattr(out, field), getattr(want, field), err_msg=field)
+    with pytest.raises(ValueError, match="^weight_dtype='bfloat16' is for inference: zoneout"):
+        lstm_fast.forward(x, w_ih, w_hh, training=True, weight_dtype="bfloat16", **options)
 
 
 def test_bfloat16_with_layer_norm():
@@ -84,9 +92,28 @@ def test_layer_with_layer_norm_and_checkpoint():
         assert_same_bits(m.forward(x, **kw)[0], y, "y")
 
 
-@pytest.mark.parametrize("options", [{"zoneout": 0.2}])
-def test_layer_bfloat16_refuses(options):
-    m = lstm_fast.LSTM(I, H, 2, seed=0, **options).eval()
+def test_layer_bfloat16_with_layer_norm_and_zoneout():
+    """Both once refused with bfloat16 weights: a LayerNorm layer with zoneout in
+    eval mode runs them, bit for bit the float32 layer on rounded weights."""
+    m = lstm_fast.LSTM(I, H, 2, seed=0, layer_norm=True, zoneout=0.2).eval()
     x = _arrays()[0]
-    with pytest.raises(ValueError, match="zoneout"):
+    got = m.forward(x, need_cache=False, weight_dtype="bfloat16")
+    rounded = lstm_fast.LSTM(I, H, 2, seed=0, layer_norm=True, zoneout=0.2).eval()
+    for name, value in rounded.parameters.items():
+        if name.startswith(("weight_ih", "weight_hh")):
+            value[...] = lstm_fast.bfloat16_round(value)
+    want = rounded.forward(x, need_cache=False)
+    assert_same_bits(got[0], want[0], "y")
+    assert_same_bits(got[1][0], want[1][0], "h_n")
+
+
+def test_layer_bfloat16_with_zoneout():
+    """Once refused, now combined in eval mode (tests/test_bf16.py tests it in
+    depth); in training mode a ValueError naming zoneout."""
+    m = lstm_fast.LSTM(I, H, 2, seed=0, zoneout=0.2)
+    x = _arrays()[0]
+    with pytest.raises(ValueError, match="inference: zoneout"):
         m.forward(x, need_cache=False, weight_dtype="bfloat16")
+    m.eval()
+    y, _ = m.forward(x, need_cache=False, weight_dtype="bfloat16")
+    assert np.isfinite(y).all()

@@ -701,7 +701,7 @@ def forward(
     ``weight_dtype="bfloat16"`` (or ``"bf16"``): bf16 inference (README, 'bf16
     inference'): the weight matrices rounded to bfloat16 for this call, state and
     sums in float32; float32 inputs, no cache (pass ``need_cache=False``) and no
-    regularisation in training.
+    regularisation in training (at inference zoneout mixes the states as above).
     :func:`prepare_weights` rounds and packs once for many calls.
 
     ``checkpoint=k`` (an int >= 1; None: the full cache) trades time for memory:
@@ -722,22 +722,24 @@ def forward(
         zoneout=zoneout, recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
         seed=seed, layer=layer, training=training,
     )  # fmt: skip
-    if (reg[0] or reg[1]) and bfloat16_weights(weight_dtype):
-        raise ValueError("zoneout: bfloat16 weights run the plain kernels only")
     if bfloat16_weights(weight_dtype):
-        if reg[6] and (reg[2] or reg[3]):
+        if reg[6] and any(reg[:4]):
             raise ValueError(
-                "weight_dtype='bfloat16' is for inference: recurrent_dropout and "
+                "weight_dtype='bfloat16' is for inference: zoneout, recurrent_dropout and "
                 "weight_drop need training=False (or 0)"
             )
         prepared = PreparedWeights(
             w_ih, w_hh, b_ih, b_hh, peepholes=peepholes, w_hr=w_hr, weight_dtype="bfloat16"
         )
-        return prepared.forward(
+        # At inference the dropouts are the identity and zoneout takes its rates.
+        variant = dict(
+            clip=clip, input_forget=input_forget, forget_gate=forget_gate,
+            activations=activations, layer_norm=layer_norm, layer_norm_eps=layer_norm_eps,
+            **dict(zip(LAYER_NORM_NAMES, given)),
+        )  # fmt: skip
+        return prepared._forward(
             x, h0, c0, batch_first=batch_first, lengths=lengths, reverse=reverse,
-            need_cache=need_cache, clip=clip, input_forget=input_forget,
-            forget_gate=forget_gate, activations=activations, layer_norm=layer_norm,
-            layer_norm_eps=layer_norm_eps, **dict(zip(LAYER_NORM_NAMES, given)),
+            need_cache=need_cache, checkpoint=None, variant=variant, zoneout=(reg[0], reg[1]),
         )  # fmt: skip
     args = _Args(
         x, w_ih, w_hh, b_ih, b_hh, h0, c0,
@@ -1319,12 +1321,27 @@ class PreparedWeights:
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
         defaults to the prepared ones); ``checkpoint`` as for :func:`forward`. Weights
         prepared in bfloat16 need ``need_cache=False`` (inference only)."""
+        return self._forward(
+            x, h0, c0, batch_first=batch_first, lengths=lengths, reverse=reverse,
+            need_cache=need_cache, checkpoint=checkpoint, variant=variant, zoneout=(0.0, 0.0),
+        )  # fmt: skip
+
+    def _forward(
+        self, x: Any, h0: Any, c0: Any, *, batch_first: bool, lengths: Any, reverse: bool,
+        need_cache: bool, checkpoint: Any, variant: dict[str, Any],
+        zoneout: tuple[float, float],
+    ) -> Forward:  # fmt: skip
+        """:meth:`forward` with zoneout at inference (checked rates ``(z_h, z_c)``:
+        each state z * previous + (1 - z) * new): bf16 inference with zoneout
+        (:func:`forward`, the layer's eval mode) runs the kept weights this way."""
         need_cache = self._need_cache(need_cache)
         every = None if checkpoint is None else positive_int("checkpoint", checkpoint)
         args = self._args(
             x, h0, c0, "x", batch_first, lengths=lengths, reverse=reverse, own=need_cache,
             names={}, **_variant_keywords(variant),
         )  # fmt: skip
+        if any(zoneout):
+            _regularise(args, *zoneout, 0.0, 0.0, None, 0, False)
         return Forward(*_run_forward(args, need_cache, every))
 
     def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:

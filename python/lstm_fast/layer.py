@@ -506,6 +506,15 @@ class LSTM:
             options.update(zoneout=self.zoneout, training=False)
         return options
 
+    @staticmethod
+    def _inference_zoneout(options: dict[str, Any]) -> tuple[float, float] | None:
+        """The rates ``(z_h, z_c)`` when ``options`` (:meth:`_pass_options`) ask
+        only for zoneout at inference, which the prepared weights run; else None."""
+        if options.keys() != {"zoneout", "training"} or options["training"]:
+            return None
+        z_h, z_c = regularisation(zoneout=options["zoneout"], training=False)[:2]
+        return z_h, z_c
+
     def _dropout_keep(
         self, layer: int, seed: int, shape: tuple[int, ...], p: float, batch_first: bool
     ) -> np.ndarray:
@@ -828,6 +837,20 @@ class LSTM:
             def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
                 k = layer * self.num_directions + direction
                 options = self._pass_options(layer, direction, pass_seed, self.training)
+                if bf16 and self._inference_zoneout(options):
+                    # bf16 inference with zoneout: the kept bfloat16 copy, as below.
+                    return self._prepared_weights(layer, direction, weight_dtype)._forward(
+                        inp,
+                        None if h0 is None else h0[k],
+                        None if c0 is None else c0[k],
+                        batch_first=batch_first,
+                        lengths=lengths,
+                        reverse=direction == 1 or self._reverse,
+                        need_cache=need_cache,
+                        checkpoint=None,
+                        variant=self._prepared_variant(layer, direction),
+                        zoneout=self._inference_zoneout(options),
+                    )
                 if options:
                     # The functional call (prepared weights take neither the
                     # regularisation nor layer norm; weight drop packs W_hh * M anew
@@ -1038,7 +1061,7 @@ class LSTM:
         zoneout's the mix of each state with the previous one), so it matches an
         eval-mode forward.
         """
-        bfloat16_weights(weight_dtype)  # checked before any work
+        bf16 = bfloat16_weights(weight_dtype)  # checked before any work
         if self.bidirectional or self._reverse:
             raise ValueError(
                 "step() needs a unidirectional LSTM (the reverse direction would need the future)"
@@ -1082,7 +1105,15 @@ class LSTM:
                     layer_input = y
                     continue
             options = self._pass_options(layer, 0, None, training=False)
-            if options:
+            zoneout = self._inference_zoneout(options) if bf16 else None
+            if zoneout:
+                # bf16 inference with zoneout: the kept bfloat16 copy, as below.
+                out = self._prepared_weights(layer, 0, weight_dtype)._forward(
+                    layer_input, h_l, c_l, batch_first=False, lengths=None, reverse=False,
+                    need_cache=False, checkpoint=None, variant=self._prepared_variant(layer, 0),
+                    zoneout=zoneout,
+                )  # fmt: skip
+            elif options:
                 w = self.weights(layer, 0)
                 out = _F.forward(
                     layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,

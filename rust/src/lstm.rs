@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::backward_step::{BackwardChunk, BackwardScratch, BackwardState};
 use crate::kernels::forward_step::{ForwardChunk, ForwardOut, ForwardScratch, ForwardState};
-use crate::kernels::gemm::{gemm, Mat};
+use crate::kernels::gemm::{gemm, gemm_in_order, KOrder, Mat, Runs};
 use crate::kernels::layout::{SharedMut, Slots};
 use crate::kernels::pack;
 use crate::parallel::pool::{self, in_pool};
@@ -753,11 +753,12 @@ pub(crate) fn peephole_terms<E: Float>(
 
 /// dW_ih = Σ daᵀ x, dW_hh = Σ daᵀ h_prev, db = Σ da, the peephole gradients
 /// and dW_hr = Σ dhᵀ m over every (step, row) in [`processing_order`]: the
-/// products a block of rows at a time ([`ordered_blocks`]) gathered in that
-/// order, each continuing the previous block's FMA chains, the column sums
-/// by [`ordered_column_sums`], so that the sums do not depend on how the
-/// steps were grouped. With `accumulate` the chains continue from the
-/// gradients' current values.
+/// products a block of rows at a time ([`ordered_blocks`]), read in place in
+/// that order ([`in_order`]: full lengths) or else gathered in it, each
+/// continuing the previous block's FMA chains, the column sums by
+/// [`ordered_column_sums`], so that the sums do not depend on how the steps
+/// were grouped. With `accumulate` the chains continue from the gradients'
+/// current values.
 fn weight_grads<E: Float>(
     seq: &Sequence<'_, E>,
     steps: StepRows<'_, E>,
@@ -771,16 +772,9 @@ fn weight_grads<E: Float>(
     let depth = 4 * hp;
     let block = ordered_block_rows(seq);
     let what = "the gathered rows of the weight gradients";
-    let mut da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
-    let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
-    let mut h_blk = alloc::zeroed::<E>(&[block, pp], what)?;
-    let (mut dh_blk, mut m_blk) = match sums.dw_hr {
-        Some(_) => (
-            alloc::zeroed::<E>(&[block, pp], what)?,
-            alloc::zeroed::<E>(&[block, hp], what)?,
-        ),
-        None => (Vec::new(), Vec::new()),
-    };
+    // Allocated for the first block that is not read in place.
+    let (mut da_blk, mut x_blk, mut h_blk) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dh_blk, mut m_blk) = (Vec::new(), Vec::new());
     let WeightSums {
         dw_ih,
         dw_hh,
@@ -817,15 +811,14 @@ fn weight_grads<E: Float>(
     } else {
         steps.c_state
     };
+    // The layout rows of a block, in order; and where the block starts in
+    // the whole order (its place within a step).
+    let mut rows_blk = alloc::zeroed::<usize>(&[block], what)?;
+    let mut done = 0;
     ordered_blocks(seq, accumulate, cancel, |rows, more| {
-        for (n, &(s, b, row)) in rows.iter().enumerate() {
-            da_blk[n * depth..][..depth].copy_from_slice(&steps.da[row * depth..][..depth]);
-            x_blk[n * input..][..input].copy_from_slice(&seq.x[row * input..][..input]);
-            h_blk[n * pp..][..pp].copy_from_slice(&steps.h_prev[row * pp..][..pp]);
-            if dw_hr.is_some() {
-                dh_blk[n * pp..][..pp].copy_from_slice(&steps.dh[row * pp..][..pp]);
-                m_blk[n * hp..][..hp].copy_from_slice(&steps.m[row * hp..][..hp]);
-            }
+        let n = rows.len();
+        for (k, &(s, b, row)) in rows.iter().enumerate() {
+            rows_blk[k] = row;
             if let Some(dp) = dpeepholes.as_deref_mut() {
                 let len = seq.length(b);
                 // dp_i, dp_f use c_{t−1}, the state after zoneout (when
@@ -842,33 +835,103 @@ fn weight_grads<E: Float>(
                 peephole_terms(dp, &steps.da[row * depth..][..depth], hp, c_prev, c);
             }
         }
-        let n = rows.len();
-        let da_rows = &da_blk[..n * depth];
+        let rows_in_order = &rows_blk[..n];
+        let in_place = in_order(seq, rows_in_order, done);
+        done += n;
+        // Rows that the order does not visit at constant strides (rows of
+        // different lengths) are gathered; the packed operands, and so the
+        // bits, are the same either way.
+        if in_place.is_none() {
+            if da_blk.is_empty() {
+                da_blk = alloc::zeroed::<E>(&[block, depth], what)?;
+                x_blk = alloc::zeroed::<E>(&[block, input], what)?;
+                h_blk = alloc::zeroed::<E>(&[block, pp], what)?;
+                if dw_hr.is_some() {
+                    dh_blk = alloc::zeroed::<E>(&[block, pp], what)?;
+                    m_blk = alloc::zeroed::<E>(&[block, hp], what)?;
+                }
+            }
+            for (k, &row) in rows_in_order.iter().enumerate() {
+                da_blk[k * depth..][..depth].copy_from_slice(&steps.da[row * depth..][..depth]);
+                x_blk[k * input..][..input].copy_from_slice(&seq.x[row * input..][..input]);
+                h_blk[k * pp..][..pp].copy_from_slice(&steps.h_prev[row * pp..][..pp]);
+                if dw_hr.is_some() {
+                    dh_blk[k * pp..][..pp].copy_from_slice(&steps.dh[row * pp..][..pp]);
+                    m_blk[k * hp..][..hp].copy_from_slice(&steps.m[row * hp..][..hp]);
+                }
+            }
+        }
+        // C (+)= A·B over the block's k = n rows, in place or gathered.
+        let product = |a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize| match in_place {
+            Some(order) => gemm_in_order(a, b, order, c, ldc, more),
+            None => gemm(a, b, c, ldc, more),
+        };
+        let (da, x, h_prev, dh, m) = match in_place {
+            Some(_) => (steps.da, seq.x, steps.h_prev, steps.dh, steps.m),
+            None => (&da_blk[..], &x_blk[..], &h_blk[..], &dh_blk[..], &m_blk[..]),
+        };
         for &(col, out_row, gate_rows) in gate_blocks {
             // da's columns of these gate rows, transposed: (gate_rows, n).
-            let da_t = gathered_t(&da_rows[col.min(da_rows.len())..], n, gate_rows, depth);
-            gemm(
+            let da_t = gathered_t(&da[col.min(da.len())..], n, gate_rows, depth);
+            product(
                 da_t,
-                Mat::rows(&x_blk, n, input, input),
+                Mat::rows(x, n, input, input),
                 &mut dw_ih[out_row * input..][..gate_rows * input],
                 input,
-                more,
             );
-            gemm(
+            product(
                 da_t,
-                Mat::rows(&h_blk, n, state, pp),
+                Mat::rows(h_prev, n, state, pp),
                 &mut dw_hh[out_row * state..][..gate_rows * state],
                 state,
-                more,
             );
         }
         if let Some(dw_hr) = dw_hr.as_deref_mut() {
             // dW_hr = Σ dh_tᵀ m_t: (P, n)·(n, H).
-            let dh_t = gathered_t(&dh_blk, n, state, pp);
-            gemm(dh_t, Mat::rows(&m_blk, n, hidden, hp), dw_hr, hidden, more);
+            let dh_t = gathered_t(dh, n, state, pp);
+            product(dh_t, Mat::rows(m, n, hidden, hp), dw_hr, hidden);
         }
         Ok(())
     })
+}
+
+/// Where the weight sums can read a block of rows in place: `rows`, the
+/// layout rows of the (step, row) pairs `done`.. of [`processing_order`],
+/// as k = 0.. of a [`KOrder`] when every row has the full length (each step
+/// then visits the batch rows at one stride, and consecutive steps lie one
+/// stride apart, backwards in time-major order); None otherwise (gather).
+fn in_order<E: Float>(seq: &Sequence<'_, E>, rows: &[usize], done: usize) -> Option<KOrder> {
+    let (steps, batch) = (seq.dims.steps, seq.dims.batch);
+    if rows.is_empty() || (0..batch).any(|b| seq.length(b) != steps) {
+        return None;
+    }
+    let geo = seq.geometry();
+    let at = |s: usize, b: usize| geo.row(geo.pos(s, steps), b) as isize;
+    let last = steps - 1;
+    let inner = if batch > 1 {
+        at(last, 1) - at(last, 0)
+    } else {
+        0
+    };
+    let outer = if steps > 1 {
+        at(last - 1, 0) - at(last, 0)
+    } else {
+        0
+    };
+    let order = KOrder {
+        origin: rows[0],
+        runs: Runs {
+            skip: done % batch,
+            len: batch,
+            inner,
+            outer,
+        },
+    };
+    // Checked row by row (a few operations per row of a block whose every
+    // row is then read many times over).
+    let visits =
+        |(k, &row): (usize, &usize)| order.origin as isize + order.runs.offset(k) == row as isize;
+    rows.iter().enumerate().all(visits).then_some(order)
 }
 
 /// Per chunk, N state buffers per row of length > 0 (a prefix of its slots):

@@ -81,9 +81,10 @@ pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
 /// in order, so the split never changes a bit).
 pub const DB_COLUMN_BLOCK: usize = 64;
 
-/// Rows of da (and of x, h_prev) gathered per product of the weight
-/// gradients, which sum over (step, row) in backward's order rather than the
-/// layout's (`lstm.rs`, `weight_grads`): each product passes over its C once
+/// Rows of da (and of x, h_prev) per product of the weight gradients, which
+/// sum over (step, row) in backward's order rather than the layout's
+/// (`lstm.rs`, `weight_grads`; read in place, or gathered when the rows have
+/// different lengths): each product passes over its C once
 /// per depth block, so a block as deep as the deepest KC of `GEMM_SHAPES`
 /// (1024, AVX2) costs no more passes over C than one product over all rows.
 pub const ORDERED_BLOCK_ROWS: usize = 1024;

@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use crate::float::Float;
+pub use crate::kernels::gemm_kernel::Runs;
 use crate::kernels::gemm_kernel::{gemm_task, Blocks, StackBuffers, View};
 use crate::kernels::microkernel::{elements, packed_room};
 use crate::parallel::pool::in_pool;
@@ -67,6 +68,44 @@ pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, acc
     gemm_on(Isa::active(), a, b, c, ldc, accumulate, false);
 }
 
+/// Where the shared dimension k of [`gemm_in_order`] lies: index k at row
+/// (A: column) `origin + runs.offset(k)` of the operands' k axes.
+#[derive(Clone, Copy, Debug)]
+pub struct KOrder {
+    pub origin: usize,
+    pub runs: Runs,
+}
+
+impl KOrder {
+    /// The first and last row (A: column) that the k indices 0..k visit;
+    /// None when one would lie before row 0.
+    fn span(&self, k: usize) -> Option<(usize, usize)> {
+        let (mut lo, mut hi) = (0isize, 0isize);
+        for i in 0..k {
+            let at = self.runs.offset(i);
+            (lo, hi) = (lo.min(at), hi.max(at));
+        }
+        let first = usize::try_from(self.origin as isize + lo).ok()?;
+        Some((first, self.origin + hi as usize))
+    }
+}
+
+/// [`gemm`] with the shared dimension in `order`: A's k columns and B's k
+/// rows are read in place where `order` puts them (`a.cols` = `b.rows` = k,
+/// A transposed: `a.row_stride` = 1), so a sum over rows kept out of order
+/// in memory needs no gathered copy; each element of C is still one FMA
+/// chain over k = 0, 1, … in order.
+pub fn gemm_in_order<E: Float>(
+    a: Mat<'_, E>,
+    b: Mat<'_, E>,
+    order: KOrder,
+    c: &mut [E],
+    ldc: usize,
+    accumulate: bool,
+) {
+    product(Isa::active(), a, b, Some(order), c, ldc, accumulate, false);
+}
+
 /// [`gemm`] on `isa` (which must be supported), on the stack buffers when
 /// `stack_buffers` (as after a refused allocation; for tests).
 #[allow(clippy::too_many_arguments)]
@@ -79,9 +118,51 @@ pub fn gemm_on<E: Float>(
     accumulate: bool,
     stack_buffers: bool,
 ) {
+    product(isa, a, b, None, c, ldc, accumulate, stack_buffers);
+}
+
+/// [`gemm_on`], with k in `order` when given (then A's and B's views start
+/// at row and column 0 of their k axes, and `order.origin` says where k = 0
+/// lies).
+#[allow(clippy::too_many_arguments)]
+fn product<E: Float>(
+    isa: Isa,
+    a: Mat<'_, E>,
+    b: Mat<'_, E>,
+    order: Option<KOrder>,
+    c: &mut [E],
+    ldc: usize,
+    accumulate: bool,
+    stack_buffers: bool,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
-    assert!(a.fits() && b.fits(), "gemm: operand view exceeds its slice");
+    let (a_origin, b_origin) = match order {
+        None => {
+            assert!(a.fits() && b.fits(), "gemm: operand view exceeds its slice");
+            (0, 0)
+        }
+        Some(order) => {
+            assert!(a.row_stride == 1, "gemm: an order of k needs A transposed");
+            if m > 0 && n > 0 && k > 0 {
+                // The views as plain ones over the span of k they visit.
+                let (_, last) = order.span(k).expect("gemm: order of k before row 0");
+                let a_span = Mat {
+                    cols: last + 1,
+                    ..a
+                };
+                let b_span = Mat {
+                    rows: last + 1,
+                    ..b
+                };
+                assert!(
+                    a_span.fits() && b_span.fits(),
+                    "gemm: operand view exceeds its slice"
+                );
+            }
+            (order.origin * a.col_stride, order.origin * b.row_stride)
+        }
+    };
     assert!(
         m == 0 || n == 0 || (m - 1) * ldc + n <= c.len(),
         "gemm: C too small"
@@ -143,14 +224,16 @@ pub fn gemm_on<E: Float>(
                 // Row r0 of A: `fits` checked that rows r0..r0+rows (k
                 // columns) lie inside `a.data`.
                 a: View {
-                    ptr: a.data[r0 * a.row_stride..].as_ptr(),
+                    ptr: a.data[r0 * a.row_stride + a_origin..].as_ptr(),
                     rs: a.row_stride,
                     cs: a.col_stride,
+                    runs: order.map(|o| o.runs),
                 },
                 b: View {
-                    ptr: b.data.as_ptr(),
+                    ptr: b.data[b_origin..].as_ptr(),
                     rs: b.row_stride,
                     cs: b.col_stride,
+                    runs: order.map(|o| o.runs),
                 },
                 c: c_rows,
                 ldc,
@@ -263,7 +346,7 @@ impl<E: Float> Kernel<E> for Task<'_, E> {
 
 #[cfg(test)]
 mod tests {
-    use super::{gemm_on, Mat};
+    use super::{gemm_on, product, KOrder, Mat, Runs};
     use crate::float::Float;
     use crate::simd::Isa;
 
@@ -408,6 +491,97 @@ mod tests {
         (13, 1, 130),
         (97, 260, 129),
     ];
+
+    /// `product` with k in runs (forwards and backwards in memory, starting
+    /// inside a run, k past one depth block) gives bitwise what `gemm_on`
+    /// gives on the same rows gathered into k order, on every ISA, 1 to 3
+    /// threads, accumulating or not.
+    #[test]
+    fn product_in_order_is_the_gathered_product() {
+        let pools = [pool(1), pool(2), pool(3)];
+        // (m, n, runs of len, how many, skip, step order backwards, inner stride)
+        let cases = [
+            (5, 7, 3, 4, 1, true, 1),
+            (33, 20, 16, 90, 5, true, 1),
+            (17, 9, 4, 300, 3, false, 1),
+            (9, 40, 5, 11, 0, true, 7),
+            (4, 3, 1, 40, 0, true, 1),
+        ];
+        for isa in Isa::available() {
+            for &(m, n, len, count, skip, backwards, inner) in &cases {
+                // Storage rows: run q element r at q·len·inner + r·inner
+                // (forwards) or from the end (backwards).
+                let rows_total = count * len * inner;
+                let at = |v: usize| {
+                    let (q, r) = (v / len, v % len);
+                    let q = if backwards { count - 1 - q } else { q };
+                    q * len * inner + r * inner
+                };
+                let k = count * len - skip - len / 2;
+                let depth = m + 3;
+                let (a_all, b_all) = (
+                    values::<f32>(7, rows_total * depth),
+                    values::<f32>(8, rows_total * (n + 1)),
+                );
+                let (mut a_g, mut b_g) = (vec![0f32; k * depth], vec![0f32; k * (n + 1)]);
+                for i in 0..k {
+                    let row = at(i + skip);
+                    a_g[i * depth..][..depth].copy_from_slice(&a_all[row * depth..][..depth]);
+                    b_g[i * (n + 1)..][..n + 1].copy_from_slice(&b_all[row * (n + 1)..][..n + 1]);
+                }
+                let step = (len * inner) as isize;
+                let order = KOrder {
+                    origin: at(skip),
+                    runs: Runs {
+                        skip,
+                        len,
+                        inner: inner as isize,
+                        outer: if backwards { -step } else { step },
+                    },
+                };
+                let a_t = |data| Mat {
+                    data,
+                    rows: m,
+                    cols: k,
+                    row_stride: 1,
+                    col_stride: depth,
+                };
+                for acc in [false, true] {
+                    let c0 = values::<f32>(9, m * n);
+                    let mut want = c0.clone();
+                    gemm_on(
+                        isa,
+                        a_t(&a_g),
+                        Mat::rows(&b_g, k, n, n + 1),
+                        &mut want,
+                        n,
+                        acc,
+                        false,
+                    );
+                    for p in &pools {
+                        let mut got = c0.clone();
+                        p.install(|| {
+                            product(
+                                isa,
+                                a_t(&a_all),
+                                Mat::rows(&b_all, k, n, n + 1),
+                                Some(order),
+                                &mut got,
+                                n,
+                                acc,
+                                false,
+                            )
+                        });
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(x, y)| x.to_bits() == y.to_bits());
+                        assert!(same, "{isa:?} m={m} n={n} len={len} skip={skip} acc={acc}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn gemm_matches_the_triple_loop_f32() {

@@ -140,12 +140,59 @@ pub struct View<E> {
     pub ptr: *const E,
     pub rs: usize,
     pub cs: usize,
+    /// With `Some`, the shared dimension k (A's columns, B's rows) is read in
+    /// these runs rather than `cs` (A) or `rs` (B) apart: offsets in units of
+    /// that stride.
+    pub runs: Option<Runs>,
+}
+
+/// An order of the shared dimension k read in place: index k is element
+/// v = k + `skip` of a sequence of runs of `len`, element r of run q lying
+/// r·`inner` + q·`outer` strides from element 0 of run 0 (`outer` < 0 for
+/// runs that go backwards in memory, as backward's steps do), offsets taken
+/// from index 0's. The weight sums read the rows of a block of (step, row)
+/// pairs this way instead of gathering them (`lstm.rs`, `weight_grads`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Runs {
+    pub skip: usize,
+    pub len: usize,
+    pub inner: isize,
+    pub outer: isize,
+}
+
+impl Runs {
+    /// Where index k lies, in strides from index 0.
+    #[inline(always)]
+    pub fn offset(&self, k: usize) -> isize {
+        let at =
+            |v: usize| (v % self.len) as isize * self.inner + (v / self.len) as isize * self.outer;
+        at(k + self.skip) - at(self.skip)
+    }
 }
 
 impl<E> View<E> {
+    /// Element (i, k) of A.
     #[inline(always)]
-    fn at(&self, i: usize, j: usize) -> *const E {
-        self.ptr.wrapping_add(i * self.rs + j * self.cs)
+    fn a_at(&self, i: usize, k: usize) -> *const E {
+        match self.runs {
+            None => self.ptr.wrapping_add(i * self.rs + k * self.cs),
+            Some(r) => self
+                .ptr
+                .wrapping_add(i * self.rs)
+                .wrapping_offset(r.offset(k) * self.cs as isize),
+        }
+    }
+
+    /// Element (k, j) of B.
+    #[inline(always)]
+    fn b_at(&self, k: usize, j: usize) -> *const E {
+        match self.runs {
+            None => self.ptr.wrapping_add(k * self.rs + j * self.cs),
+            Some(r) => self
+                .ptr
+                .wrapping_add(j * self.cs)
+                .wrapping_offset(r.offset(k) * self.rs as isize),
+        }
     }
 }
 
@@ -212,13 +259,18 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
     debug_assert!(blocks.mr == MR && blocks.nr == nr);
     let Blocks { kc, mc, nc, .. } = blocks;
     assert!(a_buf.len() >= mc * kc && b_buf.len() >= kc * nc && mc % MR == 0 && nc % nr == 0);
+    // Runs of k are read column by column of A (`pack_a`'s transposed path).
+    assert!(
+        a.runs.is_none() || a.rs == 1,
+        "gemm: runs of k need A transposed"
+    );
     for jc in (0..n).step_by(nc) {
         let nb = nc.min(n - jc);
         let panels = nb.div_ceil(nr);
         for pc in (0..k).step_by(kc) {
             let kd = kc.min(k - pc);
             // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B.
-            unsafe { pack_b(kd, nb, nr, b.at(pc, jc), b.rs, b.cs, b_buf) };
+            unsafe { pack_b(kd, nb, nr, |k| b.b_at(pc + k, jc), b.cs, b_buf) };
             // The chain continues from C after the first depth block (and from
             // the first with `accumulate`); C is never read otherwise.
             let load = accumulate || pc > 0;
@@ -226,7 +278,7 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
                 let mb = mc.min(m - ic);
                 let slivers = mb.div_ceil(MR);
                 // SAFETY: rows ic..ic+mb < m and columns pc..pc+kd ≤ k of A.
-                unsafe { pack_a::<S::E, MR>(mb, kd, a.at(ic, pc), a.rs, a.cs, a_buf) };
+                unsafe { pack_a::<S::E, MR>(mb, kd, |k| a.a_at(ic, pc + k), a.rs, a.cs, a_buf) };
                 for jr in 0..panels {
                     let nn = nr.min(nb - jr * nr);
                     let bp = b_buf[jr * kd * nr..].as_ptr();
@@ -354,8 +406,9 @@ unsafe fn edge_tile<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Packs `kd` rows and `nb` columns of B (rows `rs` apart, columns `cs`) into
-/// panels of `nr` columns, each `kd × nr` row-major, the last padded with zeros.
+/// Packs `kd` rows and `nb` columns of B (row k from `row(k)`, columns `cs`
+/// apart) into panels of `nr` columns, each `kd × nr` row-major, the last
+/// padded with zeros.
 ///
 /// # Safety
 /// The kd × nb elements readable.
@@ -364,8 +417,7 @@ unsafe fn pack_b<E: SimdElement>(
     kd: usize,
     nb: usize,
     nr: usize,
-    src: *const E,
-    rs: usize,
+    row: impl Fn(usize) -> *const E,
     cs: usize,
     dst: &mut [E],
 ) {
@@ -377,14 +429,15 @@ unsafe fn pack_b<E: SimdElement>(
     for (j, panel) in dst.chunks_exact_mut(kd * nr).enumerate() {
         let cols = nr.min(nb - j * nr);
         for (k, out) in panel.chunks_exact_mut(nr).enumerate() {
+            let src = row(k);
             if cs == 1 {
                 // SAFETY: row k < kd, columns j·nr.. + cols ≤ nb.
-                let row = unsafe { std::slice::from_raw_parts(src.add(k * rs + j * nr), cols) };
+                let row = unsafe { std::slice::from_raw_parts(src.add(j * nr), cols) };
                 out[..cols].copy_from_slice(row);
             } else {
                 for (i, o) in out[..cols].iter_mut().enumerate() {
                     // SAFETY: as above.
-                    *o = unsafe { *src.add(k * rs + (j * nr + i) * cs) };
+                    *o = unsafe { *src.add((j * nr + i) * cs) };
                 }
             }
             out[cols..].fill(E::ZERO);
@@ -392,18 +445,20 @@ unsafe fn pack_b<E: SimdElement>(
     }
 }
 
-/// Packs `mb` rows and `kd` columns of A (rows `rs` apart, columns `cs`) into
+/// Packs `mb` rows and `kd` columns of A (column k from `col(k)`: rows `rs`
+/// apart, columns `cs` apart unless A is transposed and read in runs) into
 /// slivers of MR rows, each k-major (`MR` elements per k), the last padded
 /// with zero rows. A usually comes from L3 or memory and is read once per
 /// block, so the reads are prefetched a little ahead.
 ///
 /// # Safety
-/// The mb × kd elements readable.
+/// The mb × kd elements readable; `col` any address for k ≥ kd (prefetched
+/// only).
 #[inline(always)]
 unsafe fn pack_a<E: SimdElement, const MR: usize>(
     mb: usize,
     kd: usize,
-    src: *const E,
+    col: impl Fn(usize) -> *const E,
     rs: usize,
     cs: usize,
     dst: &mut [E],
@@ -411,13 +466,14 @@ unsafe fn pack_a<E: SimdElement, const MR: usize>(
     let slivers = mb.div_ceil(MR);
     let dst = &mut dst[..slivers * MR * kd];
     let full = mb / MR;
+    let src = col(0);
     if rs == 1 {
         // A transposed (columns contiguous, as daᵀ): one contiguous run of mb
         // elements per k, MR of them to each sliver.
         for k in 0..kd {
-            prefetch(src.wrapping_add((k + PACK_AHEAD) * cs), mb * size_of::<E>());
+            prefetch(col(k + PACK_AHEAD), mb * size_of::<E>());
             // SAFETY: column k < kd, rows 0..mb.
-            let col = unsafe { std::slice::from_raw_parts(src.add(k * cs), mb) };
+            let col = unsafe { std::slice::from_raw_parts(col(k), mb) };
             for (s, x) in col.chunks_exact(MR).enumerate() {
                 dst[(s * kd + k) * MR..][..MR].copy_from_slice(x);
             }
