@@ -636,8 +636,9 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                                 self.finish_plain::<S, FINISH_PAIRS>(s, at, acc, xw);
                                 slot += FINISH_PAIRS;
                             }
-                            for slot in slot..active {
-                                self.finish_plain::<S, 1>(s, [(slot, p)], [products[slot]], xw);
+                            let rest = products[..active].iter().enumerate().skip(slot);
+                            for (slot, &acc) in rest {
+                                self.finish_plain::<S, 1>(s, [(slot, p)], [acc], xw);
                             }
                         }
                     }
