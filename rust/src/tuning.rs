@@ -55,6 +55,13 @@ pub const PACK_DEPTH: usize = 64;
 /// needs, in 13 of AVX2's 16 registers.
 pub const BATCH1_PANELS: usize = 3;
 
+/// (slot, tile) pairs whose plain gate math runs interleaved (`finish_plain`
+/// in `kernels/forward_step.rs`): one pair's math is a chain of some 150
+/// cycles' latency (exp, a division, tanh of the new c) and few enough
+/// instructions that the out-of-order window cannot overlap the next pair's by
+/// itself; two chains side by side fit AVX2's 16 registers.
+pub const FINISH_PAIRS: usize = 2;
+
 /// Panel rows ahead that the batch-1 product prefetches: far enough ahead to
 /// cover L2's latency at the rate the row is consumed.
 pub const ROW_PREFETCH_DISTANCE: usize = 8;

@@ -27,8 +27,8 @@ use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
-use crate::simd::{self, store_n, Kernel, Simd};
-use crate::tuning::{BATCH1_PANELS, PROJECTION_ROWS};
+use crate::simd::{self, store_n, Bf16, Kernel, Simd, SimdElement};
+use crate::tuning::{BATCH1_PANELS, FINISH_PAIRS, PROJECTION_ROWS};
 use crate::variant::Variant;
 
 /// Outputs of the forward pass for the whole batch (chunks write their rows).
@@ -213,6 +213,82 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                     // recurrent product's operand (and dW_hh's).
                     let mut h_prev = S::load(cur.add(slot * hp + u0));
                     if let Some(r) = self.recurrent_keep(b) {
+                        h_prev = h_prev.mul(S::load(r.add(u0)));
+                    }
+                    h_prev.store(out.h_prev.0.add(row * hp + u0));
+                }
+            }
+        }
+    }
+
+    /// The plain LSTM's `finish` for N (slot, tile) pairs at once: the gate
+    /// math runs on [`Wide`] vectors, each operation on the N pairs in turn,
+    /// so N independent dependency chains (exp, division, tanh of c) overlap
+    /// instead of each pair's running on its own at the chain's latency. The
+    /// same operations on every element as `finish`: the same bits.
+    ///
+    /// # Safety
+    /// As for `finish`, for every pair; the pairs are distinct.
+    #[inline(always)]
+    unsafe fn finish_plain<S: Simd<E = E>, const N: usize>(
+        &self,
+        s: usize,
+        at: [(usize, usize); N],
+        acc: [[S; 4]; N],
+        xw: &Projection<E>,
+    ) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
+        let out = self.out;
+        // Plain loops, not `array::map` (see `Wide`).
+        let (mut u0, mut rows) = ([0; N], [0; N]);
+        for i in 0..N {
+            let (slot, tile) = at[i];
+            u0[i] = tile * w;
+            rows[i] = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+        }
+        // SAFETY: as in `finish`, for each pair (row < T·B, u0 + w ≤ hp).
+        unsafe {
+            let zero = S::splat(E::ZERO);
+            let mut pre = [Wide([zero; N]); 4];
+            let mut c_prev = Wide([zero; N]);
+            for i in 0..N {
+                let xw_at = xw.at(s, at[i].0, u0[i]);
+                let bias = self.bias.as_ptr().add(u0[i]);
+                for (g, pre) in pre.iter_mut().enumerate() {
+                    pre.0[i] = acc[i][g]
+                        .add(S::load(xw_at.add(g * xw.units)))
+                        .add(S::load(bias.add(g * hp)));
+                }
+                c_prev.0[i] = S::load(self.state.c.0.add(at[i].0 * hp + u0[i]));
+            }
+            let pre = |g: usize| pre[g];
+            let ig = simd::sigmoid(pre(0));
+            let fg = simd::sigmoid(pre(1));
+            let gg = simd::tanh(pre(2));
+            let og = simd::sigmoid(pre(3));
+            let c_new = fg.mul_add(c_prev, ig.mul(gg));
+            let h_new = og.mul(simd::tanh(c_new));
+            for i in 0..N {
+                let (slot, row, u0) = (at[i].0, rows[i], u0[i]);
+                c_new.0[i].store(self.state.c.0.add(slot * hp + u0));
+                h_new.0[i].store(next.add(slot * hp + u0));
+                store_n(
+                    h_new.0[i],
+                    out.y.0.add(row * h + u0.min(h)),
+                    h.saturating_sub(u0).min(w),
+                );
+                if !out.gates.0.is_null() {
+                    let gp = out.gates.0.add(row * 4 * hp + u0);
+                    ig.0[i].store(gp);
+                    fg.0[i].store(gp.add(hp));
+                    gg.0[i].store(gp.add(2 * hp));
+                    og.0[i].store(gp.add(3 * hp));
+                    c_new.0[i].store(out.cells.0.add(row * hp + u0));
+                    // With recurrent dropout the cache keeps h_{t−1} ⊙ r.
+                    let mut h_prev = S::load(cur.add(slot * hp + u0));
+                    if let Some(r) = self.recurrent_keep(self.slots.rows[slot]) {
                         h_prev = h_prev.mul(S::load(r.add(u0)));
                     }
                     h_prev.store(out.h_prev.0.add(row * hp + u0));
@@ -500,15 +576,23 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                         if p + BATCH1_PANELS <= self.tiles.end {
                             let panels = std::array::from_fn(|i| panel(p + i));
                             let acc = row_x4pv_of::<S, W, BATCH1_PANELS>(cur, 1, h, panels);
-                            for (i, acc) in acc.into_iter().enumerate() {
-                                self.finish::<S>(s, 0, p + i, acc, xw);
+                            if VARIANT {
+                                for (i, acc) in acc.into_iter().enumerate() {
+                                    self.finish::<S>(s, 0, p + i, acc, xw);
+                                }
+                            } else {
+                                let at = std::array::from_fn(|i| (0, p + i));
+                                self.finish_plain::<S, BATCH1_PANELS>(s, at, acc, xw);
                             }
                             p += BATCH1_PANELS;
                         } else if p + 1 < self.tiles.end {
-                            let [acc0, acc1] =
-                                row_x4pv_of::<S, W, 2>(cur, 1, h, [panel(p), panel(p + 1)]);
-                            self.finish::<S>(s, 0, p, acc0, xw);
-                            self.finish::<S>(s, 0, p + 1, acc1, xw);
+                            let acc = row_x4pv_of::<S, W, 2>(cur, 1, h, [panel(p), panel(p + 1)]);
+                            if VARIANT {
+                                self.finish::<S>(s, 0, p, acc[0], xw);
+                                self.finish::<S>(s, 0, p + 1, acc[1], xw);
+                            } else {
+                                self.finish_plain::<S, 2>(s, [(0, p), (0, p + 1)], acc, xw);
+                            }
                             p += 2;
                         } else {
                             let [acc] = row_x4pv_of::<S, W, 1>(cur, 1, h, [panel(p)]);
@@ -538,8 +622,24 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                     // `finish` gets running slots and tiles of this member.
                     unsafe {
                         rows_x4v_kblocked_of::<S, W>(active, a, h, panel(p), products);
-                        for (slot, &acc) in products[..active].iter().enumerate() {
-                            self.finish::<S>(s, slot, p, acc, xw);
+                        if VARIANT {
+                            for (slot, &acc) in products[..active].iter().enumerate() {
+                                self.finish::<S>(s, slot, p, acc, xw);
+                            }
+                        } else {
+                            // The plain gate math, FINISH_PAIRS slots at a time.
+                            let mut slot = 0;
+                            while slot + FINISH_PAIRS <= active {
+                                let mut acc = [[S::splat(E::ZERO); 4]; FINISH_PAIRS];
+                                acc.copy_from_slice(&products[slot..slot + FINISH_PAIRS]);
+                                let at = std::array::from_fn(|i| (slot + i, p));
+                                self.finish_plain::<S, FINISH_PAIRS>(s, at, acc, xw);
+                                slot += FINISH_PAIRS;
+                            }
+                            let rest = products[..active].iter().enumerate().skip(slot);
+                            for (slot, &acc) in rest {
+                                self.finish_plain::<S, 1>(s, [(slot, p)], [acc], xw);
+                            }
                         }
                     }
                 }
@@ -677,6 +777,193 @@ fn scale_packed<S: Simd>(
             for (k, &m) in sc.iter().enumerate() {
                 dst[k * group + i] = dst[k * group + i] * m;
             }
+        }
+    }
+}
+
+/// N vectors of `S` as one vector of N·LANES lanes: every operation applies to
+/// each part in turn. The plain gate math runs on it (`finish_plain`) so that
+/// the N parts' long dependency chains interleave; each lane sees exactly the
+/// operations of `S`, so the results are those of N separate calls.
+///
+/// Plain loops only: `array::map` and `from_fn` are functions of their own,
+/// compiled without the ISA's target features, so the intrinsics inside their
+/// closures would become calls.
+#[derive(Clone, Copy)]
+struct Wide<S, const N: usize>([S; N]);
+
+impl<S: Simd, const N: usize> Simd for Wide<S, N> {
+    type E = S::E;
+    const LANES: usize = N * S::LANES;
+
+    #[inline(always)]
+    fn splat(v: S::E) -> Self {
+        Wide([S::splat(v); N])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const S::E) -> Self {
+        let mut out = [S::splat(S::E::ZERO); N];
+        for (i, v) in out.iter_mut().enumerate() {
+            // SAFETY: the caller guarantees N·LANES readable elements at `p`.
+            *v = unsafe { S::load(p.add(i * S::LANES)) };
+        }
+        Wide(out)
+    }
+    #[inline(always)]
+    unsafe fn load_bf16_pair(p: *const Bf16) -> [Self; 2] {
+        // Part i of each is S's pair from the 2·LANES values at 2i·LANES.
+        let (mut a, mut b) = ([S::splat(S::E::ZERO); N], [S::splat(S::E::ZERO); N]);
+        for i in 0..N {
+            // SAFETY: the caller guarantees 2·N·LANES readable values at `p`.
+            [a[i], b[i]] = unsafe { S::load_bf16_pair(p.add(2 * i * S::LANES)) };
+        }
+        [Wide(a), Wide(b)]
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut S::E) {
+        for i in 0..N {
+            // SAFETY: the caller guarantees N·LANES writable elements at `p`.
+            unsafe { self.0[i].store(p.add(i * S::LANES)) }
+        }
+    }
+    #[inline(always)]
+    fn add(mut self, o: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].add(o.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn sub(mut self, o: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].sub(o.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn mul(mut self, o: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].mul(o.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn div(mut self, o: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].div(o.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn mul_add(mut self, b: Self, c: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].mul_add(b.0[i], c.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn abs(mut self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].abs();
+        }
+        self
+    }
+    #[inline(always)]
+    fn clamp(mut self, lo: Self, hi: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].clamp(lo.0[i], hi.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn select_lt(mut self, bound: Self, then: Self, other: Self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].select_lt(bound.0[i], then.0[i], other.0[i]);
+        }
+        self
+    }
+    #[inline(always)]
+    fn pow2i(mut self) -> Self {
+        for i in 0..N {
+            self.0[i] = self.0[i].pow2i();
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Wide;
+    use crate::simd::{self, dispatch, Isa, Kernel, Simd, SimdElement};
+
+    /// The gate math on `Wide<S, 3>` against each of its parts on `S` alone,
+    /// bit for bit: `finish_plain` relies on it.
+    struct SameBits<'a, E>(&'a [E]);
+
+    impl<E: SimdElement> Kernel<E> for SameBits<'_, E> {
+        type Output = bool;
+        fn run<S: Simd<E = E>>(self) -> bool {
+            let w = S::LANES;
+            let mut same = true;
+            for chunk in self.0.chunks_exact(3 * w) {
+                // SAFETY: the chunk holds 3·LANES elements.
+                let wide = unsafe { Wide::<S, 3>::load(chunk.as_ptr()) };
+                let gate = |x: Wide<S, 3>| {
+                    let c = simd::sigmoid(x).mul_add(x, simd::tanh(x).mul(x.abs()));
+                    simd::sigmoid(x).mul(simd::tanh(c))
+                };
+                let part = |x: S| {
+                    let c = simd::sigmoid(x).mul_add(x, simd::tanh(x).mul(x.abs()));
+                    simd::sigmoid(x).mul(simd::tanh(c))
+                };
+                let mut together = [E::ZERO; 48];
+                let mut apart = [E::ZERO; 48];
+                // SAFETY: 3·LANES ≤ 48 elements are written in each.
+                unsafe {
+                    gate(wide).store(together.as_mut_ptr());
+                    for i in 0..3 {
+                        part(S::load(chunk.as_ptr().add(i * w)))
+                            .store(apart.as_mut_ptr().add(i * w));
+                    }
+                }
+                same &= together[..3 * w]
+                    .iter()
+                    .zip(&apart[..3 * w])
+                    .all(|(a, b)| format!("{a:?}") == format!("{b:?}"));
+            }
+            same
+        }
+    }
+
+    #[test]
+    fn wide_gate_math_is_bitwise_that_of_its_parts() {
+        let mut x: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            1e-30,
+            -1e-30,
+            0.3,
+            -0.3,
+            5.0,
+            -5.0,
+            40.0,
+            -40.0,
+            100.0,
+            -100.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            1e-45,
+        ];
+        let mut v = 0.123_f32;
+        while x.len() < 3 * 16 * 4 {
+            v = (v * 7.31 + 0.77).fract();
+            x.push((v - 0.5) * 20.0);
+        }
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        for isa in Isa::available() {
+            assert!(dispatch(isa, SameBits(&x)), "f32 on {isa:?}");
+            assert!(dispatch(isa, SameBits(&x64)), "f64 on {isa:?}");
         }
     }
 }

@@ -1,0 +1,86 @@
+//! The plain forward at one shape, inference (no cache), weights packed once
+//! (as the layer keeps them): for profilers (perf, callgrind) and quick timings.
+//!
+//!     cargo run --release --example forward_profile -- [B T I H] [calls]
+//!
+//! Prints the fastest and the median call of `calls` (default 50) in ms, and
+//! a hash of y so two builds can be checked to give the same bits.
+
+use std::time::Instant;
+
+use lstm_fast::{forward, Cancel, Dims, Outputs, PanelCache, Sequence, Variant};
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers: B T I H [calls]"))
+        .collect();
+    let (b, t, i, h) = match args.as_slice() {
+        [b, t, i, h, ..] => (*b, *t, *i, *h),
+        _ => (16, 100, 256, 256),
+    };
+    let calls = args.get(4).copied().unwrap_or(50);
+    // A small deterministic generator: values in [-0.5, 0.5).
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    };
+    let x = uniform(t * b * i);
+    let w_ih = uniform(4 * h * i);
+    let w_hh = uniform(4 * h * h);
+    let bias = uniform(4 * h);
+    let panels = PanelCache::new(&w_ih, &w_hh, None);
+    let seq = Sequence {
+        dims: Dims {
+            steps: t,
+            batch: b,
+            input: i,
+            hidden: h,
+        },
+        batch_first: false,
+        reverse: false,
+        lengths: None,
+        x: &x,
+        w_ih: &w_ih,
+        w_hh: &w_hh,
+        bias: Some(&bias),
+        h0: None,
+        c0: None,
+        panels: Some(&panels),
+        variant: Variant::default(),
+    };
+    let (mut y, mut h_n, mut c_n) = (vec![0f32; t * b * h], vec![0f32; b * h], vec![0f32; b * h]);
+    let cancel = Cancel::default();
+    let mut times = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        forward(
+            &seq,
+            Outputs {
+                y: &mut y,
+                h_n: &mut h_n,
+                c_n: &mut c_n,
+            },
+            None,
+            &cancel,
+        )
+        .expect("forward");
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let hash = y.iter().fold(0xcbf2_9ce4_8422_2325_u64, |acc, v| {
+        (acc ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3)
+    });
+    println!(
+        "B={b} T={t} I={i} H={h}: min {:.3} ms, median {:.3} ms over {calls} calls; y hash {hash:016x}",
+        times[0],
+        times[times.len() / 2]
+    );
+}
