@@ -22,7 +22,12 @@ import pytest
 from lstm_fast.functional import bfloat16_round
 
 from tests.helpers import ROOT, assert_same_bits
-from tests.test_bf16 import SHAPES, VARIANTS, _case, _rounded
+from tests.test_bf16 import REGULARISATION, SHAPES, VARIANTS, _case, _rounded
+
+# The variants without regularisation, which prepared weights and the cell take
+# (the regularised ones: test_regularised_same_bits_as_float32_on_rounded_weights).
+PLAIN_VARIANTS = [v for v in VARIANTS if not set(VARIANTS[v]) & set(REGULARISATION)]
+REGULARISED_VARIANTS = [v for v in VARIANTS if v not in PLAIN_VARIANTS]
 
 NORMS = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
 
@@ -89,7 +94,7 @@ def _ln_case(variant, k, which):
 @pytest.mark.parametrize(
     "k", range(len(SHAPES)), ids=lambda k: "T{}B{}I{}H{}".format(*SHAPES[k][:4])
 )
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", PLAIN_VARIANTS)
 def test_same_bits_as_float32_on_rounded_weights(isa, variant, k, which):
     x, w, call, norms = _ln_case(variant, k, which)
     results = _results(x, w, call, norms)
@@ -102,17 +107,43 @@ def test_same_bits_as_float32_on_rounded_weights(isa, variant, k, which):
     assert not np.array_equal(results["y"][0], exact.y)
 
 
+@pytest.mark.parametrize(
+    "k", range(len(SHAPES)), ids=lambda k: "T{}B{}I{}H{}".format(*SHAPES[k][:4])
+)
+@pytest.mark.parametrize("variant", REGULARISED_VARIANTS)
+def test_regularised_same_bits_as_float32_on_rounded_weights(isa, variant, k):
+    """Zoneout and the dropouts at inference (training=False) in the bf16
+    LayerNorm LSTM: the float32 LayerNorm engine on the rounded weights."""
+    x, w, call, norms = _ln_case(variant, k, "all")
+    h0, c0 = call.pop("h0", None), call.pop("c0", None)
+    peepholes = call.pop("peepholes", None)
+    r = _rounded(w)
+    run = dict(need_cache=False, peepholes=peepholes, layer_norm=True, training=False,
+               **norms, **call)  # fmt: skip
+    got = lstm_fast.forward(x, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], h0, c0,
+                            w_hr=w.get("w_hr"), weight_dtype="bfloat16", **run)  # fmt: skip
+    want = lstm_fast.forward(x, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"], h0, c0,
+                             w_hr=r.get("w_hr"), **run)  # fmt: skip
+    for name in ("y", "h_n", "c_n"):
+        assert_same_bits(getattr(got, name), getattr(want, name), f"{isa} {variant} {name}")
+    # Zoneout is seen: not the pass without it.
+    plain = {k: v for k, v in run.items() if k not in REGULARISATION}
+    without = lstm_fast.forward(x, r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"], h0, c0,
+                                w_hr=r.get("w_hr"), **plain)  # fmt: skip
+    assert not np.array_equal(without.c_n, want.c_n)
+
+
 _THREAD_SCRIPT = """
 import hashlib, json, sys
 import numpy as np
 import lstm_fast
 sys.path.insert(0, {root!r})
-from tests.test_bf16 import SHAPES, VARIANTS
-from tests.test_bf16_layernorm import _ln_case, _results
+from tests.test_bf16 import SHAPES
+from tests.test_bf16_layernorm import PLAIN_VARIANTS, _ln_case, _results
 out = {{}}
 for isa in lstm_fast.available_isas():
     lstm_fast._set_isa(isa)
-    for variant in VARIANTS:
+    for variant in PLAIN_VARIANTS:
         for k in range(len(SHAPES)):
             h = hashlib.sha256()
             for name, (got, want) in _results(*_ln_case(variant, k, "all")).items():
@@ -134,7 +165,7 @@ def _hashes(**env):
 
 def test_same_bits_for_any_thread_count_and_split():
     one = _hashes(LSTM_FAST_NUM_THREADS="1")
-    assert len(one) == len(lstm_fast.available_isas()) * len(VARIANTS) * len(SHAPES)
+    assert len(one) == len(lstm_fast.available_isas()) * len(PLAIN_VARIANTS) * len(SHAPES)
     for env in (
         {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
         {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},

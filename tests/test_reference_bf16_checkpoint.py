@@ -150,9 +150,7 @@ def _refusal_cases():
         "float64-x": ((x.astype(np.float64), *args[1:]), bf16, "x is float64"),
         "float64-h0": ((*args, h0), bf16, "h0 is float64"),
         "float64-c0": ((*args, None, h0), bf16, "c0 is float64"),
-        "layer_norm": (args, {**bf16, "layer_norm": True}, "layer_norm: weights prepared"),
-        "zoneout": (args, {**bf16, "zoneout": 0.1, "seed": 1}, "zoneout: bfloat16 weights"),
-        "zoneout-eval": (args, {**bf16, "zoneout": 0.1, "training": False}, "zoneout: bfloat16"),
+        "zoneout": (args, {**bf16, "zoneout": 0.1, "seed": 1}, "weight_dtype='bfloat16' is for"),
         "recurrent_dropout": (
             args, {**bf16, "recurrent_dropout": 0.1, "seed": 1}, "weight_dtype='bfloat16' is for"
         ),
@@ -337,15 +335,30 @@ def test_layer_bf16_on_the_reference_is_the_engines(monkeypatch, options):
 
 
 def test_layer_bf16_refusals_on_both(engine):
-    m = LSTM(I, H, zoneout=0.2, seed=1).eval()
+    m = LSTM(I, H, zoneout=0.2, seed=1)  # training mode
     x = np.ones((T, B, I), np.float32)
-    with pytest.raises(ValueError, match="zoneout: bfloat16 weights run the plain kernels only"):
-        m(x, need_cache=False, weight_dtype="bf16")
-    m = LSTM(I, H, layer_norm=True, seed=1)
-    with pytest.raises(ValueError, match="layer_norm: weights prepared in bfloat16"):
+    with pytest.raises(ValueError, match="weight_dtype='bfloat16' is for inference: zoneout"):
         m(x, need_cache=False, weight_dtype="bf16")
     with pytest.raises(ValueError, match="weight_dtype must be None or 'bfloat16'"):
         LSTM(I, H, recurrent_dropout=0.2, seed=1)(x, weight_dtype="fp8")
+
+
+def test_layer_bf16_layer_norm_and_zoneout_on_both(monkeypatch):
+    """Once refused with bfloat16 weights, now run in eval mode: the engine's
+    layer and the reference's agree, and the reference's is the float32 layer on
+    the rounded weights, bit for bit."""
+    options = {"layer_norm": True, "zoneout": (0.2, 0.3)}
+    m = LSTM(I, H, 2, seed=1, **options).eval()
+    x = np.random.default_rng(12).standard_normal((T, B, I)).astype(np.float32)
+    y = m(x, need_cache=False, weight_dtype="bf16")[0]
+    monkeypatch.setattr(layer_module, "_F", ref)
+    m._prepared = {}
+    ry = m(x, need_cache=False, weight_dtype="bf16")[0]
+    assert_close(y, ry, np.float32, what="y")
+    twin = LSTM(I, H, 2, seed=1, **options).eval()
+    twin.load_state_dict({k: ref.bfloat16_round(v) if k.startswith(("weight_ih", "weight_hh"))
+                          else v for k, v in m.state_dict().items()})  # fmt: skip
+    assert_same_bits(ry, twin(x, need_cache=False)[0])
 
 
 @pytest.mark.parametrize(

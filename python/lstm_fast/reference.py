@@ -562,26 +562,21 @@ def bfloat16_round(a) -> np.ndarray:
     return np.where(np.isnan(bits.view(np.float32)), quiet, rounded).view(np.float32)
 
 
-def _bfloat16_arguments(raw: dict[str, Any], w_hr, peepholes, *, need_cache, layer_norm, reg):
+def _bfloat16_arguments(raw: dict[str, Any], w_hr, peepholes, *, need_cache, reg):
     """The arguments of a bf16 inference pass: refuses what the engine refuses,
     then returns ``raw``, ``w_hr`` and ``peepholes`` in float32 with the weight
     matrices (``w_ih``, ``w_hh``, ``w_hr``) rounded to bfloat16."""
-    if reg.zoneout_h or reg.zoneout_c:
-        raise ValueError("zoneout: bfloat16 weights run the plain kernels only")
-    if reg.training and (reg.recurrent_dropout or reg.weight_drop):
+    if reg.training and (
+        reg.zoneout_h or reg.zoneout_c or reg.recurrent_dropout or reg.weight_drop
+    ):
         raise ValueError(
-            "weight_dtype='bfloat16' is for inference: recurrent_dropout and "
+            "weight_dtype='bfloat16' is for inference: zoneout, recurrent_dropout and "
             "weight_drop need training=False (or 0)"
         )
     if need_cache:
         raise ValueError(
             "need_cache=True: weights in bfloat16 are for inference only (pass "
             "need_cache=False; no cache, no backward); use float32 weights to train"
-        )
-    if layer_norm:
-        raise ValueError(
-            "layer_norm: weights prepared in bfloat16 run the plain kernels only; "
-            "the LayerNorm LSTM needs float32 or float64 weights"
         )
     arrays = {k: None if v is None else _checks.real_array(k, v) for k, v in raw.items()}
     for name in ("x", "h0", "c0"):  # the state and the sums are float32
@@ -881,7 +876,7 @@ def forward(
         _checks.positive_int("checkpoint", checkpoint)
     if _checks.bfloat16_weights(weight_dtype):
         raw, w_hr, peepholes = _bfloat16_arguments(
-            raw, w_hr, peepholes, need_cache=need_cache, layer_norm=layer_norm, reg=reg
+            raw, w_hr, peepholes, need_cache=need_cache, reg=reg
         )
     (x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, peepholes, *norm_arrays), dtype = _arguments(
         raw, batch_first=batch_first, w_hr=w_hr, peepholes=peepholes, norms=norms
