@@ -225,6 +225,61 @@ def test_predict_bad_input(client):
     # Values are checked per chunk, when computed, with the engine's message.
     with pytest.raises(ValueError, match="lengths must lie in 0..seq_len = 0..5"):
         client.compute(predict(layer, x, np.array([1, 2, 3, 9, 1, 1])), sync=True)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+        predict(layer, x, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an integer"):
+        predict(layer, x, seed=1.5)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_predict_in_training_mode_draws_each_chunks_masks_from_its_seed(
+    client, client1, batch_first
+):
+    """With masks, chunk k runs forward(chunk, seed=shard_seed(seed, 0, 0, k)): the
+    same bits on 1 and 2 workers, and again for the same seed or generator state."""
+    rng = np.random.default_rng(5)
+    batch, steps = 9, 7
+    layer = LSTM(4, 6, 2, batch_first=batch_first, seed=3, **MASKED)
+    shape = (batch, steps, 4) if batch_first else (steps, batch, 4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    lengths = rng.integers(0, steps + 1, batch)
+    axis = 0 if batch_first else 1
+    chunks = (4, 1, 4)
+    starts = np.cumsum((0,) + chunks)
+
+    def run(target, **kwargs):
+        lazy = predict(layer, _chunked(x, chunks, axis), lengths, return_state=True, **kwargs)
+        return target.compute([lazy[0], *lazy[1]], sync=True)
+
+    two = run(client, seed=11)
+    one = run(client1, seed=11)
+    parts = [
+        layer.forward(
+            np.take(x, range(a, b), axis=axis),
+            lengths=lengths[a:b],
+            need_cache=False,
+            seed=shard_seed(11, 0, 0, k),
+        )
+        for k, (a, b) in enumerate(zip(starts[:-1], starts[1:]))
+    ]
+    want = [
+        np.concatenate([y for y, _ in parts], axis=axis),
+        np.concatenate([h for _, (h, _) in parts], axis=1),
+        np.concatenate([c for _, (_, c) in parts], axis=1),
+    ]
+    for got_two, got_one, expected in zip(two, one, want):
+        np.testing.assert_array_equal(got_two, expected)
+        np.testing.assert_array_equal(got_one, expected)
+    # The masks are on: eval mode gives other outputs.
+    layer.eval()
+    assert not np.array_equal(run(client)[0], want[0])
+    layer.train()
+    # Without a seed, one is drawn from the layer's generator at the call.
+    twin = copy.deepcopy(layer)
+    drawn = run(client)
+    np.testing.assert_array_equal(
+        client.compute(predict(twin, _chunked(x, chunks, axis), lengths), sync=True), drawn[0]
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from ._checks import (
     random_generator,
     real_array,
     real_number,
+    regularisation,
 )
 from .layer import LSTM
 from .optim import SGD, Adam, clip_grad_norm
@@ -125,10 +126,14 @@ def _private(layer: LSTM) -> LSTM:
 
 
 def _predict_block(
-    layer: LSTM, x: np.ndarray, lengths: np.ndarray | None, return_state: bool
+    layer: LSTM,
+    x: np.ndarray,
+    lengths: np.ndarray | None,
+    return_state: bool,
+    seed: int | None,
 ) -> Any:
     _use_worker_threads()
-    y, state = _private(layer).forward(x, lengths=lengths, need_cache=False)
+    y, state = _private(layer).forward(x, lengths=lengths, need_cache=False, seed=seed)
     return (y, *state) if return_state else y
 
 
@@ -216,7 +221,9 @@ def _dask_lengths(lengths: Any, x: Any, batch_axis: int) -> Any:
 # ---------------------------------------------------------------------------
 
 
-def predict(layer: LSTM, x: Any, lengths: Any = None, *, return_state: bool = False) -> Any:
+def predict(
+    layer: LSTM, x: Any, lengths: Any = None, *, return_state: bool = False, seed: Any = None
+) -> Any:
     """``layer``'s forward over a Dask array of sequences: a Dask array ``y``.
 
     ``x`` is (B, T, I) with ``layer.batch_first``, else (T, B, I), chunked along the
@@ -226,14 +233,28 @@ def predict(layer: LSTM, x: Any, lengths: Any = None, *, return_state: bool = Fa
     states (L*D, B, H) chunked along axis 1. The weights are copied now (later
     changes to the layer do not reach the result) into one key of the graph, which
     each worker fetches once. Equal, bit for bit, to ``layer.forward(x.compute(),
-    lengths=...)``.
+    lengths=...)`` for a layer in eval mode (or without regularisation).
+
+    A layer in training mode with a regularisation rate > 0 draws masks: chunk
+    ``k`` (its index along the batch, from 0) runs with the mask seed
+    ``shard_seed(seed, 0, 0, k)``, ``seed`` given or, when None, drawn now from the
+    layer's generator, so the result is the same bits on any number of workers and
+    for any schedule (not the masks of one ``layer.forward`` over the whole array:
+    those are keyed by the row's index in the pass). Otherwise ``seed`` is checked
+    and unused.
     """
     layer = _check_layer(layer)
     return_state = flag("return_state", return_state)
+    if seed is not None:  # the layer's rule for a mask seed
+        seed = regularisation(seed=seed, training=False)[4]
     x = _sequences(layer, x)
     axis = _batch_axis(layer)
     lengths = _dask_lengths(lengths, x, axis)
 
+    # Drawn once the arguments are known to be good, as the layer does.
+    pass_seed: int | None = None
+    if layer._masked():
+        pass_seed = layer._draw_seed() if seed is None else seed
     snapshot = copy.deepcopy(layer)
     token = dask.base.tokenize(repr(layer), sorted(snapshot.parameters.items()))
     weights = dask.delayed(snapshot, name=f"lstm-fast-weights-{token}", traverse=False)
@@ -244,12 +265,13 @@ def predict(layer: LSTM, x: Any, lengths: Any = None, *, return_state: bool = Fa
     steps, width = x.shape[1 - axis], layer.num_directions * layer.state_size
     rows = layer.num_layers * layer.num_directions
     ys, hs, cs = [], [], []
-    for block, block_lengths, size in zip(x_blocks, l_blocks, x.chunks[axis]):
+    for k, (block, block_lengths, size) in enumerate(zip(x_blocks, l_blocks, x.chunks[axis])):
+        block_seed = None if pass_seed is None else shard_seed(pass_seed, 0, 0, k)
         y_shape = (size, steps, width) if layer.batch_first else (steps, size, width)
         h_shape = (rows, size, layer.state_size)
         c_shape = (rows, size, layer.hidden_size)
         out = dask.delayed(_predict_block, pure=True, nout=3 if return_state else None)(
-            weights, block, block_lengths, return_state
+            weights, block, block_lengths, return_state, block_seed
         )
         if return_state:
             ys.append(da.from_delayed(out[0], y_shape, dtype=layer.dtype))
