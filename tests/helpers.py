@@ -8,7 +8,11 @@ module level, so the reference's own tests run before the extension is built.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
+import os
+import subprocess
 import sys
 import types
 from dataclasses import dataclass, replace
@@ -112,6 +116,221 @@ def assert_same_bits(a, b, what: str = "") -> None:
     assert a.dtype == b.dtype, f"{what}: dtype {a.dtype} != {b.dtype}"
     assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
     assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes(), what
+
+
+def digest(*arrays) -> str:
+    """The SHA-256 of the arrays' bytes in order, ``None`` ones passed over."""
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+# The thread counts and splits a result must not depend on, beyond 1 thread.
+THREAD_SETTINGS = (
+    {"LSTM_FAST_NUM_THREADS": "2"},
+    {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
+    {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
+)
+
+
+# What a script of script_hashes starts with (and ``print(json.dumps(out))`` after
+# it): the script fills ``out`` with its hashes by name.
+SCRIPT_PRELUDE = """\
+import hashlib, json, sys
+sys.path.insert(0, {root!r})
+import numpy as np
+import lstm_fast
+from tests.helpers import digest
+out = {{}}
+"""
+
+
+def script_hashes(script: str, timeout: float = 300, args=(), **env) -> dict:
+    """Run ``script`` (``{root}`` filled in with the checkout; SCRIPT_PRELUDE before
+    it) with ``args`` in a fresh interpreter whose ``LSTM_FAST_*`` environment is
+    ``env`` only: the ``out`` it fills."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
+    environment.update(env)
+    code = (SCRIPT_PRELUDE + script).format(root=str(ROOT)) + "print(json.dumps(out))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True, text=True, env=environment, timeout=timeout, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_same_hashes(
+    script: str, settings=THREAD_SETTINGS, timeout: float = 300, args=()
+) -> dict:
+    """``script``'s hashes (:func:`script_hashes`) at 1 thread, equal under every one
+    of ``settings``."""
+    one = script_hashes(script, timeout, args, LSTM_FAST_NUM_THREADS="1")
+    assert one
+    for env in settings:
+        assert script_hashes(script, timeout, args, **env) == one, env
+    return one
+
+
+def assert_same_bits_for_thread_counts(run, counts=(1, 2, 3)) -> None:
+    """``run()`` (its arrays) at each engine thread count of ``counts``: the same
+    bits (the caller restores the count: the ``threads`` fixture)."""
+    import lstm_fast
+
+    results = []
+    for n in counts:
+        lstm_fast.set_num_threads(n)
+        results.append(run())
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert_same_bits(a, b)
+
+
+# --------------------------------------------------------------------------
+# One functional call's problem (the engine's variant tests)
+
+# ONNX's activations with the parameters the tests give them (not the defaults,
+# so that a parameter read in the wrong place shows).
+ACTIVATION_CASES = [
+    ("Sigmoid",),
+    ("Tanh",),
+    ("Relu",),
+    ("HardSigmoid", 0.3, 0.4),
+    ("Affine", 0.7, 0.2),
+    ("LeakyRelu", 0.1),
+    ("ThresholdedRelu", 0.3),
+    ("ScaledTanh", 1.3, 0.8),
+    ("Elu", 0.9),
+    ("Softsign",),
+    ("Softplus",),
+]
+
+# The gradients of VariantGradients that are arrays (or None), in its order.
+GRADIENTS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dpeepholes")
+
+
+def lstm_problem(
+    variant: dict, dims: tuple, dtype, seed: int = 0, *, projection: bool = False,
+    layer_norm: bool = False, norms: tuple[str, ...] = (),
+):  # fmt: skip
+    """Arrays, options (the variant, the setting) and seeds of one forward and
+    backward. ``dims`` is (T, B, I, H, P, lengths, reverse, batch_first, h0c0);
+    ``projection`` draws w_hr (P, H), else P must be H; ``layer_norm`` asks for the
+    LayerNorm LSTM, with the gains and biases named in ``norms`` drawn. The draws
+    come in one fixed order, so a problem is the same whoever asks for it."""
+    T, B, I, H, P, lengths, reverse, batch_first, h0c0 = dims  # noqa: E741
+    rng = np.random.default_rng(seed)
+    k = 1.2 / np.sqrt(H)
+    seq = (B, T) if batch_first else (T, B)
+    arrays = {
+        "x": rng.standard_normal((*seq, I)),
+        "w_ih": rng.uniform(-k, k, (4 * H, I)),
+        "w_hh": rng.uniform(-k, k, (4 * H, P)),
+        "b_ih": rng.uniform(-k, k, 4 * H),
+        "b_hh": rng.uniform(-k, k, 4 * H),
+        "h0": 0.5 * rng.standard_normal((B, P)) if h0c0 else None,
+        "c0": rng.standard_normal((B, H)) if h0c0 else None,
+    }
+    arrays = {n: None if a is None else a.astype(dtype) for n, a in arrays.items()}
+    options = dict(variant)
+    if projection:
+        options["w_hr"] = rng.uniform(-1.5 / np.sqrt(H), 1.5 / np.sqrt(H), (P, H)).astype(dtype)
+    if options.pop("peepholes", False):
+        options["peepholes"] = rng.uniform(-1, 1, 3 * H).astype(dtype)
+    options.update(
+        batch_first=batch_first,
+        reverse=reverse,
+        lengths=None if lengths is None else np.array(lengths),
+    )
+    if layer_norm:
+        options["layer_norm"] = True
+    for name in norms:
+        width = H if name.endswith("_c") else 4 * H
+        centre = 1.0 if name.startswith("w_") else 0.0
+        options[name] = (centre + 0.3 * rng.standard_normal(width)).astype(dtype)
+    seeds = {
+        "dy": rng.standard_normal((*seq, P)).astype(dtype),
+        "dh_n": rng.standard_normal((B, P)).astype(dtype),
+        "dc_n": rng.standard_normal((B, H)).astype(dtype),
+    }
+    return arrays, options, seeds
+
+
+def float64_values(d: dict) -> dict:
+    """``d`` with its floating-point arrays in float64 (the oracle's input)."""
+    return {
+        n: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
+        for n, v in d.items()
+    }
+
+
+def forward_backward(module, arrays, options, seeds, *, flow=True):
+    """``module.forward`` on ``arrays`` and ``options``, then its backward from
+    ``seeds``: (Forward, gradients)."""
+    out = module.forward(*arrays.values(), **options)
+    grads = module.backward(out.cache, *seeds.values(), flow=flow)
+    return out, grads
+
+
+def assert_engine_matches_reference(
+    arrays, options, seeds, dtype, gradients=GRADIENTS, *, factor: float = 1.0
+):
+    """The engine's forward and backward (flow included) against the reference's
+    in float64: outputs, cache gates and the ``gradients`` fields; returns the
+    engine's and the reference's gradients."""
+    import lstm_fast
+
+    out, g = forward_backward(lstm_fast, arrays, options, seeds)
+    r_out, r = forward_backward(
+        ref, float64_values(arrays), float64_values(options), float64_values(seeds)
+    )
+    for field in ("y", "h_n", "c_n"):
+        assert getattr(out, field).dtype == dtype
+        assert_close(getattr(out, field), getattr(r_out, field), dtype, what=field, factor=factor)
+    for gate in "ifgoc":
+        mine, theirs = getattr(out.cache, gate), getattr(r_out.cache, gate)
+        assert_close(mine, theirs, dtype, what=gate, factor=factor)
+    if out.cache.z is not None:
+        assert_close(out.cache.z, r_out.cache.z, dtype, what="z", factor=factor)
+    for field in gradients:
+        mine, theirs = getattr(g, field), getattr(r, field)
+        if theirs is None:
+            assert mine is None, field
+            continue
+        assert mine.dtype == dtype and mine.shape == theirs.shape, field
+        assert_close(mine, theirs, dtype, what=field, factor=factor)
+    for field in ("dh", "dc", "dh_sum", "dc_sum"):
+        assert_close(
+            getattr(g.flow, field), getattr(r.flow, field), dtype, what=f"flow.{field}",
+            factor=factor,
+        )  # fmt: skip
+    return out, g, r
+
+
+# The LayerNorm LSTM's bad arguments: (options, the error, what its message matches).
+BAD_LAYER_NORM = [
+    (dict(w_ln_ih=np.ones(16)), ValueError, "w_ln_ih.*layer_norm=True"),
+    (dict(b_ln_c=np.ones(4)), ValueError, "b_ln_c.*layer_norm=True"),
+    (dict(layer_norm=True, w_ln_ih=np.ones(15)), ValueError, "w_ln_ih"),
+    (dict(layer_norm=True, b_ln_hh=np.ones((4, 4))), ValueError, "b_ln_hh"),
+    (dict(layer_norm=True, w_ln_c=np.ones(16)), ValueError, "w_ln_c"),
+    (dict(layer_norm=True, b_ln_c=np.ones(3)), ValueError, "b_ln_c"),
+    (dict(layer_norm=True, w_ln_hh=np.ones(16, complex)), TypeError, "w_ln_hh"),
+    (dict(layer_norm=True, w_ln_ih="gain"), TypeError, "w_ln_ih"),
+    (dict(layer_norm=True, layer_norm_eps=0.0), ValueError, "layer_norm_eps"),
+    (dict(layer_norm=True, layer_norm_eps=-1e-5), ValueError, "layer_norm_eps"),
+    (dict(layer_norm=True, layer_norm_eps=float("nan")), ValueError, "layer_norm_eps"),
+    (dict(layer_norm=True, layer_norm_eps=float("inf")), ValueError, "layer_norm_eps"),
+    (dict(layer_norm=True, layer_norm_eps="1e-5"), TypeError, "layer_norm_eps"),
+    (dict(layer_norm="yes"), TypeError, "layer_norm"),
+]
+
+
+def bad_option_id(value) -> str:
+    """A test id of one of a table's (options, error, match): the options' names."""
+    return str(value)[:40] if not isinstance(value, dict) else ",".join(value)
 
 
 # --------------------------------------------------------------------------
@@ -290,6 +509,37 @@ def central_difference(f, a: np.ndarray, index, step: float = 1e-6) -> float:
     return (up - down) / (2 * step)
 
 
+def loss_of(out, a) -> float:
+    """sum(dy * y) + sum(dh_n * h_n) + sum(dc_n * c_n), the seeds taken from ``a``:
+    its gradient is backward's."""
+    return float(
+        np.sum(out.y * a["dy"]) + np.sum(out.h_n * a["dh_n"]) + np.sum(out.c_n * a["dc_n"])
+    )
+
+
+def numeric_gradient(loss, array: np.ndarray, step: float = 1e-6) -> np.ndarray:
+    """The gradient of ``loss()`` with respect to every entry of ``array`` (changed in
+    place and restored) by central differences."""
+    grad = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        grad[index] = central_difference(loss, array, index, step)
+    return grad
+
+
+def check_finite_differences(a, grads, loss, names) -> None:
+    """Every gradient of ``grads`` of an argument in ``a`` (named d + name; x_t's is
+    dx) against central differences of ``loss``."""
+    # Truncation ~ step^2 |f'''| ~ 1e-12 and rounding ~ eps |loss| / step ~ 1e-9;
+    # a mistake in the math is of order 1e-2.
+    for name in names:
+        if a.get(name) is None:
+            continue
+        analytic = getattr(grads, "dx" if name == "x_t" else "d" + name)
+        np.testing.assert_allclose(
+            analytic, numeric_gradient(loss, a[name]), rtol=1e-6, atol=1e-6, err_msg=name
+        )
+
+
 # --------------------------------------------------------------------------
 # Memory layouts
 
@@ -463,6 +713,36 @@ TORCH_CASES = [
     Case(1, 1, 1, 1),
     Case(10, 16, 24, 64, lengths="random", seed=12),
 ]
+
+
+def torch_layer_backward(t, x, h0, c0, use_hx: bool, lengths, batch_first: bool, dy, dh, dc):
+    """PyTorch's ``nn.LSTM`` ``t`` over ``x`` (a PackedSequence when ``lengths``
+    are given; from ``(h0, c0)`` when ``use_hx``), then backward from the seeds
+    ``dy``, ``dh``, ``dc``: ``(y, h_n, c_n)`` and the leaves ``(x, h0, c0)``, their
+    ``.grad`` filled in."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    xt = torch.tensor(x, requires_grad=True)
+    h0t = torch.tensor(h0, requires_grad=True)
+    c0t = torch.tensor(c0, requires_grad=True)
+    hxt = (h0t, c0t) if use_hx else None
+    if lengths is not None:
+        packed = pack_padded_sequence(
+            xt, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False
+        )
+        yp, (ht, ct) = t(packed, hxt)
+        steps = x.shape[1] if batch_first else x.shape[0]
+        yt, _ = pad_packed_sequence(yp, batch_first=batch_first, total_length=steps)
+    else:
+        yt, (ht, ct) = t(xt, hxt)
+    loss = (
+        (yt * torch.tensor(dy)).sum()
+        + (ht * torch.tensor(dh)).sum()
+        + (ct * torch.tensor(dc)).sum()
+    )
+    loss.backward()
+    return (yt, ht, ct), (xt, h0t, c0t)
 
 
 def assert_matches_torch(case: Case, arrays, out, grads) -> None:

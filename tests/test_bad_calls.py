@@ -97,7 +97,9 @@ def _grads() -> dict[str, np.ndarray]:
 
 
 def _path() -> str:
-    return str(Path(tempfile.mkdtemp(prefix="lstm_fast_bad_calls_")) / "m.onnx")
+    """A file name relative to the child's working directory, a temporary directory
+    that ``_run_batch`` removes (the parent only lists the arguments, never writes)."""
+    return "m.onnx"
 
 
 def _threads(n: Any) -> None:

@@ -12,11 +12,7 @@ weights against a bound derived from the rounding (see ``_one_step_bound``).
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
 import lstm_fast
 import numpy as np
@@ -24,7 +20,7 @@ import pytest
 from lstm_fast._checks import regularisation
 from lstm_fast.functional import bfloat16_round
 
-from tests.helpers import ROOT, assert_same_bits
+from tests.helpers import assert_same_bits, assert_same_hashes
 
 # ---------------------------------------------------------------------------
 # The rounding
@@ -267,12 +263,7 @@ def test_same_bits_as_float32_on_rounded_weights(isa, variant, shape):
 
 
 _THREAD_SCRIPT = """
-import hashlib, json, sys
-import numpy as np
-import lstm_fast
-sys.path.insert(0, {root!r})
 from tests.test_bf16 import SHAPES, VARIANTS, _case, _results
-out = {{}}
 for isa in lstm_fast.available_isas():
     lstm_fast._set_isa(isa)
     for variant in VARIANTS:
@@ -283,29 +274,21 @@ for isa in lstm_fast.available_isas():
                 assert got.tobytes() == want.tobytes(), (isa, variant, k, name)
                 h.update(got.tobytes())
             out[f"{{isa}}/{{variant}}/{{k}}"] = h.hexdigest()
-print(json.dumps(out))
 """
 
 
-def _hashes(**env):
-    run = subprocess.run(
-        [sys.executable, "-c", _THREAD_SCRIPT.format(root=str(ROOT))],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
 def test_same_bits_for_any_thread_count_and_split():
-    one = _hashes(LSTM_FAST_NUM_THREADS="1")
+    one = assert_same_hashes(
+        _THREAD_SCRIPT,
+        (
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "batch"},
+            {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "hidden"},
+            {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
+        ),
+        timeout=600,
+    )
     assert len(one) == len(lstm_fast.available_isas()) * len(VARIANTS) * len(SHAPES)
-    for env in (
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "batch"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
-    ):
-        assert _hashes(**env) == one, env
 
 
 def test_layer_multilayer_bidirectional_same_bits(isa):

@@ -14,18 +14,18 @@ segment's LayerNorm cache (rust/src/checkpoint.rs).
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import lstm_fast
 import numpy as np
 import pytest
 from lstm_fast import functional as F
 
 from tests.helpers import assert_same_bits
-from tests.test_checkpoint import ZONEOUTS, _ks
+from tests.test_checkpoint import (
+    ZONEOUTS,
+    _assert_same_bits_for_threads_and_k,
+    _ks,
+    _without_projection,
+)
 from tests.test_projection import SETTINGS, VARIANTS, _problem, _run
 
 GRADIENTS = (
@@ -54,24 +54,6 @@ def _layer_norm(arrays, options, norms="all", seed=0, project=True):
         low, high = (0.5, 1.5) if name.startswith("w") else (-0.3, 0.3)
         options[name] = rng.uniform(low, high, size).astype(dtype)
     return options
-
-
-def _without_projection(arrays, options, seeds):
-    dtype = arrays["x"].dtype
-    hidden = arrays["w_hh"].shape[0] // 4
-    options = dict(options)
-    options.pop("w_hr")
-    arrays = dict(arrays)
-    seeds = dict(seeds)
-
-    def wide(a):
-        return np.resize(a, (*a.shape[:-1], hidden)).astype(dtype)
-
-    arrays["w_hh"] = wide(arrays["w_hh"])
-    if arrays["h0"] is not None:
-        arrays["h0"] = wide(arrays["h0"])
-    seeds["dy"], seeds["dh_n"] = wide(seeds["dy"]), wide(seeds["dh_n"])
-    return arrays, options, seeds
 
 
 def _assert_checkpoint_equal(arrays, options, seeds, k):
@@ -232,62 +214,9 @@ def test_nbytes_and_training_memory():
 # ---------------------------------------------------------------------------
 # Threads and splits
 
-_THREAD_SCRIPT = r"""
-import hashlib, json, sys
-import numpy as np
-import lstm_fast
-sys.path.insert(0, {root!r})
-from tests.test_projection import VARIANTS, SETTINGS, _problem, _run
-from tests.test_checkpoint_layernorm import _layer_norm, _without_projection
-out = {{}}
-for isa in lstm_fast.available_isas():
-    lstm_fast._set_isa(isa)
-    for name in ("plain-gates", "everything"):
-        for dtype in (np.float32, np.float64):
-            for setting in ("many-rows", "lengths-reverse-h0c0"):
-                arrays, options, seeds = _problem(VARIANTS[name], SETTINGS[setting], dtype, seed=3)
-                options = _layer_norm(arrays, options)
-                options.update(recurrent_dropout=0.3, seed=8)
-                for project in (True, False):
-                    if not project:
-                        arrays, options, seeds = _without_projection(arrays, options, seeds)
-                    for k, z in [(k, z) for k in (None, 1, 2, 3) for z in (0.0, (0.3, 0.25))]:
-                        opts = {{**options, "checkpoint": k, "zoneout": z}}
-                        fwd, g = _run(lstm_fast, arrays, opts, seeds)
-                        h = hashlib.sha256()
-                        for a in (*fwd[:3], *g[:9], *g[10:], g.flow.dh, g.flow.dc):
-                            if a is not None:
-                                h.update(np.ascontiguousarray(a).tobytes())
-                        key = f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}/{{project}}"
-                        out[f"{{key}}/{{z}}/{{k}}"] = h.hexdigest()
-print(json.dumps(out))
-"""
-
-
-def _hashes(**env) -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
-    environment.update(env)
-    result = subprocess.run(
-        [sys.executable, "-c", _THREAD_SCRIPT.format(root=root)],
-        capture_output=True, text=True, env=environment, timeout=300, cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
 
 def test_same_bits_for_any_thread_count_and_split():
-    one = _hashes(LSTM_FAST_NUM_THREADS="1")
-    assert one
-    # Within a run: every k gives the full cache's bits.
-    for key, value in one.items():
-        assert value == one[key.rsplit("/", 1)[0] + "/None"], key
-    for env in (
-        {"LSTM_FAST_NUM_THREADS": "2"},
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
-    ):
-        assert _hashes(**env) == one, env
+    _assert_same_bits_for_threads_and_k("layer_norm")
 
 
 # ---------------------------------------------------------------------------

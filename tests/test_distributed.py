@@ -15,6 +15,7 @@ import inspect
 import os
 import pickle
 import signal
+import tempfile
 import threading
 import time
 
@@ -51,7 +52,11 @@ def _cluster(n_workers: int):
     previous = os.environ.get("LSTM_FAST_NUM_THREADS")
     os.environ["LSTM_FAST_NUM_THREADS"] = PARENT_THREADS
     try:
+        # The workers' scratch space in a directory of the test's own, removed after
+        # (dask's default, /tmp/dask-scratch-space, outlives the run).
+        scratch = tempfile.TemporaryDirectory(prefix="lstm_fast_dask_")
         cluster = distributed.LocalCluster(
+            local_directory=scratch.name,
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
@@ -61,7 +66,7 @@ def _cluster(n_workers: int):
             # without a dashboard, by default on port 8787 of every interface.
             scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
         )
-        with cluster, distributed.Client(cluster) as client:
+        with scratch, cluster, distributed.Client(cluster) as client:
             yield cluster, client
     finally:
         if previous is None:

@@ -17,21 +17,28 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import lstm_fast
 import numpy as np
 import pytest
 from lstm_fast import _checks
 
-from tests.helpers import assert_close, assert_same_bits, ref
-from tests.test_projection import SETTINGS, VARIANTS, _f64
+from tests.helpers import (
+    BAD_LAYER_NORM,
+    GRADIENTS,
+    assert_close,
+    assert_engine_matches_reference,
+    assert_same_bits,
+    assert_same_bits_for_thread_counts,
+    assert_same_hashes,
+    bad_option_id,
+    lstm_problem,
+    ref,
+)
+from tests.helpers import float64_values as _f64
+from tests.helpers import forward_backward as _run
+from tests.test_projection import SETTINGS, VARIANTS
 
 NAMES = _checks.LAYER_NORM_NAMES
-GRADIENTS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dpeepholes")
 NORM_GRADIENTS = ("dw_ln_ih", "db_ln_ih", "dw_ln_hh", "db_ln_hh", "dw_ln_c", "db_ln_c")
 
 
@@ -39,76 +46,19 @@ def _problem(variant: dict, setting: tuple, dtype, *, projection: bool = True, n
              seed: int = 0):  # fmt: skip
     """Arrays, options (layer norm, the variant, the setting) and seeds; without
     ``projection`` P = H and no w_hr."""
-    T, B, I, H, P, lengths, reverse, batch_first, h0c0 = setting  # noqa: E741
     if not projection:
-        P = H
-    rng = np.random.default_rng(seed)
-    k = 1.2 / np.sqrt(H)
-    seq = (B, T) if batch_first else (T, B)
-    arrays = {
-        "x": rng.standard_normal((*seq, I)),
-        "w_ih": rng.uniform(-k, k, (4 * H, I)),
-        "w_hh": rng.uniform(-k, k, (4 * H, P)),
-        "b_ih": rng.uniform(-k, k, 4 * H),
-        "b_hh": rng.uniform(-k, k, 4 * H),
-        "h0": 0.5 * rng.standard_normal((B, P)) if h0c0 else None,
-        "c0": rng.standard_normal((B, H)) if h0c0 else None,
-    }
-    arrays = {n: None if a is None else a.astype(dtype) for n, a in arrays.items()}
-    options = dict(variant)
-    if projection:
-        options["w_hr"] = rng.uniform(-1.5 / np.sqrt(H), 1.5 / np.sqrt(H), (P, H)).astype(dtype)
-    if options.pop("peepholes", False):
-        options["peepholes"] = rng.uniform(-1, 1, 3 * H).astype(dtype)
-    options.update(
-        batch_first=batch_first,
-        reverse=reverse,
-        lengths=None if lengths is None else np.array(lengths),
-        layer_norm=True,
+        setting = (*setting[:4], setting[3], *setting[5:])
+    return lstm_problem(
+        variant, setting, dtype, seed, projection=projection, layer_norm=True, norms=norms
     )
-    for name in norms:
-        width = H if name.endswith("_c") else 4 * H
-        centre = 1.0 if name.startswith("w_") else 0.0
-        options[name] = (centre + 0.3 * rng.standard_normal(width)).astype(dtype)
-    seeds = {
-        "dy": rng.standard_normal((*seq, P)).astype(dtype),
-        "dh_n": rng.standard_normal((B, P)).astype(dtype),
-        "dc_n": rng.standard_normal((B, H)).astype(dtype),
-    }
-    return arrays, options, seeds
-
-
-def _run(module, arrays, options, seeds, *, flow=True):
-    out = module.forward(*arrays.values(), **options)
-    grads = module.backward(out.cache, *seeds.values(), flow=flow)
-    return out, grads
 
 
 def _assert_matches_reference(arrays, options, seeds, dtype, *, factor=1.0):
-    out, g = _run(lstm_fast, arrays, options, seeds)
-    r_out, r = _run(ref, _f64(arrays), _f64(options), _f64(seeds))
-    for field in ("y", "h_n", "c_n"):
-        assert getattr(out, field).dtype == dtype
-        assert_close(getattr(out, field), getattr(r_out, field), dtype, what=field, factor=factor)
-    for gate in "ifgoc":
-        mine, theirs = getattr(out.cache, gate), getattr(r_out.cache, gate)
-        assert_close(mine, theirs, dtype, what=gate, factor=factor)
-    if out.cache.z is not None:
-        assert_close(out.cache.z, r_out.cache.z, dtype, what="z", factor=factor)
+    out, g, r = assert_engine_matches_reference(
+        arrays, options, seeds, dtype, GRADIENTS + NORM_GRADIENTS, factor=factor
+    )
     assert type(g) is lstm_fast.LayerNormGradients
     assert type(g) is type(r)
-    for field in GRADIENTS + NORM_GRADIENTS:
-        mine, theirs = getattr(g, field), getattr(r, field)
-        if theirs is None:
-            assert mine is None, field
-            continue
-        assert mine.dtype == dtype and mine.shape == theirs.shape, field
-        assert_close(mine, theirs, dtype, what=field, factor=factor)
-    for field in ("dh", "dc", "dh_sum", "dc_sum"):
-        assert_close(
-            getattr(g.flow, field), getattr(r.flow, field), dtype, what=f"flow.{field}",
-            factor=factor,
-        )  # fmt: skip
     return out, g
 
 
@@ -369,12 +319,7 @@ def test_gradients_match_central_differences(projection):
 # Threads and splits: the same bits
 
 _THREAD_SCRIPT = r"""
-import hashlib, json, sys
-import numpy as np
-sys.path.insert(0, {root!r})
-import lstm_fast
 from tests.test_layernorm_engine import SETTINGS, VARIANTS, _problem, _run
-out = {{}}
 for isa in lstm_fast.available_isas():
     lstm_fast._set_isa(isa)
     for name in ("plain-gates", "everything"):
@@ -388,37 +333,14 @@ for isa in lstm_fast.available_isas():
                     if projection:
                         options.update(zoneout=(0.3, 0.2))
                     fwd, g = _run(lstm_fast, arrays, options, seeds)
-                    h = hashlib.sha256()
-                    for a in (*fwd[:3], *g[:9], *g.flow, *g[10:]):
-                        if a is not None:
-                            h.update(np.ascontiguousarray(a).tobytes())
+                    h = digest(*fwd[:3], *g[:9], *g.flow, *g[10:])
                     key = f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}/{{projection}}"
-                    out[key] = h.hexdigest()
-print(json.dumps(out))
+                    out[key] = h
 """
 
 
-def _hashes(**env) -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
-    environment.update(env)
-    result = subprocess.run(
-        [sys.executable, "-c", _THREAD_SCRIPT.format(root=root)],
-        capture_output=True, text=True, env=environment, timeout=300, cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_same_bits_for_any_thread_count_and_split():
-    one = _hashes(LSTM_FAST_NUM_THREADS="1")
-    assert one
-    for env in (
-        {"LSTM_FAST_NUM_THREADS": "2"},
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
-    ):
-        assert _hashes(**env) == one, env
+    assert_same_hashes(_THREAD_SCRIPT)
 
 
 @pytest.mark.parametrize("zoneout", [0.0, (0.3, 0.2)])
@@ -427,40 +349,19 @@ def test_same_bits_for_any_thread_count_in_process(threads, zoneout):
     setting = (7, 40, 4, 33, 9, lengths, True, False, True)
     arrays, options, seeds = _problem(VARIANTS["everything"], setting, np.float32)
     options.update(zoneout=zoneout, seed=5)
-    results = []
-    for n in (1, 2, 3):
-        lstm_fast.set_num_threads(n)
+
+    def run():
         out, g = _run(lstm_fast, arrays, options, seeds)
-        results.append([*out[:3], *g[:9], *g.flow, *g[10:]])
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert_same_bits(a, b)
+        return [*out[:3], *g[:9], *g.flow, *g[10:]]
+
+    assert_same_bits_for_thread_counts(run)
 
 
 # ---------------------------------------------------------------------------
 # Bad arguments: the reference's errors
 
 
-@pytest.mark.parametrize(
-    "options, error, match",
-    [
-        (dict(w_ln_ih=np.ones(16)), ValueError, "w_ln_ih.*layer_norm=True"),
-        (dict(b_ln_c=np.ones(4)), ValueError, "b_ln_c.*layer_norm=True"),
-        (dict(layer_norm=True, w_ln_ih=np.ones(15)), ValueError, "w_ln_ih"),
-        (dict(layer_norm=True, b_ln_hh=np.ones((4, 4))), ValueError, "b_ln_hh"),
-        (dict(layer_norm=True, w_ln_c=np.ones(16)), ValueError, "w_ln_c"),
-        (dict(layer_norm=True, b_ln_c=np.ones(3)), ValueError, "b_ln_c"),
-        (dict(layer_norm=True, w_ln_hh=np.ones(16, complex)), TypeError, "w_ln_hh"),
-        (dict(layer_norm=True, w_ln_ih="gain"), TypeError, "w_ln_ih"),
-        (dict(layer_norm=True, layer_norm_eps=0.0), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps=-1e-5), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps=float("nan")), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps=float("inf")), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps="1e-5"), TypeError, "layer_norm_eps"),
-        (dict(layer_norm="yes"), TypeError, "layer_norm"),
-    ],
-    ids=lambda v: str(v)[:40] if not isinstance(v, dict) else ",".join(v),
-)
+@pytest.mark.parametrize("options, error, match", BAD_LAYER_NORM, ids=bad_option_id)
 def test_bad_arguments_raise_the_references_errors(options, error, match):
     rng = np.random.default_rng(2)
     x, w_ih, w_hh = rng.standard_normal((2, 2, 3)), np.ones((16, 3)), np.ones((16, 4))

@@ -21,16 +21,23 @@ error is judged.
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import lstm_fast
 import numpy as np
 import pytest
 
-from tests.helpers import assert_close, assert_same_bits, ref
+from tests.helpers import (
+    GRADIENTS,
+    assert_close,
+    assert_engine_matches_reference,
+    assert_same_bits,
+    assert_same_bits_for_thread_counts,
+    assert_same_hashes,
+    lstm_problem,
+    ref,
+)
+from tests.helpers import float64_values as _f64
+from tests.helpers import forward_backward as _run
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -63,73 +70,12 @@ SETTINGS = {
 
 
 def _problem(variant: dict, setting: tuple, dtype, seed: int = 0):
-    T, B, I, H, P, lengths, reverse, batch_first, h0c0 = setting  # noqa: E741
-    rng = np.random.default_rng(seed)
-    k = 1.2 / np.sqrt(H)
-    seq = (B, T) if batch_first else (T, B)
-    arrays = {
-        "x": rng.standard_normal((*seq, I)),
-        "w_ih": rng.uniform(-k, k, (4 * H, I)),
-        "w_hh": rng.uniform(-k, k, (4 * H, P)),
-        "b_ih": rng.uniform(-k, k, 4 * H),
-        "b_hh": rng.uniform(-k, k, 4 * H),
-        "h0": 0.5 * rng.standard_normal((B, P)) if h0c0 else None,
-        "c0": rng.standard_normal((B, H)) if h0c0 else None,
-    }
-    arrays = {n: None if a is None else a.astype(dtype) for n, a in arrays.items()}
-    options = dict(variant)
-    options["w_hr"] = rng.uniform(-1.5 / np.sqrt(H), 1.5 / np.sqrt(H), (P, H)).astype(dtype)
-    if options.pop("peepholes", False):
-        options["peepholes"] = rng.uniform(-1, 1, 3 * H).astype(dtype)
-    options.update(
-        batch_first=batch_first,
-        reverse=reverse,
-        lengths=None if lengths is None else np.array(lengths),
-    )
-    seeds = {
-        "dy": rng.standard_normal((*seq, P)).astype(dtype),
-        "dh_n": rng.standard_normal((B, P)).astype(dtype),
-        "dc_n": rng.standard_normal((B, H)).astype(dtype),
-    }
-    return arrays, options, seeds
-
-
-def _f64(d: dict) -> dict:
-    return {
-        n: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
-        for n, v in d.items()
-    }
-
-
-def _run(module, arrays, options, seeds, *, flow=True):
-    out = module.forward(*arrays.values(), **options)
-    grads = module.backward(out.cache, *seeds.values(), flow=flow)
-    return out, grads
-
-
-GRADIENTS = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "dpeepholes")
+    return lstm_problem(variant, setting, dtype, seed, projection=True)
 
 
 def _assert_matches_reference(arrays, options, seeds, dtype):
-    out, g = _run(lstm_fast, arrays, options, seeds)
-    r_out, r = _run(ref, _f64(arrays), _f64(options), _f64(seeds))
-    for field in ("y", "h_n", "c_n"):
-        assert getattr(out, field).dtype == dtype
-        assert_close(getattr(out, field), getattr(r_out, field), dtype, what=field)
-    for gate in "ifgoc":
-        assert_close(getattr(out.cache, gate), getattr(r_out.cache, gate), dtype, what=gate)
-    if out.cache.z is not None:
-        assert_close(out.cache.z, r_out.cache.z, dtype, what="z")
+    _, g, _ = assert_engine_matches_reference(arrays, options, seeds, dtype)
     assert type(g).__name__ == "VariantGradients"
-    for field in GRADIENTS:
-        mine, theirs = getattr(g, field), getattr(r, field)
-        if theirs is None:
-            assert mine is None, field
-            continue
-        assert mine.dtype == dtype and mine.shape == theirs.shape, field
-        assert_close(mine, theirs, dtype, what=field)
-    for field in ("dh", "dc", "dh_sum", "dc_sum"):
-        assert_close(getattr(g.flow, field), getattr(r.flow, field), dtype, what=f"flow.{field}")
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -328,12 +274,7 @@ def _swap(arrays, options, container, key, value):
 # Threads: the same bits
 
 _THREAD_SCRIPT = r"""
-import hashlib, json, sys
-import numpy as np
-import lstm_fast
-sys.path.insert(0, {root!r})
 from tests.test_projection import VARIANTS, SETTINGS, _problem, _run
-out = {{}}
 for isa in lstm_fast.available_isas():
     lstm_fast._set_isa(isa)
     for name in ("plain-gates", "everything", "acts"):
@@ -341,36 +282,13 @@ for isa in lstm_fast.available_isas():
             for setting in ("many-rows", "lengths-reverse-h0c0", "P>H"):
                 arrays, options, seeds = _problem(VARIANTS[name], SETTINGS[setting], dtype, seed=3)
                 fwd, g = _run(lstm_fast, arrays, options, seeds)
-                h = hashlib.sha256()
-                for a in (*fwd[:3], *g[:9], *g.flow):
-                    if a is not None:
-                        h.update(np.ascontiguousarray(a).tobytes())
-                out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}"] = h.hexdigest()
-print(json.dumps(out))
+                h = digest(*fwd[:3], *g[:9], *g.flow)
+                out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}"] = h
 """
 
 
-def _hashes(**env) -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
-    environment.update(env)
-    result = subprocess.run(
-        [sys.executable, "-c", _THREAD_SCRIPT.format(root=root)],
-        capture_output=True, text=True, env=environment, timeout=300, cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_same_bits_for_any_thread_count_and_split():
-    one = _hashes(LSTM_FAST_NUM_THREADS="1")
-    assert one
-    for env in (
-        {"LSTM_FAST_NUM_THREADS": "2"},
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
-    ):
-        assert _hashes(**env) == one, env
+    assert_same_hashes(_THREAD_SCRIPT)
 
 
 def test_same_bits_for_any_thread_count_in_process(threads):
@@ -378,14 +296,12 @@ def test_same_bits_for_any_thread_count_in_process(threads):
     lengths = [int(n) for n in np.random.default_rng(4).integers(0, 8, 40)]
     setting = (7, 40, 4, 33, 9, lengths, True, False, True)
     arrays, options, seeds = _problem(VARIANTS["everything"], setting, np.float32)
-    results = []
-    for n in (1, 2, 3):
-        lstm_fast.set_num_threads(n)
+
+    def run():
         fwd, g = _run(lstm_fast, arrays, options, seeds)
-        results.append([*fwd[:3], *g[:9], *g.flow])
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            assert_same_bits(a, b)
+        return [*fwd[:3], *g[:9], *g.flow]
+
+    assert_same_bits_for_thread_counts(run)
 
 
 # ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from lstm_fast.layer import LSTM
 
-from tests.helpers import each_dtype
+from tests.helpers import each_dtype, torch_layer_backward
 
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -60,7 +60,6 @@ CONFIGS = [
 )
 def test_matches_torch(config, dtype):
     torch = pytest.importorskip("torch")
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     layers, bidi, batch_first, bias, use_lengths, use_hx, proj = config
     I, H, T, B = 3, 5, 6, 4  # noqa: E741
@@ -88,24 +87,9 @@ def test_matches_torch(config, dtype):
     dx = m.backward(dy, dh, dc)
     dh0, dc0 = m.hx_grad
 
-    xt = torch.tensor(x, requires_grad=True)
-    h0t = torch.tensor(h0, requires_grad=True)
-    c0t = torch.tensor(c0, requires_grad=True)
-    hxt = (h0t, c0t) if use_hx else None
-    if use_lengths:
-        packed = pack_padded_sequence(
-            xt, torch.tensor(lengths), batch_first=batch_first, enforce_sorted=False
-        )
-        yp, (ht, ct) = t(packed, hxt)
-        yt, _ = pad_packed_sequence(yp, batch_first=batch_first, total_length=T)
-    else:
-        yt, (ht, ct) = t(xt, hxt)
-    loss = (
-        (yt * torch.tensor(dy)).sum()
-        + (ht * torch.tensor(dh)).sum()
-        + (ct * torch.tensor(dc)).sum()
+    (yt, ht, ct), (xt, h0t, c0t) = torch_layer_backward(
+        t, x, h0, c0, use_hx, lengths, batch_first, dy, dh, dc
     )
-    loss.backward()
 
     tol = TOL[dtype]
     expected = [("y", y, yt), ("h_n", h, ht), ("c_n", c, ct), ("dx", dx, xt.grad)]

@@ -21,15 +21,13 @@ from tests.helpers import (
     Case,
     assert_close,
     assert_matches_torch,
-    central_difference,
     forward_kwargs,
     make_arrays,
+    numeric_gradient,
     ref,
     run_both,
     valid_mask,
 )
-
-FD_STEP = 1e-6
 
 
 def _loss(out, arrays, batch_first):
@@ -53,13 +51,6 @@ def _fill_missing(case: Case, arrays):
         if full[name] is None:
             full[name] = np.zeros(shape)
     return full
-
-
-def _numeric_gradient(f, a):
-    grad = np.zeros_like(a)
-    for index in np.ndindex(a.shape):
-        grad[index] = central_difference(f, a, index, FD_STEP)
-    return grad
 
 
 def _assert_gradient(analytic, numeric, name):
@@ -107,7 +98,7 @@ def test_backward_matches_finite_differences(case):
         if name in bias_grad and arrays[name] is None:
             assert analytic is None, f"{grad_name} must be None for a missing bias"
             continue
-        _assert_gradient(analytic, _numeric_gradient(loss, full[name]), grad_name)
+        _assert_gradient(analytic, numeric_gradient(loss, full[name]), grad_name)
 
     # no gradient reaches x at padded steps
     mask = valid_mask(case, arrays["lengths"])
@@ -148,7 +139,7 @@ def test_cell_backward_matches_finite_differences(bias):
         if name.startswith("b_") and not bias:
             assert analytic is None
             continue
-        _assert_gradient(analytic, _numeric_gradient(loss, arrays[name]), grad_name)
+        _assert_gradient(analytic, numeric_gradient(loss, arrays[name]), grad_name)
 
 
 def test_missing_output_gradients_are_zeros():

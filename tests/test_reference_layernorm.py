@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import central_difference, ref
+from tests import helpers
+from tests.helpers import BAD_LAYER_NORM, bad_option_id, loss_of, numeric_gradient, ref
 
 try:
     from lstm_fast import masks
@@ -25,7 +26,6 @@ except Exception:  # the compiled engine is missing: load the module beside the 
 
     masks = importlib.import_module(ref.__name__.rsplit(".", 1)[0] + ".masks")
 
-FD_STEP = 1e-6
 NORM_NAMES = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
 NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr", "peepholes", *NORM_NAMES)
 GRAD_NAME = {"x": "dx", "h0": "dh0", "c0": "dc0"}
@@ -71,31 +71,9 @@ def run(a, **options):
     return ref.forward(**{**{k: a[k] for k in NAMES}, **options})
 
 
-def loss_of(out, a) -> float:
-    """sum(dy * y) + sum(dh_n * h_n) + sum(dc_n * c_n): its gradient is backward's."""
-    return float(
-        np.sum(out.y * a["dy"]) + np.sum(out.h_n * a["dh_n"]) + np.sum(out.c_n * a["dc_n"])
-    )
-
-
-def numeric_gradient(loss, array):
-    grad = np.zeros_like(array)
-    for index in np.ndindex(array.shape):
-        grad[index] = central_difference(loss, array, index, FD_STEP)
-    return grad
-
-
 def check_finite_differences(a, grads, loss, names=NAMES):
     """Every gradient of ``grads`` of an argument in ``a`` against central differences."""
-    # Truncation ~ step^2 |f'''| ~ 1e-12 and rounding ~ eps |loss| / step ~ 1e-9;
-    # a mistake in the math is of order 1e-2.
-    for name in names:
-        if a.get(name) is None:
-            continue
-        analytic = getattr(grads, GRAD_NAME.get(name, "d" + name))
-        np.testing.assert_allclose(
-            analytic, numeric_gradient(loss, a[name]), rtol=1e-6, atol=1e-6, err_msg=name
-        )
+    helpers.check_finite_differences(a, grads, loss, names)
 
 
 # --------------------------------------------------------------------------
@@ -425,25 +403,7 @@ def test_float32_layer_norm_follows_float64():
 # Bad arguments
 
 
-@pytest.mark.parametrize(
-    "options, error, match",
-    [
-        (dict(w_ln_ih=np.ones(16)), ValueError, "w_ln_ih.*layer_norm=True"),
-        (dict(b_ln_c=np.ones(4)), ValueError, "b_ln_c.*layer_norm=True"),
-        (dict(layer_norm=True, w_ln_ih=np.ones(15)), ValueError, "w_ln_ih"),
-        (dict(layer_norm=True, b_ln_hh=np.ones((4, 4))), ValueError, "b_ln_hh"),
-        (dict(layer_norm=True, w_ln_c=np.ones(16)), ValueError, "w_ln_c"),
-        (dict(layer_norm=True, b_ln_c=np.ones(3)), ValueError, "b_ln_c"),
-        (dict(layer_norm=True, w_ln_hh=np.ones(16, complex)), TypeError, "w_ln_hh"),
-        (dict(layer_norm=True, layer_norm_eps=0.0), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps=-1e-5), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps=float("nan")), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps=float("inf")), ValueError, "layer_norm_eps"),
-        (dict(layer_norm=True, layer_norm_eps="1e-5"), TypeError, "layer_norm_eps"),
-        (dict(layer_norm="yes"), TypeError, "layer_norm"),
-    ],
-    ids=lambda v: str(v)[:40] if not isinstance(v, dict) else ",".join(v),
-)
+@pytest.mark.parametrize("options, error, match", BAD_LAYER_NORM, ids=bad_option_id)
 def test_bad_layer_norm_arguments_name_the_argument(options, error, match):
     a = make_arrays(20, 2, 2, 3, 4, norms=())
     with pytest.raises(error, match=match):

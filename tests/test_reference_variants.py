@@ -20,24 +20,16 @@ import os
 import numpy as np
 import pytest
 
-from tests.helpers import assert_close, assert_same_bits, central_difference, ref
+from tests.helpers import (
+    ACTIVATION_CASES,
+    assert_close,
+    assert_same_bits,
+    check_finite_differences,
+    loss_of,
+    numeric_gradient,
+    ref,
+)
 
-FD_STEP = 1e-6
-# The activations with the parameters the tests give them (not the defaults, so
-# that a parameter read in the wrong place shows).
-ACTIVATION_CASES = [
-    ("Sigmoid",),
-    ("Tanh",),
-    ("Relu",),
-    ("HardSigmoid", 0.3, 0.4),
-    ("Affine", 0.7, 0.2),
-    ("LeakyRelu", 0.1),
-    ("ThresholdedRelu", 0.3),
-    ("ScaledTanh", 1.3, 0.8),
-    ("Elu", 0.9),
-    ("Softsign",),
-    ("Softplus",),
-]
 NAMES = ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr", "peepholes")
 
 
@@ -88,31 +80,8 @@ def _cell_forward(a, x_t, **options):
     )
 
 
-def _loss(out, a) -> float:
-    """sum(dy * y) + sum(dh_n * h_n) + sum(dc_n * c_n): its gradient is backward's."""
-    return float(
-        np.sum(out.y * a["dy"]) + np.sum(out.h_n * a["dh_n"]) + np.sum(out.c_n * a["dc_n"])
-    )
-
-
-def _numeric_gradient(loss, a):
-    grad = np.zeros_like(a)
-    for index in np.ndindex(a.shape):
-        grad[index] = central_difference(loss, a, index, FD_STEP)
-    return grad
-
-
 def _check_gradients(a, grads, loss, names=NAMES):
-    """Every gradient in ``grads`` (named d + name) against central differences."""
-    # Truncation ~ step^2 |f'''| ~ 1e-12 and rounding ~ eps |loss| / step ~ 1e-9;
-    # a mistake in the math is of order 1e-2.
-    for name in names:
-        if a.get(name) is None:
-            continue
-        analytic = getattr(grads, "d" + name if name != "x_t" else "dx")
-        np.testing.assert_allclose(
-            analytic, _numeric_gradient(loss, a[name]), rtol=1e-6, atol=1e-6, err_msg=name
-        )
+    check_finite_differences(a, grads, loss, names)
 
 
 # --------------------------------------------------------------------------
@@ -143,7 +112,7 @@ def test_gradients_match_finite_differences(variant, layout):
     a = _arrays(1, 3, 3, 2, 3, batch_first=options.get("batch_first", False), **shape)
     out = _forward(a, **options)
     grads = ref.backward(out.cache, a["dy"], a["dh_n"], a["dc_n"])
-    _check_gradients(a, grads, lambda: _loss(_forward(a, **options), a))
+    _check_gradients(a, grads, lambda: loss_of(_forward(a, **options), a))
     if options.get("clip"):
         z = np.abs(out.cache.z)
         assert np.any(z > options["clip"]) and np.any(z < options["clip"]), "clip must bite"
@@ -164,7 +133,7 @@ def test_activation_gradients_match_finite_differences(spec, position):
     a = _arrays(2, 3, 2, 2, 2, peepholes=True)
     out = _forward(a, **options)
     grads = ref.backward(out.cache, a["dy"], a["dh_n"], a["dc_n"])
-    _check_gradients(a, grads, lambda: _loss(_forward(a, **options), a))
+    _check_gradients(a, grads, lambda: loss_of(_forward(a, **options), a))
 
 
 @pytest.mark.parametrize(
@@ -194,8 +163,8 @@ def test_cell_gradients_match_finite_differences(options):
     _check_gradients(
         a, grads, loss, names=("x_t", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr", "peepholes")
     )
-    np.testing.assert_allclose(grads.dh, _numeric_gradient(loss, a["h0"]), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(grads.dc, _numeric_gradient(loss, a["c0"]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grads.dh, numeric_gradient(loss, a["h0"]), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grads.dc, numeric_gradient(loss, a["c0"]), rtol=1e-6, atol=1e-6)
 
 
 def test_cell_equals_one_step_sequence():

@@ -20,13 +20,12 @@ import numpy as np
 import pytest
 from lstm_fast import _core, masks
 
-from tests.helpers import assert_same_bits, ref
+from tests.helpers import assert_same_bits, assert_same_hashes, ref
 from tests.test_projection import (
     SETTINGS,
     VARIANTS,
     _assert_matches_reference,
     _f64,
-    _hashes,
     _problem,
     _run,
 )
@@ -167,12 +166,7 @@ def test_defaults_and_inference_change_no_bit(dtype):
 # Threads and splits: the same bits
 
 _THREAD_SCRIPT = r"""
-import hashlib, json, sys
-import numpy as np
-import lstm_fast
-sys.path.insert(0, {root!r})
 from tests.test_projection import VARIANTS, SETTINGS, _problem, _run
-out = {{}}
 for isa in lstm_fast.available_isas():
     lstm_fast._set_isa(isa)
     for name in ("plain-gates", "everything"):
@@ -181,11 +175,8 @@ for isa in lstm_fast.available_isas():
                 arrays, options, seeds = _problem(VARIANTS[name], SETTINGS[setting], dtype, seed=3)
                 options.update(weight_drop=0.35, recurrent_dropout=0.3, seed=8, layer=1)
                 fwd, g = _run(lstm_fast, arrays, options, seeds)
-                h = hashlib.sha256()
-                for a in (*fwd[:3], *g[:9]):
-                    if a is not None:
-                        h.update(np.ascontiguousarray(a).tobytes())
-                out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}"] = h.hexdigest()
+                key = f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting}}"
+                out[key] = digest(*fwd[:3], *g[:9])
     # Without a projection (P = H): the hidden split and the plain gate math.
     lengths = [5, 0, 3, 5, 1, 4, 5, 2] * 3
     for name in ("plain-gates", "peepholes"):
@@ -195,27 +186,13 @@ for isa in lstm_fast.available_isas():
             options.pop("w_hr")
             options.update(weight_drop=0.2, recurrent_dropout=0.4, seed=9)
             fwd, g = _run(lstm_fast, arrays, options, seeds)
-            h = hashlib.sha256()
-            for a in (*fwd[:3], *g[:7]):
-                if a is not None:
-                    h.update(np.ascontiguousarray(a).tobytes())
-            out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/no-projection"] = h.hexdigest()
-print(json.dumps(out))
+            key = f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/no-projection"
+            out[key] = digest(*fwd[:3], *g[:7])
 """
 
 
-def test_same_bits_for_any_thread_count_and_split(monkeypatch):
-    import tests.test_projection as tp
-
-    monkeypatch.setattr(tp, "_THREAD_SCRIPT", _THREAD_SCRIPT)
-    one = _hashes(LSTM_FAST_NUM_THREADS="1")
-    assert one
-    for env in (
-        {"LSTM_FAST_NUM_THREADS": "2"},
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
-    ):
-        assert _hashes(**env) == one, env
+def test_same_bits_for_any_thread_count_and_split():
+    assert_same_hashes(_THREAD_SCRIPT)
 
 
 def test_masks_identical_across_isas():

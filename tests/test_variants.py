@@ -17,33 +17,26 @@ input values, so only the engine's error is judged.
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import subprocess
-import sys
 
 import lstm_fast
 import numpy as np
 import pytest
 from lstm_fast import _checks
 
-from tests.helpers import assert_close, assert_same_bits, ref
+from tests.helpers import (
+    ACTIVATION_CASES,
+    assert_close,
+    assert_engine_matches_reference,
+    assert_same_bits,
+    assert_same_bits_for_thread_counts,
+    assert_same_hashes,
+    lstm_problem,
+    ref,
+)
+from tests.helpers import float64_values as _f64
+from tests.helpers import forward_backward as _run
 
-# Parameters not the defaults, so that one read in the wrong place shows.
-ACTIVATIONS = [
-    ("Sigmoid",),
-    ("Tanh",),
-    ("Relu",),
-    ("HardSigmoid", 0.3, 0.4),
-    ("Affine", 0.7, 0.2),
-    ("LeakyRelu", 0.1),
-    ("ThresholdedRelu", 0.3),
-    ("ScaledTanh", 1.3, 0.8),
-    ("Elu", 0.9),
-    ("Softsign",),
-    ("Softplus",),
-]
 PLAIN = (("Sigmoid",), ("Tanh",), ("Tanh",))
 
 
@@ -72,7 +65,7 @@ VARIANTS = {
     },
 }
 for _pos, _role in enumerate("fgh"):
-    for _act in ACTIVATIONS:
+    for _act in ACTIVATION_CASES:
         if (_act,) != (PLAIN[_pos],):
             VARIANTS[f"{_role}={_act[0]}"] = {"activations": _acts(_pos, _act)}
 
@@ -86,46 +79,8 @@ SETTINGS = {
 
 def _problem(variant: dict, setting: tuple, dtype, seed: int = 0):
     T, B, I, H, lengths, reverse, batch_first, h0c0 = setting  # noqa: E741
-    rng = np.random.default_rng(seed)
-    k = 1.2 / np.sqrt(H)
-    seq = (B, T) if batch_first else (T, B)
-    arrays = {
-        "x": rng.standard_normal((*seq, I)),
-        "w_ih": rng.uniform(-k, k, (4 * H, I)),
-        "w_hh": rng.uniform(-k, k, (4 * H, H)),
-        "b_ih": rng.uniform(-k, k, 4 * H),
-        "b_hh": rng.uniform(-k, k, 4 * H),
-        "h0": 0.5 * rng.standard_normal((B, H)) if h0c0 else None,
-        "c0": rng.standard_normal((B, H)) if h0c0 else None,
-    }
-    arrays = {n: None if a is None else a.astype(dtype) for n, a in arrays.items()}
-    options = dict(variant)
-    if options.pop("peepholes", False):
-        options["peepholes"] = rng.uniform(-1, 1, 3 * H).astype(dtype)
-    options.update(
-        batch_first=batch_first,
-        reverse=reverse,
-        lengths=None if lengths is None else np.array(lengths),
-    )
-    seeds = {
-        "dy": rng.standard_normal((*seq, H)).astype(dtype),
-        "dh_n": rng.standard_normal((B, H)).astype(dtype),
-        "dc_n": rng.standard_normal((B, H)).astype(dtype),
-    }
-    return arrays, options, seeds
-
-
-def _f64(d: dict) -> dict:
-    return {
-        n: v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v
-        for n, v in d.items()
-    }
-
-
-def _run(module, arrays, options, seeds, *, flow=True):
-    out = module.forward(*arrays.values(), **options)
-    grads = module.backward(out.cache, *seeds.values(), flow=flow)
-    return out, grads
+    dims = (T, B, I, H, H, lengths, reverse, batch_first, h0c0)
+    return lstm_problem(variant, dims, dtype, seed)
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -133,24 +88,9 @@ def _run(module, arrays, options, seeds, *, flow=True):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_engine_matches_reference(isa, dtype, name, setting):
     arrays, options, seeds = _problem(VARIANTS[name], SETTINGS[setting], dtype)
-    out, g = _run(lstm_fast, arrays, options, seeds)
-    r_out, r = _run(ref, _f64(arrays), _f64(options), _f64(seeds))
-    for field in ("y", "h_n", "c_n"):
-        assert getattr(out, field).dtype == dtype
-        assert_close(getattr(out, field), getattr(r_out, field), dtype, what=field)
-    for gate in "ifgoc":
-        assert_close(getattr(out.cache, gate), getattr(r_out.cache, gate), dtype, what=gate)
+    _, g, _ = assert_engine_matches_reference(arrays, options, seeds, dtype)
     assert type(g).__name__ == "VariantGradients"
-    for field in ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dpeepholes"):
-        mine, theirs = getattr(g, field), getattr(r, field)
-        if theirs is None:
-            assert mine is None, field
-            continue
-        assert mine.dtype == dtype
-        assert_close(mine, theirs, dtype, what=field)
     assert g.dw_hr is None
-    for field in ("dh", "dc", "dh_sum", "dc_sum"):
-        assert_close(getattr(g.flow, field), getattr(r.flow, field), dtype, what=f"flow.{field}")
 
 
 @pytest.mark.parametrize("name", ["plain", "peepholes", "everything", "f=Relu"])
@@ -246,12 +186,7 @@ def test_prepared_weights_take_the_options():
 
 
 _THREAD_SCRIPT = r"""
-import hashlib, json, sys
-import numpy as np
-import lstm_fast
-sys.path.insert(0, {root!r})
 from tests.test_variants import VARIANTS, SETTINGS, _problem, _run
-out = {{}}
 for isa in lstm_fast.available_isas():
     lstm_fast._set_isa(isa)
     for name in ("plain", "peepholes", "everything", "peep+no_forget+acts", "g=Elu"):
@@ -260,49 +195,32 @@ for isa in lstm_fast.available_isas():
                             SETTINGS["batch_first-lengths"]):
                 arrays, options, seeds = _problem(VARIANTS[name], setting, dtype, seed=3)
                 fwd, g = _run(lstm_fast, arrays, options, seeds)
-                h = hashlib.sha256()
-                for a in (*fwd[:3], *g[:7], g.dpeepholes, *g.flow):
-                    if a is not None:
-                        h.update(np.ascontiguousarray(a).tobytes())
-                out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting[3]}}"] = h.hexdigest()
-print(json.dumps(out))
+                h = digest(*fwd[:3], *g[:7], g.dpeepholes, *g.flow)
+                out[f"{{isa}}/{{name}}/{{np.dtype(dtype).name}}/{{setting[3]}}"] = h
 """
 
 
-def _hashes(**env) -> dict:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FAST_")}
-    environment.update(env)
-    result = subprocess.run(
-        [sys.executable, "-c", _THREAD_SCRIPT.format(root=root)],
-        capture_output=True, text=True, env=environment, timeout=300, cwd=root,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_same_bits_for_any_thread_count_and_split():
-    one = _hashes(LSTM_FAST_NUM_THREADS="1")
-    assert one
-    for env in (
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "batch"},
-        {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
-        {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "hidden"},
-    ):
-        assert _hashes(**env) == one, env
+    assert_same_hashes(
+        _THREAD_SCRIPT,
+        (
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "batch"},
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
+            {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "hidden"},
+        ),
+    )
 
 
 def test_same_bits_for_any_thread_count_in_process(threads):
     arrays, options, seeds = _problem(
         VARIANTS["everything"], (7, 20, 4, 33, None, True, False, True), np.float32
     )
-    results = []
-    for n in (1, 2):
-        lstm_fast.set_num_threads(n)
+
+    def run():
         fwd, g = _run(lstm_fast, arrays, options, seeds)
-        results.append([*fwd[:3], *g[:7], g.dpeepholes, *g.flow])
-    for a, b in zip(*results):
-        assert_same_bits(a, b)
+        return [*fwd[:3], *g[:7], g.dpeepholes, *g.flow]
+
+    assert_same_bits_for_thread_counts(run, (1, 2))
 
 
 # ---------------------------------------------------------------------------

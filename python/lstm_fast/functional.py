@@ -828,6 +828,12 @@ def _seeds(a: _Args, dy: Any, dh_n: Any, dc_n: Any, names: tuple[str, str, str])
     )
 
 
+def _gradient_flow(norm_h: np.ndarray | None, norm_c: np.ndarray | None) -> GradientFlow:
+    """The flow a backward asked for it wrote (per step and row), with its sums."""
+    assert norm_h is not None and norm_c is not None
+    return GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
+
+
 def _run_layer_norm_backward(
     cache: LayerNormCache | LayerNormCheckpointCache, dy: Any, dh_n: Any, dc_n: Any,
     names: tuple[str, str, str], flow: bool = False,
@@ -884,11 +890,7 @@ def _run_layer_norm_backward(
     for given in (a.has_b_ih, a.has_b_hh, ln.b_ih is not None, ln.b_hh is not None):
         biases.append((db if first else db.copy()) if given else None)
         first = first and not given
-    flows = None
-    if flow:
-        norm_h, norm_c = grads.flow_h, grads.flow_c
-        assert norm_h is not None and norm_c is not None
-        flows = GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
+    flows = _gradient_flow(grads.flow_h, grads.flow_c) if flow else None
     db_ih, db_hh, db_ln_ih, db_ln_hh = biases
     return (
         grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh,
@@ -942,11 +944,7 @@ def _run_backward(
     db_ih = db if a.has_b_ih else None
     # Two arrays when both biases exist, so updating one leaves the other alone.
     db_hh = None if db is None or not a.has_b_hh else (db.copy() if a.has_b_ih else db)
-    flows = None
-    if flow:
-        norm_h, norm_c = grads.flow_h, grads.flow_c
-        assert norm_h is not None and norm_c is not None
-        flows = GradientFlow(norm_h, norm_c, norm_h.sum(axis=1), norm_c.sum(axis=1))
+    flows = _gradient_flow(grads.flow_h, grads.flow_c) if flow else None
     classic = (grads.dx, grads.dh0, grads.dc0, grads.dw_ih, grads.dw_hh, db_ih, db_hh)
     return classic, grads.dw_hr, grads.dpeepholes, flows
 

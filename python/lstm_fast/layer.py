@@ -720,27 +720,35 @@ class LSTM:
             raise shape_error(name, symbols, want, array.shape)
         return array[:, None, :] if unbatched else array
 
+    def _features(
+        self, name: str, value: Any, layout: str, unbatched_layout: str, batch_axis: int
+    ) -> tuple[np.ndarray, bool]:
+        """``value`` cast and checked against ``layout`` (its last dimension
+        ``input_size``) or, one dimension fewer, ``unbatched_layout``, a batch of 1 then
+        put in at ``batch_axis``; and whether it came unbatched."""
+        array = self._cast(name, value)
+        given = array.shape
+        if array.ndim == layout.count(","):
+            # Indexing, not np.expand_dims: step is hot.
+            array, unbatched = (array[None] if batch_axis == 0 else array[:, None]), True
+        elif array.ndim == layout.count(",") + 1:
+            unbatched = False
+        else:
+            raise ValueError(f"{name} must have shape {layout} or {unbatched_layout}, got {given}")
+        if given[-1] != self.input_size:
+            raise ValueError(
+                f"{name} must have shape {layout} with input_size = {self.input_size}, got {given}"
+            )
+        return array, unbatched
+
     def _input(self, x: Any) -> tuple[np.ndarray, bool, bool, int, int]:
         """x as (array in the engine's layout, batch_first, unbatched, steps, batch)."""
-        array = self._cast("x", x)
         layout = (
             "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
         )
-        if array.ndim == 2:
-            # Unbatched (T, I), PyTorch's convention: batch_first does not apply.
-            array = array[:, None, :]
-            unbatched, batch_first = True, False
-        elif array.ndim == 3:
-            unbatched, batch_first = False, self.batch_first
-        else:
-            raise ValueError(
-                f"x must have shape {layout} or (seq_len, input_size), got {array.shape}"
-            )
-        if array.shape[2] != self.input_size:
-            raise ValueError(
-                f"x must have shape {layout} with input_size = {self.input_size}, "
-                f"got {array.shape if not unbatched else array.shape[::2]}"
-            )
+        # Unbatched (T, I), PyTorch's convention: batch_first does not apply.
+        array, unbatched = self._features("x", x, layout, "(seq_len, input_size)", 1)
+        batch_first = self.batch_first and not unbatched
         steps, batch = (array.shape[1], array.shape[0]) if batch_first else array.shape[:2]
         return array, batch_first, unbatched, steps, batch
 
@@ -837,7 +845,8 @@ class LSTM:
             def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
                 k = layer * self.num_directions + direction
                 options = self._pass_options(layer, direction, pass_seed, self.training)
-                if bf16 and self._inference_zoneout(options):
+                zoneout = self._inference_zoneout(options) if bf16 else None
+                if zoneout is not None:
                     # bf16 inference with zoneout: the kept bfloat16 copy, as below.
                     return self._prepared_weights(layer, direction, weight_dtype)._forward(
                         inp,
@@ -849,7 +858,7 @@ class LSTM:
                         need_cache=need_cache,
                         checkpoint=None,
                         variant=self._prepared_variant(layer, direction),
-                        zoneout=self._inference_zoneout(options),
+                        zoneout=zoneout,
                     )
                 if options:
                     # The functional call (prepared weights take neither the
@@ -1066,21 +1075,7 @@ class LSTM:
             raise ValueError(
                 "step() needs a unidirectional LSTM (the reverse direction would need the future)"
             )
-        array = self._cast("x_t", x_t)
-        if array.ndim == 1:
-            unbatched = True
-            array = array[None, :]
-        elif array.ndim == 2:
-            unbatched = False
-        else:
-            raise ValueError(
-                f"x_t must have shape (batch, input_size) or (input_size,), got {array.shape}"
-            )
-        if array.shape[1] != self.input_size:
-            raise ValueError(
-                f"x_t must have shape (batch, input_size) with input_size = {self.input_size}, "
-                f"got {array.shape[1:] if unbatched else array.shape}"
-            )
+        array, unbatched = self._features("x_t", x_t, "(batch, input_size)", "(input_size,)", 0)
         batch = array.shape[0]
         h = c = None
         if state is not None:

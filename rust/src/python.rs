@@ -128,6 +128,30 @@ fn slice_mut<'a, E: Element>(name: &str, a: &'a mut Out<'_, E>) -> PyResult<&'a 
         .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous and aligned")))
 }
 
+fn opt_slice_mut<'a, E: Element>(
+    name: &str,
+    a: &'a mut Option<Out<'_, E>>,
+) -> PyResult<Option<&'a mut [E]>> {
+    a.as_mut().map(|a| slice_mut(name, a)).transpose()
+}
+
+/// Two arrays that come together (`names`, as the message says them): both, or
+/// neither.
+fn pair_mut<'a, E: Element>(
+    names: [&str; 2],
+    a: &'a mut Option<Out<'_, E>>,
+    b: &'a mut Option<Out<'_, E>>,
+) -> PyResult<Option<[&'a mut [E]; 2]>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Ok(Some([slice_mut(names[0], a)?, slice_mut(names[1], b)?])),
+        (None, None) => Ok(None),
+        _ => Err(PyValueError::new_err(format!(
+            "{} and {}: give both or neither",
+            names[0], names[1]
+        ))),
+    }
+}
+
 /// A layer's panels kept across calls ([`PanelCache`]), in either dtype.
 enum AnyPanels {
     F32(PanelCache<f32>),
@@ -330,12 +354,8 @@ impl<E: Element> CacheArrays<'_, E> {
             gates: slice_mut("gates", &mut self.gates)?,
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
-            pre: self.pre.as_mut().map(|p| slice_mut("pre", p)).transpose()?,
-            c_state: self
-                .c_state
-                .as_mut()
-                .map(|c| slice_mut("c_state", c))
-                .transpose()?,
+            pre: opt_slice_mut("pre", &mut self.pre)?,
+            c_state: opt_slice_mut("c_state", &mut self.c_state)?,
         })
     }
 }
@@ -404,31 +424,11 @@ impl<E: Element> GradArrays<'_, E> {
             dc0: slice_mut("dc0", &mut self.dc0)?,
             dw_ih: slice_mut("dw_ih", &mut self.dw_ih)?,
             dw_hh: slice_mut("dw_hh", &mut self.dw_hh)?,
-            db: self.db.as_mut().map(|d| slice_mut("db", d)).transpose()?,
-            scratch: self
-                .scratch
-                .as_mut()
-                .map(|d| slice_mut("scratch", d))
-                .transpose()?,
-            dpeepholes: self
-                .dpeepholes
-                .as_mut()
-                .map(|d| slice_mut("dpeepholes", d))
-                .transpose()?,
-            dw_hr: self
-                .dw_hr
-                .as_mut()
-                .map(|d| slice_mut("dw_hr", d))
-                .transpose()?,
-            flow: match (&mut self.flow_h, &mut self.flow_c) {
-                (Some(h), Some(c)) => Some([slice_mut("flow_h", h)?, slice_mut("flow_c", c)?]),
-                (None, None) => None,
-                _ => {
-                    return Err(PyValueError::new_err(
-                        "flow_h and flow_c: give both or neither",
-                    ))
-                }
-            },
+            db: opt_slice_mut("db", &mut self.db)?,
+            scratch: opt_slice_mut("scratch", &mut self.scratch)?,
+            dpeepholes: opt_slice_mut("dpeepholes", &mut self.dpeepholes)?,
+            dw_hr: opt_slice_mut("dw_hr", &mut self.dw_hr)?,
+            flow: pair_mut(["flow_h", "flow_c"], &mut self.flow_h, &mut self.flow_c)?,
         })
     }
 }
@@ -479,18 +479,14 @@ impl<E: Element> LnCacheArrays<Out<'_, E>> {
     fn cache(&mut self) -> PyResult<LnCache<'_, E>> {
         Ok(LnCache {
             gates: slice_mut("gates", &mut self.gates)?,
-            pre: self.pre.as_mut().map(|p| slice_mut("pre", p)).transpose()?,
+            pre: opt_slice_mut("pre", &mut self.pre)?,
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
             sx_hat: slice_mut("sx_hat", &mut self.sx_hat)?,
             sh_hat: slice_mut("sh_hat", &mut self.sh_hat)?,
             c_hat: slice_mut("c_hat", &mut self.c_hat)?,
             rstd: slice_mut("rstd", &mut self.rstd)?,
-            c_state: self
-                .c_state
-                .as_mut()
-                .map(|c| slice_mut("c_state", c))
-                .transpose()?,
+            c_state: opt_slice_mut("c_state", &mut self.c_state)?,
         })
     }
 }
@@ -534,45 +530,25 @@ struct LnGradArrays<'py, E: Element> {
 
 impl<E: Element> LnGradArrays<'_, E> {
     fn grads(&mut self) -> PyResult<LnGrads<'_, E>> {
-        fn opt_mut<'a, E: Element>(
-            name: &str,
-            a: &'a mut Option<Out<'_, E>>,
-        ) -> PyResult<Option<&'a mut [E]>> {
-            a.as_mut().map(|a| slice_mut(name, a)).transpose()
-        }
         Ok(LnGrads {
             dx: slice_mut("dx", &mut self.dx)?,
             dh0: slice_mut("dh0", &mut self.dh0)?,
             dc0: slice_mut("dc0", &mut self.dc0)?,
             dw_ih: slice_mut("dw_ih", &mut self.dw_ih)?,
             dw_hh: slice_mut("dw_hh", &mut self.dw_hh)?,
-            db: opt_mut("db", &mut self.db)?,
-            dpeepholes: opt_mut("dpeepholes", &mut self.dpeepholes)?,
-            dw_hr: opt_mut("dw_hr", &mut self.dw_hr)?,
-            flow: match (&mut self.flow_h, &mut self.flow_c) {
-                (Some(h), Some(c)) => Some([slice_mut("flow_h", h)?, slice_mut("flow_c", c)?]),
-                (None, None) => None,
-                _ => {
-                    return Err(PyValueError::new_err(
-                        "flow_h and flow_c: give both or neither",
-                    ))
-                }
-            },
-            scratch: match (&mut self.scratch_dz, &mut self.scratch_dsh) {
-                (Some(dz), Some(dsh)) => {
-                    Some([slice_mut("scratch_dz", dz)?, slice_mut("scratch_dsh", dsh)?])
-                }
-                (None, None) => None,
-                _ => {
-                    return Err(PyValueError::new_err(
-                        "scratch_dz and scratch_dsh: give both or neither",
-                    ))
-                }
-            },
-            dw_ln_ih: opt_mut("dw_ln_ih", &mut self.dw_ln_ih)?,
-            dw_ln_hh: opt_mut("dw_ln_hh", &mut self.dw_ln_hh)?,
-            dw_ln_c: opt_mut("dw_ln_c", &mut self.dw_ln_c)?,
-            db_ln_c: opt_mut("db_ln_c", &mut self.db_ln_c)?,
+            db: opt_slice_mut("db", &mut self.db)?,
+            dpeepholes: opt_slice_mut("dpeepholes", &mut self.dpeepholes)?,
+            dw_hr: opt_slice_mut("dw_hr", &mut self.dw_hr)?,
+            flow: pair_mut(["flow_h", "flow_c"], &mut self.flow_h, &mut self.flow_c)?,
+            scratch: pair_mut(
+                ["scratch_dz", "scratch_dsh"],
+                &mut self.scratch_dz,
+                &mut self.scratch_dsh,
+            )?,
+            dw_ln_ih: opt_slice_mut("dw_ln_ih", &mut self.dw_ln_ih)?,
+            dw_ln_hh: opt_slice_mut("dw_ln_hh", &mut self.dw_ln_hh)?,
+            dw_ln_c: opt_slice_mut("dw_ln_c", &mut self.dw_ln_c)?,
+            db_ln_c: opt_slice_mut("db_ln_c", &mut self.db_ln_c)?,
         })
     }
 }
@@ -1260,6 +1236,17 @@ impl<'a, 'py> FromPyObject<'a, 'py> for AnyIn<'py> {
     }
 }
 
+/// `$call` on the sequence `$seq` in its dtype: the one place a call's
+/// [`AnySequence`] becomes the `E` of its `run_*` function.
+macro_rules! by_dtype {
+    ($seq:ident => $call:expr) => {
+        match $seq {
+            AnySequence::F32($seq) => $call,
+            AnySequence::F64($seq) => $call,
+        }
+    };
+}
+
 #[pymodule]
 mod _core {
     use super::*;
@@ -1281,10 +1268,7 @@ mod _core {
         out: &Bound<'py, PyAny>,
         cache: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
-        match seq {
-            AnySequence::F32(seq) => run_forward(py, seq, out, cache),
-            AnySequence::F64(seq) => run_forward(py, seq, out, cache),
-        }
+        by_dtype!(seq => run_forward(py, seq, out, cache))
     }
 
     /// Backward pass (BPTT) of one layer and direction: reads `seq`, the
@@ -1298,10 +1282,7 @@ mod _core {
         seeds: &Bound<'py, PyAny>,
         grads: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
-        match seq {
-            AnySequence::F32(seq) => run_backward(py, seq, cache, seeds, grads),
-            AnySequence::F64(seq) => run_backward(py, seq, cache, seeds, grads),
-        }
+        by_dtype!(seq => run_backward(py, seq, cache, seeds, grads))
     }
 
     /// Forward pass of the LayerNorm LSTM (docs/variants.md): as `forward`,
@@ -1314,10 +1295,7 @@ mod _core {
         out: &Bound<'py, PyAny>,
         cache: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
-        match seq {
-            AnySequence::F32(seq) => run_ln_forward(py, seq, ln, out, cache),
-            AnySequence::F64(seq) => run_ln_forward(py, seq, ln, out, cache),
-        }
+        by_dtype!(seq => run_ln_forward(py, seq, ln, out, cache))
     }
 
     /// Backward pass of the LayerNorm LSTM: as `backward`, with `ln` and the
@@ -1331,10 +1309,7 @@ mod _core {
         seeds: &Bound<'py, PyAny>,
         grads: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
-        match seq {
-            AnySequence::F32(seq) => run_ln_backward(py, seq, ln, cache, seeds, grads),
-            AnySequence::F64(seq) => run_ln_backward(py, seq, ln, cache, seeds, grads),
-        }
+        by_dtype!(seq => run_ln_backward(py, seq, ln, cache, seeds, grads))
     }
 
     /// [`forward`] without the cache: writes `out` and keeps in `states`
@@ -1354,10 +1329,7 @@ mod _core {
         zoneout: Option<ZoneoutArgs>,
     ) -> PyResult<()> {
         let draws = zoneout_draws(zoneout);
-        match seq {
-            AnySequence::F32(seq) => run_forward_checkpointed(py, seq, out, states, every, draws),
-            AnySequence::F64(seq) => run_forward_checkpointed(py, seq, out, states, every, draws),
-        }
+        by_dtype!(seq => run_forward_checkpointed(py, seq, out, states, every, draws))
     }
 
     /// [`backward`] from the `states` that `forward_checkpointed` kept for
@@ -1375,14 +1347,7 @@ mod _core {
         zoneout: Option<ZoneoutArgs>,
     ) -> PyResult<()> {
         let draws = zoneout_draws(zoneout);
-        match seq {
-            AnySequence::F32(seq) => {
-                run_backward_checkpointed(py, seq, states, every, draws, seeds, grads)
-            }
-            AnySequence::F64(seq) => {
-                run_backward_checkpointed(py, seq, states, every, draws, seeds, grads)
-            }
-        }
+        by_dtype!(seq => run_backward_checkpointed(py, seq, states, every, draws, seeds, grads))
     }
 
     /// `forward_checkpointed` of the LayerNorm LSTM: as `layer_norm_forward`
@@ -1399,14 +1364,7 @@ mod _core {
         zoneout: Option<ZoneoutArgs>,
     ) -> PyResult<()> {
         let draws = zoneout_draws(zoneout);
-        match seq {
-            AnySequence::F32(seq) => {
-                run_ln_forward_checkpointed(py, seq, ln, out, states, every, draws)
-            }
-            AnySequence::F64(seq) => {
-                run_ln_forward_checkpointed(py, seq, ln, out, states, every, draws)
-            }
-        }
+        by_dtype!(seq => run_ln_forward_checkpointed(py, seq, ln, out, states, every, draws))
     }
 
     /// `backward_checkpointed` of the LayerNorm LSTM: the gradients of
@@ -1426,14 +1384,9 @@ mod _core {
         zoneout: Option<ZoneoutArgs>,
     ) -> PyResult<()> {
         let draws = zoneout_draws(zoneout);
-        match seq {
-            AnySequence::F32(seq) => {
-                run_ln_backward_checkpointed(py, seq, ln, states, every, draws, seeds, grads)
-            }
-            AnySequence::F64(seq) => {
-                run_ln_backward_checkpointed(py, seq, ln, states, every, draws, seeds, grads)
-            }
-        }
+        by_dtype!(seq => {
+            run_ln_backward_checkpointed(py, seq, ln, states, every, draws, seeds, grads)
+        })
     }
 
     /// Whether the arrays of `given` and `kept` (sequences of C-contiguous
