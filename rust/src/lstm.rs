@@ -687,6 +687,11 @@ pub(crate) fn gathered_t<E>(data: &[E], n: usize, width: usize, stride: usize) -
 /// from zero. Columns in blocks over the pool's threads, each column summed
 /// on one thread in order: the same bits for any thread count, and segments
 /// (last to first, with `accumulate`) continue the whole pass's sums.
+///
+/// A block is as wide as the threads allow (one block on one thread): each
+/// row is then read in long runs the hardware prefetcher follows, where
+/// narrow blocks read a few lines per row, every row in another 4 KiB page
+/// (rows are 4·Hp apart), each line a miss waited for.
 pub(crate) fn ordered_column_sums<E: Float>(
     seq: &Sequence<'_, E>,
     out: &mut [E],
@@ -695,11 +700,20 @@ pub(crate) fn ordered_column_sums<E: Float>(
     accumulate: bool,
 ) {
     let width = out.len();
+    let threads = if in_pool() {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let block = width
+        .div_ceil(threads)
+        .next_multiple_of(DB_COLUMN_BLOCK)
+        .max(DB_COLUMN_BLOCK);
     let column_block = |(blk, sum): (usize, &mut [E])| {
         if !accumulate {
             sum.fill(E::ZERO);
         }
-        let k0 = blk * DB_COLUMN_BLOCK;
+        let k0 = blk * block;
         let n = sum.len();
         for (_, _, r) in processing_order(seq) {
             let a_row = &a[r * width + k0..][..n];
@@ -718,14 +732,10 @@ pub(crate) fn ordered_column_sums<E: Float>(
             }
         }
     };
-    if in_pool() {
-        out.par_chunks_mut(DB_COLUMN_BLOCK)
-            .enumerate()
-            .for_each(column_block);
+    if threads > 1 {
+        out.par_chunks_mut(block).enumerate().for_each(column_block);
     } else {
-        out.chunks_mut(DB_COLUMN_BLOCK)
-            .enumerate()
-            .for_each(column_block);
+        out.chunks_mut(block).enumerate().for_each(column_block);
     }
 }
 

@@ -84,8 +84,10 @@ pub const SAME_BYTES_PARALLEL_MIN: usize = 1024 * 1024;
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
 pub const GEMM_MIN_ROWS_PER_TASK: usize = 32;
 
-/// Columns of the bias gradient summed by one task (each column over all rows
-/// in order, so the split never changes a bit).
+/// Columns of the bias gradient summed by one task, at least (`lstm.rs`'s
+/// `ordered_column_sums` gives each thread one block of a multiple of this;
+/// each column is summed over all rows in order, so the split never changes
+/// a bit).
 pub const DB_COLUMN_BLOCK: usize = 64;
 
 /// Rows of da (and of x, h_prev) per product of the weight gradients, which

@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, row_x4pv,
+    accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, prefetch_l1, row_x4pv,
     rows_x4v_kblocked, PackedRows, VectorRoom,
 };
 use crate::cancel::Cancel;
@@ -25,7 +25,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, load_n, store_n, Kernel, Simd};
-use crate::tuning::BATCH1_PANELS;
+use crate::tuning::{BATCH1_PANELS, CACHE_LINE};
 use crate::variant::Variant;
 
 /// A chunk's backward state, shared by its team: for each slot of length > 0
@@ -171,6 +171,53 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             // SAFETY: u + LANES ≤ hp inside this slot's seed.
             unsafe { S::load(self.state.dh_seed.0.add(slot * hp + u)) }
         })
+    }
+
+    /// Asks for what `finish` reads of iteration `s` for tile `tile` of the
+    /// first `active` slots (the cached gates, c_t and c_{t−1}, dy, and the da
+    /// lines it writes) to come
+    /// into the cache: issued before the tile's product, whose panel stream
+    /// takes far longer than the lines need to arrive, so that the gate math
+    /// after it finds them in L1 or L2 instead of waiting on rows that no
+    /// hardware prefetcher predicts (each slot's rows lie 4·Hp apart, a
+    /// different stride per cache array). A prefetch never faults; it reads
+    /// nothing the program sees, so the bits are unchanged.
+    #[inline(always)]
+    fn prefetch_finish<S: Simd<E = E>>(&self, s: usize, active: usize, tile: usize) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let u0 = tile * 4 * w;
+        // The tile's units, and the lines they may straddle.
+        let bytes = 4 * w * size_of::<E>() + CACHE_LINE - 1;
+        let states = if VARIANT && !self.c_state.is_empty() {
+            self.c_state
+        } else {
+            self.cells
+        };
+        for slot in 0..active {
+            let (b, len) = (self.slots.rows[slot], self.slots.lens[slot]);
+            let row = geo.row(geo.pos(s, len), b);
+            let gates = self.gates.as_ptr().wrapping_add(row * 4 * hp + u0);
+            for g in 0..4 {
+                prefetch_l1(gates.wrapping_add(g * hp).cast(), bytes);
+            }
+            prefetch_l1(
+                self.cells.as_ptr().wrapping_add(row * hp + u0).cast(),
+                bytes,
+            );
+            if s > 0 {
+                let prev = geo.row(geo.pos(s - 1, len), b);
+                prefetch_l1(states.as_ptr().wrapping_add(prev * hp + u0).cast(), bytes);
+            }
+            if let Some(dy) = self.dy {
+                prefetch_l1(dy.as_ptr().wrapping_add(row * h + u0).cast(), bytes);
+            }
+            // The da lines `finish` writes: owned before the stores reach them.
+            let da = self.da.0.wrapping_add(row * 4 * hp + u0);
+            for g in 0..4 {
+                prefetch_l1(da.wrapping_add(g * hp).cast_const().cast(), bytes);
+            }
+        }
     }
 
     /// Gate derivatives for one slot and tile from the incoming `dh`, writing
@@ -467,6 +514,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                     depth,
                 };
                 for q in self.tiles.clone() {
+                    self.prefetch_finish::<S>(s, active, q);
                     // SAFETY: `a` holds the da rows of the slots that ran at
                     // s + 1 as `pack_rows` wrote them; the others start from
                     // their dh_n seed; `finish` gets running slots and our tiles.

@@ -579,7 +579,7 @@ pub unsafe fn row_x4pv_of<S: Simd, W: PanelWeight<S::E>, const P: usize>(
 
 /// Asks for the `bytes` from `start` to come into L1.
 #[inline(always)]
-fn prefetch_l1(start: *const u8, bytes: usize) {
+pub(crate) fn prefetch_l1(start: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
