@@ -8,7 +8,8 @@ measures both on this machine, in one process:
 
 - the marginal cost of one step, ``(t(T=1500) - t(T=500)) / 1000`` of a forward
   with prepared weights and input size 1 (so the input projection vanishes),
-  minimum of repeats;
+  minimum of repeats; with one engine thread t is the process's CPU time, which
+  a shared machine's preemptions do not inflate (wall-clock time otherwise);
 - the read bandwidth of one core from a buffer of each core's share of the
   panels (``_core.read_bandwidth``: vector loads over the buffer again and
   again, the fastest pass), measured on every core at once;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import lstm_fast
 import numpy as np
@@ -27,7 +29,7 @@ from lstm_fast import _core
 from lstm_fast.benchmark import cpu_model, on_threads
 
 
-def per_step_seconds(hidden: int, repeats: int) -> float:
+def per_step_seconds(hidden: int, repeats: int, clock: Callable[[], float]) -> float:
     rng = np.random.default_rng(0)
     k = 1 / np.sqrt(hidden)
     prepared = lstm_fast.prepare_weights(
@@ -41,9 +43,9 @@ def per_step_seconds(hidden: int, repeats: int) -> float:
         prepared.forward(x, need_cache=False)  # warm-up: packs, faults pages in
         times = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
+            t0 = clock()
             prepared.forward(x, need_cache=False)
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         return min(times)
 
     return (best(long) - best(short)) / 1000
@@ -62,6 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     lstm_fast.set_num_threads(args.threads)
     threads = lstm_fast.get_num_threads()
+    clock = time.process_time if threads == 1 else time.perf_counter
     print(f"CPU: {cpu_model()}; ISA {lstm_fast.get_isa()}; {threads} engine thread(s)")
     print(
         "| H | w_hh panels | µs/step | bytes/step/core | GB/s per core "
@@ -72,7 +75,7 @@ def main() -> None:
         padded = -(-hidden // 16) * 16
         panels = 4 * padded * hidden * 4  # float32
         share = panels // threads
-        step = per_step_seconds(hidden, args.repeats)
+        step = per_step_seconds(hidden, args.repeats, clock)
         limit = bandwidth_on_threads(threads, share, 0.3)
         rate = share / step
         print(

@@ -316,3 +316,29 @@ def test_kept_forward_leaves_lengths_and_training_to_the_general_call(monkeypatc
     m.forward(x, need_cache=False, lengths=[3, 1])
     m.forward(x)
     m.forward(x, need_cache=False)  # training mode with masks
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_kept_forward_states_when_some_passes_take_the_general_call(monkeypatch, bidirectional):
+    # Layer 1's input weights a strided view: its passes take the general call,
+    # layer 0's the kept one; h_n and c_n hold every pass's state either way.
+    rng = np.random.default_rng(10)
+    m = LSTM(3, 5, num_layers=2, bidirectional=bidirectional, seed=7)
+    general = LSTM(3, 5, num_layers=2, bidirectional=bidirectional, seed=7)
+    for layer in (m, general):
+        w = layer.parameters["weight_ih_l1"]
+        big = np.zeros((w.shape[0], 2 * w.shape[1]), w.dtype)
+        big[:, ::2] = w
+        layer.parameters["weight_ih_l1"] = big[:, ::2]
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    h0 = rng.standard_normal((m.num_layers * m.num_directions, 2, 5)).astype(np.float32)
+    for hx in (None, (h0, -h0)):
+        for _ in range(2):  # the second call reuses the packed weights
+            y, (h_n, c_n) = m.forward(x, hx, need_cache=False)
+            with monkeypatch.context() as patch:
+                patch.setattr(LSTM, "_kept_pass", lambda *args, **kwargs: False)
+                y_g, (h_g, c_g) = general.forward(x, hx, need_cache=False)
+            assert_same_bits(y, y_g, "y")
+            assert_same_bits(h_n, h_g, "h_n")
+            assert_same_bits(c_n, c_g, "c_n")
+            assert h_n.flags.c_contiguous and c_n.flags.c_contiguous

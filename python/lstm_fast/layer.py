@@ -835,6 +835,14 @@ class LSTM:
         # Inference without lengths: each pass from the kept weights in one engine
         # call (``_kept_pass``; the passes with options below take the general one).
         kept = _F is _functional and not need_cache and lengths is None
+        # The kept passes write their final states straight into these (np.stack
+        # of the passes' states costs as much as a short call's other work); a
+        # pass that takes another path returns its own, and they are stacked.
+        h_all: np.ndarray | None = None
+        c_all: np.ndarray | None = None
+        if kept:
+            h_all = empty("h_n", (rows, batch, self.state_size), self.dtype)
+            c_all = empty("c_n", (rows, batch, self.hidden_size), self.dtype)
         caches: list[list[Any]] = []
         h_n: list[np.ndarray] = []
         c_n: list[np.ndarray] = []
@@ -885,14 +893,10 @@ class LSTM:
                 h0_k = None if h0 is None else h0[k]
                 c0_k = None if c0 is None else c0[k]
                 reverse = direction == 1 or self._reverse
-                if kept:
+                if h_all is not None and c_all is not None:
                     dt, state = self.dtype, self.state_size
                     y_shape = (batch, steps, state) if batch_first else (steps, batch, state)
-                    out = _Outputs(
-                        empty("y", y_shape, dt),
-                        empty("h_n", (batch, state), dt),
-                        empty("c_n", (batch, self.hidden_size), dt),
-                    )
+                    out = _Outputs(empty("y", y_shape, dt), h_all[k], c_all[k])
                     if self._kept_pass(
                         layer, direction, weight_dtype, inp, h0_k, c0_k, out,
                         batch_first=batch_first, reverse=reverse,
@@ -927,8 +931,14 @@ class LSTM:
             dropouts.append(dropped)
 
         y = layer_input
-        h_out = np.stack(h_n)
-        c_out = np.stack(c_n)
+        if h_all is not None and all(h.base is h_all for h in h_n):
+            h_out = h_all
+        else:
+            h_out = np.stack(h_n)
+        if c_all is not None and all(c.base is c_all for c in c_n):
+            c_out = c_all
+        else:
+            c_out = np.stack(c_n)
         if unbatched:
             y = y[:, 0, :]
             h_out = h_out[:, 0, :]

@@ -66,6 +66,15 @@ pub const FINISH_PAIRS: usize = 2;
 /// cover L2's latency at the rate the row is consumed.
 pub const ROW_PREFETCH_DISTANCE: usize = 8;
 
+/// Bytes of `w_hh` panels one member of the batch-1 forward reads per step
+/// above which it prefetches rows ahead (`row_x4pv_with`): beyond this they
+/// do not stay in a 512 KiB L2 beside the step's other data and come from L3,
+/// where the hints pay; up to it (H ≤ 128 at one thread: 256 KiB) they stay
+/// in L2, and the hints cost some 5 % of the step (H = 128, Zen 3: 3.55 µs
+/// per step without them, 3.75 µs with), spent in the load slots the stream
+/// itself needs.
+pub const BATCH1_PREFETCH_BYTES: usize = 384 * 1024;
+
 /// Bytes compared per task when proving weights unchanged (`pack::same_bytes`):
 /// large enough that a task costs more than handing it to another thread
 /// (~1 µs), small enough that two threads split a 1 MiB matrix evenly.

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, pack_rows, row_x4pv_of, rows_per_group, rows_x4v_kblocked,
+    accumulator_room, accumulators, pack_rows, row_x4pv_with, rows_per_group, rows_x4v_kblocked,
     rows_x4v_kblocked_of, PackedRows, PanelWeight, VectorRoom,
 };
 use crate::alloc;
@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, store_n, Bf16, Kernel, Simd, SimdElement};
-use crate::tuning::{BATCH1_PANELS, FINISH_PAIRS, PROJECTION_ROWS};
+use crate::tuning::{BATCH1_PANELS, BATCH1_PREFETCH_BYTES, FINISH_PAIRS, PROJECTION_ROWS};
 use crate::variant::Variant;
 
 /// Outputs of the forward pass for the whole batch (chunks write their rows).
@@ -556,6 +556,7 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
             let mut cur = self.state.h[s % 2].0 as *const E;
             let panel = |q: usize| self.panels[q * stride..].as_ptr();
             if active == 1 {
+                let prefetch = self.tiles.len() * stride * size_of::<W>() > BATCH1_PREFETCH_BYTES;
                 if let Some(r) = self.recurrent_keep(self.slots.rows[0]) {
                     // Recurrent dropout: the product's operand is h ⊙ r.
                     for (k, dst) in packed[..h].iter_mut().enumerate() {
@@ -566,16 +567,20 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                     cur = packed.as_ptr();
                 }
                 // One row: latency-bound, so several panels at a time
-                // (BATCH1_PANELS, 4 chains each).
+                // (BATCH1_PANELS, 4 chains each), and never one panel alone
+                // where two pairs can run instead (its 4 chains would leave
+                // half the FMA latency exposed).
                 let mut p = self.tiles.start;
                 while p < self.tiles.end {
+                    let left = self.tiles.end - p;
                     // SAFETY: slot 0's state row holds hp ≥ h elements; panels
                     // hold h rows of 4·w (asserted); `finish` gets slot 0 and
                     // tiles of this member.
                     unsafe {
-                        if p + BATCH1_PANELS <= self.tiles.end {
+                        if left >= BATCH1_PANELS && left != BATCH1_PANELS + 1 {
                             let panels = std::array::from_fn(|i| panel(p + i));
-                            let acc = row_x4pv_of::<S, W, BATCH1_PANELS>(cur, 1, h, panels);
+                            let acc =
+                                batch1_product::<S, W, BATCH1_PANELS>(prefetch, cur, h, panels);
                             if VARIANT {
                                 for (i, acc) in acc.into_iter().enumerate() {
                                     self.finish::<S>(s, 0, p + i, acc, xw);
@@ -585,8 +590,9 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                                 self.finish_plain::<S, BATCH1_PANELS>(s, at, acc, xw);
                             }
                             p += BATCH1_PANELS;
-                        } else if p + 1 < self.tiles.end {
-                            let acc = row_x4pv_of::<S, W, 2>(cur, 1, h, [panel(p), panel(p + 1)]);
+                        } else if left > 1 {
+                            let panels = [panel(p), panel(p + 1)];
+                            let acc = batch1_product::<S, W, 2>(prefetch, cur, h, panels);
                             if VARIANT {
                                 self.finish::<S>(s, 0, p, acc[0], xw);
                                 self.finish::<S>(s, 0, p + 1, acc[1], xw);
@@ -595,7 +601,7 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                             }
                             p += 2;
                         } else {
-                            let [acc] = row_x4pv_of::<S, W, 1>(cur, 1, h, [panel(p)]);
+                            let [acc] = batch1_product::<S, W, 1>(prefetch, cur, h, [panel(p)]);
                             self.finish::<S>(s, 0, p, acc, xw);
                             p += 1;
                         }
@@ -650,6 +656,29 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
             if end_of_step(self.barrier, self.cancel) {
                 return;
             }
+        }
+    }
+}
+
+/// The batch-1 product of `P` panels ([`row_x4pv_with`]), prefetching rows
+/// ahead or not (`prefetch`: whether the member's panels exceed
+/// `BATCH1_PREFETCH_BYTES`); the same bits either way.
+///
+/// # Safety
+/// As for [`row_x4pv_with`] with `a_cs` = 1.
+#[inline(always)]
+unsafe fn batch1_product<S: Simd, W: PanelWeight<S::E>, const P: usize>(
+    prefetch: bool,
+    a: *const S::E,
+    depth: usize,
+    panels: [*const W; P],
+) -> [[S; 4]; P] {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if prefetch {
+            row_x4pv_with::<S, W, P, true>(a, 1, depth, panels)
+        } else {
+            row_x4pv_with::<S, W, P, false>(a, 1, depth, panels)
         }
     }
 }

@@ -556,6 +556,25 @@ pub unsafe fn row_x4pv_of<S: Simd, W: PanelWeight<S::E>, const P: usize>(
     depth: usize,
     panels: [*const W; P],
 ) -> [[S; 4]; P] {
+    // SAFETY: forwarded from the caller.
+    unsafe { row_x4pv_with::<S, W, P, true>(a, a_cs, depth, panels) }
+}
+
+/// [`row_x4pv_of`] with the prefetch of rows ahead chosen at compile time
+/// (`PF`): it pays where the panels stream from L3, and costs where they sit
+/// in L2, whose hardware prefetcher keeps up with P sequential streams by
+/// itself (the forward's choice: `tuning::BATCH1_PREFETCH_BYTES`). The
+/// prefetch is only a hint: both give the same bits.
+///
+/// # Safety
+/// As for [`row_x4pv_of`].
+#[inline(always)]
+pub unsafe fn row_x4pv_with<S: Simd, W: PanelWeight<S::E>, const P: usize, const PF: bool>(
+    a: *const S::E,
+    a_cs: usize,
+    depth: usize,
+    panels: [*const W; P],
+) -> [[S; 4]; P] {
     let w = S::LANES;
     let mut acc = [[S::splat(S::E::ZERO); 4]; P];
     // Bytes of one panel row (4 vectors), and how far ahead to prefetch.
@@ -566,7 +585,9 @@ pub unsafe fn row_x4pv_of<S: Simd, W: PanelWeight<S::E>, const P: usize>(
             let x = S::splat(*a.add(k * a_cs));
             for (acc, panel) in acc.iter_mut().zip(panels) {
                 let p = panel.add(k * 4 * w);
-                prefetch_ahead(p.cast::<u8>(), row_bytes);
+                if PF {
+                    prefetch_ahead(p.cast::<u8>(), row_bytes);
+                }
                 let b = load_row::<S, W, 4>(p);
                 for (acc_v, b_v) in acc.iter_mut().zip(b) {
                     *acc_v = x.mul_add(b_v, *acc_v);
