@@ -1819,7 +1819,14 @@ pub(crate) fn backward_pass<E: Float>(
                 None => gemm(a, b, c, ldc, more),
             };
             let (dsx_k, x_k, dsh_k, h_k, dh_k, m_k) = match in_place {
-                Some(_) => (dsx, seq.x, &dsh_all[..], cache.h_prev, &dh_steps[..], &m_all[..]),
+                Some(_) => (
+                    dsx,
+                    seq.x,
+                    &dsh_all[..],
+                    cache.h_prev,
+                    &dh_steps[..],
+                    &m_all[..],
+                ),
                 None => (
                     &dsx_blk[..],
                     &x_blk[..],
