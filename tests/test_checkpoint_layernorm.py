@@ -200,7 +200,7 @@ def test_nbytes_and_training_memory():
         assert ck.nbytes == inputs + states
         assert ck.nbytes < full.nbytes
         # One segment's cache and backward's scratch besides the states.
-        segment = k * B * (14 * H + P + 3 + 9 * H + P + H) * 8
+        segment = k * B * (14 * H + P + 3 + 8 * H + P + H) * 8
         assert F.training_memory(k, **shape) == states + segment
         with pytest.raises(AttributeError, match="checkpoint=None"):
             ck.i  # noqa: B018

@@ -521,7 +521,7 @@ def training_memory(
     + Hp with zoneout of c (the states after zoneout); for the LayerNorm LSTM
     (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the pre-activations,
     + H with zoneout of c. S is backward's scratch: 4*Hp (the gate gradients),
-    for the LayerNorm LSTM 9*H (dz, ds_h, dn) + P + H with a projection (dh and m
+    for the LayerNorm LSTM 8*H (ds_x, ds_h) + P + H with a projection (dh and m
     of every step). Z is zoneout's training masks: Pp with ``zoneout_h``, Hp
     with ``zoneout_c`` (a training pass with zoneout of h, of c).
     """
@@ -530,7 +530,7 @@ def training_memory(
     if layer_norm:
         width = 14 * hidden + proj + 3 + (4 * hidden if caches_pre else 0)
         width += hidden if zoneout_c else 0
-        scratch = 9 * hidden + (proj + hidden if proj != hidden else 0)
+        scratch = 8 * hidden + (proj + hidden if proj != hidden else 0)
     else:
         width = 5 * hp + pp + (4 * hp if caches_pre else 0) + (hp if zoneout_c else 0)
         scratch = 4 * hp
@@ -864,7 +864,9 @@ def _run_layer_norm_backward(
         # NumPy backs large arrays with huge pages: fewer page faults than the
         # engine's own allocation (as for the plain pass's scratch). A
         # checkpointed pass allocates one segment's.
-        scratch_dz=wanted("the gate gradients", (a.steps * a.batch, 4 * H), not checkpointed),
+        scratch_dz=wanted(
+            "the input products' gradients", (a.steps * a.batch, 4 * H), not checkpointed
+        ),
         scratch_dsh=wanted(
             "the recurrent products' gradients", (a.steps * a.batch, 4 * H), not checkpointed
         ),

@@ -7,7 +7,8 @@
 //! wait for. Per call:
 //!
 //! - forward: s_x = x·W_ihᵀ for every (t, b) in one product
-//!   (`kernels/gemm.rs`), normalised row by row; per step the recurrent
+//!   (`kernels/gemm.rs`), each row normalised in place when its step runs;
+//!   per step the recurrent
 //!   product of the running rows on W_hh's panels packed once per call
 //!   (`kernels/panel_product.rs`, the fused kernels' register tiles, into a
 //!   dense 4H row each), then per row its normalisation, the gate math of the
@@ -17,13 +18,14 @@
 //!   weights rounded to bfloat16) streams W_hh's panels as bfloat16 and takes
 //!   w_ih and w_hr rounded: the bits of the float32 pass on rounded weights;
 //! - backward: per step (last first) the gate derivatives of each row, the
-//!   gradient through the normalisations of c_t and s_h, and dh_{t−1} =
-//!   ds_h·W_hh (on W_hh's backward panels over the dense 4H); after the loop
-//!   dx = ds_x·W_ih (one product), and dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ
-//!   (h ⊙ r), dW_hr and the sums of the bias, gain and peephole gradients
-//!   over every (step, row) in backward's processing order (`lstm.rs`,
-//!   `ordered_blocks`), which a checkpointed pass's segments continue
-//!   (`checkpoint.rs`).
+//!   gradient through the normalisations of c_t, s_h and s_x, the step's
+//!   terms of the bias, gain and peephole sums (while they are in cache), and
+//!   dh_{t−1} = ds_h·W_hh (on W_hh's backward panels over the dense 4H);
+//!   after the loop dx = ds_x·W_ih (one product), and dW_ih = Σ ds_xᵀ x,
+//!   dW_hh = Σ ds_hᵀ (h ⊙ r), dW_hr, the rows read in place where they can
+//!   be. Every sum over (step, row) runs in backward's processing order
+//!   (`lstm.rs`, `processing_order`, `ordered_blocks`), which a checkpointed
+//!   pass's segments continue (`checkpoint.rs`).
 //!
 //! Bits independent of the thread count: the rows of a step are independent
 //! and each runs the same code whatever thread takes it; every product gives
@@ -42,19 +44,17 @@ use crate::cancel::Cancel;
 use crate::check;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::gemm::{gemm, Mat};
+use crate::kernels::gemm::{gemm, gemm_in_order, Mat};
 use crate::kernels::layout::SharedMut;
 use crate::kernels::pack::{self, Panels};
 use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, ProductScratch};
-use crate::lstm::{
-    gathered_t, ordered_block_rows, ordered_blocks, ordered_column_sums, peephole_terms,
-    processing_order,
-};
+use crate::lstm::{gathered_t, in_place_order, ordered_block_rows, ordered_blocks};
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
+use crate::tuning::DB_COLUMN_BLOCK;
 use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
@@ -112,7 +112,7 @@ pub struct LnCacheRef<'a, E> {
 /// Gradients of a LayerNorm pass, each shaped like its variable; `db` (4H,)
 /// is that of b_ih, b_hh, b_ln_ih and b_ln_hh alike (Σ dz); the gains' and
 /// `db_ln_c`'s are wanted where given (None: not computed). `dpeepholes`,
-/// `dw_hr` and `flow` as in [`crate::Grads`]. `scratch`, when given, holds dz
+/// `dw_hr` and `flow` as in [`crate::Grads`]. `scratch`, when given, holds ds_x
 /// and ds_h, each (R, 4H), any contents: callers that allocate large arrays
 /// better (NumPy asks for huge pages) pass them; otherwise they are allocated
 /// here.
@@ -383,21 +383,6 @@ impl<E: Float> Kernel<E> for NormaliseInPlace<'_, E> {
     }
 }
 
-/// [`normalise_grad`] compiled for the dispatched ISA.
-struct NormaliseGrad<'a, E> {
-    dxh: &'a mut [E],
-    x_hat: &'a [E],
-    rstd: E,
-}
-
-impl<E: Float> Kernel<E> for NormaliseGrad<'_, E> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd<E = E>>(self) {
-        normalise_grad(self.dxh, self.x_hat, self.rstd)
-    }
-}
-
 /// Runs `f(j)` for j in 0..n, over the pool's threads when inside it.
 fn each(n: usize, f: impl Fn(usize) + Sync + Send) {
     if in_pool() && n > 1 {
@@ -450,8 +435,10 @@ struct ForwardStep<'a, E> {
     bias: Option<&'a [E]>,
     hidden: usize,
     eps: f64,
-    /// s_x normalised (R, 4H) and the three 1/σ (R, 3), by row.
-    sx_hat: *const E,
+    /// s_x (R, 4H), which each row normalises in place when its step runs
+    /// (while the row is in cache for the gates), and the three 1/σ (R, 3),
+    /// by row.
+    sx_hat: SharedMut<E>,
     rstd: SharedMut<E>,
     /// s_h of the step's rows (n, 4H), by slot j.
     sh: *const E,
@@ -509,12 +496,16 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
         // (the step's rows) or batch row `b` (B rows) of a buffer of that many
         // rows of the width used; each is written by this row alone.
         unsafe {
+            // LN of s_x in place.
+            let sx_hat = st_.sx_hat.0.add(row * g4);
+            let r_x = normalise_in_place(std::slice::from_raw_parts_mut(sx_hat, g4), st_.eps);
+            *st_.rstd.0.add(row * 3) = r_x;
+            let sx_hat = sx_hat.cast_const();
             // LN of s_h into the cache (or step) row.
             let sh = std::slice::from_raw_parts(st_.sh.add(j * g4), g4);
             let sh_hat = std::slice::from_raw_parts_mut(st_.sh_hat.0.add(at * g4), g4);
             let r_h = normalise(sh, sh_hat, st_.eps);
             *st_.rstd.0.add(row * 3 + 1) = r_h;
-            let sx_hat = st_.sx_hat.add(row * g4);
             let sh_hat = sh_hat.as_ptr();
             // a = LN(s_x) + LN(s_h) + b_ih + b_hh, written where the gates go.
             let gates = st_.gates.0.add(at * g4);
@@ -678,7 +669,9 @@ pub fn forward<E: Float>(
             _ => SharedMut::null(),
         };
         let (hp, pp) = (hidden_pad::<E>(hidden), hidden_pad::<E>(state));
-        // s_x of every row, normalised in place (its 1/σ kept per row).
+        // s_x of every row, normalised in place (its 1/σ kept per row): by
+        // the step's rows when they run, here for the rows of padded steps
+        // (the cache holds their normalised products too).
         let mut own_sx;
         let mut own_rstd;
         let own_w_ih;
@@ -714,17 +707,12 @@ pub fn forward<E: Float>(
         };
         gemm(Mat::rows(seq.x, rows, input, input), w_ih_t, sx, g4, false);
         cancel.check()?;
-        {
-            let rstd_ptr = SharedMut(rstd.as_mut_ptr());
-            let sx_ptr = SharedMut(sx.as_mut_ptr());
-            each(rows, |r| {
-                let (sx_ptr, rstd_ptr) = (&sx_ptr, &rstd_ptr); // whole wrappers: Sync
-                                                               // SAFETY: row r of sx (R × 4H) and rstd (R × 3), this task's alone.
-                unsafe {
-                    let v = std::slice::from_raw_parts_mut(sx_ptr.0.add(r * g4), g4);
-                    *rstd_ptr.0.add(r * 3) = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
-                }
-            });
+        for b in 0..batch {
+            for t in seq.length(b)..steps {
+                let r = row_of(seq, t, b);
+                let v = &mut sx[r * g4..][..g4];
+                rstd[r * 3] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+            }
         }
 
         // The state, and the step buffers of the running rows.
@@ -846,7 +834,7 @@ pub fn forward<E: Float>(
                 bias: seq.bias,
                 hidden,
                 eps,
-                sx_hat: sx.as_ptr(),
+                sx_hat: SharedMut(sx.as_mut_ptr()),
                 rstd: SharedMut(rstd.as_mut_ptr()),
                 sh: sh.as_ptr(),
                 caching,
@@ -1028,9 +1016,14 @@ struct BackwardStep<'a, E> {
     /// state after zoneout). `hp`: the zoneout mask's row stride.
     dc: SharedMut<E>,
     hp: usize,
-    /// dz (R, 4H), dn (R, H) by row; ds_h of each slot j (n, 4H).
+    /// dz (n, 4H) and dn (n, H) of each slot j, which the step's sums read
+    /// while they are in cache ([`StepSums`]); ds_x (R, 4H) by row, the
+    /// gradient through the normalisation of s_x (here, from the row's dz
+    /// still in cache, rather than in a pass over every row after the
+    /// loop); ds_h of each slot j (n, 4H).
     dz: SharedMut<E>,
     dn: SharedMut<E>,
+    dsx: SharedMut<E>,
     dsh: SharedMut<E>,
     /// m_t (R, H) by row, with a projection (else null).
     m: SharedMut<E>,
@@ -1080,7 +1073,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             let r_c = *cache.rstd.get_unchecked(row * 3 + 2);
             let r_h = *cache.rstd.get_unchecked(row * 3 + 1);
             let dm = sp.dm.add(j * h);
-            let dn = sp.dn.0.add(row * h);
+            let dn = sp.dn.0.add(j * h);
             // dn = σ_h'(n)·(dm ⊙ o), its gain's gradient on, for the
             // normalisation of c_t; m_t for dW_hr.
             let mut u = 0;
@@ -1110,7 +1103,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             // The gate derivatives (docs/variants.md, 'Backward').
             let pp = v.peepholes.unwrap_or(&[]).as_ptr();
             let pre = cache.pre.unwrap_or(&[]);
-            let dz = sp.dz.0.add(row * g4);
+            let dz = sp.dz.0.add(j * g4);
             let dc = sp.dc.0.add(b * h);
             let c_prev = sp.c_prev.add(j * h);
             let mut sq = 0.0f64;
@@ -1192,7 +1185,155 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                 std::slice::from_raw_parts(cache.sh_hat.as_ptr().add(row * g4), g4),
                 r_h,
             );
+            // ds_x = the gradient through the normalisation of s_x.
+            let dsx = sp.dsx.0.add(row * g4);
+            let mut u = 0;
+            while u < g4 {
+                let d = ld::<S>(dz, u, g4).mul(param(ln.w_ih, 0, u, g4, one));
+                st::<S>(d, dsx, u, g4);
+                u += S::LANES;
+            }
+            normalise_grad(
+                std::slice::from_raw_parts_mut(dsx, g4),
+                std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4),
+                *cache.rstd.get_unchecked(row * 3),
+            );
         }
+    }
+}
+
+/// The sums over (step, row) of the bias, gain and peephole gradients (None
+/// or null: not wanted), continued by each step's rows right after the
+/// step's row kernels, while their dz, dn and cache rows are in cache: `db`
+/// = Σ dz, `dw_ln_ih` = Σ dz ⊙ ŝ_x, `dw_ln_hh` = Σ dz ⊙ ŝ_h (4H each),
+/// `dw_ln_c` = Σ dn ⊙ ĉ, `db_ln_c` = Σ dn (H each) and the peepholes' (3H,
+/// as `lstm::peephole_terms`). The steps come last to first and their rows
+/// by ascending batch row: `lstm.rs`'s `processing_order`, that of every
+/// sum over (step, row), which a checkpointed pass's segments continue.
+/// Columns in blocks over the pool's threads, each column one chain on one
+/// thread: the same bits for any thread count.
+struct StepSums<'a, E> {
+    hidden: usize,
+    db: SharedMut<E>,
+    dw_ln_ih: SharedMut<E>,
+    dw_ln_hh: SharedMut<E>,
+    dw_ln_c: SharedMut<E>,
+    db_ln_c: SharedMut<E>,
+    dpeepholes: SharedMut<E>,
+    cache: LnCacheRef<'a, E>,
+}
+
+// SAFETY: each column of the sums is written by one task alone (`add`); the
+// rest is read.
+unsafe impl<E: Send> Send for StepSums<'_, E> {}
+// SAFETY: as above.
+unsafe impl<E: Sync> Sync for StepSums<'_, E> {}
+
+/// `len` elements of a sum at `k0`, or None where it is not wanted (null).
+///
+/// # Safety
+/// A non-null `p` addresses at least `k0 + len` elements that no one else
+/// reads or writes meanwhile.
+unsafe fn sum_columns<'s, E>(p: &SharedMut<E>, k0: usize, len: usize) -> Option<&'s mut [E]> {
+    // SAFETY: forwarded from the caller.
+    (!p.0.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(p.0.add(k0), len) })
+}
+
+/// `sum[k] += a[k]` (with `b`: `a[k] · b[k]`), as `lstm::ordered_column_sums`
+/// adds one row.
+#[inline(always)]
+fn add_row<E: Float>(sum: &mut [E], a: &[E], b: Option<&[E]>) {
+    match b {
+        Some(b) => {
+            for ((s, &x), &y) in sum.iter_mut().zip(a).zip(b) {
+                *s = *s + x * y;
+            }
+        }
+        None => {
+            for (s, &x) in sum.iter_mut().zip(a) {
+                *s = *s + x;
+            }
+        }
+    }
+}
+
+impl<E: Float> StepSums<'_, E> {
+    /// Adds the terms of a step's rows: `active[j]` = (batch row, layout
+    /// row) of slot j, by ascending batch row; `dz` (n, 4H), `dn` (n, H),
+    /// `c_prev` (n, H) by slot.
+    fn add(&self, active: &[(usize, usize)], dz: &[E], dn: &[E], c_prev: &[E]) {
+        let (h, g4) = (self.hidden, 4 * self.hidden);
+        let wide = g4.div_ceil(DB_COLUMN_BLOCK);
+        let narrow = h.div_ceil(DB_COLUMN_BLOCK);
+        let cache = &self.cache;
+        each(wide + narrow, |blk| {
+            if blk < wide {
+                let k0 = blk * DB_COLUMN_BLOCK;
+                let len = DB_COLUMN_BLOCK.min(g4 - k0);
+                // SAFETY: columns k0.. of this block, this task's alone; the
+                // sums given hold 4H elements.
+                let (mut db, mut ih, mut hh) = unsafe {
+                    (
+                        sum_columns(&self.db, k0, len),
+                        sum_columns(&self.dw_ln_ih, k0, len),
+                        sum_columns(&self.dw_ln_hh, k0, len),
+                    )
+                };
+                for (j, &(_, row)) in active.iter().enumerate() {
+                    let d = &dz[j * g4 + k0..][..len];
+                    let at = row * g4 + k0;
+                    if let Some(db) = db.as_deref_mut() {
+                        add_row(db, d, None);
+                    }
+                    if let Some(ih) = ih.as_deref_mut() {
+                        add_row(ih, d, Some(&cache.sx_hat[at..][..len]));
+                    }
+                    if let Some(hh) = hh.as_deref_mut() {
+                        add_row(hh, d, Some(&cache.sh_hat[at..][..len]));
+                    }
+                }
+            } else {
+                let k0 = (blk - wide) * DB_COLUMN_BLOCK;
+                let len = DB_COLUMN_BLOCK.min(h - k0);
+                // SAFETY: as above; the c gains' sums hold H elements, the
+                // peepholes' 3H (p_i, p_o, p_f), their columns k0.. of each.
+                let (mut wc, mut bc, mut dp) = unsafe {
+                    (
+                        sum_columns(&self.dw_ln_c, k0, len),
+                        sum_columns(&self.db_ln_c, k0, len),
+                        (!self.dpeepholes.0.is_null()).then(|| {
+                            [0, 1, 2].map(|k| {
+                                std::slice::from_raw_parts_mut(
+                                    self.dpeepholes.0.add(k * h + k0),
+                                    len,
+                                )
+                            })
+                        }),
+                    )
+                };
+                for (j, &(_, row)) in active.iter().enumerate() {
+                    let d = &dn[j * h + k0..][..len];
+                    if let Some(wc) = wc.as_deref_mut() {
+                        add_row(wc, d, Some(&cache.c_hat[row * h + k0..][..len]));
+                    }
+                    if let Some(bc) = bc.as_deref_mut() {
+                        add_row(bc, d, None);
+                    }
+                    if let Some([dp_i, dp_o, dp_f]) = dp.as_mut() {
+                        // dp_i += dz_i ⊙ c_{t−1}, dp_f += dz_f ⊙ c_{t−1},
+                        // dp_o += dz_o ⊙ c_t.
+                        let z = &dz[j * g4 + k0..];
+                        let cp = &c_prev[j * h + k0..][..len];
+                        let c = &cache.cells[row * h + k0..][..len];
+                        for u in 0..len {
+                            dp_i[u] = dp_i[u] + z[u] * cp[u];
+                            dp_f[u] = dp_f[u] + z[h + u] * cp[u];
+                            dp_o[u] = dp_o[u] + z[3 * h + u] * c[u];
+                        }
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -1389,10 +1530,10 @@ pub(crate) fn backward_pass<E: Float>(
     };
 
     let body = || -> Result<()> {
-        // By row: dz (then ds_x in place), ds_h, dn; with a projection dh_t
-        // and m_t. Rows of padded steps stay zero.
+        // By row: ds_x (in `scratch`'s dz), ds_h; with a projection dh_t and
+        // m_t. Rows of padded steps stay zero.
         let (mut own_dz, mut own_dsh);
-        let (dz, dsh_all): (&mut [E], &mut [E]) = match scratch {
+        let (dsx, dsh_all): (&mut [E], &mut [E]) = match scratch {
             Some([dz, dsh]) => {
                 // Only the padded steps' rows keep what they held: zero them.
                 for b in 0..batch {
@@ -1410,7 +1551,6 @@ pub(crate) fn backward_pass<E: Float>(
                 (&mut own_dz, &mut own_dsh)
             }
         };
-        let mut dn = alloc::zeroed::<E>(&[rows, hidden], "the normalised cells' gradients")?;
         let pr = if projects { rows } else { 0 };
         let mut dh_steps = alloc::zeroed::<E>(&[pr, state], "the dh of every step")?;
         let mut m_all = alloc::zeroed::<E>(&[pr, hidden], "the m of every step")?;
@@ -1423,6 +1563,8 @@ pub(crate) fn backward_pass<E: Float>(
         )?;
         let mut dm = alloc::zeroed::<E>(&[batch, hidden], "dm of a step")?;
         let mut dsh = alloc::zeroed::<E>(&[batch, g4], "ds_h of a step")?;
+        let mut dz = alloc::zeroed::<E>(&[batch, g4], "dz of a step")?;
+        let mut dn = alloc::zeroed::<E>(&[batch, hidden], "the normalised cells' gradients")?;
         let mut dh_back = alloc::zeroed::<E>(&[batch, state], "dh_{t-1} of a step")?;
         let mut c_prev = alloc::zeroed::<E>(&[batch, hidden], "c_{t-1} of a step")?;
         let mut flow_c = alloc::zeroed::<E>(&[batch], "the flow of a step")?;
@@ -1451,6 +1593,25 @@ pub(crate) fn backward_pass<E: Float>(
             g4.max(state),
             lanes,
         )?;
+        // The sums over (step, row), continued step by step.
+        let mut sums = [db, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c, dpeepholes];
+        if !accumulate {
+            for d in sums.iter_mut().flatten() {
+                d.fill(E::ZERO);
+            }
+        }
+        let [db, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c, dpeepholes] =
+            sums.map(|d| d.map_or(SharedMut::null(), |d| SharedMut(d.as_mut_ptr())));
+        let step_sums = StepSums {
+            hidden,
+            db,
+            dw_ln_ih,
+            dw_ln_hh,
+            dw_ln_c,
+            db_ln_c,
+            dpeepholes,
+            cache,
+        };
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
         for s in (0..steps).rev() {
             cancel.check()?;
@@ -1523,6 +1684,7 @@ pub(crate) fn backward_pass<E: Float>(
                 hp,
                 dz: SharedMut(dz.as_mut_ptr()),
                 dn: SharedMut(dn.as_mut_ptr()),
+                dsx: SharedMut(dsx.as_mut_ptr()),
                 dsh: SharedMut(dsh.as_mut_ptr()),
                 m: if projects {
                     SharedMut(m_all.as_mut_ptr())
@@ -1548,6 +1710,7 @@ pub(crate) fn backward_pass<E: Float>(
                     },
                 )
             });
+            step_sums.add(active.as_slice(), &dz, &dn, &c_prev);
             panel_product(
                 isa,
                 PanelProduct {
@@ -1589,49 +1752,7 @@ pub(crate) fn backward_pass<E: Float>(
         dh0.copy_from_slice(&dh);
         dc0.copy_from_slice(&dc);
         cancel.check()?;
-
-        // The sums over every (step, row) in processing order (`lstm.rs`),
-        // which the segments of a checkpointed pass, last to first, continue.
-        for (out, a, b) in [
-            (db, &dz[..], None),
-            (dw_ln_ih, &dz[..], Some(cache.sx_hat)),
-            (dw_ln_hh, &dz[..], Some(cache.sh_hat)),
-            (dw_ln_c, &dn[..], Some(cache.c_hat)),
-            (db_ln_c, &dn[..], None),
-        ] {
-            if let Some(out) = out {
-                ordered_column_sums(seq, out, a, b, accumulate);
-            }
-        }
-        if let Some(dp) = dpeepholes {
-            peephole_grads(seq, dz, cache.cells, states, dp, accumulate);
-        }
-        // ds_x in place of dz.
-        {
-            let dz_ptr = SharedMut(dz.as_mut_ptr());
-            let w = ln.w_ih;
-            each(rows, |r| {
-                let dz_ptr = &dz_ptr; // the whole wrapper: Sync
-                                      // SAFETY: row r of dz (R × 4H), this task's alone.
-                let d = unsafe { std::slice::from_raw_parts_mut(dz_ptr.0.add(r * g4), g4) };
-                if let Some(w) = w {
-                    for (x, &w) in d.iter_mut().zip(w) {
-                        *x = *x * w;
-                    }
-                }
-                let rstd = cache.rstd[r * 3];
-                dispatch::<E, _>(
-                    isa,
-                    NormaliseGrad {
-                        dxh: d,
-                        x_hat: &cache.sx_hat[r * g4..][..g4],
-                        rstd,
-                    },
-                );
-            });
-        }
-        let dsx = &*dz;
-        cancel.check()?;
+        let dsx = &*dsx;
         gemm(
             Mat::rows(dsx, rows, g4, g4),
             Mat::rows(seq.w_ih, g4, input, input),
@@ -1648,83 +1769,95 @@ pub(crate) fn backward_pass<E: Float>(
         }
         // dW_ih = Σ ds_xᵀ x, dW_hh = Σ ds_hᵀ (h ⊙ r), dW_hr = Σ dhᵀ m: a
         // block of rows at a time in processing order, each product
-        // continuing the chains (`lstm.rs`, `ordered_blocks`).
+        // continuing the chains (`lstm.rs`, `ordered_blocks`), its rows read
+        // in place where the order visits them at constant strides (every
+        // row of the full length: `lstm::in_place_order`), else gathered in
+        // it; the packed operands, and so the bits, are the same either way.
         let block = ordered_block_rows(seq);
         let what = "the gathered rows of the weight gradients";
-        let mut dsx_blk = alloc::zeroed::<E>(&[block, g4], what)?;
-        let mut x_blk = alloc::zeroed::<E>(&[block, input], what)?;
-        let mut dsh_blk = alloc::zeroed::<E>(&[block, g4], what)?;
-        let mut h_blk = alloc::zeroed::<E>(&[block, state], what)?;
-        let pb = if projects { block } else { 0 };
-        let mut dh_blk = alloc::zeroed::<E>(&[pb, state], what)?;
-        let mut m_blk = alloc::zeroed::<E>(&[pb, hidden], what)?;
+        // Allocated for the first block that is not read in place.
+        let (mut dsx_blk, mut x_blk, mut dsh_blk, mut h_blk) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut dh_blk, mut m_blk) = (Vec::new(), Vec::new());
+        let mut rows_blk = alloc::zeroed::<usize>(&[block], what)?;
+        let mut done = 0;
         let gather = |dst: &mut [E], n: usize, src: &[E], row: usize, width: usize| {
             dst[n * width..][..width].copy_from_slice(&src[row * width..][..width]);
         };
         ordered_blocks(seq, accumulate, cancel, |order, more| {
-            for (n, &(_, _, row)) in order.iter().enumerate() {
-                gather(&mut dsx_blk, n, dsx, row, g4);
-                gather(&mut x_blk, n, seq.x, row, input);
-                gather(&mut dsh_blk, n, dsh_all, row, g4);
-                gather(&mut h_blk, n, cache.h_prev, row, state);
-                if projects {
-                    gather(&mut dh_blk, n, &dh_steps, row, state);
-                    gather(&mut m_blk, n, &m_all, row, hidden);
+            let n = order.len();
+            for (k, &(_, _, row)) in order.iter().enumerate() {
+                rows_blk[k] = row;
+            }
+            let in_place = in_place_order(seq, &rows_blk[..n], done);
+            done += n;
+            if in_place.is_none() {
+                if dsx_blk.is_empty() {
+                    dsx_blk = alloc::zeroed::<E>(&[block, g4], what)?;
+                    x_blk = alloc::zeroed::<E>(&[block, input], what)?;
+                    dsh_blk = alloc::zeroed::<E>(&[block, g4], what)?;
+                    h_blk = alloc::zeroed::<E>(&[block, state], what)?;
+                    if projects {
+                        dh_blk = alloc::zeroed::<E>(&[block, state], what)?;
+                        m_blk = alloc::zeroed::<E>(&[block, hidden], what)?;
+                    }
+                }
+                for (k, &row) in rows_blk[..n].iter().enumerate() {
+                    gather(&mut dsx_blk, k, dsx, row, g4);
+                    gather(&mut x_blk, k, seq.x, row, input);
+                    gather(&mut dsh_blk, k, dsh_all, row, g4);
+                    gather(&mut h_blk, k, cache.h_prev, row, state);
+                    if projects {
+                        gather(&mut dh_blk, k, &dh_steps, row, state);
+                        gather(&mut m_blk, k, &m_all, row, hidden);
+                    }
                 }
             }
-            let n = order.len();
-            gemm(
-                gathered_t(&dsx_blk, n, g4, g4),
-                Mat::rows(&x_blk, n, input, input),
+            // C (+)= A·B over the block's k = n rows, in place or gathered.
+            let product = |a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize| match in_place {
+                Some(order) => gemm_in_order(a, b, order, c, ldc, more),
+                None => gemm(a, b, c, ldc, more),
+            };
+            let (dsx_k, x_k, dsh_k, h_k, dh_k, m_k) = match in_place {
+                Some(_) => (
+                    dsx,
+                    seq.x,
+                    &dsh_all[..],
+                    cache.h_prev,
+                    &dh_steps[..],
+                    &m_all[..],
+                ),
+                None => (
+                    &dsx_blk[..],
+                    &x_blk[..],
+                    &dsh_blk[..],
+                    &h_blk[..],
+                    &dh_blk[..],
+                    &m_blk[..],
+                ),
+            };
+            product(
+                gathered_t(dsx_k, n, g4, g4),
+                Mat::rows(x_k, n, input, input),
                 dw_ih,
                 input,
-                more,
             );
-            gemm(
-                gathered_t(&dsh_blk, n, g4, g4),
-                Mat::rows(&h_blk, n, state, state),
+            product(
+                gathered_t(dsh_k, n, g4, g4),
+                Mat::rows(h_k, n, state, state),
                 dw_hh,
                 state,
-                more,
             );
             if let Some(dw_hr) = dw_hr.as_deref_mut() {
-                gemm(
-                    gathered_t(&dh_blk, n, state, state),
-                    Mat::rows(&m_blk, n, hidden, hidden),
+                product(
+                    gathered_t(dh_k, n, state, state),
+                    Mat::rows(m_k, n, hidden, hidden),
                     dw_hr,
                     hidden,
-                    more,
                 );
             }
             Ok(())
         })
     };
     workers.pool.install(body)
-}
-
-/// d peepholes [p_i, p_o, p_f] = Σ dz_i ⊙ c_{t−1}, Σ dz_o ⊙ c_t, Σ dz_f ⊙
-/// c_{t−1} over the valid (t, b) in processing order (continuing `dp` with
-/// `accumulate`); c_t the step's own cell (`cells`), c_{t−1} the previous
-/// state (`states`: after zoneout with zoneout of c).
-fn peephole_grads<E: Float>(
-    seq: &Sequence<'_, E>,
-    dz: &[E],
-    cells: &[E],
-    states: &[E],
-    dp: &mut [E],
-    accumulate: bool,
-) {
-    let h = seq.dims.hidden;
-    let g4 = 4 * h;
-    if !accumulate {
-        dp.fill(E::ZERO);
-    }
-    for (s, b, row) in processing_order(seq) {
-        let c_prev: &[E] = if s == 0 {
-            seq.c0.map_or(&[], |c0| &c0[b * h..][..h])
-        } else {
-            &states[row_of(seq, time_of(seq, s - 1, b), b) * h..][..h]
-        };
-        peephole_terms(dp, &dz[row * g4..][..g4], h, c_prev, &cells[row * h..][..h]);
-    }
 }

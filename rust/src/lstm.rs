@@ -944,6 +944,19 @@ fn in_order<E: Float>(seq: &Sequence<'_, E>, rows: &[usize], done: usize) -> Opt
     rows.iter().enumerate().all(visits).then_some(order)
 }
 
+/// [`in_order`] for the sums of another engine whose rows lie in x's
+/// layout, dense or padded alike (the LayerNorm LSTM's, `layernorm.rs`):
+/// where the block of layout rows `rows`, the (step, row) pairs `done`.. of
+/// [`processing_order`], can be read in place as k = 0.. of a [`KOrder`]
+/// (None: gather them).
+pub(crate) fn in_place_order<E: Float>(
+    seq: &Sequence<'_, E>,
+    rows: &[usize],
+    done: usize,
+) -> Option<KOrder> {
+    in_order(seq, rows, done)
+}
+
 /// Per chunk, N state buffers per row of length > 0 (a prefix of its slots):
 /// for `sources[k]` = (source, width), buffer k holds, per such slot, `width`
 /// padded like H (Hp, or Pp for a state of P) elements: the source's row (B ×
