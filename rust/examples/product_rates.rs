@@ -18,6 +18,13 @@
 //! engine's `gemm` against matrixmultiply's `sgemm` split the same way (as
 //! `gemm` ran before), timed in turns in one process, fastest of the repeats.
 //!
+//! `cargo run --release --example product_rates -- engine [seconds] [M,L,XL,wide_in|all] [1] [T scale]`
+//! times the large products as the engine calls them (the input projection
+//! x·w_ihᵀ with w_ih read in place, dx, and the weight sums in backward's
+//! order through `gemm_in_order`, in blocks of `ORDERED_BLOCK_ROWS`) at M, L,
+//! XL and the wide-input case (B 64, T 20, I 512, H 128), on 1 and 2 threads
+//! (on 1 only with a last argument `1`).
+//!
 //! Each step product is given three ways, timed in turns in the same process:
 //! `old`, the 2 × 4-vector tile of before issue 8 (4 × 4 on AVX-512), on the
 //! rows in place; `new`, the ISA's tile (`tuning.rs`) on the rows in place;
@@ -30,7 +37,7 @@
 
 use std::time::Instant;
 
-use lstm_fast::kernels::gemm::{gemm, Mat};
+use lstm_fast::kernels::gemm::{gemm, gemm_in_order, KOrder, Mat, Runs};
 use lstm_fast::kernels::microkernel::{
     accumulator_room, accumulators, l1_depth, mrx4v_accumulate, pack_rows, rows_x4v_kblocked,
     PackedRows, Rows,
@@ -492,10 +499,183 @@ fn gemm_main(args: &[String]) {
     }
 }
 
+/// One of the engine's large products as the engine calls it: `C = A·B`
+/// through `gemm`, or, for the weight sums, through `gemm_in_order` over
+/// blocks of `ORDERED_BLOCK_ROWS` (step, row) pairs in backward's order
+/// (steps last to first), each block continuing the chains of the last.
+struct EngineProduct<'a> {
+    what: String,
+    a: Mat<'a, f32>,
+    b: Mat<'a, f32>,
+    /// With `Some((steps, batch))`, k runs over (step, row) pairs in
+    /// backward's order, A (transposed) and B in time-major layout.
+    ordered: Option<(usize, usize)>,
+}
+
+impl EngineProduct<'_> {
+    fn run(&self, c: &mut [f32]) {
+        let n = self.b.cols;
+        let Some((steps, batch)) = self.ordered else {
+            gemm(self.a, self.b, c, n, false);
+            return;
+        };
+        let rows = steps * batch;
+        let block = lstm_fast::tuning::ORDERED_BLOCK_ROWS.min(rows);
+        for done in (0..rows).step_by(block) {
+            let k = block.min(rows - done);
+            // Pair `done` of backward's order: step T-1-done/B, row done%B.
+            let (s, r) = (steps - 1 - done / batch, done % batch);
+            let order = KOrder {
+                origin: s * batch + r,
+                runs: Runs {
+                    skip: r,
+                    len: batch,
+                    inner: 1,
+                    outer: -(batch as isize),
+                },
+            };
+            let a = Mat { cols: k, ..self.a };
+            let b = Mat { rows: k, ..self.b };
+            gemm_in_order(a, b, order, c, n, done > 0);
+        }
+    }
+}
+
+/// The engine's large products at the standard shapes and the wide-input
+/// case, as the engine calls them, on 1 thread (CPU time) and 2 (wall
+/// clock): the input projection x·w_ihᵀ (w_ih read transposed in place, as
+/// the LayerNorm LSTM calls it), dx = da·w_ih, and the weight sums
+/// dw_ih = daᵀ·x and dw_hh = daᵀ·h_prev in backward's order.
+fn engine_main(args: &[String]) {
+    let seconds: f64 = args.first().map_or(1.0, |a| a.parse().unwrap());
+    let only: Option<&str> = args.get(1).map(String::as_str).filter(|o| *o != "all");
+    let one_thread = args.get(2).is_some_and(|a| a == "1");
+    // T scaled (short rounds fit between other work on a shared machine).
+    let scale: f64 = args.get(3).map_or(1.0, |a| a.parse().unwrap());
+    let isa = Isa::active();
+    let peak = fma_peak(isa, 0.5);
+    println!(
+        "ISA {}  FMA peak {peak:.1} GFLOP/s per core (f32)",
+        isa.name()
+    );
+    println!(
+        "{:8} {:26} {:>7} {:>6} {:>7} {:>6}",
+        "shape", "product (MxKxN)", "1T", "%peak", "2T", "%2pk"
+    );
+    for (name, [t, b, i, h]) in [
+        ("M", [100, 16, 256, 256]),
+        ("L", [100, 64, 512, 512]),
+        ("XL", [50, 128, 1024, 1024]),
+        ("wide_in", [20, 64, 512, 128]),
+    ] {
+        if only.is_some_and(|o| !o.split(',').any(|o| o == name)) {
+            continue;
+        }
+        let t = ((t as f64 * scale).round() as usize).max(1);
+        let (rows, g4) = (t * b, 4 * h);
+        let fill = |len: usize, m: usize| -> Vec<f32> {
+            (0..len)
+                .map(|j| ((j % m) as f32 - (m / 2) as f32) * 0.01)
+                .collect()
+        };
+        let (x, w_ih, da, h_prev) = (
+            fill(rows * i, 5),
+            fill(g4 * i, 7),
+            fill(rows * g4, 13),
+            fill(rows * h, 11),
+        );
+        let da_t = Mat {
+            data: &da,
+            rows: g4,
+            cols: rows,
+            row_stride: 1,
+            col_stride: g4,
+        };
+        let products = [
+            EngineProduct {
+                what: format!("projection {rows}x{i}x{g4}"),
+                a: Mat::rows(&x, rows, i, i),
+                b: Mat {
+                    data: &w_ih,
+                    rows: i,
+                    cols: g4,
+                    row_stride: 1,
+                    col_stride: i,
+                },
+                ordered: None,
+            },
+            EngineProduct {
+                what: format!("dx {rows}x{g4}x{i}"),
+                a: Mat::rows(&da, rows, g4, g4),
+                b: Mat::rows(&w_ih, g4, i, i),
+                ordered: None,
+            },
+            EngineProduct {
+                what: format!("dw_ih {g4}x{rows}x{i}"),
+                a: da_t,
+                b: Mat::rows(&x, rows, i, i),
+                ordered: Some((t, b)),
+            },
+            EngineProduct {
+                what: format!("dw_hh {g4}x{rows}x{h}"),
+                a: da_t,
+                b: Mat::rows(&h_prev, rows, h, h),
+                ordered: Some((t, b)),
+            },
+        ];
+        for p in &products {
+            let (m, k, n) = (p.a.rows, p.a.cols, p.b.cols);
+            let flops = 2.0 * (m * k * n) as f64;
+            let mut c = vec![0.0f32; m * n];
+            let rates = [1, 2].map(|threads| {
+                if threads > 1 && one_thread {
+                    return f64::NAN;
+                }
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let epoch = Instant::now();
+                let clock = || {
+                    if threads == 1 {
+                        thread_seconds()
+                    } else {
+                        epoch.elapsed().as_secs_f64()
+                    }
+                };
+                let mut best = f64::INFINITY;
+                pool.install(|| {
+                    let until = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+                    let mut rep = 0;
+                    while rep < 3 || Instant::now() < until {
+                        let t0 = clock();
+                        p.run(&mut c);
+                        best = best.min(clock() - t0);
+                        rep += 1;
+                    }
+                });
+                flops / best / 1e9
+            });
+            println!(
+                "{name:8} {:26} {:7.1} {:5.1}% {:7.1} {:5.1}%",
+                p.what,
+                rates[0],
+                100.0 * rates[0] / peak,
+                rates[1],
+                50.0 * rates[1] / peak,
+            );
+        }
+    }
+}
+
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.first().map(String::as_str) == Some("gemm") {
         gemm_main(&raw[1..]);
+        return;
+    }
+    if raw.first().map(String::as_str) == Some("engine") {
+        engine_main(&raw[1..]);
         return;
     }
     let args: Vec<f64> = std::env::args()

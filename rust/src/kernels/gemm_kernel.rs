@@ -171,28 +171,75 @@ impl Runs {
 }
 
 impl<E> View<E> {
-    /// Element (i, k) of A.
+    /// Element (i, k) of A, for k at `at` strides along k (a [`KWalk`]
+    /// position).
     #[inline(always)]
-    fn a_at(&self, i: usize, k: usize) -> *const E {
-        match self.runs {
-            None => self.ptr.wrapping_add(i * self.rs + k * self.cs),
-            Some(r) => self
-                .ptr
-                .wrapping_add(i * self.rs)
-                .wrapping_offset(r.offset(k) * self.cs as isize),
+    fn a_at(&self, i: usize, at: isize) -> *const E {
+        self.ptr
+            .wrapping_add(i * self.rs)
+            .wrapping_offset(at * self.cs as isize)
+    }
+
+    /// Element (k, j) of B, for k at `at` strides along k.
+    #[inline(always)]
+    fn b_at(&self, at: isize, j: usize) -> *const E {
+        self.ptr
+            .wrapping_add(j * self.cs)
+            .wrapping_offset(at * self.rs as isize)
+    }
+}
+
+/// Where k, k + 1, … lie along the k axis of a [`View`], in units of its
+/// stride there: k itself without runs, else [`Runs::offset`], one step at a
+/// time (the packing visits every k of a block in turn, and a division per
+/// k cost as much as the copy it addressed).
+#[derive(Clone, Copy)]
+struct KWalk {
+    /// The position of the next k.
+    at: isize,
+    /// Its index within its run, and the run length (`usize::MAX` without
+    /// runs: never reached).
+    r: usize,
+    len: usize,
+    /// The step within a run, and from a run's last element to the next
+    /// run's first.
+    inner: isize,
+    jump: isize,
+}
+
+impl KWalk {
+    #[inline(always)]
+    fn new(runs: Option<Runs>, k: usize) -> KWalk {
+        match runs {
+            None => KWalk {
+                at: k as isize,
+                r: 0,
+                len: usize::MAX,
+                inner: 1,
+                jump: 1,
+            },
+            Some(runs) => KWalk {
+                at: runs.offset(k),
+                r: (k + runs.skip) % runs.len,
+                len: runs.len,
+                inner: runs.inner,
+                jump: runs.outer - (runs.len as isize - 1) * runs.inner,
+            },
         }
     }
 
-    /// Element (k, j) of B.
+    /// The position of the current k; moves on to the next.
     #[inline(always)]
-    fn b_at(&self, k: usize, j: usize) -> *const E {
-        match self.runs {
-            None => self.ptr.wrapping_add(k * self.rs + j * self.cs),
-            Some(r) => self
-                .ptr
-                .wrapping_add(j * self.cs)
-                .wrapping_offset(r.offset(k) * self.rs as isize),
+    fn step(&mut self) -> isize {
+        let at = self.at;
+        self.r += 1;
+        if self.r == self.len {
+            self.r = 0;
+            self.at += self.jump;
+        } else {
+            self.at += self.inner;
         }
+        at
     }
 }
 
@@ -270,7 +317,17 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
         for pc in (0..k).step_by(kc) {
             let kd = kc.min(k - pc);
             // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B.
-            unsafe { pack_b(kd, nb, nr, |k| b.b_at(pc + k, jc), b.cs, b_buf) };
+            unsafe {
+                pack_b(
+                    kd,
+                    nb,
+                    nr,
+                    KWalk::new(b.runs, pc),
+                    |at| b.b_at(at, jc),
+                    b.cs,
+                    b_buf,
+                )
+            };
             // The chain continues from C after the first depth block (and from
             // the first with `accumulate`); C is never read otherwise.
             let load = accumulate || pc > 0;
@@ -278,7 +335,17 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
                 let mb = mc.min(m - ic);
                 let slivers = mb.div_ceil(MR);
                 // SAFETY: rows ic..ic+mb < m and columns pc..pc+kd ≤ k of A.
-                unsafe { pack_a::<S::E, MR>(mb, kd, |k| a.a_at(ic, pc + k), a.rs, a.cs, a_buf) };
+                unsafe {
+                    pack_a::<S::E, MR>(
+                        mb,
+                        kd,
+                        KWalk::new(a.runs, pc),
+                        |at| a.a_at(ic, at),
+                        a.rs,
+                        a.cs,
+                        a_buf,
+                    )
+                };
                 for jr in 0..panels {
                     let nn = nr.min(nb - jr * nr);
                     let bp = b_buf[jr * kd * nr..].as_ptr();
@@ -406,9 +473,9 @@ unsafe fn edge_tile<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Packs `kd` rows and `nb` columns of B (row k from `row(k)`, columns `cs`
-/// apart) into panels of `nr` columns, each `kd × nr` row-major, the last
-/// padded with zeros.
+/// Packs `kd` rows and `nb` columns of B (row k from `row(at)`, `at` the
+/// k-th position of `walk`; columns `cs` apart) into panels of `nr` columns,
+/// each `kd × nr` row-major, the last padded with zeros.
 ///
 /// # Safety
 /// The kd × nb elements readable.
@@ -417,7 +484,8 @@ unsafe fn pack_b<E: SimdElement>(
     kd: usize,
     nb: usize,
     nr: usize,
-    row: impl Fn(usize) -> *const E,
+    walk: KWalk,
+    row: impl Fn(isize) -> *const E,
     cs: usize,
     dst: &mut [E],
 ) {
@@ -428,8 +496,9 @@ unsafe fn pack_b<E: SimdElement>(
     // in turn would pile all the lines written onto one set of L1.
     for (j, panel) in dst.chunks_exact_mut(kd * nr).enumerate() {
         let cols = nr.min(nb - j * nr);
-        for (k, out) in panel.chunks_exact_mut(nr).enumerate() {
-            let src = row(k);
+        let mut walk = walk;
+        for out in panel.chunks_exact_mut(nr) {
+            let src = row(walk.step());
             if cs == 1 {
                 // SAFETY: row k < kd, columns j·nr.. + cols ≤ nb.
                 let row = unsafe { std::slice::from_raw_parts(src.add(j * nr), cols) };
@@ -445,11 +514,12 @@ unsafe fn pack_b<E: SimdElement>(
     }
 }
 
-/// Packs `mb` rows and `kd` columns of A (column k from `col(k)`: rows `rs`
-/// apart, columns `cs` apart unless A is transposed and read in runs) into
-/// slivers of MR rows, each k-major (`MR` elements per k), the last padded
-/// with zero rows. A usually comes from L3 or memory and is read once per
-/// block, so the reads are prefetched a little ahead.
+/// Packs `mb` rows and `kd` columns of A (column k from `col(at)`, `at` the
+/// k-th position of `walk`: rows `rs` apart, columns `cs` apart unless A is
+/// transposed and read in runs) into slivers of MR rows, each k-major (`MR`
+/// elements per k), the last padded with zero rows. A usually comes from L3
+/// or memory and is read once per block, so the reads are prefetched a
+/// little ahead.
 ///
 /// # Safety
 /// The mb × kd elements readable; `col` any address for k ≥ kd (prefetched
@@ -458,7 +528,8 @@ unsafe fn pack_b<E: SimdElement>(
 unsafe fn pack_a<E: SimdElement, const MR: usize>(
     mb: usize,
     kd: usize,
-    col: impl Fn(usize) -> *const E,
+    walk: KWalk,
+    col: impl Fn(isize) -> *const E,
     rs: usize,
     cs: usize,
     dst: &mut [E],
@@ -466,14 +537,17 @@ unsafe fn pack_a<E: SimdElement, const MR: usize>(
     let slivers = mb.div_ceil(MR);
     let dst = &mut dst[..slivers * MR * kd];
     let full = mb / MR;
-    let src = col(0);
     if rs == 1 {
         // A transposed (columns contiguous, as daᵀ): one contiguous run of mb
         // elements per k, MR of them to each sliver.
+        let (mut walk, mut ahead) = (walk, walk);
+        for _ in 0..PACK_AHEAD {
+            ahead.step();
+        }
         for k in 0..kd {
-            prefetch(col(k + PACK_AHEAD), mb * size_of::<E>());
+            prefetch(col(ahead.step()), mb * size_of::<E>());
             // SAFETY: column k < kd, rows 0..mb.
-            let col = unsafe { std::slice::from_raw_parts(col(k), mb) };
+            let col = unsafe { std::slice::from_raw_parts(col(walk.step()), mb) };
             for (s, x) in col.chunks_exact(MR).enumerate() {
                 dst[(s * kd + k) * MR..][..MR].copy_from_slice(x);
             }
@@ -486,6 +560,8 @@ unsafe fn pack_a<E: SimdElement, const MR: usize>(
         }
         return;
     }
+    // Rows of A in place: k at stride `cs` (no runs, asserted by `blocked`).
+    let src = col(walk.at);
     for s in 0..slivers {
         let rows = MR.min(mb - s * MR);
         let out = &mut dst[s * MR * kd..][..MR * kd];
