@@ -103,8 +103,8 @@ pub const DB_COLUMN_BLOCK: usize = 64;
 /// sum over (step, row) in backward's order rather than the layout's
 /// (`lstm.rs`, `weight_grads`; read in place, or gathered when the rows have
 /// different lengths): each product passes over its C once
-/// per depth block, so a block deeper than every KC of `GEMM_SHAPES` (at
-/// most 512) costs about as many passes over C as one product over all rows.
+/// per depth block, so a block as deep as the deepest KC of `GEMM_SHAPES`
+/// (1024, AVX2) costs no more passes over C than one product over all rows.
 pub const ORDERED_BLOCK_ROWS: usize = 1024;
 
 /// Independent FMA chains in the peak measurement (`simd/peak.rs`): FMA
@@ -207,18 +207,16 @@ pub struct GemmShape {
 ///
 /// - Portable: 4 × 2 scalars, 8 chains in SSE's 16 registers.
 /// - AVX2: 6 × 2 vectors (6 × 16 f32, 6 × 8 f64) = 12 FMA chains, 12 + 2 + 1 =
-///   15 of 16 registers (BLIS's haswell 6x16). The tile alone, A streaming
-///   from L2, runs at 97–99 % of the peak on Zen 3 whatever KC (a standalone
-///   loop), so the blocks decide: KC 384, a 24 KiB micro-panel that stays in
-///   the 32 KiB L1 while the slivers of A stream past it (with KC 1024 the
-///   64 KiB micro-panel streamed from L2 and the profile showed the FMAs
-///   waiting on its loads). The engine's weight sums already continue C every
-///   `ORDERED_BLOCK_ROWS` (1024) rows, so KC 1024's fewer round trips of C
-///   saved little there. Measured on a loaded Zen 3 (1 thread, min of
-///   alternating repeats, T scaled to 0.2): dw_ih and dw_hh at L and XL
-///   +4–7 points of the peak over KC 1024, dx and the projection within
-///   noise (KC 256 and 512 close behind 384). A's block 192 KiB (120 rows
-///   f32) in the 512 KiB L2; B's block 2 MiB in L3.
+///   15 of 16 registers (BLIS's haswell 6x16). KC 1024, not BLIS's 256 (a
+///   micro-panel in L1): measured on a quiet Zen 3 (the backward products at
+///   L and XL, 1 thread), streaming the 64 KiB micro-panel from L2 costs less
+///   than the 4× more round trips of C through L3 that KC 256 makes (KC 256:
+///   80 % of the peak, 512: 84 %, 1024: 86–88 %, 2048: 85 %). On a loaded
+///   machine (load 9–19 on 2 vCPUs) KC 384 (a 24 KiB micro-panel in L1) gave
+///   the weight sums at L and XL 4–7 points more and the projection at L up
+///   to 8–12 fewer: not adopted until measured quiet. A's block 256 KiB (64
+///   rows f32) in the 512 KiB L2 beside the micro-panel (96 to 384 KiB within
+///   noise); B's block 2 MiB in L3 (4 and 8 MiB measured slower).
 /// - AVX-512: 6 × 4 vectors (6 × 64 f32) = 24 chains, 24 + 4 + 1 = 29 of 32
 ///   registers (BLIS's zen4 6x64), broadcasts embedded in the FMAs; KC 512 (a
 ///   128 KiB micro-panel, 256 bytes per k from L2 against 24 FMAs), A's block
@@ -235,8 +233,8 @@ pub const GEMM_SHAPES: [GemmShape; 3] = [
     GemmShape {
         mr: 6,
         nv: 2,
-        kc: 384,
-        a_block_bytes: 192 * 1024,
+        kc: 1024,
+        a_block_bytes: 256 * 1024,
         b_block_bytes: 2 * 1024 * 1024,
     },
     GemmShape {
