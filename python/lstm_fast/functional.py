@@ -279,6 +279,14 @@ class Cache:
     (``clip``, or an activation whose derivative needs its input) keep them
     too: ``z``, (T, B, 4H), else None. With zoneout, ``c`` is the cell each step
     computed, before zoneout mixed it with c_{t-1} (as the reference's).
+
+    The cache holds per (row, step) the gates (4*Hp), the cells (Hp) and the h
+    each step started from (Pp): 5*Hp + Pp, 6*Hp without a projection (Hp, Pp:
+    H, P padded, ``_core.hidden_pad``), + 4*Hp with ``z``. Zoneout keeps no more:
+    with zoneout of c the cells are the states after zoneout, and ``c`` (and
+    backward) rebuild each candidate from the gates and the previous state with
+    the forward's arithmetic, its bits. Zoneout's training masks are kept besides
+    (Pp of h, Hp of c).
     """
 
     __slots__ = ("_args", "_c_state", "_cells", "_gates", "_h_prev", "_pre")
@@ -325,7 +333,16 @@ class Cache:
     @property
     def c(self) -> np.ndarray:
         a = self._args
-        return self._time_major(self._cells.reshape(a.layout_shape(a.hidden_pad))[..., : a.hidden])
+        cells = self._cells
+        if a.zones_c:
+            # The cells are the states after zoneout: the candidates are
+            # rebuilt with the forward's arithmetic (its bits).
+            cells = np.empty_like(cells)
+            _core.zoneout_candidates(a, self._arrays(), cells)
+        return self._time_major(cells.reshape(a.layout_shape(a.hidden_pad))[..., : a.hidden])
+
+    def _arrays(self) -> CacheArrays:
+        return CacheArrays(gates=self._gates, cells=self._cells, h_prev=self._h_prev, pre=self._pre)
 
     @property
     def z(self) -> np.ndarray | None:
@@ -517,13 +534,15 @@ def training_memory(
       and masks, one pass at a time).
 
     C is the cache's width per step and row: 5*Hp + Pp (Hp, Pp: H, P padded,
-    ``_core.hidden_pad``), + 4*Hp for the variants that keep the pre-activations,
-    + Hp with zoneout of c (the states after zoneout); for the LayerNorm LSTM
-    (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the pre-activations,
-    + H with zoneout of c. S is backward's scratch: 4*Hp (the gate gradients),
-    for the LayerNorm LSTM 9*H (dz, ds_h, dn) + P + H with a projection (dh and m
-    of every step). Z is zoneout's training masks: Pp with ``zoneout_h``, Hp
-    with ``zoneout_c`` (a training pass with zoneout of h, of c).
+    ``_core.hidden_pad``; 6*Hp without a projection), + 4*Hp for the variants
+    that keep the pre-activations; zoneout adds nothing to it (the cells are
+    the states after zoneout, backward rebuilds the candidates). For the
+    LayerNorm LSTM (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the
+    pre-activations, + H with zoneout of c (its cache keeps both). S is
+    backward's scratch: 4*Hp (the gate gradients), for the LayerNorm LSTM 9*H
+    (dz, ds_h, dn) + P + H with a projection (dh and m of every step). Z is
+    zoneout's training masks: Pp with ``zoneout_h``, Hp with ``zoneout_c`` (a
+    training pass with zoneout of h, of c).
     """
     hp = _core.hidden_pad(hidden, itemsize)
     pp = _core.hidden_pad(proj, itemsize)
@@ -532,7 +551,7 @@ def training_memory(
         width += hidden if zoneout_c else 0
         scratch = 9 * hidden + (proj + hidden if proj != hidden else 0)
     else:
-        width = 5 * hp + pp + (4 * hp if caches_pre else 0) + (hp if zoneout_c else 0)
+        width = 5 * hp + pp + (4 * hp if caches_pre else 0)
         scratch = 4 * hp
     masks = (pp if zoneout_h else 0) + (hp if zoneout_c else 0)
     if checkpoint is None or checkpoint >= steps:
@@ -590,7 +609,6 @@ def _run_forward(
             cells=empty("cache (cells)", (rows, hp), dt),
             h_prev=empty("cache (h_prev)", (rows, args.proj_pad), dt),
             pre=empty("cache (pre-activations)", (rows, 4 * hp), dt) if args.caches_pre else None,
-            c_state=empty("cache (c after zoneout)", (rows, hp), dt) if args.zones_c else None,
         )
     _core.forward(args, out, arrays)
     cache = None if arrays is None else Cache(args, *arrays)
@@ -931,11 +949,7 @@ def _run_backward(
     if isinstance(cache, CheckpointCache):
         _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads, a.zoneout_draws)
     else:
-        arrays = CacheArrays(
-            gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
-            c_state=cache._c_state,
-        )  # fmt: skip
-        _core.backward(a, arrays, seeds, grads)
+        _core.backward(a, cache._arrays(), seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     db = grads.db
