@@ -40,7 +40,7 @@ impl<E: SimdElement> Kernel<E> for Candidates<'_, E> {
         let hp = self.hidden_pad;
         let rows = self.out.len() / hp.max(1);
         assert!(
-            hp % S::LANES == 0
+            hp.is_multiple_of(S::LANES)
                 && self.out.len() == rows * hp
                 && self.c_prev.len() == rows * hp
                 && self.gates.len() == rows * 4 * hp,
