@@ -1329,16 +1329,39 @@ class PreparedWeights:
         reverse: bool = False,
         need_cache: bool = True,
         checkpoint: Any = None,
+        zoneout: Any = 0.0,
+        training: bool = True,
         **variant: Any,
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
         defaults to the prepared ones); ``checkpoint`` as for :func:`forward`. Weights
-        prepared in bfloat16 need ``need_cache=False`` (inference only)."""
+        prepared in bfloat16 need ``need_cache=False`` (inference only). ``zoneout``
+        (a probability or a pair, as for :func:`forward`) at inference only
+        (``training=False``): each state z * previous + (1 - z) * new, the bits of
+        :func:`forward` with ``training=False`` (in bfloat16: of the float32 engine on
+        the rounded weights); in training it is a ``ValueError`` (train with zoneout
+        through :func:`forward`, which draws the masks)."""
+        rates = self._inference_zoneout(zoneout, training)
         return self._forward(
             x, h0, c0, batch_first=batch_first, lengths=lengths, reverse=reverse,
-            need_cache=need_cache, checkpoint=checkpoint, variant=variant, zoneout=(0.0, 0.0),
+            need_cache=need_cache, checkpoint=checkpoint, variant=variant, zoneout=rates,
         )  # fmt: skip
+
+    def _inference_zoneout(self, zoneout: Any, training: Any) -> tuple[float, float]:
+        """``zoneout`` checked as :func:`forward` checks it: the rates (z_h, z_c)
+        of an inference call; nonzero rates in training are a ``ValueError``."""
+        z_h, z_c = regularisation(zoneout=zoneout, training=False)[:2]
+        if flag("training", training) and (z_h or z_c):
+            if self.weight_dtype is not None:
+                raise ValueError(
+                    "weight_dtype='bfloat16' is for inference: zoneout needs training=False (or 0)"
+                )
+            raise ValueError(
+                "zoneout: prepared weights take it at inference only (training=False); "
+                "train with zoneout through lstm_fast.forward (it draws the masks)"
+            )
+        return z_h, z_c
 
     def _forward(
         self, x: Any, h0: Any, c0: Any, *, batch_first: bool, lengths: Any, reverse: bool,
@@ -1358,9 +1381,16 @@ class PreparedWeights:
             _regularise(args, *zoneout, 0.0, 0.0, None, 0, False)
         return Forward(*_run_forward(args, need_cache, every))
 
-    def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
+    def cell_forward(
+        self, x_t: Any, h: Any, c: Any, *, zoneout: Any = 0.0, training: bool = True,
+        **variant: Any,
+    ) -> Cell:  # fmt: skip
         """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``
-        (``cache`` None for weights prepared in bfloat16: inference only)."""
+        (``cache`` None for weights prepared in bfloat16: inference only).
+        ``zoneout`` at inference only (``training=False``), as for :meth:`forward`:
+        h_new = z_h * h + (1 - z_h) * h̃, c_new = z_c * c + (1 - z_c) * c̃ (no mask,
+        so a single step needs no time coordinate)."""
+        rates = self._inference_zoneout(zoneout, training)
         raw = cell_arguments(x_t, h, c, self._w_ih, self._w_hh, None, None)
         need_cache = self.weight_dtype is None
         args = self._args(
@@ -1368,6 +1398,8 @@ class PreparedWeights:
             lengths=None, reverse=False, own=need_cache, names=CELL_NAMES,
             **_variant_keywords(variant),
         )  # fmt: skip
+        if any(rates):
+            _regularise(args, *rates, 0.0, 0.0, None, 0, False)
         _, h_new, c_new, cache = _run_forward(args, need_cache=need_cache)
         return Cell(h_new, c_new, None if cache is None else CellCache(cache))
 
