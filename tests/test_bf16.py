@@ -533,3 +533,98 @@ def test_inference_only():
     layer.forward(x, need_cache=False, weight_dtype="bf16")  # ... dropped by an inference pass
     with pytest.raises(RuntimeError, match="bfloat16"):
         layer.backward(np.ones((2, 2, 8), np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Prepared weights with zoneout at inference
+
+ZONEOUT_VARIANTS = ["zoneout_h", "zoneout_c", "zoneout", "zoneout_peepholes_clip",
+                    "zoneout_projection"]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s[:4]))
+@pytest.mark.parametrize("variant", ZONEOUT_VARIANTS)
+def test_prepared_bf16_takes_zoneout_at_inference(isa, variant, shape):
+    """``prepare_weights(..., weight_dtype='bfloat16').forward`` and ``.cell_forward``
+    with ``zoneout=``, ``training=False``: bit for bit the float32 engine (functional
+    forward, training=False) on the rounded weights; the cell is its one step."""
+    x, w, call = _case(variant, shape, seed=hash((variant, shape[3])) % 1000 + 1)
+    call = dict(call)
+    h0, c0 = call.pop("h0", None), call.pop("c0", None)
+    peepholes, w_hr, zoneout = call.pop("peepholes", None), w.get("w_hr"), call.pop("zoneout")
+    mats = (w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"])
+    r = _rounded(w)
+    rounded = (r["w_ih"], r["w_hh"], r["b_ih"], r["b_hh"])
+    pw = lstm_fast.prepare_weights(*mats, peepholes=peepholes, w_hr=w_hr, weight_dtype="bf16")
+    got = pw.forward(x, h0, c0, need_cache=False, zoneout=zoneout, training=False, **call)
+    want = lstm_fast.forward(x, *rounded, h0, c0, need_cache=False, w_hr=r.get("w_hr"),
+                             peepholes=peepholes, zoneout=zoneout, training=False,
+                             **call)  # fmt: skip
+    for a, b, what in zip(got[:3], want[:3], ("y", "h_n", "c_n")):
+        assert_same_bits(a, b, f"{isa} {variant} {what}")
+    # Zoneout changed the result.
+    plain = pw.forward(x, h0, c0, need_cache=False, **call)
+    assert not np.array_equal(plain.c_n, got.c_n) or not np.array_equal(plain.h_n, got.h_n)
+    # One step of the cell from a state (h, c).
+    variant_opts = {k: v for k, v in call.items() if k not in ("batch_first", "reverse", "lengths")}
+    x0 = x[:, 0] if call["batch_first"] else x[0]
+    B, P, H = x0.shape[0], got.h_n.shape[1], got.c_n.shape[1]
+    rng = np.random.default_rng(7)
+    h, c = (rng.standard_normal(s).astype(np.float32) for s in ((B, P), (B, H)))
+    cell = pw.cell_forward(x0, h, c, zoneout=zoneout, training=False, **variant_opts)
+    step = lstm_fast.forward(x0[None], *rounded, h, c, need_cache=False, w_hr=r.get("w_hr"),
+                             peepholes=peepholes, zoneout=zoneout, training=False,
+                             **variant_opts)  # fmt: skip
+    assert cell.cache is None
+    assert_same_bits(cell.h_new, step.h_n, f"{isa} {variant} cell.h")
+    assert_same_bits(cell.c_new, step.c_n, f"{isa} {variant} cell.c")
+
+
+def test_prepared_zoneout_refused_in_training():
+    """In training (the default) prepared weights refuse zoneout: bf16 weights with
+    the functional API's message, float32 ones pointing to lstm_fast.forward; a
+    bad rate names zoneout; zoneout 0 in training changes nothing."""
+    x, w = _small()
+    pw = lstm_fast.prepare_weights(w["w_ih"], w["w_hh"], weight_dtype="bf16")
+    for call in (pw.forward, lambda x, **kw: pw.cell_forward(x[0], None, None, **kw)):
+        with pytest.raises(ValueError, match="^weight_dtype='bfloat16' is for inference: zoneout"):
+            call(x, need_cache=False, zoneout=0.2)
+        with pytest.raises(ValueError, match=r"zoneout\[1\]"):
+            call(x, need_cache=False, zoneout=(0.1, 1.0), training=False)
+        with pytest.raises(TypeError, match="training"):
+            call(x, need_cache=False, zoneout=0.1, training="no")
+    same = pw.forward(x, need_cache=False, zoneout=0.0)
+    assert_same_bits(same.y, pw.forward(x, need_cache=False).y)
+    p32 = lstm_fast.prepare_weights(w["w_ih"], w["w_hh"])
+    with pytest.raises(ValueError, match="^zoneout: prepared weights take it at inference only"):
+        p32.forward(x, zoneout=(0.0, 0.3))
+    with pytest.raises(ValueError, match="^zoneout: prepared weights take it at inference only"):
+        p32.cell_forward(x[0], None, None, zoneout=0.3)
+
+
+def test_prepared_float32_zoneout_at_inference_with_its_cache():
+    """float32 prepared weights at inference with zoneout: the functional API's
+    bits, cache and gradients included (backward of the expectation)."""
+    x, w = _small()
+    mats = (w["w_ih"], w["w_hh"])
+    p32 = lstm_fast.prepare_weights(*mats)
+    got = p32.forward(x, zoneout=(0.3, 0.4), training=False)
+    want = lstm_fast.forward(x, *mats, zoneout=(0.3, 0.4), training=False)
+    for a, b in zip((*got[:3], got.cache.c), (*want[:3], want.cache.c)):
+        assert_same_bits(a, b)
+    dy = np.ones_like(got.y)
+    for a, b in zip(lstm_fast.backward(got.cache, dy), lstm_fast.backward(want.cache, dy)):
+        if a is not None or b is not None:
+            assert_same_bits(a, b)
+    h, c = np.full((2, 8), 0.5, np.float32), np.full((2, 8), -0.25, np.float32)
+    cell = p32.cell_forward(x[0], h, c, zoneout=0.25, training=False)
+    step = lstm_fast.forward(x[:1], *mats, None, None, h, c, zoneout=0.25, training=False)
+    assert_same_bits(cell.h_new, step.h_n)
+    assert_same_bits(cell.c_new, step.c_n)
+    assert_same_bits(cell.cache.c, step.cache.c[0])
+    g = lstm_fast.cell_backward(cell.cache, np.ones_like(cell.h_new))
+    gs = lstm_fast.backward(step.cache, None, np.ones_like(cell.h_new))
+    # dx, dc and dw_hh of the step (the cell's dx is one row of the sequence's).
+    assert_same_bits(g[0], gs[0][0])
+    assert_same_bits(g[2], gs[2])
+    assert_same_bits(g[4], gs[4])

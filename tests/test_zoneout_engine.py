@@ -252,8 +252,9 @@ def test_defaults_change_no_bit(dtype):
 
 
 def test_cache_size():
-    """Zoneout of c keeps Hp more per (row, step) (the states after zoneout),
-    besides the masks; zoneout of h only keeps no more than the plain cache."""
+    """Zoneout keeps the plain cache (6·Hp per (row, step): the cells are the
+    states after zoneout, backward rebuilds the candidates), besides the
+    training masks."""
     arrays, options, _ = _without_projection("plain-gates", PLAIN_SETTINGS["wide"], np.float32)
     T, B = 4, 7
     hp = _core.hidden_pad(70, 4)
@@ -262,8 +263,8 @@ def test_cache_size():
     zc = lstm_fast.forward(*arrays.values(), **options, zoneout=(0, 0.5), seed=1).cache
     zc_inf = lstm_fast.forward(*arrays.values(), **options, zoneout=(0, 0.5), training=False)
     assert zh.nbytes == plain.nbytes + T * B * hp * 4  # the mask of h
-    assert zc.nbytes == plain.nbytes + 2 * T * B * hp * 4  # c_state and the mask of c
-    assert zc_inf.cache.nbytes == plain.nbytes + T * B * hp * 4  # c_state
+    assert zc.nbytes == plain.nbytes + T * B * hp * 4  # the mask of c
+    assert zc_inf.cache.nbytes == plain.nbytes
 
 
 # ---------------------------------------------------------------------------
@@ -345,3 +346,78 @@ def test_bad_arguments_raise_the_references_errors(kw, error, match):
     with pytest.raises(error, match=match) as theirs:
         ref.forward(*_f64(arrays).values(), **_f64(options), **kw)
     assert str(mine.value) == str(theirs.value)
+
+
+# ---------------------------------------------------------------------------
+# The cache without the candidates: the cells are the states after zoneout and
+# the candidates are rebuilt with the forward's arithmetic
+
+
+def _states_and_candidates(out):
+    """The cache's cells (the states c_t) and ``cache.c`` (the candidates),
+    (T, B, H) by real time."""
+    cache = out.cache
+    a = cache._args
+    cells = cache._cells.reshape(a.layout_shape(a.hidden_pad))[..., : a.hidden]
+    return cache._time_major(cells), cache.c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("setting", ["lengths-reverse-h0c0", "batch_first-lengths", "basic"])
+@pytest.mark.parametrize("variant", ["everything", "peep+coupled", "no_forget_gate"])
+def test_cache_cells_are_the_states_and_c_the_forwards_candidates(isa, dtype, setting, variant):
+    """On every ISA, with lengths, reverse, batch_first and c0: where the mask of
+    c keeps the candidate, the cached state is the rebuilt candidate's bits (so
+    the rebuild is the forward's arithmetic); where it zones out, the state is
+    c_{t-1}'s bits; each row's last state is c_n. At inference the state is
+    z·c_{t-1} + (1 - z)·c̃_t of the rebuilt candidate, in the reference's order."""
+    T, B, _, H, _, lengths, reverse, _, _ = SETTINGS[setting]
+    arrays, options, _ = _problem(VARIANTS[variant], SETTINGS[setting], dtype, seed=4)
+    lens = [T] * B if lengths is None else lengths
+    c0 = arrays["c0"] if arrays["c0"] is not None else np.zeros((B, H), dtype)
+    keep = masks.events(6, masks.ZONEOUT_C, 1, int(reverse), (T, B, H), 0.45)
+    for training in (True, False):
+        kw = dict(zoneout=(0.2, 0.45), seed=6, layer=1, training=training)
+        out = lstm_fast.forward(*arrays.values(), **options, **kw)
+        states, cand = _states_and_candidates(out)
+        assert out.cache._c_state is None
+        z = dtype(0.45)
+        for b in range(B):
+            order = range(lens[b] - 1, -1, -1) if reverse else range(lens[b])
+            prev = c0[b]
+            for t in order:
+                if training:
+                    want = np.where(keep[t, b], prev, cand[t, b])
+                else:
+                    want = z * prev + (1 - z) * cand[t, b]
+                assert_same_bits(states[t, b], want)
+                prev = states[t, b]
+            if lens[b]:
+                assert_same_bits(out.c_n[b], prev)
+            # Padded steps hold zeros.
+            pad = [t for t in range(T) if t >= lens[b]]
+            assert not cand[pad, b].any() and not states[pad, b].any()
+
+
+def test_zoneout_cache_holds_the_plain_arrays():
+    """With zoneout of h and of c the cache's arrays are the plain LSTM's
+    (gates, cells, h_prev: 6·Hp per (row, step)), the same shapes; only the
+    training masks come on top."""
+    arrays, options, _ = _without_projection("peepholes", PLAIN_SETTINGS["wide"], np.float32)
+    T, B = 4, 7
+    hp = _core.hidden_pad(70, 4)
+    plain = lstm_fast.forward(*arrays.values(), **options).cache
+    both = lstm_fast.forward(*arrays.values(), **options, zoneout=(0.3, 0.4), seed=2).cache
+    shapes = [(x.shape, x.dtype) for x in (plain._gates, plain._cells, plain._h_prev)]
+    assert [(x.shape, x.dtype) for x in (both._gates, both._cells, both._h_prev)] == shapes
+    assert shapes == [((T * B, 4 * hp), np.float32), ((T * B, hp), np.float32)] + [
+        ((T * B, hp), np.float32)
+    ]
+    assert both._pre is None and both._c_state is None
+    assert both.nbytes == plain.nbytes + 2 * T * B * hp * 4  # the masks of h and c
+    shape = dict(steps=T, batch=B, hidden=70, proj=70, itemsize=4)
+    training_memory = lstm_fast.functional.training_memory
+    base = training_memory(None, **shape)
+    assert base == T * B * 6 * hp * 4
+    both_masks = training_memory(None, **shape, zoneout_h=True, zoneout_c=True)
+    assert both_masks == base + 2 * T * B * hp * 4

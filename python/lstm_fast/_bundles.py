@@ -74,15 +74,15 @@ class CacheArrays(NamedTuple):
     """What forward writes for backward, rows ordered like x: the activated
     gates (T*B, 4*Hp) in blocks i, f, g, o; cells (T*B, Hp) and h_prev (T*B, Pp),
     with Hp = ``_core.hidden_pad(H, itemsize)``, Pp likewise of P; ``pre`` (T*B, 4*Hp), the
-    pre-activations, for the variants whose backward needs them (else None);
-    ``c_state`` (T*B, Hp) with zoneout of c, the states after zoneout (``cells``
-    then holds the candidates), else None."""
+    pre-activations, for the variants whose backward needs them (else None).
+    ``cells`` holds the states c_t, after zoneout with zoneout of c (backward
+    rebuilds the candidates from them and the gates): 5*Hp + Pp per (row,
+    step), 6*Hp without a projection, with zoneout as without."""
 
     gates: np.ndarray
     cells: np.ndarray
     h_prev: np.ndarray
     pre: np.ndarray | None
-    c_state: np.ndarray | None = None
 
 
 class Seeds(NamedTuple):

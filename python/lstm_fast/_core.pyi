@@ -47,6 +47,7 @@ __all__ = [
     "scaled_keep",
     "set_isa",
     "set_num_threads",
+    "zoneout_candidates",
     "zoneout_keep",
 ]
 
@@ -54,6 +55,7 @@ __version__: str
 
 def forward(seq: Sequence, out: Outputs, cache: CacheArrays | None) -> None: ...
 def backward(seq: Sequence, cache: CacheArrays, seeds: Seeds, grads: Grads) -> None: ...
+def zoneout_candidates(seq: Sequence, cache: CacheArrays, out: np.ndarray) -> None: ...
 def layer_norm_forward(
     seq: Sequence, ln: LayerNormParams, out: Outputs, cache: LayerNormCacheArrays | None
 ) -> None: ...

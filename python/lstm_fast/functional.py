@@ -279,6 +279,14 @@ class Cache:
     (``clip``, or an activation whose derivative needs its input) keep them
     too: ``z``, (T, B, 4H), else None. With zoneout, ``c`` is the cell each step
     computed, before zoneout mixed it with c_{t-1} (as the reference's).
+
+    The cache holds per (row, step) the gates (4*Hp), the cells (Hp) and the h
+    each step started from (Pp): 5*Hp + Pp, 6*Hp without a projection (Hp, Pp:
+    H, P padded, ``_core.hidden_pad``), + 4*Hp with ``z``. Zoneout keeps no more:
+    with zoneout of c the cells are the states after zoneout, and ``c`` (and
+    backward) rebuild each candidate from the gates and the previous state with
+    the forward's arithmetic, its bits. Zoneout's training masks are kept besides
+    (Pp of h, Hp of c).
     """
 
     __slots__ = ("_args", "_c_state", "_cells", "_gates", "_h_prev", "_pre")
@@ -325,7 +333,16 @@ class Cache:
     @property
     def c(self) -> np.ndarray:
         a = self._args
-        return self._time_major(self._cells.reshape(a.layout_shape(a.hidden_pad))[..., : a.hidden])
+        cells = self._cells
+        if a.zones_c:
+            # The cells are the states after zoneout: the candidates are
+            # rebuilt with the forward's arithmetic (its bits).
+            cells = np.empty_like(cells)
+            _core.zoneout_candidates(a, self._arrays(), cells)
+        return self._time_major(cells.reshape(a.layout_shape(a.hidden_pad))[..., : a.hidden])
+
+    def _arrays(self) -> CacheArrays:
+        return CacheArrays(gates=self._gates, cells=self._cells, h_prev=self._h_prev, pre=self._pre)
 
     @property
     def z(self) -> np.ndarray | None:
@@ -517,13 +534,15 @@ def training_memory(
       and masks, one pass at a time).
 
     C is the cache's width per step and row: 5*Hp + Pp (Hp, Pp: H, P padded,
-    ``_core.hidden_pad``), + 4*Hp for the variants that keep the pre-activations,
-    + Hp with zoneout of c (the states after zoneout); for the LayerNorm LSTM
-    (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the pre-activations,
-    + H with zoneout of c. S is backward's scratch: 4*Hp (the gate gradients),
-    for the LayerNorm LSTM 8*H (ds_x, ds_h) + P + H with a projection (dh and m
-    of every step). Z is zoneout's training masks: Pp with ``zoneout_h``, Hp
-    with ``zoneout_c`` (a training pass with zoneout of h, of c).
+    ``_core.hidden_pad``; 6*Hp without a projection), + 4*Hp for the variants
+    that keep the pre-activations; zoneout adds nothing to it (the cells are
+    the states after zoneout, backward rebuilds the candidates). For the
+    LayerNorm LSTM (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the
+    pre-activations, + H with zoneout of c (its cache keeps both). S is
+    backward's scratch: 4*Hp (the gate gradients), for the LayerNorm LSTM 8*H
+    (ds_x, ds_h) + P + H with a projection (dh and m of every step). Z is
+    zoneout's training masks: Pp with ``zoneout_h``, Hp with ``zoneout_c`` (a
+    training pass with zoneout of h, of c).
     """
     hp = _core.hidden_pad(hidden, itemsize)
     pp = _core.hidden_pad(proj, itemsize)
@@ -532,7 +551,7 @@ def training_memory(
         width += hidden if zoneout_c else 0
         scratch = 8 * hidden + (proj + hidden if proj != hidden else 0)
     else:
-        width = 5 * hp + pp + (4 * hp if caches_pre else 0) + (hp if zoneout_c else 0)
+        width = 5 * hp + pp + (4 * hp if caches_pre else 0)
         scratch = 4 * hp
     masks = (pp if zoneout_h else 0) + (hp if zoneout_c else 0)
     if checkpoint is None or checkpoint >= steps:
@@ -590,7 +609,6 @@ def _run_forward(
             cells=empty("cache (cells)", (rows, hp), dt),
             h_prev=empty("cache (h_prev)", (rows, args.proj_pad), dt),
             pre=empty("cache (pre-activations)", (rows, 4 * hp), dt) if args.caches_pre else None,
-            c_state=empty("cache (c after zoneout)", (rows, hp), dt) if args.zones_c else None,
         )
     _core.forward(args, out, arrays)
     cache = None if arrays is None else Cache(args, *arrays)
@@ -935,11 +953,7 @@ def _run_backward(
     if isinstance(cache, CheckpointCache):
         _core.backward_checkpointed(a, cache._states, cache._every, seeds, grads, a.zoneout_draws)
     else:
-        arrays = CacheArrays(
-            gates=cache._gates, cells=cache._cells, h_prev=cache._h_prev, pre=cache._pre,
-            c_state=cache._c_state,
-        )  # fmt: skip
-        _core.backward(a, arrays, seeds, grads)
+        _core.backward(a, cache._arrays(), seeds, grads)
     if a.w_hh_keep is not None:
         np.multiply(grads.dw_hh, a.w_hh_keep, out=grads.dw_hh)  # w_hh entered as w_hh ⊙ M
     db = grads.db
@@ -1315,16 +1329,39 @@ class PreparedWeights:
         reverse: bool = False,
         need_cache: bool = True,
         checkpoint: Any = None,
+        zoneout: Any = 0.0,
+        training: bool = True,
         **variant: Any,
     ) -> Forward:
         """:func:`forward` with these weights: ``Forward(y, h_n, c_n, cache)``;
         ``variant`` takes the variant options of :func:`forward` (``peepholes``
         defaults to the prepared ones); ``checkpoint`` as for :func:`forward`. Weights
-        prepared in bfloat16 need ``need_cache=False`` (inference only)."""
+        prepared in bfloat16 need ``need_cache=False`` (inference only). ``zoneout``
+        (a probability or a pair, as for :func:`forward`) at inference only
+        (``training=False``): each state z * previous + (1 - z) * new, the bits of
+        :func:`forward` with ``training=False`` (in bfloat16: of the float32 engine on
+        the rounded weights); in training it is a ``ValueError`` (train with zoneout
+        through :func:`forward`, which draws the masks)."""
+        rates = self._inference_zoneout(zoneout, training)
         return self._forward(
             x, h0, c0, batch_first=batch_first, lengths=lengths, reverse=reverse,
-            need_cache=need_cache, checkpoint=checkpoint, variant=variant, zoneout=(0.0, 0.0),
+            need_cache=need_cache, checkpoint=checkpoint, variant=variant, zoneout=rates,
         )  # fmt: skip
+
+    def _inference_zoneout(self, zoneout: Any, training: Any) -> tuple[float, float]:
+        """``zoneout`` checked as :func:`forward` checks it: the rates (z_h, z_c)
+        of an inference call; nonzero rates in training are a ``ValueError``."""
+        z_h, z_c = regularisation(zoneout=zoneout, training=False)[:2]
+        if flag("training", training) and (z_h or z_c):
+            if self.weight_dtype is not None:
+                raise ValueError(
+                    "weight_dtype='bfloat16' is for inference: zoneout needs training=False (or 0)"
+                )
+            raise ValueError(
+                "zoneout: prepared weights take it at inference only (training=False); "
+                "train with zoneout through lstm_fast.forward (it draws the masks)"
+            )
+        return z_h, z_c
 
     def _forward(
         self, x: Any, h0: Any, c0: Any, *, batch_first: bool, lengths: Any, reverse: bool,
@@ -1344,9 +1381,16 @@ class PreparedWeights:
             _regularise(args, *zoneout, 0.0, 0.0, None, 0, False)
         return Forward(*_run_forward(args, need_cache, every))
 
-    def cell_forward(self, x_t: Any, h: Any, c: Any, **variant: Any) -> Cell:
+    def cell_forward(
+        self, x_t: Any, h: Any, c: Any, *, zoneout: Any = 0.0, training: bool = True,
+        **variant: Any,
+    ) -> Cell:  # fmt: skip
         """:func:`cell_forward` with these weights: ``Cell(h_new, c_new, cache)``
-        (``cache`` None for weights prepared in bfloat16: inference only)."""
+        (``cache`` None for weights prepared in bfloat16: inference only).
+        ``zoneout`` at inference only (``training=False``), as for :meth:`forward`:
+        h_new = z_h * h + (1 - z_h) * h̃, c_new = z_c * c + (1 - z_c) * c̃ (no mask,
+        so a single step needs no time coordinate)."""
+        rates = self._inference_zoneout(zoneout, training)
         raw = cell_arguments(x_t, h, c, self._w_ih, self._w_hh, None, None)
         need_cache = self.weight_dtype is None
         args = self._args(
@@ -1354,6 +1398,8 @@ class PreparedWeights:
             lengths=None, reverse=False, own=need_cache, names=CELL_NAMES,
             **_variant_keywords(variant),
         )  # fmt: skip
+        if any(rates):
+            _regularise(args, *rates, 0.0, 0.0, None, 0, False)
         _, h_new, c_new, cache = _run_forward(args, need_cache=need_cache)
         return Cell(h_new, c_new, None if cache is None else CellCache(cache))
 

@@ -19,7 +19,7 @@ fn product(name: &str, factors: &[usize]) -> Result<usize> {
         })
 }
 
-fn expect_len(name: &str, got: usize, want: usize) -> Result<()> {
+pub(crate) fn expect_len(name: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
         return Err(Error::Value(format!(
             "{name}: expected {want} elements, got {got}"
@@ -129,24 +129,19 @@ impl<E: Float> Sequence<'_, E> {
 }
 
 /// The cache of `rows` rows: lengths of (gates, cells, h_prev) and of the
-/// pre-activations, which the variants that need them must have.
+/// pre-activations, which the variants that need them must have. Zoneout
+/// needs no other array (`cells` holds the states after zoneout; backward
+/// rebuilds the candidates from them and the gates).
 fn expect_cache<E: Float>(
     seq: &Sequence<'_, E>,
     rows: usize,
     [gates, cells, h_prev]: [usize; 3],
     pre: Option<usize>,
-    c_state: Option<usize>,
 ) -> Result<()> {
     let hp = hidden_pad::<E>(seq.dims.hidden);
     expect_len("cache gates", gates, rows * 4 * hp)?;
     expect_len("cache cells", cells, rows * hp)?;
     expect_len("cache h_prev", h_prev, rows * hidden_pad::<E>(seq.state()))?;
-    if seq.variant.zoneout_c.is_on() {
-        let c_state = c_state.ok_or_else(|| {
-            Error::Value("cache c_state: zoneout of c needs the states after zoneout".into())
-        })?;
-        expect_len("cache c_state", c_state, rows * hp)?;
-    }
     if seq.variant.caches_pre() {
         let pre = pre.ok_or_else(|| {
             Error::Value("cache pre: this variant needs its pre-activations cached".into())
@@ -172,7 +167,7 @@ pub fn forward_args<E: Float>(
     if let Some(c) = cache {
         let lens = [c.gates.len(), c.cells.len(), c.h_prev.len()];
         let pre = c.pre.as_ref().map(|p| p.len());
-        expect_cache(seq, rows, lens, pre, c.c_state.as_ref().map(|c| c.len()))?;
+        expect_cache(seq, rows, lens, pre)?;
     }
     Ok(rows)
 }
@@ -184,12 +179,18 @@ pub fn backward_args<E: Float>(
     seeds: &Seeds<'_, E>,
     grads: &Grads<'_, E>,
 ) -> Result<usize> {
+    cache_ref(seq, cache)?;
+    backward_seeds_grads(seq, seeds, grads)
+}
+
+/// Checks a cache that [`forward_args`]'s cache filled for `seq` (the
+/// arrays named: gates, cells, h_prev, pre); returns the number of rows, T·B.
+pub fn cache_ref<E: Float>(seq: &Sequence<'_, E>, cache: &CacheRef<'_, E>) -> Result<usize> {
     seq.check()?;
     let rows = seq.rows()?;
     let lens = [cache.gates.len(), cache.cells.len(), cache.h_prev.len()];
-    let c_state = cache.c_state.map(<[E]>::len);
-    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len), c_state)?;
-    backward_seeds_grads(seq, seeds, grads)
+    expect_cache(seq, rows, lens, cache.pre.map(<[E]>::len))?;
+    Ok(rows)
 }
 
 /// The seeds and gradients of a backward pass over `seq` (its cache aside:

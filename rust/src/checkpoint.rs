@@ -423,7 +423,6 @@ struct FusedPass<'g, E> {
     cells: Vec<E>,
     h_prev: Vec<E>,
     pre: Vec<E>,
-    c_state: Vec<E>,
     da: Vec<E>,
     dw_ih: &'g mut [E],
     dw_hh: &'g mut [E],
@@ -450,7 +449,6 @@ impl<E: Float> SegmentPass<E> for FusedPass<'_, E> {
             cells: &mut self.cells[..rows * hp],
             h_prev: &mut self.h_prev[..rows * pp],
             pre: (!self.pre.is_empty()).then(|| &mut self.pre[..rows * 4 * hp]),
-            c_state: (!self.c_state.is_empty()).then(|| &mut self.c_state[..rows * hp]),
         };
         lstm::forward(sub, out, Some(cache), cancel)?;
         let cache = CacheRef {
@@ -458,7 +456,6 @@ impl<E: Float> SegmentPass<E> for FusedPass<'_, E> {
             cells: &self.cells[..rows * hp],
             h_prev: &self.h_prev[..rows * pp],
             pre: (!self.pre.is_empty()).then(|| &self.pre[..rows * 4 * hp]),
-            c_state: (!self.c_state.is_empty()).then(|| &self.c_state[..rows * hp]),
         };
         let grads = Grads {
             dx: grads.dx,
@@ -605,8 +602,6 @@ pub fn backward_checkpointed<E: Float>(
         cells: alloc::zeroed::<E>(&[seg_rows, hp], what)?,
         h_prev: alloc::zeroed::<E>(&[seg_rows, pp], what)?,
         pre: alloc::zeroed::<E>(&[seg_rows, width(seq.variant.caches_pre(), 4 * hp)], what)?,
-        // With zoneout of c: the states after zoneout (`cells` are candidates).
-        c_state: alloc::zeroed::<E>(&[seg_rows, width(zones_c(seq, &draws), hp)], what)?,
         da: alloc::zeroed::<E>(&[seg_rows, 4 * hp], what)?,
         dw_ih: grads.dw_ih,
         dw_hh: grads.dw_hh,

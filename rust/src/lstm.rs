@@ -20,6 +20,7 @@ use crate::check;
 use crate::error::Result;
 use crate::float::Float;
 use crate::kernels::backward_step::{BackwardChunk, BackwardScratch, BackwardState};
+use crate::kernels::candidate::Candidates;
 use crate::kernels::forward_step::{ForwardChunk, ForwardOut, ForwardScratch, ForwardState};
 use crate::kernels::gemm::{gemm, gemm_in_order, KOrder, Mat, Runs};
 use crate::kernels::layout::{SharedMut, Slots};
@@ -112,10 +113,6 @@ pub fn forward<E: Float>(
         };
         let mut cache = cache;
         clear_padded_rows(seq, out.y, cache.as_mut());
-        let c_state = match cache.as_mut().and_then(|c| c.c_state.as_deref_mut()) {
-            Some(cs) if variant.zoneout_c.is_on() => SharedMut(cs.as_mut_ptr()),
-            _ => SharedMut::null(),
-        };
         let (gates, cells, h_prev, pre) = match cache {
             Some(c) => (
                 SharedMut(c.gates.as_mut_ptr()),
@@ -139,7 +136,6 @@ pub fn forward<E: Float>(
             cells,
             h_prev,
             pre,
-            c_state,
         };
         // The gate math, chosen once per call: the plain LSTM's own kernel or
         // the general one (`variant.rs`).
@@ -356,11 +352,6 @@ pub(crate) fn backward_pass<E: Float>(
             Some(p) if variant.caches_pre() => p,
             _ => &[],
         };
-        // The states c_t after zoneout (the cells are the candidates c̃_t).
-        let c_state = match cache.c_state {
-            Some(cs) if variant.zoneout_c.is_on() => cs,
-            _ => &[],
-        };
         // Per (row, tile): the sums of squares of dh and dc (gradient flow).
         let mut flow_sums = match grads.flow {
             Some(_) => alloc::zeroed::<E>(&[rows, flow_tiles, 2], "the gradient-flow sums")?,
@@ -430,7 +421,6 @@ pub(crate) fn backward_pass<E: Float>(
                                 },
                                 gates: cache.gates,
                                 cells: cache.cells,
-                                c_state,
                                 panels: &panels,
                                 proj_panels: &proj_panels,
                                 dh: dh_ptr,
@@ -479,9 +469,9 @@ pub(crate) fn backward_pass<E: Float>(
         cancel.check()?;
         let steps = StepRows {
             da,
+            gates: cache.gates,
             h_prev: cache.h_prev,
             cells: cache.cells,
-            c_state,
             dh: &dh_steps,
             m: &m_steps,
         };
@@ -501,6 +491,57 @@ pub(crate) fn backward_pass<E: Float>(
     } else {
         pool.install(body)
     }
+}
+
+/// The cell each step computed, in the cache's layout ((T·B) × Hp, like
+/// `cache.cells`), from the cache [`forward`] filled for the same `seq`: with
+/// zoneout of c the candidates c̃_t = f ⊙ c_{t−1} + i ⊙ g rebuilt from the
+/// gates and the cached states c_{t−1} (c0 at a row's first step) with the
+/// forward's operation on the active ISA (`kernels/candidate.rs`), the bits
+/// the forward computed; without, the cached cells themselves. Rows of padded
+/// steps get zeros.
+pub fn candidates<E: Float>(
+    seq: &Sequence<'_, E>,
+    cache: CacheRef<'_, E>,
+    out: &mut [E],
+) -> Result<()> {
+    seq.check()?;
+    let rows = seq.rows()?;
+    check::cache_ref(seq, &cache)?;
+    let hp = hidden_pad::<E>(seq.dims.hidden);
+    check::expect_len("out", out.len(), rows * hp)?;
+    if !seq.variant.zoneout_c.is_on() {
+        out.copy_from_slice(cache.cells);
+        return Ok(());
+    }
+    out.fill(E::ZERO);
+    let geo = seq.geometry();
+    let (hidden, depth, isa) = (seq.dims.hidden, 4 * hp, Isa::active());
+    let mut c_first = alloc::zeroed::<E>(&[hp], "a row's c0 (candidates)")?;
+    for b in 0..seq.dims.batch {
+        let len = seq.length(b);
+        if let (Some(c0), true) = (seq.c0, len > 0) {
+            c_first[..hidden].copy_from_slice(&c0[b * hidden..][..hidden]);
+        }
+        for s in 0..len {
+            let row = geo.row(geo.pos(s, len), b);
+            let c_prev = if s > 0 {
+                &cache.cells[geo.row(geo.pos(s - 1, len), b) * hp..][..hp]
+            } else {
+                &c_first[..]
+            };
+            dispatch(
+                isa,
+                Candidates {
+                    hidden_pad: hp,
+                    gates: &cache.gates[row * depth..][..depth],
+                    c_prev,
+                    out: &mut out[row * hp..][..hp],
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The peepholes [p_i, p_o, p_f] with each block padded to Hp (zeros in
@@ -589,17 +630,16 @@ pub(crate) fn input_grads<E: Float>(
 }
 
 /// What backward leaves per (step, row) for the weight sums, in the
-/// sequence's layout: the gate gradients da (rows × 4Hp), the cache's h_prev
-/// (rows × Pp) and cells (rows × Hp), with zoneout of c the cache's c_state
-/// (rows × Hp: the states c_t after zoneout, while `cells` holds the
-/// candidates c̃_t), and with a projection dh (rows × Pp) and m (rows × Hp)
-/// (else empty).
+/// sequence's layout: the gate gradients da (rows × 4Hp), the cache's gates
+/// (rows × 4Hp: with zoneout of c the output peephole's c̃_t is rebuilt from
+/// them), h_prev (rows × Pp) and cells (rows × Hp, the states c_t), and with
+/// a projection dh (rows × Pp) and m (rows × Hp) (else empty).
 #[derive(Clone, Copy)]
 struct StepRows<'a, E> {
     da: &'a [E],
+    gates: &'a [E],
     h_prev: &'a [E],
     cells: &'a [E],
-    c_state: &'a [E],
     dh: &'a [E],
     m: &'a [E],
 }
@@ -816,11 +856,20 @@ fn weight_grads<E: Float>(
     );
     let gate_blocks: &[(usize, usize, usize)] = if hidden == hp { &all_gates } else { &per_gate };
     let geo = seq.geometry();
-    let states = if steps.c_state.is_empty() {
-        steps.cells
+    // With peepholes and zoneout of c: dp_o takes the candidate c̃_t, rebuilt
+    // per row from the gates and c_{t−1} (padded: c0's row copied in, or
+    // zeros) with the forward's ISA and operation (`kernels/candidate.rs`).
+    let rebuild = dpeepholes.is_some() && seq.variant.zoneout_c.is_on();
+    let (mut c_first, mut c_cand) = if rebuild {
+        let what = "a row's candidate cell (peephole gradients)";
+        (
+            alloc::zeroed::<E>(&[hp], what)?,
+            alloc::zeroed::<E>(&[hp], what)?,
+        )
     } else {
-        steps.c_state
+        (Vec::new(), Vec::new())
     };
+    let isa = Isa::active();
     // The layout rows of a block, in order; and where the block starts in
     // the whole order (its place within a step).
     let mut rows_blk = alloc::zeroed::<usize>(&[block], what)?;
@@ -831,17 +880,40 @@ fn weight_grads<E: Float>(
             rows_blk[k] = row;
             if let Some(dp) = dpeepholes.as_deref_mut() {
                 let len = seq.length(b);
-                // dp_i, dp_f use c_{t−1}, the state after zoneout (when
-                // there is zoneout of c); dp_o uses c_t, the step's own cell.
+                // dp_i, dp_f use c_{t−1}, the state (after zoneout when there
+                // is zoneout of c); dp_o uses the step's own cell, c_t, or
+                // with zoneout of c the candidate c̃_t.
                 let c_prev: &[E] = if s > 0 {
-                    &states[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
+                    &steps.cells[geo.row(geo.pos(s - 1, len), b) * hp..][..hidden]
                 } else {
                     match seq.c0 {
                         Some(c0) => &c0[b * hidden..][..hidden],
                         None => &[],
                     }
                 };
-                let c = &steps.cells[row * hp..][..hidden];
+                let c = if rebuild {
+                    let c_prev_pad = if s > 0 {
+                        &steps.cells[geo.row(geo.pos(s - 1, len), b) * hp..][..hp]
+                    } else {
+                        // c0's row (zeros stay zeros without c0).
+                        if !c_prev.is_empty() {
+                            c_first[..hidden].copy_from_slice(c_prev);
+                        }
+                        &c_first[..]
+                    };
+                    dispatch(
+                        isa,
+                        Candidates {
+                            hidden_pad: hp,
+                            gates: &steps.gates[row * depth..][..depth],
+                            c_prev: c_prev_pad,
+                            out: &mut c_cand,
+                        },
+                    );
+                    &c_cand[..hidden]
+                } else {
+                    &steps.cells[row * hp..][..hidden]
+                };
                 peephole_terms(dp, &steps.da[row * depth..][..depth], hp, c_prev, c);
             }
         }
@@ -1033,9 +1105,6 @@ fn clear_padded_rows<E: Float>(
             }
             c.gates[row * 4 * hp..][..4 * hp].fill(E::ZERO);
             c.cells[row * hp..][..hp].fill(E::ZERO);
-            if let Some(cs) = c.c_state.as_deref_mut() {
-                cs[row * hp..][..hp].fill(E::ZERO);
-            }
             c.h_prev[row * pp..][..pp].fill(E::ZERO);
         }
     }

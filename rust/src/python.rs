@@ -345,7 +345,6 @@ struct CacheArrays<'py, E: Element> {
     cells: Out<'py, E>,
     h_prev: Out<'py, E>,
     pre: Option<Out<'py, E>>,
-    c_state: Option<Out<'py, E>>,
 }
 
 impl<E: Element> CacheArrays<'_, E> {
@@ -355,7 +354,6 @@ impl<E: Element> CacheArrays<'_, E> {
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
             pre: opt_slice_mut("pre", &mut self.pre)?,
-            c_state: opt_slice_mut("c_state", &mut self.c_state)?,
         })
     }
 }
@@ -367,7 +365,6 @@ struct CacheRefArrays<'py, E: Element> {
     cells: In<'py, E>,
     h_prev: In<'py, E>,
     pre: Option<In<'py, E>>,
-    c_state: Option<In<'py, E>>,
 }
 
 impl<E: Element> CacheRefArrays<'_, E> {
@@ -377,7 +374,6 @@ impl<E: Element> CacheRefArrays<'_, E> {
             cells: slice("cells", &self.cells)?,
             h_prev: slice("h_prev", &self.h_prev)?,
             pre: opt_slice("pre", &self.pre)?,
-            c_state: opt_slice("c_state", &self.c_state)?,
         })
     }
 }
@@ -735,6 +731,22 @@ fn run_backward<'py, E: Engine + FromPyObjectOwned<'py>>(
     run_pass(py, seq.dims, |cancel| {
         crate::backward(&seq, cache, seeds, grads, cancel)
     })
+}
+
+/// The cells each step computed ([`crate::lstm::candidates`]) from `cache`
+/// into `out` ((T·B) × Hp).
+fn run_candidates<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    cache: &Bound<'py, PyAny>,
+    out: &Bound<'py, PyAny>,
+) -> PyResult<()> {
+    let cache: CacheRefArrays<'py, E> = cache.extract()?;
+    let mut out: Out<'py, E> = out.extract()?;
+    let seq = seq.sequence()?;
+    let cache = cache.cache_ref()?;
+    let out = slice_mut("out", &mut out)?;
+    Ok(py.detach(|| crate::lstm::candidates(&seq, cache, out))?)
 }
 
 /// [`run_forward`] for the LayerNorm LSTM ([`crate::layernorm::forward`]).
@@ -1283,6 +1295,20 @@ mod _core {
         grads: &Bound<'py, PyAny>,
     ) -> PyResult<()> {
         by_dtype!(seq => run_backward(py, seq, cache, seeds, grads))
+    }
+
+    /// The cell each step computed, (T·B) × Hp into `out`, from the `cache`
+    /// (`_bundles.CacheArrays`) that `forward` wrote for `seq`: with zoneout
+    /// of c the candidates c̃_t, rebuilt with the forward's arithmetic (the
+    /// cache holds the states after zoneout), else the cache's cells.
+    #[pyfunction]
+    fn zoneout_candidates<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        cache: &Bound<'py, PyAny>,
+        out: &Bound<'py, PyAny>,
+    ) -> PyResult<()> {
+        by_dtype!(seq => run_candidates(py, seq, cache, out))
     }
 
     /// Forward pass of the LayerNorm LSTM (docs/variants.md): as `forward`,

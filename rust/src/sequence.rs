@@ -46,15 +46,16 @@ pub struct Sequence<'a, E> {
 /// P padded ([`hidden_pad`]). That is 5·Hp + Pp per (row, step) (6·Hp without
 /// a projection); `pre`, the pre-activations (T·B, 4·Hp), only for the
 /// variants whose derivatives need them ([`Variant::caches_pre`]: 4·Hp
-/// more), else None. With zoneout `cells` holds the cell each step computed
-/// (c̃_t) and `c_state` (T·B, Hp), with zoneout of c only, the state c_t
-/// after zoneout (Hp more); else None.
+/// more), else None. With zoneout of c `cells` holds the states c_t after
+/// zoneout (the next step's c_{t−1}), as the plain LSTM's: the cell each step
+/// computed, c̃_t = f ⊙ c_{t−1} + i ⊙ g, is rebuilt from the gates and
+/// c_{t−1} with the forward's operation (`kernels/candidate.rs`), so zoneout
+/// keeps no more than the plain cache (its training masks aside).
 pub struct Cache<'a, E> {
     pub gates: &'a mut [E],
     pub cells: &'a mut [E],
     pub h_prev: &'a mut [E],
     pub pre: Option<&'a mut [E]>,
-    pub c_state: Option<&'a mut [E]>,
 }
 
 /// Read-only view of a [`Cache`].
@@ -64,7 +65,6 @@ pub struct CacheRef<'a, E> {
     pub cells: &'a [E],
     pub h_prev: &'a [E],
     pub pre: Option<&'a [E]>,
-    pub c_state: Option<&'a [E]>,
 }
 
 /// Outputs of forward: `y` like x with last dimension P; `h_n` (B, P), `c_n`

@@ -294,7 +294,6 @@ impl Problem {
                     cells: &mut cells,
                     h_prev: &mut h_prev,
                     pre: None,
-                    c_state: None,
                 }),
                 cancel_forward,
             )?,
@@ -345,7 +344,6 @@ impl Problem {
                     cells: &cells,
                     h_prev: &h_prev,
                     pre: None,
-                    c_state: None,
                 };
                 backward(&seq, cache, seeds, grads, cancel_backward)?
             }
@@ -1141,7 +1139,6 @@ fn projection_engine<E: Float>(
             cells: &mut cells,
             h_prev: &mut h_prev,
             pre: None,
-            c_state: None,
         }),
         &Cancel::new(),
     )
@@ -1156,7 +1153,6 @@ fn projection_engine<E: Float>(
             cells: &cells,
             h_prev: &h_prev,
             pre: None,
-            c_state: None,
         },
         Seeds {
             dy: Some(&dy),

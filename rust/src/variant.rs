@@ -26,11 +26,11 @@
 //!
 //! Zoneout ([`Zone`], docs/variants.md 'Zoneout') runs in the general body
 //! too: it changes what a step keeps of its state, after the gate math. The
-//! cache then holds the cell the step computed (c̃_t, for σ_h's derivative
-//! and the output peephole) in `cells` and, with zoneout of c, the state
-//! c_t after zoneout in `c_state` (the next step's c_{t−1}): Hp more per
-//! (row, step). The training masks are the caller's ((T·B) × Pp and × Hp),
-//! kept for backward.
+//! cache is the plain one: `cells` holds the state c_t after zoneout (the
+//! next step's c_{t−1}), and backward rebuilds the cell the step computed
+//! (c̃_t, for σ_h's derivative and the output peephole) from the gates and
+//! c_{t−1} with the forward's operation (`kernels/candidate.rs`). The
+//! training masks are the caller's ((T·B) × Pp and × Hp), kept for backward.
 
 use crate::error::{Error, Result};
 use crate::simd::{self, Simd, SimdElement};

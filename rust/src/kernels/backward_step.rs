@@ -15,6 +15,7 @@
 
 use std::ops::Range;
 
+use super::candidate::candidate;
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
     accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, prefetch_l1, row_x4pv,
@@ -52,12 +53,12 @@ pub struct BackwardState<E> {
 pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
-    /// The forward cache, (T·B) × 4Hp and (T·B) × Hp, caller's layout.
+    /// The forward cache, (T·B) × 4Hp and (T·B) × Hp, caller's layout:
+    /// `cells` holds the states c_t (after zoneout with zoneout of c: the
+    /// next step's c_{t−1}; the candidate c̃_t is rebuilt from the gates and
+    /// c_{t−1}, `kernels/candidate.rs`).
     pub gates: &'a [E],
     pub cells: &'a [E],
-    /// With zoneout of c: the states c_t after zoneout, (T·B) × Hp (the next
-    /// step's c_{t−1}; `cells` holds the candidates c̃_t); else empty.
-    pub c_state: &'a [E],
     /// `pack::backward_panels` for this ISA's lane count (P outputs).
     pub panels: &'a [E],
     /// `pack::projection_backward_panels` of `w_hr` for this ISA's lane
@@ -276,16 +277,18 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                     S::load(gp.add(2 * hp)),
                     S::load(gp.add(3 * hp)),
                 );
-                let c = S::load(self.cells.as_ptr().add(row * hp + u));
-                // The state c_{t−1}: after zoneout when there is zoneout of c.
-                let states = if VARIANT && !self.c_state.is_empty() {
-                    self.c_state
-                } else {
-                    self.cells
-                };
+                // The state c_{t−1} (after zoneout when there is zoneout of c).
                 let c_prev = match prev_row {
-                    Some(pr) => S::load(states.as_ptr().add(pr * hp + u)),
+                    Some(pr) => S::load(self.cells.as_ptr().add(pr * hp + u)),
                     None => S::load(self.state.c_first.0.add(slot * hp + u)),
+                };
+                // The cell the step computed: with zoneout of c the candidate
+                // c̃_t, rebuilt with the forward's own operation (the same
+                // bits); else the cached c_t.
+                let c = if VARIANT && self.variant.zoneout_c.is_on() {
+                    candidate(ig, fg, gg, c_prev)
+                } else {
+                    S::load(self.cells.as_ptr().add(row * hp + u))
                 };
                 let dc_ptr = self.state.dc.0.add(slot * hp + u);
                 let (da_i, da_f, da_g, da_o, dc) = if VARIANT {

@@ -17,6 +17,7 @@
 
 use std::ops::Range;
 
+use super::candidate::candidate;
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
     accumulator_room, accumulators, pack_rows, row_x4pv_with, rows_per_group, rows_x4v_kblocked,
@@ -36,7 +37,9 @@ use crate::variant::Variant;
 pub struct ForwardOut<E> {
     /// (T·B) × P in the caller's layout.
     pub y: SharedMut<E>,
-    /// Null without a cache; else (T·B) × 4Hp, × Hp, × Pp in the caller's layout.
+    /// Null without a cache; else (T·B) × 4Hp, × Hp, × Pp in the caller's
+    /// layout. `cells` holds the state c_t, after zoneout with zoneout of c
+    /// (backward rebuilds the candidate c̃_t: `kernels/candidate.rs`).
     pub gates: SharedMut<E>,
     pub cells: SharedMut<E>,
     pub h_prev: SharedMut<E>,
@@ -44,9 +47,6 @@ pub struct ForwardOut<E> {
     /// else (T·B) × 4Hp, z of the gates i, f, g, o (peepholes added, before
     /// clip).
     pub pre: SharedMut<E>,
-    /// Null unless zoneout of c is on; else (T·B) × Hp, the state c_t after
-    /// zoneout (`cells` then holds the step's candidate c̃_t).
-    pub c_state: SharedMut<E>,
 }
 
 /// A chunk's running state, shared by the chunk's team: for each slot of
@@ -169,16 +169,12 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                 (ig, fg, gg, og, c_new, h_new)
             };
             // Zoneout (general body only): the state keeps c_{t−1} where the
-            // mask says so; `c_new` stays the candidate c̃_t for the cache.
+            // mask says so. The cache keeps the state; backward rebuilds the
+            // candidate `c_new` from it and the gates (`kernels/candidate.rs`).
             let c_state = if VARIANT && self.variant.zoneout_c.is_on() {
-                let c_state = self
-                    .variant
+                self.variant
                     .zoneout_c
-                    .mix(row, hp, u0, S::load(c_ptr), c_new);
-                if !out.c_state.0.is_null() {
-                    c_state.store(out.c_state.0.add(row * hp + u0));
-                }
-                c_state
+                    .mix(row, hp, u0, S::load(c_ptr), c_new)
             } else {
                 c_new
             };
@@ -207,7 +203,7 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                 fg.store(gp.add(hp));
                 gg.store(gp.add(2 * hp));
                 og.store(gp.add(3 * hp));
-                c_new.store(out.cells.0.add(row * hp + u0));
+                c_state.store(out.cells.0.add(row * hp + u0));
                 if !projects {
                     // With recurrent dropout the cache keeps h_{t−1} ⊙ r, the
                     // recurrent product's operand (and dW_hh's).
@@ -339,7 +335,8 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                 v.f.apply(clamp(z_f))
             };
             let gg = v.g.apply(clamp(z_g));
-            let c_new = fg.mul_add(c_prev, ig.mul(gg));
+            // The one operation backward's rebuild repeats (zoneout of c).
+            let c_new = candidate(ig, fg, gg, c_prev);
             let mut z_o = pre(3);
             if v.peepholes.is_some() {
                 z_o = z_o.add(peep(1).mul(c_new));

@@ -14,8 +14,11 @@
 //!   rows (the LayerNorm LSTM's per-step products)
 //! - `layout.rs`: where every (step, row) lives
 //! - `forward_step.rs`, `backward_step.rs`: one chunk's time loop
+//! - `candidate.rs`: zoneout's candidate cell, computed once by forward and
+//!   rebuilt by backward with the same operation
 
 pub mod backward_step;
+pub mod candidate;
 pub mod forward_step;
 pub mod gemm;
 pub mod gemm_kernel;
