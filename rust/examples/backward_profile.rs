@@ -115,7 +115,6 @@ fn main() {
                     cells: &mut cells,
                     h_prev: &mut h_prev,
                     pre: None,
-                    c_state: None,
                 }),
                 &cancel,
             )
@@ -131,7 +130,6 @@ fn main() {
                     cells: &cells,
                     h_prev: &h_prev,
                     pre: None,
-                    c_state: None,
                 },
                 Seeds {
                     dy: Some(&dy),

@@ -190,11 +190,6 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
         let u0 = tile * 4 * w;
         // The tile's units, and the lines they may straddle.
         let bytes = 4 * w * size_of::<E>() + CACHE_LINE - 1;
-        let states = if VARIANT && !self.c_state.is_empty() {
-            self.c_state
-        } else {
-            self.cells
-        };
         for slot in 0..active {
             let (b, len) = (self.slots.rows[slot], self.slots.lens[slot]);
             let row = geo.row(geo.pos(s, len), b);
@@ -208,7 +203,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             );
             if s > 0 {
                 let prev = geo.row(geo.pos(s - 1, len), b);
-                prefetch_l1(states.as_ptr().wrapping_add(prev * hp + u0).cast(), bytes);
+                prefetch_l1(
+                    self.cells.as_ptr().wrapping_add(prev * hp + u0).cast(),
+                    bytes,
+                );
             }
             if let Some(dy) = self.dy {
                 prefetch_l1(dy.as_ptr().wrapping_add(row * h + u0).cast(), bytes);
