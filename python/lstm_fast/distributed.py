@@ -256,7 +256,9 @@ def predict(
     if layer._masked():
         pass_seed = layer._draw_seed() if seed is None else seed
     snapshot = copy.deepcopy(layer)
-    token = dask.base.tokenize(repr(layer), sorted(snapshot.parameters.items()))
+    # The mode is part of the key: repr does not show it, and a key that two
+    # snapshots share may be answered with the one the cluster still holds.
+    token = dask.base.tokenize(repr(layer), snapshot.training, sorted(snapshot.parameters.items()))
     weights = dask.delayed(snapshot, name=f"lstm-fast-weights-{token}", traverse=False)
     x_blocks = x.to_delayed().ravel()
     l_blocks = [None] * len(x_blocks) if lengths is None else lengths.to_delayed().ravel()
