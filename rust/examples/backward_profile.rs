@@ -13,6 +13,9 @@
 
 use std::time::Instant;
 
+#[path = "shape.rs"]
+mod shape;
+
 use lstm_fast::{
     backward, forward, hidden_pad, Cache, CacheRef, Cancel, Dims, Grads, Outputs, PanelCache,
     Seeds, Sequence, Variant,
@@ -34,30 +37,13 @@ fn main() {
         }
         _ => "both".to_string(),
     };
-    let args: Vec<usize> = args
-        .iter()
-        .map(|a| {
-            a.parse()
-                .expect("numbers: B T I H [calls] [both|forward|backward]")
-        })
-        .collect();
-    let (b, t, i, h) = match args.as_slice() {
-        [b, t, i, h, ..] => (*b, *t, *i, *h),
-        _ => (16, 100, 256, 256),
-    };
-    let calls = args.get(4).copied().unwrap_or(30);
-    // A small deterministic generator: values in [-0.5, 0.5).
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
+    let [b, t, i, h, calls] = shape::shape_and_calls(
+        &args,
+        "numbers: B T I H [calls] [both|forward|backward]",
+        30,
+    );
+    let mut state = shape::SEED;
+    let mut uniform = |n: usize| shape::uniform(&mut state, n);
     let x = uniform(t * b * i);
     let w_ih = uniform(4 * h * i);
     let w_hh = uniform(4 * h * h);

@@ -8,30 +8,16 @@
 
 use std::time::Instant;
 
+#[path = "shape.rs"]
+mod shape;
+
 use lstm_fast::{forward, Cancel, Dims, Outputs, PanelCache, Sequence, Variant};
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("numbers: B T I H [calls]"))
-        .collect();
-    let (b, t, i, h) = match args.as_slice() {
-        [b, t, i, h, ..] => (*b, *t, *i, *h),
-        _ => (16, 100, 256, 256),
-    };
-    let calls = args.get(4).copied().unwrap_or(50);
-    // A small deterministic generator: values in [-0.5, 0.5).
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [b, t, i, h, calls] = shape::shape_and_calls(&args, "numbers: B T I H [calls]", 50);
+    let mut state = shape::SEED;
+    let mut uniform = |n: usize| shape::uniform(&mut state, n);
     let x = uniform(t * b * i);
     let w_ih = uniform(4 * h * i);
     let w_hh = uniform(4 * h * h);
