@@ -42,6 +42,7 @@ use crate::check;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::layout::Geometry;
+use crate::kernels::pack::PanelCache;
 use crate::layernorm::{self, LayerNorm, LnCache, LnCacheRef, LnGrads};
 use crate::lstm::{self, backward_pass, input_grads};
 use crate::masks::{self, Draw, ZoneoutDraws};
@@ -150,6 +151,20 @@ fn segment_sequence<'a, E: Float>(
         h0,
         c0,
         ..*seq
+    }
+}
+
+/// The panels every segment's pass runs on: the caller's kept ones, or ones
+/// packed on the first segment's use and kept for the others in `local`, so
+/// a pass packs the weights once, not once per segment (the packing is the
+/// same, so the bits are too).
+fn kept_panels<'p, E: Float>(
+    seq: &Sequence<'p, E>,
+    local: &'p mut Option<PanelCache<E>>,
+) -> &'p PanelCache<E> {
+    match seq.panels {
+        Some(kept) => kept,
+        None => local.insert(PanelCache::new(seq.w_ih, seq.w_hh, seq.variant.w_hr)),
     }
 }
 
@@ -339,6 +354,8 @@ fn forward_segments<E: Float>(
     let mut h_n = alloc::zeroed::<E>(&[batch, state], what)?;
     let mut c_n = alloc::zeroed::<E>(&[batch, hidden], what)?;
     let mut masks = SegmentMasks::new(seq, seg_rows, draws)?;
+    let mut local = None;
+    let panels = kept_panels(seq, &mut local);
     if let Some(h0) = seq.h0 {
         h.copy_from_slice(h0);
     }
@@ -368,6 +385,7 @@ fn forward_segments<E: Float>(
             (Some(&h[..]), Some(&c[..]))
         };
         let mut sub = segment_sequence(seq, &seg, &x, h0, c0);
+        sub.panels = Some(panels);
         masks.apply(&mut sub);
         let sub_out = Outputs {
             y: &mut y[..seg.steps * batch * state],
@@ -717,6 +735,8 @@ fn backward_segments<E: Float>(
     };
     let mut dx = alloc::zeroed::<E>(&[seg_rows, input], what)?;
     let mut masks = SegmentMasks::new(seq, seg_rows, draws)?;
+    let mut local = None;
+    let panels = kept_panels(seq, &mut local);
     let (mut flow_h, mut flow_c) = match grads.flow {
         Some(_) => (
             alloc::zeroed::<E>(&[seg_rows], what)?,
@@ -760,6 +780,7 @@ fn backward_segments<E: Float>(
         copy_rows(seg.rows(&geo, &whole), &mut x, seq.x, input);
         masks.gather(seq, &seg, &geo, &whole);
         let mut sub = segment_sequence(seq, &seg, &x, h0, c0);
+        sub.panels = Some(panels);
         masks.apply(&mut sub);
         let rows = seg.steps * batch;
         let sub_out = Outputs {
