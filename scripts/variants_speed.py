@@ -8,8 +8,8 @@ falls on both alike; the same for forward + backward. Times are the process's
 CPU time per call (on one thread this ignores the time the process is not
 scheduled), min / median over the repeats, and the variant / plain ratios of
 both. Variants: zoneout 0.1 on h and c, recurrent dropout 0.1, weight drop 0.1
-(training mode, masks from a seed; forward without a cache), the LayerNorm LSTM, a projection P = H / 2,
-and recompute with checkpoint = 10 (forward + backward only).
+(training mode, masks from a seed; forward without a cache), the LayerNorm
+LSTM, a projection P = H / 2, and recompute with checkpoint = 10 (forward + backward only).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import statistics
 import time
 from typing import Any, Callable
 
-import numpy as np
-
 import lstm_fast
+import numpy as np
 from lstm_fast import benchmark, functional
 
 VARIANTS: dict[str, Callable[[int, int, np.random.Generator], dict[str, Any]]] = {
@@ -55,7 +54,9 @@ def _calls(args: tuple, extra: dict[str, Any], dy_shape: tuple) -> tuple[Callabl
 
     def forward_backward() -> Any:
         out = functional.forward(*args, **extra)
-        return functional.backward(out.cache, dy if out.y.shape == dy.shape else np.ones_like(out.y))
+        return functional.backward(
+            out.cache, dy if out.y.shape == dy.shape else np.ones_like(out.y)
+        )
 
     return forward, forward_backward
 
@@ -68,9 +69,12 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     lstm_fast.set_num_threads(args.threads)
-    print(f"lstm_fast {lstm_fast.__version__}, {args.threads} thread(s), process CPU time, ms, "
-          f"min / median of {args.repeats}; ratio = variant / plain")
-    print(f"{'shape':5s} {'variant':22s} {'pass':8s} {'plain':>17s} {'variant':>17s} {'ratio min':>9s} {'median':>7s}")
+    print(
+        f"lstm_fast {lstm_fast.__version__}, {args.threads} thread(s), process CPU time, ms, "
+        f"min / median of {args.repeats}; ratio = variant / plain"
+    )
+    head = ("shape", "variant", "pass", "plain", "variant", "ratio min", "median")
+    print("{:5s} {:22s} {:8s} {:>17s} {:>17s} {:>9s} {:>7s}".format(*head))
     for name in args.shapes.split(","):
         s = benchmark.SHAPES[name]
         b, t, i, h = s.batch, s.steps, s.input_size, s.hidden_size
@@ -96,8 +100,11 @@ def main() -> None:
                     ta.append(_cpu_ms(a))
                     tv.append(_cpu_ms(v))
                 ma, mv = statistics.median(ta), statistics.median(tv)
-                print(f"{name:5s} {vname:22s} {pass_:8s} {min(ta):8.2f} / {ma:6.2f} {min(tv):8.2f} / {mv:6.2f} "
-                      f"{min(tv) / min(ta):9.2f} {mv / ma:7.2f}", flush=True)
+                print(
+                    f"{name:5s} {vname:22s} {pass_:8s} {min(ta):8.2f} / {ma:6.2f} "
+                    f"{min(tv):8.2f} / {mv:6.2f} {min(tv) / min(ta):9.2f} {mv / ma:7.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
