@@ -279,12 +279,18 @@ def test_predict_in_training_mode_draws_each_chunks_masks_from_its_seed(
     layer.eval()
     assert not np.array_equal(run(client)[0], want[0])
     layer.train()
-    # Without a seed, one is drawn from the layer's generator at the call.
-    twin = copy.deepcopy(layer)
+    # Without a seed, one is drawn from the layer's generator at the call: the
+    # seed layer.mask_seed() gives, on one worker and on two.
+    twin, twin1 = copy.deepcopy(layer), copy.deepcopy(layer)
+    seed = copy.deepcopy(layer).mask_seed()
     drawn = run(client)
     np.testing.assert_array_equal(
         client.compute(predict(twin, _chunked(x, chunks, axis), lengths), sync=True), drawn[0]
     )
+    drawn_one = client1.compute(predict(twin1, _chunked(x, chunks, axis), lengths), sync=True)
+    np.testing.assert_array_equal(drawn_one, drawn[0])
+    for got, expected in zip(run(client, seed=seed), drawn):
+        np.testing.assert_array_equal(got, expected)
 
 
 # ---------------------------------------------------------------------------
@@ -618,9 +624,13 @@ def test_no_worker_left_raises_and_keeps_the_last_good_parameters():
 # Checkpoints, progress, pickling, threads
 
 
-def test_resume_from_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
+@pytest.mark.parametrize("layer_options", [None, MASKED], ids=["plain", "masked"])
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(client, tmp_path, layer_options):
+    # With masks, those of the steps after the checkpoint are the uninterrupted
+    # run's: they depend on (seed, epoch, step, chunk), not on a generator that the
+    # new process's layer (other initial values, another seed) would bring.
     path = tmp_path / "run.npz"
-    full, uninterrupted = _fit(client, epochs=2)
+    full, uninterrupted = _fit(client, layer_options=layer_options, epochs=2)
 
     class Stop(Exception):
         pass
@@ -630,38 +640,31 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(client, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        _fit(client, epochs=2, checkpoint=path, checkpoint_every=1, callback=stop)
+        _fit(
+            client,
+            layer_options=layer_options,
+            epochs=2,
+            checkpoint=path,
+            checkpoint_every=1,
+            callback=stop,
+        )
     # A new process would start from fresh objects: other initial values and a new
     # optimizer; the checkpoint brings back everything.
-    trainer, resumed = _fit(client, init_seed=5, epochs=2, checkpoint=path, resume=True)
+    trainer, resumed = _fit(
+        client, init_seed=5, layer_options=layer_options, epochs=2, checkpoint=path, resume=True
+    )
     _assert_same_parameters(resumed, uninterrupted)
     assert trainer.history == full.history
     assert trainer.epoch_losses == full.epoch_losses
     with pytest.raises(ValueError, match="batch_size = 10 there, 8 now"):
-        _fit(client, epochs=2, batch_size=8, checkpoint=path, resume=True)
-
-
-def test_resume_with_masks_equals_an_uninterrupted_run(client, tmp_path):
-    # The masks of the steps after the checkpoint are those of the uninterrupted run:
-    # they depend on (seed, epoch, step, chunk), not on a generator that the new
-    # process's layer (other initial values, another seed) would bring.
-    path = tmp_path / "masked.npz"
-    full, uninterrupted = _fit(client, layer_options=MASKED)
-
-    class Stop(Exception):
-        pass
-
-    def stop(trainer, epoch, step):
-        if (epoch, step) == (1, 0):
-            raise Stop
-
-    with pytest.raises(Stop):
-        _fit(client, layer_options=MASKED, checkpoint=path, checkpoint_every=1, callback=stop)
-    trainer, resumed = _fit(
-        client, init_seed=5, layer_options=MASKED, epochs=2, checkpoint=path, resume=True
-    )
-    _assert_same_parameters(resumed, uninterrupted)
-    assert trainer.history == full.history
+        _fit(
+            client,
+            layer_options=layer_options,
+            epochs=2,
+            batch_size=8,
+            checkpoint=path,
+            resume=True,
+        )
 
 
 def test_progress_bar_on_stderr(client, capsys):

@@ -6,13 +6,15 @@ engine keeps exist before: its pool, the thread that runs the main thread's long
 calls, the layer's worker thread), prints ``READY`` just before a call
 that would take seconds, and the parent sends SIGINT a moment later, then writes
 the time it did so (the monotonic clock is the system's, the same in both
-processes) to the child's stdin. The child catches ``KeyboardInterrupt``, measures
-the latency, checks that the process has as many threads as before the call and
-that a following small call is right, and prints one ``RESULT`` line.
+processes) to the child's stdin; nothing runs between taking that time and
+sending the signal (see ``_interrupt``). The child catches ``KeyboardInterrupt``,
+measures the latency, checks that the process has as many threads as before the
+call and that a following small call is right, and prints one ``RESULT`` line.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -62,6 +64,34 @@ _CHILD = textwrap.dedent(
                 pass
         return sorted(names)
 
+    # Per thread (name/tid): seconds on a CPU and seconds runnable but waiting for
+    # one (/proc/.../schedstat); and the host's steal time, in seconds. Not
+    # asserted on: when the latency is long they say whether the threads were
+    # computing, waiting for a CPU, or the virtual machine was not running.
+    def scheduling():
+        threads = {}
+        for task in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{task}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/self/task/{task}/schedstat") as f:
+                    cpu, delay = (int(v) / 1e9 for v in f.read().split()[:2])
+            except (OSError, ValueError):  # ended meanwhile, or no schedstat
+                continue
+            threads[f"{name}/{task}"] = (cpu, delay)
+        with open("/proc/stat") as f:
+            steal = int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+        return threads, steal
+
+    def scheduling_since(before):
+        (threads0, steal0), (threads1, steal1) = before, scheduling()
+        per_thread = {
+            name: [round(c - threads0[name][0], 4), round(d - threads0[name][1], 4)]
+            for name, (c, d) in threads1.items()
+            if name in threads0
+        }
+        return {"cpu_and_wait_s": per_thread, "steal_s": round(steal1 - steal0, 3)}
+
     # The follow-up call: small (not interruptible), compared with the reference.
     small = problem(7, 3, 5, 9)
 
@@ -110,12 +140,14 @@ _CHILD = textwrap.dedent(
             return same_grads and no_tape and np.array_equal(y, y_small)
 
     python_threads, os_threads = threading.active_count(), tasks()
+    before = scheduling()
     print("READY", flush=True)
     start = time.monotonic()
     try:
         call()
     except KeyboardInterrupt:
         caught = time.monotonic()
+        during = scheduling_since(before)
     else:
         print("RESULT", json.dumps({"finished": time.monotonic() - start}), flush=True)
         sys.exit(3)
@@ -129,6 +161,9 @@ _CHILD = textwrap.dedent(
         "python_threads": [python_threads, threading.active_count()],
         "os_threads": [os_threads, tasks()],
         "small_call_is_right": small_call_is_right(),
+        # From READY to KeyboardInterrupt (SIGNAL_AFTER, then the latency).
+        "window_s": round(caught - start, 4),
+        "scheduling": during,
     }
     if check_layer is not None:
         result["layer_is_intact"] = check_layer()
@@ -152,8 +187,20 @@ def _interrupt(case: str, env: dict[str, str]) -> dict:
         line = child.stdout.readline()
         assert line.strip() == "READY", line + child.communicate(timeout=60)[1][-2000:]
         time.sleep(SIGNAL_AFTER)
-        signalled = time.monotonic()
-        child.send_signal(signal.SIGINT)
+        # The signal goes out right after the time is taken: no Python code in
+        # between (Popen.send_signal polls first), and the cyclic collector off,
+        # which in this process (the test suite's, with torch and the rest
+        # loaded) can take over a second when it runs a full collection, and
+        # runs whenever an allocation reaches its threshold. The child is not
+        # reaped before communicate(), so its pid is still its own.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            signalled = time.monotonic()
+            os.kill(child.pid, signal.SIGINT)
+        finally:
+            if collecting:
+                gc.enable()
         child.stdin.write(f"{signalled!r}\n")
         child.stdin.flush()
         out, err = child.communicate(timeout=60)

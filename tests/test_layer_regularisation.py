@@ -157,7 +157,7 @@ def _check_against_reference(m: LSTM, dtype, *, lengths=False, hx=True, seed=Non
     dx = m.backward(dy, dh, dc)
     used = m._tape.seed
     if seed is not None:  # a given seed is the pass's, when the pass draws masks
-        assert used == (seed if m._masked() else None)
+        assert used == m.mask_seed(seed)
     want = reference_stack(m, x, state, lens, used, dy, dh, dc)
     names = ("y", "h_n", "c_n", "dx")
     for name, ours, theirs in zip(names, (y, h_n, c_n, dx), want[:4]):
@@ -402,6 +402,62 @@ def test_the_seed_keys_every_layer_and_direction(monkeypatch):
             assert_same_bits(drawn.w_hh_keep, masks.scaled_keep(*args))
             args = (3, masks.RECURRENT_DROPOUT, k, d, (B, H), 0.5, np.float64)
             assert_same_bits(drawn.h_keep, masks.scaled_keep(*args))
+
+
+@pytest.mark.parametrize(
+    "layers, options, training, draws",
+    [
+        (2, RATES, True, True),
+        (1, {"dropout": 0.3}, True, False),  # dropout acts between layers only
+        (2, {"dropout": 0.3}, True, True),
+        (1, {"zoneout": (0.0, 0.2)}, True, True),
+        (1, {"recurrent_dropout": 0.1}, True, True),
+        (2, {}, True, False),
+        (2, RATES, False, False),
+    ],
+    ids=[
+        "all",
+        "dropout-1-layer",
+        "dropout-2-layers",
+        "zoneout-c",
+        "recurrent",
+        "no-rate",
+        "eval",
+    ],  # fmt: skip
+)
+@pytest.mark.filterwarnings("ignore:dropout option adds dropout")  # one layer: PyTorch's warning
+def test_mask_seed_is_the_seed_forward_uses(layers, options, training, draws):
+    """``mask_seed()`` answers for the next forward: None when it draws no masks,
+    else the seed it runs with (a fresh one from the generator, or the given one,
+    which leaves the generator alone)."""
+    a = LSTM(I, H, layers, dtype=np.float64, seed=4, **options).train(training)
+    b = LSTM(I, H, layers, dtype=np.float64, seed=4, **options).train(training)
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    assert a.mask_seed(9) == (9 if draws else None)
+    assert a.mask_seed(np.uint64(2**64 - 1)) == (2**64 - 1 if draws else None)
+    seed = a.mask_seed()
+    assert (seed is not None) == draws
+    if draws:
+        assert isinstance(seed, int) and 0 <= seed < 2**64
+        # b's forward draws the same seed from the same generator state ...
+        y, _ = b(x)
+        assert b._tape.seed == seed
+        assert_same_bits(y, a(x, seed=seed)[0])
+        # ... and both generators moved on the same way.
+        assert a.mask_seed() == b.mask_seed() != seed
+    else:
+        # Nothing drawn: the next forwards are still twins.
+        assert_same_bits(a(x)[0], b(x)[0])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_bad_mask_seed(training):
+    m = LSTM(I, H, 2, seed=0, **RATES).train(training)
+    twin = LSTM(I, H, 2, seed=0, **RATES).train(training)
+    for seed, error in ((-1, ValueError), (2**64, ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="seed must be an integer"):
+            m.mask_seed(seed)
+    assert m.mask_seed() == twin.mask_seed()  # a refused seed moves nothing
 
 
 # ---------------------------------------------------------------------------

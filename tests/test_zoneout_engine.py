@@ -362,6 +362,25 @@ def _states_and_candidates(out):
     return cache._time_major(cells), cache.c
 
 
+def test_candidates_binding_raises_naming_the_wrong_array():
+    """``_core.zoneout_candidates`` checks in the engine (``lstm::candidates``,
+    ``check.rs``) and raises the engine's error as ``ValueError`` naming the array,
+    never a panic: ``out`` (T·B × Hp) and the cache's arrays."""
+    rng = np.random.default_rng(3)
+    T, B, I, H = 4, 2, 3, 5
+    x = rng.standard_normal((T, B, I))
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    cache = lstm_fast.forward(x, w_ih, w_hh, zoneout=0.3, seed=1).cache
+    a, cells = cache._args, cache._cells
+    with pytest.raises(
+        ValueError, match=rf"^out: expected {cells.size} elements, got {cells.size - 1}$"
+    ):
+        _core.zoneout_candidates(a, cache._arrays(), np.empty(cells.size - 1))
+    short = cache._arrays()._replace(cells=cells[:-1])
+    with pytest.raises(ValueError, match="^cache cells: expected"):
+        _core.zoneout_candidates(a, short, np.empty_like(cells))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("setting", ["lengths-reverse-h0c0", "batch_first-lengths", "basic"])
 @pytest.mark.parametrize("variant", ["everything", "peep+coupled", "no_forget_gate"])

@@ -252,9 +252,7 @@ def predict(
     lengths = _dask_lengths(lengths, x, axis)
 
     # Drawn once the arguments are known to be good, as the layer does.
-    pass_seed: int | None = None
-    if layer._masked():
-        pass_seed = layer._draw_seed() if seed is None else seed
+    pass_seed = layer.mask_seed(seed)
     snapshot = copy.deepcopy(layer)
     # The mode is part of the key: repr does not show it, and a key that two
     # snapshots share may be answered with the one the cluster still holds.

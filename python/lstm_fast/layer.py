@@ -469,12 +469,25 @@ class LSTM:
         z = self.zoneout
         return z if isinstance(z, tuple) else (z, z)
 
-    def _masked(self) -> bool:
-        """Whether a forward now draws masks: training with a rate > 0 (dropout
-        only acts between layers)."""
+    def mask_seed(self, seed: Any = None) -> int | None:
+        """The mask seed of a forward that starts now: ``None`` when it draws no
+        masks (eval mode, or every rate 0; ``dropout`` acts only between layers, so
+        with two or more), else ``seed`` when given, or a fresh seed from the
+        layer's generator, uniform in [0, 2**64), which moves the generator on.
+
+        :meth:`forward` asks it once its arguments are known to be good, and so
+        does ``lstm_fast.distributed.predict``. ``seed``: an integer in
+        [0, 2**64), checked in either mode (as ``forward``'s ``seed``).
+        """
+        if seed is not None:  # the functional API's rule for a mask seed
+            seed = regularisation(seed=seed, training=False)[4]
         between = self.dropout and self.num_layers > 1
         rates = (self.recurrent_dropout, self.weight_drop, *self._zoneout_rates)
-        return self.training and bool(any(rates) or between)
+        if not (self.training and (any(rates) or between)):
+            return None
+        if seed is None:
+            return int(self._generator.integers(0, 1 << 64, dtype=np.uint64))
+        return seed
 
     def _pass_options(
         self, layer: int, direction: int, seed: int | None, training: bool
@@ -827,9 +840,7 @@ class LSTM:
             lengths = check_lengths(lengths, batch, steps)
         # Drawn once the arguments are known to be good: a failed call leaves the
         # layer's generator where it was.
-        pass_seed: int | None = None
-        if self._masked():
-            pass_seed = self._draw_seed() if seed is None else seed
+        pass_seed = self.mask_seed(seed)
 
         concurrent = self._concurrent(steps, batch)
         # Inference without lengths: each pass from the kept weights in one engine
@@ -852,17 +863,20 @@ class LSTM:
 
             def run(direction: int, layer: int = layer, inp: np.ndarray = layer_input) -> Any:
                 k = layer * self.num_directions + direction
+                h0_k = None if h0 is None else h0[k]
+                c0_k = None if c0 is None else c0[k]
+                reverse = direction == 1 or self._reverse
                 options = self._pass_options(layer, direction, pass_seed, self.training)
                 zoneout = self._inference_zoneout(options) if bf16 else None
                 if zoneout is not None:
                     # bf16 inference with zoneout: the kept bfloat16 copy, as below.
                     return self._prepared_weights(layer, direction, weight_dtype)._forward(
                         inp,
-                        None if h0 is None else h0[k],
-                        None if c0 is None else c0[k],
+                        h0_k,
+                        c0_k,
                         batch_first=batch_first,
                         lengths=lengths,
-                        reverse=direction == 1 or self._reverse,
+                        reverse=reverse,
                         need_cache=need_cache,
                         checkpoint=None,
                         variant=self._prepared_variant(layer, direction),
@@ -879,20 +893,17 @@ class LSTM:
                         w.w_hh,
                         w.b_ih,
                         w.b_hh,
-                        None if h0 is None else h0[k],
-                        None if c0 is None else c0[k],
+                        h0_k,
+                        c0_k,
                         batch_first=batch_first,
                         lengths=lengths,
-                        reverse=direction == 1 or self._reverse,
+                        reverse=reverse,
                         need_cache=need_cache,
                         weight_dtype=weight_dtype,
                         checkpoint=checkpoint if need_cache else None,
                         **self._variant(layer, direction),
                         **options,
                     )
-                h0_k = None if h0 is None else h0[k]
-                c0_k = None if c0 is None else c0[k]
-                reverse = direction == 1 or self._reverse
                 if h_all is not None and c_all is not None:
                     dt, state = self.dtype, self.state_size
                     y_shape = (batch, steps, state) if batch_first else (steps, batch, state)
@@ -949,10 +960,6 @@ class LSTM:
             else None
         )
         return y, (h_out, c_out)
-
-    def _draw_seed(self) -> int:
-        """A fresh mask seed from the layer's generator, uniform in [0, 2**64)."""
-        return int(self._generator.integers(0, 1 << 64, dtype=np.uint64))
 
     __call__ = forward
 

@@ -538,7 +538,7 @@ pub fn candidates<E: Float>(
                     c_prev,
                     out: &mut out[row * hp..][..hp],
                 },
-            );
+            )?;
         }
     }
     Ok(())
@@ -909,7 +909,7 @@ fn weight_grads<E: Float>(
                             c_prev: c_prev_pad,
                             out: &mut c_cand,
                         },
-                    );
+                    )?;
                     &c_cand[..hidden]
                 } else {
                     &steps.cells[row * hp..][..hidden]

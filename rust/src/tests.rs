@@ -867,6 +867,70 @@ fn wrong_sizes_are_errors_not_panics() {
     assert!(matches!(run(&seq), crate::Error::TooLarge(_)));
 }
 
+/// `Candidates` is public: slices whose lengths do not fit are an
+/// `Error::Value` naming the slice on every ISA, never a panic, and nothing is
+/// written; lengths that fit give f ⊙ c_{t−1} + i ⊙ g. (The Python binding
+/// cannot reach these errors: `lstm::candidates` checks the cache and `out`
+/// against the sequence first.)
+#[test]
+fn candidate_rows_of_wrong_lengths_are_errors_naming_the_slice() {
+    use crate::kernels::candidate::Candidates;
+    let hp = hidden_pad::<f32>(3);
+    let rows = 2;
+    // Gates i, f, g, o of row r: 1 + r, 2 + r, 3 + r, 9; c_prev 0.5.
+    let gates: Vec<f32> = (0..rows)
+        .flat_map(|r| {
+            let r = r as f32;
+            [1.0 + r, 2.0 + r, 3.0 + r, 9.0]
+        })
+        .flat_map(|v| std::iter::repeat_n(v, hp))
+        .collect();
+    let c_prev = vec![0.5f32; rows * hp];
+    for isa in Isa::available() {
+        let run = |hidden_pad: usize, gates: &[f32], c_prev: &[f32], out: &mut [f32]| {
+            simd::dispatch(
+                isa,
+                Candidates {
+                    hidden_pad,
+                    gates,
+                    c_prev,
+                    out,
+                },
+            )
+        };
+        for (name, g, c, n) in [
+            ("gates", &gates[1..], &c_prev[..], rows * hp),
+            ("c_prev", &gates[..], &c_prev[hp..], rows * hp),
+            ("out", &gates[..], &c_prev[..], rows * hp - 1),
+        ] {
+            let mut out = vec![-1.0f32; n];
+            let err = run(hp, g, c, &mut out).unwrap_err();
+            assert!(
+                matches!(&err, crate::Error::Value(m) if m.starts_with(name)),
+                "{isa:?} {name}: {err}"
+            );
+            assert!(out.iter().all(|&v| v == -1.0), "{isa:?} {name}: wrote");
+        }
+        // Not a multiple of the lanes (every width is, on the scalar path).
+        let bad_pads = if isa == Isa::Scalar {
+            vec![0]
+        } else {
+            vec![0, hp + 1]
+        };
+        for bad_pad in bad_pads {
+            let err = run(bad_pad, &gates, &c_prev, &mut [0.0; 8]).unwrap_err();
+            assert!(err.to_string().starts_with("hidden_pad"), "{isa:?}: {err}");
+        }
+        let mut out = vec![0.0f32; rows * hp];
+        run(hp, &gates, &c_prev, &mut out).unwrap();
+        for r in 0..rows {
+            let (i, f, g) = (1.0 + r as f32, 2.0 + r as f32, 3.0 + r as f32);
+            let want = f * 0.5 + i * g;
+            assert!(out[r * hp..][..hp].iter().all(|&v| v == want), "{isa:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Resources: refused allocations, the thread count.
 // ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@
 //! value is the forward's bits on every ISA. [`Candidates`] runs it over rows
 //! outside the kernels (the peephole sums, `Cache.c` in Python).
 
+use crate::check::expect_len;
+use crate::error::{Error, Result};
 use crate::simd::{Kernel, Simd, SimdElement};
 
 /// The cell the gate math computes from the activated gates and the state
@@ -24,7 +26,8 @@ pub fn candidate<S: Simd>(ig: S, fg: S, gg: S, c_prev: S) -> S {
 /// [`candidate`] over `n` rows: `out` row r (Hp elements) from row r of the
 /// gates (4·Hp, blocks i, f, g, o) and of `c_prev` (Hp), with Hp a multiple of
 /// every ISA's lane count (`hidden_pad`). Dispatch it with the ISA that ran
-/// the forward (`Isa::active`): the bits are that ISA's.
+/// the forward (`Isa::active`): the bits are that ISA's. Lengths that do not
+/// fit are `Error::Value` naming the slice (`check::expect_len`).
 pub struct Candidates<'a, E> {
     pub hidden_pad: usize,
     pub gates: &'a [E],
@@ -33,26 +36,31 @@ pub struct Candidates<'a, E> {
 }
 
 impl<E: SimdElement> Kernel<E> for Candidates<'_, E> {
-    type Output = ();
+    /// `Error::Value` naming the slice whose length does not fit the others
+    /// (checked before anything is written): the type is public API, so a
+    /// wrong call is an error, never a panic.
+    type Output = Result<()>;
 
     #[inline(always)]
-    fn run<S: Simd<E = E>>(self) {
+    fn run<S: Simd<E = E>>(self) -> Result<()> {
         let hp = self.hidden_pad;
-        let rows = self.out.len() / hp.max(1);
-        assert!(
-            hp.is_multiple_of(S::LANES)
-                && self.out.len() == rows * hp
-                && self.c_prev.len() == rows * hp
-                && self.gates.len() == rows * 4 * hp,
-            "candidate rows: gates (n × 4Hp), c_prev and out (n × Hp)"
-        );
+        if hp == 0 || !hp.is_multiple_of(S::LANES) {
+            return Err(Error::Value(format!(
+                "hidden_pad: expected a positive multiple of {} (the lanes of this ISA), got {hp}",
+                S::LANES
+            )));
+        }
+        let rows = self.out.len() / hp;
+        expect_len("out", self.out.len(), rows * hp)?;
+        expect_len("c_prev", self.c_prev.len(), rows * hp)?;
+        expect_len("gates", self.gates.len(), rows * 4 * hp)?;
         for r in 0..rows {
             let gp = self.gates[r * 4 * hp..].as_ptr();
             let cp = self.c_prev[r * hp..].as_ptr();
             let op = self.out[r * hp..].as_mut_ptr();
             for u in (0..hp).step_by(S::LANES) {
                 // SAFETY: u + LANES ≤ hp (hp a multiple of LANES) inside row
-                // r of each array (lengths asserted above).
+                // r of each array (lengths checked above).
                 unsafe {
                     let (ig, fg, gg) = (
                         S::load(gp.add(u)),
@@ -63,5 +71,6 @@ impl<E: SimdElement> Kernel<E> for Candidates<'_, E> {
                 }
             }
         }
+        Ok(())
     }
 }
