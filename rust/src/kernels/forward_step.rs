@@ -149,7 +149,7 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
         // only its real lanes. This slot's units of this tile are written by
         // this member only.
         unsafe {
-            let (xw, xw_stride) = (xw.at(s, slot, u0), xw.units);
+            let (xw, xw_stride) = (xw.at(s, slot, u0), xw.lanes);
             let bias = self.bias.as_ptr().add(u0);
             let pre = |g: usize| {
                 acc[g]
@@ -254,7 +254,7 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                 let bias = self.bias.as_ptr().add(u0[i]);
                 for (g, pre) in pre.iter_mut().enumerate() {
                     pre.0[i] = acc[i][g]
-                        .add(S::load(xw_at.add(g * xw.units)))
+                        .add(S::load(xw_at.add(g * xw.lanes)))
                         .add(S::load(bias.add(g * hp)));
                 }
                 c_prev.0[i] = S::load(self.state.c.0.add(at[i].0 * hp + u0[i]));
@@ -394,22 +394,26 @@ impl<E: Float> ForwardScratch<E> {
 }
 
 /// A member's input projection for a block of steps: `x·w_ihᵀ` for its own
-/// hidden units only, rows (step in block, slot), columns (gate, unit).
+/// hidden units only, tile by tile, each tile's rows (step in block, slot) as
+/// the register tile leaves them (4 gate vectors of LANES units per row), so
+/// the product writes its results in place and a step's gate math reads one
+/// contiguous run of rows per tile.
 #[derive(Default)]
 struct Projection<E> {
-    data: Vec<E>,
+    /// (tiles of the member) × (steps · slots) rows × 4 vectors.
+    data: Vec<VectorRoom>,
     /// The input rows of the block, (steps in block · slots) × I, packed for
     /// the register tile (`pack_rows`), and where each comes from in x.
     rows: Vec<E>,
     sources: Vec<usize>,
-    /// The register tile's results for every row of a block, one tile at a time.
-    products: Vec<VectorRoom>,
-    /// First step of the block, steps per block, slots, units of the member.
+    /// First step of the block, steps per block, slots, units of the member,
+    /// the ISA's lanes (units per tile, and the distance between gates).
     s0: usize,
     steps: usize,
     slots: usize,
     first_unit: usize,
     units: usize,
+    lanes: usize,
 }
 
 impl<E: Float> Projection<E> {
@@ -422,28 +426,32 @@ impl<E: Float> Projection<E> {
     ) -> Result<Self> {
         let n = units.len();
         Ok(Projection {
-            data: alloc::zeroed(&[steps, slots, 4, n], "the input projection of a block")?,
+            data: accumulator_room::<E>(
+                steps.saturating_mul(slots).saturating_mul(n / lanes.max(1)),
+                lanes,
+                "the input projection of a block",
+            )?,
             rows: alloc::zeroed(&[steps, slots, input], "the input rows of a block")?,
             sources: alloc::zeroed(&[steps, slots], "the input rows of a block")?,
-            products: accumulator_room::<E>(
-                steps.saturating_mul(slots),
-                lanes,
-                "the projection's tile results",
-            )?,
             s0: 0,
             steps,
             slots,
             first_unit: units.start,
             units: n,
+            lanes,
         })
     }
 
-    /// Where gate i of hidden unit `unit` starts for (s, slot); gates are
-    /// `units` apart.
+    /// Where gate i of hidden unit `unit` (the first of its tile) starts for
+    /// (s, slot); gates are `lanes` apart.
     #[inline(always)]
     fn at(&self, s: usize, slot: usize, unit: usize) -> *const E {
         let row = (s - self.s0) * self.slots + slot;
-        self.data[row * 4 * self.units + unit - self.first_unit..].as_ptr()
+        let unit = unit - self.first_unit;
+        let (tile, lane) = (unit / self.lanes, unit % self.lanes);
+        let at = ((tile * self.steps * self.slots + row) * 4) * self.lanes + lane;
+        assert!(at + 4 * self.lanes <= size_of_val(&self.data[..]) / size_of::<E>());
+        self.data.as_ptr().cast::<E>().wrapping_add(at)
     }
 }
 
@@ -470,14 +478,16 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
         // SAFETY: every source row lies inside x (asserted).
         unsafe { pack_rows::<S>(m, |j| x.add(sources[j]), input, &mut p.rows) };
         let stride = input * 4 * w; // one panel
-        let products = accumulators::<S>(&mut p.products);
-        assert!(products.len() >= m && p.rows.len() >= m * input);
+        let rows_per_tile = p.steps * p.slots;
+        assert!(p.rows.len() >= m * input && m <= rows_per_tile);
         assert!(self.ih_panels.len() >= self.tiles.end * stride);
-        assert!(p.data.len() >= m * 4 * p.units && p.units == self.tiles.len() * w);
-        for tile in self.tiles.clone() {
-            let u0 = tile * w - p.first_unit;
+        assert!(p.units == self.tiles.len() * w && p.lanes == w);
+        let results = accumulators::<S>(&mut p.data);
+        assert!(results.len() >= self.tiles.len() * rows_per_tile);
+        for (t, tile) in self.tiles.clone().enumerate() {
+            let out = &mut results[t * rows_per_tile..][..m];
             // SAFETY: `rows` holds m rows of `input` as `pack_rows` wrote them,
-            // the tile's panel lies inside `ih_panels`, and `products` holds m
+            // the tile's panel lies inside `ih_panels`, and `out` holds m
             // results (asserted above).
             unsafe {
                 let rows = PackedRows {
@@ -485,15 +495,7 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                     depth: input,
                 };
                 let panel = self.ih_panels.as_ptr().add(tile * stride);
-                rows_x4v_kblocked::<S>(m, rows, input, panel, products);
-            }
-            for (r, acc) in products[..m].iter().enumerate() {
-                let out = &mut p.data[r * 4 * p.units + u0..];
-                for (g, v) in acc.iter().enumerate() {
-                    assert!(g * p.units + w <= out.len());
-                    // SAFETY: w elements from g·units inside `out` (asserted).
-                    unsafe { v.store(out.as_mut_ptr().add(g * p.units)) };
-                }
+                rows_x4v_kblocked::<S>(m, rows, input, panel, out);
             }
         }
     }
@@ -528,7 +530,8 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
         assert!(
             xw.slots >= self.slots.active(0)
                 && xw.first_unit == self.tiles.start * w
-                && xw.units == self.tiles.len() * w,
+                && xw.units == self.tiles.len() * w
+                && xw.lanes == w,
             "forward scratch made for another member"
         );
         let block = xw.steps;
