@@ -445,8 +445,8 @@ class CellCache:
 
 class LayerNormCache(Cache):
     """:class:`Cache` of a forward with ``layer_norm=True`` (the same ``i``,
-    ``f``, ``g``, ``o``, ``c``, ``z``), which also holds the normalised products
-    and cell and their 1/sigma for backward (docs/variants.md, 'In the
+    ``f``, ``g``, ``o``, ``c``, ``z``), which also holds the normalised products,
+    their 1/sigma and the cell's mean and 1/sigma for backward (docs/variants.md, 'In the
     engine')."""
 
     __slots__ = ("_ln",)
@@ -481,7 +481,7 @@ class LayerNormCache(Cache):
     @property
     def nbytes(self) -> int:
         ln = self._args.ln
-        extra = [self._ln.sx_hat, self._ln.sh_hat, self._ln.c_hat, self._ln.rstd]
+        extra = [self._ln.sx_hat, self._ln.sh_hat, self._ln.moments]
         extra += [] if ln is None else [p for p in ln[:-1] if p is not None]
         return super().nbytes + sum(x.nbytes for x in extra)
 
@@ -537,7 +537,7 @@ def training_memory(
     ``_core.hidden_pad``; 6*Hp without a projection), + 4*Hp for the variants
     that keep the pre-activations; zoneout adds nothing to it (the cells are
     the states after zoneout, backward rebuilds the candidates). For the
-    LayerNorm LSTM (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the
+    LayerNorm LSTM (``layer_norm``, dense arrays) 13*H + P + 4, + 4*H with the
     pre-activations, + H with zoneout of c (its cache keeps both). S is
     backward's scratch: 4*Hp (the gate gradients), for the LayerNorm LSTM 8*H
     (ds_x, ds_h) + P + H with a projection (dh and m of every step). Z is
@@ -547,7 +547,7 @@ def training_memory(
     hp = _core.hidden_pad(hidden, itemsize)
     pp = _core.hidden_pad(proj, itemsize)
     if layer_norm:
-        width = 14 * hidden + proj + 3 + (4 * hidden if caches_pre else 0)
+        width = 13 * hidden + proj + 4 + (4 * hidden if caches_pre else 0)
         width += hidden if zoneout_c else 0
         scratch = 8 * hidden + (proj + hidden if proj != hidden else 0)
     else:
@@ -630,8 +630,7 @@ def _run_layer_norm_forward(
             h_prev=empty("cache (h_prev)", (rows, P), dt),
             sx_hat=empty("cache (normalised x w_ih^T)", (rows, 4 * H), dt),
             sh_hat=empty("cache (normalised h w_hh^T)", (rows, 4 * H), dt),
-            c_hat=empty("cache (normalised cells)", (rows, H), dt),
-            rstd=empty("cache (1/sigma)", (rows, 3), dt),
+            moments=empty("cache (1/sigma and mean)", (rows, 4), dt),
             c_state=empty("cache (c after zoneout)", (rows, H), dt) if args.zones_c else None,
         )
     _core.layer_norm_forward(args, args.ln, out, arrays)

@@ -76,13 +76,15 @@ pub struct LayerNorm<'a, E> {
 /// (R, 4H) activated, i, f, g, o; `pre` (R, 4H) the pre-activations, only for
 /// the variants that need them ([`Variant::caches_pre`]); `cells` (R, H) c_t;
 /// `h_prev` (R, P) the recurrent product's operand h_{t−1} ⊙ r; `sx_hat`,
-/// `sh_hat` (R, 4H) the normalised products before gain and bias; `c_hat` (R,
-/// H) likewise for c_t; `rstd` (R, 3) the three 1/σ (s_x, s_h, c). That is
-/// 14·H + P + 3 per (row, step), 18·H + P + 3 with `pre`. With zoneout
-/// (docs/variants.md, 'Zoneout') `cells` holds the cell each step computed
-/// (c̃_t, which c_hat normalises) and `c_state` (R, H), with zoneout of c
-/// only, the state c_t after zoneout (the next step's c_{t−1}): H more. Rows
-/// of padded steps are zero.
+/// `sh_hat` (R, 4H) the normalised products before gain and bias; `moments`
+/// (R, 4) the three 1/σ (s_x, s_h, c) and the mean of c_t. ĉ_t, c_t
+/// normalised, is not kept: forward and backward both compute it from c_t
+/// and its two moments as they are kept, (c − μ)·r (`renormalise`), the same
+/// bits while the row is in cache. That is 13·H + P + 4 per (row, step),
+/// 17·H + P + 4 with `pre`. With zoneout (docs/variants.md, 'Zoneout')
+/// `cells` holds the cell each step computed (c̃_t, which ĉ_t normalises) and
+/// `c_state` (R, H), with zoneout of c only, the state c_t after zoneout (the
+/// next step's c_{t−1}): H more. Rows of padded steps are zero.
 pub struct LnCache<'a, E> {
     pub gates: &'a mut [E],
     pub pre: Option<&'a mut [E]>,
@@ -90,8 +92,7 @@ pub struct LnCache<'a, E> {
     pub h_prev: &'a mut [E],
     pub sx_hat: &'a mut [E],
     pub sh_hat: &'a mut [E],
-    pub c_hat: &'a mut [E],
-    pub rstd: &'a mut [E],
+    pub moments: &'a mut [E],
     pub c_state: Option<&'a mut [E]>,
 }
 
@@ -104,8 +105,7 @@ pub struct LnCacheRef<'a, E> {
     pub h_prev: &'a [E],
     pub sx_hat: &'a [E],
     pub sh_hat: &'a [E],
-    pub c_hat: &'a [E],
-    pub rstd: &'a [E],
+    pub moments: &'a [E],
     pub c_state: Option<&'a [E]>,
 }
 
@@ -172,9 +172,12 @@ impl<E: Float> LayerNorm<'_, E> {
     }
 }
 
-/// The cache's lengths: gates, pre, cells, h_prev, sx_hat, sh_hat, c_hat,
-/// rstd, c_state.
-fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 9] {
+/// Per (row, step): the three 1/σ (s_x, s_h, c) and the mean of c.
+pub(crate) const MOMENTS: usize = 4;
+
+/// The cache's lengths: gates, pre, cells, h_prev, sx_hat, sh_hat, moments,
+/// c_state.
+fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 8] {
     let (h, p) = (seq.dims.hidden, seq.state());
     let pre = if seq.variant.caches_pre() {
         rows * 4 * h
@@ -188,8 +191,7 @@ fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 9] {
         rows * p,
         rows * 4 * h,
         rows * 4 * h,
-        rows * h,
-        rows * 3,
+        rows * MOMENTS,
         if seq.variant.zoneout_c.is_on() {
             rows * h
         } else {
@@ -198,22 +200,21 @@ fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 9] {
     ]
 }
 
-const CACHE_NAMES: [&str; 9] = [
+const CACHE_NAMES: [&str; 8] = [
     "cache gates",
     "cache pre",
     "cache cells",
     "cache h_prev",
     "cache sx_hat",
     "cache sh_hat",
-    "cache c_hat",
-    "cache rstd",
+    "cache moments",
     "cache c_state",
 ];
 
 fn check_cache<E: Float>(
     seq: &Sequence<'_, E>,
     rows: usize,
-    got: [Option<usize>; 9],
+    got: [Option<usize>; 8],
 ) -> Result<()> {
     for ((name, want), got) in CACHE_NAMES.iter().zip(cache_lens(seq, rows)).zip(got) {
         match got {
@@ -345,6 +346,27 @@ fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
     E::from_f64(rstd)
 }
 
+/// The mean and 1/σ of `v` (as [`moments`]) rounded to `E`, as the cache
+/// keeps them, and the normalised `v` computed from those into `out`
+/// ([`renormalise`]): backward rebuilds the same bits from the cache.
+#[inline(always)]
+fn normalise_kept<E: Float>(v: &[E], out: &mut [E], eps: f64) -> (E, E) {
+    let (mean, rstd) = moments(v, eps);
+    let (mean, rstd) = (E::from_f64(mean), E::from_f64(rstd));
+    renormalise(v, out, mean, rstd);
+    (mean, rstd)
+}
+
+/// (v − μ)·r into `out`, in f64 and rounded once, from the moments as the
+/// cache keeps them.
+#[inline(always)]
+fn renormalise<E: Float>(v: &[E], out: &mut [E], mean: E, rstd: E) {
+    let (mean, rstd) = (mean.to_f64(), rstd.to_f64());
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = E::from_f64((x.to_f64() - mean) * rstd);
+    }
+}
+
 /// [`normalise`] of `v` in place.
 #[inline(always)]
 fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
@@ -436,14 +458,14 @@ struct ForwardStep<'a, E> {
     hidden: usize,
     eps: f64,
     /// s_x (R, 4H), which each row normalises in place when its step runs
-    /// (while the row is in cache for the gates), and the three 1/σ (R, 3),
-    /// by row.
+    /// (while the row is in cache for the gates), and the moments (R,
+    /// [`MOMENTS`]), by row.
     sx_hat: SharedMut<E>,
-    rstd: SharedMut<E>,
+    moments: SharedMut<E>,
     /// s_h of the step's rows (n, 4H), by slot j.
     sh: *const E,
     /// Where row j's cache rows go: by row when caching, else by slot j
-    /// (step buffers of the step's rows).
+    /// (step buffers of the step's rows); its ĉ always goes to slot j.
     caching: bool,
     gates: SharedMut<E>,
     pre: SharedMut<E>,
@@ -499,13 +521,13 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             // LN of s_x in place.
             let sx_hat = st_.sx_hat.0.add(row * g4);
             let r_x = normalise_in_place(std::slice::from_raw_parts_mut(sx_hat, g4), st_.eps);
-            *st_.rstd.0.add(row * 3) = r_x;
+            *st_.moments.0.add(row * MOMENTS) = r_x;
             let sx_hat = sx_hat.cast_const();
             // LN of s_h into the cache (or step) row.
             let sh = std::slice::from_raw_parts(st_.sh.add(j * g4), g4);
             let sh_hat = std::slice::from_raw_parts_mut(st_.sh_hat.0.add(at * g4), g4);
             let r_h = normalise(sh, sh_hat, st_.eps);
-            *st_.rstd.0.add(row * 3 + 1) = r_h;
+            *st_.moments.0.add(row * MOMENTS + 1) = r_h;
             let sh_hat = sh_hat.as_ptr();
             // a = LN(s_x) + LN(s_h) + b_ih + b_hh, written where the gates go.
             let gates = st_.gates.0.add(at * g4);
@@ -570,9 +592,10 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             }
             // n = LN(c_t), m = o ⊙ σ_h(n).
             let cells = std::slice::from_raw_parts(cells, h);
-            let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(at * h), h);
-            let r_c = normalise(cells, c_hat, st_.eps);
-            *st_.rstd.0.add(row * 3 + 2) = r_c;
+            let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(j * h), h);
+            let (mu_c, r_c) = normalise_kept(cells, c_hat, st_.eps);
+            *st_.moments.0.add(row * MOMENTS + 2) = r_c;
+            *st_.moments.0.add(row * MOMENTS + 3) = mu_c;
             let c_hat = c_hat.as_ptr();
             let m = st_.m.0.add(j * h);
             let mut u = 0;
@@ -607,8 +630,7 @@ pub fn forward<E: Float>(
             Some(c.h_prev.len()),
             Some(c.sx_hat.len()),
             Some(c.sh_hat.len()),
-            Some(c.c_hat.len()),
-            Some(c.rstd.len()),
+            Some(c.moments.len()),
             c.c_state.as_ref().map(|p| p.len()),
         ];
         check_cache(seq, rows, got)?;
@@ -649,7 +671,7 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
-        let (c_gates, c_pre, c_cells, mut c_h_prev, c_sx, c_sh, c_chat, c_rstd, c_after) =
+        let (c_gates, c_pre, c_cells, mut c_h_prev, c_sx, c_sh, c_moments, c_after) =
             match cache {
                 Some(c) => (
                     Some(c.gates),
@@ -658,11 +680,10 @@ pub fn forward<E: Float>(
                     Some(c.h_prev),
                     Some(c.sx_hat),
                     Some(c.sh_hat),
-                    Some(c.c_hat),
-                    Some(c.rstd),
+                    Some(c.moments),
                     c.c_state,
                 ),
-                None => (None, None, None, None, None, None, None, None, None),
+                None => (None, None, None, None, None, None, None, None),
             };
         let c_after = match c_after {
             Some(a) if seq.variant.zoneout_c.is_on() => SharedMut(a.as_mut_ptr()),
@@ -673,7 +694,7 @@ pub fn forward<E: Float>(
         // the step's rows when they run, here for the rows of padded steps
         // (the cache holds their normalised products too).
         let mut own_sx;
-        let mut own_rstd;
+        let mut own_moments;
         let own_w_ih;
         let sx: &mut [E] = match c_sx {
             Some(a) => a,
@@ -682,11 +703,11 @@ pub fn forward<E: Float>(
                 &mut own_sx
             }
         };
-        let rstd: &mut [E] = match c_rstd {
+        let moments: &mut [E] = match c_moments {
             Some(a) => a,
             None => {
-                own_rstd = alloc::zeroed::<E>(&[rows, 3], "the normalisations' 1/sigma")?;
-                &mut own_rstd
+                own_moments = alloc::zeroed::<E>(&[rows, MOMENTS], "the normalisations' moments")?;
+                &mut own_moments
             }
         };
         // bf16 inference: s_x on w_ih rounded to bfloat16 (the values the
@@ -711,7 +732,7 @@ pub fn forward<E: Float>(
             for t in seq.length(b)..steps {
                 let r = row_of(seq, t, b);
                 let v = &mut sx[r * g4..][..g4];
-                rstd[r * 3] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+                moments[r * MOMENTS] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
             }
         }
 
@@ -730,7 +751,7 @@ pub fn forward<E: Float>(
             alloc::zeroed::<E>(&[step_rows, g4], "the gates of a step")?,
             alloc::zeroed::<E>(&[step_rows, hidden], "the cells of a step")?,
             alloc::zeroed::<E>(&[step_rows, g4], "the normalised products of a step")?,
-            alloc::zeroed::<E>(&[step_rows, hidden], "the normalised cells of a step")?,
+            alloc::zeroed::<E>(&[batch, hidden], "the normalised cells of a step")?,
             alloc::zeroed::<E>(
                 &[if caches_pre { step_rows } else { 0 }, g4],
                 "the pre-activations of a step",
@@ -743,7 +764,7 @@ pub fn forward<E: Float>(
         let gates = ptr(c_gates, o_gates);
         let cells = ptr(c_cells, o_cells);
         let sh_hat = ptr(c_sh, o_sh);
-        let c_hat = ptr(c_chat, o_chat);
+        let c_hat = SharedMut(o_chat.as_mut_ptr());
         let pre = if caches_pre {
             ptr(c_pre, o_pre)
         } else {
@@ -835,7 +856,7 @@ pub fn forward<E: Float>(
                 hidden,
                 eps,
                 sx_hat: SharedMut(sx.as_mut_ptr()),
-                rstd: SharedMut(rstd.as_mut_ptr()),
+                moments: SharedMut(moments.as_mut_ptr()),
                 sh: sh.as_ptr(),
                 caching,
                 gates,
@@ -926,8 +947,7 @@ fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, s
     c.cells[row * hidden..][..hidden].fill(E::ZERO);
     c.h_prev[row * state..][..state].fill(E::ZERO);
     c.sh_hat[row * g4..][..g4].fill(E::ZERO);
-    c.c_hat[row * hidden..][..hidden].fill(E::ZERO);
-    c.rstd[row * 3..][..3].fill(E::ZERO);
+    c.moments[row * MOMENTS..][..MOMENTS].fill(E::ZERO);
     if let Some(cs) = c.c_state.as_mut() {
         if !cs.is_empty() {
             cs[row * hidden..][..hidden].fill(E::ZERO);
@@ -1025,6 +1045,9 @@ struct BackwardStep<'a, E> {
     dn: SharedMut<E>,
     dsx: SharedMut<E>,
     dsh: SharedMut<E>,
+    /// ĉ_t of each slot j (n, H), rebuilt from c_t and its moments
+    /// ([`renormalise`]) for the step's row kernel and sums.
+    c_hat: SharedMut<E>,
     /// m_t (R, H) by row, with a projection (else null).
     m: SharedMut<E>,
     /// ‖dc_t‖ of each slot j, with the flow (else null).
@@ -1069,9 +1092,17 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
         // alone; the cache's lengths were checked.
         unsafe {
             let gates = cache.gates.as_ptr().add(row * g4);
-            let c_hat = cache.c_hat.as_ptr().add(row * h);
-            let r_c = *cache.rstd.get_unchecked(row * 3 + 2);
-            let r_h = *cache.rstd.get_unchecked(row * 3 + 1);
+            let kept = cache.moments.as_ptr().add(row * MOMENTS);
+            let (r_x, r_h, r_c, mu_c) = (*kept, *kept.add(1), *kept.add(2), *kept.add(3));
+            // ĉ_t, the bits forward computed (`normalise_kept`).
+            let c_hat = sp.c_hat.0.add(j * h);
+            renormalise(
+                std::slice::from_raw_parts(cache.cells.as_ptr().add(row * h), h),
+                std::slice::from_raw_parts_mut(c_hat, h),
+                mu_c,
+                r_c,
+            );
+            let c_hat = c_hat.cast_const();
             let dm = sp.dm.add(j * h);
             let dn = sp.dn.0.add(j * h);
             // dn = σ_h'(n)·(dm ⊙ o), its gain's gradient on, for the
@@ -1196,7 +1227,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             normalise_grad(
                 std::slice::from_raw_parts_mut(dsx, g4),
                 std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4),
-                *cache.rstd.get_unchecked(row * 3),
+                r_x,
             );
         }
     }
@@ -1204,7 +1235,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
 
 /// The sums over (step, row) of the bias, gain and peephole gradients (None
 /// or null: not wanted), continued by each step's rows right after the
-/// step's row kernels, while their dz, dn and cache rows are in cache: `db`
+/// step's row kernels, while their dz, dn, ĉ and cache rows are in cache: `db`
 /// = Σ dz, `dw_ln_ih` = Σ dz ⊙ ŝ_x, `dw_ln_hh` = Σ dz ⊙ ŝ_h (4H each),
 /// `dw_ln_c` = Σ dn ⊙ ĉ, `db_ln_c` = Σ dn (H each) and the peepholes' (3H,
 /// as `lstm::peephole_terms`). The steps come last to first and their rows
@@ -1260,8 +1291,8 @@ fn add_row<E: Float>(sum: &mut [E], a: &[E], b: Option<&[E]>) {
 impl<E: Float> StepSums<'_, E> {
     /// Adds the terms of a step's rows: `active[j]` = (batch row, layout
     /// row) of slot j, by ascending batch row; `dz` (n, 4H), `dn` (n, H),
-    /// `c_prev` (n, H) by slot.
-    fn add(&self, active: &[(usize, usize)], dz: &[E], dn: &[E], c_prev: &[E]) {
+    /// `c_prev` and `c_hat` (n, H) by slot.
+    fn add(&self, active: &[(usize, usize)], dz: &[E], dn: &[E], c_prev: &[E], c_hat: &[E]) {
         let (h, g4) = (self.hidden, 4 * self.hidden);
         let wide = g4.div_ceil(DB_COLUMN_BLOCK);
         let narrow = h.div_ceil(DB_COLUMN_BLOCK);
@@ -1314,7 +1345,7 @@ impl<E: Float> StepSums<'_, E> {
                 for (j, &(_, row)) in active.iter().enumerate() {
                     let d = &dn[j * h + k0..][..len];
                     if let Some(wc) = wc.as_deref_mut() {
-                        add_row(wc, d, Some(&cache.c_hat[row * h + k0..][..len]));
+                        add_row(wc, d, Some(&c_hat[j * h + k0..][..len]));
                     }
                     if let Some(bc) = bc.as_deref_mut() {
                         add_row(bc, d, None);
@@ -1356,8 +1387,7 @@ pub fn backward<E: Float>(
         Some(cache.h_prev.len()),
         Some(cache.sx_hat.len()),
         Some(cache.sh_hat.len()),
-        Some(cache.c_hat.len()),
-        Some(cache.rstd.len()),
+        Some(cache.moments.len()),
         cache.c_state.map(<[E]>::len),
     ];
     check_cache(seq, rows, got)?;
@@ -1567,6 +1597,7 @@ pub(crate) fn backward_pass<E: Float>(
         let mut dn = alloc::zeroed::<E>(&[batch, hidden], "the normalised cells' gradients")?;
         let mut dh_back = alloc::zeroed::<E>(&[batch, state], "dh_{t-1} of a step")?;
         let mut c_prev = alloc::zeroed::<E>(&[batch, hidden], "c_{t-1} of a step")?;
+        let mut c_hat = alloc::zeroed::<E>(&[batch, hidden], "the normalised cells of a step")?;
         let mut flow_c = alloc::zeroed::<E>(&[batch], "the flow of a step")?;
         let mut dh = alloc::zeroed::<E>(&[batch, state], "the state dh")?;
         dh.copy_from_slice(dh0);
@@ -1686,6 +1717,7 @@ pub(crate) fn backward_pass<E: Float>(
                 dn: SharedMut(dn.as_mut_ptr()),
                 dsx: SharedMut(dsx.as_mut_ptr()),
                 dsh: SharedMut(dsh.as_mut_ptr()),
+                c_hat: SharedMut(c_hat.as_mut_ptr()),
                 m: if projects {
                     SharedMut(m_all.as_mut_ptr())
                 } else {
@@ -1710,7 +1742,7 @@ pub(crate) fn backward_pass<E: Float>(
                     },
                 )
             });
-            step_sums.add(active.as_slice(), &dz, &dn, &c_prev);
+            step_sums.add(active.as_slice(), &dz, &dn, &c_prev, &c_hat);
             panel_product(
                 isa,
                 PanelProduct {

@@ -466,8 +466,7 @@ struct LnCacheArrays<A> {
     h_prev: A,
     sx_hat: A,
     sh_hat: A,
-    c_hat: A,
-    rstd: A,
+    moments: A,
     c_state: Option<A>,
 }
 
@@ -480,8 +479,7 @@ impl<E: Element> LnCacheArrays<Out<'_, E>> {
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
             sx_hat: slice_mut("sx_hat", &mut self.sx_hat)?,
             sh_hat: slice_mut("sh_hat", &mut self.sh_hat)?,
-            c_hat: slice_mut("c_hat", &mut self.c_hat)?,
-            rstd: slice_mut("rstd", &mut self.rstd)?,
+            moments: slice_mut("moments", &mut self.moments)?,
             c_state: opt_slice_mut("c_state", &mut self.c_state)?,
         })
     }
@@ -496,8 +494,7 @@ impl<E: Element> LnCacheArrays<In<'_, E>> {
             h_prev: slice("h_prev", &self.h_prev)?,
             sx_hat: slice("sx_hat", &self.sx_hat)?,
             sh_hat: slice("sh_hat", &self.sh_hat)?,
-            c_hat: slice("c_hat", &self.c_hat)?,
-            rstd: slice("rstd", &self.rstd)?,
+            moments: slice("moments", &self.moments)?,
             c_state: opt_slice("c_state", &self.c_state)?,
         })
     }
