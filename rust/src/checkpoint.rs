@@ -477,9 +477,9 @@ impl<E: Float> SegmentPass<E> for FusedPass<'_, E> {
 /// scratch dz and ds_h, and the sums of [`LnGrads`].
 struct LnPass<'g, 'l, E> {
     ln: LayerNorm<'l, E>,
-    /// gates, pre, cells, h_prev, sx_hat, sh_hat, moments, c_state as in
-    /// [`LnCache`] (empty where the variant keeps none).
-    cache: [Vec<E>; 8],
+    /// cells, h_prev, sx_hat, sh_hat, moments, c_state as in [`LnCache`]
+    /// (empty where the variant keeps none).
+    cache: [Vec<E>; 6],
     dz: Vec<E>,
     dsh: Vec<E>,
     dw_ih: &'g mut [E],
@@ -495,11 +495,10 @@ struct LnPass<'g, 'l, E> {
 
 /// Elements per (step, row) of each of [`LnPass`]'s cache buffers (0: not
 /// kept by this variant); the scratch dz and ds_h take 4·H each.
-fn ln_widths<E: Float>(seq: &Sequence<'_, E>, zones_c: bool) -> [usize; 8] {
+fn ln_widths<E: Float>(seq: &Sequence<'_, E>, zones_c: bool) -> [usize; 6] {
     let (h, p) = (seq.dims.hidden, seq.state());
-    let pre = if seq.variant.caches_pre() { 4 * h } else { 0 };
     let c_state = if zones_c { h } else { 0 };
-    [4 * h, pre, h, p, 4 * h, 4 * h, layernorm::MOMENTS, c_state]
+    [h, p, 4 * h, 4 * h, layernorm::MOMENTS, c_state]
 }
 
 impl<E: Float> SegmentPass<E> for LnPass<'_, '_, E> {
@@ -517,14 +516,12 @@ impl<E: Float> SegmentPass<E> for LnPass<'_, '_, E> {
         {
             let mut parts = self.cache.iter_mut().zip(widths);
             let mut next = || {
-                let (b, w) = parts.next().expect("eight buffers");
+                let (b, w) = parts.next().expect("six buffers");
                 &mut b[..rows * w]
             };
-            let (gates, pre, cells, h_prev) = (next(), next(), next(), next());
-            let (sx_hat, sh_hat, moments, c_state) = (next(), next(), next(), next());
+            let (cells, h_prev, sx_hat) = (next(), next(), next());
+            let (sh_hat, moments, c_state) = (next(), next(), next());
             let cache = LnCache {
-                gates,
-                pre: (!pre.is_empty()).then_some(pre),
                 cells,
                 h_prev,
                 sx_hat,
@@ -536,14 +533,12 @@ impl<E: Float> SegmentPass<E> for LnPass<'_, '_, E> {
         }
         let cut = |k: usize| &self.cache[k][..rows * widths[k]];
         let cache = LnCacheRef {
-            gates: cut(0),
-            pre: (widths[1] > 0).then(|| cut(1)),
-            cells: cut(2),
-            h_prev: cut(3),
-            sx_hat: cut(4),
-            sh_hat: cut(5),
-            moments: cut(6),
-            c_state: (widths[7] > 0).then(|| cut(7)),
+            cells: cut(0),
+            h_prev: cut(1),
+            sx_hat: cut(2),
+            sh_hat: cut(3),
+            moments: cut(4),
+            c_state: (widths[5] > 0).then(|| cut(5)),
         };
         let g4 = 4 * sub.dims.hidden;
         let grads = LnGrads {
@@ -648,7 +643,7 @@ pub fn backward_checkpointed_ln<E: Float>(
     let what = "a segment's cache (checkpoint)";
     let g4 = 4 * seq.dims.hidden;
     let widths = ln_widths(seq, zones_c(seq, &draws));
-    let mut cache: [Vec<E>; 8] = Default::default();
+    let mut cache: [Vec<E>; 6] = Default::default();
     for (buf, w) in cache.iter_mut().zip(widths) {
         *buf = alloc::zeroed::<E>(&[seg_rows, w], what)?;
     }
