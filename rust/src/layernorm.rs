@@ -990,6 +990,44 @@ struct GateMath<'a, E> {
     hidden: usize,
 }
 
+/// The input a of the gate block at `o` (0, H, 2H, 3H), units u.., as
+/// `ForwardRow` computes it: (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh). A
+/// function, not a closure, so that it is inlined into the ISA's kernel
+/// (a closure that is not inlined runs each SIMD operation as a call).
+///
+/// # Safety
+/// `sx_hat`, `sh_hat` and the parameters given hold `o + h` elements.
+#[inline(always)]
+unsafe fn gate_input<E: Float, S: Simd<E = E>>(
+    ln: &LayerNorm<'_, E>,
+    bias: Option<&[E]>,
+    sx_hat: *const E,
+    sh_hat: *const E,
+    o: usize,
+    u: usize,
+    h: usize,
+) -> S {
+    let zero = S::splat(E::ZERO);
+    let one = S::splat(E::ONE);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let x = ld::<S>(sx_hat.add(o), u, h).mul(param(ln.w_ih, o, u, h, one));
+        let x = x.add(param(ln.b_ih, o, u, h, zero));
+        let y = ld::<S>(sh_hat.add(o), u, h).mul(param(ln.w_hh, o, u, h, one));
+        let y = y.add(param(ln.b_hh, o, u, h, zero));
+        x.add(param(bias, o, u, h, zero)).add(y)
+    }
+}
+
+/// `z` clipped to [−c, c] with a clip c.
+#[inline(always)]
+fn clip<E: Float, S: Simd<E = E>>(z: S, c: Option<E>) -> S {
+    match c {
+        Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
+        None => z,
+    }
+}
+
 impl<E: Float> GateMath<'_, E> {
     /// Writes the activated gates i, f, g, o to `gates` (4H) and, when not
     /// null, the pre-activations z (peepholes added, before clip) to `pre`
@@ -1009,45 +1047,36 @@ impl<E: Float> GateMath<'_, E> {
         pre: *mut E,
     ) {
         let (v, ln, h) = (&self.v, &self.ln, self.hidden);
-        let zero = S::splat(E::ZERO);
         let one = S::splat(E::ONE);
-        let clamp = |z: S| match v.clip {
-            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
-            None => z,
-        };
         let pp = v.peepholes.unwrap_or(&[]).as_ptr();
         // SAFETY: forwarded from the caller; the parameters hold 4H (H for
         // the peepholes' blocks) elements.
         unsafe {
             let mut u = 0;
             while u < h {
-                let a = |k: usize| {
-                    let o = k * h;
-                    let x = ld::<S>(sx_hat.add(o), u, h).mul(param(ln.w_ih, o, u, h, one));
-                    let x = x.add(param(ln.b_ih, o, u, h, zero));
-                    let y = ld::<S>(sh_hat.add(o), u, h).mul(param(ln.w_hh, o, u, h, one));
-                    let y = y.add(param(ln.b_hh, o, u, h, zero));
-                    x.add(param(self.bias, o, u, h, zero)).add(y)
-                };
-                let (mut z_i, mut z_f, z_g, mut z_o) = (a(0), a(1), a(2), a(3));
+                // Not a closure: see `gate_input`.
+                let mut z_i = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 0, u, h);
+                let mut z_f = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, h, u, h);
+                let z_g = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 2 * h, u, h);
+                let mut z_o = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 3 * h, u, h);
                 let c_p = ld::<S>(c_prev, u, h);
                 if v.peepholes.is_some() {
                     z_i = z_i.add(ld::<S>(pp, u, h).mul(c_p));
                     z_f = z_f.add(ld::<S>(pp.add(2 * h), u, h).mul(c_p));
                 }
-                let ig = v.f.apply(clamp(z_i));
+                let ig = v.f.apply(clip(z_i, v.clip));
                 let fg = if !v.forget_gate {
                     one
                 } else if v.input_forget {
                     one.sub(ig)
                 } else {
-                    v.f.apply(clamp(z_f))
+                    v.f.apply(clip(z_f, v.clip))
                 };
-                let gg = v.g.apply(clamp(z_g));
+                let gg = v.g.apply(clip(z_g, v.clip));
                 if v.peepholes.is_some() {
                     z_o = z_o.add(ld::<S>(pp.add(h), u, h).mul(ld::<S>(c_new, u, h)));
                 }
-                let og = v.f.apply(clamp(z_o));
+                let og = v.f.apply(clip(z_o, v.clip));
                 if !pre.is_null() {
                     st::<S>(z_i, pre, u, h);
                     st::<S>(z_f, pre.add(h), u, h);
