@@ -275,6 +275,23 @@ def test_cache_describes_itself():
     assert lstm_fast.forward(*arrays.values(), need_cache=False, **options).cache is None
 
 
+def test_cache_rebuilds_gates_and_pre_activations():
+    # The cache keeps no gates nor pre-activations (docs/variants.md, 'In the
+    # engine'): with clip (whose backward needs z) it is no larger than
+    # without; i, f, g, o and z are rebuilt at each access, read-only, the
+    # same bits each time.
+    arrays, options, _ = _problem({"clip": 0.5}, SETTINGS["basic"], np.float32)
+    clipped = lstm_fast.forward(*arrays.values(), **options).cache
+    options.pop("clip")
+    plain = lstm_fast.forward(*arrays.values(), **options).cache
+    assert plain.z is None and clipped.z is not None
+    assert clipped.nbytes == plain.nbytes
+    for name in ("i", "f", "g", "o", "z"):
+        first, again = getattr(clipped, name), getattr(clipped, name)
+        assert not first.flags.writeable
+        assert_same_bits(first, again)
+
+
 # ---------------------------------------------------------------------------
 # Gradients of the normalisations: central differences of the engine itself
 

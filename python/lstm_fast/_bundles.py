@@ -130,20 +130,18 @@ class LayerNormParams(NamedTuple):
 
 class LayerNormCacheArrays(NamedTuple):
     """What ``_core.layer_norm_forward`` writes for backward, dense, rows R = T*B
-    ordered like x: ``gates`` (R, 4H) activated, ``pre`` (R, 4H) for the variants
-    that need the pre-activations (else None), ``cells`` (R, H), ``h_prev`` (R,
-    P), ``sx_hat`` and ``sh_hat`` (R, 4H), ``c_hat`` (R, H) the normalised values,
-    ``rstd`` (R, 3) their 1/sigma; with zoneout of c ``c_state`` (R, H) the
-    states after zoneout (``cells`` then holds the candidates), else None."""
+    ordered like x: ``cells`` (R, H), ``h_prev`` (R, P), ``sx_hat`` and
+    ``sh_hat`` (R, 4H) the normalised products, ``moments`` (R, 4) the 1/sigma
+    of s_x, s_h and c and the mean of c (the gates, the pre-activations and
+    the normalised cell are rebuilt from these: ``_core.layer_norm_gates``);
+    with zoneout of c ``c_state`` (R, H) the states after zoneout (``cells``
+    then holds the candidates), else None."""
 
-    gates: np.ndarray
-    pre: np.ndarray | None
     cells: np.ndarray
     h_prev: np.ndarray
     sx_hat: np.ndarray
     sh_hat: np.ndarray
-    c_hat: np.ndarray
-    rstd: np.ndarray
+    moments: np.ndarray
     c_state: np.ndarray | None
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "layer_norm_backward_checkpointed",
     "layer_norm_forward",
     "layer_norm_forward_checkpointed",
+    "layer_norm_gates",
     "read_bandwidth",
     "same_bits",
     "scaled_keep",
@@ -58,6 +59,13 @@ def backward(seq: Sequence, cache: CacheArrays, seeds: Seeds, grads: Grads) -> N
 def zoneout_candidates(seq: Sequence, cache: CacheArrays, out: np.ndarray) -> None: ...
 def layer_norm_forward(
     seq: Sequence, ln: LayerNormParams, out: Outputs, cache: LayerNormCacheArrays | None
+) -> None: ...
+def layer_norm_gates(
+    seq: Sequence,
+    ln: LayerNormParams,
+    cache: LayerNormCacheArrays,
+    gates: np.ndarray,
+    pre: np.ndarray | None,
 ) -> None: ...
 def layer_norm_backward(
     seq: Sequence,

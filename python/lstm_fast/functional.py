@@ -445,24 +445,36 @@ class CellCache:
 
 class LayerNormCache(Cache):
     """:class:`Cache` of a forward with ``layer_norm=True`` (the same ``i``,
-    ``f``, ``g``, ``o``, ``c``, ``z``), which also holds the normalised products
-    and cell and their 1/sigma for backward (docs/variants.md, 'In the
-    engine')."""
+    ``f``, ``g``, ``o``, ``c``, ``z``). It keeps the cells, the normalised
+    products, their 1/sigma and the cell's mean and 1/sigma for backward
+    (docs/variants.md, 'In the engine'), not the gates or the pre-activations:
+    ``i``, ``f``, ``g``, ``o`` and ``z`` are rebuilt from it at each access,
+    with the forward's arithmetic (its bits)."""
 
     __slots__ = ("_ln",)
 
     def __init__(self, args: _Args, arrays: LayerNormCacheArrays) -> None:
-        super().__init__(
-            args, arrays.gates, arrays.cells, arrays.h_prev, arrays.pre, arrays.c_state
-        )
+        # No gates nor pre-activations: `_gate` and `z` rebuild them.
+        gates: Any = None
+        super().__init__(args, gates, arrays.cells, arrays.h_prev, None, arrays.c_state)
         for a in arrays:
             if a is not None:
                 a.flags.writeable = False
         self._ln = arrays
 
+    def _rebuilt(self, pre: bool) -> np.ndarray:
+        """The gates (``pre`` False) or the pre-activations (R, 4H), dense."""
+        a = self._args
+        assert a.ln is not None
+        shape = (a.steps * a.batch, 4 * a.hidden)
+        gates = empty("the cache's gates", shape, a.dtype)
+        z = empty("the cache's pre-activations", shape, a.dtype) if pre else None
+        _core.layer_norm_gates(a, a.ln, self._ln, gates, z)
+        return gates if z is None else z
+
     def _gate(self, k: int) -> np.ndarray:
         a = self._args
-        g = self._gates.reshape(a.layout_shape(4 * a.hidden))
+        g = self._rebuilt(False).reshape(a.layout_shape(4 * a.hidden))
         return self._time_major(g[..., k * a.hidden : (k + 1) * a.hidden])
 
     @property
@@ -474,14 +486,14 @@ class LayerNormCache(Cache):
     def z(self) -> np.ndarray | None:
         """The pre-activations (T, B, 4H), as :attr:`Cache.z`."""
         a = self._args
-        if self._pre is None:
+        if not a.caches_pre:
             return None
-        return self._time_major(self._pre.reshape(a.layout_shape(4 * a.hidden)))
+        return self._time_major(self._rebuilt(True).reshape(a.layout_shape(4 * a.hidden)))
 
     @property
     def nbytes(self) -> int:
         ln = self._args.ln
-        extra = [self._ln.sx_hat, self._ln.sh_hat, self._ln.c_hat, self._ln.rstd]
+        extra = [self._ln.sx_hat, self._ln.sh_hat, self._ln.moments]
         extra += [] if ln is None else [p for p in ln[:-1] if p is not None]
         return super().nbytes + sum(x.nbytes for x in extra)
 
@@ -537,8 +549,8 @@ def training_memory(
     ``_core.hidden_pad``; 6*Hp without a projection), + 4*Hp for the variants
     that keep the pre-activations; zoneout adds nothing to it (the cells are
     the states after zoneout, backward rebuilds the candidates). For the
-    LayerNorm LSTM (``layer_norm``, dense arrays) 14*H + P + 3, + 4*H with the
-    pre-activations, + H with zoneout of c (its cache keeps both). S is
+    LayerNorm LSTM (``layer_norm``, dense arrays) 9*H + P + 4 (its gates and
+    pre-activations are rebuilt), + H with zoneout of c (its cache keeps both). S is
     backward's scratch: 4*Hp (the gate gradients), for the LayerNorm LSTM 8*H
     (ds_x, ds_h) + P + H with a projection (dh and m of every step). Z is
     zoneout's training masks: Pp with ``zoneout_h``, Hp with ``zoneout_c`` (a
@@ -547,7 +559,7 @@ def training_memory(
     hp = _core.hidden_pad(hidden, itemsize)
     pp = _core.hidden_pad(proj, itemsize)
     if layer_norm:
-        width = 14 * hidden + proj + 3 + (4 * hidden if caches_pre else 0)
+        width = 9 * hidden + proj + 4
         width += hidden if zoneout_c else 0
         scratch = 8 * hidden + (proj + hidden if proj != hidden else 0)
     else:
@@ -624,14 +636,11 @@ def _run_layer_norm_forward(
     arrays = None
     if need_cache:
         arrays = LayerNormCacheArrays(
-            gates=empty("cache (gates)", (rows, 4 * H), dt),
-            pre=empty("cache (pre-activations)", (rows, 4 * H), dt) if args.caches_pre else None,
             cells=empty("cache (cells)", (rows, H), dt),
             h_prev=empty("cache (h_prev)", (rows, P), dt),
             sx_hat=empty("cache (normalised x w_ih^T)", (rows, 4 * H), dt),
             sh_hat=empty("cache (normalised h w_hh^T)", (rows, 4 * H), dt),
-            c_hat=empty("cache (normalised cells)", (rows, H), dt),
-            rstd=empty("cache (1/sigma)", (rows, 3), dt),
+            moments=empty("cache (1/sigma and mean)", (rows, 4), dt),
             c_state=empty("cache (c after zoneout)", (rows, H), dt) if args.zones_c else None,
         )
     _core.layer_norm_forward(args, args.ln, out, arrays)

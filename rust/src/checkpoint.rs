@@ -495,9 +495,9 @@ impl<E: Float> SegmentPass<E> for FusedPass<'_, E> {
 /// scratch dz and ds_h, and the sums of [`LnGrads`].
 struct LnPass<'g, 'l, E> {
     ln: LayerNorm<'l, E>,
-    /// gates, pre, cells, h_prev, sx_hat, sh_hat, c_hat, rstd, c_state as in
-    /// [`LnCache`] (empty where the variant keeps none).
-    cache: [Vec<E>; 9],
+    /// cells, h_prev, sx_hat, sh_hat, moments, c_state as in [`LnCache`]
+    /// (empty where the variant keeps none).
+    cache: [Vec<E>; 6],
     dz: Vec<E>,
     dsh: Vec<E>,
     dw_ih: &'g mut [E],
@@ -513,11 +513,10 @@ struct LnPass<'g, 'l, E> {
 
 /// Elements per (step, row) of each of [`LnPass`]'s cache buffers (0: not
 /// kept by this variant); the scratch dz and ds_h take 4·H each.
-fn ln_widths<E: Float>(seq: &Sequence<'_, E>, zones_c: bool) -> [usize; 9] {
+fn ln_widths<E: Float>(seq: &Sequence<'_, E>, zones_c: bool) -> [usize; 6] {
     let (h, p) = (seq.dims.hidden, seq.state());
-    let pre = if seq.variant.caches_pre() { 4 * h } else { 0 };
     let c_state = if zones_c { h } else { 0 };
-    [4 * h, pre, h, p, 4 * h, 4 * h, h, 3, c_state]
+    [h, p, 4 * h, 4 * h, layernorm::MOMENTS, c_state]
 }
 
 impl<E: Float> SegmentPass<E> for LnPass<'_, '_, E> {
@@ -535,35 +534,29 @@ impl<E: Float> SegmentPass<E> for LnPass<'_, '_, E> {
         {
             let mut parts = self.cache.iter_mut().zip(widths);
             let mut next = || {
-                let (b, w) = parts.next().expect("nine buffers");
+                let (b, w) = parts.next().expect("six buffers");
                 &mut b[..rows * w]
             };
-            let (gates, pre, cells, h_prev) = (next(), next(), next(), next());
-            let (sx_hat, sh_hat, c_hat, rstd, c_state) = (next(), next(), next(), next(), next());
+            let (cells, h_prev, sx_hat) = (next(), next(), next());
+            let (sh_hat, moments, c_state) = (next(), next(), next());
             let cache = LnCache {
-                gates,
-                pre: (!pre.is_empty()).then_some(pre),
                 cells,
                 h_prev,
                 sx_hat,
                 sh_hat,
-                c_hat,
-                rstd,
+                moments,
                 c_state: (!c_state.is_empty()).then_some(c_state),
             };
             layernorm::forward(sub, &self.ln, out, Some(cache), cancel)?;
         }
         let cut = |k: usize| &self.cache[k][..rows * widths[k]];
         let cache = LnCacheRef {
-            gates: cut(0),
-            pre: (widths[1] > 0).then(|| cut(1)),
-            cells: cut(2),
-            h_prev: cut(3),
-            sx_hat: cut(4),
-            sh_hat: cut(5),
-            c_hat: cut(6),
-            rstd: cut(7),
-            c_state: (widths[8] > 0).then(|| cut(8)),
+            cells: cut(0),
+            h_prev: cut(1),
+            sx_hat: cut(2),
+            sh_hat: cut(3),
+            moments: cut(4),
+            c_state: (widths[5] > 0).then(|| cut(5)),
         };
         let g4 = 4 * sub.dims.hidden;
         let grads = LnGrads {
@@ -668,7 +661,7 @@ pub fn backward_checkpointed_ln<E: Float>(
     let what = "a segment's cache (checkpoint)";
     let g4 = 4 * seq.dims.hidden;
     let widths = ln_widths(seq, zones_c(seq, &draws));
-    let mut cache: [Vec<E>; 9] = Default::default();
+    let mut cache: [Vec<E>; 6] = Default::default();
     for (buf, w) in cache.iter_mut().zip(widths) {
         *buf = alloc::zeroed::<E>(&[seg_rows, w], what)?;
     }

@@ -17,8 +17,10 @@
 //!   product h_t = m_t·W_hrᵀ (on w_hr's panels). bf16 inference (prepared
 //!   weights rounded to bfloat16) streams W_hh's panels as bfloat16 and takes
 //!   w_ih and w_hr rounded: the bits of the float32 pass on rounded weights;
-//! - backward: per step (last first) the gate derivatives of each row, the
-//!   gradient through the normalisations of c_t, s_h and s_x, the step's
+//! - backward: per step (last first) each row's gates rebuilt from the cache
+//!   (which keeps ŝ_x, ŝ_h, c_t and the moments, not the gates: [`LnCache`])
+//!   and their derivatives, the gradient through the normalisations of c_t,
+//!   s_h and s_x, the step's
 //!   terms of the bias, gain and peephole sums (while they are in cache), and
 //!   dh_{t−1} = ds_h·W_hh (on W_hh's backward panels over the dense 4H);
 //!   after the loop dx = ds_x·W_ih (one product), and dW_ih = Σ ds_xᵀ x,
@@ -72,40 +74,36 @@ pub struct LayerNorm<'a, E> {
     pub eps: f64,
 }
 
-/// What backward needs from forward, rows R = T·B ordered like x: `gates`
-/// (R, 4H) activated, i, f, g, o; `pre` (R, 4H) the pre-activations, only for
-/// the variants that need them ([`Variant::caches_pre`]); `cells` (R, H) c_t;
-/// `h_prev` (R, P) the recurrent product's operand h_{t−1} ⊙ r; `sx_hat`,
-/// `sh_hat` (R, 4H) the normalised products before gain and bias; `c_hat` (R,
-/// H) likewise for c_t; `rstd` (R, 3) the three 1/σ (s_x, s_h, c). That is
-/// 14·H + P + 3 per (row, step), 18·H + P + 3 with `pre`. With zoneout
-/// (docs/variants.md, 'Zoneout') `cells` holds the cell each step computed
-/// (c̃_t, which c_hat normalises) and `c_state` (R, H), with zoneout of c
-/// only, the state c_t after zoneout (the next step's c_{t−1}): H more. Rows
-/// of padded steps are zero.
+/// What backward needs from forward, rows R = T·B ordered like x: `cells`
+/// (R, H) c_t; `h_prev` (R, P) the recurrent product's operand h_{t−1} ⊙ r;
+/// `sx_hat`, `sh_hat` (R, 4H) the normalised products before gain and bias;
+/// `moments` (R, 4) the three 1/σ (s_x, s_h, c) and the mean of c_t. That is
+/// 9·H + P + 4 per (row, step), for every variant. What backward can rebuild
+/// from these while the row is in cache is not kept: the gates and the
+/// pre-activations (from ŝ_x, ŝ_h, the gains and biases, c_{t−1} and c_t:
+/// [`GateMath`], the forward's arithmetic and bits), and ĉ_t, c_t
+/// normalised, which forward and backward both compute from c_t and its two
+/// moments as they are kept, (c − μ)·r (`renormalise`). With zoneout (docs/variants.md, 'Zoneout')
+/// `cells` holds the cell each step computed (c̃_t, which ĉ_t normalises) and
+/// `c_state` (R, H), with zoneout of c only, the state c_t after zoneout (the
+/// next step's c_{t−1}): H more. Rows of padded steps are zero.
 pub struct LnCache<'a, E> {
-    pub gates: &'a mut [E],
-    pub pre: Option<&'a mut [E]>,
     pub cells: &'a mut [E],
     pub h_prev: &'a mut [E],
     pub sx_hat: &'a mut [E],
     pub sh_hat: &'a mut [E],
-    pub c_hat: &'a mut [E],
-    pub rstd: &'a mut [E],
+    pub moments: &'a mut [E],
     pub c_state: Option<&'a mut [E]>,
 }
 
 /// Read-only view of an [`LnCache`].
 #[derive(Clone, Copy)]
 pub struct LnCacheRef<'a, E> {
-    pub gates: &'a [E],
-    pub pre: Option<&'a [E]>,
     pub cells: &'a [E],
     pub h_prev: &'a [E],
     pub sx_hat: &'a [E],
     pub sh_hat: &'a [E],
-    pub c_hat: &'a [E],
-    pub rstd: &'a [E],
+    pub moments: &'a [E],
     pub c_state: Option<&'a [E]>,
 }
 
@@ -172,24 +170,18 @@ impl<E: Float> LayerNorm<'_, E> {
     }
 }
 
-/// The cache's lengths: gates, pre, cells, h_prev, sx_hat, sh_hat, c_hat,
-/// rstd, c_state.
-fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 9] {
+/// Per (row, step): the three 1/σ (s_x, s_h, c) and the mean of c.
+pub(crate) const MOMENTS: usize = 4;
+
+/// The cache's lengths: cells, h_prev, sx_hat, sh_hat, moments, c_state.
+fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 6] {
     let (h, p) = (seq.dims.hidden, seq.state());
-    let pre = if seq.variant.caches_pre() {
-        rows * 4 * h
-    } else {
-        0
-    };
     [
-        rows * 4 * h,
-        pre,
         rows * h,
         rows * p,
         rows * 4 * h,
         rows * 4 * h,
-        rows * h,
-        rows * 3,
+        rows * MOMENTS,
         if seq.variant.zoneout_c.is_on() {
             rows * h
         } else {
@@ -198,22 +190,19 @@ fn cache_lens<E: Float>(seq: &Sequence<'_, E>, rows: usize) -> [usize; 9] {
     ]
 }
 
-const CACHE_NAMES: [&str; 9] = [
-    "cache gates",
-    "cache pre",
+const CACHE_NAMES: [&str; 6] = [
     "cache cells",
     "cache h_prev",
     "cache sx_hat",
     "cache sh_hat",
-    "cache c_hat",
-    "cache rstd",
+    "cache moments",
     "cache c_state",
 ];
 
 fn check_cache<E: Float>(
     seq: &Sequence<'_, E>,
     rows: usize,
-    got: [Option<usize>; 9],
+    got: [Option<usize>; 6],
 ) -> Result<()> {
     for ((name, want), got) in CACHE_NAMES.iter().zip(cache_lens(seq, rows)).zip(got) {
         match got {
@@ -345,6 +334,27 @@ fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
     E::from_f64(rstd)
 }
 
+/// The mean and 1/σ of `v` (as [`moments`]) rounded to `E`, as the cache
+/// keeps them, and the normalised `v` computed from those into `out`
+/// ([`renormalise`]): backward rebuilds the same bits from the cache.
+#[inline(always)]
+fn normalise_kept<E: Float>(v: &[E], out: &mut [E], eps: f64) -> (E, E) {
+    let (mean, rstd) = moments(v, eps);
+    let (mean, rstd) = (E::from_f64(mean), E::from_f64(rstd));
+    renormalise(v, out, mean, rstd);
+    (mean, rstd)
+}
+
+/// (v − μ)·r into `out`, in f64 and rounded once, from the moments as the
+/// cache keeps them.
+#[inline(always)]
+fn renormalise<E: Float>(v: &[E], out: &mut [E], mean: E, rstd: E) {
+    let (mean, rstd) = (mean.to_f64(), rstd.to_f64());
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = E::from_f64((x.to_f64() - mean) * rstd);
+    }
+}
+
 /// [`normalise`] of `v` in place.
 #[inline(always)]
 fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
@@ -436,17 +446,17 @@ struct ForwardStep<'a, E> {
     hidden: usize,
     eps: f64,
     /// s_x (R, 4H), which each row normalises in place when its step runs
-    /// (while the row is in cache for the gates), and the three 1/σ (R, 3),
-    /// by row.
+    /// (while the row is in cache for the gates), and the moments (R,
+    /// [`MOMENTS`]), by row.
     sx_hat: SharedMut<E>,
-    rstd: SharedMut<E>,
+    moments: SharedMut<E>,
     /// s_h of the step's rows (n, 4H), by slot j.
     sh: *const E,
-    /// Where row j's cache rows go: by row when caching, else by slot j
-    /// (step buffers of the step's rows).
+    /// Where row j's cells and ŝ_h go: by row when caching, else by slot j
+    /// (step buffers of the step's rows); its gates and ĉ always go to slot
+    /// j (backward rebuilds them).
     caching: bool,
     gates: SharedMut<E>,
-    pre: SharedMut<E>,
     cells: SharedMut<E>,
     sh_hat: SharedMut<E>,
     c_hat: SharedMut<E>,
@@ -499,16 +509,16 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             // LN of s_x in place.
             let sx_hat = st_.sx_hat.0.add(row * g4);
             let r_x = normalise_in_place(std::slice::from_raw_parts_mut(sx_hat, g4), st_.eps);
-            *st_.rstd.0.add(row * 3) = r_x;
+            *st_.moments.0.add(row * MOMENTS) = r_x;
             let sx_hat = sx_hat.cast_const();
             // LN of s_h into the cache (or step) row.
             let sh = std::slice::from_raw_parts(st_.sh.add(j * g4), g4);
             let sh_hat = std::slice::from_raw_parts_mut(st_.sh_hat.0.add(at * g4), g4);
             let r_h = normalise(sh, sh_hat, st_.eps);
-            *st_.rstd.0.add(row * 3 + 1) = r_h;
+            *st_.moments.0.add(row * MOMENTS + 1) = r_h;
             let sh_hat = sh_hat.as_ptr();
             // a = LN(s_x) + LN(s_h) + b_ih + b_hh, written where the gates go.
-            let gates = st_.gates.0.add(at * g4);
+            let gates = st_.gates.0.add(j * g4);
             let mut u = 0;
             while u < g4 {
                 let x = ld::<S>(sx_hat, u, g4).mul(param(ln.w_ih, 0, u, g4, one));
@@ -547,13 +557,6 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
                     z_o = z_o.add(ld::<S>(pp.add(h), u, h).mul(c_new));
                 }
                 let og = v.f.apply(clamp(z_o));
-                if !st_.pre.0.is_null() {
-                    let zp = st_.pre.0.add(at * g4);
-                    st::<S>(z_i, zp, u, h);
-                    st::<S>(z_f, zp.add(h), u, h);
-                    st::<S>(z_g, zp.add(2 * h), u, h);
-                    st::<S>(z_o, zp.add(3 * h), u, h);
-                }
                 st::<S>(ig, gates, u, h);
                 st::<S>(fg, gates.add(h), u, h);
                 st::<S>(gg, gates.add(2 * h), u, h);
@@ -570,9 +573,10 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             }
             // n = LN(c_t), m = o ⊙ σ_h(n).
             let cells = std::slice::from_raw_parts(cells, h);
-            let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(at * h), h);
-            let r_c = normalise(cells, c_hat, st_.eps);
-            *st_.rstd.0.add(row * 3 + 2) = r_c;
+            let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(j * h), h);
+            let (mu_c, r_c) = normalise_kept(cells, c_hat, st_.eps);
+            *st_.moments.0.add(row * MOMENTS + 2) = r_c;
+            *st_.moments.0.add(row * MOMENTS + 3) = mu_c;
             let c_hat = c_hat.as_ptr();
             let m = st_.m.0.add(j * h);
             let mut u = 0;
@@ -601,14 +605,11 @@ pub fn forward<E: Float>(
     ln.check(seq.dims.hidden)?;
     if let Some(c) = &cache {
         let got = [
-            Some(c.gates.len()),
-            c.pre.as_ref().map(|p| p.len()),
             Some(c.cells.len()),
             Some(c.h_prev.len()),
             Some(c.sx_hat.len()),
             Some(c.sh_hat.len()),
-            Some(c.c_hat.len()),
-            Some(c.rstd.len()),
+            Some(c.moments.len()),
             c.c_state.as_ref().map(|p| p.len()),
         ];
         check_cache(seq, rows, got)?;
@@ -649,21 +650,17 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
-        let (c_gates, c_pre, c_cells, mut c_h_prev, c_sx, c_sh, c_chat, c_rstd, c_after) =
-            match cache {
-                Some(c) => (
-                    Some(c.gates),
-                    c.pre,
-                    Some(c.cells),
-                    Some(c.h_prev),
-                    Some(c.sx_hat),
-                    Some(c.sh_hat),
-                    Some(c.c_hat),
-                    Some(c.rstd),
-                    c.c_state,
-                ),
-                None => (None, None, None, None, None, None, None, None, None),
-            };
+        let (c_cells, mut c_h_prev, c_sx, c_sh, c_moments, c_after) = match cache {
+            Some(c) => (
+                Some(c.cells),
+                Some(c.h_prev),
+                Some(c.sx_hat),
+                Some(c.sh_hat),
+                Some(c.moments),
+                c.c_state,
+            ),
+            None => (None, None, None, None, None, None),
+        };
         let c_after = match c_after {
             Some(a) if seq.variant.zoneout_c.is_on() => SharedMut(a.as_mut_ptr()),
             _ => SharedMut::null(),
@@ -673,7 +670,7 @@ pub fn forward<E: Float>(
         // the step's rows when they run, here for the rows of padded steps
         // (the cache holds their normalised products too).
         let mut own_sx;
-        let mut own_rstd;
+        let mut own_moments;
         let own_w_ih;
         let sx: &mut [E] = match c_sx {
             Some(a) => a,
@@ -682,11 +679,11 @@ pub fn forward<E: Float>(
                 &mut own_sx
             }
         };
-        let rstd: &mut [E] = match c_rstd {
+        let moments: &mut [E] = match c_moments {
             Some(a) => a,
             None => {
-                own_rstd = alloc::zeroed::<E>(&[rows, 3], "the normalisations' 1/sigma")?;
-                &mut own_rstd
+                own_moments = alloc::zeroed::<E>(&[rows, MOMENTS], "the normalisations' moments")?;
+                &mut own_moments
             }
         };
         // bf16 inference: s_x on w_ih rounded to bfloat16 (the values the
@@ -711,7 +708,7 @@ pub fn forward<E: Float>(
             for t in seq.length(b)..steps {
                 let r = row_of(seq, t, b);
                 let v = &mut sx[r * g4..][..g4];
-                rstd[r * 3] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+                moments[r * MOMENTS] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
             }
         }
 
@@ -725,30 +722,20 @@ pub fn forward<E: Float>(
         let mut m = alloc::zeroed::<E>(&[batch, hidden], "m_t of a step")?;
         let mut h_new = alloc::zeroed::<E>(&[batch, state], "h_t of a step")?;
         let step_rows = if caching { 0 } else { batch };
-        let caches_pre = seq.variant.caches_pre();
         let mut own = [
-            alloc::zeroed::<E>(&[step_rows, g4], "the gates of a step")?,
+            alloc::zeroed::<E>(&[batch, g4], "the gates of a step")?,
             alloc::zeroed::<E>(&[step_rows, hidden], "the cells of a step")?,
             alloc::zeroed::<E>(&[step_rows, g4], "the normalised products of a step")?,
-            alloc::zeroed::<E>(&[step_rows, hidden], "the normalised cells of a step")?,
-            alloc::zeroed::<E>(
-                &[if caches_pre { step_rows } else { 0 }, g4],
-                "the pre-activations of a step",
-            )?,
+            alloc::zeroed::<E>(&[batch, hidden], "the normalised cells of a step")?,
         ];
-        let [o_gates, o_cells, o_sh, o_chat, o_pre] = &mut own;
+        let [o_gates, o_cells, o_sh, o_chat] = &mut own;
         let ptr = |given: Option<&mut [E]>, own: &mut Vec<E>| {
             SharedMut(given.map_or(own.as_mut_ptr(), |g| g.as_mut_ptr()))
         };
-        let gates = ptr(c_gates, o_gates);
+        let gates = SharedMut(o_gates.as_mut_ptr());
         let cells = ptr(c_cells, o_cells);
         let sh_hat = ptr(c_sh, o_sh);
-        let c_hat = ptr(c_chat, o_chat);
-        let pre = if caches_pre {
-            ptr(c_pre, o_pre)
-        } else {
-            SharedMut::null()
-        };
+        let c_hat = SharedMut(o_chat.as_mut_ptr());
         // The recurrent weights (and the projection's) packed once for the
         // whole call, or kept by prepared weights.
         let lanes = isa.lanes::<E>();
@@ -835,11 +822,10 @@ pub fn forward<E: Float>(
                 hidden,
                 eps,
                 sx_hat: SharedMut(sx.as_mut_ptr()),
-                rstd: SharedMut(rstd.as_mut_ptr()),
+                moments: SharedMut(moments.as_mut_ptr()),
                 sh: sh.as_ptr(),
                 caching,
                 gates,
-                pre,
                 cells,
                 sh_hat,
                 c_hat,
@@ -917,17 +903,10 @@ fn rounded_bf16<E: Float>(w: &[E]) -> Result<Vec<E>> {
 
 fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, state: usize) {
     let g4 = 4 * hidden;
-    c.gates[row * g4..][..g4].fill(E::ZERO);
-    if let Some(p) = c.pre.as_mut() {
-        if !p.is_empty() {
-            p[row * g4..][..g4].fill(E::ZERO);
-        }
-    }
     c.cells[row * hidden..][..hidden].fill(E::ZERO);
     c.h_prev[row * state..][..state].fill(E::ZERO);
     c.sh_hat[row * g4..][..g4].fill(E::ZERO);
-    c.c_hat[row * hidden..][..hidden].fill(E::ZERO);
-    c.rstd[row * 3..][..3].fill(E::ZERO);
+    c.moments[row * MOMENTS..][..MOMENTS].fill(E::ZERO);
     if let Some(cs) = c.c_state.as_mut() {
         if !cs.is_empty() {
             cs[row * hidden..][..hidden].fill(E::ZERO);
@@ -999,6 +978,121 @@ fn zone_split<E: Float>(
     }
 }
 
+/// The gates of one row rebuilt from the cache with the forward's
+/// arithmetic (`ForwardRow`: the same operations in the same order, so the
+/// same bits): a = (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh) by gate block,
+/// the peepholes' terms from c_{t−1} and c_t, the activations.
+#[derive(Clone, Copy)]
+struct GateMath<'a, E> {
+    v: Variant<'a, E>,
+    ln: LayerNorm<'a, E>,
+    bias: Option<&'a [E]>,
+    hidden: usize,
+}
+
+/// The input a of the gate block at `o` (0, H, 2H, 3H), units u.., as
+/// `ForwardRow` computes it: (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh). A
+/// function, not a closure, so that it is inlined into the ISA's kernel
+/// (a closure that is not inlined runs each SIMD operation as a call).
+///
+/// # Safety
+/// `sx_hat`, `sh_hat` and the parameters given hold `o + h` elements.
+#[inline(always)]
+unsafe fn gate_input<E: Float, S: Simd<E = E>>(
+    ln: &LayerNorm<'_, E>,
+    bias: Option<&[E]>,
+    sx_hat: *const E,
+    sh_hat: *const E,
+    o: usize,
+    u: usize,
+    h: usize,
+) -> S {
+    let zero = S::splat(E::ZERO);
+    let one = S::splat(E::ONE);
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let x = ld::<S>(sx_hat.add(o), u, h).mul(param(ln.w_ih, o, u, h, one));
+        let x = x.add(param(ln.b_ih, o, u, h, zero));
+        let y = ld::<S>(sh_hat.add(o), u, h).mul(param(ln.w_hh, o, u, h, one));
+        let y = y.add(param(ln.b_hh, o, u, h, zero));
+        x.add(param(bias, o, u, h, zero)).add(y)
+    }
+}
+
+/// `z` clipped to [−c, c] with a clip c.
+#[inline(always)]
+fn clip<E: Float, S: Simd<E = E>>(z: S, c: Option<E>) -> S {
+    match c {
+        Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
+        None => z,
+    }
+}
+
+impl<E: Float> GateMath<'_, E> {
+    /// Writes the activated gates i, f, g, o to `gates` (4H) and, when not
+    /// null, the pre-activations z (peepholes added, before clip) to `pre`
+    /// (4H), from the row's `sx_hat`, `sh_hat` (4H), `c_prev`, `c_new` (H).
+    ///
+    /// # Safety
+    /// Every pointer addresses its width of elements; `gates` and `pre` may
+    /// be written (and may alias nothing read here).
+    #[inline(always)]
+    unsafe fn run<S: Simd<E = E>>(
+        &self,
+        sx_hat: *const E,
+        sh_hat: *const E,
+        c_prev: *const E,
+        c_new: *const E,
+        gates: *mut E,
+        pre: *mut E,
+    ) {
+        let (v, ln, h) = (&self.v, &self.ln, self.hidden);
+        let one = S::splat(E::ONE);
+        let pp = v.peepholes.unwrap_or(&[]).as_ptr();
+        // SAFETY: forwarded from the caller; the parameters hold 4H (H for
+        // the peepholes' blocks) elements.
+        unsafe {
+            let mut u = 0;
+            while u < h {
+                // Not a closure: see `gate_input`.
+                let mut z_i = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 0, u, h);
+                let mut z_f = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, h, u, h);
+                let z_g = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 2 * h, u, h);
+                let mut z_o = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 3 * h, u, h);
+                let c_p = ld::<S>(c_prev, u, h);
+                if v.peepholes.is_some() {
+                    z_i = z_i.add(ld::<S>(pp, u, h).mul(c_p));
+                    z_f = z_f.add(ld::<S>(pp.add(2 * h), u, h).mul(c_p));
+                }
+                let ig = v.f.apply(clip(z_i, v.clip));
+                let fg = if !v.forget_gate {
+                    one
+                } else if v.input_forget {
+                    one.sub(ig)
+                } else {
+                    v.f.apply(clip(z_f, v.clip))
+                };
+                let gg = v.g.apply(clip(z_g, v.clip));
+                if v.peepholes.is_some() {
+                    z_o = z_o.add(ld::<S>(pp.add(h), u, h).mul(ld::<S>(c_new, u, h)));
+                }
+                let og = v.f.apply(clip(z_o, v.clip));
+                if !pre.is_null() {
+                    st::<S>(z_i, pre, u, h);
+                    st::<S>(z_f, pre.add(h), u, h);
+                    st::<S>(z_g, pre.add(2 * h), u, h);
+                    st::<S>(z_o, pre.add(3 * h), u, h);
+                }
+                st::<S>(ig, gates, u, h);
+                st::<S>(fg, gates.add(h), u, h);
+                st::<S>(gg, gates.add(2 * h), u, h);
+                st::<S>(og, gates.add(3 * h), u, h);
+                u += S::LANES;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Backward
 
@@ -1025,6 +1119,11 @@ struct BackwardStep<'a, E> {
     dn: SharedMut<E>,
     dsx: SharedMut<E>,
     dsh: SharedMut<E>,
+    /// ĉ_t of each slot j (n, H), rebuilt from c_t and its moments
+    /// ([`renormalise`]) for the step's row kernel and sums.
+    c_hat: SharedMut<E>,
+    /// The gates' arithmetic, to rebuild each row's gates.
+    gate_math: GateMath<'a, E>,
     /// m_t (R, H) by row, with a projection (else null).
     m: SharedMut<E>,
     /// ‖dc_t‖ of each slot j, with the flow (else null).
@@ -1068,10 +1167,38 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
         // of the step's, batch row `b` of the state, each written by this row
         // alone; the cache's lengths were checked.
         unsafe {
-            let gates = cache.gates.as_ptr().add(row * g4);
-            let c_hat = cache.c_hat.as_ptr().add(row * h);
-            let r_c = *cache.rstd.get_unchecked(row * 3 + 2);
-            let r_h = *cache.rstd.get_unchecked(row * 3 + 1);
+            // The gates, in dz's row, and for the variants whose backward
+            // needs them the pre-activations, in ds_x's row, rebuilt as
+            // forward computed them: each place is read (below) before it
+            // is written with what it is for.
+            let dz = sp.dz.0.add(j * g4);
+            let dsx = sp.dsx.0.add(row * g4);
+            let c_prev = sp.c_prev.add(j * h);
+            let pre: *mut E = if v.caches_pre() {
+                dsx
+            } else {
+                std::ptr::null_mut()
+            };
+            sp.gate_math.run::<S>(
+                cache.sx_hat.as_ptr().add(row * g4),
+                cache.sh_hat.as_ptr().add(row * g4),
+                c_prev,
+                cache.cells.as_ptr().add(row * h),
+                dz,
+                pre,
+            );
+            let gates = dz.cast_const();
+            let kept = cache.moments.as_ptr().add(row * MOMENTS);
+            let (r_x, r_h, r_c, mu_c) = (*kept, *kept.add(1), *kept.add(2), *kept.add(3));
+            // ĉ_t, the bits forward computed (`normalise_kept`).
+            let c_hat = sp.c_hat.0.add(j * h);
+            renormalise(
+                std::slice::from_raw_parts(cache.cells.as_ptr().add(row * h), h),
+                std::slice::from_raw_parts_mut(c_hat, h),
+                mu_c,
+                r_c,
+            );
+            let c_hat = c_hat.cast_const();
             let dm = sp.dm.add(j * h);
             let dn = sp.dn.0.add(j * h);
             // dn = σ_h'(n)·(dm ⊙ o), its gain's gradient on, for the
@@ -1102,18 +1229,15 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             normalise_grad(through_c, std::slice::from_raw_parts(c_hat, h), r_c);
             // The gate derivatives (docs/variants.md, 'Backward').
             let pp = v.peepholes.unwrap_or(&[]).as_ptr();
-            let pre = cache.pre.unwrap_or(&[]);
-            let dz = sp.dz.0.add(j * g4);
             let dc = sp.dc.0.add(b * h);
-            let c_prev = sp.c_prev.add(j * h);
             let mut sq = 0.0f64;
             let mut u = 0;
             while u < h {
                 let z = |k: usize| {
-                    if pre.is_empty() {
+                    if pre.is_null() {
                         zero // never read: the activations need no input (caches_pre)
                     } else {
-                        ld::<S>(pre.as_ptr().add(row * g4 + k * h), u, h)
+                        ld::<S>(pre.add(k * h), u, h)
                     }
                 };
                 let gate = |k: usize| ld::<S>(gates.add(k * h), u, h);
@@ -1186,7 +1310,6 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                 r_h,
             );
             // ds_x = the gradient through the normalisation of s_x.
-            let dsx = sp.dsx.0.add(row * g4);
             let mut u = 0;
             while u < g4 {
                 let d = ld::<S>(dz, u, g4).mul(param(ln.w_ih, 0, u, g4, one));
@@ -1196,7 +1319,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             normalise_grad(
                 std::slice::from_raw_parts_mut(dsx, g4),
                 std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4),
-                *cache.rstd.get_unchecked(row * 3),
+                r_x,
             );
         }
     }
@@ -1204,7 +1327,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
 
 /// The sums over (step, row) of the bias, gain and peephole gradients (None
 /// or null: not wanted), continued by each step's rows right after the
-/// step's row kernels, while their dz, dn and cache rows are in cache: `db`
+/// step's row kernels, while their dz, dn, ĉ and cache rows are in cache: `db`
 /// = Σ dz, `dw_ln_ih` = Σ dz ⊙ ŝ_x, `dw_ln_hh` = Σ dz ⊙ ŝ_h (4H each),
 /// `dw_ln_c` = Σ dn ⊙ ĉ, `db_ln_c` = Σ dn (H each) and the peepholes' (3H,
 /// as `lstm::peephole_terms`). The steps come last to first and their rows
@@ -1260,8 +1383,8 @@ fn add_row<E: Float>(sum: &mut [E], a: &[E], b: Option<&[E]>) {
 impl<E: Float> StepSums<'_, E> {
     /// Adds the terms of a step's rows: `active[j]` = (batch row, layout
     /// row) of slot j, by ascending batch row; `dz` (n, 4H), `dn` (n, H),
-    /// `c_prev` (n, H) by slot.
-    fn add(&self, active: &[(usize, usize)], dz: &[E], dn: &[E], c_prev: &[E]) {
+    /// `c_prev` and `c_hat` (n, H) by slot.
+    fn add(&self, active: &[(usize, usize)], dz: &[E], dn: &[E], c_prev: &[E], c_hat: &[E]) {
         let (h, g4) = (self.hidden, 4 * self.hidden);
         let wide = g4.div_ceil(DB_COLUMN_BLOCK);
         let narrow = h.div_ceil(DB_COLUMN_BLOCK);
@@ -1314,7 +1437,7 @@ impl<E: Float> StepSums<'_, E> {
                 for (j, &(_, row)) in active.iter().enumerate() {
                     let d = &dn[j * h + k0..][..len];
                     if let Some(wc) = wc.as_deref_mut() {
-                        add_row(wc, d, Some(&cache.c_hat[row * h + k0..][..len]));
+                        add_row(wc, d, Some(&c_hat[j * h + k0..][..len]));
                     }
                     if let Some(bc) = bc.as_deref_mut() {
                         add_row(bc, d, None);
@@ -1350,14 +1473,11 @@ pub fn backward<E: Float>(
 ) -> Result<()> {
     let rows = check_grads(seq, ln, &seeds, &grads)?;
     let got = [
-        Some(cache.gates.len()),
-        cache.pre.map(<[E]>::len),
         Some(cache.cells.len()),
         Some(cache.h_prev.len()),
         Some(cache.sx_hat.len()),
         Some(cache.sh_hat.len()),
-        Some(cache.c_hat.len()),
-        Some(cache.rstd.len()),
+        Some(cache.moments.len()),
         cache.c_state.map(<[E]>::len),
     ];
     check_cache(seq, rows, got)?;
@@ -1365,6 +1485,111 @@ pub fn backward<E: Float>(
         return backward_without_steps(seeds, grads);
     }
     backward_pass(seq, ln, cache, seeds, grads, rows, false, cancel)
+}
+
+/// One row's [`GateMath`] on the dispatched ISA (pointers as it takes them).
+struct GateRow<'a, 'b, E> {
+    math: &'b GateMath<'a, E>,
+    sx_hat: *const E,
+    sh_hat: *const E,
+    c_prev: *const E,
+    c_new: *const E,
+    gates: *mut E,
+    pre: *mut E,
+}
+
+impl<E: Float> Kernel<E> for GateRow<'_, '_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        // SAFETY: `gates` made the pointers from rows of checked lengths.
+        unsafe {
+            self.math.run::<S>(
+                self.sx_hat,
+                self.sh_hat,
+                self.c_prev,
+                self.c_new,
+                self.gates,
+                self.pre,
+            );
+        }
+    }
+}
+
+/// The activated gates (R, 4H, blocks i, f, g, o) and, with `pre`, the
+/// pre-activations (R, 4H; peepholes added, before clip) of a [`forward`]
+/// with `cache`, rebuilt from it with the forward's arithmetic ([`GateMath`],
+/// the forward's bits): the cache does not keep them. Rows of padded steps
+/// are zero.
+pub fn gates<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    cache: LnCacheRef<'_, E>,
+    gates: &mut [E],
+    pre: Option<&mut [E]>,
+) -> Result<()> {
+    seq.check()?;
+    let rows = seq.rows()?;
+    ln.check(seq.dims.hidden)?;
+    let got = [
+        Some(cache.cells.len()),
+        Some(cache.h_prev.len()),
+        Some(cache.sx_hat.len()),
+        Some(cache.sh_hat.len()),
+        Some(cache.moments.len()),
+        cache.c_state.map(<[E]>::len),
+    ];
+    check_cache(seq, rows, got)?;
+    let Dims { batch, hidden, .. } = seq.dims;
+    let g4 = 4 * hidden;
+    expect("gates", gates.len(), rows * g4)?;
+    let mut pre = pre;
+    expect_opt("pre", pre.as_ref().map(|p| p.len()), rows * g4)?;
+    gates.fill(E::ZERO);
+    if let Some(p) = pre.as_mut() {
+        p.fill(E::ZERO);
+    }
+    // c_{t−1} of a step: the state after zoneout with zoneout of c.
+    let states = if seq.variant.zoneout_c.is_on() {
+        cache.c_state.unwrap_or(&[])
+    } else {
+        cache.cells
+    };
+    let zeros = alloc::zeroed::<E>(&[hidden], "a zero state c")?;
+    let isa = Isa::active();
+    let math = GateMath {
+        v: seq.variant,
+        ln: *ln,
+        bias: seq.bias,
+        hidden,
+    };
+    for b in 0..batch {
+        for s in 0..seq.length(b) {
+            let row = row_of(seq, time_of(seq, s, b), b);
+            let c_prev: &[E] = if s == 0 {
+                seq.c0.map_or(&zeros[..], |c0| &c0[b * hidden..][..hidden])
+            } else {
+                &states[row_of(seq, time_of(seq, s - 1, b), b) * hidden..][..hidden]
+            };
+            let pre_row = match pre.as_mut() {
+                Some(p) => p[row * g4..][..g4].as_mut_ptr(),
+                None => std::ptr::null_mut(),
+            };
+            dispatch::<E, _>(
+                isa,
+                GateRow {
+                    math: &math,
+                    sx_hat: cache.sx_hat[row * g4..][..g4].as_ptr(),
+                    sh_hat: cache.sh_hat[row * g4..][..g4].as_ptr(),
+                    c_prev: c_prev.as_ptr(),
+                    c_new: cache.cells[row * hidden..][..hidden].as_ptr(),
+                    gates: gates[row * g4..][..g4].as_mut_ptr(),
+                    pre: pre_row,
+                },
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The checks of [`backward`]'s arguments but the cache: the sequence, the
@@ -1567,6 +1792,7 @@ pub(crate) fn backward_pass<E: Float>(
         let mut dn = alloc::zeroed::<E>(&[batch, hidden], "the normalised cells' gradients")?;
         let mut dh_back = alloc::zeroed::<E>(&[batch, state], "dh_{t-1} of a step")?;
         let mut c_prev = alloc::zeroed::<E>(&[batch, hidden], "c_{t-1} of a step")?;
+        let mut c_hat = alloc::zeroed::<E>(&[batch, hidden], "the normalised cells of a step")?;
         let mut flow_c = alloc::zeroed::<E>(&[batch], "the flow of a step")?;
         let mut dh = alloc::zeroed::<E>(&[batch, state], "the state dh")?;
         dh.copy_from_slice(dh0);
@@ -1686,6 +1912,13 @@ pub(crate) fn backward_pass<E: Float>(
                 dn: SharedMut(dn.as_mut_ptr()),
                 dsx: SharedMut(dsx.as_mut_ptr()),
                 dsh: SharedMut(dsh.as_mut_ptr()),
+                c_hat: SharedMut(c_hat.as_mut_ptr()),
+                gate_math: GateMath {
+                    v: seq.variant,
+                    ln: *ln,
+                    bias: seq.bias,
+                    hidden,
+                },
                 m: if projects {
                     SharedMut(m_all.as_mut_ptr())
                 } else {
@@ -1710,7 +1943,7 @@ pub(crate) fn backward_pass<E: Float>(
                     },
                 )
             });
-            step_sums.add(active.as_slice(), &dz, &dn, &c_prev);
+            step_sums.add(active.as_slice(), &dz, &dn, &c_prev, &c_hat);
             panel_product(
                 isa,
                 PanelProduct {

@@ -460,28 +460,22 @@ impl<E: Element> LayerNormArrays<'_, E> {
 /// `_bundles.LayerNormCacheArrays`, as `A` (`Out` for forward, `In` for backward).
 #[derive(FromPyObject)]
 struct LnCacheArrays<A> {
-    gates: A,
-    pre: Option<A>,
     cells: A,
     h_prev: A,
     sx_hat: A,
     sh_hat: A,
-    c_hat: A,
-    rstd: A,
+    moments: A,
     c_state: Option<A>,
 }
 
 impl<E: Element> LnCacheArrays<Out<'_, E>> {
     fn cache(&mut self) -> PyResult<LnCache<'_, E>> {
         Ok(LnCache {
-            gates: slice_mut("gates", &mut self.gates)?,
-            pre: opt_slice_mut("pre", &mut self.pre)?,
             cells: slice_mut("cells", &mut self.cells)?,
             h_prev: slice_mut("h_prev", &mut self.h_prev)?,
             sx_hat: slice_mut("sx_hat", &mut self.sx_hat)?,
             sh_hat: slice_mut("sh_hat", &mut self.sh_hat)?,
-            c_hat: slice_mut("c_hat", &mut self.c_hat)?,
-            rstd: slice_mut("rstd", &mut self.rstd)?,
+            moments: slice_mut("moments", &mut self.moments)?,
             c_state: opt_slice_mut("c_state", &mut self.c_state)?,
         })
     }
@@ -490,14 +484,11 @@ impl<E: Element> LnCacheArrays<Out<'_, E>> {
 impl<E: Element> LnCacheArrays<In<'_, E>> {
     fn cache_ref(&self) -> PyResult<LnCacheRef<'_, E>> {
         Ok(LnCacheRef {
-            gates: slice("gates", &self.gates)?,
-            pre: opt_slice("pre", &self.pre)?,
             cells: slice("cells", &self.cells)?,
             h_prev: slice("h_prev", &self.h_prev)?,
             sx_hat: slice("sx_hat", &self.sx_hat)?,
             sh_hat: slice("sh_hat", &self.sh_hat)?,
-            c_hat: slice("c_hat", &self.c_hat)?,
-            rstd: slice("rstd", &self.rstd)?,
+            moments: slice("moments", &self.moments)?,
             c_state: opt_slice("c_state", &self.c_state)?,
         })
     }
@@ -767,6 +758,28 @@ fn run_ln_forward<'py, E: Engine + FromPyObjectOwned<'py>>(
     run_pass(py, seq.dims, |cancel| {
         crate::layernorm::forward(&seq, &ln, out, cache, cancel)
     })
+}
+
+/// The gates and pre-activations a LayerNorm cache does not keep, rebuilt
+/// ([`crate::layernorm::gates`]).
+fn run_ln_gates<'py, E: Engine + FromPyObjectOwned<'py>>(
+    py: Python<'py>,
+    seq: SequenceArrays<'py, E>,
+    ln: &Bound<'py, PyAny>,
+    cache: &Bound<'py, PyAny>,
+    gates: &Bound<'py, PyAny>,
+    pre: Option<&Bound<'py, PyAny>>,
+) -> PyResult<()> {
+    let ln: LayerNormArrays<'py, E> = ln.extract()?;
+    let cache: LnCacheArrays<In<'py, E>> = cache.extract()?;
+    let mut gates: Out<'py, E> = gates.extract()?;
+    let mut pre: Option<Out<'py, E>> = pre.map(|p| p.extract()).transpose()?;
+    let seq = seq.sequence()?;
+    let ln = ln.layer_norm()?;
+    let cache = cache.cache_ref()?;
+    let gates = slice_mut("gates", &mut gates)?;
+    let pre = opt_slice_mut("pre", &mut pre)?;
+    Ok(py.detach(|| crate::layernorm::gates(&seq, &ln, cache, gates, pre))?)
 }
 
 /// [`run_backward`] for the LayerNorm LSTM ([`crate::layernorm::backward`]).
@@ -1322,6 +1335,22 @@ mod _core {
         cache: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         by_dtype!(seq => run_ln_forward(py, seq, ln, out, cache))
+    }
+
+    /// The activated gates `gates` (R, 4H) and, for the variants that need
+    /// them, the pre-activations `pre` (R, 4H) of a `layer_norm_forward`,
+    /// rebuilt from its `cache` with the forward's arithmetic (the cache does
+    /// not keep them).
+    #[pyfunction]
+    fn layer_norm_gates<'py>(
+        py: Python<'py>,
+        seq: AnySequence<'py>,
+        ln: &Bound<'py, PyAny>,
+        cache: &Bound<'py, PyAny>,
+        gates: &Bound<'py, PyAny>,
+        pre: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
+        by_dtype!(seq => run_ln_gates(py, seq, ln, cache, gates, pre))
     }
 
     /// Backward pass of the LayerNorm LSTM: as `backward`, with `ln` and the
