@@ -107,6 +107,20 @@ pub struct LnCacheRef<'a, E> {
     pub c_state: Option<&'a [E]>,
 }
 
+impl<E> LnCacheRef<'_, E> {
+    /// The lengths of the arrays, in [`check_cache`]'s order.
+    fn lens(&self) -> [Option<usize>; 6] {
+        [
+            Some(self.cells.len()),
+            Some(self.h_prev.len()),
+            Some(self.sx_hat.len()),
+            Some(self.sh_hat.len()),
+            Some(self.moments.len()),
+            self.c_state.map(<[E]>::len),
+        ]
+    }
+}
+
 /// Gradients of a LayerNorm pass, each shaped like its variable; `db` (4H,)
 /// is that of b_ih, b_hh, b_ln_ih and b_ln_hh alike (Σ dz); the gains' and
 /// `db_ln_c`'s are wanted where given (None: not computed). `dpeepholes`,
@@ -1472,15 +1486,7 @@ pub fn backward<E: Float>(
     cancel: &Cancel,
 ) -> Result<()> {
     let rows = check_grads(seq, ln, &seeds, &grads)?;
-    let got = [
-        Some(cache.cells.len()),
-        Some(cache.h_prev.len()),
-        Some(cache.sx_hat.len()),
-        Some(cache.sh_hat.len()),
-        Some(cache.moments.len()),
-        cache.c_state.map(<[E]>::len),
-    ];
-    check_cache(seq, rows, got)?;
+    check_cache(seq, rows, cache.lens())?;
     if !seq.runs() {
         return backward_without_steps(seeds, grads);
     }
@@ -1531,15 +1537,7 @@ pub fn gates<E: Float>(
     seq.check()?;
     let rows = seq.rows()?;
     ln.check(seq.dims.hidden)?;
-    let got = [
-        Some(cache.cells.len()),
-        Some(cache.h_prev.len()),
-        Some(cache.sx_hat.len()),
-        Some(cache.sh_hat.len()),
-        Some(cache.moments.len()),
-        cache.c_state.map(<[E]>::len),
-    ];
-    check_cache(seq, rows, got)?;
+    check_cache(seq, rows, cache.lens())?;
     let Dims { batch, hidden, .. } = seq.dims;
     let g4 = 4 * hidden;
     expect("gates", gates.len(), rows * g4)?;
