@@ -760,3 +760,15 @@ def assert_matches_torch(case: Case, arrays, out, grads) -> None:
         else:
             assert got.dtype == dtype, name
             assert_close(got, want, dtype, what=name)
+
+
+def onnx_model(graph, opset: int = 14):
+    """An ONNX model of ``graph`` at ``opset``, with the lowest IR version that opset
+    needs (as ``lstm_fast.export`` writes): the ``onnx`` package's default is its
+    own newest IR version, which an older ONNX Runtime refuses to load."""
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = max(4, helper.find_min_ir_version_for(opsets))
+    return model

@@ -9,6 +9,7 @@ session down with it).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -520,3 +521,31 @@ def test_huge_cell_raises():
         "w_ih = np.broadcast_to(np.int8(0), (32, 2**31)); w_hh = np.zeros((32, 8))"
     )
     _raises_in_subprocess(setup, "lf.cell_forward(x, h, c, w_ih, w_hh)")
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@pytest.mark.skipif(not hasattr(os, "sysconf"), reason="no sysconf: the allocation decides")
+@pytest.mark.parametrize("api", ["functional", "layer"])
+def test_copy_beyond_memory_is_refused_before_it_is_made(api):
+    """A buffer larger than the machine's memory but well inside the address space is
+    refused before it is allocated, naming the argument: a system that overcommits
+    (a sandbox) would grant it and kill the process when the copy touches it."""
+    total = _physical_memory()
+    x = np.broadcast_to(np.int8(0), (2, total // 8 + 1, 1))  # as float64: 2 x the memory
+    with pytest.raises(MemoryError, match=r"^x: .* bytes of memory of this machine"):
+        if api == "functional":
+            lf.forward(x, np.zeros((16, 1)), np.zeros((16, 4)))
+        else:
+            lf.LSTM(1, 4, dtype=np.float64)(x)
+
+
+@pytest.mark.skipif(not hasattr(os, "sysconf"), reason="no sysconf: the allocation decides")
+def test_output_beyond_memory_is_refused_before_it_is_made():
+    total = _physical_memory()
+    hidden = 1024
+    x = np.zeros((1, total // (8 * hidden) + 1, 1))  # y (1, B, H) in float64 exceeds it
+    with pytest.raises(MemoryError, match=r"^y: .* bytes of memory of this machine"):
+        lf.forward(x, np.zeros((4 * hidden, 1)), np.zeros((4 * hidden, hidden)), need_cache=False)

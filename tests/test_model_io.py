@@ -16,6 +16,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from tests.helpers import onnx_model  # noqa: E402
+
 RTOL, ATOL = 1e-5, 1e-6
 
 pytestmark = [
@@ -226,7 +228,7 @@ def _lstm_model(
         helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("Y", "Y_h", "Y_c")
     ]
     graph = helper.make_graph([node], "m", graph_inputs, outputs, initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    return onnx_model(graph)
 
 
 def _as_layout0(model):
@@ -402,7 +404,7 @@ def _stack(glue, second_layout=0):
         [helper.make_tensor_value_info("Y2", TensorProto.FLOAT, None)],
         initializer=inits,
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    return onnx_model(graph)
 
 
 def test_from_onnx_stacked_glue():

@@ -27,6 +27,7 @@ from tests.helpers import (
     check_finite_differences,
     loss_of,
     numeric_gradient,
+    onnx_model,
     ref,
 )
 
@@ -382,7 +383,7 @@ def _onnx_lstm(directions, x, h0, c0, lengths, *, direction, clip, input_forget,
             for k, v in inputs.items()
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model = onnx_model(graph)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     y, y_h, y_c = session.run(None, {})
     return y.transpose(0, 2, 1, 3).reshape(T, B, D * H), y_h, y_c  # Y is (T, D, B, H)

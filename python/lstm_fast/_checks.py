@@ -12,6 +12,7 @@ nothing else of the package.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -162,6 +163,7 @@ def cast(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     if array.dtype == dtype:
         return array
     check_size(name, array.shape)
+    _check_buffer(name, array.shape, dtype)
     try:
         return array.astype(dtype)
     except MemoryError:
@@ -229,21 +231,37 @@ def check_size(name: str, *shapes: tuple[int, ...]) -> None:
 def check_memory(name: str, nbytes: int, what: str) -> None:
     """A ``MemoryError`` naming ``name`` when ``what`` would take more than this
     machine's physical memory, checked before the work of building it starts (a
-    layer with 2**31 layers would otherwise loop for hours before running out)."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, OSError, ValueError):  # no sysconf: the allocation decides
-        return
-    if nbytes > total:
+    layer with 2**31 layers would otherwise loop for hours before running out)
+    and before every buffer this package allocates (a system that overcommits,
+    such as a sandbox, grants terabytes and kills the process when they are
+    touched, rather than failing the allocation)."""
+    total = _physical_memory()
+    if total and nbytes > total:
         raise MemoryError(
             f"{name}: {what} would take {nbytes} bytes, more than the {total} "
             f"bytes of memory of this machine"
         )
 
 
+@functools.cache
+def _physical_memory() -> int:
+    """Bytes of physical memory, read once; 0 where unknown (then the allocation decides)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # no sysconf
+        return 0
+
+
+def _check_buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """:func:`check_memory` for a buffer of ``shape`` in ``dtype`` about to be allocated."""
+    dtype = np.dtype(dtype)
+    check_memory(name, math.prod(shape) * dtype.itemsize, f"a buffer of shape {shape} in {dtype}")
+
+
 def empty(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` for the result or buffer called ``name``; when the
     allocation fails the ``MemoryError`` says which one and how large it is."""
+    _check_buffer(name, shape, dtype)
     try:
         return np.empty(shape, dtype)
     except MemoryError:
@@ -613,9 +631,13 @@ def contiguous(name: str, array: np.ndarray, dtype: np.dtype, *, own: bool) -> n
     a private copy when ``own`` (what a cache keeps must not change with the
     caller's array). Running out of memory for the copy is a ``MemoryError`` naming
     the argument."""
+    ready = array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned
+    if ready and not own:
+        return array  # the common case, without np.require's cost
+    _check_buffer(name, array.shape, dtype)
     try:
-        if array.dtype == dtype and array.flags.c_contiguous and array.flags.aligned:
-            return array.copy() if own else array  # the common case, without np.require's cost
+        if ready:
+            return array.copy()
         out = np.require(array, dtype=dtype, requirements=["C", "A"])
         if own and np.may_share_memory(out, array):
             out = out.copy()
