@@ -12,7 +12,6 @@ nothing else of the package.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import operator
@@ -235,32 +234,36 @@ def check_memory(name: str, nbytes: int, what: str) -> None:
     and before every buffer this package allocates (a system that overcommits,
     such as a sandbox, grants terabytes and kills the process when they are
     touched, rather than failing the allocation)."""
-    total = _physical_memory()
-    if total and nbytes > total:
+    if _PHYSICAL_MEMORY and nbytes > _PHYSICAL_MEMORY:
         raise MemoryError(
-            f"{name}: {what} would take {nbytes} bytes, more than the {total} "
-            f"bytes of memory of this machine"
+            f"{name}: {what} would take {nbytes} bytes, more than the "
+            f"{_PHYSICAL_MEMORY} bytes of memory of this machine"
         )
 
 
-@functools.cache
 def _physical_memory() -> int:
-    """Bytes of physical memory, read once; 0 where unknown (then the allocation decides)."""
+    """Bytes of physical memory; 0 where unknown (then the allocation decides)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):  # no sysconf
         return 0
 
 
+_PHYSICAL_MEMORY = _physical_memory()  # read once: checked before every buffer
+
+
 def _check_buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """:func:`check_memory` for a buffer of ``shape`` in ``dtype`` about to be allocated."""
-    dtype = np.dtype(dtype)
-    check_memory(name, math.prod(shape) * dtype.itemsize, f"a buffer of shape {shape} in {dtype}")
+    """:func:`check_memory` for a buffer of ``shape`` in ``dtype`` about to be allocated
+    (the message built only when it is needed: this is on every call's path)."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if _PHYSICAL_MEMORY and nbytes > _PHYSICAL_MEMORY:
+        check_memory(name, nbytes, f"a buffer of shape {shape} in {dtype}")
 
 
 def empty(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` for the result or buffer called ``name``; when the
     allocation fails the ``MemoryError`` says which one and how large it is."""
+    dtype = np.dtype(dtype)
     _check_buffer(name, shape, dtype)
     try:
         return np.empty(shape, dtype)
