@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -279,3 +280,31 @@ def test_unusable_env_isa_warns_and_falls_back():
     assert isa == best and warned == "1"
     isa, best, warned = _run_python(code, LSTM_FAST_ISA="scalar").split()
     assert isa == "scalar" and warned == "0"
+
+
+def test_last_team_stats_count_the_team_waits():
+    """The barrier's record of a team call (for measuring what a team costs): zero
+    before any team ran; after a forward of T steps on a team of 2, at least one
+    wait per step, polls counted, no more sleeps than waits."""
+    code = (
+        "import numpy as np, lstm_fast as lf\n"
+        "from lstm_fast import _core\n"
+        "print(_core._last_team_stats())\n"
+        "lf.set_num_threads(2)\n"
+        "rng = np.random.default_rng(0)\n"
+        "T, B, H = 40, 2, 128\n"
+        "lf.forward(rng.standard_normal((T, B, H), np.float32),\n"
+        "           rng.standard_normal((4 * H, H), np.float32) * 0.1,\n"
+        "           rng.standard_normal((4 * H, H), np.float32) * 0.1, need_cache=False)\n"
+        "print(_core._last_team_stats())\n"
+    )
+    env = dict(os.environ, LSTM_FAST_SPLIT="hidden")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    before, after = (ast.literal_eval(line) for line in out.stdout.split("\n")[:2])
+    assert before == (0, 0, 0, 0)
+    members, waits, slept, polls = after
+    assert members == 2
+    assert waits >= 40 and 0 <= slept <= waits and polls >= 0

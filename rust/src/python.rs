@@ -1636,6 +1636,16 @@ mod _core {
         Ok(())
     }
 
+    /// How the last call run by a team of threads waited at its per-step barrier:
+    /// (members, waits, waits that slept, polls). Polls are about a nanosecond
+    /// each: polls / waits estimates how long a member waited for the last to
+    /// arrive. For measurements (BENCHMARKS.md, thread scaling).
+    #[pyfunction]
+    fn _last_team_stats() -> (usize, usize, usize, usize) {
+        let s = crate::last_team_stats();
+        (s.members, s.waits, s.slept, s.polls)
+    }
+
     /// The number of threads calls use.
     #[pyfunction]
     fn get_num_threads() -> usize {

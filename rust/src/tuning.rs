@@ -134,8 +134,9 @@ pub const BATCH_SPLIT_ROWS: usize = 32;
 /// takes microseconds, and a spinning partner answers in tens of nanoseconds).
 pub const SPINS: usize = 20_000;
 pub const MAX_SPINS: usize = 100_000;
-/// Waits at the start of a call whose sleeps do not count against the team
-/// (they wait for members being woken, not for busy cores).
+/// Waits at the start of each member's part of a call whose sleeps do not
+/// count against the team (they wait for members being woken, not for busy
+/// cores).
 pub const WARMUP_WAITS: usize = 8;
 
 /// A team call in which more than 1 wait in this many ended asleep (not

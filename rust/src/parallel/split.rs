@@ -58,6 +58,23 @@ fn forced_split() -> ForcedSplit {
     })
 }
 
+/// The least rows of a batch chunk: `MIN_ROWS_PER_CHUNK`, or
+/// `LSTM_FAST_CHUNK_ROWS` = 1, 2, 4, 8 or 16 (for measurements: the bits do not
+/// depend on the chunks), read on first use.
+static CHUNK_ROWS: Setting<usize> = Setting::new(&[MIN_ROWS_PER_CHUNK, 1, 2, 4, 16]);
+
+fn min_rows_per_chunk() -> usize {
+    CHUNK_ROWS.get(|| {
+        match std::env::var("LSTM_FAST_CHUNK_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            Some(rows @ (1 | 2 | 4 | 8 | 16)) => rows,
+            _ => MIN_ROWS_PER_CHUNK,
+        }
+    })
+}
+
 /// The split for `batch` rows and `tiles` tiles of hidden units on `threads`
 /// threads. `LSTM_FAST_SPLIT=batch|hidden` overrides it (for measurements).
 pub fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
@@ -152,7 +169,7 @@ pub fn chunks(
     length: impl Fn(usize) -> usize,
 ) -> Result<Vec<Chunk>> {
     let threads = if split == Split::Batch { threads } else { 1 };
-    let tasks = threads.min(batch.div_ceil(MIN_ROWS_PER_CHUNK)).max(1);
+    let tasks = threads.min(batch.div_ceil(min_rows_per_chunk())).max(1);
     let per = batch.div_ceil(tasks).max(1);
     let chunk = |b0: usize| -> Result<Chunk> {
         let mut rows = alloc::collect(b0..(b0 + per).min(batch), "the batch rows of a chunk")?;
@@ -243,11 +260,13 @@ pub fn run_split<T: Send>(
             // least n threads, so all n members run at once.
             rayon::broadcast(|ctx| {
                 if ctx.index() < n {
-                    /// Poisons the barrier if the member unwinds, so the others
+                    /// Ends the member at the barrier (its counts of waits);
+                    /// poisons the barrier if the member unwinds, so the others
                     /// do not wait for it forever.
                     struct Guard<'a>(&'a SpinBarrier);
                     impl Drop for Guard<'_> {
                         fn drop(&mut self) {
+                            self.0.end_member();
                             if std::thread::panicking() {
                                 self.0.poison();
                             }
