@@ -67,6 +67,7 @@ def layer_norm_gates(
     cache: LayerNormCacheArrays,
     gates: np.ndarray,
     pre: np.ndarray | None,
+    block: int | None,
 ) -> None: ...
 def layer_norm_backward(
     seq: Sequence,

@@ -448,8 +448,8 @@ class LayerNormCache(Cache):
     ``f``, ``g``, ``o``, ``c``, ``z``). It keeps the cells, the normalised
     products, their 1/sigma and the cell's mean and 1/sigma for backward
     (docs/variants.md, 'In the engine'), not the gates or the pre-activations:
-    ``i``, ``f``, ``g``, ``o`` and ``z`` are rebuilt from it at each access,
-    with the forward's arithmetic (its bits)."""
+    ``i``, ``f``, ``g``, ``o`` (each its own block alone) and ``z`` are rebuilt
+    from it at each access, with the forward's arithmetic (its bits)."""
 
     __slots__ = ("_ln",)
 
@@ -463,19 +463,22 @@ class LayerNormCache(Cache):
         self._ln = arrays
 
     def _rebuilt(self, pre: bool) -> np.ndarray:
-        """The gates (``pre`` False) or the pre-activations (R, 4H), dense."""
+        """The gates or (``pre``) the pre-activations (R, 4H), dense."""
         a = self._args
         assert a.ln is not None
         shape = (a.steps * a.batch, 4 * a.hidden)
         gates = empty("the cache's gates", shape, a.dtype)
         z = empty("the cache's pre-activations", shape, a.dtype) if pre else None
-        _core.layer_norm_gates(a, a.ln, self._ln, gates, z)
+        _core.layer_norm_gates(a, a.ln, self._ln, gates, z, None)
         return gates if z is None else z
 
     def _gate(self, k: int) -> np.ndarray:
+        """Gate block k (i, f, g, o) alone, rebuilt: (R, H), not all four."""
         a = self._args
-        g = self._rebuilt(False).reshape(a.layout_shape(4 * a.hidden))
-        return self._time_major(g[..., k * a.hidden : (k + 1) * a.hidden])
+        assert a.ln is not None
+        g = empty("the cache's gate", (a.steps * a.batch, a.hidden), a.dtype)
+        _core.layer_norm_gates(a, a.ln, self._ln, g, None, k)
+        return self._time_major(g.reshape(a.layout_shape(a.hidden)))
 
     @property
     def c(self) -> np.ndarray:

@@ -454,9 +454,9 @@ unsafe fn param<S: Simd>(p: Option<&[S::E]>, off: usize, u: usize, n: usize, abs
 /// that exactly one active row j writes (its own cache row, its own state
 /// row b, its own slot j of the step buffers).
 struct ForwardStep<'a, E> {
-    v: Variant<'a, E>,
-    ln: LayerNorm<'a, E>,
-    bias: Option<&'a [E]>,
+    /// The gates' arithmetic (and the variant, the normalisations' gains
+    /// and biases, H).
+    math: GateMath<'a, E>,
     hidden: usize,
     eps: f64,
     /// s_x (R, 4H), which each row normalises in place when its step runs
@@ -483,6 +483,10 @@ struct ForwardStep<'a, E> {
     /// m_t (n, H) by slot j: h_t itself without a projection (written to y and
     /// the state h by the caller), the projection's operand with one.
     m: SharedMut<E>,
+    /// Where each row's gates go too (R, 4H) by row, for the test that the
+    /// rebuilt gates are the forward's bits ([`forward_recording`]); else
+    /// null.
+    record: SharedMut<E>,
 }
 
 // SAFETY: the raw pointers are read (sx_hat, sh) or written at rows that one
@@ -508,14 +512,10 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
         let (h, g4) = (st_.hidden, 4 * st_.hidden);
         let (j, b, row) = (self.j, self.b, self.row);
         let at = if st_.caching { row } else { j };
-        let v = &st_.v;
-        let ln = &st_.ln;
+        let v = &st_.math.v;
+        let ln = &st_.math.ln;
         let zero = S::splat(E::ZERO);
         let one = S::splat(E::ONE);
-        let clamp = |z: S| match v.clip {
-            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
-            None => z,
-        };
         // SAFETY: every pointer below addresses row `row` (R rows), slot `j`
         // (the step's rows) or batch row `b` (B rows) of a buffer of that many
         // rows of the width used; each is written by this row alone.
@@ -531,51 +531,31 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             let r_h = normalise(sh, sh_hat, st_.eps);
             *st_.moments.0.add(row * MOMENTS + 1) = r_h;
             let sh_hat = sh_hat.as_ptr();
-            // a = LN(s_x) + LN(s_h) + b_ih + b_hh, written where the gates go.
+            // The gates (GateMath, which backward rebuilds them with), then
+            // c_t from them in a second pass over the row, which also
+            // finishes o with its peephole term on c_t.
+            let math = &st_.math;
             let gates = st_.gates.0.add(j * g4);
-            let mut u = 0;
-            while u < g4 {
-                let x = ld::<S>(sx_hat, u, g4).mul(param(ln.w_ih, 0, u, g4, one));
-                let x = x.add(param(ln.b_ih, 0, u, g4, zero));
-                let y = ld::<S>(sh_hat, u, g4).mul(param(ln.w_hh, 0, u, g4, one));
-                let y = y.add(param(ln.b_hh, 0, u, g4, zero));
-                let a = x.add(param(st_.bias, 0, u, g4, zero)).add(y);
-                st::<S>(a, gates, u, g4);
-                u += S::LANES;
-            }
-            // The gate math of the variant, unit vector by unit vector, the
-            // gates over their own pre-activations.
             let c_state = st_.c.0.add(b * h);
+            math.run::<S>(
+                sx_hat,
+                sh_hat,
+                c_state,
+                std::ptr::null(),
+                gates,
+                std::ptr::null_mut(),
+            );
             let cells = st_.cells.0.add(at * h);
-            let pp = v.peepholes.unwrap_or(&[]).as_ptr();
             let mut u = 0;
             while u < h {
                 let c_prev = ld::<S>(c_state, u, h);
-                let pre = |k: usize| ld::<S>(gates.add(k * h), u, h);
-                let (mut z_i, mut z_f, z_g, mut z_o) = (pre(0), pre(1), pre(2), pre(3));
-                if v.peepholes.is_some() {
-                    z_i = z_i.add(ld::<S>(pp, u, h).mul(c_prev));
-                    z_f = z_f.add(ld::<S>(pp.add(2 * h), u, h).mul(c_prev));
-                }
-                let ig = v.f.apply(clamp(z_i));
-                let fg = if !v.forget_gate {
-                    one
-                } else if v.input_forget {
-                    one.sub(ig)
-                } else {
-                    v.f.apply(clamp(z_f))
-                };
-                let gg = v.g.apply(clamp(z_g));
-                let c_new = fg.mul_add(c_prev, ig.mul(gg));
-                if v.peepholes.is_some() {
-                    z_o = z_o.add(ld::<S>(pp.add(h), u, h).mul(c_new));
-                }
-                let og = v.f.apply(clamp(z_o));
-                st::<S>(ig, gates, u, h);
-                st::<S>(fg, gates.add(h), u, h);
-                st::<S>(gg, gates.add(2 * h), u, h);
-                st::<S>(og, gates.add(3 * h), u, h);
+                let gate = |k: usize| ld::<S>(gates.add(k * h), u, h);
+                let c_new = gate(1).mul_add(c_prev, gate(0).mul(gate(2)));
                 st::<S>(c_new, cells, u, h);
+                if v.peepholes.is_some() {
+                    let (_, og) = math.out_gate::<S>(gate(3), cells, u);
+                    st::<S>(og, gates.add(3 * h), u, h);
+                }
                 // Zoneout of c: the state the next step starts from (the
                 // mask's row is padded to hp, a multiple of LANES).
                 let c_next = v.zoneout_c.mix(row, st_.hp, u, c_prev, c_new);
@@ -601,6 +581,9 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
                 st::<S>(og.mul(v.h.apply(n)), m, u, h);
                 u += S::LANES;
             }
+            if !st_.record.0.is_null() {
+                std::ptr::copy_nonoverlapping(gates, st_.record.0.add(row * g4), g4);
+            }
         }
     }
 }
@@ -613,6 +596,31 @@ pub fn forward<E: Float>(
     ln: &LayerNorm<'_, E>,
     out: Outputs<'_, E>,
     cache: Option<LnCache<'_, E>>,
+    cancel: &Cancel,
+) -> Result<()> {
+    forward_impl(seq, ln, out, cache, None, cancel)
+}
+
+/// [`forward`] with `cache` that also writes each running row's gates i, f,
+/// g, o (R, 4H) to `record` by row, as the forward computed them: what
+/// [`gates`] must rebuild from the cache bit for bit.
+#[cfg(test)]
+pub(crate) fn forward_recording<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    out: Outputs<'_, E>,
+    cache: LnCache<'_, E>,
+    record: &mut [E],
+) -> Result<()> {
+    forward_impl(seq, ln, out, Some(cache), Some(record), &Cancel::new())
+}
+
+fn forward_impl<E: Float>(
+    seq: &Sequence<'_, E>,
+    ln: &LayerNorm<'_, E>,
+    out: Outputs<'_, E>,
+    cache: Option<LnCache<'_, E>>,
+    record: Option<&mut [E]>,
     cancel: &Cancel,
 ) -> Result<()> {
     let rows = check::forward_args(seq, &out, None)?;
@@ -661,6 +669,8 @@ pub fn forward<E: Float>(
     let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
     let eps = ln.eps();
     let projects = seq.variant.w_hr.is_some();
+    expect_opt("record", record.as_ref().map(|r| r.len()), rows * g4)?;
+    let record = record.map_or(SharedMut::null(), |r| SharedMut(r.as_mut_ptr()));
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
@@ -830,9 +840,12 @@ pub fn forward<E: Float>(
                 ),
             }
             let step = ForwardStep {
-                v: seq.variant,
-                ln: *ln,
-                bias: seq.bias,
+                math: GateMath {
+                    v: seq.variant,
+                    ln: *ln,
+                    bias: seq.bias,
+                    hidden,
+                },
                 hidden,
                 eps,
                 sx_hat: SharedMut(sx.as_mut_ptr()),
@@ -847,6 +860,7 @@ pub fn forward<E: Float>(
                 c_after,
                 hp,
                 m: SharedMut(m.as_mut_ptr()),
+                record,
             };
             let active = &active;
             each(n, |j| {
@@ -992,10 +1006,12 @@ fn zone_split<E: Float>(
     }
 }
 
-/// The gates of one row rebuilt from the cache with the forward's
-/// arithmetic (`ForwardRow`: the same operations in the same order, so the
-/// same bits): a = (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh) by gate block,
-/// the peepholes' terms from c_{t−1} and c_t, the activations.
+/// The gate math of the LayerNorm LSTM, written once: the forward computes
+/// each row's gates with it ([`ForwardRow`]) and [`gates`] and backward
+/// rebuild them from the cache with it, so the rebuilt gates are the
+/// forward's bits. a = (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh) by gate
+/// block, the peepholes' terms from c_{t−1} and c_t, the clip, the
+/// activations.
 #[derive(Clone, Copy)]
 struct GateMath<'a, E> {
     v: Variant<'a, E>,
@@ -1004,10 +1020,10 @@ struct GateMath<'a, E> {
     hidden: usize,
 }
 
-/// The input a of the gate block at `o` (0, H, 2H, 3H), units u.., as
-/// `ForwardRow` computes it: (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh). A
-/// function, not a closure, so that it is inlined into the ISA's kernel
-/// (a closure that is not inlined runs each SIMD operation as a call).
+/// The input a of the gate block at `o` (0, H, 2H, 3H), units u..:
+/// (ŝ_x·γ_ih + β_ih) + b + (ŝ_h·γ_hh + β_hh). A function, not a closure, so
+/// that it is inlined into the ISA's kernel (a closure that is not inlined
+/// runs each SIMD operation as a call).
 ///
 /// # Safety
 /// `sx_hat`, `sh_hat` and the parameters given hold `o + h` elements.
@@ -1046,6 +1062,10 @@ impl<E: Float> GateMath<'_, E> {
     /// Writes the activated gates i, f, g, o to `gates` (4H) and, when not
     /// null, the pre-activations z (peepholes added, before clip) to `pre`
     /// (4H), from the row's `sx_hat`, `sh_hat` (4H), `c_prev`, `c_new` (H).
+    /// With peepholes and a null `c_new` (the forward, which computes c_t
+    /// from these gates), o's block of `gates` (and of `pre`) holds z_o
+    /// without its peephole term instead: [`GateMath::out_gate`] finishes
+    /// it once c_t is known.
     ///
     /// # Safety
     /// Every pointer addresses its width of elements; `gates` and `pre` may
@@ -1063,6 +1083,7 @@ impl<E: Float> GateMath<'_, E> {
         let (v, ln, h) = (&self.v, &self.ln, self.hidden);
         let one = S::splat(E::ONE);
         let pp = v.peepholes.unwrap_or(&[]).as_ptr();
+        let defer_o = v.peepholes.is_some() && c_new.is_null();
         // SAFETY: forwarded from the caller; the parameters hold 4H (H for
         // the peepholes' blocks) elements.
         unsafe {
@@ -1072,9 +1093,9 @@ impl<E: Float> GateMath<'_, E> {
                 let mut z_i = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 0, u, h);
                 let mut z_f = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, h, u, h);
                 let z_g = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 2 * h, u, h);
-                let mut z_o = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 3 * h, u, h);
-                let c_p = ld::<S>(c_prev, u, h);
+                let z_o = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 3 * h, u, h);
                 if v.peepholes.is_some() {
+                    let c_p = ld::<S>(c_prev, u, h);
                     z_i = z_i.add(ld::<S>(pp, u, h).mul(c_p));
                     z_f = z_f.add(ld::<S>(pp.add(2 * h), u, h).mul(c_p));
                 }
@@ -1087,10 +1108,11 @@ impl<E: Float> GateMath<'_, E> {
                     v.f.apply(clip(z_f, v.clip))
                 };
                 let gg = v.g.apply(clip(z_g, v.clip));
-                if v.peepholes.is_some() {
-                    z_o = z_o.add(ld::<S>(pp.add(h), u, h).mul(ld::<S>(c_new, u, h)));
-                }
-                let og = v.f.apply(clip(z_o, v.clip));
+                let (z_o, og) = if defer_o {
+                    (z_o, z_o)
+                } else {
+                    self.out_gate::<S>(z_o, c_new, u)
+                };
                 if !pre.is_null() {
                     st::<S>(z_i, pre, u, h);
                     st::<S>(z_f, pre.add(h), u, h);
@@ -1104,6 +1126,24 @@ impl<E: Float> GateMath<'_, E> {
                 u += S::LANES;
             }
         }
+    }
+
+    /// o's pre-activation `z_o` (units u..) with its peephole term on c_t
+    /// added, and o: (z_o, σ(clip(z_o))).
+    ///
+    /// # Safety
+    /// With peepholes, `c_new` addresses H elements.
+    #[inline(always)]
+    unsafe fn out_gate<S: Simd<E = E>>(&self, z_o: S, c_new: *const E, u: usize) -> (S, S) {
+        let (v, h) = (&self.v, self.hidden);
+        let z_o = match v.peepholes {
+            // SAFETY: forwarded from the caller; the peepholes hold 3H.
+            Some(p) => unsafe {
+                z_o.add(ld::<S>(p.as_ptr().add(h), u, h).mul(ld::<S>(c_new, u, h)))
+            },
+            None => z_o,
+        };
+        (z_o, v.f.apply(clip(z_o, v.clip)))
     }
 }
 
@@ -1169,10 +1209,6 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
         let cache = &sp.cache;
         let zero = S::splat(E::ZERO);
         let one = S::splat(E::ONE);
-        let clamp = |z: S| match v.clip {
-            Some(c) => z.clamp(S::splat(E::ZERO - c), S::splat(c)),
-            None => z,
-        };
         let through = |d: S, z: S| match v.clip {
             Some(c) => S::splat(c).select_lt(z.abs(), zero, d),
             None => d,
@@ -1262,7 +1298,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                 let n = n.add(param(ln.b_c, 0, u, h, zero));
                 let hn = v.h.apply(n);
                 let z_o = z(3);
-                let dz_o = through(v.f.backprop(d.mul(hn), clamp(z_o), og), z_o);
+                let dz_o = through(v.f.backprop(d.mul(hn), clip(z_o, v.clip), og), z_o);
                 // Zoneout of c: dL/dc_t splits into the share of c_{t−1}
                 // (added to dc_prev below) and that of the candidate c̃_t.
                 let (dc_kept, dc_next) = v.zoneout_c.split(row, sp.hp, u, ld::<S>(dc, u, h));
@@ -1282,12 +1318,12 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                     di = di.sub(dcv.mul(cp));
                 }
                 let z_i = z(0);
-                let dz_i = through(v.f.backprop(di, clamp(z_i), ig), z_i);
+                let dz_i = through(v.f.backprop(di, clip(z_i, v.clip), ig), z_i);
                 let z_g = z(2);
-                let dz_g = through(v.g.backprop(dcv.mul(ig), clamp(z_g), gg), z_g);
+                let dz_g = through(v.g.backprop(dcv.mul(ig), clip(z_g, v.clip), gg), z_g);
                 let dz_f = if v.forget_gate && !v.input_forget {
                     let z_f = z(1);
-                    through(v.f.backprop(dcv.mul(cp), clamp(z_f), fg), z_f)
+                    through(v.f.backprop(dcv.mul(cp), clip(z_f, v.clip), fg), z_f)
                 } else {
                     zero
                 };
@@ -1525,14 +1561,16 @@ impl<E: Float> Kernel<E> for GateRow<'_, '_, E> {
 /// The activated gates (R, 4H, blocks i, f, g, o) and, with `pre`, the
 /// pre-activations (R, 4H; peepholes added, before clip) of a [`forward`]
 /// with `cache`, rebuilt from it with the forward's arithmetic ([`GateMath`],
-/// the forward's bits): the cache does not keep them. Rows of padded steps
-/// are zero.
+/// the forward's bits): the cache does not keep them. With `block` k (0..4:
+/// i, f, g, o), `gates` is that gate alone (R, H), and `pre` must be None.
+/// Rows of padded steps are zero.
 pub fn gates<E: Float>(
     seq: &Sequence<'_, E>,
     ln: &LayerNorm<'_, E>,
     cache: LnCacheRef<'_, E>,
     gates: &mut [E],
     pre: Option<&mut [E]>,
+    block: Option<usize>,
 ) -> Result<()> {
     seq.check()?;
     let rows = seq.rows()?;
@@ -1540,7 +1578,19 @@ pub fn gates<E: Float>(
     check_cache(seq, rows, cache.lens())?;
     let Dims { batch, hidden, .. } = seq.dims;
     let g4 = 4 * hidden;
-    expect("gates", gates.len(), rows * g4)?;
+    let width = match block {
+        None => g4,
+        Some(k) if k < 4 && pre.is_none() => hidden,
+        Some(k) => {
+            return Err(Error::Value(format!(
+                "block: expected a gate block 0..4 without pre, got {k}"
+            )))
+        }
+    };
+    expect("gates", gates.len(), rows * width)?;
+    // With a block, each row's four gates go here first.
+    let mut row_gates =
+        alloc::zeroed::<E>(&[if block.is_some() { g4 } else { 0 }], "a row's gates")?;
     let mut pre = pre;
     expect_opt("pre", pre.as_ref().map(|p| p.len()), rows * g4)?;
     gates.fill(E::ZERO);
@@ -1573,6 +1623,10 @@ pub fn gates<E: Float>(
                 Some(p) => p[row * g4..][..g4].as_mut_ptr(),
                 None => std::ptr::null_mut(),
             };
+            let out = match block {
+                Some(_) => &mut row_gates[..],
+                None => &mut gates[row * g4..][..g4],
+            };
             dispatch::<E, _>(
                 isa,
                 GateRow {
@@ -1581,10 +1635,13 @@ pub fn gates<E: Float>(
                     sh_hat: cache.sh_hat[row * g4..][..g4].as_ptr(),
                     c_prev: c_prev.as_ptr(),
                     c_new: cache.cells[row * hidden..][..hidden].as_ptr(),
-                    gates: gates[row * g4..][..g4].as_mut_ptr(),
+                    gates: out.as_mut_ptr(),
                     pre: pre_row,
                 },
             );
+            if let Some(k) = block {
+                gates[row * hidden..][..hidden].copy_from_slice(&row_gates[k * hidden..][..hidden]);
+            }
         }
     }
     Ok(())

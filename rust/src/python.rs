@@ -769,6 +769,7 @@ fn run_ln_gates<'py, E: Engine + FromPyObjectOwned<'py>>(
     cache: &Bound<'py, PyAny>,
     gates: &Bound<'py, PyAny>,
     pre: Option<&Bound<'py, PyAny>>,
+    block: Option<usize>,
 ) -> PyResult<()> {
     let ln: LayerNormArrays<'py, E> = ln.extract()?;
     let cache: LnCacheArrays<In<'py, E>> = cache.extract()?;
@@ -779,7 +780,7 @@ fn run_ln_gates<'py, E: Engine + FromPyObjectOwned<'py>>(
     let cache = cache.cache_ref()?;
     let gates = slice_mut("gates", &mut gates)?;
     let pre = opt_slice_mut("pre", &mut pre)?;
-    Ok(py.detach(|| crate::layernorm::gates(&seq, &ln, cache, gates, pre))?)
+    Ok(py.detach(|| crate::layernorm::gates(&seq, &ln, cache, gates, pre, block))?)
 }
 
 /// [`run_backward`] for the LayerNorm LSTM ([`crate::layernorm::backward`]).
@@ -1349,8 +1350,9 @@ mod _core {
         cache: &Bound<'py, PyAny>,
         gates: &Bound<'py, PyAny>,
         pre: Option<&Bound<'py, PyAny>>,
+        block: Option<usize>,
     ) -> PyResult<()> {
-        by_dtype!(seq => run_ln_gates(py, seq, ln, cache, gates, pre))
+        by_dtype!(seq => run_ln_gates(py, seq, ln, cache, gates, pre, block))
     }
 
     /// Backward pass of the LayerNorm LSTM: as `backward`, with `ln` and the

@@ -1289,3 +1289,188 @@ fn projection_matches_oracle_on_every_isa() {
     }
     Isa::available().last().unwrap().set_active().unwrap();
 }
+
+/// The LayerNorm LSTM's gates rebuilt from its cache (`layernorm::gates`,
+/// which backward uses too) are bit for bit the gates its forward computed,
+/// for the variants that change the gate math (peepholes, with o's term on
+/// c_t; clip; f = 1 − i; no forget gate; zoneout of c; a projection; the
+/// gains and biases), on every ISA, with ragged lengths.
+#[test]
+fn layer_norm_rebuilt_gates_are_the_forwards_bits() {
+    use crate::layernorm::{self, LayerNorm, LnCache, LnCacheRef};
+    use crate::variant::{Variant, Zone};
+    let _g = lock();
+    let (steps, batch, input, hidden, proj) = (5, 3, 6, 13, 7);
+    let g4 = 4 * hidden;
+    let rows = steps * batch;
+    let hp = hidden_pad::<f32>(hidden);
+    let mut rng = Rng(0x5eed_1a7e);
+    let f32s = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<f32>>();
+    let x = f32s(rng.vec(rows * input, 1.0));
+    let w_ih = f32s(rng.vec(g4 * input, 0.5));
+    let bias = f32s(rng.vec(g4, 0.3));
+    let peepholes = f32s(rng.vec(3 * hidden, 0.8));
+    let w_hr = f32s(rng.vec(proj * hidden, 0.4));
+    let gains: Vec<Vec<f32>> = [g4, g4, hidden]
+        .iter()
+        .map(|&n| f32s(rng.vec(n, 0.5)).iter().map(|g| 1.0 + g).collect())
+        .collect();
+    let shifts: Vec<Vec<f32>> = [g4, g4, hidden]
+        .iter()
+        .map(|&n| f32s(rng.vec(n, 0.2)))
+        .collect();
+    // Zoneout of c's keep mask, (T·B) × Hp: about a third of the units kept.
+    let keep: Vec<f32> = (0..rows * hp)
+        .map(|i| f32::from(i % hp < hidden && rng.next() < -0.33))
+        .collect();
+    let lengths = [5usize, 2, 4];
+    for isa in Isa::available() {
+        isa.set_active().unwrap();
+        for case in 0..7 {
+            let mut v: Variant<'_, f32> = Default::default();
+            match case {
+                1 => {
+                    v.peepholes = Some(&peepholes);
+                    v.clip = Some(0.7);
+                }
+                2 => {
+                    v.peepholes = Some(&peepholes);
+                    v.input_forget = true;
+                }
+                3 => v.forget_gate = false,
+                4 => {
+                    v.peepholes = Some(&peepholes);
+                    v.zoneout_c = Zone::Keep(&keep);
+                }
+                5 => v.w_hr = Some(&w_hr),
+                6 => {
+                    v.peepholes = Some(&peepholes);
+                    v.clip = Some(0.4);
+                    v.zoneout_c = Zone::Rate(0.3);
+                }
+                _ => {}
+            }
+            let state = if v.w_hr.is_some() { proj } else { hidden };
+            let w_hh = f32s(Rng(case as u64 + 7).vec(g4 * state, 0.5));
+            let h0 = f32s(Rng(case as u64 + 99).vec(batch * state, 0.5));
+            let c0 = f32s(Rng(case as u64 + 199).vec(batch * hidden, 0.5));
+            let with_params = case % 2 == 0;
+            let p = |k: usize, of: &'static str| -> Option<&[f32]> {
+                with_params.then(|| {
+                    if of == "w" {
+                        &gains[k][..]
+                    } else {
+                        &shifts[k][..]
+                    }
+                })
+            };
+            let ln = LayerNorm {
+                w_ih: p(0, "w"),
+                b_ih: p(0, "b"),
+                w_hh: p(1, "w"),
+                b_hh: p(1, "b"),
+                w_c: p(2, "w"),
+                b_c: p(2, "b"),
+                eps: 1e-5,
+            };
+            let seq = Sequence {
+                dims: Dims {
+                    steps,
+                    batch,
+                    input,
+                    hidden,
+                },
+                batch_first: case == 3,
+                reverse: case == 5,
+                lengths: Some(&lengths),
+                x: &x,
+                w_ih: &w_ih,
+                w_hh: &w_hh,
+                bias: (case != 2).then_some(&bias[..]),
+                h0: Some(&h0),
+                c0: Some(&c0),
+                panels: None,
+                variant: v,
+            };
+            let (mut y, mut h_n, mut c_n) = (
+                vec![0f32; rows * state],
+                vec![0f32; batch * state],
+                vec![0f32; batch * hidden],
+            );
+            let mut cells = vec![0f32; rows * hidden];
+            let mut h_prev = vec![0f32; rows * state];
+            let mut sx_hat = vec![0f32; rows * g4];
+            let mut sh_hat = vec![0f32; rows * g4];
+            let mut moments = vec![0f32; rows * 4];
+            let mut c_state = vec![0f32; rows * hidden];
+            let zoned = v.zoneout_c.is_on();
+            let mut recorded = vec![f32::NAN; rows * g4];
+            layernorm::forward_recording(
+                &seq,
+                &ln,
+                Outputs {
+                    y: &mut y,
+                    h_n: &mut h_n,
+                    c_n: &mut c_n,
+                },
+                LnCache {
+                    cells: &mut cells,
+                    h_prev: &mut h_prev,
+                    sx_hat: &mut sx_hat,
+                    sh_hat: &mut sh_hat,
+                    moments: &mut moments,
+                    c_state: zoned.then_some(&mut c_state[..]),
+                },
+                &mut recorded,
+            )
+            .unwrap();
+            let mut rebuilt = vec![0f32; rows * g4];
+            let mut pre = vec![0f32; rows * g4];
+            let cache = LnCacheRef {
+                cells: &cells,
+                h_prev: &h_prev,
+                sx_hat: &sx_hat,
+                sh_hat: &sh_hat,
+                moments: &moments,
+                c_state: zoned.then_some(&c_state[..]),
+            };
+            layernorm::gates(&seq, &ln, cache, &mut rebuilt, Some(&mut pre), None).unwrap();
+            // Each block alone: the same bits.
+            let blocks: Vec<Vec<f32>> = (0..4)
+                .map(|k| {
+                    let mut one = vec![f32::NAN; rows * hidden];
+                    layernorm::gates(&seq, &ln, cache, &mut one, None, Some(k)).unwrap();
+                    one
+                })
+                .collect();
+            let mut running = 0;
+            for row in 0..rows {
+                let (t, b) = if seq.batch_first {
+                    (row % steps, row / steps)
+                } else {
+                    (row / batch, row % batch)
+                };
+                if t >= lengths[b] {
+                    continue;
+                }
+                running += 1;
+                for k in 0..g4 {
+                    let block = blocks[k / hidden][row * hidden + k % hidden];
+                    assert!(
+                        block.to_bits() == rebuilt[row * g4 + k].to_bits(),
+                        "case {case}"
+                    );
+                    let (got, want) = (rebuilt[row * g4 + k], recorded[row * g4 + k]);
+                    assert!(
+                        got.to_bits() == want.to_bits(),
+                        "{isa:?} case {case} row {row} gate {} unit {}: rebuilt {got:e}, forward {want:e}",
+                        k / hidden,
+                        k % hidden
+                    );
+                }
+            }
+            assert_eq!(running, lengths.iter().sum::<usize>(), "case {case}");
+        }
+    }
+    Isa::available().last().unwrap().set_active().unwrap();
+}
