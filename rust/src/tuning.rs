@@ -107,6 +107,14 @@ pub const DB_COLUMN_BLOCK: usize = 64;
 /// (1024, AVX2) costs no more passes over C than one product over all rows.
 pub const ORDERED_BLOCK_ROWS: usize = 1024;
 
+/// Columns of a transposed A (daᵀ in the weight sums) that packing gives to
+/// each sliver at once (`pack_a` in `kernels/gemm_kernel.rs`): the slivers lie
+/// a multiple of 4 KiB apart, so one column per sliver in turn writes every
+/// sliver's line in one set of L1, more lines than it has ways; 8 columns of
+/// 6 (MR) elements are 192 bytes, three whole lines per sliver, and the 8
+/// columns read (at most 8 · 4 KiB apart) fit the 8 ways of Zen 3's L1.
+pub const PACK_GROUP: usize = 8;
+
 /// Independent FMA chains in the peak measurement (`simd/peak.rs`): FMA
 /// latency × FMA ports is 8 on Zen 3/4/5 and Skylake-X (4 cycles, 2 ports);
 /// 12 covers a latency of up to 6 and still fits 16 registers with the two
@@ -222,7 +230,12 @@ pub struct GemmShape {
 ///   registers (BLIS's zen4 6x64), broadcasts embedded in the FMAs; KC 512 (a
 ///   128 KiB micro-panel, 256 bytes per k from L2 against 24 FMAs), A's block
 ///   512 KiB, B's 4 MiB for the 1–2 MiB L2 of Zen 4/5 and Sapphire Rapids.
-///   Not yet measured (no AVX-512 machine here).
+///   Measured once on a Sapphire Rapids core (2 MiB L2, 48 KiB L1d, peak
+///   178 GFLOP/s on this path; `product_rates gemm`, one thread): dx and
+///   daᵀ·x at L 86 and 83 % of the peak, at XL 84 and 86 %; at M 61–66 %,
+///   where B is only 4 micro-panels wide and each packed A block serves just
+///   those (AVX2 on the same core: 78–86 % at L and XL of its 93). No sweep
+///   of KC and MC there yet (`backward_profile blocks` times one).
 pub const GEMM_SHAPES: [GemmShape; 3] = [
     GemmShape {
         mr: 4,

@@ -17,7 +17,7 @@
 //! the ISA does (the portable path does not fuse).
 
 use crate::simd::{Simd, SimdElement};
-use crate::tuning::{GemmShape, GEMM_SHAPES};
+use crate::tuning::{GemmShape, GEMM_SHAPES, PACK_GROUP};
 
 /// Elements of the largest register tile (MR · NR) of any ISA and type, the
 /// size of the scratch tile that ragged edges go through.
@@ -539,23 +539,42 @@ unsafe fn pack_a<E: SimdElement, const MR: usize>(
     let full = mb / MR;
     if rs == 1 {
         // A transposed (columns contiguous, as daᵀ): one contiguous run of mb
-        // elements per k, MR of them to each sliver.
+        // elements per k, MR of them to each sliver. The slivers are kd·MR
+        // elements apart, often a multiple of 4 KiB, so giving one k to every
+        // sliver in turn would pile the lines written onto one set of L1
+        // (on AVX-512, 42 slivers of a 512 KiB block 12 KiB apart, against 12
+        // ways), each line evicted before it is whole. So k goes in groups of
+        // PACK_GROUP columns (few enough to stay in L1 together), each sliver
+        // getting the group's MR·PACK_GROUP elements as one run of whole lines.
         let (mut walk, mut ahead) = (walk, walk);
         for _ in 0..PACK_AHEAD {
             ahead.step();
         }
-        for k in 0..kd {
-            prefetch(col(ahead.step()), mb * size_of::<E>());
-            // SAFETY: column k < kd, rows 0..mb.
-            let col = unsafe { std::slice::from_raw_parts(col(walk.step()), mb) };
-            for (s, x) in col.chunks_exact(MR).enumerate() {
-                dst[(s * kd + k) * MR..][..MR].copy_from_slice(x);
+        let rest = mb - full * MR;
+        for k0 in (0..kd).step_by(PACK_GROUP) {
+            let group = PACK_GROUP.min(kd - k0);
+            let cols: [&[E]; PACK_GROUP] = std::array::from_fn(|j| {
+                if j < group {
+                    prefetch(col(ahead.step()), mb * size_of::<E>());
+                    // SAFETY: column k0 + j < kd, rows 0..mb.
+                    unsafe { std::slice::from_raw_parts(col(walk.step()), mb) }
+                } else {
+                    &[]
+                }
+            });
+            let cols = &cols[..group];
+            for s in 0..full {
+                let out = &mut dst[(s * kd + k0) * MR..][..group * MR];
+                for (out, col) in out.chunks_exact_mut(MR).zip(cols) {
+                    out.copy_from_slice(&col[s * MR..][..MR]);
+                }
             }
-            if full < slivers {
-                let rest = &col[full * MR..];
-                let out = &mut dst[(full * kd + k) * MR..][..MR];
-                out[..rest.len()].copy_from_slice(rest);
-                out[rest.len()..].fill(E::ZERO);
+            if rest > 0 {
+                let out = &mut dst[(full * kd + k0) * MR..][..group * MR];
+                for (out, col) in out.chunks_exact_mut(MR).zip(cols) {
+                    out[..rest].copy_from_slice(&col[full * MR..]);
+                    out[rest..].fill(E::ZERO);
+                }
             }
         }
         return;
