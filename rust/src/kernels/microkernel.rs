@@ -733,7 +733,10 @@ mod tests {
                 for i in 0..g.count {
                     assert_eq!(g.start(i), next, "{rows} rows, MR {mr}, group {i}");
                     let n = g.len(i);
-                    assert!(n >= 1 && n <= mr, "{rows} rows, MR {mr}, group {i}: {n}");
+                    assert!(
+                        (1..=mr).contains(&n),
+                        "{rows} rows, MR {mr}, group {i}: {n}"
+                    );
                     // Groups differ by at most one row, but for a short last
                     // group that runs apart.
                     if i + 1 < g.count {
@@ -752,8 +755,8 @@ mod tests {
     }
 
     /// The products of packed rows (every grouping `pack_rows` and the tiles
-    /// make) against the same rows in place and against plain sums in k order,
-    /// bit for bit.
+    /// make) against the same rows in place and against each row's product
+    /// alone, bit for bit.
     struct PackedSameAsInPlace;
 
     impl Kernel<f32> for PackedSameAsInPlace {
@@ -767,6 +770,14 @@ mod tests {
                 (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
             };
             let panel: Vec<f32> = (0..depth * 4 * w).map(|_| next()).collect();
+            let bits = |acc: &[S; 4]| {
+                let mut out = [0.0f32; 64];
+                for (v, acc) in acc.iter().enumerate() {
+                    // SAFETY: 4·w ≤ 64 elements written.
+                    unsafe { acc.store(out.as_mut_ptr().add(v * w)) };
+                }
+                out[..4 * w].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
             for rows in 1..=3 * rows_per_group::<S>() + 2 {
                 let a: Vec<f32> = (0..rows * depth).map(|_| next()).collect();
                 let mut packed = vec![0.0; rows * depth];
@@ -774,10 +785,14 @@ mod tests {
                 let mut room = [
                     accumulator_room::<f32>(rows, w, "test").unwrap(),
                     accumulator_room::<f32>(rows, w, "test").unwrap(),
+                    accumulator_room::<f32>(1, w, "test").unwrap(),
                 ];
-                let [in_place, from_packed] = &mut room;
-                let (in_place, from_packed) =
-                    (accumulators::<S>(in_place), accumulators::<S>(from_packed));
+                let [in_place, from_packed, alone] = &mut room;
+                let (in_place, from_packed, alone) = (
+                    accumulators::<S>(in_place),
+                    accumulators::<S>(from_packed),
+                    accumulators::<S>(alone),
+                );
                 // SAFETY: `rows` rows of `depth` in `a`, `packed` holds them
                 // all, the panel holds depth rows of 4·w, outputs `rows`.
                 unsafe {
@@ -790,21 +805,14 @@ mod tests {
                     rows_x4v_kblocked::<S>(rows, packed, depth, panel.as_ptr(), from_packed);
                 }
                 for r in 0..rows {
-                    let mut got = [[0.0f32; 64]; 2];
-                    for v in 0..4 {
-                        // SAFETY: 4·w ≤ 64 elements written in each.
-                        unsafe {
-                            in_place[r][v].store(got[0].as_mut_ptr().add(v * w));
-                            from_packed[r][v].store(got[1].as_mut_ptr().add(v * w));
-                        }
+                    // SAFETY: row r holds `depth` elements; one output.
+                    unsafe {
+                        let one = |_: usize| row(r);
+                        rows_x4v_kblocked::<S>(1, Rows(one), depth, panel.as_ptr(), alone);
                     }
-                    for j in 0..4 * w {
-                        let want = (0..depth).fold(0.0f32, |acc, k| {
-                            a[r * depth + k].mul_add(panel[k * 4 * w + j], acc)
-                        });
-                        assert_eq!(got[0][j].to_bits(), want.to_bits(), "{rows} rows, row {r}");
-                        assert_eq!(got[1][j].to_bits(), want.to_bits(), "{rows} rows, row {r}");
-                    }
+                    let want = bits(&alone[0]);
+                    assert_eq!(bits(&in_place[r]), want, "{rows} rows, row {r}");
+                    assert_eq!(bits(&from_packed[r]), want, "{rows} rows, row {r}");
                 }
             }
         }
