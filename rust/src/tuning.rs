@@ -34,9 +34,18 @@ pub const NV_16_REGISTERS: usize = 2;
 /// registers (BLIS's zen4/skx sgemm 6x64 shape), one pass over the panel.
 pub const MR_32_REGISTERS: usize = 6;
 pub const NV_32_REGISTERS: usize = 4;
-/// Remainder rows (fewer than MR) up to this many run over the whole panel
-/// width (4 vectors) in one pass: 2 rows × 4 = 8 chains in 13 registers even
-/// on AVX2; more rows run in the passes of the full tiles.
+/// How the rows of a product are grouped into tiles (`RowGroups` in
+/// `kernels/microkernel.rs`): ⌈rows / MR⌉ groups, and a remainder (rows mod
+/// MR) of up to this many rows runs apart over the whole panel width (4
+/// vectors) in one pass: 2 rows × 4 = 8 chains in 13 registers even on AVX2.
+/// A larger remainder is not given a short tile of its own: the rows are dealt
+/// out evenly over the same number of groups (16 = 6 + 5 + 5, not 6 + 6 + 4;
+/// 10 = 5 + 5), since a 4-row tile has 4 × 2 = 8 FMA chains on AVX2, the bare
+/// minimum, and runs below the full tiles' rate, where 5 rows have 10. At M
+/// (B = 16, 1 thread, Zen 3 under a load of 5 on 2 vCPUs) the forward's CPU
+/// time moved by less than the noise (±1 ms of 26); on AVX-512 (MR × 4 = 24
+/// chains) a 4-row tile already has 16 and the even split should be neutral
+/// (not measured: no AVX-512 machine here).
 pub const REMAINDER_FULL_WIDTH_ROWS: usize = 2;
 
 /// Rows (step, slot) per block of the input projection inside the time loop:
@@ -54,13 +63,6 @@ pub const PACK_DEPTH: usize = 64;
 /// so 3 panels give 12 chains, slack over the 8 that FMA latency × ports
 /// needs, in 13 of AVX2's 16 registers.
 pub const BATCH1_PANELS: usize = 3;
-
-/// (slot, tile) pairs whose plain gate math runs interleaved (`finish_plain`
-/// in `kernels/forward_step.rs`): one pair's math is a chain of some 150
-/// cycles' latency (exp, a division, tanh of the new c) and few enough
-/// instructions that the out-of-order window cannot overlap the next pair's by
-/// itself; two chains side by side fit AVX2's 16 registers.
-pub const FINISH_PAIRS: usize = 2;
 
 /// Panel rows ahead that the batch-1 product prefetches: far enough ahead to
 /// cover L2's latency at the rate the row is consumed.

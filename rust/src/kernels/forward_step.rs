@@ -21,7 +21,7 @@ use super::candidate::candidate;
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
     accumulator_room, accumulators, pack_rows, row_x4pv_with, rows_per_group, rows_x4v_kblocked,
-    rows_x4v_kblocked_of, PackedRows, PanelWeight, VectorRoom,
+    rows_x4v_kblocked_of, PackedRows, PanelWeight, RowGroups, VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -29,7 +29,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::barrier::{end_of_step, SpinBarrier};
 use crate::simd::{self, store_n, Bf16, Kernel, Simd, SimdElement};
-use crate::tuning::{BATCH1_PANELS, BATCH1_PREFETCH_BYTES, FINISH_PAIRS, PROJECTION_ROWS};
+use crate::tuning::{BATCH1_PANELS, BATCH1_PREFETCH_BYTES, PROJECTION_ROWS};
 use crate::variant::Variant;
 
 /// Outputs of the forward pass for the whole batch (chunks write their rows).
@@ -220,8 +220,9 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
     /// The plain LSTM's `finish` for N (slot, tile) pairs at once: the gate
     /// math runs on [`Wide`] vectors, each operation on the N pairs in turn,
     /// so N independent dependency chains (exp, division, tanh of c) overlap
-    /// instead of each pair's running on its own at the chain's latency. The
-    /// same operations on every element as `finish`: the same bits.
+    /// instead of each pair's running on its own at the chain's latency (batch
+    /// 1's tiles; more rows run `finish_staged`). The same operations on every
+    /// element as `finish`: the same bits.
     ///
     /// # Safety
     /// As for `finish`, for every pair; the pairs are distinct.
@@ -289,6 +290,80 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                     }
                     h_prev.store(out.h_prev.0.add(row * hp + u0));
                 }
+            }
+        }
+    }
+
+    /// The plain LSTM's `finish` for every running slot of one tile, in two
+    /// passes over the slots: first the four gates and the new c of each slot
+    /// (o kept in `acc`, c in the state), then h = o ⊙ tanh(c) of each. A
+    /// slot's math is one long dependency chain (exp, a division, then tanh of
+    /// the c they make); split in two short ones per slot, each pass's
+    /// iterations are independent and the out-of-order window overlaps
+    /// several slots' chains at once, with no more live registers than one
+    /// slot's. The same operations on every element as `finish`: the same
+    /// bits.
+    ///
+    /// # Safety
+    /// As for `finish`, for every slot below `acc.len()` (the running slots).
+    #[inline(always)]
+    unsafe fn finish_staged<S: Simd<E = E>>(
+        &self,
+        s: usize,
+        tile: usize,
+        acc: &mut [[S; 4]],
+        xw: &Projection<E>,
+    ) {
+        let geo = self.geo;
+        let (h, hp, w) = (geo.hidden, geo.hidden_pad, S::LANES);
+        let u0 = tile * w;
+        let (cur, next) = (self.state.h[s % 2].0, self.state.h[(s + 1) % 2].0);
+        let out = self.out;
+        // SAFETY: as in `finish`, for each running slot (row < T·B, u0 + w ≤
+        // hp).
+        unsafe {
+            let bias = self.bias.as_ptr().add(u0);
+            for (slot, acc) in acc.iter_mut().enumerate() {
+                let xw_at = xw.at(s, slot, u0);
+                let pre = |g: usize| {
+                    acc[g]
+                        .add(S::load(xw_at.add(g * xw.lanes)))
+                        .add(S::load(bias.add(g * hp)))
+                };
+                let ig = simd::sigmoid(pre(0));
+                let fg = simd::sigmoid(pre(1));
+                let gg = simd::tanh(pre(2));
+                let og = simd::sigmoid(pre(3));
+                let c_ptr = self.state.c.0.add(slot * hp + u0);
+                let c_new = fg.mul_add(S::load(c_ptr), ig.mul(gg));
+                c_new.store(c_ptr);
+                acc[3] = og;
+                if !out.gates.0.is_null() {
+                    let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+                    let gp = out.gates.0.add(row * 4 * hp + u0);
+                    ig.store(gp);
+                    fg.store(gp.add(hp));
+                    gg.store(gp.add(2 * hp));
+                    og.store(gp.add(3 * hp));
+                    c_new.store(out.cells.0.add(row * hp + u0));
+                    // With recurrent dropout the cache keeps h_{t−1} ⊙ r.
+                    let mut h_prev = S::load(cur.add(slot * hp + u0));
+                    if let Some(r) = self.recurrent_keep(self.slots.rows[slot]) {
+                        h_prev = h_prev.mul(S::load(r.add(u0)));
+                    }
+                    h_prev.store(out.h_prev.0.add(row * hp + u0));
+                }
+            }
+            for (slot, acc) in acc.iter().enumerate() {
+                let c_new = S::load(self.state.c.0.add(slot * hp + u0));
+                let h_new = acc[3].mul(simd::tanh(c_new));
+                h_new.store(next.add(slot * hp + u0));
+                let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
+                store_n(
+                    h_new,
+                    out.y.0.add(row * h + u0.min(h)),
+                    h.saturating_sub(u0).min(w),
+                );
             }
         }
     }
@@ -633,19 +708,7 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                                 self.finish::<S>(s, slot, p, acc, xw);
                             }
                         } else {
-                            // The plain gate math, FINISH_PAIRS slots at a time.
-                            let mut slot = 0;
-                            while slot + FINISH_PAIRS <= active {
-                                let mut acc = [[S::splat(E::ZERO); 4]; FINISH_PAIRS];
-                                acc.copy_from_slice(&products[slot..slot + FINISH_PAIRS]);
-                                let at = std::array::from_fn(|i| (slot + i, p));
-                                self.finish_plain::<S, FINISH_PAIRS>(s, at, acc, xw);
-                                slot += FINISH_PAIRS;
-                            }
-                            let rest = products[..active].iter().enumerate().skip(slot);
-                            for (slot, &acc) in rest {
-                                self.finish_plain::<S, 1>(s, [(slot, p)], [acc], xw);
-                            }
+                            self.finish_staged::<S>(s, p, &mut products[..active], xw);
                         }
                     }
                 }
@@ -784,7 +847,7 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
 }
 
 /// Multiplies each of the `rows` rows that `pack_rows` packed into `out`
-/// (depth `depth`, groups of `rows_per_group` rows interleaved) by its own
+/// (depth `depth`, the rows of each of its `RowGroups` interleaved) by its own
 /// vector `scale(r)` (depth elements, non-null), element by element: recurrent
 /// dropout's h ⊙ r, the same product per element as the reference's.
 fn scale_packed<S: Simd>(
@@ -793,10 +856,10 @@ fn scale_packed<S: Simd>(
     out: &mut [S::E],
     scale: impl Fn(usize) -> *const S::E,
 ) {
-    let mr = rows_per_group::<S>();
+    let groups = RowGroups::new(rows, rows_per_group::<S>());
     let out = &mut out[..rows * depth];
-    for r0 in (0..rows).step_by(mr) {
-        let group = mr.min(rows - r0);
+    for g in 0..groups.count {
+        let (r0, group) = (groups.start(g), groups.len(g));
         let dst = &mut out[r0 * depth..][..group * depth];
         for i in 0..group {
             let sc = scale(r0 + i);

@@ -257,9 +257,72 @@ pub fn rows_per_group<S: Simd>() -> usize {
     }
 }
 
+/// The row groups of `rows` rows for a tile of at most `mr` rows: group i
+/// starts at row `start(i)` and holds `len(i)` rows. Where MR groups would
+/// leave a remainder of more than [`REMAINDER_FULL_WIDTH_ROWS`] rows, the rows
+/// are dealt out evenly over the same number of groups instead (16 = 6 + 5 + 5
+/// rather than 6 + 6 + 4): a short tile has fewer FMA chains than FMA latency
+/// × ports needs (4 rows × 2 vectors = 8 on AVX2, the bare minimum) and runs
+/// below the full tiles' rate, while 5 rows give 10. A smaller remainder stays
+/// apart and runs over the whole panel width at once.
+///
+/// [`pack_rows`] and the tiles (`rows_tiled`) both follow it, so a group's
+/// packed rows are where its tile reads them; which rows share a group never
+/// changes a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowGroups {
+    /// Groups.
+    pub count: usize,
+    /// Rows in all, rows of each of the first `long` groups; the later ones
+    /// hold one fewer (the last one: what is left).
+    rows: usize,
+    size: usize,
+    long: usize,
+}
+
+impl RowGroups {
+    /// The groups of `rows` rows for tiles of `mr` rows.
+    #[inline(always)]
+    pub fn new(rows: usize, mr: usize) -> Self {
+        let count = rows.div_ceil(mr);
+        if rows % mr <= REMAINDER_FULL_WIDTH_ROWS {
+            // Full groups, then the remainder (none, or up to
+            // REMAINDER_FULL_WIDTH_ROWS rows) as a last, short group.
+            RowGroups {
+                count,
+                rows,
+                size: mr,
+                long: rows / mr,
+            }
+        } else {
+            // Dealt out evenly: `long` groups of ⌈rows / count⌉ rows, the
+            // others one fewer.
+            let size = rows.div_ceil(count);
+            RowGroups {
+                count,
+                rows,
+                size,
+                long: rows - (size - 1) * count,
+            }
+        }
+    }
+
+    /// First row of group `i` (≤ count; `start(count)` = rows).
+    #[inline(always)]
+    pub fn start(&self, i: usize) -> usize {
+        (i * self.size - i.saturating_sub(self.long)).min(self.rows)
+    }
+
+    /// Rows of group `i` (< count).
+    #[inline(always)]
+    pub fn len(&self, i: usize) -> usize {
+        self.start(i + 1) - self.start(i)
+    }
+}
+
 /// Packs `rows` rows of `depth` elements (row r at `row_ptr(r)`, unit column
-/// stride) into `out` for [`PackedRows`]: rows in groups of [`rows_per_group`]
-/// (the last group holding the remainder), each group k-major.
+/// stride) into `out` for [`PackedRows`]: rows in the groups of [`RowGroups`]
+/// for the ISA's MR ([`rows_per_group`]), each group k-major.
 ///
 /// # Safety
 /// `row_ptr(r)` readable for `depth` elements for r < rows.
@@ -270,10 +333,10 @@ pub unsafe fn pack_rows<S: Simd>(
     depth: usize,
     out: &mut [S::E],
 ) {
-    let mr = rows_per_group::<S>();
+    let groups = RowGroups::new(rows, rows_per_group::<S>());
     let out = &mut out[..rows * depth];
-    for r0 in (0..rows).step_by(mr) {
-        let group = mr.min(rows - r0);
+    for g in 0..groups.count {
+        let (r0, group) = (groups.start(g), groups.len(g));
         let dst = &mut out[r0 * depth..][..group * depth];
         for i in 0..group {
             // SAFETY: row r0 + i < rows holds `depth` readable elements.
@@ -343,8 +406,8 @@ unsafe fn tile<S: Simd, W: PanelWeight<S::E>, const MR: usize, const NV: usize>(
     }
 }
 
-/// [`tile`] for a row count known only at run time (a remainder, below MR):
-/// one instantiation per count.
+/// [`tile`] for a row count known only at run time (a group of
+/// [`RowGroups`]): one instantiation per count.
 ///
 /// # Safety
 /// As for [`tile`], with `n` ≤ 6 rows.
@@ -359,26 +422,29 @@ unsafe fn tile_n<S: Simd, W: PanelWeight<S::E>, const NV: usize>(
     kd: usize,
     panel: *const W,
     out: &mut [[S; 4]],
+    prefetch_rows: usize,
 ) {
+    let pf = prefetch_rows;
     // SAFETY: forwarded from the caller.
     unsafe {
         match n {
             0 => {}
-            1 => tile::<S, W, 1, NV>(r, v0, a, k0, kd, panel, out, 0),
-            2 => tile::<S, W, 2, NV>(r, v0, a, k0, kd, panel, out, 0),
-            3 => tile::<S, W, 3, NV>(r, v0, a, k0, kd, panel, out, 0),
-            4 => tile::<S, W, 4, NV>(r, v0, a, k0, kd, panel, out, 0),
-            5 => tile::<S, W, 5, NV>(r, v0, a, k0, kd, panel, out, 0),
-            6 => tile::<S, W, 6, NV>(r, v0, a, k0, kd, panel, out, 0),
+            1 => tile::<S, W, 1, NV>(r, v0, a, k0, kd, panel, out, pf),
+            2 => tile::<S, W, 2, NV>(r, v0, a, k0, kd, panel, out, pf),
+            3 => tile::<S, W, 3, NV>(r, v0, a, k0, kd, panel, out, pf),
+            4 => tile::<S, W, 4, NV>(r, v0, a, k0, kd, panel, out, pf),
+            5 => tile::<S, W, 5, NV>(r, v0, a, k0, kd, panel, out, pf),
+            6 => tile::<S, W, 6, NV>(r, v0, a, k0, kd, panel, out, pf),
             _ => unreachable!("tile_n: at most 6 rows"),
         }
     }
 }
 
-/// [`rows_x4v_kblocked`] with an MR × NV register tile: for each depth block,
-/// the panel in 4 / NV passes of NV vectors, each pass over all rows in groups
-/// of MR; the remainder rows (fewer than MR) over the whole width at once when
-/// they are few enough ([`REMAINDER_FULL_WIDTH_ROWS`]), else in the passes.
+/// [`rows_x4v_kblocked`] with register tiles of at most MR × NV: for each
+/// depth block, the panel in 4 / NV passes of NV vectors, each pass over the
+/// row groups of [`RowGroups`]; a short last group (at most
+/// [`REMAINDER_FULL_WIDTH_ROWS`] rows) runs over the whole width at once
+/// after the passes.
 ///
 /// # Safety
 /// As for [`rows_x4v_kblocked`].
@@ -392,29 +458,41 @@ unsafe fn rows_tiled<S: Simd, W: PanelWeight<S::E>, const MR: usize, const NV: u
 ) {
     const { assert!(MR <= 6 && 4 % NV == 0) };
     let kc = l1_depth_of::<S, W>();
-    let full = rows - rows % MR;
-    let rest = rows - full;
-    let rest_full_width = rest <= REMAINDER_FULL_WIDTH_ROWS;
+    let groups = RowGroups::new(rows, MR);
+    // Groups run in the passes; a last one of at most
+    // REMAINDER_FULL_WIDTH_ROWS rows (fewer than MR) over the whole width.
+    let last_short = groups.count > 0 && {
+        let n = groups.len(groups.count - 1);
+        n <= REMAINDER_FULL_WIDTH_ROWS && n < MR
+    };
+    let passed = groups.count - usize::from(last_short);
     for k0 in (0..depth).step_by(kc) {
         let kd = kc.min(depth - k0);
         // SAFETY (all tiles): rows below `rows`, vectors below 4, depth below
         // k0 + kd ≤ depth: inside the caller's regions.
         unsafe {
             for v0 in (0..4).step_by(NV) {
-                for r in (0..full).step_by(MR) {
-                    // The last full group of the last pass brings in the
-                    // next depth block (after the last, the next panel's
-                    // first: panels lie one after another).
-                    let last = v0 + NV == 4 && r + MR == full;
-                    let pf = if last { kc } else { 0 };
-                    tile::<S, W, MR, NV>(r, v0, a, k0, kd, panel, out, pf);
-                }
-                if !rest_full_width {
-                    tile_n::<S, W, NV>(rest, full, v0, a, k0, kd, panel, out);
+                for g in 0..passed {
+                    let (r, n) = (groups.start(g), groups.len(g));
+                    // The last group of the last pass brings in the next
+                    // depth block (after the last, the next panel's first:
+                    // panels lie one after another).
+                    let pf = if v0 + NV == 4 && g + 1 == passed {
+                        kc
+                    } else {
+                        0
+                    };
+                    if n == MR {
+                        tile::<S, W, MR, NV>(r, v0, a, k0, kd, panel, out, pf);
+                    } else {
+                        tile_n::<S, W, NV>(n, r, v0, a, k0, kd, panel, out, pf);
+                    }
                 }
             }
-            if rest_full_width {
-                tile_n::<S, W, 4>(rest, full, 0, a, k0, kd, panel, out);
+            if last_short {
+                let g = groups.count - 1;
+                let (r, n) = (groups.start(g), groups.len(g));
+                tile_n::<S, W, 4>(n, r, 0, a, k0, kd, panel, out, 0);
             }
         }
     }
@@ -624,4 +702,126 @@ fn prefetch_ahead(row: *const u8, row_bytes: usize) {
         row.wrapping_add(ROW_PREFETCH_DISTANCE * row_bytes),
         row_bytes,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        accumulator_room, accumulators, pack_rows, rows_per_group, rows_x4v_kblocked, PackedRows,
+        RowGroups, Rows,
+    };
+    use crate::simd::{dispatch, Isa, Kernel, Simd};
+    use crate::tuning::REMAINDER_FULL_WIDTH_ROWS;
+
+    #[test]
+    fn row_groups_cover_the_rows_evenly() {
+        let lens = |rows: usize, mr: usize| {
+            let g = RowGroups::new(rows, mr);
+            (0..g.count).map(|i| g.len(i)).collect::<Vec<_>>()
+        };
+        assert_eq!(lens(16, 6), [6, 5, 5]);
+        assert_eq!(lens(10, 6), [5, 5]);
+        assert_eq!(lens(12, 6), [6, 6]);
+        assert_eq!(lens(14, 6), [6, 6, 2]);
+        assert_eq!(lens(1, 6), [1]);
+        assert_eq!(lens(0, 6), Vec::<usize>::new());
+        for mr in 1..=6 {
+            for rows in 0..200 {
+                let g = RowGroups::new(rows, mr);
+                assert_eq!(g.count, rows.div_ceil(mr), "{rows} rows, MR {mr}");
+                let mut next = 0;
+                for i in 0..g.count {
+                    assert_eq!(g.start(i), next, "{rows} rows, MR {mr}, group {i}");
+                    let n = g.len(i);
+                    assert!(
+                        (1..=mr).contains(&n),
+                        "{rows} rows, MR {mr}, group {i}: {n}"
+                    );
+                    // Groups differ by at most one row, but for a short last
+                    // group that runs apart.
+                    if i + 1 < g.count {
+                        let m = g.len(i + 1);
+                        assert!(
+                            n == m
+                                || n == m + 1
+                                || (i + 2 == g.count && m <= REMAINDER_FULL_WIDTH_ROWS)
+                        );
+                    }
+                    next += n;
+                }
+                assert_eq!(next, rows, "{rows} rows, MR {mr}");
+            }
+        }
+    }
+
+    /// The products of packed rows (every grouping `pack_rows` and the tiles
+    /// make) against the same rows in place and against each row's product
+    /// alone, bit for bit.
+    struct PackedSameAsInPlace;
+
+    impl Kernel<f32> for PackedSameAsInPlace {
+        type Output = ();
+        fn run<S: Simd<E = f32>>(self) {
+            let w = S::LANES;
+            let depth = 300; // more than one depth block
+            let mut seed = 7_u32;
+            let mut next = || {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+            };
+            let panel: Vec<f32> = (0..depth * 4 * w).map(|_| next()).collect();
+            let bits = |acc: &[S; 4]| {
+                let mut out = [0.0f32; 64];
+                for (v, acc) in acc.iter().enumerate() {
+                    // SAFETY: 4·w ≤ 64 elements written.
+                    unsafe { acc.store(out.as_mut_ptr().add(v * w)) };
+                }
+                out[..4 * w].iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            };
+            for rows in 1..=3 * rows_per_group::<S>() + 2 {
+                let a: Vec<f32> = (0..rows * depth).map(|_| next()).collect();
+                let mut packed = vec![0.0; rows * depth];
+                let row = |r: usize| a[r * depth..].as_ptr();
+                let mut room = [
+                    accumulator_room::<f32>(rows, w, "test").unwrap(),
+                    accumulator_room::<f32>(rows, w, "test").unwrap(),
+                    accumulator_room::<f32>(1, w, "test").unwrap(),
+                ];
+                let [in_place, from_packed, alone] = &mut room;
+                let (in_place, from_packed, alone) = (
+                    accumulators::<S>(in_place),
+                    accumulators::<S>(from_packed),
+                    accumulators::<S>(alone),
+                );
+                // SAFETY: `rows` rows of `depth` in `a`, `packed` holds them
+                // all, the panel holds depth rows of 4·w, outputs `rows`.
+                unsafe {
+                    pack_rows::<S>(rows, row, depth, &mut packed);
+                    rows_x4v_kblocked::<S>(rows, Rows(row), depth, panel.as_ptr(), in_place);
+                    let packed = PackedRows {
+                        data: packed.as_ptr(),
+                        depth,
+                    };
+                    rows_x4v_kblocked::<S>(rows, packed, depth, panel.as_ptr(), from_packed);
+                }
+                for r in 0..rows {
+                    // SAFETY: row r holds `depth` elements; one output.
+                    unsafe {
+                        let one = |_: usize| row(r);
+                        rows_x4v_kblocked::<S>(1, Rows(one), depth, panel.as_ptr(), alone);
+                    }
+                    let want = bits(&alone[0]);
+                    assert_eq!(bits(&in_place[r]), want, "{rows} rows, row {r}");
+                    assert_eq!(bits(&from_packed[r]), want, "{rows} rows, row {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn packed_rows_give_the_bits_of_rows_in_place() {
+        for isa in Isa::available() {
+            dispatch(isa, PackedSameAsInPlace);
+        }
+    }
 }
