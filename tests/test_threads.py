@@ -305,6 +305,6 @@ def test_last_team_stats_count_the_team_waits():
     assert out.returncode == 0, out.stderr
     before, after = (ast.literal_eval(line) for line in out.stdout.split("\n")[:2])
     assert before == (0, 0, 0, 0)
-    members, waits, slept, polls = after
+    members, waits, slept, _polls = after
     assert members == 2
-    assert waits >= 40 and 0 <= slept <= waits and polls >= 0
+    assert waits >= 40 and slept <= waits

@@ -34,29 +34,14 @@ use lstm_fast::{
     Seeds, Sequence, Variant,
 };
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_seconds;
+
 /// The fastest and the median of `times` (ms), sorted in place.
 fn summary(times: &mut [f64]) -> (f64, f64) {
     times.sort_by(f64::total_cmp);
     (times[0], times[times.len() / 2])
-}
-
-/// Seconds of CPU time the calling thread has used (Linux), so that time
-/// spent preempted on a shared machine does not count.
-fn thread_seconds() -> f64 {
-    #[repr(C)]
-    struct Timespec {
-        sec: i64,
-        nsec: i64,
-    }
-    extern "C" {
-        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-    }
-    const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-    let mut ts = Timespec { sec: 0, nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec for the call.
-    let rc = unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime");
-    ts.sec as f64 + ts.nsec as f64 * 1e-9
 }
 
 /// One product `C = A·B` (A m × k with rows `a_rs` and columns `a_cs`

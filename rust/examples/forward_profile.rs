@@ -16,6 +16,10 @@ mod shape;
 
 use lstm_fast::{forward, Cancel, Dims, Outputs, PanelCache, Sequence, Variant};
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::process_seconds;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [b, t, i, h, calls] = shape::shape_and_calls(&args, "numbers: B T I H [calls]", 50);
@@ -79,29 +83,4 @@ fn main() {
         cpu_times[0],
         cpu_times[cpu_times.len() / 2]
     );
-}
-
-/// Seconds of CPU time the process has used (Linux); wall-clock time
-/// elsewhere.
-fn process_seconds() -> f64 {
-    #[cfg(target_os = "linux")]
-    {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-        }
-        const CLOCK_PROCESS_CPUTIME_ID: i32 = 2;
-        let mut t = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: `t` is a valid timespec to write.
-        if unsafe { clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0 {
-            return t.sec as f64 + t.nsec as f64 * 1e-9;
-        }
-    }
-    use std::sync::OnceLock;
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }

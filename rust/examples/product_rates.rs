@@ -46,6 +46,10 @@ use lstm_fast::simd::peak::fma_peak;
 use lstm_fast::simd::{dispatch, Isa, Kernel, Simd};
 use lstm_fast::tuning::PROJECTION_ROWS;
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+use cpu_time::thread_seconds;
+
 /// The step kernel before issue 8 (2 × 4v tiles on AVX2, 4 × 4v on AVX-512),
 /// kept here for an A/B in one process; same results bit for bit.
 ///
@@ -303,32 +307,6 @@ fn gemm_rate(threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, s
         }
     });
     2.0 * (m * k * n) as f64 / best / 1e9
-}
-
-/// Seconds of CPU time the calling thread has used (Linux), so that time
-/// spent preempted on a shared machine does not count; wall-clock time
-/// elsewhere.
-fn thread_seconds() -> f64 {
-    #[cfg(target_os = "linux")]
-    {
-        #[repr(C)]
-        struct Timespec {
-            sec: i64,
-            nsec: i64,
-        }
-        extern "C" {
-            fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
-        }
-        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
-        let mut t = Timespec { sec: 0, nsec: 0 };
-        // SAFETY: `t` is a valid timespec to write.
-        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
-            return t.sec as f64 + t.nsec as f64 * 1e-9;
-        }
-    }
-    use std::sync::OnceLock;
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 /// matrixmultiply's `sgemm` split by rows over the current pool as `gemm` did

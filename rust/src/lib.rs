@@ -82,6 +82,7 @@ pub use lstm::{backward, forward};
 pub use masks::ZoneoutDraws;
 #[doc(hidden)]
 pub use parallel::barrier::{last_team_stats, TeamStats};
+#[doc(hidden)]
 pub use parallel::pool::hold_pool_lock;
 pub use parallel::pool::{
     env_num_threads, forget_pool_after_fork, num_threads, set_num_threads, threads_out_of_range,

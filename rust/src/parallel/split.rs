@@ -61,7 +61,7 @@ fn forced_split() -> ForcedSplit {
 /// The least rows of a batch chunk: `MIN_ROWS_PER_CHUNK`, or
 /// `LSTM_FAST_CHUNK_ROWS` = 1, 2, 4, 8 or 16 (for measurements: the bits do not
 /// depend on the chunks), read on first use.
-static CHUNK_ROWS: Setting<usize> = Setting::new(&[MIN_ROWS_PER_CHUNK, 1, 2, 4, 16]);
+static CHUNK_ROWS: Setting<usize> = Setting::new(&[MIN_ROWS_PER_CHUNK, 1, 2, 4, 8, 16]);
 
 fn min_rows_per_chunk() -> usize {
     CHUNK_ROWS.get(|| {
