@@ -58,10 +58,11 @@ _LAYER_NORM_KEYS = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_
 _T = TypeVar("_T")
 
 # Running the two directions of a layer in two threads overlaps them (the engine
-# releases the GIL). That only pays when one direction leaves engine threads idle:
-# the engine's time loop gives each thread a chunk of at least
-# _ENGINE_ROWS_PER_TASK batch rows (MIN_ROWS_PER_CHUNK in rust/src/tuning.rs), so a
-# batch of B rows keeps ceil(B / 8) threads busy. With fewer busy threads than the
+# releases the GIL). That only pays when one direction leaves engine threads idle,
+# which the rule below counts as ceil(B / _ENGINE_ROWS_PER_TASK) busy threads for a
+# batch of B rows (a rule of thumb fitted to the measurements below, not the
+# engine's split, which also uses small batches' threads by teams or one-row
+# chunks; the overlap still measured faster there). With fewer busy threads than the
 # engine has, the reverse direction runs on the idle ones; with all of them busy, a
 # second direction only competes for the same cores. With little work per step
 # (B*4H*(I+H) multiply-adds below _CONCURRENT_MIN_STEP_WORK) or in all (times T, below

@@ -507,6 +507,42 @@ fn checkpointed_passes_give_the_full_cache_bits() {
 }
 
 #[test]
+fn split_rule_is_unchanged_on_two_threads_and_gives_many_cores_teams() {
+    use crate::parallel::split::{preferred_split, Split};
+    // On 2 threads: a team for fewer than 64 rows and 4 tiles or more, as it
+    // always was, whatever the least rows of a batch chunk.
+    for batch in 1..=130 {
+        for tiles in 1..=40 {
+            for chunk_rows in [1, 2, 4, 8, 16] {
+                let before = if tiles < 4 || batch >= 64 {
+                    Split::Batch
+                } else {
+                    Split::Hidden(2)
+                };
+                assert_eq!(
+                    preferred_split(batch, tiles, 2, chunk_rows),
+                    before,
+                    "batch {batch}, tiles {tiles}, chunk rows {chunk_rows}"
+                );
+            }
+        }
+    }
+    // 16 threads: M (16 rows) on AVX-512 (16 tiles) and AVX2 (32): 16 members.
+    assert_eq!(preferred_split(16, 16, 16, 8), Split::Hidden(16));
+    assert_eq!(preferred_split(16, 32, 16, 8), Split::Hidden(16));
+    // S on AVX-512 (8 tiles): one tile each; fewer tiles: two each at least.
+    assert_eq!(preferred_split(1, 8, 16, 8), Split::Hidden(8));
+    assert_eq!(preferred_split(1, 7, 16, 8), Split::Hidden(3));
+    // Rows enough for every thread: batch.
+    assert_eq!(preferred_split(512, 64, 16, 8), Split::Batch);
+    // A team smaller than the batch chunks: batch.
+    assert_eq!(preferred_split(128, 4, 16, 8), Split::Batch);
+    assert_eq!(preferred_split(128, 4, 16, 64), Split::Hidden(2));
+    // M's backward on 16 threads (4 tiles): one-row chunks, not a team of 2.
+    assert_eq!(preferred_split(16, 4, 16, 1), Split::Batch);
+}
+
+#[test]
 fn results_do_not_depend_on_thread_count_or_split() {
     let _g = lock();
     let bits = |r: &Results| {

@@ -134,16 +134,39 @@ pub const FMA_PEAK_CHAINS: usize = 12;
 /// thousands of threads started over minutes).
 pub const MAX_THREADS: usize = 1024;
 
-/// Rows per chunk below which a batch chunk is not worth a thread of its own.
-pub const MIN_ROWS_PER_CHUNK: usize = 8;
+/// The fewest rows of a batch chunk. One: a thread with a chunk of one row
+/// (the batch-1 product, streaming w_hh from its own cache) beats a thread left
+/// idle. On 16 cores of a Sapphire Rapids the M backward's time loop (4 tiles:
+/// a team of 2 at most) took ~9 ms on 16 one-row chunks against ~17 on 2
+/// chunks of 8 rows; on 2 threads chunks of one row differ from chunks of 8
+/// only below 16 rows, where a team is the usual split anyway.
+pub const MIN_ROWS_PER_CHUNK: usize = 1;
 /// Rows per thread from which the batch split wins over the hidden split.
 pub const BATCH_SPLIT_ROWS: usize = 32;
+/// Tiles of hidden units from which a team may give each member a single
+/// tile (`choose_split` in `parallel/split.rs`); with fewer, each member gets
+/// at least two, so that a step's work is not dwarfed by the meeting at its
+/// end. At 8 tiles (H = 128 on AVX-512) a member's step is 1/8 of the step
+/// products: on the 16-core Sapphire Rapids the batch-1 forward at H = 128 took
+/// 0.44 ms on a team of 8 and 0.69 ms alone (T = 100).
+pub const ONE_TILE_TEAMS_FROM: usize = 8;
 
-/// Polls before a barrier waiter sleeps, at first and after a sleep (each an
-/// atomic load, about a nanosecond: 20 000 is some tens of microseconds; a step
-/// takes microseconds, and a spinning partner answers in tens of nanoseconds).
-pub const SPINS: usize = 20_000;
-pub const MAX_SPINS: usize = 100_000;
+/// How long a barrier waiter spins before it sleeps: twice its own last step
+/// (from leaving the barrier to leaving it again), at least `SPIN_MIN` and at
+/// most `SPIN_MAX`. A wait longer than two whole steps means a partner lost its
+/// core, and the waiter's core is better given back; anything shorter is the
+/// members' work differing by a few tiles' worth, which a spin answers in tens
+/// of nanoseconds where a sleep and a wake cost tens of microseconds (far more
+/// under a sandbox such as gVisor, where each is a trip through its kernel).
+/// Measured on a 16-core Sapphire Rapids under gVisor: with a fixed 20 000
+/// polls (some 10–20 µs) a third of the waits of a 16-member team at L ended
+/// asleep and a step took ~370 µs for ~130 µs of work per member.
+pub const SPIN_STEPS: u32 = 2;
+pub const SPIN_MIN: std::time::Duration = std::time::Duration::from_micros(50);
+pub const SPIN_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+/// Polls of the generation between readings of the clock while spinning (a
+/// poll is about a nanosecond, a reading some tens).
+pub const POLLS_PER_CLOCK: usize = 128;
 /// Waits at the start of each member's part of a call whose sleeps do not
 /// count against the team (they wait for members being woken, not for busy
 /// cores).

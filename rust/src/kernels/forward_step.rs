@@ -119,6 +119,48 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
             .map(|r| r[b * pp..][..pp].as_ptr())
     }
 
+    /// The training cache's entries of one slot's tile, when a cache is kept:
+    /// the gates i, f, g, o, c and, with `h_prev`, h_{t−1} (with recurrent
+    /// dropout h_{t−1} ⊙ r, the recurrent product's operand and dW_hh's).
+    ///
+    /// # Safety
+    /// `slot` < slots, `row` < T·B, `u0` + LANES ≤ Hp, `cur` the state's h_{t−1}.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn cache_tile<S: Simd<E = E>>(
+        &self,
+        [ig, fg, gg, og]: [S; 4],
+        c: S,
+        slot: usize,
+        row: usize,
+        u0: usize,
+        cur: *const E,
+        h_prev: bool,
+    ) {
+        let (out, hp) = (self.out, self.geo.hidden_pad);
+        if out.gates.0.is_null() {
+            return;
+        }
+        // SAFETY: row < T·B and u0 + LANES ≤ Hp (the caller's contract): inside
+        // the caches ((T·B) × 4Hp and (T·B) × Hp), the state (slots × Hp) and
+        // the dropout masks (B × Pp).
+        unsafe {
+            let gp = out.gates.0.add(row * 4 * hp + u0);
+            ig.store(gp);
+            fg.store(gp.add(hp));
+            gg.store(gp.add(2 * hp));
+            og.store(gp.add(3 * hp));
+            c.store(out.cells.0.add(row * hp + u0));
+            if h_prev {
+                let mut h_prev = S::load(cur.add(slot * hp + u0));
+                if let Some(r) = self.recurrent_keep(self.slots.rows[slot]) {
+                    h_prev = h_prev.mul(S::load(r.add(u0)));
+                }
+                h_prev.store(out.h_prev.0.add(row * hp + u0));
+            }
+        }
+    }
+
     /// Gate math, c/h update and stores for one slot and one tile, given the
     /// tile's recurrent products `acc` (gates i, f, g, o). With a projection
     /// the tile's m goes to the state's m, and h is made by `project_state`.
@@ -197,23 +239,8 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                     h.saturating_sub(u0).min(w),
                 );
             }
-            if !out.gates.0.is_null() {
-                let gp = out.gates.0.add(row * 4 * hp + u0);
-                ig.store(gp);
-                fg.store(gp.add(hp));
-                gg.store(gp.add(2 * hp));
-                og.store(gp.add(3 * hp));
-                c_state.store(out.cells.0.add(row * hp + u0));
-                if !projects {
-                    // With recurrent dropout the cache keeps h_{t−1} ⊙ r, the
-                    // recurrent product's operand (and dW_hh's).
-                    let mut h_prev = S::load(cur.add(slot * hp + u0));
-                    if let Some(r) = self.recurrent_keep(b) {
-                        h_prev = h_prev.mul(S::load(r.add(u0)));
-                    }
-                    h_prev.store(out.h_prev.0.add(row * hp + u0));
-                }
-            }
+            // With a projection h_{t−1} is cached by `project_state`.
+            self.cache_tile([ig, fg, gg, og], c_state, slot, row, u0, cur, !projects);
         }
     }
 
@@ -276,20 +303,8 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                     out.y.0.add(row * h + u0.min(h)),
                     h.saturating_sub(u0).min(w),
                 );
-                if !out.gates.0.is_null() {
-                    let gp = out.gates.0.add(row * 4 * hp + u0);
-                    ig.0[i].store(gp);
-                    fg.0[i].store(gp.add(hp));
-                    gg.0[i].store(gp.add(2 * hp));
-                    og.0[i].store(gp.add(3 * hp));
-                    c_new.0[i].store(out.cells.0.add(row * hp + u0));
-                    // With recurrent dropout the cache keeps h_{t−1} ⊙ r.
-                    let mut h_prev = S::load(cur.add(slot * hp + u0));
-                    if let Some(r) = self.recurrent_keep(self.slots.rows[slot]) {
-                        h_prev = h_prev.mul(S::load(r.add(u0)));
-                    }
-                    h_prev.store(out.h_prev.0.add(row * hp + u0));
-                }
+                let gates = [ig.0[i], fg.0[i], gg.0[i], og.0[i]];
+                self.cache_tile(gates, c_new.0[i], slot, row, u0, cur, true);
             }
         }
     }
@@ -340,18 +355,7 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
                 acc[3] = og;
                 if !out.gates.0.is_null() {
                     let row = geo.row(geo.pos(s, self.slots.lens[slot]), self.slots.rows[slot]);
-                    let gp = out.gates.0.add(row * 4 * hp + u0);
-                    ig.store(gp);
-                    fg.store(gp.add(hp));
-                    gg.store(gp.add(2 * hp));
-                    og.store(gp.add(3 * hp));
-                    c_new.store(out.cells.0.add(row * hp + u0));
-                    // With recurrent dropout the cache keeps h_{t−1} ⊙ r.
-                    let mut h_prev = S::load(cur.add(slot * hp + u0));
-                    if let Some(r) = self.recurrent_keep(self.slots.rows[slot]) {
-                        h_prev = h_prev.mul(S::load(r.add(u0)));
-                    }
-                    h_prev.store(out.h_prev.0.add(row * hp + u0));
+                    self.cache_tile([ig, fg, gg, og], c_new, slot, row, u0, cur, true);
                 }
             }
             for (slot, acc) in acc.iter().enumerate() {

@@ -7,18 +7,24 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::setting::Setting;
 use crate::tuning::{
-    MAX_SPINS, SPINS, TEAM_BACKOFF_MAX, TEAM_BACKOFF_MIN, TEAM_SLEEP_RATIO, WARMUP_WAITS,
+    POLLS_PER_CLOCK, SPIN_MAX, SPIN_MIN, SPIN_STEPS, TEAM_BACKOFF_MAX, TEAM_BACKOFF_MIN,
+    TEAM_SLEEP_RATIO, WARMUP_WAITS,
 };
 
-/// Threads that meet once per time step. Each waiter spins for a few tens of
-/// microseconds (a step is microseconds, and a spinning partner answers in tens
-/// of nanoseconds), then sleeps on a condition variable so that a partner who
-/// lost its core gets it back instead of waiting out a time slice. After the
-/// first sleep of a call waiters spin much longer (see `spins`). How often
-/// members had to sleep is counted: see [`team_finished`].
+/// Threads that meet once per time step. Each waiter spins for about two of
+/// its own steps (see `SPIN_STEPS` in `tuning.rs`: a spinning partner answers
+/// in tens of nanoseconds), then sleeps on a condition variable so that a
+/// partner who lost its core gets it back instead of waiting out a time slice.
+/// A step that ended in a sleep is a long step, so the next waits spin longer:
+/// a member just woken (which can take tens of microseconds on a virtual
+/// machine) is waited for by spinning instead of both members taking turns to
+/// sleep every step. How often members had to sleep is counted: see
+/// [`team_finished`].
 pub struct SpinBarrier {
     members: usize,
     /// Written by every member once per step.
@@ -30,10 +36,6 @@ pub struct SpinBarrier {
     /// How the waits went: written by the waiters, read after the call.
     counts: Line<Counts>,
     sleepers: AtomicUsize,
-    /// Spins before sleeping: grows after a sleep, so that a member just woken
-    /// (which can take tens of microseconds on a virtual machine) is waited for
-    /// by spinning instead of both members taking turns to sleep every step.
-    spins: AtomicUsize,
     /// Set when a member panicked: the others stop waiting and panic too,
     /// instead of waiting forever for it.
     poisoned: AtomicBool,
@@ -57,17 +59,68 @@ struct Counts {
     polls: AtomicUsize,
 }
 
-/// One member's counts of its waits, kept in its thread while the team runs.
+/// One member's counts of its waits and the length of its last step, kept in
+/// its thread while the team runs.
 struct MemberCounts {
     waits: Cell<usize>,
     slept: Cell<usize>,
     polls: Cell<usize>,
+    /// When the member last left the barrier (None before its first wait of
+    /// a call).
+    left: Cell<Option<Instant>>,
+    /// From its last-but-one leaving to its last (zero until it has left twice).
+    step: Cell<Duration>,
+}
+
+impl MemberCounts {
+    /// Notes that the member leaves the barrier now.
+    fn leave(&self) {
+        let now = Instant::now();
+        if let Some(before) = self.left.replace(Some(now)) {
+            self.step.set(now.saturating_duration_since(before));
+        }
+    }
+
+    /// How long the member spins before it sleeps (`SPIN_STEPS` in `tuning.rs`),
+    /// unless `LSTM_FAST_SPIN_US` fixes it.
+    fn spin_budget(&self) -> Duration {
+        match forced_spin() {
+            0 => (self.step.get() * SPIN_STEPS).clamp(SPIN_MIN, SPIN_MAX),
+            micros => Duration::from_micros(micros),
+        }
+    }
 }
 
 thread_local! {
     static MINE: MemberCounts = const {
-        MemberCounts { waits: Cell::new(0), slept: Cell::new(0), polls: Cell::new(0) }
+        MemberCounts {
+            waits: Cell::new(0),
+            slept: Cell::new(0),
+            polls: Cell::new(0),
+            left: Cell::new(None),
+            step: Cell::new(Duration::ZERO),
+        }
     };
+}
+
+/// A fixed spin in microseconds, for measurements: `LSTM_FAST_SPIN_US` = 20,
+/// 50, 200, 1000 or 5000, read on first use; 0 (the default) spins for about
+/// two steps. The bits do not depend on it.
+static SPIN_US: Setting<u64> = Setting::new(&SPIN_CHOICES);
+const SPIN_CHOICES: [u64; 6] = [0, 20, 50, 200, 1000, 5000];
+
+fn forced_spin() -> u64 {
+    SPIN_US.get(|| {
+        let micros = std::env::var("LSTM_FAST_SPIN_US")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if SPIN_CHOICES.contains(&micros) {
+            micros
+        } else {
+            0
+        }
+    })
 }
 
 /// A value alone on its cache line, and on the pair of lines that Intel's
@@ -95,7 +148,7 @@ pub struct TeamStats {
     /// Of those, waits that ended asleep (the spin ran out).
     pub slept: usize,
     /// Polls of the generation over all waits: about a nanosecond each, so
-    /// polls / waits is roughly how long a member waited, in nanoseconds, for
+    /// polls / waits is roughly how long a member spun, in nanoseconds, for
     /// the last one to arrive.
     pub polls: usize,
 }
@@ -115,7 +168,6 @@ impl SpinBarrier {
                 polls: AtomicUsize::new(0),
             }),
             sleepers: AtomicUsize::new(0),
-            spins: AtomicUsize::new(SPINS),
             poisoned: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -142,31 +194,46 @@ impl SpinBarrier {
                 let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
                 self.wake.notify_all();
             }
+            MINE.with(MemberCounts::leave);
             return stop;
         }
         // Counted in this thread, added to the team's counts once when the
         // member ends (`end_member`): no write to a shared line per step.
-        let nth = MINE.with(|c| c.waits.replace(c.waits.get() + 1));
+        let (nth, budget) = MINE.with(|c| (c.waits.replace(c.waits.get() + 1), c.spin_budget()));
         // No `pause` instruction in the loop: under KVM a run of them makes the
         // hypervisor take the virtual CPU away (pause-loop exiting), which costs
-        // far more than it saves.
-        let spins = self.spins.load(Relaxed);
-        for poll in 0..spins {
-            if self.step.generation.load(Acquire) != generation {
-                MINE.with(|c| c.polls.set(c.polls.get() + poll));
-                return self.step.stop.load(Relaxed);
+        // far more than it saves. The clock is first read after one round of
+        // polls, so that the common wait (tens of nanoseconds) reads it only
+        // when it leaves.
+        let mut polls = 0;
+        let mut started = None;
+        loop {
+            for _ in 0..POLLS_PER_CLOCK {
+                polls += 1;
+                if self.step.generation.load(Acquire) != generation {
+                    MINE.with(|c| {
+                        c.polls.set(c.polls.get() + polls);
+                        c.leave();
+                    });
+                    return self.step.stop.load(Relaxed);
+                }
             }
+            let now = Instant::now();
+            match started {
+                None => started = Some(now),
+                Some(start) if now.saturating_duration_since(start) >= budget => break,
+                Some(_) => {}
+            }
+            self.check_poison();
         }
-        self.check_poison();
         // The first waits of a member also wait for members being woken: that
         // cost is the call's start, not a sign of busy cores.
         MINE.with(|c| {
-            c.polls.set(c.polls.get() + spins);
+            c.polls.set(c.polls.get() + polls);
             if nth >= WARMUP_WAITS {
                 c.slept.set(c.slept.get() + 1);
             }
         });
-        self.spins.store(MAX_SPINS, Relaxed);
         self.sleepers.fetch_add(1, SeqCst);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while self.step.generation.load(SeqCst) == generation {
@@ -175,6 +242,7 @@ impl SpinBarrier {
         }
         drop(guard);
         self.sleepers.fetch_sub(1, SeqCst);
+        MINE.with(MemberCounts::leave);
         self.step.stop.load(Relaxed)
     }
 
@@ -191,10 +259,13 @@ impl SpinBarrier {
         self.wake.notify_all();
     }
 
-    /// Adds this thread's counts of its waits to the team's and clears them;
-    /// every member calls it once as it ends (also when it unwinds).
+    /// Adds this thread's counts of its waits to the team's and clears them
+    /// (and its last step, so that its next call starts afresh); every member
+    /// calls it once as it ends (also when it unwinds).
     pub fn end_member(&self) {
         MINE.with(|c| {
+            c.left.set(None);
+            c.step.set(Duration::ZERO);
             self.counts.waits.fetch_add(c.waits.take(), Relaxed);
             self.counts.slept.fetch_add(c.slept.take(), Relaxed);
             self.counts.polls.fetch_add(c.polls.take(), Relaxed);

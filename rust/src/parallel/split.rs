@@ -15,7 +15,7 @@ use crate::alloc;
 use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::setting::Setting;
-use crate::tuning::{BATCH_SPLIT_ROWS, MIN_ROWS_PER_CHUNK, SIGNAL_POLL};
+use crate::tuning::{BATCH_SPLIT_ROWS, MIN_ROWS_PER_CHUNK, ONE_TILE_TEAMS_FROM, SIGNAL_POLL};
 
 /// How the time loop is shared among threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,14 +77,41 @@ fn min_rows_per_chunk() -> usize {
 
 /// The split for `batch` rows and `tiles` tiles of hidden units on `threads`
 /// threads. `LSTM_FAST_SPLIT=batch|hidden` overrides it (for measurements).
+///
+/// A team gets every thread it can give a tile to, down to one tile per member
+/// from `ONE_TILE_TEAMS_FROM` tiles on (below, each member has at least two),
+/// and is chosen while rows are few (`BATCH_SPLIT_ROWS` per thread) and it
+/// keeps at least as many threads busy as the batch chunks would. On 2 threads
+/// this is the rule it always was (a team for fewer than 64 rows, 4 tiles or
+/// more); on 16 cores it is what lets M (16 rows, 16 tiles on AVX-512) run on
+/// 16 members instead of 2 batch chunks.
 pub fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
-    let team = threads.min(tiles);
     match forced_split() {
         ForcedSplit::Batch => return Split::Batch,
-        ForcedSplit::Hidden if team > 1 => return Split::Hidden(team),
+        ForcedSplit::Hidden if threads.min(tiles) > 1 => return Split::Hidden(threads.min(tiles)),
         _ => {}
     }
-    if team <= 1 || batch >= threads * BATCH_SPLIT_ROWS || tiles < 2 * threads || !team_allowed() {
+    match preferred_split(batch, tiles, threads, min_rows_per_chunk()) {
+        Split::Hidden(team) if team_allowed() => Split::Hidden(team),
+        _ => Split::Batch,
+    }
+}
+
+/// [`choose_split`]'s rule on a machine whose cores are free, with batch
+/// chunks of at least `chunk_rows` rows.
+pub(crate) fn preferred_split(
+    batch: usize,
+    tiles: usize,
+    threads: usize,
+    chunk_rows: usize,
+) -> Split {
+    let team = if tiles >= ONE_TILE_TEAMS_FROM {
+        threads.min(tiles)
+    } else {
+        threads.min(tiles / 2)
+    };
+    let chunks = threads.min(batch.div_ceil(chunk_rows));
+    if team <= 1 || batch >= threads * BATCH_SPLIT_ROWS || team < chunks {
         Split::Batch
     } else {
         Split::Hidden(team)
