@@ -187,16 +187,18 @@ def test_prepare_bad_weights(args, kwargs, error, match):
 def _fresh_forward(m, x, **kw):
     """The layer's forward computed from scratch, with nothing kept from before."""
     twin = lstm_fast.LSTM(
-        m.input_size, m.hidden_size, m.num_layers, bias=m.bias, bidirectional=m.bidirectional
-    )
+        m.input_size, m.hidden_size, m.num_layers, bias=m.bias, bidirectional=m.bidirectional,
+        layer_norm=m.layer_norm,
+    )  # fmt: skip
     twin.load_state_dict(m.state_dict())
     return twin(x, **kw)
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("how", ["in_place", "load_state_dict", "replaced", "optimizer"])
-def test_layer_never_uses_stale_packing(how):
+def test_layer_never_uses_stale_packing(how, layer_norm):
     rng = np.random.default_rng(8)
-    m = lstm_fast.LSTM(4, 6, num_layers=2, bidirectional=True, seed=0)
+    m = lstm_fast.LSTM(4, 6, num_layers=2, bidirectional=True, seed=0, layer_norm=layer_norm)
     x = rng.standard_normal((5, 3, 4)).astype(np.float32)
     first = m(x)[0]
     if how == "in_place":
@@ -213,6 +215,26 @@ def test_layer_never_uses_stale_packing(how):
     second = m(x)[0]
     assert not np.array_equal(first, second)
     assert _same(second, _fresh_forward(m, x)[0])
+
+
+@pytest.mark.parametrize("need_cache", [False, True])
+def test_layer_norm_layer_keeps_its_packing(need_cache):
+    # A LayerNorm layer packs its weights once, as the plain one does: the
+    # prepared weights are kept across calls while the parameters are unchanged,
+    # with the bits of a layer that packs afresh.
+    m = lstm_fast.LSTM(4, 6, seed=3, layer_norm=True)
+    x = np.random.default_rng(4).standard_normal((5, 2, 4)).astype(np.float32)
+    first = m(x, need_cache=need_cache)[0]
+    kept = m._prepared[(0, 0)]
+    second = m(x, need_cache=need_cache)[0]
+    assert m._prepared[(0, 0)] is kept
+    assert _same(first, second)
+    assert _same(second, _fresh_forward(m, x, need_cache=need_cache)[0])
+    m.parameters["weight_ln_hh_l0"] = m.parameters["weight_ln_hh_l0"] * 2
+    third = m(x, need_cache=need_cache)[0]
+    assert m._prepared[(0, 0)] is kept  # the gains are given per call
+    assert not np.array_equal(second, third)
+    assert _same(third, _fresh_forward(m, x, need_cache=need_cache)[0])
 
 
 def test_layer_step_sees_updates_between_steps():

@@ -54,6 +54,9 @@ __all__ = ["LSTM"]
 
 #: The functional API's names of the LayerNorm parameters (docs/variants.md).
 _LAYER_NORM_KEYS = ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c")
+#: The keywords of a pass that only asks for layer norm (``_pass_options``): the
+#: prepared weights take them, so such a pass keeps its packing across calls.
+_LAYER_NORM_OPTIONS = frozenset({"layer_norm", "layer_norm_eps", *_LAYER_NORM_KEYS})
 
 _T = TypeVar("_T")
 
@@ -495,8 +498,8 @@ class LSTM:
     ) -> dict[str, Any]:
         """The functional API's keywords beyond the prepared weights' for one layer
         and direction: the LayerNorm parameters and the regularisation of a pass
-        with mask seed ``seed`` (None: no masks) in mode ``training``. Empty for a
-        pass the prepared weights run."""
+        with mask seed ``seed`` (None: no masks) in mode ``training``. Empty, or
+        layer norm's alone, for a pass the prepared weights run."""
         options: dict[str, Any] = {}
         if self.layer_norm:
             options["layer_norm"] = True
@@ -883,10 +886,10 @@ class LSTM:
                         variant=self._prepared_variant(layer, direction),
                         zoneout=zoneout,
                     )
-                if options:
-                    # The functional call (prepared weights take neither the
-                    # regularisation nor layer norm; weight drop packs W_hh * M anew
-                    # each pass anyway).
+                if options and not options.keys() <= _LAYER_NORM_OPTIONS:
+                    # The functional call (prepared weights do not take the
+                    # regularisation; weight drop packs W_hh * M anew each pass
+                    # anyway).
                     w = self.weights(layer, direction)
                     return _F.forward(
                         inp,
@@ -905,7 +908,7 @@ class LSTM:
                         **self._variant(layer, direction),
                         **options,
                     )
-                if h_all is not None and c_all is not None:
+                if not options and h_all is not None and c_all is not None:
                     dt, state = self.dtype, self.state_size
                     y_shape = (batch, steps, state) if batch_first else (steps, batch, state)
                     out = _Outputs(empty("y", y_shape, dt), h_all[k], c_all[k])
@@ -924,6 +927,9 @@ class LSTM:
                     need_cache=need_cache,
                     checkpoint=checkpoint if need_cache else None,
                     **self._prepared_variant(layer, direction),
+                    # The LayerNorm LSTM's gains and biases: per call, with the
+                    # kept packing of the weights.
+                    **options,
                 )
 
             if self.bidirectional:

@@ -90,6 +90,13 @@ pub const SAME_BYTES_BLOCK: usize = 64 * 1024;
 /// call pays a hand-off at all.
 pub const SAME_BYTES_PARALLEL_MIN: usize = 1024 * 1024;
 
+/// Multiply-adds of a panel product (the LayerNorm LSTM's per-step products,
+/// `kernels/panel_product.rs`) per task, at least: handing tasks to the pool
+/// and joining them costs microseconds on a virtual machine, more than a
+/// whole step's product at batch 1 (H = 128: 65 536 multiply-adds, ~1 µs).
+/// Split there, the LayerNorm forward at S took 1.48 ms on 2 threads against
+/// 1.23 on one (Zen 3); 2^19 is ~10 µs of one core's work.
+pub const PANEL_TASK_MIN_WORK: usize = 1 << 19;
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised (each task's rows are also a multiple of the ISA's MR,
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
@@ -167,6 +174,9 @@ pub const SPIN_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 /// Polls of the generation between readings of the clock while spinning (a
 /// poll is about a nanosecond, a reading some tens).
 pub const POLLS_PER_CLOCK: usize = 128;
+/// Steps between a member's readings of the clock as it leaves the barrier
+/// (its step is the mean over them; a step that ended asleep is read at once).
+pub const STEPS_PER_CLOCK: u32 = 8;
 /// Waits at the start of each member's part of a call whose sleeps do not
 /// count against the team (they wait for members being woken, not for busy
 /// cores).

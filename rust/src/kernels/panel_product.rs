@@ -28,7 +28,7 @@ use crate::error::Result;
 use crate::float::Float;
 use crate::parallel::pool::in_pool;
 use crate::simd::{dispatch, store_n, Isa, Kernel, Simd};
-use crate::tuning::BATCH1_PANELS;
+use crate::tuning::{BATCH1_PANELS, PANEL_TASK_MIN_WORK};
 
 /// Where each panel's four vectors go in a dense output row.
 #[derive(Clone, Copy, Debug)]
@@ -144,8 +144,14 @@ pub fn panel_product<E: Float, W: PanelWeight<E>>(
             "product scratch too small"
         );
     }
+    // Tasks only for a product that can pay for handing them out.
+    let work = p.rows * p.depth * p.tiles * 4 * lanes;
     let tasks = if in_pool() {
-        scratch.len().min(p.tiles)
+        scratch
+            .len()
+            .min(p.tiles)
+            .min(work / PANEL_TASK_MIN_WORK)
+            .max(1)
     } else {
         1
     };

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use crate::cancel::Cancel;
 use crate::setting::Setting;
 use crate::tuning::{
-    POLLS_PER_CLOCK, SPIN_MAX, SPIN_MIN, SPIN_STEPS, TEAM_BACKOFF_MAX, TEAM_BACKOFF_MIN,
-    TEAM_SLEEP_RATIO, WARMUP_WAITS,
+    POLLS_PER_CLOCK, SPIN_MAX, SPIN_MIN, SPIN_STEPS, STEPS_PER_CLOCK, TEAM_BACKOFF_MAX,
+    TEAM_BACKOFF_MIN, TEAM_SLEEP_RATIO, WARMUP_WAITS,
 };
 
 /// Threads that meet once per time step. Each waiter spins for about two of
@@ -65,20 +65,41 @@ struct MemberCounts {
     waits: Cell<usize>,
     slept: Cell<usize>,
     polls: Cell<usize>,
-    /// When the member last left the barrier (None before its first wait of
-    /// a call).
+    /// When the member last read the clock as it left the barrier (None
+    /// before its first leaving in a call), and how often it has left since.
     left: Cell<Option<Instant>>,
-    /// From its last-but-one leaving to its last (zero until it has left twice).
+    since: Cell<u32>,
+    /// Its step: the mean from leaving to leaving between its last two
+    /// readings (zero until it has read twice).
     step: Cell<Duration>,
 }
 
 impl MemberCounts {
-    /// Notes that the member leaves the barrier now.
+    /// Notes that the member leaves the barrier, reading the clock once every
+    /// `STEPS_PER_CLOCK` steps (a reading costs some tens of nanoseconds, a
+    /// step at S a few microseconds).
     fn leave(&self) {
+        let since = self.since.get() + 1;
+        if since < STEPS_PER_CLOCK && self.left.get().is_some() {
+            self.since.set(since);
+            return;
+        }
+        let now = Instant::now();
+        if let Some(before) = self.left.replace(Some(now)) {
+            self.step.set(now.saturating_duration_since(before) / since);
+        }
+        self.since.set(0);
+    }
+
+    /// Notes that the member leaves the barrier after a sleep: its step is
+    /// then the whole time since its last reading, so that its next waits
+    /// spin long enough for a partner that is being woken.
+    fn leave_after_sleep(&self) {
         let now = Instant::now();
         if let Some(before) = self.left.replace(Some(now)) {
             self.step.set(now.saturating_duration_since(before));
         }
+        self.since.set(0);
     }
 
     /// How long the member spins before it sleeps (`SPIN_STEPS` in `tuning.rs`),
@@ -98,6 +119,7 @@ thread_local! {
             slept: Cell::new(0),
             polls: Cell::new(0),
             left: Cell::new(None),
+            since: Cell::new(0),
             step: Cell::new(Duration::ZERO),
         }
     };
@@ -242,7 +264,7 @@ impl SpinBarrier {
         }
         drop(guard);
         self.sleepers.fetch_sub(1, SeqCst);
-        MINE.with(MemberCounts::leave);
+        MINE.with(MemberCounts::leave_after_sleep);
         self.step.stop.load(Relaxed)
     }
 
@@ -265,6 +287,7 @@ impl SpinBarrier {
     pub fn end_member(&self) {
         MINE.with(|c| {
             c.left.set(None);
+            c.since.set(0);
             c.step.set(Duration::ZERO);
             self.counts.waits.fetch_add(c.waits.take(), Relaxed);
             self.counts.slept.fetch_add(c.slept.take(), Relaxed);
