@@ -56,7 +56,7 @@ use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
-use crate::tuning::DB_COLUMN_BLOCK;
+use crate::tuning::{DB_COLUMN_BLOCK, STEP_LOOP_MIN_ELEMENTS};
 use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
@@ -407,9 +407,11 @@ impl<E: Float> Kernel<E> for NormaliseInPlace<'_, E> {
     }
 }
 
-/// Runs `f(j)` for j in 0..n, over the pool's threads when inside it.
-fn each(n: usize, f: impl Fn(usize) + Sync + Send) {
-    if in_pool() && n > 1 {
+/// Runs `f(j)` for j in 0..n, over the pool's threads when inside it and the
+/// loop touches about `elements` elements in all, at least
+/// `STEP_LOOP_MIN_ELEMENTS` (a smaller loop costs less than handing it out).
+fn each(n: usize, elements: usize, f: impl Fn(usize) + Sync + Send) {
+    if in_pool() && n > 1 && elements >= STEP_LOOP_MIN_ELEMENTS {
         (0..n).into_par_iter().for_each(f);
     } else {
         (0..n).for_each(f);
@@ -866,7 +868,8 @@ fn forward_impl<E: Float>(
                 record,
             };
             let active = &active;
-            each(n, |j| {
+            // Each row: its two 4H pre-activations normalised, c and h.
+            each(n, n * 10 * hidden, |j| {
                 let (b, row) = active[j];
                 dispatch::<E, _>(
                     isa,
@@ -1442,7 +1445,8 @@ impl<E: Float> StepSums<'_, E> {
         let wide = g4.div_ceil(DB_COLUMN_BLOCK);
         let narrow = h.div_ceil(DB_COLUMN_BLOCK);
         let cache = &self.cache;
-        each(wide + narrow, |blk| {
+        // Each row: 3 sums over 4H, 2 over H.
+        each(wide + narrow, active.len() * 14 * h, |blk| {
             if blk < wide {
                 let k0 = blk * DB_COLUMN_BLOCK;
                 let len = DB_COLUMN_BLOCK.min(g4 - k0);
@@ -1989,7 +1993,8 @@ pub(crate) fn backward_pass<E: Float>(
                 },
             };
             let act = &active;
-            each(n, |j| {
+            // Each row: the gradients of its two normalisations, c and h.
+            each(n, n * 12 * hidden, |j| {
                 let (b, row) = act[j];
                 dispatch::<E, _>(
                     isa,

@@ -97,6 +97,14 @@ pub const SAME_BYTES_PARALLEL_MIN: usize = 1024 * 1024;
 /// Split there, the LayerNorm forward at S took 1.48 ms on 2 threads against
 /// 1.23 on one (Zen 3); 2^19 is ~10 µs of one core's work.
 pub const PANEL_TASK_MIN_WORK: usize = 1 << 19;
+/// Elements that a per-step loop of the LayerNorm LSTM (its rows' gate math,
+/// its per-step sums, `each` in `layernorm.rs`) touches in all, at least,
+/// before it is shared among the pool's threads: handing a loop out and
+/// joining it costs microseconds, tens of them on 16 cores under a sandbox,
+/// where at batch 1 the backward's per-step sums (10 column blocks of one
+/// row) took the LN S backward from 1.26 ms on one thread to 3.2 on 16
+/// (Sapphire Rapids). At M (16 rows, H = 256) the loops touch 40–60 K.
+pub const STEP_LOOP_MIN_ELEMENTS: usize = 1 << 15;
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised (each task's rows are also a multiple of the ISA's MR,
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
