@@ -223,7 +223,8 @@ def _interrupt(case: str, env: dict[str, str]) -> dict:
 @pytest.mark.parametrize(
     ("case", "env"),
     [
-        ("forward", {"LSTM_FAST_SPLIT": "batch"}),
+        # Chunks of at least 8 rows: the 8-row batch is one chunk, run inline.
+        ("forward", {"LSTM_FAST_SPLIT": "batch", "LSTM_FAST_CHUNK_ROWS": "8"}),
         ("backward", {"LSTM_FAST_SPLIT": "batch"}),
         ("hidden", {"LSTM_FAST_SPLIT": "hidden"}),
         ("layer", {}),

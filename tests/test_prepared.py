@@ -230,11 +230,33 @@ def test_layer_norm_layer_keeps_its_packing(need_cache):
     assert m._prepared[(0, 0)] is kept
     assert _same(first, second)
     assert _same(second, _fresh_forward(m, x, need_cache=need_cache)[0])
+    # The bits of the functional call, which packs afresh.
+    w = m.weights(0, 0)
+    norms = {k: m.parameters[f"{n}_l0"] for k, n in zip(
+        ("w_ln_ih", "b_ln_ih", "w_ln_hh", "b_ln_hh", "w_ln_c", "b_ln_c"),
+        ("weight_ln_ih", "bias_ln_ih", "weight_ln_hh", "bias_ln_hh", "weight_ln_c", "bias_ln_c"),
+    )}  # fmt: skip
+    plain = lstm_fast.forward(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, layer_norm=True, **norms)
+    assert _same(second, plain.y)
     m.parameters["weight_ln_hh_l0"] = m.parameters["weight_ln_hh_l0"] * 2
     third = m(x, need_cache=need_cache)[0]
     assert m._prepared[(0, 0)] is kept  # the gains are given per call
     assert not np.array_equal(second, third)
     assert _same(third, _fresh_forward(m, x, need_cache=need_cache)[0])
+
+
+def test_layer_norm_step_keeps_its_packing():
+    # LSTM.step of a LayerNorm layer: the kept packing too, and the bits of
+    # one forward over the same steps.
+    m = lstm_fast.LSTM(4, 6, seed=5, layer_norm=True)
+    xs = np.random.default_rng(6).standard_normal((3, 2, 4)).astype(np.float32)
+    y_full = m(xs, need_cache=False)[0]
+    kept = m._prepared[(0, 0)]
+    state = None
+    for t in range(3):
+        y_t, state = m.step(xs[t], state)
+        assert _same(y_t, y_full[t])
+    assert m._prepared[(0, 0)] is kept
 
 
 def test_layer_step_sees_updates_between_steps():

@@ -849,7 +849,7 @@ class LSTM:
         concurrent = self._concurrent(steps, batch)
         # Inference without lengths: each pass from the kept weights in one engine
         # call (``_kept_pass``; the passes with options below take the general one).
-        kept = _F is _functional and not need_cache and lengths is None
+        kept = _F is _functional and not need_cache and lengths is None and not self.layer_norm
         # The kept passes write their final states straight into these (np.stack
         # of the passes' states costs as much as a short call's other work); a
         # pass that takes another path returns its own, and they are stacked.
@@ -1132,7 +1132,7 @@ class LSTM:
                     need_cache=False, checkpoint=None, variant=self._prepared_variant(layer, 0),
                     zoneout=zoneout,
                 )  # fmt: skip
-            elif options:
+            elif options and not options.keys() <= _LAYER_NORM_OPTIONS:
                 w = self.weights(layer, 0)
                 out = _F.forward(
                     layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,
@@ -1140,9 +1140,11 @@ class LSTM:
                     **options,
                 )  # fmt: skip
             else:
+                # The kept packing, with layer norm's gains and biases if any.
                 out = self._prepared_weights(layer, 0, weight_dtype).forward(
-                    layer_input, h_l, c_l, need_cache=False, **self._prepared_variant(layer, 0)
-                )
+                    layer_input, h_l, c_l, need_cache=False,
+                    **self._prepared_variant(layer, 0), **options,
+                )  # fmt: skip
             layer_input = out.y
             h_new[layer] = out.h_n
             c_new[layer] = out.c_n

@@ -64,13 +64,14 @@ pub fn forward<E: Float>(
     let lanes = isa.lanes::<E>();
     let tiles = hp / lanes;
     let threads = pool.current_num_threads();
+    let work = seq.dims.work();
     let wanted = if seq.projects() {
         Split::Batch
     } else {
-        choose_split(batch, tiles, threads)
+        choose_split(batch, tiles, threads, work)
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
-    let chunks = split::chunks(split, threads, batch, |b| seq.length(b))?;
+    let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;
     // One batch chunk has nothing to share: run it on the calling thread and
     // skip the hand-off to the pool (microseconds, which small calls notice).
     let inline = split == Split::Batch && chunks.len() <= 1;
@@ -285,13 +286,14 @@ pub(crate) fn backward_pass<E: Float>(
     // The flow sums' tiles: those of the wider of H and P (BackwardChunk).
     let flow_tiles = hp.max(pp).div_ceil(4 * lanes);
     let threads = pool.current_num_threads();
+    let work = seq.dims.work();
     let wanted = if seq.projects() {
         Split::Batch
     } else {
-        choose_split(batch, tiles, threads)
+        choose_split(batch, tiles, threads, work)
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
-    let chunks = split::chunks(split, threads, batch, |b| seq.length(b))?;
+    let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;
 
     let mut owned;
     let da: &mut [E] = match grads.scratch {

@@ -546,18 +546,6 @@ thread_local! {
     static SCOPES: RefCell<Vec<Arc<Cancel>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Multiply-adds of a forward pass over `dims` (saturating).
-fn work(dims: Dims) -> usize {
-    [
-        dims.steps,
-        dims.batch,
-        4 * dims.hidden,
-        dims.input + dims.hidden,
-    ]
-    .into_iter()
-    .fold(1, usize::saturating_mul)
-}
-
 /// Whether this is Python's main thread, the only one that sees signals.
 fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
     let threading = py.import(intern!(py, "threading"))?;
@@ -628,7 +616,7 @@ where
     let local = Cancel::new();
     let cancel = scope.as_deref().unwrap_or(&local);
     // Where the main thread cannot be told (at interpreter exit), the pass runs here.
-    if work(dims) < INTERRUPTIBLE_WORK || !on_main_thread(py).unwrap_or(false) {
+    if dims.work() < INTERRUPTIBLE_WORK || !on_main_thread(py).unwrap_or(false) {
         return Ok(py.detach(|| pass(cancel))?);
     }
     let (done, finished) = mpsc::channel();

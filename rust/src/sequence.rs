@@ -18,6 +18,22 @@ pub struct Dims {
     pub hidden: usize,
 }
 
+impl Dims {
+    /// Multiply-adds of a forward over these dimensions, T·B·4H·(I+H) (the
+    /// measure of a call's size; a backward does about twice as many),
+    /// saturating.
+    pub fn work(&self) -> usize {
+        [
+            self.steps,
+            self.batch,
+            4 * self.hidden,
+            self.input + self.hidden,
+        ]
+        .into_iter()
+        .fold(1, usize::saturating_mul)
+    }
+}
+
 /// Everything that defines one sequence pass. Arrays are dense row-major:
 /// `x` (T, B, I), or (B, T, I) when `batch_first`; `w_ih` (4H, I); `w_hh`
 /// (4H, P); `bias` (4H,) = b_ih + b_hh; `h0` (B, P), `c0` (B, H); `lengths`

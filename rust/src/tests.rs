@@ -510,36 +510,52 @@ fn checkpointed_passes_give_the_full_cache_bits() {
 fn split_rule_is_unchanged_on_two_threads_and_gives_many_cores_teams() {
     use crate::parallel::split::{preferred_split, Split};
     // On 2 threads: a team for fewer than 64 rows and 4 tiles or more, as it
-    // always was, whatever the least rows of a batch chunk.
+    // always was, whatever the batch split's chunks (1 or 2).
     for batch in 1..=130 {
         for tiles in 1..=40 {
-            for chunk_rows in [1, 2, 4, 8, 16] {
+            for chunks in [1, 2] {
                 let before = if tiles < 4 || batch >= 64 {
                     Split::Batch
                 } else {
                     Split::Hidden(2)
                 };
                 assert_eq!(
-                    preferred_split(batch, tiles, 2, chunk_rows),
+                    preferred_split(batch, tiles, 2, chunks),
                     before,
-                    "batch {batch}, tiles {tiles}, chunk rows {chunk_rows}"
+                    "batch {batch}, tiles {tiles}, chunks {chunks}"
                 );
             }
         }
     }
     // 16 threads: M (16 rows) on AVX-512 (16 tiles) and AVX2 (32): 16 members.
-    assert_eq!(preferred_split(16, 16, 16, 8), Split::Hidden(16));
-    assert_eq!(preferred_split(16, 32, 16, 8), Split::Hidden(16));
+    assert_eq!(preferred_split(16, 16, 16, 16), Split::Hidden(16));
+    assert_eq!(preferred_split(16, 32, 16, 16), Split::Hidden(16));
     // S on AVX-512 (8 tiles): one tile each; fewer tiles: two each at least.
-    assert_eq!(preferred_split(1, 8, 16, 8), Split::Hidden(8));
-    assert_eq!(preferred_split(1, 7, 16, 8), Split::Hidden(3));
+    assert_eq!(preferred_split(1, 8, 16, 1), Split::Hidden(8));
+    assert_eq!(preferred_split(1, 7, 16, 1), Split::Hidden(3));
     // Rows enough for every thread: batch.
-    assert_eq!(preferred_split(512, 64, 16, 8), Split::Batch);
-    // A team smaller than the batch chunks: batch.
-    assert_eq!(preferred_split(128, 4, 16, 8), Split::Batch);
-    assert_eq!(preferred_split(128, 4, 16, 64), Split::Hidden(2));
-    // M's backward on 16 threads (4 tiles): one-row chunks, not a team of 2.
-    assert_eq!(preferred_split(16, 4, 16, 1), Split::Batch);
+    assert_eq!(preferred_split(512, 64, 16, 16), Split::Batch);
+    // A team smaller than the batch chunks: batch (M's backward on 16
+    // threads, 4 tiles: one-row chunks, not a team of 2).
+    assert_eq!(preferred_split(16, 4, 16, 16), Split::Batch);
+    assert_eq!(preferred_split(16, 4, 16, 2), Split::Hidden(2));
+}
+
+#[test]
+fn batch_chunks_follow_threads_rows_and_work() {
+    use crate::parallel::split::chunk_rows;
+    use crate::tuning::MIN_CHUNK_WORK;
+    let plenty = usize::MAX;
+    // (count, rows of each): one per thread, the rows dealt evenly.
+    assert_eq!(chunk_rows(16, 16, plenty), (16, 1));
+    assert_eq!(chunk_rows(20, 16, plenty), (10, 2));
+    assert_eq!(chunk_rows(64, 2, plenty), (2, 32));
+    assert_eq!(chunk_rows(3, 16, plenty), (3, 1));
+    assert_eq!(chunk_rows(0, 4, plenty), (0, 1));
+    // A small call stays one chunk (on the calling thread); more work, more.
+    assert_eq!(chunk_rows(8, 2, MIN_CHUNK_WORK - 1), (1, 8));
+    assert_eq!(chunk_rows(8, 2, 2 * MIN_CHUNK_WORK), (2, 4));
+    assert_eq!(chunk_rows(16, 16, 4 * MIN_CHUNK_WORK), (4, 4));
 }
 
 #[test]

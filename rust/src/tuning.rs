@@ -153,9 +153,16 @@ pub const MAX_THREADS: usize = 1024;
 /// (the batch-1 product, streaming w_hh from its own cache) beats a thread left
 /// idle. On 16 cores of a Sapphire Rapids the M backward's time loop (4 tiles:
 /// a team of 2 at most) took ~9 ms on 16 one-row chunks against ~17 on 2
-/// chunks of 8 rows; on 2 threads chunks of one row differ from chunks of 8
-/// only below 16 rows, where a team is the usual split anyway.
+/// chunks of 8 rows. On 2 threads it splits batches of 2–15 rows that go to
+/// the batch split (projections, tiny H, the backward of H ≤ 192 on AVX-512)
+/// in two where they ran on one thread, if the call has the work for it
+/// (`MIN_CHUNK_WORK`).
 pub const MIN_ROWS_PER_CHUNK: usize = 1;
+/// Multiply-adds of a batch chunk, at least: a call with less runs as fewer
+/// chunks, down to one on the calling thread (no hand-off to the pool, which
+/// costs microseconds: `LSTM.step` of a few rows is a call of ~10^5). 2^21 is
+/// some 40 µs of one core's work.
+pub const MIN_CHUNK_WORK: usize = 1 << 21;
 /// Rows per thread from which the batch split wins over the hidden split.
 pub const BATCH_SPLIT_ROWS: usize = 32;
 /// Tiles of hidden units from which a team may give each member a single
@@ -163,7 +170,10 @@ pub const BATCH_SPLIT_ROWS: usize = 32;
 /// at least two, so that a step's work is not dwarfed by the meeting at its
 /// end. At 8 tiles (H = 128 on AVX-512) a member's step is 1/8 of the step
 /// products: on the 16-core Sapphire Rapids the batch-1 forward at H = 128 took
-/// 0.44 ms on a team of 8 and 0.69 ms alone (T = 100).
+/// 0.44 ms on a team of 8 and 0.69 ms alone (T = 100). Counted in tiles
+/// whatever their width: 8 tiles are also H = 64 on AVX2 and H = 32 in f64 on
+/// AVX2, where a member's step is smaller; not measured there (2 threads keep
+/// their old rule either way).
 pub const ONE_TILE_TEAMS_FROM: usize = 8;
 
 /// How long a barrier waiter spins before it sleeps: twice its own last step
@@ -179,11 +189,18 @@ pub const ONE_TILE_TEAMS_FROM: usize = 8;
 pub const SPIN_STEPS: u32 = 2;
 pub const SPIN_MIN: std::time::Duration = std::time::Duration::from_micros(50);
 pub const SPIN_MAX: std::time::Duration = std::time::Duration::from_millis(1);
+/// The least spin of every waiter once a member of the call has slept: a
+/// member being woken takes tens of microseconds to arrive (more under a
+/// sandbox), and waiters that gave up sooner would sleep in turn, every step.
+/// (The spin before this session's change was 100 000 polls after a sleep,
+/// 35–100 µs.)
+pub const SPIN_AFTER_SLEEP: std::time::Duration = std::time::Duration::from_micros(200);
 /// Polls of the generation between readings of the clock while spinning (a
 /// poll is about a nanosecond, a reading some tens).
 pub const POLLS_PER_CLOCK: usize = 128;
 /// Steps between a member's readings of the clock as it leaves the barrier
-/// (its step is the mean over them; a step that ended asleep is read at once).
+/// (its step is the mean over them; steps that include a sleep are not
+/// measured).
 pub const STEPS_PER_CLOCK: u32 = 8;
 /// Waits at the start of each member's part of a call whose sleeps do not
 /// count against the team (they wait for members being woken, not for busy

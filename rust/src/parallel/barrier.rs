@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 use crate::cancel::Cancel;
 use crate::setting::Setting;
 use crate::tuning::{
-    POLLS_PER_CLOCK, SPIN_MAX, SPIN_MIN, SPIN_STEPS, STEPS_PER_CLOCK, TEAM_BACKOFF_MAX,
-    TEAM_BACKOFF_MIN, TEAM_SLEEP_RATIO, WARMUP_WAITS,
+    POLLS_PER_CLOCK, SPIN_AFTER_SLEEP, SPIN_MAX, SPIN_MIN, SPIN_STEPS, STEPS_PER_CLOCK,
+    TEAM_BACKOFF_MAX, TEAM_BACKOFF_MIN, TEAM_SLEEP_RATIO, WARMUP_WAITS,
 };
 
 /// Threads that meet once per time step. Each waiter spins for about two of
 /// its own steps (see `SPIN_STEPS` in `tuning.rs`: a spinning partner answers
 /// in tens of nanoseconds), then sleeps on a condition variable so that a
 /// partner who lost its core gets it back instead of waiting out a time slice.
-/// A step that ended in a sleep is a long step, so the next waits spin longer:
-/// a member just woken (which can take tens of microseconds on a virtual
-/// machine) is waited for by spinning instead of both members taking turns to
-/// sleep every step. How often members had to sleep is counted: see
-/// [`team_finished`].
+/// Once a member has slept, every waiter of the call spins at least
+/// `SPIN_AFTER_SLEEP`: a member just woken (which can take tens of
+/// microseconds on a virtual machine) is waited for by spinning instead of
+/// the members taking turns to sleep every step. How often members had to
+/// sleep is counted: see [`team_finished`].
 pub struct SpinBarrier {
     members: usize,
     /// Written by every member once per step.
@@ -50,6 +50,9 @@ struct StepEnd {
     /// written by the last member to arrive before it starts the new
     /// generation, read by the others after they see it.
     stop: AtomicBool,
+    /// Whether a member has slept in this call (written once, by the first
+    /// to sleep; read as each wait starts).
+    slept: AtomicBool,
 }
 
 /// The counters of [`TeamStats`], summed over the members.
@@ -91,22 +94,22 @@ impl MemberCounts {
         self.since.set(0);
     }
 
-    /// Notes that the member leaves the barrier after a sleep: its step is
-    /// then the whole time since its last reading, so that its next waits
-    /// spin long enough for a partner that is being woken.
+    /// Notes that the member leaves the barrier after a sleep: the steps
+    /// since its last reading are not measured (the sleep is not its step;
+    /// counted in, a waiter would spin up to `SPIN_MAX` where a partner has
+    /// lost its core), the next leaving starts afresh.
     fn leave_after_sleep(&self) {
-        let now = Instant::now();
-        if let Some(before) = self.left.replace(Some(now)) {
-            self.step.set(now.saturating_duration_since(before));
-        }
+        self.left.set(None);
         self.since.set(0);
     }
 
-    /// How long the member spins before it sleeps (`SPIN_STEPS` in `tuning.rs`),
+    /// How long the member spins before it sleeps (`SPIN_STEPS` in `tuning.rs`;
+    /// at least `SPIN_AFTER_SLEEP` once a member of the call has `slept`),
     /// unless `LSTM_FAST_SPIN_US` fixes it.
-    fn spin_budget(&self) -> Duration {
+    fn spin_budget(&self, slept: bool) -> Duration {
+        let least = if slept { SPIN_AFTER_SLEEP } else { SPIN_MIN };
         match forced_spin() {
-            0 => (self.step.get() * SPIN_STEPS).clamp(SPIN_MIN, SPIN_MAX),
+            0 => (self.step.get() * SPIN_STEPS).clamp(least, SPIN_MAX),
             micros => Duration::from_micros(micros),
         }
     }
@@ -183,6 +186,7 @@ impl SpinBarrier {
             step: Line(StepEnd {
                 generation: AtomicUsize::new(0),
                 stop: AtomicBool::new(false),
+                slept: AtomicBool::new(false),
             }),
             counts: Line(Counts {
                 waits: AtomicUsize::new(0),
@@ -221,7 +225,9 @@ impl SpinBarrier {
         }
         // Counted in this thread, added to the team's counts once when the
         // member ends (`end_member`): no write to a shared line per step.
-        let (nth, budget) = MINE.with(|c| (c.waits.replace(c.waits.get() + 1), c.spin_budget()));
+        let slept = self.step.slept.load(Relaxed);
+        let (nth, budget) =
+            MINE.with(|c| (c.waits.replace(c.waits.get() + 1), c.spin_budget(slept)));
         // No `pause` instruction in the loop: under KVM a run of them makes the
         // hypervisor take the virtual CPU away (pause-loop exiting), which costs
         // far more than it saves. The clock is first read after one round of
@@ -256,6 +262,9 @@ impl SpinBarrier {
                 c.slept.set(c.slept.get() + 1);
             }
         });
+        if !slept {
+            self.step.slept.store(true, Relaxed);
+        }
         self.sleepers.fetch_add(1, SeqCst);
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         while self.step.generation.load(SeqCst) == generation {

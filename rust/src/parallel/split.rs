@@ -15,7 +15,9 @@ use crate::alloc;
 use crate::cancel::Cancel;
 use crate::error::Result;
 use crate::setting::Setting;
-use crate::tuning::{BATCH_SPLIT_ROWS, MIN_ROWS_PER_CHUNK, ONE_TILE_TEAMS_FROM, SIGNAL_POLL};
+use crate::tuning::{
+    BATCH_SPLIT_ROWS, MIN_CHUNK_WORK, MIN_ROWS_PER_CHUNK, ONE_TILE_TEAMS_FROM, SIGNAL_POLL,
+};
 
 /// How the time loop is shared among threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,32 +87,29 @@ fn min_rows_per_chunk() -> usize {
 /// this is the rule it always was (a team for fewer than 64 rows, 4 tiles or
 /// more); on 16 cores it is what lets M (16 rows, 16 tiles on AVX-512) run on
 /// 16 members instead of 2 batch chunks.
-pub fn choose_split(batch: usize, tiles: usize, threads: usize) -> Split {
+///
+/// `work` is the call's multiply-adds (for the batch chunks it would have,
+/// [`chunk_rows`]).
+pub fn choose_split(batch: usize, tiles: usize, threads: usize, work: usize) -> Split {
     match forced_split() {
         ForcedSplit::Batch => return Split::Batch,
         ForcedSplit::Hidden if threads.min(tiles) > 1 => return Split::Hidden(threads.min(tiles)),
         _ => {}
     }
-    match preferred_split(batch, tiles, threads, min_rows_per_chunk()) {
+    match preferred_split(batch, tiles, threads, chunk_rows(batch, threads, work).0) {
         Split::Hidden(team) if team_allowed() => Split::Hidden(team),
         _ => Split::Batch,
     }
 }
 
-/// [`choose_split`]'s rule on a machine whose cores are free, with batch
-/// chunks of at least `chunk_rows` rows.
-pub(crate) fn preferred_split(
-    batch: usize,
-    tiles: usize,
-    threads: usize,
-    chunk_rows: usize,
-) -> Split {
+/// [`choose_split`]'s rule on a machine whose cores are free, where the batch
+/// split would make `chunks` chunks.
+pub(crate) fn preferred_split(batch: usize, tiles: usize, threads: usize, chunks: usize) -> Split {
     let team = if tiles >= ONE_TILE_TEAMS_FROM {
         threads.min(tiles)
     } else {
         threads.min(tiles / 2)
     };
-    let chunks = threads.min(batch.div_ceil(chunk_rows));
     if team <= 1 || batch >= threads * BATCH_SPLIT_ROWS || team < chunks {
         Split::Batch
     } else {
@@ -187,17 +186,32 @@ pub fn claim<'a>(
 /// A chunk of batch rows: their indices and their lengths, longest first.
 pub type Chunk = (Vec<usize>, Vec<usize>);
 
+/// How many chunks a batch split of `batch` rows makes on `threads` threads
+/// for a call of `work` multiply-adds, and the rows of each (the last may have
+/// fewer): one per thread, each of at least the least rows
+/// ([`min_rows_per_chunk`]) and of `MIN_CHUNK_WORK` multiply-adds, so that a
+/// small call (one step of a few rows) stays one chunk on the calling thread.
+pub(crate) fn chunk_rows(batch: usize, threads: usize, work: usize) -> (usize, usize) {
+    let tasks = threads
+        .min(batch.div_ceil(min_rows_per_chunk()))
+        .min(work / MIN_CHUNK_WORK)
+        .max(1);
+    let per = batch.div_ceil(tasks).max(1);
+    (batch.div_ceil(per), per)
+}
+
 /// The batch rows `0..batch` in contiguous chunks, one per task of a batch
-/// split (a hidden split has one). The lists are allocated fallibly.
+/// split (a hidden split has one; see [`chunk_rows`]). The lists are allocated
+/// fallibly.
 pub fn chunks(
     split: Split,
     threads: usize,
     batch: usize,
+    work: usize,
     length: impl Fn(usize) -> usize,
 ) -> Result<Vec<Chunk>> {
     let threads = if split == Split::Batch { threads } else { 1 };
-    let tasks = threads.min(batch.div_ceil(min_rows_per_chunk())).max(1);
-    let per = batch.div_ceil(tasks).max(1);
+    let (count, per) = chunk_rows(batch, threads, work);
     let chunk = |b0: usize| -> Result<Chunk> {
         let mut rows = alloc::collect(b0..(b0 + per).min(batch), "the batch rows of a chunk")?;
         // Longest first; equal lengths in row order (as a stable sort would
@@ -206,10 +220,7 @@ pub fn chunks(
         let lens = alloc::collect(rows.iter().map(|&b| length(b)), "the lengths of a chunk")?;
         Ok((rows, lens))
     };
-    alloc::try_collect(
-        (0..batch.div_ceil(per)).map(|c| chunk(c * per)),
-        "the batch chunks",
-    )
+    alloc::try_collect((0..count).map(|c| chunk(c * per)), "the batch chunks")
 }
 
 /// Tiles `0..tiles` dealt into `members` contiguous ranges.
