@@ -886,7 +886,7 @@ class LSTM:
                         variant=self._prepared_variant(layer, direction),
                         zoneout=zoneout,
                     )
-                if options and not options.keys() <= _LAYER_NORM_OPTIONS:
+                if not options.keys() <= _LAYER_NORM_OPTIONS:
                     # The functional call (prepared weights do not take the
                     # regularisation; weight drop packs W_hh * M anew each pass
                     # anyway).
@@ -908,7 +908,7 @@ class LSTM:
                         **self._variant(layer, direction),
                         **options,
                     )
-                if not options and h_all is not None and c_all is not None:
+                if h_all is not None and c_all is not None:
                     dt, state = self.dtype, self.state_size
                     y_shape = (batch, steps, state) if batch_first else (steps, batch, state)
                     out = _Outputs(empty("y", y_shape, dt), h_all[k], c_all[k])
@@ -1132,7 +1132,7 @@ class LSTM:
                     need_cache=False, checkpoint=None, variant=self._prepared_variant(layer, 0),
                     zoneout=zoneout,
                 )  # fmt: skip
-            elif options and not options.keys() <= _LAYER_NORM_OPTIONS:
+            elif not options.keys() <= _LAYER_NORM_OPTIONS:
                 w = self.weights(layer, 0)
                 out = _F.forward(
                     layer_input, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h_l, c_l,
