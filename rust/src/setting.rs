@@ -40,6 +40,20 @@ impl<T: Copy + PartialEq> Setting<T> {
         self.position.store(self.position_of(value), Relaxed);
     }
 
+    /// The environment variable `name` read as one of `choices`, else
+    /// `default` (unset, not a number, or not a choice): the measurement
+    /// settings' rule.
+    pub fn env_choice(name: &str, choices: &[T], default: T) -> T
+    where
+        T: std::str::FromStr,
+    {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v| choices.contains(v))
+            .unwrap_or(default)
+    }
+
     fn position_of(&self, value: T) -> usize {
         self.all
             .iter()

@@ -135,17 +135,7 @@ static SPIN_US: Setting<u64> = Setting::new(&SPIN_CHOICES);
 const SPIN_CHOICES: [u64; 6] = [0, 20, 50, 200, 1000, 5000];
 
 fn forced_spin() -> u64 {
-    SPIN_US.get(|| {
-        let micros = std::env::var("LSTM_FAST_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if SPIN_CHOICES.contains(&micros) {
-            micros
-        } else {
-            0
-        }
-    })
+    SPIN_US.get(|| Setting::env_choice("LSTM_FAST_SPIN_US", &SPIN_CHOICES, 0))
 }
 
 /// A value alone on its cache line, and on the pair of lines that Intel's

@@ -67,13 +67,11 @@ static CHUNK_ROWS: Setting<usize> = Setting::new(&[MIN_ROWS_PER_CHUNK, 1, 2, 4, 
 
 fn min_rows_per_chunk() -> usize {
     CHUNK_ROWS.get(|| {
-        match std::env::var("LSTM_FAST_CHUNK_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            Some(rows @ (1 | 2 | 4 | 8 | 16)) => rows,
-            _ => MIN_ROWS_PER_CHUNK,
-        }
+        Setting::env_choice(
+            "LSTM_FAST_CHUNK_ROWS",
+            &[1, 2, 4, 8, 16],
+            MIN_ROWS_PER_CHUNK,
+        )
     })
 }
 
