@@ -164,18 +164,22 @@ mod tests {
     use super::*;
     use crate::simd::bf16::Bf16;
 
-    /// Widens 16 bfloat16 values with each ISA's `load_bf16`.
-    struct Widen<'a>(&'a [Bf16; 16]);
+    /// As many values as one `load_bf16_pair` of the widest vector widens.
+    const VALUES: usize = 32;
+
+    /// Widens `VALUES` bfloat16 values with each ISA's `load_bf16_pair`.
+    struct Widen<'a>(&'a [Bf16; VALUES]);
 
     impl Kernel<f32> for Widen<'_> {
-        type Output = [f32; 16];
+        type Output = [f32; VALUES];
         #[inline(always)]
-        fn run<S: Simd<E = f32>>(self) -> [f32; 16] {
-            let mut out = [0.0; 16];
+        fn run<S: Simd<E = f32>>(self) -> [f32; VALUES] {
+            let mut out = [0.0; VALUES];
             // Value 2j of each pair to the first vector's lane j, 2j + 1 to
             // the second's: stored back in the values' order.
-            for i in (0..16).step_by(2 * S::LANES) {
-                // SAFETY: i + 2·LANES ≤ 16 values and elements on both sides.
+            for i in (0..VALUES).step_by(2 * S::LANES) {
+                // SAFETY: 2·LANES divides VALUES, so i + 2·LANES ≤ VALUES
+                // values, and LANES ≤ 16 elements per stored vector.
                 let pair = unsafe { S::load_bf16_pair(self.0.as_ptr().add(i)) };
                 let mut lanes = [[0.0f32; 16]; 2];
                 for (v, l) in pair.iter().zip(&mut lanes) {
@@ -193,11 +197,14 @@ mod tests {
 
     #[test]
     fn every_isa_widens_exactly() {
-        let bits: [u16; 16] = [
+        let specials: [u16; 16] = [
             0x0000, 0x8000, 0x3F80, 0xBF80, 0x7F80, 0xFF80, 0x7FC1, 0x0001, 0x8001, 0x7F7F, 0x4049,
             0xC049, 0x1234, 0xFEDC, 0x00FF, 0x3F81,
         ];
-        let values = bits.map(Bf16);
+        // The specials, then each with its sign flipped: a 512-bit load
+        // widens all 32 at once, a narrower one in several pairs.
+        let values: [Bf16; VALUES] =
+            std::array::from_fn(|i| Bf16(specials[i % 16] ^ if i < 16 { 0 } else { 0x8000 }));
         for isa in Isa::available() {
             let got = dispatch(isa, Widen(&values));
             for (g, v) in got.iter().zip(values) {
