@@ -53,7 +53,7 @@ def test_layer_norm_with_checkpoint(checkpoint):
             assert_same_bits(a, b)
 
 
-def test_bfloat16_with_zoneout():
+def test_bfloat16_with_zoneout(bf16_widening_isa):
     """Once refused, now combined at inference: bf16 weights with zoneout give the
     float32 engine's bits on the rounded weights (tests/test_bf16.py tests it in
     depth); in training, like the dropouts, a ValueError naming zoneout."""

@@ -6,6 +6,10 @@ them.
 float32 LSTM on the weight matrices rounded by ``bfloat16_round``, with the engine's
 refusals (the same exception and words). ``checkpoint=k`` is checked as the engine
 checks it and changes no bit. Without them the reference computes as before.
+
+The engine is compared on an instruction set whose bf16 inference widens the
+weights (on ``avx512bf16`` it rounds x and h to bfloat16 too:
+tests/test_bf16_dot.py checks that path against the reference step by step).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from lstm_fast import layer as layer_module
 from lstm_fast.layer import LSTM
 
 from tests.helpers import assert_close, assert_same_bits, ref
+
+pytestmark = pytest.mark.usefixtures("bf16_widening_isa")
 
 T, B, I, H, P = 6, 3, 4, 7, 5  # noqa: E741
 

@@ -72,7 +72,8 @@ def available_isas() -> list[str]:
 
 
 def get_isa() -> str:
-    """The SIMD path in use: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
+    """The SIMD path in use: ``"scalar"``, ``"avx2"``, ``"avx512"`` or ``"avx512bf16"``
+    (AVX-512 with the bfloat16 dot products, which bf16 inference uses)."""
     return str(_core.get_isa())
 
 

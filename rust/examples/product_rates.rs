@@ -233,7 +233,7 @@ fn step_rate(
     s: f64,
 ) -> [f64; 3] {
     let lanes = match isa {
-        Isa::Avx512 => 16,
+        Isa::Avx512 | Isa::Avx512Bf16 => 16,
         Isa::Avx2 => 8,
         Isa::Scalar => 1,
     };

@@ -78,18 +78,25 @@ pub fn forward<E: Float>(
 
     let body = || -> Result<()> {
         let bias = pack::pad_bias(seq.bias, hidden, hp)?;
-        // bf16 inference streams w_hh's panels as bfloat16 (`simd/bf16.rs`).
-        let bf16_panels = match seq.panels {
-            Some(kept) if kept.bf16() => {
-                Some(kept.forward_bf16(seq.w_hh, hidden, hp, state, lanes)?)
-            }
-            _ => None,
-        };
+        // bf16 inference streams w_hh's panels as bfloat16 (`simd/bf16.rs`);
+        // where the ISA has the BF16 dot products, both products run on them
+        // over panels of pairs of depths (`kernels/bf16_dot.rs`).
+        let bf16_dot = isa.dot_bf16() && seq.variant.recurrent_keep.is_none();
+        let mut ih_pairs = Default::default();
+        let mut bf16_panels = None;
         let (ih_panels, panels) = match seq.panels {
-            Some(kept) if kept.bf16() => (
-                kept.input(seq.w_ih, hidden, hp, input, lanes)?,
-                Default::default(),
-            ),
+            Some(kept) if kept.bf16() && bf16_dot => {
+                ih_pairs = kept.forward_bf16_pairs(0, seq.w_ih, hidden, hp, input)?;
+                bf16_panels = Some(kept.forward_bf16_pairs(1, seq.w_hh, hidden, hp, state)?);
+                Default::default()
+            }
+            Some(kept) if kept.bf16() => {
+                bf16_panels = Some(kept.forward_bf16(seq.w_hh, hidden, hp, state, lanes)?);
+                (
+                    kept.input(seq.w_ih, hidden, hp, input, lanes)?,
+                    Default::default(),
+                )
+            }
             Some(kept) => (
                 kept.input(seq.w_ih, hidden, hp, input, lanes)?,
                 kept.forward(seq.w_hh, hidden, hp, state, lanes)?,
@@ -99,6 +106,7 @@ pub fn forward<E: Float>(
                 pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
             ),
         };
+        let bf16_dot = bf16_dot && bf16_panels.is_some();
         let proj_panels: pack::Panels<E> = match (seq.variant.w_hr, seq.panels) {
             (None, _) => Default::default(),
             (Some(w_hr), Some(kept)) => kept.projection(w_hr, state, hidden, lanes)?,
@@ -181,7 +189,7 @@ pub fn forward<E: Float>(
             &|chunk, tile_range, scratch, barrier| {
                 let (rows, lens) = &chunks[chunk];
                 macro_rules! run {
-                    ($variant:literal, $weight:ty, $panels:expr) => {
+                    ($variant:literal, $weight:ty, $panels:expr, $dot:expr) => {
                         dispatch(
                             isa,
                             ForwardChunk::<E, $variant, $weight> {
@@ -190,8 +198,10 @@ pub fn forward<E: Float>(
                                 x: seq.x,
                                 input,
                                 ih_panels: &ih_panels,
+                                ih_pairs: &ih_pairs,
                                 bias: &bias,
                                 panels: $panels,
+                                bf16_dot: $dot,
                                 proj_panels: &proj_panels,
                                 state: state_ptrs[chunk],
                                 out: shared,
@@ -205,10 +215,10 @@ pub fn forward<E: Float>(
                     };
                 }
                 match (plain, &bf16_panels) {
-                    (true, None) => run!(false, E, &panels),
-                    (false, None) => run!(true, E, &panels),
-                    (true, Some(bf16)) => run!(false, Bf16, bf16),
-                    (false, Some(bf16)) => run!(true, Bf16, bf16),
+                    (true, None) => run!(false, E, &panels, false),
+                    (false, None) => run!(true, E, &panels, false),
+                    (true, Some(bf16)) => run!(false, Bf16, bf16, bf16_dot),
+                    (false, Some(bf16)) => run!(true, Bf16, bf16, bf16_dot),
                 }
             },
         );

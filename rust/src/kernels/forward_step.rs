@@ -17,6 +17,7 @@
 
 use std::ops::Range;
 
+use super::bf16_dot;
 use super::candidate::candidate;
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
@@ -80,11 +81,20 @@ pub struct ForwardChunk<'a, E, const VARIANT: bool, W = E> {
     pub x: &'a [E],
     pub input: usize,
     pub ih_panels: &'a [E],
+    /// With `bf16_dot`, `PanelCache::forward_bf16_pairs` of `w_ih` in place
+    /// of `ih_panels` (empty then); empty otherwise.
+    pub ih_pairs: &'a [Bf16],
     /// 4Hp.
     pub bias: &'a [E],
     /// `pack::forward_panels` of `w_hh` (depth P) for this ISA's lane count
-    /// (in bfloat16: `PanelCache::forward_bf16`).
+    /// (in bfloat16: `PanelCache::forward_bf16`, or with `bf16_dot`
+    /// `PanelCache::forward_bf16_pairs`).
     pub panels: &'a [W],
+    /// Whether the recurrent product runs on the BF16 dot products
+    /// (`kernels/bf16_dot.rs`; bf16 inference on the `avx512bf16` ISA): then
+    /// `W` is [`Bf16`], `E` f32, the panels are pairs of depths, and h is
+    /// rounded to bfloat16 as the product's operand.
+    pub bf16_dot: bool,
     /// `pack::projection_panels` of `w_hr` for this ISA's lane count, or
     /// empty without a projection. Only with `VARIANT`.
     pub proj_panels: &'a [E],
@@ -554,6 +564,13 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
         }
         assert!(p.sources[..m].iter().all(|&at| at + input <= self.x.len()));
         let (x, sources) = (self.x.as_ptr(), &p.sources);
+        if self.bf16_dot {
+            let sources = std::mem::take(&mut p.sources);
+            // SAFETY: every source row lies inside x (asserted).
+            unsafe { self.dot_project::<S>(p, m, |j| x.add(sources[j])) };
+            p.sources = sources;
+            return;
+        }
         // SAFETY: every source row lies inside x (asserted).
         unsafe { pack_rows::<S>(m, |j| x.add(sources[j]), input, &mut p.rows) };
         let stride = input * 4 * w; // one panel
@@ -593,9 +610,14 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
         let (h, hp, w) = (geo.state, geo.state_pad, S::LANES);
         let tiles = geo.hidden_pad / w;
         let stride = h * 4 * w; // one panel
+        let panel_len = if self.bf16_dot {
+            bf16_dot::panel_len(h)
+        } else {
+            stride
+        };
         assert_eq!(
             self.panels.len(),
-            tiles * stride,
+            tiles * panel_len,
             "forward panels packed for another ISA"
         );
         assert!(self.tiles.end <= tiles && self.bias.len() == 4 * geo.hidden_pad);
@@ -634,7 +656,12 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
             }
             let mut cur = self.state.h[s % 2].0 as *const E;
             let panel = |q: usize| self.panels[q * stride..].as_ptr();
-            if active == 1 {
+            if self.bf16_dot {
+                // SAFETY: the running slots' state rows hold hp ≥ h elements,
+                // `packed` active · h (asserted); the panels are pairs of
+                // depths (asserted by length); tiles of this member.
+                unsafe { self.dot_step::<S>(s, active, cur, packed, products, xw) };
+            } else if active == 1 {
                 let prefetch = self.tiles.len() * stride * size_of::<W>() > BATCH1_PREFETCH_BYTES;
                 if let Some(r) = self.recurrent_keep(self.slots.rows[0]) {
                     // Recurrent dropout: the product's operand is h ⊙ r.
@@ -724,6 +751,155 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                 return;
             }
         }
+    }
+}
+
+impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
+    /// Step `s`'s recurrent products on the BF16 dot products (`bf16_dot.rs`)
+    /// for the `active` running slots (h_{t−1} rows at `cur`, Pp apart), each
+    /// tile finished as on the other paths. Batch 1 runs `BATCH1_PANELS`
+    /// panels at once, as `batch1_product` does; more rows run the 6-row tile.
+    ///
+    /// # Safety
+    /// The running slots' rows at `cur` hold h elements; `packed` holds
+    /// active · h elements and `products` active entries; `self.panels` are
+    /// `PanelCache::forward_bf16_pairs` (W = Bf16, E = f32, 16 lanes).
+    #[inline(always)]
+    #[allow(unused_variables)]
+    unsafe fn dot_step<S: Simd<E = E>>(
+        &self,
+        s: usize,
+        active: usize,
+        cur: *const E,
+        packed: &mut [E],
+        products: &mut [[S; 4]],
+        xw: &Projection<E>,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see each block.
+        unsafe {
+            use bf16_dot::{pack_rows, row_product, rows_product, PANEL_COLUMNS};
+            assert!(
+                size_of::<E>() == 4
+                    && size_of::<W>() == size_of::<Bf16>()
+                    && 4 * S::LANES == PANEL_COLUMNS
+                    && self.variant.recurrent_keep.is_none(),
+                "the BF16 dot products run bf16 inference in f32 on AVX-512"
+            );
+            let (h, hp) = (self.geo.state, self.geo.state_pad);
+            let words = bf16_dot::pairs(h);
+            let stride = bf16_dot::panel_len(h);
+            let panel = |q: usize| self.panels[q * stride..].as_ptr().cast::<Bf16>();
+            // `packed` (active · h elements of 4 bytes) holds the rows' pairs
+            // (active · ⌈h/2⌉ words). SAFETY: rows of h f32 at `cur`, Pp apart.
+            let a = packed.as_mut_ptr().cast::<u32>();
+            pack_rows(active, |r| cur.add(r * hp).cast::<f32>(), h, a);
+            // Tile `i` of results at `out` (64 f32) as the 4 gate vectors.
+            let tile = |out: *const f32, i: usize| -> [S; 4] {
+                std::array::from_fn(|v| S::load(out.add(i * PANEL_COLUMNS + v * S::LANES).cast()))
+            };
+            if active == 1 {
+                let mut out = [0f32; BATCH1_PANELS * PANEL_COLUMNS];
+                let out = out.as_mut_ptr();
+                let mut p = self.tiles.start;
+                while p < self.tiles.end {
+                    let left = self.tiles.end - p;
+                    macro_rules! panels {
+                        ($n:literal) => {{
+                            row_product::<$n>(a, words, std::array::from_fn(|i| panel(p + i)), out);
+                            let acc: [[S; 4]; $n] = std::array::from_fn(|i| tile(out, i));
+                            if VARIANT {
+                                for (i, acc) in acc.into_iter().enumerate() {
+                                    self.finish::<S>(s, 0, p + i, acc, xw);
+                                }
+                            } else {
+                                let at = std::array::from_fn(|i| (0, p + i));
+                                self.finish_plain::<S, $n>(s, at, acc, xw);
+                            }
+                            p += $n;
+                        }};
+                    }
+                    // As `run`'s batch-1 loop: never one panel alone where
+                    // two pairs can run.
+                    if left >= BATCH1_PANELS && left != BATCH1_PANELS + 1 {
+                        const { assert!(BATCH1_PANELS == 3) };
+                        panels!(3)
+                    } else if left > 1 {
+                        panels!(2)
+                    } else {
+                        panels!(1)
+                    }
+                }
+            } else {
+                for p in self.tiles.clone() {
+                    let out = products.as_mut_ptr().cast::<f32>();
+                    rows_product(active, a, words, panel(p), out);
+                    // Read back as vectors (written as f32 lanes above).
+                    for acc in &mut products[..active] {
+                        *acc = tile(std::ptr::from_ref(acc).cast::<f32>(), 0);
+                    }
+                    if VARIANT {
+                        for (slot, &acc) in products[..active].iter().enumerate() {
+                            self.finish::<S>(s, slot, p, acc, xw);
+                        }
+                    } else {
+                        self.finish_staged::<S>(s, p, &mut products[..active], xw);
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the BF16 dot products exist on x86-64 only");
+    }
+
+    /// `project`'s products on the BF16 dot products: the `m` input rows
+    /// (`source(j)`, I elements each) rounded to bfloat16 pairs, times each
+    /// tile's panel of `ih_pairs`.
+    ///
+    /// # Safety
+    /// Each `source(j)`, j < m, is readable for I elements; `p` is this
+    /// member's projection scratch (checked by `project`'s asserts).
+    #[inline(always)]
+    #[allow(unused_variables)]
+    unsafe fn dot_project<S: Simd<E = E>>(
+        &self,
+        p: &mut Projection<E>,
+        m: usize,
+        source: impl Fn(usize) -> *const E,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: see each statement.
+        unsafe {
+            use bf16_dot::{pack_rows, rows_product, PANEL_COLUMNS};
+            let input = self.input;
+            let words = bf16_dot::pairs(input);
+            let stride = bf16_dot::panel_len(input);
+            let rows_per_tile = p.steps * p.slots;
+            assert!(size_of::<E>() == 4 && 4 * S::LANES == PANEL_COLUMNS);
+            // m · ⌈I/2⌉ words fit in the m · I elements of `rows`.
+            assert!(p.rows.len() >= m * input && m <= rows_per_tile);
+            assert!(self.ih_pairs.len() >= self.tiles.end * stride);
+            let a = p.rows.as_mut_ptr().cast::<u32>();
+            // SAFETY: the caller's rows.
+            pack_rows(m, |j| source(j).cast::<f32>(), input, a);
+            let results = accumulators::<S>(&mut p.data);
+            assert!(results.len() >= self.tiles.len() * rows_per_tile);
+            for (t, tile) in self.tiles.clone().enumerate() {
+                let out = &mut results[t * rows_per_tile..][..m];
+                let panel = self.ih_pairs[tile * stride..].as_ptr();
+                // SAFETY: m rows of pairs in `a`, the tile's panel inside
+                // `ih_pairs`, m results of 4 vectors (= 64 f32) in `out`.
+                rows_product(m, a, words, panel, out.as_mut_ptr().cast::<f32>());
+                for acc in out.iter_mut() {
+                    // Read back as vectors (written as f32 lanes above).
+                    *acc = std::array::from_fn(|v| {
+                        S::load(std::ptr::from_ref(acc).cast::<E>().add(v * S::LANES))
+                    });
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("the BF16 dot products exist on x86-64 only");
     }
 }
 

@@ -14,10 +14,12 @@
 //!   rows (the LayerNorm LSTM's per-step products)
 //! - `layout.rs`: where every (step, row) lives
 //! - `forward_step.rs`, `backward_step.rs`: one chunk's time loop
+//! - `bf16_dot.rs`: bf16 inference's recurrent product on AVX-512 BF16
 //! - `candidate.rs`: zoneout's candidate cell, computed once by forward and
 //!   rebuilt by backward with the same operation
 
 pub mod backward_step;
+pub mod bf16_dot;
 pub mod candidate;
 pub mod forward_step;
 pub mod gemm;

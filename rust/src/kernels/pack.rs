@@ -15,6 +15,7 @@ use crate::alloc;
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
+use super::bf16_dot;
 use crate::float::Float;
 use crate::parallel::pool;
 use crate::simd::bf16::{round_f32, Bf16};
@@ -46,6 +47,9 @@ pub struct PanelCache<E> {
     /// Whether the weights are rounded to bfloat16 (inference only).
     bf16: bool,
     forward_bf16: Mutex<Option<(usize, Panels<Bf16>)>>,
+    /// `w_ih`'s and `w_hh`'s as pairs of depths, for the BF16 dot products.
+    input_bf16_pairs: Mutex<Option<(usize, Panels<Bf16>)>>,
+    forward_bf16_pairs: Mutex<Option<(usize, Panels<Bf16>)>>,
     input: Mutex<Option<(usize, Panels<E>)>>,
     forward: Mutex<Option<(usize, Panels<E>)>>,
     backward: Mutex<Option<(usize, Panels<E>)>>,
@@ -65,6 +69,8 @@ impl<E: Float> PanelCache<E> {
             sources: [source(w_ih), source(w_hh), w_hr.map_or((0, 0), source)],
             bf16: false,
             forward_bf16: Mutex::new(None),
+            input_bf16_pairs: Mutex::new(None),
+            forward_bf16_pairs: Mutex::new(None),
             input: Mutex::new(None),
             forward: Mutex::new(None),
             backward: Mutex::new(None),
@@ -122,6 +128,34 @@ impl<E: Float> PanelCache<E> {
                     dst[2 * j + 1] = Bf16::round(b.to_f64() as f32);
                 }
             }
+            Ok(out)
+        })
+    }
+
+    /// bf16 panels for the BF16 dot products (the `avx512bf16` ISA) of
+    /// `w_ih` (`which` 0, depth `input`) or `w_hh` (1, depth `state`): its
+    /// [`forward_panels`] for 16 lanes rounded to bfloat16, the weights of
+    /// depths k and k + 1 of each column side by side
+    /// ([`bf16_dot::pair_panels`]), packed on first use.
+    pub fn forward_bf16_pairs(
+        &self,
+        which: usize,
+        w: &[E],
+        hidden: usize,
+        hp: usize,
+        depth: usize,
+    ) -> Result<Panels<Bf16>> {
+        self.check_source(which, w)?;
+        const LANES: usize = 16;
+        let (slot, name) = match which {
+            0 => (&self.input_bf16_pairs, "w_ih"),
+            _ => (&self.forward_bf16_pairs, "w_hh"),
+        };
+        kept(slot, LANES, || {
+            let panels = forward_panels(w, name, hidden, hp, depth, LANES)?;
+            let len = hp / LANES * bf16_dot::panel_len(depth);
+            let mut out = alloc::zeroed(&[len], "bfloat16 pair panels")?;
+            bf16_dot::pair_panels(&panels, depth, &mut out);
             Ok(out)
         })
     }

@@ -17,6 +17,9 @@ pub enum Isa {
     Scalar,
     Avx2,
     Avx512,
+    /// AVX-512 with the BF16 dot products: every kernel of `Avx512`, and bf16
+    /// inference's recurrent product on `vdpbf16ps` (`kernels/bf16_dot.rs`).
+    Avx512Bf16,
 }
 
 /// The ISA calls use (see [`Isa::active`]).
@@ -24,13 +27,14 @@ static ACTIVE: Setting<Isa> = Setting::new(&Isa::ALL);
 
 impl Isa {
     /// Slowest first.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16];
 
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 
@@ -40,7 +44,7 @@ impl Isa {
             .find(|isa| isa.name() == name.trim().to_ascii_lowercase())
             .ok_or_else(|| {
                 Error::Value(format!(
-                    "unknown ISA {name:?}: expected one of \"scalar\", \"avx2\", \"avx512\""
+                    "unknown ISA {name:?}: expected one of \"scalar\", \"avx2\", \"avx512\", \"avx512bf16\""
                 ))
             })
     }
@@ -57,6 +61,8 @@ impl Isa {
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Bf16 => Isa::Avx512.is_supported() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -100,6 +106,12 @@ impl Isa {
         Ok(())
     }
 
+    /// Whether bf16 inference's recurrent product runs on the BF16 dot
+    /// products (`kernels/bf16_dot.rs`) rather than widening the weights.
+    pub fn dot_bf16(self) -> bool {
+        self == Isa::Avx512Bf16
+    }
+
     /// How many elements one vector of `E` holds on this ISA.
     pub(crate) fn lanes<E: SimdElement>(self) -> usize {
         struct Lanes;
@@ -135,7 +147,9 @@ pub fn dispatch<E: SimdElement, K: Kernel<E>>(isa: Isa, kernel: K) -> K::Output 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa::Avx512` value only becomes active after `is_supported`
         // confirmed avx512f, avx2 and fma on this CPU.
-        Isa::Avx512 if Isa::Avx512.is_supported() => unsafe { run_avx512::<E, K>(kernel) },
+        Isa::Avx512 | Isa::Avx512Bf16 if Isa::Avx512.is_supported() => unsafe {
+            run_avx512::<E, K>(kernel)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for avx2 and fma.
         Isa::Avx2 if Isa::Avx2.is_supported() => unsafe { run_avx2::<E, K>(kernel) },
