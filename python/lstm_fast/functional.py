@@ -1351,9 +1351,10 @@ class PreparedWeights:
         prepared in bfloat16 need ``need_cache=False`` (inference only). ``zoneout``
         (a probability or a pair, as for :func:`forward`) at inference only
         (``training=False``): each state z * previous + (1 - z) * new, the bits of
-        :func:`forward` with ``training=False`` (in bfloat16: of the float32 engine on
-        the rounded weights); in training it is a ``ValueError`` (train with zoneout
-        through :func:`forward`, which draws the masks)."""
+        :func:`forward` with ``training=False`` (in bfloat16 on the widening ISAs: of
+        the float32 engine on the rounded weights); in training it is a
+        ``ValueError`` (train with zoneout through :func:`forward`, which draws the
+        masks)."""
         rates = self._inference_zoneout(zoneout, training)
         return self._forward(
             x, h0, c0, batch_first=batch_first, lengths=lengths, reverse=reverse,

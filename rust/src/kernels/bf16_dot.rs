@@ -47,9 +47,14 @@ pub fn panel_len(depth: usize) -> usize {
 /// [`PANEL_COLUMNS`]), rounded to bfloat16: per tile, per pair of depths, per
 /// column, the weights at k and k + 1.
 pub fn pair_panels<E: Float>(panels: &[E], depth: usize, out: &mut [Bf16]) {
+    if depth == 0 {
+        // No input (I = 0): no product, empty panels.
+        assert!(out.is_empty(), "pair panels' size");
+        return;
+    }
     let tile_len = depth * PANEL_COLUMNS;
-    assert!(panels.len().is_multiple_of(tile_len.max(1)));
-    let tiles = panels.len() / tile_len.max(1);
+    assert!(panels.len().is_multiple_of(tile_len));
+    let tiles = panels.len() / tile_len;
     assert_eq!(out.len(), tiles * panel_len(depth), "pair panels' size");
     for (src, dst) in panels
         .chunks_exact(tile_len)
@@ -203,7 +208,7 @@ pub unsafe fn rows_product(
     out: *mut f32,
 ) {
     let mut r = 0;
-    // SAFETY: every call covers rows r .. r + n < rows, inside the regions.
+    // SAFETY: every call covers rows r .. r + n ≤ rows, inside the regions.
     unsafe {
         while r < rows {
             let n = (rows - r).min(MR);
@@ -275,6 +280,38 @@ mod tests {
             acc = a[k].mul_add(w[k], acc);
         }
         acc
+    }
+
+    #[test]
+    fn pair_panels_put_depths_k_and_k_plus_1_side_by_side() {
+        // Every value exact in bfloat16 (at most 8 significant bits).
+        let value = |q: usize, k: usize, col: usize| ((k * PANEL_COLUMNS + col) * (q + 1)) as f32;
+        for depth in [0usize, 1, 2, 3] {
+            let tiles = 2;
+            let panels: Vec<f32> = (0..tiles)
+                .flat_map(|q| (0..depth * PANEL_COLUMNS).map(move |i| (q, i)))
+                .map(|(q, i)| value(q, i / PANEL_COLUMNS, i % PANEL_COLUMNS))
+                .collect();
+            let mut out = vec![Bf16(1); tiles * panel_len(depth)];
+            pair_panels(&panels, depth, &mut out);
+            for q in 0..tiles {
+                for kp in 0..pairs(depth) {
+                    for col in 0..PANEL_COLUMNS {
+                        for half in 0..2 {
+                            let k = 2 * kp + half;
+                            let want = if k < depth { value(q, k, col) } else { 0.0 };
+                            let got =
+                                out[q * panel_len(depth) + kp * 2 * PANEL_COLUMNS + 2 * col + half];
+                            assert_eq!(
+                                got.to_f32(),
+                                want,
+                                "depth {depth} tile {q} k {k} col {col}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -611,6 +611,12 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
         let tiles = geo.hidden_pad / w;
         let stride = h * 4 * w; // one panel
         let panel_len = if self.bf16_dot {
+            // The dot kernels' instructions: checked here, once per chunk, so
+            // that no caller can reach them on a CPU without them.
+            assert!(
+                simd::Isa::Avx512Bf16.is_supported(),
+                "the BF16 dot products need a CPU with AVX-512 BF16"
+            );
             bf16_dot::panel_len(h)
         } else {
             stride
@@ -659,7 +665,8 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
             if self.bf16_dot {
                 // SAFETY: the running slots' state rows hold hp ≥ h elements,
                 // `packed` active · h (asserted); the panels are pairs of
-                // depths (asserted by length); tiles of this member.
+                // depths (asserted by length), the CPU has AVX-512 BF16
+                // (asserted); tiles of this member.
                 unsafe { self.dot_step::<S>(s, active, cur, packed, products, xw) };
             } else if active == 1 {
                 let prefetch = self.tiles.len() * stride * size_of::<W>() > BATCH1_PREFETCH_BYTES;
@@ -761,8 +768,9 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
     /// panels at once, as `batch1_product` does; more rows run the 6-row tile.
     ///
     /// # Safety
-    /// The running slots' rows at `cur` hold h elements; `packed` holds
-    /// active · h elements and `products` active entries; `self.panels` are
+    /// The CPU has AVX-512 BF16 (`run` asserts it); the running slots' rows
+    /// at `cur` hold h elements; `packed` holds active · h elements and
+    /// `products` active entries; `self.panels` are
     /// `PanelCache::forward_bf16_pairs` (W = Bf16, E = f32, 16 lanes).
     #[inline(always)]
     #[allow(unused_variables)]
@@ -857,8 +865,9 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
     /// tile's panel of `ih_pairs`.
     ///
     /// # Safety
-    /// Each `source(j)`, j < m, is readable for I elements; `p` is this
-    /// member's projection scratch (checked by `project`'s asserts).
+    /// The CPU has AVX-512 BF16 (`run` asserts it); each `source(j)`, j < m,
+    /// is readable for I elements; `p` is this member's projection scratch
+    /// (its sizes are asserted here).
     #[inline(always)]
     #[allow(unused_variables)]
     unsafe fn dot_project<S: Simd<E = E>>(

@@ -39,7 +39,8 @@ pub type Panels<E> = Arc<Vec<E>>;
 /// A cache made by [`PanelCache::new_bf16`] holds bf16 inference's panels:
 /// every weight rounded to bfloat16 once, here; `w_hh`'s panels, which the
 /// recurrence streams every step, stored as bfloat16 ([`PanelCache::forward_bf16`]),
-/// the others as the rounded values in `E`.
+/// the others as the rounded values in `E`; for the BF16 dot products, `w_ih`'s
+/// and `w_hh`'s as bfloat16 pairs ([`PanelCache::forward_bf16_pairs`]).
 pub struct PanelCache<E> {
     /// Address and length of the `w_ih`, the `w_hh` and the `w_hr` (0, 0
     /// without one) the panels come from.
