@@ -25,7 +25,7 @@ import pytest
 from lstm_fast.functional import bfloat16_round
 
 from tests.conftest import BF16_DOT_ISAS
-from tests.helpers import assert_close, assert_same_bits, ref
+from tests.helpers import assert_close, assert_same_bits, assert_same_hashes, ref
 from tests.test_bf16 import SHAPES, VARIANTS, _case, _rounded
 
 DOT = [name for name in lstm_fast.available_isas() if name in BF16_DOT_ISAS]
@@ -149,3 +149,33 @@ def test_differs_from_the_widening_path():
     # Each a few bfloat16 roundings (2^-9 relative) of the float32 result.
     for out in (dot, widened):
         assert np.abs(out.y - exact.y).max() < 64 * 2.0**-9
+
+
+_SPLIT_SCRIPT = """
+lstm_fast._set_isa("avx512bf16")
+rng = np.random.default_rng(21)
+for T, B, I, H in [(5, 16, 40, 64), (4, 13, 9, 100), (3, 64, 33, 48), (6, 1, 17, 130)]:
+    k = 1 / np.sqrt(H)
+    w = [rng.uniform(-k, k, s).astype(np.float32) for s in ((4 * H, I), (4 * H, H), (4 * H,))]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = rng.integers(0, T + 1, B) if B > 1 else None
+    pw = lstm_fast.prepare_weights(w[0], w[1], w[2], weight_dtype="bfloat16")
+    got = pw.forward(x, lengths=lengths, need_cache=False)
+    out[f"{{T}}x{{B}}x{{I}}x{{H}}"] = hashlib.sha256(
+        got.y.tobytes() + got.h_n.tobytes() + got.c_n.tobytes()).hexdigest()
+"""
+
+
+def test_same_bits_for_any_thread_count_and_split_at_larger_batches():
+    """Batches the 6-row tile splits unevenly (16, 13, 64 rows, ragged), and batch
+    1 over many tiles: the same bits at 1, 2 and 3 threads, either split."""
+    assert_same_hashes(
+        _SPLIT_SCRIPT,
+        (
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "hidden"},
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_SPLIT": "batch"},
+            {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "hidden"},
+            {"LSTM_FAST_NUM_THREADS": "3", "LSTM_FAST_SPLIT": "batch"},
+            {"LSTM_FAST_NUM_THREADS": "2", "LSTM_FAST_CHUNK_ROWS": "1"},
+        ),
+    )
