@@ -6,7 +6,9 @@ Prints the CPU model (from /proc/cpuinfo), then for each ISA the GFLOP/s of one
 core and of N cores at once (N threads, default: every CPU; the GIL is released
 while each measures). The figure is the fastest round of a loop of independent
 FMAs on registers (`rust/src/simd/peak.rs`): the yardstick for the products'
-GFLOP/s in BENCHMARKS.md.
+GFLOP/s in BENCHMARKS.md. On a CPU with AVX-512 BF16 a last line gives the peak
+of the bfloat16 dot products (`vdpbf16ps`, two multiply-adds per f32 lane), the
+yardstick of bf16 inference there (`rust/src/kernels/bf16_dot.rs`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ def main() -> None:
     print(f"CPUs: {os.cpu_count()}")
     previous = lstm_fast.get_isa()
     try:
-        print(f"{'ISA':8} {'1 core GFLOP/s':>15} {f'{args.threads} cores GFLOP/s':>18}")
+        print(f"{'ISA':10} {'1 core GFLOP/s':>15} {f'{args.threads} cores GFLOP/s':>18}")
         for isa in lstm_fast.available_isas():
             _core.set_isa(isa)
             one = _core.fma_peak(args.seconds)
             many = peak_on_threads(args.threads, args.seconds)
-            print(f"{isa:8} {one:15.1f} {many:18.1f}")
+            print(f"{isa:10} {one:15.1f} {many:18.1f}")
+        dot = _core.bf16_dot_peak(args.seconds)
+        if dot is not None:
+            # Two multiply-adds per f32 lane: the yardstick of bf16 inference's
+            # products on avx512bf16.
+            many = sum(on_threads(args.threads, lambda: _core.bf16_dot_peak(args.seconds) or 0.0))
+            print(f"{'bf16 dot':10} {dot:15.1f} {many:18.1f}  (vdpbf16ps)")
         print("Read bandwidth of one core from a buffer (the batch-1 limit; see")
         print("scripts/batch1_bandwidth.py), with the active ISA's vectors:")
         _core.set_isa(previous)

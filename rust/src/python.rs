@@ -1732,6 +1732,15 @@ mod _core {
         py.detach(|| crate::simd::peak::fma_peak(isa, seconds))
     }
 
+    /// The single-core peak of the bfloat16 dot products (`vdpbf16ps`, two
+    /// multiply-adds per f32 lane) in GFLOP/s, measured for `seconds` with the
+    /// GIL released; None on a CPU without AVX-512 BF16.
+    #[pyfunction]
+    #[pyo3(signature = (seconds = 0.2))]
+    fn bf16_dot_peak(py: Python<'_>, seconds: f64) -> Option<f64> {
+        py.detach(|| crate::kernels::bf16_dot::dot_peak(seconds))
+    }
+
     /// Forces a SIMD path; ValueError if unknown or unsupported here.
     #[pyfunction]
     fn set_isa(name: &str) -> PyResult<()> {

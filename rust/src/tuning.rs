@@ -137,6 +137,11 @@ pub const PACK_GROUP: usize = 8;
 /// 12 covers a latency of up to 6 and still fits 16 registers with the two
 /// operands.
 pub const FMA_PEAK_CHAINS: usize = 12;
+/// Independent chains in the bfloat16 dot products' peak measurement
+/// (`kernels/bf16_dot.rs`): `vdpbf16ps` takes longer than an FMA on Zen 5,
+/// where 12 chains reached 503 GFLOP/s on one core and 24 reach 550 (2
+/// instructions per cycle, twice the FMA peak of 271 in the same run).
+pub const BF16_DOT_PEAK_CHAINS: usize = 24;
 
 // ---------------------------------------------------------------------------
 // How threads share a call (parallel/)

@@ -262,6 +262,59 @@ pub unsafe fn row_product<const P: usize>(
     }
 }
 
+/// The single-core peak of `vdpbf16ps` in GFLOP/s, counting its two
+/// multiply-adds per f32 lane as 4 flops: the yardstick of bf16 inference's
+/// products on the `avx512bf16` ISA (as `simd/peak.rs`'s FMA peak is of the
+/// others'), the fastest round run during `seconds` (at least one). None on
+/// a CPU without AVX-512 BF16.
+pub fn dot_peak(seconds: f64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::Isa::Avx512Bf16.is_supported() {
+        // SAFETY: the CPU has avx512f and avx512bf16 (checked).
+        return Some(unsafe { dot_peak_avx512bf16(seconds) });
+    }
+    let _ = seconds;
+    None
+}
+
+/// [`dot_peak`]'s loop: `BF16_DOT_PEAK_CHAINS` independent chains on
+/// registers only, multiplying zeros (the rate does not depend on the values,
+/// and the chains stay zero however long they run).
+///
+/// # Safety
+/// The CPU supports avx512f and avx512bf16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx2")]
+unsafe fn dot_peak_avx512bf16(seconds: f64) -> f64 {
+    use crate::tuning::BF16_DOT_PEAK_CHAINS;
+    use std::time::{Duration, Instant};
+    /// Instructions per chain in one timed round (as `simd/peak.rs`'s).
+    const ROUND: usize = 1 << 16;
+    let until =
+        Instant::now() + Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO);
+    // SAFETY: register-only intrinsics of the features this function enables.
+    unsafe {
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0)));
+        let mut acc = [_mm512_setzero_ps(); BF16_DOT_PEAK_CHAINS];
+        let mut best = f64::INFINITY;
+        loop {
+            let start = Instant::now();
+            for _ in 0..ROUND {
+                for a in acc.iter_mut() {
+                    *a = _mm512_dpbf16_ps(*a, b, b);
+                }
+            }
+            std::hint::black_box(&mut acc);
+            let now = Instant::now();
+            best = best.min((now - start).as_secs_f64());
+            if now >= until {
+                break;
+            }
+        }
+        (4 * LANES * BF16_DOT_PEAK_CHAINS * ROUND) as f64 / best / 1e9
+    }
+}
+
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
