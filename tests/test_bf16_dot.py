@@ -146,9 +146,10 @@ def test_differs_from_the_widening_path():
     widened = lstm_fast.forward(x, *mats, weight_dtype="bfloat16", need_cache=False, **place)
     exact = lstm_fast.forward(x, *mats, need_cache=False, **place)
     assert not np.array_equal(dot.y, widened.y)
-    # Each a few bfloat16 roundings (2^-9 relative) of the float32 result.
+    # Each within a few bfloat16 roundings (2^-9 relative, |y| < 1) of the
+    # float32 result over these 5 steps (measured: 7.5e-4 and 5.1e-4).
     for out in (dot, widened):
-        assert np.abs(out.y - exact.y).max() < 64 * 2.0**-9
+        assert np.abs(out.y - exact.y).max() < 4 * 2.0**-9
 
 
 _SPLIT_SCRIPT = """
