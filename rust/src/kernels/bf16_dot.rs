@@ -286,33 +286,22 @@ pub fn dot_peak(seconds: f64) -> Option<f64> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx2")]
 unsafe fn dot_peak_avx512bf16(seconds: f64) -> f64 {
+    use crate::simd::peak::{deadline, fastest_round, ROUND};
     use crate::tuning::BF16_DOT_PEAK_CHAINS;
-    use std::time::{Duration, Instant};
-    /// Instructions per chain in one timed round (as `simd/peak.rs`'s).
-    const ROUND: usize = 1 << 16;
-    let until =
-        Instant::now() + Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO);
+    let until = deadline(seconds);
     // SAFETY: register-only intrinsics of the features this function enables.
-    unsafe {
-        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0)));
-        let mut acc = [_mm512_setzero_ps(); BF16_DOT_PEAK_CHAINS];
-        let mut best = f64::INFINITY;
-        loop {
-            let start = Instant::now();
-            for _ in 0..ROUND {
-                for a in acc.iter_mut() {
-                    *a = _mm512_dpbf16_ps(*a, b, b);
-                }
-            }
-            std::hint::black_box(&mut acc);
-            let now = Instant::now();
-            best = best.min((now - start).as_secs_f64());
-            if now >= until {
-                break;
+    let b: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(std::hint::black_box(0))) };
+    let mut acc = [_mm512_setzero_ps(); BF16_DOT_PEAK_CHAINS];
+    let best = fastest_round(until, || {
+        for _ in 0..ROUND {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbf16_ps(*a, b, b);
             }
         }
-        (4 * LANES * BF16_DOT_PEAK_CHAINS * ROUND) as f64 / best / 1e9
-    }
+        // Keeps the chains alive (their results are otherwise unused).
+        std::hint::black_box(&mut acc);
+    });
+    (4 * LANES * BF16_DOT_PEAK_CHAINS * ROUND) as f64 / best / 1e9
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -13,8 +13,32 @@ use super::vector::Simd;
 use crate::tuning::FMA_PEAK_CHAINS;
 
 /// FMAs per chain in one timed round: about a millisecond even on the widest
-/// ISA, long next to the clock's resolution, short next to a scheduler slice.
-const ROUND: usize = 1 << 16;
+/// ISA, long next to the clock's resolution, short next to a scheduler slice
+/// (also the rounds of `kernels/bf16_dot.rs`'s dot-product peak).
+pub(crate) const ROUND: usize = 1 << 16;
+
+/// When a peak measurement of `seconds` started now ends.
+pub(crate) fn deadline(seconds: f64) -> Instant {
+    Instant::now() + Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+/// The seconds of the fastest of the rounds `round` runs until `until` (at
+/// least one), so that interruptions by other work on the machine fall out.
+/// Inlined, so that `round` compiles with its caller's target features.
+#[inline(always)]
+pub(crate) fn fastest_round(until: Instant, mut round: impl FnMut()) -> f64 {
+    let mut best = f64::INFINITY;
+    loop {
+        let start = Instant::now();
+        round();
+        let now = Instant::now();
+        best = best.min((now - start).as_secs_f64());
+        if now >= until {
+            break;
+        }
+    }
+    best
+}
 
 struct Peak {
     rounds_until: Instant,
@@ -31,9 +55,7 @@ impl Kernel<f32> for Peak {
         let x = S::splat(std::hint::black_box(0.5));
         let y = S::splat(std::hint::black_box(0.5));
         let mut acc = [S::splat(0.0); FMA_PEAK_CHAINS];
-        let mut best = f64::INFINITY;
-        loop {
-            let start = Instant::now();
+        let best = fastest_round(self.rounds_until, || {
             for _ in 0..ROUND {
                 for a in acc.iter_mut() {
                     *a = a.mul_add(x, y);
@@ -41,12 +63,7 @@ impl Kernel<f32> for Peak {
             }
             // Keeps the chains alive (their results are otherwise unused).
             std::hint::black_box(&mut acc);
-            let now = Instant::now();
-            best = best.min((now - start).as_secs_f64());
-            if now >= self.rounds_until {
-                break;
-            }
-        }
+        });
         let flops = (2 * S::LANES * FMA_PEAK_CHAINS * ROUND) as f64;
         (flops, best)
     }
@@ -56,11 +73,10 @@ impl Kernel<f32> for Peak {
 /// run during `seconds` on the calling thread (at least one round), so that
 /// interruptions by other work on the machine fall out.
 pub fn fma_peak(isa: Isa, seconds: f64) -> f64 {
-    let budget = Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::ZERO);
     let (flops, best) = dispatch::<f32, _>(
         isa,
         Peak {
-            rounds_until: Instant::now() + budget,
+            rounds_until: deadline(seconds),
         },
     );
     flops / best / 1e9
