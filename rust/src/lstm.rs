@@ -81,11 +81,13 @@ pub fn forward<E: Float>(
         // bf16 inference streams w_hh's panels as bfloat16 (`simd/bf16.rs`);
         // where the ISA has the BF16 dot products, both products run on them
         // over panels of pairs of depths (`kernels/bf16_dot.rs`).
-        let bf16_dot = isa.dot_bf16() && seq.variant.recurrent_keep.is_none();
+        let bf16_dot = isa.dot_bf16()
+            && seq.variant.recurrent_keep.is_none()
+            && seq.panels.is_some_and(|kept| kept.bf16());
         let mut ih_pairs = Default::default();
         let mut bf16_panels = None;
         let (ih_panels, panels) = match seq.panels {
-            Some(kept) if kept.bf16() && bf16_dot => {
+            Some(kept) if bf16_dot => {
                 ih_pairs = kept.forward_bf16_pairs(0, seq.w_ih, hidden, hp, input)?;
                 bf16_panels = Some(kept.forward_bf16_pairs(1, seq.w_hh, hidden, hp, state)?);
                 Default::default()
@@ -106,7 +108,6 @@ pub fn forward<E: Float>(
                 pack::forward_panels(seq.w_hh, "w_hh", hidden, hp, state, lanes)?.into(),
             ),
         };
-        let bf16_dot = bf16_dot && bf16_panels.is_some();
         let proj_panels: pack::Panels<E> = match (seq.variant.w_hr, seq.panels) {
             (None, _) => Default::default(),
             (Some(w_hr), Some(kept)) => kept.projection(w_hr, state, hidden, lanes)?,
