@@ -69,22 +69,42 @@ pub fn scale<E: Float>(p: f64) -> E {
     E::from_f64(1.0 / (1.0 - p))
 }
 
-/// A two-coordinate dropout mask (rows × cols, row-major): 0 where the event
-/// happens, `scale(p)` elsewhere; entry (a, b) hashes (a, b) after `key`.
-pub fn scaled_keep<E: Float>(key: u64, rows: usize, cols: usize, p: f64) -> Vec<E> {
+/// A two-coordinate dropout mask into `out` (rows of `cols` entries,
+/// row-major): 0 where the event happens, `scale(p)` elsewhere; entry (a, b)
+/// hashes (a, b) after `key`.
+///
+/// Inlined into [`ScaledKeepDraw`], which `simd::dispatch` compiles with the
+/// ISA's target features: there the 64-bit products of the hash vectorise
+/// (a weight-drop mask is 4H·H entries per call, the cost of a short pass).
+#[inline(always)]
+pub fn scaled_keep_into<E: Float>(key: u64, cols: usize, p: f64, out: &mut [E]) {
+    assert!(cols > 0 && out.len() % cols == 0);
     let (thr, keep) = (threshold(p), scale::<E>(p));
-    let mut out = Vec::with_capacity(rows * cols);
-    for a in 0..rows {
+    for (a, row) in out.chunks_exact_mut(cols).enumerate() {
         let ha = absorb(key, a as u64);
-        out.extend((0..cols).map(|b| {
-            if event(absorb(ha, b as u64), thr) {
-                E::ZERO
-            } else {
-                keep
-            }
-        }));
+        // Branch-free: the events are random, a branch would mispredict.
+        for (b, d) in row.iter_mut().enumerate() {
+            *d = [keep, E::ZERO][usize::from(event(absorb(ha, b as u64), thr))];
+        }
     }
-    out
+}
+
+/// [`scaled_keep_into`] as a kernel for `simd::dispatch`; the same bits on
+/// every ISA.
+pub struct ScaledKeepDraw<'a, E> {
+    pub key: u64,
+    pub cols: usize,
+    pub p: f64,
+    pub out: &'a mut [E],
+}
+
+impl<E: Float> Kernel<E> for ScaledKeepDraw<'_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        scaled_keep_into(self.key, self.cols, self.p, self.out);
+    }
 }
 
 /// A zoneout mask (docs/variants.md, 'Zoneout') in the layout of the caches:
@@ -289,7 +309,8 @@ mod tests {
     #[test]
     fn scaled_keep_matches_hash() {
         let k = key(7, WEIGHT_DROP, 0, 0);
-        let m = scaled_keep::<f64>(k, 5, 3, 0.4);
+        let mut m = vec![7.0f64; 5 * 3];
+        scaled_keep_into(k, 3, 0.4, &mut m);
         for a in 0..5 {
             for b in 0..3 {
                 let e = event(hash(k, &[a, b]), threshold(0.4));

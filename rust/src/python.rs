@@ -1486,9 +1486,16 @@ mod _core {
             let [rows, cols] = shape[..] else {
                 return Err(PyValueError::new_err("scaled_keep: out must be 2-D"));
             };
-            let dst = slice_mut("out", &mut a)?;
-            let mask = py.detach(|| crate::masks::scaled_keep::<E>(key, rows, cols, p));
-            dst.copy_from_slice(&mask);
+            if rows == 0 || cols == 0 {
+                return Ok(());
+            }
+            let draw = crate::masks::ScaledKeepDraw {
+                key,
+                cols,
+                p,
+                out: slice_mut("out", &mut a)?,
+            };
+            py.detach(|| crate::simd::dispatch(Isa::active(), draw));
             Ok(())
         }
         if out.cast::<PyArrayDyn<f64>>().is_ok() {
