@@ -78,7 +78,7 @@ pub fn scale<E: Float>(p: f64) -> E {
 /// (a weight-drop mask is 4H·H entries per call, the cost of a short pass).
 #[inline(always)]
 pub fn scaled_keep_into<E: Float>(key: u64, cols: usize, p: f64, out: &mut [E]) {
-    assert!(cols > 0 && out.len() % cols == 0);
+    assert!(cols > 0 && out.len().is_multiple_of(cols));
     let (thr, keep) = (threshold(p), scale::<E>(p));
     for (a, row) in out.chunks_exact_mut(cols).enumerate() {
         let ha = absorb(key, a as u64);
