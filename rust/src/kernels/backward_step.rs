@@ -29,6 +29,16 @@ use crate::simd::{self, load_n, store_n, Kernel, Simd};
 use crate::tuning::{BATCH1_PANELS, CACHE_LINE};
 use crate::variant::Variant;
 
+/// `d` with the lanes past the real units zeroed: `real` holds each lane's
+/// index and the number of real lanes (None: every lane is real).
+#[inline(always)]
+fn only_real<E: Float, S: Simd<E = E>>(real: Option<(S, S)>, d: S) -> S {
+    match real {
+        Some((lane, real)) => lane.select_lt(real, d, S::splat(E::ZERO)),
+        None => d,
+    }
+}
+
 /// A chunk's backward state, shared by its team: for each slot of length > 0
 /// (a prefix of the slots): the dh_n seed of the row's last step (Pp), the
 /// running dc and c0 (c_prev of a first step), Hp each; with zoneout of h,
@@ -311,18 +321,23 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                     let index: [E; 16] = std::array::from_fn(|i| E::from_f64(i as f64));
                     (S::load(index.as_ptr()), real)
                 });
-                let only_real = |d: S| match real {
-                    Some((lane, real)) => lane.select_lt(real, d, S::splat(E::ZERO)),
-                    None => d,
-                };
-                let [da_i, da_f, da_g, da_o] = [da_i, da_f, da_g, da_o].map(only_real);
+                // A function, not a closure mapped over an array: a closure is
+                // compiled without the ISA's target features, so its vector
+                // operations would not inline (measured: out-of-line calls at
+                // every tile).
+                let (da_i, da_f, da_g, da_o) = (
+                    only_real(real, da_i),
+                    only_real(real, da_f),
+                    only_real(real, da_g),
+                    only_real(real, da_o),
+                );
                 let dp = self.da.0.add(row * depth + u);
                 da_i.store(dp);
                 da_f.store(dp.add(hp));
                 da_g.store(dp.add(2 * hp));
                 da_o.store(dp.add(3 * hp));
                 if FLOW {
-                    let (dh, dc) = (only_real(dh_whole), only_real(dc));
+                    let (dh, dc) = (only_real(real, dh_whole), only_real(real, dc));
                     squares[0] = dh.mul_add(dh, squares[0]);
                     squares[1] = dc.mul_add(dc, squares[1]);
                 }
