@@ -2,7 +2,8 @@
 against the NumPy reference.
 
 - The generator: ``_core.scaled_keep`` (rust/src/masks.rs) is bit-identical to
-  ``masks.scaled_keep`` (and so to masks.bits' known answers), both dtypes.
+  ``masks.scaled_keep`` (and so to masks.bits' known answers), both dtypes,
+  every ISA (AVX-512 with DQ runs its own build of the hash).
 - Weight drop and recurrent dropout, training and inference, alone, together
   and with every variant of
   tests/test_projection.py (projection, peepholes, clip, activations...) and
@@ -43,9 +44,11 @@ from tests.test_projection import (
         (12345, masks.RECURRENT_DROPOUT, 2, 1, (7, 129), 0.9),
         (42, masks.ZONEOUT_H, 1, 0, (1, 1), 0.0),
         (7, masks.DROPOUT, 0, 0, (3, 1000), 1 - 2**-53),
+        (9, masks.WEIGHT_DROP, 1, 0, (512, 128), 0.25),
+        (0, masks.WEIGHT_DROP, 0, 1, (0, 7), 0.5),
     ],
 )
-def test_engine_masks_are_the_generators(dtype, seed, stream, layer, direction, shape, p):
+def test_engine_masks_are_the_generators(isa, dtype, seed, stream, layer, direction, shape, p):
     mine = np.empty(shape, dtype)
     _core.scaled_keep(mine, seed, stream, layer, direction, p)
     theirs = masks.scaled_keep(seed, stream, layer, direction, shape, p, dtype)

@@ -73,9 +73,10 @@ pub fn scale<E: Float>(p: f64) -> E {
 /// row-major): 0 where the event happens, `scale(p)` elsewhere; entry (a, b)
 /// hashes (a, b) after `key`.
 ///
-/// Inlined into [`ScaledKeepDraw`], which `simd::dispatch` compiles with the
-/// ISA's target features: there the 64-bit products of the hash vectorise
-/// (a weight-drop mask is 4H·H entries per call, the cost of a short pass).
+/// Inlined into [`ScaledKeepDraw`], which `simd::dispatch_dq` compiles with
+/// the ISA's target features: there the 64-bit products of the hash
+/// vectorise (a weight-drop mask is 4H·H entries per call, the cost of a
+/// short pass).
 #[inline(always)]
 pub fn scaled_keep_into<E: Float>(key: u64, cols: usize, p: f64, out: &mut [E]) {
     assert!(cols > 0 && out.len().is_multiple_of(cols));
@@ -89,8 +90,8 @@ pub fn scaled_keep_into<E: Float>(key: u64, cols: usize, p: f64, out: &mut [E]) 
     }
 }
 
-/// [`scaled_keep_into`] as a kernel for `simd::dispatch`; the same bits on
-/// every ISA.
+/// [`scaled_keep_into`] as a kernel for `simd::dispatch_dq`; the same bits
+/// on every ISA.
 pub struct ScaledKeepDraw<'a, E> {
     pub key: u64,
     pub cols: usize,
@@ -114,7 +115,7 @@ impl<E: Float> Kernel<E> for ScaledKeepDraw<'_, E> {
 /// `key`), else 0; padded units are 0. t is the real time index, so the mask
 /// does not depend on the layout, `reverse` or the lengths.
 ///
-/// Inlined into [`ZoneoutDraw`], which `simd::dispatch` compiles with the
+/// Inlined into [`ZoneoutDraw`], which `simd::dispatch_dq` compiles with the
 /// ISA's target features: there the 64-bit products of the hash vectorise.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -206,8 +207,8 @@ impl ZoneoutDraws {
     }
 }
 
-/// [`zoneout_keep`] as a kernel for `simd::dispatch` (which compiles it with
-/// the ISA's target features); the same bits on every ISA.
+/// [`zoneout_keep`] as a kernel for `simd::dispatch_dq` (which compiles it
+/// with the ISA's target features); the same bits on every ISA.
 pub struct ZoneoutDraw<'a, E> {
     pub key: u64,
     pub steps: usize,

@@ -1495,7 +1495,7 @@ mod _core {
                 p,
                 out: slice_mut("out", &mut a)?,
             };
-            py.detach(|| crate::simd::dispatch(Isa::active(), draw));
+            py.detach(|| crate::simd::dispatch_dq(Isa::active(), draw));
             Ok(())
         }
         if out.cast::<PyArrayDyn<f64>>().is_ok() {
@@ -1584,7 +1584,7 @@ mod _core {
                 p,
                 out: dst,
             };
-            py.detach(|| crate::simd::dispatch(Isa::active(), draw));
+            py.detach(|| crate::simd::dispatch_dq(Isa::active(), draw));
             Ok(())
         }
         if out.cast::<PyArrayDyn<f64>>().is_ok() {

@@ -157,6 +157,34 @@ pub fn dispatch<E: SimdElement, K: Kernel<E>>(isa: Isa, kernel: K) -> K::Output 
     }
 }
 
+/// [`dispatch`] for kernels whose cost is 64-bit integer products (the masks'
+/// hash, `masks.rs`): on AVX-512 CPUs with AVX-512DQ and VL the kernel is
+/// also compiled with those, whose `vpmullq` is one such product where
+/// AVX-512F alone builds each from three 32-bit ones (measured: a
+/// weight-drop mask of 4H·H entries at H = 128 in 21 µs before, 10.5 after,
+/// on Zen 5). Integer arithmetic gives the same bits on every path.
+pub fn dispatch_dq<E: SimdElement, K: Kernel<E>>(isa: Isa, kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Bf16)
+        && isa.is_supported()
+        && is_x86_feature_detected!("avx512dq")
+        && is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: avx512f, avx2 and fma (`is_supported`), avx512dq and
+        // avx512vl were detected on this CPU.
+        return unsafe { run_avx512_dq::<E, K>(kernel) };
+    }
+    dispatch(isa, kernel)
+}
+
+/// # Safety
+/// The CPU must support avx512f, avx512dq, avx512vl, avx2 and fma.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512vl,avx2,fma")]
+unsafe fn run_avx512_dq<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
+    kernel.run::<E::Avx512>()
+}
+
 /// # Safety
 /// The CPU must support avx512f, avx2 and fma.
 #[cfg(target_arch = "x86_64")]

@@ -6,7 +6,8 @@
 //! - `element.rs`: `f32` and `f64` as elements (activation constants, vector
 //!   type per ISA)
 //! - `scalar.rs`, `avx2.rs`, `avx512.rs`: the vectors of each ISA
-//! - `isa.rs`: [`Isa`], detection, the active ISA, [`Kernel`] and [`dispatch`]
+//! - `isa.rs`: [`Isa`], detection, the active ISA, [`Kernel`], [`dispatch`]
+//!   and [`dispatch_dq`]
 //! - `activation.rs`: [`exp`], [`sigmoid`], [`tanh`]
 //! - `bf16.rs`: [`Bf16`], the weight format of bf16 inference, and its rounding
 //! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
@@ -27,5 +28,5 @@ pub mod vector;
 
 pub use activation::{exp, sigmoid, tanh};
 pub use bf16::Bf16;
-pub use isa::{dispatch, Isa, Kernel};
+pub use isa::{dispatch, dispatch_dq, Isa, Kernel};
 pub use vector::{load_n, store_n, Simd, SimdElement};
