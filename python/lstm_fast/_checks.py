@@ -7,7 +7,7 @@ the memory layout it reads. The functional API, the ``LSTM`` layer, the converte
 the ONNX export, the optimizers and the NumPy reference all call these, so that what
 one entry point accepts the others accept too (docs/api.md, 'Dtypes' and 'Bad
 input'). Every error names the argument and what it must be. This module imports
-nothing else of the package.
+nothing else of the package but ``_memory``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
+from . import _memory
 
 __all__ = [
     "ACTIVATION_PARAMETERS",
@@ -261,12 +263,14 @@ def _check_buffer(name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
 
 
 def empty(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """``np.empty(shape, dtype)`` for the result or buffer called ``name``; when the
-    allocation fails the ``MemoryError`` says which one and how large it is."""
+    """``np.empty(shape, dtype)`` for the result or buffer called ``name``, a large
+    one from memory kept for reuse (``_memory.py``: no page faults on every call);
+    when the allocation fails the ``MemoryError`` says which one and how large it
+    is."""
     dtype = np.dtype(dtype)
     _check_buffer(name, shape, dtype)
     try:
-        return np.empty(shape, dtype)
+        return _memory.empty(shape, dtype)
     except MemoryError:
         raise _memory_error(name, shape, dtype) from None
 
