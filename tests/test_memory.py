@@ -76,7 +76,7 @@ def test_a_live_view_keeps_its_block():
 def test_only_blocks_of_a_similar_size_are_reused():
     a = _memory.empty((4 * BIG[0], BIG[1]), np.float32)  # 8 MiB
     del a
-    small = _memory.empty(BIG, np.float32)  # 2 MiB: a block over twice its size is not used
+    small = _memory.empty(BIG, np.float32)  # 2 MiB: a block over 1.25 times its size is not used
     assert _memory.kept_bytes() == 8 * 2**20
     del small
     assert _memory.kept_bytes() == 10 * 2**20
