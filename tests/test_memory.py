@@ -82,16 +82,36 @@ def test_only_blocks_of_a_similar_size_are_reused():
     assert _memory.kept_bytes() == 10 * 2**20
 
 
-def test_free_blocks_are_bounded_and_released(monkeypatch):
-    monkeypatch.setattr(_memory, "KEEP_BYTES", 5 * 2**20)
+def test_blocks_held_are_bounded_and_released(monkeypatch):
+    monkeypatch.setattr(_memory, "KEEP_BYTES", 10 * 2**20)
+    mib = 2**20
     arrays = [_memory.empty((512 * (k + 1), 1024), np.float32) for k in range(4)]  # 2..8 MiB
+    # 2 + 4 MiB held; 6 and 8 would go past the bound: plain arrays.
+    assert [a.base is None for a in arrays] == [False, False, True, True]
     del arrays
-    assert _memory.kept_bytes() == 20 * 2**20  # dropped when the next block is made
-    big = _memory.empty((32 * 2**20,), np.uint8)  # fits no kept block: a new one
-    assert _memory.kept_bytes() <= 5 * 2**20
+    assert _memory.kept_bytes() == 6 * mib
+    big = _memory.empty((8 * mib,), np.uint8)  # fits no kept block: room is made
+    assert big.base is not None and _memory.kept_bytes() == 0
     del big
+    assert _memory.kept_bytes() == 8 * mib
+    # Never more than the bound, however many large buffers come and go.
+    many = [_memory.empty((3 * mib,), np.uint8) for _ in range(10)]
+    assert _memory.kept_bytes() <= 10 * mib
+    del many
+    assert _memory.kept_bytes() <= 10 * mib
     _memory.release()
     assert _memory.kept_bytes() == 0
+
+
+def test_a_taken_lock_is_never_waited_for():
+    """Another thread allocating, a finalizer that runs during an allocation, a
+    child forked while the lock was held: a plain array, no deadlock."""
+    assert _memory._lock.acquire()
+    try:
+        a = _memory.empty(BIG, np.float32)
+        assert a.base is None and a.shape == BIG
+    finally:
+        _memory._lock.release()
 
 
 def test_threads_never_share_a_block():

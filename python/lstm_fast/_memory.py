@@ -5,19 +5,26 @@ standard shapes. Blocks that large go back to the system when they are freed
 (glibc unmaps them, or trims the heap behind them, by heuristics that depend on
 what the process did before), and the next call's first touch of every page
 faults it in again, zeroed by the kernel. Measured on Zen 5 at M (B = 16,
-T = 100, I = H = 256, two threads, the layer's forward + backward): 3,700 page
-faults on every other call, which took 20.7 ms against 15.3 for the calls
-between. So every buffer of at least :data:`MIN_BYTES` that the package allocates
-is a view of a block that this module keeps, and a later buffer reuses a block
-that nothing refers to any more.
+T = 100, I = H = 256, two threads, the layer's forward + backward): 2,800
+faults per call in two processes out of three, whose median call took 19.4 ms
+against 15.3 for the third. So every buffer of at least :data:`MIN_BYTES` that
+the package allocates is a view of a block that this module keeps, and a later
+buffer reuses a block that nothing refers to any more.
 
 A block is free when nothing but this module refers to it: NumPy makes every
 array cut from it, and every view of those, keep a reference to the block (its
-``base``), so the block's reference count says whether any is alive. A block is
-never handed out while one is. Reference counts are exact only under the GIL: a
-free-threaded interpreter gets plain ``np.empty``. Free blocks are kept up to
-:data:`KEEP_BYTES` in all (the least recently used are dropped first);
-:func:`release` drops them all.
+``base``, or a chain of bases that ends at it), so the block's reference count
+says whether any is alive, and a block is never handed out while one is. The
+counts are checked once at import to behave so on this interpreter; where they
+do not (or without a GIL), every buffer is a plain ``np.empty``.
+
+The blocks this module holds, in use or free, add up to at most
+:data:`KEEP_BYTES`: a buffer that would go past it is a plain ``np.empty``
+(after the least recently used free blocks are dropped to make room), so the
+memory kept between calls never exceeds it. :func:`release` drops every free
+block. The lock is never waited for: a thread that finds it taken (another
+thread allocating, a finalizer that runs during an allocation, a child forked
+while it was held) gets a plain ``np.empty``.
 
 This module imports nothing else of the package.
 """
@@ -35,13 +42,12 @@ __all__ = ["KEEP_BYTES", "MIN_BYTES", "empty", "kept_bytes", "release"]
 #: Buffers smaller than this are plain ``np.empty`` (the allocator reuses those
 #: without faults).
 MIN_BYTES = 1 << 20
-#: The most bytes of free blocks kept for reuse.
+#: The most bytes of blocks held, in use or free.
 KEEP_BYTES = 256 << 20
 
 _lock = threading.Lock()
-# Every block made and still referred to by someone, least recently used first.
+# Every block held, least recently handed out first.
 _blocks: list[np.ndarray] = []
-_exact = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 def _free(i: int) -> bool:
@@ -50,43 +56,72 @@ def _free(i: int) -> bool:
     return sys.getrefcount(_blocks[i]) == 2
 
 
+def _counts_behave() -> bool:
+    """Whether reference counts tell a free block from one in use here."""
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return False
+    probe = [np.empty(64, np.uint8)]
+    free = sys.getrefcount(probe[0]) == 2
+    view = probe[0][:8].view(np.float32).reshape(2, 1)
+    used = sys.getrefcount(probe[0]) > 2
+    del view
+    return free and used and sys.getrefcount(probe[0]) == 2
+
+
+_enabled = _counts_behave()
+
+
 def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """``np.empty(shape, dtype)``, C-contiguous and writeable, from a free block of
     ``nbytes`` to ``1.25·nbytes`` when one is kept (the smallest), else from a new
-    block. (A repeated call asks for the same sizes; the bound keeps an array held
-    for long from pinning much more memory than it needs.)"""
+    block while the blocks held stay within :data:`KEEP_BYTES`, else plain. (A
+    repeated call asks for the same sizes; the bound keeps an array held for long
+    from pinning much more memory than it needs.)"""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < MIN_BYTES or not _exact:
+    if not MIN_BYTES <= nbytes <= KEEP_BYTES or not _enabled or min(shape, default=0) < 0:
         return np.empty(shape, dtype)
-    with _lock:
-        pick = None
-        for i in range(len(_blocks)):
-            size = _blocks[i].nbytes
-            if nbytes <= size <= nbytes + nbytes // 4 and _free(i):
-                if pick is None or size < _blocks[pick].nbytes:
-                    pick = i
-        if pick is None:
-            _trim(KEEP_BYTES)
-            block = np.empty(nbytes, np.uint8)
-        else:
-            block = _blocks.pop(pick)
-        _blocks.append(block)
-        return block[:nbytes].view(dtype).reshape(shape)
+    if not _lock.acquire(blocking=False):
+        return np.empty(shape, dtype)
+    try:
+        block = _take(nbytes)
+    finally:
+        _lock.release()
+    if block is None:
+        return np.empty(shape, dtype)
+    return block[:nbytes].view(dtype).reshape(shape)
+
+
+def _take(nbytes: int) -> np.ndarray | None:
+    """A block for ``nbytes`` (under the lock), moved to the end of the list; None
+    when none is free and a new one would go past :data:`KEEP_BYTES`."""
+    pick = None
+    for i in range(len(_blocks)):
+        size = _blocks[i].nbytes
+        if nbytes <= size <= nbytes + nbytes // 4 and _free(i):
+            if pick is None or size < _blocks[pick].nbytes:
+                pick = i
+    if pick is not None:
+        block = _blocks.pop(pick)
+    else:
+        _trim(KEEP_BYTES - nbytes)
+        if sum(b.nbytes for b in _blocks) + nbytes > KEEP_BYTES:
+            return None
+        block = np.empty(nbytes, np.uint8)
+    _blocks.append(block)
+    return block
 
 
 def _trim(keep: int) -> None:
-    """Drops the least recently used free blocks until at most ``keep`` bytes of
-    free blocks are left (under the lock)."""
-    free = [i for i in range(len(_blocks)) if _free(i)]
-    total = sum(_blocks[i].nbytes for i in free)
-    dropped = set()
-    for i in free:
-        if total <= keep:
-            break
-        total -= _blocks[i].nbytes
-        dropped.add(i)
-    _blocks[:] = [b for i, b in enumerate(_blocks) if i not in dropped]
+    """Drops the least recently used free blocks until the blocks held add up to
+    at most ``keep`` bytes, or no free one is left (under the lock)."""
+    held = sum(b.nbytes for b in _blocks)
+    i = 0
+    while held > keep and i < len(_blocks):
+        if _free(i):
+            held -= _blocks.pop(i).nbytes
+        else:
+            i += 1
 
 
 def kept_bytes() -> int:

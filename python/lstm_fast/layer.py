@@ -113,6 +113,16 @@ def _engine_threads() -> int:
     return int(get()) if get is not None else 1
 
 
+def _written_in(parts: list[np.ndarray], whole: np.ndarray) -> bool:
+    """Whether every ``parts[k]`` is ``whole[k]`` itself (the passes wrote their
+    final states in place), so ``whole`` needs no ``np.stack``. By address, not
+    by ``base``: a large ``whole`` is itself a view (``_memory.py``)."""
+    return len(parts) == len(whole) and all(
+        p.shape == w.shape and p.__array_interface__["data"][0] == w.__array_interface__["data"][0]
+        for p, w in zip(parts, whole)
+    )
+
+
 def _both_directions(run: Callable[[int], _T], concurrent: bool) -> list[_T]:
     """``[run(0), run(1)]``, the reverse direction in the worker thread if ``concurrent``."""
     if not concurrent:
@@ -949,14 +959,8 @@ class LSTM:
             dropouts.append(dropped)
 
         y = layer_input
-        if h_all is not None and all(h.base is h_all for h in h_n):
-            h_out = h_all
-        else:
-            h_out = np.stack(h_n)
-        if c_all is not None and all(c.base is c_all for c in c_n):
-            c_out = c_all
-        else:
-            c_out = np.stack(c_n)
+        h_out = h_all if h_all is not None and _written_in(h_n, h_all) else np.stack(h_n)
+        c_out = c_all if c_all is not None and _written_in(c_n, c_all) else np.stack(c_n)
         if unbatched:
             y = y[:, 0, :]
             h_out = h_out[:, 0, :]
