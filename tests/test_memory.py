@@ -158,3 +158,29 @@ def test_training_loop_stops_faulting_memory_in():
     # kept blocks: about 14,000 over 8 calls); with them, most calls under 100,
     # now and then about 1,000.
     assert sum(faults[2:]) < 6000, faults
+
+
+@pytest.mark.parametrize(
+    "value, kept_mib, warns",
+    [("", 256, False), ("0", 0, False), ("64", 64, False), ("abc", 256, True), ("-5", 256, True)],
+)
+def test_keep_mib_from_the_environment(value, kept_mib, warns):
+    """LSTM_FAST_KEEP_MIB, read at import: 0 keeps nothing (every buffer plain);
+    a value that is not an integer in range warns and keeps the default."""
+    import os
+    import subprocess
+
+    script = (
+        "import warnings\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    import numpy as np, lstm_fast._memory as m\n"
+        "a = m.empty((1024, 1024), np.float32)\n"
+        "print(m.KEEP_BYTES >> 20, a.base is None,"
+        " any('LSTM_FAST_KEEP_MIB' in str(x.message) for x in w))\n"
+    )
+    env = dict(os.environ, LSTM_FAST_KEEP_MIB=value)
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [str(kept_mib), str(kept_mib == 0), str(warns)]

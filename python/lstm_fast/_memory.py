@@ -19,7 +19,7 @@ counts are checked once at import to behave so on this interpreter; where they
 do not (or without a GIL), every buffer is a plain ``np.empty``.
 
 The blocks this module holds, in use or free, add up to at most
-:data:`KEEP_BYTES`: a buffer that would go past it is a plain ``np.empty``
+:data:`KEEP_BYTES` (``LSTM_FAST_KEEP_MIB``, default 256 MiB): a buffer that would go past it is a plain ``np.empty``
 (after the least recently used free blocks are dropped to make room), so the
 memory kept between calls never exceeds it. :func:`release` drops every free
 block. The lock is never waited for: a thread that finds it taken (another
@@ -32,8 +32,10 @@ This module imports nothing else of the package.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -42,8 +44,35 @@ __all__ = ["KEEP_BYTES", "MIN_BYTES", "empty", "kept_bytes", "release"]
 #: Buffers smaller than this are plain ``np.empty`` (the allocator reuses those
 #: without faults).
 MIN_BYTES = 1 << 20
-#: The most bytes of blocks held, in use or free.
+#: The most bytes of blocks held, in use or free: ``LSTM_FAST_KEEP_MIB`` MiB
+#: (0 keeps none), by default 256.
 KEEP_BYTES = 256 << 20
+_KEEP_LIMIT_MIB = 1 << 20  # 1 TiB: a larger request is a typo
+
+
+def _keep_request() -> int:
+    """``KEEP_BYTES`` from ``LSTM_FAST_KEEP_MIB`` (read once, at import); a value
+    that is not an integer in [0, 2^20] gives a ``RuntimeWarning`` and the
+    default."""
+    raw = os.environ.get("LSTM_FAST_KEEP_MIB", "").strip()
+    if not raw:
+        return KEEP_BYTES
+    try:
+        mib = int(raw)
+    except ValueError:
+        mib = -1
+    if not 0 <= mib <= _KEEP_LIMIT_MIB:
+        warnings.warn(
+            f"LSTM_FAST_KEEP_MIB={raw!r} is not an integer in [0, {_KEEP_LIMIT_MIB}]; "
+            f"keeping up to {KEEP_BYTES >> 20} MiB",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return KEEP_BYTES
+    return mib << 20
+
+
+KEEP_BYTES = _keep_request()
 
 _lock = threading.Lock()
 # Every block held, least recently handed out first.
