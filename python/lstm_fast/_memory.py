@@ -19,9 +19,10 @@ counts are checked once at import to behave so on this interpreter; where they
 do not (or without a GIL), every buffer is a plain ``np.empty``.
 
 The blocks this module holds, in use or free, add up to at most
-:data:`KEEP_BYTES` (``LSTM_FAST_KEEP_MIB``, default 256 MiB): a buffer that would go past it is a plain ``np.empty``
-(after the least recently used free blocks are dropped to make room), so the
-memory kept between calls never exceeds it. :func:`release` drops every free
+:data:`KEEP_BYTES` (``LSTM_FAST_KEEP_MIB``, default 256 MiB): a buffer that
+would go past it is a plain ``np.empty`` (after the least recently used free
+blocks are dropped to make room), so the memory kept between calls never
+exceeds it. :func:`release` drops every free
 block. The lock is never waited for: a thread that finds it taken (another
 thread allocating, a finalizer that runs during an allocation, a child forked
 while it was held) gets a plain ``np.empty``.
