@@ -880,19 +880,6 @@ def _run_layer_norm_backward(
     def wanted(name: str, shape: tuple[int, ...], given: bool) -> np.ndarray | None:
         return empty(name, shape, dt) if given else None
 
-    # Both products' gradients in one allocation: as two, the end of every
-    # call freed enough at once for the allocator to hand the memory back to
-    # the system, and the next call faulted it in again (measured at M: about
-    # 1,100 page faults per call, on every other call 3-4 ms of 40). Empty,
-    # two arrays (empty views of one would alias).
-    rows = a.steps * a.batch
-    scratch: np.ndarray | list[np.ndarray] | None = None
-    if not checkpointed:
-        name = "the products' gradients"
-        if rows:
-            scratch = empty(name, (2, rows, 4 * H), dt)
-        else:
-            scratch = [empty(name, (0, 4 * H), dt) for _ in range(2)]
     grads = LayerNormGrads(
         dx=empty("dx", a.x.shape, dt),
         dh0=empty("dh0", (a.batch, a.proj), dt),
@@ -907,8 +894,12 @@ def _run_layer_norm_backward(
         # NumPy backs large arrays with huge pages: fewer page faults than the
         # engine's own allocation (as for the plain pass's scratch). A
         # checkpointed pass allocates one segment's.
-        scratch_dz=None if scratch is None else scratch[0],
-        scratch_dsh=None if scratch is None else scratch[1],
+        scratch_dz=wanted(
+            "the input products' gradients", (a.steps * a.batch, 4 * H), not checkpointed
+        ),
+        scratch_dsh=wanted(
+            "the recurrent products' gradients", (a.steps * a.batch, 4 * H), not checkpointed
+        ),
         dw_ln_ih=wanted("dw_ln_ih", (4 * H,), ln.w_ih is not None),
         dw_ln_hh=wanted("dw_ln_hh", (4 * H,), ln.w_hh is not None),
         dw_ln_c=wanted("dw_ln_c", (H,), ln.w_c is not None),
