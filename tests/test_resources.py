@@ -59,6 +59,7 @@ _UNDER_LIMIT = """
         np.testing.assert_allclose(grads.dw_hh, want_grads.dw_hh, rtol=1e-10, atol=1e-12)
 
     check_small()  # the pool is started and the code paths are warm
+    print("isa", lf.get_isa(), flush=True)
 
     def address_space():
         with open("/proc/self/status") as status:
@@ -86,7 +87,12 @@ _UNDER_LIMIT = """
         lf.forward(np.zeros((1, B, 1), f32), np.zeros((4, 1), f32), np.zeros((4, 1), f32),
                    need_cache=False)
 
-    def large_hidden():  # w_hh 1 GB, its panels 1 GB more
+    def large_hidden():  # w_hh 1 GB, its panels 1 GB more (two rows: packed)
+        H = 8192
+        w_hh = np.zeros((4 * H, H), f32)
+        lf.forward(np.zeros((1, 2, 1), f32), np.zeros((4 * H, 1), f32), w_hh, need_cache=False)
+
+    def large_hidden_one_row():  # the same w_hh, one row: read in place, no panels
         H = 8192
         w_hh = np.zeros((4 * H, H), f32)
         lf.forward(np.zeros((1, 1, 1), f32), np.zeros((4 * H, 1), f32), w_hh, need_cache=False)
@@ -107,8 +113,8 @@ _UNDER_LIMIT = """
 
     limit = address_space() + (3 << 29)
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
-    for case in (steps_zero, lengths_zero, one_step, large_hidden, backward_padding,
-                 backward_scratch, large_output):
+    for case in (steps_zero, lengths_zero, one_step, large_hidden, large_hidden_one_row,
+                 backward_padding, backward_scratch, large_output):
         try:
             case()
         except MemoryError as e:
@@ -133,13 +139,19 @@ def test_allocations_refused_under_an_address_space_limit_raise_memory_error():
     for name, buffer in [
         ("one_step", "per-row state"),
         ("large_hidden", "panels of w_hh"),
-        # w_ih's panels (4*Hp x I) are the first buffer of this size: forward needs them.
-        ("backward_padding", "panels of w_ih"),
+        # w_ih's panels (4*Hp x I) are the first buffer of this size where forward
+        # packs (the scalar path); one row read in place, backward's padded copy.
+        ("backward_padding", "panels of w_ih" if lines["isa"] == "scalar" else "w_ih padded"),
         ("large_output", "y: out of memory"),
     ]:
         assert lines[name].startswith("MemoryError"), report
         assert buffer in lines[name] and "bytes" in lines[name], report
     assert lines["backward_scratch"].startswith(("MemoryError", "ok")), report
+    # One row for one step reads the weights as given (on the FMA paths; the
+    # scalar path packs them, and is refused like two rows).
+    assert lines["large_hidden_one_row"].startswith(("ok", "MemoryError")), report
+    if lines["isa"] != "scalar":
+        assert lines["large_hidden_one_row"] == "ok", report
     assert "SMALL OK" in result.stdout, report
 
 

@@ -25,6 +25,7 @@ use crate::kernels::forward_step::{ForwardChunk, ForwardOut, ForwardScratch, For
 use crate::kernels::gemm::{gemm, gemm_in_order, KOrder, Mat, Runs};
 use crate::kernels::layout::{SharedMut, Slots};
 use crate::kernels::pack;
+use crate::kernels::row_major;
 use crate::parallel::pool::{self, in_pool};
 use crate::parallel::split::{self, choose_split, claim, run_split, Chunk, Split};
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
@@ -49,6 +50,10 @@ pub fn forward<E: Float>(
     if !seq.runs() {
         return forward_without_steps(seq, out, cache);
     }
+    let isa = Isa::active();
+    if row_major::applies(seq, isa) {
+        return row_major::forward(seq, out, cache, cancel);
+    }
     let Dims {
         batch,
         input,
@@ -57,7 +62,6 @@ pub fn forward<E: Float>(
     } = seq.dims;
     let hp = hidden_pad::<E>(hidden);
     let state = seq.state();
-    let isa = Isa::active();
     let workers = pool::workers()?;
     let pool = &workers.pool;
     let geo = seq.geometry();

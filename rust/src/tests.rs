@@ -1526,3 +1526,96 @@ fn layer_norm_rebuilt_gates_are_the_forwards_bits() {
     }
     Isa::available().last().unwrap().set_active().unwrap();
 }
+
+/// The row-major forward of one row (`kernels/row_major.rs`, what a forward
+/// from raw weights runs at batch 1 for a few steps) gives the packed path's
+/// bits, outputs and cache, on every FMA ISA: its product is the panel
+/// kernels' FMA chain, its gate math theirs.
+#[test]
+fn row_major_forward_gives_the_packed_bits() {
+    use crate::kernels::row_major;
+    use crate::PanelCache;
+    let _g = lock();
+    let mut seed = 7000;
+    crate::set_num_threads(2).unwrap();
+    // Hidden: a team of two at every size (on its own the path takes a team
+    // for large weights only).
+    for (isa, split) in Isa::available()
+        .into_iter()
+        .flat_map(|isa| [(isa, ForcedSplit::Choose), (isa, ForcedSplit::Hidden)])
+    {
+        isa.set_active().unwrap();
+        crate::force_split(split);
+        for &(steps, input, hidden) in &[
+            (1, 1, 1),
+            (1, 3, 5),
+            (2, 16, 16),
+            (1, 17, 33),
+            (3, 40, 24),
+            (4, 9, 70),
+            (1, 256, 256),
+        ] {
+            for variant in 0..8u32 {
+                seed += 1;
+                let [batch_first, reverse, with_state] =
+                    std::array::from_fn(|i| variant >> i & 1 == 1);
+                let dims = Dims {
+                    steps,
+                    batch: 1,
+                    input,
+                    hidden,
+                };
+                let p = Problem::new(seed, dims, batch_first, reverse, false, with_state);
+                let conv = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+                let (x, w_ih, w_hh) = (conv(&p.x), conv(&p.w_ih), conv(&p.w_hh));
+                let bias = p.bias.as_deref().map(conv);
+                let (h0, c0) = (p.h0.as_deref().map(conv), p.c0.as_deref().map(conv));
+                let panels = PanelCache::new(&w_ih, &w_hh, None);
+                let hp = hidden_pad::<f32>(hidden);
+                let run = |packed: bool| {
+                    let seq = Sequence {
+                        dims,
+                        batch_first,
+                        reverse,
+                        lengths: None,
+                        x: &x,
+                        w_ih: &w_ih,
+                        w_hh: &w_hh,
+                        bias: bias.as_deref(),
+                        h0: h0.as_deref(),
+                        c0: c0.as_deref(),
+                        panels: packed.then_some(&panels),
+                        variant: Default::default(),
+                    };
+                    let fma = matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16);
+                    assert_eq!(row_major::applies(&seq, isa), fma && !packed);
+                    let mut outs = [steps * hidden, hidden, hidden, steps * 4 * hp, steps * hp]
+                        .map(|n| vec![f32::NAN; n]);
+                    let mut h_prev = vec![f32::NAN; steps * hp];
+                    let [y, h_n, c_n, gates, cells] = &mut outs;
+                    forward(
+                        &seq,
+                        Outputs { y, h_n, c_n },
+                        Some(Cache {
+                            gates,
+                            cells,
+                            h_prev: &mut h_prev,
+                            pre: None,
+                        }),
+                        &Cancel::new(),
+                    )
+                    .unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<u32>>();
+                    (outs.map(|v| bits(&v)), bits(&h_prev))
+                };
+                assert_eq!(
+                    run(false),
+                    run(true),
+                    "{isa:?} {split:?} T={steps} I={input} H={hidden} variant={variant:03b}"
+                );
+            }
+        }
+    }
+    Isa::available().last().unwrap().set_active().unwrap();
+    crate::force_split(ForcedSplit::Choose);
+}

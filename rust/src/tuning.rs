@@ -68,6 +68,20 @@ pub const BATCH1_PANELS: usize = 3;
 /// cover L2's latency at the rate the row is consumed.
 pub const ROW_PREFETCH_DISTANCE: usize = 8;
 
+/// Steps up to which a forward of one row reads the weights as given
+/// (`kernels/row_major.rs`) instead of packing them: packing costs about
+/// two such steps, and a packed step is cheaper only where the weights stay in
+/// L2 (measured: see the module).
+pub const ROW_MAJOR_MAX_STEPS: usize = 4;
+
+/// Bytes of `w_ih` and `w_hh` from which that forward, without a cache, runs
+/// on a team of the pool's threads (each reads its slice of the rows). From
+/// L3 one Zen 5 core reads them at about 55 GB/s; measured on two cores, a
+/// one-step forward at I = H = 512 (8 MiB) took 150 µs with a team and 205
+/// alone, at 256 (2 MiB) 61 µs either way with a slower median with a team
+/// (84 against 64): the hand-off costs as much as the second core's share.
+pub const ROW_MAJOR_TEAM_BYTES: usize = 4 << 20;
+
 /// Bytes of `w_hh` panels one member of the batch-1 forward reads per step
 /// above which it prefetches rows ahead (`row_x4pv_with`): beyond this they
 /// do not stay in a 512 KiB L2 beside the step's other data and come from L3,

@@ -13,6 +13,8 @@
 //! - `panel_product.rs`: a step's few rows times prepacked panels, as dense
 //!   rows (the LayerNorm LSTM's per-step products)
 //! - `layout.rs`: where every (step, row) lives
+//! - `row_major.rs`: a short forward of one row from the weights as given,
+//!   without packing them
 //! - `forward_step.rs`, `backward_step.rs`: one chunk's time loop
 //! - `bf16_dot.rs`: bf16 inference's recurrent product on AVX-512 BF16
 //! - `candidate.rs`: zoneout's candidate cell, computed once by forward and
@@ -28,3 +30,4 @@ pub mod layout;
 pub mod microkernel;
 pub mod pack;
 pub mod panel_product;
+pub mod row_major;

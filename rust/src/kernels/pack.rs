@@ -458,7 +458,9 @@ unsafe fn forward_panels_avx512(w: &[f32], hidden: usize, cols: usize, out: &mut
 /// j of every input row, in row order.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn transpose_16x16(r: [std::arch::x86_64::__m512; 16]) -> [std::arch::x86_64::__m512; 16] {
+pub(crate) unsafe fn transpose_16x16(
+    r: [std::arch::x86_64::__m512; 16],
+) -> [std::arch::x86_64::__m512; 16] {
     use std::arch::x86_64::*;
     // SAFETY: register shuffles only; the caller runs with avx512f.
     unsafe {

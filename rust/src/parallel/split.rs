@@ -50,7 +50,7 @@ pub fn force_split(split: ForcedSplit) {
     FORCED.set(split);
 }
 
-fn forced_split() -> ForcedSplit {
+pub(crate) fn forced_split() -> ForcedSplit {
     // Read once: reading the environment on every call could race with
     // Python's os.environ writes, which bypass Rust's lock.
     FORCED.get(|| match std::env::var("LSTM_FAST_SPLIT").ok().as_deref() {
