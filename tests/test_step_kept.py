@@ -86,9 +86,12 @@ def test_kept_step_gives_the_bits_of_the_general_call(monkeypatch, isa, dtype, o
 
 
 @pytest.mark.parametrize("options", [{}, {"proj_size": 3, "num_layers": 2}, {"peepholes": True}])
-def test_kept_step_with_bfloat16_weights(monkeypatch, isa, options):
+@pytest.mark.parametrize("shape", [(4, 2, 5), (4, 1, 5), (4, 5)], ids=["B2", "B1", "unbatched"])
+def test_kept_step_with_bfloat16_weights(monkeypatch, isa, options, shape):
+    # One row reads float32 weights in place (kernels/row_major.rs), never the
+    # bfloat16 ones: bf16's steps keep the kept bfloat16 copy at any batch.
     rng = np.random.default_rng(4)
-    xs = rng.standard_normal((4, 2, 5)).astype(np.float32)
+    xs = rng.standard_normal(shape).astype(np.float32)
 
     def make():
         return LSTM(5, 8, seed=2, **options)

@@ -164,7 +164,8 @@ class Kept:
     """Prepared weights as a kept call runs them (``PreparedWeights._run_kept``):
     the private arrays, the panels and the variant fixed once; each call proves
     the caller's live weights bit for bit the kept ones and runs one pass
-    without a cache, in one crossing."""
+    without a cache, in one crossing (one row for a few steps reads the live
+    weights themselves, with the same bits, and needs no proof)."""
 
     def __new__(
         cls,

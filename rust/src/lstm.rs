@@ -43,6 +43,19 @@ pub fn forward<E: Float>(
     cache: Option<Cache<'_, E>>,
     cancel: &Cancel,
 ) -> Result<()> {
+    forward_on(Isa::active(), seq, out, cache, cancel)
+}
+
+/// [`forward`] on `isa` (the active ISA, read once by the caller: a caller
+/// that decided on a path from it runs that path even if another thread
+/// changes the active ISA meanwhile).
+pub(crate) fn forward_on<E: Float>(
+    isa: Isa,
+    seq: &Sequence<'_, E>,
+    out: Outputs<'_, E>,
+    cache: Option<Cache<'_, E>>,
+    cancel: &Cancel,
+) -> Result<()> {
     check::forward_args(seq, &out, cache.as_ref())?;
     if let (Some(kept), Some(_)) = (seq.panels, &cache) {
         kept.check_not_bf16()?;
@@ -50,9 +63,8 @@ pub fn forward<E: Float>(
     if !seq.runs() {
         return forward_without_steps(seq, out, cache);
     }
-    let isa = Isa::active();
     if row_major::applies(seq, isa) {
-        return row_major::forward(seq, out, cache, cancel);
+        return row_major::forward(isa, seq, out, cache, cancel);
     }
     let Dims {
         batch,

@@ -1101,25 +1101,34 @@ impl Kept {
             },
         };
         // One row for a few steps reads the live weights themselves
-        // (`kernels/row_major.rs`): nothing kept is used, so there is nothing
-        // to prove, and the bits are those of the packed path.
-        let live_slice =
-            |at: usize, name: &str| given_at[at].map(|i| slice(name, &live[i].0)).transpose();
-        let live_bias = match (live_slice(2, "b_ih")?, live_slice(3, "b_hh")?) {
-            (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(&a, &b)| a + b).collect()),
-            (one, other) => one.or(other).map(<[E]>::to_vec),
+        // (`kernels/row_major.rs`; not bf16 inference, whose weights are the
+        // kept bfloat16 copy): nothing kept is used, so there is nothing to
+        // prove, and the bits are those of the packed path.
+        let isa = crate::simd::Isa::active();
+        let live_slice = |at: usize, name: &str| match given_at[at] {
+            Some(i) => slice(name, &live[i].0).map(Some),
+            None => Ok(None),
         };
-        let in_place = Sequence {
-            w_ih: live_slice(0, "w_ih")?.unwrap_or_default(),
-            w_hh: live_slice(1, "w_hh")?.unwrap_or_default(),
-            bias: live_bias.as_deref(),
+        let (Some(live_w_ih), Some(live_w_hh)) = (live_slice(0, "w_ih")?, live_slice(1, "w_hh")?)
+        else {
+            unreachable!("w_ih and w_hh are always kept, so always compared")
+        };
+        let mut in_place = Sequence {
+            w_ih: live_w_ih,
+            w_hh: live_w_hh,
             panels: None,
             ..seq
         };
-        if crate::kernels::row_major::applies(&in_place, crate::simd::Isa::active()) {
+        if !panels.bf16() && crate::kernels::row_major::applies(&in_place, isa) {
+            // b_ih + b_hh in E, as `functional._bias_sum` adds them.
+            let live_bias: Option<Vec<E>> = match (live_slice(2, "b_ih")?, live_slice(3, "b_hh")?) {
+                (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(&a, &b)| a + b).collect()),
+                (one, other) => one.or(other).map(<[E]>::to_vec),
+            };
+            in_place.bias = live_bias.as_deref();
             let out = out.outputs()?;
             run_pass(py, in_place.dims, |cancel| {
-                crate::forward(&in_place, out, None, cancel)
+                crate::lstm::forward_on(isa, &in_place, out, None, cancel)
             })?;
             return Ok(true);
         }
@@ -1209,7 +1218,9 @@ impl Kept {
     /// nothing, unless every live array is an array of the dtype, C-contiguous
     /// and aligned, of its kept copy's shape and bit for bit that copy: the
     /// caller then takes the general path. Proof and pass run in one
-    /// release of the GIL.
+    /// release of the GIL. A pass that reads the weights as given (one row,
+    /// a few steps: `kernels/row_major.rs`) needs no proof: it runs on the
+    /// live arrays, with the bits the general path would give them.
     #[pyo3(signature = (x, h0, c0, live, peepholes, out, *, batch_first = false, reverse = false))]
     #[allow(clippy::too_many_arguments)]
     fn forward<'py>(

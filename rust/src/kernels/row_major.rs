@@ -49,8 +49,8 @@ pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa) -> bool {
         && seq.variant.recurrent_keep.is_none()
 }
 
-/// `crate::forward` of a `seq` that [`applies`] (arguments checked, at least
-/// one step). An inference pass over weights of [`ROW_MAJOR_TEAM_BYTES`] or
+/// `crate::forward` of a `seq` that [`applies`] on `isa` (arguments checked,
+/// at least one step). An inference pass over weights of [`ROW_MAJOR_TEAM_BYTES`] or
 /// more is run by a team of the pool's threads, each computing its tiles of
 /// hidden units from its slice of the rows (a barrier after every step),
 /// which no output's chain notices; anything else runs on the calling thread.
@@ -60,16 +60,17 @@ pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa) -> bool {
 /// with a team). Once `cancel` is set, returns
 /// [`Error::Interrupted`](crate::Error::Interrupted) at the next step.
 pub fn forward<E: Float>(
+    isa: Isa,
     seq: &Sequence<'_, E>,
     out: Outputs<'_, E>,
     cache: Option<Cache<'_, E>>,
     cancel: &Cancel,
 ) -> Result<()> {
-    let isa = Isa::active();
-    assert!(
-        applies(seq, isa),
-        "the row-major forward runs f32 at batch 1 only"
-    );
+    if !applies(seq, isa) {
+        return Err(crate::Error::Value(
+            "the row-major forward runs one row of f32 on an FMA ISA".into(),
+        ));
+    }
     let (input, hidden) = (seq.dims.input, seq.dims.hidden);
     let hp = hidden_pad::<E>(hidden);
     let lanes = isa.lanes::<E>();
