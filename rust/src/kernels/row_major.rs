@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use crate::alloc;
 use crate::cancel::Cancel;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::kernels::layout::{Geometry, SharedMut};
 use crate::kernels::pack;
@@ -58,7 +58,7 @@ pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa) -> bool {
 /// on a machine of two cores that slowed the copies a cache keeps of the
 /// weights, made right after (`cell_forward` at H = 256: 98 µs alone, 120–210
 /// with a team). Once `cancel` is set, returns
-/// [`Error::Interrupted`](crate::Error::Interrupted) at the next step.
+/// [`Error::Interrupted`](Error::Interrupted) at the next step.
 pub fn forward<E: Float>(
     isa: Isa,
     seq: &Sequence<'_, E>,
@@ -67,7 +67,7 @@ pub fn forward<E: Float>(
     cancel: &Cancel,
 ) -> Result<()> {
     if !applies(seq, isa) {
-        return Err(crate::Error::Value(
+        return Err(Error::Value(
             "the row-major forward runs one row of f32 on an FMA ISA".into(),
         ));
     }
