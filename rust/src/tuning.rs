@@ -76,12 +76,11 @@ pub const ROW_PREFETCH_DISTANCE: usize = 8;
 pub const ROW_MAJOR_MAX_STEPS: usize = 4;
 
 /// Bytes of `w_ih` and `w_hh` from which that forward, without a cache, runs
-/// on a team of the pool's threads (each reads its slice of the rows). From
-/// L3 one Zen 5 core reads them at about 55 GB/s; measured on two cores, a
-/// one-step forward at I = H = 512 (8 MiB) took 150 µs with a team and 205
-/// alone, at 256 (2 MiB) 61 µs either way with a slower median with a team
-/// (84 against 64): the hand-off costs as much as the second core's share.
-pub const ROW_MAJOR_TEAM_BYTES: usize = 4 << 20;
+/// on a team (the calling thread and pool threads, each reading its slice of
+/// the rows: `split::run_team_here`). Measured on Zen 5, two threads,
+/// `LSTM.step` at batch 1: I = H = 64 (128 KiB) 7.4 µs alone, 8.0 with a team;
+/// 128 (512 KiB) 11.9 and 10.2; 256 (2 MiB) 42 and 23.
+pub const ROW_MAJOR_TEAM_BYTES: usize = 384 << 10;
 
 /// Bytes of `w_hh` panels one member of the batch-1 forward reads per step
 /// above which it prefetches rows ahead (`row_x4pv_with`): beyond this they

@@ -29,7 +29,7 @@ use crate::kernels::pack;
 use crate::parallel::barrier::end_of_step;
 use crate::parallel::pool;
 use crate::parallel::split::{
-    self, choose_split, claim, forced_split, run_split, ForcedSplit, Split,
+    self, choose_split, claim, forced_split, run_team_here, ForcedSplit, Split,
 };
 use crate::sequence::{hidden_pad, Cache, Outputs, Sequence};
 use crate::simd::{self, store_n, Isa, Kernel, Simd, SimdElement};
@@ -50,14 +50,14 @@ pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa) -> bool {
 }
 
 /// `crate::forward` of a `seq` that [`applies`] on `isa` (arguments checked,
-/// at least one step). An inference pass over weights of [`ROW_MAJOR_TEAM_BYTES`] or
-/// more is run by a team of the pool's threads, each computing its tiles of
+/// at least one step). An inference pass over weights of
+/// [`ROW_MAJOR_TEAM_BYTES`] or more is run by a team, the calling thread and
+/// the pool's threads (`split::run_team_here`), each computing its tiles of
 /// hidden units from its slice of the rows (a barrier after every step),
 /// which no output's chain notices; anything else runs on the calling thread.
-/// Not a training pass: the pool's threads spin for a while after a call, and
-/// on a machine of two cores that slowed the copies a cache keeps of the
-/// weights, made right after (`cell_forward` at H = 256: 98 µs alone, 120–210
-/// with a team). Once `cancel` is set, returns
+/// Not a training pass: on a machine of two cores the team slowed the copies
+/// a cache keeps of the weights, made right after (`cell_forward` at H = 256:
+/// medians 103 µs alone, 130 with a team). Once `cancel` is set, returns
 /// [`Error::Interrupted`](Error::Interrupted) at the next step.
 pub fn forward<E: Float>(
     isa: Isa,
@@ -124,32 +124,23 @@ pub fn forward<E: Float>(
         cells,
         h_prev,
     };
-    let mut run = || {
-        run_split(
-            split,
-            1,
-            tiles,
-            &mut scratch,
-            &|_, tiles, products, barrier| {
-                for s in 0..seq.dims.steps {
-                    let step = Step {
-                        shared: &shared,
-                        s,
-                        tiles: tiles.clone(),
-                        products,
-                    };
-                    simd::dispatch(isa, step);
-                    if end_of_step(barrier, cancel) {
-                        return;
-                    }
-                }
-            },
-        )
+    let member = |_: usize, tiles: Range<usize>, products: &mut Vec<E>, barrier: Option<&_>| {
+        for s in 0..seq.dims.steps {
+            let step = Step {
+                shared: &shared,
+                s,
+                tiles: tiles.clone(),
+                products,
+            };
+            simd::dispatch(isa, step);
+            if end_of_step(barrier, cancel) {
+                return;
+            }
+        }
     };
-    if split == Split::Batch {
-        run();
-    } else {
-        workers.pool.install(run);
+    match split {
+        Split::Hidden(n) => run_team_here(&workers.pool, n, tiles, &mut scratch, &member),
+        Split::Batch => member(0, 0..tiles, &mut scratch[0], None),
     }
     // A cancelled pass stops here (its members have stopped at a step).
     cancel.check()?;
