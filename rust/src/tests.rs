@@ -405,17 +405,24 @@ const SHAPES: [(usize, usize, usize, usize); 10] = [
     (3, 0, 2, 5),
 ];
 
+/// Every ISA this CPU runs, each with the split chosen per call and with a
+/// forced team, made active in turn as the iterator reaches it.
+fn isas_and_splits() -> impl Iterator<Item = (Isa, ForcedSplit)> {
+    Isa::available()
+        .into_iter()
+        .flat_map(|isa| [(isa, ForcedSplit::Choose), (isa, ForcedSplit::Hidden)])
+        .inspect(|&(isa, split)| {
+            isa.set_active().unwrap();
+            crate::force_split(split);
+        })
+}
+
 #[test]
 fn engine_matches_oracle_on_every_isa() {
     let _g = lock();
     let mut seed = 0;
     crate::set_num_threads(2).unwrap();
-    for (isa, split) in Isa::available()
-        .into_iter()
-        .flat_map(|isa| [(isa, ForcedSplit::Choose), (isa, ForcedSplit::Hidden)])
-    {
-        isa.set_active().unwrap();
-        crate::force_split(split);
+    for (isa, _) in isas_and_splits() {
         for &(steps, batch, input, hidden) in &SHAPES {
             for variant in 0..16u32 {
                 seed += 1;
@@ -1540,12 +1547,7 @@ fn row_major_forward_gives_the_packed_bits() {
     crate::set_num_threads(2).unwrap();
     // Hidden: a team of two at every size (on its own the path takes a team
     // for large weights only).
-    for (isa, split) in Isa::available()
-        .into_iter()
-        .flat_map(|isa| [(isa, ForcedSplit::Choose), (isa, ForcedSplit::Hidden)])
-    {
-        isa.set_active().unwrap();
-        crate::force_split(split);
+    for (isa, split) in isas_and_splits() {
         for &(steps, input, hidden) in &[
             (1, 1, 1),
             (1, 3, 5),
