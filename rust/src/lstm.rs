@@ -63,7 +63,7 @@ pub(crate) fn forward_on<E: Float>(
     if !seq.runs() {
         return forward_without_steps(seq, out, cache);
     }
-    if row_major::applies(seq, isa) {
+    if row_major::applies(seq, isa, cache.is_some()) {
         return row_major::forward(isa, seq, out, cache, cancel);
     }
     let Dims {

@@ -1119,7 +1119,7 @@ impl Kept {
             panels: None,
             ..seq
         };
-        if !panels.bf16() && crate::kernels::row_major::applies(&in_place, isa) {
+        if !panels.bf16() && crate::kernels::row_major::applies(&in_place, isa, false) {
             // b_ih + b_hh in E, as `functional._bias_sum` adds them.
             let live_bias: Option<Vec<E>> = match (live_slice(2, "b_ih")?, live_slice(3, "b_hh")?) {
                 (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(&a, &b)| a + b).collect()),

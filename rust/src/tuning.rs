@@ -68,12 +68,19 @@ pub const BATCH1_PANELS: usize = 3;
 /// cover L2's latency at the rate the row is consumed.
 pub const ROW_PREFETCH_DISTANCE: usize = 8;
 
-/// Steps up to which a forward of one row reads the weights as given
-/// (`kernels/row_major.rs`) instead of packing them: a packed step is cheaper
-/// (its weights need no transposes and stay in L2 split over a team), packing
-/// costs several steps. Measured on Zen 5, I = H = 128, two threads: 4 steps
-/// 42 µs read as given, 72 packed; 8 steps packed 76.
+/// Steps up to which a forward of one row with a cache (a training pass, on
+/// one thread) reads the weights as given (`kernels/row_major.rs`) instead of
+/// packing them: a packed step is cheaper (its weights need no transposes
+/// and stay in L2, split over a team), packing costs several steps. Measured
+/// on Zen 5, two threads, packed against read as given, µs: I = H = 256, 4
+/// steps 216 / 175, 6 steps 236 / 257; H = 512, 4 steps 952 / 701, 6 steps
+/// 928 / 921.
 pub const ROW_MAJOR_MAX_STEPS: usize = 4;
+
+/// The same without a cache (inference, on a team from
+/// `ROW_MAJOR_TEAM_BYTES`). Measured as above, 8 steps: H = 64 46 / 26, 128
+/// 74 / 41, 256 200 / 127, 512 786 / 547.
+pub const ROW_MAJOR_MAX_INFERENCE_STEPS: usize = 8;
 
 /// Bytes of `w_ih` and `w_hh` from which that forward, without a cache, runs
 /// on a team (the calling thread and pool threads, each reading its slice of

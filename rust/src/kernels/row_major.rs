@@ -33,16 +33,23 @@ use crate::parallel::split::{
 };
 use crate::sequence::{hidden_pad, Cache, Outputs, Sequence};
 use crate::simd::{self, store_n, Isa, Kernel, Simd, SimdElement};
-use crate::tuning::{ROW_MAJOR_MAX_STEPS, ROW_MAJOR_TEAM_BYTES};
+use crate::tuning::{ROW_MAJOR_MAX_INFERENCE_STEPS, ROW_MAJOR_MAX_STEPS, ROW_MAJOR_TEAM_BYTES};
 
-/// Whether [`forward`] runs `seq` on `isa`: f32 on an FMA ISA, one row of
-/// full length, at most [`ROW_MAJOR_MAX_STEPS`] steps, the plain cell, and no
-/// packed weights given (with them the packed path has nothing left to pay).
-pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa) -> bool {
+/// Whether [`forward`] runs `seq` on `isa`, with a cache (`cached`) or
+/// without: f32 on an FMA ISA, one row of full length, the plain cell, no
+/// packed weights given (with them the packed path has nothing left to pay),
+/// and at most [`ROW_MAJOR_MAX_STEPS`] steps with a cache, at most
+/// [`ROW_MAJOR_MAX_INFERENCE_STEPS`] without.
+pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa, cached: bool) -> bool {
+    let max_steps = if cached {
+        ROW_MAJOR_MAX_STEPS
+    } else {
+        ROW_MAJOR_MAX_INFERENCE_STEPS
+    };
     std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
         && matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16)
         && seq.dims.batch == 1
-        && seq.dims.steps <= ROW_MAJOR_MAX_STEPS
+        && seq.dims.steps <= max_steps
         && seq.lengths.is_none()
         && seq.panels.is_none()
         && seq.variant.is_plain()
@@ -66,7 +73,7 @@ pub fn forward<E: Float>(
     cache: Option<Cache<'_, E>>,
     cancel: &Cancel,
 ) -> Result<()> {
-    if !applies(seq, isa) {
+    if !applies(seq, isa, cache.is_some()) {
         return Err(Error::Value(
             "the row-major forward runs one row of f32 on an FMA ISA".into(),
         ));
