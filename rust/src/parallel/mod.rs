@@ -4,8 +4,10 @@
 //! - `pool.rs`: [`Workers`](pool::Workers) (the rayon pool and its team lock),
 //!   the thread count, fork safety
 //! - `barrier.rs`: [`SpinBarrier`](barrier::SpinBarrier) and team health
+//! - `placement.rs`: each member of a team of workers on a core of its own
 //! - `split.rs`: batch or hidden split, chunks of rows, running the members
 
 pub mod barrier;
+pub mod placement;
 pub mod pool;
 pub mod split;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
+use super::placement;
 use crate::error::{Error, Result};
 use crate::tuning::MAX_THREADS;
 
@@ -206,9 +207,11 @@ pub fn workers() -> Result<Arc<Workers>> {
         return Ok(workers.clone());
     }
     let threads = num_threads();
+    let cores = placement::cores_for(threads);
     let pool = ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("lstm_fast-{i}"))
+        .start_handler(move |i| placement::start_worker(i, cores.as_ref()))
         .build()
         .map_err(|e| Error::OutOfMemory(format!("could not start {threads} threads: {e}")))?;
     let built = Arc::new(Workers {

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard, TryLockErr
 use rayon::prelude::*;
 
 use super::barrier::{team_allowed, team_finished, SpinBarrier};
+use super::placement;
 use super::pool::Workers;
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -272,7 +273,8 @@ impl<T> PerMember<T> {
 /// [`members`], each with its element of `scratch` (one per member): for
 /// `Split::Hidden(n)`, n members of the one chunk at once, each with its range
 /// of `0..tiles`, meeting at a barrier; for `Split::Batch`, every chunk with
-/// all tiles, in parallel.
+/// all tiles, in parallel. A team's members are bound each to a core of its
+/// own where the pool binds (`placement.rs`).
 pub fn run_split<T: Send>(
     split: Split,
     chunks: usize,
@@ -296,6 +298,7 @@ pub fn run_split<T: Send>(
             // least n threads, so all n members run at once.
             rayon::broadcast(|ctx| {
                 if ctx.index() < n {
+                    placement::hold_own_core(true);
                     // SAFETY: index < n = scratch.len() (asserted above), the
                     // slice is borrowed until the broadcast returns, and the
                     // broadcast runs this once per thread index.
@@ -339,6 +342,7 @@ fn as_member<R>(barrier: &SpinBarrier, f: impl FnOnce() -> R) -> R {
 /// n + 1 threads on n cores, and on a machine of two cores the caller's next
 /// work then waited for a CPU while the idle workers spun (measured: a
 /// one-step forward at I = H = 256 took 29–31 µs at best, 44–45 as median).
+/// Its workers run unbound (`placement.rs`): the caller may be on any core.
 pub fn run_team_here<T: Send>(
     pool: &rayon::ThreadPool,
     n: usize,
@@ -355,6 +359,7 @@ pub fn run_team_here<T: Send>(
         for (m, own) in rest.iter_mut().enumerate() {
             let barrier = &barrier;
             scope.spawn(move |_| {
+                placement::hold_own_core(false);
                 as_member(barrier, || {
                     member(0, tile_range(m + 1, n, tiles), own, Some(barrier))
                 })
