@@ -420,12 +420,7 @@ pub(crate) fn backward_pass<E: Float>(
         let mut scratch = alloc::try_collect(
             split::members(split, chunks.len(), tiles).map(|(chunk, _)| {
                 let (rows, lens) = &chunks[chunk];
-                let deepest = if seq.projects() {
-                    depth.max(state)
-                } else {
-                    depth
-                };
-                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes, deepest)
+                BackwardScratch::new::<E>(&Slots { rows, lens }, lanes)
             }),
             "the members' scratch",
         )?;

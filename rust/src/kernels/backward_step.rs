@@ -18,8 +18,8 @@ use std::ops::Range;
 use super::candidate::candidate;
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
-    accumulator_room, accumulators, elements, mrx4v, pack_rows, packed_room, prefetch_l1, row_x4pv,
-    rows_x4v_kblocked, PackedRows, VectorRoom,
+    accumulator_room, accumulators, mrx4v, prefetch_l1, row_x4pv, rows_x4v_kblocked, Rows,
+    VectorRoom,
 };
 use crate::cancel::Cancel;
 use crate::error::Result;
@@ -114,20 +114,16 @@ pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
 #[derive(Default)]
 pub struct BackwardScratch {
     products: Vec<VectorRoom>,
-    /// The da rows of the step after, packed once per step for the tiles
-    /// (`pack_rows`).
-    packed: Vec<VectorRoom>,
 }
 
 impl BackwardScratch {
     /// For a member of the chunk `slots`, with vectors of `lanes` elements of
-    /// `E`, for products at most `depth` deep (4·Hp; with a projection also P).
-    pub fn new<E>(slots: &Slots<'_>, lanes: usize, depth: usize) -> Result<Self> {
+    /// `E`.
+    pub fn new<E>(slots: &Slots<'_>, lanes: usize) -> Result<Self> {
         let what = "the tile accumulators of a chunk";
         let running = slots.active(0);
         Ok(BackwardScratch {
             products: accumulator_room::<E>(running, lanes, what)?,
-            packed: packed_room::<E>(running * depth, "the packed da rows of a chunk")?,
         })
     }
 }
@@ -479,8 +475,6 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
         let mut scratch = std::mem::take(&mut self.scratch);
         let products = accumulators::<S>(&mut scratch.products);
         assert!(products.len() >= self.slots.active(0));
-        let packed = elements::<S::E>(&mut scratch.packed);
-        assert!(packed.len() >= self.slots.active(0) * depth);
 
         let mut prev_active = 0; // slots that ran at iteration s + 1
         for s in (0..geo.steps).rev() {
@@ -521,18 +515,15 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                     }
                 }
             } else {
-                // SAFETY: rows that ran at s + 1 have whole da rows (depth
-                // each), finished before the barrier; `packed` holds
-                // prev_active · depth (asserted).
-                unsafe { pack_rows::<S>(prev_active, |r| da_row(r, s + 1), depth, packed) };
-                let a = PackedRows {
-                    data: packed.as_ptr(),
-                    depth,
-                };
+                // The da rows in place: a copy made one element at a time
+                // (to give the tiles' broadcasts one stream instead of MR)
+                // cost more than it gained.
+                let a = Rows(move |r| da_row(r, s + 1));
                 for q in self.tiles.clone() {
                     self.prefetch_finish::<S>(s, active, q);
-                    // SAFETY: `a` holds the da rows of the slots that ran at
-                    // s + 1 as `pack_rows` wrote them; the others start from
+                    // SAFETY: `a` gives the whole da rows (depth each) of the
+                    // slots that ran at s + 1, finished before the barrier;
+                    // the others start from
                     // their dh_n seed; `finish` gets running slots and our tiles.
                     unsafe {
                         rows_x4v_kblocked::<S>(prev_active, a, depth, panel(q), products);
@@ -631,8 +622,6 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
         let products = accumulators::<S>(&mut scratch.products);
         let running = self.slots.active(0);
         assert!(products.len() >= running);
-        let packed = elements::<S::E>(&mut scratch.packed);
-        assert!(packed.len() >= running * depth.max(p));
         // Lanes of a vector at unit u that are real state units (< P).
         let index: [E; 16] = std::array::from_fn(|i| E::from_f64(i as f64));
         let only_real = |d: S, u: usize| {
@@ -649,24 +638,12 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
         let mut prev_active = 0; // slots that ran at iteration s + 1
         for s in (0..geo.steps).rev() {
             let active = self.slots.active(s);
-            // SAFETY: rows that ran at s + 1 have whole da rows (depth each),
-            // written by this member at the previous iteration; `packed` holds
-            // running · depth (asserted).
-            unsafe {
-                pack_rows::<S>(
-                    prev_active,
-                    |r| self.da.0.add(row_of(r, s + 1) * depth),
-                    depth,
-                    packed,
-                )
-            };
-            let a = PackedRows {
-                data: packed.as_ptr(),
-                depth,
-            };
+            let da = self.da.0 as *const E;
+            let a = Rows(move |r| da.wrapping_add(row_of(r, s + 1) * depth));
             for q in 0..p_tiles {
-                // SAFETY: `a` holds prev_active rows of depth as `pack_rows`
-                // wrote them; panel q holds depth rows of 4·w (asserted).
+                // SAFETY: rows that ran at s + 1 have whole da rows (depth
+                // each), written by this member at the previous iteration;
+                // panel q holds depth rows of 4·w (asserted).
                 unsafe { rows_x4v_kblocked::<S>(prev_active, a, depth, panel(q), products) };
                 for (slot, product) in products[..active].iter().enumerate() {
                     let row = row_of(slot, s);
@@ -729,16 +706,10 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
             }
             // dm = dh_t·w_hr, into the gate derivatives.
             let dh = self.dh.0 as *const E;
-            // SAFETY: the running slots' dh rows (pp ≥ p each) were written
-            // just above; `packed` holds running · p (asserted).
-            unsafe { pack_rows::<S>(active, |r| dh.add(row_of(r, s) * pp), p, packed) };
-            let a = PackedRows {
-                data: packed.as_ptr(),
-                depth: p,
-            };
+            let a = Rows(move |r| dh.wrapping_add(row_of(r, s) * pp));
             for q in 0..h_tiles {
-                // SAFETY: `a` holds the running slots' dh rows as `pack_rows`
-                // wrote them; panel q holds p rows of 4·w (asserted); `finish`
+                // SAFETY: the running slots' dh rows (pp ≥ p each) were written
+                // just above; panel q holds p rows of 4·w (asserted); `finish`
                 // gets running slots and this member's (all) tiles.
                 unsafe {
                     rows_x4v_kblocked::<S>(active, a, p, proj_panel(q), products);

@@ -22,7 +22,7 @@ use super::candidate::candidate;
 use super::layout::{Geometry, SharedMut, Slots};
 use super::microkernel::{
     accumulator_room, accumulators, pack_rows, row_x4pv_with, rows_per_group, rows_x4v_kblocked,
-    rows_x4v_kblocked_of, PackedRows, PanelWeight, RowGroups, VectorRoom,
+    rows_x4v_kblocked_of, PackedRows, PanelWeight, RowGroups, Rows, VectorRoom,
 };
 use crate::alloc;
 use crate::cancel::Cancel;
@@ -491,8 +491,9 @@ impl<E: Float> ForwardScratch<E> {
 struct Projection<E> {
     /// (tiles of the member) × (steps · slots) rows × 4 vectors.
     data: Vec<VectorRoom>,
-    /// The input rows of the block, (steps in block · slots) × I, packed for
-    /// the register tile (`pack_rows`), and where each comes from in x.
+    /// The input rows of the block, (steps in block · slots) × I, as the
+    /// BF16 dot products read them (`dot_project`; the f32 tiles read x in
+    /// place), and where each comes from in x.
     rows: Vec<E>,
     sources: Vec<usize>,
     /// First step of the block, steps per block, slots, units of the member,
@@ -571,25 +572,22 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
             p.sources = sources;
             return;
         }
-        // SAFETY: every source row lies inside x (asserted).
-        unsafe { pack_rows::<S>(m, |j| x.add(sources[j]), input, &mut p.rows) };
         let stride = input * 4 * w; // one panel
         let rows_per_tile = p.steps * p.slots;
-        assert!(p.rows.len() >= m * input && m <= rows_per_tile);
+        assert!(m <= rows_per_tile);
         assert!(self.ih_panels.len() >= self.tiles.end * stride);
         assert!(p.units == self.tiles.len() * w && p.lanes == w);
         let results = accumulators::<S>(&mut p.data);
         assert!(results.len() >= self.tiles.len() * rows_per_tile);
         for (t, tile) in self.tiles.clone().enumerate() {
             let out = &mut results[t * rows_per_tile..][..m];
-            // SAFETY: `rows` holds m rows of `input` as `pack_rows` wrote them,
-            // the tile's panel lies inside `ih_panels`, and `out` holds m
-            // results (asserted above).
+            // SAFETY: the m rows are rows of x (`input` each, asserted above),
+            // read in place: a copy made one element at a time cost more than
+            // the tiles' broadcasts gained from one stream instead of MR. The
+            // tile's panel lies inside `ih_panels`, and `out` holds m results
+            // (asserted above).
             unsafe {
-                let rows = PackedRows {
-                    data: p.rows.as_ptr(),
-                    depth: input,
-                };
+                let rows = Rows(|j| x.add(sources[j]));
                 let panel = self.ih_panels.as_ptr().add(tile * stride);
                 rows_x4v_kblocked::<S>(m, rows, input, panel, out);
             }
@@ -721,34 +719,46 @@ impl<E: Float, const VARIANT: bool, W: PanelWeight<E>> Kernel<E>
                     }
                 }
             } else {
-                // SAFETY: the running slots' state rows hold hp ≥ h elements;
-                // `packed` holds active · h (asserted).
-                unsafe { pack_rows::<S>(active, |r| cur.add(r * hp), h, packed) };
+                // The tiles over the rows `a` of h (`RowSource`).
+                macro_rules! tiles {
+                    ($a:expr) => {
+                        for p in self.tiles.clone() {
+                            // SAFETY: `a` holds the running slots' rows of h
+                            // (h elements each); panels hold h rows of 4·w
+                            // (asserted); `finish` gets running slots and
+                            // tiles of this member.
+                            unsafe {
+                                rows_x4v_kblocked_of::<S, W>(active, $a, h, panel(p), products);
+                                if VARIANT {
+                                    for (slot, &acc) in products[..active].iter().enumerate() {
+                                        self.finish::<S>(s, slot, p, acc, xw);
+                                    }
+                                } else {
+                                    self.finish_staged::<S>(s, p, &mut products[..active], xw);
+                                }
+                            }
+                        }
+                    };
+                }
                 if self.variant.recurrent_keep.is_some() {
-                    // Recurrent dropout: each packed row times its mask row.
+                    // Recurrent dropout: the rows times their mask rows,
+                    // packed (`pack_rows`) and scaled in the copy.
+                    // SAFETY: the running slots' state rows hold hp ≥ h
+                    // elements; `packed` holds active · h (asserted).
+                    unsafe { pack_rows::<S>(active, |r| cur.add(r * hp), h, packed) };
                     let rows = &self.slots.rows;
                     scale_packed::<S>(active, h, packed, |r| {
                         self.recurrent_keep(rows[r]).unwrap_or(std::ptr::null())
                     });
-                }
-                let a = PackedRows {
-                    data: packed.as_ptr(),
-                    depth: h,
-                };
-                for p in self.tiles.clone() {
-                    // SAFETY: `a` holds the running slots' rows as `pack_rows`
-                    // wrote them; panels hold h rows of 4·w (asserted);
-                    // `finish` gets running slots and tiles of this member.
-                    unsafe {
-                        rows_x4v_kblocked_of::<S, W>(active, a, h, panel(p), products);
-                        if VARIANT {
-                            for (slot, &acc) in products[..active].iter().enumerate() {
-                                self.finish::<S>(s, slot, p, acc, xw);
-                            }
-                        } else {
-                            self.finish_staged::<S>(s, p, &mut products[..active], xw);
-                        }
-                    }
+                    tiles!(PackedRows {
+                        data: packed.as_ptr(),
+                        depth: h,
+                    });
+                } else {
+                    // The state rows in place: packing them (one element at
+                    // a time) cost more than the tiles' broadcasts gain from
+                    // reading one stream instead of MR.
+                    tiles!(Rows(move |r| cur.add(r * hp)));
                 }
             }
             if self.projects() {

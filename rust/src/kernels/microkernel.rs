@@ -211,7 +211,10 @@ pub fn l1_depth_of<S: Simd, W>() -> usize {
 }
 
 /// Where the step kernels read the rows of A: each row where the caller keeps
-/// it ([`Rows`]), or all of them packed once per step ([`PackedRows`]).
+/// it ([`Rows`]: the products of the time loops, since [`pack_rows`] copies
+/// one element at a time and cost more than one broadcast stream gains), or
+/// all of them packed once per step ([`PackedRows`]: rows that recurrent
+/// dropout scales, or a projection's m).
 pub trait RowSource<E>: Copy {
     /// Element k0 of row r0 + i, in the group of `group` rows starting at r0,
     /// and the distance between consecutive k of that row.
