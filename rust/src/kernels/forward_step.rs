@@ -453,8 +453,9 @@ impl<E: Float, const VARIANT: bool, W> ForwardChunk<'_, E, VARIANT, W> {
 pub struct ForwardScratch<E> {
     projection: Projection<E>,
     products: Vec<VectorRoom>,
-    /// The running slots' h (P wide), packed once per step for the tiles
-    /// (`pack_rows`); with a projection also their m (H wide) for its product.
+    /// A copy of the running slots' h (P wide) where recurrent dropout scales
+    /// it (`pack_rows`; otherwise the tiles read h in place); with a
+    /// projection also their m (H wide) for its product.
     packed: Vec<E>,
 }
 

@@ -12,14 +12,19 @@
 //! waits ended asleep, so the calls fell back to one thread), 2.49 ms bound.
 //!
 //! So when the pool has one worker per CPU the process may use (its affinity
-//! mask when the pool is built), worker i is bound to the i-th of those CPUs
-//! while it runs a member of such a team, as OpenMP's `OMP_PROC_BIND` binds
-//! its threads. A team led by the calling thread (`split::run_team_here`)
-//! cannot be bound this way: the caller is the user's thread, free to run
-//! anywhere, and a bound worker on the caller's core made every step wait
-//! (`LSTM.step` at H = 512: 89 µs median unbound, 109–125 bound). Its worker
-//! is unbound again. A worker changes its binding only when it goes from one
-//! kind of team to the other, so calls of one kind make no system call.
+//! mask when the pool is built) and a team takes every worker, worker i is
+//! bound to the i-th of those CPUs as it joins, as OpenMP's `OMP_PROC_BIND`
+//! binds its threads, and stays bound (through later calls' other work)
+//! until it joins a team that is not bound. A smaller team is not bound: it
+//! would always sit on the first CPUs, in every process that runs one. A
+//! team led by the calling thread (`split::run_team_here`) is not bound
+//! either: the caller is the user's thread, free to run anywhere, and a bound
+//! worker on the caller's core made every step wait (`LSTM.step` at H = 512:
+//! 89 µs median unbound, 109–125 bound). A worker changes its binding only
+//! when it goes from one kind of team to the other, so calls of one kind
+//! make no system call. The mask given back on unbinding is the one read
+//! when the pool was built: a later change of the threads' affinity by hand
+//! (`taskset -p` on them) is not followed.
 //!
 //! `LSTM_FAST_BIND=0` turns the binding off (for measurements; the same bits
 //! either way). Only Linux binds; elsewhere this does nothing.
@@ -141,8 +146,7 @@ mod sys {
 
 #[cfg(test)]
 mod tests {
-    use super::{binding_on, cores_for, hold_own_core, start_worker, sys};
-    use std::sync::Arc;
+    use super::{binding_on, cores_for, sys};
 
     #[test]
     fn a_pool_binds_only_when_it_has_one_worker_per_cpu() {
@@ -162,11 +166,23 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn members_bind_to_their_own_cpu_and_unbind_again() {
+        use super::{hold_own_core, start_worker};
+        use std::sync::Arc;
+
         let allowed = sys::allowed_cpus().expect("the affinity of a Linux thread");
         // Not a worker: nothing changes.
         hold_own_core(true);
         assert_eq!(sys::allowed_cpus().as_ref(), Some(&allowed));
-        if allowed.len() < 2 {
+        // A sandbox may refuse binding (seccomp, gVisor): then nothing here
+        // can bind, which `hold_own_core` tolerates.
+        let first = allowed[0];
+        let binds = std::thread::spawn(move || {
+            sys::run_on(&[first]);
+            sys::allowed_cpus() == Some(vec![first])
+        })
+        .join()
+        .unwrap();
+        if allowed.len() < 2 || !binds {
             return;
         }
         let cores: Arc<[usize]> = allowed.clone().into();

@@ -273,8 +273,8 @@ impl<T> PerMember<T> {
 /// [`members`], each with its element of `scratch` (one per member): for
 /// `Split::Hidden(n)`, n members of the one chunk at once, each with its range
 /// of `0..tiles`, meeting at a barrier; for `Split::Batch`, every chunk with
-/// all tiles, in parallel. A team's members are bound each to a core of its
-/// own where the pool binds (`placement.rs`).
+/// all tiles, in parallel. A team of every worker of a binding pool has each
+/// member bound to a core of its own (`placement.rs`).
 pub fn run_split<T: Send>(
     split: Split,
     chunks: usize,
@@ -298,7 +298,10 @@ pub fn run_split<T: Send>(
             // least n threads, so all n members run at once.
             rayon::broadcast(|ctx| {
                 if ctx.index() < n {
-                    placement::hold_own_core(true);
+                    // Bound only when the team is the whole pool: a smaller
+                    // one would always sit on the first n CPUs, in every
+                    // process that runs one.
+                    placement::hold_own_core(n == ctx.num_threads());
                     // SAFETY: index < n = scratch.len() (asserted above), the
                     // slice is borrowed until the broadcast returns, and the
                     // broadcast runs this once per thread index.
