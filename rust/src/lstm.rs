@@ -192,7 +192,7 @@ pub(crate) fn forward_on<E: Float>(
             split::members(split, chunks.len(), tiles).map(|(chunk, tile_range)| {
                 let (rows, lens) = &chunks[chunk];
                 let units = tile_range.start * lanes..tile_range.end * lanes;
-                ForwardScratch::new(geo, &Slots { rows, lens }, input, units, lanes)
+                ForwardScratch::new(geo, &Slots { rows, lens }, input, units, lanes, bf16_dot)
             }),
             "the members' scratch",
         )?;

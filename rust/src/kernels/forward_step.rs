@@ -461,19 +461,22 @@ pub struct ForwardScratch<E> {
 
 impl<E: Float> ForwardScratch<E> {
     /// For a member computing hidden units `units` (`lanes` per tile) of the
-    /// chunk `slots`, over the steps of `geo`, with `input` inputs.
+    /// chunk `slots`, over the steps of `geo`, with `input` inputs; `bf16_dot`:
+    /// whether the projection runs on the BF16 dot products (which read a copy
+    /// of the input rows).
     pub fn new(
         geo: Geometry,
         slots: &Slots<'_>,
         input: usize,
         units: Range<usize>,
         lanes: usize,
+        bf16_dot: bool,
     ) -> Result<Self> {
         // Steps per block: about PROJECTION_ROWS (step, slot) pairs.
         let block = (PROJECTION_ROWS / slots.rows.len().max(1)).clamp(1, geo.steps.max(1));
         let running = slots.active(0);
         Ok(ForwardScratch {
-            projection: Projection::new(block, running, input, units, lanes)?,
+            projection: Projection::new(block, running, input, units, lanes, bf16_dot)?,
             products: accumulator_room::<E>(running, lanes, "the tile accumulators of a chunk")?,
             packed: alloc::zeroed(
                 &[running, geo.state.max(geo.hidden)],
@@ -514,15 +517,17 @@ impl<E: Float> Projection<E> {
         input: usize,
         units: Range<usize>,
         lanes: usize,
+        bf16_dot: bool,
     ) -> Result<Self> {
         let n = units.len();
+        let copied = if bf16_dot { input } else { 0 };
         Ok(Projection {
             data: accumulator_room::<E>(
                 steps.saturating_mul(slots).saturating_mul(n / lanes.max(1)),
                 lanes,
                 "the input projection of a block",
             )?,
-            rows: alloc::zeroed(&[steps, slots, input], "the input rows of a block")?,
+            rows: alloc::zeroed(&[steps, slots, copied], "the input rows of a block")?,
             sources: alloc::zeroed(&[steps, slots], "the input rows of a block")?,
             s0: 0,
             steps,
