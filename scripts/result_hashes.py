@@ -5,10 +5,10 @@ which should not move a bit (a reorganisation, a renaming) moved none.
     python scripts/result_hashes.py > after.txt      # on the new build
     diff before.txt after.txt                        # must be empty
 
-Each line is one case (every option of the functional API, the cell API and the
-layer, both dtypes, every SIMD path this CPU runs) and the SHA-256 of every
-array it returns (outputs, cache views and gradients), as raw bytes. The last
-line hashes all the lines.
+Each line is one case (every option of the functional API, its variants and
+regularisation, the cell API and the layer, both dtypes, every SIMD path this
+CPU runs) and the SHA-256 of every array it returns (outputs, cache views and
+gradients), as raw bytes. The last line hashes all the lines.
 ``--module NAME`` imports the package under another name (a copy of an old
 build, for example).
 Run it under ``LSTM_FAST_SPLIT=batch`` and ``=hidden`` and with
@@ -97,6 +97,56 @@ def functional_cases(lf: Any, dtype: Any) -> list[tuple[str, str]]:
     return out
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "zoneout": {"zoneout": 0.3, "seed": 5},
+    "zoneout h": {"zoneout": (0.4, 0.0), "seed": 6},
+    "zoneout c": {"zoneout": (0.0, 0.4), "seed": 7},
+    "zoneout inference": {"zoneout": (0.2, 0.3), "training": False},
+    "recurrent dropout": {"recurrent_dropout": 0.3, "seed": 8},
+    "weight drop": {"weight_drop": 0.3, "seed": 9},
+    "zoneout + recurrent dropout": {"zoneout": 0.2, "recurrent_dropout": 0.2, "seed": 10},
+    "peepholes + zoneout": {"peepholes": True, "zoneout": 0.2, "seed": 11},
+    "clip": {"clip": 0.3},
+    "input forget": {"input_forget": True},
+    "activations": {"activations": ("hardsigmoid", "softsign", "tanh")},
+    "layer norm": {"layer_norm": True},
+    "layer norm + zoneout": {"layer_norm": True, "zoneout": 0.2, "seed": 12},
+    "projection": {"w_hr": True},
+    "projection + zoneout": {"w_hr": True, "zoneout": 0.2, "seed": 13},
+}
+
+
+def variant_cases(lf: Any, dtype: Any) -> list[tuple[str, str]]:
+    """The variants and the regularisation, forward with and without a cache
+    and backward, at batch 1 (its wide gate math), at several rows (the staged
+    gate math) and with lengths."""
+    out = []
+    shapes = [(6, 1, 5, 40), (5, 7, 6, 21), (4, 20, 8, 33)]
+    for n, (shape, (name, options)) in enumerate(itertools.product(shapes, VARIANTS.items())):
+        t, b, i, h = shape
+        rng = np.random.default_rng(300 + n)
+        p = _problem(rng, t, b, i, h, dtype)
+        kw = dict(options)
+        w_hh, dy, h0 = p["w_hh"], p["dy"], p["h0"]
+        if kw.get("peepholes") is True:
+            kw["peepholes"] = rng.uniform(-0.5, 0.5, 3 * h).astype(dtype)
+        if kw.get("w_hr") is True:
+            q = h // 2 + 1
+            kw["w_hr"] = rng.uniform(-0.5, 0.5, (q, h)).astype(dtype)
+            w_hh, dy, h0 = w_hh[:, :q].copy(), dy[..., :q].copy(), h0[:, :q].copy()
+        lengths = rng.integers(0, t + 1, b) if n % 2 and b > 1 else None
+        args = (p["x"], p["w_ih"], w_hh, p["b_ih"], p["b_hh"], h0, p["c0"])
+        arrays = []
+        if kw.get("training", True):
+            fwd = lf.forward(*args, lengths=lengths, **kw)
+            grads = lf.backward(fwd.cache, dy, None, p["dc_n"])
+            arrays += [fwd.y, fwd.h_n, fwd.c_n, *grads]
+        lean = lf.forward(*args, lengths=lengths, need_cache=False, **kw)
+        arrays += [lean.y, lean.h_n, lean.c_n]
+        out.append((f"variant {name} {shape} len={lengths is not None}", _digest(arrays)))
+    return out
+
+
 def layer_cases(lf: Any, dtype: Any) -> list[tuple[str, str]]:
     out = []
     configs = [
@@ -136,7 +186,8 @@ def main() -> int:
         lf._set_isa(isa)
         for dtype in (np.float32, np.float64):
             tag = f"{isa} {np.dtype(dtype).name}"
-            for name, digest in functional_cases(lf, dtype) + layer_cases(lf, dtype):
+            cases = functional_cases(lf, dtype) + variant_cases(lf, dtype) + layer_cases(lf, dtype)
+            for name, digest in cases:
                 lines.append(f"{tag} | {name} | {digest}")
     for line in lines:
         print(line)

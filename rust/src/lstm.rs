@@ -165,7 +165,7 @@ pub(crate) fn forward_on<E: Float>(
         };
         // The gate math, chosen once per call: the plain LSTM's own kernel or
         // the general one (`variant.rs`).
-        let plain = variant.is_plain();
+        let plain = variant.plain_gates();
 
         // Per chunk: its state (h twice, c, m with a projection), h0/c0
         // copied in.
@@ -376,7 +376,7 @@ pub(crate) fn backward_pass<E: Float>(
             recurrent_keep: recurrent_keep.as_deref(),
             ..seq.variant
         };
-        let plain = variant.is_plain();
+        let plain = variant.plain_gates();
         let pre = match cache.pre {
             Some(p) if variant.caches_pre() => p,
             _ => &[],

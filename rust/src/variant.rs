@@ -320,8 +320,16 @@ impl<E> Default for Variant<'_, E> {
 }
 
 impl<E: SimdElement> Variant<'_, E> {
-    /// Whether this is the plain LSTM (the kernels' fast path).
+    /// Whether this is the plain LSTM: its gate math, and no zoneout.
     pub fn is_plain(&self) -> bool {
+        self.plain_gates() && !self.zoneout_h.is_on() && !self.zoneout_c.is_on()
+    }
+
+    /// Whether the gate math is the plain LSTM's (the time loops' fast body):
+    /// no peepholes, projection, clip, coupled or absent forget gate, and the
+    /// default activations. Zoneout and recurrent dropout are masks applied
+    /// around that math, which the fast body applies too.
+    pub fn plain_gates(&self) -> bool {
         self.peepholes.is_none()
             && self.w_hr.is_none()
             && self.clip.is_none()
@@ -330,8 +338,6 @@ impl<E: SimdElement> Variant<'_, E> {
             && self.f == Activation::Sigmoid
             && self.g == Activation::Tanh
             && self.h == Activation::Tanh
-            && !self.zoneout_h.is_on()
-            && !self.zoneout_c.is_on()
     }
 
     /// Whether backward needs the pre-activations z in the cache (see the

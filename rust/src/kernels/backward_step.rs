@@ -56,10 +56,10 @@ pub struct BackwardState<E> {
 /// One member's share of a chunk's backward recurrence.
 ///
 /// Two compile-time choices, made once per call: `VARIANT`, the plain LSTM's
-/// derivatives (false) or the general ones that read `variant`; `FLOW`,
-/// whether each tile also writes the sums of squares of dL/dh_t and dL/dc_t
-/// over its units into `flow` (the gradient-flow norms; without it the loop
-/// has no trace of them).
+/// derivatives (false) or the general ones that read `variant` (zoneout, a
+/// mask around either, both apply); `FLOW`, whether each tile also writes the
+/// sums of squares of dL/dh_t and dL/dc_t over its units into `flow` (the
+/// gradient-flow norms; without it the loop has no trace of them).
 pub struct BackwardChunk<'a, E, const VARIANT: bool, const FLOW: bool> {
     pub geo: Geometry,
     pub slots: Slots<'a>,
@@ -257,7 +257,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                 // Zoneout of h without a projection (with one, `run_projected`
                 // splits dh_t): what step t + 1 passed to h_t directly, then
                 // the split of the whole dL/dh_t.
-                let zone_h = VARIANT && !self.projects() && self.variant.zoneout_h.is_on();
+                let zone_h = !self.projects() && self.variant.zoneout_h.is_on();
                 let carry = self.state.dh_carry.0.wrapping_add(slot * hp + u);
                 if zone_h {
                     dh = dh.add(S::load(carry));
@@ -289,7 +289,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                 // The cell the step computed: with zoneout of c the candidate
                 // c̃_t, rebuilt with the forward's own operation (the same
                 // bits); else the cached c_t.
-                let c = if VARIANT && self.variant.zoneout_c.is_on() {
+                let c = if self.variant.zoneout_c.is_on() {
                     candidate(ig, fg, gg, c_prev)
                 } else {
                     S::load(self.cells.as_ptr().add(row * hp + u))
@@ -300,13 +300,23 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> BackwardChunk<'_, E, VARIA
                     self.variant_derivatives(dh, gates, c, c_prev, dc_ptr, row, u)
                 } else {
                     let tc = simd::tanh(c);
+                    // Zoneout of c: what came back to c_t splits into the
+                    // share of c_{t−1} and that of the candidate c̃_t.
+                    let zone_c = self.variant.zoneout_c;
+                    let (dc_kept, dc_next) = zone_c.split(row, hp, u, S::load(dc_ptr));
                     // dc = dc_next + dh·o·(1 − tanh²c)
-                    let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(S::load(dc_ptr));
+                    let dc = dh.mul(og).mul(one.sub(tc.mul(tc))).add(dc_next);
                     let da_o = dh.mul(tc).mul(og).mul(one.sub(og));
                     let da_i = dc.mul(gg).mul(ig).mul(one.sub(ig));
                     let da_g = dc.mul(ig).mul(one.sub(gg.mul(gg)));
                     let da_f = dc.mul(c_prev).mul(fg).mul(one.sub(fg));
-                    dc.mul(fg).store(dc_ptr);
+                    let dc_prev = dc.mul(fg);
+                    let dc_prev = if zone_c.is_on() {
+                        dc_prev.add(dc_kept)
+                    } else {
+                        dc_prev
+                    };
+                    dc_prev.store(dc_ptr);
                     (da_i, da_f, da_g, da_o, dc)
                 };
                 // Padded units carry no weight, but their gates see 0·inf = NaN
@@ -558,7 +568,7 @@ impl<E: Float, const VARIANT: bool, const FLOW: bool> Kernel<E>
                     let acc = self.drop_recurrent(b, u0, acc);
                     for (v, acc_v) in acc.into_iter().enumerate() {
                         let u = u0 + v * w;
-                        let acc_v = if VARIANT && self.variant.zoneout_h.is_on() && u < hp {
+                        let acc_v = if self.variant.zoneout_h.is_on() && u < hp {
                             // Zoneout: step 0's share of h0.
                             acc_v.add(S::load(self.state.dh_carry.0.add(slot * hp + u)))
                         } else {
