@@ -643,11 +643,13 @@ def contiguous(name: str, array: np.ndarray, dtype: np.dtype, *, own: bool) -> n
         return array  # the common case, without np.require's cost
     _check_buffer(name, array.shape, dtype)
     try:
-        if ready:
-            return array.copy()
-        out = np.require(array, dtype=dtype, requirements=["C", "A"])
-        if own and np.may_share_memory(out, array):
-            out = out.copy()
+        if not ready:
+            out = np.require(array, dtype=dtype, requirements=["C", "A"])
+            if not (own and np.may_share_memory(out, array)):
+                return out
+        # A private copy, a large one into memory kept for reuse (`empty`).
+        out = _memory.empty(array.shape, dtype)
+        np.copyto(out, array)
         return out
     except MemoryError:
         raise _memory_error(name, array.shape, dtype) from None

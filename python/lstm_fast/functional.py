@@ -53,6 +53,7 @@ from ._checks import (
 from ._checks import (
     layer_norm_eps as checked_eps,
 )
+from ._snapshots import snapshots
 from ._types import (
     Cell,
     CellGradients,
@@ -202,11 +203,15 @@ class _Args:
             self.w_hr = prepared._w_hr
             self.has_b_ih, self.has_b_hh = prepared._has_bias
         else:
-            self.w_ih = contiguous("w_ih", arrays["w_ih"], dt, own=own)
-            self.w_hh = contiguous("w_hh", arrays["w_hh"], dt, own=own)
-            self.w_hr = (
-                contiguous("w_hr", arrays["w_hr"], dt, own=own) if "w_hr" in arrays else None
-            )
+            given: dict[str, Any] = {k: arrays[k] for k in ("w_ih", "w_hh", "w_hr") if k in arrays}
+            # A cache keeps snapshots of the weights, shared by the passes
+            # that find them unchanged (`_snapshots.py`).
+            if own:
+                weights = snapshots(given, dt)
+            else:
+                weights = {k: contiguous(k, v, dt, own=False) for k, v in given.items()}
+            self.w_ih, self.w_hh = weights["w_ih"], weights["w_hh"]
+            self.w_hr = weights.get("w_hr")
             self.has_b_ih, self.has_b_hh = "b_ih" in arrays, "b_hh" in arrays
             self.bias = _bias_sum([arrays[k] for k in ("b_ih", "b_hh") if k in arrays], dt)
         h0n, c0n = names.get("h0", "h0"), names.get("c0", "c0")
