@@ -6,6 +6,7 @@ in place between the passes."""
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 import lstm_fast as lf
 import numpy as np
@@ -41,14 +42,9 @@ def _kept(cache: lf.CellCache | lf.Cache, name: str) -> np.ndarray:
     return getattr(seq._args, name)
 
 
-def test_weights_above_the_threshold():
-    w = _weights()
-    assert w["w_hh"].nbytes >= _snapshots.MIN_BYTES
-    assert w["w_ih"].nbytes >= _snapshots.MIN_BYTES
-
-
 def test_cell_steps_share_one_copy_while_the_weights_are_unchanged():
     w = _weights()
+    assert min(w["w_ih"].nbytes, w["w_hh"].nbytes) >= _snapshots.MIN_BYTES
     x, _, _ = _steps()
     h = c = np.zeros((B, H), np.float32)
     caches = []
@@ -134,19 +130,113 @@ def test_weights_to_convert_are_copied_each_time():
     assert_same_bits(_kept(b.cache, "w_ih"), w["w_ih"], "w_ih")
 
 
-def test_the_registry_forgets_dead_and_old_sources():
+def test_the_registry_forgets_dead_sources_and_the_least_recently_used():
     x, _, _ = _steps()
-    for seed in range(_snapshots.MAX_SNAPSHOTS + 5):
-        w = _weights(seed)
+    live = [_weights(seed) for seed in range(_snapshots.MAX_SNAPSHOTS // 2 + 3)]
+    for w in live:  # two sources each: more than the registry holds
         lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"])
-        assert len(_snapshots._registry) <= _snapshots.MAX_SNAPSHOTS
-    w = _weights(99)
-    lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"])
-    assert id(w["w_hh"]) in _snapshots._registry
-    key = id(w["w_hh"])
-    del w
+    assert len(_snapshots._registry) == _snapshots.MAX_SNAPSHOTS
+    assert id(live[0]["w_ih"]) not in _snapshots._registry  # the oldest went first
+    assert id(live[-1]["w_hh"]) in _snapshots._registry
+    # A use makes a source the most recent: the next ones evict others.
+    lf.forward(x, live[2]["w_ih"], live[2]["w_hh"], live[2]["b_ih"])
+    for seed in (90, 91):
+        w = _weights(seed)
+        live.append(w)
+        lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"])
+    assert id(live[2]["w_hh"]) in _snapshots._registry
+    # A source that dies takes its entry with it.
+    key = id(live[-1]["w_hh"])
+    assert key in _snapshots._registry
+    del live[-1], w
     gc.collect()
     assert key not in _snapshots._registry
+
+
+def test_one_array_as_both_weights_and_a_projection():
+    """The same array object given twice, and w_hr, each get a correct copy."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((T, B, H)).astype(np.float32)
+    w = rng.uniform(-0.3, 0.3, (4 * H, H)).astype(np.float32)
+    first = lf.forward(x, w, w)
+    w *= np.float32(0.5)
+    second = lf.forward(x, w, w)
+    for cache, want in ((first.cache, w * 2), (second.cache, w)):
+        assert_same_bits(_kept(cache, "w_ih"), want, "w_ih")
+        assert_same_bits(_kept(cache, "w_hh"), want, "w_hh")
+    p = H // 2
+    w_hr = rng.uniform(-0.3, 0.3, (p, H)).astype(np.float32)
+    w_hh = rng.uniform(-0.3, 0.3, (4 * H, p)).astype(np.float32)
+    w_ih = rng.uniform(-0.3, 0.3, (4 * H, H)).astype(np.float32)
+    dy = np.ones((T, B, p), np.float32)
+    out = lf.forward(x, w_ih, w_hh, w_hr=w_hr)
+    old = w_hr.copy()
+    w_hr += np.float32(0.25)
+    want = lf.backward(lf.forward(x, w_ih.copy(), w_hh.copy(), w_hr=old).cache, dy)
+    got = lf.backward(out.cache, dy)
+    for name in want._fields:
+        assert_same_bits(getattr(got, name), getattr(want, name), name)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"weight_drop": 0.3, "seed": 3}, {"checkpoint": 2}, {"layer_norm": True}],
+    ids=["weight_drop", "checkpoint", "layer_norm"],
+)
+def test_variant_caches_keep_the_weights_of_their_forward(options):
+    """Caches of the other passes (weight drop's W_hh * M, recompute's
+    segments, the LayerNorm LSTM) after an in-place update of the weights."""
+    w = _weights()
+    x, _, _ = _steps()
+    dy = np.ones((T, B, H), np.float32)
+    first = lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"], **options)
+    old = {k: v.copy() for k, v in w.items()}
+    w["w_hh"] += np.float32(0.1)
+    w["w_ih"] *= np.float32(0.9)
+    second = lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"], **options)
+    for cache, u in ((first.cache, old), (second.cache, w)):
+        ref = lf.forward(x, u["w_ih"].copy(), u["w_hh"].copy(), u["b_ih"], **options)
+        want, got = lf.backward(ref.cache, dy), lf.backward(cache, dy)
+        for name in want._fields:
+            assert_same_bits(getattr(got, name), getattr(want, name), name)
+
+
+def test_threads_sharing_weights_updated_between_passes():
+    """Threads that run passes on the same arrays, one of them updating the
+    weights in place between its passes (under a lock, as a trainer would):
+    every cache's backward is the one of the weights its forward saw."""
+    import threading
+
+    w = _weights()
+    x, _, _ = _steps()
+    dy = np.ones((T, B, H), np.float32)
+    update = threading.Lock()
+    results: list[tuple[dict[str, np.ndarray], Any]] = []
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for i in range(8):
+                with update:
+                    seen = {name: v.copy() for name, v in w.items()}
+                    out = lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"])
+                    if k == 0 and i % 2:
+                        w["w_hh"] *= np.float32(0.99)
+                results.append((seen, lf.backward(out.cache, dy)))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for seen, got in results:
+        ref = lf.forward(x, seen["w_ih"], seen["w_hh"], seen["b_ih"])
+        want = lf.backward(ref.cache, dy)
+        for name in want._fields:
+            assert_same_bits(getattr(got, name), getattr(want, name), name)
 
 
 def test_a_long_run_of_steps_keeps_few_views():

@@ -14,13 +14,21 @@ snapshot after proving the bits unchanged (``_core.same_bits``, the proof a
 layer makes of its parameters); when no cache holds it any longer, the pass
 copies the bits into its memory. The snapshots of the steps of one sequence run
 through ``cell_forward`` are then one copy, not one per step, and a pass after
-another's cache is gone copies into memory the process already has. Caches get
-read-only views of a snapshot; the registry holds the snapshot while its source
-array lives (at most ``MAX_SNAPSHOTS`` sources, the oldest forgotten first).
+another's cache is gone copies into memory the process already has.
+
+Caches get read-only views of a snapshot, and a snapshot is rewritten only while
+none of the views it handed out lives: so a cache holds the view it was given
+itself (the package never keeps a view derived from it, which NumPy would base
+on the snapshot's memory, not on the tracked view). The registry holds a
+snapshot while its source array lives, for at most ``MAX_SNAPSHOTS`` sources
+(the least recently used forgotten first). One lock serialises the registry,
+the proofs and the copies, so that two threads passing the same array see one
+snapshot change at a time.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -36,14 +44,15 @@ MIN_BYTES = 64 * 1024
 #: Source arrays remembered at once (each entry holds one snapshot).
 MAX_SNAPSHOTS = 16
 
-# id(source) -> its entry; insertion order is age (oldest first).
+# id(source) -> its entry; order is use (least recent first). Changed under
+# `_lock`, except by `_forget`, which only removes its own entry.
 _registry: dict[int, _Entry] = {}
+_lock = threading.Lock()
 
 
 class _Entry:
-    """One source array's snapshot, and the views of it handed out (a cache
-    holds a view, never the snapshot itself: while one lives, the snapshot's
-    bits must not change)."""
+    """One source array's snapshot, and weak references to the views of it
+    handed out: while one lives, the snapshot's bits must not change."""
 
     __slots__ = ("source", "kept", "views", "pruned")
 
@@ -85,56 +94,65 @@ def snapshots(arrays: Mapping[str, Any], dtype: np.dtype) -> dict[str, np.ndarra
     copy; when none does, the bits copied into the snapshot's memory (a copy
     costs about what the proof does; the memory is already the process's)."""
     out: dict[str, np.ndarray] = {}
-    held: list[tuple[str, np.ndarray, _Entry]] = []
+    reusable: dict[str, np.ndarray] = {}
     for name, array in arrays.items():
-        reusable = (
+        if (
             type(array) is np.ndarray
             and array.dtype == dtype
             and array.flags.c_contiguous
             and array.flags.aligned
             and array.nbytes >= MIN_BYTES
-        )
-        if not reusable:
+        ):
+            reusable[name] = array
+        else:
             out[name] = _copy(name, array, dtype)
-            continue
-        entry = _registry.get(id(array))
+    if reusable:
+        with _lock:
+            out.update(_from_registry(reusable, dtype))
+    return out
+
+
+def _from_registry(arrays: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, np.ndarray]:
+    """:func:`snapshots` of arrays it may remember (under the lock)."""
+    out: dict[str, np.ndarray] = {}
+    held: list[tuple[str, np.ndarray, _Entry]] = []
+    for name, array in arrays.items():
+        entry = _registry.pop(id(array), None)
         if entry is None or not entry.made_of(array):
-            out[name] = _remember(array, _copy(name, array, dtype)).view()
+            entry = _Entry(weakref.ref(array, _forget), _copy(name, array, dtype))
         elif entry.held():
             held.append((name, array, entry))
         else:
             entry.kept.flags.writeable = True
             np.copyto(entry.kept, array)
             entry.kept.flags.writeable = False
-            out[name] = entry.view()
+        _registry[id(array)] = entry  # the most recently used
     # The common case, one proof for all: every held snapshot unchanged.
-    if held and _core.same_bits([a for _, a, _ in held], [e.kept for _, _, e in held]):
-        out.update((name, entry.view()) for name, _, entry in held)
-        return out
-    for name, array, entry in held:
-        if not _core.same_bits([array], [entry.kept]):
-            # A cache holds the old bits: a new snapshot.
-            entry = _remember(array, _copy(name, array, dtype))
-        out[name] = entry.view()
+    if held and not _core.same_bits([a for _, a, _ in held], [e.kept for _, _, e in held]):
+        for k, (name, array, entry) in enumerate(held):
+            if not _core.same_bits([array], [entry.kept]):
+                # A cache holds the old bits: a new snapshot.
+                entry = _Entry(weakref.ref(array, _forget), _copy(name, array, dtype))
+                _registry[id(array)] = entry
+                held[k] = (name, array, entry)
+    for name, array in arrays.items():
+        out.setdefault(name, _registry[id(array)].view())
+    while len(_registry) > MAX_SNAPSHOTS:
+        _registry.pop(next(iter(_registry)), None)
     return out
+
+
+def _forget(ref: weakref.ref[np.ndarray]) -> None:
+    """Drops the entry of a source array that died (called by the weak
+    reference, at any point in any thread: it takes no lock, and removes the
+    entry only while it is still the one made for that array)."""
+    for key, entry in list(_registry.items()):
+        if entry.source is ref:
+            _registry.pop(key, None)
+            return
 
 
 def _copy(name: str, array: Any, dtype: np.dtype) -> np.ndarray:
     out = contiguous(name, array, dtype, own=True)
     out.flags.writeable = False
     return out
-
-
-def _remember(array: np.ndarray, kept: np.ndarray) -> _Entry:
-    key = id(array)
-
-    def forget(ref: weakref.ref[np.ndarray], key: int = key) -> None:
-        entry = _registry.get(key)
-        if entry is not None and entry.source is ref:
-            del _registry[key]
-
-    _registry.pop(key, None)
-    entry = _registry[key] = _Entry(weakref.ref(array, forget), kept)
-    while len(_registry) > MAX_SNAPSHOTS:
-        del _registry[next(iter(_registry))]
-    return entry
