@@ -274,7 +274,8 @@ impl<T> PerMember<T> {
 /// `Split::Hidden(n)`, n members of the one chunk at once, each with its range
 /// of `0..tiles`, meeting at a barrier; for `Split::Batch`, every chunk with
 /// all tiles, in parallel. A team of every worker of a binding pool has each
-/// member bound to a core of its own (`placement.rs`).
+/// member bound to a core of its own (`placement.rs`), and so do the workers
+/// of a batch split into as many chunks as the pool has workers.
 pub fn run_split<T: Send>(
     split: Split,
     chunks: usize,
@@ -314,10 +315,16 @@ pub fn run_split<T: Send>(
             team_finished(&barrier);
         }
         Split::Batch if chunks == 1 => member(0, 0..tiles, &mut scratch[0], None),
-        Split::Batch => scratch
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(chunk, own)| member(chunk, 0..tiles, own, None)),
+        Split::Batch => {
+            // As many chunks as workers: bound as a team of every worker is,
+            // for the same reason (after a pause both ran on one core, each
+            // call at one thread's speed, for some ten calls).
+            let whole = chunks == rayon::current_num_threads();
+            scratch.par_iter_mut().enumerate().for_each(|(chunk, own)| {
+                placement::hold_own_core(whole);
+                member(chunk, 0..tiles, own, None)
+            })
+        }
     }
 }
 
@@ -373,4 +380,37 @@ pub fn run_team_here<T: Send>(
         });
     });
     team_finished(&barrier);
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::{run_split, Split};
+    use crate::parallel::placement::test_support::{binding_pool, cpus};
+
+    /// A batch split into as many chunks as workers binds each worker that
+    /// runs a chunk to its own CPU; one of another number of chunks frees
+    /// them.
+    #[test]
+    fn a_batch_split_of_every_worker_binds_them() {
+        let Some((pool, cores)) = binding_pool() else {
+            return;
+        };
+        let allowed = cpus();
+        let seen = |chunks: usize| {
+            let mut places = vec![None; chunks];
+            pool.install(|| {
+                run_split(Split::Batch, chunks, 1, &mut places, &|_, _, own, _| {
+                    let index = rayon::current_thread_index().expect("a worker");
+                    *own = Some((index, cpus()));
+                })
+            });
+            places.into_iter().map(|p| p.expect("every chunk ran"))
+        };
+        for (index, got) in seen(cores.len()) {
+            assert_eq!(got.as_deref(), Some(&[cores[index]][..]), "worker {index}");
+        }
+        for (index, got) in seen(cores.len() + 1) {
+            assert_eq!(got, allowed, "worker {index}");
+        }
+    }
 }
