@@ -6,6 +6,8 @@ in place between the passes."""
 from __future__ import annotations
 
 import gc
+import os
+import signal
 from typing import Any
 
 import lstm_fast as lf
@@ -252,3 +254,23 @@ def test_a_long_run_of_steps_keeps_few_views():
     entry = _snapshots._registry[id(w["w_hh"])]
     assert len(entry.views) <= 2 * 3 + 16 + 1
     assert np.shares_memory(_kept(window[0], "w_hh"), _kept(window[-1], "w_hh"))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_child_forked_while_the_lock_is_held_can_keep_a_cache():
+    """fork() while another thread holds the registry's lock: the child's
+    passes do not wait for a lock no thread of it will release."""
+    w = _weights()
+    x, _, _ = _steps()
+    with _snapshots._lock:  # as another thread would, inside a pass
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.alarm(20)  # a hang ends the child, seen as a failure
+                out = lf.forward(x, w["w_ih"], w["w_hh"], w["b_ih"])
+                code = 0 if _kept(out.cache, "w_hh").shape == w["w_hh"].shape else 2
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -23,11 +23,13 @@ on the snapshot's memory, not on the tracked view). The registry holds a
 snapshot while its source array lives, for at most ``MAX_SNAPSHOTS`` sources
 (the least recently used forgotten first). One lock serialises the registry,
 the proofs and the copies, so that two threads passing the same array see one
-snapshot change at a time.
+snapshot change at a time; a child of ``fork()`` starts with a fresh lock and
+an empty registry.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -48,6 +50,19 @@ MAX_SNAPSHOTS = 16
 # `_lock`, except by `_forget`, which only removes its own entry.
 _registry: dict[int, _Entry] = {}
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fresh lock and registry in a child of fork(): another thread of the
+    parent may have held the lock as it forked, and no thread of the child
+    would ever release it."""
+    global _lock
+    _lock = threading.Lock()
+    _registry.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Entry:
