@@ -152,8 +152,10 @@ def _from_registry(arrays: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, 
                 held[k] = (name, array, entry)
     for name, array in arrays.items():
         out.setdefault(name, _registry[id(array)].view())
-    while len(_registry) > MAX_SNAPSHOTS:
-        _registry.pop(next(iter(_registry)), None)
+    # A copy of the keys: `_forget` may remove entries meanwhile (another
+    # thread, or the garbage collector), which an iterator would not survive.
+    for key in list(_registry)[: max(0, len(_registry) - MAX_SNAPSHOTS)]:
+        _registry.pop(key, None)
     return out
 
 
