@@ -655,6 +655,14 @@ def contiguous(name: str, array: np.ndarray, dtype: np.dtype, *, own: bool) -> n
         raise _memory_error(name, array.shape, dtype) from None
 
 
+def private_copy(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """A private, read-only, C-contiguous copy of ``value`` in ``dtype``: what a
+    cache or prepared weights keep."""
+    out = contiguous(name, value, dtype, own=True)
+    out.flags.writeable = False
+    return out
+
+
 def probability(name: str, value: Any) -> float:
     """A probability of the regularisation, in [0, 1) (docs/variants.md,
     'Regularisation'): NaN, 1 and negative values are a ValueError naming it,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._checks import contiguous
+from ._checks import private_copy
 
 #: Below this many bytes a copy costs less than the proof: always copied.
 MIN_BYTES = 64 * 1024
@@ -120,7 +120,7 @@ def snapshots(arrays: Mapping[str, Any], dtype: np.dtype) -> dict[str, np.ndarra
         ):
             reusable[name] = array
         else:
-            out[name] = _copy(name, array, dtype)
+            out[name] = private_copy(name, array, dtype)
     if reusable:
         with _lock:
             out.update(_from_registry(reusable, dtype))
@@ -129,12 +129,11 @@ def snapshots(arrays: Mapping[str, Any], dtype: np.dtype) -> dict[str, np.ndarra
 
 def _from_registry(arrays: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, np.ndarray]:
     """:func:`snapshots` of arrays it may remember (under the lock)."""
-    out: dict[str, np.ndarray] = {}
     held: list[tuple[str, np.ndarray, _Entry]] = []
     for name, array in arrays.items():
         entry = _registry.pop(id(array), None)
         if entry is None or not entry.made_of(array):
-            entry = _Entry(weakref.ref(array, _forget), _copy(name, array, dtype))
+            entry = _Entry(weakref.ref(array, _forget), private_copy(name, array, dtype))
         elif entry.held():
             held.append((name, array, entry))
         else:
@@ -144,14 +143,12 @@ def _from_registry(arrays: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, 
         _registry[id(array)] = entry  # the most recently used
     # The common case, one proof for all: every held snapshot unchanged.
     if held and not _core.same_bits([a for _, a, _ in held], [e.kept for _, _, e in held]):
-        for k, (name, array, entry) in enumerate(held):
+        for name, array, entry in held:
             if not _core.same_bits([array], [entry.kept]):
                 # A cache holds the old bits: a new snapshot.
-                entry = _Entry(weakref.ref(array, _forget), _copy(name, array, dtype))
+                entry = _Entry(weakref.ref(array, _forget), private_copy(name, array, dtype))
                 _registry[id(array)] = entry
-                held[k] = (name, array, entry)
-    for name, array in arrays.items():
-        out.setdefault(name, _registry[id(array)].view())
+    out = {name: _registry[id(array)].view() for name, array in arrays.items()}
     # A copy of the keys: `_forget` may remove entries meanwhile (another
     # thread, or the garbage collector), which an iterator would not survive.
     for key in list(_registry)[: max(0, len(_registry) - MAX_SNAPSHOTS)]:
@@ -167,9 +164,3 @@ def _forget(ref: weakref.ref[np.ndarray]) -> None:
         if entry.source is ref:
             _registry.pop(key, None)
             return
-
-
-def _copy(name: str, array: Any, dtype: np.dtype) -> np.ndarray:
-    out = contiguous(name, array, dtype, own=True)
-    out.flags.writeable = False
-    return out

@@ -43,6 +43,7 @@ from ._checks import (
     layer_norm_flag,
     pass_arguments,
     positive_int,
+    private_copy,
     projected_arguments,
     projection,
     real_array,
@@ -1109,13 +1110,6 @@ def bfloat16_round(a: Any) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def _private(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
-    """A private, read-only, C-contiguous copy of ``value`` in ``dtype``."""
-    out = contiguous(name, value, dtype, own=True)
-    out.flags.writeable = False
-    return out
-
-
 class PreparedWeights:
     """One layer's weights, copied and packed once for any number of calls.
 
@@ -1197,10 +1191,10 @@ class PreparedWeights:
             self.dtype = np.dtype(np.float32)
         pad = _core.hidden_pad(max(hidden, proj), self.dtype.itemsize)
         check_size("w_hh", (4 * pad, max(hidden, proj)))
-        self._w_ih = _private("w_ih", wih, self.dtype)
-        self._w_hh = _private("w_hh", arrays["w_hh"], self.dtype)
+        self._w_ih = private_copy("w_ih", wih, self.dtype)
+        self._w_hh = private_copy("w_hh", arrays["w_hh"], self.dtype)
         #: The projection (P, H) every call uses, or None.
-        self._w_hr = None if w_hr is None else _private("w_hr", arrays["w_hr"], self.dtype)
+        self._w_hr = None if w_hr is None else private_copy("w_hr", arrays["w_hr"], self.dtype)
         self._has_bias = ("b_ih" in arrays, "b_hh" in arrays)
         bias = _bias_sum([arrays[k] for k in ("b_ih", "b_hh") if k in arrays], self.dtype)
         if bias is not None:
@@ -1211,7 +1205,7 @@ class PreparedWeights:
         self._kept = (
             (self._w_ih, self._w_hh)
             + tuple(
-                _private(k, arrays[k], self.dtype) if k in arrays else None
+                private_copy(k, arrays[k], self.dtype) if k in arrays else None
                 for k in ("b_ih", "b_hh")
             )
             + (self._w_hr,)
@@ -1221,7 +1215,7 @@ class PreparedWeights:
         self._plan: tuple[tuple[Any, ...], Any] | None = None
         #: The peepholes every call uses (docs/variants.md), or None.
         given = arrays.get("peepholes")
-        self._peepholes = None if given is None else _private("peepholes", given, self.dtype)
+        self._peepholes = None if given is None else private_copy("peepholes", given, self.dtype)
 
     @property
     def input_size(self) -> int:
