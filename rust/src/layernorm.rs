@@ -256,59 +256,79 @@ fn time_of<E: Float>(seq: &Sequence<'_, E>, s: usize, b: usize) -> usize {
     }
 }
 
-/// Sums in f64 over 8 interleaved partial sums added in a fixed order: the
-/// same bits on every thread and ISA, and vectorisable.
+/// How many interleaved partial sums a row's f64 sums keep: element i goes
+/// into partial sum i mod `PARTIALS`. Enough independent chains to hide the
+/// adder's latency (four AVX-512 vectors of f64, eight AVX2 ones); with 8,
+/// one vector's chain of dependent adds bounded the normalisations.
+const PARTIALS: usize = 32;
+
+/// Sums in f64 over [`PARTIALS`] interleaved partial sums added in a fixed
+/// order: the same bits on every thread and ISA, and vectorisable.
 #[inline]
 fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let whole = n / 8 * 8;
+    let mut acc = [0.0f64; PARTIALS];
+    let whole = n / PARTIALS * PARTIALS;
     let mut i = 0;
     while i < whole {
         for (k, a) in acc.iter_mut().enumerate() {
             *a += f(i + k);
         }
-        i += 8;
+        i += PARTIALS;
     }
     for (k, a) in acc.iter_mut().enumerate().take(n - whole) {
         *a += f(whole + k);
     }
-    combine(&acc)
+    combine(acc)
 }
 
-/// The 8 partial sums of [`sum_f64`] added in its fixed order.
+/// The partial sums of [`sum_f64`] added in its fixed order: halves added
+/// element by element until one is left (as vectors do it).
 #[inline(always)]
-fn combine(acc: &[f64; 8]) -> f64 {
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+fn combine(mut acc: [f64; PARTIALS]) -> f64 {
+    let mut width = PARTIALS / 2;
+    while width > 0 {
+        for k in 0..width {
+            acc[k] += acc[k + width];
+        }
+        width /= 2;
+    }
+    acc[0]
 }
 
-/// Σ f(v_i) in f64, element i into partial sum i mod 8 as in [`sum_f64`]
-/// (the same bits), over slices so that no bounds check stops the compiler
-/// from vectorising it: inlined into an ISA's kernel, its f64 partial sums
-/// run 4 to a vector (AVX2), with the same bits as on the scalar path (the
-/// same operations in the same order per partial sum).
+/// Σ f(v_i) in f64, element i into partial sum i mod [`PARTIALS`] as in
+/// [`sum_f64`] (the same bits), over slices so that no bounds check stops
+/// the compiler from vectorising it: inlined into an ISA's kernel, its f64
+/// partial sums run a vector at a time, with the same bits as on the scalar
+/// path (the same operations in the same order per partial sum).
 #[inline(always)]
 fn sum_of<E: Float>(v: &[E], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let mut chunks = v.chunks_exact(8);
+    let mut acc = [[0.0f64; 8]; PARTIALS / 8];
+    let mut chunks = v.chunks_exact(PARTIALS);
     for c in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a += f(x.to_f64());
+        for (a, c) in acc.iter_mut().zip(c.chunks_exact(8)) {
+            for (a, &x) in a.iter_mut().zip(c) {
+                *a += f(x.to_f64());
+            }
         }
     }
-    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+    let mut flat = [0.0f64; PARTIALS];
+    for (k, a) in flat.iter_mut().enumerate() {
+        *a = acc[k / 8][k % 8];
+    }
+    for (a, &x) in flat.iter_mut().zip(chunks.remainder()) {
         *a += f(x.to_f64());
     }
-    combine(&acc)
+    combine(flat)
 }
 
 /// (Σ a_i, Σ a_i·b_i) in one pass, each summed as [`sum_of`] sums.
 #[inline(always)]
 fn sum_and_dot<E: Float>(a: &[E], b: &[E]) -> (f64, f64) {
-    let (mut s, mut d) = ([0.0f64; 8], [0.0f64; 8]);
+    let (mut s, mut d) = ([0.0f64; PARTIALS], [0.0f64; PARTIALS]);
     let b = &b[..a.len()];
-    let (mut ca, mut cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (mut ca, mut cb) = (a.chunks_exact(PARTIALS), b.chunks_exact(PARTIALS));
     for (x, y) in (&mut ca).zip(&mut cb) {
-        for k in 0..8 {
+        for k in 0..PARTIALS {
             let xv = x[k].to_f64();
             s[k] += xv;
             d[k] += xv * y[k].to_f64();
@@ -319,7 +339,7 @@ fn sum_and_dot<E: Float>(a: &[E], b: &[E]) -> (f64, f64) {
         s[k] += xv;
         d[k] += xv * y.to_f64();
     }
-    (combine(&s), combine(&d))
+    (combine(s), combine(d))
 }
 
 /// The mean of `v` and r = 1/sqrt(var + eps) (var divided by the width), in
@@ -418,22 +438,38 @@ fn each(n: usize, elements: usize, f: impl Fn(usize) + Sync + Send) {
     }
 }
 
-/// `n` elements from p + u, the rest of the vector zero.
+/// `n` elements from p + u, the rest of the vector zero. `FULL`: the row
+/// widths are whole vectors (H a multiple of LANES), so every load is one
+/// (the row kernels are compiled for both: the test of each load for a
+/// partial vector, and its copy through the stack, kept the loops' values in
+/// memory).
 ///
 /// # Safety
-/// `p + u` readable for `min(n − u, LANES)` elements.
+/// `p + u` readable for `min(n − u, LANES)` elements (LANES with `FULL`).
 #[inline(always)]
-unsafe fn ld<S: Simd>(p: *const S::E, u: usize, n: usize) -> S {
+unsafe fn ld<S: Simd, const FULL: bool>(p: *const S::E, u: usize, n: usize) -> S {
     // SAFETY: forwarded from the caller.
-    unsafe { load_n::<S>(p.add(u), n - u) }
+    unsafe {
+        if FULL {
+            S::load(p.add(u))
+        } else {
+            load_n::<S>(p.add(u), n - u)
+        }
+    }
 }
 
 /// # Safety
-/// `p + u` writable for `min(n − u, LANES)` elements.
+/// `p + u` writable for `min(n − u, LANES)` elements (LANES with `FULL`).
 #[inline(always)]
-unsafe fn st<S: Simd>(v: S, p: *mut S::E, u: usize, n: usize) {
+unsafe fn st<S: Simd, const FULL: bool>(v: S, p: *mut S::E, u: usize, n: usize) {
     // SAFETY: forwarded from the caller.
-    unsafe { store_n::<S>(v, p.add(u), n - u) }
+    unsafe {
+        if FULL {
+            v.store(p.add(u))
+        } else {
+            store_n::<S>(v, p.add(u), n - u)
+        }
+    }
 }
 
 /// An optional parameter vector at offset `off + u` (of `n`), or `absent`.
@@ -441,11 +477,35 @@ unsafe fn st<S: Simd>(v: S, p: *mut S::E, u: usize, n: usize) {
 /// # Safety
 /// A given slice holds `off + n` elements.
 #[inline(always)]
-unsafe fn param<S: Simd>(p: Option<&[S::E]>, off: usize, u: usize, n: usize, absent: S) -> S {
+unsafe fn param<S: Simd, const FULL: bool>(
+    p: Option<&[S::E]>,
+    off: usize,
+    u: usize,
+    n: usize,
+    absent: S,
+) -> S {
     match p {
         // SAFETY: forwarded from the caller.
-        Some(p) => unsafe { ld::<S>(p.as_ptr().add(off), u, n) },
+        Some(p) => unsafe { ld::<S, FULL>(p.as_ptr().add(off), u, n) },
         None => absent,
+    }
+}
+
+/// A row kernel's body, compiled per ISA four times: with the plain gate
+/// math's constants or the variant's (`PLAIN`, [`Variant::gate_math_for`]),
+/// and for widths of whole vectors or not (`FULL`, [`ld`]). [`run_row`]
+/// picks the one that applies.
+trait RowBody<E> {
+    fn body<S: Simd<E = E>, const PLAIN: bool, const FULL: bool>(self);
+}
+
+#[inline(always)]
+fn run_row<E: Float, S: Simd<E = E>, K: RowBody<E>>(k: K, v: &Variant<'_, E>, hidden: usize) {
+    match (v.plain_gate_math(), hidden.is_multiple_of(S::LANES)) {
+        (true, true) => k.body::<S, true, true>(),
+        (true, false) => k.body::<S, true, false>(),
+        (false, true) => k.body::<S, false, true>(),
+        (false, false) => k.body::<S, false, false>(),
     }
 }
 
@@ -511,11 +571,19 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
 
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) {
+        let (v, hidden) = (self.step.math.v, self.step.hidden);
+        run_row::<E, S, _>(self, &v, hidden);
+    }
+}
+
+impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
+    #[inline(always)]
+    fn body<S: Simd<E = E>, const PLAIN: bool, const FULL: bool>(self) {
         let st_ = self.step;
         let (h, g4) = (st_.hidden, 4 * st_.hidden);
         let (j, b, row) = (self.j, self.b, self.row);
         let at = if st_.caching { row } else { j };
-        let v = &st_.math.v;
+        let v = &st_.math.v.gate_math_for::<PLAIN>();
         let ln = &st_.math.ln;
         let zero = S::splat(E::ZERO);
         let one = S::splat(E::ONE);
@@ -540,7 +608,7 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             let math = &st_.math;
             let gates = st_.gates.0.add(j * g4);
             let c_state = st_.c.0.add(b * h);
-            math.run::<S>(
+            math.run::<S, PLAIN, FULL>(
                 sx_hat,
                 sh_hat,
                 c_state,
@@ -551,20 +619,20 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             let cells = st_.cells.0.add(at * h);
             let mut u = 0;
             while u < h {
-                let c_prev = ld::<S>(c_state, u, h);
-                let gate = |k: usize| ld::<S>(gates.add(k * h), u, h);
+                let c_prev = ld::<S, FULL>(c_state, u, h);
+                let gate = |k: usize| ld::<S, FULL>(gates.add(k * h), u, h);
                 let c_new = gate(1).mul_add(c_prev, gate(0).mul(gate(2)));
-                st::<S>(c_new, cells, u, h);
+                st::<S, FULL>(c_new, cells, u, h);
                 if v.peepholes.is_some() {
-                    let (_, og) = math.out_gate::<S>(gate(3), cells, u);
-                    st::<S>(og, gates.add(3 * h), u, h);
+                    let (_, og) = math.out_gate::<S, PLAIN, FULL>(gate(3), cells, u);
+                    st::<S, FULL>(og, gates.add(3 * h), u, h);
                 }
                 // Zoneout of c: the state the next step starts from (the
                 // mask's row is padded to hp, a multiple of LANES).
                 let c_next = v.zoneout_c.mix(row, st_.hp, u, c_prev, c_new);
-                st::<S>(c_next, c_state, u, h);
+                st::<S, FULL>(c_next, c_state, u, h);
                 if !st_.c_after.0.is_null() {
-                    st::<S>(c_next, st_.c_after.0.add(row * h), u, h);
+                    st::<S, FULL>(c_next, st_.c_after.0.add(row * h), u, h);
                 }
                 u += S::LANES;
             }
@@ -578,10 +646,10 @@ impl<E: Float> Kernel<E> for ForwardRow<'_, '_, E> {
             let m = st_.m.0.add(j * h);
             let mut u = 0;
             while u < h {
-                let n = ld::<S>(c_hat, u, h).mul(param(ln.w_c, 0, u, h, one));
-                let n = n.add(param(ln.b_c, 0, u, h, zero));
-                let og = ld::<S>(gates.add(3 * h), u, h);
-                st::<S>(og.mul(v.h.apply(n)), m, u, h);
+                let n = ld::<S, FULL>(c_hat, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
+                let n = n.add(param::<S, FULL>(ln.b_c, 0, u, h, zero));
+                let og = ld::<S, FULL>(gates.add(3 * h), u, h);
+                st::<S, FULL>(og.mul(v.h.apply(n)), m, u, h);
                 u += S::LANES;
             }
             // Only tests record (no check per row in a release build).
@@ -1034,7 +1102,7 @@ struct GateMath<'a, E> {
 /// # Safety
 /// `sx_hat`, `sh_hat` and the parameters given hold `o + h` elements.
 #[inline(always)]
-unsafe fn gate_input<E: Float, S: Simd<E = E>>(
+unsafe fn gate_input<E: Float, S: Simd<E = E>, const FULL: bool>(
     ln: &LayerNorm<'_, E>,
     bias: Option<&[E]>,
     sx_hat: *const E,
@@ -1047,11 +1115,11 @@ unsafe fn gate_input<E: Float, S: Simd<E = E>>(
     let one = S::splat(E::ONE);
     // SAFETY: forwarded from the caller.
     unsafe {
-        let x = ld::<S>(sx_hat.add(o), u, h).mul(param(ln.w_ih, o, u, h, one));
-        let x = x.add(param(ln.b_ih, o, u, h, zero));
-        let y = ld::<S>(sh_hat.add(o), u, h).mul(param(ln.w_hh, o, u, h, one));
-        let y = y.add(param(ln.b_hh, o, u, h, zero));
-        x.add(param(bias, o, u, h, zero)).add(y)
+        let x = ld::<S, FULL>(sx_hat.add(o), u, h).mul(param::<S, FULL>(ln.w_ih, o, u, h, one));
+        let x = x.add(param::<S, FULL>(ln.b_ih, o, u, h, zero));
+        let y = ld::<S, FULL>(sh_hat.add(o), u, h).mul(param::<S, FULL>(ln.w_hh, o, u, h, one));
+        let y = y.add(param::<S, FULL>(ln.b_hh, o, u, h, zero));
+        x.add(param::<S, FULL>(bias, o, u, h, zero)).add(y)
     }
 }
 
@@ -1077,7 +1145,7 @@ impl<E: Float> GateMath<'_, E> {
     /// Every pointer addresses its width of elements; `gates` and `pre` may
     /// be written (and may alias nothing read here).
     #[inline(always)]
-    unsafe fn run<S: Simd<E = E>>(
+    unsafe fn run<S: Simd<E = E>, const PLAIN: bool, const FULL: bool>(
         &self,
         sx_hat: *const E,
         sh_hat: *const E,
@@ -1086,7 +1154,7 @@ impl<E: Float> GateMath<'_, E> {
         gates: *mut E,
         pre: *mut E,
     ) {
-        let (v, ln, h) = (&self.v, &self.ln, self.hidden);
+        let (v, ln, h) = (&self.v.gate_math_for::<PLAIN>(), &self.ln, self.hidden);
         let one = S::splat(E::ONE);
         let pp = v.peepholes.unwrap_or(&[]).as_ptr();
         let defer_o = v.peepholes.is_some() && c_new.is_null();
@@ -1096,14 +1164,14 @@ impl<E: Float> GateMath<'_, E> {
             let mut u = 0;
             while u < h {
                 // Not a closure: see `gate_input`.
-                let mut z_i = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 0, u, h);
-                let mut z_f = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, h, u, h);
-                let z_g = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 2 * h, u, h);
-                let z_o = gate_input::<E, S>(ln, self.bias, sx_hat, sh_hat, 3 * h, u, h);
+                let mut z_i = gate_input::<E, S, FULL>(ln, self.bias, sx_hat, sh_hat, 0, u, h);
+                let mut z_f = gate_input::<E, S, FULL>(ln, self.bias, sx_hat, sh_hat, h, u, h);
+                let z_g = gate_input::<E, S, FULL>(ln, self.bias, sx_hat, sh_hat, 2 * h, u, h);
+                let z_o = gate_input::<E, S, FULL>(ln, self.bias, sx_hat, sh_hat, 3 * h, u, h);
                 if v.peepholes.is_some() {
-                    let c_p = ld::<S>(c_prev, u, h);
-                    z_i = z_i.add(ld::<S>(pp, u, h).mul(c_p));
-                    z_f = z_f.add(ld::<S>(pp.add(2 * h), u, h).mul(c_p));
+                    let c_p = ld::<S, FULL>(c_prev, u, h);
+                    z_i = z_i.add(ld::<S, FULL>(pp, u, h).mul(c_p));
+                    z_f = z_f.add(ld::<S, FULL>(pp.add(2 * h), u, h).mul(c_p));
                 }
                 let ig = v.f.apply(clip(z_i, v.clip));
                 let fg = if !v.forget_gate {
@@ -1117,18 +1185,18 @@ impl<E: Float> GateMath<'_, E> {
                 let (z_o, og) = if defer_o {
                     (z_o, z_o)
                 } else {
-                    self.out_gate::<S>(z_o, c_new, u)
+                    self.out_gate::<S, PLAIN, FULL>(z_o, c_new, u)
                 };
                 if !pre.is_null() {
-                    st::<S>(z_i, pre, u, h);
-                    st::<S>(z_f, pre.add(h), u, h);
-                    st::<S>(z_g, pre.add(2 * h), u, h);
-                    st::<S>(z_o, pre.add(3 * h), u, h);
+                    st::<S, FULL>(z_i, pre, u, h);
+                    st::<S, FULL>(z_f, pre.add(h), u, h);
+                    st::<S, FULL>(z_g, pre.add(2 * h), u, h);
+                    st::<S, FULL>(z_o, pre.add(3 * h), u, h);
                 }
-                st::<S>(ig, gates, u, h);
-                st::<S>(fg, gates.add(h), u, h);
-                st::<S>(gg, gates.add(2 * h), u, h);
-                st::<S>(og, gates.add(3 * h), u, h);
+                st::<S, FULL>(ig, gates, u, h);
+                st::<S, FULL>(fg, gates.add(h), u, h);
+                st::<S, FULL>(gg, gates.add(2 * h), u, h);
+                st::<S, FULL>(og, gates.add(3 * h), u, h);
                 u += S::LANES;
             }
         }
@@ -1140,12 +1208,17 @@ impl<E: Float> GateMath<'_, E> {
     /// # Safety
     /// With peepholes, `c_new` addresses H elements.
     #[inline(always)]
-    unsafe fn out_gate<S: Simd<E = E>>(&self, z_o: S, c_new: *const E, u: usize) -> (S, S) {
-        let (v, h) = (&self.v, self.hidden);
+    unsafe fn out_gate<S: Simd<E = E>, const PLAIN: bool, const FULL: bool>(
+        &self,
+        z_o: S,
+        c_new: *const E,
+        u: usize,
+    ) -> (S, S) {
+        let (v, h) = (&self.v.gate_math_for::<PLAIN>(), self.hidden);
         let z_o = match v.peepholes {
             // SAFETY: forwarded from the caller; the peepholes hold 3H.
             Some(p) => unsafe {
-                z_o.add(ld::<S>(p.as_ptr().add(h), u, h).mul(ld::<S>(c_new, u, h)))
+                z_o.add(ld::<S, FULL>(p.as_ptr().add(h), u, h).mul(ld::<S, FULL>(c_new, u, h)))
             },
             None => z_o,
         };
@@ -1207,10 +1280,18 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
 
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) {
+        let (v, hidden) = (self.step.v, self.step.hidden);
+        run_row::<E, S, _>(self, &v, hidden);
+    }
+}
+
+impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
+    #[inline(always)]
+    fn body<S: Simd<E = E>, const PLAIN: bool, const FULL: bool>(self) {
         let sp = self.step;
         let (h, g4) = (sp.hidden, 4 * sp.hidden);
         let (j, b, row) = (self.j, self.b, self.row);
-        let v = &sp.v;
+        let v = &sp.v.gate_math_for::<PLAIN>();
         let ln = &sp.ln;
         let cache = &sp.cache;
         let zero = S::splat(E::ZERO);
@@ -1235,7 +1316,7 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             } else {
                 std::ptr::null_mut()
             };
-            sp.gate_math.run::<S>(
+            sp.gate_math.run::<S, PLAIN, FULL>(
                 cache.sx_hat.as_ptr().add(row * g4),
                 cache.sh_hat.as_ptr().add(row * g4),
                 c_prev,
@@ -1261,14 +1342,14 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             // normalisation of c_t; m_t for dW_hr.
             let mut u = 0;
             while u < h {
-                let n = ld::<S>(c_hat, u, h).mul(param(ln.w_c, 0, u, h, one));
-                let n = n.add(param(ln.b_c, 0, u, h, zero));
+                let n = ld::<S, FULL>(c_hat, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
+                let n = n.add(param::<S, FULL>(ln.b_c, 0, u, h, zero));
                 let hn = v.h.apply(n);
-                let og = ld::<S>(gates.add(3 * h), u, h);
-                let d = ld::<S>(dm, u, h);
-                st::<S>(v.h.backprop(d.mul(og), n, hn), dn, u, h);
+                let og = ld::<S, FULL>(gates.add(3 * h), u, h);
+                let d = ld::<S, FULL>(dm, u, h);
+                st::<S, FULL>(v.h.backprop(d.mul(og), n, hn), dn, u, h);
                 if !sp.m.0.is_null() {
-                    st::<S>(og.mul(hn), sp.m.0.add(row * h), u, h);
+                    st::<S, FULL>(og.mul(hn), sp.m.0.add(row * h), u, h);
                 }
                 u += S::LANES;
             }
@@ -1277,8 +1358,8 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             let scratch = sp.dsh.0.add(j * g4);
             let mut u = 0;
             while u < h {
-                let d = ld::<S>(dn, u, h).mul(param(ln.w_c, 0, u, h, one));
-                st::<S>(d, scratch, u, h);
+                let d = ld::<S, FULL>(dn, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
+                st::<S, FULL>(d, scratch, u, h);
                 u += S::LANES;
             }
             let through_c = std::slice::from_raw_parts_mut(scratch, h);
@@ -1293,24 +1374,24 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                     if pre.is_null() {
                         zero // never read: the activations need no input (caches_pre)
                     } else {
-                        ld::<S>(pre.add(k * h), u, h)
+                        ld::<S, FULL>(pre.add(k * h), u, h)
                     }
                 };
-                let gate = |k: usize| ld::<S>(gates.add(k * h), u, h);
+                let gate = |k: usize| ld::<S, FULL>(gates.add(k * h), u, h);
                 let (ig, fg, gg, og) = (gate(0), gate(1), gate(2), gate(3));
-                let cp = ld::<S>(c_prev, u, h);
-                let d = ld::<S>(dm, u, h);
-                let n = ld::<S>(c_hat, u, h).mul(param(ln.w_c, 0, u, h, one));
-                let n = n.add(param(ln.b_c, 0, u, h, zero));
+                let cp = ld::<S, FULL>(c_prev, u, h);
+                let d = ld::<S, FULL>(dm, u, h);
+                let n = ld::<S, FULL>(c_hat, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
+                let n = n.add(param::<S, FULL>(ln.b_c, 0, u, h, zero));
                 let hn = v.h.apply(n);
                 let z_o = z(3);
                 let dz_o = through(v.f.backprop(d.mul(hn), clip(z_o, v.clip), og), z_o);
                 // Zoneout of c: dL/dc_t splits into the share of c_{t−1}
                 // (added to dc_prev below) and that of the candidate c̃_t.
-                let (dc_kept, dc_next) = v.zoneout_c.split(row, sp.hp, u, ld::<S>(dc, u, h));
-                let mut dcv = dc_next.add(ld::<S>(scratch, u, h));
+                let (dc_kept, dc_next) = v.zoneout_c.split(row, sp.hp, u, ld::<S, FULL>(dc, u, h));
+                let mut dcv = dc_next.add(ld::<S, FULL>(scratch, u, h));
                 if v.peepholes.is_some() {
-                    dcv = dcv.add(dz_o.mul(ld::<S>(pp.add(h), u, h)));
+                    dcv = dcv.add(dz_o.mul(ld::<S, FULL>(pp.add(h), u, h)));
                 }
                 if !sp.flow_c.0.is_null() {
                     let mut lanes = [E::ZERO; 16];
@@ -1336,17 +1417,17 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
                 let mut dc_prev = dcv.mul(fg);
                 if v.peepholes.is_some() {
                     dc_prev = dc_prev
-                        .add(dz_i.mul(ld::<S>(pp, u, h)))
-                        .add(dz_f.mul(ld::<S>(pp.add(2 * h), u, h)));
+                        .add(dz_i.mul(ld::<S, FULL>(pp, u, h)))
+                        .add(dz_f.mul(ld::<S, FULL>(pp.add(2 * h), u, h)));
                 }
                 if v.zoneout_c.is_on() {
                     dc_prev = dc_prev.add(dc_kept);
                 }
-                st::<S>(dc_prev, dc, u, h);
-                st::<S>(dz_i, dz, u, h);
-                st::<S>(dz_f, dz.add(h), u, h);
-                st::<S>(dz_g, dz.add(2 * h), u, h);
-                st::<S>(dz_o, dz.add(3 * h), u, h);
+                st::<S, FULL>(dc_prev, dc, u, h);
+                st::<S, FULL>(dz_i, dz, u, h);
+                st::<S, FULL>(dz_f, dz.add(h), u, h);
+                st::<S, FULL>(dz_g, dz.add(2 * h), u, h);
+                st::<S, FULL>(dz_o, dz.add(3 * h), u, h);
                 u += S::LANES;
             }
             if !sp.flow_c.0.is_null() {
@@ -1356,8 +1437,8 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             let dsh = sp.dsh.0.add(j * g4);
             let mut u = 0;
             while u < g4 {
-                let d = ld::<S>(dz, u, g4).mul(param(ln.w_hh, 0, u, g4, one));
-                st::<S>(d, dsh, u, g4);
+                let d = ld::<S, FULL>(dz, u, g4).mul(param::<S, FULL>(ln.w_hh, 0, u, g4, one));
+                st::<S, FULL>(d, dsh, u, g4);
                 u += S::LANES;
             }
             normalise_grad(
@@ -1368,8 +1449,8 @@ impl<E: Float> Kernel<E> for BackwardRow<'_, '_, E> {
             // ds_x = the gradient through the normalisation of s_x.
             let mut u = 0;
             while u < g4 {
-                let d = ld::<S>(dz, u, g4).mul(param(ln.w_ih, 0, u, g4, one));
-                st::<S>(d, dsx, u, g4);
+                let d = ld::<S, FULL>(dz, u, g4).mul(param::<S, FULL>(ln.w_ih, 0, u, g4, one));
+                st::<S, FULL>(d, dsx, u, g4);
                 u += S::LANES;
             }
             normalise_grad(
@@ -1551,9 +1632,17 @@ impl<E: Float> Kernel<E> for GateRow<'_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) {
+        let (v, hidden) = (self.math.v, self.math.hidden);
+        run_row::<E, S, _>(self, &v, hidden);
+    }
+}
+
+impl<E: Float> RowBody<E> for GateRow<'_, '_, E> {
+    #[inline(always)]
+    fn body<S: Simd<E = E>, const PLAIN: bool, const FULL: bool>(self) {
         // SAFETY: `gates` made the pointers from rows of checked lengths.
         unsafe {
-            self.math.run::<S>(
+            self.math.run::<S, PLAIN, FULL>(
                 self.sx_hat,
                 self.sh_hat,
                 self.c_prev,

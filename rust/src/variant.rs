@@ -326,18 +326,47 @@ impl<E: SimdElement> Variant<'_, E> {
     }
 
     /// Whether the gate math is the plain LSTM's (the time loops' fast body):
-    /// no peepholes, projection, clip, coupled or absent forget gate, and the
-    /// default activations. Zoneout and recurrent dropout are masks applied
-    /// around that math, which the fast body applies too.
+    /// [`Variant::plain_gate_math`] and no projection. Zoneout and recurrent
+    /// dropout are masks applied around that math, which the fast body
+    /// applies too.
     pub fn plain_gates(&self) -> bool {
+        self.w_hr.is_none() && self.plain_gate_math()
+    }
+
+    /// Whether the arithmetic from pre-activations to m_t is the plain
+    /// LSTM's: no peepholes, clip, coupled or absent forget gate, and the
+    /// default activations (a projection may follow).
+    pub fn plain_gate_math(&self) -> bool {
         self.peepholes.is_none()
-            && self.w_hr.is_none()
             && self.clip.is_none()
             && !self.input_forget
             && self.forget_gate
             && self.f == Activation::Sigmoid
             && self.g == Activation::Tanh
             && self.h == Activation::Tanh
+    }
+
+    /// This variant, with `PLAIN` (where [`Variant::plain_gate_math`] holds)
+    /// its gate math written as constants: a kernel body compiled for
+    /// `PLAIN` then holds no test or branch of the general gate math, whose
+    /// code, kept in the loop, left its registers spilled. The same values,
+    /// so the same bits.
+    #[inline(always)]
+    pub fn gate_math_for<const PLAIN: bool>(self) -> Self {
+        if PLAIN {
+            Variant {
+                peepholes: None,
+                clip: None,
+                input_forget: false,
+                forget_gate: true,
+                f: Activation::Sigmoid,
+                g: Activation::Tanh,
+                h: Activation::Tanh,
+                ..self
+            }
+        } else {
+            self
+        }
     }
 
     /// Whether backward needs the pre-activations z in the cache (see the
