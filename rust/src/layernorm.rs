@@ -29,6 +29,11 @@
 //!   (`lstm.rs`, `processing_order`, `ordered_blocks`), which a checkpointed
 //!   pass's segments continue (`checkpoint.rs`).
 //!
+//! Threads: the forward gives each thread a chunk of the batch rows, which
+//! runs the whole time loop alone, from `LAYER_NORM_CHUNK_ROWS` rows per
+//! thread (`tuning.rs`); below, and in backward, each step's rows and
+//! products are shared out over the pool's threads.
+//!
 //! Bits independent of the thread count: the rows of a step are independent
 //! and each runs the same code whatever thread takes it; every product gives
 //! each output one FMA chain in k order (`gemm.rs`, `panel_product.rs`); the
@@ -56,7 +61,7 @@ use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
-use crate::tuning::{DB_COLUMN_BLOCK, STEP_LOOP_MIN_ELEMENTS};
+use crate::tuning::{DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, STEP_LOOP_MIN_ELEMENTS};
 use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
@@ -741,13 +746,12 @@ fn forward_impl<E: Float>(
     let workers = pool::workers()?;
     let (_, _claim) = claim(&workers, Split::Batch, cancel)?;
     let eps = ln.eps();
-    let projects = seq.variant.w_hr.is_some();
     expect_opt("record", record.as_ref().map(|r| r.len()), rows * g4)?;
     let record = record.map_or(SharedMut::null(), |r| SharedMut(r.as_mut_ptr()));
 
     let body = || -> Result<()> {
         let caching = cache.is_some();
-        let (c_cells, mut c_h_prev, c_sx, c_sh, c_moments, c_after) = match cache {
+        let (c_cells, c_h_prev, c_sx, c_sh, c_moments, c_after) = match cache {
             Some(c) => (
                 Some(c.cells),
                 Some(c.h_prev),
@@ -762,7 +766,7 @@ fn forward_impl<E: Float>(
             Some(a) if seq.variant.zoneout_c.is_on() => SharedMut(a.as_mut_ptr()),
             _ => SharedMut::null(),
         };
-        let (hp, pp) = (hidden_pad::<E>(hidden), hidden_pad::<E>(state));
+        let hp = hidden_pad::<E>(hidden);
         // s_x of every row, normalised in place (its 1/σ kept per row): by
         // the step's rows when they run, here for the rows of padded steps
         // (the cache holds their normalised products too).
@@ -809,30 +813,6 @@ fn forward_impl<E: Float>(
             }
         }
 
-        // The state, and the step buffers of the running rows.
-        let mut h = alloc::zeroed::<E>(&[batch, state], "the state h")?;
-        h.copy_from_slice(out.h_n);
-        let mut c = alloc::zeroed::<E>(&[batch, hidden], "the state c")?;
-        c.copy_from_slice(out.c_n);
-        let mut h_in = alloc::zeroed::<E>(&[batch, state], "the recurrent operand")?;
-        let mut sh = alloc::zeroed::<E>(&[batch, g4], "the recurrent products")?;
-        let mut m = alloc::zeroed::<E>(&[batch, hidden], "m_t of a step")?;
-        let mut h_new = alloc::zeroed::<E>(&[batch, state], "h_t of a step")?;
-        let step_rows = if caching { 0 } else { batch };
-        let mut own = [
-            alloc::zeroed::<E>(&[batch, g4], "the gates of a step")?,
-            alloc::zeroed::<E>(&[step_rows, hidden], "the cells of a step")?,
-            alloc::zeroed::<E>(&[step_rows, g4], "the normalised products of a step")?,
-            alloc::zeroed::<E>(&[batch, hidden], "the normalised cells of a step")?,
-        ];
-        let [o_gates, o_cells, o_sh, o_chat] = &mut own;
-        let ptr = |given: Option<&mut [E]>, own: &mut Vec<E>| {
-            SharedMut(given.map_or(own.as_mut_ptr(), |g| g.as_mut_ptr()))
-        };
-        let gates = SharedMut(o_gates.as_mut_ptr());
-        let cells = ptr(c_cells, o_cells);
-        let sh_hat = ptr(c_sh, o_sh);
-        let c_hat = SharedMut(o_chat.as_mut_ptr());
         // The recurrent weights (and the projection's) packed once for the
         // whole call, or kept by prepared weights.
         let lanes = isa.lanes::<E>();
@@ -852,35 +832,164 @@ fn forward_impl<E: Float>(
             (Some(w_hr), Some(kept)) => kept.projection(w_hr, state, hidden, lanes)?,
             (Some(w_hr), None) => pack::projection_panels(w_hr, state, hidden, lanes)?.into(),
         };
-        let mut scratch = ProductScratch::for_threads::<E>(
-            rayon::current_num_threads(),
-            batch,
-            state.max(hidden),
-            lanes,
-        )?;
-        let mut active: Vec<(usize, usize)> = alloc::with_capacity(batch, "the running rows")?;
+        let shared = ForwardShared {
+            seq,
+            ln,
+            isa,
+            eps,
+            caching,
+            hh_panels: &hh_panels,
+            proj_panels: &proj_panels,
+            sx: SharedMut(sx.as_mut_ptr()),
+            moments: SharedMut(moments.as_mut_ptr()),
+            cells: c_cells.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
+            sh_hat: c_sh.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
+            h_prev: c_h_prev.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
+            c_after,
+            record,
+            y: SharedMut(out.y.as_mut_ptr()),
+            h_n: SharedMut(out.h_n.as_mut_ptr()),
+            c_n: SharedMut(out.c_n.as_mut_ptr()),
+            cancel,
+        };
+        // Chunks of the batch, each running the whole time loop on one
+        // thread (no meeting per step); else the rows of each step and the
+        // products' panels shared out step by step.
+        let threads = rayon::current_num_threads();
+        let chunks = if in_pool() && batch >= threads * LAYER_NORM_CHUNK_ROWS {
+            threads
+        } else {
+            1
+        };
+        if chunks == 1 {
+            return shared.run_rows(0..batch, true);
+        }
+        (0..chunks)
+            .into_par_iter()
+            .try_for_each(|k| shared.run_rows(k * batch / chunks..(k + 1) * batch / chunks, false))
+    };
+    workers.pool.install(body)
+}
+
+/// What every chunk of a forward's batch rows reads, and where they write:
+/// the pointers address rows (by row, R rows) or batch rows (h_n, c_n) that
+/// exactly one chunk writes (its own batch rows'); null where there is no
+/// cache (`cells`, `sh_hat`, `h_prev`), no zoneout of c (`c_after`) or no
+/// record.
+struct ForwardShared<'s, 'a, E> {
+    seq: &'s Sequence<'a, E>,
+    ln: &'s LayerNorm<'a, E>,
+    isa: Isa,
+    eps: f64,
+    caching: bool,
+    hh_panels: &'s HhPanels<E>,
+    proj_panels: &'s Panels<E>,
+    sx: SharedMut<E>,
+    moments: SharedMut<E>,
+    cells: SharedMut<E>,
+    sh_hat: SharedMut<E>,
+    h_prev: SharedMut<E>,
+    c_after: SharedMut<E>,
+    record: SharedMut<E>,
+    y: SharedMut<E>,
+    h_n: SharedMut<E>,
+    c_n: SharedMut<E>,
+    cancel: &'s Cancel,
+}
+
+// SAFETY: the pointers are written only at rows of the chunk's own batch rows
+// (see `ForwardShared`); the rest is read.
+unsafe impl<E: Send> Send for ForwardShared<'_, '_, E> {}
+// SAFETY: as above.
+unsafe impl<E: Sync> Sync for ForwardShared<'_, '_, E> {}
+
+impl<E: Float> ForwardShared<'_, '_, E> {
+    /// The time loop of batch rows `rows_b`, from their h_n and c_n (h0 and
+    /// c0) to their final state there. `parallel`: each step's rows and
+    /// products shared out over the pool's threads (else on this thread).
+    fn run_rows(&self, rows_b: std::ops::Range<usize>, parallel: bool) -> Result<()> {
+        let (seq, isa) = (self.seq, self.isa);
+        let Dims { steps, hidden, .. } = seq.dims;
+        let (state, g4, b0, nb) = (seq.state(), 4 * hidden, rows_b.start, rows_b.len());
+        let (hp, pp) = (hidden_pad::<E>(hidden), hidden_pad::<E>(state));
+        let lanes = isa.lanes::<E>();
+        let projects = seq.variant.w_hr.is_some();
+        // The state of the chunk's rows (b − b0), and the step buffers of
+        // its running rows (slot j).
+        let mut h = alloc::zeroed::<E>(&[nb, state], "the state h")?;
+        let mut c = alloc::zeroed::<E>(&[nb, hidden], "the state c")?;
+        // SAFETY: rows b0.. of h_n and c_n (B rows each), this chunk's.
+        unsafe {
+            h.copy_from_slice(std::slice::from_raw_parts(
+                self.h_n.0.add(b0 * state),
+                nb * state,
+            ));
+            c.copy_from_slice(std::slice::from_raw_parts(
+                self.c_n.0.add(b0 * hidden),
+                nb * hidden,
+            ));
+        }
+        let mut h_in = alloc::zeroed::<E>(&[nb, state], "the recurrent operand")?;
+        let mut sh = alloc::zeroed::<E>(&[nb, g4], "the recurrent products")?;
+        let mut m = alloc::zeroed::<E>(&[nb, hidden], "m_t of a step")?;
+        let mut h_new = alloc::zeroed::<E>(&[nb, state], "h_t of a step")?;
+        let step_rows = if self.caching { 0 } else { nb };
+        let mut own = [
+            alloc::zeroed::<E>(&[nb, g4], "the gates of a step")?,
+            alloc::zeroed::<E>(&[step_rows, hidden], "the cells of a step")?,
+            alloc::zeroed::<E>(&[step_rows, g4], "the normalised products of a step")?,
+            alloc::zeroed::<E>(&[nb, hidden], "the normalised cells of a step")?,
+        ];
+        let [o_gates, o_cells, o_sh, o_chat] = &mut own;
+        let ptr = |given: SharedMut<E>, own: &mut Vec<E>| {
+            if given.0.is_null() {
+                SharedMut(own.as_mut_ptr())
+            } else {
+                given
+            }
+        };
+        let gates = SharedMut(o_gates.as_mut_ptr());
+        let cells = ptr(self.cells, o_cells);
+        let sh_hat = ptr(self.sh_hat, o_sh);
+        let c_hat = SharedMut(o_chat.as_mut_ptr());
+        let threads = if parallel {
+            rayon::current_num_threads()
+        } else {
+            1
+        };
+        let mut scratch = ProductScratch::for_threads::<E>(threads, nb, state.max(hidden), lanes)?;
+        let mut active: Vec<(usize, usize)> = alloc::with_capacity(nb, "the running rows")?;
         for s in 0..steps {
-            cancel.check()?;
+            self.cancel.check()?;
             active.clear();
             active.extend(
-                (0..batch)
+                rows_b
+                    .clone()
                     .filter(|&b| seq.length(b) > s)
                     .map(|b| (b, row_of(seq, time_of(seq, s, b), b))),
             );
             let n = active.len();
             for (j, &(b, row)) in active.iter().enumerate() {
                 let dst = &mut h_in[j * state..][..state];
-                dst.copy_from_slice(&h[b * state..][..state]);
+                dst.copy_from_slice(&h[(b - b0) * state..][..state]);
                 if let Some(keep) = seq.variant.recurrent_keep {
                     for (d, &k) in dst.iter_mut().zip(&keep[b * state..][..state]) {
                         *d = *d * k;
                     }
                 }
-                if let Some(h_prev) = c_h_prev.as_mut() {
-                    h_prev[row * state..][..state].copy_from_slice(dst);
+                if !self.h_prev.0.is_null() {
+                    // SAFETY: row `row` (R rows of `state`) of the cache's
+                    // h_prev, which only this chunk writes.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            dst.as_ptr(),
+                            self.h_prev.0.add(row * state),
+                            state,
+                        );
+                    }
                 }
             }
-            match &hh_panels {
+            match self.hh_panels {
                 HhPanels::Elements(panels) => panel_product(
                     isa,
                     PanelProduct {
@@ -915,40 +1024,45 @@ fn forward_impl<E: Float>(
             let step = ForwardStep {
                 math: GateMath {
                     v: seq.variant,
-                    ln: *ln,
+                    ln: *self.ln,
                     bias: seq.bias,
                     hidden,
                 },
                 hidden,
-                eps,
-                sx_hat: SharedMut(sx.as_mut_ptr()),
-                moments: SharedMut(moments.as_mut_ptr()),
+                eps: self.eps,
+                sx_hat: self.sx,
+                moments: self.moments,
                 sh: sh.as_ptr(),
-                caching,
+                caching: self.caching,
                 gates,
                 cells,
                 sh_hat,
                 c_hat,
                 c: SharedMut(c.as_mut_ptr()),
-                c_after,
+                c_after: self.c_after,
                 hp,
                 m: SharedMut(m.as_mut_ptr()),
-                record,
+                record: self.record,
             };
             let active = &active;
             // Each row: its two 4H pre-activations normalised, c and h.
-            each(n, n * 10 * hidden, |j| {
+            let row = |j: usize| {
                 let (b, row) = active[j];
                 dispatch::<E, _>(
                     isa,
                     ForwardRow {
                         step: &step,
                         j,
-                        b,
+                        b: b - b0,
                         row,
                     },
                 )
-            });
+            };
+            if parallel {
+                each(n, n * 10 * hidden, row);
+            } else {
+                (0..n).for_each(row);
+            }
             let h_t: &[E] = if projects {
                 panel_product(
                     isa,
@@ -957,7 +1071,7 @@ fn forward_impl<E: Float>(
                         a: &m,
                         lda: hidden,
                         depth: hidden,
-                        panels: &proj_panels[..],
+                        panels: &self.proj_panels[..],
                         tiles: state.next_multiple_of(E::PAD).div_ceil(4 * lanes),
                         columns: Columns::Outputs { outputs: state },
                         c: &mut h_new,
@@ -972,16 +1086,21 @@ fn forward_impl<E: Float>(
             // y_t = h_t, the state after zoneout.
             for (j, &(b, row)) in active.iter().enumerate() {
                 let src = &h_t[j * state..][..state];
-                let dst = &mut h[b * state..][..state];
+                let dst = &mut h[(b - b0) * state..][..state];
                 zone_mix(seq.variant.zoneout_h, row, pp, dst, src);
-                out.y[row * state..][..state].copy_from_slice(dst);
+                // SAFETY: row `row` of y (R rows of `state`), this chunk's.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(dst.as_ptr(), self.y.0.add(row * state), state);
+                }
             }
         }
-        out.h_n.copy_from_slice(&h);
-        out.c_n.copy_from_slice(&c);
+        // SAFETY: rows b0.. of h_n and c_n, this chunk's.
+        unsafe {
+            std::ptr::copy_nonoverlapping(h.as_ptr(), self.h_n.0.add(b0 * state), nb * state);
+            std::ptr::copy_nonoverlapping(c.as_ptr(), self.c_n.0.add(b0 * hidden), nb * hidden);
+        }
         Ok(())
-    };
-    workers.pool.install(body)
+    }
 }
 
 /// The panels of w_hh for the forward's step product: elements, or bfloat16
