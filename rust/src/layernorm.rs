@@ -30,9 +30,10 @@
 //!   pass's segments continue (`checkpoint.rs`).
 //!
 //! Threads: the forward gives each thread a chunk of the batch rows, which
-//! runs the whole time loop alone, from `LAYER_NORM_CHUNK_ROWS` rows per
-//! thread (`tuning.rs`); below, and in backward, each step's rows and
-//! products are shared out over the pool's threads.
+//! runs the whole time loop alone, where the chunks have enough rows
+//! (`LAYER_NORM_CHUNK_ROWS` and the rest in `tuning.rs`); otherwise, and in
+//! backward, each step's rows and products are shared out over the pool's
+//! threads.
 //!
 //! Bits independent of the thread count: the rows of a step are independent
 //! and each runs the same code whatever thread takes it; every product gives
@@ -61,7 +62,10 @@ use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
-use crate::tuning::{DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, STEP_LOOP_MIN_ELEMENTS};
+use crate::tuning::{
+    DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
+    LAYER_NORM_CHUNK_WEIGHT_BYTES, STEP_LOOP_MIN_ELEMENTS,
+};
 use crate::variant::{Variant, Zone};
 
 /// The gains and biases of the three normalisations (None: a gain of 1, a
@@ -856,7 +860,13 @@ fn forward_impl<E: Float>(
         // thread (no meeting per step); else the rows of each step and the
         // products' panels shared out step by step.
         let threads = rayon::current_num_threads();
-        let chunks = if in_pool() && batch >= threads * LAYER_NORM_CHUNK_ROWS {
+        let weight_bytes = g4 * state * size_of::<E>();
+        let chunk_rows = if weight_bytes <= LAYER_NORM_CHUNK_WEIGHT_BYTES {
+            LAYER_NORM_CHUNK_ROWS
+        } else {
+            LAYER_NORM_CHUNK_STREAMING_ROWS
+        };
+        let chunks = if in_pool() && batch >= threads * chunk_rows {
             threads
         } else {
             1

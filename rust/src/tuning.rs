@@ -126,13 +126,19 @@ pub const PANEL_TASK_MIN_WORK: usize = 1 << 19;
 /// row) took the LN S backward from 1.26 ms on one thread to 3.2 on 16
 /// (Sapphire Rapids). At M (16 rows, H = 256) the loops touch 40–60 K.
 pub const STEP_LOOP_MIN_ELEMENTS: usize = 1 << 15;
-/// Batch rows per thread from which the LayerNorm LSTM's forward splits the
-/// batch into one chunk per thread, each running the whole time loop alone
-/// (`layernorm.rs`), instead of sharing out each step's rows and products:
-/// that met twice per step, which at M (16 rows, H = 256) on 2 threads took
-/// 6.0 ms where two chunks of 8 rows run in about 5.3. Below it a chunk's
-/// product would stream all of w_hh for one or two rows.
+/// When the LayerNorm LSTM's forward splits the batch into one chunk per
+/// thread, each running the whole time loop alone (`layernorm.rs`), instead
+/// of sharing out each step's rows and products, which meets twice per step:
+/// from `LAYER_NORM_CHUNK_ROWS` rows per chunk while w_hh (its panels) fits
+/// in `LAYER_NORM_CHUNK_WEIGHT_BYTES` (about a core's L2, from which each
+/// chunk reads all of it every step), from `LAYER_NORM_CHUNK_STREAMING_ROWS`
+/// beyond (enough rows to pay for reading it from L3). Measured on 2 Zen 5
+/// threads against the shared steps: B = 8, T = 200, I = H = 64, 0.66× the
+/// time; M (16 rows, H = 256, 1 MiB), 0.98×; B = 64, H = 512, 1.00×; B = 8,
+/// H = 512 (4 MiB, 4 rows a chunk), 1.05× (hence no chunks there).
 pub const LAYER_NORM_CHUNK_ROWS: usize = 4;
+pub const LAYER_NORM_CHUNK_STREAMING_ROWS: usize = 16;
+pub const LAYER_NORM_CHUNK_WEIGHT_BYTES: usize = 1 << 20;
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised (each task's rows are also a multiple of the ISA's MR,
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
