@@ -545,7 +545,8 @@ struct ForwardStep<'a, E> {
     cells: SharedMut<E>,
     sh_hat: SharedMut<E>,
     c_hat: SharedMut<E>,
-    /// The state c (B, H), by batch row (after zoneout).
+    /// The state c of the chunk's batch rows (its rows × H), by batch row
+    /// b − b0 (after zoneout).
     c: SharedMut<E>,
     /// With zoneout of c while caching: the cache's states after zoneout
     /// (R, H) by row; else null. `hp`: the mask's row stride (H padded).
@@ -597,7 +598,7 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
         let zero = S::splat(E::ZERO);
         let one = S::splat(E::ONE);
         // SAFETY: every pointer below addresses row `row` (R rows), slot `j`
-        // (the step's rows) or batch row `b` (B rows) of a buffer of that many
+        // (the step's rows) or the chunk's batch row `b` (its rows) of a buffer of that many
         // rows of the width used; each is written by this row alone.
         unsafe {
             // LN of s_x in place.
@@ -860,6 +861,8 @@ fn forward_impl<E: Float>(
         // thread (no meeting per step); else the rows of each step and the
         // products' panels shared out step by step.
         let threads = rayon::current_num_threads();
+        // w_hh's size as the caller holds it (its panels pad H; bfloat16
+        // panels are half): the rule's scale, not an exact count.
         let weight_bytes = g4 * state * size_of::<E>();
         let chunk_rows = if weight_bytes <= LAYER_NORM_CHUNK_WEIGHT_BYTES {
             LAYER_NORM_CHUNK_ROWS
@@ -908,7 +911,9 @@ struct ForwardShared<'s, 'a, E> {
 }
 
 // SAFETY: the pointers are written only at rows of the chunk's own batch rows
-// (see `ForwardShared`); the rest is read.
+// (see `ForwardShared`); the rest is read. (Written out rather than derived:
+// `Sequence` and the panels are shared reads whose types the compiler cannot
+// see through.)
 unsafe impl<E: Send> Send for ForwardShared<'_, '_, E> {}
 // SAFETY: as above.
 unsafe impl<E: Sync> Sync for ForwardShared<'_, '_, E> {}
@@ -979,6 +984,10 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                     .map(|b| (b, row_of(seq, time_of(seq, s, b), b))),
             );
             let n = active.len();
+            if n == 0 {
+                // Every row of the chunk has ended (rows only end as s grows).
+                break;
+            }
             for (j, &(b, row)) in active.iter().enumerate() {
                 let dst = &mut h_in[j * state..][..state];
                 dst.copy_from_slice(&h[(b - b0) * state..][..state]);
@@ -1056,7 +1065,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
             };
             let active = &active;
             // Each row: its two 4H pre-activations normalised, c and h.
-            let row = |j: usize| {
+            let run_slot = |j: usize| {
                 let (b, row) = active[j];
                 dispatch::<E, _>(
                     isa,
@@ -1069,9 +1078,9 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 )
             };
             if parallel {
-                each(n, n * 10 * hidden, row);
+                each(n, n * 10 * hidden, run_slot);
             } else {
-                (0..n).for_each(row);
+                (0..n).for_each(run_slot);
             }
             let h_t: &[E] = if projects {
                 panel_product(

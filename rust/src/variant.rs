@@ -351,18 +351,17 @@ impl<E: SimdElement> Variant<'_, E> {
     /// `PLAIN` then holds no test or branch of the general gate math, whose
     /// code, kept in the loop, left its registers spilled. The same values,
     /// so the same bits.
+    /// The plain gate math is the default variant's; what is not gate math
+    /// (the projection and the masks) is this one's.
     #[inline(always)]
     pub fn gate_math_for<const PLAIN: bool>(self) -> Self {
         if PLAIN {
             Variant {
-                peepholes: None,
-                clip: None,
-                input_forget: false,
-                forget_gate: true,
-                f: Activation::Sigmoid,
-                g: Activation::Tanh,
-                h: Activation::Tanh,
-                ..self
+                w_hr: self.w_hr,
+                recurrent_keep: self.recurrent_keep,
+                zoneout_h: self.zoneout_h,
+                zoneout_c: self.zoneout_c,
+                ..Variant::default()
             }
         } else {
             self
