@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::float::Float;
 pub use crate::kernels::gemm_kernel::Runs;
 use crate::kernels::gemm_kernel::{gemm_task, Blocks, StackBuffers, View};
-use crate::kernels::microkernel::{elements, packed_room};
+use crate::kernels::microkernel::{elements, with_kept_room};
 use crate::parallel::pool::in_pool;
 use crate::simd::{dispatch, Isa, Kernel, Simd};
 use crate::tuning::GEMM_MIN_ROWS_PER_TASK;
@@ -58,8 +58,9 @@ impl<'a, E> Mat<'a, E> {
 /// zero, or from C's value with `accumulate`), so results are bitwise the same
 /// for any thread count.
 ///
-/// It allocates its packing buffers fallibly and never fails: when they are
-/// refused, each task runs on small buffers on its own stack instead (a few
+/// Each task packs into buffers its thread keeps between calls
+/// (`with_kept_room`), grown fallibly: it never fails, since when they are
+/// refused the task runs on small buffers on its own stack instead (a few
 /// times slower; the same bits), so the callers need no error path for a
 /// buffer that is a fraction of the operands they already hold.
 ///
@@ -199,70 +200,60 @@ fn product<E: Float>(
             n,
         },
     );
-    // Each task's A and B blocks, each starting on a 64-byte boundary.
+    // Each task's A and B blocks, B's starting on a 64-byte boundary.
     let unit = 64 / size_of::<E>();
-    let (a_len, b_len) = (
-        blocks.a_len().next_multiple_of(unit),
-        blocks.b_len().next_multiple_of(unit),
-    );
-    let per_task = (a_len + b_len) / unit;
-    let room = if stack_buffers {
-        None
-    } else {
-        packed_room::<E>(tasks * per_task * unit, "the packing buffers of a product").ok()
-    };
+    let a_len = blocks.a_len().next_multiple_of(unit);
+    let room_len = a_len + blocks.b_len();
     let c = &mut c[..(m - 1) * ldc + n];
-    let task = |task: usize, c_rows: &mut [E], buffers: Option<(&mut [E], &mut [E])>| {
+    let task = |task: usize, c_rows: &mut [E]| {
         let r0 = task * rows_per_task;
         let rows = rows_per_task.min(m - r0);
-        dispatch::<E, _>(
-            isa,
-            Task {
-                rows,
-                k,
-                n,
-                // Row r0 of A: `fits` checked that rows r0..r0+rows (k
-                // columns) lie inside `a.data`.
-                a: View {
-                    ptr: a.data[r0 * a.row_stride + a_origin..].as_ptr(),
-                    rs: a.row_stride,
-                    cs: a.col_stride,
-                    runs: order.map(|o| o.runs),
+        let mut run = |buffers: Option<(&mut [E], &mut [E])>| {
+            dispatch::<E, _>(
+                isa,
+                Task {
+                    rows,
+                    k,
+                    n,
+                    // Row r0 of A: `fits` checked that rows r0..r0+rows (k
+                    // columns) lie inside `a.data`.
+                    a: View {
+                        ptr: a.data[r0 * a.row_stride + a_origin..].as_ptr(),
+                        rs: a.row_stride,
+                        cs: a.col_stride,
+                        runs: order.map(|o| o.runs),
+                    },
+                    b: View {
+                        ptr: b.data[b_origin..].as_ptr(),
+                        rs: b.row_stride,
+                        cs: b.col_stride,
+                        runs: order.map(|o| o.runs),
+                    },
+                    c: c_rows,
+                    ldc,
+                    accumulate,
+                    blocks,
+                    buffers,
                 },
-                b: View {
-                    ptr: b.data[b_origin..].as_ptr(),
-                    rs: b.row_stride,
-                    cs: b.col_stride,
-                    runs: order.map(|o| o.runs),
-                },
-                c: c_rows,
-                ldc,
-                accumulate,
-                blocks,
-                buffers,
-            },
-        );
-    };
-    match room {
-        // One task: on the calling thread (outside a pool, rayon would hand
-        // it to its global pool's thread and wait).
-        Some(mut room) if tasks == 1 => {
-            let (a_buf, b_buf) = elements::<E>(&mut room).split_at_mut(a_len);
-            task(0, c, Some((a_buf, b_buf)));
+            )
+        };
+        if stack_buffers {
+            return run(None);
         }
-        None if tasks == 1 => task(0, c, None),
-        Some(mut room) => c
-            .par_chunks_mut(rows_per_task * ldc)
-            .zip(room.par_chunks_mut(per_task))
+        // The packing buffers of the thread that runs the task, kept between
+        // calls (on the stack when they are refused).
+        with_kept_room::<E, _>(room_len, |room| {
+            run(room.map(|room| elements::<E>(room)[..room_len].split_at_mut(a_len)))
+        });
+    };
+    if tasks == 1 {
+        // On the calling thread (outside a pool, rayon would hand it to its
+        // global pool's thread and wait).
+        task(0, c);
+    } else {
+        c.par_chunks_mut(rows_per_task * ldc)
             .enumerate()
-            .for_each(|(t, (c_rows, room))| {
-                let (a_buf, b_buf) = elements::<E>(room).split_at_mut(a_len);
-                task(t, c_rows, Some((a_buf, b_buf)));
-            }),
-        None => c
-            .par_chunks_mut(rows_per_task * ldc)
-            .enumerate()
-            .for_each(|(t, c_rows)| task(t, c_rows, None)),
+            .for_each(|(t, c_rows)| task(t, c_rows));
     }
 }
 

@@ -7,6 +7,8 @@
 //! rows or blocking depth differently (other chunks, other thread counts) never
 //! changes a result.
 
+use std::cell::RefCell;
+
 use crate::alloc::{self, Zeroable};
 use crate::error::Result;
 use crate::simd::{Bf16, Simd, SimdElement};
@@ -602,6 +604,53 @@ pub fn accumulators<S: Simd>(room: &mut [VectorRoom]) -> &mut [[S; 4]] {
 pub fn packed_room<E>(len: usize, what: &str) -> Result<Vec<VectorRoom>> {
     let bytes = len.saturating_mul(size_of::<E>());
     alloc::zeroed(&[bytes.div_ceil(size_of::<VectorRoom>())], what)
+}
+
+thread_local! {
+    /// This thread's packing room for the large products, kept between calls
+    /// ([`with_kept_room`]).
+    static KEPT_ROOM: RefCell<Vec<VectorRoom>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on room for `len` elements of `E` that this thread keeps from
+/// one call to the next, grown (never shrunk) when a call needs more; on
+/// `None` when growing it is refused, or when the room is already lent out
+/// on this thread (a task never waits for another while it holds it, but a
+/// refusal costs only speed).
+///
+/// Why: the large products packed into a block allocated per call, one A
+/// and one B block per task (`GEMM_SHAPES`: up to 4.5 MiB each). With 16
+/// tasks that is some 40 MiB, beyond glibc's largest mmap threshold
+/// (32 MiB), so every product mapped fresh pages, faulted each one in on
+/// first touch and unmapped them again: measured at XL (B = 128, T = 50,
+/// I = H = 1024) with 16 threads, some 140,000 page faults per backward,
+/// which took its products from ~1.2 s to ~1.8 s of CPU time on 2 Zen 5
+/// cores, and on a 16-core Sapphire Rapids left the backward slower on 16
+/// threads than on 8. A thread keeps at most one A block and one B block:
+/// what a task of the largest product needs.
+pub fn with_kept_room<E, R>(len: usize, f: impl FnOnce(Option<&mut [VectorRoom]>) -> R) -> R {
+    let units = len
+        .saturating_mul(size_of::<E>())
+        .div_ceil(size_of::<VectorRoom>());
+    let mut f = Some(f);
+    let kept = KEPT_ROOM.try_with(|kept| {
+        let Ok(mut room) = kept.try_borrow_mut() else {
+            return None;
+        };
+        if room.len() < units {
+            // The old room is given back first: its contents need not survive.
+            *room = Vec::new();
+            *room = alloc::zeroed(&[units], "the packing buffers of a product").ok()?;
+        }
+        let f = f.take().expect("f runs once");
+        Some(f(Some(&mut room[..units])))
+    });
+    if let Ok(Some(result)) = kept {
+        return result;
+    }
+    // `f` runs only on the path that returns its result.
+    let f = f.take().expect("f has not run");
+    f(None)
 }
 
 /// `room` as elements of `E`: as many as fit.
