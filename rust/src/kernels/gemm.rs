@@ -6,13 +6,18 @@
 //! Splitting only the rows of C keeps every output element's sum in the same
 //! order whatever the thread count: each element is one FMA chain in k order,
 //! whatever rows a task gets, whatever the blocking (`gemm_kernel.rs`), which
-//! is what makes results bitwise independent of threads.
+//! is what makes results bitwise independent of threads. The tasks of a
+//! product share each block of B, each packing a share of its panels, then
+//! each running its rows over all of it (BLIS's threads in the loop over
+//! rows): B is packed once, not once per task.
 
 use rayon::prelude::*;
 
 use crate::float::Float;
 pub use crate::kernels::gemm_kernel::Runs;
-use crate::kernels::gemm_kernel::{gemm_task, Blocks, StackBuffers, View};
+use crate::kernels::gemm_kernel::{
+    gemm_task, pack_b_panels, rows_over_packed_b, BBlock, Blocks, StackBuffers, View,
+};
 use crate::kernels::microkernel::{elements, with_kept_room};
 use crate::parallel::pool::in_pool;
 use crate::simd::{dispatch, Isa, Kernel, Simd};
@@ -200,61 +205,125 @@ fn product<E: Float>(
             n,
         },
     );
-    // Each task's A and B blocks, B's starting on a 64-byte boundary.
+    // A's block per task and one B block, each starting on a 64-byte
+    // boundary.
     let unit = 64 / size_of::<E>();
-    let a_len = blocks.a_len().next_multiple_of(unit);
-    let room_len = a_len + blocks.b_len();
+    let (a_len, b_len) = (
+        blocks.a_len().next_multiple_of(unit),
+        blocks.b_len().next_multiple_of(unit),
+    );
     let c = &mut c[..(m - 1) * ldc + n];
-    let task = |task: usize, c_rows: &mut [E]| {
-        let r0 = task * rows_per_task;
-        let rows = rows_per_task.min(m - r0);
-        let mut run = |buffers: Option<(&mut [E], &mut [E])>| {
-            dispatch::<E, _>(
-                isa,
-                Task {
-                    rows,
-                    k,
-                    n,
-                    // Row r0 of A: `fits` checked that rows r0..r0+rows (k
-                    // columns) lie inside `a.data`.
-                    a: View {
-                        ptr: a.data[r0 * a.row_stride + a_origin..].as_ptr(),
-                        rs: a.row_stride,
-                        cs: a.col_stride,
-                        runs: order.map(|o| o.runs),
-                    },
-                    b: View {
-                        ptr: b.data[b_origin..].as_ptr(),
-                        rs: b.row_stride,
-                        cs: b.col_stride,
-                        runs: order.map(|o| o.runs),
-                    },
-                    c: c_rows,
-                    ldc,
-                    accumulate,
-                    blocks,
-                    buffers,
-                },
-            )
-        };
-        if stack_buffers {
-            return run(None);
-        }
-        // The packing buffers of the thread that runs the task, kept between
-        // calls (on the stack when they are refused).
-        with_kept_room::<E, _>(room_len, |room| {
-            run(room.map(|room| elements::<E>(room)[..room_len].split_at_mut(a_len)))
-        });
+    // Task t's rows of A (from row r0 = t · rows_per_task) and all of B.
+    let views = |r0: usize| {
+        let runs = order.map(|o| o.runs);
+        (
+            // Row r0 of A: `fits` checked that rows r0..r0+rows (k columns)
+            // lie inside `a.data`.
+            View {
+                ptr: a.data[r0 * a.row_stride + a_origin..].as_ptr(),
+                rs: a.row_stride,
+                cs: a.col_stride,
+                runs,
+            },
+            View {
+                ptr: b.data[b_origin..].as_ptr(),
+                rs: b.row_stride,
+                cs: b.col_stride,
+                runs,
+            },
+        )
     };
-    if tasks == 1 {
-        // On the calling thread (outside a pool, rayon would hand it to its
-        // global pool's thread and wait).
-        task(0, c);
-    } else {
-        c.par_chunks_mut(rows_per_task * ldc)
-            .enumerate()
-            .for_each(|(t, c_rows)| task(t, c_rows));
+    // Task t's rows of C, alone: packing its own B blocks into `buffers`
+    // (`a_len` + `b_len` elements), or into small ones on its stack.
+    let alone = |t: usize, c_rows: &mut [E], buffers: Option<(&mut [E], &mut [E])>| {
+        let r0 = t * rows_per_task;
+        let (a, b) = views(r0);
+        dispatch::<E, _>(
+            isa,
+            Task {
+                rows: rows_per_task.min(m - r0),
+                k,
+                n,
+                a,
+                b,
+                c: c_rows,
+                ldc,
+                accumulate,
+                blocks,
+                buffers,
+            },
+        )
+    };
+    // Every task alone, on its stack. One task runs on the calling thread
+    // (outside a pool, rayon would hand it to its global pool and wait).
+    let on_stack = |c: &mut [E]| {
+        if tasks == 1 {
+            alone(0, c, None)
+        } else {
+            c.par_chunks_mut(rows_per_task * ldc)
+                .enumerate()
+                .for_each(|(t, c_rows)| alone(t, c_rows, None))
+        }
+    };
+    if stack_buffers {
+        return on_stack(c);
     }
+    with_kept_room::<E, _>(b_len + tasks * a_len, |room| {
+        let Some(room) = room else {
+            return on_stack(c);
+        };
+        let (b_buf, a_bufs) = elements::<E>(room).split_at_mut(b_len);
+        if tasks == 1 {
+            return alone(0, c, Some((&mut a_bufs[..a_len], b_buf)));
+        }
+        // The tasks share each block of B: packed once, a share of its
+        // panels per task, then every task's rows run over it (BLIS's
+        // threads in the loop over rows). Each element of C is the same
+        // chain as in `alone`, so the bits are the same.
+        let Blocks { kc, nc, nr, .. } = blocks;
+        for jc in (0..n).step_by(nc) {
+            let nb = nc.min(n - jc);
+            let panels = nb.div_ceil(nr);
+            for pc in (0..k).step_by(kc) {
+                let kd = kc.min(k - pc);
+                let block = BBlock { jc, nb, pc, kd };
+                let per_task = panels.div_ceil(tasks) * kd * nr;
+                let packed = &mut b_buf[..panels * kd * nr];
+                packed
+                    .par_chunks_mut(per_task)
+                    .enumerate()
+                    .for_each(|(t, dst)| {
+                        let (_, b) = views(0);
+                        // SAFETY: `fits` (or the order's span) checked that
+                        // B's k × n elements lie inside `b.data`; the block
+                        // is a part of them.
+                        unsafe { pack_b_panels(b, block, nr, t * per_task / (kd * nr), dst) };
+                    });
+                let packed = &*packed;
+                c.par_chunks_mut(rows_per_task * ldc)
+                    .zip(a_bufs.par_chunks_mut(a_len))
+                    .enumerate()
+                    .for_each(|(t, (c_rows, a_buf))| {
+                        let r0 = t * rows_per_task;
+                        let (a, _) = views(r0);
+                        dispatch::<E, _>(
+                            isa,
+                            Rows {
+                                rows: rows_per_task.min(m - r0),
+                                a,
+                                c: c_rows,
+                                ldc,
+                                accumulate,
+                                block,
+                                blocks,
+                                packed,
+                                a_buf,
+                            },
+                        )
+                    });
+            }
+        }
+    });
 }
 
 /// The blocks of a product whose tasks get `rows` rows, on the dispatched ISA.
@@ -331,6 +400,45 @@ impl<E: Float> Kernel<E> for Task<'_, E> {
                     )
                 }
             }
+        }
+    }
+}
+
+/// One task's rows of C over a block of B that the tasks share, packed.
+struct Rows<'a, E> {
+    rows: usize,
+    a: View<E>,
+    c: &'a mut [E],
+    ldc: usize,
+    accumulate: bool,
+    block: BBlock,
+    blocks: Blocks,
+    packed: &'a [E],
+    a_buf: &'a mut [E],
+}
+
+impl<E: Float> Kernel<E> for Rows<'_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        // SAFETY: `product` checked that A's rows of this task (k columns)
+        // lie inside its slice (`a` starts at the first), and that C's rows
+        // are `ldc ≥ n` apart; `c` holds this task's rows of C, the last of
+        // which may end right after its n-th element, and, being a `&mut`
+        // slice, overlaps neither A nor the packed block; `blocks` comes
+        // from `Blocks` for this ISA and `a_buf` holds its `a_len()`.
+        unsafe {
+            rows_over_packed_b::<S>(
+                self.rows,
+                self.a,
+                self.c.as_mut_ptr(),
+                self.ldc,
+                self.accumulate,
+                self.block,
+                self.blocks,
+                self.packed,
+                self.a_buf,
+            )
         }
     }
 }
@@ -588,7 +696,9 @@ mod tests {
     /// and NC of every ISA in `tuning::GEMM_SHAPES` are exceeded).
     #[test]
     fn gemm_matches_the_triple_loop_over_many_blocks() {
-        check_sizes::<f32>(1e-6, &[(70, 2100, 530)]);
+        // Many depth blocks; then many column blocks (NC is 1024 to 2048
+        // columns at k = 512), each shared by 3 tasks at 3 threads.
+        check_sizes::<f32>(1e-6, &[(70, 2100, 530), (70, 512, 2100)]);
         check_sizes::<f64>(1e-14, &[(40, 1100, 300)]);
     }
 

@@ -306,72 +306,175 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
     debug_assert!(blocks.mr == MR && blocks.nr == nr);
     let Blocks { kc, mc, nc, .. } = blocks;
     assert!(a_buf.len() >= mc * kc && b_buf.len() >= kc * nc && mc % MR == 0 && nc % nr == 0);
+    for jc in (0..n).step_by(nc) {
+        let nb = nc.min(n - jc);
+        for pc in (0..k).step_by(kc) {
+            let kd = kc.min(k - pc);
+            let block = BBlock { jc, nb, pc, kd };
+            // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B; the
+            // buffer holds kc × nc ≥ kd × nb (rounded up to panels).
+            unsafe { pack_b_panels(b, block, nr, 0, b_buf) };
+            // SAFETY: the caller's operands; B's block packed just above.
+            unsafe { rows_over::<S, MR, NV>(m, a, c, ldc, accumulate, block, mc, b_buf, a_buf) };
+        }
+    }
+}
+
+/// One block of B: columns `jc..jc + nb` by depth `pc..pc + kd`.
+#[derive(Clone, Copy, Debug)]
+pub struct BBlock {
+    pub jc: usize,
+    pub nb: usize,
+    pub pc: usize,
+    pub kd: usize,
+}
+
+/// Packs panels `first..` of `block` of B (NR = `nr` columns each, `kd × nr`
+/// elements, the last padded with zeros) into `dst`, as many panels as it
+/// holds whole (up to the block's last): a part of the packed block that
+/// [`rows_over_packed_b`] reads, so that threads can share the packing.
+///
+/// # Safety
+/// `b` addresses a matrix holding the block's kd × nb elements.
+#[inline(always)]
+pub unsafe fn pack_b_panels<E: SimdElement>(
+    b: View<E>,
+    block: BBlock,
+    nr: usize,
+    first: usize,
+    dst: &mut [E],
+) {
+    let BBlock { jc, nb, pc, kd } = block;
+    let panels = (dst.len() / (kd * nr)).min(nb.div_ceil(nr).saturating_sub(first));
+    let col = jc + first * nr;
+    let cols = (nb - first * nr).min(panels * nr);
+    // SAFETY: rows pc..pc+kd and columns col..col+cols ≤ jc+nb of B (the
+    // caller's contract).
+    unsafe {
+        pack_b(
+            kd,
+            cols,
+            nr,
+            KWalk::new(b.runs, pc),
+            |at| b.b_at(at, col),
+            b.cs,
+            dst,
+        )
+    };
+}
+
+/// `C (+)= A·B` over one packed block of B (`b_buf`, every panel of `block`
+/// as [`pack_b_panels`] writes them) for `m` rows of A and C: the rows of a
+/// product that one task runs while the block is shared. Continues C's chain
+/// from C with `accumulate` or after the first depth block, as [`gemm_task`]
+/// does, so the results are its bits.
+///
+/// # Safety
+/// `a` addresses an m × (pc + kd) matrix and `c` m rows of the block's
+/// columns, rows `ldc` apart, overlapping neither A nor `b_buf`; `a_buf`
+/// holds `blocks.a_len()` elements; `blocks` comes from [`Blocks`] for `S`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn rows_over_packed_b<S: Simd>(
+    m: usize,
+    a: View<S::E>,
+    c: *mut S::E,
+    ldc: usize,
+    accumulate: bool,
+    block: BBlock,
+    blocks: Blocks,
+    b_buf: &[S::E],
+    a_buf: &mut [S::E],
+) {
+    let mc = blocks.mc;
+    assert!(
+        a_buf.len() >= mc * block.kd
+            && b_buf.len() >= block.nb.div_ceil(blocks.nr) * blocks.nr * block.kd
+    );
+    // SAFETY: forwarded from the caller; the buffers' sizes checked above.
+    unsafe {
+        match shape_index::<S>() {
+            2 => rows_over::<S, { GEMM_SHAPES[2].mr }, { GEMM_SHAPES[2].nv }>(
+                m, a, c, ldc, accumulate, block, mc, b_buf, a_buf,
+            ),
+            1 => rows_over::<S, { GEMM_SHAPES[1].mr }, { GEMM_SHAPES[1].nv }>(
+                m, a, c, ldc, accumulate, block, mc, b_buf, a_buf,
+            ),
+            _ => rows_over::<S, { GEMM_SHAPES[0].mr }, { GEMM_SHAPES[0].nv }>(
+                m, a, c, ldc, accumulate, block, mc, b_buf, a_buf,
+            ),
+        }
+    }
+}
+
+/// [`rows_over_packed_b`] with an MR × NV tile: rows in blocks of `mc`, each
+/// packed into `a_buf`, then every panel of B against every sliver.
+///
+/// # Safety
+/// As for [`rows_over_packed_b`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_over<S: Simd, const MR: usize, const NV: usize>(
+    m: usize,
+    a: View<S::E>,
+    c: *mut S::E,
+    ldc: usize,
+    accumulate: bool,
+    block: BBlock,
+    mc: usize,
+    b_buf: &[S::E],
+    a_buf: &mut [S::E],
+) {
+    let nr = NV * S::LANES;
+    let BBlock { jc, nb, pc, kd } = block;
+    let panels = nb.div_ceil(nr);
     // Runs of k are read column by column of A (`pack_a`'s transposed path).
     assert!(
         a.runs.is_none() || a.rs == 1,
         "gemm: runs of k need A transposed"
     );
-    for jc in (0..n).step_by(nc) {
-        let nb = nc.min(n - jc);
-        let panels = nb.div_ceil(nr);
-        for pc in (0..k).step_by(kc) {
-            let kd = kc.min(k - pc);
-            // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B.
-            unsafe {
-                pack_b(
-                    kd,
-                    nb,
-                    nr,
-                    KWalk::new(b.runs, pc),
-                    |at| b.b_at(at, jc),
-                    b.cs,
-                    b_buf,
-                )
-            };
-            // The chain continues from C after the first depth block (and from
-            // the first with `accumulate`); C is never read otherwise.
-            let load = accumulate || pc > 0;
-            for ic in (0..m).step_by(mc) {
-                let mb = mc.min(m - ic);
-                let slivers = mb.div_ceil(MR);
-                // SAFETY: rows ic..ic+mb < m and columns pc..pc+kd ≤ k of A.
+    // The chain continues from C after the first depth block (and from the
+    // first with `accumulate`); C is never read otherwise.
+    let load = accumulate || pc > 0;
+    for ic in (0..m).step_by(mc) {
+        let mb = mc.min(m - ic);
+        let slivers = mb.div_ceil(MR);
+        // SAFETY: rows ic..ic+mb < m and columns pc..pc+kd ≤ k of A.
+        unsafe {
+            pack_a::<S::E, MR>(
+                mb,
+                kd,
+                KWalk::new(a.runs, pc),
+                |at| a.a_at(ic, at),
+                a.rs,
+                a.cs,
+                a_buf,
+            )
+        };
+        for jr in 0..panels {
+            let nn = nr.min(nb - jr * nr);
+            let bp = b_buf[jr * kd * nr..].as_ptr();
+            for s in 0..slivers {
+                let ir = s * MR;
+                let mm = MR.min(mb - ir);
+                let col = jc + jr * nr;
+                let ap = a_buf[ir * kd..].as_ptr();
+                // SAFETY: rows ic+ir..ic+ir+mm < m and columns
+                // col..col+nn ≤ n of C; the packed operands hold
+                // kd × MR and kd × NR elements there.
                 unsafe {
-                    pack_a::<S::E, MR>(
-                        mb,
-                        kd,
-                        KWalk::new(a.runs, pc),
-                        |at| a.a_at(ic, at),
-                        a.rs,
-                        a.cs,
-                        a_buf,
-                    )
-                };
-                for jr in 0..panels {
-                    let nn = nr.min(nb - jr * nr);
-                    let bp = b_buf[jr * kd * nr..].as_ptr();
-                    for s in 0..slivers {
-                        let ir = s * MR;
-                        let mm = MR.min(mb - ir);
-                        let col = jc + jr * nr;
-                        let ap = a_buf[ir * kd..].as_ptr();
-                        // SAFETY: rows ic+ir..ic+ir+mm < m and columns
-                        // col..col+nn ≤ n of C; the packed operands hold
-                        // kd × MR and kd × NR elements there.
-                        unsafe {
-                            let cp = c.add((ic + ir) * ldc + col);
-                            // The next tile's C: the next sliver's rows, or
-                            // the first rows of this block in the next panel.
-                            let next = if s + 1 < slivers {
-                                cp.wrapping_add(MR * ldc)
-                            } else {
-                                c.wrapping_add(ic * ldc + col + nr)
-                            };
-                            if mm == MR && nn == nr {
-                                tile::<S, MR, NV>(kd, ap, bp, cp, ldc, load, next);
-                            } else {
-                                edge_tile::<S, MR, NV>(kd, ap, bp, cp, ldc, load, mm, nn);
-                            }
-                        }
+                    let cp = c.add((ic + ir) * ldc + col);
+                    // The next tile's C: the next sliver's rows, or
+                    // the first rows of this block in the next panel.
+                    let next = if s + 1 < slivers {
+                        cp.wrapping_add(MR * ldc)
+                    } else {
+                        c.wrapping_add(ic * ldc + col + nr)
+                    };
+                    if mm == MR && nn == nr {
+                        tile::<S, MR, NV>(kd, ap, bp, cp, ldc, load, next);
+                    } else {
+                        edge_tile::<S, MR, NV>(kd, ap, bp, cp, ldc, load, mm, nn);
                     }
                 }
             }

@@ -7,7 +7,7 @@
 //! rows or blocking depth differently (other chunks, other thread counts) never
 //! changes a result.
 
-use std::cell::RefCell;
+use std::sync::{Mutex, TryLockError};
 
 use crate::alloc::{self, Zeroable};
 use crate::error::Result;
@@ -606,51 +606,43 @@ pub fn packed_room<E>(len: usize, what: &str) -> Result<Vec<VectorRoom>> {
     alloc::zeroed(&[bytes.div_ceil(size_of::<VectorRoom>())], what)
 }
 
-thread_local! {
-    /// This thread's packing room for the large products, kept between calls
-    /// ([`with_kept_room`]).
-    static KEPT_ROOM: RefCell<Vec<VectorRoom>> = const { RefCell::new(Vec::new()) };
-}
+/// The packing room of the large products, kept from one product to the
+/// next ([`with_kept_room`]).
+static KEPT_ROOM: Mutex<Vec<VectorRoom>> = Mutex::new(Vec::new());
 
-/// Runs `f` on room for `len` elements of `E` that this thread keeps from
-/// one call to the next, grown (never shrunk) when a call needs more; on
-/// `None` when growing it is refused, or when the room is already lent out
-/// on this thread (a task never waits for another while it holds it, but a
-/// refusal costs only speed).
+/// Runs `f` on room for `len` elements of `E` that the process keeps from one
+/// product to the next, grown (never shrunk) when a product needs more; on
+/// `None` when growing it is refused. A product that finds the room in use
+/// (another call's, on another thread) gets room of its own for the call.
 ///
-/// Why: the large products packed into a block allocated per call, one A
-/// and one B block per task (`GEMM_SHAPES`: up to 4.5 MiB each). With 16
-/// tasks that is some 40 MiB, beyond glibc's largest mmap threshold
-/// (32 MiB), so every product mapped fresh pages, faulted each one in on
-/// first touch and unmapped them again: measured at XL (B = 128, T = 50,
-/// I = H = 1024) with 16 threads, some 140,000 page faults per backward,
-/// which took its products from ~1.2 s to ~1.8 s of CPU time on 2 Zen 5
-/// cores, and on a 16-core Sapphire Rapids left the backward slower on 16
-/// threads than on 8. A thread keeps at most one A block and one B block:
-/// what a task of the largest product needs.
+/// Why: the large products packed into blocks allocated per call, an A and a
+/// B block per task (`GEMM_SHAPES`: up to 4.5 MiB a task). With 16 tasks that
+/// came to some 40 MiB, beyond glibc's largest mmap threshold (32 MiB), so
+/// every product mapped fresh pages, faulted each one in on first touch and
+/// unmapped them again: measured at XL (B = 128, T = 50, I = H = 1024) with 16
+/// threads, some 140,000 page faults per backward, which on a 16-core
+/// Sapphire Rapids left the backward slower on 16 threads than on 8.
 pub fn with_kept_room<E, R>(len: usize, f: impl FnOnce(Option<&mut [VectorRoom]>) -> R) -> R {
     let units = len
         .saturating_mul(size_of::<E>())
         .div_ceil(size_of::<VectorRoom>());
-    let mut f = Some(f);
-    let kept = KEPT_ROOM.try_with(|kept| {
-        let Ok(mut room) = kept.try_borrow_mut() else {
-            return None;
-        };
-        if room.len() < units {
-            // The old room is given back first: its contents need not survive.
-            *room = Vec::new();
-            *room = alloc::zeroed(&[units], "the packing buffers of a product").ok()?;
+    let mut kept = match KEPT_ROOM.try_lock() {
+        Ok(room) => Some(room),
+        // A product that panicked left only scratch bytes behind.
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    };
+    let mut own = Vec::new();
+    let room = kept.as_deref_mut().unwrap_or(&mut own);
+    if room.len() < units {
+        // The old room is given back first: its contents need not survive.
+        *room = Vec::new();
+        match alloc::zeroed(&[units], "the packing buffers of a product") {
+            Ok(fresh) => *room = fresh,
+            Err(_) => return f(None),
         }
-        let f = f.take().expect("f runs once");
-        Some(f(Some(&mut room[..units])))
-    });
-    if let Ok(Some(result)) = kept {
-        return result;
     }
-    // `f` runs only on the path that returns its result.
-    let f = f.take().expect("f has not run");
-    f(None)
+    f(Some(&mut room[..units]))
 }
 
 /// `room` as elements of `E`: as many as fit.
