@@ -185,6 +185,57 @@ unsafe fn run_avx512_dq<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
     kernel.run::<E::Avx512>()
 }
 
+/// Runs `f` through a function compiled for the instruction set of `S`, the
+/// vector type of the kernel that calls it, and marked `#[inline(never)]`.
+/// Like `S`'s own methods it may be called only from code [`dispatch`] runs
+/// for `S` (the CPU then supports S's ISA).
+///
+/// Why: LLVM chose a narrower vector width for a loop inlined deep into a
+/// large kernel than for the same loop called this way. The LayerNorm
+/// forward's f64 variance sums ran two lanes wide on AVX-512 (xmm registers,
+/// partial sums spilled to the stack); called through here they run eight
+/// wide, and that forward took 0.93–0.95× the time (M, one thread). The
+/// request not to inline is a hint: the fat-LTO release build folds the call
+/// back into the kernel, yet the loop keeps the full width there; check the
+/// disassembly (`perf annotate`) when changing what runs through it. Vector
+/// width changes no bit: each lane runs the same operations in the same
+/// order.
+#[inline(always)]
+pub fn apart<S: Simd, R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if size_of::<S>() >= 64 {
+            // SAFETY: S is an AVX-512 vector, and code holding one runs only
+            // where `dispatch` confirmed avx512f, avx2 and fma (the contract
+            // above, as for S's methods).
+            return unsafe { apart_avx512(f) };
+        }
+        if size_of::<S>() >= 32 {
+            // SAFETY: as above, an AVX2 vector: avx2 and fma.
+            return unsafe { apart_avx2(f) };
+        }
+    }
+    f()
+}
+
+/// # Safety
+/// The CPU must support avx512f, avx2 and fma.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline(never)]
+unsafe fn apart_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn apart_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// # Safety
 /// The CPU must support avx512f, avx2 and fma.
 #[cfg(target_arch = "x86_64")]
