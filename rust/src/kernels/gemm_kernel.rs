@@ -243,6 +243,17 @@ impl KWalk {
     }
 }
 
+/// `$f::<S, MR, NV>(args)` with the register tile of `S`'s table row.
+macro_rules! on_tile {
+    ($f:ident::<$s:ident>($($arg:expr),* $(,)?)) => {
+        match shape_index::<$s>() {
+            2 => $f::<$s, { GEMM_SHAPES[2].mr }, { GEMM_SHAPES[2].nv }>($($arg),*),
+            1 => $f::<$s, { GEMM_SHAPES[1].mr }, { GEMM_SHAPES[1].nv }>($($arg),*),
+            _ => $f::<$s, { GEMM_SHAPES[0].mr }, { GEMM_SHAPES[0].nv }>($($arg),*),
+        }
+    };
+}
+
 /// One thread's product: `C = A·B` (or `C += A·B` with `accumulate`) for A
 /// `m × k`, B `k × n`, C row-major with rows `ldc` apart, `k ≥ 1`, with the
 /// register tile of `S`'s table row and the given blocks, packing into `a_buf`
@@ -269,17 +280,9 @@ pub unsafe fn gemm_task<S: Simd>(
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        match shape_index::<S>() {
-            2 => blocked::<S, { GEMM_SHAPES[2].mr }, { GEMM_SHAPES[2].nv }>(
-                m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf,
-            ),
-            1 => blocked::<S, { GEMM_SHAPES[1].mr }, { GEMM_SHAPES[1].nv }>(
-                m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf,
-            ),
-            _ => blocked::<S, { GEMM_SHAPES[0].mr }, { GEMM_SHAPES[0].nv }>(
-                m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf,
-            ),
-        }
+        on_tile!(blocked::<S>(
+            m, k, n, a, b, c, ldc, accumulate, blocks, a_buf, b_buf
+        ))
     }
 }
 
@@ -393,17 +396,9 @@ pub unsafe fn rows_over_packed_b<S: Simd>(
     );
     // SAFETY: forwarded from the caller; the buffers' sizes checked above.
     unsafe {
-        match shape_index::<S>() {
-            2 => rows_over::<S, { GEMM_SHAPES[2].mr }, { GEMM_SHAPES[2].nv }>(
-                m, a, c, ldc, accumulate, block, mc, b_buf, a_buf,
-            ),
-            1 => rows_over::<S, { GEMM_SHAPES[1].mr }, { GEMM_SHAPES[1].nv }>(
-                m, a, c, ldc, accumulate, block, mc, b_buf, a_buf,
-            ),
-            _ => rows_over::<S, { GEMM_SHAPES[0].mr }, { GEMM_SHAPES[0].nv }>(
-                m, a, c, ldc, accumulate, block, mc, b_buf, a_buf,
-            ),
-        }
+        on_tile!(rows_over::<S>(
+            m, a, c, ldc, accumulate, block, mc, b_buf, a_buf
+        ))
     }
 }
 
