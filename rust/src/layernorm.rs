@@ -615,9 +615,10 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
         unsafe {
             // LN of s_x in place.
             let sx_hat = st_.sx_hat.0.add(row * g4);
-            // The normalisations go through `apart`: called inline here, their
-            // f64 variance sums were vectorised two lanes wide. (Backward's
-            // went through it too and took 1.03× the time: it stays inline.)
+            // The normalisations go through `apart` (this kernel runs for S,
+            // so the CPU has S's ISA): called inline here, their f64
+            // variance sums were vectorised two lanes wide. (Backward's went
+            // through it too and took 1.03× the time: it stays inline.)
             let sx = std::slice::from_raw_parts_mut(sx_hat, g4);
             let r_x = apart::<S, _>(|| normalise_in_place(sx, st_.eps));
             *st_.moments.0.add(row * MOMENTS) = r_x;
@@ -1483,9 +1484,12 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
             let (r_x, r_h, r_c, mu_c) = (*kept, *kept.add(1), *kept.add(2), *kept.add(3));
             // ĉ_t, the bits forward computed (`normalise_kept`).
             let c_hat = sp.c_hat.0.add(j * h);
-            let cells = std::slice::from_raw_parts(cache.cells.as_ptr().add(row * h), h);
-            let c_hat_row = std::slice::from_raw_parts_mut(c_hat, h);
-            renormalise(cells, c_hat_row, mu_c, r_c);
+            renormalise(
+                std::slice::from_raw_parts(cache.cells.as_ptr().add(row * h), h),
+                std::slice::from_raw_parts_mut(c_hat, h),
+                mu_c,
+                r_c,
+            );
             let c_hat = c_hat.cast_const();
             let dm = sp.dm.add(j * h);
             let dn = sp.dn.0.add(j * h);
@@ -1514,8 +1518,7 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
                 u += S::LANES;
             }
             let through_c = std::slice::from_raw_parts_mut(scratch, h);
-            let c_hat_row = std::slice::from_raw_parts(c_hat, h);
-            normalise_grad(through_c, c_hat_row, r_c);
+            normalise_grad(through_c, std::slice::from_raw_parts(c_hat, h), r_c);
             // The gate derivatives (docs/variants.md, 'Backward').
             let pp = v.peepholes.unwrap_or(&[]).as_ptr();
             let dc = sp.dc.0.add(b * h);
@@ -1593,11 +1596,11 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
                 st::<S, FULL>(d, dsh, u, g4);
                 u += S::LANES;
             }
-            let (dsh_row, sh_hat) = (
+            normalise_grad(
                 std::slice::from_raw_parts_mut(dsh, g4),
                 std::slice::from_raw_parts(cache.sh_hat.as_ptr().add(row * g4), g4),
+                r_h,
             );
-            normalise_grad(dsh_row, sh_hat, r_h);
             // ds_x = the gradient through the normalisation of s_x.
             let mut u = 0;
             while u < g4 {
@@ -1605,11 +1608,11 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
                 st::<S, FULL>(d, dsx, u, g4);
                 u += S::LANES;
             }
-            let (dsx_row, sx_hat) = (
+            normalise_grad(
                 std::slice::from_raw_parts_mut(dsx, g4),
                 std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4),
+                r_x,
             );
-            normalise_grad(dsx_row, sx_hat, r_x);
         }
     }
 }

@@ -139,6 +139,12 @@ pub const STEP_LOOP_MIN_ELEMENTS: usize = 1 << 15;
 pub const LAYER_NORM_CHUNK_ROWS: usize = 4;
 pub const LAYER_NORM_CHUNK_STREAMING_ROWS: usize = 16;
 pub const LAYER_NORM_CHUNK_WEIGHT_BYTES: usize = 1 << 20;
+/// Bytes of packing room the large products keep from one call to the next,
+/// at most (`with_kept_room` in `kernels/gemm.rs`): a B block and an A
+/// block per task, 4 MiB + 0.5 MiB a task on AVX-512, so 64 MiB covers 120
+/// threads; a product that needs more (more threads) allocates its room per
+/// call and gives it back, as every product did before.
+pub const KEPT_ROOM_MAX_BYTES: usize = 64 << 20;
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised (each task's rows are also a multiple of the ISA's MR,
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).

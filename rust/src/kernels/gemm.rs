@@ -11,17 +11,20 @@
 //! each running its rows over all of it (BLIS's threads in the loop over
 //! rows): B is packed once, not once per task.
 
+use std::sync::{Mutex, TryLockError};
+
 use rayon::prelude::*;
 
+use crate::alloc;
 use crate::float::Float;
 pub use crate::kernels::gemm_kernel::Runs;
 use crate::kernels::gemm_kernel::{
     gemm_task, pack_b_panels, rows_over_packed_b, BBlock, Blocks, StackBuffers, View,
 };
-use crate::kernels::microkernel::{elements, with_kept_room};
+use crate::kernels::microkernel::{elements, VectorRoom};
 use crate::parallel::pool::in_pool;
 use crate::simd::{dispatch, Isa, Kernel, Simd};
-use crate::tuning::GEMM_MIN_ROWS_PER_TASK;
+use crate::tuning::{GEMM_MIN_ROWS_PER_TASK, KEPT_ROOM_MAX_BYTES};
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy)]
@@ -63,11 +66,13 @@ impl<'a, E> Mat<'a, E> {
 /// zero, or from C's value with `accumulate`), so results are bitwise the same
 /// for any thread count.
 ///
-/// Each task packs into buffers its thread keeps between calls
-/// (`with_kept_room`), grown fallibly: it never fails, since when they are
-/// refused the task runs on small buffers on its own stack instead (a few
-/// times slower; the same bits), so the callers need no error path for a
-/// buffer that is a fraction of the operands they already hold.
+/// The tasks pack into one room the process keeps between calls
+/// (`with_kept_room`; a call that finds it busy gets its own), each task its
+/// A block, all of them sharing each B block. The room grows fallibly and the
+/// product never fails: when it is refused each task runs on small buffers on
+/// its own stack instead (a few times slower; the same bits), so the callers
+/// need no error path for a buffer that is a fraction of the operands they
+/// already hold.
 ///
 /// Panics if a view does not fit its slice (an engine bug, not a user error).
 pub fn gemm<E: Float>(a: Mat<'_, E>, b: Mat<'_, E>, c: &mut [E], ldc: usize, accumulate: bool) {
@@ -294,10 +299,17 @@ fn product<E: Float>(
                     .enumerate()
                     .for_each(|(t, dst)| {
                         let (_, b) = views(0);
-                        // SAFETY: `fits` (or the order's span) checked that
-                        // B's k × n elements lie inside `b.data`; the block
-                        // is a part of them.
-                        unsafe { pack_b_panels(b, block, nr, t * per_task / (kd * nr), dst) };
+                        let first = t * per_task / (kd * nr);
+                        dispatch::<E, _>(
+                            isa,
+                            PackB {
+                                b,
+                                block,
+                                nr,
+                                first,
+                                dst,
+                            },
+                        )
                     });
                 let packed = &*packed;
                 c.par_chunks_mut(rows_per_task * ldc)
@@ -324,6 +336,54 @@ fn product<E: Float>(
             }
         }
     });
+}
+
+/// The packing room of the large products, kept from one product to the
+/// next ([`with_kept_room`]).
+static KEPT_ROOM: Mutex<Vec<VectorRoom>> = Mutex::new(Vec::new());
+
+/// Runs `f` on room for `len` elements of `E` that the process keeps from one
+/// product to the next, grown (never shrunk) when a product needs more, up to
+/// `KEPT_ROOM_MAX_BYTES`; on `None` when growing it is refused (the room kept
+/// so far is given back first: its contents need not survive). A product that
+/// finds the room in use (another call's, or its own thread's through rayon's
+/// work stealing) or needs more than the bound gets room of its own for the
+/// call, given back after it.
+///
+/// Why: the large products packed into blocks allocated per call, an A and a
+/// B block per task (`GEMM_SHAPES`: up to 4.5 MiB a task). With 16 tasks that
+/// came to some 40 MiB, beyond glibc's largest mmap threshold (32 MiB), so
+/// every product mapped fresh pages, faulted each one in on first touch and
+/// unmapped them again: measured at XL (B = 128, T = 50, I = H = 1024) with 16
+/// threads, some 140,000 page faults per backward, which on a 16-core
+/// Sapphire Rapids left the backward slower on 16 threads than on 8.
+fn with_kept_room<E, R>(len: usize, f: impl FnOnce(Option<&mut [VectorRoom]>) -> R) -> R {
+    let units = len
+        .saturating_mul(size_of::<E>())
+        .div_ceil(size_of::<VectorRoom>());
+    let mut kept = if units > KEPT_ROOM_MAX_BYTES / size_of::<VectorRoom>() {
+        None
+    } else {
+        match KEPT_ROOM.try_lock() {
+            Ok(room) => Some(room),
+            // A product that panicked left only scratch bytes behind.
+            Err(TryLockError::Poisoned(poisoned)) => {
+                KEPT_ROOM.clear_poison();
+                Some(poisoned.into_inner())
+            }
+            Err(TryLockError::WouldBlock) => None,
+        }
+    };
+    let mut own = Vec::new();
+    let room = kept.as_deref_mut().unwrap_or(&mut own);
+    if room.len() < units {
+        *room = Vec::new();
+        match alloc::zeroed(&[units], "the packing buffers of a product") {
+            Ok(fresh) => *room = fresh,
+            Err(_) => return f(None),
+        }
+    }
+    f(Some(&mut room[..units]))
 }
 
 /// The blocks of a product whose tasks get `rows` rows, on the dispatched ISA.
@@ -361,7 +421,7 @@ impl<E: Float> Kernel<E> for Task<'_, E> {
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) {
         let c = self.c.as_mut_ptr();
-        // SAFETY: `gemm_on` checked that A's rows r0.. of this task and all of
+        // SAFETY: `product` checked that A's rows r0.. of this task and all of
         // B lie inside their slices (`a` and `b` start there), and that C's
         // rows are `ldc ≥ n` apart; `c` holds this task's rows of C, the
         // last of which may end right after its n-th element, and, being a
@@ -401,6 +461,28 @@ impl<E: Float> Kernel<E> for Task<'_, E> {
                 }
             }
         }
+    }
+}
+
+/// A share of the panels of a block of B (from panel `first`, as many as
+/// `dst` holds), packed in code compiled for the dispatched ISA, as the
+/// tasks' own packing is.
+struct PackB<'a, E> {
+    b: View<E>,
+    block: BBlock,
+    nr: usize,
+    first: usize,
+    dst: &'a mut [E],
+}
+
+impl<E: Float> Kernel<E> for PackB<'_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        // SAFETY: `product` checked (`fits`, or the order's span) that B's
+        // k × n elements lie inside its slice, which `b` starts; the block
+        // is a part of them.
+        unsafe { pack_b_panels(self.b, self.block, self.nr, self.first, self.dst) }
     }
 }
 

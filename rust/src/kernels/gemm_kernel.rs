@@ -1,4 +1,4 @@
-//! One thread's share of a large product, BLIS-style: B packed into panels of
+//! One task's share of a large product, BLIS-style: B packed into panels of
 //! NR columns in read order, A packed into slivers of MR rows, and an MR × NR
 //! register tile (MR rows by NV vectors) over them, written once over
 //! [`Simd`]. The tile and block sizes of each ISA are one table,
@@ -8,7 +8,9 @@
 //! KC × NC, read from L3), depth in blocks of KC, rows in blocks of MC (A's
 //! packed block, MC × KC, kept in L2), then every B micro-panel (KC × NR)
 //! against every sliver of A's block (the tuning table says where each lives
-//! per ISA, and why).
+//! per ISA, and why). The tasks of a product share each packed block of B
+//! ([`pack_b_panels`] packs a share of its panels, [`rows_over_packed_b`]
+//! runs a task's rows over all of it); [`gemm_task`] runs a task alone.
 //!
 //! Every element of C is one FMA chain in k order: it starts from zero (or
 //! from C's value with `accumulate`), and between depth blocks the tile is
@@ -118,8 +120,8 @@ impl Blocks {
 }
 
 /// Packing buffers small enough for a thread's stack: the product runs on
-/// them, slower (B is packed once per sliver of A), when the heap refused
-/// the full-size ones. Same blocks of depth or not, same bits.
+/// them, slower (one panel of B at a time, A packed again for each), when the
+/// heap refused the full-size ones. Same blocks of depth or not, same bits.
 pub struct StackBuffers<E> {
     pub a: [E; STACK_A],
     pub b: [E; STACK_B],
@@ -348,7 +350,8 @@ pub unsafe fn pack_b_panels<E: SimdElement>(
     dst: &mut [E],
 ) {
     let BBlock { jc, nb, pc, kd } = block;
-    let panels = (dst.len() / (kd * nr)).min(nb.div_ceil(nr).saturating_sub(first));
+    assert!(first * nr < nb, "gemm: packing past the block's last panel");
+    let panels = (dst.len() / (kd * nr)).min(nb.div_ceil(nr) - first);
     let col = jc + first * nr;
     let cols = (nb - first * nr).min(panels * nr);
     // SAFETY: rows pc..pc+kd and columns col..col+cols ≤ jc+nb of B (the
@@ -373,8 +376,9 @@ pub unsafe fn pack_b_panels<E: SimdElement>(
 /// does, so the results are its bits.
 ///
 /// # Safety
-/// `a` addresses an m × (pc + kd) matrix and `c` m rows of the block's
-/// columns, rows `ldc` apart, overlapping neither A nor `b_buf`; `a_buf`
+/// `a` addresses an m × (pc + kd) matrix and `c` m rows of at least
+/// `jc + nb` elements (from column 0), rows `ldc` apart, overlapping neither
+/// A nor `b_buf`; `a_buf`
 /// holds `blocks.a_len()` elements; `blocks` comes from [`Blocks`] for `S`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -390,6 +394,7 @@ pub unsafe fn rows_over_packed_b<S: Simd>(
     a_buf: &mut [S::E],
 ) {
     let mc = blocks.mc;
+    debug_assert!(blocks.mr == shape::<S>().mr && blocks.nr == shape::<S>().nv * S::LANES);
     assert!(
         a_buf.len() >= mc * block.kd
             && b_buf.len() >= block.nb.div_ceil(blocks.nr) * blocks.nr * block.kd
@@ -421,6 +426,7 @@ unsafe fn rows_over<S: Simd, const MR: usize, const NV: usize>(
     a_buf: &mut [S::E],
 ) {
     let nr = NV * S::LANES;
+    debug_assert!(mc.is_multiple_of(MR));
     let BBlock { jc, nb, pc, kd } = block;
     let panels = nb.div_ceil(nr);
     // Runs of k are read column by column of A (`pack_a`'s transposed path).
@@ -677,7 +683,7 @@ unsafe fn pack_a<E: SimdElement, const MR: usize>(
         }
         return;
     }
-    // Rows of A in place: k at stride `cs` (no runs, asserted by `blocked`).
+    // Rows of A in place: k at stride `cs` (no runs, asserted by `rows_over`).
     let src = col(walk.at);
     for s in 0..slivers {
         let rows = MR.min(mb - s * MR);

@@ -7,8 +7,6 @@
 //! rows or blocking depth differently (other chunks, other thread counts) never
 //! changes a result.
 
-use std::sync::{Mutex, TryLockError};
-
 use crate::alloc::{self, Zeroable};
 use crate::error::Result;
 use crate::simd::{Bf16, Simd, SimdElement};
@@ -606,45 +604,6 @@ pub fn packed_room<E>(len: usize, what: &str) -> Result<Vec<VectorRoom>> {
     alloc::zeroed(&[bytes.div_ceil(size_of::<VectorRoom>())], what)
 }
 
-/// The packing room of the large products, kept from one product to the
-/// next ([`with_kept_room`]).
-static KEPT_ROOM: Mutex<Vec<VectorRoom>> = Mutex::new(Vec::new());
-
-/// Runs `f` on room for `len` elements of `E` that the process keeps from one
-/// product to the next, grown (never shrunk) when a product needs more; on
-/// `None` when growing it is refused. A product that finds the room in use
-/// (another call's, on another thread) gets room of its own for the call.
-///
-/// Why: the large products packed into blocks allocated per call, an A and a
-/// B block per task (`GEMM_SHAPES`: up to 4.5 MiB a task). With 16 tasks that
-/// came to some 40 MiB, beyond glibc's largest mmap threshold (32 MiB), so
-/// every product mapped fresh pages, faulted each one in on first touch and
-/// unmapped them again: measured at XL (B = 128, T = 50, I = H = 1024) with 16
-/// threads, some 140,000 page faults per backward, which on a 16-core
-/// Sapphire Rapids left the backward slower on 16 threads than on 8.
-pub fn with_kept_room<E, R>(len: usize, f: impl FnOnce(Option<&mut [VectorRoom]>) -> R) -> R {
-    let units = len
-        .saturating_mul(size_of::<E>())
-        .div_ceil(size_of::<VectorRoom>());
-    let mut kept = match KEPT_ROOM.try_lock() {
-        Ok(room) => Some(room),
-        // A product that panicked left only scratch bytes behind.
-        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
-    };
-    let mut own = Vec::new();
-    let room = kept.as_deref_mut().unwrap_or(&mut own);
-    if room.len() < units {
-        // The old room is given back first: its contents need not survive.
-        *room = Vec::new();
-        match alloc::zeroed(&[units], "the packing buffers of a product") {
-            Ok(fresh) => *room = fresh,
-            Err(_) => return f(None),
-        }
-    }
-    f(Some(&mut room[..units]))
-}
-
 /// `room` as elements of `E`: as many as fit.
 #[inline(always)]
 pub fn elements<E: SimdElement>(room: &mut [VectorRoom]) -> &mut [E] {
@@ -652,8 +611,9 @@ pub fn elements<E: SimdElement>(room: &mut [VectorRoom]) -> &mut [E] {
     let len = size_of_val(room) / size_of::<E>();
     // SAFETY: `len` elements of E fit in the bytes of `room`, aligned for E
     // (asserted); the bytes are initialised (zeroed when allocated, then
-    // written only as E), and every bit pattern is a valid f32 or f64 (the
-    // only `SimdElement`s). The new slice takes over the exclusive borrow.
+    // written only as f32 or f64: a kept room serves both), and every bit
+    // pattern is a valid f32 or f64 (the only `SimdElement`s). The new slice
+    // takes over the exclusive borrow.
     unsafe { std::slice::from_raw_parts_mut(room.as_mut_ptr().cast::<E>(), len) }
 }
 

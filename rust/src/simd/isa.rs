@@ -187,27 +187,28 @@ unsafe fn run_avx512_dq<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
 
 /// Runs `f` through a function compiled for the instruction set of `S`, the
 /// vector type of the kernel that calls it, and marked `#[inline(never)]`.
-/// Like `S`'s own methods it may be called only from code [`dispatch`] runs
-/// for `S` (the CPU then supports S's ISA).
 ///
-/// Why: LLVM chose a narrower vector width for a loop inlined deep into a
-/// large kernel than for the same loop called this way. The LayerNorm
-/// forward's f64 variance sums ran two lanes wide on AVX-512 (xmm registers,
-/// partial sums spilled to the stack); called through here they run eight
-/// wide, and that forward took 0.93–0.95× the time (M, one thread). The
-/// request not to inline is a hint: the fat-LTO release build folds the call
-/// back into the kernel, yet the loop keeps the full width there; check the
-/// disassembly (`perf annotate`) when changing what runs through it. Vector
-/// width changes no bit: each lane runs the same operations in the same
-/// order.
+/// Why: LLVM vectorised the LayerNorm forward's f64 variance sums two lanes
+/// wide on AVX-512 (xmm registers, partial sums spilled to the stack) where
+/// they were inlined into the row kernel, while the mean's sum beside them ran
+/// eight wide. Called through here they run eight wide, and that forward took
+/// 0.93–0.95× the time (M, one thread). What was observed in the release
+/// build (fat LTO): no symbol of its own for the function, and the variance
+/// loop in the kernel's code, eight lanes wide. So check the disassembly
+/// (`perf annotate`) when changing what runs through it. Vector width changes
+/// no bit: each lane runs the same operations in the same order.
+///
+/// # Safety
+/// The CPU supports `S`'s instruction set: true inside a [`Kernel::run`] that
+/// [`dispatch`] called for `S`. The path is chosen by the vector's size (64
+/// bytes: AVX-512, 32: AVX2), as the engine's vector types are.
 #[inline(always)]
-pub fn apart<S: Simd, R>(f: impl FnOnce() -> R) -> R {
+pub(crate) unsafe fn apart<S: Simd, R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         if size_of::<S>() >= 64 {
-            // SAFETY: S is an AVX-512 vector, and code holding one runs only
-            // where `dispatch` confirmed avx512f, avx2 and fma (the contract
-            // above, as for S's methods).
+            // SAFETY: S is an AVX-512 vector, so the CPU has avx512f, avx2
+            // and fma (the caller's contract).
             return unsafe { apart_avx512(f) };
         }
         if size_of::<S>() >= 32 {

@@ -28,5 +28,6 @@ pub mod vector;
 
 pub use activation::{exp, sigmoid, tanh};
 pub use bf16::Bf16;
-pub use isa::{apart, dispatch, dispatch_dq, Isa, Kernel};
+pub(crate) use isa::apart;
+pub use isa::{dispatch, dispatch_dq, Isa, Kernel};
 pub use vector::{load_n, store_n, Simd, SimdElement};
