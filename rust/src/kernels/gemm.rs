@@ -285,55 +285,51 @@ fn product<E: Float>(
         // panels per task, then every task's rows run over it (BLIS's
         // threads in the loop over rows). Each element of C is the same
         // chain as in `alone`, so the bits are the same.
-        let Blocks { kc, nc, nr, .. } = blocks;
-        for jc in (0..n).step_by(nc) {
-            let nb = nc.min(n - jc);
-            let panels = nb.div_ceil(nr);
-            for pc in (0..k).step_by(kc) {
-                let kd = kc.min(k - pc);
-                let block = BBlock { jc, nb, pc, kd };
-                let per_task = panels.div_ceil(tasks) * kd * nr;
-                let packed = &mut b_buf[..panels * kd * nr];
-                packed
-                    .par_chunks_mut(per_task)
-                    .enumerate()
-                    .for_each(|(t, dst)| {
-                        let (_, b) = views(0);
-                        let first = t * per_task / (kd * nr);
-                        dispatch::<E, _>(
-                            isa,
-                            PackB {
-                                b,
-                                block,
-                                nr,
-                                first,
-                                dst,
-                            },
-                        )
-                    });
-                let packed = &*packed;
-                c.par_chunks_mut(rows_per_task * ldc)
-                    .zip(a_bufs.par_chunks_mut(a_len))
-                    .enumerate()
-                    .for_each(|(t, (c_rows, a_buf))| {
-                        let r0 = t * rows_per_task;
-                        let (a, _) = views(r0);
-                        dispatch::<E, _>(
-                            isa,
-                            Rows {
-                                rows: rows_per_task.min(m - r0),
-                                a,
-                                c: c_rows,
-                                ldc,
-                                accumulate,
-                                block,
-                                blocks,
-                                packed,
-                                a_buf,
-                            },
-                        )
-                    });
-            }
+        let nr = blocks.nr;
+        for block in blocks.b_blocks(k, n) {
+            let kd = block.kd;
+            let panels = block.nb.div_ceil(nr);
+            let per_task = panels.div_ceil(tasks) * kd * nr;
+            let packed = &mut b_buf[..panels * kd * nr];
+            packed
+                .par_chunks_mut(per_task)
+                .enumerate()
+                .for_each(|(t, dst)| {
+                    let (_, b) = views(0);
+                    let first = t * per_task / (kd * nr);
+                    dispatch::<E, _>(
+                        isa,
+                        PackB {
+                            b,
+                            block,
+                            nr,
+                            first,
+                            dst,
+                        },
+                    )
+                });
+            let packed = &*packed;
+            c.par_chunks_mut(rows_per_task * ldc)
+                .zip(a_bufs.par_chunks_mut(a_len))
+                .enumerate()
+                .for_each(|(t, (c_rows, a_buf))| {
+                    let r0 = t * rows_per_task;
+                    let (a, _) = views(r0);
+                    dispatch::<E, _>(
+                        isa,
+                        Rows {
+                            rows: rows_per_task.min(m - r0),
+                            a,
+                            c: c_rows,
+                            ldc,
+                            accumulate,
+                            block,
+                            blocks,
+                            packed,
+                            a_buf,
+                        },
+                    )
+                });
         }
     });
 }

@@ -108,6 +108,21 @@ impl Blocks {
         }
     }
 
+    /// The blocks of B that a product of depth `k` and width `n` runs over,
+    /// in the order its chains need: columns in blocks of NC and, within
+    /// each, depth in blocks of KC from the first.
+    pub fn b_blocks(&self, k: usize, n: usize) -> impl Iterator<Item = BBlock> {
+        let (kc, nc) = (self.kc, self.nc);
+        (0..n).step_by(nc).flat_map(move |jc| {
+            (0..k).step_by(kc).map(move |pc| BBlock {
+                jc,
+                nb: nc.min(n - jc),
+                pc,
+                kd: kc.min(k - pc),
+            })
+        })
+    }
+
     /// Elements of A's packed block (MC × KC).
     pub fn a_len(&self) -> usize {
         self.mc * self.kc
@@ -311,17 +326,12 @@ unsafe fn blocked<S: Simd, const MR: usize, const NV: usize>(
     debug_assert!(blocks.mr == MR && blocks.nr == nr);
     let Blocks { kc, mc, nc, .. } = blocks;
     assert!(a_buf.len() >= mc * kc && b_buf.len() >= kc * nc && mc % MR == 0 && nc % nr == 0);
-    for jc in (0..n).step_by(nc) {
-        let nb = nc.min(n - jc);
-        for pc in (0..k).step_by(kc) {
-            let kd = kc.min(k - pc);
-            let block = BBlock { jc, nb, pc, kd };
-            // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B; the
-            // buffer holds kc × nc ≥ kd × nb (rounded up to panels).
-            unsafe { pack_b_panels(b, block, nr, 0, b_buf) };
-            // SAFETY: the caller's operands; B's block packed just above.
-            unsafe { rows_over::<S, MR, NV>(m, a, c, ldc, accumulate, block, mc, b_buf, a_buf) };
-        }
+    for block in blocks.b_blocks(k, n) {
+        // SAFETY: rows pc..pc+kd < k and columns jc..jc+nb ≤ n of B; the
+        // buffer holds kc × nc ≥ kd × nb (rounded up to panels).
+        unsafe { pack_b_panels(b, block, nr, 0, b_buf) };
+        // SAFETY: the caller's operands; B's block packed just above.
+        unsafe { rows_over::<S, MR, NV>(m, a, c, ldc, accumulate, block, mc, b_buf, a_buf) };
     }
 }
 
@@ -378,8 +388,8 @@ pub unsafe fn pack_b_panels<E: SimdElement>(
 /// # Safety
 /// `a` addresses an m × (pc + kd) matrix and `c` m rows of at least
 /// `jc + nb` elements (from column 0), rows `ldc` apart, overlapping neither
-/// A nor `b_buf`; `a_buf`
-/// holds `blocks.a_len()` elements; `blocks` comes from [`Blocks`] for `S`.
+/// A nor `b_buf`; `a_buf` holds `blocks.a_len()` elements; `blocks` comes
+/// from [`Blocks`] for `S`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn rows_over_packed_b<S: Simd>(
