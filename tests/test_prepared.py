@@ -304,3 +304,42 @@ def test_streaming_gives_the_bits_of_one_forward(isa, dtype, batch):
         assert _same(y_t, y_full[t])
     assert _same(state[0], h_n) and _same(state[1], c_n)
     assert _same(m(seq[:, -1:])[0][:, 0], y_full[:, -1])
+
+
+@each_dtype
+@pytest.mark.parametrize("steps,batch", [(1, 3), (85, 3), (64, 4), (86, 3), (40, 16)])
+def test_layer_norm_prepared_equals_functional_bitwise(isa, dtype, steps, batch):
+    # Prepared weights run a short call's input products (up to 256 rows of
+    # T*B) on their kept panels of w_ih, a longer one's on the general product,
+    # and the functional call always on the general product: the same bits.
+    rng = np.random.default_rng(11)
+    I, H = 9, 21
+    weights = _weights(rng, I, H, dtype)
+    norms = {
+        "w_ln_ih": rng.uniform(0.5, 1.5, 4 * H).astype(dtype),
+        "b_ln_hh": rng.uniform(-0.5, 0.5, 4 * H).astype(dtype),
+        "w_ln_c": rng.uniform(0.5, 1.5, H).astype(dtype),
+    }
+    x = rng.standard_normal((steps, batch, I)).astype(dtype)
+    prepared = lstm_fast.prepare_weights(*weights)
+    for need_cache in (False, True):
+        a = lstm_fast.forward(x, *weights, layer_norm=True, need_cache=need_cache, **norms)
+        b = prepared.forward(x, layer_norm=True, need_cache=need_cache, **norms)
+        for u, v in zip(a[:3], b[:3]):
+            assert _same(u, v)
+
+
+@pytest.mark.parametrize("weight_dtype", [None, "bfloat16"])
+def test_layer_norm_short_and_long_calls_agree_bitwise(isa, weight_dtype):
+    # The first steps of a long call (its input products on the general
+    # product) are those of a short call over the same steps (on the kept
+    # panels), bfloat16 weights included.
+    rng = np.random.default_rng(12)
+    I, H, B = 7, 19, 5
+    weights = _weights(rng, I, H, np.float32)
+    prepared = lstm_fast.prepare_weights(*weights, weight_dtype=weight_dtype)
+    x = rng.standard_normal((80, B, I)).astype(np.float32)  # 400 rows
+    norms = {"b_ln_ih": rng.uniform(-0.5, 0.5, 4 * H).astype(np.float32)}
+    long = prepared.forward(x, layer_norm=True, need_cache=False, **norms)
+    short = prepared.forward(x[:30], layer_norm=True, need_cache=False, **norms)  # 150 rows
+    assert _same(long.y[:30], short.y)

@@ -60,6 +60,9 @@ OPTIONS = [
     {"activations": ["hardsigmoid", ("leakyrelu", 0.1), "softsign"]},
     {"peepholes": True, "proj_size": 2, "clip": 0.7, "num_layers": 2},
     {"forget_bias": 1.0},
+    {"layer_norm": True},
+    {"layer_norm": True, "layer_norm_eps": 0.5, "num_layers": 2},
+    {"layer_norm": True, "peepholes": True, "proj_size": 3, "clip": 0.7},
     # Regularisation that does not change inference: step is the plain cell.
     {"recurrent_dropout": 0.3, "weight_drop": 0.2, "dropout": 0.4, "num_layers": 2},
 ]
@@ -85,7 +88,10 @@ def test_kept_step_gives_the_bits_of_the_general_call(monkeypatch, isa, dtype, o
     _assert_same(*_twins(monkeypatch, make, xs, (h0, c0)))
 
 
-@pytest.mark.parametrize("options", [{}, {"proj_size": 3, "num_layers": 2}, {"peepholes": True}])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"proj_size": 3, "num_layers": 2}, {"peepholes": True}, {"layer_norm": True}],
+)
 @pytest.mark.parametrize("shape", [(4, 2, 5), (4, 1, 5), (4, 5)], ids=["B2", "B1", "unbatched"])
 def test_kept_step_with_bfloat16_weights(monkeypatch, isa, options, shape):
     # One row reads float32 weights in place (kernels/row_major.rs), never the
@@ -102,13 +108,14 @@ def test_kept_step_with_bfloat16_weights(monkeypatch, isa, options, shape):
     assert not np.array_equal(kept[-1][0], _steps(make(), xs)[-1][0])
 
 
-def test_kept_step_is_taken_and_runs_no_general_call(monkeypatch):
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_kept_step_is_taken_and_runs_no_general_call(monkeypatch, layer_norm):
     # The kept call must really stand in for the general one (or the comparisons
     # above would compare the general call with itself).
     def refuse(*args, **kwargs):
         raise AssertionError("the general call ran")
 
-    m = LSTM(3, 5, num_layers=2, seed=0, proj_size=2)
+    m = LSTM(3, 5, num_layers=2, seed=0, proj_size=2, layer_norm=layer_norm)
     x = np.ones((2, 3), np.float32)
     m.step(x)  # packs once
     monkeypatch.setattr(functional.PreparedWeights, "forward", refuse)
@@ -122,7 +129,7 @@ def test_kept_step_is_taken_and_runs_no_general_call(monkeypatch):
 @pytest.mark.parametrize(
     "how",
     ["in_place", "bias", "projection", "load_state_dict", "replaced", "float64", "view"]
-    + ["unaligned"],
+    + ["unaligned", "ln_in_place", "ln_replaced", "ln_float64", "ln_view"],
 )
 def test_kept_step_never_uses_stale_weights(monkeypatch, how):
     rng = np.random.default_rng(5)
@@ -142,6 +149,18 @@ def test_kept_step_never_uses_stale_weights(monkeypatch, how):
             m.load_state_dict(state)
         elif how == "replaced":
             p["weight_ih_l1"] = p["weight_ih_l1"] + 0.125
+        elif how == "ln_in_place":  # the gains and biases are read live, never kept
+            p["weight_ln_hh_l1"][t % 4] *= 1.5
+            p["bias_ln_c_l0"][t % 5] += 0.25
+        elif how == "ln_replaced":
+            p["weight_ln_ih_l0"] = p["weight_ln_ih_l0"] * 0.75
+        elif how == "ln_float64":  # not the layer's dtype: the general call casts it
+            p["bias_ln_ih_l1"] = p["bias_ln_ih_l1"].astype(np.float64) + 0.125
+        elif how == "ln_view":  # a strided view: the general call copies it
+            w = p["weight_ln_c_l1"]
+            big = np.zeros(2 * w.shape[0], w.dtype)
+            big[::2] = w * 1.25
+            p["weight_ln_c_l1"] = big[::2]
         elif how == "float64":
             p["weight_hh_l0"] = p["weight_hh_l0"].astype(np.float64) * 0.75
         elif how == "unaligned":  # as unpickled arrays can be: the general call copies it
@@ -165,7 +184,10 @@ def test_kept_step_never_uses_stale_weights(monkeypatch, how):
         return out
 
     def make():
-        return LSTM(3, 5, num_layers=2, seed=4, proj_size=2 if how == "projection" else 0)
+        return LSTM(
+            3, 5, num_layers=2, seed=4, proj_size=2 if how == "projection" else 0,
+            layer_norm=how.startswith("ln_"),
+        )  # fmt: skip
 
     kept = run(make())
     with monkeypatch.context() as patch:
@@ -262,6 +284,8 @@ FORWARD_OPTIONS = [
     {"proj_size": 2, "bidirectional": True},
     {"peepholes": True, "clip": 0.5, "bias": False},
     {"activations": ["hardsigmoid", ("leakyrelu", 0.1), "softsign"], "input_forget": True},
+    {"layer_norm": True, "num_layers": 2},
+    {"layer_norm": True, "bidirectional": True, "proj_size": 2, "peepholes": True},
 ]
 
 
@@ -290,9 +314,10 @@ def test_kept_forward_gives_the_bits_of_the_general_call(monkeypatch, isa, dtype
             assert_same_bits(m.forward(x, hx)[0], ours[0], "y with a cache")
 
 
-def test_kept_forward_bfloat16_and_updates(monkeypatch):
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_kept_forward_bfloat16_and_updates(monkeypatch, layer_norm):
     rng = np.random.default_rng(9)
-    m = LSTM(5, 8, num_layers=2, bidirectional=True, seed=6)
+    m = LSTM(5, 8, num_layers=2, bidirectional=True, seed=6, layer_norm=layer_norm)
     x = rng.standard_normal((4, 2, 5)).astype(np.float32)
 
     def general(m, **kw):

@@ -165,7 +165,9 @@ class Kept:
     the private arrays, the panels and the variant fixed once; each call proves
     the caller's live weights bit for bit the kept ones and runs one pass
     without a cache, in one crossing (one row for a few steps reads the live
-    weights themselves, with the same bits, and needs no proof)."""
+    weights themselves, with the same bits, and needs no proof). With
+    ``layer_norm`` the pass is the LayerNorm LSTM's, its gains and biases read
+    in place."""
 
     def __new__(
         cls,
@@ -192,4 +194,5 @@ class Kept:
         *,
         batch_first: bool = False,
         reverse: bool = False,
+        layer_norm: LayerNormParams | None = None,
     ) -> bool: ...

@@ -1279,6 +1279,7 @@ class PreparedWeights:
         *,
         batch_first: bool = False,
         reverse: bool = False,
+        layer_norm: LayerNormParams | None = None,
     ) -> bool:
         """One pass without a cache, in one engine call that first proves ``live``
         (the caller's w_ih, w_hh, b_ih, b_hh, w_hr; None where absent) bit for bit
@@ -1289,7 +1290,8 @@ class PreparedWeights:
         C-contiguous in this dtype and of the pass's shapes; ``peepholes`` the
         live (3H,) array or None; ``variant`` (clip, input_forget, forget_gate,
         activations) as ``_checks.variant_options`` returns them, activations
-        None for the plain ones. False, with nothing computed, when the live
+        None for the plain ones; ``layer_norm`` the LayerNorm LSTM's live gains
+        and biases and its checked eps, or None. False, with nothing computed, when the live
         arrays are not the prepared weights, or not arrays of this dtype the
         engine reads in place: the caller then prepares again (or takes the
         general path)."""
@@ -1303,7 +1305,15 @@ class PreparedWeights:
             plan = self._plan = (variant, kept)
         return bool(
             plan[1].forward(
-                x, h0, c0, live, peepholes, out, batch_first=batch_first, reverse=reverse
+                x,
+                h0,
+                c0,
+                live,
+                peepholes,
+                out,
+                batch_first=batch_first,
+                reverse=reverse,
+                layer_norm=layer_norm,
             )
         )
 

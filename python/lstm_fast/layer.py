@@ -22,6 +22,7 @@ import numpy as np
 from . import functional as _F
 from . import functional as _functional
 from . import masks as _masks
+from ._bundles import LayerNormParams
 from ._bundles import Outputs as _Outputs
 from ._checks import (
     LAYER_NORM_EPS,
@@ -665,9 +666,10 @@ class LSTM:
         batch_first: bool = False,
         reverse: bool = False,
     ) -> bool:
-        """One pass without a cache of one layer and direction (no layer norm or
-        zoneout, no ``lengths``) from its kept weights, into ``out``; ``x``, ``h0``,
-        ``c0`` checked, in the layer's dtype. True when it ran.
+        """One pass without a cache of one layer and direction (no zoneout, no
+        ``lengths``) from its kept weights, into ``out``; ``x``, ``h0``, ``c0``
+        checked, in the layer's dtype. True when it ran. The LayerNorm LSTM's gains
+        and biases are read in place, as the peepholes are.
 
         The per-call work of :meth:`step` and of an inference ``forward``: what
         depends only on the configuration and the weights was done when they were
@@ -689,6 +691,10 @@ class LSTM:
             p[self._projection_name(layer, direction)] if self.proj_size else None,
         )
         peepholes = p[self._peephole_name(layer, direction)] if self.peepholes else None
+        norms = None
+        if self.layer_norm:
+            gains = [p[name] for name in self._layer_norm_names(layer, direction)]
+            norms = LayerNormParams._make([*gains, self.layer_norm_eps])
         variant = (self.clip, self.input_forget, self.forget_gate, self.activations)
         x = contiguous("x", x, dt, own=False)
         if h0 is not None:
@@ -702,8 +708,9 @@ class LSTM:
                 # Not packed yet, or stale: pack again (proven as for the general call).
                 prepared = self._prepared_weights(layer, direction, weight_dtype)
             if isinstance(prepared, _functional.PreparedWeights) and prepared._run_kept(
-                x, h0, c0, out, live, peepholes, variant, batch_first=batch_first, reverse=reverse
-            ):
+                x, h0, c0, out, live, peepholes, variant, batch_first=batch_first,
+                reverse=reverse, layer_norm=norms,
+            ):  # fmt: skip
                 return True
         return False
 
@@ -859,7 +866,7 @@ class LSTM:
         concurrent = self._concurrent(steps, batch)
         # Inference without lengths: each pass from the kept weights in one engine
         # call (``_kept_pass``; the passes with options below take the general one).
-        kept = _F is _functional and not need_cache and lengths is None and not self.layer_norm
+        kept = _F is _functional and not need_cache and lengths is None
         # The kept passes write their final states straight into these (np.stack
         # of the passes' states costs as much as a short call's other work); a
         # pass that takes another path returns its own, and they are stacked.
@@ -1115,9 +1122,9 @@ class LSTM:
         # Filled layer by layer (np.stack costs more than a small step itself).
         h_new = np.empty((self.num_layers, batch, self.state_size), self.dtype)
         c_new = np.empty((self.num_layers, batch, self.hidden_size), self.dtype)
-        # The plain cell's inference (zoneout's and layer norm's are other passes):
-        # each layer's kept weights, proven current and run in one engine call.
-        kept = _F is _functional and not self.layer_norm and not any(self._zoneout_rates)
+        # The cell's inference (zoneout's is another pass): each layer's kept
+        # weights, proven current and run in one engine call.
+        kept = _F is _functional and not any(self._zoneout_rates)
         for layer in range(self.num_layers):
             h_l = None if h is None else h[layer]
             c_l = None if c is None else c[layer]

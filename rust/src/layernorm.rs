@@ -57,14 +57,14 @@ use crate::kernels::layout::SharedMut;
 use crate::kernels::pack::{self, Panels};
 use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, ProductScratch};
 use crate::lstm::{gathered_t, in_place_order, ordered_block_rows, ordered_blocks};
-use crate::parallel::pool::{self, in_pool};
+use crate::parallel::pool::{self, threads_here};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{apart, dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
 use crate::tuning::{
     DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
-    LAYER_NORM_CHUNK_WEIGHT_BYTES, STEP_LOOP_MIN_ELEMENTS,
+    LAYER_NORM_CHUNK_WEIGHT_BYTES, PROJECTION_ROWS, STEP_LOOP_MIN_ELEMENTS,
 };
 use crate::variant::{Variant, Zone};
 
@@ -452,7 +452,7 @@ impl<E: Float> Kernel<E> for NormaliseInPlace<'_, E> {
 /// loop touches about `elements` elements in all, at least
 /// `STEP_LOOP_MIN_ELEMENTS` (a smaller loop costs less than handing it out).
 fn each(n: usize, elements: usize, f: impl Fn(usize) + Sync + Send) {
-    if in_pool() && n > 1 && elements >= STEP_LOOP_MIN_ELEMENTS {
+    if threads_here() > 1 && n > 1 && elements >= STEP_LOOP_MIN_ELEMENTS {
         (0..n).into_par_iter().for_each(f);
     } else {
         (0..n).for_each(f);
@@ -743,8 +743,8 @@ fn forward_impl<E: Float>(
     let Dims {
         steps,
         batch,
-        input,
         hidden,
+        ..
     } = seq.dims;
     let state = seq.state();
     let g4 = 4 * hidden;
@@ -794,7 +794,6 @@ fn forward_impl<E: Float>(
         // (the cache holds their normalised products too).
         let mut own_sx;
         let mut own_moments;
-        let own_w_ih;
         let sx: &mut [E] = match c_sx {
             Some(a) => a,
             None => {
@@ -809,23 +808,7 @@ fn forward_impl<E: Float>(
                 &mut own_moments
             }
         };
-        // bf16 inference: s_x on w_ih rounded to bfloat16 (the values the
-        // float32 engine would get from `bfloat16_round`).
-        let w_ih: &[E] = match seq.panels {
-            Some(kept) if kept.bf16() => {
-                own_w_ih = rounded_bf16(seq.w_ih)?;
-                &own_w_ih
-            }
-            _ => seq.w_ih,
-        };
-        let w_ih_t = Mat {
-            data: w_ih,
-            rows: input,
-            cols: g4,
-            row_stride: 1,
-            col_stride: input,
-        };
-        gemm(Mat::rows(seq.x, rows, input, input), w_ih_t, sx, g4, false);
+        input_products(seq, isa, rows, sx)?;
         cancel.check()?;
         for b in 0..batch {
             for t in seq.length(b)..steps {
@@ -877,7 +860,7 @@ fn forward_impl<E: Float>(
         // Chunks of the batch, each running the whole time loop on one
         // thread (no meeting per step); else the rows of each step and the
         // products' panels shared out step by step.
-        let threads = rayon::current_num_threads();
+        let threads = threads_here();
         // w_hh's size as the caller holds it (its panels pad H; bfloat16
         // panels are half): the rule's scale, not an exact count.
         let weight_bytes = g4 * state * size_of::<E>();
@@ -886,7 +869,7 @@ fn forward_impl<E: Float>(
         } else {
             LAYER_NORM_CHUNK_STREAMING_ROWS
         };
-        let chunks = if in_pool() && batch >= threads * chunk_rows {
+        let chunks = if threads > 1 && batch >= threads * chunk_rows {
             threads
         } else {
             1
@@ -898,7 +881,72 @@ fn forward_impl<E: Float>(
             .into_par_iter()
             .try_for_each(|k| shared.run_rows(k * batch / chunks..(k + 1) * batch / chunks, false))
     };
-    workers.pool.install(body)
+    workers.run(body)
+}
+
+/// s_x = x·w_ihᵀ for all `rows` rows of x into `sx` (R, 4H). A call of at
+/// most `PROJECTION_ROWS` rows (a few steps: `LSTM.step`, streaming, S) with
+/// prepared weights runs on their kept forward panels of w_ih, where packing
+/// w_ih again for the general product is a fair share of the call (at S, 64 K
+/// weights against 100 rows). A longer one runs the general product, which
+/// packs w_ih again but runs faster over many rows (on the panels, the
+/// forward at L took 1.01–1.02× the time on one thread, and 1.07× at B = 64,
+/// I = H = 256 on two). Either way
+/// each element is one FMA chain in k order from zero: the same bits. bf16
+/// inference uses w_ih rounded to bfloat16 values (the values the float32
+/// engine would get from `bfloat16_round`; the kept panels are rounded).
+fn input_products<E: Float>(
+    seq: &Sequence<'_, E>,
+    isa: Isa,
+    rows: usize,
+    sx: &mut [E],
+) -> Result<()> {
+    let Dims { input, hidden, .. } = seq.dims;
+    let g4 = 4 * hidden;
+    if let Some(kept) = seq.panels.filter(|_| rows <= PROJECTION_ROWS) {
+        let (hp, lanes) = (hidden_pad::<E>(hidden), isa.lanes::<E>());
+        let panels = kept.input(seq.w_ih, hidden, hp, input, lanes)?;
+        let mut scratch = ProductScratch::for_threads::<E>(threads_here(), rows, input, lanes)?;
+        panel_product(
+            isa,
+            PanelProduct {
+                rows,
+                a: seq.x,
+                lda: input,
+                depth: input,
+                panels: &panels[..],
+                tiles: hp / lanes,
+                columns: Columns::Gates { hidden },
+                c: sx,
+                ldc: g4,
+            },
+            &mut scratch,
+        );
+        return Ok(());
+    }
+    let own_w_ih;
+    let w_ih: &[E] = match seq.panels {
+        Some(kept) if kept.bf16() => {
+            let mut rounded = alloc::zeroed::<E>(&[seq.w_ih.len()], "w_ih rounded to bfloat16")?;
+            for (o, &x) in rounded.iter_mut().zip(seq.w_ih) {
+                // E is f32 here (`PanelCache::new_bf16` refuses f64): the
+                // casts are exact.
+                *o = E::from_f64(f64::from(round_f32(x.to_f64() as f32)));
+            }
+            own_w_ih = rounded;
+            &own_w_ih
+        }
+        _ => seq.w_ih,
+    };
+    let w_ih_t = Mat {
+        data: w_ih,
+        rows: input,
+        cols: g4,
+        row_stride: 1,
+        col_stride: input,
+    };
+    gemm(Mat::rows(seq.x, rows, input, input), w_ih_t, sx, g4, false);
+    Ok(())
 }
 
 /// What every chunk of a forward's batch rows reads, and where they write:
@@ -984,11 +1032,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
         let cells = ptr(self.cells, o_cells);
         let sh_hat = ptr(self.sh_hat, o_sh);
         let c_hat = SharedMut(o_chat.as_mut_ptr());
-        let threads = if parallel {
-            rayon::current_num_threads()
-        } else {
-            1
-        };
+        let threads = if parallel { threads_here() } else { 1 };
         let mut scratch = ProductScratch::for_threads::<E>(threads, nb, state.max(hidden), lanes)?;
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(nb, "the running rows")?;
         for s in 0..steps {
@@ -1145,17 +1189,6 @@ impl<E: Float> ForwardShared<'_, '_, E> {
 enum HhPanels<E> {
     Elements(Panels<E>),
     Bf16(Panels<Bf16>),
-}
-
-/// `w` rounded to bfloat16 values, in `E` (f32: `PanelCache::new_bf16`
-/// refuses f64).
-fn rounded_bf16<E: Float>(w: &[E]) -> Result<Vec<E>> {
-    let mut out = alloc::zeroed::<E>(&[w.len()], "w_ih rounded to bfloat16")?;
-    for (o, &x) in out.iter_mut().zip(w) {
-        // E is f32 here: the casts are exact.
-        *o = E::from_f64(f64::from(round_f32(x.to_f64() as f32)));
-    }
-    Ok(out)
 }
 
 fn zero_cache_row<E: Float>(c: &mut LnCache<'_, E>, row: usize, hidden: usize, state: usize) {
@@ -2119,12 +2152,8 @@ pub(crate) fn backward_pass<E: Float>(
                 pack::projection_backward_panels(w_hr, state, hidden, lanes)?.into()
             }
         };
-        let mut scratch = ProductScratch::for_threads::<E>(
-            rayon::current_num_threads(),
-            batch,
-            g4.max(state),
-            lanes,
-        )?;
+        let mut scratch =
+            ProductScratch::for_threads::<E>(threads_here(), batch, g4.max(state), lanes)?;
         // The sums over (step, row), continued step by step.
         let mut sums = [db, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c, dpeepholes];
         if !accumulate {
@@ -2399,5 +2428,5 @@ pub(crate) fn backward_pass<E: Float>(
             Ok(())
         })
     };
-    workers.pool.install(body)
+    workers.run(body)
 }

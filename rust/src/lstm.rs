@@ -26,7 +26,7 @@ use crate::kernels::gemm::{gemm, gemm_in_order, KOrder, Mat, Runs};
 use crate::kernels::layout::{SharedMut, Slots};
 use crate::kernels::pack;
 use crate::kernels::row_major;
-use crate::parallel::pool::{self, in_pool};
+use crate::parallel::pool::{self, threads_here};
 use crate::parallel::split::{self, choose_split, claim, run_split, Chunk, Split};
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 use crate::simd::{dispatch, Bf16, Isa};
@@ -510,11 +510,7 @@ pub(crate) fn backward_pass<E: Float>(
     };
     // Unlike forward, even one batch chunk shares work: the products after the
     // loop split their rows over the pool. Only a one-thread pool stays here.
-    if threads == 1 {
-        body()
-    } else {
-        pool.install(body)
-    }
+    workers.run(body)
 }
 
 /// The cell each step computed, in the cache's layout ((T·B) × Hp, like
@@ -764,11 +760,7 @@ pub(crate) fn ordered_column_sums<E: Float>(
     accumulate: bool,
 ) {
     let width = out.len();
-    let threads = if in_pool() {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = threads_here();
     let block = width
         .div_ceil(threads)
         .next_multiple_of(DB_COLUMN_BLOCK)

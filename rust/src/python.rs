@@ -1003,6 +1003,42 @@ struct KeptCall<'a, 'py> {
     batch_first: bool,
     reverse: bool,
     out: &'a Bound<'py, PyAny>,
+    /// The LayerNorm LSTM's live gains and biases and eps
+    /// (`_bundles.LayerNormParams`), or None for the other cells.
+    layer_norm: Option<&'a Bound<'py, PyAny>>,
+}
+
+/// The live gains and biases of a kept LayerNorm pass, read in place: each a
+/// plain array of E of its width (4H, or H for those of c) or None; None
+/// (nothing to run here) when one is not, and the general path casts and
+/// checks it.
+fn kept_layer_norm<'py, E: Element>(
+    params: &Bound<'py, PyAny>,
+    hidden: usize,
+) -> PyResult<Option<LayerNormArrays<'py, E>>> {
+    let mut arrays: [Option<In<'py, E>>; 6] = Default::default();
+    // `_bundles.LayerNormParams`' order: w_ih, b_ih, w_hh, b_hh, w_c, b_c.
+    for (i, slot) in arrays.iter_mut().enumerate() {
+        let given = params.get_item(i)?;
+        if given.is_none() {
+            continue;
+        }
+        let width = if i < 4 { 4 * hidden } else { hidden };
+        match exact::<E>(&given, &[width]) {
+            Some(a) => *slot = Some(a),
+            None => return Ok(None),
+        }
+    }
+    let [w_ih, b_ih, w_hh, b_hh, w_c, b_c] = arrays;
+    Ok(Some(LayerNormArrays {
+        w_ih,
+        b_ih,
+        w_hh,
+        b_hh,
+        w_c,
+        b_c,
+        eps: params.get_item(6)?.extract()?,
+    }))
 }
 
 /// A private array of `Kept` (or None), borrowed for reading.
@@ -1067,6 +1103,17 @@ impl Kept {
                 )))
             }
         };
+        let ln_arrays = match call.layer_norm {
+            Some(params) => match kept_layer_norm::<E>(params, self.hidden)? {
+                Some(arrays) => Some(arrays),
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        let ln = ln_arrays
+            .as_ref()
+            .map(LayerNormArrays::layer_norm)
+            .transpose()?;
         let h0 = call.h0.map(|h| h.extract::<In<'_, E>>()).transpose()?;
         let c0 = call.c0.map(|c| c.extract::<In<'_, E>>()).transpose()?;
         let mut out: OutputArrays<'py, E> = call.out.extract()?;
@@ -1119,7 +1166,10 @@ impl Kept {
             panels: None,
             ..seq
         };
-        if !panels.bf16() && crate::kernels::row_major::applies(&in_place, isa, false) {
+        if ln.is_none()
+            && !panels.bf16()
+            && crate::kernels::row_major::applies(&in_place, isa, false)
+        {
             // b_ih + b_hh in E, as `functional._bias_sum` adds them.
             let live_bias: Option<Vec<E>> = match (live_slice(2, "b_ih")?, live_slice(3, "b_hh")?) {
                 (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(&a, &b)| a + b).collect()),
@@ -1143,7 +1193,10 @@ impl Kept {
             if !current {
                 return Ok(());
             }
-            crate::forward(&seq, out, None, cancel)
+            match &ln {
+                Some(ln) => crate::layernorm::forward(&seq, ln, out, None, cancel),
+                None => crate::forward(&seq, out, None, cancel),
+            }
         })?;
         Ok(current)
     }
@@ -1221,7 +1274,11 @@ impl Kept {
     /// release of the GIL. A pass that reads the weights as given (one row,
     /// a few steps: `kernels/row_major.rs`) needs no proof: it runs on the
     /// live arrays, with the bits the general path would give them.
-    #[pyo3(signature = (x, h0, c0, live, peepholes, out, *, batch_first = false, reverse = false))]
+    /// `layer_norm`: for the LayerNorm LSTM, its live gains and biases and eps
+    /// (`_bundles.LayerNormParams`), read in place like `peepholes`.
+    #[pyo3(signature = (
+        x, h0, c0, live, peepholes, out, *, batch_first = false, reverse = false, layer_norm = None
+    ))]
     #[allow(clippy::too_many_arguments)]
     fn forward<'py>(
         &self,
@@ -1234,6 +1291,7 @@ impl Kept {
         out: &Bound<'py, PyAny>,
         batch_first: bool,
         reverse: bool,
+        layer_norm: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<bool> {
         let call = KeptCall {
             x,
@@ -1244,6 +1302,7 @@ impl Kept {
             batch_first,
             reverse,
             out,
+            layer_norm,
         };
         match &self.packed.get().panels {
             AnyPanels::F32(panels) => self.run(py, panels, call),

@@ -48,9 +48,10 @@ pub const NV_32_REGISTERS: usize = 4;
 /// (not measured: no AVX-512 machine here).
 pub const REMAINDER_FULL_WIDTH_ROWS: usize = 2;
 
-/// Rows (step, slot) per block of the input projection inside the time loop:
-/// enough for an efficient product, few enough that the block stays in cache
-/// (scratch is O(B·H), independent of T).
+/// Rows (step, slot) per block of the input projection, inside the time loop
+/// (the fused kernels) or before it (the LayerNorm LSTM's, which normalises
+/// whole rows): enough for an efficient product, few enough that the block
+/// stays in cache (scratch is O(B·H), independent of T).
 pub const PROJECTION_ROWS: usize = 256;
 
 /// Rows of a forward panel written at a time while packing: they gather from

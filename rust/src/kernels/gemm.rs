@@ -22,7 +22,7 @@ use crate::kernels::gemm_kernel::{
     gemm_task, pack_b_panels, rows_over_packed_b, BBlock, Blocks, StackBuffers, View,
 };
 use crate::kernels::microkernel::{elements, VectorRoom};
-use crate::parallel::pool::in_pool;
+use crate::parallel::pool::threads_here;
 use crate::simd::{dispatch, Isa, Kernel, Simd};
 use crate::tuning::{GEMM_MIN_ROWS_PER_TASK, KEPT_ROOM_MAX_BYTES};
 
@@ -191,11 +191,7 @@ fn product<E: Float>(
         }
         return;
     }
-    let threads = if in_pool() {
-        rayon::current_num_threads()
-    } else {
-        1
-    };
+    let threads = threads_here();
     let tasks = threads.min(m.div_ceil(GEMM_MIN_ROWS_PER_TASK)).max(1);
     // Each task's rows a multiple of MR, so no task but the last ends in a
     // partial sliver.

@@ -134,6 +134,31 @@ pub fn in_pool() -> bool {
     rayon::current_thread_index().is_some()
 }
 
+/// The threads a parallel loop started here runs on: the pool's when this
+/// thread is one of its workers, else 1 (the loop then runs on this thread;
+/// rayon's own count would name, and start, its global pool).
+pub fn threads_here() -> usize {
+    if in_pool() {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+impl Workers {
+    /// Runs `body` in the pool, or on the calling thread when the pool has
+    /// one thread: a pool of one would only add the hand-off (microseconds,
+    /// which small calls notice), and inside `body` [`threads_here`] then
+    /// says 1 either way.
+    pub fn run<R: Send>(&self, body: impl FnOnce() -> R + Send) -> R {
+        if self.pool.current_num_threads() == 1 {
+            body()
+        } else {
+            self.pool.install(body)
+        }
+    }
+}
+
 /// The number of threads calls will use.
 pub fn num_threads() -> usize {
     let threads = lock().threads;
