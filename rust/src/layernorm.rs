@@ -542,9 +542,11 @@ struct ForwardStep<'a, E> {
     math: GateMath<'a, E>,
     hidden: usize,
     eps: f64,
-    /// s_x (R, 4H), which each row normalises in place when its step runs
-    /// (while the row is in cache for the gates), and the moments (R,
-    /// [`MOMENTS`]), by row.
+    /// s_x, which each row normalises in place when its step runs (while the
+    /// row is in cache for the gates): when caching, the cache's `sx_hat`
+    /// (R, 4H) by row; else `sx`, the step's rows (n, 4H) of the block of
+    /// input products, by slot j. The moments (R, [`MOMENTS`]), by row.
+    sx: SharedMut<E>,
     sx_hat: SharedMut<E>,
     moments: SharedMut<E>,
     /// s_h of the step's rows (n, 4H), by slot j.
@@ -613,12 +615,17 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
         // (the step's rows) or the chunk's batch row `b` (its rows) of a buffer of that many
         // rows of the width used; each is written by this row alone.
         unsafe {
-            // LN of s_x in place.
-            let sx_hat = st_.sx_hat.0.add(row * g4);
+            // LN of s_x in place: the cache's row, or without a cache the
+            // block's row of slot j.
             // The normalisations go through `apart` (this kernel runs for S,
             // so the CPU has S's ISA): called inline here, their f64
             // variance sums were vectorised two lanes wide. (Backward's went
             // through it too and took 1.03× the time: it stays inline.)
+            let sx_hat = if st_.caching {
+                st_.sx_hat.0.add(row * g4)
+            } else {
+                st_.sx.0.add(j * g4)
+            };
             let sx = std::slice::from_raw_parts_mut(sx_hat, g4);
             let r_x = apart::<S, _>(|| normalise_in_place(sx, st_.eps));
             *st_.moments.0.add(row * MOMENTS) = r_x;
@@ -743,8 +750,8 @@ fn forward_impl<E: Float>(
     let Dims {
         steps,
         batch,
+        input,
         hidden,
-        ..
     } = seq.dims;
     let state = seq.state();
     let g4 = 4 * hidden;
@@ -789,18 +796,8 @@ fn forward_impl<E: Float>(
             _ => SharedMut::null(),
         };
         let hp = hidden_pad::<E>(hidden);
-        // s_x of every row, normalised in place (its 1/σ kept per row): by
-        // the step's rows when they run, here for the rows of padded steps
-        // (the cache holds their normalised products too).
-        let mut own_sx;
+        let lanes = isa.lanes::<E>();
         let mut own_moments;
-        let sx: &mut [E] = match c_sx {
-            Some(a) => a,
-            None => {
-                own_sx = alloc::zeroed::<E>(&[rows, g4], "the normalised input products")?;
-                &mut own_sx
-            }
-        };
         let moments: &mut [E] = match c_moments {
             Some(a) => a,
             None => {
@@ -808,19 +805,38 @@ fn forward_impl<E: Float>(
                 &mut own_moments
             }
         };
-        input_products(seq, isa, rows, sx)?;
-        cancel.check()?;
-        for b in 0..batch {
-            for t in seq.length(b)..steps {
-                let r = row_of(seq, t, b);
-                let v = &mut sx[r * g4..][..g4];
-                moments[r * MOMENTS] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+        // The input products s_x = x·w_ihᵀ. With a cache, every row's into
+        // the cache, each normalised in place by its step (here the rows of
+        // padded steps, whose normalised products the cache holds too, as the
+        // reference's). Without one, each chunk projects its rows a block of
+        // steps at a time inside its time loop (`run_rows`), on w_ih's
+        // forward panels: scratch O(B·H) however long the sequence (a whole
+        // (R, 4H) buffer, zeroed for each call, cost M's forward some 4 %
+        // and L's 11 %).
+        let mut c_sx = c_sx;
+        let ih_panels: Panels<E> = match c_sx.as_deref_mut() {
+            Some(sx) => {
+                input_products(seq, isa, rows, sx)?;
+                for b in 0..batch {
+                    for t in seq.length(b)..steps {
+                        let r = row_of(seq, t, b);
+                        let v = &mut sx[r * g4..][..g4];
+                        moments[r * MOMENTS] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+                    }
+                }
+                Panels::default()
             }
-        }
+            // Kept by prepared weights (bf16 inference: rounded to bfloat16,
+            // the values `input_products` uses), else packed for the call.
+            None => match seq.panels {
+                Some(kept) => kept.input(seq.w_ih, hidden, hp, input, lanes)?,
+                None => pack::forward_panels(seq.w_ih, "w_ih", hidden, hp, input, lanes)?.into(),
+            },
+        };
+        cancel.check()?;
 
         // The recurrent weights (and the projection's) packed once for the
         // whole call, or kept by prepared weights.
-        let lanes = isa.lanes::<E>();
         // bf16 inference streams w_hh's panels as bfloat16 and projects with
         // w_hr rounded (the prepared weights' panels).
         let hh_panels = match seq.panels {
@@ -843,9 +859,10 @@ fn forward_impl<E: Float>(
             isa,
             eps,
             caching,
+            ih_panels: &ih_panels,
             hh_panels: &hh_panels,
             proj_panels: &proj_panels,
-            sx: SharedMut(sx.as_mut_ptr()),
+            sx_hat: c_sx.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             moments: SharedMut(moments.as_mut_ptr()),
             cells: c_cells.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             sh_hat: c_sh.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
@@ -949,6 +966,63 @@ fn input_products<E: Float>(
     Ok(())
 }
 
+/// Room for the input products of a block of rows: the rows of x gathered,
+/// their products x·w_ihᵀ (4H each, in gate blocks i, f, g, o), and the
+/// product's scratch. Made before a time loop (a refused allocation is an
+/// error of the call, not a panic on a pool thread).
+struct InputBlock<E> {
+    x: Vec<E>,
+    products: Vec<E>,
+    scratch: Vec<ProductScratch>,
+}
+
+impl<E: Float> InputBlock<E> {
+    /// For blocks of up to `rows` rows of `seq`, the product shared over
+    /// `threads` threads on an ISA of `lanes` lanes.
+    fn new(seq: &Sequence<'_, E>, rows: usize, threads: usize, lanes: usize) -> Result<Self> {
+        let Dims { input, hidden, .. } = seq.dims;
+        Ok(InputBlock {
+            x: alloc::zeroed(&[rows, input], "the input rows of a block")?,
+            products: alloc::zeroed(&[rows, 4 * hidden], "the input products of a block")?,
+            scratch: ProductScratch::for_threads::<E>(threads, rows, input, lanes)?,
+        })
+    }
+
+    /// The products of x's rows `rows` (at most the rows this block was made
+    /// for), in that order: the k-th at `products[k·4H..]`, on `panels`, w_ih's
+    /// forward panels. Each element is one FMA chain in k order from zero
+    /// (`panel_product`), whatever the block or the threads.
+    fn project(
+        &mut self,
+        isa: Isa,
+        seq: &Sequence<'_, E>,
+        panels: &[E],
+        rows: impl Iterator<Item = usize>,
+    ) {
+        let Dims { input, hidden, .. } = seq.dims;
+        let mut m = 0;
+        for r in rows {
+            self.x[m * input..][..input].copy_from_slice(&seq.x[r * input..][..input]);
+            m += 1;
+        }
+        panel_product(
+            isa,
+            PanelProduct {
+                rows: m,
+                a: &self.x,
+                lda: input,
+                depth: input,
+                panels,
+                tiles: hidden_pad::<E>(hidden) / isa.lanes::<E>(),
+                columns: Columns::Gates { hidden },
+                c: &mut self.products,
+                ldc: 4 * hidden,
+            },
+            &mut self.scratch,
+        );
+    }
+}
+
 /// What every chunk of a forward's batch rows reads, and where they write:
 /// the pointers address rows (by row, R rows) or batch rows (h_n, c_n) that
 /// exactly one chunk writes (its own batch rows'); null where there is no
@@ -960,9 +1034,10 @@ struct ForwardShared<'s, 'a, E> {
     isa: Isa,
     eps: f64,
     caching: bool,
+    ih_panels: &'s Panels<E>,
     hh_panels: &'s HhPanels<E>,
     proj_panels: &'s Panels<E>,
-    sx: SharedMut<E>,
+    sx_hat: SharedMut<E>,
     moments: SharedMut<E>,
     cells: SharedMut<E>,
     sh_hat: SharedMut<E>,
@@ -1035,20 +1110,47 @@ impl<E: Float> ForwardShared<'_, '_, E> {
         let threads = if parallel { threads_here() } else { 1 };
         let mut scratch = ProductScratch::for_threads::<E>(threads, nb, state.max(hidden), lanes)?;
         let mut active: Vec<(usize, usize)> = alloc::with_capacity(nb, "the running rows")?;
+        // The running rows of step s, slot by slot: (batch row, layout row).
+        let running = move |s: usize| {
+            rows_b
+                .clone()
+                .filter(move |&b| seq.length(b) > s)
+                .map(move |b| (b, row_of(seq, time_of(seq, s, b), b)))
+        };
+        // The input products of a block of steps (about PROJECTION_ROWS
+        // rows), made as it starts; `first[k]`: the block's first row of its
+        // step k (the rows of a step in slot order).
+        // Only without a cache (with one, the cache holds every row's).
+        let block_steps = (PROJECTION_ROWS / nb.max(1)).clamp(1, steps.max(1));
+        let block_rows = if self.caching { 0 } else { block_steps * nb };
+        let mut inputs = InputBlock::new(seq, block_rows, threads, lanes)?;
+        let mut first =
+            alloc::zeroed::<usize>(&[block_steps], "the first rows of a block's steps")?;
         for s in 0..steps {
             self.cancel.check()?;
             active.clear();
-            active.extend(
-                rows_b
-                    .clone()
-                    .filter(|&b| seq.length(b) > s)
-                    .map(|b| (b, row_of(seq, time_of(seq, s, b), b))),
-            );
+            active.extend(running(s));
             let n = active.len();
             if n == 0 {
                 // Every row of the chunk has ended (rows only end as s grows).
                 break;
             }
+            let k = s % block_steps;
+            if k == 0 && !self.caching {
+                let end = (s + block_steps).min(steps);
+                let mut m = 0;
+                for (at, s2) in first.iter_mut().zip(s..end) {
+                    *at = m;
+                    m += running(s2).count();
+                }
+                let rows = (s..end).flat_map(|s2| running(s2).map(|(_, row)| row));
+                inputs.project(isa, seq, &self.ih_panels[..], rows);
+            }
+            let sx = if self.caching {
+                SharedMut::null()
+            } else {
+                SharedMut(inputs.products[first[k] * g4..].as_mut_ptr())
+            };
             for (j, &(b, row)) in active.iter().enumerate() {
                 let dst = &mut h_in[j * state..][..state];
                 dst.copy_from_slice(&h[(b - b0) * state..][..state]);
@@ -1110,7 +1212,8 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 },
                 hidden,
                 eps: self.eps,
-                sx_hat: self.sx,
+                sx,
+                sx_hat: self.sx_hat,
                 moments: self.moments,
                 sh: sh.as_ptr(),
                 caching: self.caching,
@@ -1661,6 +1764,7 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
 /// Columns in blocks over the pool's threads, each column one chain on one
 /// thread: the same bits for any thread count.
 struct StepSums<'a, E> {
+    isa: Isa,
     hidden: usize,
     db: SharedMut<E>,
     dw_ln_ih: SharedMut<E>,
@@ -1705,84 +1809,136 @@ fn add_row<E: Float>(sum: &mut [E], a: &[E], b: Option<&[E]>) {
     }
 }
 
+/// One block of columns of a step's sums ([`StepSums::add`]): compiled for
+/// the dispatched ISA, so that its loops run a vector at a time (the same
+/// operations, a multiply then an add, element by element: the same bits on
+/// every ISA).
+struct StepSumBlock<'s, 'a, E> {
+    sums: &'s StepSums<'a, E>,
+    blk: usize,
+    active: &'s [(usize, usize)],
+    dz: &'s [E],
+    dn: &'s [E],
+    c_prev: &'s [E],
+    c_hat: &'s [E],
+}
+
+impl<E: Float> Kernel<E> for StepSumBlock<'_, '_, E> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd<E = E>>(self) {
+        self.sums.add_block(
+            self.blk,
+            self.active,
+            self.dz,
+            self.dn,
+            self.c_prev,
+            self.c_hat,
+        );
+    }
+}
+
 impl<E: Float> StepSums<'_, E> {
     /// Adds the terms of a step's rows: `active[j]` = (batch row, layout
     /// row) of slot j, by ascending batch row; `dz` (n, 4H), `dn` (n, H),
     /// `c_prev` and `c_hat` (n, H) by slot.
     fn add(&self, active: &[(usize, usize)], dz: &[E], dn: &[E], c_prev: &[E], c_hat: &[E]) {
         let (h, g4) = (self.hidden, 4 * self.hidden);
-        let wide = g4.div_ceil(DB_COLUMN_BLOCK);
-        let narrow = h.div_ceil(DB_COLUMN_BLOCK);
-        let cache = &self.cache;
+        let blocks = g4.div_ceil(DB_COLUMN_BLOCK) + h.div_ceil(DB_COLUMN_BLOCK);
         // Each row: 3 sums over 4H, 2 over H.
-        each(wide + narrow, active.len() * 14 * h, |blk| {
-            if blk < wide {
-                let k0 = blk * DB_COLUMN_BLOCK;
-                let len = DB_COLUMN_BLOCK.min(g4 - k0);
-                // SAFETY: columns k0.. of this block, this task's alone; the
-                // sums given hold 4H elements.
-                let (mut db, mut ih, mut hh) = unsafe {
-                    (
-                        sum_columns(&self.db, k0, len),
-                        sum_columns(&self.dw_ln_ih, k0, len),
-                        sum_columns(&self.dw_ln_hh, k0, len),
-                    )
-                };
-                for (j, &(_, row)) in active.iter().enumerate() {
-                    let d = &dz[j * g4 + k0..][..len];
-                    let at = row * g4 + k0;
-                    if let Some(db) = db.as_deref_mut() {
-                        add_row(db, d, None);
-                    }
-                    if let Some(ih) = ih.as_deref_mut() {
-                        add_row(ih, d, Some(&cache.sx_hat[at..][..len]));
-                    }
-                    if let Some(hh) = hh.as_deref_mut() {
-                        add_row(hh, d, Some(&cache.sh_hat[at..][..len]));
-                    }
+        each(blocks, active.len() * 14 * h, |blk| {
+            let block = StepSumBlock {
+                sums: self,
+                blk,
+                active,
+                dz,
+                dn,
+                c_prev,
+                c_hat,
+            };
+            dispatch::<E, _>(self.isa, block);
+        });
+    }
+
+    /// [`StepSums::add`] for block `blk` of the columns: the blocks of the
+    /// 4H-wide sums, then those of the H-wide ones.
+    #[inline(always)]
+    fn add_block(
+        &self,
+        blk: usize,
+        active: &[(usize, usize)],
+        dz: &[E],
+        dn: &[E],
+        c_prev: &[E],
+        c_hat: &[E],
+    ) {
+        let (h, g4) = (self.hidden, 4 * self.hidden);
+        let wide = g4.div_ceil(DB_COLUMN_BLOCK);
+        let cache = &self.cache;
+        if blk < wide {
+            let k0 = blk * DB_COLUMN_BLOCK;
+            let len = DB_COLUMN_BLOCK.min(g4 - k0);
+            // SAFETY: columns k0.. of this block, this task's alone; the
+            // sums given hold 4H elements.
+            let (mut db, mut ih, mut hh) = unsafe {
+                (
+                    sum_columns(&self.db, k0, len),
+                    sum_columns(&self.dw_ln_ih, k0, len),
+                    sum_columns(&self.dw_ln_hh, k0, len),
+                )
+            };
+            for (j, &(_, row)) in active.iter().enumerate() {
+                let d = &dz[j * g4 + k0..][..len];
+                let at = row * g4 + k0;
+                if let Some(db) = db.as_deref_mut() {
+                    add_row(db, d, None);
                 }
-            } else {
-                let k0 = (blk - wide) * DB_COLUMN_BLOCK;
-                let len = DB_COLUMN_BLOCK.min(h - k0);
-                // SAFETY: as above; the c gains' sums hold H elements, the
-                // peepholes' 3H (p_i, p_o, p_f), their columns k0.. of each.
-                let (mut wc, mut bc, mut dp) = unsafe {
-                    (
-                        sum_columns(&self.dw_ln_c, k0, len),
-                        sum_columns(&self.db_ln_c, k0, len),
-                        (!self.dpeepholes.0.is_null()).then(|| {
-                            [0, 1, 2].map(|k| {
-                                std::slice::from_raw_parts_mut(
-                                    self.dpeepholes.0.add(k * h + k0),
-                                    len,
-                                )
-                            })
-                        }),
-                    )
-                };
-                for (j, &(_, row)) in active.iter().enumerate() {
-                    let d = &dn[j * h + k0..][..len];
-                    if let Some(wc) = wc.as_deref_mut() {
-                        add_row(wc, d, Some(&c_hat[j * h + k0..][..len]));
-                    }
-                    if let Some(bc) = bc.as_deref_mut() {
-                        add_row(bc, d, None);
-                    }
-                    if let Some([dp_i, dp_o, dp_f]) = dp.as_mut() {
-                        // dp_i += dz_i ⊙ c_{t−1}, dp_f += dz_f ⊙ c_{t−1},
-                        // dp_o += dz_o ⊙ c_t.
-                        let z = &dz[j * g4 + k0..];
-                        let cp = &c_prev[j * h + k0..][..len];
-                        let c = &cache.cells[row * h + k0..][..len];
-                        for u in 0..len {
-                            dp_i[u] = dp_i[u] + z[u] * cp[u];
-                            dp_f[u] = dp_f[u] + z[h + u] * cp[u];
-                            dp_o[u] = dp_o[u] + z[3 * h + u] * c[u];
-                        }
+                if let Some(ih) = ih.as_deref_mut() {
+                    add_row(ih, d, Some(&cache.sx_hat[at..][..len]));
+                }
+                if let Some(hh) = hh.as_deref_mut() {
+                    add_row(hh, d, Some(&cache.sh_hat[at..][..len]));
+                }
+            }
+        } else {
+            let k0 = (blk - wide) * DB_COLUMN_BLOCK;
+            let len = DB_COLUMN_BLOCK.min(h - k0);
+            // SAFETY: as above; the c gains' sums hold H elements, the
+            // peepholes' 3H (p_i, p_o, p_f), their columns k0.. of each.
+            let (mut wc, mut bc, mut dp) = unsafe {
+                (
+                    sum_columns(&self.dw_ln_c, k0, len),
+                    sum_columns(&self.db_ln_c, k0, len),
+                    (!self.dpeepholes.0.is_null()).then(|| {
+                        [0, 1, 2].map(|k| {
+                            std::slice::from_raw_parts_mut(self.dpeepholes.0.add(k * h + k0), len)
+                        })
+                    }),
+                )
+            };
+            for (j, &(_, row)) in active.iter().enumerate() {
+                let d = &dn[j * h + k0..][..len];
+                if let Some(wc) = wc.as_deref_mut() {
+                    add_row(wc, d, Some(&c_hat[j * h + k0..][..len]));
+                }
+                if let Some(bc) = bc.as_deref_mut() {
+                    add_row(bc, d, None);
+                }
+                if let Some([dp_i, dp_o, dp_f]) = dp.as_mut() {
+                    // dp_i += dz_i ⊙ c_{t−1}, dp_f += dz_f ⊙ c_{t−1},
+                    // dp_o += dz_o ⊙ c_t.
+                    let z = &dz[j * g4 + k0..];
+                    let cp = &c_prev[j * h + k0..][..len];
+                    let c = &cache.cells[row * h + k0..][..len];
+                    for u in 0..len {
+                        dp_i[u] = dp_i[u] + z[u] * cp[u];
+                        dp_f[u] = dp_f[u] + z[h + u] * cp[u];
+                        dp_o[u] = dp_o[u] + z[3 * h + u] * c[u];
                     }
                 }
             }
-        });
+        }
     }
 }
 
@@ -2164,6 +2320,7 @@ pub(crate) fn backward_pass<E: Float>(
         let [db, dw_ln_ih, dw_ln_hh, dw_ln_c, db_ln_c, dpeepholes] =
             sums.map(|d| d.map_or(SharedMut::null(), |d| SharedMut(d.as_mut_ptr())));
         let step_sums = StepSums {
+            isa,
             hidden,
             db,
             dw_ln_ih,
