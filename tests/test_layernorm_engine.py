@@ -377,6 +377,46 @@ def test_same_bits_for_any_thread_count_in_process(threads, zoneout, hidden):
     assert_same_bits_for_thread_counts(run)
 
 
+# Without a cache, once s_x of the whole call (T*B rows of 4H) passes 16 MiB
+# (LAYER_NORM_WHOLE_PRODUCT_BYTES in rust/src/tuning.rs),
+# each chunk makes its input products a block of whole steps at a time inside
+# its loop (256 rows: 51 steps of 5 rows, 6 of a 40-row batch, 19 of a 13-row
+# chunk); with a cache every row's at once into the cache. Rows that end
+# inside and across blocks, in every order: the same bits both ways, at any
+# thread count.
+@pytest.mark.parametrize("batch", [5, 40])
+@pytest.mark.parametrize("order", [{}, {"reverse": True}, {"batch_first": True}])
+def test_inference_blocks_give_the_bits_of_the_cached_forward(threads, order, batch):
+    rng = np.random.default_rng(7)
+    T, I, H = 17 * 1024 // batch, 6, 64  # s_x: 17 MiB
+    lengths = [T, 13, 0, T // 2 + 1, 12] if batch == 5 else list(rng.integers(0, T + 1, batch))
+    lengths[-1] = T
+    f32 = np.float32
+    shape = (batch, T, I) if order.get("batch_first") else (T, batch, I)
+    x = rng.standard_normal(shape).astype(f32)
+    shapes = ((4 * H, I), (4 * H, H), (4 * H,))
+    weights = [rng.uniform(-0.3, 0.3, shape).astype(f32) for shape in shapes]
+    norms = {
+        "w_ln_ih": rng.uniform(0.5, 1.5, 4 * H).astype(f32),
+        "b_ln_c": rng.uniform(-0.5, 0.5, H).astype(f32),
+    }
+    h0 = rng.standard_normal((batch, H)).astype(f32)
+
+    def run():
+        out = []
+        for need_cache in (False, True):
+            f = lstm_fast.forward(
+                x, *weights, None, h0, None, lengths=lengths,
+                layer_norm=True, need_cache=need_cache, **order, **norms,
+            )  # fmt: skip
+            out.append(f[:3])
+        for a, b in zip(*out):
+            assert_same_bits(a, b)
+        return out[0]
+
+    assert_same_bits_for_thread_counts(run)
+
+
 # ---------------------------------------------------------------------------
 # Bad arguments: the reference's errors
 

@@ -63,8 +63,9 @@ use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{apart, dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
 use crate::tuning::{
-    DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
-    LAYER_NORM_CHUNK_WEIGHT_BYTES, PROJECTION_ROWS, STEP_LOOP_MIN_ELEMENTS,
+    DB_COLUMN_BLOCK, GEMM_MIN_ROWS_PER_TASK, LAYER_NORM_CHUNK_ROWS,
+    LAYER_NORM_CHUNK_STREAMING_ROWS, LAYER_NORM_CHUNK_WEIGHT_BYTES, LAYER_NORM_WHOLE_PRODUCT_BYTES,
+    PROJECTION_ROWS, STEP_LOOP_MIN_ELEMENTS,
 };
 use crate::variant::{Variant, Zone};
 
@@ -543,9 +544,11 @@ struct ForwardStep<'a, E> {
     hidden: usize,
     eps: f64,
     /// s_x, which each row normalises in place when its step runs (while the
-    /// row is in cache for the gates): when caching, the cache's `sx_hat`
-    /// (R, 4H) by row; else `sx`, the step's rows (n, 4H) of the block of
-    /// input products, by slot j. The moments (R, [`MOMENTS`]), by row.
+    /// row is in cache for the gates): with `whole`, `sx_hat`, every row's
+    /// (R, 4H: the cache's, or the call's own), by row; else `sx`, the step's
+    /// rows (n, 4H) of the block of input products, by slot j. The moments
+    /// (R, [`MOMENTS`]), by row.
+    whole: bool,
     sx: SharedMut<E>,
     sx_hat: SharedMut<E>,
     moments: SharedMut<E>,
@@ -615,13 +618,13 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
         // (the step's rows) or the chunk's batch row `b` (its rows) of a buffer of that many
         // rows of the width used; each is written by this row alone.
         unsafe {
-            // LN of s_x in place: the cache's row, or without a cache the
+            // LN of s_x in place: the row's of the whole call, or the
             // block's row of slot j.
             // The normalisations go through `apart` (this kernel runs for S,
             // so the CPU has S's ISA): called inline here, their f64
             // variance sums were vectorised two lanes wide. (Backward's went
             // through it too and took 1.03× the time: it stays inline.)
-            let sx_hat = if st_.caching {
+            let sx_hat = if st_.whole {
                 st_.sx_hat.0.add(row * g4)
             } else {
                 st_.sx.0.add(j * g4)
@@ -808,20 +811,33 @@ fn forward_impl<E: Float>(
         // The input products s_x = x·w_ihᵀ. With a cache, every row's into
         // the cache, each normalised in place by its step (here the rows of
         // padded steps, whose normalised products the cache holds too, as the
-        // reference's). Without one, each chunk projects its rows a block of
-        // steps at a time inside its time loop (`run_rows`), on w_ih's
-        // forward panels: scratch O(B·H) however long the sequence (a whole
-        // (R, 4H) buffer, zeroed for each call, cost M's forward some 4 %
-        // and L's 11 %).
-        let mut c_sx = c_sx;
-        let ih_panels: Panels<E> = match c_sx.as_deref_mut() {
+        // reference's); without one, every row's into a buffer of the call's
+        // while that stays small (`LAYER_NORM_WHOLE_PRODUCT_BYTES`), else each
+        // chunk makes its own a block of steps at a time inside its loop
+        // (`run_rows`), on w_ih's forward panels: scratch O(B·H) however long
+        // the sequence.
+        let mut own_sx;
+        let whole_bytes = rows.saturating_mul(g4).saturating_mul(size_of::<E>());
+        let mut sx_rows: Option<&mut [E]> = match c_sx {
+            Some(a) => Some(a),
+            None if whole_bytes <= LAYER_NORM_WHOLE_PRODUCT_BYTES => {
+                own_sx = alloc::zeroed::<E>(&[rows, g4], "the input products")?;
+                Some(&mut own_sx)
+            }
+            None => None,
+        };
+        let whole = sx_rows.is_some();
+        let ih_panels: Panels<E> = match sx_rows.as_deref_mut() {
             Some(sx) => {
                 input_products(seq, isa, rows, sx)?;
-                for b in 0..batch {
-                    for t in seq.length(b)..steps {
-                        let r = row_of(seq, t, b);
-                        let v = &mut sx[r * g4..][..g4];
-                        moments[r * MOMENTS] = dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+                if caching {
+                    for b in 0..batch {
+                        for t in seq.length(b)..steps {
+                            let r = row_of(seq, t, b);
+                            let v = &mut sx[r * g4..][..g4];
+                            moments[r * MOMENTS] =
+                                dispatch::<E, _>(isa, NormaliseInPlace { v, eps });
+                        }
                     }
                 }
                 Panels::default()
@@ -859,10 +875,11 @@ fn forward_impl<E: Float>(
             isa,
             eps,
             caching,
+            whole,
             ih_panels: &ih_panels,
             hh_panels: &hh_panels,
             proj_panels: &proj_panels,
-            sx_hat: c_sx.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
+            sx_hat: sx_rows.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             moments: SharedMut(moments.as_mut_ptr()),
             cells: c_cells.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             sh_hat: c_sh.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
@@ -923,7 +940,8 @@ fn input_products<E: Float>(
     if let Some(kept) = seq.panels.filter(|_| rows <= PROJECTION_ROWS) {
         let (hp, lanes) = (hidden_pad::<E>(hidden), isa.lanes::<E>());
         let panels = kept.input(seq.w_ih, hidden, hp, input, lanes)?;
-        let mut scratch = ProductScratch::for_threads::<E>(threads_here(), rows, input, lanes)?;
+        let mut scratch =
+            ProductScratch::for_threads::<E>(projection_tasks(rows), rows, input, lanes)?;
         panel_product(
             isa,
             PanelProduct {
@@ -966,6 +984,17 @@ fn input_products<E: Float>(
     Ok(())
 }
 
+/// The tasks a product of `rows` rows made once per call or block (the input
+/// products) is shared among: the large products' rule, a task per
+/// `GEMM_MIN_ROWS_PER_TASK` rows at most. Split by tiles as the step products
+/// are (`PANEL_TASK_MIN_WORK`), S's 100 rows went to 8 tasks on 16 threads,
+/// and its forward with a cache took 1.12× the time of the general product's.
+fn projection_tasks(rows: usize) -> usize {
+    threads_here()
+        .min(rows.div_ceil(GEMM_MIN_ROWS_PER_TASK))
+        .max(1)
+}
+
 /// Room for the input products of a block of rows: the rows of x gathered,
 /// their products x·w_ihᵀ (4H each, in gate blocks i, f, g, o), and the
 /// product's scratch. Made before a time loop (a refused allocation is an
@@ -977,14 +1006,14 @@ struct InputBlock<E> {
 }
 
 impl<E: Float> InputBlock<E> {
-    /// For blocks of up to `rows` rows of `seq`, the product shared over
-    /// `threads` threads on an ISA of `lanes` lanes.
-    fn new(seq: &Sequence<'_, E>, rows: usize, threads: usize, lanes: usize) -> Result<Self> {
+    /// For blocks of up to `rows` rows of `seq`, the product shared among
+    /// `tasks` tasks at most on an ISA of `lanes` lanes.
+    fn new(seq: &Sequence<'_, E>, rows: usize, tasks: usize, lanes: usize) -> Result<Self> {
         let Dims { input, hidden, .. } = seq.dims;
         Ok(InputBlock {
             x: alloc::zeroed(&[rows, input], "the input rows of a block")?,
             products: alloc::zeroed(&[rows, 4 * hidden], "the input products of a block")?,
-            scratch: ProductScratch::for_threads::<E>(threads, rows, input, lanes)?,
+            scratch: ProductScratch::for_threads::<E>(tasks, rows, input, lanes)?,
         })
     }
 
@@ -1034,6 +1063,10 @@ struct ForwardShared<'s, 'a, E> {
     isa: Isa,
     eps: f64,
     caching: bool,
+    /// Whether `sx_hat` holds every row's s_x (with a cache, or for a call
+    /// whose s_x fits `LAYER_NORM_WHOLE_PRODUCT_BYTES`); else each chunk
+    /// makes its own a block at a time from `ih_panels`.
+    whole: bool,
     ih_panels: &'s Panels<E>,
     hh_panels: &'s HhPanels<E>,
     proj_panels: &'s Panels<E>,
@@ -1119,11 +1152,16 @@ impl<E: Float> ForwardShared<'_, '_, E> {
         };
         // The input products of a block of steps (about PROJECTION_ROWS
         // rows), made as it starts; `first[k]`: the block's first row of its
-        // step k (the rows of a step in slot order).
-        // Only without a cache (with one, the cache holds every row's).
+        // step k (the rows of a step in slot order). Only without the whole
+        // call's (`whole`).
         let block_steps = (PROJECTION_ROWS / nb.max(1)).clamp(1, steps.max(1));
-        let block_rows = if self.caching { 0 } else { block_steps * nb };
-        let mut inputs = InputBlock::new(seq, block_rows, threads, lanes)?;
+        let block_rows = if self.whole { 0 } else { block_steps * nb };
+        let tasks = if parallel {
+            projection_tasks(block_rows)
+        } else {
+            1
+        };
+        let mut inputs = InputBlock::new(seq, block_rows, tasks, lanes)?;
         let mut first =
             alloc::zeroed::<usize>(&[block_steps], "the first rows of a block's steps")?;
         for s in 0..steps {
@@ -1136,7 +1174,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 break;
             }
             let k = s % block_steps;
-            if k == 0 && !self.caching {
+            if k == 0 && !self.whole {
                 let end = (s + block_steps).min(steps);
                 let mut m = 0;
                 for (at, s2) in first.iter_mut().zip(s..end) {
@@ -1146,7 +1184,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 let rows = (s..end).flat_map(|s2| running(s2).map(|(_, row)| row));
                 inputs.project(isa, seq, &self.ih_panels[..], rows);
             }
-            let sx = if self.caching {
+            let sx = if self.whole {
                 SharedMut::null()
             } else {
                 SharedMut(inputs.products[first[k] * g4..].as_mut_ptr())
@@ -1217,6 +1255,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 moments: self.moments,
                 sh: sh.as_ptr(),
                 caching: self.caching,
+                whole: self.whole,
                 gates,
                 cells,
                 sh_hat,

@@ -146,6 +146,16 @@ pub const LAYER_NORM_CHUNK_WEIGHT_BYTES: usize = 1 << 20;
 /// threads; a product that needs more (more threads) allocates its room per
 /// call and gives it back, as every product did before.
 pub const KEPT_ROOM_MAX_BYTES: usize = 64 << 20;
+/// Bytes of s_x for a whole call (T·B rows of 4H) up to which the LayerNorm
+/// forward without a cache makes every row's input products at once, one
+/// product over all rows as with a cache; past it, each chunk makes its own a
+/// block of `PROJECTION_ROWS` rows at a time inside its loop, scratch O(B·H)
+/// (T = 10^4, B = 16, I = H = 256: peak RSS 785 → 161 MiB, y itself 156).
+/// Blocks per chunk re-read w_ih's panels once per block: at 16 threads
+/// (Xeon), with B = 16 split into 1-row chunks, M's forward took 1.15× the
+/// time on blocks of 100 steps and 1.9× on blocks of 16; L's (64 rows, 52 MB
+/// of s_x) 0.85× on blocks of 64 steps (no whole buffer to zero and fault in).
+pub const LAYER_NORM_WHOLE_PRODUCT_BYTES: usize = 16 << 20;
 /// Rows of C handed to one task of a large product: enough that packing B is
 /// amortised (each task's rows are also a multiple of the ISA's MR,
 /// [`GEMM_SHAPES`], so no task but the last ends in a partial sliver).
