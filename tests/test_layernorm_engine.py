@@ -417,6 +417,45 @@ def test_inference_blocks_give_the_bits_of_the_cached_forward(threads, order, ba
     assert_same_bits_for_thread_counts(run)
 
 
+# The blocks with prepared weights (their kept panels of w_ih, bfloat16's
+# rounded), H not a multiple of any ISA's lanes, a projection and peepholes: a
+# call past 16 MiB of s_x against the same call with a cache (float32), or
+# against a short call over its first steps (bfloat16, which has no cache).
+@pytest.mark.parametrize("weight_dtype", [None, "bfloat16"])
+def test_inference_blocks_with_prepared_weights(threads, weight_dtype):
+    rng = np.random.default_rng(8)
+    T, B, I, H, P = 2200, 8, 5, 61, 7  # s_x: 2200 * 8 * 244 * 4 bytes, 16.4 MiB
+    f32 = np.float32
+    x = rng.standard_normal((T, B, I)).astype(f32)
+    w_ih, w_hh = (rng.uniform(-0.3, 0.3, (4 * H, n)).astype(f32) for n in (I, P))
+    b_ih = rng.uniform(-0.3, 0.3, 4 * H).astype(f32)
+    w_hr = rng.uniform(-0.3, 0.3, (P, H)).astype(f32)
+    options = {
+        "layer_norm": True,
+        "peepholes": rng.uniform(-0.3, 0.3, 3 * H).astype(f32),
+        "w_ln_hh": rng.uniform(0.5, 1.5, 4 * H).astype(f32),
+        "b_ln_ih": rng.uniform(-0.5, 0.5, 4 * H).astype(f32),
+        "w_ln_c": rng.uniform(0.5, 1.5, H).astype(f32),
+        "lengths": [T, 5, T - 1, 0, 300, T, 1, 1999],
+    }
+    prepared = lstm_fast.prepare_weights(w_ih, w_hh, b_ih, w_hr=w_hr, weight_dtype=weight_dtype)
+
+    def run():
+        blocks = prepared.forward(x, need_cache=False, **options)
+        if weight_dtype is None:
+            other = prepared.forward(x, need_cache=True, **options)
+            assert_same_bits(blocks.y, other.y)
+            assert_same_bits(blocks.h_n, other.h_n)
+            assert_same_bits(blocks.c_n, other.c_n)
+        else:
+            short = {**options, "lengths": [min(n, 900) for n in options["lengths"]]}
+            other = prepared.forward(x[:900], need_cache=False, **short)  # 6.7 MiB
+            assert_same_bits(blocks.y[:900], other.y)
+        return blocks[:3]
+
+    assert_same_bits_for_thread_counts(run)
+
+
 # ---------------------------------------------------------------------------
 # Bad arguments: the reference's errors
 

@@ -38,6 +38,17 @@ def _twins(monkeypatch, make, xs, state=None, **kw):
     return kept, general
 
 
+def _random_norms(m, seed=0):
+    """``m`` with its LayerNorm gains and biases drawn (not 1 and 0, so that a
+    gain read in a bias's place, or one layer's for another's, shows)."""
+    rng = np.random.default_rng(seed)
+    for name, p in m.parameters.items():
+        if "_ln_" in name:
+            low, high = (0.5, 1.5) if name.startswith("weight_") else (-0.5, 0.5)
+            p[...] = rng.uniform(low, high, p.shape)
+    return m
+
+
 def _assert_same(kept, general):
     assert len(kept) == len(general)
     for t, ((y, (h, c)), (y2, (h2, c2))) in enumerate(zip(kept, general)):
@@ -77,7 +88,7 @@ def test_kept_step_gives_the_bits_of_the_general_call(monkeypatch, isa, dtype, o
     xs = rng.standard_normal(shape).astype(dtype)
 
     def make():
-        return LSTM(4, 6, seed=1, dtype=dtype, **options)
+        return _random_norms(LSTM(4, 6, seed=1, dtype=dtype, **options))
 
     _assert_same(*_twins(monkeypatch, make, xs))
     # From a given state, of another dtype and not C-contiguous.
@@ -100,7 +111,7 @@ def test_kept_step_with_bfloat16_weights(monkeypatch, isa, options, shape):
     xs = rng.standard_normal(shape).astype(np.float32)
 
     def make():
-        return LSTM(5, 8, seed=2, **options)
+        return _random_norms(LSTM(5, 8, seed=2, **options))
 
     kept, general = _twins(monkeypatch, make, xs, weight_dtype="bfloat16")
     _assert_same(kept, general)
@@ -115,15 +126,19 @@ def test_kept_step_is_taken_and_runs_no_general_call(monkeypatch, layer_norm):
     def refuse(*args, **kwargs):
         raise AssertionError("the general call ran")
 
-    m = LSTM(3, 5, num_layers=2, seed=0, proj_size=2, layer_norm=layer_norm)
+    m = _random_norms(LSTM(3, 5, num_layers=2, seed=0, proj_size=2, layer_norm=layer_norm))
     x = np.ones((2, 3), np.float32)
     m.step(x)  # packs once
+    m.forward(x[None], need_cache=False)
     monkeypatch.setattr(functional.PreparedWeights, "forward", refuse)
     monkeypatch.setattr(functional.PreparedWeights, "matches", refuse)
     monkeypatch.setattr(functional, "forward", refuse)
     y, state = m.step(x)
     y, state = m.step(x, state)
     assert y.shape == (2, 2)
+    # The inference forward too (its state written in place).
+    y_f, (h_f, c_f) = m.forward(np.stack([x, x]), need_cache=False)
+    assert y_f.shape == (2, 2, 2) and h_f.shape == (2, 2, 2)
 
 
 @pytest.mark.parametrize(
@@ -294,8 +309,8 @@ FORWARD_OPTIONS = [
 @pytest.mark.parametrize("steps", [0, 1, 7])
 def test_kept_forward_gives_the_bits_of_the_general_call(monkeypatch, isa, dtype, options, steps):
     rng = np.random.default_rng(8)
-    m = LSTM(4, 6, seed=5, dtype=dtype, **options)
-    general = LSTM(4, 6, seed=5, dtype=dtype, **options)
+    m = _random_norms(LSTM(4, 6, seed=5, dtype=dtype, **options))
+    general = _random_norms(LSTM(4, 6, seed=5, dtype=dtype, **options))
     rows = m.num_layers * m.num_directions
     batched_shape = (3, steps, 4) if m.batch_first else (steps, 3, 4)
     for shape in (batched_shape, (steps, 4)):  # batched (the layer's layout), unbatched
@@ -317,7 +332,7 @@ def test_kept_forward_gives_the_bits_of_the_general_call(monkeypatch, isa, dtype
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_kept_forward_bfloat16_and_updates(monkeypatch, layer_norm):
     rng = np.random.default_rng(9)
-    m = LSTM(5, 8, num_layers=2, bidirectional=True, seed=6, layer_norm=layer_norm)
+    m = _random_norms(LSTM(5, 8, num_layers=2, bidirectional=True, seed=6, layer_norm=layer_norm))
     x = rng.standard_normal((4, 2, 5)).astype(np.float32)
 
     def general(m, **kw):

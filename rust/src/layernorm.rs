@@ -6,9 +6,11 @@
 //! before any gate math, which the fused kernels' per-tile gate math cannot
 //! wait for. Per call:
 //!
-//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product
-//!   (`kernels/gemm.rs`), each row normalised in place when its step runs;
-//!   per step the recurrent
+//! - forward: s_x = x·W_ihᵀ for every (t, b) in one product (`kernels/gemm.rs`;
+//!   a short call with prepared weights on their panels of W_ih), each row
+//!   normalised in place when its step runs; without a cache and past
+//!   `LAYER_NORM_WHOLE_PRODUCT_BYTES`, each chunk's rows a block of steps at a
+//!   time inside its loop (`InputBlock`); per step the recurrent
 //!   product of the running rows on W_hh's panels packed once per call
 //!   (`kernels/panel_product.rs`, the fused kernels' register tiles, into a
 //!   dense 4H row each), then per row its normalisation, the gate math of the
@@ -52,7 +54,7 @@ use crate::cancel::Cancel;
 use crate::check;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::gemm::{gemm, gemm_in_order, Mat};
+use crate::kernels::gemm::{gemm, gemm_in_order, gemm_tasks, Mat};
 use crate::kernels::layout::SharedMut;
 use crate::kernels::pack::{self, Panels};
 use crate::kernels::panel_product::{panel_product, Columns, PanelProduct, ProductScratch};
@@ -63,9 +65,9 @@ use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
 use crate::simd::bf16::round_f32;
 use crate::simd::{apart, dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
 use crate::tuning::{
-    DB_COLUMN_BLOCK, GEMM_MIN_ROWS_PER_TASK, LAYER_NORM_CHUNK_ROWS,
-    LAYER_NORM_CHUNK_STREAMING_ROWS, LAYER_NORM_CHUNK_WEIGHT_BYTES, LAYER_NORM_WHOLE_PRODUCT_BYTES,
-    PROJECTION_ROWS, STEP_LOOP_MIN_ELEMENTS,
+    DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
+    LAYER_NORM_CHUNK_WEIGHT_BYTES, LAYER_NORM_WHOLE_PRODUCT_BYTES, PROJECTION_ROWS,
+    STEP_LOOP_MIN_ELEMENTS,
 };
 use crate::variant::{Variant, Zone};
 
@@ -547,14 +549,14 @@ struct ForwardStep<'a, E> {
     /// row is in cache for the gates): with `whole`, `sx_hat`, every row's
     /// (R, 4H: the cache's, or the call's own), by row; else `sx`, the step's
     /// rows (n, 4H) of the block of input products, by slot j. The moments
-    /// (R, [`MOMENTS`]), by row.
+    /// ([`MOMENTS`] a row) go where the cells go (`caching`).
     whole: bool,
     sx: SharedMut<E>,
     sx_hat: SharedMut<E>,
     moments: SharedMut<E>,
     /// s_h of the step's rows (n, 4H), by slot j.
     sh: *const E,
-    /// Where row j's cells and ŝ_h go: by row when caching, else by slot j
+    /// Where row j's cells, ŝ_h and moments go: by row when caching, else by slot j
     /// (step buffers of the step's rows); its gates and ĉ always go to slot
     /// j (backward rebuilds them).
     caching: bool,
@@ -579,8 +581,9 @@ struct ForwardStep<'a, E> {
     record: SharedMut<E>,
 }
 
-// SAFETY: the raw pointers are read (sx_hat, sh) or written at rows that one
-// task owns (see `ForwardStep`); the slices are shared reads.
+// SAFETY: the raw pointers are read (sh) or written (sx and sx_hat
+// normalised in place, the rest) at rows that one task owns (see
+// `ForwardStep`); the slices are shared reads.
 unsafe impl<E: Send> Send for ForwardStep<'_, E> {}
 // SAFETY: as above.
 unsafe impl<E: Sync> Sync for ForwardStep<'_, E> {}
@@ -631,13 +634,13 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
             };
             let sx = std::slice::from_raw_parts_mut(sx_hat, g4);
             let r_x = apart::<S, _>(|| normalise_in_place(sx, st_.eps));
-            *st_.moments.0.add(row * MOMENTS) = r_x;
+            *st_.moments.0.add(at * MOMENTS) = r_x;
             let sx_hat = sx_hat.cast_const();
             // LN of s_h into the cache (or step) row.
             let sh = std::slice::from_raw_parts(st_.sh.add(j * g4), g4);
             let sh_hat = std::slice::from_raw_parts_mut(st_.sh_hat.0.add(at * g4), g4);
             let r_h = apart::<S, _>(|| normalise(sh, sh_hat, st_.eps));
-            *st_.moments.0.add(row * MOMENTS + 1) = r_h;
+            *st_.moments.0.add(at * MOMENTS + 1) = r_h;
             let sh_hat = sh_hat.as_ptr();
             // The gates (GateMath, which backward rebuilds them with), then
             // c_t from them in a second pass over the row, which also
@@ -677,8 +680,8 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
             let cells = std::slice::from_raw_parts(cells, h);
             let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(j * h), h);
             let (mu_c, r_c) = apart::<S, _>(|| normalise_kept(cells, c_hat, st_.eps));
-            *st_.moments.0.add(row * MOMENTS + 2) = r_c;
-            *st_.moments.0.add(row * MOMENTS + 3) = mu_c;
+            *st_.moments.0.add(at * MOMENTS + 2) = r_c;
+            *st_.moments.0.add(at * MOMENTS + 3) = mu_c;
             let c_hat = c_hat.as_ptr();
             let m = st_.m.0.add(j * h);
             let mut u = 0;
@@ -800,14 +803,7 @@ fn forward_impl<E: Float>(
         };
         let hp = hidden_pad::<E>(hidden);
         let lanes = isa.lanes::<E>();
-        let mut own_moments;
-        let moments: &mut [E] = match c_moments {
-            Some(a) => a,
-            None => {
-                own_moments = alloc::zeroed::<E>(&[rows, MOMENTS], "the normalisations' moments")?;
-                &mut own_moments
-            }
-        };
+        let mut c_moments = c_moments;
         // The input products s_x = x·w_ihᵀ. With a cache, every row's into
         // the cache, each normalised in place by its step (here the rows of
         // padded steps, whose normalised products the cache holds too, as the
@@ -830,7 +826,7 @@ fn forward_impl<E: Float>(
         let ih_panels: Panels<E> = match sx_rows.as_deref_mut() {
             Some(sx) => {
                 input_products(seq, isa, rows, sx)?;
-                if caching {
+                if let Some(moments) = c_moments.as_deref_mut() {
                     for b in 0..batch {
                         for t in seq.length(b)..steps {
                             let r = row_of(seq, t, b);
@@ -880,7 +876,7 @@ fn forward_impl<E: Float>(
             hh_panels: &hh_panels,
             proj_panels: &proj_panels,
             sx_hat: sx_rows.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
-            moments: SharedMut(moments.as_mut_ptr()),
+            moments: c_moments.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             cells: c_cells.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             sh_hat: c_sh.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
             h_prev: c_h_prev.map_or(SharedMut::null(), |a| SharedMut(a.as_mut_ptr())),
@@ -990,9 +986,7 @@ fn input_products<E: Float>(
 /// are (`PANEL_TASK_MIN_WORK`), S's 100 rows went to 8 tasks on 16 threads,
 /// and its forward with a cache took 1.12× the time of the general product's.
 fn projection_tasks(rows: usize) -> usize {
-    threads_here()
-        .min(rows.div_ceil(GEMM_MIN_ROWS_PER_TASK))
-        .max(1)
+    gemm_tasks(threads_here(), rows)
 }
 
 /// Room for the input products of a block of rows: the rows of x gathered,
@@ -1055,8 +1049,8 @@ impl<E: Float> InputBlock<E> {
 /// What every chunk of a forward's batch rows reads, and where they write:
 /// the pointers address rows (by row, R rows) or batch rows (h_n, c_n) that
 /// exactly one chunk writes (its own batch rows'); null where there is no
-/// cache (`cells`, `sh_hat`, `h_prev`), no zoneout of c (`c_after`) or no
-/// record.
+/// cache (`cells`, `sh_hat`, `h_prev`, `moments`; `sx_hat` unless `whole`),
+/// no zoneout of c (`c_after`) or no record.
 struct ForwardShared<'s, 'a, E> {
     seq: &'s Sequence<'a, E>,
     ln: &'s LayerNorm<'a, E>,
@@ -1127,8 +1121,9 @@ impl<E: Float> ForwardShared<'_, '_, E> {
             alloc::zeroed::<E>(&[step_rows, hidden], "the cells of a step")?,
             alloc::zeroed::<E>(&[step_rows, g4], "the normalised products of a step")?,
             alloc::zeroed::<E>(&[nb, hidden], "the normalised cells of a step")?,
+            alloc::zeroed::<E>(&[step_rows, MOMENTS], "the moments of a step")?,
         ];
-        let [o_gates, o_cells, o_sh, o_chat] = &mut own;
+        let [o_gates, o_cells, o_sh, o_chat, o_moments] = &mut own;
         let ptr = |given: SharedMut<E>, own: &mut Vec<E>| {
             if given.0.is_null() {
                 SharedMut(own.as_mut_ptr())
@@ -1139,6 +1134,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
         let gates = SharedMut(o_gates.as_mut_ptr());
         let cells = ptr(self.cells, o_cells);
         let sh_hat = ptr(self.sh_hat, o_sh);
+        let moments = ptr(self.moments, o_moments);
         let c_hat = SharedMut(o_chat.as_mut_ptr());
         let threads = if parallel { threads_here() } else { 1 };
         let mut scratch = ProductScratch::for_threads::<E>(threads, nb, state.max(hidden), lanes)?;
@@ -1176,10 +1172,10 @@ impl<E: Float> ForwardShared<'_, '_, E> {
             let k = s % block_steps;
             if k == 0 && !self.whole {
                 let end = (s + block_steps).min(steps);
-                let mut m = 0;
+                let mut count = 0;
                 for (at, s2) in first.iter_mut().zip(s..end) {
-                    *at = m;
-                    m += running(s2).count();
+                    *at = count;
+                    count += running(s2).count();
                 }
                 let rows = (s..end).flat_map(|s2| running(s2).map(|(_, row)| row));
                 inputs.project(isa, seq, &self.ih_panels[..], rows);
@@ -1252,7 +1248,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 eps: self.eps,
                 sx,
                 sx_hat: self.sx_hat,
-                moments: self.moments,
+                moments,
                 sh: sh.as_ptr(),
                 caching: self.caching,
                 whole: self.whole,

@@ -48,10 +48,12 @@ pub const NV_32_REGISTERS: usize = 4;
 /// (not measured: no AVX-512 machine here).
 pub const REMAINDER_FULL_WIDTH_ROWS: usize = 2;
 
-/// Rows (step, slot) per block of the input projection, inside the time loop
-/// (the fused kernels) or before it (the LayerNorm LSTM's, which normalises
-/// whole rows): enough for an efficient product, few enough that the block
-/// stays in cache (scratch is O(B·H), independent of T).
+/// Rows (step, slot) per block of the input projection inside the time loop
+/// (the fused kernels', and the LayerNorm LSTM's past
+/// `LAYER_NORM_WHOLE_PRODUCT_BYTES`; also how many rows a LayerNorm call
+/// with prepared weights projects on their panels): enough for an efficient
+/// product, few enough that the block stays in cache (scratch is O(B·H),
+/// independent of T).
 pub const PROJECTION_ROWS: usize = 256;
 
 /// Rows of a forward panel written at a time while packing: they gather from
@@ -150,7 +152,7 @@ pub const KEPT_ROOM_MAX_BYTES: usize = 64 << 20;
 /// forward without a cache makes every row's input products at once, one
 /// product over all rows as with a cache; past it, each chunk makes its own a
 /// block of `PROJECTION_ROWS` rows at a time inside its loop, scratch O(B·H)
-/// (T = 10^4, B = 16, I = H = 256: peak RSS 785 → 161 MiB, y itself 156).
+/// (T = 10^4, B = 16, I = H = 256: peak RSS 785 → 158 MiB, y itself 156).
 /// Blocks per chunk re-read w_ih's panels once per block: at 16 threads
 /// (Xeon), with B = 16 split into 1-row chunks, M's forward took 1.15× the
 /// time on blocks of 100 steps and 1.9× on blocks of 16; L's (64 rows, 52 MB

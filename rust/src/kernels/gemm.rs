@@ -56,6 +56,12 @@ impl<'a, E> Mat<'a, E> {
     }
 }
 
+/// The tasks a product of `rows` rows of C is shared among on `threads`
+/// threads: a task per `GEMM_MIN_ROWS_PER_TASK` rows at most, at least one.
+pub fn gemm_tasks(threads: usize, rows: usize) -> usize {
+    threads.min(rows.div_ceil(GEMM_MIN_ROWS_PER_TASK)).max(1)
+}
+
 /// `C = A·B`, or `C += A·B` with `accumulate`; C is row-major with rows `ldc`
 /// apart. Inside a rayon pool (`ThreadPool::install`) the rows are shared among
 /// its threads; outside one it runs on the calling thread alone. Runs on the
@@ -191,8 +197,7 @@ fn product<E: Float>(
         }
         return;
     }
-    let threads = threads_here();
-    let tasks = threads.min(m.div_ceil(GEMM_MIN_ROWS_PER_TASK)).max(1);
+    let tasks = gemm_tasks(threads_here(), m);
     // Each task's rows a multiple of MR, so no task but the last ends in a
     // partial sliver.
     let mr = dispatch::<E, _>(isa, Plan { rows: 1, k, n }).mr;
