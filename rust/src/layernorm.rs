@@ -62,7 +62,6 @@ use crate::lstm::{gathered_t, in_place_order, ordered_block_rows, ordered_blocks
 use crate::parallel::pool::{self, threads_here};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
-use crate::simd::bf16::round_f32;
 use crate::simd::{apart, dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
 use crate::tuning::{
     DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
@@ -938,32 +937,16 @@ fn input_products<E: Float>(
         let panels = kept.input(seq.w_ih, hidden, hp, input, lanes)?;
         let mut scratch =
             ProductScratch::for_threads::<E>(projection_tasks(rows), rows, input, lanes)?;
-        panel_product(
-            isa,
-            PanelProduct {
-                rows,
-                a: seq.x,
-                lda: input,
-                depth: input,
-                panels: &panels[..],
-                tiles: hp / lanes,
-                columns: Columns::Gates { hidden },
-                c: sx,
-                ldc: g4,
-            },
-            &mut scratch,
-        );
+        panel_input_products(isa, seq, &panels[..], seq.x, rows, sx, &mut scratch);
         return Ok(());
     }
     let own_w_ih;
     let w_ih: &[E] = match seq.panels {
         Some(kept) if kept.bf16() => {
             let mut rounded = alloc::zeroed::<E>(&[seq.w_ih.len()], "w_ih rounded to bfloat16")?;
-            for (o, &x) in rounded.iter_mut().zip(seq.w_ih) {
-                // E is f32 here (`PanelCache::new_bf16` refuses f64): the
-                // casts are exact.
-                *o = E::from_f64(f64::from(round_f32(x.to_f64() as f32)));
-            }
+            rounded.copy_from_slice(seq.w_ih);
+            // E is f32 here (`PanelCache::new_bf16` refuses f64).
+            pack::round_to_bf16(&mut rounded);
             own_w_ih = rounded;
             &own_w_ih
         }
@@ -978,6 +961,33 @@ fn input_products<E: Float>(
     };
     gemm(Mat::rows(seq.x, rows, input, input), w_ih_t, sx, g4, false);
     Ok(())
+}
+
+/// s_x = x·w_ihᵀ of the first `rows` rows of `a` (I apart) into `c` (4H
+/// apart) on `panels`, w_ih's forward panels: each element one FMA chain in
+/// k order from zero (`panel_product`), as the general product makes it.
+fn panel_input_products<E: Float>(
+    isa: Isa,
+    seq: &Sequence<'_, E>,
+    panels: &[E],
+    a: &[E],
+    rows: usize,
+    c: &mut [E],
+    scratch: &mut [ProductScratch],
+) {
+    let Dims { input, hidden, .. } = seq.dims;
+    let product = PanelProduct {
+        rows,
+        a,
+        lda: input,
+        depth: input,
+        panels,
+        tiles: hidden_pad::<E>(hidden) / isa.lanes::<E>(),
+        columns: Columns::Gates { hidden },
+        c,
+        ldc: 4 * hidden,
+    };
+    panel_product(isa, product, scratch);
 }
 
 /// The tasks a product of `rows` rows made once per call or block (the input
@@ -1022,27 +1032,14 @@ impl<E: Float> InputBlock<E> {
         panels: &[E],
         rows: impl Iterator<Item = usize>,
     ) {
-        let Dims { input, hidden, .. } = seq.dims;
+        let input = seq.dims.input;
         let mut m = 0;
         for r in rows {
             self.x[m * input..][..input].copy_from_slice(&seq.x[r * input..][..input]);
             m += 1;
         }
-        panel_product(
-            isa,
-            PanelProduct {
-                rows: m,
-                a: &self.x,
-                lda: input,
-                depth: input,
-                panels,
-                tiles: hidden_pad::<E>(hidden) / isa.lanes::<E>(),
-                columns: Columns::Gates { hidden },
-                c: &mut self.products,
-                ldc: 4 * hidden,
-            },
-            &mut self.scratch,
-        );
+        let (x, products) = (&self.x, &mut self.products);
+        panel_input_products(isa, seq, panels, x, m, products, &mut self.scratch);
     }
 }
 

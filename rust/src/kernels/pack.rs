@@ -164,10 +164,8 @@ impl<E: Float> PanelCache<E> {
     /// `panels`, rounded to bfloat16 values when this cache is bf16's.
     fn rounded(&self, mut panels: Vec<E>) -> Vec<E> {
         if self.bf16 {
-            for w in &mut panels {
-                // E is f32 here (`new_bf16`): the casts are exact.
-                *w = E::from_f64(f64::from(round_f32(w.to_f64() as f32)));
-            }
+            // E is f32 here (`new_bf16`).
+            round_to_bf16(&mut panels);
         }
         panels
     }
@@ -339,6 +337,16 @@ pub fn pad_bias<E: Float>(bias: Option<&[E]>, hidden: usize, hidden_pad: usize) 
         }
     }
     Ok(out)
+}
+
+/// Each of `w` (float32 values) rounded to bfloat16 and widened back, as
+/// bf16 inference computes with it (`lstm_fast.bfloat16_round`): the one
+/// rounding of the kept panels and of the LayerNorm LSTM's w_ih. For f32
+/// the casts are exact.
+pub fn round_to_bf16<E: Float>(w: &mut [E]) {
+    for x in w {
+        *x = E::from_f64(f64::from(round_f32(x.to_f64() as f32)));
+    }
 }
 
 /// Forward panels of `w` (4H × `cols`: `w_hh`, or `w_ih` with `cols` = I),
