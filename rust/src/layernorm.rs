@@ -62,7 +62,8 @@ use crate::lstm::{gathered_t, in_place_order, ordered_block_rows, ordered_blocks
 use crate::parallel::pool::{self, threads_here};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
-use crate::simd::{apart, dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd};
+use crate::simd::wide::{combine, gradient_row, normalise_row, pair_sums, Rows, PARTIALS};
+use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd, SimdElement};
 use crate::tuning::{
     DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
     LAYER_NORM_CHUNK_WEIGHT_BYTES, LAYER_NORM_WHOLE_PRODUCT_BYTES, PROJECTION_ROWS,
@@ -267,172 +268,130 @@ fn time_of<E: Float>(seq: &Sequence<'_, E>, s: usize, b: usize) -> usize {
     }
 }
 
-/// How many interleaved partial sums a row's f64 sums keep: element i goes
-/// into partial sum i mod `PARTIALS`. Enough independent chains to hide the
-/// adder's latency (four AVX-512 vectors of f64, eight AVX2 ones); with 8,
-/// one vector's chain of dependent adds bounded the normalisations.
-const PARTIALS: usize = 32;
-
 /// Sums in f64 over [`PARTIALS`] interleaved partial sums added in a fixed
-/// order: the same bits on every thread and ISA, and vectorisable.
+/// order (`simd/wide.rs`'s order): the same bits on every thread and ISA.
 #[inline]
 fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
     let mut acc = [0.0f64; PARTIALS];
-    let whole = n / PARTIALS * PARTIALS;
-    let mut i = 0;
-    while i < whole {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a += f(i + k);
-        }
-        i += PARTIALS;
-    }
-    for (k, a) in acc.iter_mut().enumerate().take(n - whole) {
-        *a += f(whole + k);
+    for i in 0..n {
+        acc[i % PARTIALS] += f(i);
     }
     combine(acc)
 }
 
-/// The partial sums of [`sum_f64`] added in its fixed order: halves added
-/// element by element until one is left (as vectors do it).
-#[inline(always)]
-fn combine(mut acc: [f64; PARTIALS]) -> f64 {
-    let mut width = PARTIALS / 2;
-    while width > 0 {
-        for k in 0..width {
-            acc[k] += acc[k + width];
-        }
-        width /= 2;
-    }
-    acc[0]
-}
-
-/// Σ f(v_i) in f64, element i into partial sum i mod [`PARTIALS`] as in
-/// [`sum_f64`] (the same bits), over slices so that no bounds check stops
-/// the compiler from vectorising it: inlined into an ISA's kernel, its f64
-/// partial sums run a vector at a time, with the same bits as on the scalar
-/// path (the same operations in the same order per partial sum).
-#[inline(always)]
-fn sum_of<E: Float>(v: &[E], f: impl Fn(f64) -> f64) -> f64 {
-    let mut acc = [[0.0f64; 8]; PARTIALS / 8];
-    let mut chunks = v.chunks_exact(PARTIALS);
-    for c in &mut chunks {
-        for (a, c) in acc.iter_mut().zip(c.chunks_exact(8)) {
-            for (a, &x) in a.iter_mut().zip(c) {
-                *a += f(x.to_f64());
-            }
-        }
-    }
-    let mut flat = flatten(acc);
-    for (a, &x) in flat.iter_mut().zip(chunks.remainder()) {
-        *a += f(x.to_f64());
-    }
-    combine(flat)
-}
-
-/// The partial sums kept as vectors of 8 (as the compiler vectorises them:
-/// one flat array of 32 it left in scalar registers, 2.4× slower), in
-/// [`combine`]'s order.
-#[inline(always)]
-fn flatten(acc: [[f64; 8]; PARTIALS / 8]) -> [f64; PARTIALS] {
-    let mut flat = [0.0f64; PARTIALS];
-    for (k, a) in flat.iter_mut().enumerate() {
-        *a = acc[k / 8][k % 8];
-    }
-    flat
-}
-
-/// (Σ a_i, Σ a_i·b_i) in one pass, each summed as [`sum_of`] sums.
-#[inline(always)]
-fn sum_and_dot<E: Float>(a: &[E], b: &[E]) -> (f64, f64) {
-    let (mut s, mut d) = ([[0.0f64; 8]; PARTIALS / 8], [[0.0f64; 8]; PARTIALS / 8]);
-    let b = &b[..a.len()];
-    let (mut ca, mut cb) = (a.chunks_exact(PARTIALS), b.chunks_exact(PARTIALS));
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for (g, (s, d)) in s.iter_mut().zip(&mut d).enumerate() {
-            for k in 0..8 {
-                let xv = x[g * 8 + k].to_f64();
-                s[k] += xv;
-                d[k] += xv * y[g * 8 + k].to_f64();
-            }
-        }
-    }
-    let (mut s, mut d) = (flatten(s), flatten(d));
-    for (k, (&x, &y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
-        let xv = x.to_f64();
-        s[k] += xv;
-        d[k] += xv * y.to_f64();
-    }
-    (combine(s), combine(d))
-}
-
 /// The mean of `v` and r = 1/sqrt(var + eps) (var divided by the width), in
-/// f64.
+/// f64, from one pass over `v` (`pair_sums`): the sums of u = v − v₀ and u²,
+/// shifted by the row's first value so that var = mean(u²) − mean(u)² keeps
+/// its precision when the mean is large against the spread.
+///
+/// # Safety
+/// The CPU has S's ISA (inside a kernel dispatched for S).
 #[inline(always)]
-fn moments<E: Float>(v: &[E], eps: f64) -> (f64, f64) {
+unsafe fn moments<S: Simd>(v: &[S::E], eps: f64) -> (f64, f64) {
     let n = v.len() as f64;
-    let mean = sum_of(v, |x| x) / n;
-    let var = sum_of(v, |x| {
-        let d = x - mean;
-        d * d
-    }) / n;
-    (mean, 1.0 / (var + eps).sqrt())
+    let shift = v[0].to_f64();
+    // SAFETY: the caller's contract.
+    let (sum, squares) = unsafe { pair_sums::<S>(Rows::of(v), shift) };
+    let d = sum / n;
+    // Rounding can leave a constant row's variance a hair below zero.
+    let var = (squares / n - d * d).max(0.0);
+    (shift + d, 1.0 / (var + eps).sqrt())
 }
 
 /// Layer normalisation of `v` without gain and bias into `out`: (v − μ)·r,
 /// r = 1/sqrt(var + eps) (var divided by the width), computed in f64 and
-/// rounded once; returns r. Inlined into the row kernels, so that it is
-/// compiled (and vectorised) for their ISA.
+/// rounded once; returns r.
+///
+/// # Safety
+/// As [`moments`].
 #[inline(always)]
-fn normalise<E: Float>(v: &[E], out: &mut [E], eps: f64) -> E {
-    let (mean, rstd) = moments(v, eps);
-    for (o, x) in out.iter_mut().zip(v) {
-        *o = E::from_f64((x.to_f64() - mean) * rstd);
+unsafe fn normalise<S: Simd>(v: &[S::E], out: &mut [S::E], eps: f64) -> S::E {
+    let out = &mut out[..v.len()];
+    // SAFETY: the caller's contract; both rows hold v.len() elements.
+    unsafe {
+        let (mean, rstd) = moments::<S>(v, eps);
+        normalise_row::<S>(v.as_ptr(), out.as_mut_ptr(), v.len(), mean, rstd);
+        S::E::from_f64(rstd)
     }
-    E::from_f64(rstd)
 }
 
 /// The mean and 1/σ of `v` (as [`moments`]) rounded to `E`, as the cache
 /// keeps them, and the normalised `v` computed from those into `out`
 /// ([`renormalise`]): backward rebuilds the same bits from the cache.
+///
+/// # Safety
+/// As [`moments`].
 #[inline(always)]
-fn normalise_kept<E: Float>(v: &[E], out: &mut [E], eps: f64) -> (E, E) {
-    let (mean, rstd) = moments(v, eps);
-    let (mean, rstd) = (E::from_f64(mean), E::from_f64(rstd));
-    renormalise(v, out, mean, rstd);
-    (mean, rstd)
+unsafe fn normalise_kept<S: Simd>(v: &[S::E], out: &mut [S::E], eps: f64) -> (S::E, S::E) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (mean, rstd) = moments::<S>(v, eps);
+        let (mean, rstd) = (S::E::from_f64(mean), S::E::from_f64(rstd));
+        renormalise::<S>(v, out, mean, rstd);
+        (mean, rstd)
+    }
 }
 
 /// (v − μ)·r into `out`, in f64 and rounded once, from the moments as the
 /// cache keeps them.
+///
+/// # Safety
+/// As [`moments`].
 #[inline(always)]
-fn renormalise<E: Float>(v: &[E], out: &mut [E], mean: E, rstd: E) {
-    let (mean, rstd) = (mean.to_f64(), rstd.to_f64());
-    for (o, x) in out.iter_mut().zip(v) {
-        *o = E::from_f64((x.to_f64() - mean) * rstd);
+unsafe fn renormalise<S: Simd>(v: &[S::E], out: &mut [S::E], mean: S::E, rstd: S::E) {
+    let out = &mut out[..v.len()];
+    // SAFETY: the caller's contract; both rows hold v.len() elements.
+    unsafe {
+        normalise_row::<S>(
+            v.as_ptr(),
+            out.as_mut_ptr(),
+            v.len(),
+            mean.to_f64(),
+            rstd.to_f64(),
+        );
     }
 }
 
 /// [`normalise`] of `v` in place.
+///
+/// # Safety
+/// As [`moments`].
 #[inline(always)]
-fn normalise_in_place<E: Float>(v: &mut [E], eps: f64) -> E {
-    let (mean, rstd) = moments(v, eps);
-    for x in v.iter_mut() {
-        *x = E::from_f64((x.to_f64() - mean) * rstd);
+unsafe fn normalise_in_place<S: Simd>(v: &mut [S::E], eps: f64) -> S::E {
+    // SAFETY: the caller's contract; the row is read before it is written
+    // (`normalise_row` allows `out` = `a`).
+    unsafe {
+        let (mean, rstd) = moments::<S>(v, eps);
+        normalise_row::<S>(v.as_ptr(), v.as_mut_ptr(), v.len(), mean, rstd);
+        S::E::from_f64(rstd)
     }
-    E::from_f64(rstd)
 }
 
-/// The gradient through [`normalise`] (docs/variants.md): from `dxh` (the
-/// incoming gradient times the gain), x̂ and r, in place of `dxh`:
-/// r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂)).
+/// The gradient through [`normalise`] (docs/variants.md) into `out`, from
+/// the gradient `dy` of its output after the gain `gain` (absent: 1), x̂ and
+/// r: dx̂ = dy ⊙ gain (rounded to E), out = r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙
+/// x̂)), with dx̂ made in registers in both passes, never stored.
+///
+/// # Safety
+/// As [`moments`]; `out` holds dy.len() elements and overlaps no row read.
 #[inline(always)]
-fn normalise_grad<E: Float>(dxh: &mut [E], x_hat: &[E], rstd: E) {
-    let n = dxh.len() as f64;
-    let (sum_d, sum_dx) = sum_and_dot(dxh, x_hat);
-    let (mean_d, mean_dx) = (sum_d / n, sum_dx / n);
-    let r = rstd.to_f64();
-    for (d, x) in dxh.iter_mut().zip(x_hat) {
-        *d = E::from_f64(r * (d.to_f64() - mean_d - x.to_f64() * mean_dx));
+unsafe fn normalise_grad<S: Simd>(
+    dy: &[S::E],
+    gain: Option<&[S::E]>,
+    x_hat: &[S::E],
+    out: *mut S::E,
+    rstd: S::E,
+) {
+    let n = dy.len() as f64;
+    let rows = Rows {
+        a: dy,
+        g: gain,
+        b: Some(x_hat),
+    };
+    // SAFETY: the caller's contract.
+    unsafe {
+        let (sum_d, sum_dx) = pair_sums::<S>(rows, 0.0);
+        gradient_row::<S>(rows, out, rstd.to_f64(), sum_d / n, sum_dx / n);
     }
 }
 
@@ -446,7 +405,8 @@ impl<E: Float> Kernel<E> for NormaliseInPlace<'_, E> {
     type Output = E;
     #[inline(always)]
     fn run<S: Simd<E = E>>(self) -> E {
-        normalise_in_place(self.v, self.eps)
+        // SAFETY: `dispatch` runs this for S on a CPU that has S's ISA.
+        unsafe { normalise_in_place::<S>(self.v, self.eps) }
     }
 }
 
@@ -618,27 +578,25 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
         let one = S::splat(E::ONE);
         // SAFETY: every pointer below addresses row `row` (R rows), slot `j`
         // (the step's rows) or the chunk's batch row `b` (its rows) of a buffer of that many
-        // rows of the width used; each is written by this row alone.
+        // rows of the width used; each is written by this row alone. This
+        // kernel runs for S (`dispatch`), so the CPU has S's ISA (the
+        // normalisations' contract).
         unsafe {
             // LN of s_x in place: the row's of the whole call, or the
             // block's row of slot j.
-            // The normalisations go through `apart` (this kernel runs for S,
-            // so the CPU has S's ISA): called inline here, their f64
-            // variance sums were vectorised two lanes wide. (Backward's went
-            // through it too and took 1.03× the time: it stays inline.)
             let sx_hat = if st_.whole {
                 st_.sx_hat.0.add(row * g4)
             } else {
                 st_.sx.0.add(j * g4)
             };
             let sx = std::slice::from_raw_parts_mut(sx_hat, g4);
-            let r_x = apart::<S, _>(|| normalise_in_place(sx, st_.eps));
+            let r_x = normalise_in_place::<S>(sx, st_.eps);
             *st_.moments.0.add(at * MOMENTS) = r_x;
             let sx_hat = sx_hat.cast_const();
             // LN of s_h into the cache (or step) row.
             let sh = std::slice::from_raw_parts(st_.sh.add(j * g4), g4);
             let sh_hat = std::slice::from_raw_parts_mut(st_.sh_hat.0.add(at * g4), g4);
-            let r_h = apart::<S, _>(|| normalise(sh, sh_hat, st_.eps));
+            let r_h = normalise::<S>(sh, sh_hat, st_.eps);
             *st_.moments.0.add(at * MOMENTS + 1) = r_h;
             let sh_hat = sh_hat.as_ptr();
             // The gates (GateMath, which backward rebuilds them with), then
@@ -678,7 +636,7 @@ impl<E: Float> RowBody<E> for ForwardRow<'_, '_, E> {
             // n = LN(c_t), m = o ⊙ σ_h(n).
             let cells = std::slice::from_raw_parts(cells, h);
             let c_hat = std::slice::from_raw_parts_mut(st_.c_hat.0.add(j * h), h);
-            let (mu_c, r_c) = apart::<S, _>(|| normalise_kept(cells, c_hat, st_.eps));
+            let (mu_c, r_c) = normalise_kept::<S>(cells, c_hat, st_.eps);
             *st_.moments.0.add(at * MOMENTS + 2) = r_c;
             *st_.moments.0.add(at * MOMENTS + 3) = mu_c;
             let c_hat = c_hat.as_ptr();
@@ -1652,7 +1610,7 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
             let (r_x, r_h, r_c, mu_c) = (*kept, *kept.add(1), *kept.add(2), *kept.add(3));
             // ĉ_t, the bits forward computed (`normalise_kept`).
             let c_hat = sp.c_hat.0.add(j * h);
-            renormalise(
+            renormalise::<S>(
                 std::slice::from_raw_parts(cache.cells.as_ptr().add(row * h), h),
                 std::slice::from_raw_parts_mut(c_hat, h),
                 mu_c,
@@ -1662,7 +1620,15 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
             let dm = sp.dm.add(j * h);
             let dn = sp.dn.0.add(j * h);
             // dn = σ_h'(n)·(dm ⊙ o), its gain's gradient on, for the
-            // normalisation of c_t; m_t for dW_hr.
+            // normalisation of c_t; m_t for dW_hr; and dz_o, which needs
+            // σ_h(n) too, in place of o in dz's row (o is not read again).
+            let z = |k: usize, u: usize| {
+                if pre.is_null() {
+                    zero // never read: the activations need no input (caches_pre)
+                } else {
+                    ld::<S, FULL>(pre.add(k * h), u, h)
+                }
+            };
             let mut u = 0;
             while u < h {
                 let n = ld::<S, FULL>(c_hat, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
@@ -1674,46 +1640,35 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
                 if !sp.m.0.is_null() {
                     st::<S, FULL>(og.mul(hn), sp.m.0.add(row * h), u, h);
                 }
+                let z_o = z(3, u);
+                let dz_o = through(v.f.backprop(d.mul(hn), clip(z_o, v.clip), og), z_o);
+                st::<S, FULL>(dz_o, dz.add(3 * h), u, h);
                 u += S::LANES;
             }
             // The gradient reaching c_t through its normalisation, in dsh's
             // first H as scratch.
             let scratch = sp.dsh.0.add(j * g4);
-            let mut u = 0;
-            while u < h {
-                let d = ld::<S, FULL>(dn, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
-                st::<S, FULL>(d, scratch, u, h);
-                u += S::LANES;
-            }
-            let through_c = std::slice::from_raw_parts_mut(scratch, h);
-            normalise_grad(through_c, std::slice::from_raw_parts(c_hat, h), r_c);
+            let (dn_row, c_hat_row) = (
+                std::slice::from_raw_parts(dn, h),
+                std::slice::from_raw_parts(c_hat, h),
+            );
+            normalise_grad::<S>(dn_row, ln.w_c, c_hat_row, scratch, r_c);
             // The gate derivatives (docs/variants.md, 'Backward').
             let pp = v.peepholes.unwrap_or(&[]).as_ptr();
             let dc = sp.dc.0.add(b * h);
             let mut sq = 0.0f64;
             let mut u = 0;
             while u < h {
-                let z = |k: usize| {
-                    if pre.is_null() {
-                        zero // never read: the activations need no input (caches_pre)
-                    } else {
-                        ld::<S, FULL>(pre.add(k * h), u, h)
-                    }
-                };
+                let z = |k: usize| z(k, u);
                 let gate = |k: usize| ld::<S, FULL>(gates.add(k * h), u, h);
-                let (ig, fg, gg, og) = (gate(0), gate(1), gate(2), gate(3));
+                let (ig, fg, gg) = (gate(0), gate(1), gate(2));
                 let cp = ld::<S, FULL>(c_prev, u, h);
-                let d = ld::<S, FULL>(dm, u, h);
-                let n = ld::<S, FULL>(c_hat, u, h).mul(param::<S, FULL>(ln.w_c, 0, u, h, one));
-                let n = n.add(param::<S, FULL>(ln.b_c, 0, u, h, zero));
-                let hn = v.h.apply(n);
-                let z_o = z(3);
-                let dz_o = through(v.f.backprop(d.mul(hn), clip(z_o, v.clip), og), z_o);
                 // Zoneout of c: dL/dc_t splits into the share of c_{t−1}
                 // (added to dc_prev below) and that of the candidate c̃_t.
                 let (dc_kept, dc_next) = v.zoneout_c.split(row, sp.hp, u, ld::<S, FULL>(dc, u, h));
                 let mut dcv = dc_next.add(ld::<S, FULL>(scratch, u, h));
                 if v.peepholes.is_some() {
+                    let dz_o = ld::<S, FULL>(dz.add(3 * h), u, h);
                     dcv = dcv.add(dz_o.mul(ld::<S, FULL>(pp.add(h), u, h)));
                 }
                 if !sp.flow_c.0.is_null() {
@@ -1750,37 +1705,18 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
                 st::<S, FULL>(dz_i, dz, u, h);
                 st::<S, FULL>(dz_f, dz.add(h), u, h);
                 st::<S, FULL>(dz_g, dz.add(2 * h), u, h);
-                st::<S, FULL>(dz_o, dz.add(3 * h), u, h);
                 u += S::LANES;
             }
             if !sp.flow_c.0.is_null() {
                 *sp.flow_c.0.add(j) = E::from_f64(sq.sqrt());
             }
-            // ds_h = the gradient through the normalisation of s_h.
-            let dsh = sp.dsh.0.add(j * g4);
-            let mut u = 0;
-            while u < g4 {
-                let d = ld::<S, FULL>(dz, u, g4).mul(param::<S, FULL>(ln.w_hh, 0, u, g4, one));
-                st::<S, FULL>(d, dsh, u, g4);
-                u += S::LANES;
-            }
-            normalise_grad(
-                std::slice::from_raw_parts_mut(dsh, g4),
-                std::slice::from_raw_parts(cache.sh_hat.as_ptr().add(row * g4), g4),
-                r_h,
-            );
-            // ds_x = the gradient through the normalisation of s_x.
-            let mut u = 0;
-            while u < g4 {
-                let d = ld::<S, FULL>(dz, u, g4).mul(param::<S, FULL>(ln.w_ih, 0, u, g4, one));
-                st::<S, FULL>(d, dsx, u, g4);
-                u += S::LANES;
-            }
-            normalise_grad(
-                std::slice::from_raw_parts_mut(dsx, g4),
-                std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4),
-                r_x,
-            );
+            // ds_h and ds_x, the gradients through the normalisations of s_h
+            // and s_x, from dz and each one's gain.
+            let dz_row = std::slice::from_raw_parts(dz.cast_const(), g4);
+            let sh_hat = std::slice::from_raw_parts(cache.sh_hat.as_ptr().add(row * g4), g4);
+            normalise_grad::<S>(dz_row, ln.w_hh, sh_hat, sp.dsh.0.add(j * g4), r_h);
+            let sx_hat = std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4);
+            normalise_grad::<S>(dz_row, ln.w_ih, sx_hat, dsx, r_x);
         }
     }
 }
@@ -2618,4 +2554,54 @@ pub(crate) fn backward_pass<E: Float>(
         })
     };
     workers.run(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Moments<'a> {
+        v: &'a [f32],
+    }
+
+    impl Kernel<f32> for Moments<'_> {
+        type Output = (f64, f64);
+        fn run<S: Simd<E = f32>>(self) -> (f64, f64) {
+            // SAFETY: `dispatch` runs this for S on a CPU that has S's ISA.
+            unsafe { moments::<S>(self.v, 1e-5) }
+        }
+    }
+
+    /// The one-pass moments against two passes in f64, on rows whose mean
+    /// is up to 10^6 times their spread (where unshifted sums of squares
+    /// would cancel away every digit of the variance), and a constant row.
+    #[test]
+    fn one_pass_moments_keep_their_precision_far_from_zero() {
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            for (mean, spread) in [
+                (0.0, 1.0),
+                (3.0, 1e-3),
+                (1e4, 1e-2),
+                (-2e5, 0.5),
+                (7.0, 0.0),
+            ] {
+                let v: Vec<f32> = (0..1024)
+                    .map(|i| (mean + spread * ((i * 7919 % 1024) as f64 / 512.0 - 1.0)) as f32)
+                    .collect();
+                let n = v.len() as f64;
+                let mu = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+                let var = v.iter().map(|&x| (f64::from(x) - mu).powi(2)).sum::<f64>() / n;
+                let r = 1.0 / (var + 1e-5).sqrt();
+                let (got_mu, got_r) = dispatch(isa, Moments { v: &v });
+                assert!(
+                    (got_mu - mu).abs() <= 1e-12 * mu.abs().max(1.0),
+                    "{isa:?} {mean} {got_mu} {mu}"
+                );
+                assert!(
+                    (got_r - r).abs() <= 1e-9 * r,
+                    "{isa:?} {mean} {spread} {got_r} {r}"
+                );
+            }
+        }
+    }
 }

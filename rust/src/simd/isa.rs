@@ -185,58 +185,6 @@ unsafe fn run_avx512_dq<E: SimdElement, K: Kernel<E>>(kernel: K) -> K::Output {
     kernel.run::<E::Avx512>()
 }
 
-/// Runs `f` through a function compiled for the instruction set of `S`, the
-/// vector type of the kernel that calls it, and marked `#[inline(never)]`.
-///
-/// Why: LLVM vectorised the LayerNorm forward's f64 variance sums two lanes
-/// wide on AVX-512 (xmm registers, partial sums spilled to the stack) where
-/// they were inlined into the row kernel, while the mean's sum beside them ran
-/// eight wide. Called through here they run eight wide, and that forward took
-/// 0.93–0.95× the time (M, one thread). What was observed in the release
-/// build (fat LTO): no symbol of its own for the function, and the variance
-/// loop in the kernel's code, eight lanes wide. So check the disassembly
-/// (`perf annotate`) when changing what runs through it. Vector width changes
-/// no bit: each lane runs the same operations in the same order.
-///
-/// # Safety
-/// The CPU supports `S`'s instruction set: true inside a [`Kernel::run`] that
-/// [`dispatch`] called for `S`. The path is chosen by the vector's size (64
-/// bytes: AVX-512, 32: AVX2), as the engine's vector types are.
-#[inline(always)]
-pub(crate) unsafe fn apart<S: Simd, R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if size_of::<S>() >= 64 {
-            // SAFETY: S is an AVX-512 vector, so the CPU has avx512f, avx2
-            // and fma (the caller's contract).
-            return unsafe { apart_avx512(f) };
-        }
-        if size_of::<S>() >= 32 {
-            // SAFETY: as above, an AVX2 vector: avx2 and fma.
-            return unsafe { apart_avx2(f) };
-        }
-    }
-    f()
-}
-
-/// # Safety
-/// The CPU must support avx512f, avx2 and fma.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-#[inline(never)]
-unsafe fn apart_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-/// # Safety
-/// The CPU must support avx2 and fma.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline(never)]
-unsafe fn apart_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 /// # Safety
 /// The CPU must support avx512f, avx2 and fma.
 #[cfg(target_arch = "x86_64")]

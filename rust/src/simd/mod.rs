@@ -12,6 +12,8 @@
 //! - `bf16.rs`: [`Bf16`], the weight format of bf16 inference, and its rounding
 //! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
 //! - `peak.rs`: the measured single-core FMA peak of an ISA
+//! - `wide.rs`: sums over a row, and a row normalised, in f64 (the
+//!   LayerNorm LSTM's normalisations)
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
@@ -25,9 +27,9 @@ pub mod isa;
 pub mod peak;
 pub mod scalar;
 pub mod vector;
+pub mod wide;
 
 pub use activation::{exp, sigmoid, tanh};
 pub use bf16::Bf16;
-pub(crate) use isa::apart;
 pub use isa::{dispatch, dispatch_dq, Isa, Kernel};
 pub use vector::{load_n, store_n, Simd, SimdElement};
