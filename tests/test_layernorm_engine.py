@@ -20,7 +20,7 @@ from __future__ import annotations
 import lstm_fast
 import numpy as np
 import pytest
-from lstm_fast import _checks
+from lstm_fast import _checks, reference
 
 from tests.helpers import (
     BAD_LAYER_NORM,
@@ -196,6 +196,40 @@ def test_empty_shapes_and_zero_lengths(dtype, T, B, lengths):
             assert not np.any(out.y)
             for field in ("dw_ih", "dw_hh", "dw_ln_ih", "db_ln_c"):
                 assert not np.any(getattr(g, field)), field
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["x", "c0"])
+@pytest.mark.parametrize("need_cache", [False, True])
+def test_non_finite_inputs_give_the_references_nans(dtype, bad, where, need_cache):
+    # An infinity or a NaN in x (every element of that row's s_x non-finite)
+    # or in one unit of c0 (one infinite c_t among finite ones): the
+    # normalisation is NaN in every element, not a finite 1/sigma from a
+    # variance clamped at zero, and the NaN spreads as in the reference.
+    rng = np.random.default_rng(5)
+    T, B, I, H = 4, 3, 5, 6
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype)
+    t0 = 1 if where == "x" else 0
+    if where == "x":
+        x[1, 2, 3] = bad
+    else:
+        c0[2, 3] = bad
+    w = {
+        "w_ih": rng.standard_normal((4 * H, I)).astype(dtype) / 3,
+        "w_hh": rng.standard_normal((4 * H, H)).astype(dtype) / 3,
+        "b_ih": rng.standard_normal(4 * H).astype(dtype),
+        "c0": c0,
+    }
+    ln = {"layer_norm": True, "w_ln_c": np.full(H, 0.7, dtype)}
+    out = lstm_fast.forward(x, **w, **ln, need_cache=need_cache)
+    want = reference.forward(x, **w, **ln)
+    assert np.isnan(out.y[t0:, 2]).all()
+    for got, expected in zip(out[:3], want[:3]):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        finite = ~np.isnan(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------

@@ -62,7 +62,7 @@ use crate::lstm::{gathered_t, in_place_order, ordered_block_rows, ordered_blocks
 use crate::parallel::pool::{self, threads_here};
 use crate::parallel::split::{claim, Split};
 use crate::sequence::{hidden_pad, Dims, Outputs, Seeds, Sequence};
-use crate::simd::wide::{combine, gradient_row, normalise_row, pair_sums, Rows, PARTIALS};
+use crate::simd::wide::{gradient_row, normalise_row, pair_sums, Rows};
 use crate::simd::{dispatch, load_n, store_n, Bf16, Isa, Kernel, Simd, SimdElement};
 use crate::tuning::{
     DB_COLUMN_BLOCK, LAYER_NORM_CHUNK_ROWS, LAYER_NORM_CHUNK_STREAMING_ROWS,
@@ -268,17 +268,6 @@ fn time_of<E: Float>(seq: &Sequence<'_, E>, s: usize, b: usize) -> usize {
     }
 }
 
-/// Sums in f64 over [`PARTIALS`] interleaved partial sums added in a fixed
-/// order (`simd/wide.rs`'s order): the same bits on every thread and ISA.
-#[inline]
-fn sum_f64(n: usize, f: impl Fn(usize) -> f64) -> f64 {
-    let mut acc = [0.0f64; PARTIALS];
-    for i in 0..n {
-        acc[i % PARTIALS] += f(i);
-    }
-    combine(acc)
-}
-
 /// The mean of `v` and r = 1/sqrt(var + eps) (var divided by the width), in
 /// f64, from one pass over `v` (`pair_sums`): the sums of u = v − v₀ and u²,
 /// shifted by the row's first value so that var = mean(u²) − mean(u)² keeps
@@ -293,8 +282,19 @@ unsafe fn moments<S: Simd>(v: &[S::E], eps: f64) -> (f64, f64) {
     // SAFETY: the caller's contract.
     let (sum, squares) = unsafe { pair_sums::<S>(Rows::of(v), shift) };
     let d = sum / n;
-    // Rounding can leave a constant row's variance a hair below zero.
-    let var = (squares / n - d * d).max(0.0);
+    let var = squares / n - d * d;
+    // Rounding can leave a near-constant row's variance a hair below zero.
+    // A sum of squares that overflowed, or an infinite value in the row,
+    // makes the variance infinite (r = 0), as two passes would; a NaN stays
+    // NaN (`max(0.0)` would have made it 0: a finite r for a row of NaN and
+    // infinities).
+    let var = if squares.is_infinite() {
+        f64::INFINITY
+    } else if var < 0.0 {
+        0.0
+    } else {
+        var
+    };
     (shift + d, 1.0 / (var + eps).sqrt())
 }
 
@@ -358,11 +358,12 @@ unsafe fn renormalise<S: Simd>(v: &[S::E], out: &mut [S::E], mean: S::E, rstd: S
 /// As [`moments`].
 #[inline(always)]
 unsafe fn normalise_in_place<S: Simd>(v: &mut [S::E], eps: f64) -> S::E {
-    // SAFETY: the caller's contract; the row is read before it is written
-    // (`normalise_row` allows `out` = `a`).
+    // SAFETY: the caller's contract; each element is read before it is
+    // written (`normalise_row` allows `out` = `a`), through one pointer.
     unsafe {
         let (mean, rstd) = moments::<S>(v, eps);
-        normalise_row::<S>(v.as_ptr(), v.as_mut_ptr(), v.len(), mean, rstd);
+        let p = v.as_mut_ptr();
+        normalise_row::<S>(p, p, v.len(), mean, rstd);
         S::E::from_f64(rstd)
     }
 }
@@ -2319,7 +2320,8 @@ pub(crate) fn backward_pass<E: Float>(
                 if let Some([fh, _]) = flow.as_mut() {
                     // ‖dL/dh_t‖ of the state, before the zoneout split.
                     let t = time_of(seq, s, b);
-                    let sq = sum_f64(state, |i| d[i].to_f64() * d[i].to_f64());
+                    // SAFETY: the scalar path runs on every CPU.
+                    let (_, sq) = unsafe { pair_sums::<E::Scalar>(Rows::of(d), 0.0) };
                     fh[t * batch + b] = E::from_f64(sq.sqrt());
                 }
                 if zone_h {
@@ -2566,6 +2568,7 @@ mod tests {
 
     impl Kernel<f32> for Moments<'_> {
         type Output = (f64, f64);
+        #[inline(always)]
         fn run<S: Simd<E = f32>>(self) -> (f64, f64) {
             // SAFETY: `dispatch` runs this for S on a CPU that has S's ISA.
             unsafe { moments::<S>(self.v, 1e-5) }
@@ -2574,7 +2577,7 @@ mod tests {
 
     /// The one-pass moments against two passes in f64, on rows whose mean
     /// is up to 10^6 times their spread (where unshifted sums of squares
-    /// would cancel away every digit of the variance), and a constant row.
+    /// would lose about 40 of the variance's 53 bits), and a constant row.
     #[test]
     fn one_pass_moments_keep_their_precision_far_from_zero() {
         for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
@@ -2602,6 +2605,66 @@ mod tests {
                     "{isa:?} {mean} {spread} {got_r} {r}"
                 );
             }
+        }
+    }
+
+    struct Normalised<'a> {
+        v: &'a [f32],
+        out: &'a mut [f32],
+    }
+
+    impl Kernel<f32> for Normalised<'_> {
+        type Output = f32;
+        #[inline(always)]
+        fn run<S: Simd<E = f32>>(self) -> f32 {
+            // SAFETY: as for `Moments`.
+            unsafe { normalise::<S>(self.v, self.out, 1e-5) }
+        }
+    }
+
+    /// A row with an infinity or a NaN anywhere normalises to NaN in every
+    /// element, as two passes (and the NumPy reference) give: a NaN
+    /// variance is not clamped to zero, which would give a finite 1/σ.
+    #[test]
+    fn non_finite_rows_normalise_to_nan() {
+        let inf = f32::INFINITY;
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            for (at, bad) in [
+                (0, inf),
+                (37, inf),
+                (37, -inf),
+                (5, f32::NAN),
+                (0, f32::NAN),
+            ] {
+                for width in [64, 100] {
+                    let mut v: Vec<f32> = (0..width).map(|i| (i as f32).sin()).collect();
+                    v[at] = bad;
+                    let mut out = vec![0.0f32; width];
+                    dispatch(
+                        isa,
+                        Normalised {
+                            v: &v,
+                            out: &mut out,
+                        },
+                    );
+                    assert!(
+                        out.iter().all(|x| x.is_nan()),
+                        "{isa:?} {at} {bad}: {out:?}"
+                    );
+                }
+            }
+            // +inf and -inf in one row.
+            let mut v = vec![1.0f32; 48];
+            (v[3], v[40]) = (inf, -inf);
+            let mut out = vec![0.0f32; 48];
+            dispatch(
+                isa,
+                Normalised {
+                    v: &v,
+                    out: &mut out,
+                },
+            );
+            assert!(out.iter().all(|x| x.is_nan()), "{isa:?}: {out:?}");
         }
     }
 }

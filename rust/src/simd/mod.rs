@@ -27,7 +27,7 @@ pub mod isa;
 pub mod peak;
 pub mod scalar;
 pub mod vector;
-pub mod wide;
+pub(crate) mod wide;
 
 pub use activation::{exp, sigmoid, tanh};
 pub use bf16::Bf16;

@@ -12,6 +12,7 @@
 //! past the last whole group of `PARTIALS` continue the same partial sums in
 //! scalar code.
 
+#[cfg(target_arch = "x86_64")]
 use std::any::TypeId;
 
 use super::vector::{Simd, SimdElement};
@@ -20,12 +21,12 @@ use super::vector::{Simd, SimdElement};
 /// independent chains to hide the adder's latency (four AVX-512 vectors of
 /// f64, eight AVX2 ones); with 8, one vector's chain of dependent adds bounded
 /// the normalisations.
-pub const PARTIALS: usize = 32;
+const PARTIALS: usize = 32;
 
 /// The partial sums added in their fixed order: halves added element by
 /// element until one is left (as vectors do it).
 #[inline(always)]
-pub fn combine(mut acc: [f64; PARTIALS]) -> f64 {
+fn combine(mut acc: [f64; PARTIALS]) -> f64 {
     let mut width = PARTIALS / 2;
     while width > 0 {
         for k in 0..width {
@@ -41,7 +42,7 @@ pub fn combine(mut acc: [f64; PARTIALS]) -> f64 {
 /// gradient dx̂ = dy ⊙ gain is) and a second row `b`; `g` and `b` at least as
 /// long as `a`.
 #[derive(Clone, Copy)]
-pub struct Rows<'a, E> {
+pub(crate) struct Rows<'a, E> {
     pub a: &'a [E],
     pub g: Option<&'a [E]>,
     pub b: Option<&'a [E]>,
@@ -84,10 +85,13 @@ impl<'a, E: SimdElement> Rows<'a, E> {
 /// sum and dot product a normalisation's gradient needs.
 ///
 /// # Safety
-/// The CPU supports `S`'s instruction set (true inside a kernel that
-/// [`dispatch`](super::dispatch) runs for `S`).
+/// `S` is a vector type [`dispatch`](super::dispatch) runs kernels with
+/// (`E::Scalar`, `E::Avx2` or `E::Avx512` of its element `E`), and the CPU
+/// has its ISA: true inside a kernel that `dispatch` runs for `S`. The ISA's
+/// code is chosen by the vector's size (64 bytes: AVX-512, 32: AVX2), which
+/// another type implementing `Simd` need not match.
 #[inline(always)]
-pub unsafe fn pair_sums<S: Simd>(rows: Rows<'_, S::E>, k: f64) -> (f64, f64) {
+pub(crate) unsafe fn pair_sums<S: Simd>(rows: Rows<'_, S::E>, k: f64) -> (f64, f64) {
     rows.check();
     #[cfg(target_arch = "x86_64")]
     {
@@ -122,10 +126,10 @@ pub unsafe fn pair_sums<S: Simd>(rows: Rows<'_, S::E>, k: f64) -> (f64, f64) {
 /// makes it, b = x̂ (the normalised row) required; `out` holds a.len().
 ///
 /// # Safety
-/// As [`pair_sums`]; `out` may be `rows.a` (each element is read before it
-/// is written) but overlaps no other row.
+/// As [`pair_sums`]; `out` is writable for a.len() elements and overlaps
+/// none of the rows.
 #[inline(always)]
-pub unsafe fn gradient_row<S: Simd>(
+pub(crate) unsafe fn gradient_row<S: Simd>(
     rows: Rows<'_, S::E>,
     out: *mut S::E,
     r: f64,
@@ -170,7 +174,13 @@ pub unsafe fn gradient_row<S: Simd>(
 /// # Safety
 /// As [`pair_sums`]; `a` is readable and `out` writable for `n` elements.
 #[inline(always)]
-pub unsafe fn normalise_row<S: Simd>(a: *const S::E, out: *mut S::E, n: usize, mean: f64, r: f64) {
+pub(crate) unsafe fn normalise_row<S: Simd>(
+    a: *const S::E,
+    out: *mut S::E,
+    n: usize,
+    mean: f64,
+    r: f64,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: as in `pair_sums`; the pointers are forwarded.
@@ -250,12 +260,14 @@ unsafe fn normalise_tail<E: SimdElement>(
 }
 
 /// Whether `A` is `B`.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn is<A: 'static, B: 'static>() -> bool {
     TypeId::of::<A>() == TypeId::of::<B>()
 }
 
 /// The rows as f32 when `E` is f32.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn as_f32<E: 'static>(rows: Rows<'_, E>) -> Option<Rows<'_, f32>> {
     // SAFETY: E is f32 (checked).
@@ -263,6 +275,7 @@ fn as_f32<E: 'static>(rows: Rows<'_, E>) -> Option<Rows<'_, f32>> {
 }
 
 /// The rows as f64 when `E` is f64.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn as_f64<E: 'static>(rows: Rows<'_, E>) -> Option<Rows<'_, f64>> {
     // SAFETY: E is f64 (checked).
@@ -271,6 +284,7 @@ fn as_f64<E: 'static>(rows: Rows<'_, E>) -> Option<Rows<'_, f64>> {
 
 /// # Safety
 /// `E` and `F` are the same type.
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn cast<E, F>(rows: Rows<'_, E>) -> Rows<'_, F> {
     // SAFETY: the same type (the caller's contract), so the same slices.
@@ -290,7 +304,7 @@ mod x86 {
     use crate::simd::SimdElement;
 
     /// A vector of f64 lanes of one ISA: what the sums need of it.
-    pub(super) trait Wide: Copy {
+    pub(super) trait F64Vector: Copy {
         const LANES: usize;
         unsafe fn splat(v: f64) -> Self;
         unsafe fn add(self, o: Self) -> Self;
@@ -299,9 +313,9 @@ mod x86 {
         unsafe fn store(self, p: *mut f64);
     }
 
-    /// An element type read into and written from a [`Wide`] vector: f32
+    /// An element type read into and written from a [`F64Vector`] vector: f32
     /// widened exactly (and rounded once on the way back), f64 as it is.
-    pub(super) trait Lanes<W: Wide>: SimdElement {
+    pub(super) trait Lanes<W: F64Vector>: SimdElement {
         /// `W::LANES` elements from `p`, as f64.
         unsafe fn widen(p: *const Self) -> W;
         /// `W::LANES` products p_i·g_i, each rounded to the element type, as
@@ -314,60 +328,60 @@ mod x86 {
     // SAFETY (every intrinsic below): only reached from the `#[target_feature]`
     // entry points of this module, after the CPU was checked (the public
     // functions' contract); the pointers' bounds are their callers'.
-    impl Wide for __m512d {
+    impl F64Vector for __m512d {
         const LANES: usize = 8;
         #[inline(always)]
         unsafe fn splat(v: f64) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_set1_pd(v) }
         }
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_add_pd(self, o) }
         }
         #[inline(always)]
         unsafe fn sub(self, o: Self) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_sub_pd(self, o) }
         }
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_mul_pd(self, o) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f64) {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_storeu_pd(p, self) }
         }
     }
 
-    impl Wide for __m256d {
+    impl F64Vector for __m256d {
         const LANES: usize = 4;
         #[inline(always)]
         unsafe fn splat(v: f64) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_set1_pd(v) }
         }
         #[inline(always)]
         unsafe fn add(self, o: Self) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_add_pd(self, o) }
         }
         #[inline(always)]
         unsafe fn sub(self, o: Self) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_sub_pd(self, o) }
         }
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_mul_pd(self, o) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f64) {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_storeu_pd(p, self) }
         }
     }
@@ -375,17 +389,17 @@ mod x86 {
     impl Lanes<__m512d> for f32 {
         #[inline(always)]
         unsafe fn widen_product(p: *const f32, g: *const f32) -> __m512d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_cvtps_pd(_mm256_mul_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(g))) }
         }
         #[inline(always)]
         unsafe fn widen(p: *const f32) -> __m512d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_cvtps_pd(_mm256_loadu_ps(p)) }
         }
         #[inline(always)]
         unsafe fn narrow(w: __m512d, p: *mut f32) {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_storeu_ps(p, _mm512_cvtpd_ps(w)) }
         }
     }
@@ -393,17 +407,17 @@ mod x86 {
     impl Lanes<__m512d> for f64 {
         #[inline(always)]
         unsafe fn widen_product(p: *const f64, g: *const f64) -> __m512d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_mul_pd(_mm512_loadu_pd(p), _mm512_loadu_pd(g)) }
         }
         #[inline(always)]
         unsafe fn widen(p: *const f64) -> __m512d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_loadu_pd(p) }
         }
         #[inline(always)]
         unsafe fn narrow(w: __m512d, p: *mut f64) {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm512_storeu_pd(p, w) }
         }
     }
@@ -411,17 +425,17 @@ mod x86 {
     impl Lanes<__m256d> for f32 {
         #[inline(always)]
         unsafe fn widen_product(p: *const f32, g: *const f32) -> __m256d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_cvtps_pd(_mm_mul_ps(_mm_loadu_ps(p), _mm_loadu_ps(g))) }
         }
         #[inline(always)]
         unsafe fn widen(p: *const f32) -> __m256d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_cvtps_pd(_mm_loadu_ps(p)) }
         }
         #[inline(always)]
         unsafe fn narrow(w: __m256d, p: *mut f32) {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm_storeu_ps(p, _mm256_cvtpd_ps(w)) }
         }
     }
@@ -429,17 +443,17 @@ mod x86 {
     impl Lanes<__m256d> for f64 {
         #[inline(always)]
         unsafe fn widen_product(p: *const f64, g: *const f64) -> __m256d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_mul_pd(_mm256_loadu_pd(p), _mm256_loadu_pd(g)) }
         }
         #[inline(always)]
         unsafe fn widen(p: *const f64) -> __m256d {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_loadu_pd(p) }
         }
         #[inline(always)]
         unsafe fn narrow(w: __m256d, p: *mut f64) {
-            // SAFETY: see the first impl of `Wide`.
+            // SAFETY: see the first impl of `F64Vector`.
             unsafe { _mm256_storeu_pd(p, w) }
         }
     }
@@ -449,7 +463,7 @@ mod x86 {
     /// # Safety
     /// The rows hold `at + W::LANES` elements.
     #[inline(always)]
-    unsafe fn u<W: Wide, E: Lanes<W>>(rows: &Rows<'_, E>, at: usize) -> W {
+    unsafe fn u<W: F64Vector, E: Lanes<W>>(rows: &Rows<'_, E>, at: usize) -> W {
         // SAFETY: forwarded.
         unsafe {
             match rows.g {
@@ -462,7 +476,8 @@ mod x86 {
     /// [`super::pair_sums`] on vectors of `W`: partial sums g·LANES.. in
     /// vector g (at most 8 vectors: AVX2's 4 lanes).
     #[inline(always)]
-    unsafe fn pair_sums_on<W: Wide, E: Lanes<W>>(rows: Rows<'_, E>, k: f64) -> (f64, f64) {
+    unsafe fn pair_sums_on<W: F64Vector, E: Lanes<W>>(rows: Rows<'_, E>, k: f64) -> (f64, f64) {
+        const { assert!(PARTIALS.is_multiple_of(W::LANES) && PARTIALS / W::LANES <= 8) };
         let vectors = PARTIALS / W::LANES;
         let whole = rows.a.len() / PARTIALS * PARTIALS;
         // SAFETY: every load is of elements below `whole` ≤ a.len() (the
@@ -498,7 +513,7 @@ mod x86 {
 
     /// [`super::normalise_row`] on vectors of `W`.
     #[inline(always)]
-    unsafe fn normalise_on<W: Wide, E: Lanes<W>>(
+    unsafe fn normalise_on<W: F64Vector, E: Lanes<W>>(
         a: *const E,
         out: *mut E,
         n: usize,
@@ -520,14 +535,16 @@ mod x86 {
 
     /// [`super::gradient_row`] on vectors of `W`; `m` = [r, mean_u, mean_ub].
     #[inline(always)]
-    unsafe fn gradient_on<W: Wide, E: Lanes<W>>(rows: Rows<'_, E>, out: *mut E, m: [f64; 3]) {
+    unsafe fn gradient_on<W: F64Vector, E: Lanes<W>>(rows: Rows<'_, E>, out: *mut E, m: [f64; 3]) {
         let n = rows.a.len();
         let whole = n / W::LANES * W::LANES;
         let b = rows.b.unwrap_or(&[]);
         // SAFETY: elements below `whole` ≤ n of every row (`Rows::check`, b
         // given: `gradient_row`) and of `out` (the caller's bounds).
         unsafe {
-            let [r, mu, mub] = m.map(|x| W::splat(x));
+            // Not `m.map(W::splat)`: an intrinsic in a closure may not be
+            // inlined into this ISA's code.
+            let (r, mu, mub) = (W::splat(m[0]), W::splat(m[1]), W::splat(m[2]));
             let mut i = 0;
             while i < whole {
                 let x = E::widen(b.as_ptr().add(i));
@@ -626,6 +643,7 @@ mod tests {
 
     impl<E: SimdElement> Kernel<E> for Sums<'_, E> {
         type Output = (f64, f64);
+        #[inline(always)]
         fn run<S: Simd<E = E>>(self) -> (f64, f64) {
             // SAFETY: `dispatch` runs this for S on a CPU that has S's ISA.
             unsafe { pair_sums::<S>(self.rows, self.k) }
@@ -641,6 +659,7 @@ mod tests {
 
     impl<E: SimdElement> Kernel<E> for Normalise<'_, E> {
         type Output = ();
+        #[inline(always)]
         fn run<S: Simd<E = E>>(self) {
             let n = self.a.len();
             // SAFETY: as above; both rows hold n elements.
@@ -658,6 +677,7 @@ mod tests {
 
     impl<E: SimdElement> Kernel<E> for Gradient<'_, E> {
         type Output = ();
+        #[inline(always)]
         fn run<S: Simd<E = E>>(self) {
             let [r, mu, mub] = self.m;
             // SAFETY: as above; `out` holds a.len() elements of its own.
@@ -798,6 +818,7 @@ mod tests {
             struct InPlace<'a>(&'a mut [f32]);
             impl Kernel<f32> for InPlace<'_> {
                 type Output = ();
+                #[inline(always)]
                 fn run<S: Simd<E = f32>>(self) {
                     let (p, n) = (self.0.as_mut_ptr(), self.0.len());
                     // SAFETY: as above; one row of n elements, read before written.
