@@ -274,8 +274,7 @@ fn time_of<E: Float>(seq: &Sequence<'_, E>, s: usize, b: usize) -> usize {
 /// its precision when the mean is large against the spread.
 ///
 /// # Safety
-/// As `pair_sums`: `S` is a vector type `dispatch` runs kernels with, and the
-/// CPU has its ISA (inside a kernel dispatched for S).
+/// As `pair_sums`: the CPU has S's ISA (inside a kernel dispatched for S).
 #[inline(always)]
 unsafe fn moments<S: Simd>(v: &[S::E], eps: f64) -> (f64, f64) {
     let n = v.len() as f64;

@@ -352,8 +352,11 @@ pub struct GemmShape {
 ///   178 GFLOP/s on this path; `product_rates gemm`, one thread): dx and
 ///   daᵀ·x at L 86 and 83 % of the peak, at XL 84 and 86 %; at M 61–66 %,
 ///   where B is only 4 micro-panels wide and each packed A block serves just
-///   those (AVX2 on the same core: 78–86 % at L and XL of its 93). No sweep
-///   of KC and MC there yet (`backward_profile blocks` times one).
+///   those (AVX2 on the same core: 78–86 % at L and XL of its 93). Swept
+///   on a 2-vCPU guest of the same model (`backward_profile blocks` at L,
+///   one thread, peak 192–198): KC 128–1024 × A blocks 256 KiB–1 MiB gave
+///   dx 144–163 GFLOP/s and daᵀ·x 147–168, KC 512 with 512 KiB within 2 %
+///   of the best of each (160 and 168): nothing to change.
 pub const GEMM_SHAPES: [GemmShape; 3] = [
     GemmShape {
         mr: 4,

@@ -12,8 +12,8 @@
 //! - `bf16.rs`: [`Bf16`], the weight format of bf16 inference, and its rounding
 //! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
 //! - `peak.rs`: the measured single-core FMA peak of an ISA
-//! - `wide.rs`: sums over a row, and a row normalised, in f64 (the
-//!   LayerNorm LSTM's normalisations)
+//! - `wide.rs`: sums over a row, a row normalised and a normalisation's
+//!   gradient row, in f64 (the LayerNorm LSTM's normalisations)
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]

@@ -71,6 +71,9 @@ pub trait SimdElement:
 pub trait Simd: Copy {
     type E: SimdElement;
     const LANES: usize;
+    /// The same ISA's vector of f64 (`Self` for a vector of f64): the
+    /// LayerNorm LSTM's f64 sums run on it whatever the element.
+    type F64: Simd<E = f64>;
 
     fn splat(v: Self::E) -> Self;
     /// # Safety
@@ -103,9 +106,6 @@ pub trait Simd: Copy {
     /// # Safety
     /// `p` must be valid for writing `LANES` elements (no alignment needed).
     unsafe fn store(self, p: *mut Self::E);
-    /// The same ISA's vector of f64 (`Self` for a vector of f64): sums kept
-    /// in f64 whatever the element (`wide.rs`) run on it.
-    type F64: Simd<E = f64>;
     /// `F64::LANES` elements from `p`, widened to f64 (exactly).
     ///
     /// # Safety

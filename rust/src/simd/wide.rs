@@ -22,9 +22,17 @@ use super::vector::{Simd, SimdElement};
 /// the normalisations.
 const PARTIALS: usize = 32;
 
-/// The most vectors of f64 [`pair_sums`] keeps per sum (AVX2's 4 lanes make
-/// 8); a vector of fewer lanes (the portable path's one) runs the statement.
+/// The most vectors of f64 [`pair_sums`] keeps per sum: AVX2's 4 lanes make
+/// 8 (checked below, so that a change of `PARTIALS` cannot quietly send that
+/// path to the statement).
 const MAX_VECTORS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(
+    PARTIALS / <super::avx2::F64x4 as Simd>::LANES <= MAX_VECTORS
+        && PARTIALS.is_multiple_of(<super::avx2::F64x4 as Simd>::LANES)
+        && PARTIALS.is_multiple_of(<super::avx512::F64x8 as Simd>::LANES)
+);
 
 /// The partial sums added in their fixed order: halves added element by
 /// element until one is left (as vectors do it).
@@ -108,7 +116,7 @@ impl<'a, E: SimdElement> Rows<'a, E> {
 #[inline(always)]
 pub(crate) unsafe fn pair_sums<S: Simd>(rows: Rows<'_, S::E>, k: f64) -> (f64, f64) {
     rows.check();
-    let lanes = <S::F64 as Simd>::LANES;
+    let lanes = S::F64::LANES;
     let vectors = PARTIALS / lanes;
     let (mut fs, mut fq) = ([0.0f64; PARTIALS], [0.0f64; PARTIALS]);
     let mut whole = 0;
@@ -162,14 +170,13 @@ pub(crate) unsafe fn gradient_row<S: Simd>(
     mean_ub: f64,
 ) {
     rows.check();
-    let Some(b) = rows.b else {
-        panic!("gradient_row: the normalised row is missing")
-    };
-    let lanes = <S::F64 as Simd>::LANES;
+    let b = rows.b.expect("gradient_row: the normalised row is missing");
+    let lanes = S::F64::LANES;
     let n = rows.a.len();
     let whole = n / lanes * lanes;
-    // SAFETY: elements below `whole` ≤ n of every row (`Rows::check`) and of
-    // `out` (the caller's bounds); the ISA is the caller's.
+    // SAFETY: every access is of an element below n of every row
+    // (`Rows::check`) and of `out` (the caller's bounds); the ISA is the
+    // caller's.
     unsafe {
         let (rv, mu, mub) = (
             S::F64::splat(r),
@@ -204,7 +211,7 @@ pub(crate) unsafe fn normalise_row<S: Simd>(
     mean: f64,
     r: f64,
 ) {
-    let lanes = <S::F64 as Simd>::LANES;
+    let lanes = S::F64::LANES;
     let whole = n / lanes * lanes;
     // SAFETY: elements below n (the caller's bounds); the ISA is the caller's.
     unsafe {
