@@ -84,7 +84,7 @@ pub(crate) fn forward_on<E: Float>(
     let wanted = if seq.projects() {
         Split::Batch
     } else {
-        choose_split(batch, tiles, threads, work)
+        choose_split(batch, tiles, threads, work, seq.weight_bytes())
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
     let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;
@@ -317,7 +317,7 @@ pub(crate) fn backward_pass<E: Float>(
     let wanted = if seq.projects() {
         Split::Batch
     } else {
-        choose_split(batch, tiles, threads, work)
+        choose_split(batch, tiles, threads, work, seq.weight_bytes())
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
     let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;

@@ -152,6 +152,12 @@ impl<E: Float> Sequence<'_, E> {
         }
     }
 
+    /// Bytes of `w_ih` and `w_hh` (4H × I and 4H × P): what each step of a
+    /// batch-1 pass reads.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        4 * self.dims.hidden * (self.dims.input + self.state()) * size_of::<E>()
+    }
+
     /// Whether the pass has a projection.
     pub(crate) fn projects(&self) -> bool {
         self.variant.w_hr.is_some()

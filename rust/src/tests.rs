@@ -548,6 +548,29 @@ fn split_rule_is_unchanged_on_two_threads_and_gives_many_cores_teams() {
     assert_eq!(preferred_split(16, 4, 16, 2), Split::Hidden(2));
 }
 
+/// A team needs two members' worth of work, or weights too big for one
+/// core's cache; the standard shapes all have the work.
+#[test]
+fn short_calls_over_small_weights_run_without_a_team() {
+    use crate::parallel::split::team_pays;
+    use crate::tuning::{MIN_CHUNK_WORK, TEAM_WEIGHT_BYTES};
+    let call =
+        |t: usize, b: usize, i: usize, h: usize| (t * b * 4 * h * (i + h), 4 * h * (i + h) * 4);
+    for (t, b, i, h, pays) in [
+        (1, 1, 64, 64, false),
+        (16, 1, 128, 128, false),
+        (1, 1, 256, 256, true),    // 2 MiB of weights
+        (100, 1, 128, 128, true),  // S
+        (100, 16, 256, 256, true), // M
+    ] {
+        let (work, bytes) = call(t, b, i, h);
+        assert_eq!(team_pays(work, bytes), pays, "T={t} B={b} I={i} H={h}");
+    }
+    assert!(!team_pays(2 * MIN_CHUNK_WORK - 1, TEAM_WEIGHT_BYTES - 1));
+    assert!(team_pays(2 * MIN_CHUNK_WORK, 0));
+    assert!(team_pays(0, TEAM_WEIGHT_BYTES));
+}
+
 #[test]
 fn batch_chunks_follow_threads_rows_and_work() {
     use crate::parallel::split::chunk_rows;

@@ -221,6 +221,17 @@ pub const MIN_ROWS_PER_CHUNK: usize = 1;
 /// costs microseconds: `LSTM.step` of a few rows is a call of ~10^5). 2^21 is
 /// some 40 µs of one core's work.
 pub const MIN_CHUNK_WORK: usize = 1 << 21;
+/// Bytes of `w_ih` and `w_hh` from which a call runs on a team however short
+/// it is (`choose_split`): more than one core's L2 keeps beside its other
+/// data on the 1 MiB-L2 machines, so splitting them pays even for one step.
+/// Below, a short call's team cost more than it saved: the caller slept
+/// while both workers ran the call, then they spun beside its next Python
+/// work. Measured on a 2-vCPU Xeon (model 207, 2 MiB L2), prepared weights,
+/// batch 1, two threads, the whole call, µs min / median, team → none: one
+/// step at I = H = 64 61–71 / 74–98 → 27 / 29–33, at 128 69–71 / 83–91 →
+/// 31 / 34; 16 steps at 128 99–126 / 135–159 → 76 / 82–95. At 256 (2 MiB)
+/// the team stays (about 80 / 90 either way there).
+pub const TEAM_WEIGHT_BYTES: usize = 1 << 20;
 /// Rows per thread from which the batch split wins over the hidden split.
 pub const BATCH_SPLIT_ROWS: usize = 32;
 /// Tiles of hidden units from which a team may give each member a single

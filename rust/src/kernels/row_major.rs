@@ -84,12 +84,12 @@ pub fn forward<E: Float>(
     let tiles = hp / lanes;
     let workers = pool::workers()?;
     let threads = workers.pool.current_num_threads();
-    let bytes = 4 * hidden * (input + hidden) * size_of::<E>();
+    let bytes = seq.weight_bytes();
     let alone = bytes < ROW_MAJOR_TEAM_BYTES || cache.is_some();
     let wanted = if alone && forced_split() != ForcedSplit::Hidden {
         Split::Batch
     } else {
-        choose_split(1, tiles, threads, seq.dims.work())
+        choose_split(1, tiles, threads, seq.dims.work(), bytes)
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
     let bias = pack::pad_bias(seq.bias, hidden, hp)?;

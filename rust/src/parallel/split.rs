@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::setting::Setting;
 use crate::tuning::{
     BATCH_SPLIT_ROWS, MIN_CHUNK_WORK, MIN_ROWS_PER_CHUNK, ONE_TILE_TEAMS_FROM, SIGNAL_POLL,
+    TEAM_WEIGHT_BYTES,
 };
 
 /// How the time loop is shared among threads.
@@ -88,17 +89,35 @@ fn min_rows_per_chunk() -> usize {
 /// 16 members instead of 2 batch chunks.
 ///
 /// `work` is the call's multiply-adds (for the batch chunks it would have,
-/// [`chunk_rows`]).
-pub fn choose_split(batch: usize, tiles: usize, threads: usize, work: usize) -> Split {
+/// [`chunk_rows`]). A team, too, needs the work for it: a call with less than
+/// `MIN_CHUNK_WORK` for each of two members runs without one (as its batch
+/// would run as one chunk), unless its weights (`weight_bytes`, w_ih and
+/// w_hh) are `TEAM_WEIGHT_BYTES` or more, which the team splits over its
+/// cores' caches even for one step.
+pub fn choose_split(
+    batch: usize,
+    tiles: usize,
+    threads: usize,
+    work: usize,
+    weight_bytes: usize,
+) -> Split {
     match forced_split() {
         ForcedSplit::Batch => return Split::Batch,
         ForcedSplit::Hidden if threads.min(tiles) > 1 => return Split::Hidden(threads.min(tiles)),
         _ => {}
     }
     match preferred_split(batch, tiles, threads, chunk_rows(batch, threads, work).0) {
-        Split::Hidden(team) if team_allowed() => Split::Hidden(team),
+        Split::Hidden(team) if team_allowed() && team_pays(work, weight_bytes) => {
+            Split::Hidden(team)
+        }
         _ => Split::Batch,
     }
+}
+
+/// Whether a call of `work` multiply-adds over weights of `weight_bytes` has
+/// the work for a team ([`choose_split`]).
+pub(crate) fn team_pays(work: usize, weight_bytes: usize) -> bool {
+    work >= 2 * MIN_CHUNK_WORK || weight_bytes >= TEAM_WEIGHT_BYTES
 }
 
 /// [`choose_split`]'s rule on a machine whose cores are free, where the batch
