@@ -84,7 +84,10 @@ pub(crate) fn forward_on<E: Float>(
     let wanted = if seq.projects() {
         Split::Batch
     } else {
-        choose_split(batch, tiles, threads, work, seq.weight_bytes())
+        // The loop reads both weights (the members project their own units'
+        // inputs) and does all the call's work.
+        let worth = split::team_pays(work, seq.weight_bytes());
+        choose_split(batch, tiles, threads, work, worth)
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
     let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;
@@ -317,7 +320,11 @@ pub(crate) fn backward_pass<E: Float>(
     let wanted = if seq.projects() {
         Split::Batch
     } else {
-        choose_split(batch, tiles, threads, work, seq.weight_bytes())
+        // The loop reads only w_hh (4H × H, no projection here) and does
+        // T·B·4H·H of the work: dx and dW come after it, on the pool.
+        let loop_work = seq.dims.steps * batch * 4 * hidden * hidden;
+        let worth = split::team_pays(loop_work, 4 * hidden * hidden * size_of::<E>());
+        choose_split(batch, tiles, threads, work, worth)
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
     let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;

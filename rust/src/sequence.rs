@@ -152,8 +152,9 @@ impl<E: Float> Sequence<'_, E> {
         }
     }
 
-    /// Bytes of `w_ih` and `w_hh` (4H × I and 4H × P): what each step of a
-    /// batch-1 pass reads.
+    /// Bytes of `w_ih` and `w_hh` (4H × I and 4H × P) in the element type:
+    /// what each step of a batch-1 forward reads (half of it in bf16
+    /// inference, which this does not count).
     pub(crate) fn weight_bytes(&self) -> usize {
         4 * self.dims.hidden * (self.dims.input + self.state()) * size_of::<E>()
     }

@@ -549,26 +549,71 @@ fn split_rule_is_unchanged_on_two_threads_and_gives_many_cores_teams() {
 }
 
 /// A team needs two members' worth of work, or weights too big for one
-/// core's cache; the standard shapes all have the work.
+/// core's cache; the standard shapes all have the work. Through the
+/// sequence's own measures (`Dims::work`, `Sequence::weight_bytes`, with
+/// I ≠ H and in f64) and through `choose_split`, which follows it unless a
+/// split is forced.
 #[test]
 fn short_calls_over_small_weights_run_without_a_team() {
-    use crate::parallel::split::team_pays;
+    use crate::parallel::split::{choose_split, team_pays, Split};
     use crate::tuning::{MIN_CHUNK_WORK, TEAM_WEIGHT_BYTES};
-    let call =
-        |t: usize, b: usize, i: usize, h: usize| (t * b * 4 * h * (i + h), 4 * h * (i + h) * 4);
-    for (t, b, i, h, pays) in [
+    fn pays<E: Float>(steps: usize, batch: usize, input: usize, hidden: usize) -> bool {
+        let dims = Dims {
+            steps,
+            batch,
+            input,
+            hidden,
+        };
+        let w_ih = vec![E::ZERO; 4 * hidden * input];
+        let w_hh = vec![E::ZERO; 4 * hidden * hidden];
+        let seq = Sequence {
+            dims,
+            batch_first: false,
+            reverse: false,
+            lengths: None,
+            x: &[],
+            w_ih: &w_ih,
+            w_hh: &w_hh,
+            bias: None,
+            h0: None,
+            c0: None,
+            panels: None,
+            variant: Default::default(),
+        };
+        assert_eq!(
+            seq.weight_bytes(),
+            (w_ih.len() + w_hh.len()) * size_of::<E>()
+        );
+        team_pays(dims.work(), seq.weight_bytes())
+    }
+    for (t, b, i, h, want) in [
         (1, 1, 64, 64, false),
         (16, 1, 128, 128, false),
         (1, 1, 256, 256, true),    // 2 MiB of weights
+        (1, 1, 512, 128, true),    // 1.25 MiB, most of it w_ih
+        (1, 1, 512, 64, false),    // 576 KiB
         (100, 1, 128, 128, true),  // S
         (100, 16, 256, 256, true), // M
     ] {
-        let (work, bytes) = call(t, b, i, h);
-        assert_eq!(team_pays(work, bytes), pays, "T={t} B={b} I={i} H={h}");
+        assert_eq!(pays::<f32>(t, b, i, h), want, "f32 T={t} B={b} I={i} H={h}");
     }
+    // The same call in f64 reads twice the bytes (I = H = 128: 512 KiB in
+    // f32, 1 MiB in f64).
+    assert!(!pays::<f32>(1, 1, 128, 128));
+    assert!(pays::<f64>(1, 1, 128, 128));
+    assert!(!pays::<f64>(1, 1, 100, 100));
     assert!(!team_pays(2 * MIN_CHUNK_WORK - 1, TEAM_WEIGHT_BYTES - 1));
     assert!(team_pays(2 * MIN_CHUNK_WORK, 0));
     assert!(team_pays(0, TEAM_WEIGHT_BYTES));
+
+    let _g = lock();
+    // A batch of one row, 8 tiles, 2 threads: a team when it pays, else not
+    // (whatever the penalty, which only ever takes a team away); forced, a
+    // team either way.
+    assert_eq!(choose_split(1, 8, 2, 1, false), Split::Batch);
+    crate::force_split(ForcedSplit::Hidden);
+    assert_eq!(choose_split(1, 8, 2, 1, false), Split::Hidden(2));
+    crate::force_split(ForcedSplit::Choose);
 }
 
 #[test]

@@ -219,12 +219,16 @@ pub const MIN_ROWS_PER_CHUNK: usize = 1;
 /// Multiply-adds of a batch chunk, at least: a call with less runs as fewer
 /// chunks, down to one on the calling thread (no hand-off to the pool, which
 /// costs microseconds: `LSTM.step` of a few rows is a call of ~10^5). 2^21 is
-/// some 40 µs of one core's work.
+/// some 40 µs of one core's work. A team's member needs as much
+/// (`split::team_pays`, with `TEAM_WEIGHT_BYTES`).
 pub const MIN_CHUNK_WORK: usize = 1 << 21;
-/// Bytes of `w_ih` and `w_hh` from which a call runs on a team however short
-/// it is (`choose_split`): more than one core's L2 keeps beside its other
-/// data on the 1 MiB-L2 machines, so splitting them pays even for one step.
-/// Below, a short call's team cost more than it saved: the caller slept
+/// Bytes of weights a time loop reads every step from which it runs on a
+/// team however short it is (`split::team_pays`; the row-major path has its
+/// own `ROW_MAJOR_TEAM_BYTES`). 1 MiB is chosen between what was measured:
+/// at 512 KiB a short call was faster without a team, at 2 MiB even; it is
+/// also what one core's L2 holds on the 1 MiB-L2 machines, where a team
+/// keeps each member's half in its own. Below, a short call's team cost
+/// more than it saved: the caller slept
 /// while both workers ran the call, then they spun beside its next Python
 /// work. Measured on a 2-vCPU Xeon (model 207, 2 MiB L2), prepared weights,
 /// batch 1, two threads, the whole call, µs min / median, team → none: one

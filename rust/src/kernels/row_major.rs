@@ -89,7 +89,7 @@ pub fn forward<E: Float>(
     let wanted = if alone && forced_split() != ForcedSplit::Hidden {
         Split::Batch
     } else {
-        choose_split(1, tiles, threads, seq.dims.work(), bytes)
+        choose_split(1, tiles, threads, seq.dims.work(), true)
     };
     let (split, _claim) = claim(&workers, wanted, cancel)?;
     let bias = pack::pad_bias(seq.bias, hidden, hp)?;

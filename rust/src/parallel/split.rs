@@ -89,17 +89,15 @@ fn min_rows_per_chunk() -> usize {
 /// 16 members instead of 2 batch chunks.
 ///
 /// `work` is the call's multiply-adds (for the batch chunks it would have,
-/// [`chunk_rows`]). A team, too, needs the work for it: a call with less than
-/// `MIN_CHUNK_WORK` for each of two members runs without one (as its batch
-/// would run as one chunk), unless its weights (`weight_bytes`, w_ih and
-/// w_hh) are `TEAM_WEIGHT_BYTES` or more, which the team splits over its
-/// cores' caches even for one step.
+/// [`chunk_rows`]); `team_worth` is whether the call has the work for a
+/// team ([`team_pays`], or the row-major path's own rule): without it the
+/// call runs without one.
 pub fn choose_split(
     batch: usize,
     tiles: usize,
     threads: usize,
     work: usize,
-    weight_bytes: usize,
+    team_worth: bool,
 ) -> Split {
     match forced_split() {
         ForcedSplit::Batch => return Split::Batch,
@@ -107,15 +105,18 @@ pub fn choose_split(
         _ => {}
     }
     match preferred_split(batch, tiles, threads, chunk_rows(batch, threads, work).0) {
-        Split::Hidden(team) if team_allowed() && team_pays(work, weight_bytes) => {
-            Split::Hidden(team)
-        }
+        // `team_allowed` last: it counts down a penalty, which calls that
+        // would not have had a team must not use up.
+        Split::Hidden(team) if team_worth && team_allowed() => Split::Hidden(team),
         _ => Split::Batch,
     }
 }
 
-/// Whether a call of `work` multiply-adds over weights of `weight_bytes` has
-/// the work for a team ([`choose_split`]).
+/// Whether a time loop of `work` multiply-adds that reads `weight_bytes` of
+/// weights every step has the work for a team ([`choose_split`]): at least
+/// `MIN_CHUNK_WORK` for each of two members (as two batch chunks would
+/// need), or weights of `TEAM_WEIGHT_BYTES` or more, which the members'
+/// caches share.
 pub(crate) fn team_pays(work: usize, weight_bytes: usize) -> bool {
     work >= 2 * MIN_CHUNK_WORK || weight_bytes >= TEAM_WEIGHT_BYTES
 }
