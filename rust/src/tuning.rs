@@ -228,13 +228,14 @@ pub const MIN_CHUNK_WORK: usize = 1 << 21;
 /// at 512 KiB a short call was faster without a team, at 2 MiB even; it is
 /// also what one core's L2 holds on the 1 MiB-L2 machines, where a team
 /// keeps each member's half in its own. Below, a short call's team cost
-/// more than it saved: the caller slept
-/// while both workers ran the call, then they spun beside its next Python
-/// work. Measured on a 2-vCPU Xeon (model 207, 2 MiB L2), prepared weights,
-/// batch 1, two threads, the whole call, µs min / median, team → none: one
-/// step at I = H = 64 61–71 / 74–98 → 27 / 29–33, at 128 69–71 / 83–91 →
-/// 31 / 34; 16 steps at 128 99–126 / 135–159 → 76 / 82–95. At 256 (2 MiB)
-/// the team stays (about 80 / 90 either way there).
+/// more than it saved: the caller slept while both workers ran the call,
+/// then they spun beside its next Python work. Measured on a 2-vCPU Xeon
+/// (model 207, 2 MiB L2), batch 1, two threads, the whole call, µs min /
+/// median, team → none: a prepared one-step forward at I = H = 64 61–71 /
+/// 74–98 → 27 / 29–33, at 128 69–71 / 83–91 → 31 / 34; 16 steps at 128
+/// 99–126 / 135–159 → 76 / 82–95; `cell_forward` + `cell_backward` at 128
+/// 425–430 / 537–541 → 268–281 / 306–308. At 256 (2 MiB) the team stays
+/// (about 80 / 90 either way there).
 pub const TEAM_WEIGHT_BYTES: usize = 1 << 20;
 /// Rows per thread from which the batch split wins over the hidden split.
 pub const BATCH_SPLIT_ROWS: usize = 32;
