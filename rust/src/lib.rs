@@ -23,6 +23,7 @@
 //!   split.rs          batch or hidden split, chunks of rows, running the members
 //!   barrier.rs        the barrier a team meets at every step, team health
 //!   pool.rs           the rayon pool and its team lock (Workers), thread count
+//!   warm.rs           workers kept awake between short team calls made close together
 //! float.rs          Float: SimdElement + cache padding
 //! simd/             which instructions run
 //!   isa.rs            Isa, detection, the active ISA, Kernel + dispatch

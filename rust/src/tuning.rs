@@ -281,6 +281,28 @@ pub const STEPS_PER_CLOCK: u32 = 8;
 /// cores).
 pub const WARMUP_WAITS: usize = 8;
 
+/// How long the workers of a short team call stay awake after it, and after
+/// each piece of work they run meanwhile, when it came within this long of
+/// the call before (`parallel/warm.rs`). Measured on KVM (Intel Xeon, 2
+/// vCPUs), a team call of no work from a caller that spun g µs between calls,
+/// median: 1 µs awake for every g up to 200; asleep (rayon's idling) 15 µs at
+/// g = 50, 32 at 100, 36 at 1000.
+pub const WARM_SPAN: std::time::Duration = std::time::Duration::from_micros(250);
+/// Multiply-adds of a forward below which its team has the calling thread
+/// as first member and stays awake for the next call (`split::run_team_here`)
+/// instead of running on workers bound to their cores (`split::run_split`).
+/// Measured on KVM (Intel Xeon, 2 vCPUs), prepared weights, µs min / median
+/// of calls made back to back, bound workers → caller's team: B = 1, T = 1,
+/// I = H = 256 (0.5 M) 74–80 / 85–108 → 42–43 / 46; S (13 M) 276–280 /
+/// 306–324 → 249–254 / 290–292. At M (840 M) the medians were level and the
+/// 99th percentiles 8–12 ms → 12–18 ms: a long call loses more to unbound
+/// members sharing a core than it saves on a wake-up.
+pub const CALLER_TEAM_MAX_WORK: usize = 1 << 26;
+/// The longest a team call's caller spins for its workers to finish their
+/// part before it blocks: they leave the last barrier when it does, so they
+/// are done within a microsecond unless one lost its core.
+pub const FINISH_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// A team call in which more than 1 wait in this many ended asleep (not
 /// counting the warm-up waits) disables teams for a while.
 pub const TEAM_SLEEP_RATIO: usize = 16;

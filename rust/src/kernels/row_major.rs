@@ -146,7 +146,7 @@ pub fn forward<E: Float>(
         }
     };
     match split {
-        Split::Hidden(n) => run_team_here(&workers.pool, n, tiles, &mut scratch, &member),
+        Split::Hidden(n) => run_team_here(&workers, n, tiles, &mut scratch, &member),
         Split::Batch => member(0, 0..tiles, &mut scratch[0], None),
     }
     // A cancelled pass stops here (its members have stopped at a step).

@@ -14,6 +14,7 @@ use std::time::Duration;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use super::placement;
+use super::warm::Warm;
 use crate::error::{Error, Result};
 use crate::tuning::MAX_THREADS;
 
@@ -33,6 +34,8 @@ pub struct Workers {
     /// that a cancelled call stops waiting (`split::claim`).
     pub team_ended: Condvar,
     pub team_ended_lock: Mutex<()>,
+    /// The workers kept awake after short team calls (`warm.rs`).
+    pub warm: Arc<Warm>,
 }
 
 struct Pool {
@@ -244,6 +247,7 @@ pub fn workers() -> Result<Arc<Workers>> {
         team: RwLock::new(()),
         team_ended: Condvar::new(),
         team_ended_lock: Mutex::new(()),
+        warm: Arc::default(),
     });
     // (`built` outlives the lock: a pool we do not keep stops after it.)
     let mut p = lock();
