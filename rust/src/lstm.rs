@@ -27,10 +27,10 @@ use crate::kernels::layout::{SharedMut, Slots};
 use crate::kernels::pack;
 use crate::kernels::row_major;
 use crate::parallel::pool::{self, threads_here};
-use crate::parallel::split::{self, choose_split, claim, run_members, run_split, Chunk, Split};
+use crate::parallel::split::{self, choose_split, claim, run_split, Chunk, Split};
 use crate::sequence::{hidden_pad, Cache, CacheRef, Dims, Grads, Outputs, Seeds, Sequence};
 use crate::simd::{dispatch, Bf16, Isa};
-use crate::tuning::{CALLER_TEAM_MAX_WORK, DB_COLUMN_BLOCK, ORDERED_BLOCK_ROWS};
+use crate::tuning::{DB_COLUMN_BLOCK, ORDERED_BLOCK_ROWS};
 use crate::variant::Variant;
 
 /// Forward pass over the whole sequence. With `cache`, also records what
@@ -93,12 +93,7 @@ pub(crate) fn forward_on<E: Float>(
     let chunks = split::chunks(split, threads, batch, work, |b| seq.length(b))?;
     // One batch chunk has nothing to share: run it on the calling thread and
     // skip the hand-off to the pool (microseconds, which small calls notice).
-    // A short team call from outside the pool has the calling thread as its
-    // first member (`split::run_team_here`), which keeps its workers awake
-    // for a next call made soon after; a long one keeps its members bound to
-    // cores of their own (`run_split`), which the wake-up is nothing beside.
-    let here = matches!(split, Split::Hidden(_)) && work < CALLER_TEAM_MAX_WORK && !pool::in_pool();
-    let inline = (split == Split::Batch && chunks.len() <= 1) || here;
+    let inline = split == Split::Batch && chunks.len() <= 1;
 
     let body = || -> Result<()> {
         let bias = pack::pad_bias(seq.bias, hidden, hp)?;
@@ -206,9 +201,7 @@ pub(crate) fn forward_on<E: Float>(
         )?;
         // Chunks own disjoint batch rows and write only those rows of the shared
         // outputs (sizes checked above); members of a chunk write disjoint units.
-        run_members(
-            &workers,
-            here,
+        run_split(
             split,
             chunks.len(),
             tiles,

@@ -288,16 +288,6 @@ pub const WARMUP_WAITS: usize = 8;
 /// median: 1 µs awake for every g up to 200; asleep (rayon's idling) 15 µs at
 /// g = 50, 32 at 100, 36 at 1000.
 pub const WARM_SPAN: std::time::Duration = std::time::Duration::from_micros(250);
-/// Multiply-adds of a forward below which its team has the calling thread
-/// as first member and stays awake for the next call (`split::run_team_here`)
-/// instead of running on workers bound to their cores (`split::run_split`).
-/// Measured on KVM (Intel Xeon, 2 vCPUs), prepared weights, µs min / median
-/// of calls made back to back, bound workers → caller's team: B = 1, T = 1,
-/// I = H = 256 (0.5 M) 74–80 / 85–108 → 42–43 / 46; S (13 M) 276–280 /
-/// 306–324 → 249–254 / 290–292. At M (840 M) the medians were level and the
-/// 99th percentiles 8–12 ms → 12–18 ms: a long call loses more to unbound
-/// members sharing a core than it saves on a wake-up.
-pub const CALLER_TEAM_MAX_WORK: usize = 1 << 26;
 /// The longest a team call's caller spins for its workers to finish their
 /// part before it blocks: they leave the last barrier when it does, so they
 /// are done within a microsecond unless one lost its core.

@@ -351,23 +351,6 @@ pub fn run_split<T: Send>(
     }
 }
 
-/// [`run_split`], or with `here` (a call from outside the pool that holds
-/// the exclusive claim) a `Split::Hidden` on [`run_team_here`].
-pub fn run_members<T: Send>(
-    workers: &Workers,
-    here: bool,
-    split: Split,
-    chunks: usize,
-    tiles: usize,
-    scratch: &mut [T],
-    member: &Member<'_, T>,
-) {
-    match split {
-        Split::Hidden(n) if here && chunks > 0 => run_team_here(workers, n, tiles, scratch, member),
-        _ => run_split(split, chunks, tiles, scratch, member),
-    }
-}
-
 /// Runs `f` as a member of `barrier`'s team: ends the member at the barrier
 /// (its counts of waits) and poisons the barrier if the member unwinds, so
 /// the others do not wait for it forever.
@@ -416,7 +399,9 @@ pub fn run_team_here<T: Send>(
     workers.pool.in_place_scope(|scope| {
         for (m, own) in rest.iter_mut().enumerate() {
             let (barrier, finished) = (&barrier, &finished);
+            let warm = &workers.warm;
             scope.spawn(move |_| {
+                let _member = warm.member();
                 placement::hold_own_core(false);
                 as_member(barrier, || {
                     member(0, tile_range(m + 1, n, tiles), own, Some(barrier))

@@ -18,19 +18,22 @@
 //! call. Only the team's workers stay awake, never the calling thread's core:
 //! on a machine of n cores, n − 1 of them, beside the caller's Python.
 
-use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::{ThreadPool, Yield};
 
+use super::placement;
 use crate::tuning::WARM_SPAN;
 
 /// How many workers of a pool are being kept awake, and when the last call
 /// that keeps them so ended.
 pub struct Warm {
     awake: AtomicUsize,
+    /// Workers running a member of a caller's team.
+    members: AtomicUsize,
     /// Nanoseconds from `epoch` to the end of the last such call; `u64::MAX`
     /// before the first.
     last_end: AtomicU64,
@@ -41,6 +44,7 @@ impl Default for Warm {
     fn default() -> Self {
         Warm {
             awake: AtomicUsize::new(0),
+            members: AtomicUsize::new(0),
             last_end: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
         }
@@ -84,18 +88,47 @@ impl Warm {
     /// Runs the pool's work as it comes until none has come for `WARM_SPAN`.
     /// A job that reaches its worker runs here as it would in rayon's own
     /// idle loop (`rayon::yield_now`), on this stack, so nothing else changes.
-    /// It polls without `pause`: on KVM, pause-loop exiting takes a vCPU that
-    /// pauses in a loop off its core.
+    ///
+    /// It never holds a core against a team it is not in: while another
+    /// worker runs a member of a caller's team ([`Warm::member`]) the caller
+    /// and that member need both cores, and a third thread spinning beside
+    /// them made one call in 40 at S take 5–20 ms instead of 0.6 (scheduler
+    /// time slices), so it goes back to rayon's idling at once. It runs
+    /// unbound (`placement.rs`: a worker stays bound to its own core after a
+    /// team of the whole pool, which may be the core the caller's thread
+    /// runs on), and it polls without `pause`: on KVM, pause-loop exiting
+    /// takes a vCPU that pauses in a loop off its core.
     fn stay_awake(&self) {
+        placement::hold_own_core(false);
         let mut until = Instant::now() + WARM_SPAN;
         loop {
             match rayon::yield_now() {
                 Some(Yield::Executed) => until = Instant::now() + WARM_SPAN,
-                _ if Instant::now() >= until => break,
+                _ if !self.stays_awake(until) => break,
                 _ => {}
             }
         }
         self.awake.fetch_sub(1, AcqRel);
+    }
+
+    /// Whether a worker kept awake until `until` with nothing to run keeps
+    /// polling: not once its time is up, nor while another worker runs a
+    /// member of a caller's team.
+    fn stays_awake(&self, until: Instant) -> bool {
+        self.members.load(Acquire) == 0 && Instant::now() < until
+    }
+
+    /// Marks the calling worker as running a member of a caller's team until
+    /// the guard drops (see [`Warm::stay_awake`]).
+    pub fn member(&self) -> impl Drop + '_ {
+        struct Member<'a>(&'a AtomicUsize);
+        impl Drop for Member<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Release);
+            }
+        }
+        self.members.fetch_add(1, Release);
+        Member(&self.members)
     }
 }
 
@@ -127,7 +160,7 @@ pub fn spin_until(limit: Duration, done: impl Fn() -> bool) -> bool {
 mod tests {
     use std::sync::atomic::Ordering::Acquire;
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::{spin_until, Warm};
     use crate::tuning::WARM_SPAN;
@@ -165,6 +198,20 @@ mod tests {
         assert!(settles(&warm, 0), "the worker went back to idling");
         std::thread::sleep(2 * WARM_SPAN);
         assert!(!warm.started(), "a call long after the last is not close");
+    }
+
+    /// A worker kept awake steps aside while another worker runs a member of
+    /// a caller's team, however much of its time is left.
+    #[test]
+    fn a_worker_kept_awake_steps_aside_for_a_team_it_is_not_in() {
+        let warm = Warm::default();
+        let until = Instant::now() + Duration::from_secs(60);
+        assert!(warm.stays_awake(until));
+        let member = warm.member();
+        assert!(!warm.stays_awake(until), "a member runs elsewhere");
+        drop(member);
+        assert!(warm.stays_awake(until));
+        assert!(!warm.stays_awake(Instant::now()), "its time is up");
     }
 
     #[test]
