@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use rayon::{ThreadPool, Yield};
 
 use super::placement;
-use crate::tuning::WARM_SPAN;
+use crate::tuning::{POLLS_PER_CLOCK, WARM_SPAN};
 
 /// How many workers of a pool are being kept awake, and when the last call
 /// that keeps them so ended.
@@ -140,15 +140,15 @@ fn span_nanos() -> u64 {
 /// caller waiting for its team's workers to finish their part, which they
 /// do at the same moment it does (they leave the same last barrier): a
 /// blocking wait would put the caller to sleep for a wake-up far longer than
-/// the wait.
+/// the wait. It polls as the barrier does (`barrier.rs`): `POLLS_PER_CLOCK`
+/// polls between readings of the clock, without `pause`.
 pub fn spin_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let start = Instant::now();
     loop {
-        for _ in 0..64 {
+        for _ in 0..POLLS_PER_CLOCK {
             if done() {
                 return true;
             }
-            std::hint::spin_loop();
         }
         if start.elapsed() >= limit {
             return done();
