@@ -281,13 +281,18 @@ pub const STEPS_PER_CLOCK: u32 = 8;
 /// cores).
 pub const WARMUP_WAITS: usize = 8;
 
-/// How long the workers of a short team call stay awake after it, and after
-/// each piece of work they run meanwhile, when it came within this long of
-/// the call before (`parallel/warm.rs`). Measured on KVM (Intel Xeon, 2
+/// How long the workers of a team led by the calling thread
+/// (`split::run_team_here`) stay awake after its call, and after each piece
+/// of work they run meanwhile, when it came within this long of the call
+/// before (`parallel/warm.rs`). Measured on KVM (Intel Xeon, 2
 /// vCPUs), a team call of no work from a caller that spun g µs between calls,
 /// median: 1 µs awake for every g up to 200; asleep (rayon's idling) 15 µs at
 /// g = 50, 32 at 100, 36 at 1000.
 pub const WARM_SPAN: std::time::Duration = std::time::Duration::from_micros(250);
+/// The longest a keep-awake job lives, in spans (`parallel/warm.rs`): one
+/// that a worker took up while waiting for a join or a scope delays that wait
+/// at most this long; the next call led by a caller gives another.
+pub const WARM_LIFE_SPANS: u32 = 4;
 /// The longest a team call's caller spins for its workers to finish their
 /// part before it blocks: they leave the last barrier when it does, so they
 /// are done within a microsecond unless one lost its core.

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Mutex, MutexGuard, RwLockReadGuard, RwLockWriteGuard, TryLockError};
 
 use rayon::prelude::*;
@@ -318,8 +318,9 @@ pub fn run_split<T: Send>(
         Split::Hidden(n) => {
             let barrier = SpinBarrier::new(n);
             let per_member = PerMember(scratch.as_mut_ptr());
-            // Every worker is idle (the claim is exclusive) and the pool has at
-            // least n threads, so all n members run at once.
+            // No other call's work holds a worker (the claim is exclusive; a
+            // keep-awake job, `warm.rs`, runs what it finds) and the pool has
+            // at least n threads, so all n members run at once.
             rayon::broadcast(|ctx| {
                 if ctx.index() < n {
                     // Bound only when the team is the whole pool: a smaller
@@ -370,8 +371,8 @@ fn as_member<R>(barrier: &SpinBarrier, f: impl FnOnce() -> R) -> R {
 
 /// [`run_split`]'s `Split::Hidden(n)` of one chunk with the calling thread as
 /// member 0 and n − 1 of the pool's threads as the others, for a short call
-/// made from outside the pool (with the exclusive claim, so the workers are
-/// idle): [`run_split`] would block the calling thread while n workers run,
+/// made from outside the pool (with the exclusive claim, so no other call's
+/// work holds a worker): [`run_split`] would block the calling thread while n workers run,
 /// n + 1 threads on n cores, and on a machine of two cores the caller's next
 /// work then waited for a CPU while the idle workers spun (measured: a
 /// one-step forward at I = H = 256 took 29–31 µs at best, 44–45 as median).
@@ -393,9 +394,10 @@ pub fn run_team_here<T: Send>(
     let Some((first, rest)) = scratch.split_first_mut() else {
         return;
     };
-    let close = workers.warm.started();
+    let close = workers.warm.close_to_last();
     let barrier = SpinBarrier::new(n);
     let finished = AtomicUsize::new(0);
+    let team = workers.warm.team(n - 1);
     workers.pool.in_place_scope(|scope| {
         for (m, own) in rest.iter_mut().enumerate() {
             let (barrier, finished) = (&barrier, &finished);
@@ -406,16 +408,18 @@ pub fn run_team_here<T: Send>(
                 as_member(barrier, || {
                     member(0, tile_range(m + 1, n, tiles), own, Some(barrier))
                 });
-                finished.fetch_add(1, Release);
+                finished.fetch_add(1, Relaxed);
             });
         }
         as_member(&barrier, || {
             member(0, tile_range(0, n, tiles), first, Some(&barrier))
         });
-        // The scope's own wait would block; a member that panicked never
-        // counts itself, and the scope then waits (and passes its panic on).
-        spin_until(FINISH_SPIN, || finished.load(Acquire) == n - 1);
+        // The scope's own wait would block. This spin only shortens it: the
+        // scope still waits for its jobs (which makes their writes visible)
+        // and passes on the panic of a member, which never counts itself.
+        spin_until(FINISH_SPIN, || finished.load(Relaxed) == n - 1);
     });
+    drop(team);
     workers.warm.ended(&workers.pool, n - 1, close);
     team_finished(&barrier);
 }
