@@ -38,10 +38,15 @@ SIGNAL_AFTER = 0.3
 
 _CHILD = textwrap.dedent(
     """
-    import json, os, sys, threading, time
+    import json, os, signal, sys, threading, time
     import numpy as np
     import lstm_fast as lf
     from lstm_fast import layer as layer_module, reference
+
+    # Python's own Ctrl-C handling, whatever the test runner was started with: a
+    # shell starts a background job (`pytest &`) with SIGINT ignored, a child
+    # inherits that, and Python then installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     case = sys.argv[1]
     rng = np.random.default_rng(0)
