@@ -42,9 +42,9 @@ use crate::tuning::{POLLS_PER_CLOCK, WARM_LIFE_SPANS, WARM_SPAN};
 pub struct Warm {
     /// Keep-awake jobs given to the pool and not yet ended.
     awake: AtomicUsize,
-    /// Workers running a member of the caller's team now running ...
+    /// Workers running a member of a caller's team now running ...
     members: AtomicUsize,
-    /// ... and how many workers that team has (0: none is running).
+    /// ... and how many workers those teams have (0: none is running).
     team: AtomicUsize,
     /// Nanoseconds from `epoch` to the end of the last call; `u64::MAX`
     /// before the first.
@@ -155,9 +155,10 @@ impl Warm {
     }
 
     /// Marks a caller's team of `workers` workers as running until the guard
-    /// drops.
+    /// drops. Added, not stored: teams of two callers at once (two Python
+    /// threads) sum, and each takes off only its own.
     pub fn team(&self, workers: usize) -> impl Drop + '_ {
-        self.team.store(workers, Relaxed);
+        self.team.fetch_add(workers, Relaxed);
         Counted(&self.team, workers)
     }
 
