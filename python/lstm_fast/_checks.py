@@ -268,9 +268,13 @@ def empty(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     when the allocation fails the ``MemoryError`` says which one and how large it
     is."""
     dtype = np.dtype(dtype)
-    _check_buffer(name, shape, dtype)
+    # Small (every buffer of a short call, on every call's path): neither a
+    # check against the machine's memory nor a kept block.
+    small = math.prod(shape) * dtype.itemsize < _memory.MIN_BYTES
+    if not small:
+        _check_buffer(name, shape, dtype)
     try:
-        return _memory.empty(shape, dtype)
+        return np.empty(shape, dtype) if small else _memory.empty(shape, dtype)
     except MemoryError:
         raise _memory_error(name, shape, dtype) from None
 

@@ -114,16 +114,6 @@ def _engine_threads() -> int:
     return int(get()) if get is not None else 1
 
 
-def _written_in(parts: list[np.ndarray], whole: np.ndarray) -> bool:
-    """Whether every ``parts[k]`` is ``whole[k]`` itself (the passes wrote their
-    final states in place), so ``whole`` needs no ``np.stack``. By address, not
-    by ``base``: a large ``whole`` is itself a view (``_memory.py``)."""
-    return len(parts) == len(whole) and all(
-        p.shape == w.shape and p.__array_interface__["data"][0] == w.__array_interface__["data"][0]
-        for p, w in zip(parts, whole)
-    )
-
-
 def _both_directions(run: Callable[[int], _T], concurrent: bool) -> list[_T]:
     """``[run(0), run(1)]``, the reverse direction in the worker thread if ``concurrent``."""
     if not concurrent:
@@ -872,6 +862,9 @@ class LSTM:
         # pass that takes another path returns its own, and they are stacked.
         h_all: np.ndarray | None = None
         c_all: np.ndarray | None = None
+        # The (layer, direction) rows whose kept pass wrote h_all, c_all (appended
+        # from the reverse direction's thread too: list.append is atomic).
+        written: list[int] = []
         if kept:
             h_all = empty("h_n", (rows, batch, self.state_size), self.dtype)
             c_all = empty("c_n", (rows, batch, self.hidden_size), self.dtype)
@@ -933,6 +926,7 @@ class LSTM:
                         layer, direction, weight_dtype, inp, h0_k, c0_k, out,
                         batch_first=batch_first, reverse=reverse,
                     ):  # fmt: skip
+                        written.append(k)
                         return _Forward(*out, None)
                 return self._prepared_weights(layer, direction, weight_dtype).forward(
                     inp,
@@ -966,8 +960,9 @@ class LSTM:
             dropouts.append(dropped)
 
         y = layer_input
-        h_out = h_all if h_all is not None and _written_in(h_n, h_all) else np.stack(h_n)
-        c_out = c_all if c_all is not None and _written_in(c_n, c_all) else np.stack(c_n)
+        every_pass_kept = len(written) == rows
+        h_out = h_all if h_all is not None and every_pass_kept else np.stack(h_n)
+        c_out = c_all if c_all is not None and every_pass_kept else np.stack(c_n)
         if unbatched:
             y = y[:, 0, :]
             h_out = h_out[:, 0, :]
