@@ -94,7 +94,8 @@ class Case:
 
     ``ragged`` draws each row's length uniformly from 1..steps (one row has all
     the steps). ``one_step`` times one step per call with the state passed along
-    (``steps`` is then ignored), calls back to back for the budget. ``quick`` holds the smaller sizes of ``--quick``.
+    (``steps`` is then ignored), calls back to back for the budget. ``quick``
+    holds the smaller sizes of ``--quick``.
     """
 
     name: str
