@@ -316,8 +316,15 @@ def real_number(name: str, value: Any, *, minimum: float | None = None) -> float
     Python and NumPy ints and floats are accepted; bools, strings, complex numbers,
     arrays and ``None`` are a ``TypeError``.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    kind = type(value)
+    # Python's float and int first: the ABC check costs more than the rest of a
+    # short call's option checks (bool, a subclass of int, is not `int` here).
+    if (
+        kind is not float
+        and kind is not int
+        and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real))
+    ):
+        raise TypeError(f"{name} must be a real number, got {kind.__name__}")
     try:
         result = float(value)
     except OverflowError:

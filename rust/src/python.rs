@@ -984,6 +984,9 @@ struct Kept {
     /// The biases as given (copies), or None where the layer has none.
     b_ih: Option<Py<PyAny>>,
     b_hh: Option<Py<PyAny>>,
+    /// The shapes of w_ih, w_hh, b_ih, b_hh, w_hr (None where absent): what
+    /// a live array must have, known without borrowing the copies.
+    shapes: [Option<Vec<usize>>; 5],
     input: usize,
     hidden: usize,
     clip: Option<f64>,
@@ -1056,32 +1059,15 @@ impl Kept {
         panels: &PanelCache<E>,
         call: KeptCall<'_, 'py>,
     ) -> PyResult<bool> {
-        let w_ih: In<'_, E> = self.w_ih.bind(py).extract()?;
-        let w_hh: In<'_, E> = self.w_hh.bind(py).extract()?;
-        let w_hr = private::<E>(py, &self.w_hr)?;
-        let bias = private::<E>(py, &self.bias)?;
-        let b_ih = private::<E>(py, &self.b_ih)?;
-        let b_hh = private::<E>(py, &self.b_hh)?;
-        let kept = [
-            Some(&w_ih),
-            Some(&w_hh),
-            b_ih.as_ref(),
-            b_hh.as_ref(),
-            w_hr.as_ref(),
-        ];
-        // The live weights: each a plain array of E shaped like its kept copy,
+        // The live weights: each a plain array of E of its kept copy's shape,
         // or there is nothing to prove here (the general path casts and
-        // compares: `PreparedWeights.matches`). In the order of `kept`.
-        let mut live = Vec::with_capacity(5);
-        let mut given_at: [Option<usize>; 5] = [None; 5];
-        for (at, (given, mine)) in call.live.iter().zip(kept).enumerate() {
-            match (given, mine) {
+        // compares: `PreparedWeights.matches`). In `KeptCall::live`'s order.
+        let mut live: [Option<In<'py, E>>; 5] = Default::default();
+        for ((given, shape), slot) in call.live.iter().zip(&self.shapes).zip(&mut live) {
+            match (given, shape) {
                 (None, None) => {}
-                (Some(given), Some(mine)) => match exact::<E>(given, mine.0.shape()) {
-                    Some(given) => {
-                        given_at[at] = Some(live.len());
-                        live.push((given, mine));
-                    }
+                (Some(given), Some(shape)) => match exact::<E>(given, shape) {
+                    Some(given) => *slot = Some(given),
                     None => return Ok(false),
                 },
                 _ => return Ok(false),
@@ -1118,7 +1104,13 @@ impl Kept {
         let c0 = call.c0.map(|c| c.extract::<In<'_, E>>()).transpose()?;
         let mut out: OutputArrays<'py, E> = call.out.extract()?;
         let [f, g, h] = self.activations;
-        let seq = Sequence {
+        let [live_w_ih, live_w_hh, live_b_ih, live_b_hh, live_w_hr] = &live;
+        let (Some(live_w_ih), Some(live_w_hh)) = (live_w_ih, live_w_hh) else {
+            unreachable!("w_ih and w_hh are always kept, so always compared")
+        };
+        // The pass on the live weights; the general one below takes the kept
+        // copies, their panels and their bias in their place.
+        let in_place = Sequence {
             dims: Dims {
                 steps,
                 batch,
@@ -1129,15 +1121,15 @@ impl Kept {
             reverse: call.reverse,
             lengths: None,
             x: slice("x", &x)?,
-            w_ih: slice("w_ih", &w_ih)?,
-            w_hh: slice("w_hh", &w_hh)?,
-            bias: opt_slice("bias", &bias)?,
+            w_ih: slice("w_ih", live_w_ih)?,
+            w_hh: slice("w_hh", live_w_hh)?,
+            bias: None,
             h0: opt_slice("h0", &h0)?,
             c0: opt_slice("c0", &c0)?,
-            panels: Some(panels),
+            panels: None,
             variant: Variant {
                 peepholes: opt_slice("peepholes", &peepholes)?,
-                w_hr: opt_slice("w_hr", &w_hr)?,
+                w_hr: opt_slice("w_hr", live_w_hr)?,
                 clip: self.clip.map(E::from_f64),
                 input_forget: self.input_forget,
                 forget_gate: self.forget_gate,
@@ -1150,42 +1142,59 @@ impl Kept {
         // One row for a few steps reads the live weights themselves
         // (`kernels/row_major.rs`; not bf16 inference, whose weights are the
         // kept bfloat16 copy): nothing kept is used, so there is nothing to
-        // prove, and the bits are those of the packed path.
+        // prove (nor are the kept copies borrowed), and the bits are those of
+        // the packed path.
         let isa = crate::simd::Isa::active();
-        let live_slice = |at: usize, name: &str| match given_at[at] {
-            Some(i) => slice(name, &live[i].0).map(Some),
-            None => Ok(None),
-        };
-        let (Some(live_w_ih), Some(live_w_hh)) = (live_slice(0, "w_ih")?, live_slice(1, "w_hh")?)
-        else {
-            unreachable!("w_ih and w_hh are always kept, so always compared")
-        };
-        let mut in_place = Sequence {
-            w_ih: live_w_ih,
-            w_hh: live_w_hh,
-            panels: None,
-            ..seq
-        };
         if ln.is_none()
             && !panels.bf16()
             && crate::kernels::row_major::applies(&in_place, isa, false)
         {
             // b_ih + b_hh in E, as `functional._bias_sum` adds them.
-            let live_bias: Option<Vec<E>> = match (live_slice(2, "b_ih")?, live_slice(3, "b_hh")?) {
+            let (b_ih, b_hh) = (opt_slice("b_ih", live_b_ih)?, opt_slice("b_hh", live_b_hh)?);
+            let live_bias: Option<Vec<E>> = match (b_ih, b_hh) {
                 (Some(a), Some(b)) => Some(a.iter().zip(b).map(|(&a, &b)| a + b).collect()),
                 (one, other) => one.or(other).map(<[E]>::to_vec),
             };
-            in_place.bias = live_bias.as_deref();
+            let seq = Sequence {
+                bias: live_bias.as_deref(),
+                ..in_place
+            };
             let out = out.outputs()?;
-            run_pass(py, in_place.dims, |cancel| {
-                crate::lstm::forward_on(isa, &in_place, out, None, cancel)
+            run_pass(py, seq.dims, |cancel| {
+                crate::lstm::forward_on(isa, &seq, out, None, cancel)
             })?;
             return Ok(true);
         }
+        let w_ih: In<'_, E> = self.w_ih.bind(py).extract()?;
+        let w_hh: In<'_, E> = self.w_hh.bind(py).extract()?;
+        let w_hr = private::<E>(py, &self.w_hr)?;
+        let bias = private::<E>(py, &self.bias)?;
+        let b_ih = private::<E>(py, &self.b_ih)?;
+        let b_hh = private::<E>(py, &self.b_hh)?;
+        let kept = [
+            Some(&w_ih),
+            Some(&w_hh),
+            b_ih.as_ref(),
+            b_hh.as_ref(),
+            w_hr.as_ref(),
+        ];
         let mut pairs = Vec::with_capacity(live.len());
-        for (given, mine) in &live {
-            pairs.push((bytes_of(given)?, bytes_of(mine)?));
+        for (given, mine) in live.iter().zip(kept) {
+            if let (Some(given), Some(mine)) = (given, mine) {
+                pairs.push((bytes_of(given)?, bytes_of(mine)?));
+            }
         }
+        let seq = Sequence {
+            w_ih: slice("w_ih", &w_ih)?,
+            w_hh: slice("w_hh", &w_hh)?,
+            bias: opt_slice("bias", &bias)?,
+            panels: Some(panels),
+            variant: Variant {
+                w_hr: opt_slice("w_hr", &w_hr)?,
+                ..in_place.variant
+            },
+            ..in_place
+        };
         let out = out.outputs()?;
         let mut current = false;
         run_pass(py, seq.dims, |cancel| {
@@ -1225,14 +1234,25 @@ impl Kept {
         forget_gate: bool,
         activations: Option<Vec<ActivationSpec>>,
     ) -> PyResult<Self> {
-        let w_ih_shape = w_ih
-            .cast::<PyUntypedArray>()
-            .map_err(|_| PyTypeError::new_err("w_ih must be an array"))?
-            .shape()
-            .to_vec();
+        let shape_of = |name: &str, a: &Bound<'_, PyAny>| -> PyResult<Vec<usize>> {
+            Ok(a.cast::<PyUntypedArray>()
+                .map_err(|_| PyTypeError::new_err(format!("{name} must be an array")))?
+                .shape()
+                .to_vec())
+        };
+        let w_ih_shape = shape_of("w_ih", w_ih)?;
         let &[rows, input] = w_ih_shape.as_slice() else {
             return Err(PyValueError::new_err("w_ih must be 2-D"));
         };
+        let shape_if =
+            |name: &str, a: Option<&Bound<'_, PyAny>>| a.map(|a| shape_of(name, a)).transpose();
+        let shapes = [
+            Some(w_ih_shape.clone()),
+            Some(shape_of("w_hh", w_hh)?),
+            shape_if("b_ih", b_ih)?,
+            shape_if("b_hh", b_hh)?,
+            shape_if("w_hr", w_hr)?,
+        ];
         let mut acts = [Activation::Sigmoid, Activation::Tanh, Activation::Tanh];
         if let Some(given) = activations {
             let [f, g, h] = given.as_slice() else {
@@ -1254,6 +1274,7 @@ impl Kept {
             bias: own(bias),
             b_ih: own(b_ih),
             b_hh: own(b_hh),
+            shapes,
             input,
             hidden: rows / 4,
             clip,
