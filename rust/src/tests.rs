@@ -1659,12 +1659,23 @@ fn row_major_forward_gives_the_packed_bits() {
                         variant: Default::default(),
                     };
                     let fma = matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16);
-                    let most = if with_cache {
-                        crate::tuning::ROW_MAJOR_MAX_STEPS
-                    } else {
-                        crate::tuning::ROW_MAJOR_MAX_INFERENCE_STEPS
+                    // Prepared panels (`packed`): one step without a cache
+                    // over 1 MiB of weights or more (I = H = 256 here), which
+                    // then runs here on both sides; the packed path's one step
+                    // is compared with a cache (same arithmetic).
+                    let most = match (packed, with_cache) {
+                        (false, true) => crate::tuning::ROW_MAJOR_MAX_STEPS,
+                        (false, false) => crate::tuning::ROW_MAJOR_MAX_INFERENCE_STEPS,
+                        (true, false)
+                            if 4 * hidden * (input + hidden) * 4
+                                >= crate::tuning::TEAM_WEIGHT_BYTES =>
+                        {
+                            crate::tuning::ROW_MAJOR_MAX_PACKED_STEPS
+                        }
+                        (true, false) => 0,
+                        (true, true) => 0,
                     };
-                    let in_place = fma && !packed && steps <= most;
+                    let in_place = fma && steps <= most;
                     assert_eq!(row_major::applies(&seq, isa, with_cache), in_place);
                     let mut outs = [steps * hidden, hidden, hidden, steps * 4 * hp, steps * hp]
                         .map(|n| vec![f32::NAN; n]);

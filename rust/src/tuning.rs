@@ -85,6 +85,18 @@ pub const ROW_MAJOR_MAX_STEPS: usize = 4;
 /// 74 / 41, 256 200 / 127, 512 786 / 547.
 pub const ROW_MAJOR_MAX_INFERENCE_STEPS: usize = 8;
 
+/// The same from prepared weights, whose panels are already packed (only the
+/// row-major pass's transposes against the packed steps), over weights of
+/// `TEAM_WEIGHT_BYTES` or more: one step. Measured on a 2-vCPU Xeon (model
+/// 207), two threads, `prepare_weights(...).forward` (packed) against
+/// `LSTM.forward` (read as given, with the layer's Python), µs min: T = 1 at
+/// I = H = 64 23 / 15, 128 27 / 24, 256 87 / 46, 512 253 / 209; T = 2 24 / 19,
+/// 32 / 29, 94 / 72, 300 / 400; T = 4 26 / 27, 37 / 45, 109 / 116, 385 / 752.
+/// Then the prepared forward itself, one step, packed → read as given: 64 23
+/// → 24–25, 128 27–28 → 31–32 (under 1 MiB: the packed step runs on the
+/// calling thread, and wins), 256 84 → 51–52, 512 242–255 → 214–222.
+pub const ROW_MAJOR_MAX_PACKED_STEPS: usize = 1;
+
 /// Bytes of `w_ih` and `w_hh` from which that forward, without a cache, runs
 /// on a team (the calling thread and pool threads, each reading its slice of
 /// the rows: `split::run_team_here`). Measured on Zen 5, two threads,

@@ -33,25 +33,34 @@ use crate::parallel::split::{
 };
 use crate::sequence::{hidden_pad, Cache, Outputs, Sequence};
 use crate::simd::{self, store_n, Isa, Kernel, Simd, SimdElement};
-use crate::tuning::{ROW_MAJOR_MAX_INFERENCE_STEPS, ROW_MAJOR_MAX_STEPS, ROW_MAJOR_TEAM_BYTES};
+use crate::tuning::{
+    ROW_MAJOR_MAX_INFERENCE_STEPS, ROW_MAJOR_MAX_PACKED_STEPS, ROW_MAJOR_MAX_STEPS,
+    ROW_MAJOR_TEAM_BYTES, TEAM_WEIGHT_BYTES,
+};
 
 /// Whether [`forward`] runs `seq` on `isa`, with a cache (`cached`) or
-/// without: f32 on an FMA ISA, one row of full length, the plain cell, no
-/// packed weights given (with them the packed path has nothing left to pay),
-/// and at most [`ROW_MAJOR_MAX_STEPS`] steps with a cache, at most
-/// [`ROW_MAJOR_MAX_INFERENCE_STEPS`] without.
+/// without: f32 on an FMA ISA, one row of full length, the plain cell, and
+/// at most [`ROW_MAJOR_MAX_STEPS`] steps with a cache, at most
+/// [`ROW_MAJOR_MAX_INFERENCE_STEPS`] without. With packed weights given
+/// (prepared: `seq.w_ih` and `seq.w_hh` are the copies they were packed
+/// from), only [`ROW_MAJOR_MAX_PACKED_STEPS`] steps without a cache over
+/// weights of [`TEAM_WEIGHT_BYTES`] or more (below, the packed step runs on
+/// the calling thread and beats the transposes), and not from bfloat16
+/// panels (whose rounded weights the row-major arrays are not).
 pub fn applies<E: Float>(seq: &Sequence<'_, E>, isa: Isa, cached: bool) -> bool {
-    let max_steps = if cached {
-        ROW_MAJOR_MAX_STEPS
-    } else {
-        ROW_MAJOR_MAX_INFERENCE_STEPS
+    let max_steps = match (seq.panels, cached) {
+        (None, true) => ROW_MAJOR_MAX_STEPS,
+        (None, false) => ROW_MAJOR_MAX_INFERENCE_STEPS,
+        (Some(panels), false) if !panels.bf16() && seq.weight_bytes() >= TEAM_WEIGHT_BYTES => {
+            ROW_MAJOR_MAX_PACKED_STEPS
+        }
+        (Some(_), _) => 0,
     };
     std::any::TypeId::of::<E>() == std::any::TypeId::of::<f32>()
         && matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16)
         && seq.dims.batch == 1
         && seq.dims.steps <= max_steps
         && seq.lengths.is_none()
-        && seq.panels.is_none()
         && seq.variant.is_plain()
         && seq.variant.recurrent_keep.is_none()
 }
