@@ -1177,37 +1177,6 @@ impl<S: Simd, const N: usize> Simd for Wide<S, N> {
             unsafe { self.0[i].store(p.add(i * S::LANES)) }
         }
     }
-    // Required of every vector; nothing runs the f64 sums on a `Wide` (the
-    // gate math is all it is for), so these only keep the trait's meaning.
-    type F64 = Wide<S::F64, N>;
-    #[inline(always)]
-    unsafe fn load_f64(p: *const S::E) -> Self::F64 {
-        let lanes = S::F64::LANES;
-        let mut out = [S::F64::splat(0.0); N];
-        for (i, v) in out.iter_mut().enumerate() {
-            // SAFETY: the caller guarantees N·S::F64::LANES readable elements.
-            *v = unsafe { S::load_f64(p.add(i * lanes)) };
-        }
-        Wide(out)
-    }
-    #[inline(always)]
-    unsafe fn load_f64_product(p: *const S::E, g: *const S::E) -> Self::F64 {
-        let lanes = S::F64::LANES;
-        let mut out = [S::F64::splat(0.0); N];
-        for (i, v) in out.iter_mut().enumerate() {
-            // SAFETY: the caller guarantees N·S::F64::LANES readable elements at each.
-            *v = unsafe { S::load_f64_product(p.add(i * lanes), g.add(i * lanes)) };
-        }
-        Wide(out)
-    }
-    #[inline(always)]
-    unsafe fn store_f64(w: Self::F64, p: *mut S::E) {
-        let lanes = S::F64::LANES;
-        for i in 0..N {
-            // SAFETY: the caller guarantees N·S::F64::LANES writable elements.
-            unsafe { S::store_f64(w.0[i], p.add(i * lanes)) }
-        }
-    }
     #[inline(always)]
     fn add(mut self, o: Self) -> Self {
         for i in 0..N {

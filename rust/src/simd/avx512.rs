@@ -47,27 +47,6 @@ impl Simd for F32x16 {
         // SAFETY: the caller guarantees 16 writable elements at `p`.
         unsafe { _mm512_storeu_ps(p, self.0) }
     }
-    type F64 = F64x8;
-    #[inline(always)]
-    unsafe fn load_f64(p: *const f32) -> F64x8 {
-        // SAFETY: the caller guarantees 8 readable elements at `p`.
-        unsafe { F64x8(_mm512_cvtps_pd(_mm256_loadu_ps(p))) }
-    }
-    #[inline(always)]
-    unsafe fn load_f64_product(p: *const f32, g: *const f32) -> F64x8 {
-        // SAFETY: the caller guarantees 8 readable elements at each.
-        unsafe {
-            F64x8(_mm512_cvtps_pd(_mm256_mul_ps(
-                _mm256_loadu_ps(p),
-                _mm256_loadu_ps(g),
-            )))
-        }
-    }
-    #[inline(always)]
-    unsafe fn store_f64(w: F64x8, p: *mut f32) {
-        // SAFETY: the caller guarantees 8 writable elements at `p`.
-        unsafe { _mm256_storeu_ps(p, _mm512_cvtpd_ps(w.0)) }
-    }
     #[inline(always)]
     fn add(self, o: Self) -> Self {
         // SAFETY: see `splat`.
@@ -143,22 +122,6 @@ impl Simd for F64x8 {
     unsafe fn store(self, p: *mut f64) {
         // SAFETY: the caller guarantees 8 writable elements at `p`.
         unsafe { _mm512_storeu_pd(p, self.0) }
-    }
-    type F64 = Self;
-    #[inline(always)]
-    unsafe fn load_f64(p: *const f64) -> Self {
-        // SAFETY: forwarded (LANES elements).
-        unsafe { Self::load(p) }
-    }
-    #[inline(always)]
-    unsafe fn load_f64_product(p: *const f64, g: *const f64) -> Self {
-        // SAFETY: forwarded (LANES elements at each).
-        unsafe { Self::load(p).mul(Self::load(g)) }
-    }
-    #[inline(always)]
-    unsafe fn store_f64(w: Self, p: *mut f64) {
-        // SAFETY: forwarded (LANES elements).
-        unsafe { w.store(p) }
     }
     #[inline(always)]
     fn add(self, o: Self) -> Self {

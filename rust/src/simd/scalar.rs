@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use super::vector::{Simd, SimdElement};
+use super::vector::Simd;
 
 /// A single `f32` or `f64` posing as a one-lane vector.
 #[derive(Clone, Copy, Debug)]
@@ -28,23 +28,6 @@ macro_rules! scalar_impl {
             unsafe fn store(self, p: *mut $e) {
                 // SAFETY: the caller guarantees `p` is writable for one element.
                 unsafe { p.write_unaligned(self.0) }
-            }
-            type F64 = Scalar<f64>;
-            #[inline(always)]
-            unsafe fn load_f64(p: *const $e) -> Scalar<f64> {
-                // SAFETY: the caller guarantees `p` is readable for one element.
-                Scalar(unsafe { p.read_unaligned() }.to_f64(), PhantomData)
-            }
-            #[inline(always)]
-            unsafe fn load_f64_product(p: *const $e, g: *const $e) -> Scalar<f64> {
-                // SAFETY: the caller guarantees one readable element at each.
-                let (a, g) = unsafe { (p.read_unaligned(), g.read_unaligned()) };
-                Scalar((a * g).to_f64(), PhantomData)
-            }
-            #[inline(always)]
-            unsafe fn store_f64(w: Scalar<f64>, p: *mut $e) {
-                // SAFETY: the caller guarantees `p` is writable for one element.
-                unsafe { p.write_unaligned(<$e>::from_f64(w.0)) }
             }
             #[inline(always)]
             fn add(self, o: Self) -> Self {

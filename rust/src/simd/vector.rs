@@ -71,9 +71,6 @@ pub trait SimdElement:
 pub trait Simd: Copy {
     type E: SimdElement;
     const LANES: usize;
-    /// The same ISA's vector of f64 (`Self` for a vector of f64): the
-    /// LayerNorm LSTM's f64 sums run on it whatever the element.
-    type F64: Simd<E = f64>;
 
     fn splat(v: Self::E) -> Self;
     /// # Safety
@@ -106,23 +103,6 @@ pub trait Simd: Copy {
     /// # Safety
     /// `p` must be valid for writing `LANES` elements (no alignment needed).
     unsafe fn store(self, p: *mut Self::E);
-    /// `F64::LANES` elements from `p`, widened to f64 (exactly).
-    ///
-    /// # Safety
-    /// `p` must be valid for reading `F64::LANES` elements.
-    unsafe fn load_f64(p: *const Self::E) -> Self::F64;
-    /// `F64::LANES` products `p_i · g_i`, each rounded to the element type,
-    /// widened to f64.
-    ///
-    /// # Safety
-    /// `p` and `g` must be valid for reading `F64::LANES` elements.
-    unsafe fn load_f64_product(p: *const Self::E, g: *const Self::E) -> Self::F64;
-    /// `w` rounded once to the element type, its `F64::LANES` lanes stored at
-    /// `p`.
-    ///
-    /// # Safety
-    /// `p` must be valid for writing `F64::LANES` elements.
-    unsafe fn store_f64(w: Self::F64, p: *mut Self::E);
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     fn mul(self, o: Self) -> Self;
