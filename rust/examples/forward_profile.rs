@@ -3,6 +3,10 @@
 //!
 //!     cargo run --release --example forward_profile -- [B T I H] [calls]
 //!
+//! With `LAYER_NORM=1` set, the LayerNorm LSTM's forward instead (gains 1,
+//! biases 0); with `PANELS=0`, the weights as given (packed per call, as the
+//! functional API runs them) instead of kept panels.
+//!
 //! Prints the fastest and the median call of `calls` (default 50) in ms, by
 //! the wall clock and by the process's CPU time (on a shared machine the
 //! latter leaves out the time spent preempted; at one thread,
@@ -14,6 +18,7 @@ use std::time::Instant;
 #[path = "shape.rs"]
 mod shape;
 
+use lstm_fast::layernorm::{self, LayerNorm};
 use lstm_fast::{forward, Cancel, Dims, Outputs, PanelCache, Sequence, Variant};
 
 #[path = "common/cpu_time.rs"]
@@ -46,26 +51,36 @@ fn main() {
         bias: Some(&bias),
         h0: None,
         c0: None,
-        panels: Some(&panels),
+        panels: (std::env::var("PANELS").as_deref() != Ok("0")).then_some(&panels),
         variant: Variant::default(),
     };
     let (mut y, mut h_n, mut c_n) = (vec![0f32; t * b * h], vec![0f32; b * h], vec![0f32; b * h]);
     let cancel = Cancel::default();
+    let layer_norm = std::env::var("LAYER_NORM").as_deref() == Ok("1");
+    let ln = LayerNorm {
+        w_ih: None,
+        b_ih: None,
+        w_hh: None,
+        b_hh: None,
+        w_c: None,
+        b_c: None,
+        eps: 1e-5,
+    };
     let mut times = Vec::with_capacity(calls);
     let mut cpu_times = Vec::with_capacity(calls);
     for _ in 0..calls {
         let start = Instant::now();
         let cpu_start = process_seconds();
-        forward(
-            &seq,
-            Outputs {
-                y: &mut y,
-                h_n: &mut h_n,
-                c_n: &mut c_n,
-            },
-            None,
-            &cancel,
-        )
+        let out = Outputs {
+            y: &mut y,
+            h_n: &mut h_n,
+            c_n: &mut c_n,
+        };
+        if layer_norm {
+            layernorm::forward(&seq, &ln, out, None, &cancel)
+        } else {
+            forward(&seq, out, None, &cancel)
+        }
         .expect("forward");
         times.push(start.elapsed().as_secs_f64() * 1e3);
         cpu_times.push((process_seconds() - cpu_start) * 1e3);

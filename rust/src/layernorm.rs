@@ -1125,20 +1125,31 @@ impl<E: Float> ForwardShared<'_, '_, E> {
             } else {
                 SharedMut(inputs.products[first[k] * g4..].as_mut_ptr())
             };
+            // Every row of the chunk running, in order, without a dropout
+            // mask: the operand is the state h itself, and without zoneout
+            // or a projection each row's m_t is its new state, which the
+            // row kernels then write there (the product has read h by then).
+            let in_place = n == nb && seq.variant.recurrent_keep.is_none();
+            let m_in_h = in_place && !projects && !seq.variant.zoneout_h.is_on();
             for (j, &(b, row)) in active.iter().enumerate() {
-                let dst = &mut h_in[j * state..][..state];
-                dst.copy_from_slice(&h[(b - b0) * state..][..state]);
-                if let Some(keep) = seq.variant.recurrent_keep {
-                    for (d, &k) in dst.iter_mut().zip(&keep[b * state..][..state]) {
-                        *d = *d * k;
+                let src = if in_place {
+                    &h[j * state..][..state]
+                } else {
+                    let dst = &mut h_in[j * state..][..state];
+                    dst.copy_from_slice(&h[(b - b0) * state..][..state]);
+                    if let Some(keep) = seq.variant.recurrent_keep {
+                        for (d, &k) in dst.iter_mut().zip(&keep[b * state..][..state]) {
+                            *d = *d * k;
+                        }
                     }
-                }
+                    dst
+                };
                 if !self.h_prev.0.is_null() {
                     // SAFETY: row `row` (R rows of `state`) of the cache's
                     // h_prev, which only this chunk writes.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
-                            dst.as_ptr(),
+                            src.as_ptr(),
                             self.h_prev.0.add(row * state),
                             state,
                         );
@@ -1150,7 +1161,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                     isa,
                     PanelProduct {
                         rows: n,
-                        a: &h_in,
+                        a: if in_place { &h } else { &h_in },
                         lda: state,
                         depth: state,
                         panels: &panels[..],
@@ -1165,7 +1176,7 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                     isa,
                     PanelProduct {
                         rows: n,
-                        a: &h_in,
+                        a: if in_place { &h } else { &h_in },
                         lda: state,
                         depth: state,
                         panels: &panels[..],
@@ -1199,7 +1210,11 @@ impl<E: Float> ForwardShared<'_, '_, E> {
                 c: SharedMut(c.as_mut_ptr()),
                 c_after: self.c_after,
                 hp,
-                m: SharedMut(m.as_mut_ptr()),
+                m: SharedMut(if m_in_h {
+                    h.as_mut_ptr()
+                } else {
+                    m.as_mut_ptr()
+                }),
                 record: self.record,
             };
             let active = &active;
@@ -1243,9 +1258,16 @@ impl<E: Float> ForwardShared<'_, '_, E> {
             };
             // y_t = h_t, the state after zoneout.
             for (j, &(b, row)) in active.iter().enumerate() {
-                let src = &h_t[j * state..][..state];
                 let dst = &mut h[(b - b0) * state..][..state];
-                zone_mix(seq.variant.zoneout_h, row, pp, dst, src);
+                if !m_in_h {
+                    zone_mix(
+                        seq.variant.zoneout_h,
+                        row,
+                        pp,
+                        dst,
+                        &h_t[j * state..][..state],
+                    );
+                }
                 // SAFETY: row `row` of y (R rows of `state`), this chunk's.
                 unsafe {
                     std::ptr::copy_nonoverlapping(dst.as_ptr(), self.y.0.add(row * state), state);
