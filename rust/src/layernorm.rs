@@ -1025,6 +1025,24 @@ unsafe impl<E: Send> Send for ForwardShared<'_, '_, E> {}
 // SAFETY: as above.
 unsafe impl<E: Sync> Sync for ForwardShared<'_, '_, E> {}
 
+/// The layout rows of `active` (slot j: (batch row, layout row)) as
+/// (first, stride) when they are evenly spaced, increasing (every batch row
+/// of a step whose rows share its time: no lengths, or all still running at
+/// one time), else None.
+fn even_rows(active: &[(usize, usize)]) -> Option<(usize, usize)> {
+    let &[(_, first), ..] = active else {
+        return None;
+    };
+    let stride = match active.get(1) {
+        Some(&(_, second)) => second.checked_sub(first).filter(|&d| d > 0)?,
+        None => 1,
+    };
+    let spaced = active.iter().enumerate().all(|(j, &(_, row))| {
+        Some(row) == j.checked_mul(stride).and_then(|o| o.checked_add(first))
+    });
+    spaced.then_some((first, stride))
+}
+
 impl<E: Float> ForwardShared<'_, '_, E> {
     /// The time loop of batch rows `rows_b`, from their h_n and c_n (h0 and
     /// c0) to their final state there. `parallel`: each step's rows and
@@ -1540,6 +1558,9 @@ struct BackwardStep<'a, E> {
     dn: SharedMut<E>,
     dsx: SharedMut<E>,
     dsh: SharedMut<E>,
+    /// Elements from slot j's ds_h to slot j + 1's: 4H in the step buffer,
+    /// more where the slots are the step's rows of `dsh_all` in place.
+    dsh_stride: usize,
     /// ĉ_t of each slot j (n, H), rebuilt from c_t and its moments
     /// ([`renormalise`]) for the step's row kernel and sums.
     c_hat: SharedMut<E>,
@@ -1654,7 +1675,7 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
             }
             // The gradient reaching c_t through its normalisation, in dsh's
             // first H as scratch.
-            let scratch = sp.dsh.0.add(j * g4);
+            let scratch = sp.dsh.0.add(j * sp.dsh_stride);
             let (dn_row, c_hat_row) = (
                 std::slice::from_raw_parts(dn, h),
                 std::slice::from_raw_parts(c_hat, h),
@@ -1721,7 +1742,13 @@ impl<E: Float> RowBody<E> for BackwardRow<'_, '_, E> {
             // and s_x, from dz and each one's gain.
             let dz_row = std::slice::from_raw_parts(dz.cast_const(), g4);
             let sh_hat = std::slice::from_raw_parts(cache.sh_hat.as_ptr().add(row * g4), g4);
-            normalise_grad::<S>(dz_row, ln.w_hh, sh_hat, sp.dsh.0.add(j * g4), r_h);
+            normalise_grad::<S>(
+                dz_row,
+                ln.w_hh,
+                sh_hat,
+                sp.dsh.0.add(j * sp.dsh_stride),
+                r_h,
+            );
             let sx_hat = std::slice::from_raw_parts(cache.sx_hat.as_ptr().add(row * g4), g4);
             normalise_grad::<S>(dz_row, ln.w_ih, sx_hat, dsx, r_x);
         }
@@ -2367,6 +2394,14 @@ pub(crate) fn backward_pass<E: Float>(
             } else {
                 dm[..n * hidden].copy_from_slice(&dh_t[..n * hidden]);
             }
+            // The step's rows evenly spaced by row (every batch row of a step
+            // of equal lengths): its ds_h goes straight to its rows of
+            // `dsh_all`, which the product reads in place (no copy).
+            let even = even_rows(&active);
+            let (dsh_ptr, dsh_stride) = match even {
+                Some((first, stride)) => (dsh_all[first * g4..].as_mut_ptr(), stride * g4),
+                None => (dsh.as_mut_ptr(), g4),
+            };
             let step = BackwardStep {
                 v: seq.variant,
                 ln: *ln,
@@ -2379,7 +2414,8 @@ pub(crate) fn backward_pass<E: Float>(
                 dz: SharedMut(dz.as_mut_ptr()),
                 dn: SharedMut(dn.as_mut_ptr()),
                 dsx: SharedMut(dsx.as_mut_ptr()),
-                dsh: SharedMut(dsh.as_mut_ptr()),
+                dsh: SharedMut(dsh_ptr),
+                dsh_stride,
                 c_hat: SharedMut(c_hat.as_mut_ptr()),
                 gate_math: GateMath {
                     v: seq.variant,
@@ -2417,8 +2453,11 @@ pub(crate) fn backward_pass<E: Float>(
                 isa,
                 PanelProduct {
                     rows: n,
-                    a: &dsh,
-                    lda: g4,
+                    a: match even {
+                        Some((first, _)) => &dsh_all[first * g4..],
+                        None => &dsh,
+                    },
+                    lda: dsh_stride,
                     depth: g4,
                     panels: &hh_panels[..],
                     tiles: state.next_multiple_of(E::PAD).div_ceil(4 * lanes),
@@ -2429,7 +2468,9 @@ pub(crate) fn backward_pass<E: Float>(
                 &mut scratch,
             );
             for (j, &(b, row)) in active.iter().enumerate() {
-                dsh_all[row * g4..][..g4].copy_from_slice(&dsh[j * g4..][..g4]);
+                if even.is_none() {
+                    dsh_all[row * g4..][..g4].copy_from_slice(&dsh[j * g4..][..g4]);
+                }
                 let src = &dh_back[j * state..][..state];
                 let dst = &mut dh[b * state..][..state];
                 match seq.variant.recurrent_keep {
@@ -2617,6 +2658,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn even_rows_are_the_evenly_spaced_increasing_ones() {
+        assert_eq!(even_rows(&[]), None);
+        assert_eq!(even_rows(&[(3, 7)]), Some((7, 1)));
+        // Time-major (row = t·B + b) and batch-first (row = b·T + t).
+        assert_eq!(even_rows(&[(0, 8), (1, 9), (2, 10)]), Some((8, 1)));
+        assert_eq!(even_rows(&[(0, 2), (1, 7), (2, 12)]), Some((2, 5)));
+        // Lengths: a row missing, rows at different times, reversed order.
+        assert_eq!(even_rows(&[(0, 8), (2, 10)]), Some((8, 2)));
+        assert_eq!(even_rows(&[(0, 2), (1, 7), (2, 11)]), None);
+        assert_eq!(even_rows(&[(0, 9), (1, 8)]), None);
+        assert_eq!(even_rows(&[(0, 9), (1, 9)]), None);
     }
 
     struct Normalised<'a> {
