@@ -290,9 +290,11 @@ unsafe fn moments<S: Simd>(v: &[S::E], eps: f64) -> (S::E, S::E) {
     };
     let var = squares / n - d * d;
     // Rounding can leave a near-constant row's variance a hair below zero.
-    // A sum of squares that overflowed, or an infinite value in the row,
-    // makes the variance infinite (r = 0); a NaN stays NaN (`max(0.0)` would
-    // have made it 0: a finite r for a row of NaN and infinities).
+    // A sum of squares that overflowed makes the variance infinite (r = 0:
+    // the row normalises to zeros, as the reference's does); an infinity or
+    // a NaN in the row, or a sum that overflowed, makes m₁ or d NaN and so
+    // the whole row NaN, as the reference's, and that NaN stays (`max(0.0)`
+    // would have made the variance 0: a finite r for a row of NaN).
     let var = if squares.is_infinite() {
         f64::INFINITY
     } else if var < 0.0 {
@@ -516,7 +518,10 @@ struct ForwardStep<'a, E> {
     c_after: SharedMut<E>,
     hp: usize,
     /// m_t (n, H) by slot j: h_t itself without a projection (written to y and
-    /// the state h by the caller), the projection's operand with one.
+    /// the state h by the caller), the projection's operand with one. Where
+    /// slot j is batch row b0 + j of the chunk and nothing comes between m_t
+    /// and the state (no projection, no zoneout of h), the chunk's state h
+    /// itself, which the step product has read by then (`run_rows`).
     m: SharedMut<E>,
     /// Where each row's gates go too (R, 4H) by row, for the test that the
     /// rebuilt gates are the forward's bits ([`forward_recording`]); else
@@ -1553,7 +1558,8 @@ struct BackwardStep<'a, E> {
     /// while they are in cache ([`StepSums`]); ds_x (R, 4H) by row, the
     /// gradient through the normalisation of s_x (here, from the row's dz
     /// still in cache, rather than in a pass over every row after the
-    /// loop); ds_h of each slot j (n, 4H).
+    /// loop); ds_h of each slot j (n, 4H): the step buffer, or the step's rows
+    /// of the ds_h kept for dW_hh in place, `dsh_stride` apart.
     dz: SharedMut<E>,
     dn: SharedMut<E>,
     dsx: SharedMut<E>,
@@ -2399,7 +2405,12 @@ pub(crate) fn backward_pass<E: Float>(
             // `dsh_all`, which the product reads in place (no copy).
             let even = even_rows(&active);
             let (dsh_ptr, dsh_stride) = match even {
-                Some((first, stride)) => (dsh_all[first * g4..].as_mut_ptr(), stride * g4),
+                Some((first, stride)) => {
+                    // The row kernels write these rows through a pointer:
+                    // the last must be one of dsh_all's.
+                    assert!((first + (n - 1) * stride + 1) * g4 <= dsh_all.len());
+                    (dsh_all[first * g4..].as_mut_ptr(), stride * g4)
+                }
                 None => (dsh.as_mut_ptr(), g4),
             };
             let step = BackwardStep {

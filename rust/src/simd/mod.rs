@@ -13,7 +13,8 @@
 //! - `bandwidth.rs`: the measured read bandwidth of one core from a buffer
 //! - `peak.rs`: the measured single-core FMA peak of an ISA
 //! - `wide.rs`: sums over a row, a row normalised and a normalisation's
-//!   gradient row, in f64 (the LayerNorm LSTM's normalisations)
+//!   gradient row, the same bits on every ISA (the LayerNorm LSTM's
+//!   normalisations)
 
 pub mod activation;
 #[cfg(target_arch = "x86_64")]
